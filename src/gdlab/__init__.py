@@ -1,0 +1,40 @@
+"""gdlab: train models by gradient descent, and see and fix what goes wrong in training.
+
+Example:
+    >>> import torch, gdlab
+    >>> train, val = gdlab.datasets.load("moons")
+    >>> model = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
+    >>> result = gdlab.fit(model, train, val=val, optimizer="adam", lr=0.01, epochs=20, progress=False)
+    >>> result.final["val_accuracy"] > 0.85
+    True
+"""
+
+from gdlab import datasets, models, optim
+from gdlab.config import Config
+from gdlab.data import BatchPlan, TensorData
+from gdlab.errors import GdlabError
+from gdlab.history import History
+from gdlab.store import Run, Store
+from gdlab.train import EVENTS, Callback, LoopState, Result, evaluate, fit
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "BatchPlan",
+    "Callback",
+    "Config",
+    "EVENTS",
+    "GdlabError",
+    "History",
+    "LoopState",
+    "Result",
+    "Run",
+    "Store",
+    "TensorData",
+    "datasets",
+    "evaluate",
+    "fit",
+    "models",
+    "optim",
+]

@@ -1,0 +1,268 @@
+"""Batch plans and batching: how an epoch is cut into iterations (lecture, point 4).
+
+``batch_size`` is ``"full"`` (batch gradient descent: one iteration per epoch over all samples),
+``"stochastic"`` (one sample per iteration) or a positive integer (mini-batch). A :class:`BatchPlan` states the
+arithmetic; :func:`batches` yields the index batches of one epoch, shuffled from the run's seed and the epoch
+number alone, so that any epoch's order can be rebuilt (resume, populations) without replaying the others.
+
+In-memory data (:class:`TensorData` or an ``(X, y)`` pair) is batched by indexing tensors on the target device;
+any other ``torch.utils.data.Dataset`` goes through a ``DataLoader`` fed with the same index batches.
+
+Example:
+    >>> plan = BatchPlan.make(1000, 100)
+    >>> plan.describe()
+    '1000 samples, batch 100 -> 10 iterations per epoch'
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Union
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from gdlab.errors import DataError, InvalidParameter
+
+__all__ = [
+    "BatchSize",
+    "BatchPlan",
+    "TensorData",
+    "as_tensor_data",
+    "parse_batch_size",
+    "epoch_order",
+    "batches",
+    "standardize",
+    "split",
+]
+
+BatchSize = Union[int, Literal["full", "stochastic"]]
+Task = Literal["classification", "regression"]
+
+_BATCH_EXPECTED = '"full", "stochastic" or a positive integer'
+
+
+def parse_batch_size(value: Any, *, param: str = "batch_size") -> BatchSize:
+    """Check a batch size given as ``"full"``, ``"stochastic"``, an int or a string of digits."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("full", "stochastic"):
+            return text  # type: ignore[return-value]
+        if text.lstrip("+-").isdigit():
+            value = int(text)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise InvalidParameter(param, value, _BATCH_EXPECTED)
+    return value
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How one epoch is cut into iterations.
+
+    Attributes:
+        samples: number of training samples.
+        batch_size: samples per iteration (``samples`` for full batch, 1 for stochastic).
+        iterations_per_epoch: updates per pass over the data.
+        last_batch: size of the last batch of an epoch (equal to ``batch_size`` when it divides evenly).
+        drop_last: whether a short last batch is dropped.
+        mode: ``"full"``, ``"stochastic"`` or ``"mini-batch"``.
+        shuffle: whether the order is reshuffled each epoch.
+    """
+
+    samples: int
+    batch_size: int
+    iterations_per_epoch: int
+    last_batch: int
+    drop_last: bool = False
+    mode: str = "mini-batch"
+    shuffle: bool = True
+
+    @classmethod
+    def make(cls, samples: int, batch_size: Any, *, drop_last: bool = False, shuffle: bool = True) -> BatchPlan:
+        """Plan ``samples`` samples at ``batch_size`` (``"full"``, ``"stochastic"`` or N)."""
+        if samples <= 0:
+            raise DataError("the training data has no samples: expected at least one")
+        size = parse_batch_size(batch_size)
+        mode = size if isinstance(size, str) else "mini-batch"
+        n = samples if size == "full" else 1 if size == "stochastic" else min(int(size), samples)
+        full, rest = divmod(samples, n)
+        if rest and not drop_last:
+            return cls(samples, n, full + 1, rest, drop_last, mode, shuffle)
+        return cls(samples, n, full, n, drop_last, mode, shuffle)
+
+    @property
+    def dropped(self) -> int:
+        """Samples left out of each epoch by ``drop_last``."""
+        return self.samples - self.batch_size * self.iterations_per_epoch if self.drop_last else 0
+
+    def describe(self) -> str:
+        """One line for people: ``1000 samples, batch 100 -> 10 iterations per epoch``."""
+        label = {"full": "full batch", "stochastic": "stochastic, batch 1"}.get(self.mode)
+        text = f"{self.samples} samples, {label or f'batch {self.batch_size}'}"
+        text += f" -> {self.iterations_per_epoch} iteration{'s' if self.iterations_per_epoch != 1 else ''} per epoch"
+        if self.dropped:
+            text += f" ({self.dropped} dropped each epoch)"
+        elif self.last_batch != self.batch_size:
+            text += f" (last batch {self.last_batch})"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plan as JSON-ready values."""
+        return {
+            "samples": self.samples,
+            "batch_size": self.batch_size,
+            "iterations_per_epoch": self.iterations_per_epoch,
+            "last_batch": self.last_batch,
+            "drop_last": self.drop_last,
+            "mode": self.mode,
+        }
+
+
+def epoch_order(plan: BatchPlan, seed: int, epoch: int) -> torch.Tensor:
+    """The sample order of ``epoch`` (0-based): a permutation drawn from ``(seed, epoch)`` alone.
+
+    Returns:
+        int64 tensor ``[samples]`` on the CPU.
+    """
+    if not plan.shuffle or plan.mode == "full":  # one batch of all: order cannot matter
+        return torch.arange(plan.samples)
+    generator = torch.Generator().manual_seed(_mix(seed, epoch))
+    return torch.randperm(plan.samples, generator=generator)
+
+
+def batches(plan: BatchPlan, seed: int, epoch: int, start: int = 0) -> Iterator[torch.Tensor]:
+    """Index batches of one epoch, from iteration ``start`` (for resuming mid-epoch)."""
+    order = epoch_order(plan, seed, epoch)
+    for i in range(start, plan.iterations_per_epoch):
+        yield order[i * plan.batch_size : (i + 1) * plan.batch_size]
+
+
+def _mix(seed: int, epoch: int) -> int:
+    # A fixed affine mix keeps (seed, epoch) pairs apart and inside the generator's 64-bit range.
+    return (seed * 1_000_003 + epoch * 7_919 + 12_345) % (2**63 - 1)
+
+
+class TensorData(Dataset):
+    """In-memory samples ``X`` and targets ``y``, with what is known about the task.
+
+    Args:
+        X: inputs, ``[samples, ...features]``.
+        y: targets: int64 class labels ``[samples]`` for classification, floats ``[samples, outputs]`` else.
+        task: ``"classification"`` or ``"regression"``; inferred from ``y``'s dtype when omitted.
+        num_classes: for classification; inferred from ``y`` when omitted.
+        feature_names: optional names of the feature columns.
+        image_shape: ``(channels, height, width)`` when flat inputs are images (digits: ``(1, 8, 8)``).
+        classes: the original label of each class index, when labels were renamed (CSV text labels).
+
+    Example:
+        >>> data = TensorData(torch.zeros(4, 3), torch.tensor([0, 1, 1, 0]))
+        >>> data.task, data.num_classes, len(data)
+        ('classification', 2, 4)
+    """
+
+    def __init__(
+        self,
+        X: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        task: Task | None = None,
+        num_classes: int | None = None,
+        feature_names: Sequence[str] | None = None,
+        image_shape: tuple[int, ...] | None = None,
+        classes: Sequence[Any] | None = None,
+    ) -> None:
+        if len(X) != len(y):
+            raise DataError(f"X has {len(X)} samples but y has {len(y)}: expected the same number")
+        if task is None:
+            task = "regression" if torch.is_floating_point(y) else "classification"
+        if task == "classification":
+            y = y.long().reshape(-1)
+            if num_classes is None:
+                num_classes = int(y.max().item()) + 1 if len(y) else 0
+        else:
+            y = y.float() if not torch.is_floating_point(y) else y
+            y = y.reshape(len(y), -1)
+        self.X = X if torch.is_floating_point(X) else X.float()
+        self.y = y
+        self.task: Task = task
+        self.num_classes = num_classes if task == "classification" else None
+        self.feature_names = list(feature_names) if feature_names is not None else None
+        self.image_shape = image_shape
+        self.classes = list(classes) if classes is not None else None
+
+    def __len__(self) -> int:
+        return len(self.X)
+
+    def __getitem__(self, index: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.X[index], self.y[index]
+
+    @property
+    def n_features(self) -> int:
+        """Number of input features per sample (flattened)."""
+        return int(self.X[0].numel()) if len(self.X) else int(self.X.shape[1:].numel())
+
+    @property
+    def n_outputs(self) -> int:
+        """Model outputs this data needs: classes for classification, target columns for regression."""
+        return int(self.num_classes or 0) if self.task == "classification" else int(self.y.shape[1])
+
+    def subset(self, index: torch.Tensor) -> TensorData:
+        """The samples at ``index``, with the same metadata."""
+        return self._like(self.X[index], self.y[index])
+
+    def to(self, device: torch.device | str) -> TensorData:
+        """The same data on ``device``."""
+        return self._like(self.X.to(device), self.y.to(device))
+
+    def _like(self, X: torch.Tensor, y: torch.Tensor) -> TensorData:
+        return TensorData(X, y, task=self.task, num_classes=self.num_classes,
+                          feature_names=self.feature_names, image_shape=self.image_shape, classes=self.classes)
+
+
+def as_tensor_data(data: Any) -> TensorData | None:
+    """``data`` as :class:`TensorData` when it is in memory (TensorData, ``(X, y)``, TensorDataset); else None."""
+    if isinstance(data, TensorData):
+        return data
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        return TensorData(data[0], data[1])
+    tensors = getattr(data, "tensors", None)  # torch.utils.data.TensorDataset
+    if isinstance(data, Dataset) and isinstance(tensors, tuple) and len(tensors) == 2:
+        return TensorData(tensors[0], tensors[1])
+    if isinstance(data, Dataset):
+        return None
+    raise InvalidParameter("data", type(data).__name__, "a torch Dataset or an (X, y) pair of tensors")
+
+
+def loader(dataset: Dataset, plan: BatchPlan, seed: int, epoch: int, start: int = 0) -> DataLoader:
+    """A DataLoader serving ``dataset`` in exactly the plan's index batches for ``epoch``."""
+    return DataLoader(dataset, batch_sampler=[b.tolist() for b in batches(plan, seed, epoch, start)])
+
+
+def standardize(train: TensorData, *others: TensorData | None) -> tuple[TensorData | None, ...]:
+    """Scale features to zero mean and unit variance with the training data's statistics.
+
+    Constant features keep a scale of 1. Returns ``train`` then each of ``others`` transformed alike.
+    """
+    mean = train.X.mean(0, keepdim=True)
+    std = train.X.std(0, keepdim=True) if len(train) > 1 else torch.ones_like(mean)
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    return tuple(None if d is None else d._like((d.X - mean) / std, d.y) for d in (train, *others))
+
+
+def split(data: Dataset, fraction: float, seed: int) -> tuple[Any, Any]:
+    """Split off ``fraction`` of ``data`` as validation, the samples drawn at random from ``seed``.
+
+    TensorData splits into TensorData; any other Dataset into two ``torch.utils.data.Subset``.
+    """
+    if not 0 < fraction < 1 or not math.isfinite(fraction):
+        raise InvalidParameter("val_split", fraction, "a fraction strictly between 0 and 1")
+    n = len(data)  # type: ignore[arg-type]
+    n_val = max(1, round(n * fraction))
+    if n_val >= n:
+        raise InvalidParameter("val_split", fraction, f"a fraction that leaves training samples out of {n}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    if isinstance(data, TensorData):
+        return data.subset(order[n_val:]), data.subset(order[:n_val])
+    return Subset(data, order[n_val:].tolist()), Subset(data, order[:n_val].tolist())

@@ -1,0 +1,305 @@
+"""Built-in datasets and data files: ``load(name, **options) -> (train, val)``.
+
+Built-ins (each deterministic from ``seed``): ``seed`` (the lecture's three samples), ``digits``
+(scikit-learn's bundled 8x8 digits with a fixed validation split), ``moons``, ``spirals`` and ``linear``
+(regression whose inputs have a chosen condition number). Files: ``.csv`` (with ``target``), ``.npz`` (arrays
+``X`` and ``y``) and ``module:function`` returning a torch ``Dataset`` (or a ``(train, val)`` pair of them).
+A file is used whole for training unless ``val`` (another file) or ``val_split`` (a fraction) is given.
+
+Example:
+    >>> train, val = load("seed")
+    >>> train.X.tolist(), train.y.tolist(), val
+    ([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]], [[12.0], [18.0], [11.0]], None)
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from gdlab.data import Task, TensorData, split
+from gdlab.errors import DataError, InvalidParameter, UnknownChoice
+from gdlab._resolve import resolve
+
+__all__ = ["DATASETS", "DatasetInfo", "load", "load_csv", "load_npz", "load_callable"]
+
+Pair = tuple[Any, Any]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """A built-in dataset: its builder, a one-line description and its options with defaults."""
+
+    name: str
+    build: Callable[..., Pair]
+    description: str
+    options: dict[str, Any]
+
+
+def _seed_data() -> Pair:
+    # The lecture's CustomDataset, unscaled on purpose: the badly scaled inputs are part of the lesson.
+    X = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]])
+    y = torch.tensor([[12.0], [18.0], [11.0]])
+    return TensorData(X, y, feature_names=["x1", "x2", "x3"]), None
+
+
+def _digits() -> Pair:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    # Pixel intensities 0..16 scaled to [0, 1], as images usually are; a fixed stratified 80/20 split.
+    X_tr, X_va, y_tr, y_va = train_test_split(
+        bunch.data / 16.0, bunch.target, test_size=0.2, random_state=0, stratify=bunch.target
+    )
+    make = lambda X, y: TensorData(  # noqa: E731
+        torch.tensor(X, dtype=torch.float32), torch.tensor(y), num_classes=10, image_shape=(1, 8, 8)
+    )
+    return make(X_tr, y_tr), make(X_va, y_va)
+
+
+def _moons(n_samples: int = 1000, noise: float = 0.2, val_fraction: float = 0.2, seed: int = 0) -> Pair:
+    from sklearn.datasets import make_moons
+
+    X, y = make_moons(n_samples=n_samples, noise=noise, random_state=seed)
+    data = TensorData(torch.tensor(X, dtype=torch.float32), torch.tensor(y), num_classes=2)
+    return split(data, val_fraction, seed)
+
+
+def _spirals(
+    n_samples: int = 1000, classes: int = 3, turns: float = 1.0, noise: float = 0.2,
+    val_fraction: float = 0.2, seed: int = 0,
+) -> Pair:
+    g = torch.Generator().manual_seed(seed)
+    label = torch.arange(n_samples) % classes  # [samples], balanced
+    r = torch.rand(n_samples, generator=g)  # radius in [0, 1)
+    theta = 2 * math.pi * (turns * r + label / classes) + noise * torch.randn(n_samples, generator=g)
+    X = torch.stack([r * torch.cos(theta), r * torch.sin(theta)], dim=1)
+    return split(TensorData(X, label, num_classes=classes), val_fraction, seed)
+
+
+def _linear(
+    n_samples: int = 1000, features: int = 10, condition: float = 100.0, noise: float = 0.1,
+    val_fraction: float = 0.2, seed: int = 0,
+) -> Pair:
+    if not condition >= 1:
+        raise InvalidParameter("condition", condition, "a condition number >= 1")
+    if features > n_samples:
+        raise InvalidParameter("features", features, f"at most n_samples ({n_samples})")
+    g = torch.Generator().manual_seed(seed)
+    # X = U diag(s) V^T with singular values from 1 down to 1/condition, so cond(X) = condition exactly.
+    U, _ = torch.linalg.qr(torch.randn(n_samples, features, generator=g, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.randn(features, features, generator=g, dtype=torch.float64))
+    s = torch.logspace(0, -math.log10(condition), features, dtype=torch.float64) * math.sqrt(n_samples)
+    X = U @ torch.diag(s) @ V.T  # [samples, features]
+    w = torch.randn(features, 1, generator=g, dtype=torch.float64)
+    y = X @ w + noise * torch.randn(n_samples, 1, generator=g, dtype=torch.float64)
+    return split(TensorData(X.float(), y.float()), val_fraction, seed)
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    info.name: info
+    for info in [
+        DatasetInfo("seed", _seed_data, "the lecture's 3 samples: x=[[1,2,3],[4,5,6],[7,8,9]], y=[12,18,11]", {}),
+        DatasetInfo("digits", _digits, "8x8 handwritten digits (scikit-learn), 1437 train / 360 val, 10 classes", {}),
+        DatasetInfo("moons", _moons, "two interleaving half circles, 2 classes",
+                    {"n_samples": 1000, "noise": 0.2, "val_fraction": 0.2, "seed": 0}),
+        DatasetInfo("spirals", _spirals, "interleaved spiral arms, one class per arm",
+                    {"n_samples": 1000, "classes": 3, "turns": 1.0, "noise": 0.2, "val_fraction": 0.2, "seed": 0}),
+        DatasetInfo("linear", _linear, "linear regression whose inputs have a chosen condition number",
+                    {"n_samples": 1000, "features": 10, "condition": 100.0, "noise": 0.1, "val_fraction": 0.2,
+                     "seed": 0}),
+    ]
+}
+
+_SOURCES = ", a .csv or .npz file, or module:function"
+
+
+def load(
+    name: str,
+    *,
+    target: str | None = None,
+    task: Task | None = None,
+    val: str | None = None,
+    val_split: float | None = None,
+    seed: int = 0,
+    **options: Any,
+) -> Pair:
+    """Load a built-in dataset or a data source as ``(train, val)``; ``val`` is None when there is none.
+
+    Args:
+        name: a built-in name (see ``DATASETS``), a ``.csv`` / ``.npz`` path, or ``module:function``.
+        target: the target column of a CSV file.
+        task: ``"classification"`` or ``"regression"``, to override what is inferred from the target.
+        val: a second file (same format) to validate on.
+        val_split: a fraction of the training file to hold out for validation, drawn from ``seed``.
+        seed: seeds synthetic data and the validation split.
+        **options: options of a built-in dataset (e.g. ``n_samples``, ``noise``, ``condition``).
+    """
+    if task not in (None, "classification", "regression"):
+        raise InvalidParameter("task", task, '"classification" or "regression"')
+    if name in DATASETS:
+        info = DATASETS[name]
+        unknown = sorted(set(options) - set(info.options))
+        if unknown:
+            allowed = ", ".join(info.options) or "none"
+            raise InvalidParameter(f"{name} option", unknown[0], f"one of its options ({allowed})")
+        kwargs = {**options, "seed": seed} if "seed" in info.options else options
+        return info.build(**kwargs)
+    if options:
+        raise InvalidParameter("option", sorted(options)[0], f"no options for data {name!r}")
+    path = Path(name)
+    if path.suffix.lower() in (".csv", ".npz") or path.exists():
+        train = _load_file(path, target=target, task=task)
+        valid = _load_file(Path(val), target=target, task=task, like=train) if val else None
+    elif ":" in name:
+        train, valid = load_callable(name)
+        if val:
+            raise InvalidParameter("val", val, "no --val file with module:function data (return (train, val))")
+    else:
+        raise UnknownChoice("data", name, DATASETS, _SOURCES)
+    if val_split is not None:
+        if valid is not None:
+            raise InvalidParameter("val_split", val_split, "no --val-split when validation data is given")
+        train, valid = split(train, val_split, seed)
+    return train, valid
+
+
+def _load_file(path: Path, *, target: str | None, task: Task | None, like: TensorData | None = None) -> TensorData:
+    if not path.is_file():
+        raise DataError(f"data file '{path}' not found: expected an existing .csv or .npz file")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return load_csv(path, target=target, task=task, like=like)
+    if suffix == ".npz":
+        return load_npz(path, task=task)
+    raise InvalidParameter("data", str(path), "a .csv or .npz file")
+
+
+def load_csv(
+    path: str | Path, *, target: str | None, task: Task | None = None, like: TensorData | None = None
+) -> TensorData:
+    """Read a CSV file with a header row; every column but ``target`` is a numeric feature.
+
+    The task is classification when the target is text, or whole numbers with at most 20 distinct values;
+    class labels are numbered in sorted order. ``like`` reuses another file's columns and classes.
+    """
+    path = Path(path)
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        rows = [(line, row) for line, row in enumerate(csv.reader(f), start=1) if any(c.strip() for c in row)]
+    if not rows:
+        raise DataError(f"{path}: the file is empty: expected a header row and at least one data row")
+    header = [c.strip() for c in rows[0][1]]
+    if target is None:
+        raise InvalidParameter("target", None, f"the target column of {path.name}, one of {', '.join(header)}")
+    if target not in header:
+        raise UnknownChoice("target", target, header, f" (the columns of {path.name})")
+    if len(rows) < 2:
+        raise DataError(f"{path}: no data rows: expected at least one row after the header")
+    t = header.index(target)
+    features, labels = [], []
+    for line, row in rows[1:]:
+        if len(row) != len(header):
+            raise DataError(f"{path} line {line}: {len(row)} cells: expected {len(header)} like the header")
+        features.append([_number(path, line, header[j], row[j]) for j in range(len(row)) if j != t])
+        labels.append(row[t].strip())
+    X = torch.tensor(features, dtype=torch.float32).reshape(len(features), len(header) - 1)
+    names = [h for j, h in enumerate(header) if j != t]
+    if like is not None and like.feature_names is not None and names != like.feature_names:
+        raise DataError(f"{path}: columns {names} differ from the training file's {like.feature_names}")
+    y, task, classes = _targets(path, [r[0] for r in rows[1:]], target, labels, task, like)
+    return TensorData(X, y, task=task, num_classes=len(classes) if classes else None, feature_names=names,
+                      classes=classes)
+
+
+def _number(path: Path, line: int, column: str, cell: str) -> float:
+    text = cell.strip()
+    try:
+        value = float(text)
+    except ValueError:
+        what = "an empty cell" if not text else repr(text)
+        raise DataError(f"{path} line {line}, column '{column}': {what} is not a number") from None
+    if not math.isfinite(value):
+        raise DataError(f"{path} line {line}, column '{column}': {text} is not finite: expected a real number")
+    return value
+
+
+def _targets(
+    path: Path, lines: list[int], column: str, labels: list[str], task: Task | None, like: TensorData | None
+) -> tuple[torch.Tensor, Task, list[Any] | None]:
+    numbers: list[float] | None = []
+    for text in labels:
+        try:
+            numbers.append(float(text))  # type: ignore[union-attr]
+        except ValueError:
+            numbers = None
+            break
+    if like is not None:
+        task = like.task
+    elif task is None:
+        whole = numbers is not None and all(math.isfinite(v) and v == int(v) for v in numbers)
+        task = "classification" if numbers is None or whole and len(set(numbers)) <= 20 else "regression"
+    if task == "regression":
+        if numbers is None:
+            bad = next(i for i, s in enumerate(labels) if not _is_float(s))
+            raise DataError(f"{path} line {lines[bad]}, column '{column}': {labels[bad]!r} is not a number")
+        for i, v in enumerate(numbers):
+            if not math.isfinite(v):
+                raise DataError(f"{path} line {lines[i]}, column '{column}': {labels[i]} is not finite")
+        return torch.tensor(numbers, dtype=torch.float32).reshape(-1, 1), task, None
+    keys: list[Any] = numbers if numbers is not None else labels
+    classes = (like.classes if like is not None else None) or sorted(set(keys))
+    index = {c: i for i, c in enumerate(classes)}
+    for i, k in enumerate(keys):
+        if k not in index:
+            raise DataError(f"{path} line {lines[i]}, column '{column}': class {labels[i]!r} is not among the "
+                            f"training classes {classes}")
+    return torch.tensor([index[k] for k in keys]), task, classes
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def load_npz(path: str | Path, *, task: Task | None = None) -> TensorData:
+    """Read arrays ``X`` (``[samples, ...]``) and ``y`` (``[samples]`` or ``[samples, outputs]``)."""
+    path = Path(path)
+    with np.load(path, allow_pickle=False) as arrays:
+        missing = [k for k in ("X", "y") if k not in arrays.files]
+        if missing:
+            raise DataError(f"{path}: no array {missing[0]!r}: expected arrays 'X' and 'y' (found {arrays.files})")
+        X, y = arrays["X"], arrays["y"]
+    if len(X) == 0:
+        raise DataError(f"{path}: X has no rows: expected at least one sample")
+    for name, a in (("X", X), ("y", y)):
+        if not np.issubdtype(a.dtype, np.number):
+            raise DataError(f"{path}: array {name!r} has dtype {a.dtype}: expected numbers")
+        bad = np.argwhere(~np.isfinite(a))
+        if len(bad):
+            raise DataError(f"{path}: {name}[{', '.join(map(str, bad[0]))}] is {a[tuple(bad[0])]}: expected finite")
+    if task is None:
+        task = "classification" if np.issubdtype(y.dtype, np.integer) else "regression"
+    return TensorData(torch.as_tensor(X).float(), torch.as_tensor(y), task=task)
+
+
+def load_callable(spec: str) -> Pair:
+    """Call ``module:function`` (the current folder is importable) and return ``(train, val)``."""
+    obj = resolve(spec, "data")
+    made = obj() if callable(obj) else obj
+    pair = made if isinstance(made, tuple) and len(made) == 2 else (made, None)
+    for part in pair:
+        if part is not None and not isinstance(part, Dataset):
+            raise InvalidParameter("data", spec, f"a function returning a torch Dataset, got {type(part).__name__}")
+    return pair

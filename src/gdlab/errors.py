@@ -1,0 +1,77 @@
+"""The one exception hierarchy of gdlab.
+
+Every error a user can cause derives from :class:`GdlabError`. Its message is one line that names the
+parameter, the value and what was expected, so the CLI can print it as is and exit with code 2.
+
+Example:
+    >>> try:
+    ...     raise InvalidParameter("batch_size", 0, '"full", "stochastic" or a positive integer')
+    ... except GdlabError as e:
+    ...     print(e)
+    invalid batch_size 0: expected "full", "stochastic" or a positive integer
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = [
+    "GdlabError",
+    "InvalidParameter",
+    "UnknownChoice",
+    "DataError",
+    "ModelError",
+    "StoreError",
+    "RunNotFound",
+]
+
+
+class GdlabError(Exception):
+    """Base of every error gdlab raises on purpose; its message is one line."""
+
+
+class InvalidParameter(GdlabError, ValueError):
+    """A parameter has a value outside what it accepts.
+
+    Args:
+        param: the parameter's name as the user wrote it (``batch_size``, ``--lr``).
+        value: the value received.
+        expected: what would have been accepted.
+        hint: an optional fix, appended after a semicolon.
+    """
+
+    def __init__(self, param: str, value: Any, expected: str, hint: str | None = None) -> None:
+        self.param, self.value, self.expected = param, value, expected
+        message = f"invalid {param} {_show(value)}: expected {expected}"
+        super().__init__(message + (f"; {hint}" if hint else ""))
+
+
+class UnknownChoice(InvalidParameter):
+    """A name that is not among the registered choices (dataset, model, optimizer, loss...)."""
+
+    def __init__(self, param: str, value: Any, choices: Iterable[str], extra: str = "") -> None:
+        listed = ", ".join(choices)
+        super().__init__(param, value, f"one of {listed}{extra}")
+        self.message = f"unknown {param} {_show(value)}: expected one of {listed}{extra}"
+        self.args = (self.message,)
+
+
+class DataError(GdlabError, ValueError):
+    """Data that cannot be used: a missing file or column, a non-numeric or non-finite cell, no rows."""
+
+
+class ModelError(GdlabError, ValueError):
+    """A model that cannot serve the data: wrong feature count, wrong output size, not an nn.Module."""
+
+
+class StoreError(GdlabError, OSError):
+    """The run store cannot be opened, written or read."""
+
+
+class RunNotFound(StoreError):
+    """No stored run matches the id, prefix or name given."""
+
+
+def _show(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else str(value)

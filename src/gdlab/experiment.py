@@ -1,0 +1,86 @@
+"""From a :class:`~gdlab.config.Config` to a trained, stored run: what ``gdlab train`` does, callable from Python.
+
+Example:
+    >>> from gdlab.config import Config
+    >>> import tempfile
+    >>> config = Config(data="seed", model="linear", optimizer="sgd", lr=0.001, batch_size="full",
+    ...                 epochs=5, store=tempfile.mkdtemp())
+    >>> result = run(config, progress=False)
+    >>> result.plan.describe()
+    '3 samples, full batch -> 1 iteration per epoch'
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from gdlab import datasets, models
+from gdlab.config import Config
+from gdlab.data import TensorData, as_tensor_data, standardize
+from gdlab.errors import InvalidParameter
+from gdlab.store import Store
+from gdlab.train import Callback, Result, fit
+
+__all__ = ["prepare", "run", "resume"]
+
+
+def prepare(config: Config) -> tuple[nn.Module, Any, Any]:
+    """Load the data and build the model of ``config``: ``(model, train, val)``.
+
+    The model is built right after ``torch.manual_seed(config.seed)``, so the seed fixes the initial point.
+    """
+    train, val = datasets.load(config.data, target=config.target, task=config.task,  # type: ignore[arg-type]
+                               val=config.val, val_split=config.val_split, seed=config.seed,
+                               **config.data_options)
+    if config.standardize:
+        tensors = as_tensor_data(train)
+        if tensors is None:
+            raise InvalidParameter("standardize", True, "in-memory data (a built-in, .csv or .npz file)")
+        train, val = standardize(tensors, as_tensor_data(val) if val is not None else None)
+    in_features, out_features, task, image_shape = _describe(train)
+    torch.manual_seed(config.seed)
+    model = models.build(config.model, in_features=in_features, out_features=out_features,
+                         hidden=config.hidden, activation=config.activation, init=config.init,
+                         image_shape=image_shape, task=task)
+    return model, train, val
+
+
+def run(config: Config, *, progress: bool = True, callbacks: tuple[Callback, ...] = (),
+        resume: str | None = None) -> Result:
+    """Train as ``config`` says, recording the run in ``config.store``; ``resume`` continues a stored run."""
+    store = Store(config.store)
+    model, train, val = prepare(config)
+    epochs, steps = config.budget()
+    return fit(model, train, val=val, loss=config.loss, optimizer=config.optimizer, lr=config.lr,
+               momentum=config.momentum, batch_size=config.batch_size, epochs=epochs, steps=steps,
+               seed=config.seed, device=config.device, callbacks=callbacks, store=store, progress=progress,
+               drop_last=config.drop_last, tol=config.tol, patience=config.patience,
+               checkpoint_every=config.checkpoint_every, name=config.name, config=config.to_dict(),
+               resume=resume)
+
+
+def resume(ref: str, *, store: str, epochs: int | None = None, steps: int | None = None,
+           progress: bool = True) -> Result:
+    """Continue the stored run ``ref`` from its last checkpoint, optionally with a larger budget."""
+    run_ = Store(store).get(ref)
+    changes: dict[str, Any] = {"store": store}
+    if epochs is not None or steps is not None:
+        changes.update(epochs=epochs, steps=steps)
+    config = Config.from_dict(run_.config, source=f"stored config of run {run_.id}").with_changes(**changes)
+    return run(config, progress=progress, resume=run_.id)
+
+
+def _describe(train: Any) -> tuple[int, int, str, tuple[int, ...] | None]:
+    """``(in_features, out_features, task, image_shape)`` of the training data."""
+    tensors = as_tensor_data(train)
+    if isinstance(tensors, TensorData):
+        return tensors.n_features, tensors.n_outputs, tensors.task, tensors.image_shape
+    x, y = train[0]
+    y = torch.as_tensor(y)
+    if torch.is_floating_point(y):
+        return int(torch.as_tensor(x).numel()), int(y.numel()), "regression", None
+    classes = 1 + max(int(torch.as_tensor(train[i][1])) for i in range(len(train)))  # one pass over labels
+    return int(torch.as_tensor(x).numel()), classes, "classification", None

@@ -1,0 +1,182 @@
+"""Built-in models and the user's own: ``build(name, in_features=..., out_features=...) -> nn.Module``.
+
+``linear`` (one affine layer, for regression), ``logistic`` (an affine layer giving class logits), ``mlp``
+(hidden sizes, activation, initialisation), ``cnn`` (two small conv blocks for image-shaped inputs) and
+``module:function`` for any ``nn.Module`` factory (called with ``in_features`` / ``out_features`` if it takes
+them).
+
+Example:
+    >>> model = build("mlp", in_features=64, out_features=10, hidden=(32,), activation="tanh")
+    >>> model(torch.zeros(5, 64)).shape
+    torch.Size([5, 10])
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from gdlab.errors import InvalidParameter, ModelError, UnknownChoice
+from gdlab._resolve import resolve
+
+__all__ = ["MODELS", "ACTIVATIONS", "INITS", "ModelInfo", "build", "initialize"]
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "leaky_relu": nn.LeakyReLU,
+}
+
+INITS = ("default", "xavier", "kaiming", "normal", "zeros")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A built-in model: its builder and a one-line description."""
+
+    name: str
+    build: Callable[..., nn.Module]
+    description: str
+
+
+def _linear(in_features: int, out_features: int, **_: Any) -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_features, out_features))
+
+
+def _mlp(in_features: int, out_features: int, hidden: Sequence[int] = (64,), activation: str = "relu",
+         **_: Any) -> nn.Module:
+    if activation not in ACTIVATIONS:
+        raise UnknownChoice("activation", activation, ACTIVATIONS)
+    sizes = [in_features, *hidden]
+    layers: list[nn.Module] = [nn.Flatten()]
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(a, b), ACTIVATIONS[activation]()]
+    layers.append(nn.Linear(sizes[-1], out_features))
+    return nn.Sequential(*layers)
+
+
+def _cnn(in_features: int, out_features: int, image_shape: tuple[int, ...] | None = None,
+         activation: str = "relu", **_: Any) -> nn.Module:
+    if image_shape is None:
+        side = math.isqrt(in_features)
+        if side * side != in_features:
+            raise ModelError(f"model 'cnn' needs image-shaped inputs: {in_features} features are not a square "
+                             "image; use data with an image shape (digits) or another model")
+        image_shape = (1, side, side)
+    if activation not in ACTIVATIONS:
+        raise UnknownChoice("activation", activation, ACTIVATIONS)
+    channels, height, width = image_shape
+    act = ACTIVATIONS[activation]
+    # [batch, C, H, W] -> two conv blocks halving H and W -> [batch, 32 * H/4 * W/4] -> logits
+    return nn.Sequential(
+        _AsImage(image_shape),
+        nn.Conv2d(channels, 16, 3, padding=1), act(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), act(), nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32 * (height // 4) * (width // 4), out_features),
+    )
+
+
+class _AsImage(nn.Module):
+    """Reshape ``[batch, C*H*W]`` (or already ``[batch, C, H, W]``) inputs to ``[batch, C, H, W]``."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.shape = tuple(shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(len(x), *self.shape)
+
+
+MODELS: dict[str, ModelInfo] = {
+    info.name: info
+    for info in [
+        ModelInfo("linear", _linear, "one affine layer y = Wx + b (linear regression)"),
+        ModelInfo("logistic", _linear, "one affine layer giving class logits (logistic regression)"),
+        ModelInfo("mlp", _mlp, "multi-layer perceptron: --hidden sizes, --activation, --init"),
+        ModelInfo("cnn", _cnn, "two conv blocks (16, 32 channels) for image-shaped inputs such as digits"),
+    ]
+}
+
+
+def build(
+    name: str,
+    *,
+    in_features: int,
+    out_features: int,
+    hidden: Sequence[int] = (64,),
+    activation: str = "relu",
+    init: str = "default",
+    image_shape: tuple[int, ...] | None = None,
+    task: str | None = None,
+) -> nn.Module:
+    """Build model ``name`` for data with ``in_features`` inputs and ``out_features`` outputs.
+
+    Args:
+        name: a key of ``MODELS`` or ``module:function`` returning an ``nn.Module``.
+        hidden: hidden layer sizes of ``mlp``.
+        activation: ``relu``, ``tanh``, ``sigmoid`` or ``leaky_relu``.
+        init: weight initialisation: ``default`` (PyTorch's), ``xavier``, ``kaiming``, ``normal`` (std 0.01)
+            or ``zeros`` (every unit alike: the symmetry that random initialisation breaks).
+        image_shape: ``(C, H, W)`` of flat image inputs, for ``cnn``.
+        task: ``classification`` or ``regression``, to check the model fits the task.
+    """
+    if any(not isinstance(h, int) or h <= 0 for h in hidden):
+        raise InvalidParameter("hidden", list(hidden), "positive layer sizes, e.g. 128,64")
+    if init not in INITS:
+        raise UnknownChoice("init", init, INITS)
+    if name in MODELS:
+        if name == "logistic" and task == "regression":
+            raise ModelError("model 'logistic' gives class logits but the data is regression: use model 'linear'")
+        model = MODELS[name].build(in_features, out_features, hidden=tuple(hidden), activation=activation,
+                                   image_shape=image_shape)
+    elif ":" in name:
+        model = _user_model(name, in_features, out_features)
+    else:
+        raise UnknownChoice("model", name, MODELS, ", or module:function")
+    if init != "default":
+        initialize(model, init)
+    return model
+
+
+def _user_model(spec: str, in_features: int, out_features: int) -> nn.Module:
+    factory = resolve(spec, "model")
+    if isinstance(factory, nn.Module):
+        return factory
+    offered = {"in_features": in_features, "out_features": out_features}
+    try:
+        params = inspect.signature(factory).parameters
+        takes_all = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        kwargs = {k: v for k, v in offered.items() if takes_all or k in params}
+    except (TypeError, ValueError):
+        kwargs = {}
+    model = factory(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise InvalidParameter("model", spec, f"a function returning an nn.Module, got {type(model).__name__}")
+    return model
+
+
+@torch.no_grad()
+def initialize(model: nn.Module, init: str) -> nn.Module:
+    """Re-initialise the weights of every Linear and Conv layer of ``model``; biases start at zero."""
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            w = module.weight
+            if init == "xavier":
+                nn.init.xavier_uniform_(w)
+            elif init == "kaiming":
+                nn.init.kaiming_uniform_(w, nonlinearity="relu")
+            elif init == "normal":
+                nn.init.normal_(w, std=0.01)
+            elif init == "zeros":
+                nn.init.zeros_(w)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    return model

@@ -1,0 +1,80 @@
+"""The live progress bar (an edge: the only engine-side user of rich, imported only when a bar is shown).
+
+Shows epoch, iteration within the epoch, the latest loss and speed on stderr. It redraws at most ten times a
+second, so a fast loop pays a clock read per step and nothing more.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+__all__ = ["ProgressBar"]
+
+
+class ProgressBar:
+    """A callback drawing one bar over the run's total steps."""
+
+    def __init__(self, console: Console | None = None, interval: float = 0.1) -> None:
+        self.console = console or Console(stderr=True)
+        self.interval = interval
+        self._progress: Progress | None = None
+        self._task: Any = None
+        self._next = 0.0
+        self._start_step = 0
+        self._start_time = 0.0
+
+    def on_fit_start(self, state: Any) -> None:
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[iteration]}"),
+            TextColumn("loss [cyan]{task.fields[loss]}"),
+            TextColumn("{task.fields[speed]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task(self._epoch(state), total=state.total_steps, completed=state.step,
+                                             iteration="", loss="-", speed="")
+        self._start_step, self._start_time = state.step, time.perf_counter()
+
+    def on_step_end(self, state: Any) -> None:
+        now = time.perf_counter()
+        if now >= self._next:
+            self._next = now + self.interval
+            self._draw(state, now)
+
+    def on_fit_end(self, state: Any) -> None:
+        self._draw(state, time.perf_counter())
+        self.close()
+
+    def close(self) -> None:
+        """Stop drawing (also called when the run fails, so the terminal is left clean)."""
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def _draw(self, state: Any, now: float) -> None:
+        if self._progress is None:
+            return
+        rate = (state.step - self._start_step) / max(now - self._start_time, 1e-9)
+        self._progress.update(
+            self._task,
+            completed=state.step,
+            description=self._epoch(state),
+            iteration=f"it {state.iteration or (state.plan.iterations_per_epoch if state.step else 0)}"
+                      f"/{state.plan.iterations_per_epoch}",
+            loss=f"{state.loss:.4g}",
+            speed=f"{rate:,.0f} it/s",
+        )
+
+    @staticmethod
+    def _epoch(state: Any) -> str:
+        total = -(-state.total_steps // state.plan.iterations_per_epoch)  # ceil
+        return f"epoch {min(state.epoch + 1, total)}/{total}"

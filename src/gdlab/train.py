@@ -1,0 +1,599 @@
+"""``fit``: the gradient-descent loop (lecture, point 3), with events, checkpoints and the run store.
+
+The loop is the lecture's four steps, read top to bottom in :func:`fit`: (1) start from the initial parameters,
+(2) evaluate the loss and its gradient on a batch, (3) update the parameters, (4) repeat for ``epochs`` or
+``steps``. Callbacks observe and act through a short, declared list of events (:data:`EVENTS`); each receives
+the :class:`LoopState` explicitly.
+
+Example:
+    >>> import torch, gdlab
+    >>> X = torch.randn(64, 3); y = X @ torch.tensor([[1.0], [-2.0], [0.5]])
+    >>> result = gdlab.fit(torch.nn.Linear(3, 1), (X, y), lr=0.1, epochs=30, progress=False)
+    >>> result.final["train_loss"] < 1e-3
+    True
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from gdlab import checkpoint as ckpt
+from gdlab import optim
+from gdlab.data import BatchPlan, TensorData, as_tensor_data, batches, loader
+from gdlab.errors import InvalidParameter, ModelError, UnknownChoice
+from gdlab.history import History
+from gdlab.store import Store
+
+__all__ = ["EVENTS", "Callback", "LoopState", "Result", "LOSSES", "fit", "evaluate", "resolve_loss",
+           "resolve_device"]
+
+EVENTS = ("on_fit_start", "on_epoch_start", "on_step_end", "on_epoch_end", "on_fit_end")
+"""The events of the loop, in the order they first fire."""
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+LOSSES: dict[str, LossFn] = {
+    "mse": F.mse_loss,
+    "cross_entropy": F.cross_entropy,
+    "l1": F.l1_loss,
+    "huber": F.huber_loss,
+    "bce": F.binary_cross_entropy_with_logits,
+}
+
+
+class Callback:
+    """Base class for callbacks: override the events you need; each gets the :class:`LoopState`.
+
+    Example:
+        >>> class StopAtLoss(Callback):
+        ...     def on_step_end(self, state):
+        ...         if state.loss < 0.01:
+        ...             state.stop("loss below 0.01")
+    """
+
+    def on_fit_start(self, state: LoopState) -> None:
+        """Before the first step (also when resuming)."""
+
+    def on_epoch_start(self, state: LoopState) -> None:
+        """Before the first step of each epoch."""
+
+    def on_step_end(self, state: LoopState) -> None:
+        """After each update; ``state.loss`` is the loss the step was computed on."""
+
+    def on_epoch_end(self, state: LoopState) -> None:
+        """After each epoch's record (train and validation loss) is in ``state.history.epochs``."""
+
+    def on_fit_end(self, state: LoopState) -> None:
+        """After the last step, whatever stopped the loop."""
+
+
+@dataclass
+class LoopState:
+    """Everything the loop knows, handed to every callback. Steps and epochs count completed ones."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    plan: BatchPlan
+    history: History
+    seed: int
+    device: torch.device
+    total_steps: int
+    step: int = 0
+    epoch: int = 0
+    iteration: int = 0
+    loss: float = math.nan
+    stop_reason: str | None = None
+    interrupted: bool = False
+    run_id: str | None = None
+    # running sums of the epoch in progress: sample-weighted loss, samples seen
+    epoch_loss_sum: float = 0.0
+    epoch_samples: int = 0
+    best_val_loss: float = math.inf
+    bad_epochs: int = 0
+    seconds: float = 0.0
+
+    def stop(self, reason: str) -> None:
+        """Ask the loop to stop after the current step, giving the reason."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+
+    @property
+    def lr(self) -> float:
+        """The current learning rate of the first parameter group."""
+        return float(self.optimizer.param_groups[0]["lr"])
+
+
+@dataclass
+class Result:
+    """What :func:`fit` returns.
+
+    Attributes:
+        model: the trained model (the same object that was passed in).
+        history: per-step and per-epoch records.
+        final: ``train_loss`` (mean over the last epoch's steps), ``val_loss``, and for classification
+            ``val_accuracy``; None where there is no validation data.
+        lr: the learning rate trained with.
+        run_id: the id in the run store, or None without a store.
+        seconds: training time.
+        plan: the batch plan.
+        status: ``finished`` or ``stopped`` (interrupted).
+        stop_reason: why the loop ended before its budget (converged, patience, diverged, interrupted), or None.
+        findings: the doctor's findings (empty until the doctor is attached).
+    """
+
+    model: nn.Module
+    history: History
+    final: dict[str, float | None]
+    lr: float
+    run_id: str | None
+    seconds: float
+    plan: BatchPlan
+    status: str = "finished"
+    stop_reason: str | None = None
+    steps: int = 0
+    findings: list[Any] = field(default_factory=list)
+
+
+def fit(
+    model: nn.Module,
+    train: Dataset | tuple[torch.Tensor, torch.Tensor],
+    *,
+    loss: str | LossFn = "auto",
+    optimizer: optim.OptimizerSpec = "sgd",
+    lr: float = 0.01,
+    momentum: float | None = None,
+    batch_size: int | str = 32,
+    epochs: int | None = None,
+    steps: int | None = None,
+    val: Dataset | tuple[torch.Tensor, torch.Tensor] | None = None,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    callbacks: Sequence[Callback] = (),
+    store: Store | str | Path | None = None,
+    progress: bool = True,
+    drop_last: bool = False,
+    tol: float | None = None,
+    patience: int | None = None,
+    checkpoint_every: int | None = None,
+    name: str | None = None,
+    config: dict[str, Any] | None = None,
+    resume: str | None = None,
+) -> Result:
+    """Train ``model`` on ``train`` by gradient descent.
+
+    Args:
+        model: any ``nn.Module``; trained in place.
+        train: a ``Dataset`` or an ``(X, y)`` pair of tensors. In-memory data is batched by index on the
+            device; any other Dataset goes through a DataLoader with the same index batches.
+        loss: ``"auto"`` (cross-entropy for integer class targets, mean squared error otherwise), a name in
+            ``LOSSES`` or a callable ``(output, target) -> loss``.
+        optimizer: a name (``sgd``, ``momentum``, ``nesterov``, ``adagrad``, ``rmsprop``, ``adam``, ``adamw``),
+            a factory ``params -> Optimizer`` or a ``torch.optim.Optimizer``.
+        lr: learning rate of a named optimizer. momentum: its momentum (None keeps the optimizer's default).
+        batch_size: ``"full"`` (batch gradient descent), ``"stochastic"`` (one sample) or a positive integer.
+        epochs, steps: the budget; the loop stops at whichever comes first (10 epochs when neither is given).
+        val: validation data, evaluated at the end of every epoch.
+        seed: seeds data order and the parameter-free randomness (dropout): the same seed gives the same run.
+        device: ``"auto"`` (CUDA, then MPS, then CPU) or a torch device.
+        callbacks: objects with methods named after :data:`EVENTS`.
+        store: a :class:`Store` or its folder: the run, its metrics and checkpoints are recorded there.
+        progress: show a progress bar (epoch, iteration, loss, speed) on stderr.
+        drop_last: drop a short last batch each epoch.
+        tol: stop when the epoch's train loss changes by less than ``tol``.
+        patience: stop when the validation loss has not improved for ``patience`` epochs.
+        checkpoint_every: steps between checkpoints (with a store); None checkpoints at every epoch's end.
+        name: a name for the stored run. config: the settings to store with the run.
+        resume: a stored run's id: continue it from its last checkpoint (needs ``store``).
+
+    Returns:
+        A :class:`Result`.
+    """
+    # -- check everything before anything is stored -------------------------------------------------------
+    epochs, steps = _check_budget(epochs, steps, resume)
+    for key, value in (("tol", tol), ("patience", patience), ("checkpoint_every", checkpoint_every)):
+        if value is not None and (isinstance(value, bool) or not value > 0):
+            raise InvalidParameter(key, value, "a number > 0" if key == "tol" else "a positive integer")
+    dev = resolve_device(device)
+    model.to(dev)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.get_default_dtype())
+    source = _Source(train, dev, dtype)
+    val_source = _Source(val, dev, dtype) if val is not None else None
+    if patience is not None and val_source is None:
+        raise InvalidParameter("patience", patience, "validation data (val=...) to watch")
+    loss_fn, loss_name = resolve_loss(loss, source.task)
+    plan = BatchPlan.make(len(source), batch_size, drop_last=drop_last)
+    opt = optim.make(optimizer, model.parameters(), lr=lr, momentum=momentum)
+    _check_model(model, source, loss_name)
+    total = min(steps or math.inf, (epochs or math.inf) * plan.iterations_per_epoch)  # finite: one is set
+    db = store if isinstance(store, Store) or store is None else Store(store)
+    if resume is not None and db is None:
+        raise InvalidParameter("resume", resume, "a store holding the run (store=...)")
+
+    state = LoopState(model, opt, plan, History(), seed, dev, int(total))
+    if resume is not None:
+        assert db is not None
+        _restore(state, db.get(resume).checkpoint)
+        db.reopen(resume, step=state.step, epochs=state.epoch)
+        if config is not None:
+            db.update_config(resume, config)
+        state.run_id = resume
+    else:
+        torch.manual_seed(seed)  # parameter-free randomness (dropout) follows the seed
+        if db is not None:
+            described = config or _describe(model, optimizer, lr, momentum, batch_size, epochs, steps, seed,
+                                            loss_name)
+            state.run_id = db.create_run(described, plan.to_dict(), name=name)
+
+    hooks: list[Any] = list(callbacks)
+    if db is not None and state.run_id is not None:
+        hooks.append(_StoreWriter(db, state.run_id, len(state.history.steps)))
+    if progress:
+        from gdlab.progress import ProgressBar  # an edge: rich is imported only when a bar is wanted
+
+        hooks.append(ProgressBar())
+
+    def emit(event: str) -> None:
+        for hook in hooks:
+            getattr(hook, event, _ignore)(state)
+
+    checkpoint_path = db.run_dir(state.run_id) / "checkpoint.pt" if db and state.run_id else None
+    every = checkpoint_every or plan.iterations_per_epoch
+    started = time.perf_counter() - state.seconds
+    model.train()
+    with _graceful_interrupt(state):
+        try:
+            emit("on_fit_start")
+            batch_iter: Iterator[tuple[torch.Tensor, ...]] | None = None
+            while state.step < state.total_steps and state.stop_reason is None:
+                if state.iteration == 0:
+                    emit("on_epoch_start")
+                if state.iteration == 0 or batch_iter is None:  # a new epoch, or a resumed one
+                    batch_iter = source.batches(plan, seed, state.epoch, state.iteration)
+
+                # (2) evaluate the loss and its gradient on one batch
+                x, y = next(batch_iter)
+                output = model(x)
+                batch_loss = loss_fn(_match(output, y, loss_name), y)
+                state.loss = batch_loss.item()
+                if not math.isfinite(state.loss):
+                    state.history.steps.append({"step": state.step + 1, "epoch": state.epoch + 1,
+                                                "loss": state.loss, "lr": state.lr})
+                    state.step += 1
+                    state.stop(f"diverged: the loss became {state.loss} at step {state.step}; "
+                               "the learning rate is likely too large")
+                    break
+                opt.zero_grad(set_to_none=True)
+                batch_loss.backward()
+                grad_norm = _grad_norm(model)
+
+                # (3) update the parameters
+                opt.step()
+
+                # (4) record, and repeat
+                state.step += 1
+                state.iteration += 1
+                state.epoch_loss_sum += state.loss * len(y)
+                state.epoch_samples += len(y)
+                state.history.steps.append({"step": state.step, "epoch": state.epoch + 1, "loss": state.loss,
+                                            "lr": state.lr, "grad_norm": grad_norm})
+                emit("on_step_end")
+                if state.iteration == plan.iterations_per_epoch:
+                    _end_epoch(state, val_source, loss_fn, loss_name, tol, patience, started)
+                    emit("on_epoch_end")
+                    state.epoch += 1
+                    state.iteration = state.epoch_samples = 0
+                    state.epoch_loss_sum = 0.0
+                if state.interrupted:
+                    state.stop("interrupted")
+                if checkpoint_path and (state.step % every == 0 or state.stop_reason):
+                    state.seconds = time.perf_counter() - started
+                    ckpt.save(checkpoint_path, _checkpoint(state))
+
+            if state.epoch_samples:  # a budget in steps can end mid-epoch: record the part done
+                _end_epoch(state, val_source, loss_fn, loss_name, None, None, started)
+            state.seconds = time.perf_counter() - started
+            if checkpoint_path:
+                ckpt.save(checkpoint_path, _checkpoint(state))
+            emit("on_fit_end")
+        except BaseException as error:
+            for hook in hooks:
+                getattr(hook, "close", _ignore_none)()
+            if db is not None and state.run_id is not None:
+                for hook in hooks:
+                    if isinstance(hook, _StoreWriter):
+                        hook.flush(state)
+                stopped = isinstance(error, KeyboardInterrupt)
+                db.finish(state.run_id, "stopped" if stopped else "failed", steps=state.step,
+                          seconds=time.perf_counter() - started, lr=state.lr,
+                          error=None if stopped else f"{type(error).__name__}: {error}",
+                          stop_reason="interrupted" if stopped else None)
+            raise
+
+    final = _final(state, val_source is not None, source.task)
+    status = "stopped" if state.interrupted else "finished"
+    if db is not None and state.run_id is not None:
+        db.finish(state.run_id, status, final=final, lr=state.lr, seconds=state.seconds, steps=state.step,
+                  stop_reason=state.stop_reason)
+    return Result(model, state.history, final, state.lr, state.run_id, state.seconds, plan, status,
+                  state.stop_reason, state.step)
+
+
+def _ignore(state: LoopState) -> None:
+    pass
+
+
+def _ignore_none() -> None:
+    pass
+
+
+def _end_epoch(state: LoopState, val: _Source | None, loss_fn: LossFn, loss_name: str, tol: float | None,
+               patience: int | None, started: float) -> None:
+    """Record the epoch (train loss, validation loss and accuracy) and apply the stopping rules."""
+    row: dict[str, float] = {"epoch": state.epoch + 1, "step": state.step,
+                             "train_loss": state.epoch_loss_sum / max(state.epoch_samples, 1)}
+    if val is not None:
+        row.update({f"val_{k}": v for k, v in evaluate(state.model, val, loss_fn, loss_name).items()})
+    row["seconds"] = time.perf_counter() - started
+    previous = state.history.epochs.last("train_loss")
+    state.history.epochs.append(row)
+    if tol is not None and abs(previous - row["train_loss"]) < tol:
+        state.stop(f"converged: the train loss changed by less than tol={tol:g}")
+    if patience is not None:
+        if row["val_loss"] < state.best_val_loss:
+            state.best_val_loss, state.bad_epochs = row["val_loss"], 0
+        else:
+            state.bad_epochs += 1
+            if state.bad_epochs >= patience:
+                state.stop(f"early stop: no better validation loss for {patience} epochs")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Any, loss_fn: LossFn | str = "auto", loss_name: str | None = None,
+             *, batch_size: int = 4096) -> dict[str, float]:
+    """Mean loss over ``data`` (and ``accuracy`` for class targets), in eval mode, without gradients.
+
+    Example:
+        >>> model = torch.nn.Linear(2, 1)
+        >>> sorted(evaluate(model, (torch.zeros(4, 2), torch.zeros(4, 1))))
+        ['loss']
+    """
+    source = data if isinstance(data, _Source) else _Source(data, next(model.parameters()).device,
+                                                            next(model.parameters()).dtype)
+    if isinstance(loss_fn, str):
+        loss_fn, loss_name = resolve_loss(loss_fn, source.task)
+    was_training = model.training
+    model.eval()
+    total, correct, count = 0.0, 0, 0
+    for x, y in source.chunks(batch_size):
+        output = model(x)
+        total += loss_fn(_match(output, y, loss_name or ""), y).item() * len(y)
+        if source.task == "classification" and output.dim() == 2 and loss_name == "cross_entropy":
+            correct += int((output.argmax(1) == y).sum())
+        count += len(y)
+    model.train(was_training)
+    result = {"loss": total / max(count, 1)}
+    if source.task == "classification" and loss_name == "cross_entropy":
+        result["accuracy"] = correct / max(count, 1)
+    return result
+
+
+def resolve_loss(loss: str | LossFn, task: str) -> tuple[LossFn, str]:
+    """The loss function and its name: ``auto`` is cross-entropy for class targets, mse otherwise."""
+    if callable(loss):
+        return loss, getattr(loss, "__name__", "custom")
+    name = ("cross_entropy" if task == "classification" else "mse") if loss == "auto" else loss
+    if name not in LOSSES:
+        raise UnknownChoice("loss", loss, ["auto", *LOSSES], ", or a callable")
+    return LOSSES[name], name
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` picks CUDA, then Apple's MPS, then the CPU; anything else is checked by torch."""
+    if str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+        torch.empty(0, device=dev)
+    except (RuntimeError, AssertionError) as e:
+        raise InvalidParameter("device", str(device), f"auto, cpu or an available accelerator ({e})") from None
+    return dev
+
+
+def _check_budget(epochs: Any, steps: Any, resume: str | None) -> tuple[int | None, int | None]:
+    for key, value in (("epochs", epochs), ("steps", steps)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            raise InvalidParameter(key, value, "a positive integer")
+    return (10 if epochs is None and steps is None else epochs), steps
+
+
+class _Source:
+    """Training or validation data with its device path: index batching for tensors, else a DataLoader."""
+
+    def __init__(self, data: Any, device: torch.device, dtype: torch.dtype) -> None:
+        self.device, self.dtype = device, dtype
+        tensors = as_tensor_data(data)
+        self.dataset: Dataset | None = None if tensors is not None else data
+        if tensors is not None:
+            self.tensors: TensorData | None = tensors.to(device)
+            if self.tensors.X.dtype != dtype:
+                self.tensors.X = self.tensors.X.to(dtype)
+            if self.tensors.task == "regression" and self.tensors.y.dtype != dtype:
+                self.tensors.y = self.tensors.y.to(dtype)
+            self.task: str = tensors.task
+            self.num_classes = tensors.num_classes
+        else:
+            self.tensors = None
+            if len(data) == 0:
+                raise InvalidParameter("data", type(data).__name__, "a Dataset with at least one sample")
+            _, y = data[0]
+            y = torch.as_tensor(y)
+            self.task = "regression" if torch.is_floating_point(y) else "classification"
+            self.num_classes = None
+
+    def __len__(self) -> int:
+        return len(self.tensors) if self.tensors is not None else len(self.dataset)  # type: ignore[arg-type]
+
+    def _move(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.to(self.device, self.dtype)
+        return x, y.to(self.device, self.dtype if torch.is_floating_point(y) else None)
+
+    def batches(self, plan: BatchPlan, seed: int, epoch: int, start: int) -> Iterator[tuple[torch.Tensor, ...]]:
+        """The epoch's batches from iteration ``start``, on the device."""
+        if self.tensors is not None:
+            X, y = self.tensors.X, self.tensors.y
+            if plan.mode == "full":  # one batch of everything: no copy
+                yield X, y
+                return
+            for index in batches(plan, seed, epoch, start):
+                index = index.to(self.device)
+                yield X[index], y[index]
+        else:
+            for x, y in loader(self.dataset, plan, seed, epoch, start):  # type: ignore[arg-type]
+                yield self._move(x, y)
+
+    def chunks(self, size: int) -> Iterator[tuple[torch.Tensor, ...]]:
+        """All samples in order, ``size`` at a time, for evaluation."""
+        if self.tensors is not None:
+            for i in range(0, len(self.tensors), size):
+                yield self.tensors.X[i : i + size], self.tensors.y[i : i + size]
+        else:
+            for x, y in DataLoader(self.dataset, batch_size=size):  # type: ignore[arg-type]
+                yield self._move(x, y)
+
+
+def _match(output: torch.Tensor, y: torch.Tensor, loss_name: str) -> torch.Tensor:
+    # Regression targets are [batch, outputs]; a model giving [batch] for one output is reshaped to match.
+    if loss_name != "cross_entropy" and output.shape != y.shape and output.numel() == y.numel():
+        return output.reshape(y.shape)
+    return output
+
+
+@torch.no_grad()
+def _check_model(model: nn.Module, source: _Source, loss_name: str) -> None:
+    """One forward pass on two samples, so a model that does not fit the data fails before anything runs."""
+    x, y = next(source.chunks(2))
+    was_training = model.training
+    model.eval()
+    try:
+        output = model(x)
+    except RuntimeError as e:
+        features = int(x[0].numel())
+        detail = str(e).splitlines()[0]
+        raise ModelError(f"the model does not accept the data ({features} features per sample): {detail}; "
+                         "expected a model whose input size matches the data") from None
+    finally:
+        model.train(was_training)
+    if loss_name == "cross_entropy":
+        classes = source.num_classes
+        if output.dim() != 2 or classes is not None and output.shape[1] != classes:
+            raise ModelError(f"the model gives outputs of shape {list(output.shape[1:])} but the data has "
+                             f"{classes} classes: expected {classes} outputs (one logit per class)")
+    elif loss_name in LOSSES and output.numel() != y.numel():
+        raise ModelError(f"the model gives {output.numel() // len(x)} outputs per sample but the targets have "
+                         f"{y.numel() // len(y)}: expected the same number")
+
+
+def _grad_norm(model: nn.Module) -> float:
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return 0.0
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))).item()
+
+
+def _final(state: LoopState, has_val: bool, task: str) -> dict[str, float | None]:
+    epochs = state.history.epochs
+    final: dict[str, float | None] = {"train_loss": epochs.last("train_loss", state.loss)}
+    final["val_loss"] = epochs.last("val_loss") if has_val else None
+    if task == "classification" and has_val:
+        final["val_accuracy"] = epochs.last("val_accuracy")
+    return {k: (None if v is not None and math.isnan(v) else v) for k, v in final.items()}
+
+
+def _describe(model: nn.Module, optimizer: Any, lr: float, momentum: float | None, batch_size: Any,
+              epochs: int | None, steps: int | None, seed: int, loss: str) -> dict[str, Any]:
+    return {"model": type(model).__name__, "optimizer": optimizer if isinstance(optimizer, str) else
+            type(optimizer).__name__, "lr": lr, "momentum": momentum, "batch_size": batch_size, "epochs": epochs,
+            "steps": steps, "seed": seed, "loss": loss}
+
+
+_POSITION = ("step", "epoch", "iteration", "epoch_loss_sum", "epoch_samples", "best_val_loss", "bad_epochs",
+             "seconds")
+
+
+def _checkpoint(state: LoopState) -> dict[str, Any]:
+    return {
+        "format": 1,
+        "model": state.model.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "rng": ckpt.rng_state(),
+        "position": {key: getattr(state, key) for key in _POSITION},
+        "history": state.history.to_dict(),
+    }
+
+
+def _restore(state: LoopState, path: Path) -> None:
+    saved = ckpt.load(path)
+    state.model.load_state_dict(saved["model"])
+    state.optimizer.load_state_dict(saved["optimizer"])
+    ckpt.set_rng_state(saved["rng"])
+    for key in _POSITION:
+        setattr(state, key, saved["position"][key])
+    state.history = History.from_dict(saved["history"])
+    state.history.epochs.truncate(state.epoch)  # drop the record of a partly done epoch: it will be redone
+
+
+class _StoreWriter(Callback):
+    """Writes new step rows and each epoch row to the store at every epoch's end."""
+
+    def __init__(self, store: Store, run_id: str, written: int) -> None:
+        self.store, self.run_id, self.written, self.epochs_written = store, run_id, written, 0
+
+    def flush(self, state: LoopState) -> None:
+        steps = state.history.steps
+        self.store.add_steps(self.run_id, steps.rows(self.written))
+        self.written = len(steps)
+        self.store.add_epochs(self.run_id, state.history.epochs.rows(self.epochs_written))
+        self.epochs_written = len(state.history.epochs)
+
+    def on_fit_start(self, state: LoopState) -> None:
+        self.epochs_written = len(state.history.epochs)
+
+    on_epoch_end = flush
+    on_fit_end = flush
+
+
+@contextmanager
+def _graceful_interrupt(state: LoopState) -> Iterator[None]:
+    """First Ctrl-C (or SIGTERM): finish the step, checkpoint, stop. A second one stops at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if state.interrupted:
+            raise KeyboardInterrupt
+        state.interrupted = True
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
