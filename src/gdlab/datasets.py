@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import csv
+import importlib.util
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,26 +53,36 @@ def _seed_data() -> Pair:
 
 
 def _digits() -> Pair:
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    bunch = load_digits()
+    X, y = _digits_arrays()
     # Pixel intensities 0..16 scaled to [0, 1], as images usually are; a fixed stratified 80/20 split.
-    X_tr, X_va, y_tr, y_va = train_test_split(
-        bunch.data / 16.0, bunch.target, test_size=0.2, random_state=0, stratify=bunch.target
-    )
-    make = lambda X, y: TensorData(  # noqa: E731
-        torch.tensor(X, dtype=torch.float32), torch.tensor(y), num_classes=10, image_shape=(1, 8, 8)
-    )
-    return make(X_tr, y_tr), make(X_va, y_va)
+    g = torch.Generator().manual_seed(0)
+    val_index = torch.cat([idx[torch.randperm(len(idx), generator=g)][: round(0.2 * len(idx))]
+                           for idx in (torch.nonzero(y == c).flatten() for c in range(10))])
+    is_val = torch.zeros(len(y), dtype=torch.bool)
+    is_val[val_index] = True
+    data = TensorData(X / 16.0, y, num_classes=10, image_shape=(1, 8, 8))
+    return data.subset(torch.nonzero(~is_val).flatten()), data.subset(torch.nonzero(is_val).flatten())
+
+
+def _digits_arrays() -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's bundled digits file, read directly (importing sklearn.datasets costs seconds)."""
+    spec = importlib.util.find_spec("sklearn")
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz" if spec else None
+    if path is None or not path.is_file():
+        raise DataError("dataset 'digits' needs scikit-learn's bundled data: pip install scikit-learn")
+    table = np.loadtxt(path, delimiter=",", dtype=np.float32)  # [1797, 64 pixels + label]
+    return torch.from_numpy(table[:, :-1]), torch.from_numpy(table[:, -1]).long()
 
 
 def _moons(n_samples: int = 1000, noise: float = 0.2, val_fraction: float = 0.2, seed: int = 0) -> Pair:
-    from sklearn.datasets import make_moons
-
-    X, y = make_moons(n_samples=n_samples, noise=noise, random_state=seed)
-    data = TensorData(torch.tensor(X, dtype=torch.float32), torch.tensor(y), num_classes=2)
-    return split(data, val_fraction, seed)
+    g = torch.Generator().manual_seed(seed)
+    outer, inner = n_samples - n_samples // 2, n_samples // 2
+    t_out, t_in = torch.linspace(0, math.pi, outer), torch.linspace(0, math.pi, inner)
+    X = torch.cat([torch.stack([torch.cos(t_out), torch.sin(t_out)], 1),
+                   torch.stack([1 - torch.cos(t_in), 0.5 - torch.sin(t_in)], 1)])  # [samples, 2]
+    X = X + noise * torch.randn(X.shape, generator=g)
+    y = torch.cat([torch.zeros(outer, dtype=torch.long), torch.ones(inner, dtype=torch.long)])
+    return split(TensorData(X, y, num_classes=2), val_fraction, seed)
 
 
 def _spirals(
@@ -109,7 +120,7 @@ DATASETS: dict[str, DatasetInfo] = {
     info.name: info
     for info in [
         DatasetInfo("seed", _seed_data, "the lecture's 3 samples: x=[[1,2,3],[4,5,6],[7,8,9]], y=[12,18,11]", {}),
-        DatasetInfo("digits", _digits, "8x8 handwritten digits (scikit-learn), 1437 train / 360 val, 10 classes", {}),
+        DatasetInfo("digits", _digits, "8x8 handwritten digits (bundled with scikit-learn), 1438 train / 359 val, 10 classes", {}),
         DatasetInfo("moons", _moons, "two interleaving half circles, 2 classes",
                     {"n_samples": 1000, "noise": 0.2, "val_fraction": 0.2, "seed": 0}),
         DatasetInfo("spirals", _spirals, "interleaved spiral arms, one class per arm",

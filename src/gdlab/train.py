@@ -98,6 +98,7 @@ class LoopState:
     stop_reason: str | None = None
     interrupted: bool = False
     run_id: str | None = None
+    val_samples: int | None = None
     # running sums of the epoch in progress: sample-weighted loss, samples seen
     epoch_loss_sum: float = 0.0
     epoch_samples: int = 0
@@ -223,6 +224,7 @@ def fit(
         raise InvalidParameter("resume", resume, "a store holding the run (store=...)")
 
     state = LoopState(model, opt, plan, History(), seed, dev, int(total))
+    state.val_samples = len(val_source) if val_source is not None else None
     if resume is not None:
         assert db is not None
         _restore(state, db.get(resume).checkpoint)

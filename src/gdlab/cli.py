@@ -1,0 +1,407 @@
+"""The ``gdlab`` command line (an edge: it parses, calls the library, prints).
+
+Every error a user can cause prints one line on stderr and exits with code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Optional, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from gdlab import __version__
+from gdlab.errors import GdlabError, InvalidParameter
+
+app = typer.Typer(
+    name="gdlab",
+    help="Train models by gradient descent, and see and fix what goes wrong in training.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+STORE_HELP = "Run store folder (SQLite database and one folder per run)."
+
+
+def _friendly(command: F) -> F:
+    """Turn gdlab's errors into one line on stderr and exit code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except GdlabError as e:
+            err.print(f"error: {e}", markup=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"gdlab {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """Train models by gradient descent, and see and fix what goes wrong in training."""
+
+
+# -- train -----------------------------------------------------------------------------------------------------
+
+_TRAIN_FLAGS = (
+    "data", "target", "task", "val", "val_split", "standardize", "model", "hidden", "activation", "init", "loss",
+    "optimizer", "lr", "momentum", "batch_size", "drop_last", "epochs", "steps", "tol", "patience", "seed",
+    "device", "store", "name", "checkpoint_every",
+)
+
+
+@app.command()
+@_friendly
+def train(
+    data: Optional[str] = typer.Option(None, help="Built-in dataset (gdlab datasets), a .csv/.npz file, or "
+                                       "module:function returning a torch Dataset. [default: digits]"),
+    target: Optional[str] = typer.Option(None, help="Target column of a CSV file."),
+    task: Optional[str] = typer.Option(None, help="classification or regression (inferred by default)."),
+    val: Optional[str] = typer.Option(None, help="Validation file, in the training file's format."),
+    val_split: Optional[float] = typer.Option(None, help="Hold out this fraction of a file for validation."),
+    standardize: Optional[bool] = typer.Option(None, "--standardize", help="Scale inputs to mean 0, std 1."),
+    data_opt: Optional[list[str]] = typer.Option(None, "--data-opt", metavar="KEY=VALUE",
+                                                 help="Option of a built-in dataset, e.g. condition=1000."),
+    model: Optional[str] = typer.Option(None, help="linear, logistic, mlp, cnn, or module:function. [default: mlp]"),
+    hidden: Optional[str] = typer.Option(None, help="Hidden sizes of mlp, comma-separated. [default: 128]"),
+    activation: Optional[str] = typer.Option(None, help="relu, tanh, sigmoid or leaky_relu. [default: relu]"),
+    init: Optional[str] = typer.Option(None, help="default, xavier, kaiming, normal or zeros."),
+    loss: Optional[str] = typer.Option(None, help="auto, mse, cross_entropy, l1, huber or bce."),
+    optimizer: Optional[str] = typer.Option(None, help="gdlab optimizers lists them. [default: momentum]"),
+    lr: Optional[str] = typer.Option(None, help="Learning rate. [default: 0.1]"),
+    momentum: Optional[float] = typer.Option(None, help="Momentum for sgd, momentum, nesterov, rmsprop."),
+    batch_size: Optional[str] = typer.Option(None, help="full, stochastic, or a positive integer. [default: 32]"),
+    drop_last: Optional[bool] = typer.Option(None, "--drop-last", help="Drop a short last batch."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs (30 when neither --epochs nor --steps is given)."),
+    steps: Optional[int] = typer.Option(None, help="Steps (updates); stops at --epochs or --steps, first reached."),
+    tol: Optional[float] = typer.Option(None, help="Stop when the epoch train loss changes by less than this."),
+    patience: Optional[int] = typer.Option(None, help="Stop after this many epochs without a better val loss."),
+    seed: Optional[int] = typer.Option(None, help="Seeds initialisation, data order and dropout. [default: 0]"),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, mps. [default: auto]"),
+    store: Optional[str] = typer.Option(None, help=STORE_HELP + " [default: gdlab-runs]"),
+    name: Optional[str] = typer.Option(None, help="A name for the run."),
+    checkpoint_every: Optional[int] = typer.Option(None, help="Steps between checkpoints (default: each epoch)."),
+    config: Optional[Path] = typer.Option(None, help="TOML file of settings; flags override it."),
+    resume: Optional[str] = typer.Option(None, help="Continue a stored run (id, prefix or name)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    plot: bool = typer.Option(True, "--plot/--no-plot", help="Write the loss plot into the run's folder."),
+) -> None:
+    """Train a model (an MLP on digits by default) and record the run."""
+    from gdlab.config import Config
+    from gdlab.experiment import resume as resume_run
+    from gdlab.experiment import run
+
+    given = {key: value for key, value in locals().items() if key in _TRAIN_FLAGS and value is not None}
+    if "hidden" in given:
+        given["hidden"] = _int_list(given["hidden"], "--hidden")
+    if "lr" in given:
+        given["lr"] = _float(given["lr"], "--lr")
+    if data_opt:
+        given["data_options"] = dict(_key_value(item) for item in data_opt)
+    show = not (quiet or as_json)
+    if resume is not None:
+        extra = sorted(set(given) - {"epochs", "steps", "store"})
+        if extra or config is not None:
+            flag = "--" + (extra[0] if extra else "config").replace("_", "-")
+            raise InvalidParameter(flag, given.get(extra[0]) if extra else str(config),
+                                   "no settings with --resume: the run keeps its stored config (only --epochs, "
+                                   "--steps and --store may be given)")
+        result = resume_run(resume, store=given.get("store", "gdlab-runs"), epochs=epochs, steps=steps,
+                            progress=not quiet)
+        settings = None
+    else:
+        settings = Config.from_toml(config, given) if config else Config.from_dict(given, source="option")
+        result = run(settings, progress=not quiet, callbacks=(_SetupPrinter(settings),) if show else ())
+    _report(result, settings, store or (settings.store if settings else "gdlab-runs"), show, as_json, plot)
+
+
+def _report(result: Any, settings: Any, store_path: str, show: bool, as_json: bool, plot: bool) -> None:
+    from gdlab.store import Store
+
+    store = Store(store_path)
+    stored = store.get(result.run_id)
+    plot_path = None
+    if plot:
+        from gdlab.plots import plot_losses
+
+        plot_path = plot_losses(result.history, stored.dir / "loss.png", title=f"run {result.run_id}")
+    if as_json:
+        payload = {
+            "run_id": result.run_id,
+            "status": result.status,
+            "lr": result.lr,
+            "seconds": result.seconds,
+            "steps": result.steps,
+            "epochs": len(result.history.epochs),
+            "plan": {k: result.plan.to_dict()[k] for k in ("samples", "batch_size", "iterations_per_epoch",
+                                                          "last_batch", "mode", "drop_last")},
+            "final": result.final,
+            "stop_reason": result.stop_reason,
+            "findings": [dict(f) if isinstance(f, dict) else vars(f) for f in result.findings],
+            "plot": str(plot_path) if plot_path else None,
+            "checkpoint": str(stored.checkpoint),
+        }
+        print(json.dumps(payload, allow_nan=False, default=_json_default))
+    elif show:
+        _print_summary(result, stored, plot_path)
+    if result.status == "stopped":
+        err.print(f"stopped at step {result.steps}; continue with: gdlab train --resume {result.run_id}"
+                  + (f" --store {store_path}" if store_path != "gdlab-runs" else ""))
+        raise typer.Exit(130)
+
+
+class _SetupPrinter:
+    """Prints what is about to run (data, model, optimizer, batch plan) as the loop starts."""
+
+    def __init__(self, settings: Any) -> None:
+        self.settings = settings
+
+    def on_fit_start(self, state: Any) -> None:
+        s = self.settings
+        parameters = sum(p.numel() for p in state.model.parameters())
+        val = f", {state.val_samples} val" if state.val_samples else ", no validation"
+        out.print(f"[bold]data[/]      {s.data}: {state.plan.samples} train{val}")
+        out.print(f"[bold]model[/]     {s.model}, {parameters:,} parameters")
+        momentum = f", momentum {s.momentum}" if s.momentum is not None else ""
+        out.print(f"[bold]optimizer[/] {s.optimizer}, lr {s.lr:g}{momentum}")
+        out.print(f"[bold]plan[/]      {state.plan.describe()}")
+
+
+def _print_summary(result: Any, stored: Any, plot_path: Path | None) -> None:
+    final = result.final
+    epochs = len(result.history.epochs)
+    word = "stopped" if result.status == "stopped" else "finished"
+    out.print(f"[bold]{word}[/] in {result.seconds:.1f} s: {epochs} epochs, {result.steps} iterations")
+    if result.stop_reason and result.stop_reason != "interrupted":
+        colour = "red" if result.stop_reason.startswith("diverged") else "yellow"
+        out.print(f"[{colour}]{result.stop_reason}[/]")
+    parts = [f"train loss {_num(final.get('train_loss'))}"]
+    if final.get("val_loss") is not None:
+        parts.append(f"val loss {_num(final['val_loss'])}")
+    if final.get("val_accuracy") is not None:
+        parts.append(f"val accuracy {final['val_accuracy']:.2%}")
+    out.print("   ".join(parts))
+    out.print(f"[bold]run[/]  {result.run_id}   (gdlab show {result.run_id})")
+    if plot_path:
+        out.print(f"[bold]plot[/] {plot_path}")
+
+
+# -- runs, show, plot ------------------------------------------------------------------------------------------
+
+
+@app.command()
+@_friendly
+def runs(
+    store: str = typer.Option("gdlab-runs", help=STORE_HELP),
+    limit: int = typer.Option(20, help="Show at most this many runs, newest first."),
+) -> None:
+    """List stored runs."""
+    from gdlab.store import Store
+
+    table = Table(box=None, header_style="bold")
+    for column in ("run", "name", "status", "created", "data", "model", "optimizer", "lr", "batch", "steps",
+                   "train loss", "val loss", "val acc", "time"):
+        table.add_column(column, justify="right" if column in ("lr", "steps", "time") or "loss" in column
+                         or "acc" in column else "left")
+    listed = Store(store).runs(limit=limit)
+    for r in listed:
+        c, f = r.config, r.final or {}
+        acc = f.get("val_accuracy")
+        table.add_row(r.id, r.name or "", _status(r.status), r.created, str(c.get("data", "")),
+                      str(c.get("model", "")), str(c.get("optimizer", "")), f"{c.get('lr', '')}",
+                      str(c.get("batch_size", "")), str(r.steps or ""), _num(f.get("train_loss")),
+                      _num(f.get("val_loss")), f"{acc:.2%}" if acc is not None else "",
+                      f"{r.seconds:.1f}s" if r.seconds else "")
+    if not listed:
+        out.print(f"no runs in {store} yet: start one with gdlab train")
+        return
+    out.print(table)
+
+
+@app.command()
+@_friendly
+def show(
+    run: str = typer.Argument(..., help="Run id, id prefix, name, or 'last'."),
+    store: str = typer.Option("gdlab-runs", help=STORE_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Show a run: config, plan, status, final metrics and findings."""
+    from gdlab.store import Store
+
+    r = Store(store).get(run)
+    if as_json:
+        print(json.dumps({"run_id": r.id, "name": r.name, "created": r.created, "status": r.status,
+                          "config": r.config, "plan": r.plan, "final": r.final, "lr": r.lr, "seconds": r.seconds,
+                          "steps": r.steps, "stop_reason": r.stop_reason, "error": r.error,
+                          "findings": r.findings}, default=_json_default))
+        return
+    out.print(f"[bold]run[/] {r.id}" + (f" ({r.name})" if r.name else "") + f"   {_status(r.status)}   {r.created}")
+    if r.error:
+        out.print(f"[red]error: {r.error}[/]", markup=True)
+    if r.stop_reason:
+        out.print(f"stopped early: {r.stop_reason}")
+    if r.plan:
+        from gdlab.data import BatchPlan
+
+        out.print(f"[bold]plan[/]   {BatchPlan(**{k: r.plan[k] for k in BatchPlan.__dataclass_fields__ if k in r.plan}).describe()}")
+    out.print("[bold]config[/]")
+    for key, value in r.config.items():
+        if value not in (None, {}, False):
+            out.print(f"  {key:<17}{value}")
+    out.print("[bold]final[/]")
+    for key, value in (r.final or {}).items():
+        out.print(f"  {key:<17}{'-' if value is None else _num(value)}")
+    if r.steps is not None:
+        out.print(f"  {'steps':<17}{r.steps}")
+    if r.seconds is not None:
+        out.print(f"  {'seconds':<17}{r.seconds:.2f}")
+    out.print("[bold]findings[/]" + ("" if r.findings else "  none"))
+    for f in r.findings:
+        out.print(f"  [{f['severity']}] {f['code']} (step {f['step']}): {f['explanation']}", markup=False)
+    for label, path in (("checkpoint", r.checkpoint), ("plot", r.dir / "loss.png")):
+        if path.exists():
+            out.print(f"[bold]{label}[/] {path}")
+
+
+@app.command()
+@_friendly
+def plot(
+    run: str = typer.Argument(..., help="Run id, id prefix, name, or 'last'."),
+    store: str = typer.Option("gdlab-runs", help=STORE_HELP),
+    out_path: Optional[Path] = typer.Option(None, "--out", help="PNG path [default: the run's folder/loss.png]."),
+) -> None:
+    """Plot a run's losses: per epoch (train, val) and per step with its moving average."""
+    from gdlab.plots import plot_losses
+    from gdlab.store import Store
+
+    s = Store(store)
+    r = s.get(run)
+    path = plot_losses(s.history(r.id), out_path or r.dir / "loss.png", title=f"run {r.id} ({r.status})")
+    out.print(str(path))
+
+
+# -- listings --------------------------------------------------------------------------------------------------
+
+
+@app.command()
+def datasets() -> None:
+    """List the built-in datasets and the data files gdlab reads."""
+    from gdlab.datasets import DATASETS
+
+    table = Table("dataset", "description", "options", box=None, header_style="bold")
+    for info in DATASETS.values():
+        table.add_row(info.name, info.description, ", ".join(f"{k}={v}" for k, v in info.options.items()))
+    out.print(table)
+    out.print("files: FILE.csv --target COLUMN, FILE.npz (arrays X, y), module:function returning a Dataset")
+
+
+@app.command()
+def models() -> None:
+    """List the built-in models."""
+    from gdlab.models import ACTIVATIONS, INITS, MODELS
+
+    table = Table("model", "description", box=None, header_style="bold")
+    for info in MODELS.values():
+        table.add_row(info.name, info.description)
+    out.print(table)
+    out.print(f"activations: {', '.join(ACTIVATIONS)}; inits: {', '.join(INITS)}; "
+              "or module:function returning an nn.Module")
+
+
+@app.command()
+def optimizers() -> None:
+    """List the optimizers with their defaults and update rule."""
+    from gdlab.optim import OPTIMIZERS
+
+    table = Table("optimizer", "defaults", "update", box=None, header_style="bold")
+    for info in OPTIMIZERS.values():
+        table.add_row(info.name, ", ".join(f"{k}={v}" for k, v in info.defaults.items()), info.equation)
+    out.print(table)
+
+
+# -- helpers ---------------------------------------------------------------------------------------------------
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise InvalidParameter(flag, text, "comma-separated positive integers, e.g. 128,64") from None
+    if not values or any(v <= 0 for v in values):
+        raise InvalidParameter(flag, text, "comma-separated positive integers, e.g. 128,64")
+    return values
+
+
+def _float(text: str, flag: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise InvalidParameter(flag, text, "a number, e.g. 0.01") from None
+
+
+def _key_value(item: str) -> tuple[str, Any]:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise InvalidParameter("--data-opt", item, "KEY=VALUE, e.g. condition=1000")
+    for cast in (int, float):
+        try:
+            return key.strip(), cast(value)
+        except ValueError:
+            pass
+    return key.strip(), value
+
+
+def _num(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _status(status: str) -> str:
+    colour = {"finished": "green", "running": "cyan", "failed": "red", "stopped": "yellow"}.get(status, "white")
+    return f"[{colour}]{status}[/]"
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def main() -> None:
+    """Console entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
