@@ -19,6 +19,7 @@ from rich.table import Table
 
 from gdlab import __version__
 from gdlab.errors import GdlabError, InvalidParameter
+from gdlab.train import Callback
 
 app = typer.Typer(
     name="gdlab",
@@ -174,7 +175,7 @@ def _report(result: Any, settings: Any, store_path: str, show: bool, as_json: bo
         raise typer.Exit(130)
 
 
-class _SetupPrinter:
+class _SetupPrinter(Callback):
     """Prints what is about to run (data, model, optimizer, batch plan) as the loop starts."""
 
     def __init__(self, settings: Any) -> None:
@@ -239,7 +240,8 @@ def runs(
     if not listed:
         out.print(f"no runs in {store} yet: start one with gdlab train")
         return
-    out.print(table)
+    # A pipe or file gets whole rows rather than rich's 80-column squeeze.
+    (out if out.is_terminal else Console(highlight=False, width=240)).print(table)
 
 
 @app.command()
@@ -267,7 +269,8 @@ def show(
     if r.plan:
         from gdlab.data import BatchPlan
 
-        out.print(f"[bold]plan[/]   {BatchPlan(**{k: r.plan[k] for k in BatchPlan.__dataclass_fields__ if k in r.plan}).describe()}")
+        plan = BatchPlan(**{k: r.plan[k] for k in BatchPlan.__dataclass_fields__ if k in r.plan})
+        out.print(f"[bold]plan[/]   {plan.describe()}")
     out.print("[bold]config[/]")
     for key, value in r.config.items():
         if value not in (None, {}, False):

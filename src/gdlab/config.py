@@ -41,10 +41,10 @@ class Config:
 
     # data
     data: str = "digits"
-    target: Union[str, None] = None
-    task: Union[str, None] = None
-    val: Union[str, None] = None
-    val_split: Union[float, None] = None
+    target: str | None = None
+    task: str | None = None
+    val: str | None = None
+    val_split: float | None = None
     standardize: bool = False
     data_options: dict[str, Any] = field(default_factory=dict)
     # model
@@ -56,19 +56,19 @@ class Config:
     loss: str = "auto"
     optimizer: str = "momentum"
     lr: float = 0.1
-    momentum: Union[float, None] = None
-    batch_size: Union[int, str] = 32
+    momentum: float | None = None
+    batch_size: int | str = 32
     drop_last: bool = False
-    epochs: Union[int, None] = None
-    steps: Union[int, None] = None
-    tol: Union[float, None] = None
-    patience: Union[int, None] = None
+    epochs: int | None = None
+    steps: int | None = None
+    tol: float | None = None
+    patience: int | None = None
     seed: int = 0
     device: str = "auto"
     # the run store
     store: str = "gdlab-runs"
-    name: Union[str, None] = None
-    checkpoint_every: Union[int, None] = None
+    name: str | None = None
+    checkpoint_every: int | None = None
 
     def __post_init__(self) -> None:
         self.validate()

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -38,7 +38,7 @@ __all__ = [
     "split",
 ]
 
-BatchSize = Union[int, Literal["full", "stochastic"]]
+BatchSize = int | Literal["full", "stochastic"]
 Task = Literal["classification", "regression"]
 
 _BATCH_EXPECTED = '"full", "stochastic" or a positive integer'

@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from gdlab._resolve import resolve
 from gdlab.data import Task, TensorData, split
 from gdlab.errors import DataError, InvalidParameter, UnknownChoice
-from gdlab._resolve import resolve
 
 __all__ = ["DATASETS", "DatasetInfo", "load", "load_csv", "load_npz", "load_callable"]
 
@@ -67,7 +67,8 @@ def _digits() -> Pair:
 def _digits_arrays() -> tuple[torch.Tensor, torch.Tensor]:
     """scikit-learn's bundled digits file, read directly (importing sklearn.datasets costs seconds)."""
     spec = importlib.util.find_spec("sklearn")
-    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz" if spec else None
+    folders = spec.submodule_search_locations if spec else None
+    path = Path(folders[0]) / "datasets" / "data" / "digits.csv.gz" if folders else None
     if path is None or not path.is_file():
         raise DataError("dataset 'digits' needs scikit-learn's bundled data: pip install scikit-learn")
     table = np.loadtxt(path, delimiter=",", dtype=np.float32)  # [1797, 64 pixels + label]
@@ -119,8 +120,10 @@ def _linear(
 DATASETS: dict[str, DatasetInfo] = {
     info.name: info
     for info in [
-        DatasetInfo("seed", _seed_data, "the lecture's 3 samples: x=[[1,2,3],[4,5,6],[7,8,9]], y=[12,18,11]", {}),
-        DatasetInfo("digits", _digits, "8x8 handwritten digits (bundled with scikit-learn), 1438 train / 359 val, 10 classes", {}),
+        DatasetInfo("seed", _seed_data, "the lecture's 3 samples: x=[[1,2,3],[4,5,6],[7,8,9]], y=[12,18,11]",
+                    {}),
+        DatasetInfo("digits", _digits,
+                    "8x8 handwritten digits (bundled with scikit-learn), 1438 train / 359 val, 10 classes", {}),
         DatasetInfo("moons", _moons, "two interleaving half circles, 2 classes",
                     {"n_samples": 1000, "noise": 0.2, "val_fraction": 0.2, "seed": 0}),
         DatasetInfo("spirals", _spirals, "interleaved spiral arms, one class per arm",

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import torch
 
@@ -23,7 +23,7 @@ from gdlab.errors import InvalidParameter, UnknownChoice
 
 __all__ = ["OPTIMIZERS", "OptimizerInfo", "OptimizerSpec", "make", "check_lr", "check_momentum"]
 
-OptimizerSpec = Union[str, Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer], torch.optim.Optimizer]
+OptimizerSpec = str | Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer] | torch.optim.Optimizer
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,73 @@
+"""Shared fixtures: small deterministic data and a run store in a temporary folder."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from gdlab.data import TensorData
+
+LECTURE_DATASET = '''
+import torch
+from torch.utils.data import Dataset
+
+
+class CustomDataset(Dataset):
+    def __init__(self):
+        self.x_data = [[1, 2, 3], [4, 5, 6], [7, 8, 9]]
+        self.y_data = [[12], [18], [11]]
+
+    def __len__(self):
+        return len(self.x_data)
+
+    def __getitem__(self, idx):
+        x = torch.FloatTensor(self.x_data[idx])
+        y = torch.FloatTensor(self.y_data[idx])
+        return x, y
+
+
+def make():
+    return CustomDataset()
+'''
+
+
+@pytest.fixture
+def classes() -> TensorData:
+    """60 samples, 4 features, 3 classes."""
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(60, 4, generator=g)
+    y = (X[:, 0] > 0).long() + (X[:, 1] > 0.5).long()
+    return TensorData(X, y, num_classes=3)
+
+
+@pytest.fixture
+def regression() -> TensorData:
+    """64 samples of y = Xw (4 features, one output), float64."""
+    g = torch.Generator().manual_seed(2)
+    X = torch.randn(64, 4, generator=g, dtype=torch.float64)
+    w = torch.tensor([[1.0], [-2.0], [0.5], [3.0]], dtype=torch.float64)
+    return TensorData(X, X @ w)
+
+
+@pytest.fixture
+def user_modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A folder on sys.path with the lecture's CustomDataset and two user models, as the working directory."""
+    (tmp_path / "lecture_data.py").write_text(LECTURE_DATASET)
+    (tmp_path / "user_models.py").write_text(textwrap.dedent('''
+        import torch
+
+        def regressor(in_features, out_features):
+            return torch.nn.Linear(in_features, out_features)
+
+        def wrong_inputs():
+            return torch.nn.Linear(7, 1)
+
+        def not_a_module():
+            return 42
+    '''))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path

@@ -1,0 +1,173 @@
+"""The command line as a new user meets it: each error is one line, exit code 2, no traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from gdlab import __version__
+from gdlab.cli import app
+from gdlab.store import Store
+
+runner = CliRunner()
+
+
+def gdlab(*args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+
+
+def test_default_train_reaches_97_percent_on_digits(tmp_path: Path) -> None:
+    result = gdlab("train", "--json", "--quiet")
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["final"]["val_accuracy"] > 0.97
+    assert payload["plan"] == {"samples": 1438, "batch_size": 32, "iterations_per_epoch": 45, "last_batch": 30,
+                               "mode": "mini-batch", "drop_last": False}
+    assert {"run_id", "lr", "seconds", "findings"} <= set(payload) and payload["findings"] == []
+    run = Store(tmp_path / "gdlab-runs").get(payload["run_id"])
+    assert run.status == "finished" and (run.dir / "loss.png").is_file() and run.checkpoint.is_file()
+
+
+def test_train_prints_plan_and_summary() -> None:
+    result = gdlab("train", "--data", "seed", "--model", "linear", "--optimizer", "sgd", "--lr", "0.001",
+                   "--batch-size", "2", "--epochs", "3", "--store", "s", "--quiet")
+    assert result.exit_code == 0 and result.stdout == ""
+    result = gdlab("train", "--data", "seed", "--model", "linear", "--optimizer", "sgd", "--lr", "0.001",
+                   "--batch-size", "2", "--epochs", "3", "--store", "s", "--no-plot")
+    assert "3 samples, batch 2 -> 2 iterations per epoch (last batch 1)" in result.stdout
+    assert "finished" in result.stdout and "3 epochs, 6 iterations" in result.stdout
+
+
+def test_divergence_is_reported() -> None:
+    result = gdlab("train", "--data", "seed", "--model", "linear", "--optimizer", "sgd", "--lr", "0.1",
+                   "--batch-size", "full", "--store", "s", "--no-plot")
+    assert result.exit_code == 0 and "diverged" in result.stdout
+
+
+def test_config_file_and_flags(tmp_path: Path) -> None:
+    (tmp_path / "run.toml").write_text('data = "moons"\nhidden = [8]\nepochs = 2\nlr = 0.5\n')
+    payload = json.loads(gdlab("train", "--config", "run.toml", "--epochs", "3", "--store", "s", "--json",
+                               "--quiet", "--no-plot").stdout)
+    config = Store("s").get(payload["run_id"]).config
+    assert (config["data"], config["hidden"], config["epochs"], config["lr"]) == ("moons", [8], 3, 0.5)
+
+
+def test_csv_with_target_and_standardize(tmp_path: Path) -> None:
+    rows = "\n".join(f"{i},{1000 * (i % 7)},{(i % 3)}" for i in range(90))
+    (tmp_path / "d.csv").write_text("a,b,label\n" + rows + "\n")
+    result = gdlab("train", "--data", "d.csv", "--target", "label", "--standardize", "--batch-size", "30",
+                   "--epochs", "2", "--store", "s", "--json", "--quiet", "--no-plot", "--val-split", "0.2")
+    payload = json.loads(result.stdout)
+    assert payload["plan"]["samples"] == 72 and payload["final"]["val_accuracy"] is not None
+
+
+def test_lecture_dataset_from_module(user_modules: Path) -> None:
+    result = gdlab("train", "--data", "lecture_data:make", "--model", "linear", "--optimizer", "sgd",
+                   "--lr", "0.001", "--batch-size", "2", "--epochs", "2", "--store", "s", "--json", "--quiet")
+    payload = json.loads(result.stdout)
+    assert payload["plan"]["iterations_per_epoch"] == 2 and payload["final"]["val_loss"] is None
+
+
+def test_runs_show_plot_and_resume(tmp_path: Path) -> None:
+    first = json.loads(gdlab("train", "--data", "moons", "--hidden", "8", "--epochs", "2", "--store", "s",
+                             "--name", "tiny", "--json", "--quiet").stdout)
+    listing = gdlab("runs", "--store", "s")
+    assert first["run_id"] in listing.stdout and "finished" in listing.stdout
+    shown = gdlab("show", "tiny", "--store", "s")
+    assert "800 samples, batch 32 -> 25 iterations per epoch" in shown.stdout and "val_accuracy" in shown.stdout
+    as_json = json.loads(gdlab("show", "last", "--store", "s", "--json").stdout)
+    assert as_json["run_id"] == first["run_id"] and as_json["config"]["hidden"] == [8]
+    picture = gdlab("plot", "tiny", "--store", "s", "--out", "p.png")
+    assert picture.exit_code == 0 and (tmp_path / "p.png").stat().st_size > 10_000
+    resumed = json.loads(gdlab("train", "--resume", "tiny", "--epochs", "4", "--store", "s", "--json",
+                               "--quiet").stdout)
+    straight = json.loads(gdlab("train", "--data", "moons", "--hidden", "8", "--epochs", "4", "--store", "s",
+                                "--json", "--quiet").stdout)
+    assert resumed["run_id"] == first["run_id"] and resumed["steps"] == 100
+    a = torch.load(resumed["checkpoint"], weights_only=True)["model"]
+    b = torch.load(straight["checkpoint"], weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_listings_and_version() -> None:
+    assert "digits" in gdlab("datasets").stdout and "spirals" in gdlab("datasets").stdout
+    assert "cnn" in gdlab("models").stdout
+    listed = gdlab("optimizers").stdout
+    assert all(name in listed for name in ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"))
+    assert gdlab("--version").stdout.strip() == f"gdlab {__version__}"
+    for command in ("train", "runs", "show", "plot", "datasets", "models", "optimizers"):
+        assert gdlab(command, "--help").exit_code == 0
+
+
+def test_empty_store_listing() -> None:
+    assert "no runs" in gdlab("runs", "--store", "empty").stdout
+
+
+BAD = [
+    (["train", "--data", "digts"], "unknown data 'digts': expected one of seed, digits"),
+    (["train", "--model", "resnet"], "unknown model 'resnet': expected one of linear, logistic, mlp, cnn"),
+    (["train", "--optimizer", "adamax"], "unknown optimizer 'adamax': expected one of sgd, momentum"),
+    (["train", "--batch-size", "0"], 'invalid batch_size 0: expected "full", "stochastic" or a positive integer'),
+    (["train", "--batch-size", "-4"], "invalid batch_size -4"),
+    (["train", "--batch-size", "many"], "invalid batch_size 'many'"),
+    (["train", "--lr", "0"], "invalid lr 0.0: expected a finite number > 0"),
+    (["train", "--lr", "-0.1"], "invalid lr -0.1"),
+    (["train", "--lr", "nan"], "invalid lr nan"),
+    (["train", "--lr", "inf"], "invalid lr inf"),
+    (["train", "--lr", "fast"], "invalid --lr 'fast': expected a number"),
+    (["train", "--hidden", "12,x"], "invalid --hidden '12,x'"),
+    (["train", "--data", "missing.csv", "--target", "y"], "data file 'missing.csv' not found"),
+    (["train", "--data", "bad_cells.csv", "--target", "y"], "bad_cells.csv line 3, column 'x': 'abc' is not a number"),
+    (["train", "--data", "nan_cells.csv", "--target", "y"], "nan_cells.csv line 2, column 'x': nan is not finite"),
+    (["train", "--data", "inf_cells.csv", "--target", "y"], "inf_cells.csv line 3, column 'x': -inf is not finite"),
+    (["train", "--data", "empty.csv", "--target", "y"], "no data rows"),
+    (["train", "--data", "bad_cells.csv", "--target", "price"], "unknown target 'price': expected one of x, y"),
+    (["train", "--data", "seed", "--model", "user_models:wrong_inputs"],
+     "the model does not accept the data (3 features per sample)"),
+    (["train", "--config", "unknown_key.toml"], "invalid config unknown_key.toml key 'learning_rate'"),
+    (["train", "--config", "wrong_type.toml"], "invalid config wrong_type.toml epochs 'many': expected an integer"),
+    (["train", "--resume", "nope"], "unknown run 'nope'"),
+    (["train", "--resume", "nope", "--lr", "0.1"], "invalid --lr 0.1: expected no settings with --resume"),
+    (["train", "--store", "blocker/runs"], "store directory 'blocker/runs' cannot be written"),
+    (["show", "nope", "--store", "s"], "unknown run 'nope'"),
+    (["plot", "nope", "--store", "s"], "unknown run 'nope'"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_input_is_one_clear_line_and_exit_2(user_modules: Path, args: list[str], message: str) -> None:
+    (user_modules / "bad_cells.csv").write_text("x,y\n1,2\nabc,3\n")
+    (user_modules / "nan_cells.csv").write_text("x,y\nnan,2\n")
+    (user_modules / "inf_cells.csv").write_text("x,y\n1,2\n-inf,3\n")
+    (user_modules / "empty.csv").write_text("x,y\n")
+    (user_modules / "unknown_key.toml").write_text("learning_rate = 0.1\n")
+    (user_modules / "wrong_type.toml").write_text('epochs = "many"\n')
+    (user_modules / "blocker").write_text("a file, not a folder")
+    store = Store(user_modules / "s")
+    store.create_run({"data": "x"}, name="kept")
+    result = gdlab(*args)
+    assert result.exit_code == 2, result.output
+    line = result.stderr.strip()
+    assert line.startswith("error: ") and message in line
+    assert len(line.splitlines()) == 1 and "Traceback" not in result.output
+    assert [r.name for r in Store(user_modules / "s").runs()] == ["kept"]  # nothing added, nothing lost
+    default = user_modules / "gdlab-runs"
+    assert not default.exists() or Store(default).runs() == []
+
+
+def test_console_script_runs_without_traceback(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "gdlab.cli", "train", "--batch-size", "0"], capture_output=True,
+                            text=True)
+    assert result.returncode == 2 and result.stderr.startswith("error: invalid batch_size 0")
+    assert "Traceback" not in result.stderr
