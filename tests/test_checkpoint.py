@@ -91,7 +91,7 @@ def test_checkpoints_load_without_unpickling_code(classes: TensorData, tmp_path:
     result = _train(classes, store=Store(tmp_path), epochs=2)
     path = Store(tmp_path).get(result.run_id).checkpoint
     saved = torch.load(path, weights_only=True)
-    assert set(saved) == {"format", "model", "optimizer", "rng", "position", "history"}
+    assert set(saved) == {"format", "model", "optimizer", "rng", "position"}  # the history is in the store
     assert saved["position"]["step"] == 16
     assert not list(path.parent.glob(".*.tmp"))  # atomic write left no temporary file
 

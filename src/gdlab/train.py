@@ -225,23 +225,20 @@ def fit(
 
     state = LoopState(model, opt, plan, History(), seed, dev, int(total))
     state.val_samples = len(val_source) if val_source is not None else None
-    if resume is not None:
-        assert db is not None
-        _restore(state, db.get(resume).checkpoint)
-        db.reopen(resume, step=state.step, epochs=state.epoch)
-        if config is not None:
-            db.update_config(resume, config)
-        state.run_id = resume
-    else:
-        torch.manual_seed(seed)  # parameter-free randomness (dropout) follows the seed
-        if db is not None:
+    recorder = None
+    if db is not None:
+        if resume is not None:
+            recorder = _Recorder(db, db.get(resume).id)
+            recorder.restore(state, config)
+        else:
             described = config or _describe(model, optimizer, lr, momentum, batch_size, epochs, steps, seed,
                                             loss_name)
-            state.run_id = db.create_run(described, plan.to_dict(), name=name)
+            recorder = _Recorder(db, db.create_run(described, plan.to_dict(), name=name))
+        state.run_id = recorder.run_id
+    if resume is None:
+        torch.manual_seed(seed)  # parameter-free randomness (dropout) follows the seed
 
-    hooks: list[Any] = list(callbacks)
-    if db is not None and state.run_id is not None:
-        hooks.append(_StoreWriter(db, state.run_id, len(state.history.steps)))
+    hooks: list[Any] = [*callbacks, *([recorder] if recorder else [])]
     if progress:
         from gdlab.progress import ProgressBar  # an edge: rich is imported only when a bar is wanted
 
@@ -251,7 +248,6 @@ def fit(
         for hook in hooks:
             getattr(hook, event, _ignore)(state)
 
-    checkpoint_path = db.run_dir(state.run_id) / "checkpoint.pt" if db and state.run_id else None
     every = checkpoint_every or plan.iterations_per_epoch
     started = time.perf_counter() - state.seconds
     model.train()
@@ -300,35 +296,28 @@ def fit(
                     state.epoch_loss_sum = 0.0
                 if state.interrupted:
                     state.stop("interrupted")
-                if checkpoint_path and (state.step % every == 0 or state.stop_reason):
+                if recorder and (state.step % every == 0 or state.stop_reason):
                     state.seconds = time.perf_counter() - started
-                    ckpt.save(checkpoint_path, _checkpoint(state))
+                    recorder.checkpoint(state)
 
             if state.epoch_samples:  # a budget in steps can end mid-epoch: record the part done
                 _end_epoch(state, val_source, loss_fn, loss_name, None, None, started)
             state.seconds = time.perf_counter() - started
-            if checkpoint_path:
-                ckpt.save(checkpoint_path, _checkpoint(state))
+            if recorder:
+                recorder.checkpoint(state)
             emit("on_fit_end")
         except BaseException as error:
             for hook in hooks:
                 getattr(hook, "close", _ignore_none)()
-            if db is not None and state.run_id is not None:
-                for hook in hooks:
-                    if isinstance(hook, _StoreWriter):
-                        hook.flush(state)
-                stopped = isinstance(error, KeyboardInterrupt)
-                db.finish(state.run_id, "stopped" if stopped else "failed", steps=state.step,
-                          seconds=time.perf_counter() - started, lr=state.lr,
-                          error=None if stopped else f"{type(error).__name__}: {error}",
-                          stop_reason="interrupted" if stopped else None)
+            if recorder:
+                recorder.fail(state, error, time.perf_counter() - started)
             raise
 
     final = _final(state, val_source is not None, source.task)
     status = "stopped" if state.interrupted else "finished"
-    if db is not None and state.run_id is not None:
-        db.finish(state.run_id, status, final=final, lr=state.lr, seconds=state.seconds, steps=state.step,
-                  stop_reason=state.stop_reason)
+    if recorder:
+        recorder.store.finish(recorder.run_id, status, final=final, lr=state.lr, seconds=state.seconds,
+                              steps=state.step, stop_reason=state.stop_reason)
     return Result(model, state.history, final, state.lr, state.run_id, state.seconds, plan, status,
                   state.stop_reason, state.step)
 
@@ -538,46 +527,60 @@ _POSITION = ("step", "epoch", "iteration", "epoch_loss_sum", "epoch_samples", "b
              "seconds")
 
 
-def _checkpoint(state: LoopState) -> dict[str, Any]:
-    return {
-        "format": 1,
-        "model": state.model.state_dict(),
-        "optimizer": state.optimizer.state_dict(),
-        "rng": ckpt.rng_state(),
-        "position": {key: getattr(state, key) for key in _POSITION},
-        "history": state.history.to_dict(),
-    }
+class _Recorder(Callback):
+    """Keeps a run's store record: metric rows at each epoch's end, checkpoints, resume and failure.
 
+    The store holds the history; a checkpoint holds the rest (model, optimizer, RNG, position), so its size
+    does not grow with the run.
+    """
 
-def _restore(state: LoopState, path: Path) -> None:
-    saved = ckpt.load(path)
-    state.model.load_state_dict(saved["model"])
-    state.optimizer.load_state_dict(saved["optimizer"])
-    ckpt.set_rng_state(saved["rng"])
-    for key in _POSITION:
-        setattr(state, key, saved["position"][key])
-    state.history = History.from_dict(saved["history"])
-    state.history.epochs.truncate(state.epoch)  # drop the record of a partly done epoch: it will be redone
-
-
-class _StoreWriter(Callback):
-    """Writes new step rows and each epoch row to the store at every epoch's end."""
-
-    def __init__(self, store: Store, run_id: str, written: int) -> None:
-        self.store, self.run_id, self.written, self.epochs_written = store, run_id, written, 0
+    def __init__(self, store: Store, run_id: str) -> None:
+        self.store, self.run_id = store, run_id
+        self.path = store.run_dir(run_id) / "checkpoint.pt"
+        self.steps_written = self.epochs_written = 0
 
     def flush(self, state: LoopState) -> None:
-        steps = state.history.steps
-        self.store.add_steps(self.run_id, steps.rows(self.written))
-        self.written = len(steps)
+        """Write the step and epoch rows recorded since the last flush."""
+        self.store.add_steps(self.run_id, state.history.steps.rows(self.steps_written))
         self.store.add_epochs(self.run_id, state.history.epochs.rows(self.epochs_written))
-        self.epochs_written = len(state.history.epochs)
-
-    def on_fit_start(self, state: LoopState) -> None:
-        self.epochs_written = len(state.history.epochs)
+        self.steps_written, self.epochs_written = len(state.history.steps), len(state.history.epochs)
 
     on_epoch_end = flush
     on_fit_end = flush
+
+    def checkpoint(self, state: LoopState) -> None:
+        """Flush, then save everything but the history, atomically."""
+        self.flush(state)
+        ckpt.save(self.path, {
+            "format": 1,
+            "model": state.model.state_dict(),
+            "optimizer": state.optimizer.state_dict(),
+            "rng": ckpt.rng_state(),
+            "position": {key: getattr(state, key) for key in _POSITION},
+        })
+
+    def restore(self, state: LoopState, config: dict[str, Any] | None) -> None:
+        """Load the last checkpoint and the history up to it; the run is ``running`` again."""
+        saved = ckpt.load(self.path)
+        state.model.load_state_dict(saved["model"])
+        state.optimizer.load_state_dict(saved["optimizer"])
+        ckpt.set_rng_state(saved["rng"])
+        for key in _POSITION:
+            setattr(state, key, saved["position"][key])
+        # rows after the checkpoint (and the record of a partly done epoch) are dropped: they will be redone
+        self.store.reopen(self.run_id, step=state.step, epochs=state.epoch)
+        if config is not None:
+            self.store.update_config(self.run_id, config)
+        state.history = self.store.history(self.run_id)
+        self.steps_written, self.epochs_written = len(state.history.steps), len(state.history.epochs)
+
+    def fail(self, state: LoopState, error: BaseException, seconds: float) -> None:
+        """Keep what was recorded and mark the run ``stopped`` (Ctrl-C) or ``failed``."""
+        self.flush(state)
+        stopped = isinstance(error, KeyboardInterrupt)
+        self.store.finish(self.run_id, "stopped" if stopped else "failed", steps=state.step, seconds=seconds,
+                          lr=state.lr, error=None if stopped else f"{type(error).__name__}: {error}",
+                          stop_reason="interrupted" if stopped else None)
 
 
 @contextmanager
