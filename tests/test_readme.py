@@ -1,0 +1,27 @@
+"""The README's quick start is two command lines, and CI runs the second one as written."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _quick_start() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Quick start", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, re.S)
+    assert block, "the quick start has a bash block"
+    return [line for line in block.group(1).splitlines() if line.strip()]
+
+
+def test_quick_start_has_exactly_two_command_lines() -> None:
+    setup_and_train, setup_and_test = _quick_start()
+    assert setup_and_train.endswith("gdlab train") and "torch==2.13.0" in setup_and_train
+    assert "pytest" in setup_and_test and "'.[dev]'" in setup_and_test
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert _quick_start()[1] in ci
