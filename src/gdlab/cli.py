@@ -132,7 +132,7 @@ def train(
                                    "no settings with --resume: the run keeps its stored config (only --epochs, "
                                    "--steps and --store may be given)")
         result = resume_run(resume, store=given.get("store", "gdlab-runs"), epochs=epochs, steps=steps,
-                            progress=not quiet)
+                            progress=not quiet, callbacks=(_ResumePrinter(),) if show else ())
         settings = None
     else:
         settings = Config.from_toml(config, given) if config else Config.from_dict(given, source="option")
@@ -189,6 +189,17 @@ class _SetupPrinter(Callback):
         out.print(f"[bold]model[/]     {s.model}, {parameters:,} parameters")
         momentum = f", momentum {s.momentum}" if s.momentum is not None else ""
         out.print(f"[bold]optimizer[/] {s.optimizer}, lr {s.lr:g}{momentum}")
+        out.print(f"[bold]plan[/]      {state.plan.describe()}")
+
+
+class _ResumePrinter(Callback):
+    """Says where a resumed run picks up."""
+
+    def on_fit_start(self, state: Any) -> None:
+        done = state.step >= state.total_steps
+        out.print(f"[bold]resuming[/] run {state.run_id} at step {state.step} (epoch {state.epoch + 1}, iteration "
+                  f"{state.iteration}) of {state.total_steps}" + ("; nothing left to train: give more --epochs "
+                                                                   "or --steps" if done else ""))
         out.print(f"[bold]plan[/]      {state.plan.describe()}")
 
 

@@ -63,14 +63,14 @@ def run(config: Config, *, progress: bool = True, callbacks: tuple[Callback, ...
 
 
 def resume(ref: str, *, store: str, epochs: int | None = None, steps: int | None = None,
-           progress: bool = True) -> Result:
+           progress: bool = True, callbacks: tuple[Callback, ...] = ()) -> Result:
     """Continue the stored run ``ref`` from its last checkpoint, optionally with a larger budget."""
     run_ = Store(store).get(ref)
     changes: dict[str, Any] = {"store": store}
     if epochs is not None or steps is not None:
         changes.update(epochs=epochs, steps=steps)
     config = Config.from_dict(run_.config, source=f"stored config of run {run_.id}").with_changes(**changes)
-    return run(config, progress=progress, resume=run_.id)
+    return run(config, progress=progress, callbacks=callbacks, resume=run_.id)
 
 
 def _describe(train: Any) -> tuple[int, int, str, tuple[int, ...] | None]:

@@ -77,4 +77,5 @@ class ProgressBar:
     @staticmethod
     def _epoch(state: Any) -> str:
         total = -(-state.total_steps // state.plan.iterations_per_epoch)  # ceil
-        return f"epoch {min(state.epoch + 1, total)}/{total}"
+        current = state.epoch if state.step and not state.iteration else state.epoch + 1  # an epoch just ended
+        return f"epoch {min(current, total)}/{total}"

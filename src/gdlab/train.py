@@ -572,6 +572,7 @@ class _Recorder(Callback):
         if config is not None:
             self.store.update_config(self.run_id, config)
         state.history = self.store.history(self.run_id)
+        state.loss = state.history.steps.last("loss")
         self.steps_written, self.epochs_written = len(state.history.steps), len(state.history.epochs)
 
     def fail(self, state: LoopState, error: BaseException, seconds: float) -> None:
