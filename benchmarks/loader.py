@@ -19,10 +19,15 @@ How: per batch size, one warm-up run of each side, then ``--repeats`` pairs alte
 goes first alternates too); the ratio DataLoader-time / gdlab-time is taken per pair and reported as the median
 with min and max. The ratio at batch 128 is printed last.
 
+``--floor`` adds a reference run after each pair: the same loop over batches made before the clock starts
+(contiguous slices of a pre-shuffled copy of X), i.e. the model's compute alone with no batching cost. The
+ratio DataLoader-time / floor-time is the most any batching could gain over the DataLoader at that batch size.
+
 Target: gdlab at least 2x faster than the DataLoader loop at batch 128 on the CPU (ratio >= 2.0).
 
 Command:
     python benchmarks/loader.py            # full size (60,000 samples, batch 32, 128, 1024)
+    python benchmarks/loader.py --floor    # also the compute-only floor (about 1.5x the time)
     python benchmarks/loader.py --quick    # a tiny size, a few seconds: checks the script still runs
 """
 
@@ -97,16 +102,39 @@ def run_dataloader(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch: in
     return time.perf_counter() - start
 
 
-def measure(X: torch.Tensor, y: torch.Tensor, batch: int, repeats: int, seed: int) -> dict[str, list[float]]:
+def run_floor(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    start = time.perf_counter()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    model.train()
+    total = 0.0
+    for xb, yb in batches:
+        loss = F.cross_entropy(model(xb), yb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        total += loss.item()
+    return time.perf_counter() - start
+
+
+def measure(X: torch.Tensor, y: torch.Tensor, batch: int, repeats: int, seed: int,
+            floor: bool) -> dict[str, list[float]]:
     sides = {"gdlab": run_gdlab, "dataloader": run_dataloader}
     for fn in sides.values():  # warm-up of each side
         fn(make_model(seed), X, y, batch)
-    times: dict[str, list[float]] = {name: [] for name in sides}
+    premade: list[tuple[torch.Tensor, torch.Tensor]] = []
+    if floor:  # batches made before any clock starts: contiguous slices of a shuffled copy
+        perm = torch.randperm(len(X), generator=torch.Generator().manual_seed(seed))
+        Xs, ys = X[perm], y[perm]
+        premade = [(Xs[i : i + batch], ys[i : i + batch]) for i in range(0, len(X), batch)]
+        run_floor(make_model(seed), premade)
+    times: dict[str, list[float]] = {name: [] for name in (*sides, "floor")}
     for i in range(repeats):
         order = ["gdlab", "dataloader"] if i % 2 == 0 else ["dataloader", "gdlab"]
         for name in order:
             model = make_model(seed)  # same initial parameters on both sides, built outside the timed region
             times[name].append(sides[name](model, X, y, batch))
+        if floor:
+            times["floor"].append(run_floor(make_model(seed), premade))
     return times
 
 
@@ -119,6 +147,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="batch sizes; 128, when given, is printed last (default 32 1024 128)")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for both sides (default 2)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and the initial parameters")
+    parser.add_argument("--floor", action="store_true",
+                        help="also time the compute alone on pre-made batches (a reference, not a side)")
     parser.add_argument("--quick", action="store_true", help="a tiny size (2,000 samples, 3 pairs): a few seconds")
     args = parser.parse_args(argv)
     if args.quick:
@@ -138,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     ratios: dict[int, float] = {}
     for batch in batch_sizes:
         repeats = args.repeats or {32: 7, 128: 9}.get(batch, 15)
-        times = measure(X, y, batch, repeats, args.seed)
+        times = measure(X, y, batch, repeats, args.seed, args.floor)
         per_pair = [d / g for g, d in zip(times["gdlab"], times["dataloader"])]
         steps = -(-args.samples // batch)
         med = statistics.median(per_pair)
@@ -149,7 +179,14 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {'side':<12}{'median s/epoch':>16}{'us/step':>10}")
         print(f"  {'gdlab':<12}{g_med:>16.3f}{g_med / steps * 1e6:>10.0f}")
         print(f"  {'DataLoader':<12}{d_med:>16.3f}{d_med / steps * 1e6:>10.0f}")
+        if times["floor"]:
+            f_med = statistics.median(times["floor"])
+            print(f"  {'floor':<12}{f_med:>16.3f}{f_med / steps * 1e6:>10.0f}   (compute only, pre-made batches)")
         print(f"  ratio DataLoader/gdlab: {med:.2f}x (min {min(per_pair):.2f}, max {max(per_pair):.2f})")
+        if times["floor"]:
+            best = [d / f for d, f in zip(times["dataloader"], times["floor"])]
+            print(f"  ratio DataLoader/floor: {statistics.median(best):.2f}x (min {min(best):.2f}, "
+                  f"max {max(best):.2f}): the most any batching could reach")
         sys.stdout.flush()
 
     print()

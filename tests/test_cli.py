@@ -171,3 +171,10 @@ def test_console_script_runs_without_traceback(tmp_path: Path) -> None:
                             text=True)
     assert result.returncode == 2 and result.stderr.startswith("error: invalid batch_size 0")
     assert "Traceback" not in result.stderr
+
+
+def test_json_output_is_strict_even_for_non_finite_numbers() -> None:
+    from gdlab.cli import _json
+
+    text = _json({"final": {"train_loss": float("inf"), "val_loss": float("nan")}, "path": Path("a/b"), "n": [1.5]})
+    assert json.loads(text) == {"final": {"train_loss": None, "val_loss": None}, "path": "a/b", "n": [1.5]}

@@ -166,7 +166,7 @@ def _report(result: Any, settings: Any, store_path: str, show: bool, as_json: bo
             "plot": str(plot_path) if plot_path else None,
             "checkpoint": str(stored.checkpoint),
         }
-        print(json.dumps(payload, allow_nan=False, default=_json_default))
+        print(_json(payload))
     elif show:
         _print_summary(result, stored, plot_path)
     if result.status == "stopped":
@@ -267,10 +267,9 @@ def show(
 
     r = Store(store).get(run)
     if as_json:
-        print(json.dumps({"run_id": r.id, "name": r.name, "created": r.created, "status": r.status,
-                          "config": r.config, "plan": r.plan, "final": r.final, "lr": r.lr, "seconds": r.seconds,
-                          "steps": r.steps, "stop_reason": r.stop_reason, "error": r.error,
-                          "findings": r.findings}, default=_json_default))
+        print(_json({"run_id": r.id, "name": r.name, "created": r.created, "status": r.status,
+                     "config": r.config, "plan": r.plan, "final": r.final, "lr": r.lr, "seconds": r.seconds,
+                     "steps": r.steps, "stop_reason": r.stop_reason, "error": r.error, "findings": r.findings}))
         return
     out.print(f"[bold]run[/] {r.id}" + (f" ({r.name})" if r.name else "") + f"   {_status(r.status)}   {r.created}")
     if r.error:
@@ -402,10 +401,19 @@ def _status(status: str) -> str:
     return f"[{colour}]{status}[/]"
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+def _json(value: Any) -> str:
+    """Strict JSON: paths as strings, and null for NaN and infinities (a diverged run's losses)."""
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return str(v) if isinstance(v, Path) else v
+
+    return json.dumps(clean(value), allow_nan=False)
 
 
 def main() -> None:
