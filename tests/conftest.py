@@ -10,28 +10,7 @@ import torch
 
 from gdlab.data import TensorData
 
-LECTURE_DATASET = '''
-import torch
-from torch.utils.data import Dataset
-
-
-class CustomDataset(Dataset):
-    def __init__(self):
-        self.x_data = [[1, 2, 3], [4, 5, 6], [7, 8, 9]]
-        self.y_data = [[12], [18], [11]]
-
-    def __len__(self):
-        return len(self.x_data)
-
-    def __getitem__(self, idx):
-        x = torch.FloatTensor(self.x_data[idx])
-        y = torch.FloatTensor(self.y_data[idx])
-        return x, y
-
-
-def make():
-    return CustomDataset()
-'''
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 @pytest.fixture
@@ -54,8 +33,7 @@ def regression() -> TensorData:
 
 @pytest.fixture
 def user_modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A folder on sys.path with the lecture's CustomDataset and two user models, as the working directory."""
-    (tmp_path / "lecture_data.py").write_text(LECTURE_DATASET)
+    """The working directory, on sys.path with user models; examples/ (the lecture's CustomDataset) too."""
     (tmp_path / "user_models.py").write_text(textwrap.dedent('''
         import torch
 
@@ -70,4 +48,5 @@ def user_modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     '''))
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.syspath_prepend(str(EXAMPLES))  # lecture:CustomDataset is the lecture's code, unchanged
     return tmp_path

@@ -73,7 +73,7 @@ def test_csv_with_target_and_standardize(tmp_path: Path) -> None:
 
 
 def test_lecture_dataset_from_module(user_modules: Path) -> None:
-    result = gdlab("train", "--data", "lecture_data:make", "--model", "linear", "--optimizer", "sgd",
+    result = gdlab("train", "--data", "lecture:CustomDataset", "--model", "linear", "--optimizer", "sgd",
                    "--lr", "0.001", "--batch-size", "2", "--epochs", "2", "--store", "s", "--json", "--quiet")
     payload = json.loads(result.stdout)
     assert payload["plan"]["iterations_per_epoch"] == 2 and payload["final"]["val_loss"] is None

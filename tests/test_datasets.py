@@ -138,12 +138,12 @@ def test_npz_arrays(tmp_path: Path) -> None:
 
 
 def test_module_function_serves_the_lecture_dataset_unchanged(user_modules: Path) -> None:
-    train, val = datasets.load("lecture_data:make")
+    train, val = datasets.load("lecture:CustomDataset")
     assert type(train).__name__ == "CustomDataset" and val is None and len(train) == 3
-    train, val = datasets.load("lecture_data:CustomDataset", val_split=1 / 3)
+    train, val = datasets.load("lecture:CustomDataset", val_split=1 / 3)
     assert (len(train), len(val)) == (2, 1)
-    with pytest.raises(InvalidParameter, match="invalid data 'lecture_data:nope': expected a name defined"):
-        datasets.load("lecture_data:nope")
+    with pytest.raises(InvalidParameter, match="invalid data 'lecture:nope': expected a name defined"):
+        datasets.load("lecture:nope")
     with pytest.raises(InvalidParameter, match="expected an importable module"):
         datasets.load("no_such_module_xyz:make")
 

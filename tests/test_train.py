@@ -161,7 +161,7 @@ def test_divergence_stops_without_poisoning_the_parameters() -> None:
 
 
 def test_the_lecture_dataset_trains_through_a_dataloader(user_modules: Path) -> None:
-    train, _ = datasets.load("lecture_data:make")
+    train, _ = datasets.load("lecture:CustomDataset")
     torch.manual_seed(0)
     result = fit(nn.Linear(3, 1), train, lr=0.001, batch_size=2, epochs=50, progress=False)
     assert result.plan.describe() == "3 samples, batch 2 -> 2 iterations per epoch (last batch 1)"
