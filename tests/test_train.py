@@ -225,3 +225,27 @@ def test_progress_bar_runs_and_closes(regression: TensorData, capsys: pytest.Cap
 
 def test_public_fit_is_the_same_object() -> None:
     assert gdlab.fit is fit
+
+
+def test_gradient_norm_hooks_are_removed_even_when_fit_fails(regression: TensorData) -> None:
+    class Boom(Callback):
+        def on_step_end(self, state: LoopState) -> None:
+            raise RuntimeError("boom")
+
+    model = _linear64()
+    fit(model, regression, lr=0.01, epochs=1, progress=False)
+    with pytest.raises(RuntimeError):
+        fit(model, regression, lr=0.01, epochs=1, progress=False, callbacks=[Boom()])
+    assert all(not getattr(p, "_post_accumulate_grad_hooks", None) for p in model.parameters())
+
+
+def test_gradient_norm_with_a_shared_parameter_matches_autograd() -> None:
+    torch.manual_seed(0)
+    layer = nn.Linear(3, 3).double()
+    model = nn.Sequential(layer, nn.Tanh(), layer)  # the same weights used twice
+    X = torch.randn(8, 3, dtype=torch.float64)
+    y = torch.randn(8, 3, dtype=torch.float64)
+    loss = nn.functional.mse_loss(model(X), y)
+    expected = torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(model.parameters()))]).norm()
+    result = fit(model, (X, y), lr=0.01, batch_size="full", steps=1, progress=False)
+    assert result.history.steps["grad_norm"][0] == pytest.approx(expected.item(), rel=1e-12)
