@@ -227,18 +227,6 @@ def test_public_fit_is_the_same_object() -> None:
     assert gdlab.fit is fit
 
 
-def test_gradient_norm_hooks_are_removed_even_when_fit_fails(regression: TensorData) -> None:
-    class Boom(Callback):
-        def on_step_end(self, state: LoopState) -> None:
-            raise RuntimeError("boom")
-
-    model = _linear64()
-    fit(model, regression, lr=0.01, epochs=1, progress=False)
-    with pytest.raises(RuntimeError):
-        fit(model, regression, lr=0.01, epochs=1, progress=False, callbacks=[Boom()])
-    assert all(not getattr(p, "_post_accumulate_grad_hooks", None) for p in model.parameters())
-
-
 def test_gradient_norm_with_a_shared_parameter_matches_autograd() -> None:
     torch.manual_seed(0)
     layer = nn.Linear(3, 3).double()

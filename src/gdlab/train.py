@@ -249,7 +249,6 @@ def fit(
             getattr(hook, event, _ignore)(state)
 
     every = checkpoint_every or plan.iterations_per_epoch
-    grad_norm = _GradNorm(model)
     started = time.perf_counter() - state.seconds
     model.train()
     with _graceful_interrupt(state):
@@ -275,8 +274,8 @@ def fit(
                                "the learning rate is likely too large")
                     break
                 opt.zero_grad(set_to_none=True)
-                grad_norm.reset()
                 batch_loss.backward()
+                grad_norm = _grad_norm(model)
 
                 # (3) update the parameters
                 opt.step()
@@ -287,7 +286,7 @@ def fit(
                 state.epoch_loss_sum += state.loss * len(y)
                 state.epoch_samples += len(y)
                 state.history.steps.append({"step": state.step, "epoch": state.epoch + 1, "loss": state.loss,
-                                            "lr": state.lr, "grad_norm": grad_norm.read()})
+                                            "lr": state.lr, "grad_norm": grad_norm})
                 emit("on_step_end")
                 if state.iteration == plan.iterations_per_epoch:
                     _end_epoch(state, val_source, loss_fn, loss_name, tol, patience, started)
@@ -313,8 +312,6 @@ def fit(
             if recorder:
                 recorder.fail(state, error, time.perf_counter() - started)
             raise
-        finally:
-            grad_norm.remove()
 
     final = _final(state, val_source is not None, source.task)
     status = "stopped" if state.interrupted else "finished"
@@ -504,36 +501,12 @@ def _check_model(model: nn.Module, source: _Source, loss_name: str) -> None:
                          f"{y.numel() // len(y)}: expected the same number")
 
 
-class _GradNorm:
-    """The global gradient norm sqrt(sum over parameters of |g|^2), one squared norm per parameter taken in a
-    post-accumulate-grad hook, while that gradient is still in cache.
-
-    Why: a separate pass after ``backward`` reads every gradient back from memory; for an MLP 784-256-10 at
-    batch 128 on the CPU that pass cost ~8% of a step (benchmarks/overhead.py), the hook almost nothing.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        self.squares: list[torch.Tensor] = []
-        self.handles = [p.register_post_accumulate_grad_hook(self._add) for p in model.parameters()
-                        if p.requires_grad]
-
-    def _add(self, param: torch.Tensor) -> None:
-        g = param.grad.reshape(-1)  # type: ignore[union-attr]
-        g = g if g.dtype in (torch.float32, torch.float64) else g.float()  # accumulate half precision in float32
-        self.squares.append(torch.dot(g, g))
-
-    def reset(self) -> None:
-        """Forget the squares of the previous step (call before ``backward``)."""
-        self.squares.clear()
-
-    def read(self) -> float:
-        """The norm over the gradients accumulated since :meth:`reset`."""
-        return torch.stack(self.squares).sum().sqrt().item() if self.squares else 0.0
-
-    def remove(self) -> None:
-        """Detach the hooks from the model."""
-        for handle in self.handles:
-            handle.remove()
+def _grad_norm(model: nn.Module) -> float:
+    """The global gradient norm: sqrt of the sum over parameters of |g|^2."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return 0.0
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))).item()
 
 
 def _final(state: LoopState, has_val: bool, task: str) -> dict[str, float | None]:
