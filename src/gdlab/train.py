@@ -203,7 +203,7 @@ def fit(
         A :class:`Result`.
     """
     # -- check everything before anything is stored -------------------------------------------------------
-    epochs, steps = _check_budget(epochs, steps, resume)
+    epochs, steps = _check_budget(epochs, steps)
     for key, value in (("tol", tol), ("patience", patience), ("checkpoint_every", checkpoint_every)):
         if value is not None and (isinstance(value, bool) or not value > 0):
             raise InvalidParameter(key, value, "a number > 0" if key == "tol" else "a positive integer")
@@ -308,7 +308,9 @@ def fit(
             emit("on_fit_end")
         except BaseException as error:
             for hook in hooks:
-                getattr(hook, "close", _ignore_none)()
+                close = getattr(hook, "close", None)  # the progress bar must not leave the terminal live
+                if close is not None:
+                    close()
             if recorder:
                 recorder.fail(state, error, time.perf_counter() - started)
             raise
@@ -323,10 +325,6 @@ def fit(
 
 
 def _ignore(state: LoopState) -> None:
-    pass
-
-
-def _ignore_none() -> None:
     pass
 
 
@@ -406,7 +404,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def _check_budget(epochs: Any, steps: Any, resume: str | None) -> tuple[int | None, int | None]:
+def _check_budget(epochs: Any, steps: Any) -> tuple[int | None, int | None]:
     for key, value in (("epochs", epochs), ("steps", steps)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
             raise InvalidParameter(key, value, "a positive integer")
