@@ -46,7 +46,7 @@ import gdlab
 from gdlab.train import _grad_norm
 
 TARGET = 1.05
-FEATURES, CLASSES, BATCH = 784, 10, 128
+FEATURES, CLASSES, BATCH = 784, 10, 128  # --features and --batch override them
 
 
 def cpu_model() -> str:
@@ -93,6 +93,7 @@ def run_hand(model: nn.Module, X: torch.Tensor, y: torch.Tensor, epochs: int, se
     model.train()
     n = len(X)
     losses, norms = [], []
+    params = list(model.parameters())
     for epoch in range(epochs):
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
         for i in range(0, n, BATCH):
@@ -102,7 +103,7 @@ def run_hand(model: nn.Module, X: torch.Tensor, y: torch.Tensor, epochs: int, se
             opt.zero_grad()
             loss.backward()
             if grad_norm:
-                norms.append(_grad_norm(model))
+                norms.append(_grad_norm(params))
             opt.step()
             losses.append(loss.item())
     return time.perf_counter() - start
@@ -113,6 +114,7 @@ def run_hand_gn(model: nn.Module, X: torch.Tensor, y: torch.Tensor, epochs: int,
 
 
 def main(argv: list[str] | None = None) -> None:
+    global FEATURES, BATCH
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=60_000, help="training samples (default 60000)")
     parser.add_argument("--repeats", type=int, default=31, help="alternated pairs (default 31)")
@@ -122,10 +124,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and the initial parameters")
     parser.add_argument("--bar-to-stderr", action="store_true",
                         help="leave stderr alone: the bar draws on it (a terminal costs more than a redirect)")
+    parser.add_argument("--features", type=int, default=FEATURES, help="input features (default 784)")
+    parser.add_argument("--batch", type=int, default=BATCH, help="batch size (default 128)")
     parser.add_argument("--quick", action="store_true", help="a tiny size (2,000 samples, 3 pairs): a few seconds")
     args = parser.parse_args(argv)
     if args.quick:
         args.samples, args.repeats = 2_000, 3
+    FEATURES, BATCH = args.features, args.batch  # a small model shows the per-step bookkeeping alone
 
     torch.set_num_threads(args.threads)
     steps = -(-args.samples // BATCH) * args.epochs

@@ -249,6 +249,7 @@ def fit(
             getattr(hook, event, _ignore)(state)
 
     every = checkpoint_every or plan.iterations_per_epoch
+    params = list(model.parameters())  # once: walking the module tree every step costs more than the norm
     started = time.perf_counter() - state.seconds
     model.train()
     with _graceful_interrupt(state):
@@ -275,7 +276,7 @@ def fit(
                     break
                 opt.zero_grad(set_to_none=True)
                 batch_loss.backward()
-                grad_norm = _grad_norm(model)
+                grad_norm = _grad_norm(params)
 
                 # (3) update the parameters
                 opt.step()
@@ -499,9 +500,9 @@ def _check_model(model: nn.Module, source: _Source, loss_name: str) -> None:
                          f"{y.numel() // len(y)}: expected the same number")
 
 
-def _grad_norm(model: nn.Module) -> float:
+def _grad_norm(params: Sequence[torch.Tensor]) -> float:
     """The global gradient norm: sqrt of the sum over parameters of |g|^2."""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return 0.0
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))).item()
