@@ -1,0 +1,129 @@
+"""The familiar optimizers, each a chain of transforms, with torch.optim's argument names and defaults.
+
+Every hyperparameter may be a float, a schedule or a ``[members]`` tensor (see :mod:`gdlab.optim.transforms`).
+
+Example:
+    >>> import torch
+    >>> p = [torch.zeros(2, dtype=torch.float64)]
+    >>> opt = adam(0.1)
+    >>> state = opt.init(p)
+    >>> updates, state = opt.update([torch.tensor([1.0, -3.0], dtype=torch.float64)], state, p)
+    >>> [round(u, 6) for u in updates[0].tolist()]  # Adam's first step is lr * sign(g)
+    [-0.1, 0.1]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from gdlab.errors import InvalidParameter
+from gdlab.optim.transforms import (
+    Hyper,
+    Transform,
+    add_decayed_weights,
+    add_l2,
+    chain,
+    scale_by_adam,
+    scale_by_learning_rate,
+    scale_by_lion,
+    scale_by_rms,
+    scale_by_rss,
+    trace,
+)
+
+__all__ = ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw", "lion"]
+
+
+def _zero(h: Hyper) -> bool:
+    """Whether a hyperparameter is the plain number 0 (so its transform can be left out of the chain)."""
+    return not isinstance(h, torch.Tensor) and not callable(h) and h == 0
+
+
+def _chain(*parts: Transform | None) -> Transform:
+    return chain(*[p for p in parts if p is not None])
+
+
+def sgd(lr: Hyper, momentum: Hyper = 0.0, dampening: Hyper = 0.0, nesterov: bool = False,
+        weight_decay: Hyper = 0.0) -> Transform:
+    """Stochastic gradient descent, as torch.optim.SGD: g += weight_decay * theta; heavy-ball momentum with
+    dampening (or Nesterov's); theta -= lr * u.
+
+    SGD without momentum is heavy-ball momentum with decay 0, so one transform serves both."""
+    if nesterov and (_zero(momentum) or not _zero(dampening)):
+        raise InvalidParameter("nesterov", True, "a momentum > 0 and zero dampening")
+    return _chain(
+        None if _zero(weight_decay) else add_l2(weight_decay),
+        None if _zero(momentum) else trace(momentum, dampening=dampening, nesterov=nesterov),
+        scale_by_learning_rate(lr),
+    )
+
+
+def momentum(lr: Hyper, momentum: Hyper = 0.9, dampening: Hyper = 0.0, nesterov: bool = False,
+             weight_decay: Hyper = 0.0) -> Transform:
+    """SGD with heavy-ball momentum 0.9 by default."""
+    return sgd(lr, momentum, dampening, nesterov, weight_decay)
+
+
+def nesterov(lr: Hyper, momentum: Hyper = 0.9, dampening: Hyper = 0.0, weight_decay: Hyper = 0.0) -> Transform:
+    """SGD with Nesterov momentum 0.9 by default."""
+    return sgd(lr, momentum, dampening, True, weight_decay)
+
+
+def adagrad(lr: Hyper = 0.01, lr_decay: float = 0.0, weight_decay: Hyper = 0.0,
+            initial_accumulator_value: float = 0.0, eps: Hyper = 1e-10) -> Transform:
+    """AdaGrad, as torch.optim.Adagrad: the step size is lr / (1 + t * lr_decay) at step t (from 0)."""
+    if lr_decay < 0:
+        raise InvalidParameter("lr_decay", lr_decay, "a number >= 0")
+    rate: Hyper = lr if lr_decay == 0 else (lambda t: _scalar(lr, t) / (1 + t * lr_decay))
+    return _chain(
+        None if _zero(weight_decay) else add_l2(weight_decay),
+        scale_by_rss(initial_accumulator_value=initial_accumulator_value, eps=eps),
+        scale_by_learning_rate(rate),
+    )
+
+
+def _scalar(h: Hyper, t: int) -> Any:
+    return h(t) if callable(h) and not isinstance(h, torch.Tensor) else h
+
+
+def rmsprop(lr: Hyper = 0.01, alpha: Hyper = 0.99, eps: Hyper = 1e-8, weight_decay: Hyper = 0.0,
+            momentum: Hyper = 0.0, centered: bool = False) -> Transform:
+    """RMSProp, as torch.optim.RMSprop: momentum, when given, accumulates the scaled gradient."""
+    return _chain(
+        None if _zero(weight_decay) else add_l2(weight_decay),
+        scale_by_rms(alpha=alpha, eps=eps, centered=centered),
+        None if _zero(momentum) else trace(momentum),
+        scale_by_learning_rate(lr),
+    )
+
+
+def adam(lr: Hyper = 0.001, betas: tuple[Hyper, Hyper] = (0.9, 0.999), eps: Hyper = 1e-8,
+         weight_decay: Hyper = 0.0, amsgrad: bool = False) -> Transform:
+    """Adam, as torch.optim.Adam: weight_decay is L2 added to the gradient (coupled)."""
+    return _chain(
+        None if _zero(weight_decay) else add_l2(weight_decay),
+        scale_by_adam(b1=betas[0], b2=betas[1], eps=eps, amsgrad=amsgrad),
+        scale_by_learning_rate(lr),
+    )
+
+
+def adamw(lr: Hyper = 0.001, betas: tuple[Hyper, Hyper] = (0.9, 0.999), eps: Hyper = 1e-8,
+          weight_decay: Hyper = 0.01, amsgrad: bool = False) -> Transform:
+    """AdamW, as torch.optim.AdamW: Adam with decoupled weight decay (also scaled by lr)."""
+    return _chain(
+        scale_by_adam(b1=betas[0], b2=betas[1], eps=eps, amsgrad=amsgrad),
+        None if _zero(weight_decay) else add_decayed_weights(weight_decay),
+        scale_by_learning_rate(lr),
+    )
+
+
+def lion(lr: Hyper = 1e-4, betas: tuple[Hyper, Hyper] = (0.9, 0.99), weight_decay: Hyper = 0.0) -> Transform:
+    """Lion (Chen et al. 2023): theta -= lr * (sign(b1 * m + (1 - b1) * g) + weight_decay * theta)."""
+    return _chain(
+        scale_by_lion(b1=betas[0], b2=betas[1]),
+        None if _zero(weight_decay) else add_decayed_weights(weight_decay),
+        scale_by_learning_rate(lr),
+    )
+

@@ -1,0 +1,315 @@
+"""Gradient transforms: small pieces, one equation each, chained into optimizers (as optax builds them).
+
+A :class:`Transform` is a pair of functions over lists of tensors::
+
+    state = transform.init(params)
+    updates, state = transform.update(grads, state, params)
+    apply_updates(params, updates)          # params += updates
+
+Every hyperparameter may be a float, a schedule (a function of the step count, starting at 0) or a tensor of
+shape ``[members]``: then each parameter has a leading ``[members]`` axis and member ``i`` uses entry ``i``
+(broadcast over the parameter's other axes). Floats take the ``torch._foreach_*`` path; member tensors the same
+equations one tensor at a time. States hold tensors and an integer ``count``.
+
+Example:
+    >>> p = [torch.tensor([1.0, -2.0])]
+    >>> opt = chain(trace(decay=0.9), scale_by_learning_rate(0.1))
+    >>> state = opt.init(p)
+    >>> updates, state = opt.update([torch.tensor([1.0, 1.0])], state, p)
+    >>> apply_updates(p, updates); [round(v, 6) for v in p[0].tolist()]
+    [0.9, -2.1]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from gdlab.errors import InvalidParameter
+
+__all__ = [
+    "Hyper",
+    "Transform",
+    "add_decayed_weights",
+    "add_l2",
+    "apply_updates",
+    "chain",
+    "clip_by_global_norm",
+    "scale_by_adam",
+    "scale_by_learning_rate",
+    "scale_by_lion",
+    "scale_by_rms",
+    "scale_by_rss",
+    "trace",
+]
+
+Hyper = float | Tensor | Callable[[int], Any]
+State = dict[str, Any]
+# A hyperparameter resolved for one step: a float, or one tensor per parameter shaped to broadcast over it.
+Value = float | list[Tensor]
+Tensors = list[Tensor] | tuple[Tensor, ...]  # torch's foreach ops return tuples, comprehensions lists
+
+
+class Transform(NamedTuple):
+    """``init(params) -> state`` and ``update(grads, state, params) -> (updates, state)``."""
+
+    init: Callable[[Tensors], State]
+    update: Callable[[Tensors, State, Tensors], tuple[Tensors, State]]
+
+
+# -- hyperparameters and the two paths (foreach for floats, per tensor for [members] values) ---------------------
+
+
+def _value(h: Hyper, count: int, like: Sequence[Tensor]) -> Value:
+    """``h`` at step ``count``: a float, or per-parameter tensors ``[members, 1, ...]``."""
+    v = h(count) if callable(h) and not isinstance(h, Tensor) else h
+    if isinstance(v, Tensor):
+        return [v.to(x.device, x.dtype).reshape(-1, *([1] * (x.dim() - 1))) for x in like]
+    return float(v)
+
+
+def _mul(xs: Tensors, s: Value) -> Tensors:
+    return [x * v for x, v in zip(xs, s)] if isinstance(s, list) else torch._foreach_mul(xs, s)
+
+
+def _add(xs: Tensors, ys: Tensors, s: Value = 1.0) -> Tensors:
+    """xs + s * ys"""
+    if isinstance(s, list):
+        return [x + y * v for x, y, v in zip(xs, ys, s)]
+    return torch._foreach_add(xs, ys, alpha=s)
+
+
+def _div(xs: Tensors, s: Value) -> Tensors:
+    return [x / v for x, v in zip(xs, s)] if isinstance(s, list) else torch._foreach_div(xs, s)
+
+
+def _map(v: Value, fn: Callable[[Any], Any]) -> Value:
+    """fn applied to a float, or to each per-parameter tensor."""
+    return [fn(x) for x in v] if isinstance(v, list) else fn(v)
+
+
+def _ema(avg: Tensors, xs: Tensors, decay: Value) -> Tensors:
+    """decay * avg + (1 - decay) * xs"""
+    return _add(_mul(avg, decay), xs, _map(decay, lambda d: 1 - d))
+
+
+def _check(name: str, value: Hyper, low: float, high: float, *, closed_high: bool = False) -> None:
+    if callable(value) and not isinstance(value, Tensor):
+        return  # a schedule is checked by its own constructor
+    values = value.flatten().tolist() if isinstance(value, Tensor) else [value]
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not (
+            low <= v <= high if closed_high else low <= v < high
+        ):
+            bracket = "]" if closed_high else ")"
+            raise InvalidParameter(name, v, f"a number in [{low:g}, {high:g}{bracket}")
+
+
+# -- transforms --------------------------------------------------------------------------------------------------
+
+
+def chain(*transforms: Transform) -> Transform:
+    """Apply ``transforms`` in order, each to the previous one's updates."""
+
+    def init(params: Tensors) -> State:
+        return {"inner": [t.init(params) for t in transforms]}
+
+    def update(grads: Tensors, state: State, params: Tensors) -> tuple[Tensors, State]:
+        inner = []
+        for t, s in zip(transforms, state["inner"]):
+            grads, s = t.update(grads, s, params)
+            inner.append(s)
+        return grads, {"inner": inner}
+
+    return Transform(init, update)
+
+
+def _stateless(fn: Callable[[Tensors, int, Tensors], Tensors]) -> Transform:
+    """A transform whose only state is the step count."""
+
+    def update(grads: Tensors, state: State, params: Tensors) -> tuple[Tensors, State]:
+        return fn(grads, state["count"], params), {"count": state["count"] + 1}
+
+    return Transform(lambda params: {"count": 0}, update)
+
+
+def scale_by_learning_rate(lr: Hyper) -> Transform:
+    """u = -lr * u (the sign that turns a gradient into a descent step)."""
+    _check("lr", lr, 0.0, math.inf)
+    return _stateless(lambda u, count, p: _mul(u, _negate(_value(lr, count, u))))
+
+
+def _negate(v: Value) -> Value:
+    return [-x for x in v] if isinstance(v, list) else -v
+
+
+def add_l2(weight_decay: Hyper) -> Transform:
+    """u = u + weight_decay * theta: L2 regularisation coupled to the gradient (SGD's, Adam's weight_decay)."""
+    _check("weight_decay", weight_decay, 0.0, math.inf)
+    return _stateless(lambda u, count, p: _add(u, p, _value(weight_decay, count, u)))
+
+
+def add_decayed_weights(weight_decay: Hyper) -> Transform:
+    """u = u + weight_decay * theta, after the adaptive scaling: decoupled decay (AdamW, Loshchilov & Hutter
+    2019, https://arxiv.org/abs/1711.05101). Same equation as :func:`add_l2`; its place in the chain differs."""
+    return add_l2(weight_decay)
+
+
+def clip_by_global_norm(max_norm: Hyper, *, per_member: bool = False) -> Transform:
+    """u = u * min(1, max_norm / (|u| + 1e-6)) with |u| the norm over all parameters (torch's clip_grad_norm_);
+    with ``per_member`` (or a ``[members]`` max_norm) one norm per member over its slices."""
+    _check("max_norm", max_norm, 0.0, math.inf)
+
+    def clip(u: Tensors, count: int, p: Tensors) -> Tensors:
+        limit = _value(max_norm, count, u)
+        if not (per_member or isinstance(limit, list)):
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(u)))
+            return torch._foreach_mul(u, (limit / (norm + 1e-6)).clamp(max=1.0))
+        norm = torch.stack([x.reshape(len(x), -1).square().sum(1) for x in u]).sum(0).sqrt()  # [members]
+        limits: list[Any] = limit if isinstance(limit, list) else [limit] * len(u)
+        return [x * (lim / (norm.reshape(-1, *([1] * (x.dim() - 1))) + 1e-6)).clamp(max=1.0)
+                for x, lim in zip(u, limits)]
+
+    return _stateless(clip)
+
+
+def trace(decay: Hyper = 0.9, *, dampening: Hyper = 0.0, nesterov: bool = False) -> Transform:
+    """Heavy-ball momentum as torch.optim.SGD has it (Polyak 1964; Sutskever et al. 2013 for Nesterov):
+
+    buf = g on the first step, then buf = decay * buf + (1 - dampening) * g;
+    u = g + decay * buf with ``nesterov``, else u = buf.
+    """
+    _check("momentum", decay, 0.0, 1.0)
+    _check("dampening", dampening, 0.0, 1.0, closed_high=True)
+
+    def init(params: Tensors) -> State:
+        return {"count": 0, "buf": [torch.zeros_like(p) for p in params]}
+
+    def update(g: Tensors, state: State, params: Tensors) -> tuple[Tensors, State]:
+        count, mu = state["count"], _value(decay, state["count"], g)
+        buf: Tensors
+        if count == 0:
+            buf = [x.clone() for x in g]
+        else:
+            keep = _map(_value(dampening, count, g), lambda d: 1 - d)
+            buf = _add(_mul(state["buf"], mu), g, keep)
+        u = _add(g, buf, mu) if nesterov else buf
+        return u, {"count": count + 1, "buf": buf}
+
+    return Transform(init, update)
+
+
+def scale_by_rss(*, initial_accumulator_value: float = 0.0, eps: Hyper = 1e-10) -> Transform:
+    """AdaGrad (Duchi et al. 2011): s = s + g^2; u = g / (sqrt(s) + eps)."""
+    _check("initial_accumulator_value", initial_accumulator_value, 0.0, math.inf)
+    _check_eps(eps)
+
+    def init(params: Tensors) -> State:
+        return {"count": 0, "sum": [torch.full_like(p, initial_accumulator_value) for p in params]}
+
+    def update(g: Tensors, state: State, params: Tensors) -> tuple[Tensors, State]:
+        s = torch._foreach_addcmul(state["sum"], g, g)
+        u = _div_by(g, s, _value(eps, state["count"], g))
+        return u, {"count": state["count"] + 1, "sum": s}
+
+    return Transform(init, update)
+
+
+def _div_by(g: Tensors, second: Tensors, eps: Value, scale: Value = 1.0) -> Tensors:
+    """g / (sqrt(second) / scale + eps)"""
+    root = _div(torch._foreach_sqrt(second), scale)
+    denom = [r + e for r, e in zip(root, eps)] if isinstance(eps, list) else torch._foreach_add(root, eps)
+    return torch._foreach_div(g, denom)
+
+
+def _check_eps(eps: Hyper) -> None:
+    _check("eps", eps, 0.0, math.inf)
+    if not callable(eps) and not isinstance(eps, Tensor) and eps <= 0:
+        raise InvalidParameter("eps", eps, "a number > 0, e.g. 1e-8")
+    if isinstance(eps, Tensor) and bool((eps <= 0).any()):
+        raise InvalidParameter("eps", eps.tolist(), "numbers > 0")
+
+
+def scale_by_rms(*, alpha: Hyper = 0.99, eps: Hyper = 1e-8, centered: bool = False) -> Transform:
+    """RMSProp (Tieleman & Hinton 2012), as torch.optim.RMSprop: s = alpha * s + (1 - alpha) * g^2;
+    u = g / (sqrt(s) + eps), or with ``centered`` u = g / (sqrt(s - a^2) + eps) where a = EMA of g."""
+    _check("alpha", alpha, 0.0, 1.0, closed_high=True)
+    _check_eps(eps)
+
+    def init(params: Tensors) -> State:
+        state: State = {"count": 0, "nu": [torch.zeros_like(p) for p in params]}
+        if centered:
+            state["mu"] = [torch.zeros_like(p) for p in params]
+        return state
+
+    def update(g: Tensors, state: State, params: Tensors) -> tuple[Tensors, State]:
+        count, a = state["count"], _value(alpha, state["count"], g)
+        nu = _ema(state["nu"], torch._foreach_mul(g, g), a)
+        new: State = {"count": count + 1, "nu": nu}
+        second = nu
+        if centered:
+            new["mu"] = _ema(state["mu"], g, a)
+            second = torch._foreach_addcmul(nu, new["mu"], new["mu"], value=-1.0)
+        return _div_by(g, second, _value(eps, count, g)), new
+
+    return Transform(init, update)
+
+
+def scale_by_adam(*, b1: Hyper = 0.9, b2: Hyper = 0.999, eps: Hyper = 1e-8, amsgrad: bool = False) -> Transform:
+    """Adam (Kingma & Ba 2015, https://arxiv.org/abs/1412.6980): mu, nu = EMAs of g and g^2;
+    u = (mu / (1 - b1^t)) / (sqrt(nu / (1 - b2^t)) + eps); with ``amsgrad`` nu is its running maximum
+    (Reddi et al. 2018)."""
+    _check("beta1", b1, 0.0, 1.0)
+    _check("beta2", b2, 0.0, 1.0)
+    _check_eps(eps)
+
+    def init(params: Tensors) -> State:
+        state: State = {"count": 0, "mu": [torch.zeros_like(p) for p in params],
+                        "nu": [torch.zeros_like(p) for p in params]}
+        if amsgrad:
+            state["nu_max"] = [torch.zeros_like(p) for p in params]
+        return state
+
+    def update(g: Tensors, state: State, params: Tensors) -> tuple[Tensors, State]:
+        count = state["count"]
+        beta1, beta2 = _value(b1, count, g), _value(b2, count, g)
+        mu = _ema(state["mu"], g, beta1)
+        nu = _ema(state["nu"], torch._foreach_mul(g, g), beta2)
+        new: State = {"count": count + 1, "mu": mu, "nu": nu}
+        second = nu
+        if amsgrad:
+            new["nu_max"] = second = torch._foreach_maximum(state["nu_max"], nu)
+        t = count + 1
+        u = _div_by(_div(mu, _map(beta1, lambda b: 1 - b**t)), second, _value(eps, count, g),
+                    scale=_map(beta2, lambda b: (1 - b**t) ** 0.5))
+        return u, new
+
+    return Transform(init, update)
+
+
+def scale_by_lion(*, b1: Hyper = 0.9, b2: Hyper = 0.99) -> Transform:
+    """Lion (Chen et al. 2023, https://arxiv.org/abs/2302.06675): u = sign(b1 * m + (1 - b1) * g);
+    then m = b2 * m + (1 - b2) * g."""
+    _check("beta1", b1, 0.0, 1.0)
+    _check("beta2", b2, 0.0, 1.0)
+
+    def init(params: Tensors) -> State:
+        return {"count": 0, "mu": [torch.zeros_like(p) for p in params]}
+
+    def update(g: Tensors, state: State, params: Tensors) -> tuple[Tensors, State]:
+        count = state["count"]
+        u = [x.sign() for x in _ema(state["mu"], g, _value(b1, count, g))]
+        mu = _ema(state["mu"], g, _value(b2, count, g))
+        return u, {"count": count + 1, "mu": mu}
+
+    return Transform(init, update)
+
+
+@torch.no_grad()
+def apply_updates(params: Tensors, updates: Tensors) -> None:
+    """params += updates, in place."""
+    torch._foreach_add_(params, updates)
