@@ -1,0 +1,131 @@
+"""A transform chain as a ``torch.optim.Optimizer``: param groups, ``zero_grad``, ``state_dict`` round trip.
+
+:func:`inject` keeps an alias's hyperparameters in its state, so they can change between steps: the adapter
+shows them in ``param_groups`` (as torch.optim does) and reads them back before every step, so a callback, a
+remedy or a ``torch.optim.lr_scheduler`` that sets ``group["lr"]`` is obeyed.
+
+Example:
+    >>> import torch
+    >>> from gdlab.optim import aliases
+    >>> w = torch.nn.Parameter(torch.tensor([1.0]))
+    >>> opt = Optimizer([w], inject(aliases.sgd, lr=0.5))
+    >>> (w**2).sum().backward(); opt.step(); w.tolist()   # w -= 0.5 * 2w
+    [0.0]
+    >>> opt.param_groups[0]["lr"] = 0.1                    # obeyed from the next step on
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from gdlab.errors import InvalidParameter
+from gdlab.optim.transforms import Transform, apply_updates
+
+__all__ = ["Optimizer", "inject"]
+
+
+def inject(make: Callable[..., Transform], **hyperparams: Any) -> Transform:
+    """``make(**hyperparams)`` with the hyperparameters held in the state (``state["hyperparams"]``): change them
+    there between steps and the next update uses the new values. The chain is rebuilt only when they change."""
+    built: dict[str, Any] = {"key": None, "transform": None}
+
+    def current(values: dict[str, Any]) -> Transform:
+        key = tuple((k, id(v) if isinstance(v, Tensor) or callable(v) else v) for k, v in sorted(values.items()))
+        if key != built["key"]:
+            built["key"], built["transform"] = key, make(**values)
+        return built["transform"]
+
+    def init(params: Any) -> dict[str, Any]:
+        return {"hyperparams": dict(hyperparams), "inner": current(hyperparams).init(params)}
+
+    def update(grads: Any, state: dict[str, Any], params: Any) -> tuple[Any, dict[str, Any]]:
+        updates, inner = current(state["hyperparams"]).update(grads, state["inner"], params)
+        return updates, {"hyperparams": state["hyperparams"], "inner": inner}
+
+    return Transform(init, update)
+
+
+class Optimizer(torch.optim.Optimizer):
+    """Drive any ``nn.Module`` with a gdlab transform.
+
+    Args:
+        params: parameters or param groups (one set of hyperparameters for all groups).
+        transform: a transform; built with :func:`inject`, its hyperparameters appear in ``param_groups``.
+    """
+
+    def __init__(self, params: Iterable[Any], transform: Transform) -> None:
+        super().__init__(params, defaults={})
+        self.transform = transform
+        self._params: list[Tensor] = [p for group in self.param_groups for p in group["params"]]
+        with torch.no_grad():
+            self._state = transform.init([p.detach() for p in self._params])
+        for group in self.param_groups:
+            group.update(self._hyperparams())
+
+    def _hyperparams(self) -> dict[str, Any]:
+        return self._state.get("hyperparams", {}) if isinstance(self._state, dict) else {}
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """One update from the parameters' ``.grad`` (missing gradients count as zero)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        hyper = self._hyperparams()
+        for key in hyper:  # the groups' values win: a scheduler or a remedy may have changed them
+            values = {id(g[key]) if isinstance(g[key], Tensor) else g[key] for g in self.param_groups}
+            if len(values) > 1:
+                raise InvalidParameter(key, "different values per param group", "one value for all groups")
+            hyper[key] = self.param_groups[0][key]
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self._params]
+        params = [p.detach() for p in self._params]
+        updates, self._state = self.transform.update(grads, self._state, params)
+        apply_updates(params, list(updates))
+        return loss
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch's state dict plus the transform's state (tensors, numbers; schedules are not saved)."""
+        saved = super().state_dict()
+        saved["param_groups"] = [{k: v for k, v in g.items() if not callable(v)} for g in saved["param_groups"]]
+        saved["transform"] = _plain(self._state)
+        return saved
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved (onto these parameters' devices and dtypes)."""
+        state_dict = dict(state_dict)
+        saved = state_dict.pop("transform")
+        current_groups = self.param_groups
+        super().load_state_dict(state_dict)
+        for group, old in zip(self.param_groups, current_groups):
+            for key, value in old.items():
+                group.setdefault(key, value)  # schedules, not saved, come from the new optimizer
+        like = self._params[0]
+        self._state = _restore(saved, self._state, like)
+
+
+def _plain(state: Any) -> Any:
+    """The state with callables (schedules) left out, so torch.load(weights_only=True) reads it."""
+    if isinstance(state, dict):
+        return {k: _plain(v) for k, v in state.items() if not callable(v) or isinstance(v, Tensor)}
+    if isinstance(state, (list, tuple)):
+        return [_plain(v) for v in state]
+    return state
+
+
+def _restore(saved: Any, current: Any, like: Tensor) -> Any:
+    """``saved`` with tensors cloned onto ``like``'s device; what it lacks (schedules) taken from ``current``."""
+    if isinstance(saved, dict):
+        merged = dict(current) if isinstance(current, dict) else {}
+        merged.update({k: _restore(v, merged.get(k), like) for k, v in saved.items()})
+        return merged
+    if isinstance(saved, (list, tuple)):
+        others = current if isinstance(current, (list, tuple)) else [None] * len(saved)
+        return [_restore(v, c, like) for v, c in zip(saved, others)]
+    if isinstance(saved, Tensor):
+        return saved.detach().clone().to(like.device)
+    return saved
