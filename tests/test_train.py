@@ -48,8 +48,8 @@ def test_minibatch_descent_matches_torch_optim_on_the_same_batches(regression: T
             opt.step()
     model = _linear64()
     fit(model, regression, optimizer="momentum", lr=0.02, batch_size=10, epochs=3, seed=7, progress=False)
-    for p, q in zip(model.parameters(), reference.parameters()):
-        assert torch.equal(p, q)
+    for p, q in zip(model.parameters(), reference.parameters()):  # gdlab's transforms: equal up to rounding
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize(("batch_size", "per_epoch"), [("full", 1), ("stochastic", 64), (10, 7), (64, 1)])

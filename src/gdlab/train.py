@@ -32,6 +32,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from gdlab import checkpoint as ckpt
 from gdlab import optim
+from gdlab.optim import schedules
+from gdlab.optim.schedules import Schedule
 from gdlab.data import BatchPlan, TensorData, as_tensor_data, batches, loader
 from gdlab.errors import InvalidParameter, ModelError, UnknownChoice
 from gdlab.history import History
@@ -113,8 +115,8 @@ class LoopState:
 
     @property
     def lr(self) -> float:
-        """The current learning rate of the first parameter group."""
-        return float(self.optimizer.param_groups[0]["lr"])
+        """The current learning rate of the first parameter group (NaN when the optimizer has none)."""
+        return float(self.optimizer.param_groups[0].get("lr", math.nan))
 
 
 @dataclass
@@ -172,6 +174,8 @@ def fit(
     name: str | None = None,
     config: dict[str, Any] | None = None,
     resume: str | None = None,
+    schedule: str | Schedule | None = None,
+    **optimizer_options: Any,
 ) -> Result:
     """Train ``model`` on ``train`` by gradient descent.
 
@@ -198,6 +202,10 @@ def fit(
         checkpoint_every: steps between checkpoints (with a store); None checkpoints at every epoch's end.
         name: a name for the stored run. config: the settings to store with the run.
         resume: a stored run's id: continue it from its last checkpoint (needs ``store``).
+        schedule: a learning-rate schedule: a function of the step, or text as ``--schedule`` takes it
+            (``cosine``, ``step:EVERY:GAMMA``, ``one_cycle``, ``plateau``, ``warmup:N,cosine``...).
+        **optimizer_options: ``beta1``, ``beta2``, ``eps``, ``weight_decay``, ``nesterov``, ``clip_norm`` for a
+            named optimizer.
 
     Returns:
         A :class:`Result`.
@@ -216,9 +224,12 @@ def fit(
         raise InvalidParameter("patience", patience, "validation data (val=...) to watch")
     loss_fn, loss_name = resolve_loss(loss, source.task)
     plan = BatchPlan.make(len(source), batch_size, drop_last=drop_last)
-    opt = optim.make(optimizer, model.parameters(), lr=lr, momentum=momentum)
+    opt = optim.make(optimizer, model.parameters(), lr=lr, momentum=momentum, **optimizer_options)
     _check_model(model, source, loss_name)
     total = min(steps or math.inf, (epochs or math.inf) * plan.iterations_per_epoch)  # finite: one is set
+    if isinstance(schedule, str):
+        schedule = schedules.parse(schedule, lr, int(total))
+    scheduler = _Scheduler(schedule) if schedule is not None else None
     db = store if isinstance(store, Store) or store is None else Store(store)
     if resume is not None and db is None:
         raise InvalidParameter("resume", resume, "a store holding the run (store=...)")
@@ -238,7 +249,7 @@ def fit(
     if resume is None:
         torch.manual_seed(seed)  # parameter-free randomness (dropout) follows the seed
 
-    hooks: list[Any] = [*callbacks, *([recorder] if recorder else [])]
+    hooks: list[Any] = [*([scheduler] if scheduler else []), *callbacks, *([recorder] if recorder else [])]
     if progress:
         from gdlab.progress import ProgressBar  # an edge: rich is imported only when a bar is wanted
 
@@ -526,6 +537,32 @@ def _describe(model: nn.Module, optimizer: Any, lr: float, momentum: float | Non
 
 _POSITION = ("step", "epoch", "iteration", "epoch_loss_sum", "epoch_samples", "best_val_loss", "bad_epochs",
              "seconds")
+
+
+class _Scheduler(Callback):
+    """Sets the learning rate (and one-cycle's momentum) before every step; feeds a plateau schedule the
+    validation loss (or the train loss) at every epoch's end."""
+
+    def __init__(self, schedule: Schedule) -> None:
+        self.schedule = schedule
+
+    def _set(self, state: LoopState) -> None:
+        for group in state.optimizer.param_groups:
+            group["lr"] = self.schedule(state.step)
+            if isinstance(self.schedule, schedules.OneCycle):
+                if "momentum" in group:
+                    group["momentum"] = self.schedule.momentum(state.step)
+                elif "betas" in group:
+                    group["betas"] = (self.schedule.momentum(state.step), group["betas"][1])
+
+    on_fit_start = _set
+    on_step_end = _set
+
+    def on_epoch_end(self, state: LoopState) -> None:
+        if isinstance(self.schedule, schedules.ReduceOnPlateau):
+            epochs = state.history.epochs
+            self.schedule.step(epochs.last("val_loss") if "val_loss" in epochs else epochs.last("train_loss"))
+            self._set(state)
 
 
 class _Recorder(Callback):

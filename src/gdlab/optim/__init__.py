@@ -1,17 +1,20 @@
-"""Optimizers by name (lecture, points 6 to 8).
+"""Optimizers (lecture, points 6 to 8): gdlab's gradient transforms, by name or composed.
 
-Until gdlab's own gradient transforms land, the names map to ``torch.optim``. :func:`make` takes a name, a
-factory ``params -> Optimizer`` or a ready ``torch.optim.Optimizer`` and checks the learning rate and momentum.
+:func:`make` turns a name (``sgd``, ``momentum``, ``nesterov``, ``adagrad``, ``rmsprop``, ``adam``, ``adamw``,
+``lion``), a :class:`~gdlab.optim.transforms.Transform`, a factory ``params -> Optimizer`` or a ready
+``torch.optim.Optimizer`` into an optimizer for ``fit``. Named ones are gdlab's transform chains (see
+``aliases``) behind the ``torch.optim.Optimizer`` adapter, with their hyperparameters in ``param_groups``.
 
 Example:
     >>> import torch
     >>> opt = make("momentum", [torch.nn.Parameter(torch.zeros(2))], lr=0.1)
-    >>> type(opt).__name__, opt.param_groups[0]["momentum"]
-    ('SGD', 0.9)
+    >>> type(opt).__name__, opt.param_groups[0]["lr"], opt.param_groups[0]["momentum"]
+    ('Optimizer', 0.1, 0.9)
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -20,48 +23,49 @@ from typing import Any
 import torch
 
 from gdlab.errors import InvalidParameter, UnknownChoice
+from gdlab.optim import aliases
+from gdlab.optim.adapter import Optimizer, inject
+from gdlab.optim.transforms import Transform, chain, clip_by_global_norm
 
-__all__ = ["OPTIMIZERS", "OptimizerInfo", "OptimizerSpec", "make", "check_lr", "check_momentum"]
+__all__ = ["OPTIMIZERS", "OptimizerInfo", "OptimizerSpec", "Optimizer", "make", "check_lr", "check_momentum",
+           "OPTIONS"]
 
-OptimizerSpec = str | Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer] | torch.optim.Optimizer
+OptimizerSpec = (str | Transform | Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
+                 | torch.optim.Optimizer)
 
 
 @dataclass(frozen=True)
 class OptimizerInfo:
-    """A named optimizer: how to build it, its defaults and its update in one line."""
+    """A named optimizer: its alias (a transform chain) and its update in one line."""
 
     name: str
-    build: Callable[..., torch.optim.Optimizer]
-    defaults: dict[str, Any]
+    alias: Callable[..., Transform]
     equation: str
-    momentum: float | None  # the default momentum where momentum applies, None where it does not
 
-
-def _sgd(params: Any, lr: float, momentum: float | None, default: float, nesterov: bool = False) -> Any:
-    return torch.optim.SGD(params, lr=lr, momentum=default if momentum is None else momentum, nesterov=nesterov)
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """The alias's keyword defaults (torch.optim's names)."""
+        return {k: p.default for k, p in inspect.signature(self.alias).parameters.items()
+                if p.default is not inspect.Parameter.empty}
 
 
 OPTIMIZERS: dict[str, OptimizerInfo] = {
     info.name: info
     for info in [
-        OptimizerInfo("sgd", lambda p, lr, m: _sgd(p, lr, m, 0.0), {"momentum": 0.0},
-                      "theta -= lr * g", 0.0),
-        OptimizerInfo("momentum", lambda p, lr, m: _sgd(p, lr, m, 0.9), {"momentum": 0.9},
-                      "v = momentum * v + g; theta -= lr * v", 0.9),
-        OptimizerInfo("nesterov", lambda p, lr, m: _sgd(p, lr, m, 0.9, nesterov=True), {"momentum": 0.9},
-                      "v = momentum * v + g; theta -= lr * (g + momentum * v)", 0.9),
-        OptimizerInfo("adagrad", lambda p, lr, m: torch.optim.Adagrad(p, lr=lr), {"eps": 1e-10},
-                      "s += g^2; theta -= lr * g / (sqrt(s) + eps)", None),
-        OptimizerInfo("rmsprop", lambda p, lr, m: torch.optim.RMSprop(p, lr=lr, momentum=m or 0.0),
-                      {"alpha": 0.99, "eps": 1e-8, "momentum": 0.0},
-                      "s = alpha * s + (1 - alpha) * g^2; theta -= lr * g / (sqrt(s) + eps)", 0.0),
-        OptimizerInfo("adam", lambda p, lr, m: torch.optim.Adam(p, lr=lr), {"betas": (0.9, 0.999), "eps": 1e-8},
-                      "m, v = EMAs of g, g^2 (bias-corrected); theta -= lr * m / (sqrt(v) + eps)", None),
-        OptimizerInfo("adamw", lambda p, lr, m: torch.optim.AdamW(p, lr=lr),
-                      {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01},
-                      "adam, plus theta -= lr * weight_decay * theta (decoupled)", None),
+        OptimizerInfo("sgd", aliases.sgd, "theta -= lr * g"),
+        OptimizerInfo("momentum", aliases.momentum, "v = momentum * v + g; theta -= lr * v"),
+        OptimizerInfo("nesterov", aliases.nesterov, "v = momentum * v + g; theta -= lr * (g + momentum * v)"),
+        OptimizerInfo("adagrad", aliases.adagrad, "s += g^2; theta -= lr * g / (sqrt(s) + eps)"),
+        OptimizerInfo("rmsprop", aliases.rmsprop, "s = alpha * s + (1 - alpha) * g^2; theta -= lr * g / (sqrt(s) + eps)"),
+        OptimizerInfo("adam", aliases.adam,
+                      "m, v = EMAs of g, g^2 (bias-corrected); theta -= lr * m / (sqrt(v) + eps)"),
+        OptimizerInfo("adamw", aliases.adamw, "adam, plus theta -= lr * weight_decay * theta (decoupled)"),
+        OptimizerInfo("lion", aliases.lion, "theta -= lr * (sign(b1 * m + (1 - b1) * g) + weight_decay * theta)"),
     ]
 }
+
+OPTIONS = ("beta1", "beta2", "eps", "weight_decay", "nesterov", "clip_norm")
+"""Optimizer options that ``make`` (and ``fit``, and the CLI) take besides lr and momentum."""
 
 
 def check_lr(lr: Any, param: str = "lr") -> float:
@@ -81,16 +85,21 @@ def check_momentum(momentum: Any, param: str = "momentum") -> float | None:
 
 
 def make(spec: OptimizerSpec, params: Iterable[torch.nn.Parameter], *, lr: float,
-         momentum: float | None = None) -> torch.optim.Optimizer:
+         momentum: float | None = None, **options: Any) -> torch.optim.Optimizer:
     """Build the optimizer for ``params``.
 
     Args:
-        spec: a name in ``OPTIMIZERS``, a factory ``params -> Optimizer``, or an Optimizer (returned as is).
-        lr: learning rate for a named optimizer.
-        momentum: momentum for ``sgd``, ``momentum``, ``nesterov`` and ``rmsprop``; None keeps the default.
+        spec: a name in ``OPTIMIZERS``, a Transform, a factory ``params -> Optimizer``, or an Optimizer
+            (returned as is).
+        lr: learning rate of a named optimizer. momentum: its momentum (None keeps the alias's default).
+        **options: ``beta1``, ``beta2``, ``eps``, ``weight_decay``, ``nesterov`` (where the optimizer has
+            them) and ``clip_norm`` (clip the gradient's global norm first); None means the default.
     """
+    options = {k: v for k, v in options.items() if v is not None}
     if isinstance(spec, torch.optim.Optimizer):
         return spec
+    if isinstance(spec, Transform):
+        return Optimizer(params, spec)
     if callable(spec):
         made = spec(params)
         if not isinstance(made, torch.optim.Optimizer):
@@ -98,11 +107,37 @@ def make(spec: OptimizerSpec, params: Iterable[torch.nn.Parameter], *, lr: float
                                    f"got {type(made).__name__}")
         return made
     if spec not in OPTIMIZERS:
-        raise UnknownChoice("optimizer", spec, OPTIMIZERS, ", a factory or a torch.optim.Optimizer")
+        raise UnknownChoice("optimizer", spec, OPTIMIZERS, ", a Transform, a factory or a torch.optim.Optimizer")
     info = OPTIMIZERS[spec]
-    momentum = check_momentum(momentum)
-    if momentum is not None and info.momentum is None:
-        with_momentum = ", ".join(n for n, i in OPTIMIZERS.items() if i.momentum is not None)
-        raise InvalidParameter("momentum", momentum, f"no momentum with optimizer {spec!r} (it applies to "
-                               f"{with_momentum})")
-    return info.build(params, check_lr(lr), momentum)
+    hyper = _hyperparams(spec, info, check_lr(lr), check_momentum(momentum), options)
+    clip = options.get("clip_norm")
+    if clip is None:
+        return Optimizer(params, inject(info.alias, **hyper))
+    if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0:
+        raise InvalidParameter("clip_norm", clip, "a number > 0")
+    return Optimizer(params, inject(lambda **h: chain(clip_by_global_norm(clip), info.alias(**h)), **hyper))
+
+
+def _hyperparams(name: str, info: OptimizerInfo, lr: float, momentum: float | None,
+                 options: dict[str, Any]) -> dict[str, Any]:
+    """The alias's keyword arguments from lr, momentum and the CLI-style options, checked."""
+    accepted = info.defaults
+    hyper: dict[str, Any] = {**accepted, "lr": lr}  # every hyperparameter shows in param_groups, as in torch
+    given = {**options, **({"momentum": momentum} if momentum is not None else {})}
+    for key, value in given.items():
+        if key == "clip_norm":
+            continue
+        target = "betas" if key in ("beta1", "beta2") else key
+        if key not in OPTIONS and key != "momentum":
+            raise InvalidParameter("optimizer option", key, f"one of momentum, {', '.join(OPTIONS)}")
+        if target not in accepted:
+            takes = ", ".join(n for n, i in OPTIMIZERS.items() if target in i.defaults)
+            raise InvalidParameter(key, value, f"no {key} with optimizer {name!r} (it applies to {takes})")
+        if key in ("beta1", "beta2"):
+            betas = list(hyper["betas"])
+            betas[key == "beta2"] = value
+            hyper["betas"] = tuple(betas)
+        else:
+            hyper[key] = value
+    info.alias(**hyper)  # build once now: bad values fail here, before anything runs
+    return hyper
