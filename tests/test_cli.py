@@ -178,3 +178,30 @@ def test_json_output_is_strict_even_for_non_finite_numbers() -> None:
 
     text = _json({"final": {"train_loss": float("inf"), "val_loss": float("nan")}, "path": Path("a/b"), "n": [1.5]})
     assert json.loads(text) == {"final": {"train_loss": None, "val_loss": None}, "path": "a/b", "n": [1.5]}
+
+
+def test_optimizer_options_and_schedule_flags() -> None:
+    payload = json.loads(gdlab("train", "--data", "moons", "--hidden", "8", "--epochs", "2", "--optimizer", "adamw",
+                               "--lr", "0.01", "--weight-decay", "0.001", "--beta2", "0.99", "--eps", "1e-7",
+                               "--clip-norm", "1", "--schedule", "warmup:10,cosine", "--store", "s", "--json",
+                               "--quiet", "--no-plot").stdout)
+    config = Store("s").get(payload["run_id"]).config
+    assert (config["weight_decay"], config["beta2"], config["schedule"]) == (0.001, 0.99, "warmup:10,cosine")
+    lrs = Store("s").history(payload["run_id"]).steps["lr"]
+    assert lrs[0] == pytest.approx(0.001) and max(lrs) == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--optimizer", "adam", "--nesterov"], "invalid nesterov True: expected no nesterov with optimizer 'adam'"),
+        (["--schedule", "cosin"], "unknown schedule 'cosin': expected one of constant"),
+        (["--optimizer", "adam", "--beta1", "1.5"], r"invalid beta1 1.5: expected a number in [0, 1)"),
+        (["--optimizer", "adam", "--eps", "0"], "invalid eps 0.0: expected a number > 0"),
+        (["--optimizer", "sgd", "--nesterov"], "invalid nesterov True: expected a momentum > 0"),
+    ],
+)
+def test_bad_optimizer_flags(args: list[str], message: str) -> None:
+    result = gdlab("train", *args, "--store", "s")
+    assert result.exit_code == 2 and result.stderr.strip().startswith("error: ")
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1

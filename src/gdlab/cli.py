@@ -69,7 +69,8 @@ def _root(
 
 _TRAIN_FLAGS = (
     "data", "target", "task", "val", "val_split", "standardize", "model", "hidden", "activation", "init", "loss",
-    "optimizer", "lr", "momentum", "batch_size", "drop_last", "epochs", "steps", "tol", "patience", "seed",
+    "optimizer", "lr", "momentum", "beta1", "beta2", "eps", "weight_decay", "nesterov", "clip_norm", "schedule",
+    "batch_size", "drop_last", "epochs", "steps", "tol", "patience", "seed",
     "device", "store", "name", "checkpoint_every",
 )
 
@@ -94,6 +95,14 @@ def train(
     optimizer: Optional[str] = typer.Option(None, help="gdlab optimizers lists them. [default: momentum]"),
     lr: Optional[str] = typer.Option(None, help="Learning rate. [default: 0.1]"),
     momentum: Optional[float] = typer.Option(None, help="Momentum for sgd, momentum, nesterov, rmsprop."),
+    beta1: Optional[float] = typer.Option(None, help="Adam's / Lion's first beta."),
+    beta2: Optional[float] = typer.Option(None, help="Adam's / Lion's second beta."),
+    eps: Optional[float] = typer.Option(None, help="The epsilon of adagrad, rmsprop, adam, adamw."),
+    weight_decay: Optional[float] = typer.Option(None, help="Weight decay (decoupled for adamw and lion)."),
+    nesterov: Optional[bool] = typer.Option(None, "--nesterov", help="Nesterov momentum (sgd, momentum)."),
+    clip_norm: Optional[float] = typer.Option(None, help="Clip the gradient's global norm to this first."),
+    schedule: Optional[str] = typer.Option(None, help="cosine, step:EVERY:GAMMA, exponential:GAMMA, one_cycle, "
+                                           "plateau, constant, or warmup:N,<one of those>."),
     batch_size: Optional[str] = typer.Option(None, help="full, stochastic, or a positive integer. [default: 32]"),
     drop_last: Optional[bool] = typer.Option(None, "--drop-last", help="Drop a short last batch."),
     epochs: Optional[int] = typer.Option(None, help="Epochs (30 when neither --epochs nor --steps is given)."),

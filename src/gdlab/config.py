@@ -22,7 +22,7 @@ from typing import Any, Union
 
 from gdlab.data import parse_batch_size
 from gdlab.errors import InvalidParameter
-from gdlab.optim import check_lr, check_momentum
+from gdlab.optim import check_lr, check_momentum, schedules
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -57,6 +57,13 @@ class Config:
     optimizer: str = "momentum"
     lr: float = 0.1
     momentum: float | None = None
+    beta1: float | None = None
+    beta2: float | None = None
+    eps: float | None = None
+    weight_decay: float | None = None
+    nesterov: bool = False
+    clip_norm: float | None = None
+    schedule: str | None = None
     batch_size: int | str = 32
     drop_last: bool = False
     epochs: int | None = None
@@ -105,6 +112,12 @@ class Config:
         """JSON-ready values (stored with the run, and read back by ``--resume``)."""
         return dataclasses.asdict(self)
 
+    def optimizer_options(self) -> dict[str, Any]:
+        """The optimizer options that were set (for ``optim.make`` / ``fit``)."""
+        options = {k: getattr(self, k) for k in ("beta1", "beta2", "eps", "weight_decay", "clip_norm")}
+        return {**{k: v for k, v in options.items() if v is not None}, **({"nesterov": True} if self.nesterov
+                                                                          else {})}
+
     def budget(self) -> tuple[int | None, int | None]:
         """``(epochs, steps)`` with the default of :data:`DEFAULT_EPOCHS` when neither is set."""
         if self.epochs is None and self.steps is None:
@@ -124,6 +137,8 @@ class Config:
             raise InvalidParameter("tol", self.tol, "a finite number > 0")
         if self.task not in (None, "classification", "regression"):
             raise InvalidParameter("task", self.task, '"classification" or "regression"')
+        if self.schedule is not None:
+            schedules.parse(self.schedule, self.lr, 100)  # the form is checked now; the length when training
         if any(h <= 0 for h in self.hidden):
             raise InvalidParameter("hidden", self.hidden, "positive layer sizes, e.g. 128,64")
 

@@ -59,7 +59,7 @@ def run(config: Config, *, progress: bool = True, callbacks: tuple[Callback, ...
                seed=config.seed, device=config.device, callbacks=callbacks, store=store, progress=progress,
                drop_last=config.drop_last, tol=config.tol, patience=config.patience,
                checkpoint_every=config.checkpoint_every, name=config.name, config=config.to_dict(),
-               resume=resume)
+               resume=resume, schedule=config.schedule, **config.optimizer_options())
 
 
 def resume(ref: str, *, store: str, epochs: int | None = None, steps: int | None = None,

@@ -32,11 +32,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from gdlab import checkpoint as ckpt
 from gdlab import optim
-from gdlab.optim import schedules
-from gdlab.optim.schedules import Schedule
 from gdlab.data import BatchPlan, TensorData, as_tensor_data, batches, loader
 from gdlab.errors import InvalidParameter, ModelError, UnknownChoice
 from gdlab.history import History
+from gdlab.optim import schedules
+from gdlab.optim.schedules import Schedule
 from gdlab.store import Store
 
 __all__ = ["EVENTS", "Callback", "LoopState", "Result", "LOSSES", "fit", "evaluate", "resolve_loss",
