@@ -34,14 +34,13 @@ Command:
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import statistics
 import sys
 import time
 
 import torch
-import torch.nn.functional as F
+from _common import cpu_model, make_data, make_mlp, plain_loop, usable_cores
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -51,34 +50,8 @@ TARGET = 2.0
 FEATURES, HIDDEN, CLASSES = 784, 256, 10
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def make_data(samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    X = torch.randn(samples, FEATURES, generator=g, dtype=torch.float32)
-    y = torch.randint(0, CLASSES, (samples,), generator=g, dtype=torch.int64)
-    return X, y
-
-
 def make_model(seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(FEATURES, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, CLASSES))
+    return make_mlp(seed, FEATURES, HIDDEN, CLASSES)
 
 
 def run_gdlab(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch: int) -> float:
@@ -88,32 +61,11 @@ def run_gdlab(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch: int) ->
 
 
 def run_dataloader(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch: int) -> float:
-    start = time.perf_counter()
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    loader = DataLoader(TensorDataset(X, y), batch_size=batch, shuffle=True)
-    model.train()
-    total = 0.0
-    for xb, yb in loader:
-        loss = F.cross_entropy(model(xb), yb)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        total += loss.item()
-    return time.perf_counter() - start
+    return plain_loop(model, DataLoader(TensorDataset(X, y), batch_size=batch, shuffle=True))
 
 
 def run_floor(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
-    start = time.perf_counter()
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    model.train()
-    total = 0.0
-    for xb, yb in batches:
-        loss = F.cross_entropy(model(xb), yb)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        total += loss.item()
-    return time.perf_counter() - start
+    return plain_loop(model, batches)
 
 
 def measure(X: torch.Tensor, y: torch.Tensor, batch: int, repeats: int, seed: int,
@@ -164,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     print("ratio = DataLoader time / gdlab time per alternated pair: median (min, max); > 1 means gdlab faster")
     sys.stdout.flush()
 
-    X, y = make_data(args.samples, args.seed)
+    X, y = make_data(args.samples, FEATURES, CLASSES, args.seed)
     ratios: dict[int, float] = {}
     for batch in batch_sizes:
         repeats = args.repeats or {32: 7, 128: 9}.get(batch, 15)

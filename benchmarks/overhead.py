@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import os
 import platform
 import statistics
 import sys
@@ -40,6 +39,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from _common import cpu_model, make_data, make_mlp, usable_cores
 from torch import nn
 
 import gdlab
@@ -47,36 +47,6 @@ from gdlab.train import _grad_norm
 
 TARGET = 1.05
 FEATURES, CLASSES, BATCH = 784, 10, 128  # --features and --batch override them
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def make_data(samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    X = torch.randn(samples, FEATURES, generator=g, dtype=torch.float32)
-    y = torch.randint(0, CLASSES, (samples,), generator=g, dtype=torch.int64)
-    return X, y
-
-
-def make_model(seed: int, hidden: int) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(FEATURES, hidden), nn.ReLU(), nn.Linear(hidden, CLASSES))
 
 
 def run_gdlab(model: nn.Module, X: torch.Tensor, y: torch.Tensor, epochs: int, seed: int) -> float:
@@ -143,18 +113,19 @@ def main(argv: list[str] | None = None) -> None:
     print("ratio = gdlab time / hand time per alternated pair: median (min, max); 1.00 means no overhead")
     sys.stdout.flush()
 
-    X, y = make_data(args.samples, args.seed)
+    X, y = make_data(args.samples, FEATURES, CLASSES, args.seed)
     sides = {"gdlab": run_gdlab, "hand": run_hand, "hand+gn": run_hand_gn}
     times: dict[str, list[float]] = {name: [] for name in sides}
     sink = contextlib.nullcontext() if args.bar_to_stderr else contextlib.redirect_stderr(io.StringIO())
     with sink:
         for fn in sides.values():  # warm-up of each side
-            fn(make_model(args.seed, args.hidden), X, y, args.epochs, args.seed)
+            fn(make_mlp(args.seed, FEATURES, args.hidden, CLASSES), X, y, args.epochs, args.seed)
         for i in range(args.repeats):
             names = list(sides)
             order = names[i % 3:] + names[: i % 3]  # each side goes first in turn
             for name in order:
-                model = make_model(args.seed, args.hidden)  # same initial parameters, outside the timed region
+                # same initial parameters, made outside the timed region
+                model = make_mlp(args.seed, FEATURES, args.hidden, CLASSES)
                 times[name].append(sides[name](model, X, y, args.epochs, args.seed))
 
     per_pair = [g / h for g, h in zip(times["gdlab"], times["hand"])]
