@@ -115,3 +115,18 @@ def test_missing_or_corrupt_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(StoreError, match="could not be read"):
         checkpoint.load(tmp_path / "bad.pt")
+
+
+def test_dataloader_path_resumes_bitwise_mid_epoch(classes: TensorData, tmp_path: Path) -> None:
+    from torch.utils.data import Subset
+
+    wrapped = Subset(classes, list(range(len(classes))))  # not in memory: served by a DataLoader
+    straight = fit(_model(), wrapped, optimizer="adam", lr=0.01, batch_size=8, epochs=3, seed=3, progress=False)
+    store = Store(tmp_path)
+    with pytest.raises(RuntimeError):
+        fit(_model(), wrapped, optimizer="adam", lr=0.01, batch_size=8, epochs=3, seed=3, progress=False,
+            store=store, checkpoint_every=2, callbacks=[CrashAtStep(11)])
+    run = store.runs()[0]
+    resumed = fit(_model(), wrapped, optimizer="adam", lr=0.01, batch_size=8, epochs=3, seed=3, progress=False,
+                  store=store, resume=run.id)
+    assert _same(resumed.model, straight.model)

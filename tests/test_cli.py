@@ -205,3 +205,61 @@ def test_bad_optimizer_flags(args: list[str], message: str) -> None:
     result = gdlab("train", *args, "--store", "s")
     assert result.exit_code == 2 and result.stderr.strip().startswith("error: ")
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+REVIEWED = [
+    (["--data", "d.npz", "--val", "val5.npz", "--model", "linear"], "does not accept the validation data"),
+    (["--data", "moons", "--val-split", "0.5"], "invalid val_split 0.5: expected nothing for the built-in"),
+    (["--data", "moons", "--data-opt", "n_samples=abc"], "invalid moons option n_samples 'abc'"),
+    (["--data", "spirals", "--data-opt", "classes=0"], "invalid spirals option classes 0"),
+    (["--data", "moons", "--data-opt", "seed=5"], "give --seed instead"),
+    (["--data", "scalar.npz"], "must have a samples axis"),
+    (["--data", "fake.npz"], "not a readable .npz"),
+    (["--data", "latin.csv", "--target", "y"], "not UTF-8 text"),
+    (["--data", "nan_target.csv", "--target", "y", "--task", "classification"], "nan is not finite"),
+    (["--device", "meta"], "invalid device 'meta'"),
+    (["--config", "."], "invalid config '.': expected a readable TOML file"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), REVIEWED, ids=[" ".join(a) for a, _ in REVIEWED])
+def test_reviewed_bad_input(tmp_path: Path, args: list[str], message: str) -> None:
+    import numpy as np
+
+    np.savez(tmp_path / "d.npz", X=np.zeros((6, 3), dtype=np.float32), y=np.zeros(6, dtype=np.float32))
+    np.savez(tmp_path / "val5.npz", X=np.zeros((4, 5), dtype=np.float32), y=np.zeros(4, dtype=np.float32))
+    np.savez(tmp_path / "scalar.npz", X=np.float32(1), y=np.float32(2))
+    (tmp_path / "fake.npz").write_text("not a zip")
+    (tmp_path / "latin.csv").write_bytes("x,y\n1,caf\xe9\n".encode("latin-1"))
+    (tmp_path / "nan_target.csv").write_text("x,y\n1,0\n2,nan\n")
+    result = gdlab("train", *args, "--store", "s")
+    assert result.exit_code == 2, result.output
+    line = result.stderr.strip()
+    assert line.startswith("error: ") and message in line and len(line.splitlines()) == 1
+    assert not (tmp_path / "s").exists() or Store(tmp_path / "s").runs() == []  # bad input stored no run
+
+
+def test_usage_errors_are_one_line_too() -> None:
+    result = subprocess.run([sys.executable, "-m", "gdlab.cli", "train", "--epochs", "abc"], capture_output=True,
+                            text=True)
+    assert result.returncode == 2 and result.stderr.startswith("error: ") and "--epochs" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_resume_refuses_a_smaller_budget_and_a_live_run(tmp_path: Path) -> None:
+    first = json.loads(gdlab("train", "--data", "moons", "--hidden", "4", "--epochs", "3", "--store", "s",
+                             "--json", "--quiet", "--no-plot").stdout)
+    smaller = gdlab("train", "--resume", first["run_id"], "--epochs", "2", "--store", "s")
+    assert smaller.exit_code == 2 and "at least the 75 steps" in smaller.stderr
+    store = Store("s")
+    assert store.get(first["run_id"]).config["epochs"] == 3 and store.get(first["run_id"]).status == "finished"
+    from gdlab.config import Config
+
+    live = store.create_run(Config(data="moons", store="s").to_dict(), name="live")  # this process: alive
+    refused = gdlab("train", "--resume", "live", "--store", "s")
+    assert refused.exit_code == 2 and "still running" in refused.stderr
+
+
+def test_summary_counts_a_partial_epoch_as_a_fraction() -> None:
+    result = gdlab("train", "--data", "moons", "--hidden", "4", "--steps", "30", "--store", "s", "--no-plot")
+    assert "1.2 epochs, 30 iterations" in result.stdout

@@ -30,8 +30,13 @@ app = typer.Typer(
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, soft_wrap=True)  # a pipe gets whole lines, not rich's 80-column wrap
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _wide() -> Console:
+    """The console for tables: whole rows in a pipe or file rather than rich's 80-column squeeze."""
+    return out if out.is_terminal else Console(highlight=False, width=240)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -84,7 +89,8 @@ def train(
     task: Optional[str] = typer.Option(None, help="classification or regression (inferred by default)."),
     val: Optional[str] = typer.Option(None, help="Validation file, in the training file's format."),
     val_split: Optional[float] = typer.Option(None, help="Hold out this fraction of a file for validation."),
-    standardize: Optional[bool] = typer.Option(None, "--standardize", help="Scale inputs to mean 0, std 1."),
+    standardize: Optional[bool] = typer.Option(None, "--standardize/--no-standardize",
+                                               help="Scale inputs to mean 0, std 1."),
     data_opt: Optional[list[str]] = typer.Option(None, "--data-opt", metavar="KEY=VALUE",
                                                  help="Option of a built-in dataset, e.g. condition=1000."),
     model: Optional[str] = typer.Option(None, help="linear, logistic, mlp, cnn, or module:function. [default: mlp]"),
@@ -99,12 +105,13 @@ def train(
     beta2: Optional[float] = typer.Option(None, help="Adam's / Lion's second beta."),
     eps: Optional[float] = typer.Option(None, help="The epsilon of adagrad, rmsprop, adam, adamw."),
     weight_decay: Optional[float] = typer.Option(None, help="Weight decay (decoupled for adamw and lion)."),
-    nesterov: Optional[bool] = typer.Option(None, "--nesterov", help="Nesterov momentum (sgd, momentum)."),
+    nesterov: Optional[bool] = typer.Option(None, "--nesterov/--no-nesterov",
+                                            help="Nesterov momentum (sgd, momentum)."),
     clip_norm: Optional[float] = typer.Option(None, help="Clip the gradient's global norm to this first."),
     schedule: Optional[str] = typer.Option(None, help="cosine, step:EVERY:GAMMA, exponential:GAMMA, one_cycle, "
                                            "plateau, constant, or warmup:N,<one of those>."),
     batch_size: Optional[str] = typer.Option(None, help="full, stochastic, or a positive integer. [default: 32]"),
-    drop_last: Optional[bool] = typer.Option(None, "--drop-last", help="Drop a short last batch."),
+    drop_last: Optional[bool] = typer.Option(None, "--drop-last/--no-drop-last", help="Drop a short last batch."),
     epochs: Optional[int] = typer.Option(None, help="Epochs (30 when neither --epochs nor --steps is given)."),
     steps: Optional[int] = typer.Option(None, help="Steps (updates); stops at --epochs or --steps, first reached."),
     tol: Optional[float] = typer.Option(None, help="Stop when the epoch train loss changes by less than this."),
@@ -166,7 +173,7 @@ def _report(result: Any, settings: Any, store_path: str, show: bool, as_json: bo
             "lr": result.lr,
             "seconds": result.seconds,
             "steps": result.steps,
-            "epochs": len(result.history.epochs),
+            "epochs": _epochs_done(result),
             "plan": {k: result.plan.to_dict()[k] for k in ("samples", "batch_size", "iterations_per_epoch",
                                                           "last_batch", "mode", "drop_last")},
             "final": result.final,
@@ -214,9 +221,10 @@ class _ResumePrinter(Callback):
 
 def _print_summary(result: Any, stored: Any, plot_path: Path | None) -> None:
     final = result.final
-    epochs = len(result.history.epochs)
+    epochs = _epochs_done(result)
     word = "stopped" if result.status == "stopped" else "finished"
-    out.print(f"[bold]{word}[/] in {result.seconds:.1f} s: {epochs} epochs, {result.steps} iterations")
+    out.print(f"[bold]{word}[/] in {result.seconds:.1f} s: {epochs:g} epoch{'s' if epochs != 1 else ''}, "
+              f"{result.steps} iteration{'s' if result.steps != 1 else ''}")
     if result.stop_reason and result.stop_reason != "interrupted":
         colour = "red" if result.stop_reason.startswith("diverged") else "yellow"
         out.print(f"[{colour}]{result.stop_reason}[/]")
@@ -248,7 +256,10 @@ def runs(
                    "train loss", "val loss", "val acc", "time"):
         table.add_column(column, justify="right" if column in ("lr", "steps", "time") or "loss" in column
                          or "acc" in column else "left")
-    listed = Store(store).runs(limit=limit)
+    if not (Path(store) / "gdlab.db").is_file():
+        out.print(f"no runs in {store} yet: start one with gdlab train")
+        return
+    listed = Store(store, create=False).runs(limit=limit)
     for r in listed:
         c, f = r.config, r.final or {}
         acc = f.get("val_accuracy")
@@ -260,8 +271,7 @@ def runs(
     if not listed:
         out.print(f"no runs in {store} yet: start one with gdlab train")
         return
-    # A pipe or file gets whole rows rather than rich's 80-column squeeze.
-    (out if out.is_terminal else Console(highlight=False, width=240)).print(table)
+    _wide().print(table)
 
 
 @app.command()
@@ -274,7 +284,7 @@ def show(
     """Show a run: config, plan, status, final metrics and findings."""
     from gdlab.store import Store
 
-    r = Store(store).get(run)
+    r = Store(store, create=False).get(run)
     if as_json:
         print(_json({"run_id": r.id, "name": r.name, "created": r.created, "status": r.status,
                      "config": r.config, "plan": r.plan, "final": r.final, "lr": r.lr, "seconds": r.seconds,
@@ -320,9 +330,13 @@ def plot(
     from gdlab.plots import plot_losses
     from gdlab.store import Store
 
-    s = Store(store)
+    s = Store(store, create=False)
     r = s.get(run)
-    path = plot_losses(s.history(r.id), out_path or r.dir / "loss.png", title=f"run {r.id} ({r.status})")
+    target = out_path or r.dir / "loss.png"
+    try:
+        path = plot_losses(s.history(r.id), target, title=f"run {r.id} ({r.status})")
+    except (OSError, ValueError) as e:
+        raise InvalidParameter("--out", str(target), f"a writable .png path ({e})") from None
     out.print(str(path))
 
 
@@ -336,8 +350,9 @@ def datasets() -> None:
 
     table = Table("dataset", "description", "options", box=None, header_style="bold")
     for info in DATASETS.values():
-        table.add_row(info.name, info.description, ", ".join(f"{k}={v}" for k, v in info.options.items()))
-    out.print(table)
+        table.add_row(info.name, info.description,
+                      ", ".join(f"{k}={v}" for k, v in info.options.items() if k != "seed"))
+    _wide().print(table)
     out.print("files: FILE.csv --target COLUMN, FILE.npz (arrays X, y), module:function returning a Dataset")
 
 
@@ -349,7 +364,7 @@ def models() -> None:
     table = Table("model", "description", box=None, header_style="bold")
     for info in MODELS.values():
         table.add_row(info.name, info.description)
-    out.print(table)
+    _wide().print(table)
     out.print(f"activations: {', '.join(ACTIVATIONS)}; inits: {', '.join(INITS)}; "
               "or module:function returning an nn.Module")
 
@@ -362,10 +377,15 @@ def optimizers() -> None:
     table = Table("optimizer", "defaults", "update", box=None, header_style="bold")
     for info in OPTIMIZERS.values():
         table.add_row(info.name, ", ".join(f"{k}={v}" for k, v in info.defaults.items()), info.equation)
-    out.print(table)
+    _wide().print(table)
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------
+
+
+def _epochs_done(result: Any) -> float:
+    """Epochs trained, with the fraction of one that a step budget or a stop cut short."""
+    return round(result.steps / result.plan.iterations_per_epoch, 2)
 
 
 def _int_list(text: str, flag: str) -> list[int]:
@@ -426,12 +446,23 @@ def _json(value: Any) -> str:
 
 
 def main() -> None:
-    """Console entry point."""
+    """Console entry point: usage errors, like gdlab's own, are one line and exit code 2."""
+    import importlib
+    import importlib.util
+
+    # typer 0.2x carries its own copy of click; older typers use click itself
+    where = "click.exceptions" if importlib.util.find_spec("click") else "typer._click.exceptions"
+    UsageError = importlib.import_module(where).UsageError
+
     try:
-        app()
-    except KeyboardInterrupt:
+        code = app(standalone_mode=False)
+    except UsageError as e:
+        err.print(f"error: {e.format_message()}", markup=False)
+        sys.exit(2)
+    except (KeyboardInterrupt, typer.Abort):
         err.print("interrupted")
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -100,9 +100,14 @@ class Config:
                 values = tomllib.load(f)
         except FileNotFoundError:
             raise InvalidParameter("config", str(path), "an existing TOML file") from None
+        except OSError as e:
+            raise InvalidParameter("config", str(path), f"a readable TOML file ({e.strerror})") from None
         except tomllib.TOMLDecodeError as e:
             raise InvalidParameter("config", str(path), f"valid TOML ({e})") from None
-        return cls.from_dict({**values, **(overrides or {})}, source=f"config {path.name}")
+        merged = {**values, **(overrides or {})}
+        if isinstance(values.get("data_options"), dict) and overrides and "data_options" in overrides:
+            merged["data_options"] = {**values["data_options"], **overrides["data_options"]}  # key by key
+        return cls.from_dict(merged, source=f"config {path.name}")
 
     def with_changes(self, **changes: Any) -> Config:
         """A copy with ``changes`` applied and checked."""
@@ -137,6 +142,8 @@ class Config:
             raise InvalidParameter("tol", self.tol, "a finite number > 0")
         if self.task not in (None, "classification", "regression"):
             raise InvalidParameter("task", self.task, '"classification" or "regression"')
+        if "seed" in self.data_options:
+            raise InvalidParameter("data option", "seed", "no seed among the data options (give --seed instead)")
         if self.schedule is not None:
             schedules.parse(self.schedule, self.lr, 100)  # the form is checked now; the length when training
         if any(h <= 0 for h in self.hidden):

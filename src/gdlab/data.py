@@ -237,7 +237,10 @@ def as_tensor_data(data: Any) -> TensorData | None:
 
 def loader(dataset: Dataset, plan: BatchPlan, seed: int, epoch: int, start: int = 0) -> DataLoader:
     """A DataLoader serving ``dataset`` in exactly the plan's index batches for ``epoch``."""
-    return DataLoader(dataset, batch_sampler=[b.tolist() for b in batches(plan, seed, epoch, start)])
+    # Its own generator: a DataLoader iterator otherwise draws a seed from the global RNG, so a run resumed
+    # mid-epoch (one more iterator) would see different dropout masks than one trained straight.
+    return DataLoader(dataset, batch_sampler=[b.tolist() for b in batches(plan, seed, epoch, start)],
+                      generator=torch.Generator().manual_seed(seed))
 
 
 def standardize(train: TensorData, *others: TensorData | None) -> tuple[TensorData | None, ...]:

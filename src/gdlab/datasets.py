@@ -162,10 +162,23 @@ def load(
         raise InvalidParameter("task", task, '"classification" or "regression"')
     if name in DATASETS:
         info = DATASETS[name]
-        unknown = sorted(set(options) - set(info.options))
-        if unknown:
-            allowed = ", ".join(info.options) or "none"
-            raise InvalidParameter(f"{name} option", unknown[0], f"one of its options ({allowed})")
+        for key, value in (("target", target), ("task", task), ("val", val), ("val_split", val_split)):
+            if value is not None:
+                raise InvalidParameter(key, value, f"nothing for the built-in dataset {name!r} (it has its own "
+                                       "validation split); these are for data files")
+        allowed = ", ".join(k for k in info.options if k != "seed") or "none"
+        for key, value in options.items():
+            if key not in info.options or key == "seed":
+                hint = " (give --seed instead)" if key == "seed" else ""
+                raise InvalidParameter(f"{name} option", key, f"one of its options ({allowed}){hint}")
+            default = info.options[key]
+            wanted = int if isinstance(default, int) else float
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                    wanted is int and not float(value).is_integer()) or not math.isfinite(value) or value < 0 or (
+                    wanted is int and value == 0):
+                what = "a positive integer" if wanted is int else "a finite number >= 0"
+                raise InvalidParameter(f"{name} option {key}", value, what)
+            options[key] = wanted(value)
         kwargs = {**options, "seed": seed} if "seed" in info.options else options
         return info.build(**kwargs)
     if options:
@@ -207,8 +220,11 @@ def load_csv(
     class labels are numbered in sorted order. ``like`` reuses another file's columns and classes.
     """
     path = Path(path)
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        rows = [(line, row) for line, row in enumerate(csv.reader(f), start=1) if any(c.strip() for c in row)]
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            rows = [(line, row) for line, row in enumerate(csv.reader(f), start=1) if any(c.strip() for c in row)]
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}): expected a UTF-8 CSV file") from None
     if not rows:
         raise DataError(f"{path}: the file is empty: expected a header row and at least one data row")
     header = [c.strip() for c in rows[0][1]]
@@ -269,6 +285,11 @@ def _targets(
             if not math.isfinite(v):
                 raise DataError(f"{path} line {lines[i]}, column '{column}': {labels[i]} is not finite")
         return torch.tensor(numbers, dtype=torch.float32).reshape(-1, 1), task, None
+    if numbers is not None:
+        for i, v in enumerate(numbers):
+            if not math.isfinite(v):
+                raise DataError(f"{path} line {lines[i]}, column '{column}': {labels[i]} is not finite: "
+                                "expected a class label")
     keys: list[Any] = numbers if numbers is not None else labels
     classes = (like.classes if like is not None else None) or sorted(set(keys))
     index = {c: i for i, c in enumerate(classes)}
@@ -290,11 +311,18 @@ def _is_float(text: str) -> bool:
 def load_npz(path: str | Path, *, task: Task | None = None) -> TensorData:
     """Read arrays ``X`` (``[samples, ...]``) and ``y`` (``[samples]`` or ``[samples, outputs]``)."""
     path = Path(path)
-    with np.load(path, allow_pickle=False) as arrays:
-        missing = [k for k in ("X", "y") if k not in arrays.files]
-        if missing:
-            raise DataError(f"{path}: no array {missing[0]!r}: expected arrays 'X' and 'y' (found {arrays.files})")
-        X, y = arrays["X"], arrays["y"]
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            missing = [k for k in ("X", "y") if k not in arrays.files]
+            if missing:
+                raise DataError(f"{path}: no array {missing[0]!r}: expected arrays 'X' and 'y' (found "
+                                f"{arrays.files})")
+            X, y = arrays["X"], arrays["y"]
+    except (ValueError, OSError, AttributeError) as e:
+        raise DataError(f"{path}: not a readable .npz of numeric arrays ({e}): expected np.savez(X=..., y=...)") \
+            from None
+    if X.ndim == 0 or y.ndim == 0:
+        raise DataError(f"{path}: X and y must have a samples axis: got shapes {X.shape} and {y.shape}")
     if len(X) == 0:
         raise DataError(f"{path}: X has no rows: expected at least one sample")
     for name, a in (("X", X), ("y", y)):
@@ -305,6 +333,10 @@ def load_npz(path: str | Path, *, task: Task | None = None) -> TensorData:
             raise DataError(f"{path}: {name}[{', '.join(map(str, bad[0]))}] is {a[tuple(bad[0])]}: expected finite")
     if task is None:
         task = "classification" if np.issubdtype(y.dtype, np.integer) else "regression"
+    if task == "classification" and (y.min() < 0 or not np.all(y == np.round(y))):
+        raise DataError(f"{path}: class labels in y must be whole numbers >= 0: found {y.min()}")
+    if len(X) != len(y):
+        raise DataError(f"{path}: X has {len(X)} samples but y has {len(y)}: expected the same number")
     return TensorData(torch.as_tensor(X).float(), torch.as_tensor(y), task=task)
 
 

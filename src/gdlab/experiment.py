@@ -51,8 +51,8 @@ def prepare(config: Config) -> tuple[nn.Module, Any, Any]:
 def run(config: Config, *, progress: bool = True, callbacks: tuple[Callback, ...] = (),
         resume: str | None = None) -> Result:
     """Train as ``config`` says, recording the run in ``config.store``; ``resume`` continues a stored run."""
+    model, train, val = prepare(config)  # bad data fails before a store is made
     store = Store(config.store)
-    model, train, val = prepare(config)
     epochs, steps = config.budget()
     return fit(model, train, val=val, loss=config.loss, optimizer=config.optimizer, lr=config.lr,
                momentum=config.momentum, batch_size=config.batch_size, epochs=epochs, steps=steps,

@@ -93,11 +93,13 @@ class Store:
     """A folder holding ``gdlab.db`` and one sub-folder per run.
 
     Args:
-        root: the folder; created if missing. Errors if it cannot be created or written.
+        root: the folder; created if missing (unless ``create`` is False). Errors if it cannot be written.
     """
 
-    def __init__(self, root: str | Path = DEFAULT_STORE) -> None:
+    def __init__(self, root: str | Path = DEFAULT_STORE, *, create: bool = True) -> None:
         self.root = Path(root)
+        if not create and not (self.root / "gdlab.db").is_file():
+            raise StoreError(f"no run store at '{root}': expected a folder written by gdlab train (see --store)")
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             probe = self.root / f".write-test-{os.getpid()}"
@@ -260,8 +262,11 @@ class Store:
         host = socket.gethostname()
         dead = [run_id for run_id, pid, h in self._query("SELECT id, pid, host FROM runs WHERE status = 'running'")
                 if h == host and pid is not None and not _alive(pid)]
-        for run_id in dead:
-            self.finish(run_id, "failed", error="the process ended without closing the run (killed?)")
+        for run_id in dead:  # keep what it recorded: only the status, the error and the steps reached change
+            with self._write() as db:
+                db.execute("UPDATE runs SET status = 'failed', updated = ?, error = ?, steps = (SELECT MAX(step) "
+                           "FROM step_metrics WHERE run_id = ?) WHERE id = ?",
+                           (_now(), "the process ended without closing the run (killed?)", run_id, run_id))
 
 
 def _alive(pid: int) -> bool:

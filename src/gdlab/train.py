@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from gdlab import checkpoint as ckpt
 from gdlab import optim
 from gdlab.data import BatchPlan, TensorData, as_tensor_data, batches, loader
-from gdlab.errors import InvalidParameter, ModelError, UnknownChoice
+from gdlab.errors import InvalidParameter, ModelError, StoreError, UnknownChoice
 from gdlab.history import History
 from gdlab.optim import schedules
 from gdlab.optim.schedules import Schedule
@@ -221,11 +221,16 @@ def fit(
     source = _Source(train, dev, dtype)
     val_source = _Source(val, dev, dtype) if val is not None else None
     if patience is not None and val_source is None:
-        raise InvalidParameter("patience", patience, "validation data (val=...) to watch")
+        raise InvalidParameter("patience", patience, "validation data to watch (val=..., or --val / --val-split)")
     loss_fn, loss_name = resolve_loss(loss, source.task)
     plan = BatchPlan.make(len(source), batch_size, drop_last=drop_last)
     opt = optim.make(optimizer, model.parameters(), lr=lr, momentum=momentum, **optimizer_options)
     _check_model(model, source, loss_name)
+    if val_source is not None:
+        if val_source.task != source.task:
+            raise ModelError(f"the validation data is {val_source.task} but the training data is {source.task}: "
+                             "expected the same kind of targets")
+        _check_model(model, val_source, loss_name, what="validation data")
     total = min(steps or math.inf, (epochs or math.inf) * plan.iterations_per_epoch)  # finite: one is set
     if isinstance(schedule, str):
         schedule = schedules.parse(schedule, lr, int(total))
@@ -239,7 +244,11 @@ def fit(
     recorder = None
     if db is not None:
         if resume is not None:
-            recorder = _Recorder(db, db.get(resume).id)
+            run = db.get(resume)
+            if run.status == "running":
+                raise StoreError(f"run {run.id} is still running in another process: stop it first (Ctrl-C), "
+                                 "then resume it")
+            recorder = _Recorder(db, run.id)
             recorder.restore(state, config)
         else:
             described = config or _describe(model, optimizer, lr, momentum, batch_size, epochs, steps, seed,
@@ -408,11 +417,17 @@ def resolve_device(device: str | torch.device) -> torch.device:
             return torch.device("cuda")
         mps = getattr(torch.backends, "mps", None)
         return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    expected = "auto, cpu, cuda, cuda:N or mps, on a machine that has it"
     try:
         dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InvalidParameter("device", str(device), expected) from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise InvalidParameter("device", str(device), expected)
+    try:
         torch.empty(0, device=dev)
-    except (RuntimeError, AssertionError) as e:
-        raise InvalidParameter("device", str(device), f"auto, cpu or an available accelerator ({e})") from None
+    except (RuntimeError, AssertionError):
+        raise InvalidParameter("device", str(device), expected + " (it is not available here)") from None
     return dev
 
 
@@ -487,7 +502,7 @@ def _match(output: torch.Tensor, y: torch.Tensor, loss_name: str) -> torch.Tenso
 
 
 @torch.no_grad()
-def _check_model(model: nn.Module, source: _Source, loss_name: str) -> None:
+def _check_model(model: nn.Module, source: _Source, loss_name: str, what: str = "data") -> None:
     """One forward pass on two samples, so a model that does not fit the data fails before anything runs."""
     x, y = next(source.chunks(2))
     was_training = model.training
@@ -497,15 +512,17 @@ def _check_model(model: nn.Module, source: _Source, loss_name: str) -> None:
     except RuntimeError as e:
         features = int(x[0].numel())
         detail = str(e).splitlines()[0]
-        raise ModelError(f"the model does not accept the data ({features} features per sample): {detail}; "
+        raise ModelError(f"the model does not accept the {what} ({features} features per sample): {detail}; "
                          "expected a model whose input size matches the data") from None
     finally:
         model.train(was_training)
     if loss_name == "cross_entropy":
         classes = source.num_classes
-        if output.dim() != 2 or classes is not None and output.shape[1] != classes:
-            raise ModelError(f"the model gives outputs of shape {list(output.shape[1:])} but the data has "
+        if output.dim() != 2 or classes is not None and output.shape[1] < classes:
+            raise ModelError(f"the model gives outputs of shape {list(output.shape[1:])} but the {what} has "
                              f"{classes} classes: expected {classes} outputs (one logit per class)")
+        if source.tensors is not None and len(source.tensors.y) and int(source.tensors.y.min()) < 0:
+            raise ModelError(f"the {what} has negative class labels: expected labels 0 to {output.shape[1] - 1}")
     elif loss_name in LOSSES and output.numel() != y.numel():
         raise ModelError(f"the model gives {output.numel() // len(x)} outputs per sample but the targets have "
                          f"{y.numel() // len(y)}: expected the same number")
@@ -600,6 +617,10 @@ class _Recorder(Callback):
     def restore(self, state: LoopState, config: dict[str, Any] | None) -> None:
         """Load the last checkpoint and the history up to it; the run is ``running`` again."""
         saved = ckpt.load(self.path)
+        done = saved["position"]["step"]
+        if done > state.total_steps:
+            raise InvalidParameter("epochs/steps", f"{state.total_steps} steps", f"at least the {done} steps run "
+                                   f"{self.run_id} has already trained; give a larger --epochs or --steps")
         state.model.load_state_dict(saved["model"])
         state.optimizer.load_state_dict(saved["optimizer"])
         ckpt.set_rng_state(saved["rng"])
