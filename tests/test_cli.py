@@ -255,7 +255,7 @@ def test_resume_refuses_a_smaller_budget_and_a_live_run(tmp_path: Path) -> None:
     assert store.get(first["run_id"]).config["epochs"] == 3 and store.get(first["run_id"]).status == "finished"
     from gdlab.config import Config
 
-    live = store.create_run(Config(data="moons", store="s").to_dict(), name="live")  # this process: alive
+    store.create_run(Config(data="moons", store="s").to_dict(), name="live")  # this process: alive
     refused = gdlab("train", "--resume", "live", "--store", "s")
     assert refused.exit_code == 2 and "still running" in refused.stderr
 
