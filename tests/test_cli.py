@@ -137,7 +137,8 @@ BAD = [
      "the model does not accept the data (3 features per sample)"),
     (["train", "--config", "unknown_key.toml"], "invalid config unknown_key.toml key 'learning_rate'"),
     (["train", "--config", "wrong_type.toml"], "invalid config wrong_type.toml epochs 'many': expected an integer"),
-    (["train", "--resume", "nope"], "unknown run 'nope'"),
+    (["train", "--resume", "nope"], "no run store at 'gdlab-runs'"),
+    (["train", "--resume", "nope", "--store", "s"], "unknown run 'nope'"),
     (["train", "--resume", "nope", "--lr", "0.1"], "invalid --lr 0.1: expected no settings with --resume"),
     (["train", "--store", "blocker/runs"], "store directory 'blocker/runs' cannot be written"),
     (["show", "nope", "--store", "s"], "unknown run 'nope'"),
@@ -263,3 +264,12 @@ def test_resume_refuses_a_smaller_budget_and_a_live_run(tmp_path: Path) -> None:
 def test_summary_counts_a_partial_epoch_as_a_fraction() -> None:
     result = gdlab("train", "--data", "moons", "--hidden", "4", "--steps", "30", "--store", "s", "--no-plot")
     assert "1.2 epochs, 30 iterations" in result.stdout
+
+
+def test_resume_of_a_run_recorded_from_python_says_where_to_resume_it(tmp_path: Path) -> None:
+    import gdlab as lib
+
+    lib.fit(torch.nn.Linear(2, 1), (torch.zeros(4, 2), torch.zeros(4, 1)), epochs=1, store="s", name="api",
+            progress=False)
+    result = gdlab("train", "--resume", "api", "--store", "s")
+    assert result.exit_code == 2 and "recorded by gdlab.fit from Python" in result.stderr

@@ -20,7 +20,7 @@ from torch import nn
 from gdlab import datasets, models
 from gdlab.config import Config
 from gdlab.data import TensorData, as_tensor_data, standardize
-from gdlab.errors import InvalidParameter
+from gdlab.errors import InvalidParameter, StoreError
 from gdlab.store import Store
 from gdlab.train import Callback, Result, fit
 
@@ -65,7 +65,10 @@ def run(config: Config, *, progress: bool = True, callbacks: tuple[Callback, ...
 def resume(ref: str, *, store: str, epochs: int | None = None, steps: int | None = None,
            progress: bool = True, callbacks: tuple[Callback, ...] = ()) -> Result:
     """Continue the stored run ``ref`` from its last checkpoint, optionally with a larger budget."""
-    run_ = Store(store).get(ref)
+    run_ = Store(store, create=False).get(ref)
+    if "data" not in run_.config:  # stored by gdlab.fit from Python: its model and data are the caller's
+        raise StoreError(f"run {run_.id} was recorded by gdlab.fit from Python, not by gdlab train: resume it there "
+                         "with fit(model, data, store=..., resume=...)")
     changes: dict[str, Any] = {"store": store}
     if epochs is not None or steps is not None:
         changes.update(epochs=epochs, steps=steps)
