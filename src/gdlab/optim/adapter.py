@@ -34,7 +34,7 @@ def inject(make: Callable[..., Transform], **hyperparams: Any) -> Transform:
     built: dict[str, Any] = {"key": None, "transform": None}
 
     def current(values: dict[str, Any]) -> Transform:
-        key = tuple((k, id(v) if isinstance(v, Tensor) or callable(v) else v) for k, v in sorted(values.items()))
+        key = tuple((k, id(v) if isinstance(v, Tensor) or callable(v) else v) for k, v in values.items())
         if key != built["key"]:
             built["key"], built["transform"] = key, make(**values)
         return built["transform"]
@@ -61,8 +61,9 @@ class Optimizer(torch.optim.Optimizer):
         super().__init__(params, defaults={})
         self.transform = transform
         self._params: list[Tensor] = [p for group in self.param_groups for p in group["params"]]
+        self._detached = [p.detach() for p in self._params]  # views of the same storage, made once
         with torch.no_grad():
-            self._state = transform.init([p.detach() for p in self._params])
+            self._state = transform.init(self._detached)
         for group in self.param_groups:
             group.update(self._hyperparams())
 
@@ -77,15 +78,14 @@ class Optimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         hyper = self._hyperparams()
+        first = self.param_groups[0]
         for key in hyper:  # the groups' values win: a scheduler or a remedy may have changed them
-            values = {id(g[key]) if isinstance(g[key], Tensor) else g[key] for g in self.param_groups}
-            if len(values) > 1:
+            if any(g[key] is not first[key] and g[key] != first[key] for g in self.param_groups[1:]):
                 raise InvalidParameter(key, "different values per param group", "one value for all groups")
-            hyper[key] = self.param_groups[0][key]
+            hyper[key] = first[key]
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self._params]
-        params = [p.detach() for p in self._params]
-        updates, self._state = self.transform.update(grads, self._state, params)
-        apply_updates(params, list(updates))
+        updates, self._state = self.transform.update(grads, self._state, self._detached)
+        apply_updates(self._detached, list(updates))
         return loss
 
     def state_dict(self) -> dict[str, Any]:
