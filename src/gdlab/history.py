@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Any
 
 __all__ = ["Table", "History"]
 
@@ -54,12 +53,6 @@ class Table:
         column = self.columns.get(key)
         return column[-1] if column else default
 
-    def truncate(self, length: int) -> None:
-        """Keep the first ``length`` rows."""
-        for column in self.columns.values():
-            del column[length:]
-        self._length = min(self._length, length)
-
 
 class History:
     """Per-step records (``step``, ``epoch``, ``loss``, ``lr``, ``grad_norm``, ...) and per-epoch records
@@ -68,15 +61,3 @@ class History:
     def __init__(self) -> None:
         self.steps = Table()
         self.epochs = Table()
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain lists, for checkpoints and JSON."""
-        return {"steps": dict(self.steps.columns), "epochs": dict(self.epochs.columns)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> History:
-        """Rebuild from :meth:`to_dict` output."""
-        history = cls()
-        history.steps = Table(data.get("steps"))
-        history.epochs = Table(data.get("epochs"))
-        return history
