@@ -183,6 +183,16 @@ def test_optimizer_instances_and_factories_are_accepted(regression: TensorData) 
     assert fit(_linear64(), regression, optimizer=factory, epochs=1, progress=False).lr == 0.003
 
 
+def test_transforms_are_accepted_and_show_their_lr_when_injected(regression: TensorData) -> None:
+    from gdlab.optim import aliases, inject
+
+    bare = fit(_linear64(), regression, optimizer=aliases.adam(0.02), epochs=2, progress=False)
+    shown = fit(_linear64(), regression, optimizer=inject(aliases.adam, lr=0.02), epochs=2, progress=False)
+    assert math.isnan(bare.lr) and shown.lr == 0.02  # a bare chain keeps its lr inside
+    for a, b in zip(bare.model.parameters(), shown.model.parameters()):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [

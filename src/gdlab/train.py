@@ -128,7 +128,8 @@ class Result:
         history: per-step and per-epoch records.
         final: ``train_loss`` (mean over the last epoch's steps), ``val_loss``, and for classification
             ``val_accuracy``; None where there is no validation data.
-        lr: the learning rate trained with.
+        lr: the learning rate at the end (``param_groups[0]["lr"]``); NaN for an optimizer that shows none, such as
+            a bare Transform (wrap it as ``gdlab.optim.inject(make, lr=...)`` to show it).
         run_id: the id in the run store, or None without a store.
         seconds: training time.
         plan: the batch plan.

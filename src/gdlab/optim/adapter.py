@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -23,6 +24,7 @@ import torch
 from torch import Tensor
 
 from gdlab.errors import InvalidParameter
+from gdlab.optim.fused import off as fused_kernels_off
 from gdlab.optim.transforms import Transform, apply_updates
 
 __all__ = ["Optimizer", "inject"]
@@ -46,7 +48,12 @@ def inject(make: Callable[..., Transform], **hyperparams: Any) -> Transform:
         updates, inner = current(state["hyperparams"]).update(grads, state["inner"], params)
         return updates, {"hyperparams": state["hyperparams"], "inner": inner}
 
-    return Transform(init, update)
+    def step(params: Any, grads: Any, state: dict[str, Any]) -> dict[str, Any] | None:
+        fast = current(state["hyperparams"]).step
+        inner = None if fast is None else fast(params, grads, state["inner"])
+        return None if inner is None else {"hyperparams": state["hyperparams"], "inner": inner}
+
+    return Transform(init, update, step)
 
 
 class Optimizer(torch.optim.Optimizer):
@@ -55,11 +62,14 @@ class Optimizer(torch.optim.Optimizer):
     Args:
         params: parameters or param groups (one set of hyperparameters for all groups).
         transform: a transform; built with :func:`inject`, its hyperparameters appear in ``param_groups``.
+        fused: let torch's fused kernels do the step where the transform can use one (see
+            :mod:`gdlab.optim.fused`); with False the transforms do every step.
     """
 
-    def __init__(self, params: Iterable[Any], transform: Transform) -> None:
+    def __init__(self, params: Iterable[Any], transform: Transform, *, fused: bool = True) -> None:
         super().__init__(params, defaults={})
         self.transform = transform
+        self.fused = fused
         self._params: list[Tensor] = [p for group in self.param_groups for p in group["params"]]
         self._detached = [p.detach() for p in self._params]  # views of the same storage, made once
         with torch.no_grad():
@@ -84,6 +94,12 @@ class Optimizer(torch.optim.Optimizer):
                 raise InvalidParameter(key, "different values per param group", "one value for all groups")
             hyper[key] = first[key]
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self._params]
+        if self.transform.step is not None:
+            with contextlib.nullcontext() if self.fused else fused_kernels_off():
+                done = self.transform.step(self._detached, grads, self._state)
+            if done is not None:
+                self._state = done
+                return loss
         updates, self._state = self.transform.update(grads, self._state, self._detached)
         apply_updates(self._detached, list(updates))
         return loss

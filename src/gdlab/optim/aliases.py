@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from gdlab.errors import InvalidParameter
+from gdlab.optim import fused
 from gdlab.optim.transforms import (
     Hyper,
     Transform,
@@ -53,11 +54,23 @@ def sgd(lr: Hyper, momentum: Hyper = 0.0, dampening: Hyper = 0.0, nesterov: bool
     SGD without momentum is heavy-ball momentum with decay 0, so one transform serves both."""
     if nesterov and (_zero(momentum) or not _zero(dampening)):
         raise InvalidParameter("nesterov", True, "a momentum > 0 and zero dampening")
-    return _chain(
+    plain = _chain(
         None if _zero(weight_decay) else add_l2(weight_decay),
         None if _zero(momentum) else trace(momentum, dampening=dampening, nesterov=nesterov),
         scale_by_learning_rate(lr),
     )
+
+    def step(params: Any, grads: Any, state: dict[str, Any]) -> dict[str, Any] | None:
+        inner = state["inner"]
+        count = inner[-1]["count"]
+        h = fused.numbers(count, lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay)
+        buffers = [] if _zero(momentum) else inner[-2]["buf"]
+        if h is None or not fused.call("_fused_sgd_", params, grads, buffers, nesterov=nesterov, maximize=False,
+                                       is_first_step=count == 0, **h):
+            return plain.step(params, grads, state) if plain.step else None
+        return fused.advance(inner)
+
+    return plain._replace(step=step)
 
 
 def momentum(lr: Hyper, momentum: Hyper = 0.9, dampening: Hyper = 0.0, nesterov: bool = False,
@@ -102,21 +115,43 @@ def rmsprop(lr: Hyper = 0.01, alpha: Hyper = 0.99, eps: Hyper = 1e-8, weight_dec
 def adam(lr: Hyper = 0.001, betas: tuple[Hyper, Hyper] = (0.9, 0.999), eps: Hyper = 1e-8,
          weight_decay: Hyper = 0.0, amsgrad: bool = False) -> Transform:
     """Adam, as torch.optim.Adam: weight_decay is L2 added to the gradient (coupled)."""
-    return _chain(
+    plain = _chain(
         None if _zero(weight_decay) else add_l2(weight_decay),
         scale_by_adam(b1=betas[0], b2=betas[1], eps=eps, amsgrad=amsgrad),
         scale_by_learning_rate(lr),
     )
+    return plain._replace(step=_adam_step(plain, "_fused_adam_", -2, lr, betas, eps, weight_decay, amsgrad))
 
 
 def adamw(lr: Hyper = 0.001, betas: tuple[Hyper, Hyper] = (0.9, 0.999), eps: Hyper = 1e-8,
           weight_decay: Hyper = 0.01, amsgrad: bool = False) -> Transform:
     """AdamW, as torch.optim.AdamW: Adam with decoupled weight decay (also scaled by lr)."""
-    return _chain(
+    plain = _chain(
         scale_by_adam(b1=betas[0], b2=betas[1], eps=eps, amsgrad=amsgrad),
         None if _zero(weight_decay) else add_decayed_weights(weight_decay),
         scale_by_learning_rate(lr),
     )
+    return plain._replace(step=_adam_step(plain, "_fused_adamw_", 0, lr, betas, eps, weight_decay, amsgrad))
+
+
+def _adam_step(plain: Transform, kernel: str, at: int, lr: Hyper, betas: tuple[Hyper, Hyper], eps: Hyper,
+               weight_decay: Hyper, amsgrad: bool) -> Any:
+    """Adam's (or AdamW's) whole step by torch's fused kernel, else by ``plain``'s step; ``at`` is
+    scale_by_adam's place in the chain."""
+
+    def step(params: Any, grads: Any, state: dict[str, Any]) -> dict[str, Any] | None:
+        inner = state["inner"]
+        moments = inner[at]
+        count = moments["count"]
+        h = fused.numbers(count, lr=lr, beta1=betas[0], beta2=betas[1], eps=eps, weight_decay=weight_decay)
+        t = torch.tensor(float(count + 1), device=params[0].device) if params else None
+        if h is None or not fused.call(kernel, params, grads, moments["mu"], moments["nu"],
+                                       moments["nu_max"] if amsgrad else [], [t] * len(params),
+                                       amsgrad=amsgrad, maximize=False, **h):
+            return plain.step(params, grads, state) if plain.step else None
+        return fused.advance(inner)
+
+    return step
 
 
 def lion(lr: Hyper = 1e-4, betas: tuple[Hyper, Hyper] = (0.9, 0.99), weight_decay: Hyper = 0.0) -> Transform:

@@ -55,10 +55,17 @@ Tensors = list[Tensor] | tuple[Tensor, ...]  # torch's foreach ops return tuples
 
 
 class Transform(NamedTuple):
-    """``init(params) -> state`` and ``update(grads, state, params) -> (updates, state)``."""
+    """``init(params) -> state`` and ``update(grads, state, params) -> (updates, state)``.
+
+    ``step``, where a transform has one, does ``update`` and ``apply_updates`` in one pass over memory (a fused
+    kernel): ``step(params, grads, state) -> state`` changes ``params`` in place, and returns None, changing
+    nothing, where it cannot serve (``[members]`` hyperparameters, mixed dtypes, a device without the kernel);
+    then ``update`` does the work. Both compute the same step (tests check it).
+    """
 
     init: Callable[[Tensors], State]
     update: Callable[[Tensors, State, Tensors], tuple[Tensors, State]]
+    step: Callable[[Tensors, Tensors, State], State | None] | None = None
 
 
 # -- hyperparameters and the two paths (foreach for floats, per tensor for [members] values) ---------------------
@@ -116,6 +123,15 @@ def _ema_(avg: Tensors, xs: Tensors, decay: Value) -> Tensors:
     return _scale_add_(avg, decay, xs, _map(decay, lambda d: 1 - d))
 
 
+def _ema_square_(avg: Tensors, g: Tensors, decay: Value) -> Tensors:
+    """avg <- decay * avg + (1 - decay) * g^2, in place (with floats, no temporary g^2 is made)."""
+    if isinstance(decay, list):
+        return _ema_(avg, torch._foreach_mul(g, g), decay)
+    torch._foreach_mul_(avg, decay)
+    torch._foreach_addcmul_(avg, g, g, value=1 - decay)
+    return avg
+
+
 def _check(name: str, value: Hyper, low: float, high: float, *, closed_high: bool = False) -> None:
     if callable(value) and not isinstance(value, Tensor):
         return  # a schedule is checked by its own constructor
@@ -144,7 +160,23 @@ def chain(*transforms: Transform) -> Transform:
             inner.append(s)
         return grads, {"inner": inner}
 
-    return Transform(init, update)
+    last = transforms[-1].step if transforms else None
+
+    def step(params: Tensors, grads: Tensors, state: State) -> State:
+        """The leading transforms' updates, then the last one's fused step (or its update where the step
+        cannot serve: the leading states have moved on, so this step always finishes the work)."""
+        assert last is not None
+        inner = []
+        for t, s in zip(transforms[:-1], state["inner"]):
+            grads, s = t.update(grads, s, params)
+            inner.append(s)
+        done = last(params, grads, state["inner"][-1])
+        if done is None:
+            updates, done = transforms[-1].update(grads, state["inner"][-1], params)
+            apply_updates(params, updates)
+        return {"inner": [*inner, done]}
+
+    return Transform(init, update, None if last is None else step)
 
 
 def _stateless(fn: Callable[[Tensors, int, Tensors], Tensors]) -> Transform:
@@ -157,9 +189,23 @@ def _stateless(fn: Callable[[Tensors, int, Tensors], Tensors]) -> Transform:
 
 
 def scale_by_learning_rate(lr: Hyper) -> Transform:
-    """u = -lr * u (the sign that turns a gradient into a descent step)."""
+    """u = -lr * u (the sign that turns a gradient into a descent step).
+
+    Its ``step`` applies the update as it scales it (theta += -lr * u in one pass), so a chain ending here
+    makes no temporary for the scaled update."""
     _check("lr", lr, 0.0, math.inf)
-    return _stateless(lambda u, count, p: _mul(u, _negate(_value(lr, count, u))))
+    plain = _stateless(lambda u, count, p: _mul(u, _negate(_value(lr, count, u))))
+
+    def step(params: Tensors, u: Tensors, state: State) -> State:
+        rate = _value(lr, state["count"], u)
+        if isinstance(rate, list):
+            for p, x, r in zip(params, u, rate):
+                p.add_(x * -r)
+        else:
+            torch._foreach_add_(params, u, alpha=-rate)
+        return {"count": state["count"] + 1}
+
+    return plain._replace(step=step)
 
 
 def _negate(v: Value) -> Value:
@@ -239,20 +285,22 @@ def scale_by_rss(*, initial_accumulator_value: float = 0.0, eps: Hyper = 1e-10) 
     return Transform(init, update)
 
 
-def _div_by(g: Tensors, second: Tensors, eps: Value, scale: Value = 1.0) -> Tensors:
-    """g / (sqrt(second) / scale + eps)"""
-    denom = torch._foreach_sqrt(second)  # a temporary: scaled and shifted in place
-    if isinstance(scale, list):
-        for d, v in zip(denom, scale):
-            d.div_(v)
-    elif scale != 1.0:
-        torch._foreach_div_(denom, scale)
-    if isinstance(eps, list):
-        for d, e in zip(denom, eps):
-            d.add_(e)
+def _div_by(g: Tensors, second: Tensors, eps: Value, scale: Value = 1.0, times: Value = 1.0) -> Tensors:
+    """g / (times * (sqrt(second) / scale + eps)), computed in one temporary (as 1 / denominator times g: no
+    second parameter-sized buffer is allocated)."""
+    denom = torch._foreach_sqrt(second)
+    if isinstance(scale, list) or isinstance(times, list) or isinstance(eps, list):
+        n = len(denom)
+        per = [v if isinstance(v, list) else [v] * n for v in (scale, times, eps)]
+        for d, v, f, e in zip(denom, *per):
+            d.mul_(f / v).add_(f * e)
     else:
-        torch._foreach_add_(denom, eps)
-    return torch._foreach_div(g, denom)
+        if times / scale != 1.0:
+            torch._foreach_mul_(denom, times / scale)
+        torch._foreach_add_(denom, times * eps)
+    torch._foreach_reciprocal_(denom)
+    torch._foreach_mul_(denom, g)
+    return denom
 
 
 def _check_eps(eps: Hyper) -> None:
@@ -277,7 +325,7 @@ def scale_by_rms(*, alpha: Hyper = 0.99, eps: Hyper = 1e-8, centered: bool = Fal
 
     def update(g: Tensors, state: State, params: Tensors) -> tuple[Tensors, State]:
         count, a = state["count"], _value(alpha, state["count"], g)
-        nu = _ema_(state["nu"], torch._foreach_mul(g, g), a)
+        nu = _ema_square_(state["nu"], g, a)
         new: State = {"count": count + 1, "nu": nu}
         second = nu
         if centered:
@@ -307,15 +355,15 @@ def scale_by_adam(*, b1: Hyper = 0.9, b2: Hyper = 0.999, eps: Hyper = 1e-8, amsg
         count = state["count"]
         beta1, beta2 = _value(b1, count, g), _value(b2, count, g)
         mu = _ema_(state["mu"], g, beta1)
-        nu = _ema_(state["nu"], torch._foreach_mul(g, g), beta2)
+        nu = _ema_square_(state["nu"], g, beta2)
         new: State = {"count": count + 1, "mu": mu, "nu": nu}
         second = nu
         if amsgrad:
             new["nu_max"] = second = state["nu_max"]
             torch._foreach_maximum_(second, nu)
         t = count + 1
-        u = _div_by(_div(mu, _map(beta1, lambda b: 1 - b**t)), second, _value(eps, count, g),
-                    scale=_map(beta2, lambda b: (1 - b**t) ** 0.5))
+        u = _div_by(mu, second, _value(eps, count, g), scale=_map(beta2, lambda b: (1 - b**t) ** 0.5),
+                    times=_map(beta1, lambda b: 1 - b**t))
         return u, new
 
     return Transform(init, update)
