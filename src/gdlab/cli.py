@@ -74,8 +74,8 @@ def _root(
 
 _TRAIN_FLAGS = (
     "data", "target", "task", "val", "val_split", "standardize", "model", "hidden", "activation", "init", "loss",
-    "optimizer", "lr", "momentum", "beta1", "beta2", "eps", "weight_decay", "nesterov", "clip_norm", "schedule",
-    "batch_size", "drop_last", "epochs", "steps", "tol", "patience", "seed",
+    "optimizer", "lr", "lr_select", "momentum", "beta1", "beta2", "eps", "weight_decay", "nesterov", "clip_norm",
+    "schedule", "batch_size", "drop_last", "epochs", "steps", "tol", "patience", "seed",
     "device", "store", "name", "checkpoint_every",
 )
 
@@ -99,7 +99,10 @@ def train(
     init: Optional[str] = typer.Option(None, help="default, xavier, kaiming, normal or zeros."),
     loss: Optional[str] = typer.Option(None, help="auto, mse, cross_entropy, l1, huber or bce."),
     optimizer: Optional[str] = typer.Option(None, help="gdlab optimizers lists them. [default: momentum]"),
-    lr: Optional[str] = typer.Option(None, help="Learning rate. [default: 0.1]"),
+    lr: Optional[str] = typer.Option(None, help="Learning rate, or auto (chosen by a short parallel sweep). "
+                                     "[default: 0.1]"),
+    lr_select: Optional[str] = typer.Option(None, help="How --lr auto chooses: sweep or range-test. "
+                                            "[default: sweep]"),
     momentum: Optional[float] = typer.Option(None, help="Momentum for sgd, momentum, nesterov, rmsprop."),
     beta1: Optional[float] = typer.Option(None, help="Adam's / Lion's first beta."),
     beta2: Optional[float] = typer.Option(None, help="Adam's / Lion's second beta."),
@@ -135,8 +138,8 @@ def train(
     given = {key: value for key, value in locals().items() if key in _TRAIN_FLAGS and value is not None}
     if "hidden" in given:
         given["hidden"] = _int_list(given["hidden"], "--hidden")
-    if "lr" in given:
-        given["lr"] = _float(given["lr"], "--lr")
+    if "lr" in given and given["lr"] != "auto":
+        given["lr"] = _float(given["lr"], "--lr", "a number, e.g. 0.01, or auto")
     if data_opt:
         given["data_options"] = dict(_key_value(item) for item in data_opt)
     show = not (quiet or as_json)
@@ -179,6 +182,7 @@ def _report(result: Any, settings: Any, store_path: str, show: bool, as_json: bo
             "final": result.final,
             "stop_reason": result.stop_reason,
             "findings": [dict(f) if isinstance(f, dict) else vars(f) for f in result.findings],
+            "lr_selection": result.lr_selection.to_dict() if result.lr_selection is not None else None,
             "plot": str(plot_path) if plot_path else None,
             "checkpoint": str(stored.checkpoint),
         }
@@ -204,7 +208,9 @@ class _SetupPrinter(Callback):
         out.print(f"[bold]data[/]      {s.data}: {state.plan.samples} train{val}")
         out.print(f"[bold]model[/]     {s.model}, {parameters:,} parameters")
         momentum = f", momentum {s.momentum}" if s.momentum is not None else ""
-        out.print(f"[bold]optimizer[/] {s.optimizer}, lr {s.lr:g}{momentum}")
+        chosen = state.optimizer.param_groups[0].get("lr", s.lr)
+        auto = " (auto)" if s.lr == "auto" else ""
+        out.print(f"[bold]optimizer[/] {s.optimizer}, lr {chosen:.4g}{auto}{momentum}")
         out.print(f"[bold]plan[/]      {state.plan.describe()}")
 
 
@@ -221,6 +227,9 @@ class _ResumePrinter(Callback):
 
 def _print_summary(result: Any, stored: Any, plot_path: Path | None) -> None:
     final = result.final
+    if result.lr_selection is not None:
+        chosen = result.lr_selection
+        out.print(f"[bold]lr auto[/]   {chosen.lr:.4g}: {chosen.reason} (cost {chosen.cost:.2f} trainings)")
     epochs = _epochs_done(result)
     word = "stopped" if result.status == "stopped" else "finished"
     out.print(f"[bold]{word}[/] in {result.seconds:.1f} s: {epochs:g} epoch{'s' if epochs != 1 else ''}, "
@@ -398,11 +407,11 @@ def _int_list(text: str, flag: str) -> list[int]:
     return values
 
 
-def _float(text: str, flag: str) -> float:
+def _float(text: str, flag: str, expected: str = "a number, e.g. 0.01") -> float:
     try:
         return float(text)
     except ValueError:
-        raise InvalidParameter(flag, text, "a number, e.g. 0.01") from None
+        raise InvalidParameter(flag, text, expected) from None
 
 
 def _key_value(item: str) -> tuple[str, Any]:
@@ -464,6 +473,8 @@ def main() -> None:
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
 
+
+from gdlab import cli_population  # noqa: E402, F401  (registers sweep, restarts, lr-find on app)
 
 if __name__ == "__main__":
     main()

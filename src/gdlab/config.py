@@ -55,7 +55,8 @@ class Config:
     # optimisation
     loss: str = "auto"
     optimizer: str = "momentum"
-    lr: float = 0.1
+    lr: float | str = 0.1
+    lr_select: str = "sweep"
     momentum: float | None = None
     beta1: float | None = None
     beta2: float | None = None
@@ -132,7 +133,10 @@ class Config:
     def validate(self) -> None:
         """Check ranges that types cannot express; raises :class:`InvalidParameter`."""
         self.batch_size = parse_batch_size(self.batch_size)
-        self.lr = check_lr(self.lr)
+        if self.lr != "auto":
+            self.lr = check_lr(self.lr)
+        if self.lr_select not in ("sweep", "range-test"):
+            raise InvalidParameter("lr_select", self.lr_select, "sweep or range-test")
         self.momentum = check_momentum(self.momentum)
         for key in ("epochs", "steps", "patience", "checkpoint_every"):
             value = getattr(self, key)
@@ -145,7 +149,8 @@ class Config:
         if "seed" in self.data_options:
             raise InvalidParameter("data option", "seed", "no seed among the data options (give --seed instead)")
         if self.schedule is not None:
-            schedules.parse(self.schedule, self.lr, 100)  # the form is checked now; the length when training
+            lr = self.lr if isinstance(self.lr, float) else 0.1
+            schedules.parse(self.schedule, lr, 100)  # the form is checked now; lr and length when training
         if any(h <= 0 for h in self.hidden):
             raise InvalidParameter("hidden", self.hidden, "positive layer sizes, e.g. 128,64")
 

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -24,7 +25,7 @@ from gdlab.errors import InvalidParameter, StoreError
 from gdlab.store import Store
 from gdlab.train import Callback, Result, fit
 
-__all__ = ["prepare", "run", "resume"]
+__all__ = ["prepare", "model_factory", "run", "resume"]
 
 
 def prepare(config: Config) -> tuple[nn.Module, Any, Any]:
@@ -40,12 +41,23 @@ def prepare(config: Config) -> tuple[nn.Module, Any, Any]:
         if tensors is None:
             raise InvalidParameter("standardize", True, "in-memory data (a built-in, .csv or .npz file)")
         train, val = standardize(tensors, as_tensor_data(val) if val is not None else None)
-    in_features, out_features, task, image_shape = _describe(train)
+    make = model_factory(config, train)
     torch.manual_seed(config.seed)
-    model = models.build(config.model, in_features=in_features, out_features=out_features,
-                         hidden=config.hidden, activation=config.activation, init=config.init,
-                         image_shape=image_shape, task=task)
-    return model, train, val
+    return make(), train, val
+
+
+def model_factory(config: Config, train: Any) -> Callable[[], nn.Module]:
+    """A function building ``config``'s model for ``train`` (from the current torch seed): what sweeps call once
+    per member after seeding it."""
+    in_features, out_features, task, image_shape = _describe(train)
+
+    def make() -> nn.Module:
+        return models.build(config.model, in_features=in_features, out_features=out_features,
+                            hidden=config.hidden, activation=config.activation, init=config.init,
+                            image_shape=image_shape, task=task)
+
+    make()  # a bad model setting fails here, once
+    return make
 
 
 def run(config: Config, *, progress: bool = True, callbacks: tuple[Callback, ...] = (),
@@ -59,7 +71,7 @@ def run(config: Config, *, progress: bool = True, callbacks: tuple[Callback, ...
                seed=config.seed, device=config.device, callbacks=callbacks, store=store, progress=progress,
                drop_last=config.drop_last, tol=config.tol, patience=config.patience,
                checkpoint_every=config.checkpoint_every, name=config.name, config=config.to_dict(),
-               resume=resume, schedule=config.schedule, **config.optimizer_options())
+               resume=resume, schedule=config.schedule, lr_select=config.lr_select, **config.optimizer_options())
 
 
 def resume(ref: str, *, store: str, epochs: int | None = None, steps: int | None = None,

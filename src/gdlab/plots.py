@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 from gdlab.history import History
 
-__all__ = ["plot_losses", "moving_average", "spans_decades"]
+__all__ = ["plot_losses", "plot_sweep", "plot_restarts", "plot_lr_find", "moving_average", "spans_decades"]
 
 
 def moving_average(values: list[float], beta: float = 0.9) -> list[float]:
@@ -84,3 +85,134 @@ def plot_losses(history: History, path: str | Path, *, title: str | None = None)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
+def plot_sweep(result: Any, path: str | Path) -> Path:
+    """A sweep's final loss against the learning rate, one line per seed (and per value of a second axis);
+    with two swept settings, also a heatmap of the loss (mean over seeds). Diverged members are marked x."""
+    plt = _pyplot()
+    rows = result.table
+    key = "val_loss" if any(r["val_loss"] is not None for r in rows) else "train_loss"
+    others = [a for a in result.axes if a not in ("lr", "seed")]
+    second = others[0] if others else None
+    heat = second is not None and "lr" in result.axes
+    fig, axes = plt.subplots(1, 2 if heat else 1, figsize=(12 if heat else 7, 4.5), constrained_layout=True,
+                             squeeze=False)
+    ax = axes[0][0]
+    x_key = "lr" if "lr" in result.axes else (second or "seed")
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["seed"], r.get(second) if second and x_key != second else None), []).append(r)
+    finite = [r[key] for r in rows if r[key] is not None]
+    ceiling = max(finite) if finite else 1.0
+    for (seed, other), members in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        members = sorted(members, key=lambda r: r[x_key])
+        label = f"seed {seed}" + (f", {second} {other:g}" if other is not None else "")
+        ax.plot([r[x_key] for r in members], [r[key] if r[key] is not None else math.nan for r in members],
+                "o-", markersize=4, label=label)
+        gone = [r for r in members if r["diverged"]]
+        if gone:
+            ax.plot([r[x_key] for r in gone], [ceiling] * len(gone), "x", color="red", markersize=8)
+    if any(r["diverged"] for r in rows):
+        ax.plot([], [], "x", color="red", label="diverged")
+    if x_key == "lr":
+        ax.set_xscale("log")
+    if spans_decades(finite):
+        ax.set_yscale("log")
+    ax.set_xlabel(x_key)
+    ax.set_ylabel(f"final {key.replace('_', ' ')}")
+    ax.set_title(f"{result.optimizer}: final loss against {x_key}")
+    if len(groups) <= 12:
+        ax.legend(fontsize=8)
+    if heat:
+        assert second is not None
+        lrs, values = sorted(set(r["lr"] for r in rows)), sorted(set(r[second] for r in rows))
+        grid = [[math.nan] * len(lrs) for _ in values]
+        for j, v in enumerate(values):
+            for i, lr in enumerate(lrs):
+                cell = [r[key] for r in rows if r["lr"] == lr and r[second] == v and r[key] is not None]
+                grid[j][i] = sum(cell) / len(cell) if cell else math.nan
+        hm = axes[0][1]
+        image = hm.imshow(grid, aspect="auto", origin="lower", cmap="viridis_r")
+        hm.set_xticks(range(len(lrs)), [f"{v:.2g}" for v in lrs], rotation=45, fontsize=7)
+        hm.set_yticks(range(len(values)), [f"{v:g}" for v in values], fontsize=8)
+        hm.set_xlabel("lr")
+        hm.set_ylabel(second)
+        hm.set_title(f"final {key.replace('_', ' ')} (mean over seeds; blank: diverged)")
+        fig.colorbar(image, ax=hm)
+    return _save(fig, path)
+
+
+def plot_restarts(result: Any, path: str | Path) -> Path:
+    """The distribution of the restarts' final losses (a histogram, coloured by end point) and each restart's
+    loss curve."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
+    clusters = sorted(set(c for c in result.clusters if c >= 0))
+    finite = [v for v in result.losses if math.isfinite(v)]
+    bins = 20 if len(finite) > 20 else max(len(finite), 1)
+    low, high = (min(finite), max(finite)) if finite else (0.0, 1.0)
+    if high <= low:
+        high = low + 1e-9
+    stack = [[v for v, c in zip(result.losses, result.clusters) if c == k] for k in clusters]
+    left.hist(stack, bins=bins, range=(low, high), stacked=True,
+              label=[f"end point {k + 1} ({len(s)})" for k, s in zip(clusters, stack)])
+    left.axvline(result.best * (1 + result.tol), color="black", linestyle=":", label=f"best + {result.tol:.0%}")
+    left.set_xlabel("final loss")
+    left.set_ylabel("restarts")
+    left.set_title(f"{len(result.losses)} restarts: {result.distinct} end points, "
+                   f"{result.within_tol:.0%} within {result.tol:.0%} of the best")
+    if len(clusters) <= 10:
+        left.legend(fontsize=8)
+    pop = result.sweep.population
+    curves = pop.epoch_train_loss
+    colours = plt.get_cmap("tab10")
+    for i in range(curves.shape[1]):
+        c = result.clusters[i]
+        right.plot(range(1, curves.shape[0] + 1), curves[:, i].tolist(), color=colours(c % 10) if c >= 0 else "red",
+                   alpha=0.6, linewidth=1)
+    if spans_decades([v for v in curves.flatten().tolist() if math.isfinite(v)]):
+        right.set_yscale("log")
+    right.set_xlabel("epoch")
+    right.set_ylabel("train loss")
+    right.set_title("each restart's training loss (colour: end point)")
+    return _save(fig, path)
+
+
+def plot_lr_find(result: Any, path: str | Path) -> Path:
+    """The range test's loss (raw and smoothed) against the learning rate, with the suggestions marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), constrained_layout=True)
+    ax.plot(result.lrs, result.losses, color="tab:blue", alpha=0.3, linewidth=0.8, label="loss per step")
+    ax.plot(result.lrs, result.smoothed, color="tab:blue", label="smoothed")
+    colours = {"steepest": "tab:orange", "valley": "tab:green", "min/10": "tab:purple"}
+    for name, lr in result.suggestions.items():
+        ax.axvline(lr, color=colours.get(name, "gray"), linestyle="--", label=f"{name}: {lr:.2g}")
+    ax.set_xscale("log")
+    finite = [v for v in result.smoothed if math.isfinite(v)]
+    if finite:
+        top = max(finite[0], min(finite) * 4)
+        ax.set_ylim(min(finite) - 0.05 * abs(top - min(finite)), top * 1.05 if top > 0 else top)
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("loss")
+    ax.set_title(f"learning-rate range test ({result.optimizer})"
+                 + ("\n" + result.warnings[0][:90] if result.warnings else ""), fontsize=10)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

@@ -2,7 +2,8 @@
 
 Tables: ``runs`` (config, plan, status ``running | finished | failed | stopped``, final metrics),
 ``step_metrics`` and ``epoch_metrics`` (long format: one row per run, index and key), ``findings`` and
-``remedies`` (filled by the doctor). A run whose process died without closing it is marked ``failed`` the next
+``remedies`` (filled by the doctor), ``sweeps`` and ``sweep_members`` (a sweep or restarts, recorded whole
+when it ends, one row per member). A run whose process died without closing it is marked ``failed`` the next
 time the store lists it, so no run stays ``running`` for ever.
 
 Example:
@@ -57,6 +58,14 @@ CREATE TABLE IF NOT EXISTS findings (
     run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE, code TEXT NOT NULL, severity TEXT NOT NULL,
     step INTEGER, evidence TEXT, explanation TEXT, remedy TEXT
 );
+CREATE TABLE IF NOT EXISTS sweeps (
+    id TEXT PRIMARY KEY, name TEXT, kind TEXT NOT NULL, created TEXT NOT NULL, config TEXT NOT NULL,
+    summary TEXT, seconds REAL, steps INTEGER
+);
+CREATE TABLE IF NOT EXISTS sweep_members (
+    sweep_id TEXT NOT NULL REFERENCES sweeps(id) ON DELETE CASCADE, member INTEGER NOT NULL, row TEXT NOT NULL,
+    PRIMARY KEY (sweep_id, member)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS remedies (
     run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE, step INTEGER, action TEXT NOT NULL,
     applied INTEGER NOT NULL DEFAULT 0, note TEXT
@@ -196,6 +205,45 @@ class Store:
                 [(run_id, f["code"], f["severity"], f.get("step"), _dumps(f.get("evidence")),
                   f.get("explanation"), _dumps(f.get("remedy"))) for f in findings],
             )
+
+    # -- sweeps --------------------------------------------------------------------------------------------
+
+    def add_sweep(self, kind: str, config: dict[str, Any], members: list[dict[str, Any]], *,
+                  summary: dict[str, Any] | None = None, name: str | None = None, seconds: float | None = None,
+                  steps: int | None = None) -> str:
+        """Record a finished sweep (``kind`` ``sweep``, ``restarts`` or ``lr_select``) and its members' rows in
+        one transaction; returns its id (``s``-prefixed, like a run id)."""
+        sweep_id = "s" + time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+        with self._write() as db:
+            db.execute("INSERT INTO sweeps (id, name, kind, created, config, summary, seconds, steps) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       (sweep_id, name, kind, _now(), _dumps(config), _dumps(summary or {}), seconds, steps))
+            db.executemany("INSERT INTO sweep_members (sweep_id, member, row) VALUES (?, ?, ?)",
+                           [(sweep_id, i, _dumps(row)) for i, row in enumerate(members)])
+        return sweep_id
+
+    def sweeps(self, *, limit: int | None = None) -> list[dict[str, Any]]:
+        """Stored sweeps, newest first: ``id``, ``name``, ``kind``, ``created``, ``config``, ``summary``,
+        ``seconds``, ``steps``, ``members`` (the count)."""
+        sql = ("SELECT id, name, kind, created, config, summary, seconds, steps, (SELECT COUNT(*) FROM "
+               "sweep_members m WHERE m.sweep_id = s.id) FROM sweeps s ORDER BY rowid DESC"
+               + (f" LIMIT {int(limit)}" if limit else ""))
+        return [{"id": r[0], "name": r[1], "kind": r[2], "created": r[3], "config": _loads(r[4]),
+                 "summary": _loads(r[5]), "seconds": r[6], "steps": r[7], "members": r[8]} for r in self._query(sql)]
+
+    def get_sweep(self, ref: str) -> dict[str, Any]:
+        """A stored sweep by id, unique id prefix or name, with its ``rows`` (one per member)."""
+        found = [s for s in self.sweeps() if s["id"] == ref] or [s for s in self.sweeps() if s["id"].startswith(ref)]
+        if len(found) > 1:
+            raise RunNotFound(f"sweep {ref!r} is ambiguous: it starts {len(found)} sweep ids; give more of the id")
+        found = found or [s for s in self.sweeps() if s["name"] == ref][:1]
+        if not found:
+            raise RunNotFound(f"unknown sweep {ref!r} in store '{self.root}': expected a sweep id, id prefix or "
+                              "name (see gdlab runs)")
+        sweep = found[0]
+        sweep["rows"] = [_loads(r[0]) for r in self._query(
+            "SELECT row FROM sweep_members WHERE sweep_id = ? ORDER BY member", (sweep["id"],))]
+        return sweep
 
     # -- reading -------------------------------------------------------------------------------------------
 

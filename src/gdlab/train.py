@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -136,6 +137,8 @@ class Result:
         status: ``finished`` or ``stopped`` (interrupted).
         stop_reason: why the loop ended before its budget (converged, patience, diverged, interrupted), or None.
         findings: the doctor's findings (empty until the doctor is attached).
+        lr_selection: with ``lr="auto"``, the :class:`~gdlab.lr_find.LRSelection` (what was tried, why the
+            winner won, the cost); else None.
     """
 
     model: nn.Module
@@ -149,6 +152,7 @@ class Result:
     stop_reason: str | None = None
     steps: int = 0
     findings: list[Any] = field(default_factory=list)
+    lr_selection: Any = None
 
 
 def fit(
@@ -157,7 +161,7 @@ def fit(
     *,
     loss: str | LossFn = "auto",
     optimizer: optim.OptimizerSpec = "sgd",
-    lr: float = 0.01,
+    lr: float | str = 0.01,
     momentum: float | None = None,
     batch_size: int | str = 32,
     epochs: int | None = None,
@@ -176,6 +180,7 @@ def fit(
     config: dict[str, Any] | None = None,
     resume: str | None = None,
     schedule: str | Schedule | None = None,
+    lr_select: str = "sweep",
     **optimizer_options: Any,
 ) -> Result:
     """Train ``model`` on ``train`` by gradient descent.
@@ -188,7 +193,10 @@ def fit(
             ``LOSSES`` or a callable ``(output, target) -> loss``.
         optimizer: a name (``sgd``, ``momentum``, ``nesterov``, ``adagrad``, ``rmsprop``, ``adam``, ``adamw``),
             a factory ``params -> Optimizer`` or a ``torch.optim.Optimizer``.
-        lr: learning rate of a named optimizer. momentum: its momentum (None keeps the optimizer's default).
+        lr: learning rate of a named optimizer, or ``"auto"``: chosen before training by a short parallel sweep
+            (``lr_select="sweep"``, see :func:`gdlab.lr_find.select_lr`) or the range test
+            (``lr_select="range-test"``); ``Result.lr_selection`` says what was tried and why the winner won.
+        momentum: its momentum (None keeps the optimizer's default).
         batch_size: ``"full"`` (batch gradient descent), ``"stochastic"`` (one sample) or a positive integer.
         epochs, steps: the budget; the loop stops at whichever comes first (10 epochs when neither is given).
         val: validation data, evaluated at the end of every epoch.
@@ -225,6 +233,11 @@ def fit(
         raise InvalidParameter("patience", patience, "validation data to watch (val=..., or --val / --val-split)")
     loss_fn, loss_name = resolve_loss(loss, source.task)
     plan = BatchPlan.make(len(source), batch_size, drop_last=drop_last)
+    total = min(steps or math.inf, (epochs or math.inf) * plan.iterations_per_epoch)  # finite: one is set
+    selection = None
+    if isinstance(lr, str):
+        lr, selection = _auto_lr(lr, lr_select, model, train, val, optimizer, momentum, int(total), batch_size,
+                                 loss, seed, dev, progress, store, resume, optimizer_options)
     opt = optim.make(optimizer, model.parameters(), lr=lr, momentum=momentum, **optimizer_options)
     _check_model(model, source, loss_name)
     if val_source is not None:
@@ -232,7 +245,6 @@ def fit(
             raise ModelError(f"the validation data is {val_source.task} but the training data is {source.task}: "
                              "expected the same kind of targets")
         _check_model(model, val_source, loss_name, what="validation data")
-    total = min(steps or math.inf, (epochs or math.inf) * plan.iterations_per_epoch)  # finite: one is set
     if isinstance(schedule, str):
         schedule = schedules.parse(schedule, lr, int(total))
     scheduler = _Scheduler(schedule) if schedule is not None else None
@@ -252,8 +264,10 @@ def fit(
             recorder = _Recorder(db, run.id)
             recorder.restore(state, config)
         else:
-            described = config or _describe(model, optimizer, lr, momentum, batch_size, epochs, steps, seed,
-                                            loss_name)
+            described = dict(config or _describe(model, optimizer, lr, momentum, batch_size, epochs, steps, seed,
+                                                 loss_name))
+            if selection is not None:
+                described["lr_selection"] = selection.to_dict()
             recorder = _Recorder(db, db.create_run(described, plan.to_dict(), name=name))
         state.run_id = recorder.run_id
     if resume is None:
@@ -343,7 +357,33 @@ def fit(
         recorder.store.finish(recorder.run_id, status, final=final, lr=state.lr, seconds=state.seconds,
                               steps=state.step, stop_reason=state.stop_reason)
     return Result(model, state.history, final, state.lr, state.run_id, state.seconds, plan, status,
-                  state.stop_reason, state.step)
+                  state.stop_reason, state.step, lr_selection=selection)
+
+
+def _auto_lr(lr: str, method: str, model: nn.Module, train: Any, val: Any, optimizer: Any, momentum: float | None,
+             total: int, batch_size: Any, loss: Any, seed: int, dev: torch.device, progress: bool, store: Any,
+             resume: str | None, options: dict[str, Any]) -> tuple[float, Any]:
+    """``lr="auto"``: the chosen learning rate and the record of the choice (a resumed run keeps its own)."""
+    if lr != "auto":
+        raise InvalidParameter("lr", lr, 'a finite number > 0, or "auto"')
+    if not isinstance(optimizer, str):
+        raise InvalidParameter("lr", "auto", "a named optimizer (lr='auto' tunes gdlab's optimizers by name)")
+    if method not in ("sweep", "range-test"):
+        raise InvalidParameter("lr_select", method, "sweep or range-test")
+    if resume is not None and store is not None:
+        db = store if isinstance(store, Store) else Store(store)
+        chosen = (db.get(resume).config.get("lr_selection") or {}).get("lr")
+        if chosen is not None:
+            return float(chosen), None
+    from gdlab.lr_find import select_lr
+
+    extra = {k: v for k, v in {**options, "momentum": momentum}.items() if v is not None and k != "clip_norm"}
+    selection = select_lr(model, train, optimizer=optimizer, method=method, total_steps=total,
+                          batch_size=batch_size, val=val, loss=loss, seed=seed, device=dev, progress=progress,
+                          **extra)
+    if progress:
+        print(f"lr auto: {selection.lr:.4g} ({selection.reason})", file=sys.stderr)
+    return selection.lr, selection
 
 
 def _ignore(state: LoopState) -> None:

@@ -1,0 +1,292 @@
+"""``gdlab sweep``, ``gdlab restarts`` and ``gdlab lr-find``: the commands that train many members at once.
+
+They take ``gdlab train``'s data and model flags; the values a sweep varies take lists (``--lr 1e-4:1:16`` is 16
+log-spaced values, ``--momentum 0,0.9`` two).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from gdlab.cli import STORE_HELP, _friendly, _int_list, _json, _key_value, _num, _wide, app, err, out
+from gdlab.errors import InvalidParameter
+
+# the data and model flags of gdlab train, shared by these commands
+DATA = typer.Option(None, help="Built-in dataset, a .csv/.npz file, or module:function. [default: digits]")
+TARGET = typer.Option(None, help="Target column of a CSV file.")
+TASK = typer.Option(None, help="classification or regression (inferred by default).")
+VAL = typer.Option(None, help="Validation file, in the training file's format.")
+VAL_SPLIT = typer.Option(None, help="Hold out this fraction of a file for validation.")
+STANDARDIZE = typer.Option(None, "--standardize/--no-standardize", help="Scale inputs to mean 0, std 1.")
+DATA_OPT = typer.Option(None, "--data-opt", metavar="KEY=VALUE", help="Option of a built-in dataset.")
+MODEL = typer.Option(None, help="linear, logistic, mlp, cnn, or module:function. [default: mlp]")
+HIDDEN = typer.Option(None, help="Hidden sizes of mlp, comma-separated. [default: 128]")
+ACTIVATION = typer.Option(None, help="relu, tanh, sigmoid or leaky_relu. [default: relu]")
+INIT = typer.Option(None, help="default, xavier, kaiming, normal or zeros.")
+LOSS = typer.Option(None, help="auto, mse, cross_entropy, l1, huber or bce.")
+OPTIMIZER = typer.Option(None, help="gdlab optimizers lists them. [default: momentum]")
+BATCH = typer.Option(None, help="full, stochastic, or a positive integer. [default: 32]")
+EPOCHS = typer.Option(None, help="Epochs per member (30 when neither --epochs nor --steps is given).")
+STEPS = typer.Option(None, help="Steps per member.")
+DEVICE = typer.Option(None, help="auto, cpu, cuda, mps. [default: auto]")
+STORE = typer.Option("gdlab-runs", help=STORE_HELP)
+QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar or table.")
+JSON = typer.Option(False, "--json", help="Print one JSON object on stdout.")
+OUT = typer.Option(None, "--out", help="PNG path [default: in the store folder].")
+
+
+def _settings(**given: Any) -> Any:
+    """A Config from the data and model flags that were given (the optimizer's values are the command's)."""
+    from gdlab.config import Config
+
+    values = {k: v for k, v in given.items() if v is not None}
+    if "hidden" in values:
+        values["hidden"] = _int_list(values["hidden"], "--hidden")
+    if "data_opt" in values:
+        values["data_options"] = dict(_key_value(item) for item in values.pop("data_opt"))
+    return Config.from_dict(values, source="option")
+
+
+def _prepare(settings: Any) -> tuple[Any, Any, Any]:
+    """``(model_fn, train, val)`` for the settings."""
+    from gdlab import datasets
+    from gdlab.data import as_tensor_data, standardize
+    from gdlab.experiment import model_factory
+
+    train, val = datasets.load(settings.data, target=settings.target, task=settings.task, val=settings.val,
+                               val_split=settings.val_split, seed=settings.seed, **settings.data_options)
+    if settings.standardize:
+        tensors = as_tensor_data(train)
+        if tensors is None:
+            raise InvalidParameter("standardize", True, "in-memory data (a built-in, .csv or .npz file)")
+        train, val = standardize(tensors, as_tensor_data(val) if val is not None else None)
+    return model_factory(settings, train), train, val
+
+
+def _values(text: str | None, flag: str) -> list[float] | None:
+    from gdlab.sweep import parse_values
+
+    return None if text is None else parse_values(text, flag)
+
+
+def _one(values: list[float] | None) -> Any:
+    return values[0] if values is not None and len(values) == 1 else values
+
+
+def _seeds(text: str) -> list[int]:
+    """``"4"`` is seeds 0..3; ``"0,5,9"`` those seeds."""
+    if "," not in text:
+        try:
+            count = int(text)
+        except ValueError:
+            raise InvalidParameter("--seeds", text, "a count (e.g. 4) or a comma-separated list of seeds") from None
+        if count < 1:
+            raise InvalidParameter("--seeds", text, "a positive count, or a comma-separated list of seeds")
+        return list(range(count))
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise InvalidParameter("--seeds", text, "a count (e.g. 4) or a comma-separated list of seeds") from None
+
+
+def _budget(epochs: int | None, steps: int | None) -> tuple[int | None, int | None]:
+    from gdlab.config import DEFAULT_EPOCHS
+
+    return (DEFAULT_EPOCHS, None) if epochs is None and steps is None else (epochs, steps)
+
+
+@app.command()
+@_friendly
+def sweep(
+    data: str | None = DATA, target: str | None = TARGET, task: str | None = TASK,
+    val: str | None = VAL, val_split: float | None = VAL_SPLIT, standardize: bool | None = STANDARDIZE,
+    data_opt: list[str] | None = DATA_OPT, model: str | None = MODEL, hidden: str | None = HIDDEN,
+    activation: str | None = ACTIVATION, init: str | None = INIT, loss: str | None = LOSS,
+    optimizer: str = typer.Option("momentum", help="gdlab optimizers lists them."),
+    lr: str = typer.Option("1e-4:1:9", help="Learning rates: a:b:n (n log-spaced values), a list, or one."),
+    momentum: str | None = typer.Option(None, help="Momentum values, e.g. 0,0.9 (a second axis)."),
+    beta1: str | None = typer.Option(None, help="Values of adam's beta1."),
+    beta2: str | None = typer.Option(None, help="Values of adam's beta2."),
+    weight_decay: str | None = typer.Option(None, help="Values of the weight decay."),
+    seeds: str = typer.Option("1", help="A count of seeds (0..n-1) or a comma-separated list."),
+    shared_order: bool = typer.Option(False, "--shared-order", help="Every member sees the same batches."),
+    batch_size: str | None = BATCH, epochs: int | None = EPOCHS, steps: int | None = STEPS,
+    device: str | None = DEVICE, store: str = STORE,
+    name: str | None = typer.Option(None, help="A name for the stored sweep."),
+    quiet: bool = QUIET, as_json: bool = JSON,
+    plot: bool = typer.Option(True, "--plot/--no-plot", help="Write the sweep's plot into the store."),
+) -> None:
+    """Train one member per point of a grid (learning rates x momenta x seeds) at once, as one population."""
+    from gdlab.store import Store
+    from gdlab.sweep import sweep as run_sweep
+
+    settings = _settings(data=data, target=target, task=task, val=val, val_split=val_split, standardize=standardize,
+                         data_opt=data_opt, model=model, hidden=hidden, activation=activation, init=init,
+                         loss=loss, optimizer=optimizer, batch_size=batch_size, epochs=epochs, steps=steps,
+                         device=device, store=store)
+    grid = {"lr": _one(_values(lr, "--lr")), "momentum": _one(_values(momentum, "--momentum")),
+            "beta1": _one(_values(beta1, "--beta1")), "beta2": _one(_values(beta2, "--beta2")),
+            "weight_decay": _one(_values(weight_decay, "--weight-decay"))}
+    model_fn, train_data, val_data = _prepare(settings)
+    e, s = _budget(epochs, steps)
+    db = Store(store)
+    result = run_sweep(model_fn, train_data, optimizer=optimizer, seeds=_seeds(seeds), batch_size=settings.batch_size,
+                       epochs=e, steps=s, val=val_data, loss=settings.loss, device=settings.device,
+                       shared_order=shared_order, progress=not quiet, store=db, name=name,
+                       config={**settings.to_dict(), "grid": grid, "seeds": seeds},
+                       **{k: v for k, v in grid.items() if v is not None})
+    path = None
+    if plot:
+        from gdlab.plots import plot_sweep
+
+        path = plot_sweep(result, db.root / str(result.sweep_id) / "sweep.png")
+    best = result.best()
+    if as_json:
+        print(_json({"sweep_id": result.sweep_id, "axes": result.axes, "best": best, "table": result.table,
+                     "vectorized": result.population.vectorized, "seconds": result.population.seconds,
+                     "plot": str(path) if path else None}))
+        return
+    if not quiet:
+        _print_table(result.table, best["member"])
+        pop = result.population
+        how = "as one population" if pop.vectorized else f"one by one ({pop.notice})"
+        out.print(f"[bold]{len(pop)} members[/] trained {how} in {pop.seconds:.1f} s; "
+                  f"{sum(pop.diverged)} diverged")
+        out.print(f"[bold]best[/]  member {best['member']}: " + ", ".join(
+            f"{k} {_num(best[k])}" for k in (*result.axes, "val_loss", "train_loss") if best.get(k) is not None))
+        out.print(f"[bold]sweep[/] {result.sweep_id}")
+        if path:
+            out.print(f"[bold]plot[/]  {path}")
+
+
+def _print_table(rows: list[dict[str, Any]], best: int) -> None:
+    table = Table(box=None, header_style="bold")
+    columns = [k for k in rows[0] if k != "curve" and any(r.get(k) is not None for r in rows)]
+    for column in columns:
+        header = "val acc" if column == "metric" else column.replace("_", " ")
+        table.add_column(header, justify="left" if column == "diverged" else "right")
+    for row in rows:
+        cells = []
+        for column in columns:
+            v = row.get(column)
+            cells.append("yes" if v is True else "" if v is False or v is None else
+                         f"{v:.2%}" if column == "metric" else _num(v) if isinstance(v, float) else str(v))
+        table.add_row(*cells, style="bold green" if row["member"] == best else None)
+    _wide().print(table)
+
+
+@app.command()
+@_friendly
+def restarts(
+    data: str | None = DATA, target: str | None = TARGET, task: str | None = TASK,
+    val: str | None = VAL, val_split: float | None = VAL_SPLIT, standardize: bool | None = STANDARDIZE,
+    data_opt: list[str] | None = DATA_OPT, model: str | None = MODEL, hidden: str | None = HIDDEN,
+    activation: str | None = ACTIVATION, init: str | None = INIT, loss: str | None = LOSS,
+    optimizer: str | None = OPTIMIZER,
+    lr: float = typer.Option(0.1, help="Learning rate (one value: restarts vary the initial point)."),
+    momentum: float | None = typer.Option(None, help="Momentum."),
+    seeds: int = typer.Option(16, help="How many random initial points."),
+    tol: float = typer.Option(0.05, help="Relative tolerance for 'as good as the best' and for one end point."),
+    batch_size: str | None = BATCH, epochs: int | None = EPOCHS, steps: int | None = STEPS,
+    device: str | None = DEVICE, store: str = STORE,
+    name: str | None = typer.Option(None, help="A name for the stored restarts."),
+    quiet: bool = QUIET, as_json: bool = JSON,
+    plot: bool = typer.Option(True, "--plot/--no-plot", help="Write the distribution plot into the store."),
+) -> None:
+    """Train from many random initial points at once: how many different minima does training end in?"""
+    from gdlab.store import Store
+    from gdlab.sweep import restarts as run_restarts
+
+    settings = _settings(data=data, target=target, task=task, val=val, val_split=val_split, standardize=standardize,
+                         data_opt=data_opt, model=model, hidden=hidden, activation=activation, init=init,
+                         loss=loss, optimizer=optimizer, lr=lr, momentum=momentum, batch_size=batch_size,
+                         epochs=epochs, steps=steps, device=device, store=store)
+    if seeds < 2:
+        raise InvalidParameter("--seeds", seeds, "at least 2 restarts")
+    model_fn, train_data, val_data = _prepare(settings)
+    e, s = _budget(epochs, steps)
+    db = Store(store)
+    result = run_restarts(model_fn, train_data, seeds=seeds, tol=tol, optimizer=settings.optimizer, lr=settings.lr,
+                          momentum=settings.momentum, batch_size=settings.batch_size, epochs=e, steps=s,
+                          val=val_data, loss=settings.loss, device=settings.device, progress=not quiet, store=db,
+                          name=name)
+    path = None
+    if plot:
+        from gdlab.plots import plot_restarts
+
+        path = plot_restarts(result, db.root / str(result.restarts_id) / "restarts.png")
+    summary = result.summary()
+    if as_json:
+        print(_json({"restarts_id": result.restarts_id, **summary, "losses": result.losses,
+                     "clusters": result.clusters, "plot": str(path) if path else None}))
+        return
+    if not quiet:
+        what = "validation" if val_data is not None else "training"
+        out.print(f"[bold]{summary['restarts']} restarts[/], final {what} loss: best {_num(result.best)}, "
+                  f"median {_num(result.median)}, worst {_num(result.worst)} (spread {_num(result.spread)})")
+        out.print(f"[bold]{result.distinct} distinct end points[/] (same loss within {tol:g} and the same "
+                  f"predictions on held-out inputs); {result.within_tol:.0%} of restarts end within {tol:.0%} of "
+                  f"the best" + (f"; {summary['diverged']} diverged" if summary["diverged"] else ""))
+        sizes: dict[int, list[float]] = {}
+        for c, v in zip(result.clusters, result.losses):
+            if c >= 0:
+                sizes.setdefault(c, []).append(v)
+        for c, values in sorted(sizes.items()):
+            out.print(f"  end point {c + 1}: {len(values)} restart{'s' if len(values) != 1 else ''}, "
+                      f"loss {_num(min(values))} to {_num(max(values))}")
+        out.print(f"[bold]stored[/] {result.restarts_id}")
+        if path:
+            out.print(f"[bold]plot[/]   {path}")
+
+
+@app.command("lr-find")
+@_friendly
+def lr_find(
+    data: str | None = DATA, target: str | None = TARGET, task: str | None = TASK,
+    val: str | None = VAL, val_split: float | None = VAL_SPLIT, standardize: bool | None = STANDARDIZE,
+    data_opt: list[str] | None = DATA_OPT, model: str | None = MODEL, hidden: str | None = HIDDEN,
+    activation: str | None = ACTIVATION, init: str | None = INIT, loss: str | None = LOSS,
+    optimizer: str = typer.Option("sgd", help="gdlab optimizers lists them."),
+    momentum: float | None = typer.Option(None, help="Momentum."),
+    start_lr: float = typer.Option(1e-7, help="The first learning rate of the ramp."),
+    end_lr: float = typer.Option(10.0, help="The last learning rate of the ramp."),
+    num_iter: int = typer.Option(100, help="Steps of the ramp."),
+    batch_size: str | None = BATCH, seed: int | None = typer.Option(None, help="Seed. [default: 0]"),
+    device: str | None = DEVICE, store: str = STORE,
+    out_path: Path | None = OUT,
+    quiet: bool = QUIET, as_json: bool = JSON,
+) -> None:
+    """The learning-rate range test: raise the lr exponentially over one short run and read the loss curve."""
+    from gdlab.lr_find import lr_find as run_lr_find
+
+    settings = _settings(data=data, target=target, task=task, val=val, val_split=val_split, standardize=standardize,
+                         data_opt=data_opt, model=model, hidden=hidden, activation=activation, init=init,
+                         loss=loss, optimizer=optimizer, momentum=momentum, batch_size=batch_size, seed=seed,
+                         device=device)
+    import torch
+
+    model_fn, train_data, _ = _prepare(settings)
+    torch.manual_seed(settings.seed)
+    found = run_lr_find(model_fn(), train_data, optimizer=optimizer, start_lr=start_lr, end_lr=end_lr,
+                        num_iter=num_iter, batch_size=settings.batch_size, loss=settings.loss, seed=settings.seed,
+                        device=settings.device, progress=not quiet,
+                        **({"momentum": momentum} if momentum is not None else {}))
+    path = out_path or Path(store) / f"lr-find-{time.strftime('%Y%m%d-%H%M%S')}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    found.plot(path)
+    if as_json:
+        print(_json({"suggestions": found.suggestions, "warnings": found.warnings, "stopped": found.stopped,
+                     "lrs": found.lrs, "losses": found.losses, "smoothed": found.smoothed, "plot": str(path)}))
+        return
+    if not quiet:
+        out.print(f"[bold]range test[/] {optimizer}, {len(found.lrs)} steps from lr {start_lr:g}: {found.stopped}")
+        for key, value in found.suggestions.items():
+            out.print(f"  {key:9} lr {value:.3g}")
+        for warning in found.warnings:
+            err.print(f"[yellow]warning:[/] {warning}")
+        out.print(f"[bold]plot[/] {path}")

@@ -1,0 +1,365 @@
+"""Choosing the learning rate: the range test (Smith 2017) and ``lr="auto"`` (a short parallel sweep).
+
+The lecture says the learning rate is "found by experiment": too large diverges, too small stalls. The range
+test raises the learning rate exponentially over one short run and watches the loss; :func:`select_lr` trains a
+population over a log grid on a fraction of the budget and keeps the winner.
+
+Example:
+    >>> import torch
+    >>> X = torch.randn(256, 4); y = X @ torch.tensor([[1.0], [2.0], [-1.0], [0.5]])
+    >>> model = torch.nn.Linear(4, 1)
+    >>> before = [p.clone() for p in model.parameters()]
+    >>> found = lr_find(model, (X, y), num_iter=60, progress=False)
+    >>> sorted(found.suggestions), all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    (['min/10', 'steepest', 'valley'], True)
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from gdlab import optim
+from gdlab.data import BatchPlan
+from gdlab.errors import InvalidParameter
+from gdlab.train import _check_model, _match, _Source, resolve_device, resolve_loss
+
+__all__ = ["lr_find", "LRFindResult", "select_lr", "LRSelection", "GRIDS"]
+
+GRIDS = {"sgd": (1e-4, 10.0), "momentum": (1e-4, 3.0), "nesterov": (1e-4, 3.0), "adagrad": (1e-4, 3.0),
+         "rmsprop": (1e-5, 1.0), "adam": (1e-5, 1.0), "adamw": (1e-5, 1.0), "lion": (1e-6, 0.3)}
+"""The learning-rate range ``lr="auto"`` searches, per optimizer."""
+
+
+@dataclass
+class LRFindResult:
+    """What :func:`lr_find` returns.
+
+    Attributes:
+        lrs, losses: the learning rate and batch loss of every step taken.
+        smoothed: the bias-corrected moving average of the losses.
+        suggestions: ``steepest`` (where the smoothed loss falls fastest against log lr), ``valley`` (halfway
+            down the descent to the lowest smoothed loss, after fastai's valley rule), ``min/10`` (a tenth of
+            the lr at the lowest smoothed loss).
+        warnings: why the curve may not be trusted (flat, noisy, stopped at once, never rose).
+        stopped: why the test ended (diverged, or the ramp was done).
+    """
+
+    lrs: list[float]
+    losses: list[float]
+    smoothed: list[float]
+    suggestions: dict[str, float]
+    warnings: list[str]
+    stopped: str
+    optimizer: str = "sgd"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def plot(self, path: str | Path) -> Path:
+        """The curve (raw and smoothed loss against lr, log scale) with the suggestions marked, as a PNG."""
+        from gdlab.plots import plot_lr_find
+
+        return plot_lr_find(self, path)
+
+
+def lr_find(
+    model: nn.Module,
+    train: Any,
+    *,
+    optimizer: optim.OptimizerSpec = "sgd",
+    start_lr: float = 1e-7,
+    end_lr: float = 10.0,
+    num_iter: int = 100,
+    batch_size: int | str = 32,
+    loss: Any = "auto",
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    beta: float = 0.95,
+    diverge: float = 4.0,
+    progress: bool = True,
+    **optimizer_options: Any,
+) -> LRFindResult:
+    """The learning-rate range test: ``num_iter`` steps with the lr raised exponentially from ``start_lr`` to
+    ``end_lr``, stopping when the smoothed loss passes ``diverge`` times its best. The model (and an optimizer
+    passed in) are restored exactly afterwards.
+
+    Args:
+        optimizer: a name (its other hyperparameters from ``optimizer_options``) or a torch optimizer.
+        beta: the smoothing of the moving average of the loss.
+        The rest: as for :func:`gdlab.fit`.
+    """
+    start_lr = optim.check_lr(start_lr, "start_lr")
+    end_lr = optim.check_lr(end_lr, "end_lr")
+    if end_lr <= start_lr:
+        raise InvalidParameter("end_lr", end_lr, f"a learning rate above start_lr={start_lr:g}")
+    if isinstance(num_iter, bool) or not isinstance(num_iter, int) or num_iter < 5:
+        raise InvalidParameter("num_iter", num_iter, "an integer >= 5")
+    if not 0 <= beta < 1:
+        raise InvalidParameter("beta", beta, "a number in [0, 1)")
+    if not diverge > 1:
+        raise InvalidParameter("diverge", diverge, "a number > 1")
+    dev = resolve_device(device)
+    saved_device = next((p.device for p in model.parameters()), dev)
+    saved_model = copy.deepcopy(model.state_dict())
+    saved_opt = copy.deepcopy(optimizer.state_dict()) if isinstance(optimizer, torch.optim.Optimizer) else None
+    rng = torch.get_rng_state()
+    was_training = model.training
+    model.to(dev)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.get_default_dtype())
+    source = _Source(train, dev, dtype)
+    loss_fn, loss_name = resolve_loss(loss, source.task)
+    _check_model(model, source, loss_name)
+    plan = BatchPlan.make(len(source), batch_size)
+    opt = optim.make(optimizer, model.parameters(), lr=start_lr, **optimizer_options)
+    lrs: list[float] = []
+    losses: list[float] = []
+    smoothed: list[float] = []
+    stopped = f"the ramp reached end_lr={end_lr:g}"
+    bar = _Bar(num_iter) if progress else None
+    try:
+        torch.manual_seed(seed)
+        model.train()
+        avg, best, epoch = 0.0, math.inf, 0
+        batches = source.batches(plan, seed, epoch, 0)
+        for i in range(num_iter):
+            lr = start_lr * (end_lr / start_lr) ** (i / (num_iter - 1))
+            for group in opt.param_groups:
+                group["lr"] = lr
+            try:
+                x, y = next(batches)
+            except StopIteration:
+                epoch += 1
+                batches = source.batches(plan, seed, epoch, 0)
+                x, y = next(batches)
+            batch_loss = loss_fn(_match(model(x), y, loss_name), y)
+            value = batch_loss.item()
+            if not math.isfinite(value):
+                stopped = f"the loss became {value} at lr {lr:.3g}"
+                break
+            opt.zero_grad(set_to_none=True)
+            batch_loss.backward()
+            opt.step()
+            avg = beta * avg + (1 - beta) * value
+            smooth = avg / (1 - beta ** (i + 1))
+            lrs.append(lr)
+            losses.append(value)
+            smoothed.append(smooth)
+            best = min(best, smooth)
+            if bar is not None:
+                bar.update(i + 1, lr, smooth)
+            if smooth > diverge * best:
+                stopped = f"the smoothed loss passed {diverge:g}x its best at lr {lr:.3g}"
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+        model.load_state_dict(saved_model)
+        model.to(saved_device)
+        model.train(was_training)
+        if saved_opt is not None and isinstance(optimizer, torch.optim.Optimizer):
+            optimizer.load_state_dict(saved_opt)
+        torch.set_rng_state(rng)
+    suggestions, warnings = _suggest(lrs, losses, smoothed, stopped, num_iter)
+    name = optimizer if isinstance(optimizer, str) else type(optimizer).__name__
+    return LRFindResult(lrs, losses, smoothed, suggestions, warnings, stopped, name)
+
+
+def _suggest(lrs: list[float], losses: list[float], smoothed: list[float], stopped: str,
+             num_iter: int) -> tuple[dict[str, float], list[str]]:
+    warnings: list[str] = []
+    n = len(smoothed)
+    if n < 5:
+        return {}, [f"the test stopped after {n} steps ({stopped}): start_lr is too large or the model diverges "
+                    "at once; lower start_lr"]
+    # leave out the first steps (the average is still warming up) and the last ones (the blow-up)
+    lo, hi = min(n // 10, 10), max(n - max(n // 20, 2), min(n // 10, 10) + 3)
+    xs = [math.log10(v) for v in lrs[lo:hi]]
+    ys = smoothed[lo:hi]
+    slopes = [(ys[min(i + 1, len(ys) - 1)] - ys[max(i - 1, 0)]) / (xs[min(i + 1, len(xs) - 1)] - xs[max(i - 1, 0)])
+              for i in range(len(ys))]
+    steepest = lrs[lo + min(range(len(slopes)), key=lambda i: slopes[i])]
+    lowest = min(range(n), key=lambda i: smoothed[i])
+    suggestions = {"steepest": steepest, "valley": lrs[_valley(smoothed)], "min/10": lrs[lowest] / 10}
+    drop = (smoothed[0] - smoothed[lowest]) / max(abs(smoothed[0]), 1e-12)
+    if drop < 0.05:
+        warnings.append(f"the loss hardly fell ({drop:.1%} below its start): the curve is flat; widen the range "
+                        "(start_lr, end_lr), train longer (num_iter) or check the model and data")
+    # batch-to-batch noise: the spread of successive differences of the raw loss on the way down (differences
+    # cancel the trend that a residual from the lagging average would count as noise)
+    down = losses[lo : max(lowest, lo + 3) + 1]
+    diffs = [b - a for a, b in zip(down, down[1:])]
+    mean = sum(diffs) / max(len(diffs), 1)
+    noise = math.sqrt(sum((d - mean) ** 2 for d in diffs) / max(len(diffs) - 1, 1) / 2)
+    fall = smoothed[0] - smoothed[lowest]
+    if fall > 0 and noise > fall:
+        warnings.append(f"the loss is noisy (batch-to-batch spread {noise:.3g} against a fall of {fall:.3g}): "
+                        "the suggestions are uncertain; use a larger batch_size or more num_iter")
+    if "ramp" in stopped and smoothed[-1] <= 1.5 * smoothed[lowest]:
+        warnings.append("the loss never rose: end_lr may be too small to show where training breaks down")
+    return suggestions, warnings
+
+
+def _valley(smoothed: list[float]) -> int:
+    """Halfway down the valley: on the descent (from where the loss has fallen by a tenth of its total fall, to
+    its lowest point), the middle of the longest decreasing subsequence. fastai's valley rule takes the longest
+    decreasing subsequence of the whole curve; restricting it to the descent keeps a long, flat and noisy start
+    (where the smoothed loss drifts down by hair's breadths) from winning."""
+    n = len(smoothed)
+    lowest = min(range(n), key=lambda i: smoothed[i])
+    fall = smoothed[0] - smoothed[lowest]
+    begin = 0
+    for i in range(lowest, -1, -1):
+        if smoothed[i] >= smoothed[0] - 0.1 * fall:
+            begin = i
+            break
+    segment = smoothed[begin : lowest + 1]
+    length = [1] * len(segment)
+    start = list(range(len(segment)))
+    best_end = 0
+    for i in range(1, len(segment)):
+        for j in range(i):
+            if segment[i] < segment[j] and length[j] + 1 > length[i]:
+                length[i], start[i] = length[j] + 1, start[j]
+        if length[i] > length[best_end]:
+            best_end = i
+    first = start[best_end]
+    return begin + first + (best_end - first) // 2
+
+
+class _Bar:
+    """A small rich bar for the range test."""
+
+    def __init__(self, total: int) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn
+
+        self._progress = Progress(TextColumn("[bold]lr range test"), BarColumn(), TextColumn("{task.fields[text]}"),
+                                  console=Console(stderr=True), auto_refresh=False, transient=False)
+        self._progress.start()
+        self._task = self._progress.add_task("", total=total, text="")
+
+    def update(self, step: int, lr: float, loss: float) -> None:
+        self._progress.update(self._task, completed=step, text=f"lr {lr:.2e}  loss {loss:.4g}")
+        if step % 5 == 0:
+            self._progress.refresh()
+
+    def close(self) -> None:
+        self._progress.refresh()
+        self._progress.stop()
+
+
+# -- lr="auto" ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LRSelection:
+    """What :func:`select_lr` chose and why.
+
+    Attributes:
+        lr: the chosen learning rate. method: ``sweep`` or ``range-test``.
+        tried: for the sweep, one dict per learning rate tried (``lr``, ``loss``, ``diverged``, ``stage``).
+        reason: one sentence on why the winner won.
+        cost: the work spent, in full trainings (member steps / the run's steps).
+    """
+
+    lr: float
+    method: str
+    tried: list[dict[str, Any]]
+    reason: str
+    cost: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"lr": self.lr, "method": self.method, "tried": self.tried, "reason": self.reason,
+                "cost": self.cost}
+
+
+def select_lr(
+    model: nn.Module,
+    train: Any,
+    *,
+    optimizer: str = "momentum",
+    method: str = "sweep",
+    total_steps: int,
+    batch_size: int | str = 32,
+    val: Any = None,
+    loss: Any = "auto",
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    grid: Sequence[float] | None = None,
+    fraction: float = 0.15,
+    refine_fraction: float = 0.25,
+    progress: bool = False,
+    **options: Any,
+) -> LRSelection:
+    """Choose a learning rate for ``model`` (left untouched) before a run of ``total_steps`` steps.
+
+    ``method="sweep"``: every lr of a log grid (``GRIDS[optimizer]``, 9 points) trains from the model's own initial
+    point for ``fraction`` of the budget as one population; then four learning rates around the winner (a
+    quarter of a grid step apart, and the winner again) train for ``refine_fraction`` of it. The winner has the
+    lowest validation loss at the end (training loss without validation data; diverged members lose).
+    ``method="range-test"``: the valley suggestion of :func:`lr_find`.
+    """
+    if method not in ("sweep", "range-test"):
+        raise InvalidParameter("lr_select", method, "sweep or range-test")
+    if method == "range-test":
+        if not isinstance(optimizer, str):
+            raise InvalidParameter("optimizer", optimizer, "a name, for lr='auto'")
+        found = lr_find(copy.deepcopy(model), train, optimizer=optimizer, batch_size=batch_size, loss=loss,
+                        seed=seed, device=device, progress=progress, **options)
+        if "valley" not in found.suggestions:
+            raise InvalidParameter("lr", "auto", "a range test that trains: " + "; ".join(found.warnings))
+        lr = found.suggestions["valley"]
+        note = f" ({'; '.join(found.warnings)})" if found.warnings else ""
+        return LRSelection(lr, "range-test", [{"lr": a, "loss": b} for a, b in zip(found.lrs, found.smoothed)],
+                           f"the valley rule of the range test over {len(found.lrs)} steps{note}",
+                           len(found.lrs) / max(total_steps, 1))
+    from gdlab import population
+
+    if optimizer not in GRIDS:
+        raise InvalidParameter("optimizer", optimizer, f"a named optimizer for lr='auto' ({', '.join(GRIDS)})")
+    low, high = GRIDS[optimizer]
+    lrs = list(grid) if grid is not None else [10 ** (math.log10(low) + i * (math.log10(high) - math.log10(low)) / 8)
+                                                for i in range(9)]
+
+    def model_fn() -> nn.Module:
+        return copy.deepcopy(model)
+
+    tried: list[dict[str, Any]] = []
+    spent = 0
+
+    def stage(values: list[float], share: float, label: str) -> tuple[float, float, int]:
+        """Train ``values`` for ``share`` of the budget; the best lr, its score and the steps taken."""
+        nonlocal spent
+        steps = max(1, min(total_steps, round(share * total_steps)))
+        pop = population.train(model_fn, train, seeds=[seed] * len(values), optimizer=optimizer,
+                               hyper={"lr": list(values), **options}, batch_size=batch_size, steps=steps,
+                               val=val, loss=loss, device=device, progress=progress)
+        spent += steps * len(values)
+        scores = pop.score()
+        for lr_, score, d in zip(values, scores, pop.diverged_at):
+            tried.append({"lr": lr_, "loss": None if math.isinf(score) else score, "diverged": d is not None,
+                          "stage": label, "steps": steps})
+        i = min(range(len(scores)), key=lambda k: scores[k])
+        return values[i], scores[i], steps
+
+    winner, best, coarse_steps = stage(lrs, fraction, "grid")
+    if not math.isfinite(best):
+        raise InvalidParameter("lr", "auto", f"a learning rate that trains: every lr from {lrs[0]:.2g} to "
+                               f"{lrs[-1]:.2g} diverged; check the data and the model")
+    width = (math.log10(lrs[-1]) - math.log10(lrs[0])) / (len(lrs) - 1) if len(lrs) > 1 else 0.5
+    around = [winner * 10 ** (k * width / 4) for k in (-2, -1, 1, 2)]
+    refined, refined_best, steps = stage([*around, winner], refine_fraction, "refine")
+    if math.isfinite(refined_best):
+        winner, best = refined, refined_best
+    what = "validation" if val is not None else "training"
+    reason = (f"lowest {what} loss ({best:.4g}) after {steps} steps among {len(tried)} runs: a {len(lrs)}-point "
+              f"log grid from {lrs[0]:.2g} to {lrs[-1]:.2g} over {coarse_steps} steps, then 5 learning rates "
+              f"around its winner over {steps}")
+    return LRSelection(float(winner), "sweep", tried, reason, spent / max(total_steps, 1))
+

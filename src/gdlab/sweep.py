@@ -1,0 +1,344 @@
+"""Sweeps and random restarts: grids of trainings run as one population.
+
+:func:`sweep` trains one member per point of the grid of the values given (learning rates, momenta, seeds, any
+optimizer option) and returns a table with one row per member. :func:`restarts` is a sweep over seeds that
+asks the lecture's question: from random initial points, how many different minima does training end in?
+
+Example:
+    >>> import torch
+    >>> X = torch.randn(128, 2); y = (X[:, 0] > 0).long()
+    >>> result = sweep(lambda: torch.nn.Linear(2, 2), (X, y), optimizer="sgd", lr=[0.01, 0.3], seeds=[0, 1],
+    ...                steps=40, progress=False)
+    >>> len(result.table), result.best()["lr"]
+    (4, 0.3)
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from gdlab import population
+from gdlab.errors import InvalidParameter
+from gdlab.population import Population
+
+__all__ = ["sweep", "SweepResult", "restarts", "RestartsResult", "parse_values", "SWEPT"]
+
+SWEPT = ("lr", "momentum", "beta1", "beta2", "eps", "weight_decay")
+"""Hyperparameters a sweep can vary (besides seeds)."""
+
+
+def parse_values(text: str, param: str = "values") -> list[float]:
+    """``"a:b:n"`` (n log-spaced values from a to b), ``"x,y,z"`` or one number.
+
+    Example:
+        >>> [round(v, 6) for v in parse_values("1e-3:1e-1:3")]
+        [0.001, 0.01, 0.1]
+        >>> parse_values("0,0.9")
+        [0.0, 0.9]
+    """
+    text = text.strip()
+    expected = "a:b:n (n log-spaced values from a to b, a and b > 0), a comma-separated list or a number"
+    try:
+        if ":" in text:
+            a, b, n = text.split(":")
+            low, high, count = float(a), float(b), int(n)
+            if not (low > 0 and high > 0 and count >= 1 and math.isfinite(low) and math.isfinite(high)):
+                raise ValueError
+            if count == 1:
+                return [low]
+            step = (math.log10(high) - math.log10(low)) / (count - 1)
+            return [10 ** (math.log10(low) + i * step) for i in range(count)]
+        values = [float(v) for v in text.split(",") if v.strip()]
+        if not values or not all(math.isfinite(v) for v in values):
+            raise ValueError
+        return values
+    except ValueError:
+        raise InvalidParameter(param, text, expected) from None
+
+
+def _seeds(seeds: int | Sequence[int]) -> list[int]:
+    if isinstance(seeds, bool):
+        raise InvalidParameter("seeds", seeds, "a number of seeds or a list of seeds")
+    if isinstance(seeds, int):
+        if seeds < 1:
+            raise InvalidParameter("seeds", seeds, "a positive number of seeds, or a list of seeds")
+        return list(range(seeds))
+    values = list(seeds)
+    if not values or not all(isinstance(s, int) and not isinstance(s, bool) for s in values):
+        raise InvalidParameter("seeds", seeds, "a number of seeds or a non-empty list of integers")
+    return values
+
+
+@dataclass
+class SweepResult:
+    """What :func:`sweep` returns.
+
+    Attributes:
+        table: one row per member: ``member``, ``seed``, the swept and fixed settings, ``train_loss``,
+            ``val_loss``, ``metric`` (validation accuracy for class targets, else None), ``diverged``.
+        axes: the swept settings and their values (``seed`` included when more than one).
+        population: the trained members (parameters, per-step losses).
+    """
+
+    table: list[dict[str, Any]]
+    axes: dict[str, list[Any]]
+    population: Population
+    optimizer: str
+    sweep_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def best(self) -> dict[str, Any]:
+        """The row of the member with the lowest validation loss (train loss without validation data),
+        diverged members left out."""
+        scores = self.population.score()
+        i = min(range(len(scores)), key=lambda k: scores[k])
+        if math.isinf(scores[i]):
+            raise InvalidParameter("sweep", "every member diverged", "at least one member that trained: "
+                                   "try smaller learning rates")
+        return self.table[i]
+
+    def member(self, i: int) -> nn.Module:
+        """Member ``i`` (its row's ``member``) as an ``nn.Module``."""
+        return self.population.member(i)
+
+    def to_pandas(self) -> Any:
+        """The table as a ``pandas.DataFrame`` (pandas must be installed)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError("to_pandas needs pandas: pip install pandas") from None
+        return pd.DataFrame(self.table)
+
+
+def sweep(
+    model_fn: Callable[[], nn.Module],
+    train: Any,
+    *,
+    optimizer: str = "momentum",
+    lr: float | Sequence[float] = (1e-3, 1e-2, 1e-1),
+    momentum: float | Sequence[float] | None = None,
+    seeds: int | Sequence[int] = (0,),
+    batch_size: int | str = 32,
+    epochs: int | None = None,
+    steps: int | None = None,
+    val: Any = None,
+    loss: Any = "auto",
+    device: str | torch.device = "auto",
+    shared_order: bool = False,
+    progress: bool = True,
+    store: Any = None,
+    name: str | None = None,
+    config: dict[str, Any] | None = None,
+    **options: Any,
+) -> SweepResult:
+    """Train one member per point of the grid of ``lr`` x ``momentum`` x options x ``seeds``, at once.
+
+    Args:
+        model_fn: builds one member; called after ``torch.manual_seed(seed)``.
+        lr, momentum, **options (``beta1``, ``beta2``, ``eps``, ``weight_decay``, ``nesterov``): a number or a
+            list of values; lists span the grid.
+        seeds: a list of seeds, or a count (seeds 0..n-1).
+        store: a :class:`~gdlab.store.Store` or its folder: the sweep and its members are recorded there.
+        The rest: as for :func:`gdlab.fit`.
+    """
+    seed_list = _seeds(seeds)
+    settings: dict[str, Any] = {"lr": lr, "momentum": momentum, **options}
+    for key in settings:
+        if key not in SWEPT and key != "nesterov":
+            raise InvalidParameter(key, settings[key], f"a setting a sweep can vary: {', '.join(SWEPT)}, nesterov")
+    axes: dict[str, list[Any]] = {}
+    fixed: dict[str, Any] = {}
+    for key, value in settings.items():
+        if value is None:
+            continue
+        if isinstance(value, (list, tuple)):
+            if not value:
+                raise InvalidParameter(key, list(value), "at least one value")
+            axes[key] = list(value)
+        else:
+            fixed[key] = value
+    names = list(axes)
+    grid = list(itertools.product(*(axes[k] for k in names), seed_list))
+    hyper: dict[str, Any] = {**fixed, **{k: [point[i] for point in grid] for i, k in enumerate(names)}}
+    pop = population.train(model_fn, train, seeds=[point[-1] for point in grid], optimizer=optimizer, hyper=hyper,
+                           batch_size=batch_size, epochs=epochs, steps=steps, val=val, loss=loss, device=device,
+                           shared_order=shared_order, progress=progress)
+    table = []
+    for i, point in enumerate(grid):
+        row: dict[str, Any] = {"member": i, "seed": point[-1]}
+        row.update({k: v for k, v in fixed.items()})
+        row.update({k: point[j] for j, k in enumerate(names)})
+        row["train_loss"] = _clean(pop.train_loss[i])
+        row["val_loss"] = _clean(pop.val_loss[i]) if pop.val_loss is not None else None
+        row["metric"] = _clean(pop.val_accuracy[i]) if pop.val_accuracy is not None else None
+        row["diverged"] = pop.diverged_at[i] is not None
+        table.append(row)
+    if len(seed_list) > 1:
+        axes["seed"] = seed_list
+    result = SweepResult(table, axes, pop, optimizer)
+    if store is not None:
+        result.sweep_id = _record(store, "sweep", result, name, config or {
+            "optimizer": optimizer, "batch_size": batch_size, "epochs": epochs, "steps": steps,
+            "axes": axes, "fixed": fixed})
+    return result
+
+
+def _clean(v: float) -> float | None:
+    return None if v is None or not math.isfinite(v) else float(v)
+
+
+def _record(store: Any, kind: str, result: SweepResult, name: str | None, config: dict[str, Any],
+            summary: dict[str, Any] | None = None) -> str:
+    from gdlab.store import Store
+
+    db = store if isinstance(store, Store) else Store(store)
+    pop = result.population
+    curves = pop.epoch_train_loss.T.tolist()
+    members = [{**row, "curve": [_clean(v) for v in curve]} for row, curve in zip(result.table, curves)]
+    return db.add_sweep(kind, config, members, summary=summary or {}, name=name, seconds=pop.seconds,
+                        steps=pop.steps)
+
+
+# -- random restarts ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RestartsResult:
+    """What :func:`restarts` returns.
+
+    Attributes:
+        sweep: the sweep over seeds (its table has a row per restart).
+        losses: each restart's final loss (validation where given, else train; NaN if it diverged).
+        clusters: each restart's end point, numbered from 0 (the best first): restarts end in the same cluster
+            when their final losses agree within ``tol`` and their functions agree on held-out inputs.
+        best, median, worst, spread (worst - best): of the final losses of the restarts that trained.
+        within_tol: the share of restarts whose final loss is within ``tol`` (relative) of the best.
+    """
+
+    sweep: SweepResult
+    losses: list[float]
+    clusters: list[int]
+    best: float
+    median: float
+    worst: float
+    within_tol: float
+    tol: float
+    restarts_id: str | None = None
+
+    @property
+    def spread(self) -> float:
+        return self.worst - self.best
+
+    @property
+    def distinct(self) -> int:
+        """How many distinct end points the restarts reached."""
+        return len(set(c for c in self.clusters if c >= 0))
+
+    def summary(self) -> dict[str, Any]:
+        """The numbers in one JSON-friendly dict."""
+        return {"restarts": len(self.losses), "diverged": sum(1 for c in self.clusters if c < 0),
+                "best": self.best, "median": self.median, "worst": self.worst, "spread": self.spread,
+                "distinct_end_points": self.distinct, "within_tol": self.within_tol, "tol": self.tol}
+
+
+def restarts(
+    model_fn: Callable[[], nn.Module],
+    train: Any,
+    *,
+    seeds: int | Sequence[int] = 16,
+    tol: float = 0.05,
+    probe: Any = None,
+    **kwargs: Any,
+) -> RestartsResult:
+    """Train from ``seeds`` random initial points (one population) and compare where they end.
+
+    Args:
+        seeds: a count (0..n-1) or a list of seeds.
+        tol: relative tolerance: a restart is "as good as the best" when its final loss is within ``tol`` of it,
+            and two restarts share an end point when their losses agree within ``tol`` and their functions agree
+            on the held-out inputs (predictions differ on at most a ``tol`` share; for regression, outputs
+            within ``tol`` relative RMS).
+        probe: inputs to compare the members' functions on (default: the validation inputs, else up to 512
+            training inputs).
+        **kwargs: as for :func:`sweep` (``optimizer``, ``lr``, ``batch_size``, ``epochs``, ``val``...).
+    """
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
+        raise InvalidParameter("tol", tol, "a number > 0, e.g. 0.05")
+    for key in ("lr", "momentum"):
+        if isinstance(kwargs.get(key), (list, tuple)):
+            raise InvalidParameter(key, kwargs[key], "one value: restarts vary the seed only")
+    result = sweep(model_fn, train, seeds=seeds, **{k: v for k, v in kwargs.items() if k not in ("store", "name")})
+    pop = result.population
+    losses = [math.nan if s == math.inf else s for s in pop.score()]
+    inputs = _probe_inputs(probe, kwargs.get("val"), train)
+    outputs = _member_outputs(pop, inputs)
+    clusters = _cluster(losses, outputs, tol, classes=pop.task == "classification")
+    finite = sorted(v for v in losses if math.isfinite(v))
+    if not finite:
+        raise InvalidParameter("restarts", "every restart diverged", "a smaller learning rate")
+    best = finite[0]
+    within = sum(1 for v in finite if v <= best + tol * abs(best)) / len(losses)
+    out = RestartsResult(result, losses, clusters, best, finite[len(finite) // 2], finite[-1], within, float(tol))
+    if kwargs.get("store") is not None:
+        out.restarts_id = _record(kwargs["store"], "restarts", result, kwargs.get("name"), {
+            "optimizer": result.optimizer, "lr": kwargs.get("lr"), "seeds": len(losses), "tol": tol},
+            summary=out.summary())
+    return out
+
+
+def _probe_inputs(probe: Any, val: Any, train: Any) -> torch.Tensor:
+    from gdlab.data import as_tensor_data
+
+    if probe is not None:
+        return torch.as_tensor(probe)
+    for data in (val, train):
+        tensors = as_tensor_data(data) if data is not None else None
+        if tensors is not None:
+            return tensors.X[:512]
+    xs = [torch.as_tensor(train[i][0]) for i in range(min(len(train), 512))]
+    return torch.stack(xs)
+
+
+@torch.no_grad()
+def _member_outputs(pop: Population, inputs: torch.Tensor) -> torch.Tensor:
+    """``[M, n, ...]``: every member's outputs on ``inputs`` (softmax probabilities for class targets)."""
+    outs = []
+    for i in range(len(pop)):
+        model = pop.member(i).eval()
+        x = inputs.to(next(model.parameters()).dtype)
+        out = model(x)
+        outs.append(out.softmax(-1) if pop.task == "classification" else out)
+    return torch.stack(outs).double()
+
+
+def _cluster(losses: list[float], outputs: torch.Tensor, tol: float, *, classes: bool = False) -> list[int]:
+    """Greedy clustering, best loss first: a member joins the first cluster whose founder it matches in loss
+    (relative ``tol``) and in function: predicted classes differing on at most a ``tol`` share of the probe
+    inputs, or (regression) an RMS output difference below ``tol`` times the RMS output. -1 if diverged."""
+    order = sorted((i for i, v in enumerate(losses) if math.isfinite(v)), key=lambda i: losses[i])
+    labels = [-1] * len(losses)
+    founders: list[int] = []
+    scale = outputs.square().mean().sqrt().clamp(min=1e-12)
+    predicted = outputs.argmax(-1) if classes else None
+
+    def distance(i: int, j: int) -> float:
+        if predicted is not None:
+            return float((predicted[i] != predicted[j]).double().mean())
+        return float((outputs[i] - outputs[j]).square().mean().sqrt() / scale)
+
+    for i in order:
+        for c, f in enumerate(founders):
+            if abs(losses[i] - losses[f]) <= tol * max(abs(losses[f]), 1e-12) and distance(i, f) <= tol:
+                labels[i] = c
+                break
+        else:
+            labels[i] = len(founders)
+            founders.append(i)
+    return labels
