@@ -273,3 +273,72 @@ def test_resume_of_a_run_recorded_from_python_says_where_to_resume_it(tmp_path: 
             progress=False)
     result = gdlab("train", "--resume", "api", "--store", "s")
     assert result.exit_code == 2 and "recorded by gdlab.fit from Python" in result.stderr
+
+
+# -- sweep, restarts, lr-find, --lr auto ------------------------------------------------------------------------
+
+
+def test_sweep_prints_a_table_stores_the_sweep_and_plots() -> None:
+    result = gdlab("sweep", "--data", "moons", "--hidden", "8", "--lr", "1e-3:1:4", "--momentum", "0,0.9",
+                   "--seeds", "2", "--epochs", "2", "--store", "s")
+    assert result.exit_code == 0, result.output
+    assert "16 members trained as one population" in result.stdout and "best" in result.stdout
+    payload = json.loads(gdlab("sweep", "--data", "moons", "--hidden", "8", "--lr", "0.01,0.1", "--epochs", "2",
+                               "--store", "s", "--json", "--quiet").stdout)
+    assert len(payload["table"]) == 2 and payload["vectorized"] and Path(payload["plot"]).is_file()
+    assert payload["best"]["lr"] in (0.01, 0.1)
+    assert [s["members"] for s in Store("s").sweeps()] == [2, 16]
+
+
+def test_restarts_report_end_points() -> None:
+    payload = json.loads(gdlab("restarts", "--data", "moons", "--hidden", "8", "--seeds", "6", "--epochs", "3",
+                               "--store", "s", "--json", "--quiet").stdout)
+    assert payload["restarts"] == 6 and 1 <= payload["distinct_end_points"] <= 6
+    assert payload["best"] <= payload["median"] <= payload["worst"] and Path(payload["plot"]).is_file()
+    text = gdlab("restarts", "--data", "moons", "--hidden", "8", "--seeds", "4", "--epochs", "2", "--store", "s",
+                 "--quiet").stdout
+    assert text == ""  # --quiet prints nothing
+    shown = gdlab("restarts", "--data", "moons", "--hidden", "8", "--seeds", "4", "--epochs", "2", "--store", "s")
+    assert "distinct end points" in shown.stdout and "end point 1" in shown.stdout
+
+
+def test_lr_find_suggests_and_plots() -> None:
+    payload = json.loads(gdlab("lr-find", "--data", "moons", "--hidden", "8", "--num-iter", "40", "--json",
+                               "--quiet", "--out", "lr.png").stdout)
+    assert set(payload["suggestions"]) == {"steepest", "valley", "min/10"} and Path("lr.png").is_file()
+    assert len(payload["lrs"]) == len(payload["losses"]) <= 40
+
+
+def test_train_with_lr_auto_records_the_choice() -> None:
+    payload = json.loads(gdlab("train", "--data", "moons", "--hidden", "8", "--epochs", "3", "--lr", "auto",
+                               "--store", "s", "--json", "--quiet", "--no-plot").stdout)
+    chosen = payload["lr_selection"]
+    assert chosen["lr"] == pytest.approx(payload["lr"]) and chosen["method"] == "sweep" and chosen["tried"]
+    assert Store("s").get(payload["run_id"]).config["lr"] == "auto"
+    shown = gdlab("train", "--data", "moons", "--hidden", "8", "--epochs", "2", "--lr", "auto", "--lr-select",
+                  "range-test", "--store", "s", "--no-plot")
+    assert shown.exit_code == 0 and "(auto)" in shown.stdout and "lr auto" in shown.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["sweep", "--lr", "1e-3:x:3"], "invalid --lr '1e-3:x:3': expected a:b:n"),
+        (["sweep", "--seeds", "0"], "invalid --seeds '0'"),
+        (["sweep", "--momentum", "0,1.5"], "invalid momentum 1.5: expected a number in [0, 1)"),
+        (["sweep", "--optimizer", "adam", "--momentum", "0.9"], "invalid momentum 0.9: expected no momentum"),
+        (["restarts", "--seeds", "1"], "invalid --seeds 1: expected at least 2 restarts"),
+        (["restarts", "--tol", "0"], "invalid tol 0"),
+        (["lr-find", "--num-iter", "2"], "invalid num_iter 2"),
+        (["lr-find", "--end-lr", "1e-9"], "invalid end_lr 1e-09"),
+        (["train", "--lr", "fast"], "invalid --lr 'fast': expected a number, e.g. 0.01, or auto"),
+        (["train", "--lr", "auto", "--lr-select", "grid"], "invalid lr_select 'grid'"),
+    ],
+)
+def test_population_commands_bad_input_is_one_line(args: list[str], message: str) -> None:
+    result = gdlab(*args, "--store", "s")
+    assert result.exit_code == 2, result.output
+    line = result.stderr.strip()
+    assert line.startswith("error: ") and message in line, line
+    assert len(line.splitlines()) == 1 and "Traceback" not in result.output
+    assert not Path("s").exists() or Store("s").sweeps() == []

@@ -30,13 +30,13 @@ app = typer.Typer(
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-out = Console(highlight=False, soft_wrap=True)  # a pipe gets whole lines, not rich's 80-column wrap
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True, emoji=False)  # a pipe gets whole lines, not rich's 80-column wrap
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
 def _wide() -> Console:
     """The console for tables: whole rows in a pipe or file rather than rich's 80-column squeeze."""
-    return out if out.is_terminal else Console(highlight=False, width=240)
+    return out if out.is_terminal else Console(highlight=False, width=240, emoji=False)
 
 F = TypeVar("F", bound=Callable[..., Any])
 

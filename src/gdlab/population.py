@@ -250,7 +250,7 @@ def train(
 def _vmap_problem(model: nn.Module, source: _Source, loss_fn: LossFn, loss_name: str) -> str | None:
     """Why vmap cannot train ``model`` (a probe forward and backward on two members), or None."""
     probe = [copy.deepcopy(model) for _ in range(2)]
-    params, buffers = stack_module_state(probe)  # type: ignore[arg-type]
+    params, buffers = stack_module_state(probe)
     template = copy.deepcopy(model).to("meta")
     x, y = next(source.chunks(4))
     xs, ys = torch.stack([x, x]), torch.stack([y, y])  # batched as in training: data-dependent branches show
@@ -279,7 +279,7 @@ def _vectorized(models: list[nn.Module], source: _Source, val_source: _Source | 
                 loss_name: str, plan: BatchPlan, total: int, shared_order: bool, progress: bool) -> Population:
     M = len(models)
     dev = next(models[0].parameters()).device
-    params, buffers = stack_module_state(models)  # type: ignore[arg-type]
+    params, buffers = stack_module_state(models)
     template = copy.deepcopy(models[0]).to("meta")
     names = list(params)
     plist = [params[n] for n in names]
@@ -365,7 +365,9 @@ def _vectorized(models: list[nn.Module], source: _Source, val_source: _Source | 
                         for g in grads:
                             g.masked_fill_(inactive.reshape(-1, *([1] * (g.dim() - 1))), 0.0)
                     assert transform.step is not None
-                    opt_state = transform.step(detached, grads, opt_state)
+                    stepped = transform.step(detached, grads, opt_state)
+                    assert stepped is not None  # member values: the chain's own step, which always serves
+                    opt_state = stepped
                 shown = torch.where(active, batch_loss, torch.full_like(batch_loss, math.nan))
                 step_losses.append(shown)
                 epoch_sum += torch.nan_to_num(batch_loss, nan=0.0) * len(yb if shared_batch else yb[0])

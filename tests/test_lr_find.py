@@ -1,0 +1,140 @@
+"""The range test (restores everything it touched; suggestions; warnings) and lr='auto'."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import gdlab
+from gdlab.data import TensorData
+from gdlab.errors import InvalidParameter
+from gdlab.lr_find import _valley, lr_find, select_lr
+from gdlab.store import Store
+
+
+@pytest.fixture
+def problem() -> TensorData:
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(512, 6, generator=g)
+    y = (X @ torch.randn(6, 3, generator=g)).argmax(1)
+    return TensorData(X, y, num_classes=3)
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+
+
+def test_model_optimizer_and_rng_are_restored_exactly(problem: TensorData) -> None:
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    nn.functional.cross_entropy(model(problem.X), problem.y).backward()
+    opt.step()  # the optimizer has state (momentum buffers) to restore
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    state = opt.state_dict()
+    buffers = [opt.state[p]["momentum_buffer"].clone() for p in model.parameters()]
+    rng = torch.get_rng_state()
+    found = lr_find(model, problem, optimizer=opt, num_iter=30, progress=False)
+    assert len(found.lrs) > 5
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert opt.param_groups[0]["lr"] == state["param_groups"][0]["lr"] == 0.1
+    assert all(torch.equal(b, opt.state[p]["momentum_buffer"]) for b, p in zip(buffers, model.parameters()))
+    assert torch.equal(rng, torch.get_rng_state())
+
+
+def test_the_ramp_is_exponential_and_stops_at_divergence(problem: TensorData) -> None:
+    found = lr_find(_model(), problem, start_lr=1e-4, end_lr=1e4, num_iter=80, progress=False)
+    expected = [1e-4 * (1e8) ** (i / 79) for i in range(len(found.lrs))]
+    assert found.lrs == pytest.approx(expected)
+    assert len(found.lrs) < 80 and ("passed 4x" in found.stopped or "became" in found.stopped)
+    smooth = found.smoothed
+    assert smooth[-1] > 4 * min(smooth) or "became" in found.stopped
+    # the smoothed curve is the bias-corrected moving average (beta 0.95) of the raw losses
+    avg = 0.0
+    for i, value in enumerate(found.losses[:10]):
+        avg = 0.95 * avg + 0.05 * value
+        assert smooth[i] == pytest.approx(avg / (1 - 0.95 ** (i + 1)))
+
+
+def test_suggestions_train_well(problem: TensorData) -> None:
+    found = lr_find(_model(), problem, optimizer="sgd", start_lr=1e-4, end_lr=100, num_iter=100, progress=False)
+    assert set(found.suggestions) == {"steepest", "valley", "min/10"}
+    lowest = found.lrs[min(range(len(found.smoothed)), key=lambda i: found.smoothed[i])]
+    assert found.suggestions["min/10"] == pytest.approx(lowest / 10)
+    for lr in found.suggestions.values():
+        assert 1e-4 <= lr <= 100
+    first = gdlab.fit(_model(), problem, optimizer="sgd", lr=found.suggestions["valley"], epochs=5,
+                      progress=False).final["train_loss"]
+    tiny = gdlab.fit(_model(), problem, optimizer="sgd", lr=1e-4, epochs=5, progress=False).final["train_loss"]
+    assert first is not None and tiny is not None and first < 0.8 * tiny
+
+
+def test_flat_curve_and_early_stop_warn(problem: TensorData) -> None:
+    flat = lr_find(_model(), problem, start_lr=1e-9, end_lr=1e-8, num_iter=20, progress=False)
+    assert any("flat" in w for w in flat.warnings) and any("never rose" in w for w in flat.warnings)
+    at_once = lr_find(_model(), problem, start_lr=1e6, end_lr=1e9, num_iter=20, progress=False)
+    assert at_once.suggestions == {} and "start_lr" in at_once.warnings[0]
+
+
+def test_valley_is_halfway_down_the_descent() -> None:
+    curve = [2.0] * 20 + [2.0 - 0.1 * i for i in range(11)] + [1.2, 3.0]  # flat, a fall, a blow-up
+    assert _valley(curve) == 25
+
+
+def test_plot(problem: TensorData, tmp_path: Path) -> None:
+    found = lr_find(_model(), problem, num_iter=20, progress=False)
+    assert found.plot(tmp_path / "lr.png").stat().st_size > 0
+
+
+def test_bad_range_test_arguments(problem: TensorData) -> None:
+    with pytest.raises(InvalidParameter, match="invalid end_lr 1e-08"):
+        lr_find(_model(), problem, start_lr=1e-7, end_lr=1e-8, progress=False)
+    with pytest.raises(InvalidParameter, match="invalid num_iter 2"):
+        lr_find(_model(), problem, num_iter=2, progress=False)
+    with pytest.raises(InvalidParameter, match="invalid start_lr -1"):
+        lr_find(_model(), problem, start_lr=-1, progress=False)
+
+
+def test_auto_lr_in_fit_is_recorded(problem: TensorData, tmp_path: Path) -> None:
+    model = _model()
+    result = gdlab.fit(model, problem, optimizer="momentum", lr="auto", epochs=4, progress=False, store=tmp_path)
+    chosen = result.lr_selection
+    assert chosen is not None and result.lr == pytest.approx(chosen.lr)
+    assert len(chosen.tried) == 14 and {t["stage"] for t in chosen.tried} == {"grid", "refine"}
+    assert "lowest training loss" in chosen.reason and 0 < chosen.cost < 6
+    stored = Store(tmp_path).get(result.run_id).config["lr_selection"]
+    assert stored["lr"] == pytest.approx(chosen.lr) and len(stored["tried"]) == 14
+    grid = [t for t in chosen.tried if t["stage"] == "grid"]
+    best_grid = min(grid, key=lambda t: math.inf if t["loss"] is None else t["loss"])["lr"]
+    assert best_grid / 10 < chosen.lr < best_grid * 10
+
+
+def test_auto_lr_picks_well_against_a_grid(problem: TensorData) -> None:
+    """lr='auto' ends within 15% of the best final loss of an 8-point grid (the benchmark measures more)."""
+    chosen = select_lr(_model(), problem, optimizer="sgd", total_steps=160, batch_size=32)
+    finals = {}
+    for lr in [*[10 ** (k / 2 - 3) for k in range(8)], chosen.lr]:
+        finals[lr] = gdlab.fit(_model(), problem, optimizer="sgd", lr=lr, steps=160, progress=False).final[
+            "train_loss"]
+    best = min(v for k, v in finals.items() if k != chosen.lr)
+    assert finals[chosen.lr] <= 1.15 * best
+
+
+def test_range_test_selection(problem: TensorData) -> None:
+    result = gdlab.fit(_model(), problem, optimizer="sgd", lr="auto", lr_select="range-test", epochs=2,
+                       progress=False)
+    assert result.lr_selection.method == "range-test" and result.lr == result.lr_selection.lr
+
+
+def test_bad_auto_lr(problem: TensorData) -> None:
+    with pytest.raises(InvalidParameter, match="invalid lr 'fast'"):
+        gdlab.fit(_model(), problem, lr="fast", progress=False)
+    with pytest.raises(InvalidParameter, match="invalid lr_select 'grid'"):
+        gdlab.fit(_model(), problem, lr="auto", lr_select="grid", progress=False)
+    model = _model()
+    with pytest.raises(InvalidParameter, match="a named optimizer"):
+        gdlab.fit(model, problem, lr="auto", optimizer=torch.optim.SGD(model.parameters(), lr=0.1), progress=False)

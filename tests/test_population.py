@@ -1,0 +1,167 @@
+"""Populations: each member is the run gdlab.fit would make alone; divergence is contained; fallbacks work."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import gdlab
+from gdlab import population
+from gdlab.data import TensorData
+from gdlab.errors import InvalidParameter, ModelError
+
+
+@pytest.fixture
+def digits_like() -> tuple[TensorData, TensorData]:
+    """300 + 100 samples, 8 features, 4 classes (a learnable rule), float32."""
+    g = torch.Generator().manual_seed(5)
+    X = torch.randn(400, 8, generator=g)
+    y = (X[:, :4] @ torch.tensor([1.0, -1.0, 0.5, 2.0])).gt(0).long() + 2 * (X[:, 4] > 0).long()
+    return TensorData(X[:300], y[:300], num_classes=4), TensorData(X[300:], y[300:], num_classes=4)
+
+
+def _mlp(dtype: torch.dtype = torch.float32) -> nn.Module:
+    return nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 4)).to(dtype)
+
+
+def _as(data: TensorData, dtype: torch.dtype) -> TensorData:
+    return TensorData(data.X.to(dtype), data.y, num_classes=data.num_classes)
+
+
+def _alone(seed: int, train: Any, dtype: torch.dtype, data_seed: int | None = None, **kwargs: Any) -> nn.Module:
+    torch.manual_seed(seed)
+    model = _mlp(dtype)
+    gdlab.fit(model, train, seed=seed if data_seed is None else data_seed, progress=False, **kwargs)
+    return model
+
+
+def _max_relative(a: nn.Module, b: nn.Module) -> float:
+    return max(float(((x - y).abs() / (y.abs() + 1e-12)).max()) for x, y in zip(a.state_dict().values(),
+                                                                                 b.state_dict().values()))
+
+
+@pytest.mark.parametrize(("optimizer", "hyper", "extra"), [
+    ("momentum", {"lr": [0.05, 0.2, 0.1]}, [{}, {}, {}]),
+    ("adam", {"lr": [1e-3, 1e-2, 3e-2], "beta2": [0.99, 0.999, 0.999], "weight_decay": 0.01},
+     [{"beta2": 0.99}, {"beta2": 0.999}, {"beta2": 0.999}]),
+    ("sgd", {"lr": 0.1, "momentum": [0.0, 0.5, 0.9], "nesterov": False},
+     [{"momentum": 0.0}, {"momentum": 0.5}, {"momentum": 0.9}]),
+])
+def test_each_member_is_the_same_run_as_fit_alone_float64(digits_like: Any, optimizer: str, hyper: dict[str, Any],
+                                                         extra: list[dict[str, Any]]) -> None:
+    train, val = (_as(d, torch.float64) for d in digits_like)
+    seeds = [0, 1, 7]
+    pop = population.train(lambda: _mlp(torch.float64), train, seeds=seeds, optimizer=optimizer, hyper=hyper,
+                           steps=100, batch_size=16, val=val, progress=False)
+    assert pop.vectorized and pop.steps == 100
+    for i, s in enumerate(seeds):
+        lr = hyper["lr"][i] if isinstance(hyper["lr"], list) else hyper["lr"]
+        options = {**extra[i], **({"weight_decay": hyper["weight_decay"]} if "weight_decay" in hyper else {})}
+        alone = _alone(s, train, torch.float64, optimizer=optimizer, lr=lr, steps=100, batch_size=16, **options)
+        assert _max_relative(pop.member(i), alone) < 1e-8
+        result = gdlab.evaluate(alone, val)
+        assert pop.val_loss is not None and pop.val_loss[i] == pytest.approx(result["loss"], rel=1e-9)
+
+
+def test_members_match_fit_in_float32(digits_like: Any) -> None:
+    train, _ = digits_like
+    pop = population.train(_mlp, train, seeds=[3, 4], optimizer="adam", hyper={"lr": [0.01, 0.003]}, steps=100,
+                           batch_size=32, progress=False)
+    for i, (s, lr) in enumerate(zip([3, 4], [0.01, 0.003])):
+        alone = _alone(s, train, torch.float32, optimizer="adam", lr=lr, steps=100, batch_size=32)
+        for a, b in zip(pop.member(i).parameters(), alone.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_shared_order_uses_the_first_seeds_batches(digits_like: Any) -> None:
+    train, _ = _as(digits_like[0], torch.float64), None
+    pop = population.train(lambda: _mlp(torch.float64), train, seeds=[2, 9], hyper={"lr": 0.1}, steps=40,
+                           batch_size=16, shared_order=True, progress=False)
+    alone = _alone(9, train, torch.float64, data_seed=2, optimizer="momentum", lr=0.1, steps=40, batch_size=16)
+    assert _max_relative(pop.member(1), alone) < 1e-8
+
+
+def test_a_diverging_member_is_frozen_and_does_not_poison_the_others(digits_like: Any) -> None:
+    train, val = digits_like
+    pop = population.train(_mlp, train, seeds=[0, 0, 0], optimizer="sgd", hyper={"lr": [0.1, 1e6, 1e12]},
+                           steps=30, val=val, progress=False)
+    alone = population.train(_mlp, train, seeds=[0], optimizer="sgd", hyper={"lr": 0.1}, steps=30, val=val,
+                             progress=False)
+    assert pop.diverged == [False, True, True] and pop.diverged_at[1] is not None
+    assert all(bool(torch.isfinite(v).all()) for v in pop.params.values())  # frozen before the damage
+    assert torch.equal(pop.member(0).state_dict()["0.weight"], alone.member(0).state_dict()["0.weight"])
+    assert math.isnan(pop.train_loss[1]) and pop.val_loss is not None and math.isnan(pop.val_loss[2])
+    assert pop.score()[1] == math.inf and torch.isnan(pop.losses[-1, 1])
+
+
+class _Branchy(nn.Module):
+    """Data-dependent control flow: vmap cannot run it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x) if x.sum() > 0 else -self.layer(x)
+
+
+def test_models_vmap_cannot_serve_train_one_by_one(digits_like: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    train, val = digits_like
+    pop = population.train(_Branchy, train, seeds=[0, 1], hyper={"lr": [0.05, 0.1]}, steps=20, val=val,
+                           progress=False)
+    assert not pop.vectorized and "data-dependent control flow" in (pop.notice or "")
+    assert "one by one" in capsys.readouterr().err
+    torch.manual_seed(1)
+    model = _Branchy()
+    gdlab.fit(model, train, seed=1, optimizer="momentum", lr=0.1, steps=20, progress=False)
+    assert torch.equal(pop.member(1).layer.weight, model.layer.weight)
+    assert pop.losses.shape == (20, 2) and pop.val_loss is not None
+    with pytest.raises(ModelError, match="vmap cannot train this model"):
+        population.train(_Branchy, train, seeds=[0], hyper={"lr": 0.1}, steps=2, vectorize=True, progress=False)
+
+
+def test_batchnorm_in_training_mode_is_served_and_matches_fit(digits_like: Any) -> None:
+    train, _ = (_as(d, torch.float64) for d in digits_like)
+
+    def bn() -> nn.Module:
+        return nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 4)).double()
+
+    pop = population.train(bn, train, seeds=[0, 1], hyper={"lr": 0.05}, steps=30, batch_size=16, progress=False)
+    torch.manual_seed(1)
+    alone = bn()
+    gdlab.fit(alone, train, seed=1, optimizer="momentum", lr=0.05, steps=30, batch_size=16, progress=False)
+    assert pop.vectorized
+    for a, b in zip(pop.member(1).state_dict().values(), alone.state_dict().values()):  # running stats too
+        torch.testing.assert_close(a.double(), b.double(), rtol=1e-8, atol=1e-10)
+
+
+def test_dropout_draws_different_randomness_per_member(digits_like: Any) -> None:
+    train, _ = digits_like
+
+    def dropped() -> nn.Module:
+        return nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 4))
+
+    pop = population.train(dropped, train, seeds=[0, 0], hyper={"lr": 0.1}, steps=10, shared_order=True,
+                           progress=False)
+    assert not torch.equal(pop.losses[:, 0], pop.losses[:, 1])  # same start, same batches: only dropout differs
+
+
+def test_member_hyperparams_checks_every_member() -> None:
+    with pytest.raises(InvalidParameter, match="invalid lr -0.1"):
+        population.member_hyperparams("sgd", 2, {"lr": [0.1, -0.1]})
+    with pytest.raises(InvalidParameter, match="one per member"):
+        population.member_hyperparams("sgd", 3, {"lr": [0.1, 0.2]})
+    with pytest.raises(InvalidParameter, match="invalid beta1 1.5"):
+        population.member_hyperparams("adam", 2, {"lr": 0.1, "beta1": [0.9, 1.5]})
+    with pytest.raises(InvalidParameter, match="one value shared"):
+        population.member_hyperparams("sgd", 2, {"lr": 0.1, "momentum": 0.9, "nesterov": [True, False]})
+
+
+def test_member_index_is_checked(digits_like: Any) -> None:
+    pop = population.train(_mlp, digits_like[0], seeds=[0], hyper={"lr": 0.1}, steps=2, progress=False)
+    with pytest.raises(InvalidParameter, match="invalid member 3"):
+        pop.member(3)
