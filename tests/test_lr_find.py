@@ -104,13 +104,17 @@ def test_auto_lr_in_fit_is_recorded(problem: TensorData, tmp_path: Path) -> None
     result = gdlab.fit(model, problem, optimizer="momentum", lr="auto", epochs=4, progress=False, store=tmp_path)
     chosen = result.lr_selection
     assert chosen is not None and result.lr == pytest.approx(chosen.lr)
-    assert len(chosen.tried) == 14 and {t["stage"] for t in chosen.tried} == {"grid", "refine"}
-    assert "lowest training loss" in chosen.reason and 0 < chosen.cost < 6
+    assert len(chosen.tried) == 18 and "lowest training loss" in chosen.reason
+    total = result.steps
+    first, second = round(0.1 * total), round(0.5 * total)  # successive halving: 18, then 5, then 2 learning rates
+    assert chosen.cost == pytest.approx((18 * first + 5 * (second - first) + 2 * (total - second)) / total)
+    assert sorted(t["steps"] for t in chosen.tried if not t["diverged"])[-2:] == [total, total]  # 2 finalists
+    finalists = [t for t in chosen.tried if t["steps"] == total and not t["diverged"]]
+    assert chosen.lr == min(finalists, key=lambda t: t["loss"])["lr"]
     stored = Store(tmp_path).get(result.run_id).config["lr_selection"]
-    assert stored["lr"] == pytest.approx(chosen.lr) and len(stored["tried"]) == 14
-    grid = [t for t in chosen.tried if t["stage"] == "grid"]
-    best_grid = min(grid, key=lambda t: math.inf if t["loss"] is None else t["loss"])["lr"]
-    assert best_grid / 10 < chosen.lr < best_grid * 10
+    assert stored["lr"] == pytest.approx(chosen.lr) and len(stored["tried"]) == 18
+    # the run at the chosen lr is the finalist's run again: same start, same batches
+    assert result.final["train_loss"] == pytest.approx(min(t["loss"] for t in finalists), rel=1e-5)
 
 
 def test_auto_lr_picks_well_against_a_grid(problem: TensorData) -> None:

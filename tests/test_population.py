@@ -165,3 +165,53 @@ def test_member_index_is_checked(digits_like: Any) -> None:
     pop = population.train(_mlp, digits_like[0], seeds=[0], hyper={"lr": 0.1}, steps=2, progress=False)
     with pytest.raises(InvalidParameter, match="invalid member 3"):
         pop.member(3)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_batched_mlp_path_equals_the_vmap_path(digits_like: Any, monkeypatch: pytest.MonkeyPatch,
+                                               shared: bool) -> None:
+    train, val = (_as(d, torch.float64) for d in digits_like)
+
+    def mlp() -> nn.Module:
+        return nn.Sequential(nn.Flatten(), nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 16, bias=False), nn.Tanh(),
+                             nn.Linear(16, 4)).double()
+
+    assert population._mlp_layers(mlp()) is not None
+    kwargs: dict[str, Any] = {"seeds": [0, 1], "optimizer": "adam", "hyper": {"lr": [0.01, 0.003]}, "steps": 40,
+                              "val": val, "shared_order": shared, "progress": False}
+    fast = population.train(mlp, train, **kwargs)
+    monkeypatch.setattr(population, "_mlp_layers", lambda template: None)
+    general = population.train(mlp, train, **kwargs)
+    for key in fast.params:
+        torch.testing.assert_close(fast.params[key], general.params[key], rtol=1e-10, atol=1e-12)
+
+
+def test_regression_outputs_are_matched_to_targets() -> None:
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(64, 3, generator=g, dtype=torch.float64)
+    y = X @ torch.tensor([[1.0], [2.0], [-1.0]], dtype=torch.float64)
+    pop = population.train(lambda: nn.Linear(3, 1).double(), (X, y), seeds=[0], optimizer="sgd",
+                           hyper={"lr": 0.1}, steps=200, batch_size=16, progress=False)
+    torch.testing.assert_close(pop.member(0).weight, torch.tensor([[1.0, 2.0, -1.0]], dtype=torch.float64),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_successive_halving_keeps_the_best_and_leaves_survivors_untouched(digits_like: Any) -> None:
+    train, val = digits_like
+    lrs = [1e-3, 1e-2, 0.1, 0.3, 1.0, 3.0]
+    kwargs: dict[str, Any] = {"seeds": [0] * 6, "hyper": {"lr": lrs}, "steps": 60, "val": val, "progress": False}
+    cut = population.train(_mlp, train, halving=[(10, 3), (30, 1)], **kwargs)
+    whole = population.train(_mlp, train, **kwargs)
+    survivors = [i for i, p in enumerate(cut.pruned_at) if p is None]
+    assert len(survivors) == 1 and sorted(p for p in cut.pruned_at if p is not None) == [10, 10, 10, 30, 30]
+    assert cut.member_steps == 3 * 10 + 2 * 30 + 60
+    (i,) = survivors
+    assert torch.equal(cut.member(i).state_dict()["2.weight"], whole.member(i).state_dict()["2.weight"])
+    assert cut.val_loss is not None and whole.val_loss is not None
+    assert cut.val_loss[i] == pytest.approx(whole.val_loss[i])
+    early = population.train(_mlp, train, **{**kwargs, "steps": 10})  # where everyone stood at the first cut
+    assert early.val_loss is not None
+    ranked = sorted(range(6), key=lambda k: early.val_loss[k] if math.isfinite(early.val_loss[k]) else math.inf)
+    assert sorted(k for k, p in enumerate(cut.pruned_at) if p == 10) == sorted(ranked[3:])
+    with pytest.raises(InvalidParameter, match="invalid halving"):
+        population.train(_mlp, train, seeds=[0], hyper={"lr": 0.1}, steps=5, halving=[(0, 1)], progress=False)

@@ -31,11 +31,15 @@ from gdlab.data import BatchPlan
 from gdlab.errors import InvalidParameter
 from gdlab.train import _check_model, _match, _Source, resolve_device, resolve_loss
 
-__all__ = ["lr_find", "LRFindResult", "select_lr", "LRSelection", "GRIDS"]
+__all__ = ["lr_find", "LRFindResult", "select_lr", "LRSelection", "GRIDS", "GRID_POINTS", "HALVING"]
 
 GRIDS = {"sgd": (1e-4, 10.0), "momentum": (1e-4, 3.0), "nesterov": (1e-4, 3.0), "adagrad": (1e-4, 3.0),
          "rmsprop": (1e-5, 1.0), "adam": (1e-5, 1.0), "adamw": (1e-5, 1.0), "lion": (1e-6, 0.3)}
 """The learning-rate range ``lr="auto"`` searches, per optimizer."""
+
+GRID_POINTS = 18
+HALVING = ((0.1, 5), (0.5, 2))
+"""Successive halving of ``lr="auto"``: (share of the budget, learning rates kept)."""
 
 
 @dataclass
@@ -292,17 +296,19 @@ def select_lr(
     seed: int = 0,
     device: str | torch.device = "auto",
     grid: Sequence[float] | None = None,
-    fraction: float = 0.15,
-    refine_fraction: float = 0.25,
+    halving: Sequence[tuple[float, int]] = HALVING,
     progress: bool = False,
     **options: Any,
 ) -> LRSelection:
     """Choose a learning rate for ``model`` (left untouched) before a run of ``total_steps`` steps.
 
-    ``method="sweep"``: every lr of a log grid (``GRIDS[optimizer]``, 9 points) trains from the model's own initial
-    point for ``fraction`` of the budget as one population; then four learning rates around the winner (a
-    quarter of a grid step apart, and the winner again) train for ``refine_fraction`` of it. The winner has the
-    lowest validation loss at the end (training loss without validation data; diverged members lose).
+    ``method="sweep"``: successive halving over a log grid (``GRIDS[optimizer]``, 18 points, about 1.8x apart),
+    trained as one population from the model's own initial point with the run's own data order: after 10% of
+    the budget the 5 best continue, after 50% the 2 best, which train to the end; the winner has the lowest
+    validation loss at the end (the last epoch's training loss without validation data; diverged members lose).
+    The cost is 18 x 0.1 + 5 x 0.4 + 2 x 0.5 = 4.8 trainings, plus the run itself. The final ranking is made at
+    the full budget because a short run favours the wrong learning rate (on the benchmark problems the best lr
+    at 10% of the budget ended up to 15x worse at 100%).
     ``method="range-test"``: the valley suggestion of :func:`lr_find`.
     """
     if method not in ("sweep", "range-test"):
@@ -324,42 +330,33 @@ def select_lr(
     if optimizer not in GRIDS:
         raise InvalidParameter("optimizer", optimizer, f"a named optimizer for lr='auto' ({', '.join(GRIDS)})")
     low, high = GRIDS[optimizer]
-    lrs = list(grid) if grid is not None else [10 ** (math.log10(low) + i * (math.log10(high) - math.log10(low)) / 8)
-                                                for i in range(9)]
+    lrs = list(grid) if grid is not None else [
+        10 ** (math.log10(low) + i * (math.log10(high) - math.log10(low)) / (GRID_POINTS - 1))
+        for i in range(GRID_POINTS)]
+    milestones: list[tuple[int, int]] = []
+    for share, keep in halving:
+        at = max(1, round(share * total_steps))
+        if at < total_steps and (not milestones or at > milestones[-1][0]):
+            milestones.append((at, keep))
 
     def model_fn() -> nn.Module:
         return copy.deepcopy(model)
 
-    tried: list[dict[str, Any]] = []
-    spent = 0
-
-    def stage(values: list[float], share: float, label: str) -> tuple[float, float, int]:
-        """Train ``values`` for ``share`` of the budget; the best lr, its score and the steps taken."""
-        nonlocal spent
-        steps = max(1, min(total_steps, round(share * total_steps)))
-        pop = population.train(model_fn, train, seeds=[seed] * len(values), optimizer=optimizer,
-                               hyper={"lr": list(values), **options}, batch_size=batch_size, steps=steps,
-                               val=val, loss=loss, device=device, progress=progress)
-        spent += steps * len(values)
-        scores = pop.score()
-        for lr_, score, d in zip(values, scores, pop.diverged_at):
-            tried.append({"lr": lr_, "loss": None if math.isinf(score) else score, "diverged": d is not None,
-                          "stage": label, "steps": steps})
-        i = min(range(len(scores)), key=lambda k: scores[k])
-        return values[i], scores[i], steps
-
-    winner, best, coarse_steps = stage(lrs, fraction, "grid")
-    if not math.isfinite(best):
+    pop = population.train(model_fn, train, seeds=[seed] * len(lrs), optimizer=optimizer,
+                           hyper={"lr": lrs, **options}, batch_size=batch_size, steps=total_steps, val=val, loss=loss,
+                           device=device, progress=progress, halving=milestones)
+    scores = pop.score()
+    pruned = pop.pruned_at or [None] * len(lrs)
+    tried = [{"lr": lr_, "loss": None if math.isinf(sc) else sc, "diverged": d is not None,
+              "steps": p if p is not None else (d if d is not None else pop.steps)}
+             for lr_, sc, d, p in zip(lrs, scores, pop.diverged_at, pruned)]
+    finalists = [i for i, p in enumerate(pruned) if p is None and math.isfinite(scores[i])]
+    if not finalists:
         raise InvalidParameter("lr", "auto", f"a learning rate that trains: every lr from {lrs[0]:.2g} to "
                                f"{lrs[-1]:.2g} diverged; check the data and the model")
-    width = (math.log10(lrs[-1]) - math.log10(lrs[0])) / (len(lrs) - 1) if len(lrs) > 1 else 0.5
-    around = [winner * 10 ** (k * width / 4) for k in (-2, -1, 1, 2)]
-    refined, refined_best, steps = stage([*around, winner], refine_fraction, "refine")
-    if math.isfinite(refined_best):
-        winner, best = refined, refined_best
+    i = min(finalists, key=lambda k: scores[k])
     what = "validation" if val is not None else "training"
-    reason = (f"lowest {what} loss ({best:.4g}) after {steps} steps among {len(tried)} runs: a {len(lrs)}-point "
-              f"log grid from {lrs[0]:.2g} to {lrs[-1]:.2g} over {coarse_steps} steps, then 5 learning rates "
-              f"around its winner over {steps}")
-    return LRSelection(float(winner), "sweep", tried, reason, spent / max(total_steps, 1))
-
+    cuts = ", ".join(f"{keep} kept after {at} steps" for at, keep in milestones)
+    reason = (f"lowest {what} loss ({scores[i]:.4g}) after all {pop.steps} steps, by successive halving over "
+              f"{len(lrs)} learning rates from {lrs[0]:.2g} to {lrs[-1]:.2g} ({cuts})")
+    return LRSelection(float(lrs[i]), "sweep", tried, reason, pop.member_steps / max(total_steps, 1))

@@ -61,6 +61,7 @@ class Population:
         epoch_train_loss, epoch_val_loss: ``[epochs, M]`` per-epoch means (val None without validation data).
         plan: the batch plan; steps: steps taken; seconds: training time; vectorized: False when the members
         were trained one by one (the notice says why).
+        pruned_at: with ``halving``, the step at which each member was cut (its records are from then), or None.
     """
 
     seeds: list[int]
@@ -81,7 +82,13 @@ class Population:
     vectorized: bool = True
     notice: str | None = None
     optimizer: str = "momentum"
+    pruned_at: list[int | None] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def member_steps(self) -> int:
+        """The steps all members took together (a pruned member stops counting when it is cut)."""
+        return sum(p if p is not None else self.steps for p in (self.pruned_at or [None] * len(self)))
 
     def __len__(self) -> int:
         return len(self.seeds)
@@ -194,6 +201,7 @@ def train(
     shared_order: bool = False,
     progress: bool = True,
     vectorize: bool | str = "auto",
+    halving: Sequence[tuple[int, int]] = (),
 ) -> Population:
     """Train one member per entry of ``seeds`` at once.
 
@@ -209,6 +217,10 @@ def train(
         progress: a progress bar on stderr.
         vectorize: ``"auto"`` (vmap, or one by one with a notice where vmap cannot serve the model), True
             (vmap or an error), False (one by one).
+        halving: successive halving (Jamieson & Talwalkar 2016): ``(step, keep)`` pairs; after ``step`` only the
+            ``keep`` best members (lowest validation loss, else lowest mean batch loss over the last epoch's worth
+            of steps) train on, and the others' records are those of that step (``pruned_at``). One-by-one
+            training ignores it.
     """
     seeds = [int(s) for s in seeds]
     if not seeds:
@@ -243,8 +255,12 @@ def train(
                   file=sys.stderr)
         return _one_by_one(model_fn, train, val, seeds, optimizer, members, batch_size, epochs, steps, loss, dev,
                            progress, plan, source.task, reason, shared_order)
+    for at, keep in halving:
+        if isinstance(at, bool) or not isinstance(at, int) or at < 1 or isinstance(keep, bool) or \
+                not isinstance(keep, int) or keep < 1:
+            raise InvalidParameter("halving", list(halving), "(step, keep) pairs of positive integers")
     return _vectorized(models, source, val_source, seeds, optimizer, stacked, members, loss_fn, loss_name, plan,
-                       total, shared_order, progress)
+                       total, shared_order, progress, halving)
 
 
 def _vmap_problem(model: nn.Module, source: _Source, loss_fn: LossFn, loss_name: str) -> str | None:
@@ -274,32 +290,52 @@ class _View:
         self.loss = math.nan
 
 
+def _take(tree: Any, keep: Tensor, m: int) -> Any:
+    """``tree`` (an optimizer state, hyperparameters) with every ``[m, ...]`` tensor cut to the rows ``keep``."""
+    if isinstance(tree, Tensor):
+        return tree.index_select(0, keep.to(tree.device)) if tree.dim() > 0 and tree.shape[0] == m else tree
+    if isinstance(tree, dict):
+        return {k: _take(v, keep, m) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_take(v, keep, m) for v in tree)
+    return tree
+
+
 def _vectorized(models: list[nn.Module], source: _Source, val_source: _Source | None, seeds: list[int],
                 optimizer: str, stacked: dict[str, Any], members: list[dict[str, Any]], loss_fn: LossFn,
-                loss_name: str, plan: BatchPlan, total: int, shared_order: bool, progress: bool) -> Population:
+                loss_name: str, plan: BatchPlan, total: int, shared_order: bool, progress: bool,
+                halving: Sequence[tuple[int, int]] = ()) -> Population:
     M = len(models)
     dev = next(models[0].parameters()).device
     params, buffers = stack_module_state(models)
     template = copy.deepcopy(models[0]).to("meta")
     names = list(params)
-    plist = [params[n] for n in names]
-    detached = [p.detach() for p in plist]
-    dtype = plist[0].dtype
+    dtype = params[names[0]].dtype
+
     def move(v: Any) -> Any:
         if isinstance(v, tuple):
             return tuple(move(t) for t in v)
         return v.to(dev, dtype) if isinstance(v, Tensor) else v
 
-    on_device = {k: move(v) for k, v in stacked.items()}
-    lr_full = on_device["lr"]
-    lr_now = lr_full.clone()  # zeroed for frozen members; the transform reads it every step
-    transform = optim.OPTIMIZERS[optimizer].alias(**{**on_device, "lr": lr_now})
+    hyper = {k: move(v) for k, v in stacked.items()}
+    lr_now = hyper["lr"].clone()  # zeroed for frozen members; the transform reads it every step
+    transform = optim.OPTIMIZERS[optimizer].alias(**{**hyper, "lr": lr_now})
+    plist = [params[n] for n in names]
+    detached = [p.detach() for p in plist]
     with torch.no_grad():
         opt_state = transform.init(detached)
+    # rows: the members still training (original indices); pruned members' records are final when cut
+    rows = list(range(M))
+    final_state = {k: v.detach().clone() for k, v in {**params, **buffers}.items()}
+    final_train = [math.nan] * M
+    final_val: list[float] = [math.nan] * M
+    final_acc: list[float] = [math.nan] * M
+    pruned_at: list[int | None] = [None] * M
     active = torch.ones(M, dtype=torch.bool)  # on the CPU, beside the losses it is checked against
     inactive = torch.zeros(M, dtype=torch.bool, device=dev)
     diverged_at: list[int | None] = [None] * M
     first_loss = torch.full((M,), math.nan, dtype=torch.float64)
+    milestones = dict(halving)
 
     shared_batch = plan.mode == "full" or shared_order
     batched_loss = _member_losses(template, loss_fn, loss_name, shared_batch, M)
@@ -316,7 +352,62 @@ def _vectorized(models: list[nn.Module], source: _Source, val_source: _Source | 
     epoch_val: list[Tensor] = []
     epoch_sum = torch.zeros(M, dtype=torch.float64)
     epoch_count = 0
-    torch.manual_seed(seeds[0])  # dropout under vmap draws per member from this generator
+    recent: list[Tensor] = []  # the last epoch's worth of batch losses: the score without validation data
+    order = torch.empty(0, dtype=torch.long)  # this epoch's sample order (per member: [m, samples])
+
+    def full(values: Tensor) -> Tensor:
+        out = torch.full((M,), math.nan, dtype=torch.float64)
+        out[rows] = values.double().cpu()
+        return out
+
+    def keep_rows(keep: list[int]) -> None:
+        """Cut the computation to the rows at positions ``keep``, recording the others as they are now."""
+        nonlocal params, buffers, plist, detached, opt_state, transform, lr_now, hyper, batched_loss, active
+        nonlocal inactive, first_loss, epoch_sum, order, rows, recent
+        m = len(rows)
+        index = torch.tensor(keep, dtype=torch.long)
+        with torch.no_grad():
+            params = {n: p.detach().index_select(0, index.to(dev)).requires_grad_() for n, p in params.items()}
+            buffers = {n: b.index_select(0, index.to(dev)) for n, b in buffers.items()}
+        plist = [params[n] for n in names]
+        detached = [p.detach() for p in plist]
+        opt_state = _take(opt_state, index, m)
+        hyper = _take(hyper, index, m)
+        lr_now = _take(lr_now, index, m)
+        transform = optim.OPTIMIZERS[optimizer].alias(**{**hyper, "lr": lr_now})
+        active, first_loss, epoch_sum = active[index], first_loss[index], epoch_sum[index]
+        inactive = (~active).to(dev)
+        recent = [r[index] for r in recent]
+        if not shared_batch:
+            order = order.index_select(0, index.to(dev))
+        rows = [rows[k] for k in keep]
+        batched_loss = _member_losses(template, loss_fn, loss_name, shared_batch, len(rows))
+
+    def halve(keep_count: int) -> None:
+        """Successive halving: keep the ``keep_count`` best rows by validation loss (the last epoch's mean batch
+        loss without validation data); record the rest as they stand."""
+        m = len(rows)
+        train_score = torch.stack(recent).mean(0) if recent else torch.full((m,), math.inf, dtype=torch.float64)
+        val_score = acc = None
+        if val_source is not None:
+            val_score, acc = _evaluate(template, params, buffers, val_source, loss_fn, loss_name, m)
+        score = (val_score if val_score is not None else train_score).clone()
+        score[~active | ~torch.isfinite(score)] = math.inf
+        ranked = sorted(range(m), key=lambda k: float(score[k]))
+        keep = sorted(ranked[:keep_count])
+        for k in ranked[keep_count:]:
+            i = rows[k]
+            pruned_at[i] = step
+            final_train[i] = float(train_score[k])
+            if val_score is not None:
+                final_val[i] = float(val_score[k])
+            if acc is not None:
+                final_acc[i] = float(acc[k])
+            for n, t in {**params, **buffers}.items():
+                final_state[n][i] = t[k].detach()
+        keep_rows(keep)
+
+    torch.manual_seed(seeds[0])  # dropout draws per member from this generator
     template.train()
     started = time.perf_counter()
     step = epoch = 0
@@ -325,10 +416,11 @@ def _vectorized(models: list[nn.Module], source: _Source, val_source: _Source | 
             if shared_batch:
                 order = epoch_order(plan, seeds[0], epoch).to(dev)
             else:
-                order = torch.stack([epoch_order(plan, s, epoch) for s in seeds]).to(dev)  # [M, samples]
+                order = torch.stack([epoch_order(plan, seeds[i], epoch) for i in rows]).to(dev)  # [m, samples]
             for it in range(plan.iterations_per_epoch):
                 if step >= total:
                     break
+                m = len(rows)
                 lo, hi = it * plan.batch_size, (it + 1) * plan.batch_size
                 if shared_batch:
                     index = order[lo:hi]
@@ -337,29 +429,29 @@ def _vectorized(models: list[nn.Module], source: _Source, val_source: _Source | 
                     index = order[:, lo:hi]
                     size = index.shape[1]
                     flat = index.reshape(-1)
-                    xb = X.index_select(0, flat).reshape(M, size, *X.shape[1:])
-                    yb = Y.index_select(0, flat).reshape(M, size, *Y.shape[1:])
+                    xb = X.index_select(0, flat).reshape(m, size, *X.shape[1:])
+                    yb = Y.index_select(0, flat).reshape(m, size, *Y.shape[1:])
                 losses = batched_loss(params, buffers, xb, yb)
                 # one backward over the summed losses: member i's gradient comes from its own loss only.
                 # autograd.grad, not backward: no copy of each gradient into .grad
                 found = torch.autograd.grad(losses.sum(), plist, allow_unused=True)
                 grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(found, plist)]
                 with torch.no_grad():
-                    g2 = torch.stack([g.square().sum(tuple(range(1, g.dim()))) if g.dim() > 1 else g.square()
-                                      for g in grads]).sum(0)
-                    record = torch.stack([losses.detach().to(torch.float64), g2.to(torch.float64)]).cpu()
+                    # a member's gradient sum is non-finite exactly when one of its entries is (or overflows)
+                    g_sum = torch.stack([g.sum(tuple(range(1, g.dim()))) if g.dim() > 1 else g for g in grads]).sum(0)
+                    record = torch.stack([losses.detach().to(torch.float64), g_sum.to(torch.float64)]).cpu()
                 step += 1
-                batch_loss, grad_sq = record[0], record[1]
+                batch_loss, grad_sum = record[0], record[1]
                 if step == 1:
                     first_loss = batch_loss.abs().clamp(min=1e-12)
-                bad = active & ~(torch.isfinite(batch_loss) & torch.isfinite(grad_sq)
+                bad = active & ~(torch.isfinite(batch_loss) & torch.isfinite(grad_sum)
                                  & (batch_loss <= BLOWUP * first_loss))
                 if bool(bad.any()):
-                    for i in bad.nonzero().flatten().tolist():
-                        diverged_at[i] = step
+                    for k in bad.nonzero().flatten().tolist():
+                        diverged_at[rows[k]] = step
                     active &= ~bad
                     inactive = (~active).to(dev)
-                    lr_now.copy_(lr_full * active.to(dev, dtype))
+                    lr_now.mul_(active.to(dev, dtype))
                 with torch.no_grad():
                     if not bool(active.all()):
                         for g in grads:
@@ -369,19 +461,25 @@ def _vectorized(models: list[nn.Module], source: _Source, val_source: _Source | 
                     assert stepped is not None  # member values: the chain's own step, which always serves
                     opt_state = stepped
                 shown = torch.where(active, batch_loss, torch.full_like(batch_loss, math.nan))
-                step_losses.append(shown)
-                epoch_sum += torch.nan_to_num(batch_loss, nan=0.0) * len(yb if shared_batch else yb[0])
-                epoch_count += len(yb if shared_batch else yb[0])
+                step_losses.append(full(shown))
+                recent = [*recent[-(plan.iterations_per_epoch - 1):], shown] if plan.iterations_per_epoch > 1 \
+                    else [shown]
+                samples = len(yb if shared_batch else yb[0])
+                epoch_sum += torch.nan_to_num(batch_loss, nan=0.0) * samples
+                epoch_count += samples
                 view.step, view.iteration, view.epoch = step, it + 1, epoch
-                finite = shown[torch.isfinite(shown)]
-                view.loss = float(finite.median()) if len(finite) else math.nan
                 if bar is not None:
+                    finite = shown[torch.isfinite(shown)]
+                    view.loss = float(finite.median()) if len(finite) else math.nan
                     bar.on_step_end(view)
+                if step in milestones and milestones[step] < len(rows):
+                    halve(milestones[step])
             # an epoch ends, or the budget ends mid-epoch: record the part done
             mean = epoch_sum / max(epoch_count, 1)
-            epoch_train.append(torch.where(active, mean, torch.full_like(mean, math.nan)))
+            epoch_train.append(full(torch.where(active, mean, torch.full_like(mean, math.nan))))
             if val_source is not None:
-                epoch_val.append(_evaluate(template, params, buffers, val_source, loss_fn, loss_name, M)[0])
+                epoch_val.append(full(_evaluate(template, params, buffers, val_source, loss_fn, loss_name,
+                                                len(rows))[0]))
             epoch_sum.zero_()
             epoch_count = 0
             epoch += 1
@@ -390,21 +488,28 @@ def _vectorized(models: list[nn.Module], source: _Source, val_source: _Source | 
         if bar is not None:
             bar.on_fit_end(view)
     seconds = time.perf_counter() - started
+    last = epoch_train[-1]
+    for k, i in enumerate(rows):
+        final_train[i] = float(last[i])
+        for n, t in {**params, **buffers}.items():
+            final_state[n][i] = t[k].detach()
     val_loss = val_acc = None
     if val_source is not None:
-        v_loss, v_acc = _evaluate(template, params, buffers, val_source, loss_fn, loss_name, M)
-        val_loss = [math.nan if d is not None else float(v) for v, d in zip(v_loss, diverged_at)]
-        val_acc = None if v_acc is None else [math.nan if d is not None else float(a)
-                                              for a, d in zip(v_acc, diverged_at)]
-    cpu_template = copy.deepcopy(models[0]).cpu()
-    state = {**{k: v.detach().cpu().clone() for k, v in params.items()},
-             **{k: v.detach().cpu().clone() for k, v in buffers.items()}}
+        v_loss, v_acc = _evaluate(template, params, buffers, val_source, loss_fn, loss_name, len(rows))
+        for k, i in enumerate(rows):
+            final_val[i] = float(v_loss[k])
+            if v_acc is not None:
+                final_acc[i] = float(v_acc[k])
+        val_loss = [math.nan if d is not None else v for v, d in zip(final_val, diverged_at)]
+        classify = source.task == "classification" and loss_name == "cross_entropy"
+        val_acc = [math.nan if d is not None else a for a, d in zip(final_acc, diverged_at)] if classify else None
+    train_loss = [math.nan if d is not None else v for v, d in zip(final_train, diverged_at)]
     return Population(
-        seeds=seeds, hyper=members, params=state, template=cpu_template,
-        train_loss=[float(v) for v in epoch_train[-1]], val_loss=val_loss, val_accuracy=val_acc,
+        seeds=seeds, hyper=members, params={k: v.cpu() for k, v in final_state.items()},
+        template=copy.deepcopy(models[0]).cpu(), train_loss=train_loss, val_loss=val_loss, val_accuracy=val_acc,
         diverged_at=diverged_at, losses=torch.stack(step_losses) if step_losses else torch.zeros(0, M),
         epoch_train_loss=torch.stack(epoch_train), epoch_val_loss=torch.stack(epoch_val) if epoch_val else None,
-        plan=plan, steps=step, seconds=seconds, task=source.task, optimizer=optimizer,
+        plan=plan, steps=step, seconds=seconds, task=source.task, optimizer=optimizer, pruned_at=pruned_at,
     )
 
 
@@ -420,9 +525,20 @@ def _member_losses(template: nn.Module, loss_fn: LossFn, loss_name: str, shared_
         return loss_fn(forward(p, b, x, y), y)
 
     dims = (0, 0, None, None) if shared_batch else (0, 0, 0, 0)
-    if loss_name not in LOSSES or loss_fn is not LOSSES[loss_name]:
+    builtin = loss_name in LOSSES and loss_fn is LOSSES[loss_name]
+    layers = _mlp_layers(template)
+    if not builtin:
         return vmap(member_loss, in_dims=dims, randomness="different")
-    outputs = vmap(forward, in_dims=dims, randomness="different")
+    outputs: Callable[..., Tensor]
+    if layers is not None:
+        def outputs(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+            out = _mlp_forward(layers, p, x.expand(M, *x.shape) if shared_batch else x)
+            target = y.shape if shared_batch else y.shape[1:]  # one member's targets
+            if loss_name != "cross_entropy" and out.shape[1:] != target and out[0].numel() == target.numel():
+                return out.reshape(M, *target)  # as _match does for one model
+            return out
+    else:
+        outputs = vmap(forward, in_dims=dims, randomness="different")
 
     def losses(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
         out = outputs(p, b, x, y)  # [M, batch, ...]
@@ -431,6 +547,45 @@ def _member_losses(template: nn.Module, loss_fn: LossFn, loss_name: str, shared_
         return each.reshape(M, -1).mean(1)
 
     return losses
+
+
+_ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.GELU, nn.ELU, nn.SiLU, nn.Softplus, nn.Identity,
+                nn.Dropout)
+
+
+def _mlp_layers(template: nn.Module) -> list[tuple[str, Any]] | None:
+    """For an ``nn.Sequential`` of Flatten, Linear and elementwise activations (gdlab's ``mlp``, ``linear`` and
+    ``logistic``), its layers as ``("linear", name) | ("flatten", None) | ("apply", module)``; else None.
+
+    Such a model runs as batched matrix products over members (``baddbmm``), about 1.5x faster on a CPU than the
+    vmapped ``functional_call``, computing the same function (tests compare the two)."""
+    if type(template) is not nn.Sequential:
+        return None
+    layers: list[tuple[str, Any]] = []
+    for name, module in template.named_children():
+        if type(module) is nn.Linear:
+            layers.append(("linear", name))
+        elif type(module) is nn.Flatten and module.start_dim == 1 and module.end_dim == -1:
+            layers.append(("flatten", None))
+        elif type(module) in _ELEMENTWISE:
+            layers.append(("apply", module))
+        else:
+            return None
+    return layers
+
+
+def _mlp_forward(layers: list[tuple[str, Any]], p: dict[str, Tensor], x: Tensor) -> Tensor:
+    """``x`` ``[M, batch, ...]`` through every member's layers: ``[M, batch, outputs]``."""
+    for kind, what in layers:
+        if kind == "flatten":
+            x = x.flatten(2)
+        elif kind == "apply":
+            x = what(x)  # elementwise (dropout draws per element, so per member)
+        else:
+            weight, bias = p[f"{what}.weight"], p.get(f"{what}.bias")
+            x = torch.bmm(x, weight.transpose(1, 2)) if bias is None else torch.baddbmm(
+                bias.unsqueeze(1), x, weight.transpose(1, 2))
+    return x
 
 
 def _in_memory(source: _Source) -> tuple[Tensor, Tensor]:
