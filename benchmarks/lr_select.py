@@ -50,8 +50,8 @@ from torch import nn
 
 import gdlab
 from gdlab import datasets
-from gdlab.lr_find import lr_find
-from gdlab.sweep import sweep
+from gdlab.lr_select import lr_find
+from gdlab.sweeps import sweep
 
 GRID = [10 ** (-5 + 6 * i / 23) for i in range(24)]
 OPTIMIZER = "momentum"

@@ -12,6 +12,8 @@ def test_public_names() -> None:
     assert sorted(gdlab.__all__) == sorted([
         "__version__", "BatchPlan", "Callback", "Config", "EVENTS", "GdlabError", "History", "LoopState",
         "Result", "Run", "Store", "TensorData", "datasets", "evaluate", "fit", "models", "optim",
+        "LRFindResult", "LRSelection", "RestartsResult", "SweepResult", "lr_find", "population", "restarts",
+        "sweep", "sweeps",
     ])
     for name in gdlab.__all__:
         assert getattr(gdlab, name) is not None

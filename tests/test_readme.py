@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -25,3 +27,13 @@ def test_quick_start_has_exactly_two_command_lines() -> None:
 def test_ci_runs_the_readme_test_command() -> None:
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert _quick_start()[1] in ci
+
+
+def test_python_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's "Training from Python" block, as a reader would paste it."""
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"## Training from Python\n\n```python\n(.*?)```", text, re.S)
+    assert block is not None
+    exec(compile(block.group(1), "README.md", "exec"), {})
+    printed = capsys.readouterr().out
+    assert "iterations per epoch" in printed and "'member'" in printed and "successive halving" in printed

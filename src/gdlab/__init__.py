@@ -9,12 +9,14 @@ Example:
     True
 """
 
-from gdlab import datasets, models, optim
+from gdlab import datasets, models, optim, population, sweeps
 from gdlab.config import Config
 from gdlab.data import BatchPlan, TensorData
 from gdlab.errors import GdlabError
 from gdlab.history import History
+from gdlab.lr_select import LRFindResult, LRSelection, lr_find
 from gdlab.store import Run, Store
+from gdlab.sweeps import RestartsResult, SweepResult, restarts, sweep
 from gdlab.train import EVENTS, Callback, LoopState, Result, evaluate, fit
 
 __version__ = "0.1.0"
@@ -27,14 +29,23 @@ __all__ = [
     "EVENTS",
     "GdlabError",
     "History",
+    "LRFindResult",
+    "LRSelection",
     "LoopState",
+    "RestartsResult",
     "Result",
     "Run",
     "Store",
+    "SweepResult",
     "TensorData",
     "datasets",
     "evaluate",
     "fit",
+    "lr_find",
     "models",
     "optim",
+    "population",
+    "restarts",
+    "sweep",
+    "sweeps",
 ]

@@ -69,7 +69,7 @@ def _prepare(settings: Any) -> tuple[Any, Any, Any]:
 
 
 def _values(text: str | None, flag: str) -> list[float] | None:
-    from gdlab.sweep import parse_values
+    from gdlab.sweeps import parse_values
 
     return None if text is None else parse_values(text, flag)
 
@@ -123,7 +123,7 @@ def sweep(
 ) -> None:
     """Train one member per point of a grid (learning rates x momenta x seeds) at once, as one population."""
     from gdlab.store import Store
-    from gdlab.sweep import sweep as run_sweep
+    from gdlab.sweeps import sweep as run_sweep
 
     settings = _settings(data=data, target=target, task=task, val=val, val_split=val_split, standardize=standardize,
                          data_opt=data_opt, model=model, hidden=hidden, activation=activation, init=init,
@@ -200,7 +200,7 @@ def restarts(
 ) -> None:
     """Train from many random initial points at once: how many different minima does training end in?"""
     from gdlab.store import Store
-    from gdlab.sweep import restarts as run_restarts
+    from gdlab.sweeps import restarts as run_restarts
 
     settings = _settings(data=data, target=target, task=task, val=val, val_split=val_split, standardize=standardize,
                          data_opt=data_opt, model=model, hidden=hidden, activation=activation, init=init,
@@ -262,7 +262,7 @@ def lr_find(
     quiet: bool = QUIET, as_json: bool = JSON,
 ) -> None:
     """The learning-rate range test: raise the lr exponentially over one short run and read the loss curve."""
-    from gdlab.lr_find import lr_find as run_lr_find
+    from gdlab.lr_select import lr_find as run_lr_find
 
     settings = _settings(data=data, target=target, task=task, val=val, val_split=val_split, standardize=standardize,
                          data_opt=data_opt, model=model, hidden=hidden, activation=activation, init=init,

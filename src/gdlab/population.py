@@ -483,7 +483,7 @@ def _vectorized(models: list[nn.Module], source: _Source, val_source: _Source | 
             epoch_sum.zero_()
             epoch_count = 0
             epoch += 1
-            view.iteration = 0
+            view.epoch, view.iteration = epoch, 0
     finally:
         if bar is not None:
             bar.on_fit_end(view)

@@ -137,7 +137,7 @@ class Result:
         status: ``finished`` or ``stopped`` (interrupted).
         stop_reason: why the loop ended before its budget (converged, patience, diverged, interrupted), or None.
         findings: the doctor's findings (empty until the doctor is attached).
-        lr_selection: with ``lr="auto"``, the :class:`~gdlab.lr_find.LRSelection` (what was tried, why the
+        lr_selection: with ``lr="auto"``, the :class:`~gdlab.lr_select.LRSelection` (what was tried, why the
             winner won, the cost); else None.
     """
 
@@ -194,7 +194,7 @@ def fit(
         optimizer: a name (``sgd``, ``momentum``, ``nesterov``, ``adagrad``, ``rmsprop``, ``adam``, ``adamw``),
             a factory ``params -> Optimizer`` or a ``torch.optim.Optimizer``.
         lr: learning rate of a named optimizer, or ``"auto"``: chosen before training by a short parallel sweep
-            (``lr_select="sweep"``, see :func:`gdlab.lr_find.select_lr`) or the range test
+            (``lr_select="sweep"``, see :func:`gdlab.lr_select.select_lr`) or the range test
             (``lr_select="range-test"``); ``Result.lr_selection`` says what was tried and why the winner won.
         momentum: its momentum (None keeps the optimizer's default).
         batch_size: ``"full"`` (batch gradient descent), ``"stochastic"`` (one sample) or a positive integer.
@@ -375,7 +375,7 @@ def _auto_lr(lr: str, method: str, model: nn.Module, train: Any, val: Any, optim
         chosen = (db.get(resume).config.get("lr_selection") or {}).get("lr")
         if chosen is not None:
             return float(chosen), None
-    from gdlab.lr_find import select_lr
+    from gdlab.lr_select import select_lr
 
     extra = {k: v for k, v in {**options, "momentum": momentum}.items() if v is not None and k != "clip_norm"}
     selection = select_lr(model, train, optimizer=optimizer, method=method, total_steps=total,

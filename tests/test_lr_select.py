@@ -11,7 +11,7 @@ from torch import nn
 import gdlab
 from gdlab.data import TensorData
 from gdlab.errors import InvalidParameter
-from gdlab.lr_find import _valley, lr_find, select_lr
+from gdlab.lr_select import _valley, lr_find, select_lr
 from gdlab.store import Store
 
 

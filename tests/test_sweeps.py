@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import gdlab
-from gdlab import sweep as sweeps
+from gdlab import sweeps
 from gdlab.data import TensorData
 from gdlab.errors import InvalidParameter
 from gdlab.store import Store
