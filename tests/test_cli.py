@@ -342,3 +342,16 @@ def test_population_commands_bad_input_is_one_line(args: list[str], message: str
     assert line.startswith("error: ") and message in line, line
     assert len(line.splitlines()) == 1 and "Traceback" not in result.output
     assert not Path("s").exists() or Store("s").sweeps() == []
+
+
+def test_runs_and_show_list_sweeps() -> None:
+    payload = json.loads(gdlab("sweep", "--data", "moons", "--hidden", "8", "--lr", "0.01,0.1", "--epochs", "1",
+                               "--store", "s", "--json", "--quiet", "--no-plot", "--name", "mine").stdout)
+    listed = gdlab("runs", "--store", "s").stdout
+    assert payload["sweep_id"] in listed and "sweep" in listed and "mine" in listed
+    shown = gdlab("show", "mine", "--store", "s")
+    assert shown.exit_code == 0 and "2 members" in shown.stdout and "val loss" in shown.stdout
+    as_json = json.loads(gdlab("show", payload["sweep_id"][:12], "--store", "s", "--json").stdout)
+    assert as_json["kind"] == "sweep" and len(as_json["table"]) == 2
+    missing = gdlab("show", "nothing", "--store", "s")
+    assert missing.exit_code == 2 and "unknown run or sweep 'nothing'" in missing.stderr

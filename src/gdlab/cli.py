@@ -268,7 +268,8 @@ def runs(
     if not (Path(store) / "gdlab.db").is_file():
         out.print(f"no runs in {store} yet: start one with gdlab train")
         return
-    listed = Store(store, create=False).runs(limit=limit)
+    db = Store(store, create=False)
+    listed = db.runs(limit=limit)
     for r in listed:
         c, f = r.config, r.final or {}
         acc = f.get("val_accuracy")
@@ -277,23 +278,46 @@ def runs(
                       str(c.get("batch_size", "")), str(r.steps or ""), _num(f.get("train_loss")),
                       _num(f.get("val_loss")), f"{acc:.2%}" if acc is not None else "",
                       f"{r.seconds:.1f}s" if r.seconds else "")
-    if not listed:
+    stored_sweeps = db.sweeps(limit=limit)
+    if not listed and not stored_sweeps:
         out.print(f"no runs in {store} yet: start one with gdlab train")
         return
-    _wide().print(table)
+    if listed:
+        _wide().print(table)
+    if stored_sweeps:
+        from gdlab.cli_population import sweeps_table
+
+        out.print("[bold]sweeps and restarts[/]" if listed else "")
+        _wide().print(sweeps_table(db, stored_sweeps))
 
 
 @app.command()
 @_friendly
 def show(
-    run: str = typer.Argument(..., help="Run id, id prefix, name, or 'last'."),
+    run: str = typer.Argument(..., help="Run or sweep id, id prefix, name, or 'last'."),
     store: str = typer.Option("gdlab-runs", help=STORE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
-    """Show a run: config, plan, status, final metrics and findings."""
+    """Show a run (config, plan, status, final metrics, findings) or a sweep (its table)."""
+    from gdlab.errors import RunNotFound
     from gdlab.store import Store
 
-    r = Store(store, create=False).get(run)
+    db = Store(store, create=False)
+    try:
+        r = db.get(run)
+    except RunNotFound:
+        if not db.sweeps():
+            raise
+        from gdlab.cli_population import show_sweep
+
+        try:
+            show_sweep(db.get_sweep(run), as_json)
+            return
+        except RunNotFound as missing:
+            if "ambiguous" in str(missing):
+                raise
+            raise RunNotFound(f"unknown run or sweep {run!r} in store '{store}': expected an id, id prefix or "
+                              "name (see gdlab runs)") from None
     if as_json:
         print(_json({"run_id": r.id, "name": r.name, "created": r.created, "status": r.status,
                      "config": r.config, "plan": r.plan, "final": r.final, "lr": r.lr, "seconds": r.seconds,
@@ -311,8 +335,10 @@ def show(
         out.print(f"[bold]plan[/]   {plan.describe()}")
     out.print("[bold]config[/]")
     for key, value in r.config.items():
-        if value not in (None, {}, False):
-            out.print(f"  {key:<17}{value}")
+        if key == "lr_selection" and isinstance(value, dict):
+            out.print(f"  {'lr chosen':<17}{_num(value.get('lr'))}: {value.get('reason', '')}", markup=False)
+        elif value not in (None, {}, False):
+            out.print(f"  {key:<17}{value}", markup=False)
     out.print("[bold]final[/]")
     for key, value in (r.final or {}).items():
         out.print(f"  {key:<17}{'-' if value is None else _num(value)}")

@@ -166,7 +166,9 @@ def sweep(
 
 def _print_table(rows: list[dict[str, Any]], best: int) -> None:
     table = Table(box=None, header_style="bold")
-    columns = [k for k in rows[0] if k != "curve" and any(r.get(k) is not None for r in rows)]
+    tail = ("train_loss", "val_loss", "metric", "diverged")
+    keys = [k for k in rows[0] if k not in ("curve", "member", "seed", *tail)]
+    columns = [k for k in ("member", "seed", *keys, *tail) if any(r.get(k) is not None for r in rows)]
     for column in columns:
         header = "val acc" if column == "metric" else column.replace("_", " ")
         table.add_column(header, justify="left" if column == "diverged" else "right")
@@ -290,3 +292,48 @@ def lr_find(
         for warning in found.warnings:
             err.print(f"[yellow]warning:[/] {warning}")
         out.print(f"[bold]plot[/] {path}")
+
+
+def sweeps_table(db: Any, stored: list[dict[str, Any]]) -> Table:
+    """The stored sweeps and restarts, one row each (for gdlab runs)."""
+    table = Table(box=None, header_style="bold")
+    for column in ("sweep", "name", "kind", "created", "members", "best", "val loss", "train loss", "time"):
+        table.add_column(column, justify="right" if column in ("members", "val loss", "train loss", "time")
+                         else "left")
+    for sweep_row in stored:
+        rows = db.get_sweep(sweep_row["id"])["rows"]
+        best = _best_row(rows)
+        axes = [k for k in (sweep_row["config"].get("axes") or {}) if k != "seed"] or ["lr"]
+        described = ", ".join(f"{k} {_num(best[k])}" for k in axes if best and best.get(k) is not None)
+        table.add_row(sweep_row["id"], sweep_row["name"] or "", sweep_row["kind"], sweep_row["created"],
+                      str(sweep_row["members"]), described, _num(best.get("val_loss")) if best else "",
+                      _num(best.get("train_loss")) if best else "",
+                      f"{sweep_row['seconds']:.1f}s" if sweep_row["seconds"] else "")
+    return table
+
+
+def _best_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    def score(row: dict[str, Any]) -> float:
+        value = row.get("val_loss") if row.get("val_loss") is not None else row.get("train_loss")
+        return float("inf") if row.get("diverged") or value is None else float(value)
+
+    trained = [r for r in rows if score(r) != float("inf")]
+    return min(trained, key=score) if trained else None
+
+
+def show_sweep(stored: dict[str, Any], as_json: bool) -> None:
+    """gdlab show for a sweep or restarts: its summary and table."""
+    rows = stored["rows"]
+    if as_json:
+        print(_json({"sweep_id": stored["id"], "name": stored["name"], "kind": stored["kind"],
+                     "created": stored["created"], "config": stored["config"], "summary": stored["summary"],
+                     "seconds": stored["seconds"], "steps": stored["steps"], "table": rows}))
+        return
+    out.print(f"[bold]{stored['kind']}[/] {stored['id']}" + (f" ({stored['name']})" if stored["name"] else "")
+              + f"   {stored['created']}   {len(rows)} members, {stored['steps']} steps each, "
+              f"{stored['seconds'] or 0:.1f} s")
+    for key, value in (stored["summary"] or {}).items():
+        out.print(f"  {key:<20}{_num(value) if isinstance(value, float) else value}")
+    best = _best_row(rows)
+    if rows:
+        _print_table(rows, best["member"] if best else -1)
