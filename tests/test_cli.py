@@ -333,6 +333,11 @@ def test_train_with_lr_auto_records_the_choice() -> None:
         (["lr-find", "--end-lr", "1e-9"], "invalid end_lr 1e-09"),
         (["train", "--lr", "fast"], "invalid --lr 'fast': expected a number, e.g. 0.01, or auto"),
         (["train", "--lr", "auto", "--lr-select", "grid"], "invalid lr_select 'grid'"),
+        (["train", "--lr-select", "range-test"], "invalid lr_select 'range-test': expected lr auto with it"),
+        (["lr-find", "--out", "x.txt"], "invalid --out 'x.txt': expected a .png, .pdf or .svg path"),
+        (["sweep", "--lr", "1e-3,,1"], "invalid --lr '1e-3,,1'"),
+        (["sweep", "--seeds", "0,-1"], "invalid seeds [0, -1]"),
+        (["sweep", "--lr", "1e-3:1:100000"], "n <= 1000"),
     ],
 )
 def test_population_commands_bad_input_is_one_line(args: list[str], message: str) -> None:
@@ -355,3 +360,10 @@ def test_runs_and_show_list_sweeps() -> None:
     assert as_json["kind"] == "sweep" and len(as_json["table"]) == 2
     missing = gdlab("show", "nothing", "--store", "s")
     assert missing.exit_code == 2 and "unknown run or sweep 'nothing'" in missing.stderr
+
+
+def test_a_sweep_where_every_member_diverged_is_reported_not_failed() -> None:
+    result = gdlab("sweep", "--data", "linear", "--model", "linear", "--optimizer", "sgd", "--lr", "1e6,1e7",
+                   "--epochs", "1", "--store", "s", "--no-plot")
+    assert result.exit_code == 0 and "every member diverged" in result.stderr
+    assert "2 members trained" in result.stdout and len(Store("s").sweeps()) == 1

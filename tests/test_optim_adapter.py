@@ -91,3 +91,19 @@ def test_adapter_serves_gdlab_fit() -> None:
     result = gdlab.fit(nn.Linear(3, 1), (X, y), optimizer=lambda p: Optimizer(p, inject(aliases.adam, lr=0.05)),
                        epochs=40, progress=False)
     assert result.final["train_loss"] < 1e-3 and result.lr == 0.05
+
+
+def test_turning_momentum_on_mid_run_changes_the_chain_safely() -> None:
+    """A remedy or a schedule may set momentum on an optimizer built with none: the state follows the chain."""
+    model = _model()
+    opt = Optimizer(model.parameters(), inject(aliases.sgd, lr=0.05, momentum=0.0))
+    _train(model, opt, range(5))
+    opt.param_groups[0]["momentum"] = 0.9
+    _train(model, opt, range(5, 10))
+    reference = _model()
+    ref_opt = Optimizer(reference.parameters(), inject(aliases.sgd, lr=0.05))
+    _train(reference, ref_opt, range(5))
+    torch_opt = torch.optim.SGD(reference.parameters(), lr=0.05, momentum=0.9)  # fresh buffers from step 6
+    _train(reference, torch_opt, range(5, 10))
+    for a, b in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

@@ -97,8 +97,10 @@ def test_restarts_mark_diverged_members(regression: TensorData) -> None:
     result = sweeps.restarts(lambda: nn.Linear(4, 1).double(), regression, seeds=[0, 1], lr=0.01, steps=10,
                              progress=False)
     assert result.summary()["diverged"] == 0
-    with pytest.raises(InvalidParameter, match="one value"):
+    with pytest.raises(InvalidParameter, match="one number: restarts vary the seed only"):
         sweeps.restarts(_linear, regression, lr=[0.1, 0.2], progress=False)
+    default = sweeps.restarts(lambda: nn.Linear(4, 1).double(), regression, seeds=3, steps=5, progress=False)
+    assert len(default.losses) == 3 and {r["lr"] for r in default.sweep.table} == {0.1}  # one lr, not a grid
     with pytest.raises(InvalidParameter, match="invalid tol"):
         sweeps.restarts(_linear, regression, tol=0, progress=False)
 

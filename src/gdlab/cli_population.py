@@ -38,6 +38,8 @@ STORE = typer.Option("gdlab-runs", help=STORE_HELP)
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar or table.")
 JSON = typer.Option(False, "--json", help="Print one JSON object on stdout.")
 OUT = typer.Option(None, "--out", help="PNG path [default: in the store folder].")
+DATA_SEED = typer.Option(None, "--seed", help="Seed of the data (built-in datasets, validation splits); each member's "
+                         "own seed comes from --seeds. [default: 0]")
 
 
 def _settings(**given: Any) -> Any:
@@ -114,6 +116,7 @@ def sweep(
     beta2: str | None = typer.Option(None, help="Values of adam's beta2."),
     weight_decay: str | None = typer.Option(None, help="Values of the weight decay."),
     seeds: str = typer.Option("1", help="A count of seeds (0..n-1) or a comma-separated list."),
+    seed: int | None = DATA_SEED,
     shared_order: bool = typer.Option(False, "--shared-order", help="Every member sees the same batches."),
     batch_size: str | None = BATCH, epochs: int | None = EPOCHS, steps: int | None = STEPS,
     device: str | None = DEVICE, store: str = STORE,
@@ -128,7 +131,7 @@ def sweep(
     settings = _settings(data=data, target=target, task=task, val=val, val_split=val_split, standardize=standardize,
                          data_opt=data_opt, model=model, hidden=hidden, activation=activation, init=init,
                          loss=loss, optimizer=optimizer, batch_size=batch_size, epochs=epochs, steps=steps,
-                         device=device, store=store)
+                         device=device, store=store, seed=seed)
     grid = {"lr": _one(_values(lr, "--lr")), "momentum": _one(_values(momentum, "--momentum")),
             "beta1": _one(_values(beta1, "--beta1")), "beta2": _one(_values(beta2, "--beta2")),
             "weight_decay": _one(_values(weight_decay, "--weight-decay"))}
@@ -145,20 +148,24 @@ def sweep(
         from gdlab.plots import plot_sweep
 
         path = plot_sweep(result, db.root / str(result.sweep_id) / "sweep.png")
-    best = result.best()
+    trained = [r for r in result.table if not r["diverged"]]
+    best = result.best() if trained else None
     if as_json:
         print(_json({"sweep_id": result.sweep_id, "axes": result.axes, "best": best, "table": result.table,
                      "vectorized": result.population.vectorized, "seconds": result.population.seconds,
                      "plot": str(path) if path else None}))
         return
     if not quiet:
-        _print_table(result.table, best["member"])
+        _print_table(result.table, best["member"] if best else -1)
         pop = result.population
         how = "as one population" if pop.vectorized else f"one by one ({pop.notice})"
-        out.print(f"[bold]{len(pop)} members[/] trained {how} in {pop.seconds:.1f} s; "
+        out.print(f"[bold]{len(pop)} member{'s' if len(pop) != 1 else ''}[/] trained {how} in {pop.seconds:.1f} s; "
                   f"{sum(pop.diverged)} diverged")
-        out.print(f"[bold]best[/]  member {best['member']}: " + ", ".join(
-            f"{k} {_num(best[k])}" for k in (*result.axes, "val_loss", "train_loss") if best.get(k) is not None))
+        if best is None:
+            err.print("[yellow]every member diverged:[/] try smaller learning rates")
+        else:
+            out.print(f"[bold]best[/]  member {best['member']}: " + ", ".join(
+                f"{k} {_num(best[k])}" for k in (*result.axes, "val_loss", "train_loss") if best.get(k) is not None))
         out.print(f"[bold]sweep[/] {result.sweep_id}")
         if path:
             out.print(f"[bold]plot[/]  {path}")
@@ -193,6 +200,7 @@ def restarts(
     lr: float = typer.Option(0.1, help="Learning rate (one value: restarts vary the initial point)."),
     momentum: float | None = typer.Option(None, help="Momentum."),
     seeds: int = typer.Option(16, help="How many random initial points."),
+    seed: int | None = DATA_SEED,
     tol: float = typer.Option(0.05, help="Relative tolerance for 'as good as the best' and for one end point."),
     batch_size: str | None = BATCH, epochs: int | None = EPOCHS, steps: int | None = STEPS,
     device: str | None = DEVICE, store: str = STORE,
@@ -207,7 +215,7 @@ def restarts(
     settings = _settings(data=data, target=target, task=task, val=val, val_split=val_split, standardize=standardize,
                          data_opt=data_opt, model=model, hidden=hidden, activation=activation, init=init,
                          loss=loss, optimizer=optimizer, lr=lr, momentum=momentum, batch_size=batch_size,
-                         epochs=epochs, steps=steps, device=device, store=store)
+                         epochs=epochs, steps=steps, device=device, store=store, seed=seed)
     if seeds < 2:
         raise InvalidParameter("--seeds", seeds, "at least 2 restarts")
     model_fn, train_data, val_data = _prepare(settings)
@@ -231,7 +239,7 @@ def restarts(
         what = "validation" if val_data is not None else "training"
         out.print(f"[bold]{summary['restarts']} restarts[/], final {what} loss: best {_num(result.best)}, "
                   f"median {_num(result.median)}, worst {_num(result.worst)} (spread {_num(result.spread)})")
-        out.print(f"[bold]{result.distinct} distinct end points[/] (same loss within {tol:g} and the same "
+        out.print(f"[bold]{result.distinct} distinct end points[/] (same loss within {tol:.0%} and the same "
                   f"predictions on held-out inputs); {result.within_tol:.0%} of restarts end within {tol:.0%} of "
                   f"the best" + (f"; {summary['diverged']} diverged" if summary["diverged"] else ""))
         sizes: dict[int, list[float]] = {}
@@ -272,6 +280,8 @@ def lr_find(
                          device=device)
     import torch
 
+    if out_path is not None and out_path.suffix.lower() not in (".png", ".pdf", ".svg"):
+        raise InvalidParameter("--out", str(out_path), "a .png, .pdf or .svg path")
     model_fn, train_data, _ = _prepare(settings)
     torch.manual_seed(settings.seed)
     found = run_lr_find(model_fn(), train_data, optimizer=optimizer, start_lr=start_lr, end_lr=end_lr,

@@ -137,6 +137,9 @@ class Config:
             self.lr = check_lr(self.lr)
         if self.lr_select not in ("sweep", "range-test"):
             raise InvalidParameter("lr_select", self.lr_select, "sweep or range-test")
+        if self.lr_select != "sweep" and self.lr != "auto":
+            raise InvalidParameter("lr_select", self.lr_select, "lr auto with it (--lr auto): it says how the "
+                                   "learning rate is chosen")
         self.momentum = check_momentum(self.momentum)
         for key in ("epochs", "steps", "patience", "checkpoint_every"):
             value = getattr(self, key)

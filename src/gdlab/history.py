@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import Any
 
 __all__ = ["Table", "History"]
 
@@ -33,6 +34,16 @@ class Table:
         for key, column in self.columns.items():
             column.append(float(row.get(key, math.nan)))
         self._length += 1
+
+    def extend_last(self, values: dict[str, float]) -> None:
+        """Add ``values`` to the latest row (an instrument adding its measurements to the step just recorded)."""
+        if not self._length:
+            raise IndexError("no row to extend")
+        for key, value in values.items():
+            column = self.columns.get(key)
+            if column is None:
+                column = self.columns[key] = [math.nan] * self._length
+            column[-1] = float(value)
 
     def __getitem__(self, key: str) -> list[float]:
         return self.columns[key]
@@ -61,3 +72,4 @@ class History:
     def __init__(self) -> None:
         self.steps = Table()
         self.epochs = Table()
+        self.meta: dict[str, Any] = {}  # what the doctor needs besides the numbers: lr, batch, task, data scales

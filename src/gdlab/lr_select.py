@@ -267,7 +267,9 @@ class LRSelection:
 
     Attributes:
         lr: the chosen learning rate. method: ``sweep`` or ``range-test``.
-        tried: for the sweep, one dict per learning rate tried (``lr``, ``loss``, ``diverged``, ``stage``).
+        tried: for the sweep, one dict per learning rate tried: ``lr``, ``loss`` (at ``steps``: a learning rate cut
+            by successive halving has its loss from the step it was cut, not comparable with the finalists'),
+            ``diverged``, ``steps``.
         reason: one sentence on why the winner won.
         cost: the work spent, in full trainings (member steps / the run's steps).
     """
@@ -356,7 +358,11 @@ def select_lr(
                                f"{lrs[-1]:.2g} diverged; check the data and the model")
     i = min(finalists, key=lambda k: scores[k])
     what = "validation" if val is not None else "training"
-    cuts = ", ".join(f"{keep} kept after {at} steps" for at, keep in milestones)
-    reason = (f"lowest {what} loss ({scores[i]:.4g}) after all {pop.steps} steps, by successive halving over "
-              f"{len(lrs)} learning rates from {lrs[0]:.2g} to {lrs[-1]:.2g} ({cuts})")
+    if pop.vectorized:
+        cuts = ", ".join(f"{keep} kept after {at} steps" for at, keep in milestones)
+        how = f"by successive halving over {len(lrs)} learning rates from {lrs[0]:.2g} to {lrs[-1]:.2g} ({cuts})"
+    else:
+        how = (f"among {len(lrs)} learning rates from {lrs[0]:.2g} to {lrs[-1]:.2g}, each trained to the end one by "
+               f"one (vmap cannot serve this model: {pop.notice})")
+    reason = f"lowest {what} loss ({scores[i]:.4g}) after all {pop.steps} steps, {how}"
     return LRSelection(float(lrs[i]), "sweep", tried, reason, pop.member_steps / max(total_steps, 1))

@@ -93,6 +93,12 @@ class Population:
     def __len__(self) -> int:
         return len(self.seeds)
 
+    def __repr__(self) -> str:
+        diverged = sum(d is not None for d in self.diverged_at)
+        how = "vectorized" if self.vectorized else "one by one"
+        return (f"Population({len(self)} members, {self.steps} steps, {how}, {diverged} diverged, "
+                f"{self.seconds:.2f} s)")
+
     @property
     def diverged(self) -> list[bool]:
         return [d is not None for d in self.diverged_at]

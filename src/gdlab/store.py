@@ -91,6 +91,7 @@ class Run:
     error: str | None
     dir: Path
     findings: list[dict[str, Any]] = field(default_factory=list)
+    remedies: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def checkpoint(self) -> Path:
@@ -206,6 +207,15 @@ class Store:
                   f.get("explanation"), _dumps(f.get("remedy"))) for f in findings],
             )
 
+    def add_remedies(self, run_id: str, remedies: Iterable[dict[str, Any]]) -> None:
+        """Record what the doctor did (``step``, ``action``, ``params``, ``reason``)."""
+        with self._write() as db:
+            db.executemany(
+                "INSERT INTO remedies (run_id, step, action, applied, note) VALUES (?, ?, ?, 1, ?)",
+                [(run_id, r.get("step"), r["action"], _dumps({"params": r.get("params"), "reason": r.get("reason")}))
+                 for r in remedies],
+            )
+
     # -- sweeps --------------------------------------------------------------------------------------------
 
     def add_sweep(self, kind: str, config: dict[str, Any], members: list[dict[str, Any]], *,
@@ -274,6 +284,10 @@ class Store:
              "remedy": _loads(r[5])}
             for r in self._query("SELECT code, severity, step, evidence, explanation, remedy FROM findings "
                                  "WHERE run_id = ? ORDER BY rowid", (run.id,))
+        ]
+        run.remedies = [
+            {"step": r[0], "action": r[1], **(_loads(r[2]) or {})}
+            for r in self._query("SELECT step, action, note FROM remedies WHERE run_id = ? ORDER BY rowid", (run.id,))
         ]
         return run
 

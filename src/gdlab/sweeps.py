@@ -31,6 +31,7 @@ from gdlab.population import Population
 __all__ = ["sweep", "SweepResult", "restarts", "RestartsResult", "parse_values", "SWEPT"]
 
 SWEPT = ("lr", "momentum", "beta1", "beta2", "eps", "weight_decay")
+MAX_VALUES = 1000
 """Hyperparameters a sweep can vary (besides seeds)."""
 
 
@@ -44,18 +45,22 @@ def parse_values(text: str, param: str = "values") -> list[float]:
         [0.0, 0.9]
     """
     text = text.strip()
-    expected = "a:b:n (n log-spaced values from a to b, a and b > 0), a comma-separated list or a number"
+    expected = (f"a:b:n (n <= {MAX_VALUES} log-spaced values from a to b, a and b > 0), a comma-separated list or "
+                "a number")
     try:
         if ":" in text:
             a, b, n = text.split(":")
             low, high, count = float(a), float(b), int(n)
-            if not (low > 0 and high > 0 and count >= 1 and math.isfinite(low) and math.isfinite(high)):
+            if not (low > 0 and high > 0 and 1 <= count <= MAX_VALUES and math.isfinite(low) and math.isfinite(high)):
                 raise ValueError
             if count == 1:
                 return [low]
             step = (math.log10(high) - math.log10(low)) / (count - 1)
             return [10 ** (math.log10(low) + i * step) for i in range(count)]
-        values = [float(v) for v in text.split(",") if v.strip()]
+        items = text.split(",")
+        if any(not item.strip() for item in items):
+            raise ValueError
+        values = [float(v) for v in items]
         if not values or not all(math.isfinite(v) for v in values):
             raise ValueError
         return values
@@ -71,8 +76,8 @@ def _seeds(seeds: int | Sequence[int]) -> list[int]:
             raise InvalidParameter("seeds", seeds, "a positive number of seeds, or a list of seeds")
         return list(range(seeds))
     values = list(seeds)
-    if not values or not all(isinstance(s, int) and not isinstance(s, bool) for s in values):
-        raise InvalidParameter("seeds", seeds, "a number of seeds or a non-empty list of integers")
+    if not values or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in values):
+        raise InvalidParameter("seeds", seeds, "a number of seeds or a non-empty list of integers >= 0")
     return values
 
 
@@ -142,8 +147,8 @@ def sweep(
 
     Args:
         model_fn: builds one member; called after ``torch.manual_seed(seed)``.
-        lr, momentum, **options (``beta1``, ``beta2``, ``eps``, ``weight_decay``, ``nesterov``): a number or a
-            list of values; lists span the grid.
+        lr, momentum, **options (``beta1``, ``beta2``, ``eps``, ``weight_decay``, ``nesterov``): a number, a
+            list of values, or text as the CLI takes it (``"1e-4:1:16"``); lists span the grid.
         seeds: a list of seeds, or a count (seeds 0..n-1).
         store: a :class:`~gdlab.store.Store` or its folder: the sweep and its members are recorded there.
         The rest: as for :func:`gdlab.fit`.
@@ -158,6 +163,9 @@ def sweep(
     for key, value in settings.items():
         if value is None:
             continue
+        if isinstance(value, str):
+            value = parse_values(value, key)
+            value = value[0] if len(value) == 1 else value
         if isinstance(value, (list, tuple)):
             if not value:
                 raise InvalidParameter(key, list(value), "at least one value")
@@ -253,6 +261,7 @@ def restarts(
     train: Any,
     *,
     seeds: int | Sequence[int] = 16,
+    lr: float = 0.1,
     tol: float = 0.05,
     probe: Any = None,
     **kwargs: Any,
@@ -271,10 +280,11 @@ def restarts(
     """
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
         raise InvalidParameter("tol", tol, "a number > 0, e.g. 0.05")
-    for key in ("lr", "momentum"):
-        if isinstance(kwargs.get(key), (list, tuple)):
-            raise InvalidParameter(key, kwargs[key], "one value: restarts vary the seed only")
-    result = sweep(model_fn, train, seeds=seeds, **{k: v for k, v in kwargs.items() if k not in ("store", "name")})
+    for key, value in (("lr", lr), ("momentum", kwargs.get("momentum"))):
+        if isinstance(value, (list, tuple, str)):
+            raise InvalidParameter(key, value, "one number: restarts vary the seed only")
+    result = sweep(model_fn, train, seeds=seeds, lr=lr,
+                   **{k: v for k, v in kwargs.items() if k not in ("store", "name")})
     pop = result.population
     losses = [math.nan if s == math.inf else s for s in pop.score()]
     inputs = _probe_inputs(probe, kwargs.get("val"), train)
@@ -288,7 +298,7 @@ def restarts(
     out = RestartsResult(result, losses, clusters, best, finite[len(finite) // 2], finite[-1], within, float(tol))
     if kwargs.get("store") is not None:
         out.restarts_id = _record(kwargs["store"], "restarts", result, kwargs.get("name"), {
-            "optimizer": result.optimizer, "lr": kwargs.get("lr"), "seeds": len(losses), "tol": tol},
+            "optimizer": result.optimizer, "lr": lr, "seeds": len(losses), "tol": tol},
             summary=out.summary())
     return out
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -108,6 +107,10 @@ class LoopState:
     best_val_loss: float = math.inf
     bad_epochs: int = 0
     seconds: float = 0.0
+    # for instruments: the step's batch, the loss function and how outputs are matched to targets
+    batch: tuple[torch.Tensor, torch.Tensor] | None = None
+    loss_fn: LossFn | None = None
+    match: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
     def stop(self, reason: str) -> None:
         """Ask the loop to stop after the current step, giving the reason."""
@@ -136,7 +139,9 @@ class Result:
         plan: the batch plan.
         status: ``finished`` or ``stopped`` (interrupted).
         stop_reason: why the loop ended before its budget (converged, patience, diverged, interrupted), or None.
-        findings: the doctor's findings (empty until the doctor is attached).
+        findings: the doctor's :class:`~gdlab.doctor.Finding` list (empty with ``doctor=False``).
+        remedies: what the doctor did during the run with ``remedy="auto"`` (each with ``step``, ``action``,
+            ``params``, ``reason``).
         lr_selection: with ``lr="auto"``, the :class:`~gdlab.lr_select.LRSelection` (what was tried, why the
             winner won, the cost); else None.
     """
@@ -153,6 +158,7 @@ class Result:
     steps: int = 0
     findings: list[Any] = field(default_factory=list)
     lr_selection: Any = None
+    remedies: list[Any] = field(default_factory=list)
 
 
 def fit(
@@ -181,6 +187,9 @@ def fit(
     resume: str | None = None,
     schedule: str | Schedule | None = None,
     lr_select: str = "sweep",
+    instruments: str | Sequence[Any] = "default",
+    doctor: bool = True,
+    remedy: str = "suggest",
     **optimizer_options: Any,
 ) -> Result:
     """Train ``model`` on ``train`` by gradient descent.
@@ -213,6 +222,11 @@ def fit(
         resume: a stored run's id: continue it from its last checkpoint (needs ``store``).
         schedule: a learning-rate schedule: a function of the step, or text as ``--schedule`` takes it
             (``cosine``, ``step:EVERY:GAMMA``, ``one_cycle``, ``plateau``, ``warmup:N,cosine``...).
+        instruments: ``"default"`` (cheap and periodic), ``"cheap"``, ``"full"`` (adds the expensive ones),
+            ``"none"``, or a list of instruments (see :mod:`gdlab.instruments`).
+        doctor: run the doctor's detectors at the end (``Result.findings``, see :mod:`gdlab.doctor`).
+        remedy: ``"suggest"`` (findings carry a remedy), ``"auto"`` (the doctor acts during the run:
+            ``Result.remedies``) or ``"off"``.
         **optimizer_options: ``beta1``, ``beta2``, ``eps``, ``weight_decay``, ``nesterov``, ``clip_norm`` for a
             named optimizer.
 
@@ -224,6 +238,15 @@ def fit(
     for key, value in (("tol", tol), ("patience", patience), ("checkpoint_every", checkpoint_every)):
         if value is not None and (isinstance(value, bool) or not value > 0):
             raise InvalidParameter(key, value, "a number > 0" if key == "tol" else "a positive integer")
+    from gdlab.doctor import REMEDY_MODES, Doctor
+    from gdlab.instruments import attach
+
+    watching = attach(instruments)
+    if remedy not in REMEDY_MODES:
+        raise UnknownChoice("remedy", remedy, REMEDY_MODES)
+    if not isinstance(doctor, bool):
+        raise InvalidParameter("doctor", doctor, "True or False")
+    physician = Doctor(remedy) if doctor or remedy == "auto" else None
     dev = resolve_device(device)
     model.to(dev)
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.get_default_dtype())
@@ -254,6 +277,9 @@ def fit(
 
     state = LoopState(model, opt, plan, History(), seed, dev, int(total))
     state.val_samples = len(val_source) if val_source is not None else None
+    state.loss_fn = loss_fn
+    state.match = lambda output, target: _match(output, target, loss_name)
+    state.history.meta.update(_meta(model, opt, source, plan))
     recorder = None
     if db is not None:
         if resume is not None:
@@ -273,7 +299,8 @@ def fit(
     if resume is None:
         torch.manual_seed(seed)  # parameter-free randomness (dropout) follows the seed
 
-    hooks: list[Any] = [*([scheduler] if scheduler else []), *callbacks, *([recorder] if recorder else [])]
+    hooks: list[Any] = [*([scheduler] if scheduler else []), *watching, *([physician] if physician else []),
+                        *callbacks, *([recorder] if recorder else [])]
     if progress:
         from gdlab.progress import ProgressBar  # an edge: rich is imported only when a bar is wanted
 
@@ -299,6 +326,7 @@ def fit(
 
                 # (2) evaluate the loss and its gradient on one batch
                 x, y = next(batch_iter)
+                state.batch = (x, y)
                 output = model(x)
                 batch_loss = loss_fn(_match(output, y, loss_name), y)
                 state.loss = batch_loss.item()
@@ -306,24 +334,27 @@ def fit(
                     state.history.steps.append({"step": state.step + 1, "epoch": state.epoch + 1,
                                                 "loss": state.loss, "lr": state.lr})
                     state.step += 1
-                    state.stop(f"diverged: the loss became {state.loss} at step {state.step}; "
-                               "the learning rate is likely too large")
-                    break
-                opt.zero_grad(set_to_none=True)
-                batch_loss.backward()
-                grad_norm = _grad_norm(params)
+                    if not any([getattr(hook, "on_diverge", _never)(state) for hook in hooks]):
+                        state.stop(f"diverged: the loss became {state.loss} at step {state.step}; "
+                                   "the learning rate is likely too large")
+                        break
+                    state.iteration += 1  # a remedy rolled back: the batch is spent, the run goes on
+                else:
+                    opt.zero_grad(set_to_none=True)
+                    batch_loss.backward()
+                    grad_norm = _grad_norm(params)
 
-                # (3) update the parameters
-                opt.step()
+                    # (3) update the parameters
+                    opt.step()
 
-                # (4) record, and repeat
-                state.step += 1
-                state.iteration += 1
-                state.epoch_loss_sum += state.loss * len(y)
-                state.epoch_samples += len(y)
-                state.history.steps.append({"step": state.step, "epoch": state.epoch + 1, "loss": state.loss,
-                                            "lr": state.lr, "grad_norm": grad_norm})
-                emit("on_step_end")
+                    # (4) record, and repeat
+                    state.step += 1
+                    state.iteration += 1
+                    state.epoch_loss_sum += state.loss * len(y)
+                    state.epoch_samples += len(y)
+                    state.history.steps.append({"step": state.step, "epoch": state.epoch + 1, "loss": state.loss,
+                                                "lr": state.lr, "grad_norm": grad_norm})
+                    emit("on_step_end")
                 if state.iteration == plan.iterations_per_epoch:
                     _end_epoch(state, val_source, loss_fn, loss_name, tol, patience, started)
                     emit("on_epoch_end")
@@ -353,11 +384,33 @@ def fit(
 
     final = _final(state, val_source is not None, source.task)
     status = "stopped" if state.interrupted else "finished"
+    findings = physician.findings if physician and doctor else []
+    remedies = physician.remedies if physician else []
+    if recorder and (findings or remedies):
+        recorder.store.add_findings(recorder.run_id, [f.to_dict() for f in findings])
+        recorder.store.add_remedies(recorder.run_id, [r.to_dict() for r in remedies])
     if recorder:
         recorder.store.finish(recorder.run_id, status, final=final, lr=state.lr, seconds=state.seconds,
                               steps=state.step, stop_reason=state.stop_reason)
     return Result(model, state.history, final, state.lr, state.run_id, state.seconds, plan, status,
-                  state.stop_reason, state.step, lr_selection=selection)
+                  state.stop_reason, state.step, findings=list(findings), lr_selection=selection,
+                  remedies=list(remedies))
+
+
+def _meta(model: nn.Module, opt: torch.optim.Optimizer, source: _Source, plan: BatchPlan) -> dict[str, Any]:
+    """What the doctor reads besides the numbers: settings, the task and the scale of each input feature (the
+    95th percentile of its absolute value, on up to 10,000 samples)."""
+    group = opt.param_groups[0]
+    owners = {n.rsplit(".", 1)[0] for n, p in model.named_parameters() if p.requires_grad}
+    linear_only = len(owners) == 1 and all(isinstance(m, nn.Linear) for n, m in model.named_modules()
+                                          if n in owners)
+    meta: dict[str, Any] = {"lr": group.get("lr"), "momentum": group.get("momentum"), "batch_size": plan.batch_size,
+                            "samples": plan.samples, "task": source.task, "num_classes": source.num_classes,
+                            "convex": linear_only}
+    if source.tensors is not None and source.tensors.X.dim() == 2 and len(source.tensors.X):
+        X = source.tensors.X[:10_000].detach().double().abs()
+        meta["feature_scales"] = X.quantile(0.95, dim=0).tolist() if X.shape[1] <= 4096 else None
+    return meta
 
 
 def _auto_lr(lr: str, method: str, model: nn.Module, train: Any, val: Any, optimizer: Any, momentum: float | None,
@@ -381,13 +434,15 @@ def _auto_lr(lr: str, method: str, model: nn.Module, train: Any, val: Any, optim
     selection = select_lr(model, train, optimizer=optimizer, method=method, total_steps=total,
                           batch_size=batch_size, val=val, loss=loss, seed=seed, device=dev, progress=progress,
                           **extra)
-    if progress:
-        print(f"lr auto: {selection.lr:.4g} ({selection.reason})", file=sys.stderr)
     return selection.lr, selection
 
 
 def _ignore(state: LoopState) -> None:
     pass
+
+
+def _never(state: LoopState) -> bool:
+    return False
 
 
 def _end_epoch(state: LoopState, val: _Source | None, loss_fn: LossFn, loss_name: str, tol: float | None,

@@ -33,7 +33,13 @@ __all__ = ["Optimizer", "inject"]
 def inject(make: Callable[..., Transform], **hyperparams: Any) -> Transform:
     """``make(**hyperparams)`` with the hyperparameters held in the state (``state["hyperparams"]``): change them
     there between steps and the next update uses the new values. The chain is rebuilt only when they change."""
-    built: dict[str, Any] = {"key": None, "transform": None}
+    built: dict[str, Any] = {"key": None, "transform": None, "zeros": None}
+
+    def zeros(values: dict[str, Any]) -> tuple[str, ...]:
+        # an alias leaves out the transform of a zero hyperparameter (momentum 0: no trace), so the state's layout
+        # changes when a value turns zero or stops being zero
+        return tuple(k for k, v in values.items() if not isinstance(v, (Tensor, tuple)) and not callable(v)
+                     and v == 0)
 
     def current(values: dict[str, Any]) -> Transform:
         key = tuple((k, id(v) if isinstance(v, Tensor) or callable(v) else v) for k, v in values.items())
@@ -41,17 +47,29 @@ def inject(make: Callable[..., Transform], **hyperparams: Any) -> Transform:
             built["key"], built["transform"] = key, make(**values)
         return built["transform"]
 
+    def fit_layout(state: dict[str, Any], params: Any) -> dict[str, Any]:
+        """The inner state, re-made (fresh buffers) where a zero came or went and the chain changed shape."""
+        now = zeros(state["hyperparams"])
+        if state.get("zeros", now) != now:
+            fresh = current(state["hyperparams"]).init(params)
+            if _layout(fresh) != _layout(state["inner"]):
+                state = {**state, "inner": fresh}
+        return {**state, "zeros": now}
+
     def init(params: Any) -> dict[str, Any]:
-        return {"hyperparams": dict(hyperparams), "inner": current(hyperparams).init(params)}
+        return {"hyperparams": dict(hyperparams), "inner": current(hyperparams).init(params),
+                "zeros": zeros(hyperparams)}
 
     def update(grads: Any, state: dict[str, Any], params: Any) -> tuple[Any, dict[str, Any]]:
+        state = fit_layout(state, params)
         updates, inner = current(state["hyperparams"]).update(grads, state["inner"], params)
-        return updates, {"hyperparams": state["hyperparams"], "inner": inner}
+        return updates, {**state, "inner": inner}
 
     def step(params: Any, grads: Any, state: dict[str, Any]) -> dict[str, Any] | None:
+        state = fit_layout(state, params)
         fast = current(state["hyperparams"]).step
         inner = None if fast is None else fast(params, grads, state["inner"])
-        return None if inner is None else {"hyperparams": state["hyperparams"], "inner": inner}
+        return None if inner is None else {**state, "inner": inner}
 
     return Transform(init, update, step)
 
@@ -122,6 +140,15 @@ class Optimizer(torch.optim.Optimizer):
                 group.setdefault(key, value)  # schedules, not saved, come from the new optimizer
         like = self._params[0]
         self._state = _restore(saved, self._state, like)
+
+
+def _layout(state: Any) -> Any:
+    """The shape of a state tree: keys and list lengths, leaves as their type."""
+    if isinstance(state, dict):
+        return tuple((k, _layout(v)) for k, v in sorted(state.items()))
+    if isinstance(state, (list, tuple)):
+        return tuple(_layout(v) for v in state)
+    return type(state).__name__
 
 
 def _plain(state: Any) -> Any:

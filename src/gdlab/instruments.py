@@ -1,0 +1,350 @@
+"""Instruments: small callbacks that measure each step and write the numbers into the run's ``History``.
+
+Each instrument has a cost class:
+
+- ``cheap`` (:class:`Cheap`, every step): the loss's moving average; the gradient norm per layer; the update-to-
+  weight ratio per layer and overall; the parameter norm and the distance from the initial point; a non-finite
+  flag for loss, gradients and parameters. One host sync per step for all of it.
+- ``periodic`` (:class:`Periodic`, every ``every`` steps, on a sub-batch of the step's batch): per-sample gradients
+  by ``torch.func`` give the gradient noise scale B_simple = tr(Sigma) / |G|^2 (McCandlish et al. 2018,
+  https://arxiv.org/abs/1812.06162) and the signal-to-noise ratio of the mini-batch gradient
+  |G|^2 / (tr(Sigma) / batch); forward hooks give each activation's share of zero ReLU outputs, of dead units
+  (zero for every sample) and of saturated tanh or sigmoid units; backward hooks give the norm of the gradient
+  arriving at each layer's output (the lecture's global gradient), last layer to first.
+- ``expensive`` (:class:`Expensive`, every ``every`` steps): the largest Hessian eigenvalue (power iteration on
+  Hessian-vector products) against the stability limit 2/lr (2(1+beta)/lr with heavy-ball momentum beta), and
+  the step size along the update direction (Cockpit's alpha: a 1-D quadratic fitted to the loss and directional
+  derivative before and after the step; 0 = the step lands at its minimum, -1 = it barely moved, 1 = it
+  overshot to the same height on the other side).
+
+Columns are named ``name`` or ``name/layer`` (layers by their module names, as ``model.named_modules`` gives them).
+
+Example:
+    >>> import torch, gdlab
+    >>> X = torch.randn(64, 3); y = (X[:, 0] > 0).long()
+    >>> model = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    >>> result = gdlab.fit(model, (X, y), epochs=2, progress=False, instruments="default", doctor=False)
+    >>> sorted(k for k in result.history.steps.columns if k.startswith("grad_norm/"))
+    ['grad_norm/0', 'grad_norm/2']
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import warnings
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+
+__all__ = ["Instrument", "Cheap", "Periodic", "Expensive", "LEVELS", "attach"]
+
+LEVELS = ("none", "cheap", "default", "full")
+"""What ``fit(instruments=...)`` takes: ``default`` is cheap + periodic, ``full`` adds expensive."""
+
+_ACTIVATIONS = (nn.ReLU, nn.Tanh, nn.Sigmoid)
+_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+class Instrument:
+    """Base: a callback with a ``cost`` class (``cheap``, ``periodic`` or ``expensive``)."""
+
+    cost = "cheap"
+
+
+def _layers(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
+    """Parameters grouped by the module that owns them (``"0"``, ``"2"``, ``"encoder.fc"``...)."""
+    groups: dict[str, list[tuple[str, nn.Parameter]]] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            owner = name.rsplit(".", 1)[0] if "." in name else name
+            groups.setdefault(owner, []).append((name, p))
+    return groups
+
+
+class Cheap(Instrument):
+    """Every step: loss moving average, per-layer gradient norms and update ratios, parameter norm, distance
+    from the start, non-finite flag."""
+
+    cost = "cheap"
+
+    def __init__(self, beta: float = 0.9) -> None:
+        self.beta = beta
+
+    def on_fit_start(self, state: Any) -> None:
+        groups = _layers(state.model)
+        self.names = list(groups)
+        self.params = [p for members in groups.values() for _, p in members]
+        self.owner = [i for i, members in enumerate(groups.values()) for _ in members]
+        self.owner_index = torch.tensor(self.owner)
+        with torch.no_grad():
+            self.start = [p.detach().clone() for p in self.params]
+            self.before = [p.detach().clone() for p in self.params]
+        self.avg = 0.0
+        self.weight = 0.0
+
+    @torch.no_grad()
+    def on_step_end(self, state: Any) -> None:
+        now = [p.detach() for p in self.params]
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        g2 = torch.stack(torch._foreach_norm(grads)).square()
+        delta = torch._foreach_sub(now, self.before)
+        u2 = torch.stack(torch._foreach_norm(delta)).square()
+        w2 = torch.stack(torch._foreach_norm(self.before)).square()
+        torch._foreach_sub_(delta, self.start)  # reuse the buffer: (now - before) - start ...
+        torch._foreach_add_(delta, self.before)  # ... + before = now - start
+        dist = torch.stack(torch._foreach_norm(delta)).square().sum()
+        n = len(self.names)
+        index = self.owner_index.to(g2.device)
+        layer_g = torch.zeros(n, device=g2.device, dtype=g2.dtype).index_add_(0, index, g2)
+        layer_u = torch.zeros(n, device=g2.device, dtype=g2.dtype).index_add_(0, index, u2)
+        layer_w = torch.zeros(n, device=g2.device, dtype=g2.dtype).index_add_(0, index, w2)
+        p2 = torch.stack(torch._foreach_norm(now)).square().sum()
+        values = torch.cat([layer_g.sqrt(), (layer_u / layer_w.clamp(min=1e-30)).sqrt(),
+                            torch.stack([(u2.sum() / w2.sum().clamp(min=1e-30)).sqrt(), p2.sqrt(), dist.sqrt()])])
+        numbers = values.tolist()
+        torch._foreach_copy_(self.before, now)
+        loss = state.loss
+        if math.isfinite(loss):
+            self.avg = self.beta * self.avg + (1 - self.beta) * loss
+            self.weight = self.beta * self.weight + (1 - self.beta)
+        row: dict[str, float] = {"loss_ema": self.avg / self.weight if self.weight else math.nan}
+        for i, name in enumerate(self.names):
+            row[f"grad_norm/{name}"] = numbers[i]
+            row[f"update_ratio/{name}"] = numbers[n + i]
+        row["update_ratio"], row["param_norm"], row["distance"] = numbers[2 * n :]
+        row["non_finite"] = float(not all(math.isfinite(v) for v in (loss, *numbers)))
+        state.history.steps.extend_last(row)
+
+
+@contextlib.contextmanager
+def _untouched(model: nn.Module) -> Iterator[None]:
+    """Measure without leaving a trace: buffers (BatchNorm's running statistics) and the random number generators
+    (dropout) are as they were, so a run with instruments is the run without them."""
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    cpu = torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
+def _meta_copy(model: nn.Module) -> nn.Module:
+    """A storage-free copy of ``model`` (on the meta device) to run ``functional_call`` on: copying it again
+    per measurement costs nothing, and the user's module is never swapped out."""
+    return copy.deepcopy(model).to("meta")
+
+
+def _sub_batch(state: Any, size: int) -> tuple[Tensor, Tensor] | None:
+    batch = getattr(state, "batch", None)
+    if batch is None:
+        return None
+    x, y = batch
+    return x[:size], y[:size]
+
+
+class Periodic(Instrument):
+    """Every ``every`` steps, on up to ``sub_batch`` samples of the step's batch: gradient noise scale and SNR,
+    activation statistics, and the gradient arriving at each layer's output."""
+
+    cost = "periodic"
+
+    def __init__(self, every: int = 25, sub_batch: int = 64) -> None:
+        self.every, self.sub_batch = every, sub_batch
+        self.per_sample_failed: str | None = None
+
+    def on_fit_start(self, state: Any) -> None:
+        self.activations = [(n, m) for n, m in state.model.named_modules() if isinstance(m, _ACTIVATIONS)]
+        self.layers = [(n, m) for n, m in state.model.named_modules() if isinstance(m, _LAYERS)]
+        self.meta = _meta_copy(state.model)
+
+    def on_step_end(self, state: Any) -> None:
+        if state.step % self.every and state.step != 1:
+            return
+        batch = _sub_batch(state, self.sub_batch)
+        if batch is None or len(batch[0]) < 2:
+            return
+        row: dict[str, float] = {}
+        with _untouched(state.model):
+            row.update(self._noise(state, *batch))
+            row.update(self._hooks(state, *batch))
+        state.history.steps.extend_last(row)
+
+    def _noise(self, state: Any, x: Tensor, y: Tensor) -> dict[str, float]:
+        """B_simple and the SNR from per-sample gradients (eval-mode forward: one sample has no batch stats)."""
+        if self.per_sample_failed is not None:
+            return {}
+        params = {k: v.detach() for k, v in state.model.named_parameters() if v.requires_grad}
+        buffers = {k: v.detach() for k, v in state.model.named_buffers()}
+        loss_fn, match = state.loss_fn, state.match
+        template = copy.deepcopy(self.meta).eval()  # never the user's module: functional_call may leave it altered
+
+        def one(p: dict[str, Tensor], xi: Tensor, yi: Tensor) -> Tensor:
+            out = functional_call(template, (p, buffers), (xi.unsqueeze(0),))
+            return loss_fn(match(out, yi.unsqueeze(0)), yi.unsqueeze(0))
+
+        try:
+            per = vmap(grad(one), in_dims=(None, 0, 0))(params, x, y)
+        except Exception as error:  # noqa: BLE001: a model per-sample gradients cannot serve
+            self.per_sample_failed = str(error).splitlines()[0] if str(error) else type(error).__name__
+            return {}
+        n = len(x)
+        flat = torch.cat([g.reshape(n, -1) for g in per.values()], dim=1).double()
+        mean = flat.mean(0)
+        g2 = float(mean.square().sum())
+        trace = float((flat - mean).square().sum(1).mean()) * n / (n - 1)  # unbiased tr(Sigma)
+        b = state.plan.batch_size
+        return {"noise_scale": trace / g2 if g2 > 0 else math.inf,
+                "grad_snr": g2 / (trace / b) if trace > 0 else math.inf}
+
+    def _hooks(self, state: Any, x: Tensor, y: Tensor) -> dict[str, float]:
+        """One extra forward and backward on the sub-batch with hooks on activations and layers."""
+        seen: dict[str, Tensor] = {}
+        arriving: dict[str, float] = {}
+
+        def forward_hook(name: str) -> Any:
+            def hook(module: nn.Module, inputs: Any, output: Tensor) -> None:
+                seen[name] = output.detach()
+            return hook
+
+        def backward_hook(name: str) -> Any:
+            def hook(module: nn.Module, grad_in: Any, grad_out: Any) -> None:
+                g = grad_out[0]
+                if g is not None:
+                    arriving[name] = float(g.detach().double().square().sum().sqrt()) / math.sqrt(len(x))
+            return hook
+
+        handles = [m.register_forward_hook(forward_hook(n)) for n, m in self.activations]
+        handles += [m.register_full_backward_hook(backward_hook(n)) for n, m in self.layers]
+        params = [p for p in state.model.parameters() if p.requires_grad]
+        try:
+            with warnings.catch_warnings():
+                # the first layer's inputs need no gradient: torch warns that its hook sees only the output's
+                warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                out = state.model(x)
+                loss = state.loss_fn(state.match(out, y), y)
+                torch.autograd.grad(loss, params, allow_unused=True)  # leaves .grad alone
+        finally:
+            for h in handles:
+                h.remove()
+        row: dict[str, float] = {}
+        for name, module in self.activations:
+            a = seen.get(name)
+            if a is None:
+                continue
+            units = a.reshape(len(a), -1)
+            if isinstance(module, nn.ReLU):
+                zero = units <= 0
+                row[f"zero_share/{name}"] = float(zero.double().mean())
+                row[f"dead_share/{name}"] = float(zero.all(0).double().mean())
+            elif isinstance(module, nn.Tanh):
+                row[f"saturated/{name}"] = float((units.abs() > 0.99).double().mean())
+            else:
+                row[f"saturated/{name}"] = float(((units < 0.01) | (units > 0.99)).double().mean())
+        for name, _ in self.layers:
+            if name in arriving:
+                row[f"grad_out/{name}"] = arriving[name]
+        return row
+
+
+class Expensive(Instrument):
+    """Every ``every`` steps: the sharpness (largest Hessian eigenvalue, ``iterations`` of power iteration)
+    against the stability limit, and Cockpit's alpha for the step just taken."""
+
+    cost = "expensive"
+
+    def __init__(self, every: int = 50, sub_batch: int = 128, iterations: int = 20) -> None:
+        self.every, self.sub_batch, self.iterations = every, sub_batch, iterations
+        self.before: dict[str, Tensor] | None = None
+
+    def on_step_end(self, state: Any) -> None:
+        row: dict[str, float] = {}
+        if self.before is not None:
+            batch = _sub_batch(state, self.sub_batch)
+            if batch is not None:
+                with _untouched(state.model):
+                    row.update(self._alpha(state, *batch))
+                    row.update(self._sharpness(state, *batch))
+            self.before = None
+        if (state.step + 1) % self.every == 0:
+            self._keep(state)
+        if row:
+            state.history.steps.extend_last(row)
+
+    def on_fit_start(self, state: Any) -> None:
+        self.meta = _meta_copy(state.model)
+        self._keep(state)  # the first step is measured too
+
+    def _keep(self, state: Any) -> None:
+        """The parameters before the next step: alpha needs both ends of it."""
+        self.before = {k: v.detach().clone() for k, v in state.model.named_parameters()}
+
+    def _loss_and_grad(self, state: Any, params: dict[str, Tensor], x: Tensor, y: Tensor) -> tuple[float, list[Tensor]]:
+        names = list(params)
+        leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
+        buffers = {k: v.detach() for k, v in state.model.named_buffers()}
+        template = copy.deepcopy(self.meta).train(state.model.training)
+        out = functional_call(template, ({**leaves, **buffers}), (x,))
+        loss = state.loss_fn(state.match(out, y), y)
+        grads = torch.autograd.grad(loss, [leaves[k] for k in names], allow_unused=True)
+        return float(loss.detach()), [g if g is not None else torch.zeros_like(leaves[k]) for g, k in zip(grads, names)]
+
+    def _alpha(self, state: Any, x: Tensor, y: Tensor) -> dict[str, float]:
+        assert self.before is not None
+        after = {k: v.detach() for k, v in state.model.named_parameters()}
+        names = [k for k in after if k in self.before]
+        step = [after[k] - self.before[k] for k in names]
+        l0, g0 = self._loss_and_grad(state, {k: self.before[k] for k in names}, x, y)
+        l1, g1 = self._loss_and_grad(state, {k: after[k] for k in names}, x, y)
+        d0 = sum(float((g * s).sum()) for g, s in zip(g0, step))
+        d1 = sum(float((g * s).sum()) for g, s in zip(g1, step))
+        # q(t) = a t^2 + b t + c on the step t in [0, 1]: c = l0, b = d0; a from both the value and the slope at 1
+        a = ((l1 - l0 - d0) + (d1 - d0) / 2) / 2
+        if not (a > 0 and d0 < 0):
+            return {"alpha": math.nan}
+        t_min = -d0 / (2 * a)
+        return {"alpha": 1 / t_min - 1}
+
+    def _sharpness(self, state: Any, x: Tensor, y: Tensor) -> dict[str, float]:
+        params = [p for p in state.model.parameters() if p.requires_grad]
+        out = state.model(x)
+        loss = state.loss_fn(state.match(out, y), y)
+        grads = torch.autograd.grad(loss, params, create_graph=True)
+        generator = torch.Generator().manual_seed(state.step)
+        v = [torch.randn(p.shape, generator=generator).to(p) for p in params]
+        norm = math.sqrt(sum(float(t.square().sum()) for t in v))
+        v = [t / norm for t in v]
+        eigen = math.nan
+        for i in range(self.iterations):
+            hv = torch.autograd.grad(grads, params, grad_outputs=v, retain_graph=i < self.iterations - 1)
+            eigen = sum(float((a * b).sum()) for a, b in zip(hv, v))
+            norm = math.sqrt(sum(float(t.square().sum()) for t in hv))
+            if norm == 0 or not math.isfinite(norm):
+                break
+            v = [t.detach() / norm for t in hv]
+        group = state.optimizer.param_groups[0]
+        lr = float(group.get("lr", math.nan))
+        beta = float(group.get("momentum", 0.0) or 0.0)
+        return {"sharpness": eigen, "stability_limit": 2 * (1 + beta) / lr if lr > 0 else math.inf}
+
+
+def attach(level: str | Sequence[Instrument]) -> list[Instrument]:
+    """The instruments of ``level`` (``none``, ``cheap``, ``default``, ``full``) or the ones given."""
+    if not isinstance(level, str):
+        return list(level)
+    if level not in LEVELS:
+        from gdlab.errors import UnknownChoice
+
+        raise UnknownChoice("instruments", level, LEVELS)
+    return {"none": [], "cheap": [Cheap()], "default": [Cheap(), Periodic()],
+            "full": [Cheap(), Periodic(), Expensive()]}[level]  # type: ignore[return-value]

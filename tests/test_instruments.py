@@ -1,0 +1,146 @@
+"""Instruments: they measure what they promise (against autograd and closed forms) and leave no trace."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import gdlab
+from gdlab.data import TensorData
+from gdlab.errors import UnknownChoice
+from gdlab.instruments import Cheap, Expensive, Periodic, attach
+
+
+@pytest.fixture
+def data() -> TensorData:
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(256, 6, generator=g, dtype=torch.float64)
+    y = (X[:, :3].sum(1) > 0).long()
+    return TensorData(X, y, num_classes=2)
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 2)).double()
+
+
+def test_instruments_leave_the_run_unchanged(data: TensorData) -> None:
+    """Measured or not, the run is the same: buffers, RNG (dropout) and the module's parameters untouched."""
+    plain = _model()
+    gdlab.fit(plain, data, optimizer="momentum", lr=0.05, epochs=3, batch_size=32, progress=False,
+              instruments="none", doctor=False)
+    watched = _model()
+    gdlab.fit(watched, data, optimizer="momentum", lr=0.05, epochs=3, batch_size=32, progress=False,
+              instruments=[Cheap(), Periodic(every=5), Expensive(every=7, iterations=5)])
+    for a, b in zip(plain.state_dict().values(), watched.state_dict().values()):
+        assert torch.equal(a, b)
+    assert all(isinstance(p, nn.Parameter) for p in watched.parameters())
+
+
+def test_tied_weights_survive_per_sample_gradients() -> None:
+    layer = nn.Linear(3, 3).double()
+    model = nn.Sequential(layer, nn.Tanh(), layer)
+    X, y = torch.randn(16, 3, dtype=torch.float64), torch.randn(16, 3, dtype=torch.float64)
+    result = gdlab.fit(model, (X, y), lr=0.01, batch_size="full", steps=3, progress=False,
+                       instruments=[Periodic(every=1)])
+    assert model(X).grad_fn is not None and math.isfinite(result.history.steps["noise_scale"][0])
+
+
+def test_cheap_columns_match_hand_computation(data: TensorData) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    start = [p.detach().clone() for p in model.parameters()]
+    result = gdlab.fit(model, data, optimizer="sgd", lr=0.1, batch_size="full", steps=2, progress=False,
+                       instruments="cheap", doctor=False)
+    steps = result.history.steps
+    # full batch, plain SGD: the second update is -lr * gradient at the first step's end point
+    after_one = [p.detach().clone() for p in start]
+    probe = nn.Sequential(nn.Linear(6, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    with torch.no_grad():
+        for p, v in zip(probe.parameters(), start):
+            p.copy_(v)
+    loss = nn.functional.cross_entropy(probe(data.X), data.y)
+    grads = torch.autograd.grad(loss, list(probe.parameters()))
+    after_one = [v - 0.1 * g for v, g in zip(start, grads)]
+    first_layer = math.sqrt(float(grads[0].square().sum() + grads[1].square().sum()))
+    assert steps["grad_norm/0"][0] == pytest.approx(first_layer, rel=1e-10)
+    ratio = math.sqrt(float(sum((0.1 * g).square().sum() for g in grads[:2]))) / math.sqrt(
+        float(sum(v.square().sum() for v in start[:2])))
+    assert steps["update_ratio/0"][0] == pytest.approx(ratio, rel=1e-10)
+    final = list(model.parameters())
+    distance = math.sqrt(float(sum((p.detach() - v).square().sum() for p, v in zip(final, start))))
+    assert steps["distance"][1] == pytest.approx(distance, rel=1e-10)
+    assert steps["param_norm"][1] == pytest.approx(math.sqrt(float(sum(p.detach().square().sum() for p in final))))
+    assert steps["non_finite"] == [0.0, 0.0] and len(after_one) == 4
+
+
+def test_noise_scale_matches_its_definition(data: TensorData) -> None:
+    torch.manual_seed(0)
+    model = nn.Linear(6, 2).double()
+    result = gdlab.fit(model, data, optimizer="sgd", lr=1e-9, batch_size=64, steps=1, progress=False,
+                       instruments=[Periodic(every=1, sub_batch=64)], doctor=False)
+    x, y = data.X, data.y
+    from gdlab.data import BatchPlan, epoch_order
+
+    order = epoch_order(BatchPlan.make(len(data), 64), 0, 0)[:64]
+    per = []
+    for i in order.tolist():
+        loss = nn.functional.cross_entropy(model(x[i : i + 1]), y[i : i + 1])
+        per.append(torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(model.parameters()))]))
+    G = torch.stack(per)
+    mean = G.mean(0)
+    trace = float((G - mean).square().sum(1).mean()) * 64 / 63
+    expected = trace / float(mean.square().sum())
+    assert result.history.steps["noise_scale"][0] == pytest.approx(expected, rel=1e-6)  # lr 1e-9: same params
+    assert result.history.steps["grad_snr"][0] == pytest.approx(float(mean.square().sum()) / (trace / 64), rel=1e-6)
+
+
+def test_activation_statistics_and_arriving_gradients(data: TensorData) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 2)).double()
+    with torch.no_grad():
+        model[0].bias.fill_(-100.0)  # every unit of the first ReLU dead
+        model[2].bias.fill_(100.0)  # the tanh saturated
+    result = gdlab.fit(model, data, lr=1e-9, steps=1, progress=False, instruments=[Periodic(every=1)],
+                       doctor=False)
+    steps = result.history.steps
+    assert steps["dead_share/1"][0] == 1.0 and steps["zero_share/1"][0] == 1.0
+    assert steps["saturated/3"][0] > 0.5
+    assert steps["grad_out/4"][0] > 0 and steps["grad_out/0"][0] == 0.0  # nothing reaches past dead units
+
+
+def test_sharpness_of_a_quadratic_is_its_largest_eigenvalue() -> None:
+    """Linear regression with mse: the Hessian is 2 X^T X / n (per output), known in closed form."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(128, 3, generator=g, dtype=torch.float64) * torch.tensor([3.0, 1.0, 0.3], dtype=torch.float64)
+    y = torch.randn(128, 1, generator=g, dtype=torch.float64)
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1, bias=False).double()
+    result = gdlab.fit(model, (X, y), optimizer="sgd", lr=1e-6, batch_size="full", steps=2, progress=False,
+                       instruments=[Expensive(every=1, sub_batch=128, iterations=50)], doctor=False)
+    expected = float(torch.linalg.eigvalsh(2 * X.T @ X / 128).max())
+    sharp = [v for v in result.history.steps["sharpness"] if math.isfinite(v)]
+    assert sharp and sharp[0] == pytest.approx(expected, rel=1e-4)
+    assert result.history.steps["stability_limit"][1] == pytest.approx(2 / 1e-6)
+
+
+def test_alpha_is_zero_when_the_step_lands_at_the_minimum() -> None:
+    """Full-batch gradient descent on a 1-D quadratic with lr = 1 / curvature lands exactly at the minimum."""
+    X = torch.ones(8, 1, dtype=torch.float64)
+    y = torch.full((8, 1), 3.0, dtype=torch.float64)
+    model = nn.Linear(1, 1, bias=False).double()
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    result = gdlab.fit(model, (X, y), optimizer="sgd", lr=0.5, batch_size="full", steps=1, progress=False,
+                       instruments=[Expensive(every=1)], doctor=False)  # mse: curvature 2, lr 1/2
+    assert result.history.steps["alpha"][0] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_levels_and_bad_names() -> None:
+    assert [type(i).__name__ for i in attach("full")] == ["Cheap", "Periodic", "Expensive"]
+    assert attach("none") == [] and [type(i).__name__ for i in attach("default")] == ["Cheap", "Periodic"]
+    with pytest.raises(UnknownChoice, match="unknown instruments 'all'"):
+        attach("all")
