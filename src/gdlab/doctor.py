@@ -91,6 +91,12 @@ def diagnose(history: History, codes: tuple[str, ...] | None = None) -> list[Fin
     for code, fn in DETECTORS.items():
         if codes is None or code in codes:
             found.extend(fn(history))
+    codes_found = {f.code for f in found}
+    # a finding that explains another: dead units make the steps small; a blown-up run is not "not learning"
+    explained = {"lr_too_low"} if "dead_relu" in codes_found else set()
+    if "non_finite" in codes_found or "lr_too_high" in codes_found:
+        explained |= {"not_learning", "lr_too_low"}
+    found = [f for f in found if f.code not in explained]
     rank = {s: i for i, s in enumerate(reversed(SEVERITIES))}
     return sorted(found, key=lambda f: (rank[f.severity], f.step or 0))
 
@@ -443,7 +449,7 @@ class Doctor:
         lr_ceiling: how far ``auto`` may raise the learning rate (a multiple of the starting one).
     """
 
-    def __init__(self, mode: str = "suggest", *, max_rollbacks: int = 5, lr_ceiling: float = 1000.0) -> None:
+    def __init__(self, mode: str = "suggest", *, max_rollbacks: int = 10, lr_ceiling: float = 1e4) -> None:
         if mode not in REMEDY_MODES:
             from gdlab.errors import UnknownChoice
 
@@ -459,11 +465,14 @@ class Doctor:
         self._raised_at: float | None = None  # the mean loss before the last raise, for its guard
         self._avg = self._weight = 0.0
         self._best = math.inf
-        self._first: float | None = None
+        self._first: float | None = None  # the mean loss over the opening window
+        self._opening: list[float] = []
         self._origin: dict[str, Any] | None = None
         self._window_start = self._window_step = 0
         self._previous: float | None = None
         self._ceiling = math.inf  # a raise that failed caps the later ones
+        self._last_rollback = -math.inf
+        self._best_window = math.inf
 
     # snapshots: the last good point, in memory
     def _take_snapshot(self, state: Any) -> None:
@@ -496,21 +505,29 @@ class Doctor:
             self._origin = copy.deepcopy(self._snapshot)
 
     def on_step_end(self, state: Any) -> None:
-        """With ``auto``: a loss blowing up (above 10x the best smoothed loss) is a divergence too."""
+        """With ``auto``: a loss blowing up (the smoothed loss above 4x its best, or 5x its start) is a divergence
+        too. The smoothing spans about 256 samples, so one sample's large loss (batch 1) is not mistaken for it."""
         if self.mode != "auto" or not math.isfinite(state.loss):
             return
+        window = max(10, 256 // max(state.plan.batch_size, 1))
         if self._first is None:
-            self._first = state.loss
-        self._avg = 0.9 * self._avg + 0.1 * state.loss
-        self._weight = 0.9 * self._weight + 0.1
+            # the starting loss: the first batch's when batches are large enough to trust one, else the mean over
+            # the opening ~256 samples
+            self._opening.append(state.loss)
+            if state.plan.batch_size >= 16 or len(self._opening) >= window:
+                self._first = statistics.fmean(self._opening)
+        beta = 1 - 1 / window
+        self._avg = beta * self._avg + (1 - beta) * state.loss
+        self._weight = beta * self._weight + (1 - beta)
         smooth = self._avg / self._weight
-        if state.step >= 10:
+        since = state.step - max(self._last_rollback, 0)
+        if since >= window:
             self._best = min(self._best, smooth)
-        blown = (state.step >= 20 and state.loss > 10 * self._best and smooth > 2 * self._best) or \
-            (state.step >= 5 and smooth > 5 * self._first)
+        first = self._first if self._first is not None else statistics.fmean(self._opening)
+        blown = (since >= 2 * window and smooth > 4 * self._best) or (since >= 5 and smooth > 5 * first)
         if blown:
-            reference = min(self._best, self._first)
-            if self.on_diverge(state, why=f"the loss blew up to {state.loss:.3g}, {state.loss / reference:.0f}x "
+            reference = min(self._best, first)
+            if self.on_diverge(state, why=f"the smoothed loss blew up to {smooth:.3g}, {smooth / reference:.0f}x "
                                           "its best"):
                 self._avg = self._weight = 0.0
                 self._window_start, self._window_step = len(state.history.steps), state.step
@@ -530,8 +547,10 @@ class Doctor:
         lr = float(state.optimizer.param_groups[0].get("lr", math.nan))
         sharp = _finite(_col(state.history.steps, "sharpness"))
         limit = _finite(_col(state.history.steps, "stability_limit"))
-        new = lr * (limit[-1] / sharp[-1]) / 2 if sharp and limit and sharp[-1] > 0 else lr * 0.1
+        soon = state.step - self._last_rollback <= 5  # diverged again right after a rollback: step down faster
+        new = lr * (limit[-1] / sharp[-1]) / 2 if sharp and limit and sharp[-1] > 0 else lr * (0.01 if soon else 0.1)
         new = min(new, lr * 0.5)
+        self._last_rollback = state.step
         self._restore(state)
         self._set(state, "lr", new)
         self._rollbacks += 1
@@ -563,12 +582,23 @@ class Doctor:
                           f"the steps after raising the learning rate did worse ({mean_loss:.3g} > {before:.3g}): "
                           "rolled back and lowered it again")
                 return
+        best_window, self._best_window = self._best_window, min(self._best_window, mean_loss)
+        if mean_loss > 1.5 * best_window and self._snapshot is not None and self._rollbacks < self.max_rollbacks:
+            # the loss climbs back up: the steps are too large to settle
+            self._restore(state)
+            self._set(state, "lr", lr * 0.3)
+            self._rollbacks += 1
+            self._act(state, "rollback_and_set_lr", {"lr": lr * 0.3, "from_lr": lr},
+                      f"the loss rose from {best_window:.3g} to {mean_loss:.3g}: rolled back to the last good point "
+                      f"and lowered the learning rate {lr:.3g} -> {lr * 0.3:.3g}")
+            return
         ratios = _finite([r.get("update_ratio", math.nan) for r in rows])
         snr = _finite([r.get("grad_snr", math.nan) for r in rows])
         dead = max(_latest(h, "dead_share").values(), default=0.0)
         stuck = mean_loss >= 0.95 * first
-        if stuck and (self._rollbacks or dead > 0.5) and self._origin is not None and self._rollbacks < \
-                self.max_rollbacks:
+        moving = bool(ratios) and statistics.median(ratios) >= 1e-3  # the steps are not small: large, and useless
+        if stuck and (dead > 0.5 or (self._rollbacks and moving)) and self._origin is not None and \
+                self._rollbacks < self.max_rollbacks:
             # not learning after large steps (units killed, or a rollback not enough): start over, smaller
             self._snapshot = copy.deepcopy(self._origin)
             self._restore(state)
@@ -579,7 +609,8 @@ class Doctor:
                       f"the loss is still at its start ({mean_loss:.3g}), {why}: back to the initial point, "
                       f"learning rate {lr:.3g} -> {lr * 0.1:.3g}")
             return
-        if ratios and statistics.median(ratios) < 5e-4 and mean_loss > 0.2 * first and \
+        noisy = bool(snr) and statistics.median(snr) < 0.5  # then larger steps would only add noise
+        if ratios and statistics.median(ratios) < 1e-3 and mean_loss > 0.2 * first and not noisy and \
                 lr * 3 <= min(self.lr_ceiling * self._start_lr, self._ceiling):
             self._take_snapshot(state)
             self._set(state, "lr", lr * 3)
@@ -589,7 +620,7 @@ class Doctor:
                       f"is usual): raised the learning rate {lr:.3g} -> {lr * 3:.3g}")
             return
         stalled = previous is not None and mean_loss > 0.97 * previous
-        if snr and statistics.median(snr) < 0.1 and stalled and mean_loss > 0.2 * first:
+        if snr and statistics.median(snr) < 0.5 and stalled and mean_loss > 0.2 * first:
             self._set(state, "lr", lr * 0.5)
             self._act(state, "set_lr", {"lr": lr * 0.5, "from_lr": lr},
                       f"noise dominates the steps (gradient SNR {statistics.median(snr):.2g}) and the loss "

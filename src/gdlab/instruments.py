@@ -146,10 +146,15 @@ def _meta_copy(model: nn.Module) -> nn.Module:
 
 
 def _sub_batch(state: Any, size: int) -> tuple[Tensor, Tensor] | None:
+    """Up to ``size`` samples of the step's batch; when the batch is smaller (stochastic descent), ``size``
+    samples drawn from the training data instead (by the step number, so the run's randomness is untouched)."""
     batch = getattr(state, "batch", None)
     if batch is None:
         return None
     x, y = batch
+    sample = getattr(state, "sample", None)
+    if len(x) < min(size, 16) and sample is not None:
+        return sample(min(size, state.plan.samples), state.step)
     return x[:size], y[:size]
 
 

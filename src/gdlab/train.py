@@ -111,6 +111,7 @@ class LoopState:
     batch: tuple[torch.Tensor, torch.Tensor] | None = None
     loss_fn: LossFn | None = None
     match: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    sample: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]] | None = None  # (n, seed) -> n training samples
 
     def stop(self, reason: str) -> None:
         """Ask the loop to stop after the current step, giving the reason."""
@@ -279,6 +280,7 @@ def fit(
     state.val_samples = len(val_source) if val_source is not None else None
     state.loss_fn = loss_fn
     state.match = lambda output, target: _match(output, target, loss_name)
+    state.sample = source.sample
     state.history.meta.update(_meta(model, opt, source, plan))
     recorder = None
     if db is not None:
@@ -579,6 +581,15 @@ class _Source:
         else:
             for x, y in loader(self.dataset, plan, seed, epoch, start):  # type: ignore[arg-type]
                 yield self._move(x, y)
+
+    def sample(self, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` training samples drawn by ``seed`` (its own generator: the run's randomness is untouched)."""
+        index = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
+        if self.tensors is not None:
+            index = index.to(self.device)
+            return self.tensors.X.index_select(0, index), self.tensors.y.index_select(0, index)
+        xs, ys = zip(*(self.dataset[int(i)] for i in index))  # type: ignore[index]
+        return self._move(torch.stack([torch.as_tensor(x) for x in xs]), torch.stack([torch.as_tensor(y) for y in ys]))
 
     def chunks(self, size: int) -> Iterator[tuple[torch.Tensor, ...]]:
         """All samples in order, ``size`` at a time, for evaluation."""

@@ -1,0 +1,220 @@
+"""The doctor: each pathology built on purpose is named (and healthy twins are not); auto repairs the
+recoverable ones."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import gdlab
+from gdlab.data import TensorData
+from gdlab.datasets import load
+from gdlab.doctor import CODES, DETECTORS, Doctor, diagnose
+from gdlab.errors import UnknownChoice
+from gdlab.history import History
+from gdlab.store import Store
+
+
+@pytest.fixture(scope="module")
+def moons() -> tuple[TensorData, TensorData]:
+    return load("moons")
+
+
+def _mlp(act: type[nn.Module] = nn.ReLU, hidden: int = 32) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(2, hidden), act(), nn.Linear(hidden, 2))
+
+
+def _codes(result: Any, at_least: str = "warning") -> set[str]:
+    levels = ("info", "warning", "error")
+    return {f.code for f in result.findings if levels.index(f.severity) >= levels.index(at_least)}
+
+
+def test_every_code_has_a_detector() -> None:
+    assert set(DETECTORS) == set(CODES)
+
+
+@pytest.mark.parametrize(("act", "optimizer", "lr"), [(nn.Tanh, "adam", 0.01), (nn.ReLU, "momentum", 0.05)])
+def test_healthy_runs_get_no_warning(moons: Any, act: type[nn.Module], optimizer: str, lr: float) -> None:
+    train, val = moons
+    result = gdlab.fit(_mlp(act), train, val=val, optimizer=optimizer, lr=lr, epochs=20, progress=False)
+    assert _codes(result) == set() and result.final["val_accuracy"] > 0.9
+
+
+def test_healthy_regression_gets_no_warning() -> None:
+    train, val = load("linear")
+    torch.manual_seed(0)
+    result = gdlab.fit(nn.Linear(10, 1), train, val=val, optimizer="sgd", lr=0.1, epochs=10, progress=False)
+    assert _codes(result) == set()
+
+
+def test_non_finite_is_an_error_with_a_lower_lr(moons: Any) -> None:
+    result = gdlab.fit(_mlp(), moons[0], optimizer="sgd", lr=1e8, epochs=2, progress=False)
+    finding = next(f for f in result.findings if f.code == "non_finite")
+    assert finding.severity == "error" and finding.remedy == {"action": "set_lr", "lr": pytest.approx(1e7),
+                                                               "rollback": True}
+    assert "not_learning" not in _codes(result)
+
+
+def test_lr_too_low_and_not_learning(moons: Any) -> None:
+    result = gdlab.fit(_mlp(nn.Tanh), moons[0], optimizer="sgd", lr=1e-5, epochs=5, progress=False)
+    assert {"lr_too_low", "not_learning"} <= _codes(result)
+    low = next(f for f in result.findings if f.code == "lr_too_low")
+    assert low.evidence["update_ratio_median"] < 5e-4 and low.remedy["lr"] > 1e-5
+
+
+def test_lr_too_high_against_the_stability_limit(moons: Any) -> None:
+    result = gdlab.fit(_mlp(), moons[0], optimizer="sgd", lr=8.0, epochs=5, progress=False, instruments="full")
+    finding = next(f for f in result.findings if f.code == "lr_too_high")
+    assert finding.evidence["sharpness"] > finding.evidence["stability_limit"]
+    assert finding.remedy["lr"] < 8.0
+
+
+def test_dead_relu(moons: Any) -> None:
+    model = _mlp(hidden=16)
+    with torch.no_grad():
+        model[0].bias.fill_(-50.0)
+    result = gdlab.fit(model, moons[0], optimizer="sgd", lr=0.01, epochs=2, progress=False)
+    assert "dead_relu" in _codes(result) and "lr_too_low" not in _codes(result)  # the small steps are explained
+
+
+def test_saturated_activations_and_ill_conditioned_inputs(moons: Any) -> None:
+    train = moons[0]
+    big = TensorData(train.X * 100, train.y, num_classes=2)
+    result = gdlab.fit(_mlp(nn.Tanh), big, optimizer="sgd", lr=0.01, epochs=2, progress=False)
+    assert "saturated_activations" in _codes(result) and "ill_conditioned_inputs" not in _codes(result)
+    skewed = TensorData(train.X * torch.tensor([1.0, 1000.0]), train.y, num_classes=2)
+    result = gdlab.fit(_mlp(nn.Tanh), skewed, optimizer="sgd", lr=1e-4, epochs=2, progress=False)
+    finding = next(f for f in result.findings if f.code == "ill_conditioned_inputs")
+    assert finding.evidence["ratio"] > 100 and finding.remedy == {"action": "standardize"}
+
+
+def test_vanishing_gradients_in_a_deep_sigmoid_network(moons: Any) -> None:
+    torch.manual_seed(0)
+    layers: list[nn.Module] = [nn.Linear(2, 16), nn.Sigmoid()]
+    for _ in range(12):
+        layers += [nn.Linear(16, 16), nn.Sigmoid()]
+    model = nn.Sequential(*layers, nn.Linear(16, 2))
+    result = gdlab.fit(model, moons[0], optimizer="sgd", lr=0.01, steps=30, progress=False)
+    finding = next(f for f in result.findings if f.code == "vanishing_gradients")
+    assert finding.evidence["first_over_last"] < 1e-3
+
+
+def test_overfitting(moons: Any) -> None:
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(40, 2, generator=g)
+    y = torch.randint(0, 2, (40,), generator=g)  # labels with nothing to learn: memorised, never generalised
+    val = TensorData(torch.randn(200, 2, generator=g), torch.randint(0, 2, (200,), generator=g), num_classes=2)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 2))
+    result = gdlab.fit(model, (X, y), val=val, optimizer="adam", lr=0.01, epochs=60, batch_size="full",
+                       progress=False)
+    finding = next(f for f in result.findings if f.code == "overfitting")
+    assert finding.evidence["val_loss"] > 1.2 * finding.evidence["best_val_loss"]
+
+
+# -- detectors on constructed histories (pure functions of History) ----------------------------------------------
+
+
+def _history(losses: list[float], grads: list[float] | None = None, **meta: Any) -> History:
+    h = History()
+    for i, loss in enumerate(losses):
+        row = {"step": i + 1, "loss": loss, "lr": meta.get("lr", 0.1)}
+        if grads is not None:
+            row["grad_norm"] = grads[i]
+        h.steps.append(row)
+    h.meta.update(meta)
+    return h
+
+
+def test_plateau_then_escape() -> None:
+    losses = [2.0 - 0.01 * i for i in range(20)] + [1.8] * 100 + [1.8 * 0.97 ** i for i in range(80)]
+    grads = [1.0] * 20 + [0.01] * 100 + [0.5] * 80
+    found = {f.code: f for f in diagnose(_history(losses, grads, momentum=0.0))}
+    assert "plateau" in found and found["plateau"].remedy == {"action": "set_momentum", "momentum": 0.9}
+    assert 20 <= found["plateau"].evidence["from_step"] <= 40
+
+
+def test_local_minimum_only_for_networks() -> None:
+    losses = [2.0 * 0.97 ** i + 0.8 for i in range(150)] + [0.8 + 2.0 * 0.97 ** 150] * 100
+    grads = [1.0 * 0.97 ** i for i in range(250)]
+    assert "local_minimum" in {f.code for f in diagnose(_history(losses, grads))}
+    assert "local_minimum" not in {f.code for f in diagnose(_history(losses, grads, convex=True))}
+
+
+def test_exploding_gradient_spikes_and_gradient_noise() -> None:
+    grads = [1.0] * 100
+    grads[60] = 500.0
+    found = {f.code: f for f in diagnose(_history([1.0 - 0.005 * i for i in range(100)], grads))}
+    assert found["exploding_gradients"].remedy["action"] == "clip_norm"
+    h = _history([0.69 + 0.1 * math.sin(i) for i in range(200)], [0.5] * 200, batch_size=1, samples=800)
+    for i in range(0, 200, 25):
+        h.steps.columns["grad_snr"] = h.steps.columns.get("grad_snr", [math.nan] * 200)
+        h.steps.columns["grad_snr"][i] = 0.02
+        h.steps.columns["noise_scale"] = h.steps.columns.get("noise_scale", [math.nan] * 200)
+        h.steps.columns["noise_scale"][i] = 300.0
+    finding = next(f for f in diagnose(h) if f.code == "gradient_noise")
+    assert finding.remedy["action"] == "set_batch_size" and finding.remedy["batch_size"] == 300
+
+
+def test_not_learning_at_chance_level() -> None:
+    h = _history([math.log(10)] * 100, task="classification", num_classes=10)
+    (finding,) = diagnose(h)
+    assert finding.code == "not_learning" and finding.severity == "error"
+    assert finding.evidence["chance_loss"] == pytest.approx(math.log(10))
+
+
+# -- remedies ----------------------------------------------------------------------------------------------------
+
+
+def test_auto_recovers_from_divergence(moons: Any) -> None:
+    train, val = moons
+    suggested = gdlab.fit(_mlp(), train, val=val, optimizer="sgd", lr=1e8, epochs=10, progress=False)
+    assert suggested.stop_reason is not None and suggested.stop_reason.startswith("diverged")
+    result = gdlab.fit(_mlp(), train, val=val, optimizer="sgd", lr=1e8, epochs=10, progress=False, remedy="auto")
+    assert result.stop_reason is None and result.final["val_accuracy"] > 0.9
+    assert result.remedies[0].action == "rollback_and_set_lr" and result.remedies[0].params["lr"] < 1e8
+    assert result.lr < 1.0
+
+
+def test_auto_raises_a_learning_rate_that_is_too_low(moons: Any) -> None:
+    train, val = moons
+    suggested = gdlab.fit(_mlp(), train, val=val, optimizer="sgd", lr=1e-5, epochs=10, progress=False)
+    result = gdlab.fit(_mlp(), train, val=val, optimizer="sgd", lr=1e-5, epochs=10, progress=False, remedy="auto")
+    assert [r.action for r in result.remedies][:3] == ["set_lr"] * 3 and result.lr > 1e-3
+    assert result.final["val_loss"] < 0.6 < suggested.final["val_loss"]
+
+
+def test_auto_quiets_noisy_stochastic_descent(moons: Any) -> None:
+    train, val = moons
+    suggested = gdlab.fit(_mlp(), train, val=val, optimizer="sgd", lr=0.3, batch_size="stochastic", epochs=3,
+                          progress=False)
+    result = gdlab.fit(_mlp(), train, val=val, optimizer="sgd", lr=0.3, batch_size="stochastic", epochs=3,
+                       progress=False, remedy="auto")
+    assert any(r.action == "set_lr" and r.params["lr"] < r.params["from_lr"] for r in result.remedies)
+    assert result.final["val_loss"] < 0.15 < suggested.final["val_loss"]
+
+
+def test_findings_and_remedies_are_stored(moons: Any, tmp_path: Path) -> None:
+    result = gdlab.fit(_mlp(), moons[0], optimizer="sgd", lr=1e8, epochs=3, progress=False, remedy="auto",
+                       store=tmp_path)
+    run = Store(tmp_path).get(result.run_id)
+    assert {f["code"] for f in run.findings} == {f.code for f in result.findings}
+    assert [r["action"] for r in run.remedies] == [r.action for r in result.remedies]
+    assert run.remedies[0]["reason"] and run.remedies[0]["params"]["lr"] < 1e8
+
+
+def test_remedy_off_and_bad_mode(moons: Any) -> None:
+    result = gdlab.fit(_mlp(), moons[0], optimizer="sgd", lr=1e-5, epochs=2, progress=False, remedy="off")
+    assert result.findings and all(f.remedy is None for f in result.findings)
+    nothing = gdlab.fit(_mlp(), moons[0], optimizer="sgd", lr=1e-5, epochs=1, progress=False, doctor=False)
+    assert nothing.findings == []
+    with pytest.raises(UnknownChoice, match="unknown remedy 'fix'"):
+        gdlab.fit(_mlp(), moons[0], progress=False, remedy="fix")
+    with pytest.raises(UnknownChoice):
+        Doctor("maybe")
