@@ -11,7 +11,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("script", ["loader.py", "overhead.py", "optim_step.py", "population.py", "lr_select.py"])
+@pytest.mark.parametrize("script", ["loader.py", "overhead.py", "optim_step.py", "population.py", "lr_select.py",
+                                    "doctor_overhead.py"])
 def test_benchmark_runs_quick(script: str) -> None:
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick"], capture_output=True,
                             text=True, timeout=300)

@@ -367,3 +367,31 @@ def test_a_sweep_where_every_member_diverged_is_reported_not_failed() -> None:
                    "--epochs", "1", "--store", "s", "--no-plot")
     assert result.exit_code == 0 and "every member diverged" in result.stderr
     assert "2 members trained" in result.stdout and len(Store("s").sweeps()) == 1
+
+
+def test_train_shows_findings_and_doctor_reruns_them() -> None:
+    shown = gdlab("train", "--data", "moons", "--hidden", "8", "--lr", "1e-5", "--optimizer", "sgd", "--epochs", "2",
+                  "--store", "s", "--no-plot")
+    assert shown.exit_code == 0 and "not_learning" in shown.stdout and "remedy:" in shown.stdout
+    payload = json.loads(gdlab("doctor", "last", "--store", "s", "--json").stdout)
+    assert {f["code"] for f in payload["findings"]} >= {"not_learning", "lr_too_low"}
+    auto = json.loads(gdlab("train", "--data", "moons", "--hidden", "8", "--lr", "1e8", "--optimizer", "sgd",
+                            "--epochs", "3", "--remedy", "auto", "--store", "s", "--json", "--quiet",
+                            "--no-plot").stdout)
+    assert auto["remedies"] and auto["remedies"][0]["action"] == "rollback_and_set_lr"
+    assert "remedy" in gdlab("show", "last", "--store", "s").stdout
+    quiet = json.loads(gdlab("train", "--data", "moons", "--hidden", "8", "--epochs", "1", "--instruments", "none",
+                             "--no-doctor", "--store", "s", "--json", "--quiet", "--no-plot").stdout)
+    assert quiet["findings"] == []
+    bad = gdlab("train", "--remedy", "fix", "--store", "s")
+    assert bad.exit_code == 2 and "invalid remedy 'fix'" in bad.stderr
+    resumed = gdlab("train", "--resume", "last", "--epochs", "2", "--store", "s", "--json", "--quiet", "--no-plot")
+    assert resumed.exit_code == 0, resumed.output
+
+
+def test_plot_instruments_dashboard() -> None:
+    gdlab("train", "--data", "moons", "--hidden", "8", "--epochs", "2", "--instruments", "full", "--store", "s",
+          "--quiet", "--no-plot")
+    result = gdlab("plot", "last", "--instruments", "--store", "s")
+    assert result.exit_code == 0 and result.stdout.strip().endswith("instruments.png")
+    assert Path(result.stdout.strip()).stat().st_size > 10_000

@@ -34,7 +34,8 @@ def test_instruments_leave_the_run_unchanged(data: TensorData) -> None:
               instruments="none", doctor=False)
     watched = _model()
     gdlab.fit(watched, data, optimizer="momentum", lr=0.05, epochs=3, batch_size=32, progress=False,
-              instruments=[Cheap(), Periodic(every=5), Expensive(every=7, iterations=5)])
+              instruments=[Cheap(), Periodic(every=5, budget=math.inf),
+                                           Expensive(every=7, iterations=5, budget=math.inf)])
     for a, b in zip(plain.state_dict().values(), watched.state_dict().values()):
         assert torch.equal(a, b)
     assert all(isinstance(p, nn.Parameter) for p in watched.parameters())
@@ -54,7 +55,7 @@ def test_cheap_columns_match_hand_computation(data: TensorData) -> None:
     model = nn.Sequential(nn.Linear(6, 4), nn.Tanh(), nn.Linear(4, 2)).double()
     start = [p.detach().clone() for p in model.parameters()]
     result = gdlab.fit(model, data, optimizer="sgd", lr=0.1, batch_size="full", steps=2, progress=False,
-                       instruments="cheap", doctor=False)
+                       instruments=[Cheap(every=1)], doctor=False)
     steps = result.history.steps
     # full batch, plain SGD: the second update is -lr * gradient at the first step's end point
     after_one = [p.detach().clone() for p in start]
@@ -120,7 +121,7 @@ def test_sharpness_of_a_quadratic_is_its_largest_eigenvalue() -> None:
     torch.manual_seed(0)
     model = nn.Linear(3, 1, bias=False).double()
     result = gdlab.fit(model, (X, y), optimizer="sgd", lr=1e-6, batch_size="full", steps=2, progress=False,
-                       instruments=[Expensive(every=1, sub_batch=128, iterations=50)], doctor=False)
+                       instruments=[Expensive(every=1, sub_batch=128, iterations=50, budget=math.inf)], doctor=False)
     expected = float(torch.linalg.eigvalsh(2 * X.T @ X / 128).max())
     sharp = [v for v in result.history.steps["sharpness"] if math.isfinite(v)]
     assert sharp and sharp[0] == pytest.approx(expected, rel=1e-4)
@@ -144,3 +145,11 @@ def test_levels_and_bad_names() -> None:
     assert attach("none") == [] and [type(i).__name__ for i in attach("default")] == ["Cheap", "Periodic"]
     with pytest.raises(UnknownChoice, match="unknown instruments 'all'"):
         attach("all")
+
+
+def test_cheap_measures_movement_every_tenth_step(data: TensorData) -> None:
+    result = gdlab.fit(_model(), data, lr=0.01, batch_size=32, steps=25, progress=False, instruments="cheap",
+                       doctor=False)
+    ratios = result.history.steps["update_ratio"]
+    assert [i + 1 for i, v in enumerate(ratios) if math.isfinite(v)] == [10, 20]
+    assert all(math.isfinite(v) for v in result.history.steps["grad_norm/0"])  # every step

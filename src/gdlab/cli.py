@@ -76,7 +76,7 @@ _TRAIN_FLAGS = (
     "data", "target", "task", "val", "val_split", "standardize", "model", "hidden", "activation", "init", "loss",
     "optimizer", "lr", "lr_select", "momentum", "beta1", "beta2", "eps", "weight_decay", "nesterov", "clip_norm",
     "schedule", "batch_size", "drop_last", "epochs", "steps", "tol", "patience", "seed",
-    "device", "store", "name", "checkpoint_every",
+    "device", "store", "name", "checkpoint_every", "instruments", "doctor", "remedy",
 )
 
 
@@ -126,6 +126,11 @@ def train(
     checkpoint_every: Optional[int] = typer.Option(None, help="Steps between checkpoints (default: each epoch)."),
     config: Optional[Path] = typer.Option(None, help="TOML file of settings; flags override it."),
     resume: Optional[str] = typer.Option(None, help="Continue a stored run (id, prefix or name)."),
+    instruments: Optional[str] = typer.Option(None, help="What to measure each step: none, cheap, default "
+                                              "(cheap + periodic) or full (+ sharpness and step size)."),
+    doctor: Optional[bool] = typer.Option(None, "--doctor/--no-doctor", help="Name what goes wrong, at the end."),
+    remedy: Optional[str] = typer.Option(None, help="off, suggest (the default) or auto: the doctor acts during "
+                                         "the run."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
     plot: bool = typer.Option(True, "--plot/--no-plot", help="Write the loss plot into the run's folder."),
@@ -182,6 +187,7 @@ def _report(result: Any, settings: Any, store_path: str, show: bool, as_json: bo
             "final": result.final,
             "stop_reason": result.stop_reason,
             "findings": [dict(f) if isinstance(f, dict) else vars(f) for f in result.findings],
+            "remedies": [r.to_dict() for r in result.remedies],
             "lr_selection": result.lr_selection.to_dict() if result.lr_selection is not None else None,
             "plot": str(plot_path) if plot_path else None,
             "checkpoint": str(stored.checkpoint),
@@ -243,9 +249,41 @@ def _print_summary(result: Any, stored: Any, plot_path: Path | None) -> None:
     if final.get("val_accuracy") is not None:
         parts.append(f"val accuracy {final['val_accuracy']:.2%}")
     out.print("   ".join(parts))
+    _print_doctor([vars(f) for f in result.findings], [r.to_dict() for r in result.remedies])
     out.print(f"[bold]run[/]  {result.run_id}   (gdlab show {result.run_id})")
     if plot_path:
         out.print(f"[bold]plot[/] {plot_path}")
+
+
+_COLOURS = {"error": "red", "warning": "yellow", "info": "cyan"}
+
+
+def _remedy_text(remedy: dict[str, Any] | None) -> str:
+    if not remedy:
+        return ""
+    action = remedy.get("action", "")
+    rest = ", ".join(f"{k} {_num(v) if isinstance(v, float) else v}" for k, v in remedy.items() if k != "action")
+    return f"{action}" + (f" ({rest})" if rest else "")
+
+
+def _print_doctor(findings: list[dict[str, Any]], remedies: list[dict[str, Any]]) -> None:
+    """The doctor's findings, each with its evidence and remedy, and what it did."""
+    for r in remedies:
+        out.print(f"[bold]remedy[/] step {r['step']}: ", end="")
+        out.print(f"{r['action']} - {r['reason']}", markup=False)
+    if not findings:
+        out.print("[bold]doctor[/] no problems found")
+        return
+    for f in findings:
+        colour = _COLOURS.get(f["severity"], "white")
+        out.print(f"[{colour}]{f['severity']}[/] {f['code']}" + (f" (step {f['step']})" if f.get("step") else "")
+                  + f": {f['explanation']}")
+        evidence = ", ".join(f"{k} {_num(v) if isinstance(v, float) else v}" for k, v in (f.get("evidence") or {}
+                                                                                          ).items())
+        if evidence:
+            out.print(f"    evidence: {evidence}", markup=False)
+        if f.get("remedy"):
+            out.print(f"    remedy:   {_remedy_text(f['remedy'])}", markup=False)
 
 
 # -- runs, show, plot ------------------------------------------------------------------------------------------
@@ -321,7 +359,8 @@ def show(
     if as_json:
         print(_json({"run_id": r.id, "name": r.name, "created": r.created, "status": r.status,
                      "config": r.config, "plan": r.plan, "final": r.final, "lr": r.lr, "seconds": r.seconds,
-                     "steps": r.steps, "stop_reason": r.stop_reason, "error": r.error, "findings": r.findings}))
+                     "steps": r.steps, "stop_reason": r.stop_reason, "error": r.error, "findings": r.findings,
+                     "remedies": r.remedies}))
         return
     out.print(f"[bold]run[/] {r.id}" + (f" ({r.name})" if r.name else "") + f"   {_status(r.status)}   {r.created}")
     if r.error:
@@ -346,9 +385,7 @@ def show(
         out.print(f"  {'steps':<17}{r.steps}")
     if r.seconds is not None:
         out.print(f"  {'seconds':<17}{r.seconds:.2f}")
-    out.print("[bold]findings[/]" + ("" if r.findings else "  none"))
-    for f in r.findings:
-        out.print(f"  [{f['severity']}] {f['code']} (step {f['step']}): {f['explanation']}", markup=False)
+    _print_doctor(r.findings, r.remedies)
     for label, path in (("checkpoint", r.checkpoint), ("plot", r.dir / "loss.png")):
         if path.exists():
             out.print(f"[bold]{label}[/] {path}")
@@ -360,22 +397,52 @@ def plot(
     run: str = typer.Argument(..., help="Run id, id prefix, name, or 'last'."),
     store: str = typer.Option("gdlab-runs", help=STORE_HELP),
     out_path: Optional[Path] = typer.Option(None, "--out", help="PNG path [default: the run's folder/loss.png]."),
+    instruments: bool = typer.Option(False, "--instruments", help="The instruments' dashboard, with the findings "
+                                     "marked where first seen [default path: the run's folder/instruments.png]."),
 ) -> None:
-    """Plot a run's losses: per epoch (train, val) and per step with its moving average."""
-    from gdlab.plots import plot_losses
+    """Plot a run's losses (per epoch and per step), or with --instruments the instruments' dashboard."""
+    from gdlab.plots import plot_instruments, plot_losses
     from gdlab.store import Store
 
     s = Store(store, create=False)
     r = s.get(run)
-    target = out_path or r.dir / "loss.png"
+    target = out_path or r.dir / ("instruments.png" if instruments else "loss.png")
     try:
-        path = plot_losses(s.history(r.id), target, title=f"run {r.id} ({r.status})")
+        if instruments:
+            path = plot_instruments(s.history(r.id), target, findings=r.findings, title=f"run {r.id}")
+        else:
+            path = plot_losses(s.history(r.id), target, title=f"run {r.id} ({r.status})")
     except (OSError, ValueError) as e:
         raise InvalidParameter("--out", str(target), f"a writable .png path ({e})") from None
     out.print(str(path))
 
 
 # -- listings --------------------------------------------------------------------------------------------------
+
+
+@app.command("doctor")
+@_friendly
+def doctor_command(
+    run: str = typer.Argument(..., help="Run id, id prefix, name, or 'last'."),
+    store: str = typer.Option("gdlab-runs", help=STORE_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Run the doctor's detectors again on a stored run and explain each finding."""
+    from gdlab.doctor import diagnose
+    from gdlab.store import Store
+
+    db = Store(store, create=False)
+    r = db.get(run)
+    history = db.history(r.id)
+    meta = r.config.get("doctor_meta") or {}
+    history.meta.update({"lr": r.config.get("lr"), "momentum": r.config.get("momentum"), **meta})
+    findings = [f.to_dict() for f in diagnose(history)]
+    if as_json:
+        print(_json({"run_id": r.id, "findings": findings, "remedies": r.remedies}))
+        return
+    out.print(f"[bold]run[/] {r.id}" + (f" ({r.name})" if r.name else "") + f": {len(history.steps)} steps, "
+              f"{len(history.epochs)} epochs")
+    _print_doctor(findings, r.remedies)
 
 
 @app.command()

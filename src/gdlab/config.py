@@ -73,6 +73,10 @@ class Config:
     patience: int | None = None
     seed: int = 0
     device: str = "auto"
+    # the doctor
+    instruments: str = "default"
+    doctor: bool = True
+    remedy: str = "suggest"
     # the run store
     store: str = "gdlab-runs"
     name: str | None = None
@@ -135,6 +139,10 @@ class Config:
         self.batch_size = parse_batch_size(self.batch_size)
         if self.lr != "auto":
             self.lr = check_lr(self.lr)
+        if self.instruments not in ("none", "cheap", "default", "full"):
+            raise InvalidParameter("instruments", self.instruments, "none, cheap, default or full")
+        if self.remedy not in ("off", "suggest", "auto"):
+            raise InvalidParameter("remedy", self.remedy, "off, suggest or auto")
         if self.lr_select not in ("sweep", "range-test"):
             raise InvalidParameter("lr_select", self.lr_select, "sweep or range-test")
         if self.lr_select != "sweep" and self.lr != "auto":

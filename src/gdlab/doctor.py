@@ -214,7 +214,7 @@ def _lr_too_high(h: History) -> list[Finding]:
 def _lr_too_low(h: History) -> list[Finding]:
     ratios = _finite(_col(h.steps, "update_ratio"))
     losses = _finite(_col(h.steps, "loss"))
-    if len(ratios) < 10 or len(losses) < 10:
+    if len(ratios) < 3 or len(losses) < 10:  # the ratio is measured every 10th step
         return []
     median = statistics.median(ratios)
     start, end = _start_loss(h), _finite(_smooth_loss(h))[-1]
@@ -527,7 +527,7 @@ class Doctor:
         blown = (since >= 2 * window and smooth > 4 * self._best) or (since >= 5 and smooth > 5 * first)
         if blown:
             reference = min(self._best, first)
-            if self.on_diverge(state, why=f"the smoothed loss blew up to {smooth:.3g}, {smooth / reference:.0f}x "
+            if self.on_diverge(state, why=f"the smoothed loss blew up to {smooth:.3g}, {smooth / reference:.3g}x "
                                           "its best"):
                 self._avg = self._weight = 0.0
                 self._window_start, self._window_step = len(state.history.steps), state.step

@@ -27,6 +27,9 @@ from gdlab.train import Callback, Result, fit
 
 __all__ = ["prepare", "model_factory", "run", "resume"]
 
+RECORDED = ("lr_selection", "doctor_meta")
+"""Keys ``fit`` adds to a stored run's config: what ``lr="auto"`` chose, what the doctor reads."""
+
 
 def prepare(config: Config) -> tuple[nn.Module, Any, Any]:
     """Load the data and build the model of ``config``: ``(model, train, val)``.
@@ -71,7 +74,8 @@ def run(config: Config, *, progress: bool = True, callbacks: tuple[Callback, ...
                seed=config.seed, device=config.device, callbacks=callbacks, store=store, progress=progress,
                drop_last=config.drop_last, tol=config.tol, patience=config.patience,
                checkpoint_every=config.checkpoint_every, name=config.name, config=config.to_dict(),
-               resume=resume, schedule=config.schedule, lr_select=config.lr_select, **config.optimizer_options())
+               resume=resume, schedule=config.schedule, lr_select=config.lr_select, instruments=config.instruments,
+               doctor=config.doctor, remedy=config.remedy, **config.optimizer_options())
 
 
 def resume(ref: str, *, store: str, epochs: int | None = None, steps: int | None = None,
@@ -84,7 +88,8 @@ def resume(ref: str, *, store: str, epochs: int | None = None, steps: int | None
     changes: dict[str, Any] = {"store": store}
     if epochs is not None or steps is not None:
         changes.update(epochs=epochs, steps=steps)
-    config = Config.from_dict(run_.config, source=f"stored config of run {run_.id}").with_changes(**changes)
+    recorded = {k: v for k, v in run_.config.items() if k not in RECORDED}  # written by fit, not settings
+    config = Config.from_dict(recorded, source=f"stored config of run {run_.id}").with_changes(**changes)
     return run(config, progress=progress, callbacks=callbacks, resume=run_.id)
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -67,58 +68,108 @@ def _layers(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
 
 
 class Cheap(Instrument):
-    """Every step: loss moving average, per-layer gradient norms and update ratios, parameter norm, distance
-    from the start, non-finite flag."""
+    """Every step: the loss's moving average, the gradient norm per layer (from the per-parameter norms ``fit``
+    takes anyway: no extra pass) and a non-finite flag. Every ``every`` steps (10): the update-to-weight ratio per
+    layer and overall, the parameter norm and the distance from the start (one copy of the parameters before that
+    step, a few norms after it)."""
 
     cost = "cheap"
 
-    def __init__(self, beta: float = 0.9) -> None:
-        self.beta = beta
+    def __init__(self, beta: float = 0.9, every: int = 10) -> None:
+        self.beta, self.every = beta, every
 
     def on_fit_start(self, state: Any) -> None:
+        self.params = [p for p in state.model.parameters()]
         groups = _layers(state.model)
         self.names = list(groups)
-        self.params = [p for members in groups.values() for _, p in members]
-        self.owner = [i for i, members in enumerate(groups.values()) for _ in members]
-        self.owner_index = torch.tensor(self.owner)
+        position = {id(p): i for i, p in enumerate(self.params)}
+        self.members = [[position[id(p)] for _, p in members] for members in groups.values()]
+        owner = [0] * len(self.params)
+        for layer, members in enumerate(self.members):
+            for i in members:
+                owner[i] = layer
+        self.owner_index = torch.tensor(owner)
         with torch.no_grad():
             self.start = [p.detach().clone() for p in self.params]
-            self.before = [p.detach().clone() for p in self.params]
-        self.avg = 0.0
-        self.weight = 0.0
+        self.before: list[Tensor] | None = None
+        if self.every == 1:
+            self._keep()
+        self.avg = self.weight = 0.0
 
     @torch.no_grad()
+    def _keep(self) -> None:
+        if self.before is None:
+            self.before = [p.detach().clone() for p in self.params]
+        else:
+            torch._foreach_copy_(self.before, [p.detach() for p in self.params])
+
     def on_step_end(self, state: Any) -> None:
-        now = [p.detach() for p in self.params]
+        loss = state.loss
+        if math.isfinite(loss):
+            self.avg = self.beta * self.avg + (1 - self.beta) * loss
+            self.weight = self.beta * self.weight + (1 - self.beta)
+        norms = state.grad_norms if len(state.grad_norms) == len(self.params) else self._grad_norms()
+        row: dict[str, float] = {"loss_ema": self.avg / self.weight if self.weight else math.nan}
+        for name, members in zip(self.names, self.members):
+            row[f"grad_norm/{name}"] = math.sqrt(sum(norms[i] ** 2 for i in members))
+        finite = math.isfinite(loss) and all(math.isfinite(v) for v in norms)
+        if self.before is not None and state.step % self.every == 0:
+            row.update(self._movement())
+            finite = finite and math.isfinite(row["param_norm"])
+        row["non_finite"] = float(not finite)
+        state.history.steps.extend_last(row)
+        if (state.step + 1) % self.every == 0:
+            self._keep()  # the parameters before the next measured step
+
+    @torch.no_grad()
+    def _grad_norms(self) -> list[float]:
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        g2 = torch.stack(torch._foreach_norm(grads)).square()
+        return torch.stack(torch._foreach_norm(grads)).tolist()
+
+    @torch.no_grad()
+    def _movement(self) -> dict[str, float]:
+        assert self.before is not None
+        now = [p.detach() for p in self.params]
         delta = torch._foreach_sub(now, self.before)
         u2 = torch.stack(torch._foreach_norm(delta)).square()
         w2 = torch.stack(torch._foreach_norm(self.before)).square()
         torch._foreach_sub_(delta, self.start)  # reuse the buffer: (now - before) - start ...
         torch._foreach_add_(delta, self.before)  # ... + before = now - start
-        dist = torch.stack(torch._foreach_norm(delta)).square().sum()
-        n = len(self.names)
-        index = self.owner_index.to(g2.device)
-        layer_g = torch.zeros(n, device=g2.device, dtype=g2.dtype).index_add_(0, index, g2)
-        layer_u = torch.zeros(n, device=g2.device, dtype=g2.dtype).index_add_(0, index, u2)
-        layer_w = torch.zeros(n, device=g2.device, dtype=g2.dtype).index_add_(0, index, w2)
+        d2 = torch.stack(torch._foreach_norm(delta)).square().sum()
         p2 = torch.stack(torch._foreach_norm(now)).square().sum()
-        values = torch.cat([layer_g.sqrt(), (layer_u / layer_w.clamp(min=1e-30)).sqrt(),
-                            torch.stack([(u2.sum() / w2.sum().clamp(min=1e-30)).sqrt(), p2.sqrt(), dist.sqrt()])])
+        n = len(self.names)
+        index = self.owner_index.to(u2.device)
+        layer_u = torch.zeros(n, device=u2.device, dtype=u2.dtype).index_add_(0, index, u2)
+        layer_w = torch.zeros(n, device=u2.device, dtype=u2.dtype).index_add_(0, index, w2)
+        values = torch.cat([(layer_u / layer_w.clamp(min=1e-30)).sqrt(),
+                            torch.stack([(u2.sum() / w2.sum().clamp(min=1e-30)).sqrt(), p2.sqrt(), d2.sqrt()])])
         numbers = values.tolist()
-        torch._foreach_copy_(self.before, now)
-        loss = state.loss
-        if math.isfinite(loss):
-            self.avg = self.beta * self.avg + (1 - self.beta) * loss
-            self.weight = self.beta * self.weight + (1 - self.beta)
-        row: dict[str, float] = {"loss_ema": self.avg / self.weight if self.weight else math.nan}
-        for i, name in enumerate(self.names):
-            row[f"grad_norm/{name}"] = numbers[i]
-            row[f"update_ratio/{name}"] = numbers[n + i]
-        row["update_ratio"], row["param_norm"], row["distance"] = numbers[2 * n :]
-        row["non_finite"] = float(not all(math.isfinite(v) for v in (loss, *numbers)))
-        state.history.steps.extend_last(row)
+        row = {f"update_ratio/{name}": numbers[i] for i, name in enumerate(self.names)}
+        row["update_ratio"], row["param_norm"], row["distance"] = numbers[n:]
+        return row
+
+
+class _Budget:
+    """Spaces an instrument's measurements so that they cost at most ``share`` of the training time so far
+    (measured, not guessed): a model where one measurement is dear gets fewer of them."""
+
+    def __init__(self, share: float) -> None:
+        self.share = share
+        self.spent = 0.0
+        self.started = time.perf_counter()
+
+    def allows(self, step: int) -> bool:
+        if step <= 1 or self.share == math.inf:
+            return True
+        return self.spent <= self.share * (time.perf_counter() - self.started - self.spent)
+
+    @contextlib.contextmanager
+    def measure(self) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.spent += time.perf_counter() - start
 
 
 @contextlib.contextmanager
@@ -164,26 +215,28 @@ class Periodic(Instrument):
 
     cost = "periodic"
 
-    def __init__(self, every: int = 25, sub_batch: int = 64) -> None:
-        self.every, self.sub_batch = every, sub_batch
+    def __init__(self, every: int = 25, sub_batch: int = 64, budget: float = 0.07) -> None:
+        self.every, self.sub_batch, self.budget_share = every, sub_batch, budget
         self.per_sample_failed: str | None = None
 
     def on_fit_start(self, state: Any) -> None:
         self.activations = [(n, m) for n, m in state.model.named_modules() if isinstance(m, _ACTIVATIONS)]
         self.layers = [(n, m) for n, m in state.model.named_modules() if isinstance(m, _LAYERS)]
         self.meta = _meta_copy(state.model)
+        self.budget = _Budget(self.budget_share)
 
     def on_step_end(self, state: Any) -> None:
-        if state.step % self.every and state.step != 1:
+        if state.step % self.every and state.step != 1 or not self.budget.allows(state.step):
             return
-        batch = _sub_batch(state, self.sub_batch)
-        if batch is None or len(batch[0]) < 2:
-            return
-        row: dict[str, float] = {}
-        with _untouched(state.model):
-            row.update(self._noise(state, *batch))
-            row.update(self._hooks(state, *batch))
-        state.history.steps.extend_last(row)
+        with self.budget.measure():
+            batch = _sub_batch(state, self.sub_batch)
+            if batch is None or len(batch[0]) < 2:
+                return
+            row: dict[str, float] = {}
+            with _untouched(state.model):
+                row.update(self._noise(state, *batch))
+                row.update(self._hooks(state, *batch))
+            state.history.steps.extend_last(row)
 
     def _noise(self, state: Any, x: Tensor, y: Tensor) -> dict[str, float]:
         """B_simple and the SNR from per-sample gradients (eval-mode forward: one sample has no batch stats)."""
@@ -268,26 +321,28 @@ class Expensive(Instrument):
 
     cost = "expensive"
 
-    def __init__(self, every: int = 50, sub_batch: int = 128, iterations: int = 20) -> None:
-        self.every, self.sub_batch, self.iterations = every, sub_batch, iterations
+    def __init__(self, every: int = 50, sub_batch: int = 128, iterations: int = 20, budget: float = 0.5) -> None:
+        self.every, self.sub_batch, self.iterations, self.budget_share = every, sub_batch, iterations, budget
         self.before: dict[str, Tensor] | None = None
 
     def on_step_end(self, state: Any) -> None:
         row: dict[str, float] = {}
         if self.before is not None:
-            batch = _sub_batch(state, self.sub_batch)
-            if batch is not None:
-                with _untouched(state.model):
-                    row.update(self._alpha(state, *batch))
-                    row.update(self._sharpness(state, *batch))
+            with self.budget.measure():
+                batch = _sub_batch(state, self.sub_batch)
+                if batch is not None:
+                    with _untouched(state.model):
+                        row.update(self._alpha(state, *batch))
+                        row.update(self._sharpness(state, *batch))
             self.before = None
-        if (state.step + 1) % self.every == 0:
+        if (state.step + 1) % self.every == 0 and self.budget.allows(state.step + 1):
             self._keep(state)
         if row:
             state.history.steps.extend_last(row)
 
     def on_fit_start(self, state: Any) -> None:
         self.meta = _meta_copy(state.model)
+        self.budget = _Budget(self.budget_share)
         self._keep(state)  # the first step is measured too
 
     def _keep(self, state: Any) -> None:

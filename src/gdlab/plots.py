@@ -18,7 +18,8 @@ from typing import Any
 
 from gdlab.history import History
 
-__all__ = ["plot_losses", "plot_sweep", "plot_restarts", "plot_lr_find", "moving_average", "spans_decades"]
+__all__ = ["plot_losses", "plot_instruments", "plot_sweep", "plot_restarts", "plot_lr_find", "moving_average",
+           "spans_decades"]
 
 
 def moving_average(values: list[float], beta: float = 0.9) -> list[float]:
@@ -215,4 +216,59 @@ def plot_lr_find(result: Any, path: str | Path) -> Path:
     ax.set_title(f"learning-rate range test ({result.optimizer})"
                  + ("\n" + result.warnings[0][:90] if result.warnings else ""), fontsize=10)
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+_PANELS = (
+    ("loss", ["loss", "loss_ema"], "loss (per step, and its moving average)", None),
+    ("gradient norm per layer", ["grad_norm/"], "gradient norm", None),
+    ("update / weight per layer", ["update_ratio/"], "|update| / |weight|  (about 1e-3 is usual)", 1e-3),
+    ("gradient arriving at each layer's output", ["grad_out/"], "norm", None),
+    ("gradient noise", ["noise_scale", "grad_snr"], "B_simple; signal-to-noise", None),
+    ("activations", ["dead_share/", "zero_share/", "saturated/"], "share of units", None),
+    ("sharpness", ["sharpness", "stability_limit"], "largest Hessian eigenvalue; 2(1+beta)/lr", None),
+)
+
+
+def plot_instruments(history: History, path: str | Path, *, findings: list[dict[str, Any]] | None = None,
+                     title: str | None = None) -> Path:
+    """A dashboard of the instruments over the steps (the panels with data), each finding marked at the step where
+    it was first seen."""
+    plt = _pyplot()
+    steps = history.steps
+    x = steps["step"] if "step" in steps else list(range(1, len(steps) + 1))
+    panels = []
+    for name, prefixes, ylabel, reference in _PANELS:
+        keys = [k for k in steps.columns if any(k == p or (p.endswith("/") and k.startswith(p)) for p in prefixes)]
+        keys = [k for k in keys if any(math.isfinite(v) for v in steps[k])]
+        if keys:
+            panels.append((name, keys, ylabel, reference))
+    rows = max(1, -(-len(panels) // 2))
+    fig, axes = plt.subplots(rows, 2, figsize=(12, 3.2 * rows), constrained_layout=True, squeeze=False)
+    colours = {"error": "red", "warning": "orange", "info": "gray"}
+    for ax, (name, keys, ylabel, reference) in zip(axes.flat, panels):
+        for key in keys:
+            points = [(s, v) for s, v in zip(x, steps[key]) if math.isfinite(v)]
+            style = "-" if len(points) > 20 else "o-"
+            ax.plot([p[0] for p in points], [p[1] for p in points], style, markersize=3, linewidth=1, label=key)
+        values = [v for k in keys for v in steps[k] if math.isfinite(v)]
+        if spans_decades(values) and min(values) > 0:
+            ax.set_yscale("log")
+        if reference is not None:
+            ax.axhline(reference, color="gray", linestyle=":", linewidth=1)
+        for f in findings or []:
+            if f.get("step"):
+                ax.axvline(f["step"], color=colours.get(f["severity"], "gray"), linestyle="--", linewidth=1)
+        ax.set_title(name, fontsize=10)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.set_xlabel("step", fontsize=8)
+        if len(keys) <= 8:
+            ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    if findings:
+        marked = "; ".join(f"{f['code']} (step {f['step']})" for f in findings if f.get("step"))
+        fig.suptitle((title + "\n" if title else "") + f"findings: {marked}"[:160], fontsize=10)
+    elif title:
+        fig.suptitle(title)
     return _save(fig, path)

@@ -112,6 +112,7 @@ class LoopState:
     loss_fn: LossFn | None = None
     match: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     sample: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]] | None = None  # (n, seed) -> n training samples
+    grad_norms: list[float] = field(default_factory=list)  # this step's gradient norm per parameter tensor
 
     def stop(self, reason: str) -> None:
         """Ask the loop to stop after the current step, giving the reason."""
@@ -276,12 +277,13 @@ def fit(
     if resume is not None and db is None:
         raise InvalidParameter("resume", resume, "a store holding the run (store=...)")
 
+    state_meta = _meta(model, opt, source, plan)
     state = LoopState(model, opt, plan, History(), seed, dev, int(total))
     state.val_samples = len(val_source) if val_source is not None else None
     state.loss_fn = loss_fn
     state.match = lambda output, target: _match(output, target, loss_name)
     state.sample = source.sample
-    state.history.meta.update(_meta(model, opt, source, plan))
+    state.history.meta.update(state_meta)
     recorder = None
     if db is not None:
         if resume is not None:
@@ -296,6 +298,7 @@ def fit(
                                                  loss_name))
             if selection is not None:
                 described["lr_selection"] = selection.to_dict()
+            described["doctor_meta"] = {k: v for k, v in state_meta.items() if k not in ("lr", "momentum")}
             recorder = _Recorder(db, db.create_run(described, plan.to_dict(), name=name))
         state.run_id = recorder.run_id
     if resume is None:
@@ -344,7 +347,7 @@ def fit(
                 else:
                     opt.zero_grad(set_to_none=True)
                     batch_loss.backward()
-                    grad_norm = _grad_norm(params)
+                    grad_norm = _grad_norm(params, state.grad_norms)
 
                     # (3) update the parameters
                     opt.step()
@@ -635,12 +638,17 @@ def _check_model(model: nn.Module, source: _Source, loss_name: str, what: str = 
                          f"{y.numel() // len(y)}: expected the same number")
 
 
-def _grad_norm(params: Sequence[torch.Tensor]) -> float:
-    """The global gradient norm: sqrt of the sum over parameters of |g|^2."""
+def _grad_norm(params: Sequence[torch.Tensor], per_tensor: list[float] | None = None) -> float:
+    """The global gradient norm: sqrt of the sum over parameters of |g|^2. With ``per_tensor``, each parameter's
+    gradient norm is written there too (0 where it has none), from the same one host sync."""
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return 0.0
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))).item()
+    if per_tensor is None:
+        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))).item()
+    norms = iter(torch.stack(torch._foreach_norm(grads)).tolist())
+    per_tensor[:] = [next(norms) if p.grad is not None else 0.0 for p in params]
+    return math.sqrt(sum(v * v for v in per_tensor))
 
 
 def _final(state: LoopState, has_val: bool, task: str) -> dict[str, float | None]:

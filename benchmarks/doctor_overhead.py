@@ -1,0 +1,89 @@
+"""The cost of the instruments: ``gdlab.fit`` with instruments ``cheap``, ``default`` and ``full`` against ``none``.
+
+What is measured: the wall time of ``gdlab.fit(model, data, optimizer="momentum", lr=0.05, batch_size=64, epochs=E,
+progress=False, instruments=LEVEL, doctor=LEVEL != "none")`` for each level, divided by the time with
+``instruments="none", doctor=False``. Same model and initial parameters (``torch.manual_seed(0)`` before building
+it), same data and batches (seed 0), float32, CPU, ``torch.set_num_threads`` left at its default. Models: the
+digits MLP 64-128-10 (ReLU) and a small CNN on digits as 1x8x8 images (conv 8 3x3, ReLU, conv 16 3x3, ReLU, global
+average pool, linear 16-10). The doctor's detectors run once, at the end of the run, inside the timed region.
+
+How: one warm-up run per level, then ``--repeats`` rounds; in each round every level runs once, the order of the
+levels rotating; per level the median over rounds of its time / the same round's ``none`` time.
+
+Targets: cheap at most 1.05x, default at most 1.15x, full at most 2x.
+
+Command:
+    python benchmarks/doctor_overhead.py            # both models, 5 epochs per run
+    python benchmarks/doctor_overhead.py --quick    # 1 epoch, 1 round: checks the script still runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+from _common import cpu_model, usable_cores
+from torch import nn
+
+import gdlab
+from gdlab import datasets
+from gdlab.data import TensorData
+
+LEVELS = ("none", "cheap", "default", "full")
+TARGETS = {"cheap": 1.05, "default": 1.15, "full": 2.0}
+
+
+def mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+
+
+def cnn() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+
+
+def run(make: object, data: TensorData, level: str, epochs: int) -> float:
+    torch.manual_seed(0)
+    model = make()  # type: ignore[operator]
+    start = time.perf_counter()
+    gdlab.fit(model, data, optimizer="momentum", lr=0.05, batch_size=64, epochs=epochs, progress=False,
+              instruments=level, doctor=level != "none", device="cpu")
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    epochs, repeats = (1, 1) if args.quick else (args.epochs, args.repeats)
+    train, _ = datasets.load("digits")
+    images = TensorData(train.X.reshape(-1, 1, 8, 8), train.y, num_classes=10)
+    print(f"# torch {torch.__version__}, Python {platform.python_version()}, {cpu_model()}, {usable_cores()} usable "
+          f"cores, {torch.get_num_threads()} torch threads; digits, batch 64, {epochs} epochs per run")
+    worst = {k: 0.0 for k in TARGETS}
+    for name, make, data in (("MLP 64-128-10", mlp, train), ("CNN 8-16", cnn, images)):
+        for level in LEVELS:
+            run(make, data, level, 1)  # warm-up
+        times: dict[str, list[float]] = {k: [] for k in LEVELS}
+        for r in range(repeats):
+            order = LEVELS[r % 4:] + LEVELS[: r % 4]
+            for level in order:
+                times[level].append(run(make, data, level, epochs))
+        steps = epochs * -(-len(train) // 64)
+        print(f"{name}: none {1e3 * statistics.median(times['none']) / steps:.3f} ms/step")
+        for level in TARGETS:
+            ratios = [t / n for t, n in zip(times[level], times["none"])]
+            median = statistics.median(ratios)
+            worst[level] = max(worst[level], median)
+            print(f"  {level:8} {1e3 * statistics.median(times[level]) / steps:7.3f} ms/step  ratio {median:.3f}x "
+                  f"(min {min(ratios):.3f}, max {max(ratios):.3f}; target <= {TARGETS[level]:g}x)")
+    print("ratio (worst over the models): " + ", ".join(f"{k} {v:.3f}x" for k, v in worst.items()))
+
+
+if __name__ == "__main__":
+    main()
