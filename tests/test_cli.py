@@ -395,3 +395,20 @@ def test_plot_instruments_dashboard() -> None:
     result = gdlab("plot", "last", "--instruments", "--store", "s")
     assert result.exit_code == 0 and result.stdout.strip().endswith("instruments.png")
     assert Path(result.stdout.strip()).stat().st_size > 10_000
+
+
+def test_auto_standardizes_ill_conditioned_inputs(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(200, 2, generator=g) * torch.tensor([1.0, 1000.0])
+    y = (X[:, 0] + X[:, 1] / 1000 > 0).long()
+    lines = ["a,b,label"] + [f"{a:.6f},{b:.6f},{int(c)}" for (a, b), c in zip(X.tolist(), y.tolist())]
+    (tmp_path / "skewed.csv").write_text("\n".join(lines) + "\n")
+    payload = json.loads(gdlab("train", "--data", "skewed.csv", "--target", "label", "--hidden", "8", "--epochs",
+                               "5", "--remedy", "auto", "--store", "s", "--json", "--quiet", "--no-plot").stdout)
+    assert payload["remedies"][0]["action"] == "standardize"
+    assert "ill_conditioned_inputs" not in {f["code"] for f in payload["findings"]}
+    run = Store("s").get(payload["run_id"])
+    assert run.config["standardize"] is True and run.remedies[0]["action"] == "standardize"
+    plain = json.loads(gdlab("train", "--data", "skewed.csv", "--target", "label", "--hidden", "8", "--epochs", "1",
+                             "--store", "s", "--json", "--quiet", "--no-plot").stdout)
+    assert "ill_conditioned_inputs" in {f["code"] for f in plain["findings"]}

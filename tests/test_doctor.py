@@ -218,3 +218,21 @@ def test_remedy_off_and_bad_mode(moons: Any) -> None:
         gdlab.fit(_mlp(), moons[0], progress=False, remedy="fix")
     with pytest.raises(UnknownChoice):
         Doctor("maybe")
+
+
+def test_auto_clipping_wraps_the_step_and_unwraps_at_the_end() -> None:
+    from types import SimpleNamespace
+
+    model = nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    original = opt.step
+    doc = Doctor("auto")
+    doc._install_clipping(SimpleNamespace(optimizer=opt), max_norm=1.0)
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 100.0)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.step()
+    moved = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])
+    assert moved.norm().item() == pytest.approx(1.0, rel=1e-4)  # lr 1 x the clipped gradient of norm 1
+    doc.on_fit_end(SimpleNamespace(optimizer=opt, history=History()))
+    assert opt.step == original

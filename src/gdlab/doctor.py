@@ -28,6 +28,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import torch
+
 from gdlab.history import History, Table
 
 __all__ = ["Finding", "Remedy", "CODES", "DETECTORS", "detector", "diagnose", "Doctor", "REMEDY_MODES"]
@@ -214,7 +216,7 @@ def _lr_too_high(h: History) -> list[Finding]:
 def _lr_too_low(h: History) -> list[Finding]:
     ratios = _finite(_col(h.steps, "update_ratio"))
     losses = _finite(_col(h.steps, "loss"))
-    if len(ratios) < 3 or len(losses) < 10:  # the ratio is measured every 10th step
+    if len(ratios) < 2 or len(losses) < 10:  # the ratio is measured every 20th step
         return []
     median = statistics.median(ratios)
     start, end = _start_loss(h), _finite(_smooth_loss(h))[-1]
@@ -384,14 +386,30 @@ def _gradient_noise(h: History) -> list[Finding]:
     return []
 
 
+def input_scales(X: torch.Tensor) -> list[float] | None:
+    """Each input feature's scale: the 95th percentile of its absolute value (on up to 10,000 samples; a feature
+    that is mostly zero, like a rarely inked pixel, gets scale 0 and is left out of comparisons)."""
+    if X.dim() != 2 or not len(X) or X.shape[1] > 4096:
+        return None
+    return X[:10_000].detach().double().abs().quantile(0.95, dim=0).tolist()
+
+
+def scale_ratio(scales: list[float] | None) -> float:
+    """The largest over the smallest non-zero feature scale (1 when there is nothing to compare)."""
+    nonzero = [s for s in scales or [] if s > 1e-12]
+    return max(nonzero) / min(nonzero) if len(nonzero) >= 2 else 1.0
+
+
+ILL_CONDITIONED = 100.0
+"""Feature scales differing more than this many-fold make ``ill_conditioned_inputs``."""
+
+
 @detector("ill_conditioned_inputs")
 def _ill_conditioned(h: History) -> list[Finding]:
     scales = h.meta.get("feature_scales")
-    if not scales:
-        return []
-    nonzero = [s for s in scales if s > 1e-12]
-    if len(nonzero) >= 2 and max(nonzero) / min(nonzero) > 100:
-        ratio = max(nonzero) / min(nonzero)
+    nonzero = [s for s in scales or [] if s > 1e-12]
+    if scale_ratio(scales) > ILL_CONDITIONED:
+        ratio = scale_ratio(scales)
         return [Finding("ill_conditioned_inputs", "warning", 0,
                         {"largest_scale": max(nonzero), "smallest_scale": min(nonzero), "ratio": ratio},
                         f"the input features' scales differ {ratio:.0f}-fold: the loss surface is a long narrow "
@@ -473,6 +491,7 @@ class Doctor:
         self._ceiling = math.inf  # a raise that failed caps the later ones
         self._last_rollback = -math.inf
         self._best_window = math.inf
+        self._clip: tuple[Any, Any] | None = None
 
     # snapshots: the last good point, in memory
     def _take_snapshot(self, state: Any) -> None:
@@ -627,7 +646,16 @@ class Doctor:
                       f"stalled at {mean_loss:.3g}: halved the learning rate {lr:.3g} -> {lr * 0.5:.3g}")
             return
         grads = _finite([r.get("grad_norm", math.nan) for r in rows])
-        peak = max(_finite(_col(h.steps, "grad_norm")), default=math.nan)
+        every = _finite(_col(h.steps, "grad_norm"))
+        if self._clip is None and len(every) >= 20 and grads:
+            median = statistics.median(every)
+            if median > 0 and max(grads) > 100 * median:
+                self._install_clipping(state, 2 * median)
+                self._act(state, "clip_norm", {"max_norm": 2 * median},
+                          f"the gradient norm jumped to {max(grads):.3g}, {max(grads) / median:.0f}x its median: "
+                          f"clipping it to {2 * median:.3g} from now on")
+                return
+        peak = max(every, default=math.nan)
         flat = previous is not None and abs(previous - mean_loss) <= 0.01 * abs(previous)
         if flat and grads and max(grads) < 0.2 * peak and mean_loss > 0.5 * first and dead <= 0.5:
             group = state.optimizer.param_groups[0]
@@ -639,7 +667,25 @@ class Doctor:
         if all(math.isfinite(v) for v in losses) and mean_loss <= 1.5 * min(self._best, first):
             self._take_snapshot(state)  # the last good point
 
+    def _install_clipping(self, state: Any, max_norm: float) -> None:
+        """Clip the gradient's global norm before every later step: the optimizer's ``step`` is wrapped (the
+        model and the optimizer's own chain are left as they are)."""
+        optimizer = state.optimizer
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        original = optimizer.step
+
+        def step(*args: Any, **kwargs: Any) -> Any:
+            torch.nn.utils.clip_grad_norm_(params, max_norm)
+            return original(*args, **kwargs)
+
+        optimizer.step = step
+        self._clip = (optimizer, original)
+
     def on_fit_end(self, state: Any) -> None:
+        if self._clip is not None:  # the optimizer is the caller's again, unwrapped
+            optimizer, original = self._clip
+            optimizer.step = original
+            self._clip = None
         self.findings = diagnose(state.history)
         if self.mode == "off":
             for f in self.findings:

@@ -67,7 +67,39 @@ def run(config: Config, *, progress: bool = True, callbacks: tuple[Callback, ...
         resume: str | None = None) -> Result:
     """Train as ``config`` says, recording the run in ``config.store``; ``resume`` continues a stored run."""
     model, train, val = prepare(config)  # bad data fails before a store is made
+    standardized = None
+    if config.remedy == "auto" and not config.standardize and resume is None:
+        standardized = _standardize_if_ill_conditioned(train)
+        if standardized is not None:  # the remedy that needs no change to the model: scale the inputs
+            config = config.with_changes(standardize=True)
+            model, train, val = prepare(config)
     store = Store(config.store)
+    result = _fit(config, model, train, val, store, progress, callbacks, resume)
+    if standardized is not None:
+        from gdlab.doctor import Remedy
+
+        remedy = Remedy(0, "standardize", {"scale_ratio": standardized},
+                        f"the input features' scales differ {standardized:.0f}-fold: standardised them (mean 0, "
+                        "std 1) before training")
+        result.remedies.insert(0, remedy)
+        if result.run_id is not None:
+            store.add_remedies(result.run_id, [remedy.to_dict()])
+    return result
+
+
+def _standardize_if_ill_conditioned(train: Any) -> float | None:
+    """The scale ratio of in-memory inputs when it makes them ill-conditioned, else None."""
+    from gdlab.doctor import ILL_CONDITIONED, input_scales, scale_ratio
+
+    tensors = as_tensor_data(train)
+    if tensors is None:
+        return None
+    ratio = scale_ratio(input_scales(tensors.X))
+    return ratio if ratio > ILL_CONDITIONED else None
+
+
+def _fit(config: Config, model: nn.Module, train: Any, val: Any, store: Store, progress: bool,
+         callbacks: tuple[Callback, ...], resume: str | None) -> Result:
     epochs, steps = config.budget()
     return fit(model, train, val=val, loss=config.loss, optimizer=config.optimizer, lr=config.lr,
                momentum=config.momentum, batch_size=config.batch_size, epochs=epochs, steps=steps,

@@ -69,13 +69,13 @@ def _layers(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
 
 class Cheap(Instrument):
     """Every step: the loss's moving average, the gradient norm per layer (from the per-parameter norms ``fit``
-    takes anyway: no extra pass) and a non-finite flag. Every ``every`` steps (10): the update-to-weight ratio per
+    takes anyway: no extra pass) and a non-finite flag. Every ``every`` steps (20): the update-to-weight ratio per
     layer and overall, the parameter norm and the distance from the start (one copy of the parameters before that
     step, a few norms after it)."""
 
     cost = "cheap"
 
-    def __init__(self, beta: float = 0.9, every: int = 10) -> None:
+    def __init__(self, beta: float = 0.9, every: int = 20) -> None:
         self.beta, self.every = beta, every
 
     def on_fit_start(self, state: Any) -> None:
@@ -84,11 +84,6 @@ class Cheap(Instrument):
         self.names = list(groups)
         position = {id(p): i for i, p in enumerate(self.params)}
         self.members = [[position[id(p)] for _, p in members] for members in groups.values()]
-        owner = [0] * len(self.params)
-        for layer, members in enumerate(self.members):
-            for i in members:
-                owner[i] = layer
-        self.owner_index = torch.tensor(owner)
         with torch.no_grad():
             self.start = [p.detach().clone() for p in self.params]
         self.before: list[Tensor] | None = None
@@ -128,24 +123,23 @@ class Cheap(Instrument):
 
     @torch.no_grad()
     def _movement(self) -> dict[str, float]:
+        """Per tensor: |update|, |weight before|, |now - start|, |now|; one host sync, sums per layer in Python."""
         assert self.before is not None
         now = [p.detach() for p in self.params]
         delta = torch._foreach_sub(now, self.before)
-        u2 = torch.stack(torch._foreach_norm(delta)).square()
-        w2 = torch.stack(torch._foreach_norm(self.before)).square()
+        u = torch._foreach_norm(delta)
+        w = torch._foreach_norm(self.before)
         torch._foreach_sub_(delta, self.start)  # reuse the buffer: (now - before) - start ...
         torch._foreach_add_(delta, self.before)  # ... + before = now - start
-        d2 = torch.stack(torch._foreach_norm(delta)).square().sum()
-        p2 = torch.stack(torch._foreach_norm(now)).square().sum()
-        n = len(self.names)
-        index = self.owner_index.to(u2.device)
-        layer_u = torch.zeros(n, device=u2.device, dtype=u2.dtype).index_add_(0, index, u2)
-        layer_w = torch.zeros(n, device=u2.device, dtype=u2.dtype).index_add_(0, index, w2)
-        values = torch.cat([(layer_u / layer_w.clamp(min=1e-30)).sqrt(),
-                            torch.stack([(u2.sum() / w2.sum().clamp(min=1e-30)).sqrt(), p2.sqrt(), d2.sqrt()])])
-        numbers = values.tolist()
-        row = {f"update_ratio/{name}": numbers[i] for i, name in enumerate(self.names)}
-        row["update_ratio"], row["param_norm"], row["distance"] = numbers[n:]
+        d = torch._foreach_norm(delta)
+        p = torch._foreach_norm(now)
+        u2, w2, d2, p2 = torch.stack([torch.stack(x) for x in (u, w, d, p)]).double().square().tolist()
+        row: dict[str, float] = {}
+        for name, members in zip(self.names, self.members):
+            layer_w = sum(w2[i] for i in members)
+            row[f"update_ratio/{name}"] = math.sqrt(sum(u2[i] for i in members) / layer_w) if layer_w else math.nan
+        row["update_ratio"] = math.sqrt(sum(u2) / sum(w2)) if sum(w2) else math.nan
+        row["param_norm"], row["distance"] = math.sqrt(sum(p2)), math.sqrt(sum(d2))
         return row
 
 

@@ -412,9 +412,10 @@ def _meta(model: nn.Module, opt: torch.optim.Optimizer, source: _Source, plan: B
     meta: dict[str, Any] = {"lr": group.get("lr"), "momentum": group.get("momentum"), "batch_size": plan.batch_size,
                             "samples": plan.samples, "task": source.task, "num_classes": source.num_classes,
                             "convex": linear_only}
-    if source.tensors is not None and source.tensors.X.dim() == 2 and len(source.tensors.X):
-        X = source.tensors.X[:10_000].detach().double().abs()
-        meta["feature_scales"] = X.quantile(0.95, dim=0).tolist() if X.shape[1] <= 4096 else None
+    if source.tensors is not None:
+        from gdlab.doctor import input_scales
+
+        meta["feature_scales"] = input_scales(source.tensors.X)
     return meta
 
 
