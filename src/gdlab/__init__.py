@@ -9,7 +9,7 @@ Example:
     True
 """
 
-from gdlab import datasets, models, optim, population, sweeps
+from gdlab import datasets, explain, functions, lab, models, optim, population, sweeps
 from gdlab.config import Config
 from gdlab.data import BatchPlan, TensorData
 from gdlab.errors import GdlabError
@@ -40,7 +40,10 @@ __all__ = [
     "TensorData",
     "datasets",
     "evaluate",
+    "explain",
     "fit",
+    "functions",
+    "lab",
     "lr_find",
     "models",
     "optim",

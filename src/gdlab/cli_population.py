@@ -347,3 +347,116 @@ def show_sweep(stored: dict[str, Any], as_json: bool) -> None:
     best = _best_row(rows)
     if rows:
         _print_table(rows, best["member"] if best else -1)
+
+
+START = typer.Option(None, help="The starting point x,y [default: the function's own].")
+LAB_OUT = typer.Option(None, "--out", help="Folder for the plot and the GIF [default: gdlab-runs/lab/FUNCTION-TIME].")
+
+
+@app.command("functions")
+def functions_command() -> None:
+    """List the 2-D test functions of gdlab lab, with their domains and global minima."""
+    from gdlab.functions import FUNCTIONS
+
+    table = Table(box=None, header_style="bold")
+    for column in ("function", "domain", "global minima", "start", "what it shows"):
+        table.add_column(column)
+    for f in FUNCTIONS.values():
+        (x0, x1), (y0, y1) = f.domain
+        minima = "; ".join(f"({x:g}, {y:g})" for x, y in f.minima) or "none (unbounded below)"
+        table.add_row(f.name, f"[{x0:g}, {x1:g}] x [{y0:g}, {y1:g}]", minima, f"({f.start[0]:g}, {f.start[1]:g})",
+                      f.description)
+    _wide().print(table)
+
+
+@app.command("lab")
+@_friendly
+def lab_command(
+    function: str = typer.Argument(..., help="A test function (gdlab functions lists them)."),
+    optimizers: str = typer.Option("sgd,momentum,nesterov,adam", help="Comma-separated optimizer names."),
+    steps: int = typer.Option(200, help="Steps of each walk."),
+    lr: str = typer.Option("auto", help="A learning rate for all, or auto (tuned per optimizer)."),
+    start: str | None = START,
+    restarts: int = typer.Option(0, help="K random starts in the domain instead of one: which minimum each finds."),
+    seed: int = typer.Option(0, help="Seed of the random starts."),
+    tol: float = typer.Option(1e-3, help="How close to the minimum value counts as reached."),
+    out_dir: Path | None = LAB_OUT,
+    as_json: bool = JSON,
+) -> None:
+    """Walk optimizers over a 2-D test function: a contour plot of the paths, an animated GIF, and a table."""
+    from gdlab.lab import run as run_lab
+
+    names = [n.strip() for n in optimizers.split(",") if n.strip()]
+    rate: Any = lr if lr == "auto" else _float_flag(lr, "--lr")
+    point = None
+    if start is not None:
+        parts = start.split(",")
+        try:
+            point = (float(parts[0]), float(parts[1]))
+            if len(parts) != 2:
+                raise ValueError
+        except (ValueError, IndexError):
+            raise InvalidParameter("--start", start, "two numbers x,y, e.g. -1.5,2") from None
+    result = run_lab(function, optimizers=names, steps=steps, lr=rate, start=point, restarts=restarts, seed=seed,
+                     tol=tol, out=out_dir)
+    if as_json:
+        print(_json({"function": result.function.name, "table": result.table, "files": result.files}))
+        return
+    table = Table(box=None, header_style="bold")
+    columns = [k for k in result.table[0] if k != "basins"]
+    for column in columns:
+        table.add_column(column.replace("_", " "), justify="left" if column == "optimizer" else "right")
+    for row in result.table:
+        cells = []
+        for column in columns:
+            v = row[column]
+            cells.append("-" if v is None else f"({v[0]:.4g}, {v[1]:.4g})" if isinstance(v, list) else
+                         f"{v:.0%}" if column == "reached_global" else _num(v) if isinstance(v, float) else str(v))
+        table.add_row(*cells)
+    _wide().print(table)
+    for label, path in result.files.items():
+        out.print(f"[bold]{label}[/] {path}")
+
+
+def _float_flag(text: str, flag: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise InvalidParameter(flag, text, "a number > 0, or auto") from None
+
+
+EXPLAIN_OUT = typer.Option(None, "--out", help="PNG path of the graph [default: gdlab-runs/explain-TIME.png].")
+
+
+@app.command("explain")
+@_friendly
+def explain_command(
+    expression: str = typer.Argument(..., help='An expression, e.g. "x*y + sin(x)".'),
+    at: str = typer.Option(..., "--at", help="The variables' values, e.g. x=1,y=2."),
+    out_path: Path | None = EXPLAIN_OUT,
+    as_json: bool = JSON,
+) -> None:
+    """Local and global gradients of every node of an expression (the backward pass), checked against autograd."""
+    from gdlab.explain import explain, parse_values
+
+    graph = explain(expression, parse_values(at))
+    path = out_path or Path("gdlab-runs") / f"explain-{time.strftime('%Y%m%d-%H%M%S')}.png"
+    if path.suffix.lower() not in (".png", ".pdf", ".svg"):
+        raise InvalidParameter("--out", str(path), "a .png, .pdf or .svg path")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    graph.plot(path)
+    if as_json:
+        print(_json({**graph.to_dict(), "plot": str(path)}))
+        return
+    table = Table(box=None, header_style="bold")
+    for column in ("node", "expression", "value", "local gradients", "global gradient"):
+        table.add_column(column, justify="right" if column in ("value", "global gradient") else "left")
+    for n in graph.nodes:
+        local = ", ".join(f"d/d{graph.nodes[i].text}: {v:.4g}" for i, v in zip(n.inputs, n.local))
+        table.add_row(str(n.index), n.text, f"{n.value:.6g}", local, f"{n.grad:.6g}")
+    _wide().print(table)
+    agree = all(abs(graph.gradients[k] - graph.autograd[k]) <= 1e-9 * max(1.0, abs(graph.autograd[k]))
+                for k in graph.gradients)
+    out.print("[bold]gradients[/] " + ", ".join(f"d/d{k} = {v:.6g}" for k, v in graph.gradients.items())
+              + ("  (torch.autograd agrees)" if agree else f"  (torch.autograd says {graph.autograd})"))
+    out.print(f"[bold]graph[/] {path}")

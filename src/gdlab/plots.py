@@ -272,3 +272,157 @@ def plot_instruments(history: History, path: str | Path, *, findings: list[dict[
     elif title:
         fig.suptitle(title)
     return _save(fig, path)
+
+
+def _contour(ax: Any, function: Any, resolution: int = 200) -> None:
+    import torch
+
+    (x0, x1), (y0, y1) = function.domain
+    xs = torch.linspace(x0, x1, resolution, dtype=torch.float64)
+    ys = torch.linspace(y0, y1, resolution, dtype=torch.float64)
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)
+    z = function(grid)
+    low = float(z.min())
+    shifted = (z - low + 1e-3).log10()  # log levels show the valleys' floors as well as the walls
+    ax.contourf(xs.numpy(), ys.numpy(), shifted.numpy(), levels=30, cmap="Greys_r", alpha=0.6)
+    ax.contour(xs.numpy(), ys.numpy(), shifted.numpy(), levels=15, colors="white", linewidths=0.4, alpha=0.6)
+    for m in function.minima:
+        ax.plot(*m, marker="*", color="gold", markersize=14, markeredgecolor="black", zorder=5)
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y0, y1)
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
+
+
+def _background(ax: Any, function: Any, resolution: int = 150) -> None:
+    import torch
+
+    (x0, x1), (y0, y1) = function.domain
+    xs = torch.linspace(x0, x1, resolution, dtype=torch.float64)
+    ys = torch.linspace(y0, y1, resolution, dtype=torch.float64)
+    z = function(torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1))
+    shifted = (z - float(z.min()) + 1e-3).log10()
+    ax.imshow(shifted.numpy(), origin="lower", extent=(x0, x1, y0, y1), cmap="Greys_r", alpha=0.7, aspect="auto")
+    for m in function.minima:
+        ax.plot(*m, marker="*", color="gold", markersize=12, markeredgecolor="black", zorder=5)
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y0, y1)
+
+
+def plot_walks(result: Any, path: str | Path, *, restarts: bool = False) -> Path:
+    """The contour of the function with every optimizer's path (the minima as stars); with restarts, one panel per
+    optimizer, each start coloured by the global minimum it fell into (grey: none)."""
+    plt = _pyplot()
+    f = result.function
+    colours = plt.get_cmap("tab10")
+    if not restarts:
+        fig, ax = plt.subplots(figsize=(7.5, 6.5), constrained_layout=True)
+        _contour(ax, f)
+        for i, (w, row) in enumerate(zip(result.walks, result.table)):
+            p = w.path[:, 0, :].numpy()
+            ax.plot(p[:, 0], p[:, 1], "-", color=colours(i), linewidth=1.5,
+                    label=f"{w.optimizer} (lr {row['lr']:.3g}): loss {row['loss']:.3g}")
+            ax.plot(p[-1, 0], p[-1, 1], "o", color=colours(i), markersize=5)
+        ax.plot(*result.walks[0].path[0, 0].tolist(), "s", color="black", markersize=6, label="start")
+        ax.legend(fontsize=8, loc="best")
+        ax.set_title(f"{f.name}: {f.description}", fontsize=9)
+        return _save(fig, path)
+    n = len(result.walks)
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4.2), constrained_layout=True, squeeze=False)
+    for ax, w, row in zip(axes[0], result.walks, result.table):
+        _contour(ax, f)
+        starts = w.path[0].numpy()
+        ends = w.path[-1].numpy()
+        for k, basin in enumerate(row["basins"]):
+            colour = colours(basin) if basin >= 0 else "lightgrey"
+            ax.plot(starts[k, 0], starts[k, 1], "o", color=colour, markersize=4, markeredgecolor="black",
+                    markeredgewidth=0.3)
+            ax.plot([starts[k, 0], ends[k, 0]], [starts[k, 1], ends[k, 1]], "-", color=colour, alpha=0.15,
+                    linewidth=0.6)
+        ax.set_title(f"{w.optimizer} (lr {row['lr']:.3g}): {row['reached_global']:.0%} reach a global minimum",
+                     fontsize=9)
+    fig.suptitle(f"{f.name}: {len(result.walks[0].path[0])} random starts, coloured by the minimum they reach")
+    return _save(fig, path)
+
+
+def animate_walks(result: Any, path: str | Path, *, frames: int = 30) -> Path:
+    """An animated GIF of the descent: every optimizer's points moving over the contour."""
+    plt = _pyplot()
+    from matplotlib.animation import FuncAnimation, PillowWriter
+
+    f = result.function
+    fig, ax = plt.subplots(figsize=(5, 4.3))  # no constrained layout: it would be solved again every frame
+    _background(ax, f)  # an image, drawn fast in every frame (contour sets are slow to redraw)
+    colours = plt.get_cmap("tab10")
+    steps = result.walks[0].path.shape[0]
+    shown = sorted({round(i * (steps - 1) / (frames - 1)) for i in range(frames)}) if steps > frames else \
+        list(range(steps))
+    lines = []
+    for i, w in enumerate(result.walks):
+        (line,) = ax.plot([], [], "-", color=colours(i), linewidth=1.2, label=w.optimizer)
+        (dots,) = ax.plot([], [], "o", color=colours(i), markersize=4)
+        lines.append((w, line, dots))
+    ax.legend(fontsize=8, loc="upper right")
+    title = ax.set_title(" ")
+    fig.tight_layout()
+
+    def draw(t: int) -> list[Any]:
+        for w, line, dots in lines:
+            trail = w.path[: t + 1, 0, :].numpy() if w.path.shape[1] == 1 else w.path[t].numpy()
+            if w.path.shape[1] == 1:
+                line.set_data(trail[:, 0], trail[:, 1])
+                dots.set_data([trail[-1, 0]], [trail[-1, 1]])
+            else:
+                dots.set_data(trail[:, 0], trail[:, 1])
+        title.set_text(f"{f.name}: step {t}")
+        return [title] + [x for _, line, dots in lines for x in (line, dots)]
+
+    animation = FuncAnimation(fig, draw, frames=shown, blit=False)
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    animation.save(target, writer=PillowWriter(fps=10), dpi=60)
+    plt.close(fig)
+    return target
+
+
+def plot_graph(graph: Any, path: str | Path) -> Path:
+    """The expression's computation graph, inputs on the left, the output on the right: each node with its value
+    and global gradient; each edge with the local gradient and the global gradient it carries back."""
+    plt = _pyplot()
+    nodes = graph.nodes
+    depth = [0] * len(nodes)
+    for n in nodes:
+        depth[n.index] = 1 + max((depth[i] for i in n.inputs), default=-1)
+    columns: dict[int, list[int]] = {}
+    for n in nodes:
+        columns.setdefault(depth[n.index], []).append(n.index)
+    position = {}
+    for d, members in columns.items():
+        for k, i in enumerate(members):
+            position[i] = (d * 3.0, (len(members) - 1) / 2 - k * 1.6)
+    width = 3.0 * (max(columns) + 1) + 1
+    height = 1.6 * max(len(m) for m in columns.values()) + 1.5
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * width), max(3.5, 1.1 * height)), constrained_layout=True)
+    for n in nodes:
+        x1, y1 = position[n.index]
+        for i, local in zip(n.inputs, n.local):
+            x0, y0 = position[i]
+            ax.annotate("", xy=(x1 - 0.55, y1), xytext=(x0 + 0.55, y0),
+                        arrowprops={"arrowstyle": "->", "color": "gray", "lw": 1})
+            # the label near the arrow's head, where edges into one node do not cross
+            lx, ly = x0 + 0.7 * (x1 - x0), y0 + 0.7 * (y1 - y0)
+            ax.text(lx, ly + 0.12, f"local {local:.3g}\nglobal {n.grad * local:.3g}", ha="center", va="bottom",
+                    fontsize=7, color="tab:red")
+    colours = {"variable": "#cde7ff", "constant": "#eeeeee", "operation": "#fff2c6", "function": "#d9f2d0"}
+    for n in nodes:
+        x, y = position[n.index]
+        ax.text(x, y, f"{n.label}\nvalue {n.value:.4g}\ngrad {n.grad:.4g}", ha="center", va="center", fontsize=8,
+                bbox={"boxstyle": "round,pad=0.4", "facecolor": colours.get(n.kind, "white"), "edgecolor": "black"})
+    ax.set_xlim(-1.2, width - 0.8)
+    ys = [p[1] for p in position.values()]
+    ax.set_ylim(min(ys) - 1.2, max(ys) + 1.2)
+    ax.axis("off")
+    ax.set_title(f"{graph.expression}   at " + ", ".join(f"{k}={v:g}" for k, v in graph.values.items())
+                 + "\nglobal gradient = the one arriving from the output x the local gradient (chain rule)",
+                 fontsize=9)
+    return _save(fig, path)

@@ -1,0 +1,78 @@
+"""explain: the chain rule node by node, checked against torch.autograd; a parser that never evaluates code."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from gdlab.cli import app
+from gdlab.errors import InvalidParameter
+from gdlab.explain import explain, parse_values
+
+
+@pytest.mark.parametrize(("expression", "at"), [
+    ("x*y + sin(x)", {"x": 1.0, "y": 2.0}),
+    ("(x - 3)**2 / y - exp(-x*x)", {"x": 0.5, "y": 4.0}),
+    ("sigmoid(w*x + b)", {"w": -1.5, "x": 2.0, "b": 0.3}),
+    ("log(1 + exp(x)) * tanh(y) - sqrt(x*x + y*y)", {"x": 0.7, "y": -1.2}),
+    ("x**3 - 3*x*y**2", {"x": 1.1, "y": 0.4}),
+    ("relu(x) + abs(y) + cos(x*y) / 2", {"x": 0.9, "y": -2.0}),
+])
+def test_gradients_match_autograd(expression: str, at: dict[str, float]) -> None:
+    graph = explain(expression, at)
+    for name, value in graph.gradients.items():
+        assert value == pytest.approx(graph.autograd[name], rel=1e-12, abs=1e-12)
+
+
+def test_local_and_global_gradients_of_each_node() -> None:
+    graph = explain("x*y + sin(x)", {"x": 1.0, "y": 2.0})
+    by_text = {n.text: n for n in graph.nodes}
+    product, sine = by_text["(x * y)"], by_text["sin(x)"]
+    assert product.local == [2.0, 1.0] and sine.local == [pytest.approx(math.cos(1.0))]
+    assert graph.output.grad == 1.0 and product.grad == 1.0
+    assert by_text["x"].grad == pytest.approx(2.0 + math.cos(1.0))  # two paths add up
+    assert graph.output.value == pytest.approx(2.0 + math.sin(1.0))
+
+
+@pytest.mark.parametrize(("expression", "at", "message"), [
+    ("x*", {"x": 1.0}, "invalid expression 'x*'"),
+    ("foo(x)", {"x": 1.0}, "invalid function 'foo'"),
+    ("x + z", {"x": 1.0}, "invalid variable 'z'"),
+    ("__import__('os').system('true')", {"x": 1.0}, "invalid expression"),
+    ("x.real", {"x": 1.0}, "found Attribute"),
+    ("(lambda: 1)()", {"x": 1.0}, "invalid expression"),
+    ("log(x)", {"x": -1.0}, "log defined at -1"),
+    ("x / y", {"x": 1.0, "y": 0.0}, "1 / 0 to be defined"),
+    ("sin", {"x": 1.0}, "sin called with an argument"),
+])
+def test_bad_expressions_are_refused(expression: str, at: dict[str, float], message: str) -> None:
+    with pytest.raises(InvalidParameter, match=re.escape(message)):
+        explain(expression, at)
+
+
+def test_parse_values() -> None:
+    assert parse_values("x=1, y=-2.5") == {"x": 1.0, "y": -2.5}
+    for bad in ("x", "x=", "1=2", "x=a"):
+        with pytest.raises(InvalidParameter, match="invalid --at"):
+            parse_values(bad)
+
+
+def test_explain_command(tmp_path: Path) -> None:
+    runner = CliRunner()
+    png = tmp_path / "graph.png"
+    result = runner.invoke(app, ["explain", "x*y + sin(x)", "--at", "x=1,y=2", "--out", str(png), "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["gradients"]["y"] == 1.0 and len(payload["nodes"]) == 5 and png.stat().st_size > 5_000
+    shown = runner.invoke(app, ["explain", "x*y + sin(x)", "--at", "x=1,y=2", "--out", str(png)])
+    assert "torch.autograd agrees" in shown.stdout
+    for args, message in ((["explain", "x*", "--at", "x=1"], "invalid expression"),
+                          (["explain", "x+y", "--at", "x=1"], "invalid variable 'y'"),
+                          (["explain", "x", "--at", "x"], "invalid --at 'x'")):
+        bad = runner.invoke(app, [*args, "--out", str(png)])
+        assert bad.exit_code == 2 and message in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
