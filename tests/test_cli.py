@@ -412,3 +412,17 @@ def test_auto_standardizes_ill_conditioned_inputs(tmp_path: Path) -> None:
     plain = json.loads(gdlab("train", "--data", "skewed.csv", "--target", "label", "--hidden", "8", "--epochs", "1",
                              "--store", "s", "--json", "--quiet", "--no-plot").stdout)
     assert "ill_conditioned_inputs" in {f["code"] for f in plain["findings"]}
+
+
+def test_gradflow_draws_layers_first_to_last() -> None:
+    gdlab("train", "--data", "moons", "--hidden", "8,8,8,8,8", "--activation", "sigmoid", "--epochs", "2", "--store",
+          "s", "--quiet", "--no-plot")
+    result = gdlab("gradflow", "last", "--store", "s")
+    assert result.exit_code == 0 and Path(result.stdout.strip()).stat().st_size > 10_000
+    history = Store("s").history(Store("s").get("last").id)
+    assert {k for k in history.steps.columns if k.startswith("grad_out/")} == {f"grad_out/{i}" for i in
+                                                                              (1, 3, 5, 7, 9, 11)}
+    gdlab("train", "--data", "moons", "--hidden", "8", "--epochs", "1", "--instruments", "none", "--store", "s",
+          "--quiet", "--no-plot")
+    bare = gdlab("gradflow", "last", "--store", "s")
+    assert bare.exit_code == 2 and "trained with instruments" in bare.stderr

@@ -417,6 +417,30 @@ def plot(
     out.print(str(path))
 
 
+@app.command()
+@_friendly
+def gradflow(
+    run: str = typer.Argument(..., help="Run id, id prefix, name, or 'last'."),
+    store: str = typer.Option("gdlab-runs", help=STORE_HELP),
+    out_path: Optional[Path] = typer.Option(None, "--out", help="PNG path [default: the run's folder/gradflow.png]."),
+) -> None:
+    """Draw the gradient flow of a run: per-layer gradient norms over training, first layer to last."""
+    from gdlab.plots import plot_gradflow
+    from gdlab.store import Store
+
+    s = Store(store, create=False)
+    r = s.get(run)
+    target = out_path or r.dir / "gradflow.png"
+    try:
+        path = plot_gradflow(s.history(r.id), target, title=f"run {r.id}: gradient flow")
+    except ValueError:
+        raise InvalidParameter("run", r.id, "a run trained with instruments (--instruments cheap or more): this one "
+                               "recorded no per-layer gradients") from None
+    except OSError as e:
+        raise InvalidParameter("--out", str(target), f"a writable .png path ({e})") from None
+    out.print(str(path))
+
+
 # -- listings --------------------------------------------------------------------------------------------------
 
 

@@ -426,3 +426,50 @@ def plot_graph(graph: Any, path: str | Path) -> Path:
                  + "\nglobal gradient = the one arriving from the output x the local gradient (chain rule)",
                  fontsize=9)
     return _save(fig, path)
+
+
+def plot_gradflow(history: History, path: str | Path, *, title: str | None = None) -> Path:
+    """Gradient flow: each layer's own gradient norm over the steps, the gradient arriving at each layer's output
+    over the steps, and both per layer (first to last) at the last measurement, on a log scale: vanishing
+    gradients fall toward the first layer, exploding ones grow."""
+    plt = _pyplot()
+    steps = history.steps
+    x = steps["step"] if "step" in steps else list(range(1, len(steps) + 1))
+    def natural(key: str) -> list[Any]:  # "10" after "2"; module paths part by part
+        return [(0, int(p)) if p.isdigit() else (1, p) for p in key.split("/", 1)[1].split(".")]
+
+    own = sorted((k for k in steps.columns if k.startswith("grad_norm/")), key=natural)
+    arriving = sorted((k for k in steps.columns if k.startswith("grad_out/")), key=natural)
+    if not own and not arriving:
+        raise ValueError("no per-layer gradients recorded: train with instruments (--instruments cheap or more)")
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 4.2), constrained_layout=True)
+    for ax, keys, name in ((a, own, "each layer's own gradient norm"),
+                           (b, arriving, "gradient arriving at each layer's output")):
+        for key in keys:
+            points = [(s, v) for s, v in zip(x, steps[key]) if math.isfinite(v) and v > 0]
+            if points:
+                ax.plot([p[0] for p in points], [p[1] for p in points], "-" if len(points) > 20 else "o-",
+                        markersize=3, linewidth=1, label=key.split("/", 1)[1])
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_title(name, fontsize=10)
+        if keys and len(keys) <= 12:
+            ax.legend(fontsize=7, title="layer", title_fontsize=7)
+
+    def last(key: str) -> float:
+        finite = [v for v in steps[key] if math.isfinite(v)]
+        return finite[-1] if finite else math.nan
+
+    layers = sorted({k.split("/", 1)[1] for k in own + arriving}, key=lambda name: natural("/" + name))
+    for prefix, label, offset in (("grad_norm/", "own gradient", -0.2), ("grad_out/", "arriving gradient", 0.2)):
+        heights = [last(prefix + name) if prefix + name in steps else math.nan for name in layers]
+        if any(math.isfinite(h) for h in heights):
+            c.bar([i + offset for i in range(len(layers))], heights, width=0.4, label=label)
+    c.set_xticks(range(len(layers)), layers, fontsize=8)
+    c.set_yscale("log")
+    c.set_xlabel("layer (first to last)")
+    c.set_title("at the last measurement", fontsize=10)
+    c.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
