@@ -9,7 +9,7 @@ Example:
     True
 """
 
-from gdlab import datasets, explain, functions, lab, models, optim, population, sweeps
+from gdlab import datasets, explain, functions, lab, landscape, models, optim, population, sweeps
 from gdlab.config import Config
 from gdlab.data import BatchPlan, TensorData
 from gdlab.errors import GdlabError
@@ -44,6 +44,7 @@ __all__ = [
     "fit",
     "functions",
     "lab",
+    "landscape",
     "lr_find",
     "models",
     "optim",

@@ -460,3 +460,50 @@ def explain_command(
     out.print("[bold]gradients[/] " + ", ".join(f"d/d{k} = {v:.6g}" for k, v in graph.gradients.items())
               + ("  (torch.autograd agrees)" if agree else f"  (torch.autograd says {graph.autograd})"))
     out.print(f"[bold]graph[/] {path}")
+
+
+LANDSCAPE_OUT = typer.Option(None, "--out", help="PNG path [default: the run's folder/landscape-KIND.png].")
+
+
+@app.command("landscape")
+@_friendly
+def landscape_command(
+    run: str = typer.Argument(..., help="Run id, id prefix, name, or 'last' (a run of gdlab train)."),
+    kind: str = typer.Option("plane", help="line or plane."),
+    steps: int = typer.Option(25, help="Grid points along each direction."),
+    distance: float = typer.Option(1.0, help="How far along each (filter-normalised) direction."),
+    samples: int = typer.Option(1000, help="Training samples the loss is evaluated on."),
+    seed: int = typer.Option(0, help="Seed of the random directions."),
+    store: str = STORE,
+    out_path: Path | None = LANDSCAPE_OUT,
+    as_json: bool = JSON,
+) -> None:
+    """The loss landscape around a stored run's trained model: a line or a plane of filter-normalised directions."""
+    from gdlab import checkpoint, landscape
+    from gdlab.config import Config
+    from gdlab.experiment import RECORDED, prepare
+    from gdlab.store import Store
+
+    if kind not in ("line", "plane"):
+        raise InvalidParameter("--kind", kind, "line or plane")
+    r = Store(store, create=False).get(run)
+    if "data" not in r.config:
+        raise InvalidParameter("run", r.id, "a run of gdlab train (this one was recorded from Python: call "
+                               "gdlab.landscape.plane(model, data) there)")
+    if not r.checkpoint.is_file():
+        raise InvalidParameter("run", r.id, "a run with a checkpoint (none was written)")
+    config = Config.from_dict({k: v for k, v in r.config.items() if k not in RECORDED}, source=f"run {r.id}")
+    model, train_data, _ = prepare(config)
+    model.load_state_dict(checkpoint.load(r.checkpoint)["model"])
+    make = landscape.plane if kind == "plane" else landscape.line
+    land = make(model, train_data, steps=steps, distance=distance, samples=samples, seed=seed, progress=True)
+    path = out_path or r.dir / f"landscape-{kind}.png"
+    land.plot(str(path), title=f"run {r.id}: loss {kind} ({land.samples} samples, filter-normalised directions)")
+    if as_json:
+        print(_json({"run_id": r.id, "kind": kind, "center_loss": land.center_loss, "losses": land.losses.tolist(),
+                     "alphas": land.alphas.tolist(), "plot": str(path)}))
+        return
+    low, high = float(land.losses.min()), float(land.losses.max())
+    out.print(f"[bold]{kind}[/] {steps} points per direction x {land.samples} samples: loss {_num(low)} to "
+              f"{_num(high)}, {_num(land.center_loss)} at the model")
+    out.print(f"[bold]plot[/] {path}")

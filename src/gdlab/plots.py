@@ -473,3 +473,38 @@ def plot_gradflow(history: History, path: str | Path, *, title: str | None = Non
     if title:
         fig.suptitle(title)
     return _save(fig, path)
+
+
+def plot_landscape(landscape: Any, path: str | Path, *, title: str | None = None) -> Path:
+    """A line as a curve; a plane as filled contours (log-scaled) and a 3-D surface, the model at the centre."""
+    plt = _pyplot()
+    losses = landscape.losses
+    if landscape.betas is None:
+        fig, ax = plt.subplots(figsize=(7, 4.2), constrained_layout=True)
+        ax.plot(landscape.alphas.numpy(), losses.numpy(), "o-", markersize=3)
+        ax.set_xlabel("step along the direction")
+        ax.set_ylabel("loss")
+        if spans_decades([v for v in losses.tolist() if math.isfinite(v)]):
+            ax.set_yscale("log")
+    else:
+        fig = plt.figure(figsize=(12, 5), constrained_layout=True)
+        ax = fig.add_subplot(1, 2, 1)
+        a, b = landscape.alphas.numpy(), landscape.betas.numpy()
+        shown = losses.clamp(min=1e-12).log10().numpy()
+        filled = ax.contourf(a, b, shown, levels=30, cmap="viridis")
+        ax.contour(a, b, shown, levels=15, colors="white", linewidths=0.4)
+        ax.plot(0, 0, "r*", markersize=12, label="the model")
+        fig.colorbar(filled, ax=ax, label="log10 loss")
+        ax.set_xlabel("direction 1")
+        ax.set_ylabel("direction 2")
+        ax.legend(fontsize=8)
+        surface = fig.add_subplot(1, 2, 2, projection="3d")
+        import numpy as np
+
+        A, B = np.meshgrid(a, b)
+        surface.plot_surface(A, B, shown, cmap="viridis", linewidth=0, antialiased=True)
+        surface.set_xlabel("direction 1")
+        surface.set_ylabel("direction 2")
+        surface.set_zlabel("log10 loss")
+    fig.suptitle(title or f"loss landscape ({landscape.samples} samples, filter-normalised directions)")
+    return _save(fig, path)

@@ -1,0 +1,165 @@
+"""Loss landscapes of real networks: the loss along a line or over a plane through the trained parameters.
+
+Directions are random with filter normalisation (Li et al. 2018, https://arxiv.org/abs/1712.09913): each filter
+(a row of a weight: an output unit or channel) of a random direction is rescaled to the norm of the same filter
+of the model, so that the picture does not depend on the weights' scale; biases and normalisation parameters
+(1-D tensors) are left at zero. Grid points are evaluated one after another with the parameters set in place
+(on the CPU that was as fast as batching them, see ``docs/benchmarks.md``), on a fixed subset of the data.
+
+Example:
+    >>> import torch
+    >>> X = torch.randn(64, 3); y = (X[:, 0] > 0).long()
+    >>> model = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    >>> land = plane(model, (X, y), steps=5, progress=False)
+    >>> land.losses.shape, bool(abs(land.losses[2, 2] - land.center_loss) < 1e-6)
+    (torch.Size([5, 5]), True)
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from gdlab.errors import InvalidParameter
+from gdlab.train import _match, _Source, resolve_loss
+
+__all__ = ["Landscape", "plane", "line", "interpolate", "direction"]
+
+
+@dataclass
+class Landscape:
+    """``losses`` ``[steps]`` (a line) or ``[steps, steps]`` (a plane: rows along the second direction, columns
+    along the first), the coordinates ``alphas`` (and ``betas``), the directions and the loss at the centre."""
+
+    losses: Tensor
+    alphas: Tensor
+    betas: Tensor | None
+    directions: list[list[Tensor]]
+    center_loss: float
+    samples: int
+
+    def plot(self, path: str, title: str | None = None) -> Any:
+        from gdlab.plots import plot_landscape
+
+        return plot_landscape(self, path, title=title)
+
+
+def _params(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def direction(model: nn.Module, generator: torch.Generator) -> list[Tensor]:
+    """A random direction, filter-normalised to ``model``'s weights; zero for biases and normalisation (1-D)."""
+    out = []
+    for p in _params(model):
+        if p.dim() <= 1:
+            out.append(torch.zeros_like(p))
+            continue
+        d = torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device)
+        rows_d = d.reshape(len(d), -1).norm(dim=1).clamp(min=1e-12)
+        rows_p = p.detach().reshape(len(p), -1).norm(dim=1)
+        out.append(d * (rows_p / rows_d).reshape(-1, *([1] * (p.dim() - 1))))
+    return out
+
+
+def _subset(data: Any, samples: int, model: nn.Module) -> tuple[_Source, Tensor, Tensor]:
+    first = next(model.parameters())
+    source = _Source(data, first.device, first.dtype)
+    x, y = source.sample(min(samples, len(source)), 0)
+    return source, x, y
+
+
+Terms = list[tuple[float, list[Tensor]]]  # a grid point: theta + sum of coefficient * direction
+
+
+@torch.no_grad()
+def _grid(model: nn.Module, data: Any, loss: Any, samples: int, points: list[list[Terms]],
+          progress: bool) -> tuple[Tensor, float, int]:
+    """The loss at theta + sum(coefficient * direction) for every point (a list of rows of terms)."""
+    source, x, y = _subset(data, samples, model)
+    loss_fn, loss_name = resolve_loss(loss, source.task)
+    params = _params(model)
+    data_ = [p.data for p in params]
+    start = [p.detach().clone() for p in params]
+    was_training = model.training
+    model.eval()
+    total = sum(len(row) for row in points)
+    bar = None
+    if progress:
+        from rich.console import Console
+        from rich.progress import Progress
+
+        bar = Progress(console=Console(stderr=True), transient=True)
+        bar.start()
+        task = bar.add_task(f"landscape: {total} points x {len(x)} samples", total=total)
+    values = []
+    try:
+        center = float(loss_fn(_match(model(x), y, loss_name), y))
+        for row in points:
+            out_row = []
+            for terms in row:
+                torch._foreach_copy_(data_, start)
+                for coefficient, d in terms:
+                    if coefficient:
+                        torch._foreach_add_(data_, d, alpha=coefficient)
+                out_row.append(float(loss_fn(_match(model(x), y, loss_name), y)))
+                if bar is not None:
+                    bar.advance(task)
+            values.append(out_row)
+    finally:
+        for p, s in zip(params, start):
+            p.copy_(s)
+        model.train(was_training)
+        if bar is not None:
+            bar.stop()
+    return torch.tensor(values, dtype=torch.float64), center, len(x)
+
+
+def _check(steps: Any, distance: Any, samples: Any) -> None:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
+        raise InvalidParameter("steps", steps, "an integer >= 2")
+    if isinstance(distance, bool) or not isinstance(distance, (int, float)) or not distance > 0:
+        raise InvalidParameter("distance", distance, "a number > 0")
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise InvalidParameter("samples", samples, "a positive integer")
+
+
+def plane(model: nn.Module, data: Any, *, loss: Any = "auto", steps: int = 25, distance: float = 1.0, seed: int = 0,
+          samples: int = 1000, progress: bool = True) -> Landscape:
+    """The loss over the plane theta + a d1 + b d2, a and b in [-distance, distance] (``steps`` each; an odd
+    ``steps`` puts the model itself at the centre), d1 and d2 random filter-normalised directions."""
+    _check(steps, distance, samples)
+    g = torch.Generator().manual_seed(seed)
+    d1, d2 = direction(model, g), direction(model, g)
+    coords = torch.linspace(-distance, distance, steps, dtype=torch.float64)
+    points: list[list[Terms]] = [[[(float(a), d1), (float(b), d2)] for a in coords] for b in coords]
+    losses, center, n = _grid(model, data, loss, samples, points, progress)
+    return Landscape(losses, coords, coords, [d1, d2], center, n)
+
+
+def line(model: nn.Module, data: Any, *, loss: Any = "auto", steps: int = 25, distance: float = 1.0, seed: int = 0,
+         samples: int = 1000, progress: bool = True) -> Landscape:
+    """The loss along theta + a d, a in [-distance, distance], d a random filter-normalised direction."""
+    _check(steps, distance, samples)
+    d = direction(model, torch.Generator().manual_seed(seed))
+    coords = torch.linspace(-distance, distance, steps, dtype=torch.float64)
+    losses, center, n = _grid(model, data, loss, samples, [[[(float(a), d)] for a in coords]], progress)
+    return Landscape(losses[0], coords, None, [d], center, n)
+
+
+def interpolate(model_a: nn.Module, model_b: nn.Module, data: Any, *, loss: Any = "auto", steps: int = 25,
+                samples: int = 1000, progress: bool = True) -> Landscape:
+    """The loss along (1 - t) theta_a + t theta_b for t in [0, 1]: is there a barrier between two minima?"""
+    _check(steps, 1.0, samples)
+    pa, pb = _params(model_a), _params(model_b)
+    if [p.shape for p in pa] != [p.shape for p in pb]:
+        raise InvalidParameter("model_b", type(model_b).__name__, "a model with model_a's parameter shapes")
+    model = copy.deepcopy(model_a)
+    d = [b.detach() - a.detach() for a, b in zip(pa, pb)]
+    coords = torch.linspace(0, 1, steps, dtype=torch.float64)
+    losses, center, n = _grid(model, data, loss, samples, [[[(float(t), d)] for t in coords]], progress)
+    return Landscape(losses[0], coords, None, [d], center, n)

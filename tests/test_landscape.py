@@ -1,0 +1,85 @@
+"""Landscapes: filter-normalised directions, the model at the centre, interpolation between two models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+import gdlab
+from gdlab import landscape
+from gdlab.cli import app
+from gdlab.data import TensorData
+from gdlab.errors import InvalidParameter
+
+
+@pytest.fixture
+def data() -> TensorData:
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(300, 5, generator=g)
+    return TensorData(X, (X[:, 0] - X[:, 1] > 0).long(), num_classes=2)
+
+
+def _model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(5, 16), nn.LayerNorm(16), nn.ReLU(), nn.Linear(16, 2))
+
+
+def test_directions_are_filter_normalised_and_skip_biases() -> None:
+    model = _model()
+    d = landscape.direction(model, torch.Generator().manual_seed(1))
+    for p, v in zip(model.parameters(), d):
+        if p.dim() <= 1:
+            assert torch.count_nonzero(v) == 0  # biases and LayerNorm's scale and shift stay put
+        else:
+            torch.testing.assert_close(v.reshape(len(v), -1).norm(dim=1), p.detach().reshape(len(p), -1).norm(dim=1))
+
+
+def test_plane_centre_is_the_models_loss_and_the_model_is_unchanged(data: TensorData) -> None:
+    model = _model()
+    gdlab.fit(model, data, lr=0.1, epochs=3, progress=False, doctor=False, instruments="none")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    land = landscape.plane(model, data, steps=7, distance=0.5, samples=300, progress=False)
+    expected = gdlab.evaluate(model, data)["loss"]
+    assert land.losses.shape == (7, 7) and land.losses[3, 3].item() == pytest.approx(expected, rel=1e-5)
+    assert land.center_loss == pytest.approx(expected, rel=1e-5)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert float(land.losses.max()) > land.center_loss  # a trained model sits low in its neighbourhood
+    line = landscape.line(model, data, steps=5, distance=0.5, samples=300, progress=False)
+    assert line.losses.shape == (5,) and line.losses[2].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_interpolation_ends_at_both_models(data: TensorData) -> None:
+    a, b = _model(0), _model(1)
+    for m in (a, b):
+        gdlab.fit(m, data, lr=0.1, epochs=2, progress=False, doctor=False, instruments="none")
+    path = landscape.interpolate(a, b, data, steps=5, samples=300, progress=False)
+    assert path.losses[0].item() == pytest.approx(gdlab.evaluate(a, data)["loss"], rel=1e-5)
+    assert path.losses[-1].item() == pytest.approx(gdlab.evaluate(b, data)["loss"], rel=1e-5)
+    with pytest.raises(InvalidParameter, match="invalid model_b"):
+        landscape.interpolate(a, nn.Linear(5, 2), data, progress=False)
+
+
+def test_bad_arguments(data: TensorData) -> None:
+    with pytest.raises(InvalidParameter, match="invalid steps 1"):
+        landscape.plane(_model(), data, steps=1, progress=False)
+    with pytest.raises(InvalidParameter, match="invalid distance 0"):
+        landscape.line(_model(), data, distance=0, progress=False)
+
+
+def test_landscape_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    trained = json.loads(runner.invoke(app, ["train", "--data", "moons", "--hidden", "8", "--epochs", "2", "--store",
+                                             "s", "--json", "--quiet", "--no-plot"]).stdout)
+    result = runner.invoke(app, ["landscape", trained["run_id"], "--steps", "5", "--store", "s", "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert len(payload["losses"]) == 5 and Path(payload["plot"]).stat().st_size > 10_000
+    assert payload["losses"][2][2] == pytest.approx(payload["center_loss"], rel=1e-5)
+    bad = runner.invoke(app, ["landscape", "last", "--kind", "cube", "--store", "s"])
+    assert bad.exit_code == 2 and "invalid --kind 'cube'" in bad.stderr
