@@ -83,3 +83,22 @@ def test_landscape_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert payload["losses"][2][2] == pytest.approx(payload["center_loss"], rel=1e-5)
     bad = runner.invoke(app, ["landscape", "last", "--kind", "cube", "--store", "s"])
     assert bad.exit_code == 2 and "invalid --kind 'cube'" in bad.stderr
+    path = runner.invoke(app, ["landscape", "last", "--kind", "trajectory", "--steps", "5", "--store", "s"])
+    assert path.exit_code == 0 and "note" not in path.stderr  # the replay ends at the stored parameters
+
+
+def test_trajectory_ends_at_the_model_and_spans_the_path(data: TensorData) -> None:
+    model = _model()
+    snaps = landscape.Snapshots(every=5)
+    gdlab.fit(model, data, lr=0.2, steps=60, progress=False, doctor=False, instruments="none", callbacks=[snaps])
+    assert len(snaps.points) == 13  # the start, every 5th step
+    land = landscape.trajectory(model, data, snaps, steps=7, samples=300, progress=False)
+    assert land.path is not None and land.path.shape == (13, 2)
+    assert torch.allclose(land.path[-1], torch.zeros(2, dtype=torch.float64), atol=1e-6)  # the end is the model
+    assert float(land.path.abs().max()) <= float(land.alphas.max())  # the plane holds the whole path
+    assert land.explained is not None and 0 < sum(land.explained) <= 1 + 1e-9
+    assert land.losses[3, 3].item() == pytest.approx(gdlab.evaluate(model, data)["loss"], rel=1e-5)
+    first = [torch.cat([p.flatten() for p in d]) for d in land.directions]
+    assert abs(float(first[0] @ first[1])) < 1e-6 and float(first[0].norm()) == pytest.approx(1.0, rel=1e-5)
+    with pytest.raises(InvalidParameter, match="invalid snapshots 2"):
+        landscape.trajectory(model, data, snaps.points[:2], progress=False)

@@ -469,7 +469,7 @@ LANDSCAPE_OUT = typer.Option(None, "--out", help="PNG path [default: the run's f
 @_friendly
 def landscape_command(
     run: str = typer.Argument(..., help="Run id, id prefix, name, or 'last' (a run of gdlab train)."),
-    kind: str = typer.Option("plane", help="line or plane."),
+    kind: str = typer.Option("plane", help="line, plane or trajectory."),
     steps: int = typer.Option(25, help="Grid points along each direction."),
     distance: float = typer.Option(1.0, help="How far along each (filter-normalised) direction."),
     samples: int = typer.Option(1000, help="Training samples the loss is evaluated on."),
@@ -478,14 +478,16 @@ def landscape_command(
     out_path: Path | None = LANDSCAPE_OUT,
     as_json: bool = JSON,
 ) -> None:
-    """The loss landscape around a stored run's trained model: a line or a plane of filter-normalised directions."""
+    """The loss landscape around a stored run's trained model: a line or a plane of filter-normalised directions,
+    or (trajectory) the plane of the training path's two principal directions, with the path drawn on it (the run
+    is replayed to keep snapshots: same config and seed, the same steps)."""
     from gdlab import checkpoint, landscape
     from gdlab.config import Config
     from gdlab.experiment import RECORDED, prepare
     from gdlab.store import Store
 
-    if kind not in ("line", "plane"):
-        raise InvalidParameter("--kind", kind, "line or plane")
+    if kind not in ("line", "plane", "trajectory"):
+        raise InvalidParameter("--kind", kind, "line, plane or trajectory")
     r = Store(store, create=False).get(run)
     if "data" not in r.config:
         raise InvalidParameter("run", r.id, "a run of gdlab train (this one was recorded from Python: call "
@@ -493,12 +495,34 @@ def landscape_command(
     if not r.checkpoint.is_file():
         raise InvalidParameter("run", r.id, "a run with a checkpoint (none was written)")
     config = Config.from_dict({k: v for k, v in r.config.items() if k not in RECORDED}, source=f"run {r.id}")
-    model, train_data, _ = prepare(config)
-    model.load_state_dict(checkpoint.load(r.checkpoint)["model"])
-    make = landscape.plane if kind == "plane" else landscape.line
-    land = make(model, train_data, steps=steps, distance=distance, samples=samples, seed=seed, progress=True)
+    model, train_data, val_data = prepare(config)
+    saved = checkpoint.load(r.checkpoint)["model"]
+    if kind == "trajectory":
+        # the run is replayed (same config and seed: the same steps) to keep snapshots of its parameters
+        import torch
+
+        from gdlab.train import fit
+
+        snaps = landscape.Snapshots(every=max(1, (r.steps or 1) // 50))
+        epochs, budget = config.budget()
+        fit(model, train_data, val=val_data, loss=config.loss, optimizer=config.optimizer,
+            lr=(r.config.get("lr_selection") or {}).get("lr", config.lr), momentum=config.momentum,
+            batch_size=config.batch_size, epochs=epochs, steps=r.steps or budget, seed=config.seed,
+            device=config.device, progress=False, drop_last=config.drop_last, schedule=config.schedule,
+            instruments="none", doctor=False, callbacks=[snaps], **config.optimizer_options())
+        same = all(torch.allclose(a, b.to(a), rtol=1e-5, atol=1e-7) for a, b in zip(model.state_dict().values(),
+                                                                                       saved.values()))
+        if not same:
+            err.print("[yellow]note:[/] the replay did not end at the stored parameters (a non-deterministic "
+                      "device or a resumed run): the path is the replay's")
+        land = landscape.trajectory(model, train_data, snaps, steps=steps, samples=samples, progress=True)
+    else:
+        model.load_state_dict(saved)
+        make = landscape.plane if kind == "plane" else landscape.line
+        land = make(model, train_data, steps=steps, distance=distance, samples=samples, seed=seed, progress=True)
     path = out_path or r.dir / f"landscape-{kind}.png"
-    land.plot(str(path), title=f"run {r.id}: loss {kind} ({land.samples} samples, filter-normalised directions)")
+    how = "its trajectory's two principal directions" if kind == "trajectory" else "filter-normalised directions"
+    land.plot(str(path), title=f"run {r.id}: loss {kind} ({land.samples} samples, {how})")
     if as_json:
         print(_json({"run_id": r.id, "kind": kind, "center_loss": land.center_loss, "losses": land.losses.tolist(),
                      "alphas": land.alphas.tolist(), "plot": str(path)}))

@@ -25,9 +25,9 @@ import torch
 from torch import Tensor, nn
 
 from gdlab.errors import InvalidParameter
-from gdlab.train import _match, _Source, resolve_loss
+from gdlab.train import Callback, _match, _Source, resolve_loss
 
-__all__ = ["Landscape", "plane", "line", "interpolate", "direction"]
+__all__ = ["Landscape", "plane", "line", "interpolate", "direction", "trajectory", "Snapshots"]
 
 
 @dataclass
@@ -41,6 +41,8 @@ class Landscape:
     directions: list[list[Tensor]]
     center_loss: float
     samples: int
+    path: Tensor | None = None  # [snapshots, 2]: a training trajectory's coordinates in the plane
+    explained: list[float] | None = None  # the share of the trajectory's variance each direction explains
 
     def plot(self, path: str, title: str | None = None) -> Any:
         from gdlab.plots import plot_landscape
@@ -163,3 +165,60 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, data: Any, *, loss: Any 
     coords = torch.linspace(0, 1, steps, dtype=torch.float64)
     losses, center, n = _grid(model, data, loss, samples, [[[(float(t), d)] for t in coords]], progress)
     return Landscape(losses[0], coords, None, [d], center, n)
+
+
+class Snapshots(Callback):
+    """A callback keeping the parameters (flattened, on the CPU) every ``every`` steps and at the end, for
+    :func:`trajectory`: ``fit(model, data, callbacks=[snaps := Snapshots(10)])``."""
+
+    def __init__(self, every: int = 10) -> None:
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise InvalidParameter("every", every, "a positive integer")
+        self.every = every
+        self.points: list[Tensor] = []
+
+    def _keep(self, state: Any) -> None:
+        self.points.append(torch.cat([p.detach().flatten().cpu() for p in _params(state.model)]))
+
+    def on_fit_start(self, state: Any) -> None:
+        self._keep(state)
+
+    def on_step_end(self, state: Any) -> None:
+        if state.step % self.every == 0:
+            self._keep(state)
+
+    def on_fit_end(self, state: Any) -> None:
+        if state.step % self.every:
+            self._keep(state)
+
+
+def trajectory(model: nn.Module, data: Any, snapshots: Snapshots | list[Tensor], *, loss: Any = "auto",
+               steps: int = 25, margin: float = 0.2, samples: int = 1000, progress: bool = True) -> Landscape:
+    """The training trajectory seen from the end point: the snapshots' offsets from the final parameters
+    (``model``'s) projected on their first two principal components, and the loss over the plane those two
+    directions span around the model, wide enough (plus ``margin``) to hold the whole path."""
+    points = snapshots.points if isinstance(snapshots, Snapshots) else list(snapshots)
+    if len(points) < 3:
+        raise InvalidParameter("snapshots", len(points), "at least 3 snapshots of the parameters")
+    _check(steps, 1.0, samples)
+    params = _params(model)
+    final = torch.cat([p.detach().flatten().cpu() for p in params])
+    offsets = torch.stack(points).double() - final.double()  # [snapshots, parameters]
+    _, singular, v = torch.linalg.svd(offsets, full_matrices=False)
+    basis = v[:2]  # orthonormal rows: the two directions of largest spread
+    path = offsets @ basis.T  # [snapshots, 2]
+    variance = singular.square()
+    explained = (variance[:2] / variance.sum()).tolist()
+    directions = []
+    for row in basis:
+        pieces, start = [], 0
+        for p in params:
+            pieces.append(row[start : start + p.numel()].reshape(p.shape).to(p.dtype).to(p.device))
+            start += p.numel()
+        directions.append(pieces)
+    reach = float(path.abs().max()) * (1 + margin)
+    coords = torch.linspace(-reach, reach, steps, dtype=torch.float64)
+    grid: list[list[Terms]] = [[[(float(a), directions[0]), (float(b), directions[1])] for a in coords]
+                               for b in coords]
+    losses, center, n = _grid(model, data, loss, samples, grid, progress)
+    return Landscape(losses, coords, coords, directions, center, n, path=path, explained=explained)

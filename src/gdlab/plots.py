@@ -493,6 +493,11 @@ def plot_landscape(landscape: Any, path: str | Path, *, title: str | None = None
         shown = losses.clamp(min=1e-12).log10().numpy()
         filled = ax.contourf(a, b, shown, levels=30, cmap="viridis")
         ax.contour(a, b, shown, levels=15, colors="white", linewidths=0.4)
+        if landscape.path is not None:
+            share = sum(landscape.explained or [])
+            ax.plot(landscape.path[:, 0].numpy(), landscape.path[:, 1].numpy(), "o-", color="white", markersize=3,
+                    linewidth=1.2, label=f"training path ({share:.0%} of its variance)")
+            ax.plot(*landscape.path[0].tolist(), "s", color="white", markersize=6, markeredgecolor="black")
         ax.plot(0, 0, "r*", markersize=12, label="the model")
         fig.colorbar(filled, ax=ax, label="log10 loss")
         ax.set_xlabel("direction 1")
