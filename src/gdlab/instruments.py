@@ -247,7 +247,7 @@ class Periodic(Instrument):
 
         try:
             per = vmap(grad(one), in_dims=(None, 0, 0))(params, x, y)
-        except Exception as error:  # noqa: BLE001: a model per-sample gradients cannot serve
+        except Exception as error:  # a model per-sample gradients cannot serve
             self.per_sample_failed = str(error).splitlines()[0] if str(error) else type(error).__name__
             return {}
         n = len(x)

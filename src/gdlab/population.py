@@ -281,7 +281,7 @@ def _vmap_problem(model: nn.Module, source: _Source, loss_fn: LossFn, loss_name:
             return loss_fn(_match(functional_call(template, (p, b), (x,)), y, loss_name), y)
 
         vmap(one, randomness="different")(params, buffers, xs, ys).sum().backward()
-    except Exception as error:  # noqa: BLE001: any failure means the model needs the one-by-one path
+    except Exception as error:  # any failure means the model needs the one-by-one path
         text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         return text.split(". ")[0].rstrip(".")
     return None
