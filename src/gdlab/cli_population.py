@@ -56,17 +56,9 @@ def _settings(**given: Any) -> Any:
 
 def _prepare(settings: Any) -> tuple[Any, Any, Any]:
     """``(model_fn, train, val)`` for the settings."""
-    from gdlab import datasets
-    from gdlab.data import as_tensor_data, standardize
-    from gdlab.experiment import model_factory
+    from gdlab.experiment import load_data, model_factory
 
-    train, val = datasets.load(settings.data, target=settings.target, task=settings.task, val=settings.val,
-                               val_split=settings.val_split, seed=settings.seed, **settings.data_options)
-    if settings.standardize:
-        tensors = as_tensor_data(train)
-        if tensors is None:
-            raise InvalidParameter("standardize", True, "in-memory data (a built-in, .csv or .npz file)")
-        train, val = standardize(tensors, as_tensor_data(val) if val is not None else None)
+    train, val = load_data(settings)
     return model_factory(settings, train), train, val
 
 

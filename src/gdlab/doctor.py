@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from gdlab.history import History, Table
+from gdlab.history import History, Table, layer_key
 
 __all__ = ["Finding", "Remedy", "CODES", "DETECTORS", "detector", "diagnose", "Doctor", "REMEDY_MODES"]
 
@@ -139,14 +139,23 @@ def _step_at(h: History, i: int) -> int:
 
 
 def _latest(h: History, prefix: str) -> dict[str, float]:
-    """The latest finite value of every ``prefix/<layer>`` column."""
+    """The latest finite value of every ``prefix/<layer>`` column, layers first to last."""
     out = {}
     for key, column in h.steps.columns.items():
         if key.startswith(prefix + "/"):
             finite = _finite(column)
             if finite:
                 out[key.split("/", 1)[1]] = finite[-1]
-    return out
+    return {k: out[k] for k in sorted(out, key=layer_key)}
+
+
+def _depth_ratio(h: History) -> tuple[dict[str, float], float] | None:
+    """The gradient arriving at each layer's output, and the first layer's over the last's (None if unknown)."""
+    arriving = _latest(h, "grad_out")
+    if len(arriving) < 2:
+        return None
+    last = list(arriving.values())[-1]
+    return (arriving, list(arriving.values())[0] / last) if last > 0 else None
 
 
 def _first_measured(h: History, prefix: str, test: Callable[[float], bool]) -> int | None:
@@ -296,15 +305,12 @@ def _local_minimum(h: History) -> list[Finding]:
 
 @detector("vanishing_gradients")
 def _vanishing(h: History) -> list[Finding]:
-    arriving = _latest(h, "grad_out")
-    if len(arriving) < 2:
-        return []
-    order = list(arriving)  # first layer to last
-    first, last = arriving[order[0]], arriving[order[-1]]
-    if last > 0 and first / last < 1e-3:
+    depth = _depth_ratio(h)
+    if depth is not None and depth[1] < 1e-3:
+        arriving, ratio = depth
         return [Finding("vanishing_gradients", "warning", _first_measured(h, "grad_out", lambda v: True),
-                        {"grad_out": arriving, "first_over_last": first / last},
-                        f"the gradient reaching the first layer is {first / last:.1e} of the one at the last: it "
+                        {"grad_out": arriving, "first_over_last": ratio},
+                        f"the gradient reaching the first layer is {ratio:.1e} of the one at the last: it "
                         "shrinks on its way back, so the early layers barely learn",
                         {"action": "change_model", "activation": "relu", "init": "kaiming",
                          "or": "add normalisation (BatchNorm/LayerNorm) or residual connections"})]
@@ -313,16 +319,14 @@ def _vanishing(h: History) -> list[Finding]:
 
 @detector("exploding_gradients")
 def _exploding(h: History) -> list[Finding]:
-    arriving = _latest(h, "grad_out")
     grads = _finite(_col(h.steps, "grad_norm"))
-    if len(arriving) >= 2:
-        order = list(arriving)
-        first, last = arriving[order[0]], arriving[order[-1]]
-        if last > 0 and first / last > 1e3:
-            return [Finding("exploding_gradients", "warning", _first_measured(h, "grad_out", lambda v: True),
-                            {"grad_out": arriving, "first_over_last": first / last},
-                            f"the gradient grows {first / last:.1e}x on its way back to the first layer",
-                            {"action": "clip_norm", "max_norm": statistics.median(grads) if grads else 1.0})]
+    depth = _depth_ratio(h)
+    if depth is not None and depth[1] > 1e3:
+        arriving, ratio = depth
+        return [Finding("exploding_gradients", "warning", _first_measured(h, "grad_out", lambda v: True),
+                        {"grad_out": arriving, "first_over_last": ratio},
+                        f"the gradient grows {ratio:.1e}x on its way back to the first layer",
+                        {"action": "clip_norm", "max_norm": statistics.median(grads) if grads else 1.0})]
     if len(grads) >= 20:
         median = statistics.median(grads)
         peak = max(grads)

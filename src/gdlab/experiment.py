@@ -25,7 +25,7 @@ from gdlab.errors import InvalidParameter, StoreError
 from gdlab.store import Store
 from gdlab.train import Callback, Result, fit
 
-__all__ = ["prepare", "model_factory", "run", "resume"]
+__all__ = ["prepare", "load_data", "model_factory", "run", "resume"]
 
 RECORDED = ("lr_selection", "doctor_meta")
 """Keys ``fit`` adds to a stored run's config: what ``lr="auto"`` chose, what the doctor reads."""
@@ -36,6 +36,14 @@ def prepare(config: Config) -> tuple[nn.Module, Any, Any]:
 
     The model is built right after ``torch.manual_seed(config.seed)``, so the seed fixes the initial point.
     """
+    train, val = load_data(config)
+    make = model_factory(config, train)
+    torch.manual_seed(config.seed)
+    return make(), train, val
+
+
+def load_data(config: Config) -> tuple[Any, Any]:
+    """``config``'s training and validation data (standardised when it says so)."""
     train, val = datasets.load(config.data, target=config.target, task=config.task,  # type: ignore[arg-type]
                                val=config.val, val_split=config.val_split, seed=config.seed,
                                **config.data_options)
@@ -44,9 +52,7 @@ def prepare(config: Config) -> tuple[nn.Module, Any, Any]:
         if tensors is None:
             raise InvalidParameter("standardize", True, "in-memory data (a built-in, .csv or .npz file)")
         train, val = standardize(tensors, as_tensor_data(val) if val is not None else None)
-    make = model_factory(config, train)
-    torch.manual_seed(config.seed)
-    return make(), train, val
+    return train, val
 
 
 def model_factory(config: Config, train: Any) -> Callable[[], nn.Module]:

@@ -17,7 +17,13 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["Table", "History"]
+__all__ = ["Table", "History", "layer_key"]
+
+
+def layer_key(name: str) -> list[tuple[int, Any]]:
+    """Sort key putting layer names (module paths such as ``"2"``, ``"10"``, ``"encoder.fc"``) first to last:
+    numbers as numbers, part by part. A run read back from the store has its columns, not the module order."""
+    return [(0, int(p)) if p.isdigit() else (1, p) for p in name.split(".")]
 
 
 class Table:

@@ -1,7 +1,7 @@
 """Pictures of a run (an edge: the only place matplotlib is imported, lazily, with the Agg backend).
 
 Example:
-    >>> from gdlab.history import History
+    >>> from gdlab.history import History, layer_key
     >>> import tempfile, pathlib
     >>> h = History()
     >>> for s in range(1, 11): h.steps.append({"step": s, "loss": 1 / s})
@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from gdlab.history import History
+from gdlab.history import History, layer_key
 
 __all__ = ["plot_losses", "plot_instruments", "plot_sweep", "plot_restarts", "plot_lr_find", "moving_average",
            "spans_decades"]
@@ -435,8 +435,8 @@ def plot_gradflow(history: History, path: str | Path, *, title: str | None = Non
     plt = _pyplot()
     steps = history.steps
     x = steps["step"] if "step" in steps else list(range(1, len(steps) + 1))
-    def natural(key: str) -> list[Any]:  # "10" after "2"; module paths part by part
-        return [(0, int(p)) if p.isdigit() else (1, p) for p in key.split("/", 1)[1].split(".")]
+    def natural(key: str) -> list[Any]:
+        return layer_key(key.split("/", 1)[1])
 
     own = sorted((k for k in steps.columns if k.startswith("grad_norm/")), key=natural)
     arriving = sorted((k for k in steps.columns if k.startswith("grad_out/")), key=natural)
