@@ -153,3 +153,72 @@ def test_cheap_measures_movement_every_twentieth_step(data: TensorData) -> None:
     ratios = result.history.steps["update_ratio"]
     assert [i + 1 for i, v in enumerate(ratios) if math.isfinite(v)] == [20]
     assert all(math.isfinite(v) for v in result.history.steps["grad_norm/0"])  # every step
+
+
+def _noise_by_definition(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: object) -> float:
+    per = []
+    for i in range(len(x)):
+        loss = loss_fn(model(x[i : i + 1]), y[i : i + 1])  # type: ignore[operator]
+        per.append(torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(model.parameters()))]))
+    G = torch.stack(per)
+    mean = G.mean(0)
+    return float((G - mean).square().sum(1).mean()) * len(x) / (len(x) - 1) / float(mean.square().sum())
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn", "sequence"])
+def test_noise_rides_on_the_step_and_matches_its_definition(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Linear and Conv2d layers: per-sample gradient norms from the step's own hooks, no torch.func pass, and
+    the noise scale equal to the per-sample autograd definition."""
+    g = torch.Generator().manual_seed(5)
+    if kind == "mlp":
+        def make() -> nn.Module:
+            return nn.Sequential(nn.Linear(6, 16), nn.ReLU(inplace=True), nn.Linear(16, 3)).double()
+        X, y = torch.randn(128, 6, generator=g, dtype=torch.float64), torch.randint(0, 3, (128,), generator=g)
+    elif kind == "cnn":
+        def make() -> nn.Module:
+            return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, stride=2), nn.Tanh(), nn.Conv2d(4, 5, 2, dilation=2),
+                                 nn.ReLU(), nn.Flatten(), nn.Linear(20, 3)).double()
+        X, y = torch.randn(128, 1, 8, 8, generator=g, dtype=torch.float64), torch.randint(0, 3, (128,), generator=g)
+    else:  # a Linear on [batch, positions, features]
+        def make() -> nn.Module:
+            return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1), nn.Flatten()).double()
+        X, y = torch.randn(128, 5, 4, generator=g, dtype=torch.float64), torch.randn(128, 5, generator=g,
+                                                                                      dtype=torch.float64)
+    classes = y.dtype == torch.long
+    data = TensorData(X, y, num_classes=3) if classes else TensorData(X, y)
+
+    def no_extra_pass(*args: object) -> dict[str, float]:
+        raise AssertionError("the per-sample gradients should come from the step's own pass")
+
+    monkeypatch.setattr(Periodic, "_noise", no_extra_pass)
+    torch.manual_seed(0)
+    periodic = Periodic(every=1)
+    result = gdlab.fit(make(), data, optimizer="sgd", lr=0.1, batch_size=64, steps=1, progress=False,
+                       instruments=[periodic], doctor=False)
+    assert periodic.factored and not periodic.handles  # rode on the step, and the hooks are off again
+    from gdlab.data import BatchPlan, epoch_order
+
+    order = epoch_order(BatchPlan.make(len(data), 64), 0, 0)[:64]
+    torch.manual_seed(0)
+    loss_fn = nn.functional.cross_entropy if classes else nn.functional.mse_loss
+    expected = _noise_by_definition(make(), X[order], y[order], loss_fn)
+    assert result.history.steps["noise_scale"][0] == pytest.approx(expected, rel=1e-9)
+
+
+def test_models_the_hooks_cannot_factor_use_per_sample_passes() -> None:
+    from gdlab.instruments import _factorable
+
+    assert _factorable(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)))
+    assert not _factorable(nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)))  # mixes samples
+    assert not _factorable(nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4)))  # LayerNorm's own parameters
+    assert not _factorable(nn.Sequential(nn.Conv2d(2, 4, 3, groups=2)))
+    shared = nn.Linear(3, 3)
+    other = nn.Linear(3, 3)
+    other.weight = shared.weight
+    assert not _factorable(nn.Sequential(shared, other))
+    # a custom loss (its reduction unknown) goes the per-sample way too, and still gives the noise scale
+    X, y = torch.randn(64, 3, dtype=torch.float64), torch.randn(64, 1, dtype=torch.float64)
+    periodic = Periodic(every=1)
+    result = gdlab.fit(nn.Linear(3, 1).double(), (X, y), loss=lambda out, t: ((out - t) ** 2).sum(), lr=1e-3,
+                       batch_size=32, steps=1, progress=False, instruments=[periodic], doctor=False)
+    assert not periodic.factored and math.isfinite(result.history.steps["noise_scale"][0])

@@ -120,7 +120,8 @@ def test_events_fire_in_declared_order(regression: TensorData) -> None:
     for event in EVENTS:
         setattr(Recorder, event, lambda self, state, e=event: seen.append(e))
     fit(_linear64(), regression, lr=0.01, batch_size=32, epochs=2, progress=False, callbacks=[Recorder()])
-    per_epoch = ["on_epoch_start", "on_step_end", "on_step_end", "on_epoch_end"]
+    step = ["on_step_start", "on_step_end"]
+    per_epoch = ["on_epoch_start", *step, *step, "on_epoch_end"]
     assert seen == ["on_fit_start", *per_epoch, *per_epoch, "on_fit_end"]
 
 

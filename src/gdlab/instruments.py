@@ -84,6 +84,7 @@ class Cheap(Instrument):
         self.names = list(groups)
         position = {id(p): i for i, p in enumerate(self.params)}
         self.members = [[position[id(p)] for _, p in members] for members in groups.values()]
+        self.keys = [f"grad_norm/{name}" for name in self.names]
         with torch.no_grad():
             self.start = [p.detach().clone() for p in self.params]
         self.before: list[Tensor] | None = None
@@ -105,9 +106,9 @@ class Cheap(Instrument):
             self.weight = self.beta * self.weight + (1 - self.beta)
         norms = state.grad_norms if len(state.grad_norms) == len(self.params) else self._grad_norms()
         row: dict[str, float] = {"loss_ema": self.avg / self.weight if self.weight else math.nan}
-        for name, members in zip(self.names, self.members):
-            row[f"grad_norm/{name}"] = math.sqrt(sum(norms[i] ** 2 for i in members))
-        finite = math.isfinite(loss) and all(math.isfinite(v) for v in norms)
+        for key, members in zip(self.keys, self.members):
+            row[key] = math.hypot(*[norms[i] for i in members])
+        finite = math.isfinite(loss) and math.isfinite(sum(norms))  # norms are >= 0: inf or nan shows in the sum
         if self.before is not None and state.step % self.every == 0:
             row.update(self._movement())
             finite = finite and math.isfinite(row["param_norm"])
@@ -127,13 +128,10 @@ class Cheap(Instrument):
         assert self.before is not None
         now = [p.detach() for p in self.params]
         delta = torch._foreach_sub(now, self.before)
-        u = torch._foreach_norm(delta)
-        w = torch._foreach_norm(self.before)
-        torch._foreach_sub_(delta, self.start)  # reuse the buffer: (now - before) - start ...
-        torch._foreach_add_(delta, self.before)  # ... + before = now - start
-        d = torch._foreach_norm(delta)
-        p = torch._foreach_norm(now)
-        u2, w2, d2, p2 = torch.stack([torch.stack(x) for x in (u, w, d, p)]).double().square().tolist()
+        moved = torch._foreach_sub(now, self.start)
+        k = len(now)  # one norm call and one sync for all four
+        squares = torch.stack(torch._foreach_norm([*delta, *self.before, *moved, *now])).double().square().tolist()
+        u2, w2, d2, p2 = (squares[i * k : (i + 1) * k] for i in range(4))
         row: dict[str, float] = {}
         for name, members in zip(self.names, self.members):
             layer_w = sum(w2[i] for i in members)
@@ -204,34 +202,124 @@ def _sub_batch(state: Any, size: int) -> tuple[Tensor, Tensor] | None:
 
 
 class Periodic(Instrument):
-    """Every ``every`` steps, on up to ``sub_batch`` samples of the step's batch: gradient noise scale and SNR,
-    activation statistics, and the gradient arriving at each layer's output."""
+    """Every ``every`` steps: the gradient noise scale and SNR, activation statistics, and the gradient arriving at
+    each layer's output, on up to ``sub_batch`` samples.
+
+    Where the step's batch has at least 16 samples, the measurement rides on the step's own forward and backward
+    pass (hooks for that one step; no extra pass): activation statistics from the forward hooks, the arriving
+    gradients from hooks on the layers' outputs and, when every trained parameter belongs to a ``Linear`` or
+    ``Conv2d`` layer and the loss is a mean over samples (the built-in losses), the per-sample gradients' norms
+    from each layer's input and output gradient (for ``Linear`` on 2-D inputs, |g_i|^2 = |x_i|^2 |delta_i|^2;
+    for the rest, per-sample products). Otherwise (other layers, batch-mixing normalisation, a custom loss, tied
+    weights) the per-sample gradients come from ``torch.func`` on a sub-batch after the step, and smaller batches
+    (stochastic descent) get an extra forward and backward on ``sub_batch`` drawn training samples."""
 
     cost = "periodic"
+    min_batch = 16
 
-    def __init__(self, every: int = 25, sub_batch: int = 64, budget: float = 0.07) -> None:
+    def __init__(self, every: int = 25, sub_batch: int = 64, budget: float = 0.05) -> None:
         self.every, self.sub_batch, self.budget_share = every, sub_batch, budget
         self.per_sample_failed: str | None = None
 
     def on_fit_start(self, state: Any) -> None:
         self.activations = [(n, m) for n, m in state.model.named_modules() if isinstance(m, _ACTIVATIONS)]
         self.layers = [(n, m) for n, m in state.model.named_modules() if isinstance(m, _LAYERS)]
-        self.meta = _meta_copy(state.model)
+        self.meta: nn.Module | None = None  # made when first needed
         self.budget = _Budget(self.budget_share)
+        self.factored = bool(getattr(state, "mean_loss", False)) and _factorable(state.model)
+        self.owners = {n for n, m in self.layers if any(p.requires_grad for p in m.parameters(recurse=False))}
+        self.handles: list[Any] = []
+        self.due = False
+
+    # -- riding on the step ----------------------------------------------------------------------------------
+    def on_step_start(self, state: Any) -> None:
+        self.close()
+        step = state.step + 1
+        self.due = (step % self.every == 0 or step == 1) and self.budget.allows(step)
+        if self.due and state.batch is not None and len(state.batch[0]) >= self.min_batch:
+            self._arm(len(state.batch[0]))
+
+    def _arm(self, batch: int) -> None:
+        n = min(batch, self.sub_batch)
+        self.seen: dict[str, tuple[Tensor, float]] = {}  # column -> (a float64 scalar, the factor it takes)
+        self.calls: dict[str, int] = {}
+        self.sums: dict[str, tuple[Tensor, Tensor]] = {}  # layer -> (sum_i |g_i|^2, |sum_i g_i|^2) over n samples
+        budget = self.budget
+
+        def activation_hook(name: str) -> Any:
+            def hook(module: nn.Module, inputs: Any, output: Tensor) -> None:
+                start = time.perf_counter()
+                self.seen.update(_activation_stats(name, module, output.detach()[:n]))
+                budget.spent += time.perf_counter() - start
+            return hook
+
+        def layer_hook(name: str) -> Any:
+            def hook(module: nn.Module, inputs: Any, output: Tensor) -> None:
+                self.calls[name] = self.calls.get(name, 0) + 1
+                if not isinstance(output, Tensor) or not output.requires_grad:
+                    return
+                x = inputs[0].detach() if inputs and isinstance(inputs[0], Tensor) else None
+
+                def on_grad(g: Tensor) -> None:
+                    start = time.perf_counter()
+                    g = g.detach()
+                    self.seen[f"grad_out/{name}"] = (torch.linalg.vector_norm(g[:n], dtype=torch.float64),
+                                                     1 / math.sqrt(len(g[:n])))
+                    if self.factored and name in self.owners and x is not None:
+                        self.sums[name] = _per_sample_sums(module, x[:n], g[:n] * len(g))
+                    budget.spent += time.perf_counter() - start
+
+                output.register_hook(on_grad)
+            return hook
+
+        self.handles = [m.register_forward_hook(activation_hook(n)) for n, m in self.activations]
+        self.handles += [m.register_forward_hook(layer_hook(n)) for n, m in self.layers]
+
+    def close(self) -> None:
+        """Take the hooks off the model (after the step they rode on, or when the run fails)."""
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+    def on_fit_end(self, state: Any) -> None:
+        self.close()
 
     def on_step_end(self, state: Any) -> None:
-        if state.step % self.every and state.step != 1 or not self.budget.allows(state.step):
+        if not self.due:
             return
-        with self.budget.measure():
-            batch = _sub_batch(state, self.sub_batch)
-            if batch is None or len(batch[0]) < 2:
-                return
-            row: dict[str, float] = {}
-            with _untouched(state.model):
-                row.update(self._noise(state, *batch))
-                row.update(self._hooks(state, *batch))
+        self.due = False
+        row: dict[str, float] = {}
+        rode = bool(self.handles)
+        if rode:
+            self.close()
+            start = time.perf_counter()
+            row.update(self._collected(state))
+            self.budget.spent += time.perf_counter() - start
+        if "noise_scale" not in row:
+            with self.budget.measure():
+                batch = _sub_batch(state, self.sub_batch)
+                if batch is not None and len(batch[0]) >= 2:
+                    with _untouched(state.model):
+                        row.update(self._noise(state, *batch))
+                        if not rode:  # a small batch: nothing rode on the step
+                            row.update(self._hooks(state, *batch))
+        if row:
             state.history.steps.extend_last(row)
 
+    def _collected(self, state: Any) -> dict[str, float]:
+        """The numbers the hooks gathered during the step, with one host sync."""
+        if any(c != 1 for c in self.calls.values()):
+            self.factored = False  # a layer used twice (tied weights): per-sample norms do not factor
+        sums = list(self.sums.values()) if self.factored and self.owners <= self.sums.keys() else []
+        values = _scalars([*self.seen.values(), *((t, 1.0) for pair in sums for t in pair)])
+        row = dict(zip(self.seen, values))
+        if sums:
+            n = min(len(state.batch[0]), self.sub_batch)
+            rest = values[len(self.seen):]
+            row.update(_noise_row(sum(rest[0::2]), sum(rest[1::2]) / (n * n), n, state.plan.batch_size))
+        return row
+
+    # -- extra passes, where the step's own cannot serve -----------------------------------------------------
     def _noise(self, state: Any, x: Tensor, y: Tensor) -> dict[str, float]:
         """B_simple and the SNR from per-sample gradients (eval-mode forward: one sample has no batch stats)."""
         if self.per_sample_failed is not None:
@@ -239,6 +327,8 @@ class Periodic(Instrument):
         params = {k: v.detach() for k, v in state.model.named_parameters() if v.requires_grad}
         buffers = {k: v.detach() for k, v in state.model.named_buffers()}
         loss_fn, match = state.loss_fn, state.match
+        if self.meta is None:
+            self.meta = _meta_copy(state.model)
         template = copy.deepcopy(self.meta).eval()  # never the user's module: functional_call may leave it altered
 
         def one(p: dict[str, Tensor], xi: Tensor, yi: Tensor) -> Tensor:
@@ -253,27 +343,23 @@ class Periodic(Instrument):
         n = len(x)
         flat = torch.cat([g.reshape(n, -1) for g in per.values()], dim=1).double()
         mean = flat.mean(0)
-        g2 = float(mean.square().sum())
-        trace = float((flat - mean).square().sum(1).mean()) * n / (n - 1)  # unbiased tr(Sigma)
-        b = state.plan.batch_size
-        return {"noise_scale": trace / g2 if g2 > 0 else math.inf,
-                "grad_snr": g2 / (trace / b) if trace > 0 else math.inf}
+        return _noise_row(float(flat.square().sum()), float(mean.square().sum()), n, state.plan.batch_size)
 
     def _hooks(self, state: Any, x: Tensor, y: Tensor) -> dict[str, float]:
         """One extra forward and backward on the sub-batch with hooks on activations and layers."""
-        seen: dict[str, Tensor] = {}
-        arriving: dict[str, float] = {}
+        seen: dict[str, tuple[Tensor, float]] = {}
 
         def forward_hook(name: str) -> Any:
             def hook(module: nn.Module, inputs: Any, output: Tensor) -> None:
-                seen[name] = output.detach()
+                seen.update(_activation_stats(name, module, output.detach()))
             return hook
 
         def backward_hook(name: str) -> Any:
             def hook(module: nn.Module, grad_in: Any, grad_out: Any) -> None:
                 g = grad_out[0]
                 if g is not None:
-                    arriving[name] = float(g.detach().double().square().sum().sqrt()) / math.sqrt(len(x))
+                    seen[f"grad_out/{name}"] = (torch.linalg.vector_norm(g.detach(), dtype=torch.float64),
+                                                1 / math.sqrt(len(x)))
             return hook
 
         handles = [m.register_forward_hook(forward_hook(n)) for n, m in self.activations]
@@ -289,24 +375,89 @@ class Periodic(Instrument):
         finally:
             for h in handles:
                 h.remove()
-        row: dict[str, float] = {}
-        for name, module in self.activations:
-            a = seen.get(name)
-            if a is None:
-                continue
-            units = a.reshape(len(a), -1)
-            if isinstance(module, nn.ReLU):
-                zero = units <= 0
-                row[f"zero_share/{name}"] = float(zero.double().mean())
-                row[f"dead_share/{name}"] = float(zero.all(0).double().mean())
-            elif isinstance(module, nn.Tanh):
-                row[f"saturated/{name}"] = float((units.abs() > 0.99).double().mean())
-            else:
-                row[f"saturated/{name}"] = float(((units < 0.01) | (units > 0.99)).double().mean())
-        for name, _ in self.layers:
-            if name in arriving:
-                row[f"grad_out/{name}"] = arriving[name]
-        return row
+        return dict(zip(seen, _scalars(list(seen.values()))))
+
+
+def _noise_row(each: float, mean_sq: float, n: int, batch: int) -> dict[str, float]:
+    """B_simple and the SNR from sum_i |g_i|^2 (``each``) and |mean_i g_i|^2 (``mean_sq``) over ``n`` per-sample
+    gradients: tr(Sigma) unbiased = (sum_i |g_i|^2 - n |mean|^2) / (n - 1)."""
+    trace = max(each - n * mean_sq, 0.0) / (n - 1)
+    return {"noise_scale": trace / mean_sq if mean_sq > 0 else math.inf,
+            "grad_snr": mean_sq / (trace / batch) if trace > 0 else math.inf}
+
+
+def _scalars(entries: Sequence[tuple[Tensor, float]]) -> list[float]:
+    """Each float64 scalar tensor times its factor, with one host sync for all."""
+    if not entries:
+        return []
+    values = torch.stack([t for t, _ in entries]).tolist()
+    return [v * factor for v, (_, factor) in zip(values, entries)]
+
+
+def _activation_stats(name: str, module: nn.Module, output: Tensor) -> dict[str, tuple[Tensor, float]]:
+    """Shares of zero and dead (zero for every sample) ReLU units, of saturated tanh or sigmoid units, as counts
+    (float64 scalars, not synced) and the factors that make them shares."""
+    units = output.reshape(len(output), -1)
+    share = 1 / units.numel() if units.numel() else math.nan
+    f64 = torch.float64
+    if isinstance(module, nn.ReLU):
+        zero = units <= 0
+        return {f"zero_share/{name}": (zero.sum(dtype=f64), share),
+                f"dead_share/{name}": (zero.all(0).sum(dtype=f64), 1 / units.shape[1] if units.shape[1] else math.nan)}
+    if isinstance(module, nn.Tanh):
+        return {f"saturated/{name}": ((units.abs() > 0.99).sum(dtype=f64), share)}
+    return {f"saturated/{name}": (((units < 0.01) | (units > 0.99)).sum(dtype=f64), share)}
+
+
+def _factorable(model: nn.Module) -> bool:
+    """Whether per-sample gradient norms follow from each layer's input and output gradient: every trained
+    parameter is the weight or bias of exactly one ``Linear`` or plain ``Conv2d`` layer, and no layer mixes the
+    samples of a batch (batch normalisation in training)."""
+    seen: set[int] = set()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            return False
+        own = [(k, p) for k, p in module.named_parameters(recurse=False) if p.requires_grad]
+        if not own:
+            continue
+        plain_conv = isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros" and \
+            not isinstance(module.padding, str)
+        if not (isinstance(module, nn.Linear) or plain_conv) or any(k not in ("weight", "bias") for k, _ in own):
+            return False
+        if any(id(p) in seen for _, p in own):
+            return False
+        seen.update(id(p) for _, p in own)
+    return all(id(p) in seen for p in model.parameters() if p.requires_grad)
+
+
+def _per_sample_sums(module: nn.Module, x: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
+    """For one layer, sum_i |g_i|^2 and |sum_i g_i|^2 of its per-sample parameter gradients, from its input ``x``
+    and the per-sample loss gradients ``g`` at its output (the batch gradient's times the batch size)."""
+    n = len(x)
+    b = getattr(module, "bias", None)
+    bias = isinstance(b, Tensor) and b.requires_grad
+    if isinstance(module, nn.Conv2d):
+        assert not isinstance(module.padding, str)  # _factorable lets only numeric padding through
+        x = torch.nn.functional.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)
+        g = g.reshape(n, g.shape[1], -1)  # [n, out, L]; x: [n, in*k*k, L]
+        x, g = x.transpose(1, 2), g.transpose(1, 2)  # [n, L, in*k*k], [n, L, out]
+    elif x.dim() == 2:  # the rank-one case: |delta_i [x_i, 1]^T|^2 = |delta_i|^2 |[x_i, 1]|^2 (1: the bias)
+        x, g = x.double(), g.double()
+        if bias:
+            x = torch.nn.functional.pad(x, (0, 1), value=1.0)
+        each = torch.dot(torch.linalg.vecdot(g, g), torch.linalg.vecdot(x, x))
+        return each, (g.T @ x).square().sum()
+    else:
+        x, g = x.reshape(n, -1, x.shape[-1]), g.reshape(n, -1, g.shape[-1])  # [n, positions, in / out]
+    per = (g.transpose(1, 2) @ x).double()  # [n, out, in]: each sample's weight gradient, in the model's precision
+    g = g.double()
+    each = per.square().sum()
+    total = per.sum(0).square().sum()
+    if bias:
+        b = g.sum(1)
+        each = each + b.square().sum()
+        total = total + b.sum(0).square().sum()
+    return each, total
 
 
 class Expensive(Instrument):

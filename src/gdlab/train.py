@@ -42,7 +42,7 @@ from gdlab.store import Store
 __all__ = ["EVENTS", "Callback", "LoopState", "Result", "LOSSES", "fit", "evaluate", "resolve_loss",
            "resolve_device"]
 
-EVENTS = ("on_fit_start", "on_epoch_start", "on_step_end", "on_epoch_end", "on_fit_end")
+EVENTS = ("on_fit_start", "on_epoch_start", "on_step_start", "on_step_end", "on_epoch_end", "on_fit_end")
 """The events of the loop, in the order they first fire."""
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -71,6 +71,9 @@ class Callback:
 
     def on_epoch_start(self, state: LoopState) -> None:
         """Before the first step of each epoch."""
+
+    def on_step_start(self, state: LoopState) -> None:
+        """Before each step's forward pass; ``state.batch`` is the step's batch."""
 
     def on_step_end(self, state: LoopState) -> None:
         """After each update; ``state.loss`` is the loss the step was computed on."""
@@ -113,6 +116,7 @@ class LoopState:
     match: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     sample: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]] | None = None  # (n, seed) -> n training samples
     grad_norms: list[float] = field(default_factory=list)  # this step's gradient norm per parameter tensor
+    mean_loss: bool = False  # the loss is a mean over the batch's samples (the built-in ones are)
 
     def stop(self, reason: str) -> None:
         """Ask the loop to stop after the current step, giving the reason."""
@@ -283,6 +287,7 @@ def fit(
     state.loss_fn = loss_fn
     state.match = lambda output, target: _match(output, target, loss_name)
     state.sample = source.sample
+    state.mean_loss = loss_name in LOSSES and not callable(loss)
     state.history.meta.update(state_meta)
     recorder = None
     if db is not None:
@@ -332,6 +337,7 @@ def fit(
                 # (2) evaluate the loss and its gradient on one batch
                 x, y = next(batch_iter)
                 state.batch = (x, y)
+                emit("on_step_start")
                 output = model(x)
                 batch_loss = loss_fn(_match(output, y, loss_name), y)
                 state.loss = batch_loss.item()
