@@ -15,7 +15,7 @@ import gdlab
 from gdlab.data import TensorData
 from gdlab.datasets import load
 from gdlab.doctor import CODES, DETECTORS, Doctor, diagnose
-from gdlab.errors import UnknownChoice
+from gdlab.errors import InvalidParameter, UnknownChoice
 from gdlab.history import History
 from gdlab.store import Store
 
@@ -236,3 +236,77 @@ def test_auto_clipping_wraps_the_step_and_unwraps_at_the_end() -> None:
     assert moved.norm().item() == pytest.approx(1.0, rel=1e-4)  # lr 1 x the clipped gradient of norm 1
     doc.on_fit_end(SimpleNamespace(optimizer=opt, history=History()))
     assert opt.step == original
+
+
+class _Wave(nn.Module):
+    """y = sin(w x): fitting sin(3x), w has local minima; ``reset_parameters`` draws w from [0, 6]."""
+
+    def __init__(self, w: float | None = None) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(1))
+        self.reset_parameters()
+        if w is not None:
+            with torch.no_grad():
+                self.w.fill_(w)
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.w.uniform_(0.0, 6.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sin(self.w * x)
+
+
+_X = torch.linspace(-2, 2, 256).unsqueeze(1)
+_WAVE = (_X, torch.sin(3 * _X))
+
+
+def test_auto_restarts_leave_a_local_minimum(tmp_path: Path) -> None:
+    """w = 0.8 settles at w = -0.25 (loss 0.44): the doctor names it, suggests restarts, and with restarts asked
+    trains them as one population and keeps the best, which finds w = 3 (loss 0)."""
+    settings: dict[str, Any] = dict(optimizer="sgd", lr=0.1, batch_size="full", steps=200, progress=False,
+                                    instruments="cheap")
+    suggested = gdlab.fit(_Wave(0.8), _WAVE, **settings)
+    (finding,) = [f for f in suggested.findings if f.code == "local_minimum"]
+    assert finding.remedy == {"action": "restarts", "seeds": 8} and suggested.final["train_loss"] > 0.4
+    model = _Wave(0.8)
+    store = Store(tmp_path)
+    result = gdlab.fit(model, _WAVE, remedy="auto", restarts=6, store=store, **settings)
+    (record,) = [r for r in result.remedies if r.action == "restarts"]
+    assert record.params["kept"] and record.params["seeds"] == [1, 2, 3, 4, 5, 6]
+    assert record.params["from_loss"] == pytest.approx(suggested.final["train_loss"])
+    assert result.final["train_loss"] < 1e-6 and float(model.w.detach()) == pytest.approx(3.0, abs=1e-3)
+    stored = store.get(result.run_id)
+    assert stored.final["train_loss"] < 1e-6 and [r["action"] for r in stored.remedies] == ["restarts"]
+
+
+def test_restarts_need_auto_a_count_and_a_way_to_reinitialise() -> None:
+    with pytest.raises(InvalidParameter, match="restarts 4: expected remedy"):
+        gdlab.fit(_Wave(0.8), _WAVE, restarts=4, steps=1, progress=False)
+    with pytest.raises(InvalidParameter, match="restarts 1: expected 0"):
+        gdlab.fit(_Wave(0.8), _WAVE, restarts=1, remedy="auto", steps=1, progress=False)
+
+    class Fixed(_Wave):
+        reset_parameters = None  # type: ignore[assignment]
+
+    model = Fixed.__new__(Fixed)
+    nn.Module.__init__(model)
+    model.w = nn.Parameter(torch.full((1,), 0.8))
+    result = gdlab.fit(model, _WAVE, optimizer="sgd", lr=0.1, batch_size="full", steps=200, progress=False,
+                       instruments="cheap", remedy="auto", restarts=4)
+    (record,) = [r for r in result.remedies if r.action == "restarts"]
+    assert not record.params["kept"] and "Fixed has no reset_parameters()" in record.reason
+
+
+def test_a_converging_gradient_is_no_spike_and_one_layer_is_convex() -> None:
+    """A gradient falling 1000-fold as the run converges is not 'exploding'; a late jump above the opening scale
+    is. The local-minimum check knows a single linear layer (convex) from a one-parameter non-linear model."""
+    losses = [1.0 * 0.97 ** i for i in range(200)]
+    assert "exploding_gradients" not in {f.code for f in diagnose(_history(losses, [0.97 ** i for i in range(200)]))}
+    grads = [0.97 ** i for i in range(200)]
+    grads[150] = 5.0
+    assert "exploding_gradients" in {f.code for f in diagnose(_history(losses, grads))}
+    X, y = torch.randn(64, 3), torch.randint(0, 2, (64,))
+    linear = gdlab.fit(nn.Linear(3, 2), (X, y), steps=1, progress=False)
+    assert linear.history.meta["convex"] is True
+    assert gdlab.fit(_Wave(1.0), _WAVE, steps=1, progress=False).history.meta["convex"] is False

@@ -76,7 +76,7 @@ _TRAIN_FLAGS = (
     "data", "target", "task", "val", "val_split", "standardize", "model", "hidden", "activation", "init", "loss",
     "optimizer", "lr", "lr_select", "momentum", "beta1", "beta2", "eps", "weight_decay", "nesterov", "clip_norm",
     "schedule", "batch_size", "drop_last", "epochs", "steps", "tol", "patience", "seed",
-    "device", "store", "name", "checkpoint_every", "instruments", "doctor", "remedy",
+    "device", "store", "name", "checkpoint_every", "instruments", "doctor", "remedy", "restarts",
 )
 
 
@@ -131,6 +131,9 @@ def train(
     doctor: Optional[bool] = typer.Option(None, "--doctor/--no-doctor", help="Name what goes wrong, at the end."),
     remedy: Optional[str] = typer.Option(None, help="off, suggest (the default) or auto: the doctor acts during "
                                          "the run."),
+    restarts: Optional[int] = typer.Option(None, help="With --remedy auto: if the run settles in a (perhaps "
+                                           "local) minimum, train this many restarts as one population and keep "
+                                           "the best."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
     plot: bool = typer.Option(True, "--plot/--no-plot", help="Write the loss plot into the run's folder."),

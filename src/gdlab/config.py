@@ -77,6 +77,7 @@ class Config:
     instruments: str = "default"
     doctor: bool = True
     remedy: str = "suggest"
+    restarts: int = 0
     # the run store
     store: str = "gdlab-runs"
     name: str | None = None
@@ -143,6 +144,11 @@ class Config:
             raise InvalidParameter("instruments", self.instruments, "none, cheap, default or full")
         if self.remedy not in ("off", "suggest", "auto"):
             raise InvalidParameter("remedy", self.remedy, "off, suggest or auto")
+        if self.restarts < 0 or self.restarts == 1:
+            raise InvalidParameter("restarts", self.restarts, "0 (none) or a count >= 2")
+        if self.restarts and self.remedy != "auto":
+            raise InvalidParameter("restarts", self.restarts, "remedy auto with it (--remedy auto): restarts are a "
+                                   "remedy the doctor applies")
         if self.lr_select not in ("sweep", "range-test"):
             raise InvalidParameter("lr_select", self.lr_select, "sweep or range-test")
         if self.lr_select != "sweep" and self.lr != "auto":

@@ -327,16 +327,35 @@ def _exploding(h: History) -> list[Finding]:
                         {"grad_out": arriving, "first_over_last": ratio},
                         f"the gradient grows {ratio:.1e}x on its way back to the first layer",
                         {"action": "clip_norm", "max_norm": statistics.median(grads) if grads else 1.0})]
-    if len(grads) >= 20:
-        median = statistics.median(grads)
-        peak = max(grads)
-        if median > 0 and peak > 100 * median:
-            i = _col(h.steps, "grad_norm").index(peak)
-            return [Finding("exploding_gradients", "warning", _step_at(h, i),
-                            {"grad_norm_peak": peak, "grad_norm_median": median},
-                            f"the gradient norm jumped to {peak:.3g}, {peak / median:.0f}x its median: a few steps "
-                            "are far larger than the rest", {"action": "clip_norm", "max_norm": 2 * median})]
+    spike = _spike(grads)
+    if spike is not None:
+        peak, median = spike
+        i = _col(h.steps, "grad_norm").index(peak)
+        return [Finding("exploding_gradients", "warning", _step_at(h, i),
+                        {"grad_norm_peak": peak, "grad_norm_median": median},
+                        f"the gradient norm jumped to {peak:.3g}, {peak / median:.0f}x the median of the "
+                        f"{SPIKE_WINDOW} steps before it: a few steps are far larger than the rest",
+                        {"action": "clip_norm", "max_norm": 2 * median})]
     return []
+
+
+SPIKE_WINDOW = 20
+"""A gradient spike is a norm above 100x the median of the steps just before it and above the opening steps' largest
+(a norm that falls as training converges is no spike, however large the first steps' are next to the last)."""
+
+
+def _spike(grads: list[float], start: int = SPIKE_WINDOW) -> tuple[float, float] | None:
+    """The largest jump at index >= ``start``: (its norm, the median of the window before it), if above 100x."""
+    start = max(start, SPIKE_WINDOW)
+    if len(grads) <= start:
+        return None
+    g = torch.tensor(grads, dtype=torch.float64)
+    medians = g[start - SPIKE_WINDOW : -1].unfold(0, SPIKE_WINDOW, 1).median(1).values  # windows before start..
+    # a jump counts above the opening steps' scale too: a settled run's gradient, near zero, jumps 100x easily
+    opening = float(g[:SPIKE_WINDOW].max())
+    ratios = torch.where((medians > 0) & (g[start:] > opening), g[start:] / medians, torch.zeros_like(medians))
+    i = int(ratios.argmax())
+    return (float(g[start + i]), float(medians[i])) if ratios[i] > 100 else None
 
 
 @detector("dead_relu")
@@ -633,8 +652,12 @@ class Doctor:
                       f"learning rate {lr:.3g} -> {lr * 0.1:.3g}")
             return
         noisy = bool(snr) and statistics.median(snr) < 0.5  # then larger steps would only add noise
+        window_grads = _finite([r.get("grad_norm", math.nan) for r in rows])
+        peak_grad = max(_finite(_col(h.steps, "grad_norm")), default=math.nan)
+        # settled: the gradient fell to a few percent of its peak (a minimum, where small steps are right)
+        settled = bool(window_grads) and statistics.median(window_grads) < 0.05 * peak_grad
         if ratios and statistics.median(ratios) < 1e-3 and mean_loss > 0.2 * first and not noisy and \
-                lr * 3 <= min(self.lr_ceiling * self._start_lr, self._ceiling):
+                not settled and lr * 3 <= min(self.lr_ceiling * self._start_lr, self._ceiling):
             self._take_snapshot(state)
             self._set(state, "lr", lr * 3)
             self._raised_at = mean_loss
@@ -651,14 +674,14 @@ class Doctor:
             return
         grads = _finite([r.get("grad_norm", math.nan) for r in rows])
         every = _finite(_col(h.steps, "grad_norm"))
-        if self._clip is None and len(every) >= 20 and grads:
-            median = statistics.median(every)
-            if median > 0 and max(grads) > 100 * median:
-                self._install_clipping(state, 2 * median)
-                self._act(state, "clip_norm", {"max_norm": 2 * median},
-                          f"the gradient norm jumped to {max(grads):.3g}, {max(grads) / median:.0f}x its median: "
-                          f"clipping it to {2 * median:.3g} from now on")
-                return
+        spike = _spike(every, len(every) - len(grads)) if self._clip is None and grads else None
+        if spike is not None:
+            peak, median = spike
+            self._install_clipping(state, 2 * median)
+            self._act(state, "clip_norm", {"max_norm": 2 * median},
+                      f"the gradient norm jumped to {peak:.3g}, {peak / median:.0f}x the median of the steps before "
+                      f"it: clipping it to {2 * median:.3g} from now on")
+            return
         peak = max(every, default=math.nan)
         flat = previous is not None and abs(previous - mean_loss) <= 0.01 * abs(previous)
         if flat and grads and max(grads) < 0.2 * peak and mean_loss > 0.5 * first and dead <= 0.5:
@@ -694,3 +717,53 @@ class Doctor:
         if self.mode == "off":
             for f in self.findings:
                 f.remedy = None
+
+
+def fresh_models(model: torch.nn.Module) -> tuple[Callable[[], torch.nn.Module] | None, str]:
+    """A factory of copies of ``model`` with new initial parameters (each module holding parameters re-drawn by
+    its ``reset_parameters``, from torch's global generator), or None and the reason it cannot be made."""
+    owners = [m for m in model.modules() if any(True for _ in m.parameters(recurse=False))]
+    missing = sorted({type(m).__name__ for m in owners if not callable(getattr(m, "reset_parameters", None))})
+    if missing:
+        return None, f"{', '.join(missing)} {'has' if len(missing) == 1 else 'have'} no reset_parameters()"
+    template = copy.deepcopy(model).cpu()
+
+    def make() -> torch.nn.Module:
+        fresh = copy.deepcopy(template)
+        for m in fresh.modules():
+            if any(True for _ in m.parameters(recurse=False)):
+                m.reset_parameters()  # type: ignore[operator]
+        return fresh
+
+    return make, ""
+
+
+def restart_remedy(result_score: float, model: torch.nn.Module, train: Any, *, restarts: int, seed: int,
+                   model_fn: Callable[[], torch.nn.Module] | None, optimizer: Any, hyper: dict[str, Any],
+                   batch_size: Any, steps: int, loss: Any, val: Any, device: Any, progress: bool,
+                   step: int) -> tuple[Remedy, torch.nn.Module | None]:
+    """``local_minimum`` with ``remedy="auto"`` and restarts asked for: train ``restarts`` new initial points as
+    one population (seeds ``seed + 1`` on, the same optimizer, settings and number of steps) and return the
+    record and the best restart's model when it beats the run's ``result_score`` (validation loss where there
+    is validation data, else the last epoch's train loss), else None."""
+    from gdlab import population
+
+    seeds = [seed + 1 + i for i in range(restarts)]
+    make, why = (model_fn, "") if model_fn is not None else fresh_models(model)
+    if make is None or not isinstance(optimizer, str):
+        why = why or "a restart needs a named optimizer"
+        return Remedy(step, "restarts", {"restarts": 0, "kept": False},
+                      f"the run settled at a minimum, but restarts could not be made: {why}"), None
+    pop = population.train(make, train, seeds=seeds, optimizer=optimizer, hyper=hyper, batch_size=batch_size,
+                           steps=steps, val=val, loss=loss, device=device, progress=progress)
+    scores = pop.score()
+    best = min(range(len(scores)), key=lambda i: scores[i])
+    kept = scores[best] < result_score
+    params = {"restarts": restarts, "seeds": seeds, "best_seed": seeds[best], "loss": scores[best],
+              "from_loss": result_score, "losses": scores, "kept": kept}
+    what = "validation loss" if val is not None else "train loss"
+    outcome = (f"kept the best restart (seed {seeds[best]}, {what} {scores[best]:.4g})" if kept else
+               f"kept the run: the best restart reached {scores[best]:.4g}")
+    reason = (f"the run settled at a minimum ({what} {result_score:.4g}); {restarts} restarts trained as one "
+              f"population: {outcome}")
+    return Remedy(step, "restarts", params, reason), (pop.member(best) if kept else None)

@@ -113,7 +113,8 @@ def _fit(config: Config, model: nn.Module, train: Any, val: Any, store: Store, p
                drop_last=config.drop_last, tol=config.tol, patience=config.patience,
                checkpoint_every=config.checkpoint_every, name=config.name, config=config.to_dict(),
                resume=resume, schedule=config.schedule, lr_select=config.lr_select, instruments=config.instruments,
-               doctor=config.doctor, remedy=config.remedy, **config.optimizer_options())
+               doctor=config.doctor, remedy=config.remedy, restarts=config.restarts,
+               model_fn=model_factory(config, train) if config.restarts else None, **config.optimizer_options())
 
 
 def resume(ref: str, *, store: str, epochs: int | None = None, steps: int | None = None,

@@ -196,6 +196,8 @@ def fit(
     instruments: str | Sequence[Any] = "default",
     doctor: bool = True,
     remedy: str = "suggest",
+    restarts: int = 0,
+    model_fn: Callable[[], nn.Module] | None = None,
     **optimizer_options: Any,
 ) -> Result:
     """Train ``model`` on ``train`` by gradient descent.
@@ -233,6 +235,11 @@ def fit(
         doctor: run the doctor's detectors at the end (``Result.findings``, see :mod:`gdlab.doctor`).
         remedy: ``"suggest"`` (findings carry a remedy), ``"auto"`` (the doctor acts during the run:
             ``Result.remedies``) or ``"off"``.
+        restarts: with ``remedy="auto"``, when the doctor finds the run settled in a (perhaps local) minimum,
+            train this many new initial points as one population with the same settings and keep the best if it
+            beats the run (the model's parameters are replaced; ``Result.remedies`` says so). 0: only suggest.
+        model_fn: builds a fresh model for the restarts (called after seeding torch); by default a copy of
+            ``model`` whose modules re-draw their parameters with ``reset_parameters()``.
         **optimizer_options: ``beta1``, ``beta2``, ``eps``, ``weight_decay``, ``nesterov``, ``clip_norm`` for a
             named optimizer.
 
@@ -253,6 +260,10 @@ def fit(
     if not isinstance(doctor, bool):
         raise InvalidParameter("doctor", doctor, "True or False")
     physician = Doctor(remedy) if doctor or remedy == "auto" else None
+    if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 0 or restarts == 1:
+        raise InvalidParameter("restarts", restarts, "0 (none) or a count >= 2")
+    if restarts and remedy != "auto":
+        raise InvalidParameter("restarts", restarts, 'remedy="auto" (restarts are a remedy the doctor applies)')
     dev = resolve_device(device)
     model.to(dev)
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.get_default_dtype())
@@ -395,6 +406,12 @@ def fit(
 
     final = _final(state, val_source is not None, source.task)
     status = "stopped" if state.interrupted else "finished"
+    if physician and restarts and not state.interrupted and \
+            any(f.code == "local_minimum" for f in physician.findings):
+        # the lr the run ended with (the doctor's, if it changed it); under a schedule, its base lr
+        restart_lr = float(lr) if schedule is not None else state.lr
+        final = _restart(physician, state, final, train, val, restarts, model_fn, optimizer, restart_lr,
+                         optimizer_options, loss, dev, progress, recorder)
     findings = physician.findings if physician and doctor else []
     remedies = physician.remedies if physician else []
     if recorder and (findings or remedies):
@@ -412,9 +429,8 @@ def _meta(model: nn.Module, opt: torch.optim.Optimizer, source: _Source, plan: B
     """What the doctor reads besides the numbers: settings, the task and the scale of each input feature (the
     95th percentile of its absolute value, on up to 10,000 samples)."""
     group = opt.param_groups[0]
-    owners = {n.rsplit(".", 1)[0] for n, p in model.named_parameters() if p.requires_grad}
-    linear_only = len(owners) == 1 and all(isinstance(m, nn.Linear) for n, m in model.named_modules()
-                                          if n in owners)
+    owners = [m for m in model.modules() if any(p.requires_grad for p in m.parameters(recurse=False))]
+    linear_only = len(owners) == 1 and isinstance(owners[0], nn.Linear)  # one linear layer: a convex loss
     meta: dict[str, Any] = {"lr": group.get("lr"), "momentum": group.get("momentum"), "batch_size": plan.batch_size,
                             "samples": plan.samples, "task": source.task, "num_classes": source.num_classes,
                             "convex": linear_only}
@@ -656,6 +672,35 @@ def _grad_norm(params: Sequence[torch.Tensor], per_tensor: list[float] | None = 
     norms = iter(torch.stack(torch._foreach_norm(grads)).tolist())
     per_tensor[:] = [next(norms) if p.grad is not None else 0.0 for p in params]
     return math.sqrt(sum(v * v for v in per_tensor))
+
+
+def _restart(physician: Any, state: LoopState, final: dict[str, float | None], train: Any, val: Any,
+             restarts: int, model_fn: Callable[[], nn.Module] | None, optimizer: Any, lr: float,
+             options: dict[str, Any], loss: Any, dev: torch.device, progress: bool,
+             recorder: _Recorder | None) -> dict[str, float | None]:
+    """The ``local_minimum`` remedy: restarts as one population; the best replaces the model if it beats it."""
+    from gdlab.doctor import restart_remedy
+
+    score = final["val_loss"] if val is not None else final["train_loss"]
+    group = state.optimizer.param_groups[0]
+    hyper = {"lr": lr, **options}
+    if group.get("momentum") is not None and isinstance(optimizer, str) and optimizer != "sgd":
+        hyper["momentum"] = group["momentum"]
+    record, best = restart_remedy(score if score is not None else math.inf, state.model, train, restarts=restarts,
+                                  seed=state.seed, model_fn=model_fn, optimizer=optimizer, hyper=hyper,
+                                  batch_size=state.plan.batch_size, steps=state.step, loss=loss, val=val,
+                                  device=dev, progress=progress, step=state.step)
+    physician.remedies.append(record)
+    if best is None:
+        return final
+    state.model.load_state_dict(best.state_dict())
+    if recorder:
+        recorder.checkpoint(state)  # the stored model is the one kept
+    kept = dict(final)
+    if val is not None:
+        kept.update({f"val_{k}": v for k, v in evaluate(state.model, val, loss).items()})
+    kept["train_loss"] = evaluate(state.model, train, loss)["loss"]
+    return kept
 
 
 def _final(state: LoopState, has_val: bool, task: str) -> dict[str, float | None]:
