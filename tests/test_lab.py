@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from gdlab.cli import app
 from gdlab.errors import InvalidParameter, UnknownChoice
 from gdlab.functions import FUNCTIONS, get, quadratic
-from gdlab.lab import run, walk
+from gdlab.lab import run, walk, walk_together
 
 
 @pytest.mark.parametrize("name", list(FUNCTIONS))
@@ -97,3 +97,25 @@ def test_lab_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
                           (["lab", "booth", "--lr", "fast"], "invalid --lr 'fast'")):
         bad = runner.invoke(app, args)
         assert bad.exit_code == 2 and message in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_optimizers_walk_as_one_population() -> None:
+    """walk_together: one evaluation of the function per step for every optimizer and start, and each group's
+    walk equal to walking it alone (adam's and momentum's state kept apart)."""
+    f = get("himmelblau")
+    calls = []
+
+    class Counted:
+        def __call__(self, points: torch.Tensor) -> torch.Tensor:
+            calls.append(len(points))
+            return f(points)
+
+    starts = torch.tensor([[-4.0, 4.0], [1.0, -3.0], [0.5, 0.5]], dtype=torch.float64)
+    groups = [("sgd", 0.01, starts, {}), ("momentum", 0.005, starts[:2], {"momentum": 0.8}),
+              ("adam", torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64), starts, {})]
+    together = walk_together(Counted(), groups, 50)  # type: ignore[arg-type]
+    assert calls == [8] * 51  # 50 steps and the final value: all 8 points at once
+    for (name, lr, s, hyper), w in zip(groups, together):
+        alone = walk(f, name, lr, s, 50, **hyper)
+        assert w.optimizer == name and torch.allclose(w.path, alone.path, rtol=0, atol=1e-12)
+        assert torch.equal(w.losses, alone.losses)

@@ -1,9 +1,11 @@
 """The lab: optimizers walking over 2-D test functions, side by side, with pictures.
 
-Every optimizer runs all its starting points at once (the points are a ``[K, 2]`` parameter; each row moves on
-its own, since the functions act row by row), with gdlab's own optimizers. ``lr="auto"`` tunes each optimizer's
-learning rate first: 13 learning rates from 1e-4 to 1 walk from the start as one population (a ``[13]``
-learning-rate tensor), and the one ending lowest wins (ties broken by the fewest steps to the tolerance).
+Every optimizer and every starting point walk as one population (:func:`walk_together`): the points are one
+``[N, 2]`` tensor, the function is evaluated and differentiated once per step for all of them (each row moves on
+its own, since the functions act row by row), and each of gdlab's optimizers updates its own rows.
+``lr="auto"`` tunes every optimizer's learning rate first, in one population too: 13 learning rates from 1e-4
+to 1 per optimizer walk from the start (a ``[13]`` learning-rate tensor each), and per optimizer the one ending
+lowest wins (ties broken by the fewest steps to the tolerance).
 
 Example:
     >>> result = run("booth", optimizers=["sgd", "momentum"], steps=300, lr=0.02, plots=False)
@@ -27,7 +29,7 @@ from gdlab import optim
 from gdlab.errors import InvalidParameter
 from gdlab.functions import TestFunction, get
 
-__all__ = ["run", "LabResult", "Walk", "walk", "AUTO_GRID"]
+__all__ = ["run", "LabResult", "Walk", "walk", "walk_together", "AUTO_GRID"]
 
 AUTO_GRID = [10 ** (-4 + k / 3) for k in range(13)]
 """The learning rates ``lr="auto"`` tries (1e-4 to 1, three per decade)."""
@@ -60,11 +62,28 @@ def walk(function: TestFunction, optimizer: str, lr: float | Tensor, starts: Ten
     """``steps`` steps of ``optimizer`` from each row of ``starts [K, 2]`` (``lr`` a number, or ``[K]`` values:
     one per start; ``hyper``: the alias's other hyperparameters, e.g. ``momentum``). A start whose value or
     gradient stops being finite stays where it last was."""
-    if optimizer not in optim.OPTIMIZERS:
-        raise optim.UnknownChoice("optimizer", optimizer, optim.OPTIMIZERS)
-    point = starts.detach().clone().double()
-    transform = optim.OPTIMIZERS[optimizer].alias(lr=lr, **hyper)
-    state = transform.init([point])
+    return walk_together(function, [(optimizer, lr, starts, hyper)], steps)[0]
+
+
+Group = tuple[str, "float | Tensor", Tensor, dict[str, Any]]
+"""One optimizer's part of a population: its name, lr (a number or one per start), starts ``[K, 2]`` and other
+hyperparameters."""
+
+
+def walk_together(function: TestFunction, groups: Sequence[Group], steps: int) -> list[Walk]:
+    """Walk several optimizers as one population: every group's starts stacked into one ``[N, 2]`` tensor of
+    points, one evaluation of ``function`` and one gradient per step for all of them, and each optimizer
+    updating its own rows. Returns one :class:`Walk` per group, in order."""
+    for name, *_ in groups:
+        if name not in optim.OPTIMIZERS:
+            raise optim.UnknownChoice("optimizer", name, optim.OPTIMIZERS)
+    bounds, at = [], 0
+    for _, _, starts, _ in groups:
+        bounds.append(slice(at, at + len(starts)))
+        at += len(starts)
+    point = torch.cat([starts.detach().double() for _, _, starts, _ in groups])
+    transforms = [optim.OPTIMIZERS[name].alias(lr=lr, **hyper) for name, lr, _, hyper in groups]
+    states = [t.init([point[rows].clone()]) for t, rows in zip(transforms, bounds)]
     active = torch.ones(len(point), dtype=torch.bool)
     diverged: list[int | None] = [None] * len(point)
     path, losses = [point.clone()], []
@@ -78,16 +97,18 @@ def walk(function: TestFunction, optimizer: str, lr: float | Tensor, starts: Ten
             diverged[i] = step
         active &= ~bad
         g = torch.where(active.unsqueeze(-1), g, torch.zeros_like(g))
-        before = point.clone()
+        moved = point.clone()
         with torch.no_grad():
-            updates, state = transform.update([g], state, [point])
-            point = point + updates[0]
-            point = torch.where(active.unsqueeze(-1) & torch.isfinite(point).all(-1, keepdim=True), point, before)
+            for k, (transform, rows) in enumerate(zip(transforms, bounds)):
+                updates, states[k] = transform.update([g[rows]], states[k], [point[rows]])
+                moved[rows] += updates[0]
+            point = torch.where(active.unsqueeze(-1) & torch.isfinite(moved).all(-1, keepdim=True), moved, point)
         path.append(point.clone())
     with torch.no_grad():
         losses.append(function(point))
-    return Walk(optimizer, float(lr) if not isinstance(lr, Tensor) else math.nan, torch.stack(path),
-                torch.stack(losses), diverged)
+    paths, values = torch.stack(path), torch.stack(losses)
+    return [Walk(name, float(lr) if not isinstance(lr, Tensor) else math.nan, paths[:, rows], values[:, rows],
+                 diverged[rows]) for (name, lr, _, _), rows in zip(groups, bounds)]
 
 
 def _steps_to(losses: Tensor, target: float) -> list[int | None]:
@@ -100,9 +121,14 @@ def _steps_to(losses: Tensor, target: float) -> list[int | None]:
     return out
 
 
-def _tune(function: TestFunction, optimizer: str, start: Tensor, steps: int, tol: float) -> float:
+def _tune(function: TestFunction, optimizers: Sequence[str], start: Tensor, steps: int, tol: float) -> list[float]:
+    """Each optimizer's best lr of :data:`AUTO_GRID`: every optimizer x lr walks from ``start`` as one population."""
     lrs = torch.tensor(AUTO_GRID, dtype=torch.float64)
-    w = walk(function, optimizer, lrs, start.expand(len(lrs), 2), steps)
+    walks = walk_together(function, [(name, lrs, start.expand(len(lrs), 2), {}) for name in optimizers], steps)
+    return [_best_lr(function, w, lrs, steps, tol) for w in walks]
+
+
+def _best_lr(function: TestFunction, w: Walk, lrs: Tensor, steps: int, tol: float) -> float:
     final = w.losses[-1].clone()
     final[~torch.isfinite(final)] = math.inf
     for i, d in enumerate(w.diverged_at):
@@ -162,16 +188,15 @@ def run(
     else:
         starts = start_t
     target = (f.minimum if f.minimum is not None else -math.inf) + tol
-    walks, table = [], []
-    for name in optimizers:
-        if lr == "auto":
-            rate = _tune(f, name, start_t, steps, tol)
-        elif isinstance(lr, dict):
-            rate = optim.check_lr(lr.get(name, math.nan), f"lr of {name}")
-        else:
-            rate = optim.check_lr(lr)
-        w = walk(f, name, rate, starts, steps)
-        walks.append(w)
+    if lr == "auto":
+        rates = _tune(f, optimizers, start_t, steps, tol)
+    elif isinstance(lr, dict):
+        rates = [optim.check_lr(lr.get(name, math.nan), f"lr of {name}") for name in optimizers]
+    else:
+        rates = [optim.check_lr(lr)] * len(optimizers)
+    walks = walk_together(f, [(name, rate, starts, {}) for name, rate in zip(optimizers, rates)], steps)
+    table = []
+    for name, rate, w in zip(optimizers, rates, walks):
         end = w.path[-1]
         loss = w.losses[-1]
         reached = _steps_to(w.losses, target)
