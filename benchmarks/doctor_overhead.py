@@ -15,7 +15,7 @@ machine).
 Targets: cheap at most 1.05x, default at most 1.15x, full at most 2x.
 
 Command:
-    python benchmarks/doctor_overhead.py            # both models, 10 epochs per run, 11 rounds
+    python benchmarks/doctor_overhead.py            # both models, 10 epochs per run, 21 rounds (about 2 minutes)
     python benchmarks/doctor_overhead.py --quick    # 1 epoch, 1 round: checks the script still runs
 """
 
@@ -59,7 +59,7 @@ def run(make: object, data: TensorData, level: str, epochs: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=11)
+    parser.add_argument("--repeats", type=int, default=21)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     epochs, repeats = (1, 1) if args.quick else (args.epochs, args.repeats)
