@@ -327,35 +327,41 @@ def _exploding(h: History) -> list[Finding]:
                         {"grad_out": arriving, "first_over_last": ratio},
                         f"the gradient grows {ratio:.1e}x on its way back to the first layer",
                         {"action": "clip_norm", "max_norm": statistics.median(grads) if grads else 1.0})]
-    spike = _spike(grads)
+    window = spike_window(h.meta.get("batch_size"))
+    spike = _spike(grads, window)
     if spike is not None:
-        peak, median = spike
+        peak, before = spike
         i = _col(h.steps, "grad_norm").index(peak)
         return [Finding("exploding_gradients", "warning", _step_at(h, i),
-                        {"grad_norm_peak": peak, "grad_norm_median": median},
-                        f"the gradient norm jumped to {peak:.3g}, {peak / median:.0f}x the median of the "
-                        f"{SPIKE_WINDOW} steps before it: a few steps are far larger than the rest",
-                        {"action": "clip_norm", "max_norm": 2 * median})]
+                        {"grad_norm_peak": peak, "grad_norm_before": before, "window": window},
+                        f"the gradient norm jumped to {peak:.3g}, {peak / before:.0f}x its mean over the {window} "
+                        "steps before: a few steps are far larger than the rest",
+                        {"action": "clip_norm", "max_norm": 2 * before})]
     return []
 
 
-SPIKE_WINDOW = 20
-"""A gradient spike is a norm above 100x the median of the steps just before it and above the opening steps' largest
-(a norm that falls as training converges is no spike, however large the first steps' are next to the last)."""
+def spike_window(batch_size: Any) -> int:
+    """The steps a gradient spike is measured against: 20, or enough to span 256 samples (with small batches
+    the norms are heavy-tailed: one badly fitted sample's gradient is far above the well-fitted ones')."""
+    batch = batch_size if isinstance(batch_size, int) and batch_size > 0 else 32
+    return max(20, -(-256 // batch))
 
 
-def _spike(grads: list[float], start: int = SPIKE_WINDOW) -> tuple[float, float] | None:
-    """The largest jump at index >= ``start``: (its norm, the median of the window before it), if above 100x."""
-    start = max(start, SPIKE_WINDOW)
+def _spike(grads: list[float], window: int, start: int = 0) -> tuple[float, float] | None:
+    """The largest jump at index >= ``start`` (and after the first ``window``): (its norm, the mean of the
+    ``window`` norms before it) when it is above 100x that mean and above the opening ``window``'s largest
+    (a norm that falls as training converges is no spike, however large the first steps' are next to the
+    last)."""
+    start = max(start, window)
     if len(grads) <= start:
         return None
     g = torch.tensor(grads, dtype=torch.float64)
-    medians = g[start - SPIKE_WINDOW : -1].unfold(0, SPIKE_WINDOW, 1).median(1).values  # windows before start..
-    # a jump counts above the opening steps' scale too: a settled run's gradient, near zero, jumps 100x easily
-    opening = float(g[:SPIKE_WINDOW].max())
-    ratios = torch.where((medians > 0) & (g[start:] > opening), g[start:] / medians, torch.zeros_like(medians))
+    sums = torch.cat([torch.zeros(1, dtype=torch.float64), g.cumsum(0)])
+    before = (sums[start:-1] - sums[start - window : -1 - window]) / window  # mean of the window before each
+    opening = float(g[:window].max())
+    ratios = torch.where((before > 0) & (g[start:] > opening), g[start:] / before, torch.zeros_like(before))
     i = int(ratios.argmax())
-    return (float(g[start + i]), float(medians[i])) if ratios[i] > 100 else None
+    return (float(g[start + i]), float(before[i])) if ratios[i] > 100 else None
 
 
 @detector("dead_relu")
@@ -674,13 +680,14 @@ class Doctor:
             return
         grads = _finite([r.get("grad_norm", math.nan) for r in rows])
         every = _finite(_col(h.steps, "grad_norm"))
-        spike = _spike(every, len(every) - len(grads)) if self._clip is None and grads else None
+        window = spike_window(state.plan.batch_size)
+        spike = _spike(every, window, len(every) - len(grads)) if self._clip is None and grads else None
         if spike is not None:
-            peak, median = spike
-            self._install_clipping(state, 2 * median)
-            self._act(state, "clip_norm", {"max_norm": 2 * median},
-                      f"the gradient norm jumped to {peak:.3g}, {peak / median:.0f}x the median of the steps before "
-                      f"it: clipping it to {2 * median:.3g} from now on")
+            peak, before = spike
+            self._install_clipping(state, 2 * before)
+            self._act(state, "clip_norm", {"max_norm": 2 * before},
+                      f"the gradient norm jumped to {peak:.3g}, {peak / before:.0f}x its mean over the {window} "
+                      f"steps before: clipping it to {2 * before:.3g} from now on")
             return
         peak = max(every, default=math.nan)
         flat = previous is not None and abs(previous - mean_loss) <= 0.01 * abs(previous)
