@@ -303,10 +303,44 @@ def test_a_converging_gradient_is_no_spike_and_one_layer_is_convex() -> None:
     is. The local-minimum check knows a single linear layer (convex) from a one-parameter non-linear model."""
     losses = [1.0 * 0.97 ** i for i in range(200)]
     assert "exploding_gradients" not in {f.code for f in diagnose(_history(losses, [0.97 ** i for i in range(200)]))}
-    grads = [0.97 ** i for i in range(200)]
-    grads[150] = 5.0
+    grads = [0.9 ** i for i in range(200)]
+    grads[150] = 0.5  # below the first steps' norms, but 500x the steps before
     assert "exploding_gradients" in {f.code for f in diagnose(_history(losses, grads))}
+    grads[150] = 0.05  # a settled run's jump that stays below a tenth of the opening scale
+    assert "exploding_gradients" not in {f.code for f in diagnose(_history(losses, grads))}
     X, y = torch.randn(64, 3), torch.randint(0, 2, (64,))
     linear = gdlab.fit(nn.Linear(3, 2), (X, y), steps=1, progress=False)
     assert linear.history.meta["convex"] is True
     assert gdlab.fit(_Wave(1.0), _WAVE, steps=1, progress=False).history.meta["convex"] is False
+
+
+def test_restarts_keep_frozen_layers_skip_schedules_and_survive_an_interrupt(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from gdlab import population
+    from gdlab.doctor import fresh_models
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    model[0].requires_grad_(False)  # a pretrained layer
+    make, why = fresh_models(model)
+    assert make is not None and not why
+    torch.manual_seed(1)
+    fresh = make()
+    assert torch.equal(fresh[0].weight, model[0].weight) and not torch.equal(fresh[2].weight, model[2].weight)
+
+    settings: dict[str, Any] = dict(optimizer="sgd", lr=0.1, batch_size="full", steps=200, progress=False,
+                                    instruments="cheap", remedy="auto", restarts=4)
+    scheduled = gdlab.fit(_Wave(0.8), _WAVE, schedule="constant", **settings)
+    (record,) = [r for r in scheduled.remedies if r.action == "restarts"]
+    assert not record.params["kept"] and "schedule" in record.reason
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(population, "train", interrupted)
+    store = Store(tmp_path)
+    result = gdlab.fit(_Wave(0.8), _WAVE, store=store, **settings)
+    (record,) = [r for r in result.remedies if r.action == "restarts"]
+    assert not record.params["kept"] and "interrupted" in record.reason
+    run = store.get(result.run_id)
+    assert run.status == "finished" and run.final["train_loss"] == pytest.approx(0.4387, abs=1e-3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -222,3 +223,62 @@ def test_models_the_hooks_cannot_factor_use_per_sample_passes() -> None:
     result = gdlab.fit(nn.Linear(3, 1).double(), (X, y), loss=lambda out, t: ((out - t) ** 2).sum(), lr=1e-3,
                        batch_size=32, steps=1, progress=False, instruments=[periodic], doctor=False)
     assert not periodic.factored and math.isfinite(result.history.steps["noise_scale"][0])
+
+
+def _noise_of_first_step(model: nn.Module, X: torch.Tensor, y: torch.Tensor, lr: float = 0.1) -> tuple[float, float]:
+    """gdlab's noise scale at step 1 (batch 64) and the per-sample autograd definition's, over trained params."""
+    periodic = Periodic(every=1)
+    reference = copy.deepcopy(model)
+    result = gdlab.fit(model, TensorData(X, y, num_classes=3), optimizer="sgd", lr=lr, batch_size=64, steps=1,
+                       progress=False, instruments=[periodic], doctor=False)
+    from gdlab.data import BatchPlan, epoch_order
+
+    order = epoch_order(BatchPlan.make(len(X), 64), 0, 0)[:64]
+    trained = [p for p in reference.parameters() if p.requires_grad]
+    per = []
+    for i in order.tolist():
+        loss = nn.functional.cross_entropy(reference(X[i : i + 1]), y[i : i + 1])
+        per.append(torch.cat([g.flatten() for g in torch.autograd.grad(loss, trained)]))
+    G = torch.stack(per)
+    mean = G.mean(0)
+    expected = float((G - mean).square().sum(1).mean()) * 64 / 63 / float(mean.square().sum())
+    return result.history.steps["noise_scale"][0], expected
+
+
+class _Folded(nn.Module):
+    """Folds 4 positions into the batch's rows before a Linear: rows are not samples."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.reshape(-1, 3)).reshape(len(x), 4, 3).mean(1)
+
+
+def test_frozen_weights_and_folded_batches() -> None:
+    g = torch.Generator().manual_seed(2)
+    X, y = torch.randn(128, 6, generator=g, dtype=torch.float64), torch.randint(0, 3, (128,), generator=g)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+    model[0].weight.requires_grad_(False)  # only its bias trains
+    got, expected = _noise_of_first_step(model, X, y)
+    assert got == pytest.approx(expected, rel=1e-9)
+    torch.manual_seed(0)
+    images = torch.randn(128, 1, 6, 6, generator=g, dtype=torch.float64)
+    conv = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(32, 3)).double()
+    conv[0].weight.requires_grad_(False)
+    got, expected = _noise_of_first_step(conv, images, y)
+    assert got == pytest.approx(expected, rel=1e-9)
+    torch.manual_seed(0)
+    folded = _Folded().double()
+    # by per-sample passes after the step (lr 1e-9: the same parameters): the hooks see rows, not samples
+    got, expected = _noise_of_first_step(folded, torch.randn(128, 12, generator=g, dtype=torch.float64), y, lr=1e-9)
+    assert got == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(gdlab.GdlabError, match="sub_batch 1"):
+        Periodic(sub_batch=1)
+
+
+def test_instruments_given_in_any_order_run_cheapest_first() -> None:
+    order = attach([Expensive(), Cheap(), Periodic()])
+    assert [type(i).__name__ for i in order] == ["Cheap", "Periodic", "Expensive"]

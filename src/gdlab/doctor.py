@@ -349,9 +349,8 @@ def spike_window(batch_size: Any) -> int:
 
 def _spike(grads: list[float], window: int, start: int = 0) -> tuple[float, float] | None:
     """The largest jump at index >= ``start`` (and after the first ``window``): (its norm, the mean of the
-    ``window`` norms before it) when it is above 100x that mean and above the opening ``window``'s largest
-    (a norm that falls as training converges is no spike, however large the first steps' are next to the
-    last)."""
+    ``window`` norms before it) when it is above 100x that mean and above a tenth of the opening ``window``'s
+    largest (a settled run's near-zero gradient is no yardstick)."""
     start = max(start, window)
     if len(grads) <= start:
         return None
@@ -359,7 +358,8 @@ def _spike(grads: list[float], window: int, start: int = 0) -> tuple[float, floa
     sums = torch.cat([torch.zeros(1, dtype=torch.float64), g.cumsum(0)])
     before = (sums[start:-1] - sums[start - window : -1 - window]) / window  # mean of the window before each
     opening = float(g[:window].max())
-    ratios = torch.where((before > 0) & (g[start:] > opening), g[start:] / before, torch.zeros_like(before))
+    # a jump must matter at the run's scale: a settled run's near-zero gradient jumps 100x on rounding alone
+    ratios = torch.where((before > 0) & (g[start:] > 0.1 * opening), g[start:] / before, torch.zeros_like(before))
     i = int(ratios.argmax())
     return (float(g[start + i]), float(before[i])) if ratios[i] > 100 else None
 
@@ -727,9 +727,10 @@ class Doctor:
 
 
 def fresh_models(model: torch.nn.Module) -> tuple[Callable[[], torch.nn.Module] | None, str]:
-    """A factory of copies of ``model`` with new initial parameters (each module holding parameters re-drawn by
-    its ``reset_parameters``, from torch's global generator), or None and the reason it cannot be made."""
-    owners = [m for m in model.modules() if any(True for _ in m.parameters(recurse=False))]
+    """A factory of copies of ``model`` with new initial parameters: each module holding trained parameters
+    re-draws them with its ``reset_parameters`` (from torch's global generator); frozen parameters (pretrained
+    layers) keep their values. Or None and the reason it cannot be made."""
+    owners = [m for m in model.modules() if any(p.requires_grad for p in m.parameters(recurse=False))]
     missing = sorted({type(m).__name__ for m in owners if not callable(getattr(m, "reset_parameters", None))})
     if missing:
         return None, f"{', '.join(missing)} {'has' if len(missing) == 1 else 'have'} no reset_parameters()"
@@ -738,8 +739,12 @@ def fresh_models(model: torch.nn.Module) -> tuple[Callable[[], torch.nn.Module] 
     def make() -> torch.nn.Module:
         fresh = copy.deepcopy(template)
         for m in fresh.modules():
-            if any(True for _ in m.parameters(recurse=False)):
+            if any(p.requires_grad for p in m.parameters(recurse=False)):
                 m.reset_parameters()  # type: ignore[operator]
+        with torch.no_grad():
+            for p, kept in zip(fresh.parameters(), template.parameters()):
+                if not kept.requires_grad:
+                    p.copy_(kept)
         return fresh
 
     return make, ""
@@ -748,7 +753,7 @@ def fresh_models(model: torch.nn.Module) -> tuple[Callable[[], torch.nn.Module] 
 def restart_remedy(result_score: float, model: torch.nn.Module, train: Any, *, restarts: int, seed: int,
                    model_fn: Callable[[], torch.nn.Module] | None, optimizer: Any, hyper: dict[str, Any],
                    batch_size: Any, steps: int, loss: Any, val: Any, device: Any, progress: bool,
-                   step: int) -> tuple[Remedy, torch.nn.Module | None]:
+                   step: int, schedule: Any = None) -> tuple[Remedy, torch.nn.Module | None]:
     """``local_minimum`` with ``remedy="auto"`` and restarts asked for: train ``restarts`` new initial points as
     one population (seeds ``seed + 1`` on, the same optimizer, settings and number of steps) and return the
     record and the best restart's model when it beats the run's ``result_score`` (validation loss where there
@@ -757,12 +762,22 @@ def restart_remedy(result_score: float, model: torch.nn.Module, train: Any, *, r
 
     seeds = [seed + 1 + i for i in range(restarts)]
     make, why = (model_fn, "") if model_fn is not None else fresh_models(model)
-    if make is None or not isinstance(optimizer, str):
-        why = why or "a restart needs a named optimizer"
+    if make is not None and not isinstance(optimizer, str):
+        why = "a restart needs a named optimizer"
+    elif make is not None and schedule is not None:
+        why = "the run has a learning-rate schedule, which populations do not follow: restarts would not train " \
+              "as it did (run gdlab restarts to compare without it)"
+    if why:
         return Remedy(step, "restarts", {"restarts": 0, "kept": False},
                       f"the run settled at a minimum, but restarts could not be made: {why}"), None
-    pop = population.train(make, train, seeds=seeds, optimizer=optimizer, hyper=hyper, batch_size=batch_size,
-                           steps=steps, val=val, loss=loss, device=device, progress=progress)
+    assert make is not None
+    try:
+        pop = population.train(make, train, seeds=seeds, optimizer=optimizer, hyper=hyper, batch_size=batch_size,
+                               steps=steps, val=val, loss=loss, device=device, progress=progress)
+    except (Exception, KeyboardInterrupt) as error:  # the run itself is done: keep it, say what happened
+        what = "interrupted" if isinstance(error, KeyboardInterrupt) else f"failed: {error}"
+        return Remedy(step, "restarts", {"restarts": restarts, "seeds": seeds, "kept": False},
+                      f"the run settled at a minimum; the restarts were {what}; the run's model is kept"), None
     scores = pop.score()
     best = min(range(len(scores)), key=lambda i: scores[i])
     kept = scores[best] < result_score

@@ -211,13 +211,20 @@ class Periodic(Instrument):
     ``Conv2d`` layer and the loss is a mean over samples (the built-in losses), the per-sample gradients' norms
     from each layer's input and output gradient (for ``Linear`` on 2-D inputs, |g_i|^2 = |x_i|^2 |delta_i|^2;
     for the rest, per-sample products). Otherwise (other layers, batch-mixing normalisation, a custom loss, tied
-    weights) the per-sample gradients come from ``torch.func`` on a sub-batch after the step, and smaller batches
-    (stochastic descent) get an extra forward and backward on ``sub_batch`` drawn training samples."""
+    weights, a model folding positions into the batch's rows) the per-sample gradients come from ``torch.func`` on
+    a sub-batch after the step, and smaller batches (stochastic descent) get an extra forward and backward on
+    ``sub_batch`` drawn training samples. The step's own pass includes its dropout masks (the noise the step
+    really had); the ``torch.func`` pass runs in eval mode, so with dropout the two read somewhat apart."""
 
     cost = "periodic"
     min_batch = 16
 
     def __init__(self, every: int = 25, sub_batch: int = 64, budget: float = 0.05) -> None:
+        from gdlab.errors import InvalidParameter
+
+        for key, value, least in (("every", every, 1), ("sub_batch", sub_batch, 2)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise InvalidParameter(key, value, f"an integer >= {least}")
         self.every, self.sub_batch, self.budget_share = every, sub_batch, budget
         self.per_sample_failed: str | None = None
 
@@ -226,8 +233,8 @@ class Periodic(Instrument):
         self.layers = [(n, m) for n, m in state.model.named_modules() if isinstance(m, _LAYERS)]
         self.meta: nn.Module | None = None  # made when first needed
         self.budget = _Budget(self.budget_share)
-        self.factored = bool(getattr(state, "mean_loss", False)) and _factorable(state.model)
-        self.owners = {n for n, m in self.layers if any(p.requires_grad for p in m.parameters(recurse=False))}
+        self.mean_loss = bool(getattr(state, "mean_loss", False))
+        self.unfactorable = False  # seen not to factor (a layer used twice, samples folded into rows): for good
         self.handles: list[Any] = []
         self.due = False
 
@@ -237,6 +244,9 @@ class Periodic(Instrument):
         step = state.step + 1
         self.due = (step % self.every == 0 or step == 1) and self.budget.allows(step)
         if self.due and state.batch is not None and len(state.batch[0]) >= self.min_batch:
+            # which layers train may change during a run (unfreezing): read it at each measurement
+            self.factored = self.mean_loss and not self.unfactorable and _factorable(state.model)
+            self.owners = {n for n, m in self.layers if any(p.requires_grad for p in m.parameters(recurse=False))}
             self._arm(len(state.batch[0]))
 
     def _arm(self, batch: int) -> None:
@@ -259,6 +269,8 @@ class Periodic(Instrument):
                 if not isinstance(output, Tensor) or not output.requires_grad:
                     return
                 x = inputs[0].detach() if inputs and isinstance(inputs[0], Tensor) else None
+                if x is None or len(x) != batch or len(output) != batch:
+                    self.unfactorable = True  # rows are not samples (a model folding positions into the batch)
 
                 def on_grad(g: Tensor) -> None:
                     start = time.perf_counter()
@@ -309,7 +321,9 @@ class Periodic(Instrument):
     def _collected(self, state: Any) -> dict[str, float]:
         """The numbers the hooks gathered during the step, with one host sync."""
         if any(c != 1 for c in self.calls.values()):
-            self.factored = False  # a layer used twice (tied weights): per-sample norms do not factor
+            self.unfactorable = True  # a layer used twice (tied weights): per-sample norms do not factor
+        if self.unfactorable:
+            self.factored = False
         sums = list(self.sums.values()) if self.factored and self.owners <= self.sums.keys() else []
         values = _scalars([*self.seen.values(), *((t, 1.0) for pair in sums for t in pair)])
         row = dict(zip(self.seen, values))
@@ -431,32 +445,37 @@ def _factorable(model: nn.Module) -> bool:
 
 
 def _per_sample_sums(module: nn.Module, x: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
-    """For one layer, sum_i |g_i|^2 and |sum_i g_i|^2 of its per-sample parameter gradients, from its input ``x``
-    and the per-sample loss gradients ``g`` at its output (the batch gradient's times the batch size)."""
+    """For one layer, sum_i |g_i|^2 and |sum_i g_i|^2 of its per-sample gradients of the trained parameters
+    (weight, bias or both), from its input ``x`` and the per-sample loss gradients ``g`` at its output (the batch
+    gradient's times the batch size)."""
     n = len(x)
     b = getattr(module, "bias", None)
     bias = isinstance(b, Tensor) and b.requires_grad
+    weight = bool(module.weight.requires_grad)
+    zero = torch.zeros((), dtype=torch.float64, device=x.device)
     if isinstance(module, nn.Conv2d):
         assert not isinstance(module.padding, str)  # _factorable lets only numeric padding through
-        x = torch.nn.functional.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)
-        g = g.reshape(n, g.shape[1], -1)  # [n, out, L]; x: [n, in*k*k, L]
-        x, g = x.transpose(1, 2), g.transpose(1, 2)  # [n, L, in*k*k], [n, L, out]
+        if weight:
+            x = torch.nn.functional.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)
+            x = x.transpose(1, 2)  # [n, L, in*k*k]
+        g = g.reshape(n, g.shape[1], -1).transpose(1, 2)  # [n, L, out]
     elif x.dim() == 2:  # the rank-one case: |delta_i [x_i, 1]^T|^2 = |delta_i|^2 |[x_i, 1]|^2 (1: the bias)
-        x, g = x.double(), g.double()
+        gd = g.double()
+        xd = x.double() if weight else x.new_zeros((n, 0), dtype=torch.float64)
         if bias:
-            x = torch.nn.functional.pad(x, (0, 1), value=1.0)
-        each = torch.dot(torch.linalg.vecdot(g, g), torch.linalg.vecdot(x, x))
-        return each, (g.T @ x).square().sum()
+            xd = torch.nn.functional.pad(xd, (0, 1), value=1.0)
+        each = torch.dot(torch.linalg.vecdot(gd, gd), torch.linalg.vecdot(xd, xd))
+        return each, (gd.T @ xd).square().sum()
     else:
         x, g = x.reshape(n, -1, x.shape[-1]), g.reshape(n, -1, g.shape[-1])  # [n, positions, in / out]
-    per = (g.transpose(1, 2) @ x).double()  # [n, out, in]: each sample's weight gradient, in the model's precision
-    g = g.double()
-    each = per.square().sum()
-    total = per.sum(0).square().sum()
+    each, total = zero, zero
+    if weight:
+        per = (g.transpose(1, 2) @ x).double()  # [n, out, in]: each sample's weight gradient, in the model's precision
+        each, total = per.square().sum(), per.sum(0).square().sum()
     if bias:
-        b = g.sum(1)
-        each = each + b.square().sum()
-        total = total + b.sum(0).square().sum()
+        s = g.double().sum(1)
+        each = each + s.square().sum()
+        total = total + s.sum(0).square().sum()
     return each, total
 
 
@@ -546,7 +565,9 @@ class Expensive(Instrument):
 def attach(level: str | Sequence[Instrument]) -> list[Instrument]:
     """The instruments of ``level`` (``none``, ``cheap``, ``default``, ``full``) or the ones given."""
     if not isinstance(level, str):
-        return list(level)
+        # cheap, then periodic, then expensive: periodic's hooks on the step must be off before another's extra pass
+        order = {"cheap": 0, "periodic": 1, "expensive": 2}
+        return sorted(level, key=lambda i: order.get(getattr(i, "cost", "cheap"), 0))
     if level not in LEVELS:
         from gdlab.errors import UnknownChoice
 

@@ -408,10 +408,9 @@ def fit(
     status = "stopped" if state.interrupted else "finished"
     if physician and restarts and not state.interrupted and \
             any(f.code == "local_minimum" for f in physician.findings):
-        # the lr the run ended with (the doctor's, if it changed it); under a schedule, its base lr
-        restart_lr = float(lr) if schedule is not None else state.lr
-        final = _restart(physician, state, final, train, val, restarts, model_fn, optimizer, restart_lr,
-                         optimizer_options, loss, dev, progress, recorder)
+        # the lr the run ended with (the doctor's, if it changed it)
+        final = _restart(physician, state, final, train, val, restarts, model_fn, optimizer, state.lr,
+                         optimizer_options, loss, dev, progress, recorder, schedule)
     findings = physician.findings if physician and doctor else []
     remedies = physician.remedies if physician else []
     if recorder and (findings or remedies):
@@ -677,7 +676,7 @@ def _grad_norm(params: Sequence[torch.Tensor], per_tensor: list[float] | None = 
 def _restart(physician: Any, state: LoopState, final: dict[str, float | None], train: Any, val: Any,
              restarts: int, model_fn: Callable[[], nn.Module] | None, optimizer: Any, lr: float,
              options: dict[str, Any], loss: Any, dev: torch.device, progress: bool,
-             recorder: _Recorder | None) -> dict[str, float | None]:
+             recorder: _Recorder | None, schedule: Any) -> dict[str, float | None]:
     """The ``local_minimum`` remedy: restarts as one population; the best replaces the model if it beats it."""
     from gdlab.doctor import restart_remedy
 
@@ -689,7 +688,7 @@ def _restart(physician: Any, state: LoopState, final: dict[str, float | None], t
     record, best = restart_remedy(score if score is not None else math.inf, state.model, train, restarts=restarts,
                                   seed=state.seed, model_fn=model_fn, optimizer=optimizer, hyper=hyper,
                                   batch_size=state.plan.batch_size, steps=state.step, loss=loss, val=val,
-                                  device=dev, progress=progress, step=state.step)
+                                  device=dev, progress=progress, step=state.step, schedule=schedule)
     physician.remedies.append(record)
     if best is None:
         return final
