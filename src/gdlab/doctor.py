@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import statistics
 from collections.abc import Callable
@@ -178,9 +179,8 @@ def _lr(h: History) -> float:
 
 @detector("non_finite")
 def _non_finite(h: History) -> list[Finding]:
+    flag, grad = _col(h.steps, "non_finite"), _col(h.steps, "grad_norm")
     for i, loss in enumerate(_col(h.steps, "loss")):
-        flag = _col(h.steps, "non_finite")
-        grad = _col(h.steps, "grad_norm")
         bad = "loss" if not math.isfinite(loss) else ("gradients" if grad and not math.isfinite(grad[i]) else
                                                        "parameters" if flag and flag[i] == 1 else None)
         if bad:
@@ -347,21 +347,25 @@ def spike_window(batch_size: Any) -> int:
     return max(20, -(-256 // batch))
 
 
-def _spike(grads: list[float], window: int, start: int = 0) -> tuple[float, float] | None:
+def _spike(grads: list[float], window: int, start: int = 0, opening: float | None = None) -> tuple[float, float] | None:
     """The largest jump at index >= ``start`` (and after the first ``window``): (its norm, the mean of the
     ``window`` norms before it) when it is above 100x that mean and above a tenth of the opening ``window``'s
     largest (a settled run's near-zero gradient is no yardstick)."""
     start = max(start, window)
     if len(grads) <= start:
         return None
-    g = torch.tensor(grads, dtype=torch.float64)
-    sums = torch.cat([torch.zeros(1, dtype=torch.float64), g.cumsum(0)])
-    before = (sums[start:-1] - sums[start - window : -1 - window]) / window  # mean of the window before each
-    opening = float(g[:window].max())
     # a jump must matter at the run's scale: a settled run's near-zero gradient jumps 100x on rounding alone
-    ratios = torch.where((before > 0) & (g[start:] > 0.1 * opening), g[start:] / before, torch.zeros_like(before))
-    i = int(ratios.argmax())
-    return (float(g[start + i]), float(before[i])) if ratios[i] > 100 else None
+    floor = 0.1 * (opening if opening is not None else max(grads[:window]))
+    tail = grads[start - window :]  # only what the steps from ``start`` on are measured against
+    sums = [0.0, *itertools.accumulate(tail)]  # sums[k] = tail[0] + ... + tail[k - 1]
+    best: tuple[float, float, float] | None = None  # (ratio, norm, mean before)
+    for k in range(window, len(tail)):
+        before = (sums[k] - sums[k - window]) / window
+        if tail[k] > floor and before > 0 and tail[k] > 100 * before:
+            ratio = tail[k] / before
+            if best is None or ratio > best[0]:
+                best = (ratio, tail[k], before)
+    return (best[1], best[2]) if best is not None else None
 
 
 @detector("dead_relu")
@@ -521,6 +525,9 @@ class Doctor:
         self._last_rollback = -math.inf
         self._best_window = math.inf
         self._clip: tuple[Any, Any] | None = None
+        self._dead = 0.0  # the latest share of dead ReLU units measured
+        self._peak_grad = -math.inf
+        self._opening_grad: float | None = None  # the largest gradient norm of the first steps
 
     # snapshots: the last good point, in memory
     def _take_snapshot(self, state: Any) -> None:
@@ -642,7 +649,18 @@ class Doctor:
             return
         ratios = _finite([r.get("update_ratio", math.nan) for r in rows])
         snr = _finite([r.get("grad_snr", math.nan) for r in rows])
-        dead = max(_latest(h, "dead_share").values(), default=0.0)
+        # running values, so a check costs its window, not the whole run
+        for r in reversed(rows):
+            shares = [v for k, v in r.items() if k.startswith("dead_share/") and math.isfinite(v)]
+            if shares:
+                self._dead = max(shares)
+                break
+        dead = self._dead
+        grads = _finite([r.get("grad_norm", math.nan) for r in rows])
+        window = spike_window(state.plan.batch_size)
+        if self._opening_grad is None and len(h.steps) >= window:
+            self._opening_grad = max(_finite(_col(h.steps, "grad_norm")[:window]), default=0.0)
+        peak_grad = self._peak_grad = max(self._peak_grad, max(grads, default=-math.inf))
         stuck = mean_loss >= 0.95 * first
         moving = bool(ratios) and statistics.median(ratios) >= 1e-3  # the steps are not small: large, and useless
         if stuck and (dead > 0.5 or (self._rollbacks and moving)) and self._origin is not None and \
@@ -658,10 +676,8 @@ class Doctor:
                       f"learning rate {lr:.3g} -> {lr * 0.1:.3g}")
             return
         noisy = bool(snr) and statistics.median(snr) < 0.5  # then larger steps would only add noise
-        window_grads = _finite([r.get("grad_norm", math.nan) for r in rows])
-        peak_grad = max(_finite(_col(h.steps, "grad_norm")), default=math.nan)
         # settled: the gradient fell to a few percent of its peak (a minimum, where small steps are right)
-        settled = bool(window_grads) and statistics.median(window_grads) < 0.05 * peak_grad
+        settled = bool(grads) and statistics.median(grads) < 0.05 * peak_grad
         if ratios and statistics.median(ratios) < 1e-3 and mean_loss > 0.2 * first and not noisy and \
                 not settled and lr * 3 <= min(self.lr_ceiling * self._start_lr, self._ceiling):
             self._take_snapshot(state)
@@ -678,10 +694,9 @@ class Doctor:
                       f"noise dominates the steps (gradient SNR {statistics.median(snr):.2g}) and the loss "
                       f"stalled at {mean_loss:.3g}: halved the learning rate {lr:.3g} -> {lr * 0.5:.3g}")
             return
-        grads = _finite([r.get("grad_norm", math.nan) for r in rows])
-        every = _finite(_col(h.steps, "grad_norm"))
-        window = spike_window(state.plan.batch_size)
-        spike = _spike(every, window, len(every) - len(grads)) if self._clip is None and grads else None
+        recent = _finite(_col(h.steps, "grad_norm")[-(len(rows) + window):])
+        spike = _spike(recent, window, len(recent) - len(grads), self._opening_grad) \
+            if self._clip is None and grads and self._opening_grad is not None else None
         if spike is not None:
             peak, before = spike
             self._install_clipping(state, 2 * before)
@@ -689,7 +704,7 @@ class Doctor:
                       f"the gradient norm jumped to {peak:.3g}, {peak / before:.0f}x its mean over the {window} "
                       f"steps before: clipping it to {2 * before:.3g} from now on")
             return
-        peak = max(every, default=math.nan)
+        peak = peak_grad if math.isfinite(peak_grad) else math.nan
         flat = previous is not None and abs(previous - mean_loss) <= 0.01 * abs(previous)
         if flat and grads and max(grads) < 0.2 * peak and mean_loss > 0.5 * first and dead <= 0.5:
             group = state.optimizer.param_groups[0]
