@@ -219,7 +219,7 @@ class Periodic(Instrument):
     cost = "periodic"
     min_batch = 16
 
-    def __init__(self, every: int = 25, sub_batch: int = 64, budget: float = 0.05) -> None:
+    def __init__(self, every: int = 25, sub_batch: int = 64, budget: float = 0.04) -> None:
         from gdlab.errors import InvalidParameter
 
         for key, value, least in (("every", every, 1), ("sub_batch", sub_batch, 2)):
