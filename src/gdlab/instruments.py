@@ -130,7 +130,7 @@ class Cheap(Instrument):
         delta = torch._foreach_sub(now, self.before)
         moved = torch._foreach_sub(now, self.start)
         k = len(now)  # one norm call and one sync for all four
-        squares = torch.stack(torch._foreach_norm([*delta, *self.before, *moved, *now])).double().square().tolist()
+        squares = [v * v for v in torch.stack(torch._foreach_norm([*delta, *self.before, *moved, *now])).tolist()]
         u2, w2, d2, p2 = (squares[i * k : (i + 1) * k] for i in range(4))
         row: dict[str, float] = {}
         for name, members in zip(self.names, self.members):
