@@ -71,12 +71,14 @@ class Cheap(Instrument):
     """Every step: the loss's moving average, the gradient norm per layer (from the per-parameter norms ``fit``
     takes anyway: no extra pass) and a non-finite flag. Every ``every`` steps (20): the update-to-weight ratio per
     layer and overall, the parameter norm and the distance from the start (one copy of the parameters before that
-    step, a few norms after it)."""
+    step, a few norms after it), skipping a turn where that would cost more than ``budget`` of the training time
+    so far (1%; with ``every=1``, no limit)."""
 
     cost = "cheap"
 
-    def __init__(self, beta: float = 0.9, every: int = 20) -> None:
+    def __init__(self, beta: float = 0.9, every: int = 20, budget: float | None = None) -> None:
         self.beta, self.every = beta, every
+        self.budget_share = budget if budget is not None else (math.inf if every == 1 else 0.01)
 
     def on_fit_start(self, state: Any) -> None:
         self.params = [p for p in state.model.parameters()]
@@ -88,7 +90,9 @@ class Cheap(Instrument):
         with torch.no_grad():
             self.start = [p.detach().clone() for p in self.params]
         self.before: list[Tensor] | None = None
-        if self.every == 1:
+        self.budget = _Budget(self.budget_share)
+        self.armed = self.every == 1  # the parameters before the next step are kept: measure its movement
+        if self.armed:
             self._keep()
         self.avg = self.weight = 0.0
 
@@ -109,13 +113,17 @@ class Cheap(Instrument):
         for key, members in zip(self.keys, self.members):
             row[key] = math.hypot(*[norms[i] for i in members])
         finite = math.isfinite(loss) and math.isfinite(sum(norms))  # norms are >= 0: inf or nan shows in the sum
-        if self.before is not None and state.step % self.every == 0:
-            row.update(self._movement())
+        if self.armed:
+            with self.budget.measure():
+                row.update(self._movement())
             finite = finite and math.isfinite(row["param_norm"])
+            self.armed = False
         row["non_finite"] = float(not finite)
         state.history.steps.extend_last(row)
-        if (state.step + 1) % self.every == 0:
-            self._keep()  # the parameters before the next measured step
+        if (state.step + 1) % self.every == 0 and self.budget.allows(state.step + 1):
+            with self.budget.measure():
+                self._keep()  # the parameters before the next measured step
+            self.armed = True
 
     @torch.no_grad()
     def _grad_norms(self) -> list[float]:
