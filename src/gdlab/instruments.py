@@ -478,8 +478,9 @@ def _per_sample_sums(module: nn.Module, x: Tensor, g: Tensor) -> tuple[Tensor, T
         x, g = x.reshape(n, -1, x.shape[-1]), g.reshape(n, -1, g.shape[-1])  # [n, positions, in / out]
     each, total = zero, zero
     if weight:
-        per = (g.transpose(1, 2) @ x).double()  # [n, out, in]: each sample's weight gradient, in the model's precision
-        each, total = per.square().sum(), per.sum(0).square().sum()
+        per = g.transpose(1, 2) @ x  # [n, out, in]: each sample's weight gradient, in the model's precision
+        each = per.square().sum(dtype=torch.float64)  # summed in float64
+        total = per.sum(0, dtype=torch.float64).square().sum()
     if bias:
         s = g.double().sum(1)
         each = each + s.square().sum()
