@@ -776,13 +776,15 @@ def restart_remedy(result_score: float, model: torch.nn.Module, train: Any, *, r
     from gdlab import population
 
     seeds = [seed + 1 + i for i in range(restarts)]
-    make, why = (model_fn, "") if model_fn is not None else fresh_models(model)
-    if make is not None and not isinstance(optimizer, str):
+    make: Callable[[], torch.nn.Module] | None = None
+    if not isinstance(optimizer, str):
         why = "a restart needs a named optimizer"
-    elif make is not None and schedule is not None:
+    elif schedule is not None:
         why = "the run has a learning-rate schedule, which populations do not follow: restarts would not train " \
               "as it did (run gdlab restarts to compare without it)"
-    if why:
+    else:
+        make, why = (model_fn, "") if model_fn is not None else fresh_models(model)
+    if make is None:
         return Remedy(step, "restarts", {"restarts": 0, "kept": False},
                       f"the run settled at a minimum, but restarts could not be made: {why}"), None
     assert make is not None

@@ -312,9 +312,8 @@ class Periodic(Instrument):
         rode = bool(self.handles)
         if rode:
             self.close()
-            start = time.perf_counter()
-            row.update(self._collected(state))
-            self.budget.spent += time.perf_counter() - start
+            with self.budget.measure():
+                row.update(self._collected(state))
         if "noise_scale" not in row:
             with self.budget.measure():
                 batch = _sub_batch(state, self.sub_batch)

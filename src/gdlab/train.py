@@ -683,7 +683,7 @@ def _restart(physician: Any, state: LoopState, final: dict[str, float | None], t
     score = final["val_loss"] if val is not None else final["train_loss"]
     group = state.optimizer.param_groups[0]
     hyper = {"lr": lr, **options}
-    if group.get("momentum") is not None and isinstance(optimizer, str) and optimizer != "sgd":
+    if group.get("momentum") is not None:  # the optimizers that take momentum keep it in their group
         hyper["momentum"] = group["momentum"]
     record, best = restart_remedy(score if score is not None else math.inf, state.model, train, restarts=restarts,
                                   seed=state.seed, model_fn=model_fn, optimizer=optimizer, hyper=hyper,
