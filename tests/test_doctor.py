@@ -344,3 +344,15 @@ def test_restarts_keep_frozen_layers_skip_schedules_and_survive_an_interrupt(tmp
     assert not record.params["kept"] and "interrupted" in record.reason
     run = store.get(result.run_id)
     assert run.status == "finished" and run.final["train_loss"] == pytest.approx(0.4387, abs=1e-3)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 20, 1438, 12_000])
+def test_input_scales_equal_torch_quantile(n: int) -> None:
+    """The partial sort gives torch.quantile's 95th percentile (linear interpolation) of each |feature|."""
+    from gdlab.doctor import input_scales
+
+    torch.manual_seed(n)
+    X = torch.randn(n, 4) * torch.tensor([1.0, 100.0, 0.01, 0.0])
+    reference = X[:10_000].double().abs().quantile(0.95, dim=0)
+    assert torch.allclose(torch.tensor(input_scales(X), dtype=torch.float64), reference, rtol=1e-12, atol=0)
+    assert input_scales(torch.randn(3, 2, 2)) is None

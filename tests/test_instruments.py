@@ -79,6 +79,28 @@ def test_cheap_columns_match_hand_computation(data: TensorData) -> None:
     assert steps["non_finite"] == [0.0, 0.0] and len(after_one) == 4
 
 
+def test_cheap_per_step_columns_are_written_in_batches_and_stored_whole(data: TensorData, tmp_path: object) -> None:
+    """The per-step columns are filed by each step and written when the history is read: the store (checkpoints
+    mid-epoch) and the result read the same numbers, the moving average is the loss's, and nothing stays hooked
+    on the table after the run."""
+    from gdlab.store import Store
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2)).double()
+    result = gdlab.fit(model, data, optimizer="sgd", lr=0.1, batch_size=32, epochs=2, progress=False,
+                       instruments="cheap", doctor=False, store=tmp_path, checkpoint_every=3)
+    steps = result.history.steps
+    assert not steps._fillers
+    stored = Store(tmp_path).history(result.run_id).steps
+    for key in ("loss_ema", "grad_norm/0", "grad_norm/2", "non_finite"):
+        assert stored[key] == pytest.approx(steps[key], rel=1e-12), key
+    avg = weight = 0.0
+    for loss, ema in zip(steps["loss"], steps["loss_ema"]):
+        avg, weight = 0.9 * avg + 0.1 * loss, 0.9 * weight + 0.1
+        assert ema == pytest.approx(avg / weight, rel=1e-12)
+    assert steps["grad_norm/2"] != steps["grad_norm/0"] and not any(steps["non_finite"])
+
+
 def test_noise_scale_matches_its_definition(data: TensorData) -> None:
     torch.manual_seed(0)
     model = nn.Linear(6, 2).double()
@@ -166,10 +188,13 @@ def _noise_by_definition(model: nn.Module, x: torch.Tensor, y: torch.Tensor, los
     return float((G - mean).square().sum(1).mean()) * len(x) / (len(x) - 1) / float(mean.square().sum())
 
 
+@pytest.mark.parametrize("sub_batch", [64, 24])
 @pytest.mark.parametrize("kind", ["mlp", "cnn", "sequence"])
-def test_noise_rides_on_the_step_and_matches_its_definition(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_noise_rides_on_the_step_and_matches_its_definition(kind: str, sub_batch: int,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Linear and Conv2d layers: per-sample gradient norms from the step's own hooks, no torch.func pass, and
-    the noise scale equal to the per-sample autograd definition."""
+    the noise scale equal to the per-sample autograd definition, on the whole batch (whose mean gradient is the
+    step's) and on part of it."""
     g = torch.Generator().manual_seed(5)
     if kind == "mlp":
         def make() -> nn.Module:
@@ -193,13 +218,13 @@ def test_noise_rides_on_the_step_and_matches_its_definition(kind: str, monkeypat
 
     monkeypatch.setattr(Periodic, "_noise", no_extra_pass)
     torch.manual_seed(0)
-    periodic = Periodic(every=1)
+    periodic = Periodic(every=1, sub_batch=sub_batch)
     result = gdlab.fit(make(), data, optimizer="sgd", lr=0.1, batch_size=64, steps=1, progress=False,
                        instruments=[periodic], doctor=False)
     assert periodic.factored and not periodic.handles  # rode on the step, and the hooks are off again
     from gdlab.data import BatchPlan, epoch_order
 
-    order = epoch_order(BatchPlan.make(len(data), 64), 0, 0)[:64]
+    order = epoch_order(BatchPlan.make(len(data), 64), 0, 0)[:sub_batch]
     torch.manual_seed(0)
     loss_fn = nn.functional.cross_entropy if classes else nn.functional.mse_loss
     expected = _noise_by_definition(make(), X[order], y[order], loss_fn)

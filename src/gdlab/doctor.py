@@ -424,7 +424,15 @@ def input_scales(X: torch.Tensor) -> list[float] | None:
     that is mostly zero, like a rarely inked pixel, gets scale 0 and is left out of comparisons)."""
     if X.dim() != 2 or not len(X) or X.shape[1] > 4096:
         return None
-    return X[:10_000].detach().double().abs().quantile(0.95, dim=0).tolist()
+    # torch.quantile's linear interpolation between the two order statistics around rank 0.95 (n - 1), from the
+    # top 5% alone (a partial sort: several times faster than quantile's full one)
+    A = X[:10_000].detach().abs()
+    n = len(A)
+    rank = 0.95 * (n - 1)
+    low = int(rank)
+    top = A.topk(n - low, dim=0, sorted=True).values.double()  # descending: [-1] is rank low, [-2] is low + 1
+    below, above = top[-1], top[-2] if n - low >= 2 else top[-1]
+    return (below + (rank - low) * (above - below)).tolist()
 
 
 def scale_ratio(scales: list[float] | None) -> float:

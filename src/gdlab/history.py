@@ -14,7 +14,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 __all__ = ["Table", "History", "layer_key"]
@@ -27,47 +27,108 @@ def layer_key(name: str) -> list[tuple[int, Any]]:
 
 
 class Table:
-    """Equal-length columns of floats (NaN where a row had no value)."""
+    """Equal-length columns of floats (NaN where a row had no value).
+
+    Writing is cheap, so that a training loop can record every step: a row touches only its own keys, and the
+    columns it left out are filled with NaN when the table is next read. A writer may also hand in work to be done
+    at that point (:meth:`defer`), batching per-step bookkeeping into one pass over many rows."""
 
     def __init__(self, columns: dict[str, list[float]] | None = None) -> None:
-        self.columns: dict[str, list[float]] = {k: list(v) for k, v in (columns or {}).items()}
-        self._length = len(next(iter(self.columns.values()))) if self.columns else 0
+        self._columns: dict[str, list[float]] = {k: list(v) for k, v in (columns or {}).items()}
+        self._length = len(next(iter(self._columns.values()))) if self._columns else 0
+        self._settled = True
+        self._settling = False
+        self._fillers: list[Callable[[Table], None]] = []
 
     def append(self, row: dict[str, float]) -> None:
         """Add one row; a new key gets a column backfilled with NaN."""
-        for key in row.keys() - self.columns.keys():
-            self.columns[key] = [math.nan] * self._length
-        for key, column in self.columns.items():
-            column.append(float(row.get(key, math.nan)))
+        for key, value in row.items():
+            self._column(key).append(float(value))
         self._length += 1
+        self._settled = False
 
     def extend_last(self, values: dict[str, float]) -> None:
         """Add ``values`` to the latest row (an instrument adding its measurements to the step just recorded)."""
         if not self._length:
             raise IndexError("no row to extend")
         for key, value in values.items():
-            column = self.columns.get(key)
-            if column is None:
-                column = self.columns[key] = [math.nan] * self._length
-            column[-1] = float(value)
+            self._column(key)[-1] = float(value)
+
+    def put(self, key: str, index: int, value: float) -> None:
+        """Set ``key`` in row ``index`` (a new key gets a column of NaN)."""
+        self.write(key, [index], [value])
+
+    def write(self, key: str, indices: Sequence[int], values: Iterable[float]) -> None:
+        """Set ``key`` in the rows ``indices``, one value each (a new key gets a column of NaN)."""
+        if indices and not (0 <= min(indices) and max(indices) < self._length):
+            raise IndexError(f"rows {min(indices)}..{max(indices)} are not all in a table of {self._length} rows")
+        column = self._column(key)
+        for i, value in zip(indices, values):
+            column[i] = float(value)
+
+    def _column(self, key: str) -> list[float]:
+        """The column ``key``, made (all NaN) or padded with NaN to the table's length."""
+        column = self._columns.get(key)
+        if column is None:
+            column = self._columns[key] = [math.nan] * self._length
+        elif len(column) < self._length:
+            column.extend([math.nan] * (self._length - len(column)))
+        return column
+
+    def defer(self, fill: Callable[[Table], None]) -> None:
+        """Have ``fill(table)`` called before the table is next read, each time rows were added since; it writes
+        with :meth:`put` or :meth:`write` and must not read the table. :meth:`undefer` stops it. An instrument
+        batches its per-step columns this way."""
+        self._fillers.append(fill)
+        self._settled = False
+
+    def undefer(self, fill: Callable[[Table], None]) -> None:
+        """Stop calling ``fill`` (after one last call, so that nothing it held back is lost)."""
+        if fill in self._fillers:
+            self._run([fill])
+            self._fillers.remove(fill)
+
+    def _run(self, fillers: list[Callable[[Table], None]]) -> None:
+        """Call the fillers, then pad the short columns (a read inside a filler sees the columns as they are)."""
+        self._settling = True
+        try:
+            for fill in fillers:
+                fill(self)
+            for column in self._columns.values():
+                if len(column) < self._length:
+                    column.extend([math.nan] * (self._length - len(column)))
+        finally:
+            self._settling = False
+
+    def _settle(self) -> dict[str, list[float]]:
+        if not self._settled and not self._settling:
+            self._run(list(self._fillers))
+            self._settled = True
+        return self._columns
+
+    @property
+    def columns(self) -> dict[str, list[float]]:
+        """The columns by key, all of the table's length."""
+        return self._settle()
 
     def __getitem__(self, key: str) -> list[float]:
-        return self.columns[key]
+        return self._settle()[key]
 
     def __contains__(self, key: object) -> bool:
-        return key in self.columns
+        return key in self._settle()
 
     def __len__(self) -> int:
         return self._length
 
     def rows(self, start: int = 0) -> Iterator[dict[str, float]]:
         """Rows from index ``start`` on, as dicts."""
+        columns = self._settle()
         for i in range(start, self._length):
-            yield {k: v[i] for k, v in self.columns.items()}
+            yield {k: v[i] for k, v in columns.items()}
 
     def last(self, key: str, default: float = math.nan) -> float:
         """The latest value of ``key``, or ``default`` when there is none."""
-        column = self.columns.get(key)
+        column = self._settle().get(key)
         return column[-1] if column else default
 
 

@@ -72,7 +72,10 @@ class Cheap(Instrument):
     takes anyway: no extra pass) and a non-finite flag. Every ``every`` steps (20): the update-to-weight ratio per
     layer and overall, the parameter norm and the distance from the start (one copy of the parameters before that
     step, a few norms after it), skipping a turn where that would cost more than ``budget`` of the training time
-    so far (1%; with ``every=1``, no limit)."""
+    so far (1%; with ``every=1``, no limit).
+
+    The per-step columns are written in batches, when the history is next read (:meth:`Table.defer`): a step
+    only files its loss and gradient norms."""
 
     cost = "cheap"
 
@@ -95,6 +98,13 @@ class Cheap(Instrument):
         if self.armed:
             self._keep()
         self.avg = self.weight = 0.0
+        # filed by each step, written into the table in batches by _fill
+        self.rows: list[int] = []
+        self.losses: list[float] = []
+        self.norms: list[float] = []  # len(params) per step
+        self.bad_params: set[int] = set()  # rows whose parameters were seen non-finite
+        self.table = state.history.steps
+        self.table.defer(self._fill)
 
     @torch.no_grad()
     def _keep(self) -> None:
@@ -104,26 +114,55 @@ class Cheap(Instrument):
             torch._foreach_copy_(self.before, [p.detach() for p in self.params])
 
     def on_step_end(self, state: Any) -> None:
-        loss = state.loss
-        if math.isfinite(loss):
-            self.avg = self.beta * self.avg + (1 - self.beta) * loss
-            self.weight = self.beta * self.weight + (1 - self.beta)
-        norms = state.grad_norms if len(state.grad_norms) == len(self.params) else self._grad_norms()
-        row: dict[str, float] = {"loss_ema": self.avg / self.weight if self.weight else math.nan}
-        for key, members in zip(self.keys, self.members):
-            row[key] = math.hypot(*[norms[i] for i in members])
-        finite = math.isfinite(loss) and math.isfinite(sum(norms))  # norms are >= 0: inf or nan shows in the sum
+        norms = state.grad_norms
+        self.rows.append(len(state.history.steps) - 1)
+        self.losses.append(state.loss)
+        self.norms.extend(norms if len(norms) == len(self.params) else self._grad_norms())
         if self.armed:
             with self.budget.measure():
-                row.update(self._movement())
-            finite = finite and math.isfinite(row["param_norm"])
+                row = self._movement()
+            if not math.isfinite(row["param_norm"]):
+                self.bad_params.add(self.rows[-1])
+            state.history.steps.extend_last(row)
             self.armed = False
-        row["non_finite"] = float(not finite)
-        state.history.steps.extend_last(row)
         if (state.step + 1) % self.every == 0 and self.budget.allows(state.step + 1):
             with self.budget.measure():
                 self._keep()  # the parameters before the next measured step
             self.armed = True
+
+    def _fill(self, table: Any) -> None:
+        """Write the filed steps' columns: the loss's moving average, each layer's gradient norm, the flag."""
+        rows, losses, norms, k = self.rows, self.losses, self.norms, len(self.params)
+        if not rows:
+            return
+        per_tensor = [norms[i::k] for i in range(k)]
+        for key, members in zip(self.keys, self.members):
+            column = per_tensor[members[0]] if len(members) == 1 else \
+                [math.hypot(*v) for v in zip(*(per_tensor[i] for i in members))]
+            table.write(key, rows, column)
+        ema: list[float] = []
+        beta, avg, weight = self.beta, self.avg, self.weight
+        for loss in losses:
+            if math.isfinite(loss):
+                avg, weight = beta * avg + (1 - beta) * loss, beta * weight + (1 - beta)
+            ema.append(avg / weight if weight else math.nan)
+        self.avg, self.weight = avg, weight
+        table.write("loss_ema", rows, ema)
+        # norms are >= 0: an inf or a nan shows in their sum
+        sums = [sum(norms[j * k:(j + 1) * k]) for j in range(len(rows))]
+        table.write("non_finite", rows, [float(not (math.isfinite(loss) and math.isfinite(total)) or row in
+                                                self.bad_params) for row, loss, total in zip(rows, losses, sums)])
+        self.rows, self.losses, self.norms = [], [], []
+        self.bad_params.clear()
+
+    def close(self) -> None:
+        """Write what is filed and stop deferring (at the end of the run, or when it fails)."""
+        table = getattr(self, "table", None)
+        if table is not None:
+            table.undefer(self._fill)
+
+    def on_fit_end(self, state: Any) -> None:
+        self.close()
 
     @torch.no_grad()
     def _grad_norms(self) -> list[float]:
@@ -239,6 +278,10 @@ class Periodic(Instrument):
     def on_fit_start(self, state: Any) -> None:
         self.activations = [(n, m) for n, m in state.model.named_modules() if isinstance(m, _ACTIVATIONS)]
         self.layers = [(n, m) for n, m in state.model.named_modules() if isinstance(m, _LAYERS)]
+        self.params = list(state.model.parameters())
+        self.trained: tuple[bool, ...] | None = None  # which parameters train, when factoring was last judged
+        self.can_factor = False
+        self.owners: set[str] = set()
         self.meta: nn.Module | None = None  # made when first needed
         self.budget = _Budget(self.budget_share)
         self.mean_loss = bool(getattr(state, "mean_loss", False))
@@ -252,16 +295,23 @@ class Periodic(Instrument):
         step = state.step + 1
         self.due = (step % self.every == 0 or step == 1) and self.budget.allows(step)
         if self.due and state.batch is not None and len(state.batch[0]) >= self.min_batch:
-            # which layers train may change during a run (unfreezing): read it at each measurement
-            self.factored = self.mean_loss and not self.unfactorable and _factorable(state.model)
-            self.owners = {n for n, m in self.layers if any(p.requires_grad for p in m.parameters(recurse=False))}
+            # which layers train may change during a run (unfreezing): look again when it has
+            trained = tuple(p.requires_grad for p in self.params)
+            if trained != self.trained:
+                self.trained = trained
+                self.can_factor = _factorable(state.model)
+                self.owners = {n for n, m in self.layers
+                               if any(p.requires_grad for p in m.parameters(recurse=False))}
+            self.factored = self.mean_loss and not self.unfactorable and self.can_factor
             self._arm(len(state.batch[0]))
 
     def _arm(self, batch: int) -> None:
         n = min(batch, self.sub_batch)
-        self.seen: dict[str, tuple[Tensor, float]] = {}  # column -> (a float64 scalar, the factor it takes)
+        self.seen: dict[str, tuple[Tensor, float]] = {}  # column -> (a scalar tensor, the factor it takes)
         self.calls: dict[str, int] = {}
-        self.sums: dict[str, tuple[Tensor, Tensor]] = {}  # layer -> (sum_i |g_i|^2, |sum_i g_i|^2) over n samples
+        # layer -> (sum_i |g_i|^2, |sum_i g_i|^2) over n samples; with the whole batch (n == batch), sum_i g_i is
+        # the batch gradient times n, whose norm the loop has already taken: no second sum
+        self.sums: dict[str, tuple[list[Tensor], list[Tensor] | None]] = {}
         budget = self.budget
 
         def activation_hook(name: str) -> Any:
@@ -283,10 +333,9 @@ class Periodic(Instrument):
                 def on_grad(g: Tensor) -> None:
                     start = time.perf_counter()
                     g = g.detach()
-                    self.seen[f"grad_out/{name}"] = (torch.linalg.vector_norm(g[:n], dtype=torch.float64),
-                                                     1 / math.sqrt(len(g[:n])))
+                    self.seen[f"grad_out/{name}"] = (torch.linalg.vector_norm(g[:n]), 1 / math.sqrt(len(g[:n])))
                     if self.factored and name in self.owners and x is not None:
-                        self.sums[name] = _per_sample_sums(module, x[:n], g[:n] * len(g))
+                        self.sums[name] = _per_sample_sums(module, x[:n], g[:n], total=n < len(g))
                     budget.spent += time.perf_counter() - start
 
                 output.register_hook(on_grad)
@@ -332,12 +381,19 @@ class Periodic(Instrument):
         if self.unfactorable:
             self.factored = False
         sums = list(self.sums.values()) if self.factored and self.owners <= self.sums.keys() else []
-        values = _scalars([*self.seen.values(), *((t, 1.0) for pair in sums for t in pair)])
+        eaches = [t for each, _ in sums for t in each]
+        wholes = [t for _, whole in sums for t in whole or []]
+        scale = len(state.batch[0]) ** 2  # the per-sample gradients are the batch size times the hooks' shares
+        values = _scalars([*self.seen.values(), *((t, scale) for t in eaches + wholes)])
         row = dict(zip(self.seen, values))
         if sums:
             n = min(len(state.batch[0]), self.sub_batch)
             rest = values[len(self.seen):]
-            row.update(_noise_row(sum(rest[0::2]), sum(rest[1::2]) / (n * n), n, state.plan.batch_size))
+            if all(whole is not None for _, whole in sums):
+                mean_sq = sum(rest[len(eaches):]) / (n * n)
+            else:  # the whole batch: |mean_i g_i| is the batch gradient's norm, which the loop has taken
+                mean_sq = sum(v * v for v in state.grad_norms)
+            row.update(_noise_row(sum(rest[:len(eaches)]), mean_sq, n, state.plan.batch_size))
         return row
 
     # -- extra passes, where the step's own cannot serve -----------------------------------------------------
@@ -408,26 +464,25 @@ def _noise_row(each: float, mean_sq: float, n: int, batch: int) -> dict[str, flo
 
 
 def _scalars(entries: Sequence[tuple[Tensor, float]]) -> list[float]:
-    """Each float64 scalar tensor times its factor, with one host sync for all."""
+    """Each scalar tensor (of any dtype) times its factor, as floats, with one host sync for all."""
     if not entries:
         return []
-    values = torch.stack([t for t, _ in entries]).tolist()
+    values = torch.stack([t for t, _ in entries]).tolist()  # stack promotes: counts and float32 norms together
     return [v * factor for v, (_, factor) in zip(values, entries)]
 
 
 def _activation_stats(name: str, module: nn.Module, output: Tensor) -> dict[str, tuple[Tensor, float]]:
     """Shares of zero and dead (zero for every sample) ReLU units, of saturated tanh or sigmoid units, as counts
-    (float64 scalars, not synced) and the factors that make them shares."""
+    (scalar tensors, not synced) and the factors that make them shares."""
     units = output.reshape(len(output), -1)
     share = 1 / units.numel() if units.numel() else math.nan
-    f64 = torch.float64
     if isinstance(module, nn.ReLU):
         zero = units <= 0
-        return {f"zero_share/{name}": (zero.sum(dtype=f64), share),
-                f"dead_share/{name}": (zero.all(0).sum(dtype=f64), 1 / units.shape[1] if units.shape[1] else math.nan)}
+        return {f"zero_share/{name}": (zero.sum(), share),
+                f"dead_share/{name}": (zero.all(0).sum(), 1 / units.shape[1] if units.shape[1] else math.nan)}
     if isinstance(module, nn.Tanh):
-        return {f"saturated/{name}": ((units.abs() > 0.99).sum(dtype=f64), share)}
-    return {f"saturated/{name}": (((units < 0.01) | (units > 0.99)).sum(dtype=f64), share)}
+        return {f"saturated/{name}": ((units.abs() > 0.99).sum(), share)}
+    return {f"saturated/{name}": (((units < 0.01) | (units > 0.99)).sum(), share)}
 
 
 def _factorable(model: nn.Module) -> bool:
@@ -451,40 +506,50 @@ def _factorable(model: nn.Module) -> bool:
     return all(id(p) in seen for p in model.parameters() if p.requires_grad)
 
 
-def _per_sample_sums(module: nn.Module, x: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
-    """For one layer, sum_i |g_i|^2 and |sum_i g_i|^2 of its per-sample gradients of the trained parameters
-    (weight, bias or both), from its input ``x`` and the per-sample loss gradients ``g`` at its output (the batch
-    gradient's times the batch size)."""
+def _per_sample_sums(module: nn.Module, x: Tensor, g: Tensor,
+                     total: bool = True) -> tuple[list[Tensor], list[Tensor] | None]:
+    """For one layer, sum_i |g_i|^2 and (with ``total``) |sum_i g_i|^2 of its per-sample gradients of the trained
+    parameters (weight, bias or both), from its input ``x`` and the gradient ``g`` at its output (sample i's loss
+    gradient is sample i's share of ``g`` times the batch size, for a mean over samples: the caller scales).
+    Each as scalar tensors, one per parameter (their sum is the layer's), not synced: the caller syncs once for
+    all layers. The sums run over per-sample terms that are all >= 0, so the model's precision loses nothing
+    that matters (a float32 model gives them to about 1e-6)."""
     n = len(x)
     b = getattr(module, "bias", None)
     bias = isinstance(b, Tensor) and b.requires_grad
     weight = bool(module.weight.requires_grad)
-    zero = torch.zeros((), dtype=torch.float64, device=x.device)
+    parts: list[Tensor] = []  # per-sample gradients, [n, size], of the weight and the bias
+    if isinstance(module, nn.Linear) and x.dim() == 2:
+        # the rank-one case: |g_i [x_i, 1]^T|^2 = |g_i|^2 (|x_i|^2 + 1) (the 1: the bias); nothing materialised
+        inputs = torch.linalg.vecdot(x, x) if weight else None
+        if bias:
+            inputs = inputs + 1 if inputs is not None else torch.ones(n, dtype=g.dtype, device=g.device)
+        each = [torch.dot(torch.linalg.vecdot(g, g), inputs)] if inputs is not None else []
+        if not total:
+            return each, None
+        sums = ([(g.T @ x).flatten()] if weight else []) + ([g.sum(0)] if bias else [])  # [out * in], [out]
+        return each, [torch.dot(v, v) for v in sums]
     if isinstance(module, nn.Conv2d):
         assert not isinstance(module.padding, str)  # _factorable lets only numeric padding through
-        if weight:
-            x = torch.nn.functional.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)
-            x = x.transpose(1, 2)  # [n, L, in*k*k]
-        g = g.reshape(n, g.shape[1], -1).transpose(1, 2)  # [n, L, out]
-    elif x.dim() == 2:  # the rank-one case: |delta_i [x_i, 1]^T|^2 = |delta_i|^2 |[x_i, 1]|^2 (1: the bias)
-        gd = g.double()
-        xd = x.double() if weight else x.new_zeros((n, 0), dtype=torch.float64)
+        if weight:  # each sample's weight gradient at once: a convolution grouped by sample
+            c, out = x.shape[1], g.shape[1]
+            parts.append(torch.nn.grad.conv2d_weight(
+                x.reshape(1, n * c, *x.shape[2:]), (n * out, c, *module.weight.shape[2:]),
+                g.reshape(1, n * out, *g.shape[2:]), module.stride, module.padding, module.dilation,
+                groups=n).view(n, -1))
         if bias:
-            xd = torch.nn.functional.pad(xd, (0, 1), value=1.0)
-        each = torch.dot(torch.linalg.vecdot(gd, gd), torch.linalg.vecdot(xd, xd))
-        return each, (gd.T @ xd).square().sum()
-    else:
+            parts.append(g.sum((2, 3)))  # [n, out]
+    else:  # Linear on [n, ..., in]: positions share the weight
         x, g = x.reshape(n, -1, x.shape[-1]), g.reshape(n, -1, g.shape[-1])  # [n, positions, in / out]
-    each, total = zero, zero
-    if weight:
-        per = g.transpose(1, 2) @ x  # [n, out, in]: each sample's weight gradient, in the model's precision
-        each = per.square().sum(dtype=torch.float64)  # summed in float64
-        total = per.sum(0, dtype=torch.float64).square().sum()
-    if bias:
-        s = g.double().sum(1)
-        each = each + s.square().sum()
-        total = total + s.sum(0).square().sum()
-    return each, total
+        if weight:
+            parts.append((g.transpose(1, 2) @ x).view(n, -1))  # [n, out * in]
+        if bias:
+            parts.append(g.sum(1))
+    each = [torch.linalg.vecdot(part, part).sum() for part in parts]  # each sample's |.|^2, then their sum
+    if not total:
+        return each, None
+    sums = [part.sum(0) for part in parts]
+    return each, [torch.dot(v, v) for v in sums]
 
 
 class Expensive(Instrument):

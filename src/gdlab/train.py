@@ -327,9 +327,11 @@ def fit(
 
         hooks.append(ProgressBar())
 
+    handlers = {event: [getattr(hook, event) for hook in hooks if hasattr(hook, event)] for event in EVENTS}
+
     def emit(event: str) -> None:
-        for hook in hooks:
-            getattr(hook, event, _ignore)(state)
+        for handler in handlers[event]:
+            handler(state)
 
     every = checkpoint_every or plan.iterations_per_epoch
     params = list(model.parameters())  # once: walking the module tree every step costs more than the norm
@@ -462,10 +464,6 @@ def _auto_lr(lr: str, method: str, model: nn.Module, train: Any, val: Any, optim
                           batch_size=batch_size, val=val, loss=loss, seed=seed, device=dev, progress=progress,
                           **extra)
     return selection.lr, selection
-
-
-def _ignore(state: LoopState) -> None:
-    pass
 
 
 def _never(state: LoopState) -> bool:
