@@ -41,6 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
+from torch.nn.grad import conv2d_weight
 
 __all__ = ["Instrument", "Cheap", "Periodic", "Expensive", "LEVELS", "attach"]
 
@@ -533,7 +534,7 @@ def _per_sample_sums(module: nn.Module, x: Tensor, g: Tensor,
         assert not isinstance(module.padding, str)  # _factorable lets only numeric padding through
         if weight:  # each sample's weight gradient at once: a convolution grouped by sample
             c, out = x.shape[1], g.shape[1]
-            parts.append(torch.nn.grad.conv2d_weight(
+            parts.append(conv2d_weight(
                 x.reshape(1, n * c, *x.shape[2:]), (n * out, c, *module.weight.shape[2:]),
                 g.reshape(1, n * out, *g.shape[2:]), module.stride, module.padding, module.dilation,
                 groups=n).view(n, -1))
