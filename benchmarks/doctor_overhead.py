@@ -9,16 +9,17 @@ average pool, linear 16-10). The doctor's detectors run once, at the end of the 
 
 How: one warm-up run per level, then ``--repeats`` rounds; in each round every level runs once, the order of the
 levels rotating; per level the median over rounds of its time / the same round's ``none`` time (the figure held
-against the target), and beside it the ratio of the fastest runs (the least disturbed by other work on a shared
-machine) and "own code": 1 + the time spent in the instruments' and the doctor's own code (their callbacks and
-the periodic hooks inside the step, timed from within) over the rest of the run, the median of 3 runs; a
-shared machine's noise hardly reaches it, though it leaves out what the code costs the rest (caches, the longer
-step rows).
+against the target) with a 90% bootstrap interval of that median (the rounds resampled: how far the noise of
+this machine leaves the figure uncertain), and beside it the ratio of the fastest runs (the least disturbed by
+other work on a shared machine) and "own code": 1 + the time spent in the instruments' and the doctor's own code
+(their callbacks and the periodic hooks inside the step, timed from within) over the rest of the run, the median
+of 3 runs; a shared machine's noise hardly reaches it, though it leaves out what the code costs the rest (caches,
+the longer step rows).
 
 Targets: cheap at most 1.05x, default at most 1.15x, full at most 2x.
 
 Command:
-    python benchmarks/doctor_overhead.py            # both models, 10 epochs per run, 21 rounds (about 2 minutes)
+    python benchmarks/doctor_overhead.py            # both models, 10 epochs per run, 31 rounds (about 4 minutes)
     python benchmarks/doctor_overhead.py --quick    # 1 epoch, 1 round: checks the script still runs
 """
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import random
 import statistics
 import time
 
@@ -96,10 +98,18 @@ def attributed(make: object, data: TensorData, level: str, epochs: int) -> float
     return spent[0] / (total - spent[0])
 
 
+def interval(ratios: list[float], draws: int = 2000, level: float = 0.9) -> tuple[float, float]:
+    """A bootstrap interval of the median of ``ratios``: the rounds resampled with replacement ``draws`` times."""
+    rng = random.Random(0)
+    medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(draws))
+    tail = (1 - level) / 2
+    return medians[int(tail * draws)], medians[min(draws - 1, int((1 - tail) * draws))]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=21)
+    parser.add_argument("--repeats", type=int, default=31)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     epochs, repeats = (1, 1) if args.quick else (args.epochs, args.repeats)
@@ -124,9 +134,10 @@ def main() -> None:
             worst[level] = max(worst[level], median)
             fastest = min(times[level]) / min(times["none"])
             own = statistics.median(attributed(make, data, level, epochs) for _ in range(3))
+            low, high = interval(ratios)
             print(f"  {level:8} {1e3 * statistics.median(times[level]) / steps:7.3f} ms/step  ratio {median:.3f}x "
-                  f"(min {min(ratios):.3f}, max {max(ratios):.3f}; fastest runs {fastest:.3f}x; "
-                  f"own code {1 + own:.3f}x; target <= {TARGETS[level]:g}x)")
+                  f"[90%: {low:.3f}-{high:.3f}] (min {min(ratios):.3f}, max {max(ratios):.3f}; fastest runs "
+                  f"{fastest:.3f}x; own code {1 + own:.3f}x; target <= {TARGETS[level]:g}x)")
     print("ratio (worst over the models): " + ", ".join(f"{k} {v:.3f}x" for k, v in worst.items()))
 
 
