@@ -307,3 +307,30 @@ def test_frozen_weights_and_folded_batches() -> None:
 def test_instruments_given_in_any_order_run_cheapest_first() -> None:
     order = attach([Expensive(), Cheap(), Periodic()])
     assert [type(i).__name__ for i in order] == ["Cheap", "Periodic", "Expensive"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["linear", "positions", "conv"])
+def test_per_sample_sums_keep_their_precision_in_low_precision_models(kind: str, dtype: torch.dtype) -> None:
+    """The per-sample sums of a float32 or bfloat16 layer equal float64 per-sample autograd on the same values
+    to float32's precision (bfloat16 is raised to float32 before any sum)."""
+    from gdlab.instruments import _per_sample_sums
+
+    torch.manual_seed(0)
+    if kind == "conv":
+        layer, x = nn.Conv2d(3, 4, 3, padding=1, stride=2), torch.randn(16, 3, 6, 6)
+    else:
+        layer, x = nn.Linear(5, 4), torch.randn(16, 5) if kind == "linear" else torch.randn(16, 3, 5)
+    layer, x = layer.to(dtype), x.to(dtype)
+    g = torch.randn(layer(x).shape).to(dtype)
+    reference = copy.deepcopy(layer).double()
+    per = []
+    for i in range(len(x)):  # float64 autograd, sample by sample, on the same (rounded) values
+        out = reference(x[i : i + 1].double())
+        grads = torch.autograd.grad(out, list(reference.parameters()), g[i : i + 1].double())
+        per.append(torch.cat([v.flatten() for v in grads]))
+    G = torch.stack(per)
+    each, whole = _per_sample_sums(layer, x, g)
+    assert whole is not None
+    assert sum(float(t) for t in each) == pytest.approx(float(G.square().sum()), rel=1e-5)
+    assert sum(float(t) for t in whole) == pytest.approx(float(G.sum(0).square().sum()), rel=1e-5)

@@ -514,7 +514,9 @@ def _per_sample_sums(module: nn.Module, x: Tensor, g: Tensor,
     gradient is sample i's share of ``g`` times the batch size, for a mean over samples: the caller scales).
     Each as scalar tensors, one per parameter (their sum is the layer's), not synced: the caller syncs once for
     all layers. The sums run over per-sample terms that are all >= 0, so the model's precision loses nothing
-    that matters (a float32 model gives them to about 1e-6)."""
+    that matters (a float32 model gives them to about 1e-6); half precision is raised to float32 first."""
+    if g.dtype in (torch.float16, torch.bfloat16):
+        x, g = x.float(), g.float()
     n = len(x)
     b = getattr(module, "bias", None)
     bias = isinstance(b, Tensor) and b.requires_grad
