@@ -334,3 +334,32 @@ def test_per_sample_sums_keep_their_precision_in_low_precision_models(kind: str,
     assert whole is not None
     assert sum(float(t) for t in each) == pytest.approx(float(G.square().sum()), rel=1e-5)
     assert sum(float(t) for t in whole) == pytest.approx(float(G.sum(0).square().sum()), rel=1e-5)
+
+
+def test_cheap_flags_each_non_finite_step() -> None:
+    """A step with a non-finite loss, gradient norm or (at a movement measurement) parameter is flagged; the
+    others are not, and the moving average skips the non-finite loss."""
+    from types import SimpleNamespace
+
+    from gdlab.history import History
+
+    model = nn.Sequential(nn.Linear(2, 1))
+    state = SimpleNamespace(model=model, history=History(), step=0, loss=0.0, grad_norms=[])
+    cheap = Cheap(every=1)
+    cheap.on_fit_start(state)
+    steps = [(1.0, [1.0, 2.0]), (2.0, [math.inf, 1.0]), (math.nan, [1.0, 1.0]), (3.0, [1.0, math.nan]),
+             (4.0, [1.0, 1.0])]
+    for i, (loss, norms) in enumerate(steps):
+        if i == 4:
+            with torch.no_grad():
+                model[0].weight[0, 0] = math.nan  # the parameters themselves go bad before the last step's end
+        state.history.steps.append({"step": i + 1, "loss": loss})
+        state.step, state.loss, state.grad_norms = i, loss, norms
+        cheap.on_step_end(state)
+    t = state.history.steps
+    assert t["non_finite"] == [0.0, 1.0, 1.0, 1.0, 1.0]
+    assert t["grad_norm/0"][0] == pytest.approx(math.hypot(1.0, 2.0)) and t["grad_norm/0"][1] == math.inf
+    ema = t["loss_ema"]
+    assert ema[0] == pytest.approx(1.0) and ema[2] == pytest.approx(ema[1]) and math.isfinite(ema[4])
+    cheap.close()
+    assert not t._fillers

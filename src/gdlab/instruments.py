@@ -91,6 +91,7 @@ class Cheap(Instrument):
         position = {id(p): i for i, p in enumerate(self.params)}
         self.members = [[position[id(p)] for _, p in members] for members in groups.values()]
         self.keys = [f"grad_norm/{name}" for name in self.names]
+        self.ratio_keys = [f"update_ratio/{name}" for name in self.names]
         with torch.no_grad():
             self.start = [p.detach().clone() for p in self.params]
         self.before: list[Tensor] | None = None
@@ -149,10 +150,14 @@ class Cheap(Instrument):
             ema.append(avg / weight if weight else math.nan)
         self.avg, self.weight = avg, weight
         table.write("loss_ema", rows, ema)
-        # norms are >= 0: an inf or a nan shows in their sum
-        sums = [sum(norms[j * k:(j + 1) * k]) for j in range(len(rows))]
-        table.write("non_finite", rows, [float(not (math.isfinite(loss) and math.isfinite(total)) or row in
-                                                self.bad_params) for row, loss, total in zip(rows, losses, sums)])
+        # norms are >= 0: an inf or a nan shows in their sum (and a nan loss in loss + sum)
+        isfinite, bad = math.isfinite, self.bad_params
+        flags = [float(not isfinite(loss + sum(step))) for loss, step in zip(losses, zip(*per_tensor))] if k else \
+            [float(not isfinite(loss)) for loss in losses]
+        for i, row in enumerate(rows) if bad else ():
+            if row in bad:
+                flags[i] = 1.0
+        table.write("non_finite", rows, flags)
         self.rows, self.losses, self.norms = [], [], []
         self.bad_params.clear()
 
@@ -181,9 +186,9 @@ class Cheap(Instrument):
         squares = [v * v for v in torch.stack(torch._foreach_norm([*delta, *self.before, *moved, *now])).tolist()]
         u2, w2, d2, p2 = (squares[i * k : (i + 1) * k] for i in range(4))
         row: dict[str, float] = {}
-        for name, members in zip(self.names, self.members):
+        for key, members in zip(self.ratio_keys, self.members):
             layer_w = sum(w2[i] for i in members)
-            row[f"update_ratio/{name}"] = math.sqrt(sum(u2[i] for i in members) / layer_w) if layer_w else math.nan
+            row[key] = math.sqrt(sum(u2[i] for i in members) / layer_w) if layer_w else math.nan
         row["update_ratio"] = math.sqrt(sum(u2) / sum(w2)) if sum(w2) else math.nan
         row["param_norm"], row["distance"] = math.sqrt(sum(p2)), math.sqrt(sum(d2))
         return row
