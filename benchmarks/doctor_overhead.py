@@ -23,6 +23,7 @@ Targets: cheap at most 1.05x, default at most 1.15x, full at most 2x.
 Command:
     python benchmarks/doctor_overhead.py            # both models, 5 epochs per run, 101 rounds (about 4 minutes)
     python benchmarks/doctor_overhead.py --quick    # 1 epoch, 1 round: checks the script still runs
+    python benchmarks/doctor_overhead.py --device cuda --repeats 21   # on a GPU
 """
 
 from __future__ import annotations
@@ -54,12 +55,15 @@ def cnn() -> nn.Module:
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
 
 
+DEVICE = "cpu"
+
+
 def run(make: object, data: TensorData, level: str, epochs: int) -> float:
     torch.manual_seed(0)
     model = make()  # type: ignore[operator]
     start = time.perf_counter()
     gdlab.fit(model, data, optimizer="momentum", lr=0.05, batch_size=64, epochs=epochs, progress=False,
-              instruments=level, doctor=level != "none", device="cpu")
+              instruments=level, doctor=level != "none", device=DEVICE)
     return time.perf_counter() - start
 
 
@@ -113,12 +117,16 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=101)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda where a GPU is lent (fit syncs every step)")
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = args.device
     epochs, repeats = (1, 1) if args.quick else (args.epochs, args.repeats)
     train, _ = datasets.load("digits")
     images = TensorData(train.X.reshape(-1, 1, 8, 8), train.y, num_classes=10)
     print(f"# torch {torch.__version__}, Python {platform.python_version()}, {cpu_model()}, {usable_cores()} usable "
-          f"cores, {torch.get_num_threads()} torch threads; digits, batch 64, {epochs} epochs per run")
+          f"cores, {torch.get_num_threads()} torch threads; digits, batch 64, {epochs} epochs per run; device "
+          f"{torch.cuda.get_device_name() if DEVICE.startswith('cuda') else DEVICE}")
     worst = {k: 0.0 for k in TARGETS}
     for name, make, data in (("MLP 64-128-10", mlp, train), ("CNN 8-16", cnn, images)):
         for level in LEVELS:
