@@ -363,3 +363,14 @@ def test_cheap_flags_each_non_finite_step() -> None:
     assert ema[0] == pytest.approx(1.0) and ema[2] == pytest.approx(ema[1]) and math.isfinite(ema[4])
     cheap.close()
     assert not t._fillers
+
+
+def test_a_bare_layer_is_one_layer_named_by_its_class(data: TensorData) -> None:
+    """A model that is itself a layer (a bare nn.Linear) reads as one layer, named by its class, not as one
+    'layer' per parameter or an empty name."""
+    torch.manual_seed(0)
+    result = gdlab.fit(nn.Linear(6, 2).double(), data, optimizer="sgd", lr=0.1, batch_size=64, steps=3,
+                       progress=False, instruments=[Cheap(every=1), Periodic(every=1)], doctor=False)
+    layered = sorted(k for k in result.history.steps.columns if "/" in k)
+    assert layered == ["grad_norm/Linear", "grad_out/Linear", "update_ratio/Linear"]
+    assert result.history.steps["grad_norm/Linear"][0] == pytest.approx(result.history.steps["grad_norm"][0])

@@ -17,7 +17,8 @@ Each instrument has a cost class:
   derivative before and after the step; 0 = the step lands at its minimum, -1 = it barely moved, 1 = it
   overshot to the same height on the other side).
 
-Columns are named ``name`` or ``name/layer`` (layers by their module names, as ``model.named_modules`` gives them).
+Columns are named ``name`` or ``name/layer`` (layers by their module names, as ``model.named_modules`` gives them;
+a model that is itself a layer, a bare ``nn.Linear``, by its class name: ``grad_norm/Linear``).
 
 Example:
     >>> import torch, gdlab
@@ -58,12 +59,18 @@ class Instrument:
     cost = "cheap"
 
 
+def _label(model: nn.Module, path: str) -> str:
+    """A layer's name in the columns: its module path (``"0"``, ``"encoder.fc"``), or, for the model itself (a bare
+    ``nn.Linear``), its class name."""
+    return path or type(model).__name__
+
+
 def _layers(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
     """Parameters grouped by the module that owns them (``"0"``, ``"2"``, ``"encoder.fc"``...)."""
     groups: dict[str, list[tuple[str, nn.Parameter]]] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            owner = name.rsplit(".", 1)[0] if "." in name else name
+            owner = _label(model, name.rsplit(".", 1)[0] if "." in name else "")
             groups.setdefault(owner, []).append((name, p))
     return groups
 
@@ -282,8 +289,9 @@ class Periodic(Instrument):
         self.per_sample_failed: str | None = None
 
     def on_fit_start(self, state: Any) -> None:
-        self.activations = [(n, m) for n, m in state.model.named_modules() if isinstance(m, _ACTIVATIONS)]
-        self.layers = [(n, m) for n, m in state.model.named_modules() if isinstance(m, _LAYERS)]
+        model = state.model
+        self.activations = [(_label(model, n), m) for n, m in model.named_modules() if isinstance(m, _ACTIVATIONS)]
+        self.layers = [(_label(model, n), m) for n, m in model.named_modules() if isinstance(m, _LAYERS)]
         self.params = list(state.model.parameters())
         self.trained: tuple[bool, ...] | None = None  # which parameters train, when factoring was last judged
         self.can_factor = False
