@@ -94,9 +94,8 @@ class Table:
         try:
             for fill in fillers:
                 fill(self)
-            for column in self._columns.values():
-                if len(column) < self._length:
-                    column.extend([math.nan] * (self._length - len(column)))
+            for key in self._columns:
+                self._column(key)  # pads it
         finally:
             self._settling = False
 

@@ -157,14 +157,10 @@ class Cheap(Instrument):
             ema.append(avg / weight if weight else math.nan)
         self.avg, self.weight = avg, weight
         table.write("loss_ema", rows, ema)
-        # norms are >= 0: an inf or a nan shows in their sum (and a nan loss in loss + sum)
-        isfinite, bad = math.isfinite, self.bad_params
-        flags = [float(not isfinite(loss + sum(step))) for loss, step in zip(losses, zip(*per_tensor))] if k else \
-            [float(not isfinite(loss)) for loss in losses]
-        for i, row in enumerate(rows) if bad else ():
-            if row in bad:
-                flags[i] = 1.0
-        table.write("non_finite", rows, flags)
+        # norms are >= 0: an inf or a nan shows in their sum (and a non-finite loss in loss + sum)
+        sums = [sum(step) for step in zip(*per_tensor)] if k else [0.0] * len(rows)
+        table.write("non_finite", rows, [float(not math.isfinite(loss + total) or row in self.bad_params)
+                                         for row, loss, total in zip(rows, losses, sums)])
         self.rows, self.losses, self.norms = [], [], []
         self.bad_params.clear()
 
