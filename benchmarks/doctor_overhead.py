@@ -39,8 +39,7 @@ from _common import cpu_model, usable_cores
 from torch import nn
 
 import gdlab
-from gdlab import datasets
-from gdlab.data import TensorData
+from gdlab.data import TensorData, datasets
 
 LEVELS = ("none", "cheap", "default", "full")
 TARGETS = {"cheap": 1.05, "default": 1.15, "full": 2.0}

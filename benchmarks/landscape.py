@@ -27,8 +27,8 @@ from _common import cpu_model, usable_cores
 from torch import nn
 
 import gdlab
-from gdlab import datasets, landscape
-from gdlab.data import TensorData
+from gdlab.data import TensorData, datasets
+from gdlab.lab import landscape
 
 
 def main() -> None:

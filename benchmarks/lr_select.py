@@ -49,7 +49,7 @@ from _common import cpu_model, usable_cores
 from torch import nn
 
 import gdlab
-from gdlab import datasets
+from gdlab.data import datasets
 from gdlab.lr_select import lr_find
 from gdlab.sweeps import sweep
 

@@ -32,7 +32,8 @@ from _common import cpu_model, usable_cores
 from torch import nn
 
 import gdlab
-from gdlab import datasets, population
+from gdlab import population
+from gdlab.data import datasets
 
 TARGET = 5.0
 

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from gdlab import datasets
-from gdlab.data import TensorData
+from gdlab.data import TensorData, datasets
 from gdlab.errors import DataError, InvalidParameter, UnknownChoice
 
 
@@ -49,7 +48,7 @@ def test_spirals_have_one_class_per_arm() -> None:
 
 @pytest.mark.parametrize("condition", [1.0, 10.0, 1000.0])
 def test_linear_inputs_have_the_chosen_condition_number(condition: float) -> None:
-    from gdlab.datasets import _linear
+    from gdlab.data.datasets import _linear
 
     train, val = _linear(condition=condition, val_fraction=0.5, seed=1)
     X = torch.cat([train.X, val.X]).double()

@@ -13,10 +13,10 @@ from torch import nn
 
 import gdlab
 from gdlab.data import TensorData
-from gdlab.datasets import load
+from gdlab.data.datasets import load
 from gdlab.doctor import CODES, DETECTORS, Doctor, diagnose
 from gdlab.errors import InvalidParameter, UnknownChoice
-from gdlab.history import History
+from gdlab.records import History
 from gdlab.store import Store
 
 

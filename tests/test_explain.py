@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from gdlab.cli import app
 from gdlab.errors import InvalidParameter
-from gdlab.explain import explain, parse_values
+from gdlab.lab.explain import explain, parse_values
 
 
 @pytest.mark.parametrize(("expression", "at"), [

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from gdlab.history import History, Table, layer_key
+from gdlab.records import History, Table, layer_key
 
 
 def _nan_equal(a: list[float], b: list[float]) -> bool:

@@ -341,7 +341,7 @@ def test_cheap_flags_each_non_finite_step() -> None:
     others are not, and the moving average skips the non-finite loss."""
     from types import SimpleNamespace
 
-    from gdlab.history import History
+    from gdlab.records import History
 
     model = nn.Sequential(nn.Linear(2, 1))
     state = SimpleNamespace(model=model, history=History(), step=0, loss=0.0, grad_norms=[])

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from gdlab.cli import app
 from gdlab.errors import InvalidParameter, UnknownChoice
-from gdlab.functions import FUNCTIONS, get, quadratic
-from gdlab.lab import run, walk, walk_together
+from gdlab.lab.functions import FUNCTIONS, get, quadratic
+from gdlab.lab.walks import run, walk, walk_together
 
 
 @pytest.mark.parametrize("name", list(FUNCTIONS))

@@ -11,10 +11,10 @@ from torch import nn
 from typer.testing import CliRunner
 
 import gdlab
-from gdlab import landscape
 from gdlab.cli import app
 from gdlab.data import TensorData
 from gdlab.errors import InvalidParameter
+from gdlab.lab import landscape
 
 
 @pytest.fixture

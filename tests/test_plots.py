@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from gdlab.history import History
 from gdlab.plots import moving_average, plot_losses, spans_decades
+from gdlab.records import History
 
 
 def test_moving_average_is_bias_corrected() -> None:

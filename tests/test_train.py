@@ -8,8 +8,7 @@ import torch
 from torch import nn
 
 import gdlab
-from gdlab import datasets
-from gdlab.data import TensorData
+from gdlab.data import TensorData, datasets
 from gdlab.errors import InvalidParameter, ModelError, UnknownChoice
 from gdlab.train import EVENTS, Callback, LoopState, evaluate, fit
 

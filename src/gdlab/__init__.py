@@ -9,12 +9,13 @@ Example:
     True
 """
 
-from gdlab import datasets, explain, functions, lab, landscape, models, optim, population, sweeps
+from gdlab import lab, models, optim, population, sweeps
 from gdlab.config import Config
-from gdlab.data import BatchPlan, TensorData
+from gdlab.data import BatchPlan, TensorData, datasets
 from gdlab.errors import GdlabError
-from gdlab.history import History
+from gdlab.lab import explain, functions, landscape
 from gdlab.lr_select import LRFindResult, LRSelection, lr_find
+from gdlab.records import History
 from gdlab.store import Run, Store
 from gdlab.sweeps import RestartsResult, SweepResult, restarts, sweep
 from gdlab.train import EVENTS, Callback, LoopState, Result, evaluate, fit

@@ -475,7 +475,7 @@ def doctor_command(
 @app.command()
 def datasets() -> None:
     """List the built-in datasets and the data files gdlab reads."""
-    from gdlab.datasets import DATASETS
+    from gdlab.data.datasets import DATASETS
 
     table = Table("dataset", "description", "options", box=None, header_style="bold")
     for info in DATASETS.values():

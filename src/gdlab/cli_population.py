@@ -348,7 +348,7 @@ LAB_OUT = typer.Option(None, "--out", help="Folder for the plot and the GIF [def
 @app.command("functions")
 def functions_command() -> None:
     """List the 2-D test functions of gdlab lab, with their domains and global minima."""
-    from gdlab.functions import FUNCTIONS
+    from gdlab.lab.functions import FUNCTIONS
 
     table = Table(box=None, header_style="bold")
     for column in ("function", "domain", "global minima", "start", "what it shows"):
@@ -376,7 +376,7 @@ def lab_command(
     as_json: bool = JSON,
 ) -> None:
     """Walk optimizers over a 2-D test function: a contour plot of the paths, an animated GIF, and a table."""
-    from gdlab.lab import run as run_lab
+    from gdlab.lab.walks import run as run_lab
 
     names = [n.strip() for n in optimizers.split(",") if n.strip()]
     rate: Any = lr if lr == "auto" else _float_flag(lr, "--lr")
@@ -429,7 +429,7 @@ def explain_command(
     as_json: bool = JSON,
 ) -> None:
     """Local and global gradients of every node of an expression (the backward pass), checked against autograd."""
-    from gdlab.explain import explain, parse_values
+    from gdlab.lab.explain import explain, parse_values
 
     graph = explain(expression, parse_values(at))
     path = out_path or Path("gdlab-runs") / f"explain-{time.strftime('%Y%m%d-%H%M%S')}.png"
@@ -473,9 +473,10 @@ def landscape_command(
     """The loss landscape around a stored run's trained model: a line or a plane of filter-normalised directions,
     or (trajectory) the plane of the training path's two principal directions, with the path drawn on it (the run
     is replayed to keep snapshots: same config and seed, the same steps)."""
-    from gdlab import checkpoint, landscape
+    from gdlab import checkpoint
     from gdlab.config import Config
     from gdlab.experiment import RECORDED, prepare
+    from gdlab.lab import landscape
     from gdlab.store import Store
 
     if kind not in ("line", "plane", "trajectory"):

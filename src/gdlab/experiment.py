@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from gdlab import datasets, models
+from gdlab import models
 from gdlab.config import Config
-from gdlab.data import TensorData, as_tensor_data, standardize
+from gdlab.data import TensorData, as_tensor_data, datasets, standardize
 from gdlab.errors import InvalidParameter, StoreError
 from gdlab.store import Store
 from gdlab.train import Callback, Result, fit

@@ -28,8 +28,9 @@ from torch import nn
 
 from gdlab import optim
 from gdlab.data import BatchPlan
+from gdlab.data.source import Source
 from gdlab.errors import InvalidParameter
-from gdlab.train import _check_model, _match, _Source, resolve_device, resolve_loss
+from gdlab.problem import check_model, match_output, resolve_device, resolve_loss
 
 __all__ = ["lr_find", "LRFindResult", "select_lr", "LRSelection", "GRIDS", "GRID_POINTS", "HALVING"]
 
@@ -116,9 +117,9 @@ def lr_find(
     was_training = model.training
     model.to(dev)
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.get_default_dtype())
-    source = _Source(train, dev, dtype)
+    source = Source(train, dev, dtype)
     loss_fn, loss_name = resolve_loss(loss, source.task)
-    _check_model(model, source, loss_name)
+    check_model(model, source, loss_name)
     plan = BatchPlan.make(len(source), batch_size)
     opt = optim.make(optimizer, model.parameters(), lr=start_lr, **optimizer_options)
     lrs: list[float] = []
@@ -141,7 +142,7 @@ def lr_find(
                 epoch += 1
                 batches = source.batches(plan, seed, epoch, 0)
                 x, y = next(batches)
-            batch_loss = loss_fn(_match(model(x), y, loss_name), y)
+            batch_loss = loss_fn(match_output(model(x), y, loss_name), y)
             value = batch_loss.item()
             if not math.isfinite(value):
                 stopped = f"the loss became {value} at lr {lr:.3g}"

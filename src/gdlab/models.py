@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from gdlab._resolve import resolve
 from gdlab.errors import InvalidParameter, ModelError, UnknownChoice
+from gdlab.resolve import resolve
 
 __all__ = ["MODELS", "ACTIVATIONS", "INITS", "ModelInfo", "build", "initialize"]
 

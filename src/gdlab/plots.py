@@ -1,7 +1,7 @@
 """Pictures of a run (an edge: the only place matplotlib is imported, lazily, with the Agg backend).
 
 Example:
-    >>> from gdlab.history import History, layer_key
+    >>> from gdlab.records import History, layer_key
     >>> import tempfile, pathlib
     >>> h = History()
     >>> for s in range(1, 11): h.steps.append({"step": s, "loss": 1 / s})
@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from gdlab.history import History, layer_key
+from gdlab.records import History, layer_key
 
 __all__ = ["plot_losses", "plot_instruments", "plot_sweep", "plot_restarts", "plot_lr_find", "moving_average",
            "spans_decades"]

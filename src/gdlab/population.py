@@ -36,8 +36,10 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from gdlab import optim
 from gdlab.data import BatchPlan, epoch_order
+from gdlab.data.source import Source
 from gdlab.errors import InvalidParameter, ModelError
-from gdlab.train import LOSSES, LossFn, _check_budget, _check_model, _match, _Source, fit, resolve_device, resolve_loss
+from gdlab.problem import LOSSES, LossFn, check_budget, check_model, match_output, resolve_device, resolve_loss
+from gdlab.train import fit
 
 __all__ = ["Population", "train", "member_hyperparams", "BLOWUP"]
 
@@ -233,7 +235,7 @@ def train(
         raise InvalidParameter("seeds", seeds, "at least one seed")
     hyper = dict(hyper or {"lr": 0.01})
     stacked = member_hyperparams(optimizer, len(seeds), hyper)
-    epochs, steps = _check_budget(epochs, steps)
+    epochs, steps = check_budget(epochs, steps, 10)
     dev = resolve_device(device)
     models = []
     for s in seeds:
@@ -242,13 +244,13 @@ def train(
     if not isinstance(models[0], nn.Module):
         raise ModelError(f"model_fn returned {type(models[0]).__name__}: expected an nn.Module")
     dtype = next((p.dtype for p in models[0].parameters() if p.is_floating_point()), torch.get_default_dtype())
-    source = _Source(train, dev, dtype)
-    val_source = _Source(val, dev, dtype) if val is not None else None
+    source = Source(train, dev, dtype)
+    val_source = Source(val, dev, dtype) if val is not None else None
     loss_fn, loss_name = resolve_loss(loss, source.task)
     plan = BatchPlan.make(len(source), batch_size)
-    _check_model(models[0], source, loss_name)
+    check_model(models[0], source, loss_name)
     if val_source is not None:
-        _check_model(models[0], val_source, loss_name, what="validation data")
+        check_model(models[0], val_source, loss_name, what="validation data")
     total = int(min(steps or math.inf, (epochs or math.inf) * plan.iterations_per_epoch))
     members = [_plain(stacked, i) for i in range(len(seeds))]
 
@@ -269,7 +271,7 @@ def train(
                        total, shared_order, progress, halving)
 
 
-def _vmap_problem(model: nn.Module, source: _Source, loss_fn: LossFn, loss_name: str) -> str | None:
+def _vmap_problem(model: nn.Module, source: Source, loss_fn: LossFn, loss_name: str) -> str | None:
     """Why vmap cannot train ``model`` (a probe forward and backward on two members), or None."""
     probe = [copy.deepcopy(model) for _ in range(2)]
     params, buffers = stack_module_state(probe)
@@ -278,7 +280,7 @@ def _vmap_problem(model: nn.Module, source: _Source, loss_fn: LossFn, loss_name:
     xs, ys = torch.stack([x, x]), torch.stack([y, y])  # batched as in training: data-dependent branches show
     try:
         def one(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-            return loss_fn(_match(functional_call(template, (p, b), (x,)), y, loss_name), y)
+            return loss_fn(match_output(functional_call(template, (p, b), (x,)), y, loss_name), y)
 
         vmap(one, randomness="different")(params, buffers, xs, ys).sum().backward()
     except Exception as error:  # any failure means the model needs the one-by-one path
@@ -307,7 +309,7 @@ def _take(tree: Any, keep: Tensor, m: int) -> Any:
     return tree
 
 
-def _vectorized(models: list[nn.Module], source: _Source, val_source: _Source | None, seeds: list[int],
+def _vectorized(models: list[nn.Module], source: Source, val_source: Source | None, seeds: list[int],
                 optimizer: str, stacked: dict[str, Any], members: list[dict[str, Any]], loss_fn: LossFn,
                 loss_name: str, plan: BatchPlan, total: int, shared_order: bool, progress: bool,
                 halving: Sequence[tuple[int, int]] = ()) -> Population:
@@ -525,7 +527,7 @@ def _member_losses(template: nn.Module, loss_fn: LossFn, loss_name: str, shared_
     taken on all members' outputs at once (``reduction="none"``, one kernel instead of one per member)."""
 
     def forward(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-        return _match(functional_call(template, (p, b), (x,)), y, loss_name)
+        return match_output(functional_call(template, (p, b), (x,)), y, loss_name)
 
     def member_loss(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
         return loss_fn(forward(p, b, x, y), y)
@@ -594,7 +596,7 @@ def _mlp_forward(layers: list[tuple[str, Any]], p: dict[str, Tensor], x: Tensor)
     return x
 
 
-def _in_memory(source: _Source) -> tuple[Tensor, Tensor]:
+def _in_memory(source: Source) -> tuple[Tensor, Tensor]:
     """The training data as two tensors on the device (a Dataset is read once, in order)."""
     if source.tensors is not None:
         return source.tensors.X, source.tensors.y
@@ -603,7 +605,7 @@ def _in_memory(source: _Source) -> tuple[Tensor, Tensor]:
 
 
 @torch.no_grad()
-def _evaluate(template: nn.Module, params: dict[str, Tensor], buffers: dict[str, Tensor], source: _Source,
+def _evaluate(template: nn.Module, params: dict[str, Tensor], buffers: dict[str, Tensor], source: Source,
               loss_fn: LossFn, loss_name: str, M: int, chunk: int = 4096) -> tuple[Tensor, Tensor | None]:
     """Each member's mean loss (and accuracy for classes) on ``source``, in eval mode: ``[M]`` float64 each."""
     template.eval()
@@ -612,7 +614,7 @@ def _evaluate(template: nn.Module, params: dict[str, Tensor], buffers: dict[str,
     def one(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         out = functional_call(template, (p, b), (x,))
         correct = (out.argmax(-1) == y).sum() if classify else torch.zeros((), device=x.device)
-        return loss_fn(_match(out, y, loss_name), y), correct
+        return loss_fn(match_output(out, y, loss_name), y), correct
 
     total = torch.zeros(M, dtype=torch.float64)
     correct = torch.zeros(M, dtype=torch.float64)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from gdlab.errors import InvalidParameter, RunNotFound, StoreError
-from gdlab.history import History
+from gdlab.records import History
 
 __all__ = ["Store", "Run", "STATUSES", "DEFAULT_STORE"]
 

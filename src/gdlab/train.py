@@ -26,35 +26,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from gdlab import checkpoint as ckpt
 from gdlab import optim
-from gdlab.data import BatchPlan, TensorData, as_tensor_data, batches, loader
-from gdlab.errors import InvalidParameter, ModelError, StoreError, UnknownChoice
-from gdlab.history import History
+from gdlab.data import BatchPlan
+from gdlab.data.source import Source
+from gdlab.errors import InvalidParameter, StoreError, UnknownChoice
 from gdlab.optim import schedules
 from gdlab.optim.schedules import Schedule
+from gdlab.problem import LossFn, Problem, check_budget, evaluate, match_output
+from gdlab.records import History
 from gdlab.store import Store
 
-__all__ = ["EVENTS", "Callback", "LoopState", "Result", "LOSSES", "fit", "evaluate", "resolve_loss",
-           "resolve_device"]
+__all__ = ["EVENTS", "Callback", "LoopState", "Result", "fit"]
 
 EVENTS = ("on_fit_start", "on_epoch_start", "on_step_start", "on_step_end", "on_epoch_end", "on_fit_end")
 """The events of the loop, in the order they first fire."""
-
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-LOSSES: dict[str, LossFn] = {
-    "mse": F.mse_loss,
-    "cross_entropy": F.cross_entropy,
-    "l1": F.l1_loss,
-    "huber": F.huber_loss,
-    "bce": F.binary_cross_entropy_with_logits,
-}
-
 
 class Callback:
     """Base class for callbacks: override the events you need; each gets the :class:`LoopState`.
@@ -247,7 +236,7 @@ def fit(
         A :class:`Result`.
     """
     # -- check everything before anything is stored -------------------------------------------------------
-    epochs, steps = _check_budget(epochs, steps)
+    epochs, steps = check_budget(epochs, steps, 10)
     for key, value in (("tol", tol), ("patience", patience), ("checkpoint_every", checkpoint_every)):
         if value is not None and (isinstance(value, bool) or not value > 0):
             raise InvalidParameter(key, value, "a number > 0" if key == "tol" else "a positive integer")
@@ -264,27 +253,18 @@ def fit(
         raise InvalidParameter("restarts", restarts, "0 (none) or a count >= 2")
     if restarts and remedy != "auto":
         raise InvalidParameter("restarts", restarts, 'remedy="auto" (restarts are a remedy the doctor applies)')
-    dev = resolve_device(device)
-    model.to(dev)
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.get_default_dtype())
-    source = _Source(train, dev, dtype)
-    val_source = _Source(val, dev, dtype) if val is not None else None
+    problem = Problem.make(model, train, val=val, loss=loss, batch_size=batch_size, drop_last=drop_last,
+                           device=device)
+    dev, source, val_source, loss_fn, loss_name, plan = (problem.device, problem.source, problem.val, problem.loss_fn,
+                                                         problem.loss_name, problem.plan)
     if patience is not None and val_source is None:
         raise InvalidParameter("patience", patience, "validation data to watch (val=..., or --val / --val-split)")
-    loss_fn, loss_name = resolve_loss(loss, source.task)
-    plan = BatchPlan.make(len(source), batch_size, drop_last=drop_last)
-    total = min(steps or math.inf, (epochs or math.inf) * plan.iterations_per_epoch)  # finite: one is set
+    total = problem.total_steps(epochs, steps)
     selection = None
     if isinstance(lr, str):
         lr, selection = _auto_lr(lr, lr_select, model, train, val, optimizer, momentum, int(total), batch_size,
                                  loss, seed, dev, progress, store, resume, optimizer_options)
     opt = optim.make(optimizer, model.parameters(), lr=lr, momentum=momentum, **optimizer_options)
-    _check_model(model, source, loss_name)
-    if val_source is not None:
-        if val_source.task != source.task:
-            raise ModelError(f"the validation data is {val_source.task} but the training data is {source.task}: "
-                             "expected the same kind of targets")
-        _check_model(model, val_source, loss_name, what="validation data")
     if isinstance(schedule, str):
         schedule = schedules.parse(schedule, lr, int(total))
     scheduler = _Scheduler(schedule) if schedule is not None else None
@@ -296,9 +276,9 @@ def fit(
     state = LoopState(model, opt, plan, History(), seed, dev, int(total))
     state.val_samples = len(val_source) if val_source is not None else None
     state.loss_fn = loss_fn
-    state.match = lambda output, target: _match(output, target, loss_name)
+    state.match = problem.match
     state.sample = source.sample
-    state.mean_loss = loss_name in LOSSES and not callable(loss)
+    state.mean_loss = problem.mean_loss
     state.history.meta.update(state_meta)
     recorder = None
     if db is not None:
@@ -352,7 +332,7 @@ def fit(
                 state.batch = (x, y)
                 emit("on_step_start")
                 output = model(x)
-                batch_loss = loss_fn(_match(output, y, loss_name), y)
+                batch_loss = loss_fn(match_output(output, y, loss_name), y)
                 state.loss = batch_loss.item()
                 if not math.isfinite(state.loss):
                     state.history.steps.append({"step": state.step + 1, "epoch": state.epoch + 1,
@@ -426,7 +406,7 @@ def fit(
                   remedies=list(remedies))
 
 
-def _meta(model: nn.Module, opt: torch.optim.Optimizer, source: _Source, plan: BatchPlan) -> dict[str, Any]:
+def _meta(model: nn.Module, opt: torch.optim.Optimizer, source: Source, plan: BatchPlan) -> dict[str, Any]:
     """What the doctor reads besides the numbers: settings, the task and the scale of each input feature (the
     95th percentile of its absolute value, on up to 10,000 samples)."""
     group = opt.param_groups[0]
@@ -470,7 +450,7 @@ def _never(state: LoopState) -> bool:
     return False
 
 
-def _end_epoch(state: LoopState, val: _Source | None, loss_fn: LossFn, loss_name: str, tol: float | None,
+def _end_epoch(state: LoopState, val: Source | None, loss_fn: LossFn, loss_name: str, tol: float | None,
                patience: int | None, started: float) -> None:
     """Record the epoch (train loss, validation loss and accuracy) and apply the stopping rules."""
     row: dict[str, float] = {"epoch": state.epoch + 1, "step": state.step,
@@ -489,173 +469,6 @@ def _end_epoch(state: LoopState, val: _Source | None, loss_fn: LossFn, loss_name
             state.bad_epochs += 1
             if state.bad_epochs >= patience:
                 state.stop(f"early stop: no better validation loss for {patience} epochs")
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, data: Any, loss_fn: LossFn | str = "auto", loss_name: str | None = None,
-             *, batch_size: int = 4096) -> dict[str, float]:
-    """Mean loss over ``data`` (and ``accuracy`` for class targets), in eval mode, without gradients.
-
-    Example:
-        >>> model = torch.nn.Linear(2, 1)
-        >>> sorted(evaluate(model, (torch.zeros(4, 2), torch.zeros(4, 1))))
-        ['loss']
-    """
-    source = data if isinstance(data, _Source) else _Source(data, next(model.parameters()).device,
-                                                            next(model.parameters()).dtype)
-    if isinstance(loss_fn, str):
-        loss_fn, loss_name = resolve_loss(loss_fn, source.task)
-    was_training = model.training
-    model.eval()
-    total, correct, count = 0.0, 0, 0
-    for x, y in source.chunks(batch_size):
-        output = model(x)
-        total += loss_fn(_match(output, y, loss_name or ""), y).item() * len(y)
-        if source.task == "classification" and output.dim() == 2 and loss_name == "cross_entropy":
-            correct += int((output.argmax(1) == y).sum())
-        count += len(y)
-    model.train(was_training)
-    result = {"loss": total / max(count, 1)}
-    if source.task == "classification" and loss_name == "cross_entropy":
-        result["accuracy"] = correct / max(count, 1)
-    return result
-
-
-def resolve_loss(loss: str | LossFn, task: str) -> tuple[LossFn, str]:
-    """The loss function and its name: ``auto`` is cross-entropy for class targets, mse otherwise."""
-    if callable(loss):
-        return loss, getattr(loss, "__name__", "custom")
-    name = ("cross_entropy" if task == "classification" else "mse") if loss == "auto" else loss
-    if name not in LOSSES:
-        raise UnknownChoice("loss", loss, ["auto", *LOSSES], ", or a callable")
-    return LOSSES[name], name
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``auto`` picks CUDA, then Apple's MPS, then the CPU; anything else is checked by torch."""
-    if str(device) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
-    expected = "auto, cpu, cuda, cuda:N or mps, on a machine that has it"
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise InvalidParameter("device", str(device), expected) from None
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise InvalidParameter("device", str(device), expected)
-    try:
-        torch.empty(0, device=dev)
-    except (RuntimeError, AssertionError):
-        raise InvalidParameter("device", str(device), expected + " (it is not available here)") from None
-    return dev
-
-
-def _check_budget(epochs: Any, steps: Any) -> tuple[int | None, int | None]:
-    for key, value in (("epochs", epochs), ("steps", steps)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-            raise InvalidParameter(key, value, "a positive integer")
-    return (10 if epochs is None and steps is None else epochs), steps
-
-
-class _Source:
-    """Training or validation data with its device path: index batching for tensors, else a DataLoader."""
-
-    def __init__(self, data: Any, device: torch.device, dtype: torch.dtype) -> None:
-        self.device, self.dtype = device, dtype
-        tensors = as_tensor_data(data)
-        self.dataset: Dataset | None = None if tensors is not None else data
-        if tensors is not None:
-            self.tensors: TensorData | None = tensors.to(device)
-            if self.tensors.X.dtype != dtype:
-                self.tensors.X = self.tensors.X.to(dtype)
-            if self.tensors.task == "regression" and self.tensors.y.dtype != dtype:
-                self.tensors.y = self.tensors.y.to(dtype)
-            self.task: str = tensors.task
-            self.num_classes = tensors.num_classes
-        else:
-            self.tensors = None
-            if len(data) == 0:
-                raise InvalidParameter("data", type(data).__name__, "a Dataset with at least one sample")
-            _, y = data[0]
-            y = torch.as_tensor(y)
-            self.task = "regression" if torch.is_floating_point(y) else "classification"
-            self.num_classes = None
-
-    def __len__(self) -> int:
-        return len(self.tensors) if self.tensors is not None else len(self.dataset)  # type: ignore[arg-type]
-
-    def _move(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = x.to(self.device, self.dtype)
-        return x, y.to(self.device, self.dtype if torch.is_floating_point(y) else None)
-
-    def batches(self, plan: BatchPlan, seed: int, epoch: int, start: int) -> Iterator[tuple[torch.Tensor, ...]]:
-        """The epoch's batches from iteration ``start``, on the device."""
-        if self.tensors is not None:
-            X, y = self.tensors.X, self.tensors.y
-            if plan.mode == "full":  # one batch of everything: no copy
-                yield X, y
-                return
-            for index in batches(plan, seed, epoch, start):
-                index = index.to(self.device)
-                # index_select copies whole rows: about twice as fast as X[index] on the CPU
-                yield X.index_select(0, index), y.index_select(0, index)
-        else:
-            for x, y in loader(self.dataset, plan, seed, epoch, start):  # type: ignore[arg-type]
-                yield self._move(x, y)
-
-    def sample(self, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``n`` training samples drawn by ``seed`` (its own generator: the run's randomness is untouched)."""
-        index = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
-        if self.tensors is not None:
-            index = index.to(self.device)
-            return self.tensors.X.index_select(0, index), self.tensors.y.index_select(0, index)
-        xs, ys = zip(*(self.dataset[int(i)] for i in index))  # type: ignore[index]
-        return self._move(torch.stack([torch.as_tensor(x) for x in xs]), torch.stack([torch.as_tensor(y) for y in ys]))
-
-    def chunks(self, size: int) -> Iterator[tuple[torch.Tensor, ...]]:
-        """All samples in order, ``size`` at a time, for evaluation."""
-        if self.tensors is not None:
-            for i in range(0, len(self.tensors), size):
-                yield self.tensors.X[i : i + size], self.tensors.y[i : i + size]
-        else:
-            for x, y in DataLoader(self.dataset, batch_size=size):  # type: ignore[arg-type]
-                yield self._move(x, y)
-
-
-def _match(output: torch.Tensor, y: torch.Tensor, loss_name: str) -> torch.Tensor:
-    # Regression targets are [batch, outputs]; a model giving [batch] for one output is reshaped to match.
-    if loss_name != "cross_entropy" and output.shape != y.shape and output.numel() == y.numel():
-        return output.reshape(y.shape)
-    return output
-
-
-@torch.no_grad()
-def _check_model(model: nn.Module, source: _Source, loss_name: str, what: str = "data") -> None:
-    """One forward pass on two samples, so a model that does not fit the data fails before anything runs."""
-    x, y = next(source.chunks(2))
-    was_training = model.training
-    model.eval()
-    try:
-        output = model(x)
-    except RuntimeError as e:
-        features = int(x[0].numel())
-        detail = str(e).splitlines()[0]
-        raise ModelError(f"the model does not accept the {what} ({features} features per sample): {detail}; "
-                         "expected a model whose input size matches the data") from None
-    finally:
-        model.train(was_training)
-    if loss_name == "cross_entropy":
-        classes = source.num_classes
-        if output.dim() != 2 or classes is not None and output.shape[1] < classes:
-            raise ModelError(f"the model gives outputs of shape {list(output.shape[1:])} but the {what} has "
-                             f"{classes} classes: expected {classes} outputs (one logit per class)")
-        if source.tensors is not None and len(source.tensors.y) and int(source.tensors.y.min()) < 0:
-            raise ModelError(f"the {what} has negative class labels: expected labels 0 to {output.shape[1] - 1}")
-    elif loss_name in LOSSES and output.numel() != y.numel():
-        raise ModelError(f"the model gives {output.numel() // len(x)} outputs per sample but the targets have "
-                         f"{y.numel() // len(y)}: expected the same number")
 
 
 def _grad_norm(params: Sequence[torch.Tensor], per_tensor: list[float] | None = None) -> float:

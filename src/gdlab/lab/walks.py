@@ -27,7 +27,7 @@ from torch import Tensor
 
 from gdlab import optim
 from gdlab.errors import InvalidParameter
-from gdlab.functions import TestFunction, get
+from gdlab.lab.functions import TestFunction, get
 
 __all__ = ["run", "LabResult", "Walk", "walk", "walk_together", "AUTO_GRID"]
 

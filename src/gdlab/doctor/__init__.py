@@ -11,7 +11,7 @@ whose columns are missing says nothing.
 steps are too small, momentum on a plateau, a lower one when noise dominates, clipping for exploding gradients).
 
 Example:
-    >>> from gdlab.history import History
+    >>> from gdlab.records import History
     >>> h = History()
     >>> for s in range(1, 101): h.steps.append({"step": s, "loss": 2.3})
     >>> h.meta.update(lr=1e-6, task="classification", num_classes=10)
@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from gdlab.history import History, Table, layer_key
+from gdlab.records import History, Table, layer_key
 
 __all__ = ["Finding", "Remedy", "CODES", "DETECTORS", "detector", "diagnose", "Doctor", "REMEDY_MODES"]
 

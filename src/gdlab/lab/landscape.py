@@ -24,8 +24,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from gdlab.data.source import Source
 from gdlab.errors import InvalidParameter
-from gdlab.train import Callback, _match, _Source, resolve_loss
+from gdlab.problem import match_output, resolve_loss
+from gdlab.train import Callback
 
 __all__ = ["Landscape", "plane", "line", "interpolate", "direction", "trajectory", "Snapshots"]
 
@@ -68,9 +70,9 @@ def direction(model: nn.Module, generator: torch.Generator) -> list[Tensor]:
     return out
 
 
-def _subset(data: Any, samples: int, model: nn.Module) -> tuple[_Source, Tensor, Tensor]:
+def _subset(data: Any, samples: int, model: nn.Module) -> tuple[Source, Tensor, Tensor]:
     first = next(model.parameters())
-    source = _Source(data, first.device, first.dtype)
+    source = Source(data, first.device, first.dtype)
     x, y = source.sample(min(samples, len(source)), 0)
     return source, x, y
 
@@ -100,7 +102,7 @@ def _grid(model: nn.Module, data: Any, loss: Any, samples: int, points: list[lis
         task = bar.add_task(f"landscape: {total} points x {len(x)} samples", total=total)
     values = []
     try:
-        center = float(loss_fn(_match(model(x), y, loss_name), y))
+        center = float(loss_fn(match_output(model(x), y, loss_name), y))
         for row in points:
             out_row = []
             for terms in row:
@@ -108,7 +110,7 @@ def _grid(model: nn.Module, data: Any, loss: Any, samples: int, points: list[lis
                 for coefficient, d in terms:
                     if coefficient:
                         torch._foreach_add_(data_, d, alpha=coefficient)
-                out_row.append(float(loss_fn(_match(model(x), y, loss_name), y)))
+                out_row.append(float(loss_fn(match_output(model(x), y, loss_name), y)))
                 if bar is not None:
                     bar.advance(task)
             values.append(out_row)

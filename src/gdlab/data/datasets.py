@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from gdlab._resolve import resolve
 from gdlab.data import Task, TensorData, split
 from gdlab.errors import DataError, InvalidParameter, UnknownChoice
+from gdlab.resolve import resolve
 
 __all__ = ["DATASETS", "DatasetInfo", "load", "load_csv", "load_npz", "load_callable"]
 

@@ -1,0 +1,212 @@
+"""``Problem``: a model and its data made ready for training, checked once.
+
+Everything that trains (``fit``, populations, the learning-rate selection, landscapes) starts from a
+:class:`Problem`: the device, the training and validation sources, the loss, the batch plan, and a probe forward
+pass so that a model that does not fit the data fails before anything runs or is stored.
+
+Example:
+    >>> X, y = torch.randn(40, 3), torch.arange(40) % 2
+    >>> problem = Problem.make(torch.nn.Linear(3, 2), (X, y), batch_size=16, device="cpu")
+    >>> problem.loss_name, problem.plan.describe()
+    ('cross_entropy', '40 samples, batch 16 -> 3 iterations per epoch (last batch 8)')
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gdlab.data import BatchPlan
+from gdlab.data.source import Source
+from gdlab.errors import InvalidParameter, ModelError, UnknownChoice
+
+__all__ = ["LOSSES", "LossFn", "Problem", "check_budget", "check_model", "evaluate", "match_output", "resolve_device",
+           "resolve_loss"]
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+LOSSES: dict[str, LossFn] = {
+    "mse": F.mse_loss,
+    "cross_entropy": F.cross_entropy,
+    "l1": F.l1_loss,
+    "huber": F.huber_loss,
+    "bce": F.binary_cross_entropy_with_logits,
+}
+
+
+@dataclass
+class Problem:
+    """A model and data made ready: where it runs, where batches come from, the loss and the batch plan.
+
+    Attributes:
+        model: the model, moved to ``device``.
+        device: the torch device.
+        source: the training data. val: the validation data, or None.
+        loss_fn: ``(output, target) -> loss``. loss_name: its name (``custom`` for a callable without one).
+        plan: how an epoch is cut into iterations.
+    """
+
+    model: nn.Module
+    device: torch.device
+    source: Source
+    val: Source | None
+    loss_fn: LossFn
+    loss_name: str
+    plan: BatchPlan
+
+    @classmethod
+    def make(cls, model: nn.Module, train: Any, *, val: Any = None, loss: str | LossFn = "auto",
+             batch_size: int | str = 32, drop_last: bool = False, device: str | torch.device = "auto") -> Problem:
+        """Resolve the device and the loss, serve the data, plan the epoch, and probe the model on both sources."""
+        if not isinstance(model, nn.Module):
+            raise ModelError(f"the model is a {type(model).__name__}: expected an nn.Module")
+        dev = resolve_device(device)
+        model.to(dev)
+        dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.get_default_dtype())
+        source = Source(train, dev, dtype)
+        val_source = Source(val, dev, dtype) if val is not None else None
+        loss_fn, loss_name = resolve_loss(loss, source.task)
+        plan = BatchPlan.make(len(source), batch_size, drop_last=drop_last)
+        check_model(model, source, loss_name)
+        if val_source is not None:
+            if val_source.task != source.task:
+                raise ModelError(f"the validation data is {val_source.task} but the training data is {source.task}: "
+                                 "expected the same kind of targets")
+            check_model(model, val_source, loss_name, what="validation data")
+        return cls(model, dev, source, val_source, loss_fn, loss_name, plan)
+
+    @property
+    def task(self) -> str:
+        """``classification`` or ``regression``."""
+        return self.source.task
+
+    @property
+    def mean_loss(self) -> bool:
+        """Whether the loss is a built-in mean over the batch's samples (per-sample instruments rely on it)."""
+        return self.loss_fn is LOSSES.get(self.loss_name)
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The loss of a batch's output against its target."""
+        return self.loss_fn(match_output(output, target, self.loss_name), target)
+
+    def match(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The output shaped as the loss wants it (a ``[batch]`` output against ``[batch, 1]`` targets)."""
+        return match_output(output, target, self.loss_name)
+
+    def total_steps(self, epochs: int | None, steps: int | None) -> int:
+        """The budget in steps: whichever of ``epochs`` and ``steps`` ends first (one must be set)."""
+        return int(min(steps or math.inf, (epochs or math.inf) * self.plan.iterations_per_epoch))
+
+
+def check_budget(epochs: Any, steps: Any, default_epochs: int) -> tuple[int | None, int | None]:
+    """``(epochs, steps)`` checked as positive integers, with ``default_epochs`` when neither is given."""
+    for key, value in (("epochs", epochs), ("steps", steps)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            raise InvalidParameter(key, value, "a positive integer")
+    return (default_epochs if epochs is None and steps is None else epochs), steps
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` picks CUDA, then Apple's MPS, then the CPU; anything else is checked by torch."""
+    if str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    expected = "auto, cpu, cuda, cuda:N or mps, on a machine that has it"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InvalidParameter("device", str(device), expected) from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise InvalidParameter("device", str(device), expected)
+    try:
+        torch.empty(0, device=dev)
+    except (RuntimeError, AssertionError):
+        raise InvalidParameter("device", str(device), expected + " (it is not available here)") from None
+    return dev
+
+
+
+def resolve_loss(loss: str | LossFn, task: str) -> tuple[LossFn, str]:
+    """The loss function and its name: ``auto`` is cross-entropy for class targets, mse otherwise."""
+    if callable(loss):
+        return loss, getattr(loss, "__name__", "custom")
+    name = ("cross_entropy" if task == "classification" else "mse") if loss == "auto" else loss
+    if name not in LOSSES:
+        raise UnknownChoice("loss", loss, ["auto", *LOSSES], ", or a callable")
+    return LOSSES[name], name
+
+
+
+def match_output(output: torch.Tensor, y: torch.Tensor, loss_name: str) -> torch.Tensor:
+    """The model's output shaped as the loss wants it."""
+    # Regression targets are [batch, outputs]; a model giving [batch] for one output is reshaped to match.
+    if loss_name != "cross_entropy" and output.shape != y.shape and output.numel() == y.numel():
+        return output.reshape(y.shape)
+    return output
+
+
+
+@torch.no_grad()
+def check_model(model: nn.Module, source: Source, loss_name: str, what: str = "data") -> None:
+    """One forward pass on two samples, so a model that does not fit the data fails before anything runs."""
+    x, y = next(source.chunks(2))
+    was_training = model.training
+    model.eval()
+    try:
+        output = model(x)
+    except RuntimeError as e:
+        features = int(x[0].numel())
+        detail = str(e).splitlines()[0]
+        raise ModelError(f"the model does not accept the {what} ({features} features per sample): {detail}; "
+                         "expected a model whose input size matches the data") from None
+    finally:
+        model.train(was_training)
+    if loss_name == "cross_entropy":
+        classes = source.num_classes
+        if output.dim() != 2 or classes is not None and output.shape[1] < classes:
+            raise ModelError(f"the model gives outputs of shape {list(output.shape[1:])} but the {what} has "
+                             f"{classes} classes: expected {classes} outputs (one logit per class)")
+        if source.tensors is not None and len(source.tensors.y) and int(source.tensors.y.min()) < 0:
+            raise ModelError(f"the {what} has negative class labels: expected labels 0 to {output.shape[1] - 1}")
+    elif loss_name in LOSSES and output.numel() != y.numel():
+        raise ModelError(f"the model gives {output.numel() // len(x)} outputs per sample but the targets have "
+                         f"{y.numel() // len(y)}: expected the same number")
+
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Any, loss_fn: LossFn | str = "auto", loss_name: str | None = None,
+             *, batch_size: int = 4096) -> dict[str, float]:
+    """Mean loss over ``data`` (and ``accuracy`` for class targets), in eval mode, without gradients.
+
+    Example:
+        >>> model = torch.nn.Linear(2, 1)
+        >>> sorted(evaluate(model, (torch.zeros(4, 2), torch.zeros(4, 1))))
+        ['loss']
+    """
+    source = data if isinstance(data, Source) else Source(data, next(model.parameters()).device,
+                                                            next(model.parameters()).dtype)
+    if isinstance(loss_fn, str):
+        loss_fn, loss_name = resolve_loss(loss_fn, source.task)
+    was_training = model.training
+    model.eval()
+    total, correct, count = 0.0, 0, 0
+    for x, y in source.chunks(batch_size):
+        output = model(x)
+        total += loss_fn(match_output(output, y, loss_name or ""), y).item() * len(y)
+        if source.task == "classification" and output.dim() == 2 and loss_name == "cross_entropy":
+            correct += int((output.argmax(1) == y).sum())
+        count += len(y)
+    model.train(was_training)
+    result = {"loss": total / max(count, 1)}
+    if source.task == "classification" and loss_name == "cross_entropy":
+        result["accuracy"] = correct / max(count, 1)
+    return result
