@@ -12,8 +12,9 @@ from torch import nn
 from gdlab import checkpoint
 from gdlab.data import TensorData
 from gdlab.errors import StoreError
+from gdlab.loop import Callback, LoopState
 from gdlab.store import Store
-from gdlab.train import Callback, LoopState, fit
+from gdlab.train import fit
 
 
 def _model() -> nn.Module:

@@ -344,7 +344,8 @@ def test_cheap_flags_each_non_finite_step() -> None:
     from gdlab.records import History
 
     model = nn.Sequential(nn.Linear(2, 1))
-    state = SimpleNamespace(model=model, history=History(), step=0, loss=0.0, grad_norms=[])
+    log = SimpleNamespace(keep_param_norms=False, param_norms={})  # what the loop's log hands over: norms per row
+    state = SimpleNamespace(model=model, history=History(), step=0, log=log)
     cheap = Cheap(every=1)
     cheap.on_fit_start(state)
     steps = [(1.0, [1.0, 2.0]), (2.0, [math.inf, 1.0]), (math.nan, [1.0, 1.0]), (3.0, [1.0, math.nan]),
@@ -354,7 +355,7 @@ def test_cheap_flags_each_non_finite_step() -> None:
             with torch.no_grad():
                 model[0].weight[0, 0] = math.nan  # the parameters themselves go bad before the last step's end
         state.history.steps.append({"step": i + 1, "loss": loss})
-        state.step, state.loss, state.grad_norms = i, loss, norms
+        state.step, log.param_norms[i] = i, norms
         cheap.on_step_end(state)
     t = state.history.steps
     assert t["non_finite"] == [0.0, 1.0, 1.0, 1.0, 1.0]
@@ -362,7 +363,7 @@ def test_cheap_flags_each_non_finite_step() -> None:
     ema = t["loss_ema"]
     assert ema[0] == pytest.approx(1.0) and ema[2] == pytest.approx(ema[1]) and math.isfinite(ema[4])
     cheap.close()
-    assert not t._fillers
+    assert not t._fillers and log.keep_param_norms and not log.param_norms
 
 
 def test_a_bare_layer_is_one_layer_named_by_its_class(data: TensorData) -> None:

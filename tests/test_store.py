@@ -13,8 +13,9 @@ from torch import nn
 
 from gdlab.data import TensorData
 from gdlab.errors import InvalidParameter, RunNotFound, StoreError
+from gdlab.loop import Callback, LoopState
 from gdlab.store import Store
-from gdlab.train import Callback, LoopState, fit
+from gdlab.train import fit
 
 
 def test_runs_round_trip(tmp_path: Path) -> None:

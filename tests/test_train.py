@@ -10,7 +10,9 @@ from torch import nn
 import gdlab
 from gdlab.data import TensorData, datasets
 from gdlab.errors import InvalidParameter, ModelError, UnknownChoice
-from gdlab.train import EVENTS, Callback, LoopState, evaluate, fit
+from gdlab.loop import EVENTS, Callback, LoopState
+from gdlab.problem import evaluate
+from gdlab.train import fit
 
 
 def _linear64(n_in: int = 4) -> nn.Linear:
@@ -27,7 +29,7 @@ def test_full_batch_descent_matches_the_closed_form_update(regression: TensorDat
     for _ in range(25):
         residual = X @ w + b - y  # [samples, 1]
         w, b = w - lr * 2 / n * X.T @ residual, b - lr * 2 / n * residual.sum(0)
-    result = fit(model, regression, lr=lr, batch_size="full", steps=25, progress=False)
+    result = fit(model, regression, optimizer="sgd", lr=lr, batch_size="full", steps=25, progress=False)
     assert torch.allclose(model.weight.T, w, rtol=1e-12, atol=1e-14)
     assert torch.allclose(model.bias, b, rtol=1e-12, atol=1e-14)
     assert result.steps == 25 and len(result.history.epochs) == 25

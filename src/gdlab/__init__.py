@@ -14,11 +14,13 @@ from gdlab.config import Config
 from gdlab.data import BatchPlan, TensorData, datasets
 from gdlab.errors import GdlabError
 from gdlab.lab import explain, functions, landscape
+from gdlab.loop import EVENTS, Callback, LoopState, Result
 from gdlab.lr_select import LRFindResult, LRSelection, lr_find
+from gdlab.problem import evaluate
 from gdlab.records import History
 from gdlab.store import Run, Store
 from gdlab.sweeps import RestartsResult, SweepResult, restarts, sweep
-from gdlab.train import EVENTS, Callback, LoopState, Result, evaluate, fit
+from gdlab.train import fit
 
 __version__ = "0.1.0"
 

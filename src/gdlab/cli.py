@@ -19,7 +19,7 @@ from rich.table import Table
 
 from gdlab import __version__
 from gdlab.errors import GdlabError, InvalidParameter
-from gdlab.train import Callback
+from gdlab.loop import Callback
 
 app = typer.Typer(
     name="gdlab",

@@ -22,8 +22,9 @@ from gdlab import models
 from gdlab.config import Config
 from gdlab.data import TensorData, as_tensor_data, datasets, standardize
 from gdlab.errors import InvalidParameter, StoreError
+from gdlab.loop import Callback, Result
 from gdlab.store import Store
-from gdlab.train import Callback, Result, fit
+from gdlab.train import fit
 
 __all__ = ["prepare", "load_data", "model_factory", "run", "resume"]
 

@@ -76,14 +76,15 @@ def _layers(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
 
 
 class Cheap(Instrument):
-    """Every step: the loss's moving average, the gradient norm per layer (from the per-parameter norms ``fit``
+    """Every step: the loss's moving average, the gradient norm per layer (from the per-parameter norms the loop
     takes anyway: no extra pass) and a non-finite flag. Every ``every`` steps (20): the update-to-weight ratio per
     layer and overall, the parameter norm and the distance from the start (one copy of the parameters before that
     step, a few norms after it), skipping a turn where that would cost more than ``budget`` of the training time
     so far (1%; with ``every=1``, no limit).
 
-    The per-step columns are written in batches, when the history is next read (:meth:`Table.defer`): a step
-    only files its loss and gradient norms."""
+    Nothing waits for the device: the loop's log brings the per-parameter norms to the host with the loss, and
+    the measured movements stay on the device; the per-step columns are written in batches when the history is
+    next read (:meth:`Table.defer`)."""
 
     cost = "cheap"
 
@@ -109,9 +110,10 @@ class Cheap(Instrument):
         self.avg = self.weight = 0.0
         # filed by each step, written into the table in batches by _fill
         self.rows: list[int] = []
-        self.losses: list[float] = []
-        self.norms: list[float] = []  # len(params) per step
-        self.bad_params: set[int] = set()  # rows whose parameters were seen non-finite
+        self.moves: list[tuple[int, Tensor]] = []  # (row, [4 * parameters] squared norms) of measured steps
+        self.log = getattr(state, "log", None)  # the loop's log: per-parameter gradient norms, read with the loss
+        if self.log is not None:
+            self.log.keep_param_norms = True
         self.table = state.history.steps
         self.table.defer(self._fill)
 
@@ -123,16 +125,10 @@ class Cheap(Instrument):
             torch._foreach_copy_(self.before, [p.detach() for p in self.params])
 
     def on_step_end(self, state: Any) -> None:
-        norms = state.grad_norms
         self.rows.append(len(state.history.steps) - 1)
-        self.losses.append(state.loss)
-        self.norms.extend(norms if len(norms) == len(self.params) else self._grad_norms())
         if self.armed:
             with self.budget.measure():
-                row = self._movement()
-            if not math.isfinite(row["param_norm"]):
-                self.bad_params.add(self.rows[-1])
-            state.history.steps.extend_last(row)
+                self.moves.append((self.rows[-1], self._movement()))
             self.armed = False
         if (state.step + 1) % self.every == 0 and self.budget.allows(state.step + 1):
             with self.budget.measure():
@@ -140,10 +136,16 @@ class Cheap(Instrument):
             self.armed = True
 
     def _fill(self, table: Any) -> None:
-        """Write the filed steps' columns: the loss's moving average, each layer's gradient norm, the flag."""
-        rows, losses, norms, k = self.rows, self.losses, self.norms, len(self.params)
+        """Write the filed steps' columns: the loss's moving average, each layer's gradient norm, the flag, and
+        the measured steps' movement (one host sync for all of those)."""
+        rows, k = self.rows, len(self.params)
         if not rows:
             return
+        bad_params = self._write_moves(table)
+        loss_column = table.columns.get("loss") or [math.nan] * len(table)  # the loop's log, the first filler, wrote it
+        losses = [loss_column[r] for r in rows]
+        kept = self.log.param_norms if self.log is not None else {}
+        norms = [v for r in rows for v in kept.pop(r, [math.nan] * k)]
         per_tensor = [norms[i::k] for i in range(k)]
         for key, members in zip(self.keys, self.members):
             column = per_tensor[members[0]] if len(members) == 1 else \
@@ -159,10 +161,21 @@ class Cheap(Instrument):
         table.write("loss_ema", rows, ema)
         # norms are >= 0: an inf or a nan shows in their sum (and a non-finite loss in loss + sum)
         sums = [sum(step) for step in zip(*per_tensor)] if k else [0.0] * len(rows)
-        table.write("non_finite", rows, [float(not math.isfinite(loss + total) or row in self.bad_params)
+        table.write("non_finite", rows, [float(not math.isfinite(loss + total) or row in bad_params)
                                          for row, loss, total in zip(rows, losses, sums)])
-        self.rows, self.losses, self.norms = [], [], []
-        self.bad_params.clear()
+        self.rows = []
+
+    def _write_moves(self, table: Any) -> set[int]:
+        """Write the measured steps' movement columns; the rows whose parameters were not finite."""
+        if not self.moves:
+            return set()
+        rows = [row for row, _ in self.moves]
+        values = torch.stack([squares for _, squares in self.moves]).tolist()  # [measured, 4 * parameters]
+        self.moves = []
+        moved = [self._movement_row(v) for v in values]
+        for key in moved[0]:
+            table.write(key, rows, [m[key] for m in moved])
+        return {row for row, m in zip(rows, moved) if not math.isfinite(m["param_norm"])}
 
     def close(self) -> None:
         """Write what is filed and stop deferring (at the end of the run, or when it fails)."""
@@ -174,19 +187,18 @@ class Cheap(Instrument):
         self.close()
 
     @torch.no_grad()
-    def _grad_norms(self) -> list[float]:
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        return torch.stack(torch._foreach_norm(grads)).tolist()
-
-    @torch.no_grad()
-    def _movement(self) -> dict[str, float]:
-        """Per tensor: |update|, |weight before|, |now - start|, |now|; one host sync, sums per layer in Python."""
+    def _movement(self) -> Tensor:
+        """Per tensor: |update|, |weight before|, |now - start|, |now| (``[4 * parameters]``, on the device)."""
         assert self.before is not None
         now = [p.detach() for p in self.params]
         delta = torch._foreach_sub(now, self.before)
         moved = torch._foreach_sub(now, self.start)
-        k = len(now)  # one norm call and one sync for all four
-        squares = [v * v for v in torch.stack(torch._foreach_norm([*delta, *self.before, *moved, *now])).tolist()]
+        return torch.stack(torch._foreach_norm([*delta, *self.before, *moved, *now]))  # one norm call for all four
+
+    def _movement_row(self, norms: list[float]) -> dict[str, float]:
+        """The update-to-weight ratios per layer and overall, the parameter norm and the distance from the start."""
+        k = len(self.params)
+        squares = [v * v for v in norms]
         u2, w2, d2, p2 = (squares[i * k : (i + 1) * k] for i in range(4))
         row: dict[str, float] = {}
         for key, members in zip(self.ratio_keys, self.members):
@@ -394,15 +406,16 @@ class Periodic(Instrument):
         eaches = [t for each, _ in sums for t in each]
         wholes = [t for _, whole in sums for t in whole or []]
         scale = len(state.batch[0]) ** 2  # the per-sample gradients are the batch size times the hooks' shares
-        values = _scalars([*self.seen.values(), *((t, scale) for t in eaches + wholes)])
+        grad_norm = state.grad_norm if state.grad_norm is not None else torch.zeros(())
+        values = _scalars([*self.seen.values(), *((t, scale) for t in eaches + wholes), (grad_norm, 1.0)])
         row = dict(zip(self.seen, values))
         if sums:
             n = min(len(state.batch[0]), self.sub_batch)
-            rest = values[len(self.seen):]
+            rest = values[len(self.seen):-1]
             if all(whole is not None for _, whole in sums):
                 mean_sq = sum(rest[len(eaches):]) / (n * n)
             else:  # the whole batch: |mean_i g_i| is the batch gradient's norm, which the loop has taken
-                mean_sq = sum(v * v for v in state.grad_norms)
+                mean_sq = values[-1] ** 2
             row.update(_noise_row(sum(rest[:len(eaches)]), mean_sq, n, state.plan.batch_size))
         return row
 

@@ -27,10 +27,8 @@ import torch
 from torch import nn
 
 from gdlab import optim
-from gdlab.data import BatchPlan
-from gdlab.data.source import Source
 from gdlab.errors import InvalidParameter
-from gdlab.problem import check_model, match_output, resolve_device, resolve_loss
+from gdlab.problem import Problem, resolve_device
 
 __all__ = ["lr_find", "LRFindResult", "select_lr", "LRSelection", "GRIDS", "GRID_POINTS", "HALVING"]
 
@@ -71,6 +69,12 @@ class LRFindResult:
         from gdlab.plots import plot_lr_find
 
         return plot_lr_find(self, path)
+
+
+def _bar(total: int) -> Any:
+    from gdlab.progress import TaskBar  # an edge: rich only when a bar is wanted
+
+    return TaskBar("lr range test", total)
 
 
 def lr_find(
@@ -115,18 +119,14 @@ def lr_find(
     saved_opt = copy.deepcopy(optimizer.state_dict()) if isinstance(optimizer, torch.optim.Optimizer) else None
     rng = torch.get_rng_state()
     was_training = model.training
-    model.to(dev)
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.get_default_dtype())
-    source = Source(train, dev, dtype)
-    loss_fn, loss_name = resolve_loss(loss, source.task)
-    check_model(model, source, loss_name)
-    plan = BatchPlan.make(len(source), batch_size)
+    problem = Problem.make(model, train, loss=loss, batch_size=batch_size, device=dev)
+    source, plan = problem.source, problem.plan
     opt = optim.make(optimizer, model.parameters(), lr=start_lr, **optimizer_options)
     lrs: list[float] = []
     losses: list[float] = []
     smoothed: list[float] = []
     stopped = f"the ramp reached end_lr={end_lr:g}"
-    bar = _Bar(num_iter) if progress else None
+    bar = _bar(num_iter) if progress else None
     try:
         torch.manual_seed(seed)
         model.train()
@@ -142,7 +142,7 @@ def lr_find(
                 epoch += 1
                 batches = source.batches(plan, seed, epoch, 0)
                 x, y = next(batches)
-            batch_loss = loss_fn(match_output(model(x), y, loss_name), y)
+            batch_loss = problem.loss(model(x), y)
             value = batch_loss.item()
             if not math.isfinite(value):
                 stopped = f"the loss became {value} at lr {lr:.3g}"
@@ -157,7 +157,7 @@ def lr_find(
             smoothed.append(smooth)
             best = min(best, smooth)
             if bar is not None:
-                bar.update(i + 1, lr, smooth)
+                bar.update(i + 1, f"lr {lr:.2e}  loss {smooth:.4g}")
             if smooth > diverge * best:
                 stopped = f"the smoothed loss passed {diverge:g}x its best at lr {lr:.3g}"
                 break
@@ -235,28 +235,6 @@ def _valley(smoothed: list[float]) -> int:
             best_end = i
     first = start[best_end]
     return begin + first + (best_end - first) // 2
-
-
-class _Bar:
-    """A small rich bar for the range test."""
-
-    def __init__(self, total: int) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, Progress, TextColumn
-
-        self._progress = Progress(TextColumn("[bold]lr range test"), BarColumn(), TextColumn("{task.fields[text]}"),
-                                  console=Console(stderr=True), auto_refresh=False, transient=False)
-        self._progress.start()
-        self._task = self._progress.add_task("", total=total, text="")
-
-    def update(self, step: int, lr: float, loss: float) -> None:
-        self._progress.update(self._task, completed=step, text=f"lr {lr:.2e}  loss {loss:.4g}")
-        if step % 5 == 0:
-            self._progress.refresh()
-
-    def close(self) -> None:
-        self._progress.refresh()
-        self._progress.stop()
 
 
 # -- lr="auto" ---------------------------------------------------------------------------------------------------

@@ -295,7 +295,7 @@ class _View:
     def __init__(self, plan: BatchPlan, total: int) -> None:
         self.plan, self.total_steps = plan, total
         self.step = self.epoch = self.iteration = 0
-        self.loss = math.nan
+        self.last_loss = math.nan
 
 
 def _take(tree: Any, keep: Tensor, m: int) -> Any:
@@ -478,7 +478,7 @@ def _vectorized(models: list[nn.Module], source: Source, val_source: Source | No
                 view.step, view.iteration, view.epoch = step, it + 1, epoch
                 if bar is not None:
                     finite = shown[torch.isfinite(shown)]
-                    view.loss = float(finite.median()) if len(finite) else math.nan
+                    view.last_loss = float(finite.median()) if len(finite) else math.nan
                     bar.on_step_end(view)
                 if step in milestones and milestones[step] < len(rows):
                     halve(milestones[step])

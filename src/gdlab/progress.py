@@ -7,13 +7,14 @@ model's steps by ~7%), so a fast loop pays a clock read per step and a render ev
 
 from __future__ import annotations
 
+import io  # noqa: F401  (the doctest's console)
 import time
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-__all__ = ["ProgressBar"]
+__all__ = ["ProgressBar", "TaskBar"]
 
 
 class ProgressBar:
@@ -72,7 +73,7 @@ class ProgressBar:
             description=self._epoch(state),
             iteration=f"it {state.iteration or (state.plan.iterations_per_epoch if state.step else 0)}"
                       f"/{state.plan.iterations_per_epoch}",
-            loss=f"{state.loss:.4g}",
+            loss=f"{state.last_loss:.4g}",  # the latest value read: no wait for the device
             speed=f"{rate:,.0f} it/s",
         )
         self._progress.refresh()
@@ -82,3 +83,31 @@ class ProgressBar:
         total = -(-state.total_steps // state.plan.iterations_per_epoch)  # ceil
         current = state.epoch if state.step and not state.iteration else state.epoch + 1  # an epoch just ended
         return f"epoch {min(current, total)}/{total}"
+
+
+class TaskBar:
+    """A bar over ``total`` units of some work (the range test, a landscape's grid), with a line of text.
+
+    Example:
+        >>> bar = TaskBar("lr range test", 10, console=Console(file=io.StringIO()))
+        >>> bar.update(5, "lr 1e-3  loss 0.5"); bar.close()
+    """
+
+    def __init__(self, title: str, total: int, *, console: Console | None = None, transient: bool = False,
+                 every: int = 5) -> None:
+        self.every = every
+        self._progress = Progress(TextColumn(f"[bold]{title}"), BarColumn(), TextColumn("{task.fields[text]}"),
+                                  console=console or Console(stderr=True), auto_refresh=False, transient=transient)
+        self._progress.start()
+        self._task = self._progress.add_task("", total=total, text="")
+
+    def update(self, done: int, text: str = "") -> None:
+        """``done`` units of the total are done; redrawn every ``every`` units."""
+        self._progress.update(self._task, completed=done, text=text)
+        if done % self.every == 0:
+            self._progress.refresh()
+
+    def close(self) -> None:
+        """Draw the last state and stop."""
+        self._progress.refresh()
+        self._progress.stop()

@@ -24,10 +24,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gdlab.data.source import Source
 from gdlab.errors import InvalidParameter
-from gdlab.problem import match_output, resolve_loss
-from gdlab.train import Callback
+from gdlab.loop import Callback
+from gdlab.problem import Problem
 
 __all__ = ["Landscape", "plane", "line", "interpolate", "direction", "trajectory", "Snapshots"]
 
@@ -70,11 +69,11 @@ def direction(model: nn.Module, generator: torch.Generator) -> list[Tensor]:
     return out
 
 
-def _subset(data: Any, samples: int, model: nn.Module) -> tuple[Source, Tensor, Tensor]:
-    first = next(model.parameters())
-    source = Source(data, first.device, first.dtype)
-    x, y = source.sample(min(samples, len(source)), 0)
-    return source, x, y
+def _subset(data: Any, samples: int, model: nn.Module, loss: Any) -> tuple[Problem, Tensor, Tensor]:
+    """The problem of ``model`` on ``data`` and a fixed subset of its samples (drawn by seed 0)."""
+    problem = Problem.make(model, data, loss=loss, device=next(model.parameters()).device)
+    x, y = problem.source.sample(min(samples, len(problem.source)), 0)
+    return problem, x, y
 
 
 Terms = list[tuple[float, list[Tensor]]]  # a grid point: theta + sum of coefficient * direction
@@ -84,8 +83,7 @@ Terms = list[tuple[float, list[Tensor]]]  # a grid point: theta + sum of coeffic
 def _grid(model: nn.Module, data: Any, loss: Any, samples: int, points: list[list[Terms]],
           progress: bool) -> tuple[Tensor, float, int]:
     """The loss at theta + sum(coefficient * direction) for every point (a list of rows of terms)."""
-    source, x, y = _subset(data, samples, model)
-    loss_fn, loss_name = resolve_loss(loss, source.task)
+    problem, x, y = _subset(data, samples, model, loss)
     params = _params(model)
     data_ = [p.data for p in params]
     start = [p.detach().clone() for p in params]
@@ -94,15 +92,13 @@ def _grid(model: nn.Module, data: Any, loss: Any, samples: int, points: list[lis
     total = sum(len(row) for row in points)
     bar = None
     if progress:
-        from rich.console import Console
-        from rich.progress import Progress
+        from gdlab.progress import TaskBar  # an edge: rich only when a bar is wanted
 
-        bar = Progress(console=Console(stderr=True), transient=True)
-        bar.start()
-        task = bar.add_task(f"landscape: {total} points x {len(x)} samples", total=total)
-    values = []
+        bar = TaskBar(f"landscape: {total} points x {len(x)} samples", total, transient=True,
+                      every=max(1, total // 100))
+    values: list[list[float]] = []
     try:
-        center = float(loss_fn(match_output(model(x), y, loss_name), y))
+        center = float(problem.loss(model(x), y))
         for row in points:
             out_row = []
             for terms in row:
@@ -110,16 +106,16 @@ def _grid(model: nn.Module, data: Any, loss: Any, samples: int, points: list[lis
                 for coefficient, d in terms:
                     if coefficient:
                         torch._foreach_add_(data_, d, alpha=coefficient)
-                out_row.append(float(loss_fn(match_output(model(x), y, loss_name), y)))
+                out_row.append(float(problem.loss(model(x), y)))
                 if bar is not None:
-                    bar.advance(task)
+                    bar.update(len(values) * len(row) + len(out_row))
             values.append(out_row)
     finally:
         for p, s in zip(params, start):
             p.copy_(s)
         model.train(was_training)
         if bar is not None:
-            bar.stop()
+            bar.close()
     return torch.tensor(values, dtype=torch.float64), center, len(x)
 
 

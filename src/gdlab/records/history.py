@@ -66,6 +66,13 @@ class Table:
         for i, value in zip(indices, values):
             column[i] = float(value)
 
+    def truncate(self, length: int) -> None:
+        """Keep the first ``length`` rows (a rollback undoing the steps after them); fillers run first."""
+        columns = self._settle()
+        for column in columns.values():
+            del column[length:]
+        self._length = min(self._length, length)
+
     def _column(self, key: str) -> list[float]:
         """The column ``key``, made (all NaN) or padded with NaN to the table's length."""
         column = self._columns.get(key)

@@ -1,0 +1,497 @@
+"""The gradient-descent loop (lecture, point 3): its events, the state callbacks see, and the loop itself.
+
+:func:`run` is the lecture's four steps, read top to bottom: (1) start from the model's parameters, (2) take a
+batch, evaluate the loss and its gradient, (3) update the parameters, (4) record and repeat. Callbacks observe and
+act through a short, declared list of events (:data:`EVENTS`); each receives the :class:`LoopState` explicitly.
+
+The loop does not wait for the device. The loss and gradient norms of each step stay on the device (a
+:class:`StepLog`) and reach the host in batches: every ``log_every`` steps, at each epoch's end, and whenever
+someone reads them (``state.loss``, or the history). A loss that is not finite is caught there, within
+``log_every`` steps, and the parameters are rolled back to the last good :class:`Snapshot`.
+
+Example:
+    >>> import torch, gdlab
+    >>> X = torch.randn(64, 3); y = X @ torch.tensor([[1.0], [-2.0], [0.5]])
+    >>> problem = gdlab.problem.Problem.make(torch.nn.Linear(3, 1), (X, y), batch_size=16, device="cpu")
+    >>> state = LoopState.start(problem, torch.optim.SGD(problem.model.parameters(), lr=0.1), total_steps=200)
+    >>> run(problem, state)
+    >>> state.step, state.history.epochs["train_loss"][-1] < 1e-3
+    (200, True)
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from gdlab.data import BatchPlan
+from gdlab.problem import LossFn, Problem, evaluate
+from gdlab.records import History, Table
+
+__all__ = [
+    "EVENTS",
+    "LOG_EVERY",
+    "Callback",
+    "LoopState",
+    "Result",
+    "Snapshot",
+    "StepLog",
+    "run",
+]
+
+EVENTS = ("on_fit_start", "on_epoch_start", "on_step_start", "on_step_end", "on_epoch_end", "on_fit_end")
+"""The events of the loop, in the order they first fire."""
+
+LOG_EVERY = 50
+"""Steps between host reads of the per-step values (chosen by measurement: docs/benchmarks.md)."""
+
+
+class Callback:
+    """Base class for callbacks: override the events you need; each gets the :class:`LoopState`.
+
+    Example:
+        >>> class StopAtLoss(Callback):
+        ...     def on_step_end(self, state):
+        ...         if state.loss < 0.01:   # reading the loss waits for the device: one host sync per step
+        ...             state.stop("loss below 0.01")
+    """
+
+    def on_fit_start(self, state: LoopState) -> None:
+        """Before the first step (also when resuming)."""
+
+    def on_epoch_start(self, state: LoopState) -> None:
+        """Before the first step of each epoch."""
+
+    def on_step_start(self, state: LoopState) -> None:
+        """Before each step's forward pass; ``state.batch`` is the step's batch."""
+
+    def on_step_end(self, state: LoopState) -> None:
+        """After each update; ``state.loss`` is the loss the step was computed on."""
+
+    def on_epoch_end(self, state: LoopState) -> None:
+        """After each epoch's record (train and validation loss) is in ``state.history.epochs``."""
+
+    def on_fit_end(self, state: LoopState) -> None:
+        """After the last step, whatever stopped the loop."""
+
+
+@dataclass
+class LoopState:
+    """Everything the loop knows, handed to every callback. Steps and epochs count completed ones.
+
+    The step's own values are on the device: ``step_loss`` (the loss), ``grad_norm`` (the global gradient
+    norm) and ``param_grad_norms`` (``[parameters]``, one norm per parameter tensor, 0 where it has no
+    gradient). ``state.loss`` reads the loss on the host (one sync when values are pending); ``last_loss`` is
+    the latest value already read (no sync: what a progress bar shows).
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    plan: BatchPlan
+    history: History
+    seed: int
+    device: torch.device
+    total_steps: int
+    step: int = 0
+    epoch: int = 0
+    iteration: int = 0
+    stop_reason: str | None = None
+    interrupted: bool = False
+    run_id: str | None = None
+    val_samples: int | None = None
+    # running sums of the epoch in progress: sample-weighted loss, samples seen (filled as values reach the host)
+    epoch_loss_sum: float = 0.0
+    epoch_samples: int = 0
+    best_val_loss: float = math.inf
+    bad_epochs: int = 0
+    seconds: float = 0.0
+    # for instruments: the step's batch, the loss function and how outputs are matched to targets
+    batch: tuple[Tensor, Tensor] | None = None
+    loss_fn: LossFn | None = None
+    match: Callable[[Tensor, Tensor], Tensor] | None = None
+    sample: Callable[[int, int], tuple[Tensor, Tensor]] | None = None  # (n, seed) -> n training samples
+    mean_loss: bool = False  # the loss is a mean over the batch's samples (the built-in ones are)
+    step_loss: Tensor | None = None
+    grad_norm: Tensor | None = None
+    param_grad_norms: Tensor | None = None
+    last_loss: float = math.nan
+    log: StepLog | None = field(default=None, repr=False)
+
+    @classmethod
+    def start(cls, problem: Problem, optimizer: torch.optim.Optimizer, *, total_steps: int, seed: int = 0,
+              history: History | None = None) -> LoopState:
+        """The state at step 0 of ``problem`` trained by ``optimizer``."""
+        return cls(problem.model, optimizer, problem.plan, history or History(), seed, problem.device, total_steps,
+                   val_samples=len(problem.val) if problem.val is not None else None, loss_fn=problem.loss_fn,
+                   match=problem.match, sample=problem.source.sample, mean_loss=problem.mean_loss)
+
+    @property
+    def loss(self) -> float:
+        """The latest step's loss on the host (reading it waits for the device when values are pending)."""
+        if self.log is not None:
+            self.log.fetch()
+        return self.last_loss
+
+    @loss.setter
+    def loss(self, value: float) -> None:
+        self.last_loss = value
+
+    def stop(self, reason: str) -> None:
+        """Ask the loop to stop after the current step, giving the reason."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+
+    @property
+    def lr(self) -> float:
+        """The current learning rate of the first parameter group (NaN when the optimizer has none)."""
+        return float(self.optimizer.param_groups[0].get("lr", math.nan))
+
+
+@dataclass
+class Result:
+    """What :func:`gdlab.fit` returns.
+
+    Attributes:
+        model: the trained model (the same object that was passed in).
+        history: per-step and per-epoch records.
+        final: ``train_loss`` (mean over the last epoch's steps), ``val_loss``, and for classification
+            ``val_accuracy``; None where there is no validation data.
+        lr: the learning rate at the end (``param_groups[0]["lr"]``); NaN for an optimizer that shows none, such as
+            a bare Transform (wrap it as ``gdlab.optim.inject(make, lr=...)`` to show it).
+        run_id: the id in the run store, or None without a store.
+        seconds: training time.
+        plan: the batch plan.
+        status: ``finished`` or ``stopped`` (interrupted).
+        stop_reason: why the loop ended before its budget (converged, patience, diverged, interrupted), or None.
+        findings: the doctor's :class:`~gdlab.doctor.Finding` list (empty with ``doctor=False``).
+        remedies: what the doctor did during the run with ``remedy="auto"`` (each with ``step``, ``action``,
+            ``params``, ``reason``).
+        lr_selection: with ``lr="auto"``, the :class:`~gdlab.lr_select.LRSelection` (what was tried, why the
+            winner won, the cost); else None.
+    """
+
+    model: nn.Module
+    history: History
+    final: dict[str, float | None]
+    lr: float
+    run_id: str | None
+    seconds: float
+    plan: BatchPlan
+    status: str = "finished"
+    stop_reason: str | None = None
+    steps: int = 0
+    findings: list[Any] = field(default_factory=list)
+    lr_selection: Any = None
+    remedies: list[Any] = field(default_factory=list)
+
+
+class StepLog:
+    """The per-step loss and gradient norms, kept on the device and read on the host in batches.
+
+    Each step files its loss and norms (:meth:`record`) and appends its row (step, epoch, lr) to the history;
+    :meth:`fetch` brings every pending value to the host in one sync, writes the rows' ``loss`` and
+    ``grad_norm``, adds the epoch's running sums and notes the first non-finite loss (``diverged_at``, a row).
+    The history runs :meth:`fetch` before it is read, so a reader never sees a row without its values.
+    """
+
+    def __init__(self, state: LoopState, params: Sequence[Tensor]) -> None:
+        self.state, self.params = state, list(params)
+        self.table: Table = state.history.steps
+        self.rows: list[int] = []
+        self.sizes: list[int] = []
+        self.losses: list[Tensor] = []
+        self.totals: list[Tensor] = []
+        self.norms: list[Tensor] = []  # each [parameters with a gradient]
+        self.present: list[list[bool] | None] = []  # which parameters had a gradient (None: all of them)
+        self.diverged_at: int | None = None
+        self.keep_param_norms = False  # an instrument wants each row's per-parameter norms (param_norms)
+        self.param_norms: dict[int, list[float]] = {}
+        self.table.defer(self.fill)
+
+    def close(self) -> None:
+        """Fetch what is pending and stop filling the history."""
+        self.table.undefer(self.fill)
+        self.state.log = None
+
+    @torch.no_grad()
+    def grad_norms(self) -> None:
+        """This step's gradient norms, on the device (``state.grad_norm``, ``state.param_grad_norms``)."""
+        grads = [p.grad for p in self.params]
+        present = [g for g in grads if g is not None]
+        norms = torch.stack(torch._foreach_norm(present)) if present else torch.zeros(0, device=self.state.device)
+        self.state.param_grad_norms, self.state.grad_norm = norms, torch.linalg.vector_norm(norms)
+        self.present.append(None if len(present) == len(grads) else [g is not None for g in grads])
+
+    def record(self, loss: Tensor, samples: int) -> None:
+        """File the step's loss (and the norms :meth:`grad_norms` took) and append its row."""
+        state = self.state
+        state.step_loss = loss
+        self.table.append({"step": state.step, "epoch": state.epoch + 1, "lr": state.lr})
+        self.rows.append(len(self.table) - 1)
+        self.sizes.append(samples)
+        self.losses.append(loss)
+        assert state.grad_norm is not None and state.param_grad_norms is not None
+        self.totals.append(state.grad_norm)
+        self.norms.append(state.param_grad_norms)
+
+    def fill(self, table: Table) -> None:
+        """The history's filler: fetch before a read."""
+        self.fetch()
+
+    @torch.no_grad()
+    def fetch(self, check: list[Tensor] | None = None) -> list[float]:
+        """Read every pending value on the host in one sync (and the ``check`` scalars with them, returned)."""
+        if not self.rows and not check:
+            return []
+        n, extra = len(self.rows), check or []
+        flat = [torch.stack(self.losses).reshape(-1), torch.stack(self.totals).reshape(-1), *self.norms] if n else []
+        values = torch.cat([*flat, *(t.reshape(1) for t in extra)]).tolist()  # the one host sync
+        if n:
+            self._write(values[:n], values[n : 2 * n], values[2 * n : len(values) - len(extra)])
+        return values[len(values) - len(extra):]
+
+    def _write(self, losses: list[float], totals: list[float], flat: list[float]) -> None:
+        """Put fetched values in their rows, the epoch's sums and ``last_loss``; note the first non-finite loss."""
+        state, rows = self.state, self.rows
+        self.table.write("loss", rows, losses)
+        self.table.write("grad_norm", rows, totals)
+        if self.keep_param_norms:
+            at = 0
+            for row, present, norms in zip(rows, self.present, self.norms):
+                k = len(norms)
+                values = flat[at : at + k]
+                at += k
+                if present is not None:
+                    it = iter(values)
+                    values = [next(it) if has else 0.0 for has in present]
+                self.param_norms[row] = values
+        for row, loss, size in zip(rows, losses, self.sizes):
+            if math.isfinite(loss):
+                state.epoch_loss_sum += loss * size
+                state.epoch_samples += size
+            elif self.diverged_at is None:
+                self.diverged_at = row
+        state.last_loss = losses[-1]
+        self.rows, self.sizes, self.losses, self.totals, self.norms, self.present = [], [], [], [], [], []
+
+
+class Snapshot:
+    """The last good parameters, buffers and optimizer state, kept in memory (on the model's device) for a
+    rollback. Taking it again copies into the same tensors where the layout is unchanged.
+
+    Example:
+        >>> model = torch.nn.Linear(2, 1); opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> snap = Snapshot(); snap.take(model, opt)
+        >>> with torch.no_grad(): _ = model.weight.fill_(float("nan"))
+        >>> snap.restore(model, opt); bool(model.weight.isfinite().all())
+        True
+    """
+
+    def __init__(self) -> None:
+        self.model: Any = None
+        self.optimizer: Any = None
+
+    @torch.no_grad()
+    def take(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Keep the model's and the optimizer's state as they are now."""
+        self.model = _refresh(self.model, model.state_dict())
+        self.optimizer = _refresh(self.optimizer, optimizer.state_dict())
+
+    def restore(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Put the kept state back (the learning rates stay as they are now: a remedy may have set them)."""
+        lrs = [group.get("lr") for group in optimizer.param_groups]
+        model.load_state_dict(self.model)
+        optimizer.load_state_dict(_refresh(None, self.optimizer))  # a copy: the snapshot stays as it was
+        for group, lr in zip(optimizer.param_groups, lrs):
+            group["lr"] = lr
+
+
+def _refresh(kept: Any, now: Any) -> Any:
+    """A copy of the tree ``now``, written into ``kept``'s tensors where shapes and dtypes match."""
+    if isinstance(now, Tensor):
+        if isinstance(kept, Tensor) and kept.shape == now.shape and kept.dtype == now.dtype and \
+                kept.device == now.device:
+            return kept.copy_(now)
+        return now.detach().clone()
+    if isinstance(now, dict):
+        old = kept if isinstance(kept, dict) else {}
+        return {k: _refresh(old.get(k), v) for k, v in now.items()}
+    if isinstance(now, (list, tuple)):
+        old_items = list(kept) if isinstance(kept, (list, tuple)) and len(kept) == len(now) else [None] * len(now)
+        items = [_refresh(o, v) for o, v in zip(old_items, now)]
+        return type(now)(*items) if hasattr(now, "_fields") else type(now)(items)
+    return now
+
+
+def run(problem: Problem, state: LoopState, hooks: Sequence[Any] = (), *, tol: float | None = None,
+        patience: int | None = None, log_every: int = LOG_EVERY,
+        checkpoint: Callable[[LoopState], None] | None = None, checkpoint_every: int | None = None) -> None:
+    """Train ``state.model`` on ``problem`` from where ``state`` stands until ``state.total_steps`` or a stop.
+
+    Args:
+        problem: the model and data, checked (:class:`~gdlab.problem.Problem`).
+        state: the position, optimizer and history; changed in place.
+        hooks: callbacks: objects with methods named after :data:`EVENTS` (and optionally ``on_diverge(state)
+            -> bool``, asked before a run with a non-finite loss stops; True: it acted, go on; and ``close()``,
+            called when the run fails).
+        tol: stop when the epoch's train loss changes by less than ``tol``.
+        patience: stop when the validation loss has not improved for ``patience`` epochs.
+        log_every: steps between host reads of the loss and gradient norms (and the divergence check).
+        checkpoint: called every ``checkpoint_every`` steps (default: each epoch's end), at a stop and at the end.
+    """
+    model, optimizer, plan = state.model, state.optimizer, state.plan
+    handlers = {event: [getattr(hook, event) for hook in hooks if hasattr(hook, event)] for event in EVENTS}
+
+    def emit(event: str) -> None:
+        for handler in handlers[event]:
+            handler(state)
+
+    log = state.log = StepLog(state, list(model.parameters()))
+    good = Snapshot()
+    good.take(model, optimizer)
+    every = checkpoint_every or plan.iterations_per_epoch
+    started = time.perf_counter() - state.seconds
+    model.train()
+    with _graceful_interrupt(state):
+        try:
+            emit("on_fit_start")
+            batches: Iterator[tuple[Tensor, ...]] | None = None
+            while state.step < state.total_steps and state.stop_reason is None:
+                if state.iteration == 0:
+                    emit("on_epoch_start")
+                if state.iteration == 0 or batches is None:  # a new epoch, or a resumed one
+                    batches = problem.source.batches(plan, state.seed, state.epoch, state.iteration)
+
+                # (2) evaluate the loss and its gradient on one batch
+                x, y = next(batches)
+                state.batch = (x, y)
+                emit("on_step_start")
+                loss = problem.loss(model(x), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                log.grad_norms()
+
+                # (3) update the parameters
+                optimizer.step()
+
+                # (4) record on the device, and repeat; the host reads the values every log_every steps
+                state.step += 1
+                state.iteration += 1
+                log.record(loss.detach(), len(y))
+                emit("on_step_end")
+                epoch_done = state.iteration == plan.iterations_per_epoch
+                if epoch_done or state.step % log_every == 0 or log.diverged_at is not None:
+                    _check(state, log, good, hooks)
+                if epoch_done:
+                    _end_epoch(problem, state, tol, patience, started)
+                    emit("on_epoch_end")
+                    state.epoch += 1
+                    state.iteration = state.epoch_samples = 0
+                    state.epoch_loss_sum = 0.0
+                if state.interrupted:
+                    state.stop("interrupted")
+                if checkpoint and (state.step % every == 0 or state.stop_reason):
+                    _check(state, log, good, hooks)
+                    state.seconds = time.perf_counter() - started
+                    checkpoint(state)
+
+            _check(state, log, good, hooks)
+            log.close()
+            if state.epoch_samples:  # a budget in steps can end mid-epoch: record the part done
+                _end_epoch(problem, state, None, None, started)
+            state.seconds = time.perf_counter() - started
+            if checkpoint:
+                checkpoint(state)
+            emit("on_fit_end")
+        except BaseException:
+            state.seconds = time.perf_counter() - started
+            _close(log, hooks)
+            raise
+
+
+def _check(state: LoopState, log: StepLog, good: Snapshot, hooks: Sequence[Any]) -> None:
+    """Read the pending values; on a non-finite loss roll back (a hook's remedy, or a stop); else keep the
+    parameters as the last good point when they are finite."""
+    params = [p.detach() for p in state.model.parameters()]
+    (size,) = log.fetch([torch.stack(torch._foreach_norm(params)).sum() if params else torch.zeros(())])
+    if log.diverged_at is None and math.isfinite(size):
+        good.take(state.model, state.optimizer)
+        return
+    steps = state.history.steps
+    if log.diverged_at is None:  # finite losses, but the last update left the parameters non-finite
+        log.diverged_at = len(steps) - 1
+    row, log.diverged_at = log.diverged_at, None
+    steps.truncate(row + 1)  # the steps after the first non-finite loss are undone with the rollback
+    state.step = int(steps["step"][row])
+    state.last_loss = steps["loss"][row]
+    good.restore(state.model, state.optimizer)
+    if not any([getattr(hook, "on_diverge", _never)(state) for hook in hooks]):
+        state.stop(f"diverged: the loss became {state.last_loss} at step {state.step}; "
+                   "the learning rate is likely too large")
+
+
+def _close(log: StepLog, hooks: Sequence[Any]) -> None:
+    """After a failure: keep what was measured (when the device still answers) and close the hooks."""
+    try:
+        log.close()
+    except Exception:  # the device failed too: what is pending is lost, the first error is raised
+        pass
+    for hook in hooks:
+        close = getattr(hook, "close", None)  # the progress bar must not leave the terminal live
+        if close is not None:
+            close()
+
+
+def _never(state: LoopState) -> bool:
+    return False
+
+
+def _end_epoch(problem: Problem, state: LoopState, tol: float | None, patience: int | None,
+               started: float) -> None:
+    """Record the epoch (train loss, validation loss and accuracy) and apply the stopping rules."""
+    row: dict[str, float] = {"epoch": state.epoch + 1, "step": state.step,
+                             "train_loss": state.epoch_loss_sum / max(state.epoch_samples, 1)}
+    if problem.val is not None:
+        row.update({f"val_{k}": v for k, v in evaluate(state.model, problem.val, problem.loss_fn,
+                                                       problem.loss_name).items()})
+    row["seconds"] = time.perf_counter() - started
+    previous = state.history.epochs.last("train_loss")
+    state.history.epochs.append(row)
+    if tol is not None and abs(previous - row["train_loss"]) < tol:
+        state.stop(f"converged: the train loss changed by less than tol={tol:g}")
+    if patience is not None:
+        if row["val_loss"] < state.best_val_loss:
+            state.best_val_loss, state.bad_epochs = row["val_loss"], 0
+        else:
+            state.bad_epochs += 1
+            if state.bad_epochs >= patience:
+                state.stop(f"early stop: no better validation loss for {patience} epochs")
+
+
+@contextmanager
+def _graceful_interrupt(state: LoopState) -> Iterator[None]:
+    """First Ctrl-C (or SIGTERM): finish the step, checkpoint, stop. A second one stops at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if state.interrupted:
+            raise KeyboardInterrupt
+        state.interrupted = True
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
