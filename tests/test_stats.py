@@ -81,3 +81,10 @@ def test_scale_ratio_leaves_zero_scales_out() -> None:
     assert scale_ratio([3.0]) == scale_ratio([]) == scale_ratio(None) == 1.0
     assert scale_ratio([1.0, 1000.0]) > ILL_CONDITIONED > scale_ratio([1.0, 10.0])
 
+
+def test_the_doctor_re_exports_the_data_numerics() -> None:
+    import gdlab.doctor
+    import gdlab.records
+
+    for name in ("input_scales", "scale_ratio", "ILL_CONDITIONED"):
+        assert getattr(gdlab.doctor, name) is getattr(gdlab.records, name)
