@@ -14,7 +14,8 @@ from torch import nn
 import gdlab
 from gdlab.data import TensorData
 from gdlab.data.datasets import load
-from gdlab.doctor import CODES, DETECTORS, Doctor, diagnose
+from gdlab.doctor import CODES, DETECTORS, REMEDY_RULES, Doctor, diagnose
+from gdlab.doctor.remedies import Window, add_momentum_on_plateau, halve_when_noisy
 from gdlab.errors import InvalidParameter, UnknownChoice
 from gdlab.records import History
 from gdlab.store import Store
@@ -346,13 +347,35 @@ def test_restarts_keep_frozen_layers_skip_schedules_and_survive_an_interrupt(tmp
     assert run.status == "finished" and run.final["train_loss"] == pytest.approx(0.4387, abs=1e-3)
 
 
-@pytest.mark.parametrize("n", [1, 2, 3, 20, 1438, 12_000])
-def test_input_scales_equal_torch_quantile(n: int) -> None:
-    """The partial sort gives torch.quantile's 95th percentile (linear interpolation) of each |feature|."""
-    from gdlab.doctor import input_scales
+# -- remedy rules on a constructed window ------------------------------------------------------------------------
 
-    torch.manual_seed(n)
-    X = torch.randn(n, 4) * torch.tensor([1.0, 100.0, 0.01, 0.0])
-    reference = X[:10_000].double().abs().quantile(0.95, dim=0)
-    assert torch.allclose(torch.tensor(input_scales(X), dtype=torch.float64), reference, rtol=1e-12, atol=0)
-    assert input_scales(torch.randn(3, 2, 2)) is None
+
+def _window(**changes: Any) -> Window:
+    calm: dict[str, Any] = dict(size=20, mean_loss=1.0, previous=1.0, best_before=1.0, raised_from=None, first=2.0,
+                                lr=0.1, median_ratio=2e-3, median_snr=2.0, grads=[0.5] * 20, median_grad=0.5,
+                                peak_grad=1.0, dead=0.0, opening_grad=1.0)
+    return Window(**{**calm, **changes})
+
+
+def test_the_remedy_rules_are_tried_in_their_order() -> None:
+    assert [rule.__name__ for rule in REMEDY_RULES] == [
+        "undo_failed_raise", "rollback_when_loss_rises", "restart_when_stuck", "raise_small_steps",
+        "halve_when_noisy", "clip_spikes", "add_momentum_on_plateau", "keep_good_point"]
+
+
+def test_a_rule_acts_on_its_window_and_records_why() -> None:
+    from types import SimpleNamespace
+
+    model = nn.Linear(2, 1)
+    state = SimpleNamespace(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), step=40,
+                            history=History(), plan=SimpleNamespace(batch_size=32, iterations_per_epoch=40))
+    doc = Doctor("auto")
+    assert not halve_when_noisy(doc, state, _window())  # calm: nothing to do
+    assert halve_when_noisy(doc, state, _window(median_snr=0.2, previous=1.0))
+    (remedy,) = doc.remedies
+    assert state.optimizer.param_groups[0]["lr"] == 0.05 and remedy.params == {"lr": 0.05, "from_lr": 0.1}
+    assert remedy.reason == ("noise dominates the steps (gradient SNR 0.2) and the loss stalled at 1: halved the "
+                             "learning rate 0.1 -> 0.05")
+    plateau = _window(grads=[0.1] * 20, median_grad=0.1, first=1.5)
+    assert add_momentum_on_plateau(doc, state, plateau) and state.optimizer.param_groups[0]["momentum"] == 0.9
+    assert not add_momentum_on_plateau(doc, state, plateau)  # momentum is there already

@@ -96,7 +96,7 @@ def run(config: Config, *, progress: bool = True, callbacks: tuple[Callback, ...
 
 def _standardize_if_ill_conditioned(train: Any) -> float | None:
     """The scale ratio of in-memory inputs when it makes them ill-conditioned, else None."""
-    from gdlab.doctor import ILL_CONDITIONED, input_scales, scale_ratio
+    from gdlab.records import ILL_CONDITIONED, input_scales, scale_ratio
 
     tensors = as_tensor_data(train)
     if tensors is None:

@@ -29,6 +29,7 @@ from torch import nn
 from gdlab import optim
 from gdlab.errors import InvalidParameter
 from gdlab.problem import Problem, resolve_device
+from gdlab.records import EMA
 
 __all__ = ["lr_find", "LRFindResult", "select_lr", "LRSelection", "GRIDS", "GRID_POINTS", "HALVING"]
 
@@ -130,7 +131,7 @@ def lr_find(
     try:
         torch.manual_seed(seed)
         model.train()
-        avg, best, epoch = 0.0, math.inf, 0
+        average, best, epoch = EMA(beta), math.inf, 0
         batches = source.batches(plan, seed, epoch, 0)
         for i in range(num_iter):
             lr = start_lr * (end_lr / start_lr) ** (i / (num_iter - 1))
@@ -150,8 +151,7 @@ def lr_find(
             opt.zero_grad(set_to_none=True)
             batch_loss.backward()
             opt.step()
-            avg = beta * avg + (1 - beta) * value
-            smooth = avg / (1 - beta ** (i + 1))
+            smooth = average.update(value)
             lrs.append(lr)
             losses.append(value)
             smoothed.append(smooth)

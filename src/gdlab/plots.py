@@ -17,20 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from gdlab.records import History, layer_key
+from gdlab.records import ema as moving_average  # the one moving average; re-exported under its old name
 
 __all__ = ["plot_losses", "plot_instruments", "plot_sweep", "plot_restarts", "plot_lr_find", "moving_average",
            "spans_decades"]
-
-
-def moving_average(values: list[float], beta: float = 0.9) -> list[float]:
-    """Bias-corrected exponential moving average (as Adam corrects its first moment)."""
-    out, avg, weight = [], 0.0, 0.0
-    for v in values:
-        if math.isfinite(v):
-            avg = beta * avg + (1 - beta) * v
-            weight = beta * weight + (1 - beta)
-        out.append(avg / weight if weight else math.nan)
-    return out
 
 
 def spans_decades(values: list[float], decades: float = 2.0) -> bool:

@@ -1,4 +1,5 @@
-"""What a run records: per-step and per-epoch columns (:class:`History`), and the numerics read from them.
+"""What a run records: per-step and per-epoch columns (:class:`History`), and the numerics read from them
+(:mod:`gdlab.records.stats`: the moving average, finite filtering, input scales).
 
 Example:
     >>> h = History()
@@ -8,9 +9,16 @@ Example:
 """
 
 from gdlab.records.history import History, Table, layer_key
+from gdlab.records.stats import EMA, ILL_CONDITIONED, ema, finite, input_scales, scale_ratio
 
 __all__ = [
     "History",
     "Table",
     "layer_key",
+    "EMA",
+    "ema",
+    "finite",
+    "input_scales",
+    "scale_ratio",
+    "ILL_CONDITIONED",
 ]

@@ -1,0 +1,301 @@
+"""The detectors: pure functions ``History -> list[Finding]``, one registered per finding code (see
+:data:`~gdlab.doctor.findings.DETECTORS`). Each reads the per-step and per-epoch columns the loop and the instruments
+write (``loss``, ``loss_ema``, ``grad_norm``, ``update_ratio``, ``noise_scale``, ``grad_snr``, ``dead_share/*``,
+``saturated/*``, ``grad_out/*``, ``sharpness``, ``val_loss``...) and ``History.meta`` (learning rate, momentum,
+batch size, task, classes, input scales); a detector whose columns are missing says nothing. None touches a model.
+
+Example:
+    >>> from gdlab.doctor import DETECTORS
+    >>> from gdlab.records import History
+    >>> h = History()
+    >>> for s in range(1, 101): h.steps.append({"step": s, "loss": 2.3})
+    >>> [f.code for f in DETECTORS["not_learning"](h)]
+    ['not_learning']
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+from gdlab.doctor.findings import Finding, detector
+from gdlab.doctor.series import (
+    column,
+    depth_ratio,
+    find_spike,
+    first_measured,
+    last_lr,
+    latest,
+    smooth_loss,
+    spike_window,
+    start_loss,
+    step_at,
+)
+from gdlab.records import ILL_CONDITIONED, History, finite, scale_ratio
+
+__all__: list[str] = []  # the detectors are reached through DETECTORS, by finding code
+
+
+@detector("non_finite")
+def _nonfinite(h: History) -> list[Finding]:
+    flag, grad = column(h.steps, "non_finite"), column(h.steps, "grad_norm")
+    for i, loss in enumerate(column(h.steps, "loss")):
+        bad = "loss" if not math.isfinite(loss) else ("gradients" if grad and not math.isfinite(grad[i]) else
+                                                       "parameters" if flag and flag[i] == 1 else None)
+        if bad:
+            lr = last_lr(h)
+            return [Finding("non_finite", "error", step_at(h, i), {"quantity": bad, "loss": loss, "lr": lr},
+                            f"the {bad} became infinite or NaN at step {step_at(h, i)}: the steps grew until the "
+                            "numbers overflowed, most often because the learning rate is too large",
+                            {"action": "set_lr", "lr": lr * 0.1, "rollback": True})]
+    return []
+
+
+@detector("lr_too_high")
+def _lr_too_high(h: History) -> list[Finding]:
+    found = []
+    sharp, limit = column(h.steps, "sharpness"), column(h.steps, "stability_limit")
+    for i, (s, lim) in enumerate(zip(sharp, limit)):
+        if math.isfinite(s) and math.isfinite(lim) and s > 1.1 * lim:
+            lr = last_lr(h)
+            new = lr * lim / s / 2  # half the lr at which this sharpness would be stable
+            found.append(Finding("lr_too_high", "warning", step_at(h, i),
+                                 {"sharpness": s, "stability_limit": lim, "lr": lr},
+                                 f"the loss surface's sharpness ({s:.3g}) is above the stability limit of this "
+                                 f"learning rate ({lim:.3g}): gradient descent overshoots along that direction",
+                                 {"action": "set_lr", "lr": new}))
+            break
+    ema = smooth_loss(h)
+    measured = [(i, v) for i, v in enumerate(ema) if math.isfinite(v)]
+    if not found and len(measured) >= 20:
+        i_min, low = min(measured, key=lambda t: t[1])
+        end = measured[-1][1]
+        if end > 2.0 * low and i_min < 0.8 * len(ema) and low > 0:
+            lr = last_lr(h)
+            found.append(Finding("lr_too_high", "warning", step_at(h, i_min),
+                                 {"loss_min": low, "loss_end": end, "lr": lr},
+                                 f"the training loss rose from {low:.3g} to {end:.3g} after step "
+                                 f"{step_at(h, i_min)}: the steps are too large to settle",
+                                 {"action": "set_lr", "lr": lr * 0.3}))
+    return found
+
+
+@detector("lr_too_low")
+def _lr_too_low(h: History) -> list[Finding]:
+    ratios = finite(column(h.steps, "update_ratio"))
+    losses = finite(column(h.steps, "loss"))
+    if len(ratios) < 2 or len(losses) < 10:  # the ratio is measured every 20th step
+        return []
+    median = statistics.median(ratios)
+    start, end = start_loss(h), finite(smooth_loss(h))[-1]
+    drop = (start - end) / abs(start) if start else 0.0
+    if median < 5e-4 and drop < 0.5:
+        lr = last_lr(h)
+        factor = min(100.0, max(3.0, 1e-3 / max(median, 1e-12)))
+        return [Finding("lr_too_low", "warning", step_at(h, 0),
+                        {"update_ratio_median": median, "loss_drop": drop, "lr": lr},
+                        f"each step changes the weights by a fraction {median:.2g} of their size (around 1e-3 is "
+                        f"usual) and the loss fell by only {drop:.0%}: the learning rate is too small",
+                        {"action": "set_lr", "lr": lr * factor})]
+    return []
+
+
+def _flat_windows(ema: list[float], grads: list[float], min_len: int) -> list[tuple[int, int]]:
+    """Stretches of at least ``min_len`` steps where the smoothed loss changes by under 2% and the gradient is
+    below a fifth of its peak."""
+    peak = max(finite(grads), default=math.nan)
+    windows, start = [], None
+    for i in range(len(ema)):
+        j = i - min_len
+        flat = (j >= 0 and math.isfinite(ema[i]) and math.isfinite(ema[j]) and
+                abs(ema[i] - ema[j]) <= 0.02 * abs(ema[j]) and
+                (not grads or not math.isfinite(peak) or max(finite(grads[j : i + 1]) or [0.0]) < 0.2 * peak))
+        if flat and start is None:
+            start = j
+        elif not flat and start is not None:
+            windows.append((start, i - 1))
+            start = None
+    if start is not None:
+        windows.append((start, len(ema) - 1))
+    return windows
+
+
+@detector("plateau")
+def _plateau(h: History) -> list[Finding]:
+    ema, grads = smooth_loss(h), column(h.steps, "grad_norm")
+    n = len(ema)
+    if n < 50:
+        return []
+    for a, b in _flat_windows(ema, grads, max(20, n // 5)):
+        after = finite(ema[b:])
+        if b < n - 1 and after and min(after) < 0.7 * ema[b]:
+            momentum = float(h.meta.get("momentum") or 0.0)
+            remedy = ({"action": "set_momentum", "momentum": 0.9} if momentum == 0 else
+                      {"action": "set_lr", "lr": last_lr(h) * 3})
+            return [Finding("plateau", "warning", step_at(h, a),
+                            {"from_step": step_at(h, a), "to_step": step_at(h, b), "loss": ema[b],
+                             "loss_after": min(after)},
+                            f"the loss stayed at {ema[b]:.3g} with a small gradient from step {step_at(h, a)} to "
+                            f"{step_at(h, b)} before falling to {min(after):.3g}: a plateau, crossed slowly",
+                            remedy)]
+    return []
+
+
+@detector("local_minimum")
+def _local_minimum(h: History) -> list[Finding]:
+    ema, grads = smooth_loss(h), finite(column(h.steps, "grad_norm"))
+    n = len(ema)
+    if n < 50 or not grads or h.meta.get("convex"):
+        return []
+    start, end = start_loss(h), ema[-1]
+    tail = ema[int(0.75 * n):]
+    if not (math.isfinite(end) and math.isfinite(start) and tail and math.isfinite(tail[0])):
+        return []
+    settled = abs(tail[-1] - tail[0]) <= 0.01 * abs(tail[0]) and statistics.fmean(grads[int(0.75 * len(grads)):]) < \
+        0.1 * max(grads)
+    if settled and 0.25 * start < end < 0.9 * start:
+        return [Finding("local_minimum", "warning", step_at(h, int(0.75 * n)),
+                        {"loss": end, "start_loss": start, "grad_norm": grads[-1], "grad_norm_peak": max(grads)},
+                        f"training settled (gradient {grads[-1]:.2g}, a tenth of its peak) at a loss still "
+                        f"{end / start:.0%} of the start: a minimum, perhaps a local one; other initial points may "
+                        "find lower ones", {"action": "restarts", "seeds": 8})]
+    return []
+
+
+@detector("vanishing_gradients")
+def _vanishing(h: History) -> list[Finding]:
+    depth = depth_ratio(h)
+    if depth is not None and depth[1] < 1e-3:
+        arriving, ratio = depth
+        return [Finding("vanishing_gradients", "warning", first_measured(h, "grad_out", lambda v: True),
+                        {"grad_out": arriving, "first_over_last": ratio},
+                        f"the gradient reaching the first layer is {ratio:.1e} of the one at the last: it "
+                        "shrinks on its way back, so the early layers barely learn",
+                        {"action": "change_model", "activation": "relu", "init": "kaiming",
+                         "or": "add normalisation (BatchNorm/LayerNorm) or residual connections"})]
+    return []
+
+
+@detector("exploding_gradients")
+def _exploding(h: History) -> list[Finding]:
+    grads = finite(column(h.steps, "grad_norm"))
+    depth = depth_ratio(h)
+    if depth is not None and depth[1] > 1e3:
+        arriving, ratio = depth
+        return [Finding("exploding_gradients", "warning", first_measured(h, "grad_out", lambda v: True),
+                        {"grad_out": arriving, "first_over_last": ratio},
+                        f"the gradient grows {ratio:.1e}x on its way back to the first layer",
+                        {"action": "clip_norm", "max_norm": statistics.median(grads) if grads else 1.0})]
+    window = spike_window(h.meta.get("batch_size"))
+    spike = find_spike(grads, window)
+    if spike is not None:
+        peak, before = spike
+        i = column(h.steps, "grad_norm").index(peak)
+        return [Finding("exploding_gradients", "warning", step_at(h, i),
+                        {"grad_norm_peak": peak, "grad_norm_before": before, "window": window},
+                        f"the gradient norm jumped to {peak:.3g}, {peak / before:.0f}x its mean over the {window} "
+                        "steps before: a few steps are far larger than the rest",
+                        {"action": "clip_norm", "max_norm": 2 * before})]
+    return []
+
+
+@detector("dead_relu")
+def _dead_relu(h: History) -> list[Finding]:
+    dead = {k: v for k, v in latest(h, "dead_share").items() if v > 0.5}
+    if dead:
+        layer, share = max(dead.items(), key=lambda kv: kv[1])
+        return [Finding("dead_relu", "warning", first_measured(h, "dead_share", lambda v: v > 0.5),
+                        {"dead_share": dead},
+                        f"{share:.0%} of the units after ReLU {layer!r} output zero for every sample: they get no "
+                        "gradient and have stopped learning",
+                        {"action": "change_model", "activation": "leaky_relu", "init": "kaiming",
+                         "lr": "lower it if the units died after large steps"})]
+    return []
+
+
+@detector("saturated_activations")
+def _saturated(h: History) -> list[Finding]:
+    saturated = {k: v for k, v in latest(h, "saturated").items() if v > 0.5}
+    if saturated:
+        layer, share = max(saturated.items(), key=lambda kv: kv[1])
+        return [Finding("saturated_activations", "warning", first_measured(h, "saturated", lambda v: v > 0.5),
+                        {"saturated": saturated},
+                        f"{share:.0%} of the outputs of {layer!r} sit at the flat ends of the activation, where "
+                        "its derivative is nearly zero",
+                        {"action": "standardize", "init": "xavier", "or": "smaller inputs or weights, normalisation"})]
+    return []
+
+
+@detector("gradient_noise")
+def _gradient_noise(h: History) -> list[Finding]:
+    snr, scale = finite(column(h.steps, "grad_snr")), finite(column(h.steps, "noise_scale"))
+    ema = finite(smooth_loss(h))
+    if len(snr) < 3 or len(ema) < 20:
+        return []
+    half = snr[len(snr) // 2:]
+    start, end = start_loss(h), ema[-1]
+    tail = ema[len(ema) // 2:]
+    stalled = abs(tail[-1] - tail[0]) <= 0.05 * abs(tail[0])
+    if statistics.median(half) < 0.1 and stalled and end > 0.2 * start:
+        batch = int(h.meta.get("batch_size") or 1)
+        samples = int(h.meta.get("samples") or batch)
+        target = int(min(samples, max(2 * batch, statistics.median(scale[len(scale) // 2:]) if scale else 2 * batch)))
+        return [Finding("gradient_noise", "warning", step_at(h, len(ema) // 2),
+                        {"grad_snr": statistics.median(half), "noise_scale": statistics.median(scale) if scale else
+                         None, "batch_size": batch, "loss": end},
+                        f"noise dominates the steps: the mini-batch gradient's signal-to-noise ratio is "
+                        f"{statistics.median(half):.2g} and the loss stalled at {end:.3g}; the batch is too small "
+                        "for the learning rate",
+                        {"action": "set_batch_size", "batch_size": target, "or": "decay the learning rate"})]
+    return []
+
+
+@detector("ill_conditioned_inputs")
+def _ill_conditioned(h: History) -> list[Finding]:
+    scales = h.meta.get("feature_scales")
+    nonzero = [s for s in scales or [] if s > 1e-12]
+    if scale_ratio(scales) > ILL_CONDITIONED:
+        ratio = scale_ratio(scales)
+        return [Finding("ill_conditioned_inputs", "warning", 0,
+                        {"largest_scale": max(nonzero), "smallest_scale": min(nonzero), "ratio": ratio},
+                        f"the input features' scales differ {ratio:.0f}-fold: the loss surface is a long narrow "
+                        "valley, and one learning rate cannot suit every direction",
+                        {"action": "standardize"})]
+    return []
+
+
+@detector("overfitting")
+def _overfitting(h: History) -> list[Finding]:
+    val, train = column(h.epochs, "val_loss"), column(h.epochs, "train_loss")
+    pairs = [(i, v, t) for i, (v, t) in enumerate(zip(val, train)) if math.isfinite(v) and math.isfinite(t)]
+    if len(pairs) < 4:
+        return []
+    best_i, best_v, best_t = min(pairs, key=lambda p: p[1])
+    last_i, last_v, last_t = pairs[-1]
+    if last_i - best_i >= 3 and last_v > 1.2 * best_v and last_t < 0.9 * best_t:
+        epoch = int(column(h.epochs, "epoch")[best_i]) if "epoch" in h.epochs else best_i + 1
+        return [Finding("overfitting", "warning", int(column(h.epochs, "step")[best_i]) if "step" in h.epochs else None,
+                        {"best_val_loss": best_v, "best_epoch": epoch, "val_loss": last_v, "train_loss": last_t},
+                        f"the validation loss rose from {best_v:.3g} (epoch {epoch}) to {last_v:.3g} while the "
+                        "training loss kept falling: the model memorises the training data",
+                        {"action": "early_stop", "patience": 3, "or": "weight_decay 1e-4, more data, a smaller model"})]
+    return []
+
+
+@detector("not_learning")
+def _not_learning(h: History) -> list[Finding]:
+    losses = finite(column(h.steps, "loss"))
+    if len(losses) < 10:
+        return []
+    start, end = start_loss(h), finite(smooth_loss(h))[-1]
+    classes = h.meta.get("num_classes")
+    chance = math.log(classes) if h.meta.get("task") == "classification" and classes and classes > 1 else None
+    at_chance = chance is not None and abs(end - chance) <= 0.05 * chance and start <= 1.1 * chance
+    if end >= 0.95 * start or at_chance:
+        lr = last_lr(h)
+        level = f"chance level (ln {classes} = {chance:.3g})" if at_chance else f"its start ({start:.3g})"
+        return [Finding("not_learning", "error", step_at(h, len(losses) - 1),
+                        {"start_loss": start, "loss": end, "chance_loss": chance, "lr": lr},
+                        f"the loss stayed at {level}: the model is not learning",
+                        {"action": "lr_find", "or": "check the data, the labels and the learning rate"})]
+    return []

@@ -1,0 +1,419 @@
+"""The doctor's callback: findings when a run ends and, with ``remedy="auto"``, remedies during it.
+
+A divergence (a non-finite loss, or the smoothed loss blowing up) is met at once by :meth:`Doctor.on_diverge`:
+roll back to the last good point and lower the learning rate. Every half epoch (at least 10 steps) the doctor
+reads the steps since its last check into one :class:`Window` and tries the remedy rules of
+:data:`REMEDY_RULES` in order; the first that acts ends the check. A rule is a function
+``(doctor, state, window) -> bool`` (True when it acted), and each action is recorded as a
+:class:`~gdlab.doctor.findings.Remedy`.
+
+Example:
+    >>> [rule.__name__ for rule in REMEDY_RULES][:3]
+    ['undo_failed_raise', 'rollback_when_loss_rises', 'restart_when_stuck']
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from gdlab.doctor.findings import REMEDY_MODES, Finding, Remedy, diagnose
+from gdlab.doctor.series import column, find_spike, spike_window
+from gdlab.records import EMA, finite
+
+__all__ = ["Doctor", "Window", "Rule", "REMEDY_RULES", "undo_failed_raise", "rollback_when_loss_rises",
+           "restart_when_stuck", "raise_small_steps", "halve_when_noisy", "clip_spikes", "add_momentum_on_plateau",
+           "keep_good_point"]
+
+
+@dataclass(frozen=True)
+class Window:
+    """What one check reads from the steps since the last one, computed once for every rule.
+
+    The medians are NaN over an empty list, so a comparison with them is False (nothing measured, no action).
+    """
+
+    size: int  # the steps (rows) in the window
+    mean_loss: float  # over the window's finite losses
+    previous: float | None  # the previous window's mean loss
+    best_before: float  # the best window mean loss before this one
+    raised_from: float | None  # the mean loss before a raise of the learning rate that this window judges
+    first: float  # the mean loss of the run's opening steps
+    lr: float  # the learning rate now (the first parameter group's)
+    median_ratio: float  # of the update ratios |step| / |weights|
+    median_snr: float  # of the mini-batch gradient's signal-to-noise ratios
+    grads: list[float]  # the finite gradient norms
+    median_grad: float
+    peak_grad: float  # the largest gradient norm so far, this window's included (-inf before any)
+    dead: float  # the latest share of dead ReLU units measured: this window's, else an earlier one's
+    opening_grad: float | None  # the largest gradient norm of the run's first steps, once they are recorded
+
+    @property
+    def stuck(self) -> bool:
+        """The loss is still at its start."""
+        return self.mean_loss >= 0.95 * self.first
+
+    @property
+    def noisy(self) -> bool:
+        """Noise dominates the steps: larger ones would only add noise."""
+        return self.median_snr < 0.5
+
+    @property
+    def settled(self) -> bool:
+        """The gradient fell to a few percent of its peak: a minimum, where small steps are right."""
+        return self.median_grad < 0.05 * self.peak_grad
+
+    @property
+    def stalled(self) -> bool:
+        """The loss fell by under 3% since the previous window."""
+        return self.previous is not None and self.mean_loss > 0.97 * self.previous
+
+    @property
+    def flat(self) -> bool:
+        """The loss moved by at most 1% since the previous window."""
+        return self.previous is not None and abs(self.previous - self.mean_loss) <= 0.01 * abs(self.previous)
+
+
+Rule = Callable[["Doctor", Any, Window], bool]
+
+
+def _median(values: list[float]) -> float:
+    """The median, NaN for no values."""
+    return statistics.median(values) if values else math.nan
+
+
+# -- the rules, in the order they are tried -----------------------------------------------------------------------
+# The first two judge the window against the past and undo it when it went wrong; the rest treat what it shows.
+
+
+def undo_failed_raise(doctor: Doctor, state: Any, w: Window) -> bool:
+    """The guard of a raise: if the window after raising the learning rate did worse, roll back and lower it to
+    a third, which also caps later raises."""
+    if w.raised_from is None or not w.mean_loss > 1.02 * w.raised_from:  # worse beyond window-to-window noise
+        return False
+    doctor._ceiling = w.lr / 3
+    doctor._roll_back(state, w.lr, w.lr / 3,
+                      f"the steps after raising the learning rate did worse ({w.mean_loss:.3g} > "
+                      f"{w.raised_from:.3g}): rolled back and lowered it again", counted=False)
+    return True
+
+
+def rollback_when_loss_rises(doctor: Doctor, state: Any, w: Window) -> bool:
+    """The loss climbs back up (50% above the best window): the steps are too large to settle; roll back and
+    take a learning rate 0.3x."""
+    if not (w.mean_loss > 1.5 * w.best_before and doctor._snapshot is not None and
+            doctor._rollbacks < doctor.max_rollbacks):
+        return False
+    lr = w.lr
+    doctor._roll_back(state, lr, lr * 0.3,
+                      f"the loss rose from {w.best_before:.3g} to {w.mean_loss:.3g}: rolled back to the last good "
+                      f"point and lowered the learning rate {lr:.3g} -> {lr * 0.3:.3g}")
+    return True
+
+
+def restart_when_stuck(doctor: Doctor, state: Any, w: Window) -> bool:
+    """Not learning after large steps (most ReLU units killed, or a rollback that was not enough while the
+    steps are not small, so large and useless): start over from the initial point, learning rate 0.1x."""
+    moving = w.median_ratio >= 1e-3
+    if not (w.stuck and (w.dead > 0.5 or (doctor._rollbacks and moving)) and doctor._origin is not None and
+            doctor._rollbacks < doctor.max_rollbacks):
+        return False
+    lr = w.lr
+    why = f"{w.dead:.0%} of the ReLU units are dead" if w.dead > 0.5 else "after lowering the learning rate"
+    doctor._snapshot = copy.deepcopy(doctor._origin)
+    doctor._roll_back(state, lr, lr * 0.1,
+                      f"the loss is still at its start ({w.mean_loss:.3g}), {why}: back to the initial point, "
+                      f"learning rate {lr:.3g} -> {lr * 0.1:.3g}")
+    return True
+
+
+def raise_small_steps(doctor: Doctor, state: Any, w: Window) -> bool:
+    """The steps change the weights by under 1e-3 of their size, the loss is far from its floor, and neither
+    noise nor a settled minimum explains it: snapshot, then triple the learning rate (within the ceilings).
+    The next window judges the raise (:func:`undo_failed_raise`)."""
+    lr = w.lr
+    if not (w.median_ratio < 1e-3 and w.mean_loss > 0.2 * w.first and not w.noisy and not w.settled and
+            lr * 3 <= min(doctor.lr_ceiling * doctor._start_lr, doctor._ceiling)):
+        return False
+    doctor._take_snapshot(state)
+    doctor._set(state, "lr", lr * 3)
+    doctor._raised_at = w.mean_loss
+    doctor._act(state, "set_lr", {"lr": lr * 3, "from_lr": lr},
+                f"the steps change the weights by {w.median_ratio:.2g} of their size (about 1e-3 is usual): "
+                f"raised the learning rate {lr:.3g} -> {lr * 3:.3g}")
+    return True
+
+
+def halve_when_noisy(doctor: Doctor, state: Any, w: Window) -> bool:
+    """Noise dominates the steps and the loss stalled: halve the learning rate."""
+    if not (w.noisy and w.stalled and w.mean_loss > 0.2 * w.first):
+        return False
+    lr = w.lr
+    doctor._set(state, "lr", lr * 0.5)
+    doctor._act(state, "set_lr", {"lr": lr * 0.5, "from_lr": lr},
+                f"noise dominates the steps (gradient SNR {w.median_snr:.2g}) and the loss stalled at "
+                f"{w.mean_loss:.3g}: halved the learning rate {lr:.3g} -> {lr * 0.5:.3g}")
+    return True
+
+
+def clip_spikes(doctor: Doctor, state: Any, w: Window) -> bool:
+    """A gradient-norm spike in the window (:func:`~gdlab.doctor.series.find_spike`): clip the norm to twice
+    the mean before it, from now on (once per run)."""
+    if doctor._clip is not None or not w.grads or w.opening_grad is None:
+        return False
+    window = spike_window(state.plan.batch_size)
+    # this window's norms and the ``window`` before them, which the first of them is measured against
+    recent = finite(column(state.history.steps, "grad_norm")[-(w.size + window):])
+    spike = find_spike(recent, window, len(recent) - len(w.grads), w.opening_grad)
+    if spike is None:
+        return False
+    peak, before = spike
+    doctor._install_clipping(state, 2 * before)
+    doctor._act(state, "clip_norm", {"max_norm": 2 * before},
+                f"the gradient norm jumped to {peak:.3g}, {peak / before:.0f}x its mean over the {window} "
+                f"steps before: clipping it to {2 * before:.3g} from now on")
+    return True
+
+
+def add_momentum_on_plateau(doctor: Doctor, state: Any, w: Window) -> bool:
+    """A plateau (the loss flat and well above its start's half, the gradient under a fifth of its peak, the
+    units alive) under an optimizer with momentum 0: momentum 0.9 crosses it faster."""
+    # w.grads not empty makes peak_grad finite
+    if not (w.flat and w.grads and max(w.grads) < 0.2 * w.peak_grad and w.mean_loss > 0.5 * w.first and
+            w.dead <= 0.5):
+        return False
+    group = state.optimizer.param_groups[0]
+    if "momentum" not in group or group["momentum"]:
+        return False
+    doctor._set(state, "momentum", 0.9)
+    doctor._act(state, "set_momentum", {"momentum": 0.9},
+                "a plateau (the loss flat, the gradient small): added momentum 0.9 to cross it faster")
+    return True
+
+
+def keep_good_point(doctor: Doctor, state: Any, w: Window) -> bool:
+    """Nothing to treat: when the loss is near its best, snapshot the model as the last good point to roll back
+    to. Records no remedy, so it never ends the check."""
+    if w.mean_loss <= 1.5 * min(doctor._best, w.first):
+        doctor._take_snapshot(state)
+    return False
+
+
+UNDO_RULES: tuple[Rule, ...] = (undo_failed_raise, rollback_when_loss_rises)
+TREATMENTS: tuple[Rule, ...] = (restart_when_stuck, raise_small_steps, halve_when_noisy, clip_spikes,
+                                add_momentum_on_plateau, keep_good_point)
+REMEDY_RULES: tuple[Rule, ...] = UNDO_RULES + TREATMENTS
+"""Every rule, in the order a check tries them."""
+
+
+# -- the callback -------------------------------------------------------------------------------------------------
+
+
+class Doctor:
+    """The callback ``fit`` attaches: findings at the end; with ``mode="auto"``, remedies during the run.
+
+    Args:
+        mode: ``off`` (findings only), ``suggest`` (findings with their remedies; the default) or ``auto``.
+        max_rollbacks: how often a divergence may be rolled back before the run stops.
+        lr_ceiling: how far ``auto`` may raise the learning rate (a multiple of the starting one).
+
+    Example:
+        >>> Doctor("auto").mode, Doctor().remedies
+        ('auto', [])
+    """
+
+    def __init__(self, mode: str = "suggest", *, max_rollbacks: int = 10, lr_ceiling: float = 1e4) -> None:
+        if mode not in REMEDY_MODES:
+            from gdlab.errors import UnknownChoice
+
+            raise UnknownChoice("remedy", mode, REMEDY_MODES)
+        self.mode = mode
+        self.max_rollbacks = max_rollbacks
+        self.lr_ceiling = lr_ceiling
+        self.findings: list[Finding] = []
+        self.remedies: list[Remedy] = []
+        self._snapshot: dict[str, Any] | None = None
+        self._rollbacks = 0
+        self._start_lr = math.nan
+        self._raised_at: float | None = None  # the mean loss before the last raise, for its guard
+        self._smooth: EMA | None = None  # the per-step loss's moving average, over about 256 samples
+        self._best = math.inf
+        self._first: float | None = None  # the mean loss over the opening window
+        self._opening: list[float] = []
+        self._origin: dict[str, Any] | None = None
+        self._window_start = self._window_step = 0
+        self._previous: float | None = None
+        self._ceiling = math.inf  # a raise that failed caps the later ones
+        self._last_rollback = -math.inf
+        self._best_window = math.inf
+        self._clip: tuple[Any, Any] | None = None
+        self._dead = 0.0  # the latest share of dead ReLU units measured
+        self._peak_grad = -math.inf
+        self._opening_grad: float | None = None  # the largest gradient norm of the first steps
+
+    # snapshots: the last good point, in memory
+    def _take_snapshot(self, state: Any) -> None:
+        self._snapshot = {"model": copy.deepcopy(state.model.state_dict()),
+                          "optimizer": copy.deepcopy(state.optimizer.state_dict())}
+
+    def _restore(self, state: Any) -> None:
+        assert self._snapshot is not None
+        lrs = [g.get("lr") for g in state.optimizer.param_groups]
+        state.model.load_state_dict(self._snapshot["model"])
+        state.optimizer.load_state_dict(copy.deepcopy(self._snapshot["optimizer"]))
+        for g, lr in zip(state.optimizer.param_groups, lrs):
+            g["lr"] = lr
+
+    def _set(self, state: Any, key: str, value: float) -> bool:
+        changed = False
+        for g in state.optimizer.param_groups:
+            if key in g:
+                g[key] = value
+                changed = True
+        return changed
+
+    def _act(self, state: Any, action: str, params: dict[str, Any], reason: str) -> None:
+        self.remedies.append(Remedy(state.step, action, params, reason))
+
+    def _roll_back(self, state: Any, lr: float, new: float, reason: str, *, counted: bool = True) -> None:
+        """Back to the snapshot with learning rate ``new`` (a ``rollback_and_set_lr`` remedy); ``counted``
+        rollbacks are limited by ``max_rollbacks``."""
+        self._restore(state)
+        self._set(state, "lr", new)
+        if counted:
+            self._rollbacks += 1
+        self._act(state, "rollback_and_set_lr", {"lr": new, "from_lr": lr}, reason)
+
+    def on_fit_start(self, state: Any) -> None:
+        self._start_lr = float(state.optimizer.param_groups[0].get("lr", math.nan))
+        if self.mode == "auto":
+            self._take_snapshot(state)
+            self._origin = copy.deepcopy(self._snapshot)
+
+    def on_step_end(self, state: Any) -> None:
+        """With ``auto``: a loss blowing up (the smoothed loss above 4x its best, or 5x its start) is a divergence
+        too. The smoothing spans about 256 samples, so one sample's large loss (batch 1) is not mistaken for it."""
+        if self.mode != "auto" or not math.isfinite(state.loss):
+            return
+        window = max(10, 256 // max(state.plan.batch_size, 1))
+        if self._first is None:
+            # the starting loss: the first batch's when batches are large enough to trust one, else the mean over
+            # the opening ~256 samples
+            self._opening.append(state.loss)
+            if state.plan.batch_size >= 16 or len(self._opening) >= window:
+                self._first = statistics.fmean(self._opening)
+        if self._smooth is None:
+            self._smooth = EMA(1 - 1 / window)
+        smooth = self._smooth.update(state.loss)
+        since = state.step - max(self._last_rollback, 0)
+        if since >= window:
+            self._best = min(self._best, smooth)
+        first = self._first if self._first is not None else statistics.fmean(self._opening)
+        blown = (since >= 2 * window and smooth > 4 * self._best) or (since >= 5 and smooth > 5 * first)
+        if blown:
+            reference = min(self._best, first)
+            if self.on_diverge(state, why=f"the smoothed loss blew up to {smooth:.3g}, {smooth / reference:.3g}x "
+                                          "its best"):
+                self._smooth = None  # the average starts again from the restored point
+                self._window_start, self._window_step = len(state.history.steps), state.step
+            return
+        if state.step - self._window_step >= self._cadence(state):
+            self._window_step = state.step
+            self._check(state)
+
+    @staticmethod
+    def _cadence(state: Any) -> int:
+        return max(10, state.plan.iterations_per_epoch // 2)
+
+    def on_diverge(self, state: Any, why: str | None = None) -> bool:
+        """The loss became non-finite: with ``auto``, roll back and lower the learning rate; True if it did."""
+        if self.mode != "auto" or self._snapshot is None or self._rollbacks >= self.max_rollbacks:
+            return False
+        lr = float(state.optimizer.param_groups[0].get("lr", math.nan))
+        sharp = finite(column(state.history.steps, "sharpness"))
+        limit = finite(column(state.history.steps, "stability_limit"))
+        soon = state.step - self._last_rollback <= 5  # diverged again right after a rollback: step down faster
+        new = lr * (limit[-1] / sharp[-1]) / 2 if sharp and limit and sharp[-1] > 0 else lr * (0.01 if soon else 0.1)
+        new = min(new, lr * 0.5)
+        self._last_rollback = state.step
+        self._roll_back(state, lr, new, f"{why or f'the loss became {state.loss}'} at step {state.step}: rolled "
+                                        f"back to the last good point and lowered the learning rate {lr:.3g} -> "
+                                        f"{new:.3g}")
+        return True
+
+    def _check(self, state: Any) -> None:
+        """With ``auto``, every half epoch (at least 10 steps): act on what the last window shows, by the first
+        rule of :data:`REMEDY_RULES` that acts."""
+        w = self._read_window(state)
+        if w is None or undo_failed_raise(self, state, w):
+            return
+        # a window undone by a failed raise is not counted among the best
+        self._best_window = min(self._best_window, w.mean_loss)
+        if rollback_when_loss_rises(self, state, w):
+            return
+        # the window stands: its gradients and dead units count in the running values
+        self._dead, self._peak_grad = w.dead, w.peak_grad
+        for rule in TREATMENTS:
+            if rule(self, state, w):
+                return
+
+    def _read_window(self, state: Any) -> Window | None:
+        """The steps since the last check as a :class:`Window` (None without a finite loss or a starting loss);
+        moves the check's marks: where the next window starts, the previous mean, a raise awaiting its verdict."""
+        h = state.history
+        rows = list(h.steps.rows(self._window_start))
+        self._window_start = len(h.steps)
+        losses = finite([r.get("loss", math.nan) for r in rows])
+        if not losses or self._first is None:
+            return None
+        mean_loss = statistics.fmean(losses)
+        previous, self._previous = self._previous, mean_loss
+        raised_from, self._raised_at = self._raised_at, None  # a raise is judged by the one window after it
+        dead = self._dead
+        for r in reversed(rows):  # the latest measurement: a running value, so a check costs its window only
+            shares = [v for k, v in r.items() if k.startswith("dead_share/") and math.isfinite(v)]
+            if shares:
+                dead = max(shares)
+                break
+        grads = finite([r.get("grad_norm", math.nan) for r in rows])
+        opening = spike_window(state.plan.batch_size)
+        if self._opening_grad is None and len(h.steps) >= opening:
+            self._opening_grad = max(finite(column(h.steps, "grad_norm")[:opening]), default=0.0)
+        return Window(size=len(rows), mean_loss=mean_loss, previous=previous, best_before=self._best_window,
+                      raised_from=raised_from, first=self._first,
+                      lr=float(state.optimizer.param_groups[0].get("lr", math.nan)),
+                      median_ratio=_median(finite([r.get("update_ratio", math.nan) for r in rows])),
+                      median_snr=_median(finite([r.get("grad_snr", math.nan) for r in rows])),
+                      grads=grads, median_grad=_median(grads),
+                      peak_grad=max(self._peak_grad, max(grads, default=-math.inf)), dead=dead,
+                      opening_grad=self._opening_grad)
+
+    def _install_clipping(self, state: Any, max_norm: float) -> None:
+        """Clip the gradient's global norm before every later step: the optimizer's ``step`` is wrapped (the
+        model and the optimizer's own chain are left as they are)."""
+        optimizer = state.optimizer
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        original = optimizer.step
+
+        def step(*args: Any, **kwargs: Any) -> Any:
+            torch.nn.utils.clip_grad_norm_(params, max_norm)
+            return original(*args, **kwargs)
+
+        optimizer.step = step
+        self._clip = (optimizer, original)
+
+    def on_fit_end(self, state: Any) -> None:
+        if self._clip is not None:  # the optimizer is the caller's again, unwrapped
+            optimizer, original = self._clip
+            optimizer.step = original
+            self._clip = None
+        self.findings = diagnose(state.history)
+        if self.mode == "off":
+            for f in self.findings:
+                f.remedy = None

@@ -1,0 +1,185 @@
+"""What the detectors and the remedy rules read from a run's columns: a column or nothing, the smoothed loss, the
+starting loss, the latest per-layer values, and gradient-norm spikes.
+
+Example:
+    >>> from gdlab.records import History
+    >>> h = History()
+    >>> for s in range(1, 4): h.steps.append({"step": s, "loss": 1.0 / s})
+    >>> column(h.steps, "loss")[-1], column(h.steps, "grad_norm")
+    (0.3333333333333333, [])
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import statistics
+from collections.abc import Callable
+from typing import Any
+
+from gdlab.records import History, Table, ema, finite, layer_key
+
+__all__ = ["column", "smooth_loss", "start_loss", "step_at", "latest", "depth_ratio", "first_measured", "last_lr",
+           "spike_window", "find_spike"]
+
+
+def column(table: Table, key: str) -> list[float]:
+    """The column ``key``, or an empty list when the run did not record it (a detector then says nothing).
+
+    Example:
+        >>> column(Table({"loss": [1.0]}), "loss"), column(Table(), "loss")
+        ([1.0], [])
+    """
+    return table[key] if key in table else []
+
+
+def smooth_loss(h: History) -> list[float]:
+    """The per-step loss's moving average: the instruments' ``loss_ema`` when recorded, else computed (beta 0.9).
+
+    Example:
+        >>> h = History()
+        >>> for v in (1.0, 3.0): h.steps.append({"loss": v})
+        >>> smooth_loss(h)
+        [1.0, 2.0526315789473686]
+    """
+    smoothed = column(h.steps, "loss_ema")
+    return smoothed if smoothed and any(math.isfinite(v) for v in smoothed) else ema(column(h.steps, "loss"))
+
+
+def start_loss(h: History) -> float:
+    """The mean finite loss over the opening steps (a tenth of them, 1 to 10), NaN when there is none.
+
+    Example:
+        >>> h = History()
+        >>> for v in range(20): h.steps.append({"loss": float(v)})
+        >>> start_loss(h)
+        0.5
+    """
+    losses = finite(column(h.steps, "loss"))
+    return statistics.fmean(losses[: max(1, min(10, len(losses) // 10))]) if losses else math.nan
+
+
+def step_at(h: History, i: int) -> int:
+    """The step number recorded in row ``i`` (``i + 1`` when the run recorded none there).
+
+    Example:
+        >>> h = History()
+        >>> h.steps.append({"step": 7, "loss": 1.0})
+        >>> step_at(h, 0), step_at(h, 5)
+        (7, 6)
+    """
+    steps = column(h.steps, "step")
+    return int(steps[i]) if 0 <= i < len(steps) else i + 1
+
+
+def latest(h: History, prefix: str) -> dict[str, float]:
+    """The latest finite value of every ``prefix/<layer>`` column, layers first to last.
+
+    Example:
+        >>> h = History()
+        >>> h.steps.append({"dead_share/10": 0.5, "dead_share/2": 0.1})
+        >>> latest(h, "dead_share")
+        {'2': 0.1, '10': 0.5}
+    """
+    out = {}
+    for key, values in h.steps.columns.items():
+        if key.startswith(prefix + "/"):
+            measured = finite(values)
+            if measured:
+                out[key.split("/", 1)[1]] = measured[-1]
+    return {k: out[k] for k in sorted(out, key=layer_key)}
+
+
+def depth_ratio(h: History) -> tuple[dict[str, float], float] | None:
+    """The gradient arriving at each layer's output (``grad_out/*``), and the first layer's over the last's;
+    None when fewer than two layers were measured or the last one's is zero.
+
+    Example:
+        >>> h = History()
+        >>> h.steps.append({"grad_out/0": 1e-4, "grad_out/2": 1.0})
+        >>> depth_ratio(h)
+        ({'0': 0.0001, '2': 1.0}, 0.0001)
+    """
+    arriving = latest(h, "grad_out")
+    if len(arriving) < 2:
+        return None
+    last = list(arriving.values())[-1]
+    return (arriving, list(arriving.values())[0] / last) if last > 0 else None
+
+
+def first_measured(h: History, prefix: str, test: Callable[[float], bool]) -> int | None:
+    """The step of the first finite ``prefix/<layer>`` value passing ``test`` (columns in recorded order).
+
+    Example:
+        >>> h = History()
+        >>> for s, v in ((1, 0.2), (2, 0.7)): h.steps.append({"step": s, "dead_share/0": v})
+        >>> first_measured(h, "dead_share", lambda v: v > 0.5)
+        2
+    """
+    steps = column(h.steps, "step")
+    for key, values in h.steps.columns.items():
+        if key.startswith(prefix + "/"):
+            for i, v in enumerate(values):
+                if math.isfinite(v) and test(v):
+                    return int(steps[i]) if i < len(steps) else i + 1
+    return None
+
+
+def last_lr(h: History) -> float:
+    """The latest learning rate recorded per step, else the run's (``meta["lr"]``), else NaN.
+
+    Example:
+        >>> h = History()
+        >>> h.meta["lr"] = 0.1
+        >>> last_lr(h)
+        0.1
+    """
+    lrs = finite(column(h.steps, "lr"))
+    return lrs[-1] if lrs else float(h.meta.get("lr") or math.nan)
+
+
+def spike_window(batch_size: Any) -> int:
+    """The steps a gradient spike is measured against: 20, or enough to span 256 samples (with small batches
+    the norms are heavy-tailed: one badly fitted sample's gradient is far above the well-fitted ones').
+
+    Example:
+        >>> spike_window(32), spike_window(4), spike_window("full")
+        (20, 64, 20)
+    """
+    batch = batch_size if isinstance(batch_size, int) and batch_size > 0 else 32
+    return max(20, -(-256 // batch))
+
+
+def find_spike(grads: list[float], window: int, start: int = 0,
+               opening: float | None = None) -> tuple[float, float] | None:
+    """The largest jump in gradient norm.
+
+    Args:
+        grads: finite gradient norms, one per step.
+        window: how many norms before a jump it is measured against.
+        start: the first index a jump may be at (and never within the first ``window``).
+        opening: the largest norm of the run's opening ``window`` steps (else of ``grads``' first ``window``).
+
+    Returns:
+        (the jump's norm, the mean of the ``window`` norms before it) for the largest jump above 100x that mean and
+        above a tenth of the opening's largest; None when there is none.
+
+    Example:
+        >>> find_spike([1.0] * 30 + [500.0] + [1.0] * 5, window=20)
+        (500.0, 1.0)
+    """
+    start = max(start, window)
+    if len(grads) <= start:
+        return None
+    # a jump must matter at the run's scale: a settled run's near-zero gradient jumps 100x on rounding alone
+    floor = 0.1 * (opening if opening is not None else max(grads[:window]))
+    tail = grads[start - window :]  # only what the steps from ``start`` on are measured against
+    sums = [0.0, *itertools.accumulate(tail)]  # sums[k] = tail[0] + ... + tail[k - 1]
+    best: tuple[float, float, float] | None = None  # (ratio, norm, mean before)
+    for k in range(window, len(tail)):
+        before = (sums[k] - sums[k - window]) / window
+        if tail[k] > floor and before > 0 and tail[k] > 100 * before:
+            ratio = tail[k] / before
+            if best is None or ratio > best[0]:
+                best = (ratio, tail[k], before)
+    return (best[1], best[2]) if best is not None else None
