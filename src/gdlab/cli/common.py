@@ -135,10 +135,10 @@ def parse_key_value(item: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def parse_data_options(items: Iterable[str]) -> dict[str, Any] | None:
-    """The ``--data-opt KEY=VALUE`` flags as a dict, or None when none was given."""
-    options = dict(parse_key_value(item) for item in items)
-    return options or None
+def parse_data_options(items: Iterable[str]) -> list[tuple[str, Any]] | None:
+    """The ``--data-opt KEY=VALUE`` flags as ``(key, value)`` pairs, or None when none was given (pairs, not a
+    dict: typer keeps a repeated option's value a list; :func:`given_flags` makes the dict)."""
+    return [parse_key_value(item) for item in items] or None
 
 
 def parse_figure_path(path: Path, flag: str) -> Path:
@@ -165,7 +165,7 @@ StandardizeFlag = Annotated[Optional[bool], typer.Option("--standardize/--no-sta
                                                          help="Scale inputs to mean 0, std 1.")]
 DataOptionsFlag = Annotated[Optional[list[str]], typer.Option(
     "--data-opt", metavar="KEY=VALUE", callback=parsed(parse_data_options),
-    help="Option of a built-in dataset, e.g. condition=1000.")]  # a dict, or None
+    help="Option of a built-in dataset, e.g. condition=1000.")]  # (key, value) pairs, or None
 ModelFlag = Annotated[Optional[str], typer.Option("--model", help="linear, logistic, mlp, cnn, or module:function. "
                                                   "[default: mlp]")]
 HiddenFlag = Annotated[Optional[str], typer.Option(
@@ -190,11 +190,18 @@ QuietFlag = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 
 
+def given_flags(flags: dict[str, Any], keys: Iterable[str]) -> dict[str, Any]:
+    """The Config values of the flags among ``keys`` that were given, from a command's ``locals()`` (each flag
+    named as its Config key)."""
+    given = {key: flags[key] for key in keys if flags[key] is not None}
+    if "data_options" in given:
+        given["data_options"] = dict(given["data_options"])
+    return given
+
+
 def config_from(flags: dict[str, Any], *keys: str) -> Config:
-    """A Config from the flags that were given among the data and model ones and ``keys`` (the command's
-    ``locals()``: each flag named as its Config key)."""
-    given = {key: flags[key] for key in (*DATA_AND_MODEL, *keys) if flags[key] is not None}
-    return Config.from_dict(given, source="option")
+    """A Config from the flags that were given among the data and model ones and ``keys``."""
+    return Config.from_dict(given_flags(flags, (*DATA_AND_MODEL, *keys)), source="option")
 
 
 # -- small printers --------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from gdlab.cli.common import (
     app,
     err,
     friendly,
+    given_flags,
     num,
     out,
     parse_number_or_auto,
@@ -106,7 +107,7 @@ def train(
     from gdlab.experiment import resume as resume_run
     from gdlab.experiment import run
 
-    given = {key: value for key, value in locals().items() if key in TRAIN_FLAGS and value is not None}
+    given = given_flags(locals(), TRAIN_FLAGS)
     show = not (quiet or as_json)
     if resume is not None:
         extra = sorted(set(given) - {"epochs", "steps", "store"})
