@@ -175,9 +175,9 @@ def test_console_script_runs_without_traceback(tmp_path: Path) -> None:
 
 
 def test_json_output_is_strict_even_for_non_finite_numbers() -> None:
-    from gdlab.cli import _json
+    from gdlab.cli.common import to_json
 
-    text = _json({"final": {"train_loss": float("inf"), "val_loss": float("nan")}, "path": Path("a/b"), "n": [1.5]})
+    text = to_json({"final": {"train_loss": float("inf"), "val_loss": float("nan")}, "path": Path("a/b"), "n": [1.5]})
     assert json.loads(text) == {"final": {"train_loss": None, "val_loss": None}, "path": "a/b", "n": [1.5]}
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -53,3 +54,39 @@ def test_round_trip_through_dict() -> None:
     config = Config(data="linear", hidden=[4], momentum=0.5, data_options={"condition": 10.0})
     assert Config.from_dict(config.to_dict()) == config
     assert config.with_changes(epochs=3).epochs == 3
+
+
+def test_fit_kwargs_are_fit_parameters() -> None:
+    import inspect
+
+    import gdlab
+    from gdlab.config import OPTIMIZER_OPTIONS
+
+    named = {name for name, p in inspect.signature(gdlab.fit).parameters.items() if p.kind is p.KEYWORD_ONLY}
+    config = Config(optimizer="adamw", beta1=0.8, beta2=0.99, eps=1e-7, weight_decay=0.01, clip_norm=1.0)
+    kwargs = config.fit_kwargs()
+    assert set(kwargs) - set(OPTIMIZER_OPTIONS) <= named  # the rest go to fit's **optimizer_options
+    assert set(kwargs) & set(OPTIMIZER_OPTIONS) == {"beta1", "beta2", "eps", "weight_decay", "clip_norm"}
+    assert {f.name for f in dataclasses.fields(Config)} >= set(kwargs)  # every value comes from a field
+    assert (kwargs["epochs"], kwargs["steps"]) == config.budget()
+    assert config.fit_kwargs("lr", "momentum", "nesterov") == {"lr": 0.1, "momentum": None}  # unset: left out
+    with pytest.raises(InvalidParameter, match="invalid fit_kwargs name 'store'"):
+        config.fit_kwargs("store")
+
+
+def test_a_config_round_trips_into_a_fit_call() -> None:
+    import torch
+
+    import gdlab
+
+    config = Config(optimizer="adam", lr=0.05, beta2=0.99, clip_norm=1.0, batch_size="full", steps=7, seed=3,
+                    schedule="cosine", instruments="none", doctor=False, device="cpu")
+    X, y = torch.randn(16, 2), torch.randn(16, 1)
+    torch.manual_seed(0)
+    result = gdlab.fit(torch.nn.Linear(2, 1), (X, y), progress=False, **config.fit_kwargs())
+    assert result.steps == 7 and result.plan.mode == "full"
+    torch.manual_seed(0)
+    again = gdlab.fit(torch.nn.Linear(2, 1), (X, y), progress=False, optimizer="adam", lr=0.05, beta2=0.99,
+                      clip_norm=1.0, batch_size="full", steps=7, seed=3, schedule="cosine", instruments="none",
+                      doctor=False, device="cpu")
+    assert again.final["train_loss"] == pytest.approx(result.final["train_loss"])

@@ -25,3 +25,24 @@ def test_library_import_pays_for_no_edge() -> None:
             "if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"
+
+
+def test_typer_stays_in_the_cli_and_cli_modules_share_no_private_names() -> None:
+    import ast
+    from pathlib import Path
+
+    src = Path(gdlab.__file__).parent
+    for path in src.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        imported = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        imported += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        if path.parent.name != "cli":
+            assert not any(m.split(".")[0] == "typer" for m in imported), path
+            continue
+        private = [a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module
+                   and n.module.startswith("gdlab") for a in n.names if a.name.startswith("_")
+                   and not a.name.startswith("__")]
+        reached = [n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr.startswith("_")
+                   and not n.attr.startswith("__") and isinstance(n.value, ast.Name)
+                   and n.value.id in ("common", "train", "runs", "population", "lab", "listings")]
+        assert private == [] and reached == [], (path, private, reached)

@@ -34,6 +34,9 @@ __all__ = ["Config", "DEFAULT_EPOCHS"]
 DEFAULT_EPOCHS = 30
 """Epochs trained when a config gives neither ``epochs`` nor ``steps``."""
 
+OPTIMIZER_OPTIONS = ("beta1", "beta2", "eps", "weight_decay", "clip_norm", "nesterov")
+"""The optimizer's options a config carries, passed to ``fit`` (and ``optim.make``) only when set."""
+
 
 @dataclass
 class Config:
@@ -125,9 +128,37 @@ class Config:
 
     def optimizer_options(self) -> dict[str, Any]:
         """The optimizer options that were set (for ``optim.make`` / ``fit``)."""
-        options = {k: getattr(self, k) for k in ("beta1", "beta2", "eps", "weight_decay", "clip_norm")}
+        options = {k: getattr(self, k) for k in OPTIMIZER_OPTIONS if k != "nesterov"}
         return {**{k: v for k, v in options.items() if v is not None}, **({"nesterov": True} if self.nesterov
                                                                           else {})}
+
+    def fit_kwargs(self, *only: str) -> dict[str, Any]:
+        """The keyword arguments of :func:`gdlab.fit` that this config sets: the one mapping from a config to a
+        training run (``epochs``/``steps`` from :meth:`budget`, the optimizer's options when set).
+
+        Args:
+            only: names of some of them, for a call that shares a few of ``fit``'s arguments (a sweep, the range
+                test, a replay); an optimizer option that is not set is left out.
+
+        Returns:
+            ``{name: value}``, ready for ``fit(model, train, val=val, **config.fit_kwargs())``.
+
+        Example:
+            >>> Config(optimizer="adam", beta2=0.99, steps=10).fit_kwargs("optimizer", "epochs", "steps", "beta2")
+            {'optimizer': 'adam', 'epochs': None, 'steps': 10, 'beta2': 0.99}
+        """
+        epochs, steps = self.budget()
+        kwargs = {"loss": self.loss, "optimizer": self.optimizer, "lr": self.lr, "lr_select": self.lr_select,
+                  "momentum": self.momentum, "schedule": self.schedule, "batch_size": self.batch_size,
+                  "drop_last": self.drop_last, "epochs": epochs, "steps": steps, "tol": self.tol,
+                  "patience": self.patience, "seed": self.seed, "device": self.device,
+                  "instruments": self.instruments, "doctor": self.doctor, "remedy": self.remedy,
+                  "restarts": self.restarts, "checkpoint_every": self.checkpoint_every, "name": self.name,
+                  **self.optimizer_options()}
+        unknown = [key for key in only if key not in kwargs and key not in OPTIMIZER_OPTIONS]
+        if unknown:
+            raise InvalidParameter("fit_kwargs name", unknown[0], f"one of {', '.join((*kwargs, *OPTIMIZER_OPTIONS))}")
+        return {key: kwargs[key] for key in only if key in kwargs} if only else kwargs
 
     def budget(self) -> tuple[int | None, int | None]:
         """``(epochs, steps)`` with the default of :data:`DEFAULT_EPOCHS` when neither is set."""

@@ -107,15 +107,9 @@ def _standardize_if_ill_conditioned(train: Any) -> float | None:
 
 def _fit(config: Config, model: nn.Module, train: Any, val: Any, store: Store, progress: bool,
          callbacks: tuple[Callback, ...], resume: str | None) -> Result:
-    epochs, steps = config.budget()
-    return fit(model, train, val=val, loss=config.loss, optimizer=config.optimizer, lr=config.lr,
-               momentum=config.momentum, batch_size=config.batch_size, epochs=epochs, steps=steps,
-               seed=config.seed, device=config.device, callbacks=callbacks, store=store, progress=progress,
-               drop_last=config.drop_last, tol=config.tol, patience=config.patience,
-               checkpoint_every=config.checkpoint_every, name=config.name, config=config.to_dict(),
-               resume=resume, schedule=config.schedule, lr_select=config.lr_select, instruments=config.instruments,
-               doctor=config.doctor, remedy=config.remedy, restarts=config.restarts,
-               model_fn=model_factory(config, train) if config.restarts else None, **config.optimizer_options())
+    model_fn = model_factory(config, train) if config.restarts else None  # restarts rebuild the model per seed
+    return fit(model, train, val=val, callbacks=callbacks, store=store, progress=progress, config=config.to_dict(),
+               resume=resume, model_fn=model_fn, **config.fit_kwargs())
 
 
 def resume(ref: str, *, store: str, epochs: int | None = None, steps: int | None = None,

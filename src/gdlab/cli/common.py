@@ -1,0 +1,237 @@
+"""What every ``gdlab`` command shares: the typer app and its consoles, the error wrapper, the data and model
+flags of train, sweep, restarts and lr-find (declared once, parsed where declared), value parsers and small
+printers.
+
+A flag that needs parsing says so in its declaration (``callback=parsed(parse_int_list, "--hidden")``), so a
+command body reads as: load, call the library, print. A parser raises gdlab's own errors; :func:`parsed` turns
+them, like :func:`friendly` does for a command body, into one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, Optional, TypeVar
+
+import typer
+from rich.console import Console
+
+from gdlab import __version__
+from gdlab.config import Config
+from gdlab.errors import GdlabError, InvalidParameter
+
+app = typer.Typer(
+    name="gdlab",
+    help="Train models by gradient descent, and see and fix what goes wrong in training.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+out = Console(highlight=False, soft_wrap=True, emoji=False)  # a pipe gets whole lines, not rich's 80-column wrap
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+STORE_HELP = "Run store folder (SQLite database and one folder per run)."
+
+
+def wide() -> Console:
+    """The console for tables: whole rows in a pipe or file rather than rich's 80-column squeeze."""
+    return out if out.is_terminal else Console(highlight=False, width=240, emoji=False)
+
+
+# -- errors ----------------------------------------------------------------------------------------------------
+
+
+def fail(error: GdlabError) -> NoReturn:
+    """Print ``error`` as one line on stderr and exit with code 2."""
+    err.print(f"error: {error}", markup=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def friendly(command: F) -> F:
+    """Turn gdlab's errors raised by a command into one line on stderr and exit code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except GdlabError as e:
+            fail(e)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def parsed(parse: Callable[..., Any], *args: Any) -> Callable[[Any], Any]:
+    """A typer option callback: the flag's value becomes ``parse(value, *args)`` (None stays None), and gdlab's
+    errors are one line and exit code 2, as in a command body."""
+
+    def callback(value: Any) -> Any:
+        if value is None:
+            return None
+        try:
+            return parse(value, *args)
+        except GdlabError as e:
+            fail(e)
+
+    return callback
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"gdlab {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """Train models by gradient descent, and see and fix what goes wrong in training."""
+
+
+# -- value parsers ---------------------------------------------------------------------------------------------
+
+
+def parse_int_list(text: str, flag: str) -> list[int]:
+    """``"128,64"`` -> ``[128, 64]``: positive integers."""
+    try:
+        values = [int(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise InvalidParameter(flag, text, "comma-separated positive integers, e.g. 128,64") from None
+    if not values or any(v <= 0 for v in values):
+        raise InvalidParameter(flag, text, "comma-separated positive integers, e.g. 128,64")
+    return values
+
+
+def parse_number(text: str, flag: str, expected: str = "a number, e.g. 0.01") -> float:
+    """A float, or an error naming ``flag`` and what was ``expected``."""
+    try:
+        return float(text)
+    except ValueError:
+        raise InvalidParameter(flag, text, expected) from None
+
+
+def parse_number_or_auto(text: str, flag: str, expected: str) -> float | str:
+    """``"auto"`` as it is, else a number (a learning rate that may be chosen for the user)."""
+    return text if text == "auto" else parse_number(text, flag, expected)
+
+
+def parse_key_value(item: str) -> tuple[str, Any]:
+    """``"condition=1000"`` -> ``("condition", 1000)``: the value an int, a float or else text."""
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise InvalidParameter("--data-opt", item, "KEY=VALUE, e.g. condition=1000")
+    for cast in (int, float):
+        try:
+            return key.strip(), cast(value)
+        except ValueError:
+            pass
+    return key.strip(), value
+
+
+def parse_data_options(items: Iterable[str]) -> list[tuple[str, Any]] | None:
+    """The ``--data-opt KEY=VALUE`` flags as ``(key, value)`` pairs, or None when none was given (pairs, not a
+    dict: typer keeps a repeated option's value a list; :func:`given_flags` makes the dict)."""
+    return [parse_key_value(item) for item in items] or None
+
+
+def parse_figure_path(path: Path, flag: str) -> Path:
+    """A path matplotlib can write a figure to."""
+    if path.suffix.lower() not in (".png", ".pdf", ".svg"):
+        raise InvalidParameter(flag, str(path), "a .png, .pdf or .svg path")
+    return path
+
+
+# -- the data and model flags of train, sweep, restarts and lr-find --------------------------------------------
+# typer reads each flag's type from the annotation (the text on the command line); a callback's value is the
+# parsed one (``--hidden 128,64`` arrives as [128, 64]).
+
+DataFlag = Annotated[Optional[str], typer.Option(
+    "--data", help="Built-in dataset (gdlab datasets), a .csv/.npz file, or module:function returning a torch "
+    "Dataset. [default: digits]")]
+TargetFlag = Annotated[Optional[str], typer.Option("--target", help="Target column of a CSV file.")]
+TaskFlag = Annotated[Optional[str], typer.Option("--task", help="classification or regression (inferred by "
+                                                 "default).")]
+ValFlag = Annotated[Optional[str], typer.Option("--val", help="Validation file, in the training file's format.")]
+ValSplitFlag = Annotated[Optional[float], typer.Option("--val-split", help="Hold out this fraction of a file for "
+                                                       "validation.")]
+StandardizeFlag = Annotated[Optional[bool], typer.Option("--standardize/--no-standardize",
+                                                         help="Scale inputs to mean 0, std 1.")]
+DataOptionsFlag = Annotated[Optional[list[str]], typer.Option(
+    "--data-opt", metavar="KEY=VALUE", callback=parsed(parse_data_options),
+    help="Option of a built-in dataset, e.g. condition=1000.")]  # (key, value) pairs, or None
+ModelFlag = Annotated[Optional[str], typer.Option("--model", help="linear, logistic, mlp, cnn, or module:function. "
+                                                  "[default: mlp]")]
+HiddenFlag = Annotated[Optional[str], typer.Option(
+    "--hidden", callback=parsed(parse_int_list, "--hidden"),
+    help="Hidden sizes of mlp, comma-separated. [default: 128]")]  # a list[int], or None
+ActivationFlag = Annotated[Optional[str], typer.Option("--activation", help="relu, tanh, sigmoid or leaky_relu. "
+                                                       "[default: relu]")]
+InitFlag = Annotated[Optional[str], typer.Option("--init", help="default, xavier, kaiming, normal or zeros.")]
+LossFlag = Annotated[Optional[str], typer.Option("--loss", help="auto, mse, cross_entropy, l1, huber or bce.")]
+OptimizerFlag = Annotated[Optional[str], typer.Option("--optimizer", help="gdlab optimizers lists them. "
+                                                      "[default: momentum]")]
+BatchSizeFlag = Annotated[Optional[str], typer.Option("--batch-size", help="full, stochastic, or a positive "
+                                                      "integer. [default: 32]")]
+DeviceFlag = Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda, mps. [default: auto]")]
+
+DATA_AND_MODEL = ("data", "target", "task", "val", "val_split", "standardize", "data_options", "model", "hidden",
+                  "activation", "init", "loss")
+"""The Config keys of the flags above that every training command takes."""
+
+StoreFlag = Annotated[str, typer.Option("--store", help=STORE_HELP)]
+QuietFlag = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table.")]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+
+
+def given_flags(flags: dict[str, Any], keys: Iterable[str]) -> dict[str, Any]:
+    """The Config values of the flags among ``keys`` that were given, from a command's ``locals()`` (each flag
+    named as its Config key)."""
+    given = {key: flags[key] for key in keys if flags[key] is not None}
+    if "data_options" in given:
+        given["data_options"] = dict(given["data_options"])
+    return given
+
+
+def config_from(flags: dict[str, Any], *keys: str) -> Config:
+    """A Config from the flags that were given among the data and model ones and ``keys``."""
+    return Config.from_dict(given_flags(flags, (*DATA_AND_MODEL, *keys)), source="option")
+
+
+# -- small printers --------------------------------------------------------------------------------------------
+
+
+def num(value: Any) -> str:
+    """A number in 4 significant digits (an int as it is, nothing for None)."""
+    if value is None:
+        return ""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def status_text(status: str) -> str:
+    """A run's status, coloured."""
+    colour = {"finished": "green", "running": "cyan", "failed": "red", "stopped": "yellow"}.get(status, "white")
+    return f"[{colour}]{status}[/]"
+
+
+def to_json(value: Any) -> str:
+    """Strict JSON: paths as strings, and null for NaN and infinities (a diverged run's losses)."""
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return str(v) if isinstance(v, Path) else v
+
+    return json.dumps(clean(value), allow_nan=False)

@@ -1,0 +1,341 @@
+"""``gdlab sweep``, ``gdlab restarts`` and ``gdlab lr-find``: the commands that train many members at once (or
+probe learning rates), and the tables of stored sweeps.
+
+They take ``gdlab train``'s data and model flags; the values a sweep varies take lists (``--lr 1e-4:1:16`` is 16
+log-spaced values, ``--momentum 0,0.9`` two).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional, cast
+
+import typer
+from rich.table import Table
+
+from gdlab.cli.common import (
+    ActivationFlag,
+    BatchSizeFlag,
+    DataFlag,
+    DataOptionsFlag,
+    DeviceFlag,
+    HiddenFlag,
+    InitFlag,
+    JsonFlag,
+    LossFlag,
+    ModelFlag,
+    OptimizerFlag,
+    QuietFlag,
+    StandardizeFlag,
+    StoreFlag,
+    TargetFlag,
+    TaskFlag,
+    ValFlag,
+    ValSplitFlag,
+    app,
+    config_from,
+    err,
+    friendly,
+    num,
+    out,
+    parse_figure_path,
+    parsed,
+    to_json,
+    wide,
+)
+from gdlab.config import Config
+from gdlab.errors import InvalidParameter
+
+
+def parse_grid_values(text: str, flag: str) -> float | list[float]:
+    """One value, or the list a grid spans: ``a:b:n`` (n log-spaced values) or ``a,b,c``."""
+    from gdlab.sweeps import parse_values
+
+    values = parse_values(text, flag)
+    return values[0] if len(values) == 1 else values
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"4"`` is seeds 0..3; ``"0,5,9"`` those seeds."""
+    if "," not in text:
+        try:
+            count = int(text)
+        except ValueError:
+            raise InvalidParameter("--seeds", text, "a count (e.g. 4) or a comma-separated list of seeds") from None
+        if count < 1:
+            raise InvalidParameter("--seeds", text, "a positive count, or a comma-separated list of seeds")
+        return list(range(count))
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise InvalidParameter("--seeds", text, "a count (e.g. 4) or a comma-separated list of seeds") from None
+
+
+def parse_restarts(count: int) -> int:
+    """A number of restarts: two at least, to compare."""
+    if count < 2:
+        raise InvalidParameter("--seeds", count, "at least 2 restarts")
+    return count
+
+
+def prepare(settings: Config) -> tuple[Any, Any, Any]:
+    """``(model_fn, train, val)`` for the settings: the model built anew for each member, after its seed."""
+    from gdlab.experiment import load_data, model_factory
+
+    train, val = load_data(settings)
+    return model_factory(settings, train), train, val
+
+
+EpochsFlag = Annotated[Optional[int], typer.Option(
+    "--epochs", help="Epochs per member (30 when neither --epochs nor --steps is given).")]
+StepsFlag = Annotated[Optional[int], typer.Option("--steps", help="Steps per member.")]
+DataSeedFlag = Annotated[Optional[int], typer.Option(
+    "--seed", help="Seed of the data (built-in datasets, validation splits); each member's own seed comes from "
+    "--seeds. [default: 0]")]
+NameFlag = Annotated[Optional[str], typer.Option("--name", help="A name for the stored sweep.")]
+
+
+def grid_option(default: str | None, flag: str, help: str) -> Any:
+    """A flag whose values a sweep spans: ``float | list[float]`` once parsed."""
+    return typer.Option(default, flag, help=help, callback=parsed(parse_grid_values, flag))
+
+
+@app.command()
+@friendly
+def sweep(
+    data: DataFlag = None, target: TargetFlag = None, task: TaskFlag = None,
+    val: ValFlag = None, val_split: ValSplitFlag = None, standardize: StandardizeFlag = None,
+    data_options: DataOptionsFlag = None, model: ModelFlag = None, hidden: HiddenFlag = None,
+    activation: ActivationFlag = None, init: InitFlag = None, loss: LossFlag = None,
+    optimizer: str = typer.Option("momentum", help="gdlab optimizers lists them."),
+    lr: str = grid_option("1e-4:1:9", "--lr", "Learning rates: a:b:n (n log-spaced values), a list, or one."),
+    momentum: Optional[str] = grid_option(None, "--momentum", "Momentum values, e.g. 0,0.9 (a second axis)."),
+    beta1: Optional[str] = grid_option(None, "--beta1", "Values of adam's beta1."),
+    beta2: Optional[str] = grid_option(None, "--beta2", "Values of adam's beta2."),
+    weight_decay: Optional[str] = grid_option(None, "--weight-decay", "Values of the weight decay."),
+    seeds: str = typer.Option("1", help="A count of seeds (0..n-1) or a comma-separated list.",
+                              callback=parsed(parse_seeds)),
+    seed: DataSeedFlag = None,
+    shared_order: bool = typer.Option(False, "--shared-order", help="Every member sees the same batches."),
+    batch_size: BatchSizeFlag = None, epochs: EpochsFlag = None, steps: StepsFlag = None,
+    device: DeviceFlag = None, store: StoreFlag = "gdlab-runs", name: NameFlag = None,
+    quiet: QuietFlag = False, as_json: JsonFlag = False,
+    plot: bool = typer.Option(True, "--plot/--no-plot", help="Write the sweep's plot into the store."),
+) -> None:
+    """Train one member per point of a grid (learning rates x momenta x seeds) at once, as one population."""
+    from gdlab.store import Store
+    from gdlab.sweeps import sweep as run_sweep
+
+    settings = config_from(locals(), "optimizer", "batch_size", "epochs", "steps", "device", "store", "seed")
+    grid: dict[str, Any] = {"lr": lr, "momentum": momentum, "beta1": beta1, "beta2": beta2,
+                            "weight_decay": weight_decay}
+    model_fn, train_data, val_data = prepare(settings)
+    db = Store(store)
+    result = run_sweep(model_fn, train_data, val=val_data, seeds=cast(list[int], seeds), shared_order=shared_order,
+                       progress=not quiet, store=db, name=name,
+                       config={**settings.to_dict(), "grid": grid, "seeds": seeds},
+                       **settings.fit_kwargs("optimizer", "batch_size", "epochs", "steps", "loss", "device"),
+                       **{k: v for k, v in grid.items() if v is not None})
+    path = None
+    if plot:
+        from gdlab.plots import plot_sweep
+
+        path = plot_sweep(result, db.root / str(result.sweep_id) / "sweep.png")
+    trained = [r for r in result.table if not r["diverged"]]
+    best = result.best() if trained else None
+    if as_json:
+        print(to_json({"sweep_id": result.sweep_id, "axes": result.axes, "best": best, "table": result.table,
+                       "vectorized": result.population.vectorized, "seconds": result.population.seconds,
+                       "plot": str(path) if path else None}))
+    elif not quiet:
+        print_sweep(result, best, path)
+
+
+def print_sweep(result: Any, best: dict[str, Any] | None, path: Path | None) -> None:
+    """A sweep's table, how it trained, and its best member."""
+    print_table(result.table, best["member"] if best else -1)
+    pop = result.population
+    how = "as one population" if pop.vectorized else f"one by one ({pop.notice})"
+    out.print(f"[bold]{len(pop)} member{'s' if len(pop) != 1 else ''}[/] trained {how} in {pop.seconds:.1f} s; "
+              f"{sum(pop.diverged)} diverged")
+    if best is None:
+        err.print("[yellow]every member diverged:[/] try smaller learning rates")
+    else:
+        out.print(f"[bold]best[/]  member {best['member']}: " + ", ".join(
+            f"{k} {num(best[k])}" for k in (*result.axes, "val_loss", "train_loss") if best.get(k) is not None))
+    out.print(f"[bold]sweep[/] {result.sweep_id}")
+    if path:
+        out.print(f"[bold]plot[/]  {path}")
+
+
+def print_table(rows: list[dict[str, Any]], best: int) -> None:
+    """The members of a sweep, one row each, the best in bold green."""
+    table = Table(box=None, header_style="bold")
+    tail = ("train_loss", "val_loss", "metric", "diverged")
+    keys = [k for k in rows[0] if k not in ("curve", "member", "seed", *tail)]
+    columns = [k for k in ("member", "seed", *keys, *tail) if any(r.get(k) is not None for r in rows)]
+    for column in columns:
+        header = "val acc" if column == "metric" else column.replace("_", " ")
+        table.add_column(header, justify="left" if column == "diverged" else "right")
+    for row in rows:
+        cells = []
+        for column in columns:
+            v = row.get(column)
+            cells.append("yes" if v is True else "" if v is False or v is None else
+                         f"{v:.2%}" if column == "metric" else num(v) if isinstance(v, float) else str(v))
+        table.add_row(*cells, style="bold green" if row["member"] == best else None)
+    wide().print(table)
+
+
+@app.command()
+@friendly
+def restarts(
+    data: DataFlag = None, target: TargetFlag = None, task: TaskFlag = None,
+    val: ValFlag = None, val_split: ValSplitFlag = None, standardize: StandardizeFlag = None,
+    data_options: DataOptionsFlag = None, model: ModelFlag = None, hidden: HiddenFlag = None,
+    activation: ActivationFlag = None, init: InitFlag = None, loss: LossFlag = None,
+    optimizer: OptimizerFlag = None,
+    lr: float = typer.Option(0.1, help="Learning rate (one value: restarts vary the initial point)."),
+    momentum: Optional[float] = typer.Option(None, help="Momentum."),
+    seeds: int = typer.Option(16, help="How many random initial points.", callback=parsed(parse_restarts)),
+    seed: DataSeedFlag = None,
+    tol: float = typer.Option(0.05, help="Relative tolerance for 'as good as the best' and for one end point."),
+    batch_size: BatchSizeFlag = None, epochs: EpochsFlag = None, steps: StepsFlag = None,
+    device: DeviceFlag = None, store: StoreFlag = "gdlab-runs",
+    name: Optional[str] = typer.Option(None, help="A name for the stored restarts."),
+    quiet: QuietFlag = False, as_json: JsonFlag = False,
+    plot: bool = typer.Option(True, "--plot/--no-plot", help="Write the distribution plot into the store."),
+) -> None:
+    """Train from many random initial points at once: how many different minima does training end in?"""
+    from gdlab.store import Store
+    from gdlab.sweeps import restarts as run_restarts
+
+    settings = config_from(locals(), "optimizer", "lr", "momentum", "batch_size", "epochs", "steps", "device",
+                           "store", "seed")
+    model_fn, train_data, val_data = prepare(settings)
+    db = Store(store)
+    result = run_restarts(model_fn, train_data, seeds=seeds, tol=tol, val=val_data, progress=not quiet, store=db,
+                          name=name, **settings.fit_kwargs("optimizer", "lr", "momentum", "batch_size", "epochs",
+                                                           "steps", "loss", "device"))
+    path = None
+    if plot:
+        from gdlab.plots import plot_restarts
+
+        path = plot_restarts(result, db.root / str(result.restarts_id) / "restarts.png")
+    summary = result.summary()
+    if as_json:
+        print(to_json({"restarts_id": result.restarts_id, **summary, "losses": result.losses,
+                       "clusters": result.clusters, "plot": str(path) if path else None}))
+    elif not quiet:
+        print_restarts(result, summary, tol, "validation" if val_data is not None else "training", path)
+
+
+def print_restarts(result: Any, summary: dict[str, Any], tol: float, what: str, path: Path | None) -> None:
+    """How many end points the restarts found, and the losses of each."""
+    out.print(f"[bold]{summary['restarts']} restarts[/], final {what} loss: best {num(result.best)}, "
+              f"median {num(result.median)}, worst {num(result.worst)} (spread {num(result.spread)})")
+    out.print(f"[bold]{result.distinct} distinct end points[/] (same loss within {tol:.0%} and the same "
+              f"predictions on held-out inputs); {result.within_tol:.0%} of restarts end within {tol:.0%} of "
+              f"the best" + (f"; {summary['diverged']} diverged" if summary["diverged"] else ""))
+    sizes: dict[int, list[float]] = {}
+    for c, v in zip(result.clusters, result.losses):
+        if c >= 0:
+            sizes.setdefault(c, []).append(v)
+    for c, values in sorted(sizes.items()):
+        out.print(f"  end point {c + 1}: {len(values)} restart{'s' if len(values) != 1 else ''}, "
+                  f"loss {num(min(values))} to {num(max(values))}")
+    out.print(f"[bold]stored[/] {result.restarts_id}")
+    if path:
+        out.print(f"[bold]plot[/]   {path}")
+
+
+@app.command("lr-find")
+@friendly
+def lr_find(
+    data: DataFlag = None, target: TargetFlag = None, task: TaskFlag = None,
+    val: ValFlag = None, val_split: ValSplitFlag = None, standardize: StandardizeFlag = None,
+    data_options: DataOptionsFlag = None, model: ModelFlag = None, hidden: HiddenFlag = None,
+    activation: ActivationFlag = None, init: InitFlag = None, loss: LossFlag = None,
+    optimizer: str = typer.Option("sgd", help="gdlab optimizers lists them."),
+    momentum: Optional[float] = typer.Option(None, help="Momentum."),
+    start_lr: float = typer.Option(1e-7, help="The first learning rate of the ramp."),
+    end_lr: float = typer.Option(10.0, help="The last learning rate of the ramp."),
+    num_iter: int = typer.Option(100, help="Steps of the ramp."),
+    batch_size: BatchSizeFlag = None, seed: Optional[int] = typer.Option(None, help="Seed. [default: 0]"),
+    device: DeviceFlag = None, store: StoreFlag = "gdlab-runs",
+    out_path: Optional[Path] = typer.Option(None, "--out", help="PNG path [default: in the store folder].",
+                                            callback=parsed(parse_figure_path, "--out")),
+    quiet: QuietFlag = False, as_json: JsonFlag = False,
+) -> None:
+    """The learning-rate range test: raise the lr exponentially over one short run and read the loss curve."""
+    import torch
+
+    from gdlab.lr_select import lr_find as run_lr_find
+
+    settings = config_from(locals(), "optimizer", "momentum", "batch_size", "seed", "device")
+    model_fn, train_data, _ = prepare(settings)
+    torch.manual_seed(settings.seed)
+    found = run_lr_find(model_fn(), train_data, start_lr=start_lr, end_lr=end_lr, num_iter=num_iter,
+                        progress=not quiet, **settings.fit_kwargs("optimizer", "batch_size", "loss", "seed", "device",
+                                                                  "momentum"))
+    path = out_path or Path(store) / f"lr-find-{time.strftime('%Y%m%d-%H%M%S')}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    found.plot(path)
+    if as_json:
+        print(to_json({"suggestions": found.suggestions, "warnings": found.warnings, "stopped": found.stopped,
+                       "lrs": found.lrs, "losses": found.losses, "smoothed": found.smoothed, "plot": str(path)}))
+    elif not quiet:
+        out.print(f"[bold]range test[/] {optimizer}, {len(found.lrs)} steps from lr {start_lr:g}: {found.stopped}")
+        for key, value in found.suggestions.items():
+            out.print(f"  {key:9} lr {value:.3g}")
+        for warning in found.warnings:
+            err.print(f"[yellow]warning:[/] {warning}")
+        out.print(f"[bold]plot[/] {path}")
+
+
+def sweeps_table(db: Any, stored: list[dict[str, Any]]) -> Table:
+    """The stored sweeps and restarts, one row each (for gdlab runs)."""
+    table = Table(box=None, header_style="bold")
+    for column in ("sweep", "name", "kind", "created", "members", "best", "val loss", "train loss", "time"):
+        table.add_column(column, justify="right" if column in ("members", "val loss", "train loss", "time")
+                         else "left")
+    for sweep_row in stored:
+        rows = db.get_sweep(sweep_row["id"])["rows"]
+        best = best_row(rows)
+        axes = [k for k in (sweep_row["config"].get("axes") or {}) if k != "seed"] or ["lr"]
+        described = ", ".join(f"{k} {num(best[k])}" for k in axes if best and best.get(k) is not None)
+        table.add_row(sweep_row["id"], sweep_row["name"] or "", sweep_row["kind"], sweep_row["created"],
+                      str(sweep_row["members"]), described, num(best.get("val_loss")) if best else "",
+                      num(best.get("train_loss")) if best else "",
+                      f"{sweep_row['seconds']:.1f}s" if sweep_row["seconds"] else "")
+    return table
+
+
+def best_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The member with the lowest final loss (validation, else training), or None when all diverged."""
+
+    def score(row: dict[str, Any]) -> float:
+        value = row.get("val_loss") if row.get("val_loss") is not None else row.get("train_loss")
+        return float("inf") if row.get("diverged") or value is None else float(value)
+
+    trained = [r for r in rows if score(r) != float("inf")]
+    return min(trained, key=score) if trained else None
+
+
+def show_sweep(stored: dict[str, Any], as_json: bool) -> None:
+    """gdlab show for a sweep or restarts: its summary and table."""
+    rows = stored["rows"]
+    if as_json:
+        print(to_json({"sweep_id": stored["id"], "name": stored["name"], "kind": stored["kind"],
+                       "created": stored["created"], "config": stored["config"], "summary": stored["summary"],
+                       "seconds": stored["seconds"], "steps": stored["steps"], "table": rows}))
+        return
+    out.print(f"[bold]{stored['kind']}[/] {stored['id']}" + (f" ({stored['name']})" if stored["name"] else "")
+              + f"   {stored['created']}   {len(rows)} members, {stored['steps']} steps each, "
+              f"{stored['seconds'] or 0:.1f} s")
+    for key, value in (stored["summary"] or {}).items():
+        out.print(f"  {key:<20}{num(value) if isinstance(value, float) else value}")
+    best = best_row(rows)
+    if rows:
+        print_table(rows, best["member"] if best else -1)

@@ -1,0 +1,199 @@
+"""``gdlab runs``, ``show``, ``plot``, ``gradflow`` and ``doctor``: the commands that read the run store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.table import Table
+
+from gdlab.cli.common import JsonFlag, StoreFlag, app, friendly, num, out, status_text, to_json, wide
+from gdlab.cli.population import show_sweep, sweeps_table
+from gdlab.cli.train import print_doctor
+from gdlab.errors import InvalidParameter, RunNotFound
+
+RunArgument = typer.Argument(..., help="Run id, id prefix, name, or 'last'.")
+
+
+@app.command()
+@friendly
+def runs(
+    store: StoreFlag = "gdlab-runs",
+    limit: int = typer.Option(20, help="Show at most this many runs, newest first."),
+) -> None:
+    """List stored runs."""
+    from gdlab.store import Store
+
+    if not (Path(store) / "gdlab.db").is_file():
+        out.print(f"no runs in {store} yet: start one with gdlab train")
+        return
+    db = Store(store, create=False)
+    listed = db.runs(limit=limit)
+    stored_sweeps = db.sweeps(limit=limit)
+    if not listed and not stored_sweeps:
+        out.print(f"no runs in {store} yet: start one with gdlab train")
+        return
+    if listed:
+        wide().print(runs_table(listed))
+    if stored_sweeps:
+        out.print("[bold]sweeps and restarts[/]" if listed else "")
+        wide().print(sweeps_table(db, stored_sweeps))
+
+
+def runs_table(listed: list[Any]) -> Table:
+    """The stored runs, one row each, newest first."""
+    table = Table(box=None, header_style="bold")
+    for column in ("run", "name", "status", "created", "data", "model", "optimizer", "lr", "batch", "steps",
+                   "train loss", "val loss", "val acc", "time"):
+        table.add_column(column, justify="right" if column in ("lr", "steps", "time") or "loss" in column
+                         or "acc" in column else "left")
+    for r in listed:
+        c, f = r.config, r.final or {}
+        acc = f.get("val_accuracy")
+        table.add_row(r.id, r.name or "", status_text(r.status), r.created, str(c.get("data", "")),
+                      str(c.get("model", "")), str(c.get("optimizer", "")), f"{c.get('lr', '')}",
+                      str(c.get("batch_size", "")), str(r.steps or ""), num(f.get("train_loss")),
+                      num(f.get("val_loss")), f"{acc:.2%}" if acc is not None else "",
+                      f"{r.seconds:.1f}s" if r.seconds else "")
+    return table
+
+
+@app.command()
+@friendly
+def show(
+    run: str = typer.Argument(..., help="Run or sweep id, id prefix, name, or 'last'."),
+    store: StoreFlag = "gdlab-runs",
+    as_json: JsonFlag = False,
+) -> None:
+    """Show a run (config, plan, status, final metrics, findings) or a sweep (its table)."""
+    from gdlab.store import Store
+
+    db = Store(store, create=False)
+    try:
+        r = db.get(run)
+    except RunNotFound:
+        if not db.sweeps():
+            raise
+        try:
+            show_sweep(db.get_sweep(run), as_json)
+            return
+        except RunNotFound as missing:
+            if "ambiguous" in str(missing):
+                raise
+            raise RunNotFound(f"unknown run or sweep {run!r} in store '{store}': expected an id, id prefix or "
+                              "name (see gdlab runs)") from None
+    if as_json:
+        print(to_json({"run_id": r.id, "name": r.name, "created": r.created, "status": r.status,
+                       "config": r.config, "plan": r.plan, "final": r.final, "lr": r.lr, "seconds": r.seconds,
+                       "steps": r.steps, "stop_reason": r.stop_reason, "error": r.error, "findings": r.findings,
+                       "remedies": r.remedies}))
+        return
+    print_run(r)
+
+
+def print_run(r: Any) -> None:
+    """A stored run: status, plan, config, final metrics, the doctor's findings, its files."""
+    out.print(f"[bold]run[/] {r.id}" + (f" ({r.name})" if r.name else "") + f"   {status_text(r.status)}   "
+              f"{r.created}")
+    if r.error:
+        out.print(f"[red]error: {r.error}[/]", markup=True)
+    if r.stop_reason:
+        out.print(f"stopped early: {r.stop_reason}")
+    if r.plan:
+        from gdlab.data import BatchPlan
+
+        plan = BatchPlan(**{k: r.plan[k] for k in BatchPlan.__dataclass_fields__ if k in r.plan})
+        out.print(f"[bold]plan[/]   {plan.describe()}")
+    out.print("[bold]config[/]")
+    for key, value in r.config.items():
+        if key == "lr_selection" and isinstance(value, dict):
+            out.print(f"  {'lr chosen':<17}{num(value.get('lr'))}: {value.get('reason', '')}", markup=False)
+        elif value not in (None, {}, False):
+            out.print(f"  {key:<17}{value}", markup=False)
+    out.print("[bold]final[/]")
+    for key, value in (r.final or {}).items():
+        out.print(f"  {key:<17}{'-' if value is None else num(value)}")
+    if r.steps is not None:
+        out.print(f"  {'steps':<17}{r.steps}")
+    if r.seconds is not None:
+        out.print(f"  {'seconds':<17}{r.seconds:.2f}")
+    print_doctor(r.findings, r.remedies)
+    for label, path in (("checkpoint", r.checkpoint), ("plot", r.dir / "loss.png")):
+        if path.exists():
+            out.print(f"[bold]{label}[/] {path}")
+
+
+@app.command()
+@friendly
+def plot(
+    run: str = RunArgument,
+    store: StoreFlag = "gdlab-runs",
+    out_path: Optional[Path] = typer.Option(None, "--out", help="PNG path [default: the run's folder/loss.png]."),
+    instruments: bool = typer.Option(False, "--instruments", help="The instruments' dashboard, with the findings "
+                                     "marked where first seen [default path: the run's folder/instruments.png]."),
+) -> None:
+    """Plot a run's losses (per epoch and per step), or with --instruments the instruments' dashboard."""
+    from gdlab.plots import plot_instruments, plot_losses
+    from gdlab.store import Store
+
+    s = Store(store, create=False)
+    r = s.get(run)
+    target = out_path or r.dir / ("instruments.png" if instruments else "loss.png")
+    try:
+        if instruments:
+            path = plot_instruments(s.history(r.id), target, findings=r.findings, title=f"run {r.id}")
+        else:
+            path = plot_losses(s.history(r.id), target, title=f"run {r.id} ({r.status})")
+    except (OSError, ValueError) as e:
+        raise InvalidParameter("--out", str(target), f"a writable .png path ({e})") from None
+    out.print(str(path))
+
+
+@app.command()
+@friendly
+def gradflow(
+    run: str = RunArgument,
+    store: StoreFlag = "gdlab-runs",
+    out_path: Optional[Path] = typer.Option(None, "--out", help="PNG path [default: the run's folder/gradflow.png]."),
+) -> None:
+    """Draw the gradient flow of a run: per-layer gradient norms over training, first layer to last."""
+    from gdlab.plots import plot_gradflow
+    from gdlab.store import Store
+
+    s = Store(store, create=False)
+    r = s.get(run)
+    target = out_path or r.dir / "gradflow.png"
+    try:
+        path = plot_gradflow(s.history(r.id), target, title=f"run {r.id}: gradient flow")
+    except ValueError:
+        raise InvalidParameter("run", r.id, "a run trained with instruments (--instruments cheap or more): this one "
+                               "recorded no per-layer gradients") from None
+    except OSError as e:
+        raise InvalidParameter("--out", str(target), f"a writable .png path ({e})") from None
+    out.print(str(path))
+
+
+@app.command("doctor")
+@friendly
+def doctor_command(
+    run: str = RunArgument,
+    store: StoreFlag = "gdlab-runs",
+    as_json: JsonFlag = False,
+) -> None:
+    """Run the doctor's detectors again on a stored run and explain each finding."""
+    from gdlab.doctor import diagnose
+    from gdlab.store import Store
+
+    db = Store(store, create=False)
+    r = db.get(run)
+    history = db.history(r.id)
+    meta = r.config.get("doctor_meta") or {}
+    history.meta.update({"lr": r.config.get("lr"), "momentum": r.config.get("momentum"), **meta})
+    findings = [f.to_dict() for f in diagnose(history)]
+    if as_json:
+        print(to_json({"run_id": r.id, "findings": findings, "remedies": r.remedies}))
+        return
+    out.print(f"[bold]run[/] {r.id}" + (f" ({r.name})" if r.name else "") + f": {len(history.steps)} steps, "
+              f"{len(history.epochs)} epochs")
+    print_doctor(findings, r.remedies)

@@ -1,0 +1,258 @@
+"""``gdlab train``: train a model as the flags (or a TOML file) say, record the run, and print what happened."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from gdlab.cli.common import (
+    STORE_HELP,
+    ActivationFlag,
+    BatchSizeFlag,
+    DataFlag,
+    DataOptionsFlag,
+    DeviceFlag,
+    HiddenFlag,
+    InitFlag,
+    LossFlag,
+    ModelFlag,
+    OptimizerFlag,
+    StandardizeFlag,
+    TargetFlag,
+    TaskFlag,
+    ValFlag,
+    ValSplitFlag,
+    app,
+    err,
+    friendly,
+    given_flags,
+    num,
+    out,
+    parse_number_or_auto,
+    parsed,
+    to_json,
+)
+from gdlab.config import Config
+from gdlab.errors import InvalidParameter
+from gdlab.loop import Callback
+
+TRAIN_FLAGS = (
+    "data", "target", "task", "val", "val_split", "standardize", "data_options", "model", "hidden", "activation",
+    "init", "loss", "optimizer", "lr", "lr_select", "momentum", "beta1", "beta2", "eps", "weight_decay", "nesterov",
+    "clip_norm", "schedule", "batch_size", "drop_last", "epochs", "steps", "tol", "patience", "seed",
+    "device", "store", "name", "checkpoint_every", "instruments", "doctor", "remedy", "restarts",
+)
+"""The flags of gdlab train that are Config keys (each named as its key)."""
+
+
+@app.command()
+@friendly
+def train(
+    data: DataFlag = None,
+    target: TargetFlag = None,
+    task: TaskFlag = None,
+    val: ValFlag = None,
+    val_split: ValSplitFlag = None,
+    standardize: StandardizeFlag = None,
+    data_options: DataOptionsFlag = None,
+    model: ModelFlag = None,
+    hidden: HiddenFlag = None,
+    activation: ActivationFlag = None,
+    init: InitFlag = None,
+    loss: LossFlag = None,
+    optimizer: OptimizerFlag = None,
+    lr: Optional[str] = typer.Option(None, help="Learning rate, or auto (chosen by a short parallel sweep). "
+                                     "[default: 0.1]",
+                                     callback=parsed(parse_number_or_auto, "--lr", "a number, e.g. 0.01, or auto")),
+    lr_select: Optional[str] = typer.Option(None, help="How --lr auto chooses: sweep or range-test. "
+                                            "[default: sweep]"),
+    momentum: Optional[float] = typer.Option(None, help="Momentum for sgd, momentum, nesterov, rmsprop."),
+    beta1: Optional[float] = typer.Option(None, help="Adam's / Lion's first beta."),
+    beta2: Optional[float] = typer.Option(None, help="Adam's / Lion's second beta."),
+    eps: Optional[float] = typer.Option(None, help="The epsilon of adagrad, rmsprop, adam, adamw."),
+    weight_decay: Optional[float] = typer.Option(None, help="Weight decay (decoupled for adamw and lion)."),
+    nesterov: Optional[bool] = typer.Option(None, "--nesterov/--no-nesterov",
+                                            help="Nesterov momentum (sgd, momentum)."),
+    clip_norm: Optional[float] = typer.Option(None, help="Clip the gradient's global norm to this first."),
+    schedule: Optional[str] = typer.Option(None, help="cosine, step:EVERY:GAMMA, exponential:GAMMA, one_cycle, "
+                                           "plateau, constant, or warmup:N,<one of those>."),
+    batch_size: BatchSizeFlag = None,
+    drop_last: Optional[bool] = typer.Option(None, "--drop-last/--no-drop-last", help="Drop a short last batch."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs (30 when neither --epochs nor --steps is given)."),
+    steps: Optional[int] = typer.Option(None, help="Steps (updates); stops at --epochs or --steps, first reached."),
+    tol: Optional[float] = typer.Option(None, help="Stop when the epoch train loss changes by less than this."),
+    patience: Optional[int] = typer.Option(None, help="Stop after this many epochs without a better val loss."),
+    seed: Optional[int] = typer.Option(None, help="Seeds initialisation, data order and dropout. [default: 0]"),
+    device: DeviceFlag = None,
+    store: Optional[str] = typer.Option(None, help=STORE_HELP + " [default: gdlab-runs]"),
+    name: Optional[str] = typer.Option(None, help="A name for the run."),
+    checkpoint_every: Optional[int] = typer.Option(None, help="Steps between checkpoints (default: each epoch)."),
+    config: Optional[Path] = typer.Option(None, help="TOML file of settings; flags override it."),
+    resume: Optional[str] = typer.Option(None, help="Continue a stored run (id, prefix or name)."),
+    instruments: Optional[str] = typer.Option(None, help="What to measure each step: none, cheap, default "
+                                              "(cheap + periodic) or full (+ sharpness and step size)."),
+    doctor: Optional[bool] = typer.Option(None, "--doctor/--no-doctor", help="Name what goes wrong, at the end."),
+    remedy: Optional[str] = typer.Option(None, help="off, suggest (the default) or auto: the doctor acts during "
+                                         "the run."),
+    restarts: Optional[int] = typer.Option(None, help="With --remedy auto: if the run settles in a (perhaps "
+                                           "local) minimum, train this many restarts as one population and keep "
+                                           "the best."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    plot: bool = typer.Option(True, "--plot/--no-plot", help="Write the loss plot into the run's folder."),
+) -> None:
+    """Train a model (an MLP on digits by default) and record the run."""
+    from gdlab.experiment import resume as resume_run
+    from gdlab.experiment import run
+
+    given = given_flags(locals(), TRAIN_FLAGS)
+    show = not (quiet or as_json)
+    if resume is not None:
+        extra = sorted(set(given) - {"epochs", "steps", "store"})
+        if extra or config is not None:
+            flag = "--" + (extra[0] if extra else "config").replace("_", "-")
+            raise InvalidParameter(flag, given.get(extra[0]) if extra else str(config),
+                                   "no settings with --resume: the run keeps its stored config (only --epochs, "
+                                   "--steps and --store may be given)")
+        result = resume_run(resume, store=given.get("store", "gdlab-runs"), epochs=epochs, steps=steps,
+                            progress=not quiet, callbacks=(ResumePrinter(),) if show else ())
+        settings = None
+    else:
+        settings = Config.from_toml(config, given) if config else Config.from_dict(given, source="option")
+        result = run(settings, progress=not quiet, callbacks=(SetupPrinter(settings),) if show else ())
+    report(result, store or (settings.store if settings else "gdlab-runs"), show, as_json, plot)
+
+
+def report(result: Any, store_path: str, show: bool, as_json: bool, plot: bool) -> None:
+    """Plot the run's losses into its folder, print its summary (or JSON), and exit 130 when it was stopped."""
+    from gdlab.store import Store
+
+    stored = Store(store_path).get(result.run_id)
+    plot_path = None
+    if plot:
+        from gdlab.plots import plot_losses
+
+        plot_path = plot_losses(result.history, stored.dir / "loss.png", title=f"run {result.run_id}")
+    if as_json:
+        print(to_json(result_payload(result, stored, plot_path)))
+    elif show:
+        print_summary(result, plot_path)
+    if result.status == "stopped":
+        err.print(f"stopped at step {result.steps}; continue with: gdlab train --resume {result.run_id}"
+                  + (f" --store {store_path}" if store_path != "gdlab-runs" else ""))
+        raise typer.Exit(130)
+
+
+def result_payload(result: Any, stored: Any, plot_path: Path | None) -> dict[str, Any]:
+    """What ``gdlab train --json`` prints."""
+    return {
+        "run_id": result.run_id,
+        "status": result.status,
+        "lr": result.lr,
+        "seconds": result.seconds,
+        "steps": result.steps,
+        "epochs": epochs_done(result),
+        "plan": {k: result.plan.to_dict()[k] for k in ("samples", "batch_size", "iterations_per_epoch",
+                                                      "last_batch", "mode", "drop_last")},
+        "final": result.final,
+        "stop_reason": result.stop_reason,
+        "findings": [dict(f) if isinstance(f, dict) else vars(f) for f in result.findings],
+        "remedies": [r.to_dict() for r in result.remedies],
+        "lr_selection": result.lr_selection.to_dict() if result.lr_selection is not None else None,
+        "plot": str(plot_path) if plot_path else None,
+        "checkpoint": str(stored.checkpoint),
+    }
+
+
+class SetupPrinter(Callback):
+    """Prints what is about to run (data, model, optimizer, batch plan) as the loop starts."""
+
+    def __init__(self, settings: Config) -> None:
+        self.settings = settings
+
+    def on_fit_start(self, state: Any) -> None:
+        s = self.settings
+        parameters = sum(p.numel() for p in state.model.parameters())
+        val = f", {state.val_samples} val" if state.val_samples else ", no validation"
+        out.print(f"[bold]data[/]      {s.data}: {state.plan.samples} train{val}")
+        out.print(f"[bold]model[/]     {s.model}, {parameters:,} parameters")
+        momentum = f", momentum {s.momentum}" if s.momentum is not None else ""
+        chosen = state.optimizer.param_groups[0].get("lr", s.lr)
+        auto = " (auto)" if s.lr == "auto" else ""
+        out.print(f"[bold]optimizer[/] {s.optimizer}, lr {chosen:.4g}{auto}{momentum}")
+        out.print(f"[bold]plan[/]      {state.plan.describe()}")
+
+
+class ResumePrinter(Callback):
+    """Says where a resumed run picks up."""
+
+    def on_fit_start(self, state: Any) -> None:
+        done = state.step >= state.total_steps
+        out.print(f"[bold]resuming[/] run {state.run_id} at step {state.step} (epoch {state.epoch + 1}, iteration "
+                  f"{state.iteration}) of {state.total_steps}" + ("; nothing left to train: give more --epochs "
+                                                                   "or --steps" if done else ""))
+        out.print(f"[bold]plan[/]      {state.plan.describe()}")
+
+
+def print_summary(result: Any, plot_path: Path | None) -> None:
+    """The end of a run: time, why it stopped, final losses, the doctor's findings, where it is stored."""
+    final = result.final
+    if result.lr_selection is not None:
+        chosen = result.lr_selection
+        out.print(f"[bold]lr auto[/]   {chosen.lr:.4g}: {chosen.reason} (cost {chosen.cost:.2f} trainings)")
+    epochs = epochs_done(result)
+    word = "stopped" if result.status == "stopped" else "finished"
+    out.print(f"[bold]{word}[/] in {result.seconds:.1f} s: {epochs:g} epoch{'s' if epochs != 1 else ''}, "
+              f"{result.steps} iteration{'s' if result.steps != 1 else ''}")
+    if result.stop_reason and result.stop_reason != "interrupted":
+        colour = "red" if result.stop_reason.startswith("diverged") else "yellow"
+        out.print(f"[{colour}]{result.stop_reason}[/]")
+    parts = [f"train loss {num(final.get('train_loss'))}"]
+    if final.get("val_loss") is not None:
+        parts.append(f"val loss {num(final['val_loss'])}")
+    if final.get("val_accuracy") is not None:
+        parts.append(f"val accuracy {final['val_accuracy']:.2%}")
+    out.print("   ".join(parts))
+    print_doctor([vars(f) for f in result.findings], [r.to_dict() for r in result.remedies])
+    out.print(f"[bold]run[/]  {result.run_id}   (gdlab show {result.run_id})")
+    if plot_path:
+        out.print(f"[bold]plot[/] {plot_path}")
+
+
+def epochs_done(result: Any) -> float:
+    """Epochs trained, with the fraction of one that a step budget or a stop cut short."""
+    return round(result.steps / result.plan.iterations_per_epoch, 2)
+
+
+COLOURS = {"error": "red", "warning": "yellow", "info": "cyan"}
+
+
+def remedy_text(remedy: dict[str, Any] | None) -> str:
+    """A remedy as ``action (key value, ...)``."""
+    if not remedy:
+        return ""
+    action = remedy.get("action", "")
+    rest = ", ".join(f"{k} {num(v) if isinstance(v, float) else v}" for k, v in remedy.items() if k != "action")
+    return f"{action}" + (f" ({rest})" if rest else "")
+
+
+def print_doctor(findings: list[dict[str, Any]], remedies: list[dict[str, Any]]) -> None:
+    """The doctor's findings, each with its evidence and remedy, and what it did."""
+    for r in remedies:
+        out.print(f"[bold]remedy[/] step {r['step']}: ", end="")
+        out.print(f"{r['action']} - {r['reason']}", markup=False)
+    if not findings:
+        out.print("[bold]doctor[/] no problems found")
+        return
+    for f in findings:
+        colour = COLOURS.get(f["severity"], "white")
+        out.print(f"[{colour}]{f['severity']}[/] {f['code']}" + (f" (step {f['step']})" if f.get("step") else "")
+                  + f": {f['explanation']}")
+        evidence = ", ".join(f"{k} {num(v) if isinstance(v, float) else v}"
+                             for k, v in (f.get("evidence") or {}).items())
+        if evidence:
+            out.print(f"    evidence: {evidence}", markup=False)
+        if f.get("remedy"):
+            out.print(f"    remedy:   {remedy_text(f['remedy'])}", markup=False)
