@@ -44,6 +44,8 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 from torch.nn.grad import conv2d_weight
 
+from gdlab.records import EMA
+
 __all__ = ["Instrument", "Cheap", "Periodic", "Expensive", "LEVELS", "attach"]
 
 LEVELS = ("none", "cheap", "default", "full")
@@ -107,7 +109,7 @@ class Cheap(Instrument):
         self.armed = self.every == 1  # the parameters before the next step are kept: measure its movement
         if self.armed:
             self._keep()
-        self.avg = self.weight = 0.0
+        self.average = EMA(self.beta)
         # filed by each step, written into the table in batches by _fill
         self.rows: list[int] = []
         self.moves: list[tuple[int, Tensor]] = []  # (row, [4 * parameters] squared norms) of measured steps
@@ -151,14 +153,7 @@ class Cheap(Instrument):
             column = per_tensor[members[0]] if len(members) == 1 else \
                 [math.hypot(*v) for v in zip(*(per_tensor[i] for i in members))]
             table.write(key, rows, column)
-        ema: list[float] = []
-        beta, avg, weight = self.beta, self.avg, self.weight
-        for loss in losses:
-            if math.isfinite(loss):
-                avg, weight = beta * avg + (1 - beta) * loss, beta * weight + (1 - beta)
-            ema.append(avg / weight if weight else math.nan)
-        self.avg, self.weight = avg, weight
-        table.write("loss_ema", rows, ema)
+        table.write("loss_ema", rows, [self.average.update(loss) for loss in losses])
         # norms are >= 0: an inf or a nan shows in their sum (and a non-finite loss in loss + sum)
         sums = [sum(step) for step in zip(*per_tensor)] if k else [0.0] * len(rows)
         table.write("non_finite", rows, [float(not math.isfinite(loss + total) or row in bad_params)

@@ -28,7 +28,7 @@ from gdlab.callbacks import Recorder, Scheduler
 from gdlab.config import DEFAULT_EPOCHS, Config
 from gdlab.data import BatchPlan
 from gdlab.data.source import Source
-from gdlab.doctor import REMEDY_MODES, Doctor, input_scales, restart_remedy
+from gdlab.doctor import REMEDY_MODES, Doctor, restart_remedy
 from gdlab.errors import InvalidParameter, StoreError, UnknownChoice
 from gdlab.instruments import attach
 from gdlab.loop import Callback, LoopState, Result
@@ -36,6 +36,7 @@ from gdlab.lr_select import select_lr
 from gdlab.optim import schedules
 from gdlab.optim.schedules import Schedule
 from gdlab.problem import LossFn, Problem, check_budget, evaluate
+from gdlab.records import input_scales
 from gdlab.store import Store
 
 __all__ = ["fit"]
@@ -149,7 +150,7 @@ def fit(
 
     # (1) start from the model's parameters (or a stored run's last checkpoint)
     state = LoopState.start(problem, opt, total_steps=total, seed=seed)
-    state.history.meta.update(_meta(model, opt, problem.source, problem.plan))
+    state.history.meta.update(_meta(model, opt, problem.source, problem.plan, scales=physician is not None))
     recorder = None
     if db is not None:
         described = dict(config or _describe(model, optimizer, lr, momentum, batch_size, epochs, steps, seed,
@@ -227,16 +228,17 @@ def _open_record(db: Store, resume: str | None, state: LoopState, described: dic
     return recorder
 
 
-def _meta(model: nn.Module, opt: torch.optim.Optimizer, source: Source, plan: BatchPlan) -> dict[str, Any]:
+def _meta(model: nn.Module, opt: torch.optim.Optimizer, source: Source, plan: BatchPlan, *,
+          scales: bool) -> dict[str, Any]:
     """What the doctor reads besides the numbers: settings, the task and the scale of each input feature (the
-    95th percentile of its absolute value, on up to 10,000 samples)."""
+    95th percentile of its absolute value, from ``records.stats.input_scales``; only when the doctor reads them)."""
     group = opt.param_groups[0]
     owners = [m for m in model.modules() if any(p.requires_grad for p in m.parameters(recurse=False))]
     linear_only = len(owners) == 1 and isinstance(owners[0], nn.Linear)  # one linear layer: a convex loss
     meta: dict[str, Any] = {"lr": group.get("lr"), "momentum": group.get("momentum"), "batch_size": plan.batch_size,
                             "samples": plan.samples, "task": source.task, "num_classes": source.num_classes,
                             "convex": linear_only}
-    if source.tensors is not None:
+    if scales and source.tensors is not None:
         meta["feature_scales"] = input_scales(source.tensors.X)
     return meta
 
