@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -24,6 +25,8 @@ __all__ = [
     "ModelError",
     "StoreError",
     "RunNotFound",
+    "check_int",
+    "check_number",
 ]
 
 
@@ -71,6 +74,45 @@ class StoreError(GdlabError, OSError):
 
 class RunNotFound(StoreError):
     """No stored run matches the id, prefix or name given."""
+
+
+def check_int(value: Any, param: str, *, least: int = 1, expected: str | None = None) -> int:
+    """``value`` if it is an integer (not a bool) of at least ``least``, else :class:`InvalidParameter`.
+
+    Example:
+        >>> check_int(3, "steps")
+        3
+        >>> check_int(1.5, "steps")
+        Traceback (most recent call last):
+        ...
+        gdlab.errors.InvalidParameter: invalid steps 1.5: expected a positive integer
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        default = "a positive integer" if least == 1 else f"an integer >= {least}"
+        raise InvalidParameter(param, value, expected or default)
+    return value
+
+
+def check_number(value: Any, param: str, *, above: float | None = None, least: float | None = None,
+                 below: float | None = None, expected: str | None = None) -> float:
+    """``value`` as a float if it is a finite number (not a bool) ``> above``, ``>= least`` and ``< below``
+    (each where given), else :class:`InvalidParameter`.
+
+    Example:
+        >>> check_number(0.5, "tol", above=0)
+        0.5
+        >>> check_number(float("nan"), "tol", above=0)
+        Traceback (most recent call last):
+        ...
+        gdlab.errors.InvalidParameter: invalid tol nan: expected a finite number > 0
+    """
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and \
+        (above is None or value > above) and (least is None or value >= least) and (below is None or value < below)
+    if not ok:
+        bounds = [f"> {above:g}" if above is not None else "", f">= {least:g}" if least is not None else "",
+                  f"< {below:g}" if below is not None else ""]
+        raise InvalidParameter(param, value, expected or " ".join(["a finite number", *filter(None, bounds)]))
+    return float(value)
 
 
 def _show(value: Any) -> str:

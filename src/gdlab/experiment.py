@@ -21,8 +21,10 @@ from torch import nn
 from gdlab import models
 from gdlab.config import Config
 from gdlab.data import TensorData, as_tensor_data, datasets, standardize
+from gdlab.doctor import Remedy
 from gdlab.errors import InvalidParameter, StoreError
 from gdlab.loop import Callback, Result
+from gdlab.records import ILL_CONDITIONED, input_scales, scale_ratio
 from gdlab.store import Store
 from gdlab.train import fit
 
@@ -83,8 +85,6 @@ def run(config: Config, *, progress: bool = True, callbacks: tuple[Callback, ...
     store = Store(config.store)
     result = _fit(config, model, train, val, store, progress, callbacks, resume)
     if standardized is not None:
-        from gdlab.doctor import Remedy
-
         remedy = Remedy(0, "standardize", {"scale_ratio": standardized},
                         f"the input features' scales differ {standardized:.0f}-fold: standardised them (mean 0, "
                         "std 1) before training")
@@ -96,8 +96,6 @@ def run(config: Config, *, progress: bool = True, callbacks: tuple[Callback, ...
 
 def _standardize_if_ill_conditioned(train: Any) -> float | None:
     """The scale ratio of in-memory inputs when it makes them ill-conditioned, else None."""
-    from gdlab.records import ILL_CONDITIONED, input_scales, scale_ratio
-
     tensors = as_tensor_data(train)
     if tensors is None:
         return None

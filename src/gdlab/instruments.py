@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 from torch.nn.grad import conv2d_weight
 
+from gdlab.errors import UnknownChoice, check_int
 from gdlab.records import EMA
 
 __all__ = ["Instrument", "Cheap", "Periodic", "Expensive", "LEVELS", "attach"]
@@ -283,11 +284,8 @@ class Periodic(Instrument):
     min_batch = 16
 
     def __init__(self, every: int = 25, sub_batch: int = 64, budget: float = 0.04) -> None:
-        from gdlab.errors import InvalidParameter
-
-        for key, value, least in (("every", every, 1), ("sub_batch", sub_batch, 2)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise InvalidParameter(key, value, f"an integer >= {least}")
+        check_int(every, "every", expected="an integer >= 1")
+        check_int(sub_batch, "sub_batch", least=2)
         self.every, self.sub_batch, self.budget_share = every, sub_batch, budget
         self.per_sample_failed: str | None = None
 
@@ -662,8 +660,6 @@ def attach(level: str | Sequence[Instrument]) -> list[Instrument]:
         order = {"cheap": 0, "periodic": 1, "expensive": 2}
         return sorted(level, key=lambda i: order.get(getattr(i, "cost", "cheap"), 0))
     if level not in LEVELS:
-        from gdlab.errors import UnknownChoice
-
         raise UnknownChoice("instruments", level, LEVELS)
     return {"none": [], "cheap": [Cheap()], "default": [Cheap(), Periodic()],
             "full": [Cheap(), Periodic(), Expensive()]}[level]  # type: ignore[return-value]

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from gdlab import optim
-from gdlab.errors import InvalidParameter
+from gdlab.errors import InvalidParameter, check_int
 from gdlab.problem import Problem, resolve_device
 from gdlab.records import EMA
 
@@ -108,8 +108,7 @@ def lr_find(
     end_lr = optim.check_lr(end_lr, "end_lr")
     if end_lr <= start_lr:
         raise InvalidParameter("end_lr", end_lr, f"a learning rate above start_lr={start_lr:g}")
-    if isinstance(num_iter, bool) or not isinstance(num_iter, int) or num_iter < 5:
-        raise InvalidParameter("num_iter", num_iter, "an integer >= 5")
+    check_int(num_iter, "num_iter", least=5)
     if not 0 <= beta < 1:
         raise InvalidParameter("beta", beta, "a number in [0, 1)")
     if not diverge > 1:

@@ -24,7 +24,7 @@ from torch import nn
 
 from gdlab.data import BatchPlan
 from gdlab.data.source import Source
-from gdlab.errors import InvalidParameter, ModelError, UnknownChoice
+from gdlab.errors import InvalidParameter, ModelError, UnknownChoice, check_int
 
 __all__ = ["LOSSES", "LossFn", "Problem", "check_budget", "check_model", "evaluate", "match_output", "resolve_device",
            "resolve_loss"]
@@ -107,8 +107,8 @@ class Problem:
 def check_budget(epochs: Any, steps: Any, default_epochs: int) -> tuple[int | None, int | None]:
     """``(epochs, steps)`` checked as positive integers, with ``default_epochs`` when neither is given."""
     for key, value in (("epochs", epochs), ("steps", steps)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-            raise InvalidParameter(key, value, "a positive integer")
+        if value is not None:
+            check_int(value, key)
     return (default_epochs if epochs is None and steps is None else epochs), steps
 
 

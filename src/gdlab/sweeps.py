@@ -25,8 +25,10 @@ import torch
 from torch import nn
 
 from gdlab import population
-from gdlab.errors import InvalidParameter
+from gdlab.data import as_tensor_data
+from gdlab.errors import InvalidParameter, check_number
 from gdlab.population import Population
+from gdlab.store import Store
 
 __all__ = ["sweep", "SweepResult", "restarts", "RestartsResult", "parse_values", "SWEPT"]
 
@@ -204,8 +206,6 @@ def _clean(v: float) -> float | None:
 
 def _record(store: Any, kind: str, result: SweepResult, name: str | None, config: dict[str, Any],
             summary: dict[str, Any] | None = None) -> str:
-    from gdlab.store import Store
-
     db = store if isinstance(store, Store) else Store(store)
     pop = result.population
     curves = pop.epoch_train_loss.T.tolist()
@@ -278,8 +278,7 @@ def restarts(
             training inputs).
         **kwargs: as for :func:`sweep` (``optimizer``, ``lr``, ``batch_size``, ``epochs``, ``val``...).
     """
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
-        raise InvalidParameter("tol", tol, "a number > 0, e.g. 0.05")
+    check_number(tol, "tol", above=0, expected="a number > 0, e.g. 0.05")
     for key, value in (("lr", lr), ("momentum", kwargs.get("momentum"))):
         if isinstance(value, (list, tuple, str)):
             raise InvalidParameter(key, value, "one number: restarts vary the seed only")
@@ -304,8 +303,6 @@ def restarts(
 
 
 def _probe_inputs(probe: Any, val: Any, train: Any) -> torch.Tensor:
-    from gdlab.data import as_tensor_data
-
     if probe is not None:
         return torch.as_tensor(probe)
     for data in (val, train):

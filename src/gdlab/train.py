@@ -29,7 +29,7 @@ from gdlab.config import DEFAULT_EPOCHS, Config
 from gdlab.data import BatchPlan
 from gdlab.data.source import Source
 from gdlab.doctor import REMEDY_MODES, Doctor, restart_remedy
-from gdlab.errors import InvalidParameter, StoreError, UnknownChoice
+from gdlab.errors import InvalidParameter, StoreError, UnknownChoice, check_int
 from gdlab.instruments import attach
 from gdlab.loop import Callback, LoopState, Result
 from gdlab.lr_select import select_lr
@@ -199,13 +199,12 @@ def _check_settings(*, tol: Any, patience: Any, checkpoint_every: Any, log_every
     for key, value in (("tol", tol), ("patience", patience), ("checkpoint_every", checkpoint_every)):
         if value is not None and (isinstance(value, bool) or not value > 0):
             raise InvalidParameter(key, value, "a number > 0" if key == "tol" else "a positive integer")
-    if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
-        raise InvalidParameter("log_every", log_every, "a positive integer")
+    check_int(log_every, "log_every")
     if remedy not in REMEDY_MODES:
         raise UnknownChoice("remedy", remedy, REMEDY_MODES)
     if not isinstance(doctor, bool):
         raise InvalidParameter("doctor", doctor, "True or False")
-    if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 0 or restarts == 1:
+    if check_int(restarts, "restarts", least=0, expected="0 (none) or a count >= 2") == 1:
         raise InvalidParameter("restarts", restarts, "0 (none) or a count >= 2")
     if restarts and remedy != "auto":
         raise InvalidParameter("restarts", restarts, 'remedy="auto" (restarts are a remedy the doctor applies)')

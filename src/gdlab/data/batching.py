@@ -24,7 +24,7 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from gdlab.errors import DataError, InvalidParameter
+from gdlab.errors import DataError, InvalidParameter, check_int
 
 __all__ = [
     "BatchSize",
@@ -52,9 +52,7 @@ def parse_batch_size(value: Any, *, param: str = "batch_size") -> BatchSize:
             return text  # type: ignore[return-value]
         if text.lstrip("+-").isdigit():
             value = int(text)
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise InvalidParameter(param, value, _BATCH_EXPECTED)
-    return value
+    return check_int(value, param, expected=_BATCH_EXPECTED)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ import torch
 
 from gdlab.doctor.findings import REMEDY_MODES, Finding, Remedy, diagnose
 from gdlab.doctor.series import column, find_spike, spike_window
+from gdlab.errors import UnknownChoice
 from gdlab.records import EMA, finite
 
 __all__ = ["Doctor", "Window", "Rule", "REMEDY_RULES", "undo_failed_raise", "rollback_when_loss_rises",
@@ -230,8 +231,6 @@ class Doctor:
 
     def __init__(self, mode: str = "suggest", *, max_rollbacks: int = 10, lr_ceiling: float = 1e4) -> None:
         if mode not in REMEDY_MODES:
-            from gdlab.errors import UnknownChoice
-
             raise UnknownChoice("remedy", mode, REMEDY_MODES)
         self.mode = mode
         self.max_rollbacks = max_rollbacks

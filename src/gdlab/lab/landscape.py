@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gdlab.errors import InvalidParameter
+from gdlab.errors import InvalidParameter, check_int, check_number
 from gdlab.loop import Callback
 from gdlab.problem import Problem
 
@@ -120,12 +120,9 @@ def _grid(model: nn.Module, data: Any, loss: Any, samples: int, points: list[lis
 
 
 def _check(steps: Any, distance: Any, samples: Any) -> None:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
-        raise InvalidParameter("steps", steps, "an integer >= 2")
-    if isinstance(distance, bool) or not isinstance(distance, (int, float)) or not distance > 0:
-        raise InvalidParameter("distance", distance, "a number > 0")
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise InvalidParameter("samples", samples, "a positive integer")
+    check_int(steps, "steps", least=2)
+    check_number(distance, "distance", above=0, expected="a number > 0")
+    check_int(samples, "samples")
 
 
 def plane(model: nn.Module, data: Any, *, loss: Any = "auto", steps: int = 25, distance: float = 1.0, seed: int = 0,
@@ -170,9 +167,7 @@ class Snapshots(Callback):
     :func:`trajectory`: ``fit(model, data, callbacks=[snaps := Snapshots(10)])``."""
 
     def __init__(self, every: int = 10) -> None:
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise InvalidParameter("every", every, "a positive integer")
-        self.every = every
+        self.every = check_int(every, "every")
         self.points: list[Tensor] = []
 
     def _keep(self, state: Any) -> None:

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from gdlab import optim
-from gdlab.errors import InvalidParameter
+from gdlab.errors import InvalidParameter, check_int
 from gdlab.lab.functions import TestFunction, get
 
 __all__ = ["run", "LabResult", "Walk", "walk", "walk_together", "AUTO_GRID"]
@@ -163,10 +163,8 @@ def run(
         out: the folder for the contour plot (``trajectories.png``) and the animation (``descent.gif``).
     """
     f = get(function) if isinstance(function, str) else function
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise InvalidParameter("steps", steps, "a positive integer")
-    if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 0:
-        raise InvalidParameter("restarts", restarts, "an integer >= 0")
+    check_int(steps, "steps")
+    check_int(restarts, "restarts", least=0)
     if not optimizers:
         raise InvalidParameter("optimizers", list(optimizers), "at least one optimizer")
     for name in optimizers:
