@@ -45,6 +45,7 @@ __all__ = [
     "Result",
     "Snapshot",
     "StepLog",
+    "final_metrics",
     "run",
 ]
 
@@ -416,6 +417,17 @@ def run(problem: Problem, state: LoopState, hooks: Sequence[Any] = (), *, tol: f
             state.seconds = time.perf_counter() - started
             _close(log, hooks)
             raise
+
+
+def final_metrics(problem: Problem, state: LoopState) -> dict[str, float | None]:
+    """``train_loss`` (the last epoch's), ``val_loss`` and, for classification, ``val_accuracy``; None where there
+    is none (no validation data, or a loss that was not finite)."""
+    epochs = state.history.epochs
+    final: dict[str, float | None] = {"train_loss": epochs.last("train_loss", state.loss)}
+    final["val_loss"] = epochs.last("val_loss") if problem.val is not None else None
+    if problem.task == "classification" and problem.val is not None:
+        final["val_accuracy"] = epochs.last("val_accuracy")
+    return {k: (None if v is not None and math.isnan(v) else v) for k, v in final.items()}
 
 
 def _check(state: LoopState, log: StepLog, good: Snapshot, hooks: Sequence[Any]) -> None:

@@ -177,7 +177,7 @@ def fit(
         raise
 
     # the end: final metrics, the restarts remedy, findings and the run's record closed
-    final = _final(state, problem.val is not None, problem.task)
+    final = loop.final_metrics(problem, state)
     status = "stopped" if state.interrupted else "finished"
     if physician and restarts and not state.interrupted and \
             any(f.code == "local_minimum" for f in physician.findings):
@@ -289,15 +289,6 @@ def _restart(physician: Any, state: LoopState, final: dict[str, float | None], t
         kept.update({f"val_{k}": v for k, v in evaluate(state.model, val, loss).items()})
     kept["train_loss"] = evaluate(state.model, train, loss)["loss"]
     return kept
-
-
-def _final(state: LoopState, has_val: bool, task: str) -> dict[str, float | None]:
-    epochs = state.history.epochs
-    final: dict[str, float | None] = {"train_loss": epochs.last("train_loss", state.loss)}
-    final["val_loss"] = epochs.last("val_loss") if has_val else None
-    if task == "classification" and has_val:
-        final["val_accuracy"] = epochs.last("val_accuracy")
-    return {k: (None if v is not None and math.isnan(v) else v) for k, v in final.items()}
 
 
 def _describe(model: nn.Module, optimizer: Any, lr: float, momentum: float | None, batch_size: Any,
