@@ -303,7 +303,8 @@ def _take(tree: Any, keep: Tensor, m: int) -> Any:
     if isinstance(tree, dict):
         return {k: _take(v, keep, m) for k, v in tree.items()}
     if isinstance(tree, (list, tuple)):
-        return type(tree)(_take(v, keep, m) for v in tree)
+        taken = [_take(v, keep, m) for v in tree]
+        return type(tree)(*taken) if hasattr(tree, "_fields") else type(tree)(taken)  # a NamedTuple: by field
     return tree
 
 

@@ -21,11 +21,16 @@ import torch
 from gdlab.errors import InvalidParameter
 from gdlab.optim import fused
 from gdlab.optim.transforms import (
+    AdamState,
+    ChainState,
+    CountState,
     Hyper,
+    TraceState,
     Transform,
     add_decayed_weights,
     add_l2,
     chain,
+    find,
     scale_by_adam,
     scale_by_learning_rate,
     scale_by_lion,
@@ -60,15 +65,14 @@ def sgd(lr: Hyper, momentum: Hyper = 0.0, dampening: Hyper = 0.0, nesterov: bool
         scale_by_learning_rate(lr),
     )
 
-    def step(params: Any, grads: Any, state: dict[str, Any]) -> dict[str, Any] | None:
-        inner = state["inner"]
-        count = inner[-1]["count"]
+    def step(params: Any, grads: Any, state: ChainState) -> ChainState | None:
+        count = find(state, CountState).count  # every count in a chain moves together
         h = fused.numbers(count, lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay)
-        buffers = [] if _zero(momentum) else inner[-2]["buf"]
+        buffers = [] if _zero(momentum) else find(state, TraceState).buf
         if h is None or not fused.call("_fused_sgd_", params, grads, buffers, nesterov=nesterov, maximize=False,
                                        is_first_step=count == 0, **h):
             return plain.step(params, grads, state) if plain.step else None
-        return fused.advance(inner)
+        return fused.advance(state)
 
     return plain._replace(step=step)
 
@@ -120,7 +124,7 @@ def adam(lr: Hyper = 0.001, betas: tuple[Hyper, Hyper] = (0.9, 0.999), eps: Hype
         scale_by_adam(b1=betas[0], b2=betas[1], eps=eps, amsgrad=amsgrad),
         scale_by_learning_rate(lr),
     )
-    return plain._replace(step=_adam_step(plain, "_fused_adam_", -2, lr, betas, eps, weight_decay, amsgrad))
+    return plain._replace(step=_adam_step(plain, "_fused_adam_", lr, betas, eps, weight_decay, amsgrad))
 
 
 def adamw(lr: Hyper = 0.001, betas: tuple[Hyper, Hyper] = (0.9, 0.999), eps: Hyper = 1e-8,
@@ -131,25 +135,23 @@ def adamw(lr: Hyper = 0.001, betas: tuple[Hyper, Hyper] = (0.9, 0.999), eps: Hyp
         None if _zero(weight_decay) else add_decayed_weights(weight_decay),
         scale_by_learning_rate(lr),
     )
-    return plain._replace(step=_adam_step(plain, "_fused_adamw_", 0, lr, betas, eps, weight_decay, amsgrad))
+    return plain._replace(step=_adam_step(plain, "_fused_adamw_", lr, betas, eps, weight_decay, amsgrad))
 
 
-def _adam_step(plain: Transform, kernel: str, at: int, lr: Hyper, betas: tuple[Hyper, Hyper], eps: Hyper,
+def _adam_step(plain: Transform, kernel: str, lr: Hyper, betas: tuple[Hyper, Hyper], eps: Hyper,
                weight_decay: Hyper, amsgrad: bool) -> Any:
-    """Adam's (or AdamW's) whole step by torch's fused kernel, else by ``plain``'s step; ``at`` is
-    scale_by_adam's place in the chain."""
+    """Adam's (or AdamW's) whole step by torch's fused kernel, else by ``plain``'s step."""
 
-    def step(params: Any, grads: Any, state: dict[str, Any]) -> dict[str, Any] | None:
-        inner = state["inner"]
-        moments = inner[at]
-        count = moments["count"]
+    def step(params: Any, grads: Any, state: ChainState) -> ChainState | None:
+        moments = find(state, AdamState)
+        count = moments.count
         h = fused.numbers(count, lr=lr, beta1=betas[0], beta2=betas[1], eps=eps, weight_decay=weight_decay)
         t = torch.tensor(float(count + 1), device=params[0].device) if params else None
-        if h is None or not fused.call(kernel, params, grads, moments["mu"], moments["nu"],
-                                       moments["nu_max"] if amsgrad else [], [t] * len(params),
+        if h is None or not fused.call(kernel, params, grads, moments.mu, moments.nu,
+                                       moments.nu_max if amsgrad else [], [t] * len(params),
                                        amsgrad=amsgrad, maximize=False, **h):
             return plain.step(params, grads, state) if plain.step else None
-        return fused.advance(inner)
+        return fused.advance(state)
 
     return step
 
