@@ -19,6 +19,7 @@ from rich.table import Table
 
 from gdlab import __version__
 from gdlab.errors import GdlabError, InvalidParameter
+from gdlab.optim import OPTIMIZERS
 from gdlab.train import Callback
 
 app = typer.Typer(
@@ -98,7 +99,8 @@ def train(
     activation: Optional[str] = typer.Option(None, help="relu, tanh, sigmoid or leaky_relu. [default: relu]"),
     init: Optional[str] = typer.Option(None, help="default, xavier, kaiming, normal or zeros."),
     loss: Optional[str] = typer.Option(None, help="auto, mse, cross_entropy, l1, huber or bce."),
-    optimizer: Optional[str] = typer.Option(None, help="gdlab optimizers lists them. [default: momentum]"),
+    optimizer: Optional[str] = typer.Option(None, help=f"{', '.join(OPTIMIZERS)}; gdlab optimizers describes "
+                                            "them. [default: momentum]"),
     lr: Optional[str] = typer.Option(None, help="Learning rate, or auto (chosen by a short parallel sweep). "
                                      "[default: 0.1]"),
     lr_select: Optional[str] = typer.Option(None, help="How --lr auto chooses: sweep or range-test. "
@@ -500,12 +502,11 @@ def models() -> None:
 
 @app.command()
 def optimizers() -> None:
-    """List the optimizers with their defaults and update rule."""
-    from gdlab.optim import OPTIMIZERS
-
-    table = Table("optimizer", "defaults", "update", box=None, header_style="bold")
+    """List the optimizers: what each is, its defaults, its update rule and the lr range --lr auto searches."""
+    table = Table("optimizer", "summary", "defaults", "update", "lr auto", box=None, header_style="bold")
     for info in OPTIMIZERS.values():
-        table.add_row(info.name, ", ".join(f"{k}={v}" for k, v in info.defaults.items()), info.equation)
+        table.add_row(info.name, info.summary, ", ".join(f"{k}={v}" for k, v in info.defaults.items()),
+                      info.equation, "{:g}..{:g}".format(*info.lr_range))
     _wide().print(table)
 
 

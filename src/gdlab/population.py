@@ -146,8 +146,7 @@ def member_hyperparams(optimizer: str, members: int, hyper: Mapping[str, Any]) -
         row = {k: v[i] for k, v in columns.items()}
         lr = row.pop("lr")
         momentum = row.pop("momentum", None)
-        per_member.append(optim._hyperparams(optimizer, optim.OPTIMIZERS[optimizer], optim.check_lr(lr),
-                                             optim.check_momentum(momentum), row))
+        per_member.append(optim.hyperparams(optimizer, lr=lr, momentum=momentum, **row))
     def column(values: list[Any], key: str) -> Any:
         # A value shared by all members stays a number (the foreach path; a zero leaves its transform out);
         # the learning rate is always per member (a diverging member is frozen by zeroing its own).

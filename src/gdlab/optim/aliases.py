@@ -1,6 +1,8 @@
 """The familiar optimizers, each a chain of transforms, with torch.optim's argument names and defaults.
 
 Every hyperparameter may be a float, a schedule or a ``[members]`` tensor (see :mod:`gdlab.optim.transforms`).
+Each alias carries its record (:func:`~gdlab.optim.registry.register`: its update in one line, the learning
+rates ``lr="auto"`` searches, a summary), which makes it a named optimizer of ``make``, ``fit`` and the CLI.
 
 Example:
     >>> import torch
@@ -20,6 +22,7 @@ import torch
 
 from gdlab.errors import InvalidParameter
 from gdlab.optim import fused
+from gdlab.optim.registry import register
 from gdlab.optim.transforms import (
     AdamState,
     ChainState,
@@ -51,6 +54,8 @@ def _chain(*parts: Transform | None) -> Transform:
     return chain(*[p for p in parts if p is not None])
 
 
+@register(equation="theta -= lr * g", lr_range=(1e-4, 10.0),
+          summary="Gradient descent, as torch.optim.SGD.")
 def sgd(lr: Hyper, momentum: Hyper = 0.0, dampening: Hyper = 0.0, nesterov: bool = False,
         weight_decay: Hyper = 0.0) -> Transform:
     """Stochastic gradient descent, as torch.optim.SGD: g += weight_decay * theta; heavy-ball momentum with
@@ -77,17 +82,23 @@ def sgd(lr: Hyper, momentum: Hyper = 0.0, dampening: Hyper = 0.0, nesterov: bool
     return plain._replace(step=step)
 
 
+@register(equation="v = momentum * v + g; theta -= lr * v", lr_range=(1e-4, 3.0),
+          summary="SGD with heavy-ball momentum.")
 def momentum(lr: Hyper, momentum: Hyper = 0.9, dampening: Hyper = 0.0, nesterov: bool = False,
              weight_decay: Hyper = 0.0) -> Transform:
     """SGD with heavy-ball momentum 0.9 by default."""
     return sgd(lr, momentum, dampening, nesterov, weight_decay)
 
 
+@register(equation="v = momentum * v + g; theta -= lr * (g + momentum * v)", lr_range=(1e-4, 3.0),
+          summary="SGD with Nesterov momentum.")
 def nesterov(lr: Hyper, momentum: Hyper = 0.9, dampening: Hyper = 0.0, weight_decay: Hyper = 0.0) -> Transform:
     """SGD with Nesterov momentum 0.9 by default."""
     return sgd(lr, momentum, dampening, True, weight_decay)
 
 
+@register(equation="s += g^2; theta -= lr * g / (sqrt(s) + eps)", lr_range=(1e-4, 3.0),
+          summary="Steps shrink as squared gradients add up.")
 def adagrad(lr: Hyper = 0.01, lr_decay: float = 0.0, weight_decay: Hyper = 0.0,
             initial_accumulator_value: float = 0.0, eps: Hyper = 1e-10) -> Transform:
     """AdaGrad, as torch.optim.Adagrad: the step size is lr / (1 + t * lr_decay) at step t (from 0)."""
@@ -105,6 +116,8 @@ def _scalar(h: Hyper, t: int) -> Any:
     return h(t) if callable(h) and not isinstance(h, torch.Tensor) else h
 
 
+@register(equation="s = alpha * s + (1 - alpha) * g^2; theta -= lr * g / (sqrt(s) + eps)",
+          lr_range=(1e-5, 1.0), summary="Steps scaled by a moving average of g^2.")
 def rmsprop(lr: Hyper = 0.01, alpha: Hyper = 0.99, eps: Hyper = 1e-8, weight_decay: Hyper = 0.0,
             momentum: Hyper = 0.0, centered: bool = False) -> Transform:
     """RMSProp, as torch.optim.RMSprop: momentum, when given, accumulates the scaled gradient."""
@@ -116,6 +129,8 @@ def rmsprop(lr: Hyper = 0.01, alpha: Hyper = 0.99, eps: Hyper = 1e-8, weight_dec
     )
 
 
+@register(equation="m, v = EMAs of g, g^2 (bias-corrected); theta -= lr * m / (sqrt(v) + eps)",
+          lr_range=(1e-5, 1.0), summary="Momentum with RMSProp's scaling, bias-corrected.")
 def adam(lr: Hyper = 0.001, betas: tuple[Hyper, Hyper] = (0.9, 0.999), eps: Hyper = 1e-8,
          weight_decay: Hyper = 0.0, amsgrad: bool = False) -> Transform:
     """Adam, as torch.optim.Adam: weight_decay is L2 added to the gradient (coupled)."""
@@ -127,6 +142,8 @@ def adam(lr: Hyper = 0.001, betas: tuple[Hyper, Hyper] = (0.9, 0.999), eps: Hype
     return plain._replace(step=_adam_step(plain, "_fused_adam_", lr, betas, eps, weight_decay, amsgrad))
 
 
+@register(equation="adam, plus theta -= lr * weight_decay * theta (decoupled)", lr_range=(1e-5, 1.0),
+          summary="Adam with decoupled weight decay.")
 def adamw(lr: Hyper = 0.001, betas: tuple[Hyper, Hyper] = (0.9, 0.999), eps: Hyper = 1e-8,
           weight_decay: Hyper = 0.01, amsgrad: bool = False) -> Transform:
     """AdamW, as torch.optim.AdamW: Adam with decoupled weight decay (also scaled by lr)."""
@@ -156,6 +173,8 @@ def _adam_step(plain: Transform, kernel: str, lr: Hyper, betas: tuple[Hyper, Hyp
     return step
 
 
+@register(equation="theta -= lr * (sign(b1 * m + (1 - b1) * g) + weight_decay * theta)",
+          lr_range=(1e-6, 0.3), summary="The sign of a momentum (Chen et al. 2023).")
 def lion(lr: Hyper = 1e-4, betas: tuple[Hyper, Hyper] = (0.9, 0.99), weight_decay: Hyper = 0.0) -> Transform:
     """Lion (Chen et al. 2023): theta -= lr * (sign(b1 * m + (1 - b1) * g) + weight_decay * theta)."""
     return _chain(
