@@ -11,7 +11,7 @@ from torch import nn
 
 from gdlab.optim import aliases, fused, schedules
 from gdlab.optim.adapter import Optimizer, inject
-from gdlab.optim.transforms import chain, clip_by_global_norm
+from gdlab.optim.transforms import TraceState, chain, clip_by_global_norm, find
 
 CASES = [
     ("_fused_sgd_", aliases.sgd, {"lr": 0.05}),
@@ -111,7 +111,7 @@ def test_mixed_dtypes_take_the_plain_path(calls: dict[str, int]) -> None:
     opt = aliases.momentum(0.1)
     assert opt.step is not None
     state = opt.step(params, grads, opt.init(params))
-    assert calls == {} and state is not None and state["inner"][0]["count"] == 1
+    assert calls == {} and state is not None and find(state, TraceState).count == 1
     assert params[0].tolist() == [-0.1, -0.1] and params[1].dtype == torch.float32
 
 

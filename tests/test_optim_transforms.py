@@ -11,7 +11,15 @@ from torch import nn
 
 from gdlab.errors import InvalidParameter
 from gdlab.optim import aliases
-from gdlab.optim.transforms import Transform, apply_updates, chain, clip_by_global_norm, scale_by_learning_rate
+from gdlab.optim.transforms import (
+    LionState,
+    Transform,
+    apply_updates,
+    chain,
+    clip_by_global_norm,
+    find,
+    scale_by_learning_rate,
+)
 
 STEPS = 200
 
@@ -94,7 +102,7 @@ def test_lion_matches_its_published_rule_by_hand() -> None:
     updates, state = opt.update([torch.tensor([g2], dtype=torch.float64)], state, p)
     apply_updates(p, updates)
     assert p[0].item() == pytest.approx(0.9075, abs=1e-15)
-    assert state["inner"][0]["mu"][0].item() == pytest.approx(0.99 * 0.02 + 0.01 * -3, abs=1e-15)
+    assert find(state, LionState).mu[0].item() == pytest.approx(0.99 * 0.02 + 0.01 * -3, abs=1e-15)
 
 
 def _population(make: Callable[..., Transform], members: list[dict], shared: dict) -> None:

@@ -33,9 +33,8 @@ from gdlab.records import EMA
 
 __all__ = ["lr_find", "LRFindResult", "select_lr", "LRSelection", "GRIDS", "GRID_POINTS", "HALVING"]
 
-GRIDS = {"sgd": (1e-4, 10.0), "momentum": (1e-4, 3.0), "nesterov": (1e-4, 3.0), "adagrad": (1e-4, 3.0),
-         "rmsprop": (1e-5, 1.0), "adam": (1e-5, 1.0), "adamw": (1e-5, 1.0), "lion": (1e-6, 0.3)}
-"""The learning-rate range ``lr="auto"`` searches, per optimizer."""
+GRIDS = optim.LR_RANGES
+"""The learning-rate range ``lr="auto"`` searches, per optimizer: its record's ``lr_range`` (``gdlab.optim``)."""
 
 GRID_POINTS = 18
 HALVING = ((0.1, 5), (0.5, 2))

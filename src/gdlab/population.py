@@ -148,8 +148,7 @@ def member_hyperparams(optimizer: str, members: int, hyper: Mapping[str, Any]) -
         row = {k: v[i] for k, v in columns.items()}
         lr = row.pop("lr")
         momentum = row.pop("momentum", None)
-        per_member.append(optim._hyperparams(optimizer, optim.OPTIMIZERS[optimizer], optim.check_lr(lr),
-                                             optim.check_momentum(momentum), row))
+        per_member.append(optim.hyperparams(optimizer, lr=lr, momentum=momentum, **row))
     def column(values: list[Any], key: str) -> Any:
         # A value shared by all members stays a number (the foreach path; a zero leaves its transform out);
         # the learning rate is always per member (a diverging member is frozen by zeroing its own).
@@ -305,7 +304,8 @@ def _take(tree: Any, keep: Tensor, m: int) -> Any:
     if isinstance(tree, dict):
         return {k: _take(v, keep, m) for k, v in tree.items()}
     if isinstance(tree, (list, tuple)):
-        return type(tree)(_take(v, keep, m) for v in tree)
+        taken = [_take(v, keep, m) for v in tree]
+        return type(tree)(*taken) if hasattr(tree, "_fields") else type(tree)(taken)  # a NamedTuple: by field
     return tree
 
 

@@ -22,6 +22,7 @@ from rich.console import Console
 from gdlab import __version__
 from gdlab.config import Config
 from gdlab.errors import GdlabError, InvalidParameter
+from gdlab.optim import OPTIMIZERS
 
 app = typer.Typer(
     name="gdlab",
@@ -175,8 +176,8 @@ ActivationFlag = Annotated[Optional[str], typer.Option("--activation", help="rel
                                                        "[default: relu]")]
 InitFlag = Annotated[Optional[str], typer.Option("--init", help="default, xavier, kaiming, normal or zeros.")]
 LossFlag = Annotated[Optional[str], typer.Option("--loss", help="auto, mse, cross_entropy, l1, huber or bce.")]
-OptimizerFlag = Annotated[Optional[str], typer.Option("--optimizer", help="gdlab optimizers lists them. "
-                                                      "[default: momentum]")]
+OptimizerFlag = Annotated[Optional[str], typer.Option("--optimizer", help=f"{', '.join(OPTIMIZERS)}; gdlab "
+                                                      "optimizers describes them. [default: momentum]")]
 BatchSizeFlag = Annotated[Optional[str], typer.Option("--batch-size", help="full, stochastic, or a positive "
                                                       "integer. [default: 32]")]
 DeviceFlag = Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda, mps. [default: auto]")]

@@ -35,12 +35,13 @@ def models() -> None:
 
 @app.command()
 def optimizers() -> None:
-    """List the optimizers with their defaults and update rule."""
+    """List the optimizers: what each is, its defaults, its update rule and the lr range --lr auto searches."""
     from gdlab.optim import OPTIMIZERS
 
-    table = Table("optimizer", "defaults", "update", box=None, header_style="bold")
+    table = Table("optimizer", "summary", "defaults", "update", "lr auto", box=None, header_style="bold")
     for info in OPTIMIZERS.values():
-        table.add_row(info.name, ", ".join(f"{k}={v}" for k, v in info.defaults.items()), info.equation)
+        table.add_row(info.name, info.summary, ", ".join(f"{k}={v}" for k, v in info.defaults.items()),
+                      info.equation, "{:g}..{:g}".format(*info.lr_range))
     wide().print(table)
 
 

@@ -46,6 +46,7 @@ from gdlab.cli.common import (
 )
 from gdlab.config import Config
 from gdlab.errors import InvalidParameter
+from gdlab.optim import OPTIMIZERS
 
 
 def parse_grid_values(text: str, flag: str) -> float | list[float]:
@@ -108,7 +109,7 @@ def sweep(
     val: ValFlag = None, val_split: ValSplitFlag = None, standardize: StandardizeFlag = None,
     data_options: DataOptionsFlag = None, model: ModelFlag = None, hidden: HiddenFlag = None,
     activation: ActivationFlag = None, init: InitFlag = None, loss: LossFlag = None,
-    optimizer: str = typer.Option("momentum", help="gdlab optimizers lists them."),
+    optimizer: str = typer.Option("momentum", help=f"{', '.join(OPTIMIZERS)}; gdlab optimizers describes them."),
     lr: str = grid_option("1e-4:1:9", "--lr", "Learning rates: a:b:n (n log-spaced values), a list, or one."),
     momentum: Optional[str] = grid_option(None, "--momentum", "Momentum values, e.g. 0,0.9 (a second axis)."),
     beta1: Optional[str] = grid_option(None, "--beta1", "Values of adam's beta1."),

@@ -3,7 +3,9 @@
 :func:`make` turns a name (``sgd``, ``momentum``, ``nesterov``, ``adagrad``, ``rmsprop``, ``adam``, ``adamw``,
 ``lion``), a :class:`~gdlab.optim.transforms.Transform`, a factory ``params -> Optimizer`` or a ready
 ``torch.optim.Optimizer`` into an optimizer for ``fit``. Named ones are gdlab's transform chains (see
-``aliases``) behind the ``torch.optim.Optimizer`` adapter, with their hyperparameters in ``param_groups``.
+``aliases``; each is importable from here, as ``gdlab.optim.adam``) behind the ``torch.optim.Optimizer`` adapter,
+with their hyperparameters in ``param_groups``. Each name has one record in :data:`OPTIMIZERS` (see
+``registry``), made beside its alias.
 
 Example:
     >>> import torch
@@ -14,56 +16,43 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from gdlab.errors import InvalidParameter, UnknownChoice
-from gdlab.optim import aliases
 from gdlab.optim.adapter import Optimizer, inject
+from gdlab.optim.aliases import adagrad, adam, adamw, lion, momentum, nesterov, rmsprop, sgd
+from gdlab.optim.registry import LR_RANGES, OPTIMIZERS, OptimizerInfo, register
 from gdlab.optim.transforms import Transform, chain, clip_by_global_norm
 
-__all__ = ["OPTIMIZERS", "OptimizerInfo", "OptimizerSpec", "Optimizer", "make", "check_lr", "check_momentum",
-           "OPTIONS"]
+__all__ = [
+    "LR_RANGES",
+    "OPTIMIZERS",
+    "OPTIONS",
+    "Optimizer",
+    "OptimizerInfo",
+    "OptimizerSpec",
+    "adagrad",
+    "adam",
+    "adamw",
+    "check_lr",
+    "check_momentum",
+    "hyperparams",
+    "lion",
+    "make",
+    "momentum",
+    "nesterov",
+    "register",
+    "rmsprop",
+    "sgd",
+]
 
 OptimizerSpec = (str | Transform | Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
                  | torch.optim.Optimizer)
 
-
-@dataclass(frozen=True)
-class OptimizerInfo:
-    """A named optimizer: its alias (a transform chain) and its update in one line."""
-
-    name: str
-    alias: Callable[..., Transform]
-    equation: str
-
-    @property
-    def defaults(self) -> dict[str, Any]:
-        """The alias's keyword defaults (torch.optim's names)."""
-        return {k: p.default for k, p in inspect.signature(self.alias).parameters.items()
-                if p.default is not inspect.Parameter.empty}
-
-
-OPTIMIZERS: dict[str, OptimizerInfo] = {
-    info.name: info
-    for info in [
-        OptimizerInfo("sgd", aliases.sgd, "theta -= lr * g"),
-        OptimizerInfo("momentum", aliases.momentum, "v = momentum * v + g; theta -= lr * v"),
-        OptimizerInfo("nesterov", aliases.nesterov, "v = momentum * v + g; theta -= lr * (g + momentum * v)"),
-        OptimizerInfo("adagrad", aliases.adagrad, "s += g^2; theta -= lr * g / (sqrt(s) + eps)"),
-        OptimizerInfo("rmsprop", aliases.rmsprop,
-                      "s = alpha * s + (1 - alpha) * g^2; theta -= lr * g / (sqrt(s) + eps)"),
-        OptimizerInfo("adam", aliases.adam,
-                      "m, v = EMAs of g, g^2 (bias-corrected); theta -= lr * m / (sqrt(v) + eps)"),
-        OptimizerInfo("adamw", aliases.adamw, "adam, plus theta -= lr * weight_decay * theta (decoupled)"),
-        OptimizerInfo("lion", aliases.lion, "theta -= lr * (sign(b1 * m + (1 - b1) * g) + weight_decay * theta)"),
-    ]
-}
 
 OPTIONS = ("beta1", "beta2", "eps", "weight_decay", "nesterov", "clip_norm")
 """Optimizer options that ``make`` (and ``fit``, and the CLI) take besides lr and momentum."""
@@ -110,7 +99,7 @@ def make(spec: OptimizerSpec, params: Iterable[torch.nn.Parameter], *, lr: float
     if spec not in OPTIMIZERS:
         raise UnknownChoice("optimizer", spec, OPTIMIZERS, ", a Transform, a factory or a torch.optim.Optimizer")
     info = OPTIMIZERS[spec]
-    hyper = _hyperparams(spec, info, check_lr(lr), check_momentum(momentum), options)
+    hyper = hyperparams(spec, lr=lr, momentum=momentum, **options)
     clip = options.get("clip_norm")
     if clip is None:
         return Optimizer(params, inject(info.alias, **hyper))
@@ -119,12 +108,28 @@ def make(spec: OptimizerSpec, params: Iterable[torch.nn.Parameter], *, lr: float
     return Optimizer(params, inject(lambda **h: chain(clip_by_global_norm(clip), info.alias(**h)), **hyper))
 
 
-def _hyperparams(name: str, info: OptimizerInfo, lr: float, momentum: float | None,
-                 options: dict[str, Any]) -> dict[str, Any]:
-    """The alias's keyword arguments from lr, momentum and the CLI-style options, checked."""
+def hyperparams(name: str, /, *, lr: float, momentum: float | None = None, **options: Any) -> dict[str, Any]:
+    """The keyword arguments of optimizer ``name``'s alias from lr, momentum and ``make``'s options, checked.
+
+    Args:
+        name: a name in ``OPTIMIZERS``. lr, momentum, **options: as :func:`make` takes them (``clip_norm`` is
+            left to the caller; None means the default).
+
+    Returns:
+        Every keyword of the alias, its default where not given (``beta1``/``beta2`` become ``betas``).
+
+    Example:
+        >>> hyperparams("adam", lr=0.01, beta2=0.99)
+        {'lr': 0.01, 'betas': (0.9, 0.99), 'eps': 1e-08, 'weight_decay': 0.0, 'amsgrad': False}
+    """
+    if name not in OPTIMIZERS:
+        raise UnknownChoice("optimizer", name, OPTIMIZERS)
+    info = OPTIMIZERS[name]
     accepted = info.defaults
-    hyper: dict[str, Any] = {**accepted, "lr": lr}  # every hyperparameter shows in param_groups, as in torch
-    given = {**options, **({"momentum": momentum} if momentum is not None else {})}
+    hyper: dict[str, Any] = {**accepted, "lr": check_lr(lr)}  # every hyperparameter shows in param_groups
+    momentum = check_momentum(momentum)
+    given = {**{k: v for k, v in options.items() if v is not None},
+             **({"momentum": momentum} if momentum is not None else {})}
     for key, value in given.items():
         if key == "clip_norm":
             continue

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from gdlab.optim.transforms import ChainState
+
 __all__ = ["call", "numbers", "advance", "off"]
 
 _FLOATING = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -69,7 +71,7 @@ def call(name: str, params: list[Tensor] | tuple[Tensor, ...], grads: list[Tenso
     return True
 
 
-def advance(states: list[dict[str, Any]]) -> dict[str, Any]:
+def advance(state: ChainState) -> ChainState:
     """A chain's state after a fused step: every member's count moved on by one (its buffers were updated in
     place by the kernel)."""
-    return {"inner": [{**s, "count": s["count"] + 1} for s in states]}
+    return ChainState(tuple(s._replace(count=s.count + 1) for s in state.inner))

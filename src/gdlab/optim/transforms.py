@@ -9,7 +9,9 @@ A :class:`Transform` is a pair of functions over lists of tensors::
 Every hyperparameter may be a float, a schedule (a function of the step count, starting at 0) or a tensor of
 shape ``[members]``: then each parameter has a leading ``[members]`` axis and member ``i`` uses entry ``i``
 (broadcast over the parameter's other axes). Floats take the ``torch._foreach_*`` path; member tensors the same
-equations one tensor at a time. States hold tensors and an integer ``count``.
+equations one tensor at a time. Each transform's state is a small named tuple (``TraceState(count, buf)``,
+``AdamState(count, mu, nu, nu_max)``, ...): tensors and an integer ``count``; :func:`find` picks one out of a
+chain's state by its type.
 
 Example:
     >>> p = [torch.tensor([1.0, -2.0])]
@@ -23,8 +25,8 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 from torch import Tensor
@@ -32,13 +34,21 @@ from torch import Tensor
 from gdlab.errors import InvalidParameter
 
 __all__ = [
+    "AdamState",
+    "ChainState",
+    "CountState",
     "Hyper",
+    "LionState",
+    "RmsState",
+    "RssState",
+    "TraceState",
     "Transform",
     "add_decayed_weights",
     "add_l2",
     "apply_updates",
     "chain",
     "clip_by_global_norm",
+    "find",
     "scale_by_adam",
     "scale_by_learning_rate",
     "scale_by_lion",
@@ -48,10 +58,11 @@ __all__ = [
 ]
 
 Hyper = float | Tensor | Callable[[int], Any]
-State = dict[str, Any]
+State = Any  # a transform's own named tuple (CountState, TraceState, ..., ChainState)
 # A hyperparameter resolved for one step: a float, or one tensor per parameter shaped to broadcast over it.
 Value = float | list[Tensor]
 Tensors = list[Tensor] | tuple[Tensor, ...]  # torch's foreach ops return tuples, comprehensions lists
+S = TypeVar("S")
 
 
 class Transform(NamedTuple):
@@ -144,48 +155,87 @@ def _check(name: str, value: Hyper, low: float, high: float, *, closed_high: boo
             raise InvalidParameter(name, v, f"a number in [{low:g}, {high:g}{bracket}")
 
 
-# -- transforms --------------------------------------------------------------------------------------------------
+# -- transforms, each beside its state: a named tuple with the step ``count`` (a chain's counts move together) --
+# A state field that is None is absent (AdamState.nu_max without amsgrad): a saved state leaves it out.
+
+
+class ChainState(NamedTuple):
+    """:func:`chain`'s state: its transforms' states, in order."""
+
+    inner: tuple[Any, ...]
+
+
+def find(state: Any, kind: type[S]) -> S:
+    """The first state of type ``kind`` in ``state`` (itself, or inside a chain's, depth first): how an alias
+    finds its pieces (Adam's moments, the momentum buffers) whatever else its chain holds.
+
+    Raises:
+        LookupError: where ``state`` holds no ``kind``.
+
+    Example:
+        >>> opt = chain(trace(decay=0.9), scale_by_learning_rate(0.1))
+        >>> find(opt.init([torch.zeros(2)]), TraceState).buf
+        [tensor([0., 0.])]
+    """
+    for s in _walk(state):
+        if isinstance(s, kind):
+            return s
+    raise LookupError(f"no {kind.__name__} in this {type(state).__name__}")
+
+
+def _walk(state: Any) -> Iterator[Any]:
+    """``state`` and, for a chain's, every state inside it, depth first."""
+    yield state
+    if isinstance(state, ChainState):
+        for inner in state.inner:
+            yield from _walk(inner)
 
 
 def chain(*transforms: Transform) -> Transform:
     """Apply ``transforms`` in order, each to the previous one's updates."""
 
-    def init(params: Tensors) -> State:
-        return {"inner": [t.init(params) for t in transforms]}
+    def init(params: Tensors) -> ChainState:
+        return ChainState(tuple(t.init(params) for t in transforms))
 
-    def update(grads: Tensors, state: State, params: Tensors) -> tuple[Tensors, State]:
+    def update(grads: Tensors, state: ChainState, params: Tensors) -> tuple[Tensors, ChainState]:
         inner = []
-        for t, s in zip(transforms, state["inner"]):
+        for t, s in zip(transforms, state.inner):
             grads, s = t.update(grads, s, params)
             inner.append(s)
-        return grads, {"inner": inner}
+        return grads, ChainState(tuple(inner))
 
     last = transforms[-1].step if transforms else None
 
-    def step(params: Tensors, grads: Tensors, state: State) -> State:
+    def step(params: Tensors, grads: Tensors, state: ChainState) -> ChainState:
         """The leading transforms' updates, then the last one's fused step (or its update where the step
         cannot serve: the leading states have moved on, so this step always finishes the work)."""
         assert last is not None
         inner = []
-        for t, s in zip(transforms[:-1], state["inner"]):
+        for t, s in zip(transforms[:-1], state.inner):
             grads, s = t.update(grads, s, params)
             inner.append(s)
-        done = last(params, grads, state["inner"][-1])
+        done = last(params, grads, state.inner[-1])
         if done is None:
-            updates, done = transforms[-1].update(grads, state["inner"][-1], params)
+            updates, done = transforms[-1].update(grads, state.inner[-1], params)
             apply_updates(params, updates)
-        return {"inner": [*inner, done]}
+        return ChainState((*inner, done))
 
     return Transform(init, update, None if last is None else step)
+
+
+class CountState(NamedTuple):
+    """The state of a transform that keeps only the step count (scale_by_learning_rate, add_l2, clipping)."""
+
+    count: int  # type: ignore[assignment]  # the field hides tuple.count (as in optax's states)
 
 
 def _stateless(fn: Callable[[Tensors, int, Tensors], Tensors]) -> Transform:
     """A transform whose only state is the step count."""
 
-    def update(grads: Tensors, state: State, params: Tensors) -> tuple[Tensors, State]:
-        return fn(grads, state["count"], params), {"count": state["count"] + 1}
+    def update(grads: Tensors, state: CountState, params: Tensors) -> tuple[Tensors, CountState]:
+        return fn(grads, state.count, params), CountState(state.count + 1)
 
-    return Transform(lambda params: {"count": 0}, update)
+    return Transform(lambda params: CountState(0), update)
 
 
 def scale_by_learning_rate(lr: Hyper) -> Transform:
@@ -196,14 +246,14 @@ def scale_by_learning_rate(lr: Hyper) -> Transform:
     _check("lr", lr, 0.0, math.inf)
     plain = _stateless(lambda u, count, p: _mul(u, _negate(_value(lr, count, u))))
 
-    def step(params: Tensors, u: Tensors, state: State) -> State:
-        rate = _value(lr, state["count"], u)
+    def step(params: Tensors, u: Tensors, state: CountState) -> CountState:
+        rate = _value(lr, state.count, u)
         if isinstance(rate, list):
             for p, x, r in zip(params, u, rate):
                 p.add_(x * -r)
         else:
             torch._foreach_add_(params, u, alpha=-rate)
-        return {"count": state["count"] + 1}
+        return CountState(state.count + 1)
 
     return plain._replace(step=step)
 
@@ -242,6 +292,13 @@ def clip_by_global_norm(max_norm: Hyper, *, per_member: bool = False) -> Transfo
     return _stateless(clip)
 
 
+class TraceState(NamedTuple):
+    """:func:`trace`'s momentum buffers, one per parameter."""
+
+    count: int  # type: ignore[assignment]  # the field hides tuple.count (as in optax's states)
+    buf: Tensors
+
+
 def trace(decay: Hyper = 0.9, *, dampening: Hyper = 0.0, nesterov: bool = False) -> Transform:
     """Heavy-ball momentum as torch.optim.SGD has it (Polyak 1964; Sutskever et al. 2013 for Nesterov):
 
@@ -251,21 +308,28 @@ def trace(decay: Hyper = 0.9, *, dampening: Hyper = 0.0, nesterov: bool = False)
     _check("momentum", decay, 0.0, 1.0)
     _check("dampening", dampening, 0.0, 1.0, closed_high=True)
 
-    def init(params: Tensors) -> State:
-        return {"count": 0, "buf": [torch.zeros_like(p) for p in params]}
+    def init(params: Tensors) -> TraceState:
+        return TraceState(0, [torch.zeros_like(p) for p in params])
 
-    def update(g: Tensors, state: State, params: Tensors) -> tuple[Tensors, State]:
-        count, mu = state["count"], _value(decay, state["count"], g)
+    def update(g: Tensors, state: TraceState, params: Tensors) -> tuple[Tensors, TraceState]:
+        count, mu = state.count, _value(decay, state.count, g)
         buf: Tensors
         if count == 0:
             buf = [x.clone() for x in g]
         else:
             keep = _map(_value(dampening, count, g), lambda d: 1 - d)
-            buf = _scale_add_(state["buf"], mu, g, keep)
+            buf = _scale_add_(state.buf, mu, g, keep)
         u = _add(g, buf, mu) if nesterov else buf
-        return u, {"count": count + 1, "buf": buf}
+        return u, TraceState(count + 1, buf)
 
     return Transform(init, update)
+
+
+class RssState(NamedTuple):
+    """:func:`scale_by_rss`'s running sums of g^2."""
+
+    count: int  # type: ignore[assignment]  # the field hides tuple.count (as in optax's states)
+    sum: Tensors
 
 
 def scale_by_rss(*, initial_accumulator_value: float = 0.0, eps: Hyper = 1e-10) -> Transform:
@@ -273,14 +337,14 @@ def scale_by_rss(*, initial_accumulator_value: float = 0.0, eps: Hyper = 1e-10) 
     _check("initial_accumulator_value", initial_accumulator_value, 0.0, math.inf)
     _check_eps(eps)
 
-    def init(params: Tensors) -> State:
-        return {"count": 0, "sum": [torch.full_like(p, initial_accumulator_value) for p in params]}
+    def init(params: Tensors) -> RssState:
+        return RssState(0, [torch.full_like(p, initial_accumulator_value) for p in params])
 
-    def update(g: Tensors, state: State, params: Tensors) -> tuple[Tensors, State]:
-        s = state["sum"]
+    def update(g: Tensors, state: RssState, params: Tensors) -> tuple[Tensors, RssState]:
+        s = state.sum
         torch._foreach_addcmul_(s, g, g)
-        u = _div_by(g, s, _value(eps, state["count"], g))
-        return u, {"count": state["count"] + 1, "sum": s}
+        u = _div_by(g, s, _value(eps, state.count, g))
+        return u, RssState(state.count + 1, s)
 
     return Transform(init, update)
 
@@ -311,29 +375,45 @@ def _check_eps(eps: Hyper) -> None:
         raise InvalidParameter("eps", eps.tolist(), "numbers > 0")
 
 
+class RmsState(NamedTuple):
+    """:func:`scale_by_rms`'s EMA of g^2 (``nu``) and, when centered, of g (``mu``)."""
+
+    count: int  # type: ignore[assignment]  # the field hides tuple.count (as in optax's states)
+    nu: Tensors
+    mu: Tensors | None = None
+
+
 def scale_by_rms(*, alpha: Hyper = 0.99, eps: Hyper = 1e-8, centered: bool = False) -> Transform:
     """RMSProp (Tieleman & Hinton 2012), as torch.optim.RMSprop: s = alpha * s + (1 - alpha) * g^2;
     u = g / (sqrt(s) + eps), or with ``centered`` u = g / (sqrt(s - a^2) + eps) where a = EMA of g."""
     _check("alpha", alpha, 0.0, 1.0, closed_high=True)
     _check_eps(eps)
 
-    def init(params: Tensors) -> State:
-        state: State = {"count": 0, "nu": [torch.zeros_like(p) for p in params]}
-        if centered:
-            state["mu"] = [torch.zeros_like(p) for p in params]
-        return state
+    def init(params: Tensors) -> RmsState:
+        return RmsState(0, [torch.zeros_like(p) for p in params],
+                        [torch.zeros_like(p) for p in params] if centered else None)
 
-    def update(g: Tensors, state: State, params: Tensors) -> tuple[Tensors, State]:
-        count, a = state["count"], _value(alpha, state["count"], g)
-        nu = _ema_square_(state["nu"], g, a)
-        new: State = {"count": count + 1, "nu": nu}
+    def update(g: Tensors, state: RmsState, params: Tensors) -> tuple[Tensors, RmsState]:
+        count, a = state.count, _value(alpha, state.count, g)
+        nu = _ema_square_(state.nu, g, a)
+        mu = None
         second = nu
         if centered:
-            new["mu"] = _ema_(state["mu"], g, a)
-            second = torch._foreach_addcmul(nu, new["mu"], new["mu"], value=-1.0)
-        return _div_by(g, second, _value(eps, count, g)), new
+            assert state.mu is not None
+            mu = _ema_(state.mu, g, a)
+            second = torch._foreach_addcmul(nu, mu, mu, value=-1.0)
+        return _div_by(g, second, _value(eps, count, g)), RmsState(count + 1, nu, mu)
 
     return Transform(init, update)
+
+
+class AdamState(NamedTuple):
+    """:func:`scale_by_adam`'s moments; ``nu_max`` (the running maximum of nu) with amsgrad only."""
+
+    count: int  # type: ignore[assignment]  # the field hides tuple.count (as in optax's states)
+    mu: Tensors
+    nu: Tensors
+    nu_max: Tensors | None = None
 
 
 def scale_by_adam(*, b1: Hyper = 0.9, b2: Hyper = 0.999, eps: Hyper = 1e-8, amsgrad: bool = False) -> Transform:
@@ -344,29 +424,33 @@ def scale_by_adam(*, b1: Hyper = 0.9, b2: Hyper = 0.999, eps: Hyper = 1e-8, amsg
     _check("beta2", b2, 0.0, 1.0)
     _check_eps(eps)
 
-    def init(params: Tensors) -> State:
-        state: State = {"count": 0, "mu": [torch.zeros_like(p) for p in params],
-                        "nu": [torch.zeros_like(p) for p in params]}
-        if amsgrad:
-            state["nu_max"] = [torch.zeros_like(p) for p in params]
-        return state
+    def init(params: Tensors) -> AdamState:
+        return AdamState(0, [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params],
+                         [torch.zeros_like(p) for p in params] if amsgrad else None)
 
-    def update(g: Tensors, state: State, params: Tensors) -> tuple[Tensors, State]:
-        count = state["count"]
+    def update(g: Tensors, state: AdamState, params: Tensors) -> tuple[Tensors, AdamState]:
+        count = state.count
         beta1, beta2 = _value(b1, count, g), _value(b2, count, g)
-        mu = _ema_(state["mu"], g, beta1)
-        nu = _ema_square_(state["nu"], g, beta2)
-        new: State = {"count": count + 1, "mu": mu, "nu": nu}
+        mu = _ema_(state.mu, g, beta1)
+        nu = _ema_square_(state.nu, g, beta2)
         second = nu
         if amsgrad:
-            new["nu_max"] = second = state["nu_max"]
+            assert state.nu_max is not None
+            second = state.nu_max
             torch._foreach_maximum_(second, nu)
         t = count + 1
         u = _div_by(mu, second, _value(eps, count, g), scale=_map(beta2, lambda b: (1 - b**t) ** 0.5),
                     times=_map(beta1, lambda b: 1 - b**t))
-        return u, new
+        return u, AdamState(count + 1, mu, nu, state.nu_max)
 
     return Transform(init, update)
+
+
+class LionState(NamedTuple):
+    """:func:`scale_by_lion`'s momentum."""
+
+    count: int  # type: ignore[assignment]  # the field hides tuple.count (as in optax's states)
+    mu: Tensors
 
 
 def scale_by_lion(*, b1: Hyper = 0.9, b2: Hyper = 0.99) -> Transform:
@@ -375,14 +459,14 @@ def scale_by_lion(*, b1: Hyper = 0.9, b2: Hyper = 0.99) -> Transform:
     _check("beta1", b1, 0.0, 1.0)
     _check("beta2", b2, 0.0, 1.0)
 
-    def init(params: Tensors) -> State:
-        return {"count": 0, "mu": [torch.zeros_like(p) for p in params]}
+    def init(params: Tensors) -> LionState:
+        return LionState(0, [torch.zeros_like(p) for p in params])
 
-    def update(g: Tensors, state: State, params: Tensors) -> tuple[Tensors, State]:
-        count = state["count"]
-        u = [x.sign() for x in _ema(state["mu"], g, _value(b1, count, g))]
-        mu = _ema_(state["mu"], g, _value(b2, count, g))
-        return u, {"count": count + 1, "mu": mu}
+    def update(g: Tensors, state: LionState, params: Tensors) -> tuple[Tensors, LionState]:
+        count = state.count
+        u = [x.sign() for x in _ema(state.mu, g, _value(b1, count, g))]
+        mu = _ema_(state.mu, g, _value(b2, count, g))
+        return u, LionState(count + 1, mu)
 
     return Transform(init, update)
 
