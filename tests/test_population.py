@@ -13,6 +13,7 @@ import gdlab
 from gdlab import population
 from gdlab.data import TensorData
 from gdlab.errors import InvalidParameter, ModelError
+from gdlab.population import forward
 
 
 @pytest.fixture
@@ -176,11 +177,11 @@ def test_batched_mlp_path_equals_the_vmap_path(digits_like: Any, monkeypatch: py
         return nn.Sequential(nn.Flatten(), nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 16, bias=False), nn.Tanh(),
                              nn.Linear(16, 4)).double()
 
-    assert population._mlp_layers(mlp()) is not None
+    assert forward.mlp_layers(mlp()) is not None
     kwargs: dict[str, Any] = {"seeds": [0, 1], "optimizer": "adam", "hyper": {"lr": [0.01, 0.003]}, "steps": 40,
                               "val": val, "shared_order": shared, "progress": False}
     fast = population.train(mlp, train, **kwargs)
-    monkeypatch.setattr(population, "_mlp_layers", lambda template: None)
+    monkeypatch.setattr(forward, "mlp_layers", lambda template: None)
     general = population.train(mlp, train, **kwargs)
     for key in fast.params:
         torch.testing.assert_close(fast.params[key], general.params[key], rtol=1e-10, atol=1e-12)
