@@ -25,15 +25,6 @@ from gdlab.train import fit
 __all__ = ["train"]
 
 
-def _fit_options(values: dict[str, Any]) -> dict[str, Any]:
-    """Member values as ``fit`` keywords (betas back to beta1, beta2)."""
-    out = dict(values)
-    betas = out.pop("betas", None)
-    if betas is not None:
-        out["beta1"], out["beta2"] = betas
-    return {k: v for k, v in out.items() if k in ("lr", "momentum") or k in optim.OPTIONS}
-
-
 def train(
     model_fn: ModelFn,
     train: Any,
@@ -108,8 +99,8 @@ def train(
         if isinstance(at, bool) or not isinstance(at, int) or at < 1 or isinstance(keep, bool) or \
                 not isinstance(keep, int) or keep < 1:
             raise InvalidParameter("halving", list(halving), "(step, keep) pairs of positive integers")
-    return train_vectorized(models, source, val_source, seeds, optimizer, stacked, members, loss_fn, loss_name, plan,
-                       total, shared_order, progress, halving)
+    return train_vectorized(models, source, val_source, seeds, optimizer, stacked, members, loss_fn, loss_name,
+                            plan, total, shared_order, progress, halving)
 
 
 def _one_by_one(model_fn: ModelFn, train_data: Any, val: Any, seeds: list[int], optimizer: str,
@@ -160,3 +151,12 @@ def _one_by_one(model_fn: ModelFn, train_data: Any, val: Any, seeds: list[int], 
         epoch_train_loss=ep_train, epoch_val_loss=ep_val, plan=plan, steps=max(r.steps for r in results),
         seconds=time.perf_counter() - started, task=task, vectorized=False, notice=reason, optimizer=optimizer,
     )
+
+
+def _fit_options(values: dict[str, Any]) -> dict[str, Any]:
+    """Member values as ``fit`` keywords (betas back to beta1, beta2)."""
+    out = dict(values)
+    betas = out.pop("betas", None)
+    if betas is not None:
+        out["beta1"], out["beta2"] = betas
+    return {k: v for k, v in out.items() if k in ("lr", "momentum") or k in optim.OPTIONS}
