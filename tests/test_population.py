@@ -13,6 +13,7 @@ import gdlab
 from gdlab import population
 from gdlab.data import TensorData
 from gdlab.errors import InvalidParameter, ModelError
+from gdlab.population import forward
 
 
 @pytest.fixture
@@ -176,11 +177,11 @@ def test_batched_mlp_path_equals_the_vmap_path(digits_like: Any, monkeypatch: py
         return nn.Sequential(nn.Flatten(), nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 16, bias=False), nn.Tanh(),
                              nn.Linear(16, 4)).double()
 
-    assert population._mlp_layers(mlp()) is not None
+    assert forward.mlp_layers(mlp()) is not None
     kwargs: dict[str, Any] = {"seeds": [0, 1], "optimizer": "adam", "hyper": {"lr": [0.01, 0.003]}, "steps": 40,
                               "val": val, "shared_order": shared, "progress": False}
     fast = population.train(mlp, train, **kwargs)
-    monkeypatch.setattr(population, "_mlp_layers", lambda template: None)
+    monkeypatch.setattr(forward, "mlp_layers", lambda template: None)
     general = population.train(mlp, train, **kwargs)
     for key in fast.params:
         torch.testing.assert_close(fast.params[key], general.params[key], rtol=1e-10, atol=1e-12)
@@ -215,3 +216,19 @@ def test_successive_halving_keeps_the_best_and_leaves_survivors_untouched(digits
     assert sorted(k for k, p in enumerate(cut.pruned_at) if p == 10) == sorted(ranked[3:])
     with pytest.raises(InvalidParameter, match="invalid halving"):
         population.train(_mlp, train, seeds=[0], hyper={"lr": 0.1}, steps=5, halving=[(0, 1)], progress=False)
+
+
+def test_halving_cuts_optimizer_states_of_every_shape() -> None:
+    from typing import NamedTuple
+
+    from gdlab.population import vectorized
+
+    class State(NamedTuple):
+        count: torch.Tensor
+        mu: list[torch.Tensor]
+
+    state = {"inner": (State(torch.zeros(()), [torch.arange(4.0)]), [torch.ones(4, 2)]), "none": None}
+    cut = vectorized._take(state, torch.tensor([1, 3]), 4)
+    assert type(cut["inner"][0]) is State and cut["inner"][0].count.shape == ()  # not [m, ...]: kept whole
+    assert cut["inner"][0].mu[0].tolist() == [1.0, 3.0] and cut["inner"][1][0].shape == (2, 2)
+    assert cut["none"] is None

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gdlab import optim
+from gdlab import optim, population
 from gdlab.errors import InvalidParameter, check_int
 from gdlab.problem import Problem, resolve_device
 from gdlab.records import EMA
@@ -304,8 +304,6 @@ def select_lr(
         return LRSelection(lr, "range-test", [{"lr": a, "loss": b} for a, b in zip(found.lrs, found.smoothed)],
                            f"the valley rule of the range test over {len(found.lrs)} steps{note}",
                            len(found.lrs) / max(total_steps, 1))
-    from gdlab import population
-
     if optimizer not in GRIDS:
         raise InvalidParameter("optimizer", optimizer, f"a named optimizer for lr='auto' ({', '.join(GRIDS)})")
     low, high = GRIDS[optimizer]

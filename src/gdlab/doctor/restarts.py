@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from gdlab import population
 from gdlab.doctor.findings import Remedy
 
 __all__ = ["fresh_models", "restart_remedy"]
@@ -70,8 +71,6 @@ def restart_remedy(result_score: float, model: torch.nn.Module, train: Any, *, r
         >>> record.reason, model
         ('the run settled at a minimum, but restarts could not be made: a restart needs a named optimizer', None)
     """
-    from gdlab import population
-
     seeds = [seed + 1 + i for i in range(restarts)]
     make: Callable[[], torch.nn.Module] | None = None
     if not isinstance(optimizer, str):
