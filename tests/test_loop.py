@@ -122,3 +122,13 @@ def test_a_snapshot_restores_model_and_optimizer() -> None:
     snap.restore(model, opt)
     assert torch.equal(model.weight, again) and not torch.equal(model.weight, weights)
     assert not torch.equal(opt.state[model.weight]["momentum_buffer"], buffer)
+
+
+def test_a_bare_run_takes_no_gradient_norms_and_a_watched_one_does() -> None:
+    torch.manual_seed(0)
+    bare = fit(nn.Linear(4, 1), _data(64), lr=0.01, batch_size=8, epochs=1, progress=False, instruments="none",
+               doctor=False)
+    watched = fit(nn.Linear(4, 1), _data(64), lr=0.01, batch_size=8, epochs=1, progress=False, instruments="cheap",
+                  doctor=False)
+    assert "grad_norm" not in bare.history.steps and len(bare.history.steps["loss"]) == 8
+    assert len(watched.history.steps["grad_norm"]) == 8 and all(v > 0 for v in watched.history.steps["grad_norm"])

@@ -240,9 +240,9 @@ class StepLog:
         self.rows.append(len(self.table) - 1)
         self.sizes.append(samples)
         self.losses.append(loss)
-        assert state.grad_norm is not None and state.param_grad_norms is not None
-        self.totals.append(state.grad_norm)
-        self.norms.append(state.param_grad_norms)
+        if state.grad_norm is not None and state.param_grad_norms is not None:  # None: norms are not taken
+            self.totals.append(state.grad_norm)
+            self.norms.append(state.param_grad_norms)
 
     def fill(self, table: Table) -> None:
         """The history's filler: fetch before a read."""
@@ -253,19 +253,20 @@ class StepLog:
         """Read every pending value on the host in one sync (and the ``check`` scalars with them, returned)."""
         if not self.rows and not check:
             return []
-        n, extra = len(self.rows), check or []
-        flat = [torch.stack(self.losses).reshape(-1), torch.stack(self.totals).reshape(-1), *self.norms] if n else []
-        values = torch.cat([*flat, *(t.reshape(1) for t in extra)]).tolist()  # the one host sync
+        n, t, extra = len(self.rows), len(self.totals), check or []
+        flat = [torch.stack(self.losses), *([torch.stack(self.totals)] if t else []), *self.norms] if n else []
+        values = torch.cat([*flat, *(x.reshape(1) for x in extra)]).tolist()  # the one host sync
         if n:
-            self._write(values[:n], values[n : 2 * n], values[2 * n : len(values) - len(extra)])
+            self._write(values[:n], values[n : n + t], values[n + t : len(values) - len(extra)])
         return values[len(values) - len(extra):]
 
     def _write(self, losses: list[float], totals: list[float], flat: list[float]) -> None:
         """Put fetched values in their rows, the epoch's sums and ``last_loss``; note the first non-finite loss."""
         state, rows = self.state, self.rows
         self.table.write("loss", rows, losses)
-        self.table.write("grad_norm", rows, totals)
-        if self.keep_param_norms:
+        if totals:
+            self.table.write("grad_norm", rows, totals)
+        if self.keep_param_norms and totals:
             at = 0
             for row, present, norms in zip(rows, self.present, self.norms):
                 k = len(norms)
@@ -334,7 +335,7 @@ def _refresh(kept: Any, now: Any) -> Any:
 
 
 def run(problem: Problem, state: LoopState, hooks: Sequence[Any] = (), *, tol: float | None = None,
-        patience: int | None = None, log_every: int = LOG_EVERY,
+        patience: int | None = None, log_every: int = LOG_EVERY, grad_norms: bool = True,
         checkpoint: Callable[[LoopState], None] | None = None, checkpoint_every: int | None = None) -> None:
     """Train ``state.model`` on ``problem`` from where ``state`` stands until ``state.total_steps`` or a stop.
 
@@ -347,6 +348,7 @@ def run(problem: Problem, state: LoopState, hooks: Sequence[Any] = (), *, tol: f
         tol: stop when the epoch's train loss changes by less than ``tol``.
         patience: stop when the validation loss has not improved for ``patience`` epochs.
         log_every: steps between host reads of the loss and gradient norms (and the divergence check).
+        grad_norms: take each step's gradient norms (the ``grad_norm`` column; one more read of every gradient).
         checkpoint: called every ``checkpoint_every`` steps (default: each epoch's end), at a stop and at the end.
     """
     model, optimizer, plan = state.model, state.optimizer, state.plan
@@ -379,7 +381,8 @@ def run(problem: Problem, state: LoopState, hooks: Sequence[Any] = (), *, tol: f
                 loss = problem.loss(model(x), y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                log.grad_norms()
+                if grad_norms:
+                    log.grad_norms()
 
                 # (3) update the parameters
                 optimizer.step()

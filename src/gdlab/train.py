@@ -169,7 +169,9 @@ def fit(
 
         hooks.append(ProgressBar())
     try:
+        # the gradient norms feed the instruments and the doctor: a bare run does not read its gradients twice
         loop.run(problem, state, hooks, tol=tol, patience=patience, log_every=log_every,
+                 grad_norms=bool(watching) or physician is not None,
                  checkpoint=recorder.checkpoint if recorder else None, checkpoint_every=checkpoint_every)
     except BaseException as error:
         if recorder:
