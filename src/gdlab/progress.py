@@ -1,8 +1,9 @@
-"""The live progress bar (an edge: the only engine-side user of rich, imported only when a bar is shown).
+"""Progress bars (an edge: the home of rich outside ``cli/``, imported only when a bar is shown).
 
-Shows epoch, iteration within the epoch, the latest loss and speed on stderr. It redraws from the loop's own
-thread at most four times a second (rich's refresh thread is off: its renders hold the GIL and slowed a small
-model's steps by ~7%), so a fast loop pays a clock read per step and a render every quarter second.
+:class:`ProgressBar` shows epoch, iteration within the epoch, the latest loss read and speed on stderr. It redraws
+from the loop's own thread at most four times a second (rich's refresh thread is off: its renders hold the GIL and
+slow a small model's steps), so a fast loop pays a clock read per step and a render every quarter second.
+:class:`TaskBar` is a bar over some other work (the range test, a landscape's grid).
 """
 
 from __future__ import annotations

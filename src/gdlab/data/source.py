@@ -67,7 +67,7 @@ class Source:
                 return
             for index in batches(plan, seed, epoch, start):
                 index = index.to(self.device)
-                # index_select copies whole rows: about twice as fast as X[index] on the CPU
+                # index_select copies whole rows, faster than X[index] on the CPU (docs/benchmarks.md, loader)
                 yield X.index_select(0, index), y.index_select(0, index)
         else:
             for x, y in loader(self.dataset, plan, seed, epoch, start):  # type: ignore[arg-type]

@@ -2,7 +2,7 @@
 
 An alias's chain (say Adam's: moments, bias correction, ``-lr``, then ``params += updates``) reads and writes every
 parameter-sized buffer several times; torch's fused kernels (``torch._fused_adam_``, ``_fused_adamw_``,
-``_fused_sgd_``) do the same step in one pass, about 4x faster for AdamW on a CPU. The aliases use them, through
+``_fused_sgd_``) do the same step in one pass (faster: docs/benchmarks.md, optim_step). The aliases use them, through
 :attr:`Transform.step <gdlab.optim.transforms.Transform>`, when the step allows: every hyperparameter a number at
 this step (a schedule is resolved first; ``[members]`` tensors are not), all parameters of one floating dtype on
 one device, and the kernel present for that device. Otherwise the plain transforms do the step; tests check that

@@ -117,7 +117,7 @@ def _ema(avg: Tensors, xs: Tensors, decay: Value) -> Tensors:
 
 def _scale_add_(acc: Tensors, a: Value, xs: Tensors, b: Value) -> Tensors:
     """acc <- a * acc + b * xs, in place: a state's running sums are updated where they live, as torch.optim
-    does (out of place, Adam allocated two new tensors per parameter a step and was ~1.5x slower)."""
+    does (out of place, Adam would allocate two new tensors per parameter a step; docs/benchmarks.md, optim_step)."""
     if isinstance(a, list) or isinstance(b, list):
         a_: list[Any] = a if isinstance(a, list) else [a] * len(acc)
         b_: list[Any] = b if isinstance(b, list) else [b] * len(acc)

@@ -65,8 +65,8 @@ def mlp_layers(template: nn.Module) -> list[tuple[str, Any]] | None:
     """For an ``nn.Sequential`` of Flatten, Linear and elementwise activations (gdlab's ``mlp``, ``linear`` and
     ``logistic``), its layers as ``("linear", name) | ("flatten", None) | ("apply", module)``; else None.
 
-    Such a model runs as batched matrix products over members (``baddbmm``), about 1.5x faster on a CPU than the
-    vmapped ``functional_call``, computing the same function (tests compare the two).
+    Such a model runs as batched matrix products over members (``baddbmm``), faster on a CPU than the vmapped
+    ``functional_call`` (docs/benchmarks.md), computing the same function (tests compare the two).
     """
     if type(template) is not nn.Sequential:
         return None

@@ -104,7 +104,7 @@ def input_scales(X: torch.Tensor) -> list[float] | None:
     if X.dim() != 2 or not len(X) or X.shape[1] > 4096:
         return None
     # torch.quantile's linear interpolation between the two order statistics around rank 0.95 (n - 1), from the
-    # top 5% alone (a partial sort: several times faster than quantile's full one)
+    # top 5% alone (a partial sort, where quantile sorts everything)
     A = X[:SCALE_SAMPLES].detach().abs()  # [samples, features]
     n = len(A)
     rank = 0.95 * (n - 1)
