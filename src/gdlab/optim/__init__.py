@@ -16,13 +16,12 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 
-from gdlab.errors import InvalidParameter, UnknownChoice
+from gdlab.errors import InvalidParameter, UnknownChoice, check_number
 from gdlab.optim.adapter import Optimizer, inject
 from gdlab.optim.aliases import adagrad, adam, adamw, lion, momentum, nesterov, rmsprop, sgd
 from gdlab.optim.registry import LR_RANGES, OPTIMIZERS, OptimizerInfo, register
@@ -60,18 +59,14 @@ OPTIONS = ("beta1", "beta2", "eps", "weight_decay", "nesterov", "clip_norm")
 
 def check_lr(lr: Any, param: str = "lr") -> float:
     """The learning rate as a float, or a clear error unless it is finite and > 0."""
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-        raise InvalidParameter(param, lr, "a finite number > 0, e.g. 0.01")
-    return float(lr)
+    return check_number(lr, param, above=0, expected="a finite number > 0, e.g. 0.01")
 
 
 def check_momentum(momentum: Any, param: str = "momentum") -> float | None:
     """The momentum as a float in [0, 1), or None."""
     if momentum is None:
         return None
-    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
-        raise InvalidParameter(param, momentum, "a number in [0, 1), e.g. 0.9")
-    return float(momentum)
+    return check_number(momentum, param, least=0, below=1, expected="a number in [0, 1), e.g. 0.9")
 
 
 def make(spec: OptimizerSpec, params: Iterable[torch.nn.Parameter], *, lr: float,
@@ -103,8 +98,7 @@ def make(spec: OptimizerSpec, params: Iterable[torch.nn.Parameter], *, lr: float
     clip = options.get("clip_norm")
     if clip is None:
         return Optimizer(params, inject(info.alias, **hyper))
-    if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0:
-        raise InvalidParameter("clip_norm", clip, "a number > 0")
+    check_number(clip, "clip_norm", above=0, expected="a number > 0")
     return Optimizer(params, inject(lambda **h: chain(clip_by_global_norm(clip), info.alias(**h)), **hyper))
 
 

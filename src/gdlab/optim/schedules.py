@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from gdlab.errors import InvalidParameter, UnknownChoice
+from gdlab.errors import InvalidParameter, UnknownChoice, check_number
 
 __all__ = ["Schedule", "constant", "step", "exponential", "cosine", "linear_warmup", "one_cycle", "OneCycle",
            "ReduceOnPlateau", "reduce_on_plateau", "parse", "SCHEDULES"]
@@ -24,8 +24,7 @@ Schedule = Callable[[int], float]
 
 
 def _positive(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise InvalidParameter(name, value, "a finite number > 0")
+    check_number(value, name, above=0)
 
 
 def constant(value: float) -> Schedule:

@@ -16,7 +16,7 @@ from torch import nn
 from gdlab import loop, optim
 from gdlab.config import DEFAULT_EPOCHS
 from gdlab.data import BatchPlan
-from gdlab.errors import InvalidParameter, ModelError
+from gdlab.errors import InvalidParameter, ModelError, check_int
 from gdlab.population.forward import vmap_problem
 from gdlab.population.members import ModelFn, Population, member_hyperparams, member_values
 from gdlab.population.vectorized import train_vectorized
@@ -91,9 +91,8 @@ def train(
         return _one_by_one(model_fn, train, val, seeds, optimizer, members, batch_size, epochs, steps, loss, dev,
                            progress, plan, source.task, reason, shared_order)
     for at, keep in halving:
-        if isinstance(at, bool) or not isinstance(at, int) or at < 1 or isinstance(keep, bool) or \
-                not isinstance(keep, int) or keep < 1:
-            raise InvalidParameter("halving", list(halving), "(step, keep) pairs of positive integers")
+        for value in (at, keep):
+            check_int(value, "halving", expected="(step, keep) pairs of positive integers")
     return train_vectorized(models, source, val_source, seeds, optimizer, stacked, members, loss_fn, loss_name,
                             plan, total, shared_order, progress, halving)
 
