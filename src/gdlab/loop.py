@@ -89,9 +89,9 @@ class Callback:
 class LoopState:
     """Everything the loop knows, handed to every callback. Steps and epochs count completed ones.
 
-    The step's own values are on the device: ``step_loss`` (the loss), ``grad_norm`` (the global gradient
-    norm) and ``param_grad_norms`` (``[parameters]``, one norm per parameter tensor, 0 where it has no
-    gradient). ``state.loss`` reads the loss on the host (one sync when values are pending); ``last_loss`` is
+    The step's own values are on the device: ``step_loss`` (the loss), ``param_grad_norms`` (one 0-dim
+    tensor per parameter tensor that has a gradient) and ``grad_norm`` (the global gradient norm, made from them
+    when read). ``state.loss`` reads the loss on the host (one sync when values are pending); ``last_loss`` is
     the latest value already read (no sync: what a progress bar shows).
     """
 
@@ -122,8 +122,7 @@ class LoopState:
     sample: Callable[[int, int], tuple[Tensor, Tensor]] | None = None  # (n, seed) -> n training samples
     mean_loss: bool = False  # the loss is a mean over the batch's samples (the built-in ones are)
     step_loss: Tensor | None = None
-    grad_norm: Tensor | None = None
-    param_grad_norms: Tensor | None = None
+    param_grad_norms: Sequence[Tensor] | None = None
     last_loss: float = math.nan
     log: StepLog | None = field(default=None, repr=False)
 
@@ -134,6 +133,14 @@ class LoopState:
         return cls(problem.model, optimizer, problem.plan, history or History(), seed, problem.device, total_steps,
                    val_samples=len(problem.val) if problem.val is not None else None, loss_fn=problem.loss_fn,
                    match=problem.match, sample=problem.source.sample, mean_loss=problem.mean_loss)
+
+    @property
+    def grad_norm(self) -> Tensor | None:
+        """This step's global gradient norm, on the device (None where the loop takes no norms)."""
+        norms = self.param_grad_norms
+        if norms is None:
+            return None
+        return torch.linalg.vector_norm(torch.stack(list(norms))) if norms else torch.zeros((), device=self.device)
 
     @property
     def loss(self) -> float:
@@ -210,8 +217,7 @@ class StepLog:
         self.rows: list[int] = []
         self.sizes: list[int] = []
         self.losses: list[Tensor] = []
-        self.totals: list[Tensor] = []
-        self.norms: list[Tensor] = []  # each [parameters with a gradient]
+        self.norms: list[Sequence[Tensor]] = []  # per step: a 0-dim norm per parameter with a gradient
         self.present: list[list[bool] | None] = []  # which parameters had a gradient (None: all of them)
         self.diverged_at: int | None = None
         self.keep_param_norms = False  # an instrument wants each row's per-parameter norms (param_norms)
@@ -225,23 +231,22 @@ class StepLog:
 
     @torch.no_grad()
     def grad_norms(self) -> None:
-        """This step's gradient norms, on the device (``state.grad_norm``, ``state.param_grad_norms``)."""
+        """This step's gradient norm per parameter, on the device (``state.param_grad_norms``): one kernel a
+        step; stacking them and the global norm wait for the read."""
         grads = [p.grad for p in self.params]
         present = [g for g in grads if g is not None]
-        norms = torch.stack(torch._foreach_norm(present)) if present else torch.zeros(0, device=self.state.device)
-        self.state.param_grad_norms, self.state.grad_norm = norms, torch.linalg.vector_norm(norms)
+        self.state.param_grad_norms = torch._foreach_norm(present) if present else ()
         self.present.append(None if len(present) == len(grads) else [g is not None for g in grads])
 
     def record(self, loss: Tensor, samples: int) -> None:
         """File the step's loss (and the norms :meth:`grad_norms` took) and append its row."""
         state = self.state
-        state.step_loss = loss
+        state.step_loss = loss = loss.reshape(()) if loss.dim() else loss  # a [1] loss too: stacked with the others
         self.table.append({"step": state.step, "epoch": state.epoch + 1, "lr": state.lr})
         self.rows.append(len(self.table) - 1)
         self.sizes.append(samples)
         self.losses.append(loss)
-        if state.grad_norm is not None and state.param_grad_norms is not None:  # None: norms are not taken
-            self.totals.append(state.grad_norm)
+        if state.param_grad_norms is not None:  # None: norms are not taken
             self.norms.append(state.param_grad_norms)
 
     def fill(self, table: Table) -> None:
@@ -253,29 +258,31 @@ class StepLog:
         """Read every pending value on the host in one sync (and the ``check`` scalars with them, returned)."""
         if not self.rows and not check:
             return []
-        n, t, extra = len(self.rows), len(self.totals), check or []
-        flat = [torch.stack(self.losses), *([torch.stack(self.totals)] if t else []), *self.norms] if n else []
-        values = torch.cat([*flat, *(x.reshape(1) for x in extra)]).tolist()  # the one host sync
+        n, extra = len(self.rows), check or []
+        scalars = [*self.losses, *(t for step in self.norms for t in step), *extra] if n else extra
+        values = torch.stack(scalars).tolist()  # 0-dim tensors, one host sync for all
         if n:
-            self._write(values[:n], values[n : n + t], values[n + t : len(values) - len(extra)])
+            self._write(values[:n], values[n : len(values) - len(extra)])
         return values[len(values) - len(extra):]
 
-    def _write(self, losses: list[float], totals: list[float], flat: list[float]) -> None:
-        """Put fetched values in their rows, the epoch's sums and ``last_loss``; note the first non-finite loss."""
+    def _write(self, losses: list[float], flat: list[float]) -> None:
+        """Put fetched values in their rows (the global gradient norm from the per-parameter ones), the epoch's sums
+        and ``last_loss``; note the first non-finite loss."""
         state, rows = self.state, self.rows
         self.table.write("loss", rows, losses)
-        if totals:
-            self.table.write("grad_norm", rows, totals)
-        if self.keep_param_norms and totals:
-            at = 0
+        if self.norms:
+            totals, at = [], 0
             for row, present, norms in zip(rows, self.present, self.norms):
                 k = len(norms)
                 values = flat[at : at + k]
                 at += k
-                if present is not None:
-                    it = iter(values)
-                    values = [next(it) if has else 0.0 for has in present]
-                self.param_norms[row] = values
+                totals.append(math.sqrt(sum(v * v for v in values)))
+                if self.keep_param_norms:
+                    if present is not None:
+                        it = iter(values)
+                        values = [next(it) if has else 0.0 for has in present]
+                    self.param_norms[row] = values
+            self.table.write("grad_norm", rows, totals)
         for row, loss, size in zip(rows, losses, self.sizes):
             if math.isfinite(loss):
                 state.epoch_loss_sum += loss * size
@@ -283,7 +290,7 @@ class StepLog:
             elif self.diverged_at is None:
                 self.diverged_at = row
         state.last_loss = losses[-1]
-        self.rows, self.sizes, self.losses, self.totals, self.norms, self.present = [], [], [], [], [], []
+        self.rows, self.sizes, self.losses, self.norms, self.present = [], [], [], [], []
 
 
 class Snapshot:

@@ -81,7 +81,7 @@ def finite(values: Iterable[float]) -> list[float]:
     return [v for v in values if math.isfinite(v)]
 
 
-SCALE_SAMPLES = 2048
+SCALE_SAMPLES = 1024
 """Samples :func:`input_scales` reads."""
 
 
@@ -89,7 +89,7 @@ def input_scales(X: torch.Tensor) -> list[float] | None:
     """Each input feature's scale: the 95th percentile of its absolute value.
 
     Args:
-        X: ``[samples, features]`` inputs; up to the first 2,048 samples are read (enough to tell scales
+        X: ``[samples, features]`` inputs; up to the first 1,024 samples are read (enough to tell scales
             100-fold apart, and cheap beside an epoch of a large data set). A feature that is mostly zero
             (a rarely inked pixel) gets scale 0 and is left out of comparisons.
 
