@@ -283,7 +283,7 @@ class Periodic(Instrument):
     cost = "periodic"
     min_batch = 16
 
-    def __init__(self, every: int = 25, sub_batch: int = 64, budget: float = 0.04) -> None:
+    def __init__(self, every: int = 25, sub_batch: int = 64, budget: float = 0.02) -> None:
         check_int(every, "every", expected="an integer >= 1")
         check_int(sub_batch, "sub_batch", least=2)
         self.every, self.sub_batch, self.budget_share = every, sub_batch, budget
