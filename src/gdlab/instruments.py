@@ -207,17 +207,20 @@ class Cheap(Instrument):
 
 class _Budget:
     """Spaces an instrument's measurements so that they cost at most ``share`` of the training time so far
-    (measured, not guessed): a model where one measurement is dear gets fewer of them."""
+    (measured, not guessed): a model where one measurement is dear gets fewer of them. The first ``free`` are
+    always granted: a short run still gets the readings its detectors compare (a budget bounds long runs)."""
 
-    def __init__(self, share: float) -> None:
-        self.share = share
+    def __init__(self, share: float, free: int = 2) -> None:
+        self.share, self.free = share, free
         self.spent = 0.0
+        self.granted = 0
         self.started = time.perf_counter()
 
     def allows(self, step: int) -> bool:
-        if step <= 1 or self.share == math.inf:
-            return True
-        return self.spent <= self.share * (time.perf_counter() - self.started - self.spent)
+        granted = step <= 1 or self.granted < self.free or self.share == math.inf or \
+            self.spent <= self.share * (time.perf_counter() - self.started - self.spent)
+        self.granted += granted
+        return granted
 
     @contextlib.contextmanager
     def measure(self) -> Iterator[None]:
