@@ -89,7 +89,7 @@ def test_as_tensor_data_accepts_pairs_and_tensor_datasets() -> None:
     assert isinstance(as_tensor_data((X, y)), TensorData)
     assert isinstance(as_tensor_data(torch.utils.data.TensorDataset(X, y)), TensorData)
     assert as_tensor_data(Subset(torch.utils.data.TensorDataset(X, y), [0, 1])) is None
-    with pytest.raises(InvalidParameter, match="a torch Dataset or an \\(X, y\\) pair"):
+    with pytest.raises(InvalidParameter, match="a torch Dataset, an \\(X, y\\) pair"):
         as_tensor_data([1, 2, 3])
 
 

@@ -221,7 +221,8 @@ def test_bad_arguments_are_named(regression: TensorData, kwargs: dict, error: ty
 
 
 def test_model_that_does_not_fit_the_data_fails_before_training(classes: TensorData) -> None:
-    with pytest.raises(ModelError, match=r"does not accept the data \(4 features per sample\)"):
+    with pytest.raises(ModelError, match=r"does not accept the data: mat1 and mat2 shapes cannot be multiplied .*; "
+                       r"the batch is inputs tensor\[2, 4\] float32, target tensor\[2\] int64"):
         fit(nn.Linear(7, 3), classes, progress=False)
     with pytest.raises(ModelError, match=r"outputs of shape \[2\] but the data has 3 classes"):
         fit(nn.Linear(4, 2), classes, progress=False)

@@ -20,7 +20,7 @@ from torch import nn
 
 from gdlab import models
 from gdlab.config import Config
-from gdlab.data import TensorData, as_tensor_data, datasets, standardize
+from gdlab.data import TensorData, as_tensor_data, datasets, standardize, structure
 from gdlab.doctor import Remedy
 from gdlab.errors import InvalidParameter, StoreError
 from gdlab.loop import Callback, Result
@@ -99,7 +99,10 @@ def _standardize_if_ill_conditioned(train: Any) -> float | None:
     tensors = as_tensor_data(train)
     if tensors is None:
         return None
-    ratio = scale_ratio(input_scales(tensors.X))
+    features = structure.float_features(tensors.X)
+    if features is None:
+        return None
+    ratio = scale_ratio(input_scales(features))
     return ratio if ratio > ILL_CONDITIONED else None
 
 
@@ -130,9 +133,10 @@ def _describe(train: Any) -> tuple[int, int, str, tuple[int, ...] | None]:
     tensors = as_tensor_data(train)
     if isinstance(tensors, TensorData):
         return tensors.n_features, tensors.n_outputs, tensors.task, tensors.image_shape
-    x, y = train[0]
-    y = torch.as_tensor(y)
+    x, y = structure.split(train[0])
+    features = sum(int(torch.as_tensor(t).numel()) for t in structure.leaves(structure.tree_map(torch.as_tensor, x))
+                   ) if not isinstance(x, torch.Tensor) else int(x.numel())
     if torch.is_floating_point(y):
-        return int(torch.as_tensor(x).numel()), int(y.numel()), "regression", None
-    classes = 1 + max(int(torch.as_tensor(train[i][1])) for i in range(len(train)))  # one pass over labels
-    return int(torch.as_tensor(x).numel()), classes, "classification", None
+        return features, int(y.numel()), "regression", None
+    classes = 1 + max(int(structure.split(train[i])[1]) for i in range(len(train)))  # one pass over labels
+    return features, classes, "classification", None

@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 from torch.nn.grad import conv2d_weight
 
+from gdlab.data import structure
 from gdlab.errors import UnknownChoice, check_int
 from gdlab.records import EMA
 
@@ -255,7 +256,12 @@ def _meta_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).to("meta")
 
 
-def _sub_batch(state: Any, size: int) -> tuple[Tensor, Tensor] | None:
+def _functional(template: nn.Module, tensors: dict[str, Tensor]) -> Any:
+    """``template`` called with ``tensors`` as its parameters and buffers, taking any arguments."""
+    return lambda *args, **kwargs: functional_call(template, tensors, args, kwargs)
+
+
+def _sub_batch(state: Any, size: int) -> tuple[Any, Tensor] | None:
     """Up to ``size`` samples of the step's batch; when the batch is smaller (stochastic descent), ``size``
     samples drawn from the training data instead (by the step number, so the run's randomness is untouched)."""
     batch = getattr(state, "batch", None)
@@ -263,9 +269,9 @@ def _sub_batch(state: Any, size: int) -> tuple[Tensor, Tensor] | None:
         return None
     x, y = batch
     sample = getattr(state, "sample", None)
-    if len(x) < min(size, 16) and sample is not None:
+    if len(y) < min(size, 16) and sample is not None:
         return sample(min(size, state.plan.samples), state.step)
-    return x[:size], y[:size]
+    return structure.tree_map(lambda t: t[:size], x), y[:size]
 
 
 class Periodic(Instrument):
@@ -384,7 +390,7 @@ class Periodic(Instrument):
         if "noise_scale" not in row:
             with self.budget.measure():
                 batch = _sub_batch(state, self.sub_batch)
-                if batch is not None and len(batch[0]) >= 2:
+                if batch is not None and len(batch[1]) >= 2:
                     with _untouched(state.model):
                         row.update(self._noise(state, *batch))
                         if not rode:  # a small batch: nothing rode on the step
@@ -401,12 +407,12 @@ class Periodic(Instrument):
         sums = list(self.sums.values()) if self.factored and self.owners <= self.sums.keys() else []
         eaches = [t for each, _ in sums for t in each]
         wholes = [t for _, whole in sums for t in whole or []]
-        scale = len(state.batch[0]) ** 2  # the per-sample gradients are the batch size times the hooks' shares
+        scale = len(state.batch[1]) ** 2  # the per-sample gradients are the batch size times the hooks' shares
         grad_norm = state.grad_norm if state.grad_norm is not None else torch.zeros(())
         values = _scalars([*self.seen.values(), *((t, scale) for t in eaches + wholes), (grad_norm, 1.0)])
         row = dict(zip(self.seen, values))
         if sums:
-            n = min(len(state.batch[0]), self.sub_batch)
+            n = min(len(state.batch[1]), self.sub_batch)
             rest = values[len(self.seen):-1]
             if all(whole is not None for _, whole in sums):
                 mean_sq = sum(rest[len(eaches):]) / (n * n)
@@ -421,27 +427,29 @@ class Periodic(Instrument):
         if self.per_sample_failed is not None:
             return {}
         params = {k: v.detach() for k, v in state.model.named_parameters() if v.requires_grad}
-        buffers = {k: v.detach() for k, v in state.model.named_buffers()}
-        loss_fn, match = state.loss_fn, state.match
+        # buffers and frozen parameters: constants of the call
+        consts = {k: v.detach() for k, v in state.model.named_parameters() if not v.requires_grad}
+        consts.update({k: v.detach() for k, v in state.model.named_buffers()})
+        forward = state.forward
         if self.meta is None:
             self.meta = _meta_copy(state.model)
         template = copy.deepcopy(self.meta).eval()  # never the user's module: functional_call may leave it altered
 
-        def one(p: dict[str, Tensor], xi: Tensor, yi: Tensor) -> Tensor:
-            out = functional_call(template, (p, buffers), (xi.unsqueeze(0),))
-            return loss_fn(match(out, yi.unsqueeze(0)), yi.unsqueeze(0))
+        def one(p: dict[str, Tensor], xi: Any, yi: Tensor) -> Tensor:
+            call = _functional(template, {**p, **consts})
+            return forward(call, structure.tree_map(lambda t: t.unsqueeze(0), xi), yi.unsqueeze(0))[0]
 
         try:
             per = vmap(grad(one), in_dims=(None, 0, 0))(params, x, y)
         except Exception as error:  # a model per-sample gradients cannot serve
             self.per_sample_failed = str(error).splitlines()[0] if str(error) else type(error).__name__
             return {}
-        n = len(x)
+        n = len(y)
         flat = torch.cat([g.reshape(n, -1) for g in per.values()], dim=1).double()
         mean = flat.mean(0)
         return _noise_row(float(flat.square().sum()), float(mean.square().sum()), n, state.plan.batch_size)
 
-    def _hooks(self, state: Any, x: Tensor, y: Tensor) -> dict[str, float]:
+    def _hooks(self, state: Any, x: Any, y: Tensor) -> dict[str, float]:
         """One extra forward and backward on the sub-batch with hooks on activations and layers."""
         seen: dict[str, tuple[Tensor, float]] = {}
 
@@ -455,7 +463,7 @@ class Periodic(Instrument):
                 g = grad_out[0]
                 if g is not None:
                     seen[f"grad_out/{name}"] = (torch.linalg.vector_norm(g.detach(), dtype=torch.float64),
-                                                1 / math.sqrt(len(x)))
+                                                1 / math.sqrt(len(y)))
             return hook
 
         handles = [m.register_forward_hook(forward_hook(n)) for n, m in self.activations]
@@ -465,8 +473,7 @@ class Periodic(Instrument):
             with warnings.catch_warnings():
                 # the first layer's inputs need no gradient: torch warns that its hook sees only the output's
                 warnings.filterwarnings("ignore", message="Full backward hook is firing")
-                out = state.model(x)
-                loss = state.loss_fn(state.match(out, y), y)
+                loss, _ = state.forward(state.model, x, y)
                 torch.autograd.grad(loss, params, allow_unused=True)  # leaves .grad alone
         finally:
             for h in handles:
@@ -607,17 +614,16 @@ class Expensive(Instrument):
         """The parameters before the next step: alpha needs both ends of it."""
         self.before = {k: v.detach().clone() for k, v in state.model.named_parameters()}
 
-    def _loss_and_grad(self, state: Any, params: dict[str, Tensor], x: Tensor, y: Tensor) -> tuple[float, list[Tensor]]:
+    def _loss_and_grad(self, state: Any, params: dict[str, Tensor], x: Any, y: Tensor) -> tuple[float, list[Tensor]]:
         names = list(params)
         leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
         buffers = {k: v.detach() for k, v in state.model.named_buffers()}
         template = copy.deepcopy(self.meta).train(state.model.training)
-        out = functional_call(template, ({**leaves, **buffers}), (x,))
-        loss = state.loss_fn(state.match(out, y), y)
+        loss, _ = state.forward(_functional(template, {**leaves, **buffers}), x, y)
         grads = torch.autograd.grad(loss, [leaves[k] for k in names], allow_unused=True)
         return float(loss.detach()), [g if g is not None else torch.zeros_like(leaves[k]) for g, k in zip(grads, names)]
 
-    def _alpha(self, state: Any, x: Tensor, y: Tensor) -> dict[str, float]:
+    def _alpha(self, state: Any, x: Any, y: Tensor) -> dict[str, float]:
         assert self.before is not None
         after = {k: v.detach() for k, v in state.model.named_parameters()}
         names = [k for k in after if k in self.before]
@@ -633,10 +639,9 @@ class Expensive(Instrument):
         t_min = -d0 / (2 * a)
         return {"alpha": 1 / t_min - 1}
 
-    def _sharpness(self, state: Any, x: Tensor, y: Tensor) -> dict[str, float]:
+    def _sharpness(self, state: Any, x: Any, y: Tensor) -> dict[str, float]:
         params = [p for p in state.model.parameters() if p.requires_grad]
-        out = state.model(x)
-        loss = state.loss_fn(state.match(out, y), y)
+        loss, _ = state.forward(state.model, x, y)
         grads = torch.autograd.grad(loss, params, create_graph=True)
         generator = torch.Generator().manual_seed(state.step)
         v = [torch.randn(p.shape, generator=generator).to(p) for p in params]

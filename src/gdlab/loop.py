@@ -115,11 +115,11 @@ class LoopState:
     best_val_loss: float = math.inf
     bad_epochs: int = 0
     seconds: float = 0.0
-    # for instruments: the step's batch, the loss function and how outputs are matched to targets
-    batch: tuple[Tensor, Tensor] | None = None
-    loss_fn: LossFn | None = None
-    match: Callable[[Tensor, Tensor], Tensor] | None = None
-    sample: Callable[[int, int], tuple[Tensor, Tensor]] | None = None  # (n, seed) -> n training samples
+    # for instruments: the step's batch (inputs, target), the forward pass (model or a functional call of it,
+    # inputs, target) -> (loss, output), and a draw of training samples (n, seed) -> (inputs, target)
+    batch: tuple[Any, Tensor] | None = None
+    forward: Callable[[Callable[..., Any], Any, Tensor], tuple[Tensor, Any]] | None = None
+    sample: Callable[[int, int], tuple[Any, Tensor]] | None = None
     mean_loss: bool = False  # the loss is a mean over the batch's samples (the built-in ones are)
     step_loss: Tensor | None = None
     param_grad_norms: Sequence[Tensor] | None = None
@@ -131,8 +131,8 @@ class LoopState:
               history: History | None = None) -> LoopState:
         """The state at step 0 of ``problem`` trained by ``optimizer``."""
         return cls(problem.model, optimizer, problem.plan, history or History(), seed, problem.device, total_steps,
-                   val_samples=len(problem.val) if problem.val is not None else None, loss_fn=problem.loss_fn,
-                   match=problem.match, sample=problem.source.sample, mean_loss=problem.mean_loss)
+                   val_samples=len(problem.val) if problem.val is not None else None, forward=problem.forward,
+                   sample=problem.source.sample, mean_loss=problem.mean_loss)
 
     @property
     def grad_norm(self) -> Tensor | None:
@@ -385,7 +385,7 @@ def run(problem: Problem, state: LoopState, hooks: Sequence[Any] = (), *, tol: f
                 x, y = next(batches)
                 state.batch = (x, y)
                 emit("on_step_start")
-                loss = problem.loss(model(x), y)
+                loss = problem.batch_loss(model, x, y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if grad_norms:

@@ -141,7 +141,7 @@ def lr_find(
                 epoch += 1
                 batches = source.batches(plan, seed, epoch, 0)
                 x, y = next(batches)
-            batch_loss = problem.loss(model(x), y)
+            batch_loss = problem.batch_loss(model, x, y)
             value = batch_loss.item()
             if not math.isfinite(value):
                 stopped = f"the loss became {value} at lr {lr:.3g}"

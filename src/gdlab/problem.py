@@ -22,12 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gdlab.data import BatchPlan
+from gdlab.data import BatchPlan, structure
 from gdlab.data.source import Source
 from gdlab.errors import InvalidParameter, ModelError, UnknownChoice, check_int
 
-__all__ = ["LOSSES", "LossFn", "Problem", "check_budget", "check_model", "evaluate", "match_output", "resolve_device",
-           "resolve_loss"]
+__all__ = ["LOSSES", "LossFn", "Problem", "batch_loss", "check_budget", "check_model", "evaluate", "match_output",
+           "model_loss", "prediction", "resolve_device", "resolve_loss"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -38,6 +38,40 @@ LOSSES: dict[str, LossFn] = {
     "huber": F.huber_loss,
     "bce": F.binary_cross_entropy_with_logits,
 }
+
+
+def model_loss(output: Any, target: Any = None) -> torch.Tensor:
+    """``loss="model"``: the loss the model returned itself (given the target), as a tensor or as ``.loss`` /
+    ``["loss"]`` of what it returned (Hugging Face models given ``labels``)."""
+    loss = output if isinstance(output, torch.Tensor) else getattr(output, "loss", None)
+    if loss is None and isinstance(output, dict):
+        loss = output.get("loss")
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        raise ModelError(f"loss='model' but the model returned {_kind(output)}: expected a one-element loss "
+                         "tensor, or an object with .loss (a Hugging Face model given labels)")
+    return loss.reshape(())
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {list(value.shape)}"
+    return f"a {type(value).__name__}" + (" with no loss" if value is not None else "")
+
+
+def prediction(output: Any) -> torch.Tensor | None:
+    """The model's predictions in ``output``: the tensor itself, or ``.logits`` of a model output object."""
+    if isinstance(output, torch.Tensor):
+        return output if output.dim() > 0 else None
+    logits = output.get("logits") if isinstance(output, dict) else getattr(output, "logits", None)
+    return logits if isinstance(logits, torch.Tensor) else None
+
+
+def batch_loss(model: Callable[..., Any], x: Any, y: torch.Tensor, loss_fn: LossFn, loss_name: str,
+               target_key: str | None = None) -> tuple[torch.Tensor, Any]:
+    """``(loss, output)`` of ``model`` (a module or a functional call) on one batch: the model is called as
+    ``model(x)``, ``model(*x)`` or ``model(**x)``, and also given the target when ``loss_name == "model"``."""
+    output = structure.call(model, x, y if loss_name == "model" else None, target_key)
+    return loss_fn(match_output(output, y, loss_name), y), output
 
 
 @dataclass
@@ -62,23 +96,26 @@ class Problem:
 
     @classmethod
     def make(cls, model: nn.Module, train: Any, *, val: Any = None, loss: str | LossFn = "auto",
-             batch_size: int | str = 32, drop_last: bool = False, device: str | torch.device = "auto") -> Problem:
-        """Resolve the device and the loss, serve the data, plan the epoch, and probe the model on both sources."""
+             batch_size: int | str = 32, drop_last: bool = False, device: str | torch.device = "auto",
+             target_key: str | None = None) -> Problem:
+        """Resolve the device and the loss, serve the data, plan the epoch, and probe the model on both sources.
+
+        ``target_key`` names the target in dict samples (default: ``y``, ``label`` or ``labels``)."""
         if not isinstance(model, nn.Module):
             raise ModelError(f"the model is a {type(model).__name__}: expected an nn.Module")
         dev = resolve_device(device)
         model.to(dev)
         dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.get_default_dtype())
-        source = Source(train, dev, dtype)
-        val_source = Source(val, dev, dtype) if val is not None else None
+        source = Source(train, dev, dtype, target_key)
+        val_source = Source(val, dev, dtype, source.target_key) if val is not None else None
         loss_fn, loss_name = resolve_loss(loss, source.task)
         plan = BatchPlan.make(len(source), batch_size, drop_last=drop_last)
-        check_model(model, source, loss_name)
+        check_model(model, source, loss_name, loss_fn=loss_fn)
         if val_source is not None:
             if val_source.task != source.task:
                 raise ModelError(f"the validation data is {val_source.task} but the training data is {source.task}: "
                                  "expected the same kind of targets")
-            check_model(model, val_source, loss_name, what="validation data")
+            check_model(model, val_source, loss_name, what="validation data", loss_fn=loss_fn)
         return cls(model, dev, source, val_source, loss_fn, loss_name, plan)
 
     @property
@@ -91,13 +128,13 @@ class Problem:
         """Whether the loss is a built-in mean over the batch's samples (per-sample instruments rely on it)."""
         return self.loss_fn is LOSSES.get(self.loss_name)
 
-    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """The loss of a batch's output against its target."""
-        return self.loss_fn(match_output(output, target, self.loss_name), target)
+    def forward(self, model: Callable[..., Any], x: Any, y: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """``(loss, output)`` of ``model`` (the module, or a functional call of it) on the batch ``(x, y)``."""
+        return batch_loss(model, x, y, self.loss_fn, self.loss_name, self.source.target_key)
 
-    def match(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """The output shaped as the loss wants it (a ``[batch]`` output against ``[batch, 1]`` targets)."""
-        return match_output(output, target, self.loss_name)
+    def batch_loss(self, model: Callable[..., Any], x: Any, y: torch.Tensor) -> torch.Tensor:
+        """The loss of ``model`` on the batch ``(x, y)``."""
+        return self.forward(model, x, y)[0]
 
     def total_steps(self, epochs: int | None, steps: int | None) -> int:
         """The budget in steps: whichever of ``epochs`` and ``steps`` ends first (one must be set)."""
@@ -135,19 +172,24 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 def resolve_loss(loss: str | LossFn, task: str) -> tuple[LossFn, str]:
-    """The loss function and its name: ``auto`` is cross-entropy for class targets, mse otherwise."""
+    """The loss function and its name: ``auto`` is cross-entropy for class targets, mse otherwise; ``model`` is
+    the loss the model returns itself when given the target (:func:`model_loss`)."""
     if callable(loss):
         return loss, getattr(loss, "__name__", "custom")
+    if loss == "model":
+        return model_loss, "model"
     name = ("cross_entropy" if task == "classification" else "mse") if loss == "auto" else loss
     if name not in LOSSES:
-        raise UnknownChoice("loss", loss, ["auto", *LOSSES], ", or a callable")
+        raise UnknownChoice("loss", loss, ["auto", "model", *LOSSES], ", or a callable")
     return LOSSES[name], name
 
 
 
-def match_output(output: torch.Tensor, y: torch.Tensor, loss_name: str) -> torch.Tensor:
+def match_output(output: Any, y: torch.Tensor, loss_name: str) -> Any:
     """The model's output shaped as the loss wants it."""
     # Regression targets are [batch, outputs]; a model giving [batch] for one output is reshaped to match.
+    if not isinstance(output, torch.Tensor) or loss_name == "model":
+        return output
     if loss_name != "cross_entropy" and output.shape != y.shape and output.numel() == y.numel():
         return output.reshape(y.shape)
     return output
@@ -155,20 +197,44 @@ def match_output(output: torch.Tensor, y: torch.Tensor, loss_name: str) -> torch
 
 
 @torch.no_grad()
-def check_model(model: nn.Module, source: Source, loss_name: str, what: str = "data") -> None:
-    """One forward pass on two samples, so a model that does not fit the data fails before anything runs."""
+def check_model(model: nn.Module, source: Source, loss_name: str, what: str = "data",
+                loss_fn: LossFn | None = None) -> None:
+    """One forward pass on two samples, so a model that does not fit the data fails before anything runs.
+
+    A model that rejects the batch is told by the real reason (dtype, shape, argument count), with the batch's
+    structure shown."""
     x, y = next(source.chunks(2))
     was_training = model.training
     model.eval()
     try:
-        output = model(x)
-    except RuntimeError as e:
-        features = int(x[0].numel())
-        detail = str(e).splitlines()[0]
-        raise ModelError(f"the model does not accept the {what} ({features} features per sample): {detail}; "
-                         "expected a model whose input size matches the data") from None
+        output = _probe(lambda: structure.call(model, x, y if loss_name == "model" else None, source.target_key),
+                        x, y, what)
+        if loss_name != "model":
+            _check_outputs(output, x, y, source, loss_name, what)
+        if loss_fn is not None:
+            _probe(lambda: loss_fn(match_output(output, y, loss_name), y), x, y, what)
     finally:
         model.train(was_training)
+
+
+def _probe(run: Callable[[], Any], x: Any, y: torch.Tensor, what: str) -> Any:
+    try:
+        return run()
+    except (RuntimeError, TypeError, ValueError, IndexError) as e:
+        if isinstance(e, ModelError):
+            raise
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        hint = ""
+        if any(not t.is_floating_point() for t in structure.leaves(x)) and "dtype" in detail.lower():
+            hint = " (integer and bool inputs are passed as they are: token ids for an Embedding)"
+        raise ModelError(f"the model does not accept the {what}: {detail}{hint}; the batch is "
+                         f"{structure.describe(x, y)}") from None
+
+
+def _check_outputs(output: Any, x: Any, y: torch.Tensor, source: Source, loss_name: str, what: str) -> None:
+    if not isinstance(output, torch.Tensor):
+        raise ModelError(f"the model returns a {type(output).__name__} on the {what}: expected a tensor of outputs, "
+                         "or loss='model' for a model that computes its own loss")
     if loss_name == "cross_entropy":
         classes = source.num_classes
         if output.dim() != 2 or classes is not None and output.shape[1] < classes:
@@ -177,9 +243,9 @@ def check_model(model: nn.Module, source: Source, loss_name: str, what: str = "d
         if source.tensors is not None and len(source.tensors.y) and int(source.tensors.y.min()) < 0:
             raise ModelError(f"the {what} has negative class labels: expected labels 0 to {output.shape[1] - 1}")
     elif loss_name in LOSSES and output.numel() != y.numel():
-        raise ModelError(f"the model gives {output.numel() // len(x)} outputs per sample but the targets have "
+        n = structure.count(x)
+        raise ModelError(f"the model gives {output.numel() // n} outputs per sample but the targets have "
                          f"{y.numel() // len(y)}: expected the same number")
-
 
 
 @torch.no_grad()
@@ -200,9 +266,11 @@ def evaluate(model: nn.Module, data: Any, loss_fn: LossFn | str = "auto", loss_n
     model.eval()
     total, correct, count = 0.0, 0, 0
     for x, y in source.chunks(batch_size):
-        output = model(x)
-        total += loss_fn(match_output(output, y, loss_name or ""), y).item() * len(y)
-        if source.task == "classification" and output.dim() == 2 and loss_name == "cross_entropy":
+        loss, output = batch_loss(model, x, y, loss_fn, loss_name or "", source.target_key)
+        total += loss.item() * len(y)
+        output = prediction(output)
+        if source.task == "classification" and output is not None and output.dim() == 2 and \
+                loss_name == "cross_entropy":
             correct += int((output.argmax(1) == y).sum())
         count += len(y)
     model.train(was_training)

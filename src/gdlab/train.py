@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 from gdlab import loop, optim
 from gdlab.callbacks import Recorder, Scheduler
 from gdlab.config import DEFAULT_EPOCHS, Config
-from gdlab.data import BatchPlan
+from gdlab.data import BatchPlan, structure
 from gdlab.data.source import Source
 from gdlab.doctor import REMEDY_MODES, Doctor, restart_remedy
 from gdlab.errors import InvalidParameter, StoreError, UnknownChoice, check_int
@@ -239,8 +239,9 @@ def _meta(model: nn.Module, opt: torch.optim.Optimizer, source: Source, plan: Ba
     meta: dict[str, Any] = {"lr": group.get("lr"), "momentum": group.get("momentum"), "batch_size": plan.batch_size,
                             "samples": plan.samples, "task": source.task, "num_classes": source.num_classes,
                             "convex": linear_only}
-    if scales and source.tensors is not None:
-        meta["feature_scales"] = input_scales(source.tensors.X)
+    features = structure.float_features(source.tensors.X) if scales and source.tensors is not None else None
+    if features is not None:  # the floating-point inputs only: token ids and categories have no scale
+        meta["feature_scales"] = input_scales(features)
     return meta
 
 

@@ -5,7 +5,8 @@
 arithmetic; :func:`batches` yields the index batches of one epoch, shuffled from the run's seed and the epoch
 number alone, so that any epoch's order can be rebuilt (resume, populations) without replaying the others.
 
-In-memory data (:class:`TensorData` or an ``(X, y)`` pair) is batched by indexing tensors on the target device;
+In-memory data (:class:`TensorData`, an ``(X, y)`` pair, a ``TensorDataset``, a dict of tensors; inputs may be
+structures, see :mod:`~gdlab.data.structure`) is batched by indexing tensors on the target device;
 any other ``torch.utils.data.Dataset`` goes through a ``DataLoader`` fed with the same index batches.
 
 Example:
@@ -17,13 +18,14 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from gdlab.data import structure
 from gdlab.errors import DataError, InvalidParameter, check_int
 
 __all__ = [
@@ -143,26 +145,31 @@ def _mix(seed: int, epoch: int) -> int:
 
 
 class TensorData(Dataset):
-    """In-memory samples ``X`` and targets ``y``, with what is known about the task.
+    """In-memory inputs ``X`` and targets ``y``, with what is known about the task.
 
     Args:
-        X: inputs, ``[samples, ...features]``.
+        X: inputs, ``[samples, ...]``: a tensor, or a tuple, list or dict of them (several inputs, token ids
+            beside masks); every tensor has one row per sample. Integer and bool inputs keep their dtype.
         y: targets: int64 class labels ``[samples]`` for classification, floats ``[samples, outputs]`` else.
         task: ``"classification"`` or ``"regression"``; inferred from ``y``'s dtype when omitted.
         num_classes: for classification; inferred from ``y`` when omitted.
         feature_names: optional names of the feature columns.
         image_shape: ``(channels, height, width)`` when flat inputs are images (digits: ``(1, 8, 8)``).
         classes: the original label of each class index, when labels were renamed (CSV text labels).
+        target_key: the key the target came from in dict samples (a model computing its own loss takes it back
+            under that name).
 
     Example:
         >>> data = TensorData(torch.zeros(4, 3), torch.tensor([0, 1, 1, 0]))
         >>> data.task, data.num_classes, len(data)
         ('classification', 2, 4)
+        >>> TensorData((torch.zeros(4, 5, dtype=torch.long), torch.ones(4, 2)), torch.zeros(4)).n_features
+        7
     """
 
     def __init__(
         self,
-        X: torch.Tensor,
+        X: Any,
         y: torch.Tensor,
         *,
         task: Task | None = None,
@@ -170,9 +177,15 @@ class TensorData(Dataset):
         feature_names: Sequence[str] | None = None,
         image_shape: tuple[int, ...] | None = None,
         classes: Sequence[Any] | None = None,
+        target_key: str | None = None,
     ) -> None:
-        if len(X) != len(y):
-            raise DataError(f"X has {len(X)} samples but y has {len(y)}: expected the same number")
+        n = structure.count(X)
+        for t in structure.leaves(X):
+            if len(t) != n:
+                raise DataError(f"the inputs have different numbers of samples ({structure.describe(X)}): expected "
+                                "one row per sample in every input")
+        if len(y) != n:
+            raise DataError(f"X has {n} samples but y has {len(y)}: expected the same number")
         if task is None:
             task = "regression" if torch.is_floating_point(y) else "classification"
         if task == "classification":
@@ -182,24 +195,25 @@ class TensorData(Dataset):
         else:
             y = y.float() if not torch.is_floating_point(y) else y
             y = y.reshape(len(y), -1)
-        self.X = X if torch.is_floating_point(X) else X.float()
+        self.X = X
         self.y = y
         self.task: Task = task
         self.num_classes = num_classes if task == "classification" else None
         self.feature_names = list(feature_names) if feature_names is not None else None
         self.image_shape = image_shape
         self.classes = list(classes) if classes is not None else None
+        self.target_key = target_key
 
     def __len__(self) -> int:
-        return len(self.X)
+        return len(self.y)
 
-    def __getitem__(self, index: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.X[index], self.y[index]
+    def __getitem__(self, index: Any) -> tuple[Any, torch.Tensor]:
+        return structure.tree_map(lambda t: t[index], self.X), self.y[index]
 
     @property
     def n_features(self) -> int:
-        """Number of input features per sample (flattened)."""
-        return int(self.X[0].numel()) if len(self.X) else int(self.X.shape[1:].numel())
+        """Number of input features per sample (flattened, summed over the inputs)."""
+        return sum(int(t.shape[1:].numel()) for t in structure.leaves(self.X))
 
     @property
     def n_outputs(self) -> int:
@@ -208,29 +222,50 @@ class TensorData(Dataset):
 
     def subset(self, index: torch.Tensor) -> TensorData:
         """The samples at ``index``, with the same metadata."""
-        return self._like(self.X[index], self.y[index])
+        index = torch.as_tensor(index, dtype=torch.long)
+        return self._like(structure.take(self.X, index.to(self.y.device)), self.y[index.to(self.y.device)])
 
     def to(self, device: torch.device | str) -> TensorData:
         """The same data on ``device``."""
-        return self._like(self.X.to(device), self.y.to(device))
+        return self._like(structure.tree_map(lambda t: t.to(device), self.X), self.y.to(device))
 
-    def _like(self, X: torch.Tensor, y: torch.Tensor) -> TensorData:
-        return TensorData(X, y, task=self.task, num_classes=self.num_classes,
-                          feature_names=self.feature_names, image_shape=self.image_shape, classes=self.classes)
+    def _like(self, X: Any, y: torch.Tensor) -> TensorData:
+        return TensorData(X, y, task=self.task, num_classes=self.num_classes, feature_names=self.feature_names,
+                          image_shape=self.image_shape, classes=self.classes, target_key=self.target_key)
 
 
-def as_tensor_data(data: Any) -> TensorData | None:
-    """``data`` as :class:`TensorData` when it is in memory (TensorData, ``(X, y)``, TensorDataset); else None."""
+def as_tensor_data(data: Any, target_key: str | None = None) -> TensorData | None:
+    """``data`` as :class:`TensorData` when it is in memory, else None (a Dataset served by a DataLoader).
+
+    In memory: a TensorData; a ``TensorDataset(*inputs, target)``; a tuple ``(X, y)`` or ``(*inputs, y)`` of
+    tensors, where ``X`` may itself be a tuple or dict of tensors; a dict of tensors with a target key
+    (``target_key``, else ``y``, ``label`` or ``labels``).
+    """
     if isinstance(data, TensorData):
         return data
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
-        return TensorData(data[0], data[1])
     tensors = getattr(data, "tensors", None)  # torch.utils.data.TensorDataset
-    if isinstance(data, Dataset) and isinstance(tensors, tuple) and len(tensors) == 2:
-        return TensorData(tensors[0], tensors[1])
+    if isinstance(data, Dataset) and isinstance(tensors, tuple) and len(tensors) >= 2:
+        return TensorData(*structure.split(tensors))
     if isinstance(data, Dataset):
         return None
-    raise InvalidParameter("data", type(data).__name__, "a torch Dataset or an (X, y) pair of tensors")
+    if isinstance(data, (tuple, list, Mapping)) and len(data) >= 2 and _all_tensors(data):
+        inputs, target = structure.split(data, target_key)
+        key = None
+        if isinstance(data, Mapping):
+            key = target_key or next(k for k in structure.TARGET_KEYS if k in data)
+        return TensorData(inputs, target, target_key=key)
+    raise InvalidParameter("data", type(data).__name__, "a torch Dataset, an (X, y) pair of tensors (X may be a "
+                           "tuple or dict of tensors), or a dict of tensors with a target key")
+
+
+def _all_tensors(tree: Any) -> bool:
+    if isinstance(tree, torch.Tensor):
+        return True
+    if isinstance(tree, Mapping):
+        return all(_all_tensors(v) for v in tree.values())
+    if isinstance(tree, (tuple, list)):
+        return len(tree) > 0 and all(_all_tensors(v) for v in tree)
+    return False
 
 
 def loader(dataset: Dataset, plan: BatchPlan, seed: int, epoch: int, start: int = 0) -> DataLoader:
@@ -245,11 +280,27 @@ def standardize(train: TensorData, *others: TensorData | None) -> tuple[TensorDa
     """Scale features to zero mean and unit variance with the training data's statistics.
 
     Constant features keep a scale of 1. Returns ``train`` then each of ``others`` transformed alike.
+    Only floating-point inputs are scaled; token ids, categories and masks are left as they are.
     """
-    mean = train.X.mean(0, keepdim=True)
-    std = train.X.std(0, keepdim=True) if len(train) > 1 else torch.ones_like(mean)
-    std = torch.where(std > 0, std, torch.ones_like(std))
-    return tuple(None if d is None else d._like((d.X - mean) / std, d.y) for d in (train, *others))
+    stats = []
+    for x in structure.leaves(train.X):
+        if not x.is_floating_point():
+            stats.append(None)
+            continue
+        mean = x.mean(0, keepdim=True)
+        std = x.std(0, keepdim=True) if len(train) > 1 else torch.ones_like(mean)
+        stats.append((mean, torch.where(std > 0, std, torch.ones_like(std))))
+
+    def scaled(d: TensorData) -> TensorData:
+        at = iter(stats)
+
+        def one(x: torch.Tensor) -> torch.Tensor:
+            stat = next(at)
+            return x if stat is None else (x - stat[0]) / stat[1]
+
+        return d._like(structure.tree_map(one, d.X), d.y)
+
+    return tuple(None if d is None else scaled(d) for d in (train, *others))
 
 
 def split(data: Dataset, fraction: float, seed: int) -> tuple[Any, Any]:

@@ -1,5 +1,7 @@
 """Where a run's batches come from: in-memory tensors batched by index on the device, or a Dataset through a
-DataLoader fed the same index batches (so both paths train bit-identically)."""
+DataLoader fed the same index batches (so both paths train bit-identically).
+
+A batch is ``(inputs, target)``: the inputs are a tensor or a structure of them (:mod:`gdlab.data.structure`)."""
 
 from __future__ import annotations
 
@@ -7,22 +9,29 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
+from gdlab.data import structure
 from gdlab.data.batching import BatchPlan, TensorData, as_tensor_data, batches, loader
-from gdlab.errors import InvalidParameter
+from gdlab.errors import DataError, InvalidParameter
 
-__all__ = ["Source"]
+__all__ = ["Batch", "Source"]
+
+Batch = tuple[Any, torch.Tensor]
+"""``(inputs, target)``: inputs a tensor, a tuple or list of tensors, or a dict of them."""
 
 
 class Source:
     """Training or validation data with its device path: index batching for tensors, else a DataLoader.
 
     Args:
-        data: a Dataset or an ``(X, y)`` pair. In-memory data (:class:`~gdlab.data.TensorData`, an ``(X, y)``
-            pair, a two-tensor ``TensorDataset``) is moved to ``device`` once and batched there by index.
+        data: a Dataset, an ``(X, y)`` pair, a ``TensorDataset(*inputs, target)`` or a dict of tensors (see
+            :func:`gdlab.data.as_tensor_data`). In-memory data is moved to ``device`` once and batched there by
+            index.
         device: where batches are served.
-        dtype: the model's floating dtype; float inputs (and regression targets) are cast to it.
+        dtype: the model's floating dtype; floating inputs (and regression targets) are cast to it, integer and
+            bool inputs keep theirs.
+        target_key: the target's key in dict samples (default: ``y``, ``label`` or ``labels``).
 
     Example:
         >>> source = Source((torch.randn(10, 3), torch.arange(10) % 2), torch.device("cpu"), torch.float32)
@@ -30,35 +39,40 @@ class Source:
         (10, 'classification', 2)
     """
 
-    def __init__(self, data: Any, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(self, data: Any, device: torch.device, dtype: torch.dtype, target_key: str | None = None) -> None:
         self.device, self.dtype = device, dtype
-        tensors = as_tensor_data(data)
+        tensors = as_tensor_data(data, target_key)
         self.dataset: Dataset | None = None if tensors is not None else data
+        self.target_key = target_key
         if tensors is not None:
-            self.tensors: TensorData | None = tensors.to(device)
-            if self.tensors.X.dtype != dtype:
-                self.tensors.X = self.tensors.X.to(dtype)
-            if self.tensors.task == "regression" and self.tensors.y.dtype != dtype:
-                self.tensors.y = self.tensors.y.to(dtype)
+            moved = tensors.to(device)
+            moved.X = structure.to(moved.X, device, dtype)
+            if moved.task == "regression" and moved.y.dtype != dtype:
+                moved.y = moved.y.to(dtype)
+            self.tensors: TensorData | None = moved
             self.task: str = tensors.task
             self.num_classes = tensors.num_classes
+            self.target_key = tensors.target_key or target_key
         else:
             self.tensors = None
             if len(data) == 0:
                 raise InvalidParameter("data", type(data).__name__, "a Dataset with at least one sample")
-            _, y = data[0]
-            y = torch.as_tensor(y)
+            sample = data[0]
+            if isinstance(sample, dict) and target_key is None:
+                self.target_key = next((k for k in structure.TARGET_KEYS if k in sample), None)
+            _, y = structure.split(sample, self.target_key)
             self.task = "regression" if torch.is_floating_point(y) else "classification"
             self.num_classes = None
 
     def __len__(self) -> int:
         return len(self.tensors) if self.tensors is not None else len(self.dataset)  # type: ignore[arg-type]
 
-    def _move(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = x.to(self.device, self.dtype)
+    def _move(self, batch: Any) -> Batch:
+        x, y = structure.split(batch, self.target_key)
+        x = structure.to(x, self.device, self.dtype)
         return x, y.to(self.device, self.dtype if torch.is_floating_point(y) else None)
 
-    def batches(self, plan: BatchPlan, seed: int, epoch: int, start: int) -> Iterator[tuple[torch.Tensor, ...]]:
+    def batches(self, plan: BatchPlan, seed: int, epoch: int, start: int) -> Iterator[Batch]:
         """The epoch's batches from iteration ``start``, on the device."""
         if self.tensors is not None:
             X, y = self.tensors.X, self.tensors.y
@@ -68,25 +82,52 @@ class Source:
             for index in batches(plan, seed, epoch, start):
                 index = index.to(self.device)
                 # index_select copies whole rows, faster than X[index] on the CPU (docs/benchmarks.md, loader)
-                yield X.index_select(0, index), y.index_select(0, index)
+                yield structure.take(X, index), y.index_select(0, index)
         else:
-            for x, y in loader(self.dataset, plan, seed, epoch, start):  # type: ignore[arg-type]
-                yield self._move(x, y)
+            for batch in loader(self.dataset, plan, seed, epoch, start):  # type: ignore[arg-type]
+                yield self._move(batch)
 
-    def sample(self, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(self, n: int, seed: int) -> Batch:
         """``n`` training samples drawn by ``seed`` (its own generator: the run's randomness is untouched)."""
         index = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
         if self.tensors is not None:
             index = index.to(self.device)
-            return self.tensors.X.index_select(0, index), self.tensors.y.index_select(0, index)
-        xs, ys = zip(*(self.dataset[int(i)] for i in index))  # type: ignore[index]
-        return self._move(torch.stack([torch.as_tensor(x) for x in xs]), torch.stack([torch.as_tensor(y) for y in ys]))
+            return structure.take(self.tensors.X, index), self.tensors.y.index_select(0, index)
+        return self._move(collate([self.dataset[int(i)] for i in index]))  # type: ignore[index]
 
-    def chunks(self, size: int) -> Iterator[tuple[torch.Tensor, ...]]:
+    def chunks(self, size: int) -> Iterator[Batch]:
         """All samples in order, ``size`` at a time, for evaluation."""
         if self.tensors is not None:
             for i in range(0, len(self.tensors), size):
-                yield self.tensors.X[i : i + size], self.tensors.y[i : i + size]
+                yield structure.tree_map(lambda t: t[i : i + size], self.tensors.X), self.tensors.y[i : i + size]
         else:
-            for x, y in DataLoader(self.dataset, batch_size=size):  # type: ignore[arg-type]
-                yield self._move(x, y)
+            for batch in DataLoader(self.dataset, batch_size=size):  # type: ignore[arg-type]
+                yield self._move(batch)
+
+    def all(self) -> Batch:
+        """Every sample as one batch on the device (a Dataset is read once, in order)."""
+        if self.tensors is not None:
+            return self.tensors.X, self.tensors.y
+        parts = list(self.chunks(4096))
+        if len(parts) == 1:
+            return parts[0]
+        return _cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def collate(samples: list[Any]) -> Any:
+    """Samples stacked into one batch as a DataLoader does (tuples, dicts and numbers included)."""
+    try:
+        return default_collate(samples)
+    except (RuntimeError, TypeError) as e:
+        raise DataError(f"the samples cannot be stacked into a batch: {str(e).splitlines()[0]}; expected samples of "
+                        "the same shapes") from None
+
+
+def _cat(parts: list[Any]) -> Any:
+    """Batches of the same structure joined along the samples."""
+    first = parts[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(parts)
+    if isinstance(first, dict):
+        return {k: _cat([p[k] for p in parts]) for k in first}
+    return type(first)(_cat([p[i] for p in parts]) for i in range(len(first)))

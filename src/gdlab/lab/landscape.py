@@ -98,7 +98,7 @@ def _grid(model: nn.Module, data: Any, loss: Any, samples: int, points: list[lis
                       every=max(1, total // 100))
     values: list[list[float]] = []
     try:
-        center = float(problem.loss(model(x), y))
+        center = float(problem.batch_loss(model, x, y))
         for row in points:
             out_row = []
             for terms in row:
@@ -106,7 +106,7 @@ def _grid(model: nn.Module, data: Any, loss: Any, samples: int, points: list[lis
                 for coefficient, d in terms:
                     if coefficient:
                         torch._foreach_add_(data_, d, alpha=coefficient)
-                out_row.append(float(problem.loss(model(x), y)))
+                out_row.append(float(problem.batch_loss(model, x, y)))
                 if bar is not None:
                     bar.update(len(values) * len(row) + len(out_row))
             values.append(out_row)

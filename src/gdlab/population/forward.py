@@ -11,46 +11,53 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from gdlab.data import structure
 from gdlab.data.source import Source
-from gdlab.problem import LOSSES, LossFn, match_output
+from gdlab.problem import LOSSES, LossFn, batch_loss, match_output, prediction
 
-__all__ = ["ELEMENTWISE", "evaluate", "in_memory", "member_losses", "mlp_forward", "mlp_layers", "vmap_problem"]
+__all__ = ["ELEMENTWISE", "evaluate", "functional", "in_memory", "member_losses", "mlp_forward", "mlp_layers",
+           "trainable", "vmap_problem"]
 
 ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.GELU, nn.ELU, nn.SiLU, nn.Softplus, nn.Identity,
                nn.Dropout)
 """Modules the batched MLP path applies as they are: each acts element by element (dropout too)."""
 
 
+def functional(template: nn.Module, p: dict[str, Tensor], b: dict[str, Tensor]) -> Callable[..., Any]:
+    """``template`` called with the parameters ``p`` and buffers ``b`` (frozen parameters among them)."""
+    return lambda *args, **kwargs: functional_call(template, (p, b), args, kwargs)
+
+
 def member_losses(template: nn.Module, loss_fn: LossFn, loss_name: str, shared_batch: bool,
-                  M: int) -> Callable[..., Tensor]:
+                  M: int, target_key: str | None = None) -> Callable[..., Tensor]:
     """``(params, buffers, x, y) -> [M]`` mean batch losses.
 
     The forward pass is vmapped; a built-in loss is then taken on all members' outputs at once
-    (``reduction="none"``, one kernel instead of one per member). ``x`` and ``y`` are ``[M, batch, ...]``, or
-    ``[batch, ...]`` shared by all members when ``shared_batch``.
+    (``reduction="none"``, one kernel instead of one per member). ``x`` (a tensor or a structure of them) and
+    ``y`` are ``[M, batch, ...]``, or ``[batch, ...]`` shared by all members when ``shared_batch``.
     """
 
-    def forward(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-        return match_output(functional_call(template, (p, b), (x,)), y, loss_name)
+    def forward(p: dict[str, Tensor], b: dict[str, Tensor], x: Any, y: Tensor) -> Tensor:
+        return match_output(structure.call(functional(template, p, b), x), y, loss_name)
 
-    def member_loss(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-        return loss_fn(forward(p, b, x, y), y)
+    def member_loss(p: dict[str, Tensor], b: dict[str, Tensor], x: Any, y: Tensor) -> Tensor:
+        return batch_loss(functional(template, p, b), x, y, loss_fn, loss_name, target_key)[0]
 
     dims = (0, 0, None, None) if shared_batch else (0, 0, 0, 0)
     builtin = loss_name in LOSSES and loss_fn is LOSSES[loss_name]
     layers = mlp_layers(template)
     if not builtin:
         return vmap(member_loss, in_dims=dims, randomness="different")
-    outputs: Callable[..., Tensor]
-    if layers is not None:
-        def outputs(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-            out = mlp_forward(layers, p, x.expand(M, *x.shape) if shared_batch else x)
-            target = y.shape if shared_batch else y.shape[1:]  # one member's targets
-            if loss_name != "cross_entropy" and out.shape[1:] != target and out[0].numel() == target.numel():
-                return out.reshape(M, *target)  # as match_output does for one model
-            return out
-    else:
-        outputs = vmap(forward, in_dims=dims, randomness="different")
+    vmapped = vmap(forward, in_dims=dims, randomness="different")
+
+    def outputs(p: dict[str, Tensor], b: dict[str, Tensor], x: Any, y: Tensor) -> Tensor:
+        if layers is None or not isinstance(x, Tensor):
+            return vmapped(p, b, x, y)
+        out = mlp_forward(layers, p, x.expand(M, *x.shape) if shared_batch else x)
+        target = y.shape if shared_batch else y.shape[1:]  # one member's targets
+        if loss_name != "cross_entropy" and out.shape[1:] != target and out[0].numel() == target.numel():
+            return out.reshape(M, *target)  # as match_output does for one model
+        return out
 
     def losses(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
         out = outputs(p, b, x, y)  # [M, batch, ...]
@@ -97,12 +104,10 @@ def mlp_forward(layers: list[tuple[str, Any]], p: dict[str, Tensor], x: Tensor) 
     return x
 
 
-def in_memory(source: Source) -> tuple[Tensor, Tensor]:
-    """The training data as two tensors on the device, ``[samples, ...]`` each (a Dataset is read once, in order)."""
-    if source.tensors is not None:
-        return source.tensors.X, source.tensors.y
-    xs, ys = zip(*source.chunks(4096))
-    return torch.cat(xs), torch.cat(ys)
+def in_memory(source: Source) -> tuple[Any, Tensor]:
+    """The training data on the device: inputs (a tensor or a structure) and targets, ``[samples, ...]`` each (a
+    Dataset is read once, in order)."""
+    return source.all()
 
 
 @torch.no_grad()
@@ -115,10 +120,11 @@ def evaluate(template: nn.Module, params: dict[str, Tensor], buffers: dict[str, 
     template.eval()
     classify = source.task == "classification" and loss_name == "cross_entropy"
 
-    def one(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        out = functional_call(template, (p, b), (x,))
-        correct = (out.argmax(-1) == y).sum() if classify else torch.zeros((), device=x.device)
-        return loss_fn(match_output(out, y, loss_name), y), correct
+    def one(p: dict[str, Tensor], b: dict[str, Tensor], x: Any, y: Tensor) -> tuple[Tensor, Tensor]:
+        loss, out = batch_loss(functional(template, p, b), x, y, loss_fn, loss_name, source.target_key)
+        out = prediction(out)
+        correct = (out.argmax(-1) == y).sum() if classify and out is not None else torch.zeros((), device=y.device)
+        return loss, correct
 
     total = torch.zeros(M, dtype=torch.float64)
     correct = torch.zeros(M, dtype=torch.float64)
@@ -132,16 +138,25 @@ def evaluate(template: nn.Module, params: dict[str, Tensor], buffers: dict[str, 
     return total / max(count, 1), (correct / max(count, 1) if classify else None)
 
 
+def trainable(params: dict[str, Tensor], buffers: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Stacked parameters split: those that train, and the buffers with the frozen parameters (carried as they
+    are, as torch.optim leaves a parameter without a gradient alone)."""
+    frozen = {k: v.detach() for k, v in params.items() if not v.requires_grad}
+    return {k: v for k, v in params.items() if v.requires_grad}, {**buffers, **frozen}
+
+
 def vmap_problem(model: nn.Module, source: Source, loss_fn: LossFn, loss_name: str) -> str | None:
     """Why vmap cannot train ``model`` (a probe forward and backward on two members), or None."""
     probe = [copy.deepcopy(model) for _ in range(2)]
     params, buffers = stack_module_state(probe)
     template = copy.deepcopy(model).to("meta")
     x, y = next(source.chunks(4))
-    xs, ys = torch.stack([x, x]), torch.stack([y, y])  # batched as in training: data-dependent branches show
+    # batched as in training: data-dependent branches show
+    xs, ys = structure.tree_map(lambda t: torch.stack([t, t]), x), torch.stack([y, y])
+    params, buffers = trainable(params, buffers)
     try:
-        def one(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-            return loss_fn(match_output(functional_call(template, (p, b), (x,)), y, loss_name), y)
+        def one(p: dict[str, Tensor], b: dict[str, Tensor], x: Any, y: Tensor) -> Tensor:
+            return batch_loss(functional(template, p, b), x, y, loss_fn, loss_name, source.target_key)[0]
 
         vmap(one, randomness="different")(params, buffers, xs, ys).sum().backward()
     except Exception as error:  # any failure means the model needs the one-by-one path

@@ -86,7 +86,8 @@ class Population:
         if not -len(self) <= i < len(self):
             raise InvalidParameter("member", i, f"an index in 0..{len(self) - 1}")
         model = copy.deepcopy(self.template)
-        model.load_state_dict({k: v[i] for k, v in self.params.items()})
+        # strict=False: a tied weight is stored once, under its first name, and loads into every alias
+        model.load_state_dict({k: v[i] for k, v in self.params.items()}, strict=False)
         return model
 
     def score(self) -> list[float]:

@@ -21,10 +21,10 @@ from torch import Tensor, nn
 from torch.func import stack_module_state
 
 from gdlab import optim
-from gdlab.data import BatchPlan, epoch_order
+from gdlab.data import BatchPlan, epoch_order, structure
 from gdlab.data.source import Source
 from gdlab.optim.transforms import Transform
-from gdlab.population.forward import evaluate, in_memory, member_losses
+from gdlab.population.forward import evaluate, in_memory, member_losses, trainable
 from gdlab.population.members import BLOWUP, Population
 from gdlab.problem import LossFn
 
@@ -97,7 +97,7 @@ class Setup:
     """What stays fixed through the run: the template, the data, the batch plan, the loss and the optimizer."""
 
     template: nn.Module  # on the meta device: the structure functional_call fills with each member's tensors
-    X: Tensor  # [samples, ...] on the device
+    X: Any  # [samples, ...] on the device: a tensor, or a structure of them (several inputs, dicts)
     Y: Tensor  # [samples, ...] on the device
     val_source: Source | None
     seeds: list[int]
@@ -107,6 +107,7 @@ class Setup:
     plan: BatchPlan
     shared_batch: bool  # one [batch, ...] for all members (full batch, or shared_order)
     task: str
+    target_key: str | None = None  # the target's name in dict samples (a model computing its own loss takes it)
 
     @classmethod
     def make(cls, model: nn.Module, source: Source, val_source: Source | None, seeds: list[int], optimizer: str,
@@ -114,11 +115,11 @@ class Setup:
         """The setup for members shaped like ``model`` (one of them) trained on ``source``."""
         X, Y = in_memory(source)
         return cls(copy.deepcopy(model).to("meta"), X, Y, val_source, seeds, optimizer, loss_fn, loss_name, plan,
-                   plan.mode == "full" or shared_order, source.task)
+                   plan.mode == "full" or shared_order, source.task, source.target_key)
 
     def losses(self, m: int) -> Callable[..., Tensor]:
         """``(params, buffers, x, y) -> [m]`` mean batch losses of ``m`` rows."""
-        return member_losses(self.template, self.loss_fn, self.loss_name, self.shared_batch, m)
+        return member_losses(self.template, self.loss_fn, self.loss_name, self.shared_batch, m, self.target_key)
 
     def transform(self, hyper: dict[str, Any], lr: Tensor) -> Transform:
         """The optimizer's alias with the rows' hyperparameters and their (zeroable) ``[m]`` learning rates."""
@@ -127,20 +128,23 @@ class Setup:
     def epoch_order(self, rows: list[int], epoch: int) -> Tensor:
         """This epoch's sample order: ``[samples]`` shared, else ``[m, samples]``, each member's as ``fit`` draws it."""
         if self.shared_batch:
-            return epoch_order(self.plan, self.seeds[0], epoch).to(self.X.device)
-        return torch.stack([epoch_order(self.plan, self.seeds[i], epoch) for i in rows]).to(self.X.device)
+            return epoch_order(self.plan, self.seeds[0], epoch).to(self.Y.device)
+        return torch.stack([epoch_order(self.plan, self.seeds[i], epoch) for i in rows]).to(self.Y.device)
 
-    def batch(self, order: Tensor, it: int) -> tuple[Tensor, Tensor]:
+    def batch(self, order: Tensor, it: int) -> tuple[Any, Tensor]:
         """Batch ``it`` of the epoch: ``[batch, ...]`` shared, else ``[m, batch, ...]`` (one gather for all)."""
         lo, hi = it * self.plan.batch_size, (it + 1) * self.plan.batch_size
         if self.shared_batch:
             index = order[lo:hi]
-            return self.X.index_select(0, index), self.Y.index_select(0, index)
+            return structure.take(self.X, index), self.Y.index_select(0, index)
         index = order[:, lo:hi]  # [m, batch]
         m, size = index.shape
         flat = index.reshape(-1)
-        return (self.X.index_select(0, flat).reshape(m, size, *self.X.shape[1:]),
-                self.Y.index_select(0, flat).reshape(m, size, *self.Y.shape[1:]))
+
+        def gather(t: Tensor) -> Tensor:
+            return t.index_select(0, flat).reshape(m, size, *t.shape[1:])
+
+        return structure.tree_map(gather, self.X), gather(self.Y)
 
     def evaluate(self, live: Live) -> tuple[Tensor, Tensor | None]:
         """The rows' validation loss and accuracy (for classes): ``[m]`` float64 each (needs ``val_source``)."""
@@ -180,7 +184,7 @@ class Live:
     def stack(cls, models: list[nn.Module], setup: Setup, stacked: dict[str, Any]) -> Live:
         """All members as rows: parameters and buffers stacked, hyperparameters on the device, a fresh state."""
         M = len(models)
-        params, buffers = stack_module_state(models)  # name -> [M, ...]
+        params, buffers = trainable(*stack_module_state(models))  # name -> [M, ...]; frozen ones among buffers
         first = next(iter(params.values()))
         hyper = {k: _to_device(v, first.device, first.dtype) for k, v in stacked.items()}
         lr = hyper["lr"].clone()  # [M]: zeroed for frozen members, leaving hyper["lr"] as given
