@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,56 @@ def test_lecture_dataset_from_module(user_modules: Path) -> None:
     assert payload["plan"]["iterations_per_epoch"] == 2 and payload["final"]["val_loss"] is None
 
 
+def test_module_function_data_takes_structures(user_modules: Path) -> None:
+    """Token ids for an Embedding model, a dict of tensors, and two inputs, from the user's module."""
+    (user_modules / "shapes.py").write_text(textwrap.dedent('''
+        import torch
+
+        def _ids(n, seed):
+            g = torch.Generator().manual_seed(seed)
+            ids = torch.randint(0, 20, (n, 12), generator=g)
+            return ids, ((ids < 10).sum(1) > 6).long()
+
+        def tokens():
+            (ids, y), (vi, vy) = _ids(256, 0), _ids(64, 1)
+            return {"ids": ids, "labels": y}, {"ids": vi, "labels": vy}
+
+        class Bag(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.emb, self.head = torch.nn.Embedding(20, 16), torch.nn.Linear(16, 2)
+
+            def forward(self, ids):
+                return self.head(self.emb(ids).mean(1))
+
+        def bag():
+            return Bag()
+
+        class Two(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.a, self.b = torch.nn.Linear(3, 1), torch.nn.Linear(2, 1)
+
+            def forward(self, u, v):
+                return self.a(u) + self.b(v)
+
+        def two_inputs():
+            g = torch.Generator().manual_seed(0)
+            u, v = torch.randn(100, 3, generator=g), torch.randn(100, 2, generator=g)
+            return u, v, u[:, :1] - v[:, 1:]
+
+        def two():
+            return Two()
+    '''))
+    out = gdlab("train", "--data", "shapes:tokens", "--model", "shapes:bag", "--optimizer", "adam", "--lr", "0.05",
+                "--epochs", "6", "--store", "s", "--json", "--quiet")
+    payload = json.loads(out.stdout)
+    assert payload["final"]["val_accuracy"] > 0.85
+    out = gdlab("train", "--data", "shapes:two_inputs", "--model", "shapes:two", "--epochs", "30", "--store", "s",
+                "--json", "--quiet")
+    assert json.loads(out.stdout)["final"]["train_loss"] < 0.1
+
+
 def test_runs_show_plot_and_resume(tmp_path: Path) -> None:
     first = json.loads(gdlab("train", "--data", "moons", "--hidden", "8", "--epochs", "2", "--store", "s",
                              "--name", "tiny", "--json", "--quiet").stdout)
@@ -134,7 +185,8 @@ BAD = [
     (["train", "--data", "empty.csv", "--target", "y"], "no data rows"),
     (["train", "--data", "bad_cells.csv", "--target", "price"], "unknown target 'price': expected one of x, y"),
     (["train", "--data", "seed", "--model", "user_models:wrong_inputs"],
-     "the model does not accept the data (3 features per sample)"),
+     "the model does not accept the data: mat1 and mat2 shapes cannot be multiplied (2x3 and 7x1); the batch is "
+     "inputs tensor[2, 3] float32, target tensor[2, 1] float32"),
     (["train", "--config", "unknown_key.toml"], "invalid config unknown_key.toml key 'learning_rate'"),
     (["train", "--config", "wrong_type.toml"], "invalid config wrong_type.toml epochs 'many': expected an integer"),
     (["train", "--resume", "nope"], "no run store at 'gdlab-runs'"),

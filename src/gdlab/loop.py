@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from gdlab.data import BatchPlan
-from gdlab.problem import LossFn, Problem, evaluate
+from gdlab.problem import Problem, evaluate
 from gdlab.records import History, Table
 
 __all__ = [

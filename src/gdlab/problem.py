@@ -208,16 +208,16 @@ def check_model(model: nn.Module, source: Source, loss_name: str, what: str = "d
     model.eval()
     try:
         output = _probe(lambda: structure.call(model, x, y if loss_name == "model" else None, source.target_key),
-                        x, y, what)
+                        x, y, what, loss_name)
         if loss_name != "model":
             _check_outputs(output, x, y, source, loss_name, what)
         if loss_fn is not None:
-            _probe(lambda: loss_fn(match_output(output, y, loss_name), y), x, y, what)
+            _probe(lambda: loss_fn(match_output(output, y, loss_name), y), x, y, what, loss_name)
     finally:
         model.train(was_training)
 
 
-def _probe(run: Callable[[], Any], x: Any, y: torch.Tensor, what: str) -> Any:
+def _probe(run: Callable[[], Any], x: Any, y: torch.Tensor, what: str, loss_name: str) -> Any:
     try:
         return run()
     except (RuntimeError, TypeError, ValueError, IndexError) as e:
@@ -227,6 +227,8 @@ def _probe(run: Callable[[], Any], x: Any, y: torch.Tensor, what: str) -> Any:
         hint = ""
         if any(not t.is_floating_point() for t in structure.leaves(x)) and "dtype" in detail.lower():
             hint = " (integer and bool inputs are passed as they are: token ids for an Embedding)"
+        elif loss_name == "model" and "argument" in detail:
+            hint = " (loss='model' passes the target to the model too)"
         raise ModelError(f"the model does not accept the {what}: {detail}{hint}; the batch is "
                          f"{structure.describe(x, y)}") from None
 

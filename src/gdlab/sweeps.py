@@ -25,9 +25,11 @@ import torch
 from torch import nn
 
 from gdlab import population
-from gdlab.data import as_tensor_data
+from gdlab.data import as_tensor_data, structure
+from gdlab.data.source import collate
 from gdlab.errors import InvalidParameter, check_number
 from gdlab.population import Population
+from gdlab.problem import prediction
 from gdlab.store import Store
 
 __all__ = ["sweep", "SweepResult", "restarts", "RestartsResult", "parse_values", "SWEPT"]
@@ -302,25 +304,28 @@ def restarts(
     return out
 
 
-def _probe_inputs(probe: Any, val: Any, train: Any) -> torch.Tensor:
+def _probe_inputs(probe: Any, val: Any, train: Any) -> Any:
+    """Up to 512 inputs (a tensor or a structure) the members' functions are compared on."""
     if probe is not None:
-        return torch.as_tensor(probe)
+        return probe if not isinstance(probe, (list, float, int)) else torch.as_tensor(probe)
     for data in (val, train):
         tensors = as_tensor_data(data) if data is not None else None
         if tensors is not None:
-            return tensors.X[:512]
-    xs = [torch.as_tensor(train[i][0]) for i in range(min(len(train), 512))]
-    return torch.stack(xs)
+            return structure.tree_map(lambda t: t[:512], tensors.X)
+    return structure.split(collate([train[i] for i in range(min(len(train), 512))]))[0]
 
 
 @torch.no_grad()
-def _member_outputs(pop: Population, inputs: torch.Tensor) -> torch.Tensor:
-    """``[M, n, ...]``: every member's outputs on ``inputs`` (softmax probabilities for class targets)."""
+def _member_outputs(pop: Population, inputs: Any) -> torch.Tensor:
+    """``[M, n, ...]``: every member's outputs on ``inputs`` (softmax probabilities for class targets); ``[M, 0]``
+    for a model whose outputs hold no predictions (a loss alone)."""
     outs = []
     for i in range(len(pop)):
         model = pop.member(i).eval()
-        x = inputs.to(next(model.parameters()).dtype)
-        out = model(x)
+        param = next(model.parameters())
+        out = prediction(structure.call(model, structure.to(inputs, param.device, param.dtype)))
+        if out is None:
+            return torch.zeros(len(pop), 0, dtype=torch.float64)
         outs.append(out.softmax(-1) if pop.task == "classification" else out)
     return torch.stack(outs).double()
 
@@ -333,9 +338,11 @@ def _cluster(losses: list[float], outputs: torch.Tensor, tol: float, *, classes:
     labels = [-1] * len(losses)
     founders: list[int] = []
     scale = outputs.square().mean().sqrt().clamp(min=1e-12)
-    predicted = outputs.argmax(-1) if classes else None
+    predicted = outputs.argmax(-1) if classes and outputs.numel() else None
 
     def distance(i: int, j: int) -> float:
+        if not outputs[i].numel():  # no predictions to compare: the loss alone decides
+            return 0.0
         if predicted is not None:
             return float((predicted[i] != predicted[j]).double().mean())
         return float((outputs[i] - outputs[j]).square().mean().sqrt() / scale)

@@ -282,7 +282,7 @@ def standardize(train: TensorData, *others: TensorData | None) -> tuple[TensorDa
     Constant features keep a scale of 1. Returns ``train`` then each of ``others`` transformed alike.
     Only floating-point inputs are scaled; token ids, categories and masks are left as they are.
     """
-    stats = []
+    stats: list[tuple[torch.Tensor, torch.Tensor] | None] = []
     for x in structure.leaves(train.X):
         if not x.is_floating_point():
             stats.append(None)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from gdlab.data import Task, TensorData, split
+from gdlab.data import Task, TensorData, as_tensor_data, split
 from gdlab.errors import DataError, InvalidParameter, UnknownChoice
 from gdlab.resolve import resolve
 
@@ -341,11 +341,26 @@ def load_npz(path: str | Path, *, task: Task | None = None) -> TensorData:
 
 
 def load_callable(spec: str) -> Pair:
-    """Call ``module:function`` (the current folder is importable) and return ``(train, val)``."""
+    """Call ``module:function`` (the current folder is importable) and return ``(train, val)``.
+
+    The function returns the training data, or a ``(train, val)`` pair of them; each is a Dataset or what
+    ``gdlab.fit`` takes in memory: ``(X, y)``, ``((u, v), y)``, ``(u, v, y)`` or a dict of tensors with a target key.
+    """
     obj = resolve(spec, "data")
     made = obj() if callable(obj) else obj
-    pair = made if isinstance(made, tuple) and len(made) == 2 else (made, None)
+    is_pair = (isinstance(made, tuple) and len(made) == 2 and not isinstance(made[1], torch.Tensor)
+               and all(p is None or isinstance(p, (Dataset, tuple, list, dict)) for p in made))
+    pair = made if is_pair else (made, None)
+    out = []
     for part in pair:
-        if part is not None and not isinstance(part, Dataset):
-            raise InvalidParameter("data", spec, f"a function returning a torch Dataset, got {type(part).__name__}")
-    return pair
+        if part is None or isinstance(part, Dataset):
+            out.append(part)
+            continue
+        try:
+            tensors = as_tensor_data(part)
+        except InvalidParameter:
+            raise InvalidParameter("data", spec, "a function returning a torch Dataset, an (X, y) pair of tensors, "
+                                   f"a dict of tensors, or a (train, val) pair of them; got {type(part).__name__}"
+                                   ) from None
+        out.append(tensors)
+    return out[0], out[1]

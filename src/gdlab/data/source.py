@@ -99,7 +99,7 @@ class Source:
         """All samples in order, ``size`` at a time, for evaluation."""
         if self.tensors is not None:
             for i in range(0, len(self.tensors), size):
-                yield structure.tree_map(lambda t: t[i : i + size], self.tensors.X), self.tensors.y[i : i + size]
+                yield structure.rows(self.tensors.X, i, i + size), self.tensors.y[i : i + size]
         else:
             for batch in DataLoader(self.dataset, batch_size=size):  # type: ignore[arg-type]
                 yield self._move(batch)

@@ -27,8 +27,8 @@ from torch import Tensor
 
 from gdlab.errors import DataError
 
-__all__ = ["TARGET_KEYS", "Inputs", "call", "call_args", "count", "describe", "float_features", "leaves", "split",
-           "take", "to", "tree_map"]
+__all__ = ["TARGET_KEYS", "Inputs", "call", "call_args", "count", "describe", "float_features", "leaves", "rows",
+           "split", "take", "to", "tree_map"]
 
 TARGET_KEYS = ("y", "label", "labels")
 """The keys tried, in order, for the target of a dict sample when no ``target_key`` is given."""
@@ -67,6 +67,11 @@ def count(tree: Inputs) -> int:
 def take(tree: Inputs, index: Tensor) -> Inputs:
     """The samples at ``index`` (an int64 tensor on the data's device) of every tensor: whole rows copied."""
     return tree_map(lambda t: t.index_select(0, index), tree)
+
+
+def rows(tree: Inputs, start: int, stop: int) -> Inputs:
+    """Samples ``start`` to ``stop`` of every tensor (views, no copy)."""
+    return tree_map(lambda t: t[start:stop], tree)
 
 
 def to(tree: Inputs, device: torch.device, dtype: torch.dtype) -> Inputs:

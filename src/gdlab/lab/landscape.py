@@ -69,7 +69,7 @@ def direction(model: nn.Module, generator: torch.Generator) -> list[Tensor]:
     return out
 
 
-def _subset(data: Any, samples: int, model: nn.Module, loss: Any) -> tuple[Problem, Tensor, Tensor]:
+def _subset(data: Any, samples: int, model: nn.Module, loss: Any) -> tuple[Problem, Any, Tensor]:
     """The problem of ``model`` on ``data`` and a fixed subset of its samples (drawn by seed 0)."""
     problem = Problem.make(model, data, loss=loss, device=next(model.parameters()).device)
     x, y = problem.source.sample(min(samples, len(problem.source)), 0)
@@ -94,7 +94,7 @@ def _grid(model: nn.Module, data: Any, loss: Any, samples: int, points: list[lis
     if progress:
         from gdlab.progress import TaskBar  # an edge: rich only when a bar is wanted
 
-        bar = TaskBar(f"landscape: {total} points x {len(x)} samples", total, transient=True,
+        bar = TaskBar(f"landscape: {total} points x {len(y)} samples", total, transient=True,
                       every=max(1, total // 100))
     values: list[list[float]] = []
     try:
@@ -116,7 +116,7 @@ def _grid(model: nn.Module, data: Any, loss: Any, samples: int, points: list[lis
         model.train(was_training)
         if bar is not None:
             bar.close()
-    return torch.tensor(values, dtype=torch.float64), center, len(x)
+    return torch.tensor(values, dtype=torch.float64), center, len(y)
 
 
 def _check(steps: Any, distance: Any, samples: Any) -> None:
