@@ -187,6 +187,7 @@ BAD = [
     (["train", "--data", "seed", "--model", "user_models:wrong_inputs"],
      "the model does not accept the data: mat1 and mat2 shapes cannot be multiplied (2x3 and 7x1); the batch is "
      "inputs tensor[2, 3] float32, target tensor[2, 1] float32"),
+    (["train", "--precision", "fp8"], "unknown precision 'fp8': expected one of 32, bf16-mixed, 16-mixed"),
     (["train", "--config", "unknown_key.toml"], "invalid config unknown_key.toml key 'learning_rate'"),
     (["train", "--config", "wrong_type.toml"], "invalid config wrong_type.toml epochs 'many': expected an integer"),
     (["train", "--resume", "nope"], "no run store at 'gdlab-runs'"),

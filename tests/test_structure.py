@@ -248,3 +248,36 @@ def test_dict_sample_without_a_target_names_its_keys() -> None:
 def _seeded(cls: type[nn.Module]) -> nn.Module:
     torch.manual_seed(0)
     return cls()
+
+
+# -- mixed precision ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+def test_mixed_precision_runs_the_forward_pass_under_autocast(precision: str) -> None:
+    seen: list[torch.dtype] = []
+
+    class Spy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = self.net(x)
+            seen.append(out.dtype)
+            return out
+
+    torch.manual_seed(0)
+    model = Spy()
+    data = DictSamples(256)
+    result = gdlab.fit(model, (data.x, data.label), val=(data.x, data.label), precision=precision, lr=0.1,
+                       epochs=8, progress=False, instruments="full")
+    half = torch.bfloat16 if precision == "bf16-mixed" else torch.float16
+    assert half in seen
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # mixed: the parameters keep theirs
+    assert result.final["val_accuracy"] > 0.9
+    grads = result.history.steps["grad_norm"]
+    assert all(g == g and g < 1e3 for g in grads)  # unscaled: a GradScaler's 65536 would show here
+
+
+def test_precision_is_checked() -> None:
+    with pytest.raises(gdlab.GdlabError, match="unknown precision 'fp8': expected one of 32, bf16-mixed, 16-mixed"):
+        gdlab.fit(Keyword(), (torch.zeros(4, 4), torch.zeros(4, dtype=torch.long)), precision="fp8", progress=False)

@@ -20,8 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
+import torch
+
 from gdlab.data import parse_batch_size
-from gdlab.errors import InvalidParameter
+from gdlab.errors import InvalidParameter, UnknownChoice
 from gdlab.optim import check_lr, check_momentum, schedules
 
 if sys.version_info >= (3, 11):
@@ -29,13 +31,28 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["Config", "DEFAULT_EPOCHS"]
+__all__ = ["Config", "DEFAULT_EPOCHS", "PRECISIONS", "resolve_precision"]
 
 DEFAULT_EPOCHS = 30
 """Epochs trained when a config gives neither ``epochs`` nor ``steps``."""
 
 OPTIMIZER_OPTIONS = ("beta1", "beta2", "eps", "weight_decay", "clip_norm", "nesterov")
 """The optimizer's options a config carries, passed to ``fit`` (and ``optim.make``) only when set."""
+
+
+PRECISIONS = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+"""Training precisions, as Lightning names them: ``32`` (as the model is), ``bf16-mixed`` and ``16-mixed`` (the
+forward pass and the loss under ``torch.autocast`` in that dtype, parameters, gradients and the update in the
+model's own dtype; ``16-mixed`` also scales the loss against float16 underflow with a ``GradScaler``)."""
+
+
+def resolve_precision(value: Any) -> str:
+    """``precision`` checked: ``"32"`` (also ``32`` and ``"32-true"``), ``"bf16-mixed"`` or ``"16-mixed"``."""
+    text = str(value).strip().lower()
+    text = {"32-true": "32", "bf16": "bf16-mixed", "16": "16-mixed"}.get(text, text)
+    if text not in PRECISIONS:
+        raise UnknownChoice("precision", value, list(PRECISIONS))
+    return text
 
 
 @dataclass
@@ -76,6 +93,7 @@ class Config:
     patience: int | None = None
     seed: int = 0
     device: str = "auto"
+    precision: str = "32"
     # the doctor
     instruments: str = "default"
     doctor: bool = True
@@ -151,7 +169,7 @@ class Config:
         kwargs = {"loss": self.loss, "optimizer": self.optimizer, "lr": self.lr, "lr_select": self.lr_select,
                   "momentum": self.momentum, "schedule": self.schedule, "batch_size": self.batch_size,
                   "drop_last": self.drop_last, "epochs": epochs, "steps": steps, "tol": self.tol,
-                  "patience": self.patience, "seed": self.seed, "device": self.device,
+                  "patience": self.patience, "seed": self.seed, "device": self.device, "precision": self.precision,
                   "instruments": self.instruments, "doctor": self.doctor, "remedy": self.remedy,
                   "restarts": self.restarts, "checkpoint_every": self.checkpoint_every, "name": self.name,
                   **self.optimizer_options()}
@@ -171,6 +189,7 @@ class Config:
         self.batch_size = parse_batch_size(self.batch_size)
         if self.lr != "auto":
             self.lr = check_lr(self.lr)
+        self.precision = resolve_precision(self.precision)
         if self.instruments not in ("none", "cheap", "default", "full"):
             raise InvalidParameter("instruments", self.instruments, "none, cheap, default or full")
         if self.remedy not in ("off", "suggest", "auto"):

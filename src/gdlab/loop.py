@@ -366,6 +366,9 @@ def run(problem: Problem, state: LoopState, hooks: Sequence[Any] = (), *, tol: f
             handler(state)
 
     log = state.log = StepLog(state, list(model.parameters()))
+    # 16-mixed: the loss is scaled before the backward pass against float16 underflow, the gradients unscaled
+    # before they are measured or used, and a step with non-finite gradients is skipped (torch.amp's GradScaler)
+    scaler = torch.amp.GradScaler(problem.device.type) if problem.precision == "16-mixed" else None
     good = Snapshot()
     good.take(model, optimizer)
     every = checkpoint_every or plan.iterations_per_epoch
@@ -385,14 +388,23 @@ def run(problem: Problem, state: LoopState, hooks: Sequence[Any] = (), *, tol: f
                 x, y = next(batches)
                 state.batch = (x, y)
                 emit("on_step_start")
-                loss = problem.batch_loss(model, x, y)
+                with problem.autocast():  # nothing at precision "32"
+                    loss = problem.batch_loss(model, x, y)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                if scaler is None:
+                    loss.backward()
+                else:
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(optimizer)
                 if grad_norms:
                     log.grad_norms()
 
                 # (3) update the parameters
-                optimizer.step()
+                if scaler is None:
+                    optimizer.step()
+                else:
+                    scaler.step(optimizer)
+                    scaler.update()
 
                 # (4) record on the device, and repeat; the host reads the values every log_every steps
                 state.step += 1
@@ -483,8 +495,9 @@ def _end_epoch(problem: Problem, state: LoopState, tol: float | None, patience: 
     row: dict[str, float] = {"epoch": state.epoch + 1, "step": state.step,
                              "train_loss": state.epoch_loss_sum / max(state.epoch_samples, 1)}
     if problem.val is not None:
-        row.update({f"val_{k}": v for k, v in evaluate(state.model, problem.val, problem.loss_fn,
-                                                       problem.loss_name).items()})
+        with problem.autocast():
+            row.update({f"val_{k}": v for k, v in evaluate(state.model, problem.val, problem.loss_fn,
+                                                           problem.loss_name).items()})
     row["seconds"] = time.perf_counter() - started
     previous = state.history.epochs.last("train_loss")
     state.history.epochs.append(row)

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gdlab.config import PRECISIONS, resolve_precision
 from gdlab.data import BatchPlan, structure
 from gdlab.data.source import Source
 from gdlab.errors import InvalidParameter, ModelError, UnknownChoice, check_int
@@ -84,6 +86,7 @@ class Problem:
         source: the training data. val: the validation data, or None.
         loss_fn: ``(output, target) -> loss``. loss_name: its name (``custom`` for a callable without one).
         plan: how an epoch is cut into iterations.
+        precision: ``32``, ``bf16-mixed`` or ``16-mixed`` (see :data:`PRECISIONS`).
     """
 
     model: nn.Module
@@ -93,14 +96,17 @@ class Problem:
     loss_fn: LossFn
     loss_name: str
     plan: BatchPlan
+    precision: str = "32"
 
     @classmethod
     def make(cls, model: nn.Module, train: Any, *, val: Any = None, loss: str | LossFn = "auto",
              batch_size: int | str = 32, drop_last: bool = False, device: str | torch.device = "auto",
-             target_key: str | None = None) -> Problem:
+             target_key: str | None = None, precision: str = "32") -> Problem:
         """Resolve the device and the loss, serve the data, plan the epoch, and probe the model on both sources.
 
-        ``target_key`` names the target in dict samples (default: ``y``, ``label`` or ``labels``)."""
+        ``target_key`` names the target in dict samples (default: ``y``, ``label`` or ``labels``); ``precision``
+        is one of :data:`PRECISIONS`."""
+        precision = resolve_precision(precision)
         if not isinstance(model, nn.Module):
             raise ModelError(f"the model is a {type(model).__name__}: expected an nn.Module")
         dev = resolve_device(device)
@@ -116,7 +122,7 @@ class Problem:
                 raise ModelError(f"the validation data is {val_source.task} but the training data is {source.task}: "
                                  "expected the same kind of targets")
             check_model(model, val_source, loss_name, what="validation data", loss_fn=loss_fn)
-        return cls(model, dev, source, val_source, loss_fn, loss_name, plan)
+        return cls(model, dev, source, val_source, loss_fn, loss_name, plan, precision)
 
     @property
     def task(self) -> str:
@@ -127,6 +133,13 @@ class Problem:
     def mean_loss(self) -> bool:
         """Whether the loss is a built-in mean over the batch's samples (per-sample instruments rely on it)."""
         return self.loss_fn is LOSSES.get(self.loss_name)
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """The context the forward pass runs in: ``torch.autocast`` for a mixed precision, else nothing."""
+        dtype = PRECISIONS[self.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
 
     def forward(self, model: Callable[..., Any], x: Any, y: torch.Tensor) -> tuple[torch.Tensor, Any]:
         """``(loss, output)`` of ``model`` (the module, or a functional call of it) on the batch ``(x, y)``."""

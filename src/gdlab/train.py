@@ -74,16 +74,23 @@ def fit(
     restarts: int = Config.restarts,
     model_fn: Callable[[], nn.Module] | None = None,
     log_every: int = loop.LOG_EVERY,
+    precision: str = Config.precision,
+    target_key: str | None = None,
     **optimizer_options: Any,
 ) -> Result:
     """Train ``model`` on ``train`` by gradient descent.
 
     Args:
         model: any ``nn.Module``; trained in place.
-        train: a ``Dataset`` or an ``(X, y)`` pair of tensors. In-memory data is batched by index on the
-            device; any other Dataset goes through a DataLoader with the same index batches.
+        train: the training data: an ``(X, y)`` pair; a ``TensorDataset(*inputs, target)``; a pair whose inputs
+            are a tuple (``model(*inputs)``) or a dict (``model(**inputs)``) of tensors; a dict of tensors with a
+            target key; or any ``Dataset`` whose samples take one of those forms. In-memory data is batched by
+            index on the device; any other Dataset goes through a DataLoader with the same index batches.
+            Floating-point inputs follow the model's dtype; integer and bool inputs (token ids) keep theirs.
         loss: ``"auto"`` (cross-entropy for integer class targets, mean squared error otherwise), a name in
-            ``LOSSES`` or a callable ``(output, target) -> loss``.
+            ``LOSSES``, a callable ``(output, target) -> loss``, or ``"model"``: the model is given the target
+            too (last positional argument, or ``labels=`` / the target's key for dict inputs) and returns its
+            own loss, as a tensor or as ``.loss`` (Hugging Face models).
         optimizer: a name (``sgd``, ``momentum``, ``nesterov``, ``adagrad``, ``rmsprop``, ``adam``, ``adamw``),
             a factory ``params -> Optimizer`` or a ``torch.optim.Optimizer``.
         lr: learning rate of a named optimizer, or ``"auto"``: chosen before training by a short parallel sweep
@@ -120,6 +127,13 @@ def fit(
         log_every: steps between host reads of the loss and gradient norms. Between them the loop never waits
             for the device; a non-finite loss is caught at the next read and the parameters rolled back to the
             last good point (at most ``log_every`` steps before).
+        precision: ``"32"`` (as the model is), ``"bf16-mixed"`` or ``"16-mixed"``, as Lightning names them: the
+            forward pass and the loss run under ``torch.autocast`` in bfloat16 or float16 while parameters,
+            gradients and updates keep the model's dtype; ``"16-mixed"`` also scales the loss with
+            ``torch.amp.GradScaler`` (a step with non-finite gradients is skipped). Validation runs under the same
+            autocast; the instruments' extra passes and their readings stay in full precision.
+        target_key: the target's key in dict samples (default: ``y``, ``label`` or ``labels``, whichever is
+            there); the other keys are the model's keyword inputs.
         **optimizer_options: ``beta1``, ``beta2``, ``eps``, ``weight_decay``, ``nesterov``, ``clip_norm`` for a
             named optimizer.
 
@@ -133,7 +147,7 @@ def fit(
     watching = attach(instruments)
     physician = Doctor(remedy) if doctor or remedy == "auto" else None
     problem = Problem.make(model, train, val=val, loss=loss, batch_size=batch_size, drop_last=drop_last,
-                           device=device)
+                           device=device, target_key=target_key, precision=precision)
     if patience is not None and problem.val is None:
         raise InvalidParameter("patience", patience, "validation data to watch (val=..., or --val / --val-split)")
     total = problem.total_steps(epochs, steps)

@@ -42,7 +42,7 @@ TRAIN_FLAGS = (
     "data", "target", "task", "val", "val_split", "standardize", "data_options", "model", "hidden", "activation",
     "init", "loss", "optimizer", "lr", "lr_select", "momentum", "beta1", "beta2", "eps", "weight_decay", "nesterov",
     "clip_norm", "schedule", "batch_size", "drop_last", "epochs", "steps", "tol", "patience", "seed",
-    "device", "store", "name", "checkpoint_every", "instruments", "doctor", "remedy", "restarts",
+    "device", "precision", "store", "name", "checkpoint_every", "instruments", "doctor", "remedy", "restarts",
 )
 """The flags of gdlab train that are Config keys (each named as its key)."""
 
@@ -86,6 +86,8 @@ def train(
     patience: Optional[int] = typer.Option(None, help="Stop after this many epochs without a better val loss."),
     seed: Optional[int] = typer.Option(None, help="Seeds initialisation, data order and dropout. [default: 0]"),
     device: DeviceFlag = None,
+    precision: Optional[str] = typer.Option(None, help="32, bf16-mixed or 16-mixed (autocast; 16-mixed scales "
+                                            "the loss too). [default: 32]"),
     store: Optional[str] = typer.Option(None, help=STORE_HELP + " [default: gdlab-runs]"),
     name: Optional[str] = typer.Option(None, help="A name for the run."),
     checkpoint_every: Optional[int] = typer.Option(None, help="Steps between checkpoints (default: each epoch)."),
