@@ -76,6 +76,65 @@ def test_lr_too_high_against_the_stability_limit(moons: Any) -> None:
     assert finding.remedy["lr"] < 8.0
 
 
+def _bn_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.MaxPool2d(2), nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                         nn.MaxPool2d(2), nn.Flatten(), nn.Linear(32 * 4, 10))
+
+
+def test_a_sharp_start_is_no_lr_too_high() -> None:
+    """A healthy BatchNorm CNN on digits: the sharpness at initialisation is above the stability limit, the later
+    readings far under it. One reading at the start raised lr_too_high; it takes corroboration now."""
+    train, val = load("digits")
+    result = gdlab.fit(_bn_cnn(), train, val=val, optimizer="sgd", lr=0.1, epochs=3, progress=False,
+                       instruments="full")
+    steps = result.history.steps
+    measured = [(int(st), s, lim) for st, s, lim in zip(steps["step"], steps["sharpness"], steps["stability_limit"])
+                if math.isfinite(s)]
+    assert measured[0][0] == 1 and measured[0][1] > 1.1 * measured[0][2]  # the reading that raised the alarm
+    assert len(measured) >= 3 and all(s < lim for _, s, lim in measured[1:])
+    assert "lr_too_high" not in _codes(result) and result.final["val_accuracy"] > 0.9
+
+
+def test_sharpness_needs_two_readings_past_the_opening() -> None:
+    def history(readings: dict[int, float]) -> History:
+        h = _history([1.0 - 0.004 * i for i in range(150)], lr=1.0)
+        for step, value in readings.items():
+            h.steps.columns.setdefault("sharpness", [math.nan] * 150)[step - 1] = value
+            h.steps.columns.setdefault("stability_limit", [math.nan] * 150)[step - 1] = 2.0
+        return h
+
+    def codes(readings: dict[int, float]) -> set[str]:
+        return {f.code for f in diagnose(history(readings))}
+
+    assert "lr_too_high" not in codes({1: 50.0, 50: 1.0, 100: 1.0})  # the opening alone
+    assert "lr_too_high" not in codes({1: 50.0, 50: 5.0, 100: 1.0})  # one reading past it
+    assert "lr_too_high" not in codes({50: 5.0, 75: 1.0, 100: 1.0, 125: 5.0, 150: 1.0})  # a minority of them
+    (finding,) = [f for f in diagnose(history({1: 1.0, 50: 5.0, 100: 6.0})) if f.code == "lr_too_high"]
+    assert finding.step == 50 and finding.evidence["readings_over"] == 2 and finding.evidence["sharpness"] == 6.0
+    assert finding.remedy == {"action": "set_lr", "lr": pytest.approx(1.0 * 2.0 / 6.0 / 2)}
+
+
+def test_per_layer_findings_need_two_readings() -> None:
+    h = _history([1.0] * 60)
+    h.steps.columns["dead_share/0"] = [math.nan] * 60
+    h.steps.columns["dead_share/0"][0] = 0.9  # one reading: dead at the first step, then never measured again
+    assert "dead_relu" not in {f.code for f in diagnose(h)}
+    h.steps.columns["dead_share/0"][25] = 0.8
+    (finding,) = [f for f in diagnose(h) if f.code == "dead_relu"]
+    assert finding.evidence == {"dead_share": {"0": 0.8}} and finding.step == 1
+    h.steps.columns["dead_share/0"][50] = 0.1  # revived: the latest readings disagree
+    assert "dead_relu" not in {f.code for f in diagnose(h)}
+    for row, first in ((10, 1e-5), (35, 1e-5)):
+        h.steps.columns.setdefault("grad_out/0", [math.nan] * 60)[row] = first
+        h.steps.columns.setdefault("grad_out/2", [math.nan] * 60)[row] = 1.0
+    (finding,) = [f for f in diagnose(h) if f.code == "vanishing_gradients"]
+    assert finding.step == 11 and finding.evidence["first_over_last"] == pytest.approx(1e-5)
+    h.steps.columns["grad_out/0"][35] = 0.5
+    assert "vanishing_gradients" not in {f.code for f in diagnose(h)}
+
+
 def test_dead_relu(moons: Any) -> None:
     model = _mlp(hidden=16)
     with torch.no_grad():
