@@ -329,6 +329,21 @@ def test_a_probe_keeps_a_learning_rate_none_beats(moons: Any) -> None:
     assert not raise_small_steps(doc, state, small) and len(doc.remedies) == 1
 
 
+def test_a_failed_probe_hands_over_to_fixed_steps(moons: Any) -> None:
+    """A model that cannot be copied (it holds a lock) cannot be probed: the record says why, and the
+    learning rate rises x3 a check as before."""
+    import threading
+
+    model = _mlp()
+    model.lock = threading.Lock()  # type: ignore[assignment]
+    result = gdlab.fit(model, moons[0], optimizer="sgd", lr=1e-5, epochs=3, progress=False, remedy="auto")
+    failed, *raises = result.remedies
+    assert failed.action == "probe_lr" and "cannot pickle" in failed.params["failed"]
+    assert failed.reason.startswith("the learning-rate probe failed (") and len(raises) >= 2
+    assert all(r.action == "set_lr" and r.params == {"lr": pytest.approx(3 * r.params["from_lr"]),
+                                                     "from_lr": r.params["from_lr"]} for r in raises)
+
+
 def test_auto_quiets_noisy_stochastic_descent(moons: Any) -> None:
     train, val = moons
     suggested = gdlab.fit(_mlp(), train, val=val, optimizer="sgd", lr=0.3, batch_size="stochastic", epochs=3,

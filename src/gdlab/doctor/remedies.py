@@ -140,9 +140,10 @@ def raise_small_steps(doctor: Doctor, state: Any, w: Window) -> bool:
     """The steps change the weights by under 1e-3 of their size, the loss is far from its floor, and neither
     noise nor a settled minimum explains it: raise the learning rate, after a snapshot. Where the run can be
     probed (a named optimizer), in one move: a probe (:func:`~gdlab.doctor.probe.probe_lr`) trains learning rates
-    from 3x the run's to the top of the optimizer's range a few steps from here, and the run takes the best if
-    it beats its own (a probe's verdict stands for two epochs; at most ``max_probes`` a run). Otherwise x3 per
-    check, within the ceilings. The next window judges the raise (:func:`undo_failed_raise`)."""
+    from 3x the run's to the top of the optimizer's range a few steps from here, and the run takes the one
+    :func:`~gdlab.doctor.probe.choose` picks, if any beat its own (a probe's verdict, either way, stands for two
+    epochs; after ``max_probes`` probes the rule rests). Otherwise (an optimizer object, or a probe that failed)
+    x3 per check, within the ceilings. The next window judges the raise (:func:`undo_failed_raise`)."""
     if not (w.median_ratio < 1e-3 and w.mean_loss > 0.2 * w.first and not w.noisy and not w.settled):
         return False
     why = f"the steps change the weights by {w.median_ratio:.2g} of their size (about 1e-3 is usual)"
@@ -324,8 +325,10 @@ class Doctor:
             return None
         try:
             found = probe_lr(state, self.optimizer, lrs, steps=probe_steps(state.total_steps))
-        except Exception as error:  # the run goes on without probes
-            self._probe_failed = str(error).splitlines()[0] if str(error) else type(error).__name__
+        except Exception as error:  # the run goes on without probes, and says why
+            self._probe_failed = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+            self._act(state, "probe_lr", {"lr": state.optimizer.param_groups[0]["lr"], "failed": self._probe_failed},
+                      f"the learning-rate probe failed ({self._probe_failed}): no more probes in this run")
             return None
         self._probes += 1
         self._probe_after = state.step + 4 * self._cadence(state)  # two epochs (four checks, at least 40 steps)
