@@ -76,6 +76,65 @@ def test_lr_too_high_against_the_stability_limit(moons: Any) -> None:
     assert finding.remedy["lr"] < 8.0
 
 
+def _bn_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.MaxPool2d(2), nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                         nn.MaxPool2d(2), nn.Flatten(), nn.Linear(32 * 4, 10))
+
+
+def test_a_sharp_start_is_no_lr_too_high() -> None:
+    """A healthy BatchNorm CNN on digits: the sharpness at initialisation is above the stability limit, the later
+    readings far under it. One reading at the start raised lr_too_high; it takes corroboration now."""
+    train, val = load("digits")
+    result = gdlab.fit(_bn_cnn(), train, val=val, optimizer="sgd", lr=0.1, epochs=3, progress=False,
+                       instruments="full")
+    steps = result.history.steps
+    measured = [(int(st), s, lim) for st, s, lim in zip(steps["step"], steps["sharpness"], steps["stability_limit"])
+                if math.isfinite(s)]
+    assert measured[0][0] == 1 and measured[0][1] > 1.1 * measured[0][2]  # the reading that raised the alarm
+    assert len(measured) >= 3 and all(s < lim for _, s, lim in measured[1:])
+    assert "lr_too_high" not in _codes(result) and result.final["val_accuracy"] > 0.9
+
+
+def test_sharpness_needs_two_readings_past_the_opening() -> None:
+    def history(readings: dict[int, float]) -> History:
+        h = _history([1.0 - 0.004 * i for i in range(150)], lr=1.0)
+        for step, value in readings.items():
+            h.steps.columns.setdefault("sharpness", [math.nan] * 150)[step - 1] = value
+            h.steps.columns.setdefault("stability_limit", [math.nan] * 150)[step - 1] = 2.0
+        return h
+
+    def codes(readings: dict[int, float]) -> set[str]:
+        return {f.code for f in diagnose(history(readings))}
+
+    assert "lr_too_high" not in codes({1: 50.0, 50: 1.0, 100: 1.0})  # the opening alone
+    assert "lr_too_high" not in codes({1: 50.0, 50: 5.0, 100: 1.0})  # one reading past it
+    assert "lr_too_high" not in codes({50: 5.0, 75: 1.0, 100: 1.0, 125: 5.0, 150: 1.0})  # a minority of them
+    (finding,) = [f for f in diagnose(history({1: 1.0, 50: 5.0, 100: 6.0})) if f.code == "lr_too_high"]
+    assert finding.step == 50 and finding.evidence["readings_over"] == 2 and finding.evidence["sharpness"] == 6.0
+    assert finding.remedy == {"action": "set_lr", "lr": pytest.approx(1.0 * 2.0 / 6.0 / 2)}
+
+
+def test_per_layer_findings_need_two_readings() -> None:
+    h = _history([1.0] * 60)
+    h.steps.columns["dead_share/0"] = [math.nan] * 60
+    h.steps.columns["dead_share/0"][0] = 0.9  # one reading: dead at the first step, then never measured again
+    assert "dead_relu" not in {f.code for f in diagnose(h)}
+    h.steps.columns["dead_share/0"][25] = 0.8
+    (finding,) = [f for f in diagnose(h) if f.code == "dead_relu"]
+    assert finding.evidence == {"dead_share": {"0": 0.8}} and finding.step == 1
+    h.steps.columns["dead_share/0"][50] = 0.1  # revived: the latest readings disagree
+    assert "dead_relu" not in {f.code for f in diagnose(h)}
+    for row, first in ((10, 1e-5), (35, 1e-5)):
+        h.steps.columns.setdefault("grad_out/0", [math.nan] * 60)[row] = first
+        h.steps.columns.setdefault("grad_out/2", [math.nan] * 60)[row] = 1.0
+    (finding,) = [f for f in diagnose(h) if f.code == "vanishing_gradients"]
+    assert finding.step == 11 and finding.evidence["first_over_last"] == pytest.approx(1e-5)
+    h.steps.columns["grad_out/0"][35] = 0.5
+    assert "vanishing_gradients" not in {f.code for f in diagnose(h)}
+
+
 def test_dead_relu(moons: Any) -> None:
     model = _mlp(hidden=16)
     with torch.no_grad():
@@ -187,8 +246,102 @@ def test_auto_raises_a_learning_rate_that_is_too_low(moons: Any) -> None:
     train, val = moons
     suggested = gdlab.fit(_mlp(), train, val=val, optimizer="sgd", lr=1e-5, epochs=10, progress=False)
     result = gdlab.fit(_mlp(), train, val=val, optimizer="sgd", lr=1e-5, epochs=10, progress=False, remedy="auto")
-    assert [r.action for r in result.remedies][:3] == ["set_lr"] * 3 and result.lr > 1e-3
-    assert result.final["val_loss"] < 0.6 < suggested.final["val_loss"]
+    raise_ = result.remedies[0]  # one move, found by a probe (not x3 a check)
+    assert raise_.action == "set_lr" and raise_.params["probe"]["chosen"] == raise_.params["lr"] > 1e-2
+    assert result.lr > 1e-3 and result.final["val_loss"] < 0.6 < suggested.final["val_loss"]
+
+
+def test_auto_probes_a_learning_rate_far_too_low() -> None:
+    """sgd at 1e-6 on digits: x3 a check reached only 6.6e-3 in 8 epochs (val loss 2.24). A probe of learning
+    rates from the run's point takes it to one that learns at the first check."""
+    train, val = load("digits")
+    torch.manual_seed(0)
+    model = gdlab.models.build("mlp", in_features=64, out_features=10)
+    result = gdlab.fit(model, train, val=val, optimizer="sgd", lr=1e-6, epochs=8, progress=False, remedy="auto")
+    assert result.final["val_loss"] < 1.0 and min(result.history.epochs["val_loss"][:3]) < 1.0
+    raises = [r for r in result.remedies if r.action == "set_lr"]
+    assert len(raises) == 1 and raises[0].params["from_lr"] == 1e-6
+    probe = raises[0].params["probe"]
+    assert probe["lrs"][0] == 1e-6 and len(probe["lrs"]) == 9 and probe["chosen"] == raises[0].params["lr"]
+    assert probe["vectorized"] and probe["from_step"] == raises[0].step and probe["steps"] == 36
+    chosen = probe["lrs"].index(probe["chosen"])
+    assert probe["losses"][chosen] < 0.9 * probe["losses"][0]
+    assert raises[0].reason.startswith("the steps change the weights by ") and \
+        f"probed lr 0.0001..10 (8 values, 36 steps each from step {raises[0].step}): chose " in raises[0].reason
+    assert "lr_too_low" not in _codes(result) and "not_learning" not in _codes(result)
+
+
+class _Branchy(nn.Module):
+    """An MLP whose forward pass reads a value on the host: vmap cannot serve it, so populations train it one
+    member after another."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = _mlp()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net(x)
+        return out if float(out.detach().abs().max()) < 1e6 else out.clamp(-1e6, 1e6)
+
+
+@pytest.mark.parametrize("make", [_mlp, _Branchy])
+def test_a_probe_leaves_the_run_as_it_was(moons: Any, make: Any) -> None:
+    from gdlab.doctor.probe import probe_grid, probe_lr
+    from gdlab.loop import LoopState
+    from gdlab.problem import Problem
+
+    model = make()
+    problem = Problem.make(model, moons[0], batch_size=32, device="cpu")
+    opt = gdlab.optim.make("momentum", model.parameters(), lr=1e-5)
+    state = LoopState.start(problem, opt, total_steps=250, seed=3)
+    state.step = 20
+    kept = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    found = probe_lr(state, "momentum", probe_grid(1e-5, "momentum", points=5), steps=20)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(kept[k], v) for k, v in model.state_dict().items())
+    assert opt.param_groups[0]["lr"] == 1e-5 and found.lrs[0] == 1e-5 and len(found.lrs) == 6
+    assert found.vectorized == (make is _mlp) and found.steps == 20 and found.from_step == 20
+    assert found.chosen is not None and found.chosen >= 1e-2
+    assert probe_lr(state, "momentum", found.lrs[1:], steps=20).losses == found.losses  # its own draw, the same
+
+
+def test_a_probe_keeps_a_learning_rate_none_beats(moons: Any) -> None:
+    """At sgd's largest learning rates a probe finds nothing better: the run keeps its own, the record says so,
+    and the verdict stands for two epochs (no probe, no x3 raise) however small the steps look."""
+    from gdlab.doctor.remedies import raise_small_steps
+    from gdlab.loop import LoopState
+    from gdlab.problem import Problem
+
+    model = _mlp()
+    problem = Problem.make(model, moons[0], batch_size=32, device="cpu")
+    state = LoopState.start(problem, gdlab.optim.make("sgd", model.parameters(), lr=3.0), total_steps=250)
+    state.step = 40
+    doc = Doctor("auto", optimizer="sgd")
+    doc.on_fit_start(state)
+    small = _window(median_ratio=1e-4, lr=3.0)
+    assert raise_small_steps(doc, state, small)
+    (record,) = doc.remedies
+    assert record.action == "probe_lr" and record.params["probe"]["chosen"] is None
+    assert record.params["probe"]["lrs"][0] == 3.0 and state.optimizer.param_groups[0]["lr"] == 3.0
+    assert "probed lr 9 (1 value, 25 steps each from step 40): none beat the run's own" in record.reason
+    state.step = 60
+    assert not raise_small_steps(doc, state, small) and len(doc.remedies) == 1
+
+
+def test_a_failed_probe_hands_over_to_fixed_steps(moons: Any) -> None:
+    """A model that cannot be copied (it holds a lock) cannot be probed: the record says why, and the
+    learning rate rises x3 a check as before."""
+    import threading
+
+    model = _mlp()
+    model.lock = threading.Lock()  # type: ignore[assignment]
+    result = gdlab.fit(model, moons[0], optimizer="sgd", lr=1e-5, epochs=3, progress=False, remedy="auto")
+    failed, *raises = result.remedies
+    assert failed.action == "probe_lr" and "cannot pickle" in failed.params["failed"]
+    assert failed.reason.startswith("the learning-rate probe failed (") and len(raises) >= 2
+    assert all(r.action == "set_lr" and r.params == {"lr": pytest.approx(3 * r.params["from_lr"]),
+                                                     "from_lr": r.params["from_lr"]} for r in raises)
 
 
 def test_auto_quiets_noisy_stochastic_descent(moons: Any) -> None:

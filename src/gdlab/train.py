@@ -145,7 +145,8 @@ def fit(
     _check_settings(tol=tol, patience=patience, checkpoint_every=checkpoint_every, log_every=log_every,
                     doctor=doctor, remedy=remedy, restarts=restarts)
     watching = attach(instruments)
-    physician = Doctor(remedy) if doctor or remedy == "auto" else None
+    physician = Doctor(remedy, optimizer=optimizer if isinstance(optimizer, str) else None) \
+        if doctor or remedy == "auto" else None
     problem = Problem.make(model, train, val=val, loss=loss, batch_size=batch_size, drop_last=drop_last,
                            device=device, target_key=target_key, precision=precision)
     if patience is not None and problem.val is None:

@@ -4,6 +4,8 @@
 - :mod:`~gdlab.doctor.detectors`: the detectors, pure functions ``History -> list[Finding]`` registered by code;
 - :mod:`~gdlab.doctor.series`: what detectors and remedy rules read from the columns (smoothed loss, spikes...);
 - :mod:`~gdlab.doctor.remedies`: the :class:`Doctor` callback and its remedy rules, tried in order each check;
+- :mod:`~gdlab.doctor.probe`: short runs of candidate learning rates from where a run stands, as one population
+  (how ``remedy="auto"`` raises a learning rate far too low in one move);
 - :mod:`~gdlab.doctor.restarts`: new initial points for a run that settled at a minimum.
 
 The numerics on input data (:func:`input_scales`, :func:`scale_ratio`) live in :mod:`gdlab.records.stats` and are
@@ -20,6 +22,7 @@ Example:
 
 from gdlab.doctor import detectors as detectors  # registers every detector in DETECTORS
 from gdlab.doctor.findings import CODES, DETECTORS, REMEDY_MODES, SEVERITIES, Finding, Remedy, detector, diagnose
+from gdlab.doctor.probe import Probe, probe_lr
 from gdlab.doctor.remedies import REMEDY_RULES, Doctor
 from gdlab.doctor.restarts import fresh_models, restart_remedy
 from gdlab.doctor.series import spike_window
@@ -31,6 +34,7 @@ __all__ = [
     "Doctor",
     "Finding",
     "ILL_CONDITIONED",
+    "Probe",
     "REMEDY_MODES",
     "REMEDY_RULES",
     "Remedy",
@@ -39,6 +43,7 @@ __all__ = [
     "diagnose",
     "fresh_models",
     "input_scales",
+    "probe_lr",
     "restart_remedy",
     "scale_ratio",
     "spike_window",

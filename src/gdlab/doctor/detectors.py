@@ -4,6 +4,12 @@ write (``loss``, ``loss_ema``, ``grad_norm``, ``update_ratio``, ``noise_scale``,
 ``saturated/*``, ``grad_out/*``, ``sharpness``, ``val_loss``...) and ``History.meta`` (learning rate, momentum,
 batch size, task, classes, input scales); a detector whose columns are missing says nothing. None touches a model.
 
+No single reading of an instrument raises a finding on its own: a per-layer measurement (dead or saturated
+units, the gradient arriving at each layer) must show the problem in its last two readings, and the sharpness
+must exceed the stability limit in at least two readings past the opening steps (:func:`~gdlab.doctor.series.
+warmup_steps`), at least half of those taken there. The loss and gradient norm, read every step, are judged over
+many steps.
+
 Example:
     >>> from gdlab.doctor import DETECTORS
     >>> from gdlab.records import History
@@ -17,19 +23,21 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Callable
 
 from gdlab.doctor.findings import Finding, detector
 from gdlab.doctor.series import (
     column,
-    depth_ratio,
+    corroborated,
+    depth_readings,
     find_spike,
     first_measured,
     last_lr,
-    latest,
     smooth_loss,
     spike_window,
     start_loss,
     step_at,
+    warmup_steps,
 )
 from gdlab.records import ILL_CONDITIONED, History, finite, scale_ratio
 
@@ -55,16 +63,22 @@ def _nonfinite(h: History) -> list[Finding]:
 def _lr_too_high(h: History) -> list[Finding]:
     found = []
     sharp, limit = column(h.steps, "sharpness"), column(h.steps, "stability_limit")
-    for i, (s, lim) in enumerate(zip(sharp, limit)):
-        if math.isfinite(s) and math.isfinite(lim) and s > 1.1 * lim:
-            lr = last_lr(h)
-            new = lr * lim / s / 2  # half the lr at which this sharpness would be stable
-            found.append(Finding("lr_too_high", "warning", step_at(h, i),
-                                 {"sharpness": s, "stability_limit": lim, "lr": lr},
-                                 f"the loss surface's sharpness ({s:.3g}) is above the stability limit of this "
-                                 f"learning rate ({lim:.3g}): gradient descent overshoots along that direction",
-                                 {"action": "set_lr", "lr": new}))
-            break
+    # the readings past the opening steps (at initialisation the surface can be far sharper than it stays)
+    warm = warmup_steps(h)
+    judged = [(i, s, lim) for i, (s, lim) in enumerate(zip(sharp, limit))
+              if math.isfinite(s) and math.isfinite(lim) and step_at(h, i) > warm]
+    over = [(i, s, lim) for i, s, lim in judged if s > 1.1 * lim]
+    if len(over) >= 2 and 2 * len(over) >= len(judged):  # corroborated: two readings, and most of them
+        i, s, lim = over[-1]
+        lr = last_lr(h)
+        new = lr * lim / s / 2  # half the lr at which this sharpness would be stable
+        found.append(Finding("lr_too_high", "warning", step_at(h, over[0][0]),
+                             {"sharpness": s, "stability_limit": lim, "lr": lr, "readings_over": len(over),
+                              "readings": len(judged), "after_step": warm},
+                             f"the loss surface's sharpness ({s:.3g}) is above the stability limit of this "
+                             f"learning rate ({lim:.3g}) in {len(over)} of the {len(judged)} readings after step "
+                             f"{warm}: gradient descent overshoots along that direction",
+                             {"action": "set_lr", "lr": new}))
     ema = smooth_loss(h)
     measured = [(i, v) for i, v in enumerate(ema) if math.isfinite(v)]
     if not found and len(measured) >= 20:
@@ -162,12 +176,22 @@ def _local_minimum(h: History) -> list[Finding]:
     return []
 
 
+def _depth(h: History, test: Callable[[float], bool]) -> tuple[dict[str, float], float, int] | None:
+    """The latest depth reading (values by layer, first over last) and the step of the first that passed
+    ``test``, when the latest two readings pass it; else None."""
+    found = depth_readings(h)
+    if len(found) < 2 or not all(test(ratio) for _, _, ratio in found[-2:]):
+        return None
+    first = next(row for row, _, ratio in found if test(ratio))
+    return found[-1][1], found[-1][2], step_at(h, first)
+
+
 @detector("vanishing_gradients")
 def _vanishing(h: History) -> list[Finding]:
-    depth = depth_ratio(h)
-    if depth is not None and depth[1] < 1e-3:
-        arriving, ratio = depth
-        return [Finding("vanishing_gradients", "warning", first_measured(h, "grad_out", lambda v: True),
+    depth = _depth(h, lambda ratio: ratio < 1e-3)
+    if depth is not None:
+        arriving, ratio, step = depth
+        return [Finding("vanishing_gradients", "warning", step,
                         {"grad_out": arriving, "first_over_last": ratio},
                         f"the gradient reaching the first layer is {ratio:.1e} of the one at the last: it "
                         "shrinks on its way back, so the early layers barely learn",
@@ -179,10 +203,10 @@ def _vanishing(h: History) -> list[Finding]:
 @detector("exploding_gradients")
 def _exploding(h: History) -> list[Finding]:
     grads = finite(column(h.steps, "grad_norm"))
-    depth = depth_ratio(h)
-    if depth is not None and depth[1] > 1e3:
-        arriving, ratio = depth
-        return [Finding("exploding_gradients", "warning", first_measured(h, "grad_out", lambda v: True),
+    depth = _depth(h, lambda ratio: ratio > 1e3)
+    if depth is not None:
+        arriving, ratio, step = depth
+        return [Finding("exploding_gradients", "warning", step,
                         {"grad_out": arriving, "first_over_last": ratio},
                         f"the gradient grows {ratio:.1e}x on its way back to the first layer",
                         {"action": "clip_norm", "max_norm": statistics.median(grads) if grads else 1.0})]
@@ -201,7 +225,7 @@ def _exploding(h: History) -> list[Finding]:
 
 @detector("dead_relu")
 def _dead_relu(h: History) -> list[Finding]:
-    dead = {k: v for k, v in latest(h, "dead_share").items() if v > 0.5}
+    dead = corroborated(h, "dead_share", lambda v: v > 0.5)
     if dead:
         layer, share = max(dead.items(), key=lambda kv: kv[1])
         return [Finding("dead_relu", "warning", first_measured(h, "dead_share", lambda v: v > 0.5),
@@ -215,7 +239,7 @@ def _dead_relu(h: History) -> list[Finding]:
 
 @detector("saturated_activations")
 def _saturated(h: History) -> list[Finding]:
-    saturated = {k: v for k, v in latest(h, "saturated").items() if v > 0.5}
+    saturated = corroborated(h, "saturated", lambda v: v > 0.5)
     if saturated:
         layer, share = max(saturated.items(), key=lambda kv: kv[1])
         return [Finding("saturated_activations", "warning", first_measured(h, "saturated", lambda v: v > 0.5),

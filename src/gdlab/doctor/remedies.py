@@ -24,8 +24,10 @@ from typing import Any
 import torch
 
 from gdlab.doctor.findings import REMEDY_MODES, Finding, Remedy, diagnose
+from gdlab.doctor.probe import Probe, probe_grid, probe_lr, probe_steps
 from gdlab.doctor.series import column, find_spike, spike_window
 from gdlab.errors import UnknownChoice
+from gdlab.optim import OPTIMIZERS
 from gdlab.records import EMA, finite
 
 __all__ = ["Doctor", "Window", "Rule", "REMEDY_RULES", "undo_failed_raise", "rollback_when_loss_rises",
@@ -136,18 +138,29 @@ def restart_when_stuck(doctor: Doctor, state: Any, w: Window) -> bool:
 
 def raise_small_steps(doctor: Doctor, state: Any, w: Window) -> bool:
     """The steps change the weights by under 1e-3 of their size, the loss is far from its floor, and neither
-    noise nor a settled minimum explains it: snapshot, then triple the learning rate (within the ceilings).
-    The next window judges the raise (:func:`undo_failed_raise`)."""
+    noise nor a settled minimum explains it: raise the learning rate, after a snapshot. Where the run can be
+    probed (a named optimizer), in one move: a probe (:func:`~gdlab.doctor.probe.probe_lr`) trains learning rates
+    from 3x the run's to the top of the optimizer's range a few steps from here, and the run takes the one
+    :func:`~gdlab.doctor.probe.choose` picks, if any beat its own (a probe's verdict, either way, stands for two
+    epochs; after ``max_probes`` probes the rule rests). Otherwise (an optimizer object, or a probe that failed)
+    x3 per check, within the ceilings. The next window judges the raise (:func:`undo_failed_raise`)."""
+    if not (w.median_ratio < 1e-3 and w.mean_loss > 0.2 * w.first and not w.noisy and not w.settled):
+        return False
+    why = f"the steps change the weights by {w.median_ratio:.2g} of their size (about 1e-3 is usual)"
+    if doctor.can_probe(state):
+        if state.step < doctor._probe_after or doctor._probes >= doctor.max_probes:
+            return False  # the last probe's verdict stands
+        probed = doctor._probe(state, probe_grid(w.lr, doctor.optimizer or "", ceiling=doctor._ceiling))
+        if probed is not None:
+            return doctor._take_probe(state, probed, w, why)
     lr = w.lr
-    if not (w.median_ratio < 1e-3 and w.mean_loss > 0.2 * w.first and not w.noisy and not w.settled and
-            lr * 3 <= min(doctor.lr_ceiling * doctor._start_lr, doctor._ceiling)):
+    if not lr * 3 <= min(doctor.lr_ceiling * doctor._start_lr, doctor._ceiling):
         return False
     doctor._take_snapshot(state)
     doctor._set(state, "lr", lr * 3)
     doctor._raised_at = w.mean_loss
     doctor._act(state, "set_lr", {"lr": lr * 3, "from_lr": lr},
-                f"the steps change the weights by {w.median_ratio:.2g} of their size (about 1e-3 is usual): "
-                f"raised the learning rate {lr:.3g} -> {lr * 3:.3g}")
+                f"{why}: raised the learning rate {lr:.3g} -> {lr * 3:.3g}")
     return True
 
 
@@ -222,19 +235,29 @@ class Doctor:
     Args:
         mode: ``off`` (findings only), ``suggest`` (findings with their remedies; the default) or ``auto``.
         max_rollbacks: how often a divergence may be rolled back before the run stops.
-        lr_ceiling: how far ``auto`` may raise the learning rate (a multiple of the starting one).
+        lr_ceiling: how far ``auto`` may raise the learning rate by x3 steps (a multiple of the starting one);
+            a probe's choice is bounded by the optimizer's learning-rate range instead (it was measured).
+        optimizer: the run's optimizer by name (``fit`` passes it): with it, ``auto`` can probe learning rates
+            (:mod:`gdlab.doctor.probe`); without it (an optimizer object), it moves them in fixed steps.
+        max_probes: how many probes a run may have.
 
     Example:
         >>> Doctor("auto").mode, Doctor().remedies
         ('auto', [])
     """
 
-    def __init__(self, mode: str = "suggest", *, max_rollbacks: int = 10, lr_ceiling: float = 1e4) -> None:
+    def __init__(self, mode: str = "suggest", *, max_rollbacks: int = 10, lr_ceiling: float = 1e4,
+                 optimizer: str | None = None, max_probes: int = 3) -> None:
         if mode not in REMEDY_MODES:
             raise UnknownChoice("remedy", mode, REMEDY_MODES)
         self.mode = mode
         self.max_rollbacks = max_rollbacks
         self.lr_ceiling = lr_ceiling
+        self.optimizer = optimizer if optimizer in OPTIMIZERS else None
+        self.max_probes = max_probes
+        self._probes = 0
+        self._probe_after = 0  # no probe before this step: the last one's verdict stands
+        self._probe_failed: str | None = None  # why probing stopped (an error), if it did
         self.findings: list[Finding] = []
         self.remedies: list[Remedy] = []
         self._snapshot: dict[str, Any] | None = None
@@ -288,6 +311,41 @@ class Doctor:
         if counted:
             self._rollbacks += 1
         self._act(state, "rollback_and_set_lr", {"lr": new, "from_lr": lr}, reason)
+
+    def can_probe(self, state: Any) -> bool:
+        """Whether learning rates can be probed from ``state``: ``auto``, a named optimizer, training data to
+        draw from (``state.sample``), and no probe has failed."""
+        return self.mode == "auto" and self.optimizer is not None and self._probe_failed is None and \
+            getattr(state, "sample", None) is not None
+
+    def _probe(self, state: Any, lrs: list[float]) -> Probe | None:
+        """Probe ``lrs`` (and the run's own) from here; None when there is nothing to probe or it failed (then
+        probing stops for the run, and the fixed steps take over)."""
+        if not lrs or self.optimizer is None:
+            return None
+        try:
+            found = probe_lr(state, self.optimizer, lrs, steps=probe_steps(state.total_steps))
+        except Exception as error:  # the run goes on without probes, and says why
+            self._probe_failed = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+            self._act(state, "probe_lr", {"lr": state.optimizer.param_groups[0]["lr"], "failed": self._probe_failed},
+                      f"the learning-rate probe failed ({self._probe_failed}): no more probes in this run")
+            return None
+        self._probes += 1
+        self._probe_after = state.step + 4 * self._cadence(state)  # two epochs (four checks, at least 40 steps)
+        return found
+
+    def _take_probe(self, state: Any, found: Probe, w: Window, why: str) -> bool:
+        """Act on a probe: take its learning rate (after a snapshot; the next window judges it), or record that
+        the run's own stood. True: the check is over either way (the probe was an action)."""
+        params = {"probe": found.to_dict()}
+        if found.chosen is None:
+            self._act(state, "probe_lr", {"lr": w.lr, **params}, f"{why}: {found.describe()}")
+            return True
+        self._take_snapshot(state)
+        self._set(state, "lr", found.chosen)
+        self._raised_at = w.mean_loss
+        self._act(state, "set_lr", {"lr": found.chosen, "from_lr": w.lr, **params}, f"{why}: {found.describe()}")
+        return True
 
     def on_fit_start(self, state: Any) -> None:
         self._start_lr = float(state.optimizer.param_groups[0].get("lr", math.nan))

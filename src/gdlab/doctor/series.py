@@ -19,8 +19,8 @@ from typing import Any
 
 from gdlab.records import History, Table, ema, finite, layer_key
 
-__all__ = ["column", "smooth_loss", "start_loss", "step_at", "latest", "depth_ratio", "first_measured", "last_lr",
-           "spike_window", "find_spike"]
+__all__ = ["column", "smooth_loss", "start_loss", "step_at", "latest", "readings", "corroborated", "depth_ratio",
+           "depth_readings", "first_measured", "last_lr", "warmup_steps", "spike_window", "find_spike"]
 
 
 def column(table: Table, key: str) -> list[float]:
@@ -90,6 +90,34 @@ def latest(h: History, prefix: str) -> dict[str, float]:
     return {k: out[k] for k in sorted(out, key=layer_key)}
 
 
+def readings(h: History, prefix: str) -> dict[str, list[float]]:
+    """Every finite ``prefix/<layer>`` value, per layer in recorded order, layers first to last.
+
+    Example:
+        >>> h = History()
+        >>> for v in (0.2, math.nan, 0.7): h.steps.append({"dead_share/0": v})
+        >>> readings(h, "dead_share")
+        {'0': [0.2, 0.7]}
+    """
+    out = {key.split("/", 1)[1]: finite(values) for key, values in h.steps.columns.items()
+           if key.startswith(prefix + "/")}
+    return {k: out[k] for k in sorted(out, key=layer_key) if out[k]}
+
+
+def corroborated(h: History, prefix: str, test: Callable[[float], bool], times: int = 2) -> dict[str, float]:
+    """The layers whose last ``times`` readings of ``prefix/<layer>`` all pass ``test``, with their latest value: a
+    single reading, which may catch the run at an odd moment (the first step, one unlucky sub-batch), is not
+    enough on its own.
+
+    Example:
+        >>> h = History()
+        >>> for a, b in ((0.9, 0.9), (0.8, 0.1)): h.steps.append({"dead_share/0": a, "dead_share/2": b})
+        >>> corroborated(h, "dead_share", lambda v: v > 0.5)
+        {'0': 0.8}
+    """
+    return {k: v[-1] for k, v in readings(h, prefix).items() if len(v) >= times and all(map(test, v[-times:]))}
+
+
 def depth_ratio(h: History) -> tuple[dict[str, float], float] | None:
     """The gradient arriving at each layer's output (``grad_out/*``), and the first layer's over the last's;
     None when fewer than two layers were measured or the last one's is zero.
@@ -105,6 +133,28 @@ def depth_ratio(h: History) -> tuple[dict[str, float], float] | None:
         return None
     last = list(arriving.values())[-1]
     return (arriving, list(arriving.values())[0] / last) if last > 0 else None
+
+
+def depth_readings(h: History) -> list[tuple[int, dict[str, float], float]]:
+    """Each reading of the gradient arriving at the layers' outputs (``grad_out/*``) that measured at least two
+    layers with the last one's above zero: (its row, the values by layer, the first layer's over the last's).
+
+    Example:
+        >>> h = History()
+        >>> for a in (1e-4, 2e-4): h.steps.append({"grad_out/0": a, "grad_out/2": 1.0})
+        >>> [(row, ratio) for row, _, ratio in depth_readings(h)]
+        [(0, 0.0001), (1, 0.0002)]
+    """
+    columns = {key.split("/", 1)[1]: values for key, values in h.steps.columns.items()
+               if key.startswith("grad_out/")}
+    names = sorted(columns, key=layer_key)
+    out = []
+    for i in range(len(h.steps) if len(names) >= 2 else 0):
+        arriving = {k: columns[k][i] for k in names if i < len(columns[k]) and math.isfinite(columns[k][i])}
+        values = list(arriving.values())
+        if len(values) >= 2 and values[-1] > 0:
+            out.append((i, arriving, values[0] / values[-1]))
+    return out
 
 
 def first_measured(h: History, prefix: str, test: Callable[[float], bool]) -> int | None:
@@ -136,6 +186,20 @@ def last_lr(h: History) -> float:
     """
     lrs = finite(column(h.steps, "lr"))
     return lrs[-1] if lrs else float(h.meta.get("lr") or math.nan)
+
+
+def warmup_steps(h: History) -> int:
+    """The opening steps whose curvature readings are not judged: the first 20, or the first 5% of a longer run.
+    At initialisation the loss surface can be far sharper than a few steps later (a normalised network's sharpness
+    falls several-fold in its first tens of steps), so a reading there says little about the learning rate.
+
+    Example:
+        >>> h = History()
+        >>> for s in range(1, 1001): h.steps.append({"step": s})
+        >>> warmup_steps(h), warmup_steps(History())
+        (50, 20)
+    """
+    return max(20, len(h.steps) // 20)
 
 
 def spike_window(batch_size: Any) -> int:
