@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from gdlab.data import BatchPlan
-from gdlab.problem import Problem, evaluate
+from gdlab.problem import LossFn, Problem, evaluate
 from gdlab.records import History, Table
 
 __all__ = [
@@ -119,6 +119,8 @@ class LoopState:
     # inputs, target) -> (loss, output), and a draw of training samples (n, seed) -> (inputs, target)
     batch: tuple[Any, Tensor] | None = None
     forward: Callable[[Callable[..., Any], Any, Tensor], tuple[Tensor, Any]] | None = None
+    loss_fn: LossFn | None = None  # the loss, and its name ("model": the model's own)
+    loss_name: str | None = None
     sample: Callable[[int, int], tuple[Any, Tensor]] | None = None
     mean_loss: bool = False  # the loss is a mean over the batch's samples (the built-in ones are)
     step_loss: Tensor | None = None
@@ -132,6 +134,7 @@ class LoopState:
         """The state at step 0 of ``problem`` trained by ``optimizer``."""
         return cls(problem.model, optimizer, problem.plan, history or History(), seed, problem.device, total_steps,
                    val_samples=len(problem.val) if problem.val is not None else None, forward=problem.forward,
+                   loss_fn=problem.loss_fn, loss_name=problem.loss_name,
                    sample=problem.source.sample, mean_loss=problem.mean_loss)
 
     @property

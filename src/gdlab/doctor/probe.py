@@ -166,7 +166,8 @@ def probe_lr(state: Any, optimizer: str, lrs: Sequence[float], *, steps: int = P
     seed = (state.seed * 1_000_003 + state.step) % 2**31  # the probe's own draw: a new one at each step
     data = state.sample(n, seed)
     hyper = {"lr": tried, **_options(optimizer, state.optimizer.param_groups[0])}
-    loss = next((name for name, fn in LOSSES.items() if fn is state.loss_fn), state.loss_fn)
+    loss = state.loss_name if state.loss_name == "model" or state.loss_fn is LOSSES.get(state.loss_name or "") \
+        else state.loss_fn
     one = copy.deepcopy(state.model)  # vmap stacks the members' tensors: one copy can stand for them all
     settings: dict[str, Any] = dict(seeds=[seed] * len(tried), optimizer=optimizer, hyper=hyper,
                                     batch_size="full" if full else plan.batch_size, steps=steps, loss=loss,
