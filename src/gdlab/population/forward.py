@@ -53,7 +53,7 @@ def member_losses(template: nn.Module, loss_fn: LossFn, loss_name: str, shared_b
     def outputs(p: dict[str, Tensor], b: dict[str, Tensor], x: Any, y: Tensor) -> Tensor:
         if layers is None or not isinstance(x, Tensor):
             return vmapped(p, b, x, y)
-        out = mlp_forward(layers, p, x.expand(M, *x.shape) if shared_batch else x)
+        out = mlp_forward(layers, {**b, **p}, x.expand(M, *x.shape) if shared_batch else x)  # frozen ones in b
         target = y.shape if shared_batch else y.shape[1:]  # one member's targets
         if loss_name != "cross_entropy" and out.shape[1:] != target and out[0].numel() == target.numel():
             return out.reshape(M, *target)  # as match_output does for one model
