@@ -26,7 +26,7 @@ Example:
     >>> m = Metrics("regression")
     >>> m.add(torch.tensor([[1.0], [2.0], [4.0]]), torch.tensor([[1.0], [3.0], [5.0]]))
     >>> {k: round(float(v), 4) for k, v in m.result().items()}
-    {'mae': 0.6667, 'r2': 0.7143}
+    {'mae': 0.6667, 'r2': 0.75}
 """
 
 from __future__ import annotations
