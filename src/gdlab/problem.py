@@ -119,6 +119,8 @@ class Problem:
         plan = BatchPlan.make(len(source), batch_size, drop_last=drop_last)
         check_model(model, source, loss_name, loss_fn=loss_fn)
         if val_source is not None:
+            if {val_source.task, source.task} == {"regression", "multilabel"}:  # float targets either way: a few
+                val_source.retask(source.task)  # validation rows of one value (or of 0s and 1s) follow training
             if val_source.task != source.task:
                 raise ModelError(f"the validation data is {val_source.task} but the training data is {source.task}: "
                                  "expected the same kind of targets")

@@ -70,6 +70,15 @@ class Source:
     def __len__(self) -> int:
         return len(self.tensors) if self.tensors is not None else len(self.dataset)  # type: ignore[arg-type]
 
+    def retask(self, task: str) -> None:
+        """Read float targets as ``task`` (``regression`` or ``multilabel``: the same ``[samples, k]`` floats), as
+        validation data follows the training data's task."""
+        if {task, self.task} != {"regression", "multilabel"}:
+            raise InvalidParameter("task", task, f"regression or multilabel for {self.task} targets")
+        self.task = task
+        if self.tensors is not None:
+            self.tensors.task = task  # type: ignore[assignment]
+
     def _move(self, batch: Any) -> Batch:
         x, y = structure.split(batch, self.target_key)
         x = structure.to(x, self.device, self.dtype)
