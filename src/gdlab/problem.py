@@ -301,7 +301,7 @@ def evaluate(model: nn.Module, data: Any, loss_fn: LossFn | str = "auto", loss_n
     finally:
         model.train(was_training)
     values = {"loss": total / max(count, 1) if total is not None else torch.tensor(math.nan), **metrics.result()}
-    return dict(zip(values, torch.stack([v.to("cpu", torch.float64) for v in values.values()]).tolist()))
+    return dict(zip(values, torch.stack(list(values.values())).to("cpu", torch.float64).tolist()))  # one read
 
 
 def predicted(output: Any, loss_name: str | None) -> torch.Tensor | None:
