@@ -22,7 +22,7 @@ from typing import Any, Union
 
 import torch
 
-from gdlab.data import parse_batch_size
+from gdlab.data import TASKS, parse_batch_size
 from gdlab.errors import InvalidParameter, UnknownChoice
 from gdlab.optim import check_lr, check_momentum, schedules
 
@@ -211,8 +211,8 @@ class Config:
                 raise InvalidParameter(key, value, "a positive integer")
         if self.tol is not None and not (math.isfinite(self.tol) and self.tol > 0):
             raise InvalidParameter("tol", self.tol, "a finite number > 0")
-        if self.task not in (None, "classification", "regression"):
-            raise InvalidParameter("task", self.task, '"classification" or "regression"')
+        if self.task not in (None, *TASKS):
+            raise InvalidParameter("task", self.task, '"classification", "regression" or "multilabel"')
         if "seed" in self.data_options:
             raise InvalidParameter("data option", "seed", "no seed among the data options (give --seed instead)")
         if self.schedule is not None:

@@ -21,6 +21,7 @@ from torch import nn
 from gdlab import models
 from gdlab.config import Config
 from gdlab.data import TensorData, as_tensor_data, datasets, standardize, structure
+from gdlab.data.source import dataset_task
 from gdlab.doctor import Remedy
 from gdlab.errors import InvalidParameter, StoreError
 from gdlab.loop import Callback, Result
@@ -136,7 +137,8 @@ def _describe(train: Any) -> tuple[int, int, str, tuple[int, ...] | None]:
     x, y = structure.split(train[0])
     features = sum(int(torch.as_tensor(t).numel()) for t in structure.leaves(structure.tree_map(torch.as_tensor, x))
                    ) if not isinstance(x, torch.Tensor) else int(x.numel())
-    if torch.is_floating_point(y):
-        return features, int(y.numel()), "regression", None
+    task = dataset_task(train)
+    if task != "classification":
+        return features, int(y.numel()), task, None
     classes = 1 + max(int(structure.split(train[i])[1]) for i in range(len(train)))  # one pass over labels
     return features, classes, "classification", None

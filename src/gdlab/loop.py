@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from gdlab.data import BatchPlan
+from gdlab.metrics import METRICS
 from gdlab.problem import LossFn, Problem, evaluate
 from gdlab.records import History, Table
 
@@ -174,8 +175,10 @@ class Result:
     Attributes:
         model: the trained model (the same object that was passed in).
         history: per-step and per-epoch records.
-        final: ``train_loss`` (mean over the last epoch's steps), ``val_loss``, and for classification
-            ``val_accuracy``; None where there is no validation data.
+        final: ``train_loss`` (mean over the last epoch's steps), ``val_loss``, and the task's validation
+            metrics (:mod:`gdlab.metrics`): ``val_accuracy`` for classification (under any loss), ``val_accuracy``
+            and ``val_subset_accuracy`` for multilabel, ``val_mae`` and ``val_r2`` for regression; None where
+            there is no validation data.
         lr: the learning rate at the end (``param_groups[0]["lr"]``); NaN for an optimizer that shows none, such as
             a bare Transform (wrap it as ``gdlab.optim.inject(make, lr=...)`` to show it).
         run_id: the id in the run store, or None without a store.
@@ -445,13 +448,15 @@ def run(problem: Problem, state: LoopState, hooks: Sequence[Any] = (), *, tol: f
 
 
 def final_metrics(problem: Problem, state: LoopState) -> dict[str, float | None]:
-    """``train_loss`` (the last epoch's), ``val_loss`` and, for classification, ``val_accuracy``; None where there
-    is none (no validation data, or a loss that was not finite)."""
+    """``train_loss`` (the last epoch's), ``val_loss`` and, with validation data, the task's metrics
+    (:data:`gdlab.metrics.METRICS`: ``val_accuracy`` for classification, also ``val_subset_accuracy`` for
+    multilabel, ``val_mae`` and ``val_r2`` for regression); None where there is none (no validation data,
+    no predictions to measure, or a value that was not finite)."""
     epochs = state.history.epochs
     final: dict[str, float | None] = {"train_loss": epochs.last("train_loss", state.loss)}
     final["val_loss"] = epochs.last("val_loss") if problem.val is not None else None
-    if problem.task == "classification" and problem.val is not None:
-        final["val_accuracy"] = epochs.last("val_accuracy")
+    if problem.val is not None:
+        final.update({f"val_{name}": epochs.last(f"val_{name}") for name in METRICS.get(problem.task, ())})
     return {k: (None if v is not None and math.isnan(v) else v) for k, v in final.items()}
 
 
@@ -494,7 +499,7 @@ def _never(state: LoopState) -> bool:
 
 def _end_epoch(problem: Problem, state: LoopState, tol: float | None, patience: int | None,
                started: float) -> None:
-    """Record the epoch (train loss, validation loss and accuracy) and apply the stopping rules."""
+    """Record the epoch (train loss, validation loss and metrics) and apply the stopping rules."""
     row: dict[str, float] = {"epoch": state.epoch + 1, "step": state.step,
                              "train_loss": state.epoch_loss_sum / max(state.epoch_samples, 1)}
     if problem.val is not None:

@@ -27,9 +27,10 @@ from gdlab.config import PRECISIONS, resolve_precision
 from gdlab.data import BatchPlan, structure
 from gdlab.data.source import Source
 from gdlab.errors import InvalidParameter, ModelError, UnknownChoice, check_int
+from gdlab.metrics import Metrics, accumulator_dtype, threshold
 
 __all__ = ["LOSSES", "LossFn", "Problem", "batch_loss", "check_budget", "check_model", "evaluate", "match_output",
-           "model_loss", "prediction", "resolve_device", "resolve_loss"]
+           "model_loss", "predicted", "prediction", "resolve_device", "resolve_loss"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -118,6 +119,8 @@ class Problem:
         plan = BatchPlan.make(len(source), batch_size, drop_last=drop_last)
         check_model(model, source, loss_name, loss_fn=loss_fn)
         if val_source is not None:
+            if {val_source.task, source.task} == {"regression", "multilabel"}:  # float targets either way: a few
+                val_source.retask(source.task)  # validation rows of one value (or of 0s and 1s) follow training
             if val_source.task != source.task:
                 raise ModelError(f"the validation data is {val_source.task} but the training data is {source.task}: "
                                  "expected the same kind of targets")
@@ -126,7 +129,7 @@ class Problem:
 
     @property
     def task(self) -> str:
-        """``classification`` or ``regression``."""
+        """``classification``, ``regression`` or ``multilabel`` (:func:`gdlab.data.infer_task`)."""
         return self.source.task
 
     @property
@@ -185,13 +188,15 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 def resolve_loss(loss: str | LossFn, task: str) -> tuple[LossFn, str]:
-    """The loss function and its name: ``auto`` is cross-entropy for class targets, mse otherwise; ``model`` is
-    the loss the model returns itself when given the target (:func:`model_loss`)."""
+    """The loss function and its name: ``auto`` is cross-entropy for class targets, binary cross-entropy on
+    logits (``bce``) for multilabel 0/1 targets, mse for regression; ``model`` is the loss the model returns itself
+    when given the target (:func:`model_loss`)."""
     if callable(loss):
         return loss, getattr(loss, "__name__", "custom")
     if loss == "model":
         return model_loss, "model"
-    name = ("cross_entropy" if task == "classification" else "mse") if loss == "auto" else loss
+    auto = {"classification": "cross_entropy", "multilabel": "bce"}.get(task, "mse")
+    name = auto if loss == "auto" else loss
     if name not in LOSSES:
         raise UnknownChoice("loss", loss, ["auto", "model", *LOSSES], ", or a callable")
     return LOSSES[name], name
@@ -266,12 +271,16 @@ def _check_outputs(output: Any, x: Any, y: torch.Tensor, source: Source, loss_na
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Any, loss_fn: LossFn | str = "auto", loss_name: str | None = None,
              *, batch_size: int = 4096) -> dict[str, float]:
-    """Mean loss over ``data`` (and ``accuracy`` for class targets), in eval mode, without gradients.
+    """Mean loss over ``data`` and the task's metrics (:mod:`gdlab.metrics`), in eval mode, without gradients.
+
+    The metrics come from the model's predictions whatever the loss: ``accuracy`` for class targets,
+    ``accuracy`` and ``subset_accuracy`` for multilabel targets, ``mae`` and ``r2`` for regression, each over the
+    whole data (a metric the outputs hold no predictions for is left out).
 
     Example:
         >>> model = torch.nn.Linear(2, 1)
         >>> sorted(evaluate(model, (torch.zeros(4, 2), torch.zeros(4, 1))))
-        ['loss']
+        ['loss', 'mae', 'r2']
     """
     source = data if isinstance(data, Source) else Source(data, next(model.parameters()).device,
                                                             next(model.parameters()).dtype)
@@ -279,17 +288,25 @@ def evaluate(model: nn.Module, data: Any, loss_fn: LossFn | str = "auto", loss_n
         loss_fn, loss_name = resolve_loss(loss_fn, source.task)
     was_training = model.training
     model.eval()
-    total, correct, count = 0.0, 0, 0
-    for x, y in source.chunks(batch_size):
-        loss, output = batch_loss(model, x, y, loss_fn, loss_name or "", source.target_key)
-        total += loss.item() * len(y)
-        output = prediction(output)
-        if source.task == "classification" and output is not None and output.dim() == 2 and \
-                loss_name == "cross_entropy":
-            correct += int((output.argmax(1) == y).sum())
-        count += len(y)
-    model.train(was_training)
-    result = {"loss": total / max(count, 1)}
-    if source.task == "classification" and loss_name == "cross_entropy":
-        result["accuracy"] = correct / max(count, 1)
-    return result
+    metrics = Metrics(source.task, threshold(loss_fn, loss_name))
+    total: torch.Tensor | None = None
+    count = 0
+    try:
+        for x, y in source.chunks(batch_size):
+            loss, output = batch_loss(model, x, y, loss_fn, loss_name or "", source.target_key)
+            part = loss.detach().reshape(()).to(accumulator_dtype(loss.device)) * len(y)
+            total = part if total is None else total + part
+            metrics.add(predicted(output, loss_name), y)
+            count += len(y)
+    finally:
+        model.train(was_training)
+    values = {"loss": total / max(count, 1) if total is not None else torch.tensor(math.nan), **metrics.result()}
+    return dict(zip(values, torch.stack(list(values.values())).to("cpu", torch.float64).tolist()))  # one read
+
+
+def predicted(output: Any, loss_name: str | None) -> torch.Tensor | None:
+    """The predictions in a model's ``output`` (:func:`prediction`), or None where the output is the loss itself
+    (``loss="model"`` and a bare tensor)."""
+    if loss_name == "model" and isinstance(output, torch.Tensor):
+        return None
+    return prediction(output)

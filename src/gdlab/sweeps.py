@@ -32,7 +32,7 @@ from gdlab.population import Population
 from gdlab.problem import prediction
 from gdlab.store import Store
 
-__all__ = ["sweep", "SweepResult", "restarts", "RestartsResult", "parse_values", "SWEPT"]
+__all__ = ["sweep", "SweepResult", "restarts", "RestartsResult", "parse_values", "SWEPT", "EXTRA_METRICS"]
 
 SWEPT = ("lr", "momentum", "beta1", "beta2", "eps", "weight_decay")
 MAX_VALUES = 1000
@@ -85,13 +85,19 @@ def _seeds(seeds: int | Sequence[int]) -> list[int]:
     return values
 
 
+EXTRA_METRICS = ("subset_accuracy", "mae", "r2")
+"""The members' validation metrics a sweep's rows carry (as ``val_<name>``) beside ``metric`` (the accuracy)."""
+
+
 @dataclass
 class SweepResult:
     """What :func:`sweep` returns.
 
     Attributes:
         table: one row per member: ``member``, ``seed``, the swept and fixed settings, ``train_loss``,
-            ``val_loss``, ``metric`` (validation accuracy for class targets, else None), ``diverged``.
+            ``val_loss``, ``val_subset_accuracy`` (multilabel) or ``val_mae`` and ``val_r2`` (regression) where the
+            members give predictions, ``metric`` (validation accuracy for class and multilabel targets, else
+            None), ``diverged``.
         axes: the swept settings and their values (``seed`` included when more than one).
         population: the trained members (parameters, per-step losses).
     """
@@ -189,6 +195,7 @@ def sweep(
         row.update({k: point[j] for j, k in enumerate(names)})
         row["train_loss"] = _clean(pop.train_loss[i])
         row["val_loss"] = _clean(pop.val_loss[i]) if pop.val_loss is not None else None
+        row.update({f"val_{k}": _clean(pop.val_metrics[k][i]) for k in EXTRA_METRICS if k in pop.val_metrics})
         row["metric"] = _clean(pop.val_accuracy[i]) if pop.val_accuracy is not None else None
         row["diverged"] = pop.diverged_at[i] is not None
         table.append(row)
@@ -290,7 +297,8 @@ def restarts(
     losses = [math.nan if s == math.inf else s for s in pop.score()]
     inputs = _probe_inputs(probe, kwargs.get("val"), train)
     outputs = _member_outputs(pop, inputs)
-    clusters = _cluster(losses, outputs, tol, classes=pop.task == "classification")
+    clusters = _cluster(losses, outputs, tol, classes=pop.task == "classification",
+                        multilabel=pop.task == "multilabel")
     finite = sorted(v for v in losses if math.isfinite(v))
     if not finite:
         raise InvalidParameter("restarts", "every restart diverged", "a smaller learning rate")
@@ -317,7 +325,8 @@ def _probe_inputs(probe: Any, val: Any, train: Any) -> Any:
 
 @torch.no_grad()
 def _member_outputs(pop: Population, inputs: Any) -> torch.Tensor:
-    """``[M, n, ...]``: every member's outputs on ``inputs`` (softmax probabilities for class targets); ``[M, 0]``
+    """``[M, n, ...]``: every member's outputs on ``inputs`` (softmax probabilities for class targets, sigmoid
+    ones for multilabel targets); ``[M, 0]``
     for a model whose outputs hold no predictions (a loss alone)."""
     outs = []
     for i in range(len(pop)):
@@ -326,19 +335,22 @@ def _member_outputs(pop: Population, inputs: Any) -> torch.Tensor:
         out = prediction(structure.call(model, structure.to(inputs, param.device, param.dtype)))
         if out is None:
             return torch.zeros(len(pop), 0, dtype=torch.float64)
-        outs.append(out.softmax(-1) if pop.task == "classification" else out)
+        outs.append(out.softmax(-1) if pop.task == "classification" else out.sigmoid() if pop.task == "multilabel"
+                    else out)
     return torch.stack(outs).double()
 
 
-def _cluster(losses: list[float], outputs: torch.Tensor, tol: float, *, classes: bool = False) -> list[int]:
+def _cluster(losses: list[float], outputs: torch.Tensor, tol: float, *, classes: bool = False,
+             multilabel: bool = False) -> list[int]:
     """Greedy clustering, best loss first: a member joins the first cluster whose founder it matches in loss
     (relative ``tol``) and in function: predicted classes differing on at most a ``tol`` share of the probe
-    inputs, or (regression) an RMS output difference below ``tol`` times the RMS output. -1 if diverged."""
+    inputs (``multilabel``: predicted labels, probabilities above 0.5, differing on at most a ``tol`` share of the
+    label entries), or (regression) an RMS output difference below ``tol`` times the RMS output. -1 if diverged."""
     order = sorted((i for i, v in enumerate(losses) if math.isfinite(v)), key=lambda i: losses[i])
     labels = [-1] * len(losses)
     founders: list[int] = []
     scale = outputs.square().mean().sqrt().clamp(min=1e-12)
-    predicted = outputs.argmax(-1) if classes and outputs.numel() else None
+    predicted = outputs.argmax(-1) if classes and outputs.numel() else outputs > 0.5 if multilabel else None
 
     def distance(i: int, j: int) -> float:
         if not outputs[i].numel():  # no predictions to compare: the loss alone decides

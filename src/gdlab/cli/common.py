@@ -157,8 +157,8 @@ DataFlag = Annotated[Optional[str], typer.Option(
     "--data", help="Built-in dataset (gdlab datasets), a .csv/.npz file, or module:function returning a torch "
     "Dataset. [default: digits]")]
 TargetFlag = Annotated[Optional[str], typer.Option("--target", help="Target column of a CSV file.")]
-TaskFlag = Annotated[Optional[str], typer.Option("--task", help="classification or regression (inferred by "
-                                                 "default).")]
+TaskFlag = Annotated[Optional[str], typer.Option("--task", help="classification, regression or multilabel "
+                                                 "(inferred by default: 0/1 float targets are multilabel).")]
 ValFlag = Annotated[Optional[str], typer.Option("--val", help="Validation file, in the training file's format.")]
 ValSplitFlag = Annotated[Optional[float], typer.Option("--val-split", help="Hold out this fraction of a file for "
                                                        "validation.")]

@@ -173,18 +173,19 @@ def print_sweep(result: Any, best: dict[str, Any] | None, path: Path | None) -> 
 def print_table(rows: list[dict[str, Any]], best: int) -> None:
     """The members of a sweep, one row each, the best in bold green."""
     table = Table(box=None, header_style="bold")
-    tail = ("train_loss", "val_loss", "metric", "diverged")
+    tail = ("train_loss", "val_loss", "val_mae", "val_r2", "val_subset_accuracy", "metric", "diverged")
     keys = [k for k in rows[0] if k not in ("curve", "member", "seed", *tail)]
     columns = [k for k in ("member", "seed", *keys, *tail) if any(r.get(k) is not None for r in rows)]
     for column in columns:
-        header = "val acc" if column == "metric" else column.replace("_", " ")
+        header = {"metric": "val acc", "val_subset_accuracy": "val exact"}.get(column, column.replace("_", " "))
         table.add_column(header, justify="left" if column == "diverged" else "right")
     for row in rows:
         cells = []
         for column in columns:
             v = row.get(column)
             cells.append("yes" if v is True else "" if v is False or v is None else
-                         f"{v:.2%}" if column == "metric" else num(v) if isinstance(v, float) else str(v))
+                         f"{v:.2%}" if column in ("metric", "val_subset_accuracy") else num(v) if isinstance(v, float)
+                         else str(v))
         table.add_row(*cells, style="bold green" if row["member"] == best else None)
     wide().print(table)
 

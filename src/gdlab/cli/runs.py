@@ -45,16 +45,16 @@ def runs_table(listed: list[Any]) -> Table:
     """The stored runs, one row each, newest first."""
     table = Table(box=None, header_style="bold")
     for column in ("run", "name", "status", "created", "data", "model", "optimizer", "lr", "batch", "steps",
-                   "train loss", "val loss", "val acc", "time"):
+                   "train loss", "val loss", "val acc", "val r2", "time"):
         table.add_column(column, justify="right" if column in ("lr", "steps", "time") or "loss" in column
-                         or "acc" in column else "left")
+                         or "val" in column else "left")
     for r in listed:
         c, f = r.config, r.final or {}
         acc = f.get("val_accuracy")
         table.add_row(r.id, r.name or "", status_text(r.status), r.created, str(c.get("data", "")),
                       str(c.get("model", "")), str(c.get("optimizer", "")), f"{c.get('lr', '')}",
                       str(c.get("batch_size", "")), str(r.steps or ""), num(f.get("train_loss")),
-                      num(f.get("val_loss")), f"{acc:.2%}" if acc is not None else "",
+                      num(f.get("val_loss")), f"{acc:.2%}" if acc is not None else "", num(f.get("val_r2")),
                       f"{r.seconds:.1f}s" if r.seconds else "")
     return table
 

@@ -216,6 +216,11 @@ def print_summary(result: Any, plot_path: Path | None) -> None:
         parts.append(f"val loss {num(final['val_loss'])}")
     if final.get("val_accuracy") is not None:
         parts.append(f"val accuracy {final['val_accuracy']:.2%}")
+    if final.get("val_subset_accuracy") is not None:
+        parts.append(f"val exact match {final['val_subset_accuracy']:.2%}")
+    for key, label in (("val_mae", "val MAE"), ("val_r2", "val R²")):
+        if final.get(key) is not None:
+            parts.append(f"{label} {num(final[key])}")
     out.print("   ".join(parts))
     print_doctor([vars(f) for f in result.findings], [r.to_dict() for r in result.remedies])
     out.print(f"[bold]run[/]  {result.run_id}   (gdlab show {result.run_id})")

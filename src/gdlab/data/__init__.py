@@ -7,6 +7,7 @@ Example:
 """
 
 from gdlab.data.batching import (
+    TASKS,
     BatchPlan,
     BatchSize,
     Task,
@@ -14,6 +15,7 @@ from gdlab.data.batching import (
     as_tensor_data,
     batches,
     epoch_order,
+    infer_task,
     loader,
     parse_batch_size,
     split,
@@ -23,11 +25,13 @@ from gdlab.data.batching import (
 __all__ = [
     "BatchPlan",
     "BatchSize",
+    "TASKS",
     "Task",
     "TensorData",
     "as_tensor_data",
     "batches",
     "epoch_order",
+    "infer_task",
     "loader",
     "parse_batch_size",
     "split",

@@ -31,17 +31,22 @@ from gdlab.errors import DataError, InvalidParameter, check_int
 __all__ = [
     "BatchSize",
     "BatchPlan",
+    "TASKS",
+    "Task",
     "TensorData",
     "as_tensor_data",
     "parse_batch_size",
     "epoch_order",
     "batches",
+    "infer_task",
     "standardize",
     "split",
 ]
 
 BatchSize = int | Literal["full", "stochastic"]
-Task = Literal["classification", "regression"]
+Task = Literal["classification", "regression", "multilabel"]
+TASKS: tuple[Task, ...] = ("classification", "regression", "multilabel")
+"""The kinds of target: one class label per sample; real numbers; independent 0/1 labels (see :func:`infer_task`)."""
 
 _BATCH_EXPECTED = '"full", "stochastic" or a positive integer'
 
@@ -150,8 +155,11 @@ class TensorData(Dataset):
     Args:
         X: inputs, ``[samples, ...]``: a tensor, or a tuple, list or dict of them (several inputs, token ids
             beside masks); every tensor has one row per sample. Integer and bool inputs keep their dtype.
-        y: targets: int64 class labels ``[samples]`` for classification, floats ``[samples, outputs]`` else.
-        task: ``"classification"`` or ``"regression"``; inferred from ``y``'s dtype when omitted.
+        y: targets: int64 class labels ``[samples]`` for classification, floats ``[samples, outputs]`` for
+            regression, 0/1 floats ``[samples, labels]`` for multilabel.
+        task: ``"classification"``, ``"regression"`` or ``"multilabel"``; inferred from ``y`` when omitted
+            (:func:`infer_task`: 0/1 float targets are multilabel, a single 0/1 column binary classification by one
+            logit; give ``task="regression"`` to fit such targets by least squares).
         num_classes: for classification; inferred from ``y`` when omitted.
         feature_names: optional names of the feature columns.
         image_shape: ``(channels, height, width)`` when flat inputs are images (digits: ``(1, 8, 8)``).
@@ -187,11 +195,21 @@ class TensorData(Dataset):
         if len(y) != n:
             raise DataError(f"X has {n} samples but y has {len(y)}: expected the same number")
         if task is None:
-            task = "regression" if torch.is_floating_point(y) else "classification"
+            task = infer_task(y)
+        if task not in TASKS:
+            raise InvalidParameter("task", task, '"classification", "regression" or "multilabel"')
         if task == "classification":
+            if y.dim() > 1 and y[0].numel() > 1:
+                raise DataError(f"y has {y[0].numel()} values per sample but the task is classification: expected "
+                                "one class label per sample, or 0/1 label columns for a multilabel task")
             y = y.long().reshape(-1)
             if num_classes is None:
                 num_classes = int(y.max().item()) + 1 if len(y) else 0
+        elif task == "multilabel":
+            y = (y if torch.is_floating_point(y) else y.float()).reshape(len(y), -1)
+            if not bool(((y >= 0) & (y <= 1)).all()):
+                raise DataError("the multilabel targets are not all between 0 and 1: expected a 0/1 (or soft, in "
+                                "[0, 1]) value per label")
         else:
             y = y.float() if not torch.is_floating_point(y) else y
             y = y.reshape(len(y), -1)
@@ -217,7 +235,8 @@ class TensorData(Dataset):
 
     @property
     def n_outputs(self) -> int:
-        """Model outputs this data needs: classes for classification, target columns for regression."""
+        """Model outputs this data needs: classes for classification, target columns for regression and
+        multilabel."""
         return int(self.num_classes or 0) if self.task == "classification" else int(self.y.shape[1])
 
     def subset(self, index: torch.Tensor) -> TensorData:
@@ -232,6 +251,29 @@ class TensorData(Dataset):
     def _like(self, X: Any, y: torch.Tensor) -> TensorData:
         return TensorData(X, y, task=self.task, num_classes=self.num_classes, feature_names=self.feature_names,
                           image_shape=self.image_shape, classes=self.classes, target_key=self.target_key)
+
+
+def infer_task(y: torch.Tensor) -> Task:
+    """The task of targets ``y`` (``[samples, ...]``), from their dtype and values.
+
+    ``multilabel`` when every value is 0 or 1 and both occur, for float targets of any number of columns (a single
+    column is binary classification with one logit) and for integer or bool targets of two columns or more (multi-hot
+    rows); else ``classification`` for integer and bool targets (one class label per sample) and ``regression`` for
+    floats.
+
+    Example:
+        >>> infer_task(torch.tensor([[0.0, 1.0], [1.0, 1.0]])), infer_task(torch.tensor([0.5, 1.0]))
+        ('multilabel', 'regression')
+        >>> infer_task(torch.tensor([0, 2, 1])), infer_task(torch.tensor([[0, 1], [1, 0]]))
+        ('classification', 'multilabel')
+    """
+    floating = torch.is_floating_point(y)
+    columns = y[0].numel() if len(y) else 1
+    if (floating or columns >= 2) and y.numel():
+        ones, zeros = y == 1, y == 0
+        if bool((ones | zeros).all()) and bool(ones.any()) and bool(zeros.any()):
+            return "multilabel"
+    return "regression" if floating else "classification"
 
 
 def as_tensor_data(data: Any, target_key: str | None = None) -> TensorData | None:

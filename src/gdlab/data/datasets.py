@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from gdlab.data import Task, TensorData, as_tensor_data, split
+from gdlab.data import TASKS, Task, TensorData, as_tensor_data, infer_task, split
 from gdlab.errors import DataError, InvalidParameter, UnknownChoice
 from gdlab.resolve import resolve
 
@@ -152,14 +152,15 @@ def load(
     Args:
         name: a built-in name (see ``DATASETS``), a ``.csv`` / ``.npz`` path, or ``module:function``.
         target: the target column of a CSV file.
-        task: ``"classification"`` or ``"regression"``, to override what is inferred from the target.
+        task: ``"classification"``, ``"regression"`` or ``"multilabel"``, to override what is inferred from the
+            target (an ``.npz`` of 0/1 targets is multilabel; a CSV target column is one class or number).
         val: a second file (same format) to validate on.
         val_split: a fraction of the training file to hold out for validation, drawn from ``seed``.
         seed: seeds synthetic data and the validation split.
         **options: options of a built-in dataset (e.g. ``n_samples``, ``noise``, ``condition``).
     """
-    if task not in (None, "classification", "regression"):
-        raise InvalidParameter("task", task, '"classification" or "regression"')
+    if task not in (None, *TASKS):
+        raise InvalidParameter("task", task, '"classification", "regression" or "multilabel"')
     if name in DATASETS:
         info = DATASETS[name]
         for key, value in (("target", target), ("task", task), ("val", val), ("val_split", val_split)):
@@ -277,7 +278,7 @@ def _targets(
     elif task is None:
         whole = numbers is not None and all(math.isfinite(v) and v == int(v) for v in numbers)
         task = "classification" if numbers is None or whole and len(set(numbers)) <= 20 else "regression"
-    if task == "regression":
+    if task in ("regression", "multilabel"):  # numbers as they are (multilabel: one 0/1 column, binary)
         if numbers is None:
             bad = next(i for i, s in enumerate(labels) if not _is_float(s))
             raise DataError(f"{path} line {lines[bad]}, column '{column}': {labels[bad]!r} is not a number")
@@ -331,8 +332,8 @@ def load_npz(path: str | Path, *, task: Task | None = None) -> TensorData:
         bad = np.argwhere(~np.isfinite(a))
         if len(bad):
             raise DataError(f"{path}: {name}[{', '.join(map(str, bad[0]))}] is {a[tuple(bad[0])]}: expected finite")
-    if task is None:
-        task = "classification" if np.issubdtype(y.dtype, np.integer) else "regression"
+    if task is None:  # integer labels are classes, 0/1 label columns multilabel (TensorData infers), else numbers
+        task = infer_task(torch.as_tensor(y))
     if task == "classification" and (y.min() < 0 or not np.all(y == np.round(y))):
         raise DataError(f"{path}: class labels in y must be whole numbers >= 0: found {y.min()}")
     if len(X) != len(y):

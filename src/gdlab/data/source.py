@@ -12,10 +12,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from gdlab.data import structure
-from gdlab.data.batching import BatchPlan, TensorData, as_tensor_data, batches, loader
+from gdlab.data.batching import BatchPlan, TensorData, as_tensor_data, batches, infer_task, loader
 from gdlab.errors import DataError, InvalidParameter
 
-__all__ = ["Batch", "Source"]
+__all__ = ["Batch", "SPREAD", "Source", "dataset_task"]
+
+SPREAD = 64
+"""Samples of a Dataset (spread evenly over it) whose targets decide whether float or multi-column targets are 0/1
+labels (multilabel); in-memory data is judged on all of its targets."""
 
 Batch = tuple[Any, torch.Tensor]
 """``(inputs, target)``: inputs a tensor, a tuple or list of tensors, or a dict of them."""
@@ -29,8 +33,8 @@ class Source:
             :func:`gdlab.data.as_tensor_data`). In-memory data is moved to ``device`` once and batched there by
             index.
         device: where batches are served.
-        dtype: the model's floating dtype; floating inputs (and regression targets) are cast to it, integer and
-            bool inputs keep theirs.
+        dtype: the model's floating dtype; floating inputs (and regression and multilabel targets) are cast to
+            it, integer and bool inputs keep theirs.
         target_key: the target's key in dict samples (default: ``y``, ``label`` or ``labels``).
 
     Example:
@@ -47,7 +51,7 @@ class Source:
         if tensors is not None:
             moved = tensors.to(device)
             moved.X = structure.to(moved.X, device, dtype)
-            if moved.task == "regression" and moved.y.dtype != dtype:
+            if moved.task != "classification" and moved.y.dtype != dtype:
                 moved.y = moved.y.to(dtype)
             self.tensors: TensorData | None = moved
             self.task: str = tensors.task
@@ -60,12 +64,20 @@ class Source:
             sample = data[0]
             if isinstance(sample, dict) and target_key is None:
                 self.target_key = next((k for k in structure.TARGET_KEYS if k in sample), None)
-            _, y = structure.split(sample, self.target_key)
-            self.task = "regression" if torch.is_floating_point(y) else "classification"
+            self.task = dataset_task(data, self.target_key)
             self.num_classes = None
 
     def __len__(self) -> int:
         return len(self.tensors) if self.tensors is not None else len(self.dataset)  # type: ignore[arg-type]
+
+    def retask(self, task: str) -> None:
+        """Read float targets as ``task`` (``regression`` or ``multilabel``: the same ``[samples, k]`` floats), as
+        validation data follows the training data's task."""
+        if {task, self.task} != {"regression", "multilabel"}:
+            raise InvalidParameter("task", task, f"regression or multilabel for {self.task} targets")
+        self.task = task
+        if self.tensors is not None:
+            self.tensors.task = task  # type: ignore[assignment]
 
     def _move(self, batch: Any) -> Batch:
         x, y = structure.split(batch, self.target_key)
@@ -112,6 +124,17 @@ class Source:
         if len(parts) == 1:
             return parts[0]
         return _cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def dataset_task(data: Dataset, target_key: str | None = None) -> str:
+    """The task of a Dataset's targets (:func:`~gdlab.data.infer_task`): integer labels are classification from the
+    first sample; float or multi-column targets are judged on :data:`SPREAD` samples spread evenly over the data."""
+    _, y = structure.split(data[0], target_key)
+    if not torch.is_floating_point(y) and y.numel() <= 1:
+        return "classification"
+    n = len(data)  # type: ignore[arg-type]
+    spread = sorted({i * n // SPREAD for i in range(min(SPREAD, n))})
+    return infer_task(torch.stack([structure.split(data[i], target_key)[1] for i in spread]))
 
 
 def collate(samples: list[Any]) -> Any:

@@ -13,7 +13,8 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from gdlab.data import structure
 from gdlab.data.source import Source
-from gdlab.problem import LOSSES, LossFn, batch_loss, match_output, prediction
+from gdlab.metrics import Metrics, chunk_sums, threshold
+from gdlab.problem import LOSSES, LossFn, batch_loss, match_output, predicted
 
 __all__ = ["ELEMENTWISE", "evaluate", "functional", "in_memory", "member_losses", "mlp_forward", "mlp_layers",
            "trainable", "vmap_problem"]
@@ -112,30 +113,33 @@ def in_memory(source: Source) -> tuple[Any, Tensor]:
 
 @torch.no_grad()
 def evaluate(template: nn.Module, params: dict[str, Tensor], buffers: dict[str, Tensor], source: Source,
-             loss_fn: LossFn, loss_name: str, M: int, chunk: int = 4096) -> tuple[Tensor, Tensor | None]:
-    """Each member's mean loss (and accuracy for classes) on ``source``, in eval mode: ``[M]`` float64 each (CPU).
+             loss_fn: LossFn, loss_name: str, M: int, chunk: int = 4096) -> tuple[Tensor, dict[str, Tensor]]:
+    """Each member's mean loss on ``source`` and the task's metrics (:mod:`gdlab.metrics`: accuracy for classes
+    under any loss, accuracy and subset accuracy for multilabel targets, MAE and R² for regression), in eval mode:
+    ``[M]`` float64 each (CPU), the metrics by name (those the outputs give predictions for).
 
     ``params`` and ``buffers`` are stacked ``[M, ...]``; the template is left in training mode.
     """
     template.eval()
-    classify = source.task == "classification" and loss_name == "cross_entropy"
+    task, cut = source.task, threshold(loss_fn, loss_name)
 
-    def one(p: dict[str, Tensor], b: dict[str, Tensor], x: Any, y: Tensor) -> tuple[Tensor, Tensor]:
+    def one(p: dict[str, Tensor], b: dict[str, Tensor], x: Any, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         loss, out = batch_loss(functional(template, p, b), x, y, loss_fn, loss_name, source.target_key)
-        out = prediction(out)
-        correct = (out.argmax(-1) == y).sum() if classify and out is not None else torch.zeros((), device=y.device)
-        return loss, correct
+        return loss, chunk_sums(task, predicted(out, loss_name), y, cut)
 
     total = torch.zeros(M, dtype=torch.float64)
-    correct = torch.zeros(M, dtype=torch.float64)
+    metrics = Metrics(task, cut)
     count = 0
-    for x, y in source.chunks(chunk):
-        losses, right = vmap(one, in_dims=(0, 0, None, None))(params, buffers, x, y)  # [M] each
-        total += losses.double().cpu() * len(y)
-        correct += right.double().cpu()
-        count += len(y)
-    template.train()
-    return total / max(count, 1), (correct / max(count, 1) if classify else None)
+    try:
+        for x, y in source.chunks(chunk):
+            losses, sums = vmap(one, in_dims=(0, 0, None, None))(params, buffers, x, y)  # [M] each
+            total += losses.double().cpu() * len(y)
+            metrics.add_sums(sums)
+            metrics.add_targets(y)
+            count += len(y)
+    finally:
+        template.train()
+    return total / max(count, 1), {k: v.double().cpu() for k, v in metrics.result().items()}
 
 
 def trainable(params: dict[str, Tensor], buffers: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:

@@ -33,13 +33,17 @@ class Population:
         seeds: each member's seed. hyper: each member's optimizer hyperparameters (plain numbers).
         params: the members' parameters and buffers, stacked: name -> ``[M, ...]`` tensor (CPU).
         train_loss: each member's mean batch loss over its last epoch (NaN when it diverged).
-        val_loss, val_accuracy: on the validation data at the end (None without it; accuracy for classes).
+        val_loss, val_accuracy: on the validation data at the end (None without it; accuracy for class and
+            multilabel targets under any loss, where the outputs hold predictions).
         diverged_at: the step at which each member was frozen, or None.
         losses: ``[steps, M]`` batch losses (NaN after a member is frozen).
         epoch_train_loss, epoch_val_loss: ``[epochs, M]`` per-epoch means (val None without validation data).
         plan: the batch plan; steps: steps taken; seconds: training time; vectorized: False when the members
         were trained one by one (the notice says why).
         pruned_at: with ``halving``, the step at which each member was cut (its records are from then), or None.
+        val_metrics: every validation metric of the task by name (:mod:`gdlab.metrics`: ``accuracy``,
+            ``subset_accuracy``, ``mae``, ``r2``), one value per member (NaN when it diverged); empty without
+            validation data. Members trained one by one (the fallback) carry only ``accuracy`` here.
     """
 
     seeds: list[int]
@@ -61,7 +65,12 @@ class Population:
     notice: str | None = None
     optimizer: str = "momentum"
     pruned_at: list[int | None] = field(default_factory=list)
+    val_metrics: dict[str, list[float]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.val_accuracy is not None and "accuracy" not in self.val_metrics:
+            self.val_metrics["accuracy"] = list(self.val_accuracy)
 
     @property
     def member_steps(self) -> int:

@@ -146,8 +146,9 @@ class Setup:
 
         return structure.tree_map(gather, self.X), gather(self.Y)
 
-    def evaluate(self, live: Live) -> tuple[Tensor, Tensor | None]:
-        """The rows' validation loss and accuracy (for classes): ``[m]`` float64 each (needs ``val_source``)."""
+    def evaluate(self, live: Live) -> tuple[Tensor, dict[str, Tensor]]:
+        """The rows' validation loss and metrics by name (:mod:`gdlab.metrics`): ``[m]`` float64 each (needs
+        ``val_source``)."""
         assert self.val_source is not None
         return evaluate(self.template, live.params, live.buffers, self.val_source, self.loss_fn, self.loss_name,
                         len(live.rows))
@@ -248,7 +249,7 @@ class Records:
     state: dict[str, Tensor]  # name -> [M, ...]: parameters and buffers
     train_loss: list[float]
     val_loss: list[float]
-    val_accuracy: list[float]
+    val_metrics: dict[str, list[float]]  # name -> per member (only the metrics the outputs gave)
     diverged_at: list[int | None]
     pruned_at: list[int | None]
     losses: list[Tensor] = field(default_factory=list)  # per step: [M] float64, NaN where frozen or cut
@@ -260,7 +261,7 @@ class Records:
         """Empty records for the rows of ``live`` (all members)."""
         M = len(live.rows)
         state = {k: v.detach().clone() for k, v in {**live.params, **live.buffers}.items()}
-        return cls(state, [math.nan] * M, [math.nan] * M, [math.nan] * M, [None] * M, [None] * M)
+        return cls(state, [math.nan] * M, [math.nan] * M, {}, [None] * M, [None] * M)
 
     def full(self, rows: list[int], values: Tensor) -> Tensor:
         """``[m]`` values of ``rows`` as ``[M]`` float64 on the CPU, NaN for the members cut."""
@@ -274,14 +275,15 @@ class Records:
         self.losses.append(self.full(live.rows, shown))
         return shown
 
-    def settle(self, live: Live, k: int, train: float, val: float | None, accuracy: float | None) -> None:
-        """Row ``k``'s member's final record: its tensors as they stand and the losses given."""
+    def settle(self, live: Live, k: int, train: float, val: float | None, metrics: dict[str, Tensor]) -> None:
+        """Row ``k``'s member's final record: its tensors as they stand, the losses given and its row of the
+        validation ``metrics`` (``[m]`` each)."""
         i = live.rows[k]
         self.train_loss[i] = train
         if val is not None:
             self.val_loss[i] = val
-        if accuracy is not None:
-            self.val_accuracy[i] = accuracy
+        for name, values in metrics.items():
+            self.val_metrics.setdefault(name, [math.nan] * len(self.train_loss))[i] = float(values[k])
         for n, t in {**live.params, **live.buffers}.items():
             self.state[n][i] = t[k].detach()
 
@@ -308,16 +310,16 @@ def _halve(setup: Setup, live: Live, records: Records, keep_count: int, step: in
     m = len(live.rows)
     train_score = torch.stack(live.recent).mean(0) if live.recent else torch.full((m,), math.inf,
                                                                                   dtype=torch.float64)  # [m]
-    val_score = accuracy = None
+    val_score: Tensor | None = None
+    metrics: dict[str, Tensor] = {}
     if setup.val_source is not None:
-        val_score, accuracy = setup.evaluate(live)
+        val_score, metrics = setup.evaluate(live)
     score = (val_score if val_score is not None else train_score).clone()
     score[~live.active | ~torch.isfinite(score)] = math.inf
     ranked = sorted(range(m), key=lambda k: float(score[k]))
     for k in ranked[keep_count:]:
         records.pruned_at[live.rows[k]] = step
-        records.settle(live, k, float(train_score[k]), None if val_score is None else float(val_score[k]),
-                       None if accuracy is None else float(accuracy[k]))
+        records.settle(live, k, float(train_score[k]), None if val_score is None else float(val_score[k]), metrics)
     return live.keep(sorted(ranked[:keep_count]), setup)
 
 
@@ -336,24 +338,24 @@ def _finish(setup: Setup, live: Live, records: Records, members: list[dict[str, 
             steps: int, seconds: float) -> Population:
     """Settle the rows still training (last epoch's loss, validation at the end) and assemble the Population."""
     last = records.epoch_train[-1]
-    val_loss = accuracy = None
+    val_loss: Tensor | None = None
+    metrics: dict[str, Tensor] = {}
     if setup.val_source is not None:
-        val_loss, accuracy = setup.evaluate(live)
+        val_loss, metrics = setup.evaluate(live)
     for k, i in enumerate(live.rows):
-        records.settle(live, k, float(last[i]), None if val_loss is None else float(val_loss[k]),
-                       None if accuracy is None else float(accuracy[k]))
+        records.settle(live, k, float(last[i]), None if val_loss is None else float(val_loss[k]), metrics)
     diverged = records.diverged_at
 
     def unless_diverged(values: list[float]) -> list[float]:
         return [math.nan if d is not None else v for v, d in zip(values, diverged)]
 
-    classify = setup.task == "classification" and setup.loss_name == "cross_entropy"
+    val_metrics = {k: unless_diverged(v) for k, v in records.val_metrics.items()}
     M = len(records.train_loss)
     return Population(
         seeds=setup.seeds, hyper=members, params={k: v.cpu() for k, v in records.state.items()}, template=template,
         train_loss=unless_diverged(records.train_loss),
         val_loss=unless_diverged(records.val_loss) if setup.val_source is not None else None,
-        val_accuracy=unless_diverged(records.val_accuracy) if setup.val_source is not None and classify else None,
+        val_accuracy=val_metrics.get("accuracy"), val_metrics=val_metrics,
         diverged_at=diverged, losses=torch.stack(records.losses) if records.losses else torch.zeros(0, M),
         epoch_train_loss=torch.stack(records.epoch_train),
         epoch_val_loss=torch.stack(records.epoch_val) if records.epoch_val else None,
