@@ -49,8 +49,9 @@ def train(
     Args:
         model_fn: builds one member (called after ``torch.manual_seed(seed)``).
         train, val, loss, batch_size, epochs, steps, device: as for :func:`gdlab.fit`.
-        seeds: one seed per member: its initialisation, its data order (unless ``shared_order``) and its
-            dropout randomness.
+        seeds: one seed per member: its initialisation, its data order (unless ``shared_order``) and, one by
+            one, its dropout randomness as ``fit(seed=s)`` draws it (vectorised, the members' masks are drawn at
+            once from ``seeds[0]``'s generator: statistically the same, not the same masks).
         optimizer: a name in ``gdlab.optim.OPTIMIZERS``.
         hyper: the optimizer's hyperparameters (``lr`` required; ``momentum``, ``beta1``, ``beta2``, ``eps``,
             ``weight_decay``, ``nesterov``...), each one number or a list with one value per member.
