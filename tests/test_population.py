@@ -128,6 +128,28 @@ def test_models_vmap_cannot_serve_train_one_by_one(digits_like: Any, capsys: pyt
         population.train(_Branchy, train, seeds=[0], hyper={"lr": 0.1}, steps=2, vectorize=True, progress=False)
 
 
+def test_ctrl_c_stops_the_whole_fallback(digits_like: Any) -> None:
+    """The loop finishes its step on Ctrl-C; one by one, the population then stops rather than go on to the next
+    member."""
+    import os
+    import signal
+
+    calls: list[int] = []
+
+    class Interrupting(_Branchy):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if torch.is_grad_enabled() and self.training:
+                calls.append(1)
+                if len(calls) == 3:
+                    os.kill(os.getpid(), signal.SIGINT)
+            return super().forward(x)
+
+    with pytest.raises(KeyboardInterrupt):
+        population.train(Interrupting, digits_like[0], seeds=[0, 1], hyper={"lr": 0.1}, steps=20, vectorize=False,
+                         progress=False)
+    assert len(calls) == 3
+
+
 def test_batchnorm_in_training_mode_is_served_and_matches_fit(digits_like: Any) -> None:
     train, _ = (_as(d, torch.float64) for d in digits_like)
 
