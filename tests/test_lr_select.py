@@ -1,4 +1,5 @@
-"""The range test (restores everything it touched; suggestions; warnings) and lr='auto'."""
+"""The range test (restores everything it touched; suggestions; warnings) and lr='auto' (vectorised, and one by one
+for a model vmap cannot serve)."""
 
 from __future__ import annotations
 
@@ -123,6 +124,68 @@ def test_auto_lr_picks_well_against_a_grid(problem: TensorData) -> None:
     for lr in [*[10 ** (k / 2 - 3) for k in range(8)], chosen.lr]:
         finals[lr] = gdlab.fit(_model(), problem, optimizer="sgd", lr=lr, steps=160, progress=False).final[
             "train_loss"]
+    best = min(v for k, v in finals.items() if k != chosen.lr)
+    assert finals[chosen.lr] <= 1.15 * best
+
+
+class _Sequences(nn.Module):
+    """A tiny LSTM classifier: vmap cannot batch nn.LSTM, so a population trains it one member at a time. It counts
+    the training steps taken on it (every copy together)."""
+
+    steps = 0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(3, 8, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(x)
+        if self.training and torch.is_grad_enabled():  # after the LSTM: vmap's probe fails inside it, uncounted
+            type(self).steps += 1
+        return self.head(out[:, -1])
+
+
+@pytest.fixture
+def sequences() -> TensorData:
+    """256 sequences of 6 steps of 3 features; the class: where the running difference of two features ends."""
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(256, 6, 3, generator=g)
+    s = X[:, :, 0].sum(1) - X[:, :, 1].sum(1)
+    return TensorData(X, (s > 1).long() + (s > -1).long(), num_classes=3)
+
+
+def _sequences() -> nn.Module:
+    torch.manual_seed(0)
+    return _Sequences()
+
+
+def test_auto_lr_one_by_one_halves_the_field(sequences: TensorData) -> None:
+    _Sequences.steps = 0
+    # no instruments: the count is the sweep's and the run's training steps alone (some instruments run forwards)
+    result = gdlab.fit(_sequences(), sequences, optimizer="adam", lr="auto", epochs=10, progress=False,
+                       instruments="none", doctor=False)
+    chosen = result.lr_selection
+    total = result.steps
+    assert total == 80 and "trained one by one" in chosen.reason and "successive halving" in chosen.reason
+    assert not any(t["diverged"] for t in chosen.tried)  # so every member trains all of its share
+    first, second = round(0.1 * total), round(0.5 * total)
+    planned = 18 * first + 5 * (second - first) + 2 * (total - second)  # 4.8 trainings, not 18
+    assert sorted(t["steps"] for t in chosen.tried) == [first] * 13 + [second] * 3 + [total] * 2
+    assert _Sequences.steps == planned + total  # the members' steps, then the run itself
+    assert chosen.cost == pytest.approx(planned / total)
+    finalists = [t for t in chosen.tried if t["steps"] == total]
+    assert chosen.lr == min(finalists, key=lambda t: t["loss"])["lr"]
+    # the run at the chosen lr is the finalist's run again: members resumed at the cuts exactly where they stood
+    assert result.final["train_loss"] == pytest.approx(min(t["loss"] for t in finalists), rel=1e-6)
+
+
+def test_auto_lr_one_by_one_picks_well_against_a_grid(sequences: TensorData) -> None:
+    chosen = select_lr(_sequences(), sequences, optimizer="adam", total_steps=80)
+    finals = {}
+    for lr in [1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, chosen.lr]:
+        finals[lr] = gdlab.fit(_sequences(), sequences, optimizer="adam", lr=lr, steps=80, progress=False,
+                               instruments="none", doctor=False).final["train_loss"]
     best = min(v for k, v in finals.items() if k != chosen.lr)
     assert finals[chosen.lr] <= 1.15 * best
 

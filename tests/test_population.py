@@ -1,8 +1,11 @@
-"""Populations: each member is the run gdlab.fit would make alone; divergence is contained; fallbacks work."""
+"""Populations: each member is the run gdlab.fit would make alone (for a model with dropout, a run as good as it);
+divergence is contained; fallbacks work, and cut the field as the vectorised engine does."""
 
 from __future__ import annotations
 
 import math
+import statistics
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -125,6 +128,28 @@ def test_models_vmap_cannot_serve_train_one_by_one(digits_like: Any, capsys: pyt
         population.train(_Branchy, train, seeds=[0], hyper={"lr": 0.1}, steps=2, vectorize=True, progress=False)
 
 
+def test_ctrl_c_stops_the_whole_fallback(digits_like: Any) -> None:
+    """The loop finishes its step on Ctrl-C; one by one, the population then stops rather than go on to the next
+    member."""
+    import os
+    import signal
+
+    calls: list[int] = []
+
+    class Interrupting(_Branchy):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if torch.is_grad_enabled() and self.training:
+                calls.append(1)
+                if len(calls) == 3:
+                    os.kill(os.getpid(), signal.SIGINT)
+            return super().forward(x)
+
+    with pytest.raises(KeyboardInterrupt):
+        population.train(Interrupting, digits_like[0], seeds=[0, 1], hyper={"lr": 0.1}, steps=20, vectorize=False,
+                         progress=False)
+    assert len(calls) == 3
+
+
 def test_batchnorm_in_training_mode_is_served_and_matches_fit(digits_like: Any) -> None:
     train, _ = (_as(d, torch.float64) for d in digits_like)
 
@@ -149,6 +174,51 @@ def test_dropout_draws_different_randomness_per_member(digits_like: Any) -> None
     pop = population.train(dropped, train, seeds=[0, 0], hyper={"lr": 0.1}, steps=10, shared_order=True,
                            progress=False)
     assert not torch.equal(pop.losses[:, 0], pop.losses[:, 1])  # same start, same batches: only dropout differs
+
+
+def _dropped(p: float) -> Callable[[], nn.Module]:
+    return lambda: nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Dropout(p), nn.Linear(32, 4))
+
+
+def _within_noise(a: list[float], b: list[float]) -> bool:
+    """The means of ``a`` and ``b`` differ by less than 3 standard errors of their difference."""
+    se = math.sqrt(statistics.variance(a) / len(a) + statistics.variance(b) / len(b))
+    return abs(statistics.mean(a) - statistics.mean(b)) < 3 * se
+
+
+def test_members_with_dropout_are_as_good_as_lone_runs(digits_like: Any) -> None:
+    """vmap draws every member's dropout masks at once, from another stream than fit(seed=s) draws its own: a member
+    is not the lone run bit for bit, but over 8 seeds the final losses agree in the mean within 3 standard errors,
+    and the comparison is sharp enough to tell dropout 0.3 from 0.5 (about 5 standard errors apart)."""
+    train, val = digits_like
+    seeds = list(range(8))
+    kwargs: dict[str, Any] = {"optimizer": "momentum", "steps": 100, "batch_size": 32}
+    lone_train, lone_val = [], []
+    for s in seeds:
+        torch.manual_seed(s)
+        result = gdlab.fit(_dropped(0.5)(), train, seed=s, lr=0.05, val=val, progress=False, instruments="none",
+                           doctor=False, **kwargs)
+        lone_train.append(result.final["train_loss"])
+        lone_val.append(result.final["val_loss"])
+    pop = population.train(_dropped(0.5), train, seeds=seeds, hyper={"lr": 0.05}, val=val, progress=False, **kwargs)
+    assert pop.vectorized and pop.val_loss is not None
+    assert _within_noise(pop.train_loss, lone_train) and _within_noise(pop.val_loss, lone_val)
+    other = population.train(_dropped(0.3), train, seeds=seeds, hyper={"lr": 0.05}, progress=False, **kwargs)
+    assert not _within_noise(other.train_loss, lone_train)
+
+
+def test_one_by_one_members_with_dropout_are_the_lone_runs(digits_like: Any) -> None:
+    train, val = digits_like
+    pop = population.train(_dropped(0.5), train, seeds=[3, 4], hyper={"lr": [0.05, 0.1]}, steps=25, val=val,
+                           vectorize=False, progress=False)
+    assert not pop.vectorized and pop.notice is None
+    for i, (s, lr) in enumerate(zip([3, 4], [0.05, 0.1])):
+        torch.manual_seed(s)
+        alone = _dropped(0.5)()
+        result = gdlab.fit(alone, train, seed=s, lr=lr, steps=25, val=val, progress=False)
+        assert all(torch.equal(a, b) for a, b in zip(pop.member(i).state_dict().values(), alone.state_dict().values()))
+        assert pop.train_loss[i] == result.final["train_loss"] and pop.val_loss is not None
+        assert pop.val_loss[i] == result.final["val_loss"]
 
 
 def test_member_hyperparams_checks_every_member() -> None:
@@ -216,6 +286,56 @@ def test_successive_halving_keeps_the_best_and_leaves_survivors_untouched(digits
     assert sorted(k for k, p in enumerate(cut.pruned_at) if p == 10) == sorted(ranked[3:])
     with pytest.raises(InvalidParameter, match="invalid halving"):
         population.train(_mlp, train, seeds=[0], hyper={"lr": 0.1}, steps=5, halving=[(0, 1)], progress=False)
+
+
+@pytest.mark.parametrize("with_val", [False, True])
+def test_one_by_one_halving_cuts_as_the_vectorised_engine(digits_like: Any, with_val: bool) -> None:
+    train, val = (_as(d, torch.float64) for d in digits_like)
+    kwargs: dict[str, Any] = {"seeds": [0] * 6, "hyper": {"lr": [1e-3, 1e-2, 0.1, 0.3, 1.0, 3.0]}, "steps": 60,
+                              "val": val if with_val else None, "halving": [(10, 3), (35, 1)], "progress": False}
+    mlp = lambda: _mlp(torch.float64)
+    together = population.train(mlp, train, **kwargs)
+    apart = population.train(mlp, train, vectorize=False, **kwargs)
+    assert together.vectorized and not apart.vectorized
+    assert apart.pruned_at == together.pruned_at and sum(p is None for p in apart.pruned_at) == 1
+    assert sorted(p for p in apart.pruned_at if p is not None) == [10, 10, 10, 35, 35]
+    assert apart.member_steps == together.member_steps == 3 * 10 + 2 * 35 + 60
+    assert apart.train_loss == pytest.approx(together.train_loss, rel=1e-9)  # the cut members' too: at the cut
+    if with_val:
+        assert apart.val_loss is not None and together.val_loss is not None
+        assert apart.val_loss == pytest.approx(together.val_loss, rel=1e-9)
+        assert apart.val_accuracy == together.val_accuracy
+    torch.testing.assert_close(apart.losses, together.losses, rtol=1e-9, atol=1e-12, equal_nan=True)
+    for key in apart.params:
+        torch.testing.assert_close(apart.params[key], together.params[key], rtol=1e-8, atol=1e-10)
+
+
+def test_one_by_one_halving_resumes_members_exactly(digits_like: Any) -> None:
+    """A member kept at a cut resumes where it stood, its random stream too: the survivor is the uncut run and the
+    lone fit run bit for bit (dropout included); a member cut mid-epoch is the lone run to the cut."""
+    train, val = digits_like
+    lrs = [1e-3, 0.05, 0.1, 1e12]
+    kwargs: dict[str, Any] = {"seeds": [0, 1, 2, 3], "hyper": {"lr": lrs}, "optimizer": "sgd", "steps": 45,
+                              "val": val, "vectorize": False, "progress": False}
+    cut = population.train(_dropped(0.5), train, halving=[(15, 2), (25, 1)], **kwargs)
+    whole = population.train(_dropped(0.5), train, **kwargs)
+    assert cut.diverged[3] and cut.pruned_at[3] == 15  # a diverged member ranks last
+    (i,) = [k for k, p in enumerate(cut.pruned_at) if p is None]
+    torch.manual_seed(i)
+    alone = _dropped(0.5)()
+    result = gdlab.fit(alone, train, seed=i, optimizer="sgd", lr=lrs[i], steps=45, val=val, progress=False)
+    for a, b, c in zip(cut.member(i).state_dict().values(), whole.member(i).state_dict().values(),
+                       alone.state_dict().values()):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    assert cut.train_loss[i] == whole.train_loss[i] == result.final["train_loss"]
+    assert cut.epoch_train_loss[:, i].tolist() == result.history.epochs["train_loss"]  # no record of the cuts
+    (j,) = [k for k, p in enumerate(cut.pruned_at) if p == 25]
+    torch.manual_seed(j)
+    early = _dropped(0.5)()
+    gdlab.fit(early, train, seed=j, optimizer="sgd", lr=lrs[j], steps=25, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(cut.member(j).state_dict().values(), early.state_dict().values()))
+    assert cut.train_loss[j] == pytest.approx(float(cut.losses[15:25, j].mean()))  # the last epoch's worth
+    assert bool(torch.isnan(cut.losses[25:, j]).all())
 
 
 def test_halving_cuts_optimizer_states_of_every_shape() -> None:

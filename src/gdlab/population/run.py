@@ -1,6 +1,6 @@
 """The front door: :func:`train` checks and builds the members, then trains them as one vectorised computation
 (:mod:`~gdlab.population.vectorized`) or, where vmap cannot serve the model, one after another through the same
-loop as ``fit`` (:func:`gdlab.loop.run`)."""
+loop as ``fit`` (:func:`gdlab.loop.run`, bare: no instruments), with the same successive halving."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import math
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from gdlab import loop, optim
 from gdlab.config import DEFAULT_EPOCHS
@@ -20,7 +21,7 @@ from gdlab.errors import InvalidParameter, ModelError, check_int
 from gdlab.population.forward import vmap_problem
 from gdlab.population.members import ModelFn, Population, member_hyperparams, member_values
 from gdlab.population.vectorized import train_vectorized
-from gdlab.problem import LossFn, Problem, check_budget
+from gdlab.problem import LossFn, Problem, check_budget, evaluate
 
 __all__ = ["train"]
 
@@ -48,8 +49,9 @@ def train(
     Args:
         model_fn: builds one member (called after ``torch.manual_seed(seed)``).
         train, val, loss, batch_size, epochs, steps, device: as for :func:`gdlab.fit`.
-        seeds: one seed per member: its initialisation, its data order (unless ``shared_order``) and its
-            dropout randomness.
+        seeds: one seed per member: its initialisation, its data order (unless ``shared_order``) and, one by
+            one, its dropout randomness as ``fit(seed=s)`` draws it (vectorised, the members' masks are drawn at
+            once from ``seeds[0]``'s generator: statistically the same, not the same masks).
         optimizer: a name in ``gdlab.optim.OPTIMIZERS``.
         hyper: the optimizer's hyperparameters (``lr`` required; ``momentum``, ``beta1``, ``beta2``, ``eps``,
             ``weight_decay``, ``nesterov``...), each one number or a list with one value per member.
@@ -59,8 +61,8 @@ def train(
             (vmap or an error), False (one by one).
         halving: successive halving (Jamieson & Talwalkar 2016): ``(step, keep)`` pairs; after ``step`` only the
             ``keep`` best members (lowest validation loss, else lowest mean batch loss over the last epoch's worth
-            of steps) train on, and the others' records are those of that step (``pruned_at``). One-by-one
-            training ignores it.
+            of steps) train on, and the others' records are those of that step (``pruned_at``). One by one, each
+            member trains to the step, the best are kept and resume where they stood (the same cuts).
     """
     seeds = [int(s) for s in seeds]
     if not seeds:
@@ -81,6 +83,9 @@ def train(
     total = problem.total_steps(epochs, steps)
     members = [member_values(stacked, i) for i in range(len(seeds))]
 
+    for at, keep in halving:
+        for value in (at, keep):
+            check_int(value, "halving", expected="(step, keep) pairs of positive integers")
     reason = None if vectorize is False else vmap_problem(models[0], source, loss_fn, loss_name)
     if vectorize is True and reason is not None:
         raise ModelError(f"vmap cannot train this model as a population: {reason}")
@@ -88,51 +93,87 @@ def train(
         if reason is not None:
             print(f"note: training the {len(seeds)} members one by one: vmap cannot serve this model ({reason})",
                   file=sys.stderr)
-        return _one_by_one(model_fn, train, val, seeds, optimizer, members, batch_size, epochs, steps, loss, dev,
-                           progress, plan, source.task, reason, shared_order)
-    for at, keep in halving:
-        for value in (at, keep):
-            check_int(value, "halving", expected="(step, keep) pairs of positive integers")
+        return _one_by_one(model_fn, models, train, val, seeds, optimizer, members, batch_size, loss, dev, total,
+                           progress, plan, source.task, reason, shared_order, halving)
     return train_vectorized(models, source, val_source, seeds, optimizer, stacked, members, loss_fn, loss_name,
                             plan, total, shared_order, progress, halving)
 
 
-def _one_by_one(model_fn: ModelFn, train_data: Any, val: Any, seeds: list[int], optimizer: str,
-                members: list[dict[str, Any]], batch_size: Any, epochs: int | None, steps: int | None,
-                loss: Any, dev: torch.device, progress: bool, plan: BatchPlan, task: str, reason: str | None,
-                shared_order: bool) -> Population:
-    """The fallback: each member trained alone by the loop ``fit`` runs (as ``fit(seed=s)`` with no instruments
-    and no doctor would), assembled into the same record."""
+def _one_by_one(model_fn: ModelFn, models: list[nn.Module], train_data: Any, val: Any, seeds: list[int],
+                optimizer: str, members: list[dict[str, Any]], batch_size: Any, loss: Any, dev: torch.device,
+                total: int, progress: bool, plan: BatchPlan, task: str, reason: str | None, shared_order: bool,
+                halving: Sequence[tuple[int, int]]) -> Population:
+    """The fallback: each member trained alone by the loop ``fit`` runs (as ``fit(seed=s, instruments="none",
+    doctor=False)`` would), assembled into the same record.
+
+    With ``halving`` the budget is cut into segments at its steps: every member still in trains to the next
+    cut, one after another (its model, optimizer, loop state and random stream kept), the ``keep`` best go on
+    and the others are recorded as they stood, as the vectorised engine cuts its rows.
+    """
     started = time.perf_counter()
-    results = []
-    for s, values in zip(seeds, members):
-        torch.manual_seed(s)
-        results.append(_alone(model_fn(), train_data, val, optimizer, values, batch_size, epochs, steps, loss, dev,
-                              seeds[0] if shared_order else s, progress))
     M = len(seeds)
-    longest = max(len(r.history.steps) for r in results)
+    runs = [_Member.start(model, train_data, val, optimizer, values, batch_size, loss, dev, total,
+                          seeds[0] if shared_order else s) for model, s, values in zip(models, seeds, members)]
+    cuts = sorted((at, keep) for at, keep in dict(halving).items() if at < total)
+    tally = _Tally(_planned(M, cuts, total), M) if progress else None
+    hooks = [tally] if tally is not None else []
+    live = list(range(M))
+    pruned_at: list[int | None] = [None] * M
+    finals: list[dict[str, float | None] | None] = [None] * M
+    try:
+        for at, keep in [*cuts, (total, M)]:
+            for i in live:
+                if tally is not None:
+                    tally.member = i
+                runs[i].train_to(at, hooks)
+            if keep >= len(live):
+                continue
+            window = plan.iterations_per_epoch
+            standing = {i: runs[i].standing(window) for i in live}
+            ranked = sorted(live, key=lambda i: standing[i].score)  # stable: ties keep the members' order
+            for i in ranked[keep:]:
+                pruned_at[i] = at
+                finals[i] = standing[i].final
+            live = sorted(ranked[:keep])
+    finally:
+        if tally is not None:
+            tally.close()
+    for i in live:
+        finals[i] = loop.final_metrics(runs[i].problem, runs[i].state)
+    return _assemble(model_fn, runs, finals, pruned_at, seeds, members, val is not None, plan, task, reason,
+                     optimizer, time.perf_counter() - started)
+
+
+def _assemble(model_fn: ModelFn, runs: list[_Member], finals: list[dict[str, float | None] | None],
+              pruned_at: list[int | None], seeds: list[int], members: list[dict[str, Any]], with_val: bool,
+              plan: BatchPlan, task: str, reason: str | None, optimizer: str, seconds: float) -> Population:
+    """The members' runs as one record: ``[steps, M]`` losses and ``[epochs, M]`` means, NaN where a member had
+    stopped; ``finals`` are their records at the end (or at the cut)."""
+    M = len(runs)
+    states = [r.state for r in runs]
+    longest = max(len(s.history.steps) for s in states)
     losses = torch.full((longest, M), math.nan, dtype=torch.float64)
-    n_epochs = max(len(r.history.epochs) for r in results)
+    n_epochs = max(len(s.history.epochs) for s in states)
     ep_train = torch.full((n_epochs, M), math.nan, dtype=torch.float64)
-    ep_val = torch.full((n_epochs, M), math.nan, dtype=torch.float64) if val is not None else None
+    ep_val = torch.full((n_epochs, M), math.nan, dtype=torch.float64) if with_val else None
     diverged_at: list[int | None] = []
-    for i, r in enumerate(results):
-        col = torch.tensor(r.history.steps["loss"], dtype=torch.float64)
+    for i, s in enumerate(states):
+        col = torch.tensor(s.history.steps["loss"], dtype=torch.float64)
         losses[: len(col), i] = col
-        ep_train[: len(r.history.epochs), i] = torch.tensor(r.history.epochs["train_loss"], dtype=torch.float64)
-        if ep_val is not None and "val_loss" in r.history.epochs:
-            ep_val[: len(r.history.epochs), i] = torch.tensor(r.history.epochs["val_loss"], dtype=torch.float64)
-        diverged = (r.stop_reason or "").startswith("diverged")
-        diverged_at.append(r.steps if diverged else None)
+        ep_train[: len(s.history.epochs), i] = torch.tensor(s.history.epochs["train_loss"], dtype=torch.float64)
+        if ep_val is not None and "val_loss" in s.history.epochs:
+            ep_val[: len(s.history.epochs), i] = torch.tensor(s.history.epochs["val_loss"], dtype=torch.float64)
+        diverged = runs[i].diverged
+        diverged_at.append(s.step if diverged else None)
         if diverged:
-            losses[r.steps - 1 :, i] = math.nan
-    state_dicts = [r.model.cpu().state_dict() for r in results]
+            losses[s.step - 1 :, i] = math.nan
+    state_dicts = [s.model.cpu().state_dict() for s in states]
     params = {k: torch.stack([sd[k] for sd in state_dicts]) for k in state_dicts[0]}
     torch.manual_seed(seeds[0])
     template = model_fn().cpu()
 
     def final(key: str) -> list[float] | None:
-        values = [r.final.get(key) for r in results]
+        values = [(f or {}).get(key) for f in finals]
         if all(v is None for v in values):
             return None
         return [math.nan if v is None or d is not None else float(v) for v, d in zip(values, diverged_at)]
@@ -141,37 +182,135 @@ def _one_by_one(model_fn: ModelFn, train_data: Any, val: Any, seeds: list[int], 
     return Population(
         seeds=seeds, hyper=members, params=params, template=template, train_loss=train_loss,
         val_loss=final("val_loss"), val_accuracy=final("val_accuracy"), diverged_at=diverged_at, losses=losses,
-        epoch_train_loss=ep_train, epoch_val_loss=ep_val, plan=plan, steps=max(r.steps for r in results),
-        seconds=time.perf_counter() - started, task=task, vectorized=False, notice=reason, optimizer=optimizer,
+        epoch_train_loss=ep_train, epoch_val_loss=ep_val, plan=plan, steps=max(s.step for s in states),
+        seconds=seconds, task=task, vectorized=False, notice=reason, optimizer=optimizer,
+        pruned_at=pruned_at,
     )
 
 
-class _Alone(NamedTuple):
-    """One member's run: what the assembly reads (as ``fit``'s Result has it)."""
+class _Standing(NamedTuple):
+    """A member at a cut: the number it is ranked by (inf once diverged) and its record if it is cut there."""
 
-    model: nn.Module
-    history: Any
+    score: float
     final: dict[str, float | None]
-    stop_reason: str | None
-    steps: int
 
 
-def _alone(model: nn.Module, train: Any, val: Any, optimizer: str, values: dict[str, Any], batch_size: Any,
-           epochs: int | None, steps: int | None, loss: Any, dev: torch.device, seed: int, progress: bool) -> _Alone:
-    """One member trained by the loop, as ``fit(model, train, seed=seed, instruments="none", doctor=False)``."""
-    problem = Problem.make(model, train, val=val, loss=loss, batch_size=batch_size, device=dev)
-    options = _fit_options(values)
-    lr, momentum = options.pop("lr"), options.pop("momentum", None)
-    opt = optim.make(optimizer, model.parameters(), lr=lr, momentum=momentum, **options)
-    state = loop.LoopState.start(problem, opt, total_steps=problem.total_steps(epochs, steps), seed=seed)
-    torch.manual_seed(seed)  # parameter-free randomness (dropout) follows the seed, as in fit
-    hooks: list[Any] = []
-    if progress:
-        from gdlab.progress import ProgressBar  # an edge: rich only when a bar is wanted
+@dataclass
+class _Member:
+    """One member of the fallback, trained by the loop in segments: its problem (its model on the data), its loop
+    state (optimizer, position, history) and its random stream (dropout) between segments."""
 
-        hooks.append(ProgressBar())
-    loop.run(problem, state, hooks)
-    return _Alone(model, state.history, loop.final_metrics(problem, state), state.stop_reason, state.step)
+    problem: Problem
+    state: loop.LoopState
+    rng: tuple[Tensor, Tensor | None]
+    measured: dict[str, float] = field(default_factory=dict)  # the loop's validation at the segment's end
+
+    @classmethod
+    def start(cls, model: nn.Module, train: Any, val: Any, optimizer: str, values: dict[str, Any],
+              batch_size: Any, loss: Any, dev: torch.device, total: int, seed: int) -> _Member:
+        """Step 0 of ``model`` trained as ``fit(model, train, seed=seed, ...)`` would train it."""
+        problem = Problem.make(model, train, val=val, loss=loss, batch_size=batch_size, device=dev)
+        options = _fit_options(values)
+        lr, momentum = options.pop("lr"), options.pop("momentum", None)
+        opt = optim.make(optimizer, model.parameters(), lr=lr, momentum=momentum, **options)
+        state = loop.LoopState.start(problem, opt, total_steps=total, seed=seed)
+        torch.manual_seed(seed)  # parameter-free randomness (dropout) follows the seed, as in fit
+        return cls(problem, state, _rng_state(problem.device))
+
+    @property
+    def diverged(self) -> bool:
+        return (self.state.stop_reason or "").startswith("diverged")
+
+    def train_to(self, step: int, hooks: list[Any]) -> None:
+        """Train on to ``step`` (a bare loop: no instruments, no gradient norms); a stopped member stays."""
+        state = self.state
+        if state.stop_reason is not None or state.step >= step:
+            return
+        _set_rng(self.problem.device, self.rng)
+        total, state.total_steps = state.total_steps, step
+        try:
+            loop.run(self.problem, state, hooks, grad_norms=False)
+        finally:
+            state.total_steps = total
+            self.rng = _rng_state(self.problem.device)
+        if state.interrupted:  # the loop finished its step on Ctrl-C: the population stops, as a vectorised one
+            raise KeyboardInterrupt
+        epochs = state.history.epochs
+        self.measured = {}
+        if len(epochs) and epochs.last("step") == state.step:  # the loop measured the validation data here
+            self.measured = {k: epochs.last(k) for k in ("val_loss", "val_accuracy") if k in epochs}
+        if state.iteration and step < total and not self.diverged:
+            # the loop records a budget that ends mid-epoch as an epoch; the member goes on with this epoch, so
+            # the record is dropped (its sums are kept), and the epoch is recorded whole at its end
+            epochs.truncate(len(epochs) - 1)
+
+    def standing(self, window: int) -> _Standing:
+        """Where the member stands at a cut, as the vectorised engine ranks its rows: the validation loss, else
+        the mean batch loss over the last ``window`` steps; inf once diverged."""
+        state, problem = self.state, self.problem
+        steps = state.history.steps["loss"][-window:]
+        train = sum(steps) / len(steps) if steps else math.nan
+        final: dict[str, float | None] = {"train_loss": train, "val_loss": None}
+        if problem.val is not None:
+            if "val_loss" not in self.measured:
+                measured = evaluate(state.model, problem.val, problem.loss_fn, problem.loss_name)
+                self.measured = {f"val_{k}": v for k, v in measured.items()}
+            final["val_loss"] = self.measured["val_loss"]
+            if problem.task == "classification":
+                final["val_accuracy"] = self.measured.get("val_accuracy")
+        score = final["val_loss"] if problem.val is not None else train
+        if self.diverged or score is None or not math.isfinite(score):
+            return _Standing(math.inf, final)
+        return _Standing(score, final)
+
+
+class _Tally:
+    """The fallback's progress: one bar over the member steps planned (the loop's ``on_step_end`` counts)."""
+
+    def __init__(self, planned: int, members: int, interval: float = 0.25) -> None:
+        from gdlab.progress import TaskBar  # an edge: rich only when a bar is wanted
+
+        self.bar = TaskBar("members one by one", planned, every=1)
+        self.members, self.member, self.done = members, 0, 0
+        self.interval, self.next = interval, 0.0
+
+    def on_step_end(self, state: loop.LoopState) -> None:
+        self.done += 1
+        now = time.perf_counter()
+        if now >= self.next:
+            self.next = now + self.interval
+            self.bar.update(self.done, f"member {self.member + 1}/{self.members}  step {state.step}")
+
+    def close(self) -> None:
+        self.bar.update(self.done, f"{self.done} member steps")
+        self.bar.close()
+
+
+def _planned(members: int, cuts: list[tuple[int, int]], total: int) -> int:
+    """The member steps a run of ``members`` cut at ``cuts`` takes when none diverges."""
+    planned, live, at = 0, members, 0
+    for step, keep in cuts:
+        planned += live * (step - at)
+        live, at = min(live, keep), step
+    return planned + live * (total - at)
+
+
+def _rng_state(dev: torch.device) -> tuple[Tensor, Tensor | None]:
+    """The torch generators' states a member's dropout draws from: the CPU's and the device's."""
+    if dev.type == "cuda":
+        return torch.get_rng_state(), torch.cuda.get_rng_state(dev)
+    if dev.type == "mps":
+        return torch.get_rng_state(), torch.mps.get_rng_state()
+    return torch.get_rng_state(), None
+
+
+def _set_rng(dev: torch.device, states: tuple[Tensor, Tensor | None]) -> None:
+    cpu, device = states
+    torch.set_rng_state(cpu)
+    if device is not None and dev.type == "cuda":
+        torch.cuda.set_rng_state(device, dev)
+    elif device is not None and dev.type == "mps":
+        torch.mps.set_rng_state(device)
 
 
 def _fit_options(values: dict[str, Any]) -> dict[str, Any]:
