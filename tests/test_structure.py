@@ -281,3 +281,28 @@ def test_mixed_precision_runs_the_forward_pass_under_autocast(precision: str) ->
 def test_precision_is_checked() -> None:
     with pytest.raises(gdlab.GdlabError, match="unknown precision 'fp8': expected one of 32, bf16-mixed, 16-mixed"):
         gdlab.fit(Keyword(), (torch.zeros(4, 4), torch.zeros(4, dtype=torch.long)), precision="fp8", progress=False)
+
+
+def test_target_key_reaches_populations_sweeps_and_lr_auto() -> None:
+    """A model computing its own loss from ``target=``: the key is passed back by its name everywhere."""
+
+    class Named(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = OwnLoss()
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    target: torch.Tensor | None = None) -> SimpleNamespace:
+            return self.inner(input_ids, attention_mask, labels=target)
+
+    data = own_loss_data()
+    data["target"] = data.pop("labels")
+    swept = gdlab.sweep(lambda: Named(), data, lr=[0.05, 0.01], optimizer="adam", loss="model", target_key="target",
+                        epochs=2, progress=False)
+    assert all(row["train_loss"] < 0.69 for row in swept.table)
+    torch.manual_seed(0)
+    auto = gdlab.fit(Named(), data, loss="model", target_key="target", lr="auto", optimizer="adam", epochs=2,
+                     progress=False)
+    assert auto.final["train_loss"] < 0.69
+    found = gdlab.lr_find(Named(), data, loss="model", target_key="target", num_iter=10, progress=False)
+    assert len(found.lrs) == 10

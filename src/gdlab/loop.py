@@ -122,6 +122,7 @@ class LoopState:
     forward: Callable[[Callable[..., Any], Any, Tensor], tuple[Tensor, Any]] | None = None
     loss_fn: LossFn | None = None  # the loss, and its name ("model": the model's own)
     loss_name: str | None = None
+    target_key: str | None = None  # the target's key in dict samples
     sample: Callable[[int, int], tuple[Any, Tensor]] | None = None
     mean_loss: bool = False  # the loss is a mean over the batch's samples (the built-in ones are)
     step_loss: Tensor | None = None
@@ -135,7 +136,7 @@ class LoopState:
         """The state at step 0 of ``problem`` trained by ``optimizer``."""
         return cls(problem.model, optimizer, problem.plan, history or History(), seed, problem.device, total_steps,
                    val_samples=len(problem.val) if problem.val is not None else None, forward=problem.forward,
-                   loss_fn=problem.loss_fn, loss_name=problem.loss_name,
+                   loss_fn=problem.loss_fn, loss_name=problem.loss_name, target_key=problem.source.target_key,
                    sample=problem.source.sample, mean_loss=problem.mean_loss)
 
     @property

@@ -92,6 +92,7 @@ def lr_find(
     beta: float = 0.95,
     diverge: float = 4.0,
     progress: bool = True,
+    target_key: str | None = None,
     **optimizer_options: Any,
 ) -> LRFindResult:
     """The learning-rate range test: ``num_iter`` steps with the lr raised exponentially from ``start_lr`` to
@@ -118,7 +119,7 @@ def lr_find(
     saved_opt = copy.deepcopy(optimizer.state_dict()) if isinstance(optimizer, torch.optim.Optimizer) else None
     rng = torch.get_rng_state()
     was_training = model.training
-    problem = Problem.make(model, train, loss=loss, batch_size=batch_size, device=dev)
+    problem = Problem.make(model, train, loss=loss, batch_size=batch_size, device=dev, target_key=target_key)
     source, plan = problem.source, problem.plan
     opt = optim.make(optimizer, model.parameters(), lr=start_lr, **optimizer_options)
     lrs: list[float] = []
@@ -277,6 +278,7 @@ def select_lr(
     grid: Sequence[float] | None = None,
     halving: Sequence[tuple[float, int]] = HALVING,
     progress: bool = False,
+    target_key: str | None = None,
     **options: Any,
 ) -> LRSelection:
     """Choose a learning rate for ``model`` (left untouched) before a run of ``total_steps`` steps.
@@ -297,7 +299,7 @@ def select_lr(
         if not isinstance(optimizer, str):
             raise InvalidParameter("optimizer", optimizer, "a name, for lr='auto'")
         found = lr_find(copy.deepcopy(model), train, optimizer=optimizer, batch_size=batch_size, loss=loss,
-                        seed=seed, device=device, progress=progress, **options)
+                        seed=seed, device=device, progress=progress, target_key=target_key, **options)
         if "valley" not in found.suggestions:
             raise InvalidParameter("lr", "auto", "a range test that trains: " + "; ".join(found.warnings))
         lr = found.suggestions["valley"]
@@ -322,7 +324,7 @@ def select_lr(
 
     pop = population.train(model_fn, train, seeds=[seed] * len(lrs), optimizer=optimizer,
                            hyper={"lr": lrs, **options}, batch_size=batch_size, steps=total_steps, val=val, loss=loss,
-                           device=device, progress=progress, halving=milestones)
+                           device=device, progress=progress, halving=milestones, target_key=target_key)
     scores = pop.score()
     pruned = pop.pruned_at or [None] * len(lrs)
     tried = [{"lr": lr_, "loss": None if math.isinf(sc) else sc, "diverged": d is not None,

@@ -151,6 +151,7 @@ def sweep(
     store: Any = None,
     name: str | None = None,
     config: dict[str, Any] | None = None,
+    target_key: str | None = None,
     **options: Any,
 ) -> SweepResult:
     """Train one member per point of the grid of ``lr`` x ``momentum`` x options x ``seeds``, at once.
@@ -187,7 +188,7 @@ def sweep(
     hyper: dict[str, Any] = {**fixed, **{k: [point[i] for point in grid] for i, k in enumerate(names)}}
     pop = population.train(model_fn, train, seeds=[point[-1] for point in grid], optimizer=optimizer, hyper=hyper,
                            batch_size=batch_size, epochs=epochs, steps=steps, val=val, loss=loss, device=device,
-                           shared_order=shared_order, progress=progress)
+                           shared_order=shared_order, progress=progress, target_key=target_key)
     table = []
     for i, point in enumerate(grid):
         row: dict[str, Any] = {"member": i, "seed": point[-1]}

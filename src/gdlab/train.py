@@ -155,7 +155,8 @@ def fit(
     selection = None
     if isinstance(lr, str):
         lr, selection = _auto_lr(lr, lr_select, model, train, val, optimizer, momentum, total, batch_size, loss,
-                                 seed, problem.device, progress, store, resume, optimizer_options)
+                                 seed, problem.device, progress, store, resume,
+                                 {**optimizer_options, "target_key": target_key})
     opt = optim.make(optimizer, model.parameters(), lr=lr, momentum=momentum, **optimizer_options)
     if isinstance(schedule, str):
         schedule = schedules.parse(schedule, lr, total)
@@ -295,7 +296,8 @@ def _restart(physician: Any, state: LoopState, final: dict[str, float | None], t
     record, best = restart_remedy(score if score is not None else math.inf, state.model, train, restarts=restarts,
                                   seed=state.seed, model_fn=model_fn, optimizer=optimizer, hyper=hyper,
                                   batch_size=state.plan.batch_size, steps=state.step, loss=loss, val=val,
-                                  device=dev, progress=progress, step=state.step, schedule=schedule)
+                                  device=dev, progress=progress, step=state.step, schedule=schedule,
+                                  target_key=state.target_key)
     physician.remedies.append(record)
     if best is None:
         return final

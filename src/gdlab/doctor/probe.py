@@ -171,7 +171,8 @@ def probe_lr(state: Any, optimizer: str, lrs: Sequence[float], *, steps: int = P
     one = copy.deepcopy(state.model)  # vmap stacks the members' tensors: one copy can stand for them all
     settings: dict[str, Any] = dict(seeds=[seed] * len(tried), optimizer=optimizer, hyper=hyper,
                                     batch_size="full" if full else plan.batch_size, steps=steps, loss=loss,
-                                    device=state.device, shared_order=True, progress=False)
+                                    device=state.device, shared_order=True, progress=False,
+                                    target_key=state.target_key)
     with _generators_kept():
         try:
             pop = population.train(lambda: one, data, vectorize=True, **settings)

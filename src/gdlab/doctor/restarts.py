@@ -58,7 +58,8 @@ def fresh_models(model: torch.nn.Module) -> tuple[Callable[[], torch.nn.Module] 
 def restart_remedy(result_score: float, model: torch.nn.Module, train: Any, *, restarts: int, seed: int,
                    model_fn: Callable[[], torch.nn.Module] | None, optimizer: Any, hyper: dict[str, Any],
                    batch_size: Any, steps: int, loss: Any, val: Any, device: Any, progress: bool,
-                   step: int, schedule: Any = None) -> tuple[Remedy, torch.nn.Module | None]:
+                   step: int, schedule: Any = None, target_key: str | None = None
+                   ) -> tuple[Remedy, torch.nn.Module | None]:
     """``local_minimum`` with ``remedy="auto"`` and restarts asked for: train ``restarts`` new initial points as
     one population (seeds ``seed + 1`` on, the same optimizer, settings and number of steps) and return the
     record and the best restart's model when it beats the run's ``result_score`` (validation loss where there
@@ -86,6 +87,7 @@ def restart_remedy(result_score: float, model: torch.nn.Module, train: Any, *, r
     assert make is not None
     try:
         pop = population.train(make, train, seeds=seeds, optimizer=optimizer, hyper=hyper, batch_size=batch_size,
+                               target_key=target_key,
                                steps=steps, val=val, loss=loss, device=device, progress=progress)
     except (Exception, KeyboardInterrupt) as error:  # the run itself is done: keep it, say what happened
         what = "interrupted" if isinstance(error, KeyboardInterrupt) else f"failed: {error}"

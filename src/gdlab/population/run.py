@@ -43,6 +43,7 @@ def train(
     progress: bool = True,
     vectorize: bool | str = "auto",
     halving: Sequence[tuple[int, int]] = (),
+    target_key: str | None = None,
 ) -> Population:
     """Train one member per entry of ``seeds`` at once.
 
@@ -63,6 +64,7 @@ def train(
             ``keep`` best members (lowest validation loss, else lowest mean batch loss over the last epoch's worth
             of steps) train on, and the others' records are those of that step (``pruned_at``). One by one, each
             member trains to the step, the best are kept and resume where they stood (the same cuts).
+        target_key: the target's key in dict samples (as for :func:`gdlab.fit`).
     """
     seeds = [int(s) for s in seeds]
     if not seeds:
@@ -76,7 +78,8 @@ def train(
         models.append(model_fn())
         if not isinstance(models[-1], nn.Module):
             raise ModelError(f"model_fn returned {type(models[-1]).__name__}: expected an nn.Module")
-    problem = Problem.make(models[0], train, val=val, loss=loss, batch_size=batch_size, device=device)
+    problem = Problem.make(models[0], train, val=val, loss=loss, batch_size=batch_size, device=device,
+                           target_key=target_key)
     dev, source, val_source, plan = problem.device, problem.source, problem.val, problem.plan
     loss_fn, loss_name = problem.loss_fn, problem.loss_name
     models = [m.to(dev) for m in models]
@@ -94,7 +97,7 @@ def train(
             print(f"note: training the {len(seeds)} members one by one: vmap cannot serve this model ({reason})",
                   file=sys.stderr)
         return _one_by_one(model_fn, models, train, val, seeds, optimizer, members, batch_size, loss, dev, total,
-                           progress, plan, source.task, reason, shared_order, halving)
+                           progress, plan, source.task, reason, shared_order, halving, source.target_key)
     return train_vectorized(models, source, val_source, seeds, optimizer, stacked, members, loss_fn, loss_name,
                             plan, total, shared_order, progress, halving)
 
@@ -102,7 +105,7 @@ def train(
 def _one_by_one(model_fn: ModelFn, models: list[nn.Module], train_data: Any, val: Any, seeds: list[int],
                 optimizer: str, members: list[dict[str, Any]], batch_size: Any, loss: Any, dev: torch.device,
                 total: int, progress: bool, plan: BatchPlan, task: str, reason: str | None, shared_order: bool,
-                halving: Sequence[tuple[int, int]]) -> Population:
+                halving: Sequence[tuple[int, int]], target_key: str | None = None) -> Population:
     """The fallback: each member trained alone by the loop ``fit`` runs (as ``fit(seed=s, instruments="none",
     doctor=False)`` would), assembled into the same record.
 
@@ -113,7 +116,8 @@ def _one_by_one(model_fn: ModelFn, models: list[nn.Module], train_data: Any, val
     started = time.perf_counter()
     M = len(seeds)
     runs = [_Member.start(model, train_data, val, optimizer, values, batch_size, loss, dev, total,
-                          seeds[0] if shared_order else s) for model, s, values in zip(models, seeds, members)]
+                          seeds[0] if shared_order else s, target_key)
+            for model, s, values in zip(models, seeds, members)]
     cuts = sorted((at, keep) for at, keep in dict(halving).items() if at < total)
     tally = _Tally(_planned(M, cuts, total), M) if progress else None
     hooks = [tally] if tally is not None else []
@@ -179,12 +183,14 @@ def _assemble(model_fn: ModelFn, runs: list[_Member], finals: list[dict[str, flo
         return [math.nan if v is None or d is not None else float(v) for v, d in zip(values, diverged_at)]
 
     train_loss = final("train_loss") or [math.nan] * M
+    metrics = {key[4:]: values for key in sorted({k for f in finals for k in (f or {}) if k.startswith("val_")})
+               if key != "val_loss" and (values := final(key)) is not None}
     return Population(
         seeds=seeds, hyper=members, params=params, template=template, train_loss=train_loss,
         val_loss=final("val_loss"), val_accuracy=final("val_accuracy"), diverged_at=diverged_at, losses=losses,
         epoch_train_loss=ep_train, epoch_val_loss=ep_val, plan=plan, steps=max(s.step for s in states),
         seconds=seconds, task=task, vectorized=False, notice=reason, optimizer=optimizer,
-        pruned_at=pruned_at,
+        pruned_at=pruned_at, val_metrics=metrics,
     )
 
 
@@ -207,9 +213,11 @@ class _Member:
 
     @classmethod
     def start(cls, model: nn.Module, train: Any, val: Any, optimizer: str, values: dict[str, Any],
-              batch_size: Any, loss: Any, dev: torch.device, total: int, seed: int) -> _Member:
+              batch_size: Any, loss: Any, dev: torch.device, total: int, seed: int,
+              target_key: str | None = None) -> _Member:
         """Step 0 of ``model`` trained as ``fit(model, train, seed=seed, ...)`` would train it."""
-        problem = Problem.make(model, train, val=val, loss=loss, batch_size=batch_size, device=dev)
+        problem = Problem.make(model, train, val=val, loss=loss, batch_size=batch_size, device=dev,
+                               target_key=target_key)
         options = _fit_options(values)
         lr, momentum = options.pop("lr"), options.pop("momentum", None)
         opt = optim.make(optimizer, model.parameters(), lr=lr, momentum=momentum, **options)
