@@ -422,3 +422,22 @@ def test_a_model_converted_after_the_optimizer_is_still_stepped() -> None:
     _train(b, theirs, range(10))
     assert all(p.dtype == torch.float64 for s in ours.transform_state.inner[0] if isinstance(s, list) for p in s)
     _same(a, b)
+
+
+def test_fit_keeps_each_groups_hyperparameters() -> None:
+    """``fit(optimizer=...)`` with param groups (no schedule: fit's schedule sets every group's lr alike) steps
+    as torch.optim.AdamW with the same groups, and leaves the groups as they were."""
+    import gdlab
+
+    X = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
+    y = X @ torch.tensor([[1.0], [-2.0], [0.5]]) + 0.3
+    runs = []
+    for make in (lambda g: Optimizer(g, aliases.adamw(0.05, weight_decay=0.1)),
+                 lambda g: torch.optim.AdamW(g, lr=0.05, weight_decay=0.1)):
+        torch.manual_seed(0)
+        model = nn.Linear(3, 1)
+        opt = make([{"params": [model.weight]}, {"params": [model.bias], "lr": 0.01, "weight_decay": 0.0}])
+        gdlab.fit(model, (X, y), optimizer=opt, epochs=3, batch_size=16, progress=False, doctor=False)
+        assert [(g["lr"], g["weight_decay"]) for g in opt.param_groups] == [(0.05, 0.1), (0.01, 0.0)]
+        runs.append(model)
+    _same(runs[0], runs[1], rtol=1e-5, atol=1e-6)
