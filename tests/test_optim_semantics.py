@@ -441,3 +441,16 @@ def test_fit_keeps_each_groups_hyperparameters() -> None:
         assert [(g["lr"], g["weight_decay"]) for g in opt.param_groups] == [(0.05, 0.1), (0.01, 0.0)]
         runs.append(model)
     _same(runs[0], runs[1], rtol=1e-5, atol=1e-6)
+
+
+def test_a_deep_copy_steps_on_as_the_original() -> None:
+    import copy
+
+    model = _model()
+    opt = Optimizer(_groups(model, weight_decay=0.0), aliases.adamw(0.01))
+    _train(model, opt, range(3), drop=lambda s: [1])
+    twin, twin_opt = copy.deepcopy((model, opt))
+    _train(model, opt, range(3, 6))
+    _train(twin, twin_opt, range(3, 6))
+    for x, y in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(x, y) and x.data_ptr() != y.data_ptr()

@@ -218,6 +218,11 @@ class Optimizer(torch.optim.Optimizer):
             raise
         self._groups.append(new)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """All the optimizer holds (torch's keeps only defaults, state and param groups), so ``copy.deepcopy``
+        gives an optimizer that steps on."""
+        return dict(self.__dict__)
+
     @property
     def transform_state(self) -> Any:
         """The transform's state as it stands: named tuples (``InjectState``, ``ChainState``, ``AdamState``, ...;
