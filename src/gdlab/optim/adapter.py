@@ -1,8 +1,17 @@
-"""A transform chain as a ``torch.optim.Optimizer``: param groups, ``zero_grad``, ``state_dict`` round trip.
+"""A transform chain as a ``torch.optim.Optimizer``, with torch.optim's semantics where users rely on them.
 
-:func:`inject` keeps an alias's hyperparameters in its state, so they can change between steps: the adapter
-shows them in ``param_groups`` (as torch.optim does) and reads them back before every step, so a callback, a
-remedy or a ``torch.optim.lr_scheduler`` that sets ``group["lr"]`` is obeyed.
+* Each param group keeps its own hyperparameters (``lr``, ``weight_decay``, ``betas``, ``momentum``...), shown in
+  ``param_groups`` (and their starting values in ``defaults``) for an alias's transform (its ``source``, see
+  :class:`~gdlab.optim.transforms.Source`) or one made by :func:`inject`. The adapter reads them back before
+  every step, so a callback, a remedy or any ``torch.optim.lr_scheduler`` (StepLR, OneCycleLR and CyclicLR
+  cycling ``momentum`` or ``betas[0]``, ...) that sets them is obeyed; the chain is made again only when a value
+  changes.
+* A parameter whose ``.grad`` is None is not stepped: no weight decay, no momentum, its state untouched. Each
+  parameter counts its own steps, as torch.optim's per-parameter ``step`` (Adam's bias correction, momentum's
+  first step; a schedule given as a hyperparameter is read at that count too).
+* ``maximize=True`` (or a group's ``"maximize"``) ascends the gradient.
+* float16 and bfloat16 parameters are stepped in float32 and rounded back (their state stays in their dtype).
+* A tensor ``lr`` must have one element; a torch.optim state dict does not load (a one-line error says so).
 
 Example:
     >>> import torch
@@ -17,7 +26,9 @@ Example:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
@@ -32,6 +43,7 @@ from gdlab.optim.transforms import (
     LionState,
     RmsState,
     RssState,
+    Source,
     State,
     TraceState,
     Transform,
@@ -39,6 +51,8 @@ from gdlab.optim.transforms import (
 )
 
 __all__ = ["InjectState", "Optimizer", "inject"]
+
+_LOW = (torch.float16, torch.bfloat16)  # stepped in float32, rounded back
 
 
 class InjectState(NamedTuple):
@@ -50,26 +64,53 @@ class InjectState(NamedTuple):
     zeros: tuple[str, ...]
 
 
+def _zeros(values: Mapping[str, Any]) -> tuple[str, ...]:
+    """The hyperparameters that are the plain number 0: an alias leaves out their transforms (momentum 0: no
+    trace), so the state's layout changes when a value turns zero or stops being zero."""
+    return tuple(k for k, v in values.items() if not isinstance(v, (Tensor, tuple)) and not callable(v)
+                 and v == 0)
+
+
+def _keyed(value: Any) -> Any:
+    """``value`` as part of a hashable key: tensors and schedules by identity, sequences item by item."""
+    if isinstance(value, Tensor) or callable(value):
+        return ("id", id(value))
+    if isinstance(value, (list, tuple)):
+        return tuple(_keyed(v) for v in value)
+    try:
+        hash(value)
+    except TypeError:
+        return ("id", id(value))
+    return value
+
+
+def _key(values: Mapping[str, Any]) -> tuple[Any, ...]:
+    return tuple((k, _keyed(v)) for k, v in values.items())
+
+
 def inject(make: Callable[..., Transform], **hyperparams: Any) -> Transform:
     """``make(**hyperparams)`` with the hyperparameters held in the state (``state.hyperparams``): change them
-    there between steps and the next update uses the new values. The chain is rebuilt only when they change."""
-    built: dict[str, Any] = {"key": None, "transform": None, "zeros": None}
+    there between steps and the next update uses the new values. The chain is rebuilt only when they change.
 
-    def zeros(values: dict[str, Any]) -> tuple[str, ...]:
-        # an alias leaves out the transform of a zero hyperparameter (momentum 0: no trace), so the state's layout
-        # changes when a value turns zero or stops being zero
-        return tuple(k for k, v in values.items() if not isinstance(v, (Tensor, tuple)) and not callable(v)
-                     and v == 0)
+    Behind :class:`Optimizer` the hyperparameters (``make``'s defaults, then these) are each param group's.
+
+    Example:
+        >>> from gdlab.optim import aliases
+        >>> opt = Optimizer([torch.nn.Parameter(torch.zeros(2))], inject(aliases.adam, lr=0.1))
+        >>> opt.param_groups[0]["lr"], opt.param_groups[0]["betas"]
+        (0.1, (0.9, 0.999))
+    """
+    built: dict[str, Any] = {"key": None, "transform": None}
 
     def current(values: dict[str, Any]) -> Transform:
-        key = tuple((k, id(v) if isinstance(v, Tensor) or callable(v) else v) for k, v in values.items())
+        key = _key(values)
         if key != built["key"]:
             built["key"], built["transform"] = key, make(**values)
         return built["transform"]
 
     def fit_layout(state: InjectState, params: Any) -> InjectState:
         """The inner state, re-made (fresh buffers) where a zero came or went and the chain changed shape."""
-        now = zeros(state.hyperparams)
+        now = _zeros(state.hyperparams)
         if state.zeros != now:
             fresh = current(state.hyperparams).init(params)
             if _layout(fresh) != _layout(state.inner):
@@ -77,7 +118,7 @@ def inject(make: Callable[..., Transform], **hyperparams: Any) -> Transform:
         return state._replace(zeros=now)
 
     def init(params: Any) -> InjectState:
-        return InjectState(dict(hyperparams), current(hyperparams).init(params), zeros(hyperparams))
+        return InjectState(dict(hyperparams), current(hyperparams).init(params), _zeros(hyperparams))
 
     def update(grads: Any, state: InjectState, params: Any) -> tuple[Any, InjectState]:
         state = fit_layout(state, params)
@@ -90,34 +131,103 @@ def inject(make: Callable[..., Transform], **hyperparams: Any) -> Transform:
         inner = None if fast is None else fast(params, grads, state.inner)
         return None if inner is None else state._replace(inner=inner)
 
-    return Transform(init, update, step)
+    return Transform(init, update, step, Source(make, dict(hyperparams), injected=True))
+
+
+def _defaults(source: Source) -> dict[str, Any]:
+    """Every hyperparameter of a source: ``make``'s keyword defaults, then the values it was made with."""
+    try:
+        parameters = inspect.signature(source.make).parameters.values()
+    except (TypeError, ValueError):  # no signature to read
+        parameters = []  # type: ignore[assignment]
+    keywords = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    found = {p.name: p.default for p in parameters if p.kind in keywords and p.default is not p.empty}
+    return {**found, **source.hyperparams}
+
+
+def _check_lr(lr: Any) -> None:
+    if isinstance(lr, Tensor) and lr.numel() != 1:
+        shown = lr.tolist() if lr.numel() <= 8 else f"tensor of shape {tuple(lr.shape)}"
+        raise InvalidParameter("lr", shown, "a number or a one-element tensor (one learning rate per param group)")
+
+
+@dataclass
+class _Group:
+    """What the optimizer keeps for one param group beside torch's dict."""
+
+    params: list[Tensor]
+    detached: list[Tensor]  # views of the same storage, made once
+    low: bool  # holds float16 or bfloat16 parameters
+    values: dict[str, Any] = field(default_factory=dict)  # the hyperparameters the state was last fitted to
+    inner: Any = None  # the transform's state (InjectState's inner for an injected one)
+    transform: Transform | None = None  # made from ``values``
+    key: Any = None  # ``values``' key; None: fit again at the next step
+    zeros: tuple[str, ...] | None = None  # the zero hyperparameters the state's layout follows; None: unknown
+    counts: list[int] | None = None  # each parameter's step count, once they differ (a missing grad)
 
 
 class Optimizer(torch.optim.Optimizer):
-    """Drive any ``nn.Module`` with a gdlab transform.
+    """Drive any ``nn.Module`` with a gdlab transform, as a ``torch.optim.Optimizer``.
 
     Args:
-        params: parameters or param groups (one set of hyperparameters for all groups).
-        transform: a transform; built with :func:`inject`, its hyperparameters appear in ``param_groups``.
+        params: parameters or param groups; a group's own values (``{"params": ..., "weight_decay": 0}``) win
+            over the transform's.
+        transform: a transform. An alias (``aliases.adamw(1e-3)``), a chain holding one, or :func:`inject`'s
+            shows its hyperparameters in ``param_groups`` and ``defaults``, each group's used for it; any other
+            transform serves every group alike.
         fused: let torch's fused kernels do the step where the transform can use one (see
             :mod:`gdlab.optim.fused`); with False the transforms do every step.
+        maximize: ascend the gradient (the default of each group's ``"maximize"``).
+
+    Example:
+        >>> from torch import nn
+        >>> from gdlab.optim import aliases
+        >>> model = nn.Linear(3, 1)
+        >>> opt = Optimizer([{"params": [model.weight]}, {"params": [model.bias], "weight_decay": 0.0}],
+        ...                 aliases.adamw(1e-3, weight_decay=0.1))
+        >>> [g["weight_decay"] for g in opt.param_groups], opt.defaults["betas"]
+        ([0.1, 0.0], (0.9, 0.999))
     """
 
-    def __init__(self, params: Iterable[Any], transform: Transform, *, fused: bool = True) -> None:
-        super().__init__(params, defaults={})
+    def __init__(self, params: Iterable[Any], transform: Transform, *, fused: bool = True,
+                 maximize: bool = False) -> None:
         self.transform = transform
         self.fused = fused
-        self._params: list[Tensor] = [p for group in self.param_groups for p in group["params"]]
-        self._detached = [p.detach() for p in self._params]  # views of the same storage, made once
-        with torch.no_grad():
-            self._state = transform.init(self._detached)
-        for group in self.param_groups:
-            group.update(self._hyperparams())
+        self._source = transform.source
+        self._injected = self._source is not None and self._source.injected
+        self._hyper: dict[str, Any] = {} if self._source is None else _defaults(self._source)
+        self._built: dict[Any, tuple[dict[str, Any], Transform]] = {}  # key -> (values kept alive, transform)
+        if self._source is not None and not self._injected:
+            self._built[_key(self._hyper)] = (dict(self._hyper), transform)  # it serves its own values
+        self._groups: list[_Group] = []
+        super().__init__(params, defaults={**self._hyper, "maximize": maximize})
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group (as torch.optim's: a fine-tuned backbone unfrozen later), its state fresh; its own values
+        win over ``defaults``."""
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        params = list(group["params"])
+        try:
+            new = _Group(params, [p.detach() for p in params], any(p.dtype in _LOW for p in params))
+            transform = self._fit(new, group)
+            with torch.no_grad():
+                new.inner = transform.init(new.detached)
+        except BaseException:
+            self.param_groups.pop()
+            raise
+        self._groups.append(new)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """All the optimizer holds (torch's keeps only defaults, state and param groups), so ``copy.deepcopy``
+        gives an optimizer that steps on."""
+        return dict(self.__dict__)
 
     @property
     def transform_state(self) -> Any:
         """The transform's state as it stands: named tuples (``InjectState``, ``ChainState``, ``AdamState``, ...;
-        see :func:`gdlab.optim.transforms.find`). Read it; :meth:`load_state_dict` replaces it.
+        see :func:`gdlab.optim.transforms.find`); with several param groups a list, one per group. Read it;
+        :meth:`load_state_dict` replaces it.
 
         Example:
             >>> from gdlab.optim import aliases
@@ -125,47 +235,134 @@ class Optimizer(torch.optim.Optimizer):
             >>> [type(s).__name__ for s in opt.transform_state.inner.inner]
             ['AdamState', 'CountState']
         """
-        return self._state
+        states = [self._state_of(g) for g in self._groups]
+        return states[0] if len(states) == 1 else states
 
-    def _hyperparams(self) -> dict[str, Any]:
-        return self._state.hyperparams if isinstance(self._state, InjectState) else {}
+    def _state_of(self, g: _Group) -> Any:
+        return InjectState(dict(g.values), g.inner, g.zeros or ()) if self._injected else g.inner
+
+    def _fit(self, g: _Group, group: dict[str, Any]) -> Transform:
+        """The transform for ``group``'s values now, the group's state re-made where the chain changed shape."""
+        if self._source is None:
+            return self.transform
+        values = {k: group.get(k, d) for k, d in self._hyper.items()}
+        key = _key(values)
+        if key == g.key and g.transform is not None:
+            return g.transform
+        transform = self._build(values, key)
+        zeros = _zeros(values)
+        if g.inner is not None and zeros != g.zeros and _layout(_shape_of(transform, g.detached)) != \
+                _layout(g.inner):
+            with torch.no_grad():
+                g.inner, g.counts = transform.init(g.detached), None
+        g.values, g.transform, g.key, g.zeros = values, transform, key, zeros
+        return transform
+
+    def _build(self, values: dict[str, Any], key: tuple[Any, ...]) -> Transform:
+        """``source.make(**values)``, checked; the few last made are kept."""
+        _check_lr(values.get("lr"))
+        hit = self._built.get(key)
+        if hit is not None:
+            return hit[1]
+        assert self._source is not None
+        transform = self._source.make(**values)
+        if len(self._built) >= 32:
+            self._built.clear()
+        self._built[key] = (values, transform)  # the values keep tensors and schedules (keyed by id) alive
+        return transform
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        """One update from the parameters' ``.grad`` (missing gradients count as zero)."""
+        """One update of each param group from its parameters' ``.grad``, with the group's hyperparameters;
+        a parameter whose ``.grad`` is None is left as it is, its state too."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        hyper = self._hyperparams()
-        first = self.param_groups[0]
-        for key in hyper:  # the groups' values win: a scheduler or a remedy may have changed them
-            if any(g[key] is not first[key] and g[key] != first[key] for g in self.param_groups[1:]):
-                raise InvalidParameter(key, "different values per param group", "one value for all groups")
-            hyper[key] = first[key]
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self._params]
-        if self.transform.step is not None:
-            with contextlib.nullcontext() if self.fused else fused_kernels_off():
-                done = self.transform.step(self._detached, grads, self._state)
-            if done is not None:
-                self._state = done
-                return loss
-        updates, self._state = self.transform.update(grads, self._state, self._detached)
-        apply_updates(self._detached, list(updates))
+        for g, group in zip(self._groups, self.param_groups):
+            if g.params and g.params[0].data_ptr() != g.detached[0].data_ptr():
+                _follow(g)  # module.to() gave the parameters new storage
+            transform = self._fit(g, group)
+            grads = [p.grad for p in g.params]
+            if g.counts is None and not g.low and all(x is not None for x in grads):  # the fast path
+                given: list[Tensor] = grads  # type: ignore[assignment]  # none is None
+                if group.get("maximize"):
+                    given = list(torch._foreach_neg(given))
+                g.inner = self._run(transform, g.detached, given, g.inner)
+            else:
+                self._step_some(g, group, transform, grads)
         return loss
+
+    def _run(self, transform: Transform, params: list[Tensor], grads: list[Tensor], state: Any) -> Any:
+        """One step of ``transform`` on these parameters: its fused ``step`` where it serves, else ``update``."""
+        if transform.step is not None:
+            with contextlib.nullcontext() if self.fused else fused_kernels_off():
+                done = transform.step(params, grads, state)
+            if done is not None:
+                return done
+        updates, state = transform.update(grads, state, params)
+        apply_updates(params, list(updates))
+        return state
+
+    def _step_some(self, g: _Group, group: dict[str, Any], transform: Transform, grads: list[Tensor | None]) -> None:
+        """The step where some gradients are missing, the parameters' counts differ or some are float16/bfloat16:
+        the parameters with a gradient, in buckets of one step count, each stepped on its slice of the state
+        (in float32 for low precision) and written back."""
+        n = len(g.params)
+        active = [i for i, x in enumerate(grads) if x is not None]
+        if not active:
+            return
+        count = _count(g.inner)
+        if g.counts is None and len(active) < n and count is not None:
+            g.counts = [count] * n  # from now on each parameter counts its own steps
+        buckets: dict[int | None, list[int]] = {}
+        for i in active:
+            buckets.setdefault(count if g.counts is None else g.counts[i], []).append(i)
+        for at, idx in buckets.items():
+            params = [g.detached[i] for i in idx]
+            some: list[Tensor] = [grads[i] for i in idx]  # type: ignore[misc]
+            if group.get("maximize"):
+                some = list(torch._foreach_neg(some))
+            sub = _select(g.inner, idx, n, at)
+            if g.low:
+                wide = [_float32(p) for p in params]
+                done = self._run(transform, wide, [_float32(x) for x in some], _each_tensor(sub, _float32))
+                for p, w in zip(params, wide):
+                    if w is not p:
+                        p.copy_(w)  # rounds back to the parameter's dtype
+            else:
+                done = self._run(transform, params, some, sub)
+            g.inner = _merge(g.inner, done, idx, n)
+            if g.counts is not None:
+                for i in idx:
+                    g.counts[i] += 1
+        if g.counts is not None and len(set(g.counts)) == 1:
+            g.counts = None  # all caught up: one count again (the state's)
 
     def state_dict(self) -> dict[str, Any]:
         """torch's state dict plus the transform's state as plain dicts and lists of tensors and numbers
         (``{"hyperparams": ..., "inner": {"inner": [{"count": ..., "buf": [...]}, ...]}, "zeros": [...]}``,
-        the layout gdlab has always saved; schedules are not saved)."""
+        the layout gdlab has always saved; schedules are not saved). With several param groups
+        ``{"groups": [one such state per group]}``; a group whose parameters' step counts differ (missing
+        gradients) adds ``"counts"``, one per parameter."""
         saved = super().state_dict()
         saved["param_groups"] = [{k: v for k, v in g.items() if not callable(v)} for g in saved["param_groups"]]
-        saved["transform"] = _plain(self._state)
+        entries = []
+        for g in self._groups:
+            entry = _plain(self._state_of(g))
+            if g.counts is not None and isinstance(entry, dict):
+                entry["counts"] = list(g.counts)
+            entries.append(entry)
+        saved["transform"] = entries[0] if len(entries) == 1 else {"groups": entries}
         return saved
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` saved (onto these parameters' devices and dtypes), its dicts made
-        named states again."""
+        """Restore what :meth:`state_dict` saved (onto these parameters' devices), its dicts made named states
+        again. A torch.optim optimizer's state dict is refused: its state does not fit gdlab's transforms."""
+        if not isinstance(state_dict, Mapping) or "transform" not in state_dict:
+            keys = sorted(map(str, state_dict)) if isinstance(state_dict, Mapping) else type(state_dict).__name__
+            raise InvalidParameter("state_dict keys", keys, "a gdlab Optimizer's state_dict, with its 'transform' "
+                                   "(a torch.optim optimizer's state does not load into gdlab's)")
         state_dict = dict(state_dict)
         saved = state_dict.pop("transform")
         current_groups = self.param_groups
@@ -173,8 +370,138 @@ class Optimizer(torch.optim.Optimizer):
         for group, old in zip(self.param_groups, current_groups):
             for key, value in old.items():
                 group.setdefault(key, value)  # schedules, not saved, come from the new optimizer
-        like = self._params[0]
-        self._state = _restore(saved, self._state, like)
+        several = isinstance(saved, dict) and list(saved) == ["groups"]
+        entries = list(saved["groups"]) if several else [saved]
+        if len(entries) == len(self._groups):
+            for g, entry in zip(self._groups, entries):
+                self._load(g, entry)
+            return
+        if len(entries) != 1:
+            raise InvalidParameter("state_dict", f"{len(entries)} group states",
+                                   f"{len(self._groups)}, one per param group")
+        # one state over every group's parameters, in order (as gdlab saved it before groups had their own)
+        whole = _Group([p for g in self._groups for p in g.params], [], False)
+        self._load(whole, entries[0], template=self._state_of(self._groups[0]))
+        n, lo = len(whole.params), 0
+        for g in self._groups:
+            idx = list(range(lo, lo + len(g.params)))
+            lo += len(g.params)
+            g.inner = _select(whole.inner, idx, n, None)
+            g.zeros, g.key, g.counts = whole.zeros, None, None if whole.counts is None else \
+                [whole.counts[i] for i in idx]
+
+    def _load(self, g: _Group, entry: Any, template: Any = None) -> None:
+        counts = None
+        if isinstance(entry, dict) and "counts" in entry:
+            entry = dict(entry)
+            counts = entry.pop("counts")
+        like = g.params[0] if g.params else next(p for x in self._groups for p in x.params)
+        restored = _restore(entry, self._state_of(g) if template is None else template, like)
+        if isinstance(restored, InjectState):
+            g.inner, g.zeros = restored.inner, tuple(restored.zeros) if self._injected else None
+        else:
+            g.inner, g.zeros = restored, None  # layout checked at the next step
+        g.key, g.counts = None, None if counts is None else [int(c) for c in counts]
+
+
+def _follow(g: _Group) -> None:
+    """The group's views made again, and its state moved to each parameter's device and dtype: ``module.to()``
+    (``fit`` moves the model to its device) put new storage behind the same parameters."""
+    g.detached = [p.detach() for p in g.params]
+    g.low = any(p.dtype in _LOW for p in g.params)
+    g.key = None
+    first = g.params[0]
+    n = len(g.params)
+
+    def move(state: Any) -> Any:
+        if isinstance(state, Tensor):
+            return state.to(first.device)
+        if _is_named(state):
+            return type(state)(*[move(v) for v in state])
+        if _per_parameter(state, n):
+            return [t.to(p.device, p.dtype if t.is_floating_point() and p.is_floating_point() else t.dtype)
+                    for t, p in zip(state, g.params)]
+        if isinstance(state, (list, tuple)):
+            return type(state)(move(v) for v in state)
+        return state
+
+    g.inner = move(g.inner)
+
+
+def _float32(t: Tensor) -> Tensor:
+    return t.float() if t.dtype in _LOW else t
+
+
+def _shape_of(transform: Transform, params: list[Tensor]) -> Any:
+    """``transform``'s initial state for ``params`` (on the meta device where it can: only its layout is read)."""
+    try:
+        return transform.init([p.to("meta") for p in params])
+    except Exception:  # a transform whose init needs real values
+        with torch.no_grad():
+            return transform.init(params)
+
+
+def _count(state: Any) -> int | None:
+    """The step count of a state (the first ``count`` found: a chain's move together), None without one."""
+    if _is_named(state):
+        if "count" in state._fields and isinstance(state.count, int):
+            return int(state.count)
+        return next((c for c in (_count(v) for v in state) if c is not None), None)
+    if isinstance(state, (list, tuple)):
+        return next((c for c in (_count(v) for v in state) if c is not None), None)
+    return None
+
+
+def _per_parameter(value: Any, n: int) -> bool:
+    """Whether ``value`` is a list of one tensor per parameter (a momentum buffer, Adam's moments...)."""
+    return isinstance(value, (list, tuple)) and n > 0 and len(value) == n and all(isinstance(t, Tensor)
+                                                                                for t in value)
+
+
+def _select(state: Any, idx: list[int], n: int, count: int | None) -> Any:
+    """``state`` for the parameters ``idx`` of ``n``: its per-parameter lists cut to them, every count ``count``
+    (None: left as it is)."""
+    if _is_named(state):
+        return type(state)(*[count if f == "count" and count is not None and isinstance(v, int)
+                             else _select(v, idx, n, count) for f, v in zip(state._fields, state)])
+    if _per_parameter(state, n):
+        return [state[i] for i in idx]
+    if isinstance(state, tuple):
+        return tuple(_select(v, idx, n, count) for v in state)
+    if isinstance(state, list):
+        return [_select(v, idx, n, count) for v in state]
+    return state
+
+
+def _merge(whole: Any, part: Any, idx: list[int], n: int) -> Any:
+    """``whole`` with ``part`` (the state :func:`_select` cut for ``idx``, stepped) written back: its tensors put in
+    their places (copied into the old ones where the dtype differs: a low-precision state stepped in float32)."""
+    if _is_named(whole) and type(part) is type(whole):
+        return type(whole)(*[_merge(w, p, idx, n) for w, p in zip(whole, part)])
+    if _per_parameter(whole, n) and isinstance(part, (list, tuple)) and len(part) == len(idx):
+        out = list(whole)
+        for i, t in zip(idx, part):
+            if t is out[i]:
+                continue
+            if t.dtype != out[i].dtype:
+                out[i].copy_(t)
+            else:
+                out[i] = t
+        return out
+    if isinstance(whole, tuple) and isinstance(part, tuple) and len(whole) == len(part) and not _is_named(part):
+        return tuple(_merge(w, p, idx, n) for w, p in zip(whole, part))
+    return part
+
+
+def _each_tensor(state: Any, fn: Callable[[Tensor], Tensor]) -> Any:
+    """``state`` with ``fn`` applied to each tensor in its named states, lists and tuples."""
+    if isinstance(state, Tensor):
+        return fn(state)
+    if _is_named(state):
+        return type(state)(*[_each_tensor(v, fn) for v in state])
+    if isinstance(state, (list, tuple)):
+        return type(state)(_each_tensor(v, fn) for v in state)
+    return state
 
 
 def _is_named(state: Any) -> bool:

@@ -1,8 +1,11 @@
 """The familiar optimizers, each a chain of transforms, with torch.optim's argument names and defaults.
 
 Every hyperparameter may be a float, a schedule or a ``[members]`` tensor (see :mod:`gdlab.optim.transforms`).
-Each alias carries its record (:func:`~gdlab.optim.registry.register`: its update in one line, the learning
-rates ``lr="auto"`` searches, a summary), which makes it a named optimizer of ``make``, ``fit`` and the CLI.
+The transform an alias returns records how it was made (``.source``: the alias and every keyword's value), so
+:class:`~gdlab.optim.adapter.Optimizer` shows the hyperparameters in ``param_groups`` and makes the chain again
+with each group's values. Each alias carries its record (:func:`~gdlab.optim.registry.register`: its update in one
+line, the learning rates ``lr="auto"`` searches, a summary), which makes it a named optimizer of ``make``, ``fit``
+and the CLI.
 
 Example:
     >>> import torch
@@ -16,7 +19,10 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 import torch
 
@@ -28,6 +34,7 @@ from gdlab.optim.transforms import (
     ChainState,
     CountState,
     Hyper,
+    Source,
     TraceState,
     Transform,
     add_decayed_weights,
@@ -54,8 +61,26 @@ def _chain(*parts: Transform | None) -> Transform:
     return chain(*[p for p in parts if p is not None])
 
 
+A = TypeVar("A", bound=Callable[..., Transform])
+
+
+def _recorded(alias: A) -> A:
+    """The alias, its transforms recording their :class:`~gdlab.optim.transforms.Source`: this alias and every
+    keyword's value (defaults included)."""
+    signature = inspect.signature(alias)
+
+    @functools.wraps(alias)
+    def made(*args: Any, **kwargs: Any) -> Transform:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return alias(*args, **kwargs)._replace(source=Source(made, dict(bound.arguments)))
+
+    return cast(A, made)
+
+
 @register(equation="theta -= lr * g", lr_range=(1e-4, 10.0),
           summary="Gradient descent, as torch.optim.SGD.")
+@_recorded
 def sgd(lr: Hyper, momentum: Hyper = 0.0, dampening: Hyper = 0.0, nesterov: bool = False,
         weight_decay: Hyper = 0.0) -> Transform:
     """Stochastic gradient descent, as torch.optim.SGD: g += weight_decay * theta; heavy-ball momentum with
@@ -84,6 +109,7 @@ def sgd(lr: Hyper, momentum: Hyper = 0.0, dampening: Hyper = 0.0, nesterov: bool
 
 @register(equation="v = momentum * v + g; theta -= lr * v", lr_range=(1e-4, 3.0),
           summary="SGD with heavy-ball momentum.")
+@_recorded
 def momentum(lr: Hyper, momentum: Hyper = 0.9, dampening: Hyper = 0.0, nesterov: bool = False,
              weight_decay: Hyper = 0.0) -> Transform:
     """SGD with heavy-ball momentum 0.9 by default."""
@@ -92,6 +118,7 @@ def momentum(lr: Hyper, momentum: Hyper = 0.9, dampening: Hyper = 0.0, nesterov:
 
 @register(equation="v = momentum * v + g; theta -= lr * (g + momentum * v)", lr_range=(1e-4, 3.0),
           summary="SGD with Nesterov momentum.")
+@_recorded
 def nesterov(lr: Hyper, momentum: Hyper = 0.9, dampening: Hyper = 0.0, weight_decay: Hyper = 0.0) -> Transform:
     """SGD with Nesterov momentum 0.9 by default."""
     return sgd(lr, momentum, dampening, True, weight_decay)
@@ -99,6 +126,7 @@ def nesterov(lr: Hyper, momentum: Hyper = 0.9, dampening: Hyper = 0.0, weight_de
 
 @register(equation="s += g^2; theta -= lr * g / (sqrt(s) + eps)", lr_range=(1e-4, 3.0),
           summary="Steps shrink as squared gradients add up.")
+@_recorded
 def adagrad(lr: Hyper = 0.01, lr_decay: float = 0.0, weight_decay: Hyper = 0.0,
             initial_accumulator_value: float = 0.0, eps: Hyper = 1e-10) -> Transform:
     """AdaGrad, as torch.optim.Adagrad: the step size is lr / (1 + t * lr_decay) at step t (from 0)."""
@@ -118,6 +146,7 @@ def _scalar(h: Hyper, t: int) -> Any:
 
 @register(equation="s = alpha * s + (1 - alpha) * g^2; theta -= lr * g / (sqrt(s) + eps)",
           lr_range=(1e-5, 1.0), summary="Steps scaled by a moving average of g^2.")
+@_recorded
 def rmsprop(lr: Hyper = 0.01, alpha: Hyper = 0.99, eps: Hyper = 1e-8, weight_decay: Hyper = 0.0,
             momentum: Hyper = 0.0, centered: bool = False) -> Transform:
     """RMSProp, as torch.optim.RMSprop: momentum, when given, accumulates the scaled gradient."""
@@ -131,6 +160,7 @@ def rmsprop(lr: Hyper = 0.01, alpha: Hyper = 0.99, eps: Hyper = 1e-8, weight_dec
 
 @register(equation="m, v = EMAs of g, g^2 (bias-corrected); theta -= lr * m / (sqrt(v) + eps)",
           lr_range=(1e-5, 1.0), summary="Momentum with RMSProp's scaling, bias-corrected.")
+@_recorded
 def adam(lr: Hyper = 0.001, betas: tuple[Hyper, Hyper] = (0.9, 0.999), eps: Hyper = 1e-8,
          weight_decay: Hyper = 0.0, amsgrad: bool = False) -> Transform:
     """Adam, as torch.optim.Adam: weight_decay is L2 added to the gradient (coupled)."""
@@ -144,6 +174,7 @@ def adam(lr: Hyper = 0.001, betas: tuple[Hyper, Hyper] = (0.9, 0.999), eps: Hype
 
 @register(equation="adam, plus theta -= lr * weight_decay * theta (decoupled)", lr_range=(1e-5, 1.0),
           summary="Adam with decoupled weight decay.")
+@_recorded
 def adamw(lr: Hyper = 0.001, betas: tuple[Hyper, Hyper] = (0.9, 0.999), eps: Hyper = 1e-8,
           weight_decay: Hyper = 0.01, amsgrad: bool = False) -> Transform:
     """AdamW, as torch.optim.AdamW: Adam with decoupled weight decay (also scaled by lr)."""
@@ -175,6 +206,7 @@ def _adam_step(plain: Transform, kernel: str, lr: Hyper, betas: tuple[Hyper, Hyp
 
 @register(equation="theta -= lr * (sign(b1 * m + (1 - b1) * g) + weight_decay * theta)",
           lr_range=(1e-6, 0.3), summary="The sign of a momentum (Chen et al. 2023).")
+@_recorded
 def lion(lr: Hyper = 1e-4, betas: tuple[Hyper, Hyper] = (0.9, 0.99), weight_decay: Hyper = 0.0) -> Transform:
     """Lion (Chen et al. 2023): theta -= lr * (sign(b1 * m + (1 - b1) * g) + weight_decay * theta)."""
     return _chain(

@@ -5,8 +5,10 @@ parameter-sized buffer several times; torch's fused kernels (``torch._fused_adam
 ``_fused_sgd_``) do the same step in one pass (faster: docs/benchmarks.md, optim_step). The aliases use them, through
 :attr:`Transform.step <gdlab.optim.transforms.Transform>`, when the step allows: every hyperparameter a number at
 this step (a schedule is resolved first; ``[members]`` tensors are not), all parameters of one floating dtype on
-one device, and the kernel present for that device. Otherwise the plain transforms do the step; tests check that
-both paths agree (to rounding: the kernels order the same arithmetic differently).
+one device, and the kernel present for that device. float16 and bfloat16 are refused on the CPU: there torch's
+fused SGD leaves whole 16-element blocks of a low-precision parameter unchanged (the optimizer adapter steps such
+parameters in float32 and rounds back, see :mod:`gdlab.optim.adapter`). Otherwise the plain transforms do the
+step; tests check that both paths agree (to rounding: the kernels order the same arithmetic differently).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from gdlab.optim.transforms import ChainState
 __all__ = ["call", "numbers", "advance", "off"]
 
 _FLOATING = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_LOW = (torch.float16, torch.bfloat16)
 _unsupported: set[tuple[str, str, torch.dtype]] = set()  # (kernel, device type, dtype) found to fail
 _enabled = contextvars.ContextVar("gdlab_fused_kernels", default=True)
 
@@ -58,6 +61,8 @@ def call(name: str, params: list[Tensor] | tuple[Tensor, ...], grads: list[Tenso
     key = (name, first.device.type, first.dtype)
     kernel: Callable[..., None] | None = getattr(torch, name, None)
     if kernel is None or key in _unsupported or first.dtype not in _FLOATING:
+        return False
+    if first.dtype in _LOW and first.device.type == "cpu":  # the CPU kernels skip blocks of low-precision values
         return False
     if any(p.dtype != first.dtype or p.device != first.device for p in params) or any(
         g.dtype != first.dtype or g.device != first.device or g.is_sparse for g in grads

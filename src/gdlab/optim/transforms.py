@@ -41,6 +41,7 @@ __all__ = [
     "LionState",
     "RmsState",
     "RssState",
+    "Source",
     "TraceState",
     "Transform",
     "add_decayed_weights",
@@ -65,27 +66,49 @@ Tensors = list[Tensor] | tuple[Tensor, ...]  # torch's foreach ops return tuples
 S = TypeVar("S")
 
 
+class Source(NamedTuple):
+    """How a transform was made: ``make(**hyperparams)``. The aliases record it (and :func:`chain` passes on its
+    one recorded member's), so :class:`~gdlab.optim.adapter.Optimizer` can show the hyperparameters in
+    ``param_groups`` and make the transform again with a group's own values. ``injected``: made by
+    :func:`~gdlab.optim.adapter.inject`, whose state holds the hyperparameters.
+
+    Example:
+        >>> from gdlab.optim import aliases
+        >>> aliases.sgd(0.1).source.hyperparams
+        {'lr': 0.1, 'momentum': 0.0, 'dampening': 0.0, 'nesterov': False, 'weight_decay': 0.0}
+    """
+
+    make: Callable[..., Transform]
+    hyperparams: dict[str, Any]
+    injected: bool = False
+
+
 class Transform(NamedTuple):
     """``init(params) -> state`` and ``update(grads, state, params) -> (updates, state)``.
 
     ``step``, where a transform has one, does ``update`` and ``apply_updates`` in one pass over memory (a fused
     kernel): ``step(params, grads, state) -> state`` changes ``params`` in place, and returns None, changing
     nothing, where it cannot serve (``[members]`` hyperparameters, mixed dtypes, a device without the kernel);
-    then ``update`` does the work. Both compute the same step (tests check it).
+    then ``update`` does the work. Both compute the same step (tests check it). ``source``, where known, is how
+    the transform was made (see :class:`Source`).
     """
 
     init: Callable[[Tensors], State]
     update: Callable[[Tensors, State, Tensors], tuple[Tensors, State]]
     step: Callable[[Tensors, Tensors, State], State | None] | None = None
+    source: Source | None = None
 
 
 # -- hyperparameters and the two paths (foreach for floats, per tensor for [members] values) ---------------------
 
 
 def _value(h: Hyper, count: int, like: Sequence[Tensor]) -> Value:
-    """``h`` at step ``count``: a float, or per-parameter tensors ``[members, 1, ...]``."""
+    """``h`` at step ``count``: a float, or per-parameter tensors ``[members, 1, ...]`` (a one-element tensor
+    ``[1, ...]`` with the parameter's number of axes, so it broadcasts over any parameter, a scalar one too)."""
     v = h(count) if callable(h) and not isinstance(h, Tensor) else h
     if isinstance(v, Tensor):
+        if v.numel() == 1:
+            return [v.to(x.device, x.dtype).reshape([1] * x.dim()) for x in like]
         return [v.to(x.device, x.dtype).reshape(-1, *([1] * (x.dim() - 1))) for x in like]
     return float(v)
 
@@ -192,7 +215,10 @@ def _walk(state: Any) -> Iterator[Any]:
 
 
 def chain(*transforms: Transform) -> Transform:
-    """Apply ``transforms`` in order, each to the previous one's updates."""
+    """Apply ``transforms`` in order, each to the previous one's updates.
+
+    Where exactly one of them records its :class:`Source` (an alias), the chain records one too: the same chain
+    with that member made again from new values, so an optimizer shows and changes its hyperparameters."""
 
     def init(params: Tensors) -> ChainState:
         return ChainState(tuple(t.init(params) for t in transforms))
@@ -220,7 +246,26 @@ def chain(*transforms: Transform) -> Transform:
             apply_updates(params, updates)
         return ChainState((*inner, done))
 
-    return Transform(init, update, None if last is None else step)
+    return Transform(init, update, None if last is None else step, _chain_source(transforms))
+
+
+def _chain_source(transforms: Sequence[Transform]) -> Source | None:
+    """The chain's source where exactly one member has one (not an injected one: its state is laid out apart)."""
+    recorded = [i for i, t in enumerate(transforms) if t.source is not None]
+    if len(recorded) != 1:
+        return None
+    at = recorded[0]
+    inner = transforms[at].source
+    assert inner is not None
+    if inner.injected:
+        return None
+
+    def make(**hyperparams: Any) -> Transform:
+        parts = list(transforms)
+        parts[at] = inner.make(**hyperparams)
+        return chain(*parts)
+
+    return Source(make, dict(inner.hyperparams))
 
 
 class CountState(NamedTuple):
