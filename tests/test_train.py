@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -185,12 +186,12 @@ def test_optimizer_instances_and_factories_are_accepted(regression: TensorData) 
     assert fit(_linear64(), regression, optimizer=factory, epochs=1, progress=False).lr == 0.003
 
 
-def test_transforms_are_accepted_and_show_their_lr_when_injected(regression: TensorData) -> None:
+def test_transforms_are_accepted_and_show_their_lr(regression: TensorData) -> None:
     from gdlab.optim import aliases, inject
 
     bare = fit(_linear64(), regression, optimizer=aliases.adam(0.02), epochs=2, progress=False)
     shown = fit(_linear64(), regression, optimizer=inject(aliases.adam, lr=0.02), epochs=2, progress=False)
-    assert math.isnan(bare.lr) and shown.lr == 0.02  # a bare chain keeps its lr inside
+    assert bare.lr == 0.02 and shown.lr == 0.02  # every alias shows its hyperparameters in param_groups
     for a, b in zip(bare.model.parameters(), shown.model.parameters()):
         assert torch.equal(a, b)
 
@@ -250,3 +251,17 @@ def test_gradient_norm_with_a_shared_parameter_matches_autograd() -> None:
     expected = torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(model.parameters()))]).norm()
     result = fit(model, (X, y), lr=0.01, batch_size="full", steps=1, progress=False)
     assert result.history.steps["grad_norm"][0] == pytest.approx(expected.item(), rel=1e-12)
+
+
+def test_a_schedule_keeps_each_param_groups_ratio(regression: TensorData) -> None:
+    model = _linear64()
+    opt = torch.optim.SGD([{"params": [model.weight], "lr": 0.05}, {"params": [model.bias], "lr": 0.01}])
+    seen: list[tuple[float, float]] = []
+
+    class Watch(gdlab.Callback):
+        def on_step_end(self, state: Any) -> None:
+            seen.append((state.optimizer.param_groups[0]["lr"], state.optimizer.param_groups[1]["lr"]))
+
+    fit(model, regression, optimizer=opt, schedule="cosine", epochs=2, progress=False, callbacks=[Watch()])
+    assert 0.04 < seen[0][0] < 0.05 and seen[-1][0] < 0.01  # cosine from the first group's own lr (0.05)
+    assert all(b == pytest.approx(a / 5) for a, b in seen)

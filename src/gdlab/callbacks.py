@@ -25,10 +25,15 @@ class Scheduler(Callback):
 
     def __init__(self, schedule: Schedule) -> None:
         self.schedule = schedule
+        self.ratios: list[float] | None = None  # each group's lr over the first's: kept as the schedule moves
 
     def _set(self, state: LoopState) -> None:
-        for group in state.optimizer.param_groups:
-            group["lr"] = self.schedule(state.step)
+        groups = state.optimizer.param_groups
+        if self.ratios is None:
+            first = float(groups[0].get("lr", 0.0)) if groups else 0.0
+            self.ratios = [float(g.get("lr", first)) / first if first > 0 else 1.0 for g in groups]
+        for group, ratio in zip(groups, self.ratios):
+            group["lr"] = self.schedule(state.step) * ratio
             if isinstance(self.schedule, schedules.OneCycle):
                 if "momentum" in group:
                     group["momentum"] = self.schedule.momentum(state.step)

@@ -159,7 +159,9 @@ def fit(
                                  {**optimizer_options, "target_key": target_key})
     opt = optim.make(optimizer, model.parameters(), lr=lr, momentum=momentum, **optimizer_options)
     if isinstance(schedule, str):
-        schedule = schedules.parse(schedule, lr, total)
+        # the schedule's base: the named optimizer's lr, or the first group's of an optimizer given as an object
+        schedule = schedules.parse(schedule, lr if isinstance(optimizer, str) else float(opt.param_groups[0]["lr"]),
+                                   total)
     db = store if isinstance(store, Store) or store is None else Store(store)
     if resume is not None and db is None:
         raise InvalidParameter("resume", resume, "a store holding the run (store=...)")

@@ -293,10 +293,15 @@ class Doctor:
             g["lr"] = lr
 
     def _set(self, state: Any, key: str, value: float) -> bool:
+        """Set ``key`` to ``value`` in the first group; a learning rate scales every group alike (param groups
+        keep their own ratios, as a "lower lr for the backbone" recipe wants)."""
+        groups = state.optimizer.param_groups
+        first = groups[0].get(key) if groups else None
         changed = False
-        for g in state.optimizer.param_groups:
+        for g in groups:
             if key in g:
-                g[key] = value
+                scaled = key == "lr" and isinstance(first, (int, float)) and first > 0 and g is not groups[0]
+                g[key] = g[key] * value / first if scaled else value
                 changed = True
         return changed
 
