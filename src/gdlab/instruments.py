@@ -440,12 +440,14 @@ class Periodic(Instrument):
             return forward(call, structure.tree_map(lambda t: t.unsqueeze(0), xi), yi.unsqueeze(0))[0]
 
         try:
-            per = vmap(grad(one), in_dims=(None, 0, 0))(params, x, y)
+            with warnings.catch_warnings():  # an op without a batching rule (attention, LSTM) is slower, not wrong
+                warnings.filterwarnings("ignore", message="There is a performance drop")
+                per = vmap(grad(one), in_dims=(None, 0, 0))(params, x, y)
         except Exception as error:  # a model per-sample gradients cannot serve
             self.per_sample_failed = str(error).splitlines()[0] if str(error) else type(error).__name__
             return {}
         n = len(y)
-        flat = torch.cat([g.reshape(n, -1) for g in per.values()], dim=1).double()
+        flat = torch.cat([g.detach().reshape(n, -1) for g in per.values()], dim=1).double()
         mean = flat.mean(0)
         return _noise_row(float(flat.square().sum()), float(mean.square().sum()), n, state.plan.batch_size)
 
