@@ -375,3 +375,42 @@ def test_a_bare_layer_is_one_layer_named_by_its_class(data: TensorData) -> None:
     layered = sorted(k for k in result.history.steps.columns if "/" in k)
     assert layered == ["grad_norm/Linear", "grad_out/Linear", "update_ratio/Linear"]
     assert result.history.steps["grad_norm/Linear"][0] == pytest.approx(result.history.steps["grad_norm"][0])
+
+
+def test_a_model_without_second_derivatives_trains_on_with_full_instruments() -> None:
+    """Sharpness needs a double backward; an op without one is noted in the history, and the run goes on."""
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(4, 8), torch.nn.Linear(8, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.a(x).reshape(len(x), 1, 2, 4)  # [batch, heads, positions, dim]
+            out = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(h, h, h)[0]  # no second derivative
+            return self.b(out.reshape(len(x), 8))
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(128, 4, generator=g)
+    torch.manual_seed(0)
+    result = gdlab.fit(Net(), (X, (X[:, 0] > 0).long()), lr=0.05, epochs=3, progress=False, instruments="full")
+    assert result.status == "finished" and "derivative" in result.history.meta["sharpness_unavailable"]
+
+
+def test_sharpness_of_an_attention_model_is_measured() -> None:
+    """Fused attention has no second derivative; the measurement runs attention by its plain formula."""
+    layer = torch.nn.TransformerEncoderLayer(8, nhead=2, dim_feedforward=16, dropout=0.0, batch_first=True)
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb, self.layer, self.head = torch.nn.Embedding(10, 8), layer, torch.nn.Linear(8, 2)
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.head(self.layer(self.emb(ids)).mean(1))
+
+    ids = torch.randint(0, 10, (128, 5), generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    result = gdlab.fit(Net(), (ids, (ids[:, 0] < 5).long()), lr=0.05, epochs=2, progress=False, instruments="full")
+    assert "sharpness_unavailable" not in result.history.meta
+    assert any(v == v for v in result.history.steps["sharpness"])

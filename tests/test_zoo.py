@@ -211,7 +211,7 @@ def test_fit_learns_and_the_doctor_stays_quiet(case: Case) -> None:
     model = _model(case)
     start = _model(case)
     result = gdlab.fit(model, train, val=val, optimizer=case.optimizer, lr=case.lr, epochs=case.epochs,
-                       progress=False)
+                       progress=False, instruments="full")
     assert case.good(result.final), result.final
     warnings = [f.code for f in result.findings if f.severity != "info"]
     assert not warnings, [f.to_dict() for f in result.findings]

@@ -256,6 +256,15 @@ def _meta_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).to("meta")
 
 
+def _math_attention() -> contextlib.AbstractContextManager[Any]:
+    """Attention by its plain formula (fused kernels have no second derivative, which sharpness needs)."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # pragma: no cover - torch < 2.3
+        return contextlib.nullcontext()
+    return sdpa_kernel(SDPBackend.MATH)
+
+
 def _functional(template: nn.Module, tensors: dict[str, Tensor]) -> Any:
     """``template`` called with ``tensors`` as its parameters and buffers, taking any arguments."""
     return lambda *args, **kwargs: functional_call(template, tensors, args, kwargs)
@@ -591,16 +600,22 @@ class Expensive(Instrument):
     def __init__(self, every: int = 50, sub_batch: int = 128, iterations: int = 20, budget: float = 0.5) -> None:
         self.every, self.sub_batch, self.iterations, self.budget_share = every, sub_batch, iterations, budget
         self.before: dict[str, Tensor] | None = None
+        self.failed: str | None = None  # why the model cannot be measured (no double backward): measured no more
 
     def on_step_end(self, state: Any) -> None:
         row: dict[str, float] = {}
-        if self.before is not None:
+        if self.before is not None and self.failed is None:
             with self.budget.measure():
                 batch = _sub_batch(state, self.sub_batch)
                 if batch is not None:
-                    with _untouched(state.model):
-                        row.update(self._alpha(state, *batch))
-                        row.update(self._sharpness(state, *batch))
+                    with _untouched(state.model), _math_attention():
+                        try:
+                            row.update(self._alpha(state, *batch))
+                            row.update(self._sharpness(state, *batch))
+                        except RuntimeError as error:  # an op without a second derivative: the run goes on
+                            self.failed = (str(error).strip().splitlines() or [type(error).__name__])[0]
+                            row = {}
+                            state.history.meta["sharpness_unavailable"] = self.failed
             self.before = None
         if (state.step + 1) % self.every == 0 and self.budget.allows(state.step + 1):
             self._keep(state)
