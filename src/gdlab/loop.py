@@ -242,13 +242,18 @@ class StepLog:
         step; stacking them and the global norm wait for the read."""
         grads = [p.grad for p in self.params]
         present = [g for g in grads if g is not None]
-        self.state.param_grad_norms = torch._foreach_norm(present) if present else ()
+        # low-precision gradients (bf16, fp16 models) are measured in float32: the instruments read float32
+        low = any(g.dtype in (torch.bfloat16, torch.float16) for g in present)
+        self.state.param_grad_norms = (torch._foreach_norm(present, 2, dtype=torch.float32) if low
+                                       else torch._foreach_norm(present)) if present else ()
         self.present.append(None if len(present) == len(grads) else [g is not None for g in grads])
 
     def record(self, loss: Tensor, samples: int) -> None:
         """File the step's loss (and the norms :meth:`grad_norms` took) and append its row."""
         state = self.state
         state.step_loss = loss = loss.reshape(()) if loss.dim() else loss  # a [1] loss too: stacked with the others
+        if loss.dtype in (torch.bfloat16, torch.float16):  # a low-precision model's loss, read in float32
+            state.step_loss = loss = loss.float()
         self.table.append({"step": state.step, "epoch": state.epoch + 1, "lr": state.lr})
         self.rows.append(len(self.table) - 1)
         self.sizes.append(samples)
