@@ -21,6 +21,7 @@ from gdlab.records import History
 from gdlab.store import Run, Store
 from gdlab.sweeps import RestartsResult, SweepResult, restarts, sweep
 from gdlab.train import fit
+from gdlab.watch import Watch, watch
 
 __version__ = "0.1.0"
 
@@ -55,4 +56,6 @@ __all__ = [
     "restarts",
     "sweep",
     "sweeps",
+    "Watch",
+    "watch",
 ]

@@ -146,8 +146,9 @@ class Cheap(Instrument):
         if not rows:
             return
         bad_params = self._write_moves(table)
-        loss_column = table.columns.get("loss") or [math.nan] * len(table)  # the loop's log, the first filler, wrote it
-        losses = [loss_column[r] for r in rows]
+        # the loop's log, the first filler, wrote the losses; a loop watched without its loss has none (gdlab.watch)
+        loss_column = table.columns.get("loss")
+        losses = [loss_column[r] for r in rows] if loss_column else [0.0] * len(rows)
         kept = self.log.param_norms if self.log is not None else {}
         norms = [v for r in rows for v in kept.pop(r, [math.nan] * k)]
         per_tensor = [norms[i::k] for i in range(k)]
@@ -155,7 +156,8 @@ class Cheap(Instrument):
             column = per_tensor[members[0]] if len(members) == 1 else \
                 [math.hypot(*v) for v in zip(*(per_tensor[i] for i in members))]
             table.write(key, rows, column)
-        table.write("loss_ema", rows, [self.average.update(loss) for loss in losses])
+        if loss_column:
+            table.write("loss_ema", rows, [self.average.update(loss) for loss in losses])
         # norms are >= 0: an inf or a nan shows in their sum (and a non-finite loss in loss + sum)
         sums = [sum(step) for step in zip(*per_tensor)] if k else [0.0] * len(rows)
         table.write("non_finite", rows, [float(not math.isfinite(loss + total) or row in bad_params)
@@ -274,8 +276,8 @@ def _sub_batch(state: Any, size: int) -> tuple[Any, Tensor] | None:
     """Up to ``size`` samples of the step's batch; when the batch is smaller (stochastic descent), ``size``
     samples drawn from the training data instead (by the step number, so the run's randomness is untouched)."""
     batch = getattr(state, "batch", None)
-    if batch is None:
-        return None
+    if batch is None or batch[1] is None or getattr(state, "forward", None) is None:
+        return None  # no batch, or no target or loss to take on it (a loop gdlab does not drive: gdlab.watch)
     x, y = batch
     sample = getattr(state, "sample", None)
     if len(y) < min(size, 16) and sample is not None:
@@ -416,12 +418,13 @@ class Periodic(Instrument):
         sums = list(self.sums.values()) if self.factored and self.owners <= self.sums.keys() else []
         eaches = [t for each, _ in sums for t in each]
         wholes = [t for _, whole in sums for t in whole or []]
-        scale = len(state.batch[1]) ** 2  # the per-sample gradients are the batch size times the hooks' shares
+        size = _batch_size(state.batch)
+        scale = size ** 2  # the per-sample gradients are the batch size times the hooks' shares
         grad_norm = state.grad_norm if state.grad_norm is not None else torch.zeros(())
         values = _scalars([*self.seen.values(), *((t, scale) for t in eaches + wholes), (grad_norm, 1.0)])
         row = dict(zip(self.seen, values))
         if sums:
-            n = min(len(state.batch[1]), self.sub_batch)
+            n = min(size, self.sub_batch)
             rest = values[len(self.seen):-1]
             if all(whole is not None for _, whole in sums):
                 mean_sq = sum(rest[len(eaches):]) / (n * n)
@@ -490,6 +493,12 @@ class Periodic(Instrument):
             for h in handles:
                 h.remove()
         return dict(zip(seen, _scalars(list(seen.values()))))
+
+
+def _batch_size(batch: tuple[Any, Tensor | None]) -> int:
+    """The samples in a step's batch: its target's, or its inputs' where it shows no target (gdlab.watch)."""
+    x, y = batch
+    return len(y) if y is not None else structure.count(x)
 
 
 def _noise_row(each: float, mean_sq: float, n: int, batch: int) -> dict[str, float]:

@@ -118,7 +118,7 @@ class LoopState:
     seconds: float = 0.0
     # for instruments: the step's batch (inputs, target), the forward pass (model or a functional call of it,
     # inputs, target) -> (loss, output), and a draw of training samples (n, seed) -> (inputs, target)
-    batch: tuple[Any, Tensor] | None = None
+    batch: tuple[Any, Tensor | None] | None = None  # the target is None where a loop gdlab does not drive shows none
     forward: Callable[[Callable[..., Any], Any, Tensor], tuple[Tensor, Any]] | None = None
     loss_fn: LossFn | None = None  # the loss, and its name ("model": the model's own)
     loss_name: str | None = None
@@ -224,6 +224,7 @@ class StepLog:
         self.rows: list[int] = []
         self.sizes: list[int] = []
         self.losses: list[Tensor] = []
+        self.has_loss: list[bool] = []  # per row: whether it has a loss (a loop gdlab does not drive may show none)
         self.norms: list[Sequence[Tensor]] = []  # per step: a 0-dim norm per parameter with a gradient
         self.present: list[list[bool] | None] = []  # which parameters had a gradient (None: all of them)
         self.diverged_at: int | None = None
@@ -248,16 +249,20 @@ class StepLog:
                                        else torch._foreach_norm(present)) if present else ()
         self.present.append(None if len(present) == len(grads) else [g is not None for g in grads])
 
-    def record(self, loss: Tensor, samples: int) -> None:
-        """File the step's loss (and the norms :meth:`grad_norms` took) and append its row."""
+    def record(self, loss: Tensor | None, samples: int) -> None:
+        """File the step's loss (and the norms :meth:`grad_norms` took) and append its row. A loss of None (a loop
+        gdlab does not drive, watched without its loss: :func:`gdlab.watch`) leaves the row without one."""
         state = self.state
-        state.step_loss = loss = loss.reshape(()) if loss.dim() else loss  # a [1] loss too: stacked with the others
-        if loss.dtype in (torch.bfloat16, torch.float16):  # a low-precision model's loss, read in float32
-            state.step_loss = loss = loss.float()
+        if loss is not None:
+            loss = loss.reshape(()) if loss.dim() else loss  # a [1] loss too: stacked with the others
+            if loss.dtype in (torch.bfloat16, torch.float16):  # a low-precision model's loss, read in float32
+                loss = loss.float()
+            self.losses.append(loss)
+        state.step_loss = loss
+        self.has_loss.append(loss is not None)
         self.table.append({"step": state.step, "epoch": state.epoch + 1, "lr": state.lr})
         self.rows.append(len(self.table) - 1)
         self.sizes.append(samples)
-        self.losses.append(loss)
         if state.param_grad_norms is not None:  # None: norms are not taken
             self.norms.append(state.param_grad_norms)
 
@@ -270,18 +275,21 @@ class StepLog:
         """Read every pending value on the host in one sync (and the ``check`` scalars with them, returned)."""
         if not self.rows and not check:
             return []
-        n, extra = len(self.rows), check or []
-        scalars = [*self.losses, *(t for step in self.norms for t in step), *extra] if n else extra
-        values = torch.stack(scalars).tolist()  # 0-dim tensors, one host sync for all
-        if n:
+        n, extra = len(self.losses), check or []
+        scalars = [*self.losses, *(t for step in self.norms for t in step), *extra] if self.rows else extra
+        values = torch.stack(scalars).tolist() if scalars else []  # 0-dim tensors, one host sync for all
+        if self.rows:
             self._write(values[:n], values[n : len(values) - len(extra)])
         return values[len(values) - len(extra):]
 
-    def _write(self, losses: list[float], flat: list[float]) -> None:
+    def _write(self, fetched: list[float], flat: list[float]) -> None:
         """Put fetched values in their rows (the global gradient norm from the per-parameter ones), the epoch's sums
         and ``last_loss``; note the first non-finite loss."""
         state, rows = self.state, self.rows
-        self.table.write("loss", rows, losses)
+        it = iter(fetched)
+        losses: list[float | None] = [next(it) if has else None for has in self.has_loss]
+        if fetched:
+            self.table.write("loss", [r for r, v in zip(rows, losses) if v is not None], fetched)
         if self.norms:
             totals, at = [], 0
             for row, present, norms in zip(rows, self.present, self.norms):
@@ -296,13 +304,16 @@ class StepLog:
                     self.param_norms[row] = values
             self.table.write("grad_norm", rows, totals)
         for row, loss, size in zip(rows, losses, self.sizes):
+            if loss is None:
+                continue
             if math.isfinite(loss):
                 state.epoch_loss_sum += loss * size
                 state.epoch_samples += size
             elif self.diverged_at is None:
                 self.diverged_at = row
-        state.last_loss = losses[-1]
-        self.rows, self.sizes, self.losses, self.norms, self.present = [], [], [], [], []
+        if fetched:
+            state.last_loss = fetched[-1]
+        self.rows, self.sizes, self.losses, self.norms, self.present, self.has_loss = [], [], [], [], [], []
 
 
 class Snapshot:

@@ -1,0 +1,509 @@
+"""``watch``: the instruments and the doctor in a training loop the user wrote.
+
+::
+
+    doctor = gdlab.watch(model, optimizer)
+    for x, y in loader:
+        loss = loss_fn(model(x), y)
+        optimizer.zero_grad(); loss.backward(); optimizer.step()
+        doctor.step(loss)
+    report = doctor.close()   # a Result: report.findings, report.remedies, report.history
+
+The loop stays the user's; gdlab only listens. A forward pre-hook on the model starts each step (so the periodic
+instruments' hooks ride on the step's own forward and backward pass, as in :func:`gdlab.fit`), the optimizer's step
+pre-hook takes the gradient norms before the update, and ``doctor.step(loss)`` files the step's loss on the device:
+the host reads the values every ``log_every`` steps, never once a step. Without ``doctor.step`` at all, the
+optimizer's step hooks end each step themselves (no loss: no loss-based findings). docs/watch.md says what each
+instrument needs, and which remedies need :func:`gdlab.fit`.
+
+Example:
+    >>> import torch, gdlab
+    >>> X = torch.randn(256, 3); y = X @ torch.tensor([[1.0], [-2.0], [0.5]])
+    >>> model = torch.nn.Linear(3, 1); optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    >>> doctor = gdlab.watch(model, optimizer)
+    >>> for epoch in range(5):
+    ...     for i in range(0, 256, 32):
+    ...         loss = torch.nn.functional.mse_loss(model(X[i:i + 32]), y[i:i + 32])
+    ...         optimizer.zero_grad(); loss.backward(); optimizer.step()
+    ...         doctor.step(loss)
+    ...     doctor.epoch_end()
+    >>> report = doctor.close()
+    >>> report.steps, report.final["train_loss"] < 1e-3, [f.code for f in report.findings]
+    (40, True, [])
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from gdlab import loop
+from gdlab.callbacks import Recorder
+from gdlab.data import BatchPlan, infer_task, structure
+from gdlab.doctor import REMEDY_MODES, Doctor
+from gdlab.errors import InvalidParameter, UnknownChoice, check_int
+from gdlab.instruments import attach
+from gdlab.loop import LoopState, Result, StepLog
+from gdlab.problem import LOSSES, LossFn, batch_loss, resolve_loss
+from gdlab.records import History, input_scales
+from gdlab.store import Store
+
+__all__ = ["Watch", "watch"]
+
+# torch's losses that are a plain mean over the batch's samples (the per-sample instruments rely on it), by class
+_MEAN_LOSSES = (nn.MSELoss, nn.L1Loss, nn.HuberLoss, nn.SmoothL1Loss, nn.CrossEntropyLoss, nn.BCEWithLogitsLoss,
+                nn.BCELoss, nn.NLLLoss)
+
+
+def watch(model: nn.Module, optimizer: torch.optim.Optimizer, *, loss_fn: str | LossFn | None = None,
+          instruments: str | Sequence[Any] = "default", doctor: bool = True, remedy: str = "suggest",
+          rollback: bool = False, store: Store | str | Path | None = None, name: str | None = None,
+          config: dict[str, Any] | None = None, loader: Any = None, batch_size: int | None = None,
+          steps_per_epoch: int | None = None, target_key: str | None = None, log_every: int = loop.LOG_EVERY,
+          callbacks: Sequence[Any] = (), hooks: bool = True) -> Watch:
+    """Watch a training loop the user wrote: the instruments measure each step, the doctor names what goes wrong.
+
+    Args:
+        model: the model the loop trains (hooks are put on it until :meth:`Watch.close`).
+        optimizer: the loop's optimizer (``torch.optim`` or gdlab's); its step hooks take the gradient norms before
+            each update and, where the loop never calls :meth:`Watch.step`, end each step.
+        loss_fn: the loss ``(output, target) -> loss`` (or a name in ``LOSSES``, or ``"model"``): with batches
+            given to :meth:`Watch.step`, the instruments that need a pass of their own (per-sample gradients for a
+            custom loss or a small batch, the sharpness and alpha of ``instruments="full"``) use it; without it
+            they skip quietly. A built-in mean loss (``F.cross_entropy``, ``nn.MSELoss()``...) also lets the
+            gradient noise scale ride on the step's own backward pass.
+        instruments: ``"default"``, ``"cheap"``, ``"full"``, ``"none"`` or a list, as :func:`gdlab.fit` takes.
+        doctor: diagnose the run at :meth:`Watch.close` (``report.findings``).
+        remedy: ``"suggest"``, ``"off"`` or ``"auto"``: the doctor changes the learning rate in the optimizer's
+            ``param_groups`` and clips gradients during the run (``report.remedies``).
+        rollback: with ``remedy="auto"``, let the doctor keep snapshots of the model and optimizer (in memory) and
+            roll back to them (after a divergence, a loss climbing back up). Off by default: a rollback changes
+            the model under the user's loop, which may hold state of its own (an EMA of the weights, a schedule).
+        store: a :class:`~gdlab.store.Store` or its folder: the run is recorded there (``gdlab show``, ``gdlab
+            doctor``, ``gdlab plot --instruments``). name, config: the stored run's name and settings.
+        loader: the loop's DataLoader (optional): its length, batch size and data set's size plan the epoch.
+        batch_size, steps_per_epoch: the same, given directly (else learned from the first batch and epoch).
+        target_key: the target's key in dict batches.
+        log_every: steps between host reads of the loss and gradient norms.
+        callbacks: objects with methods named after :data:`~gdlab.loop.EVENTS`, called as :func:`gdlab.fit` calls them.
+        hooks: use the optimizer's step hooks (False: each step is :meth:`Watch.step` alone).
+
+    Returns:
+        A :class:`Watch`: call :meth:`~Watch.step` after each update, optionally :meth:`~Watch.epoch_end`, and
+        :meth:`~Watch.close` at the end (or use it as a context manager).
+    """
+    return Watch(model, optimizer, loss_fn=loss_fn, instruments=instruments, doctor=doctor, remedy=remedy,
+                 rollback=rollback, store=store, name=name, config=config, loader=loader, batch_size=batch_size,
+                 steps_per_epoch=steps_per_epoch, target_key=target_key, log_every=log_every, callbacks=callbacks,
+                 hooks=hooks)
+
+
+class _WatchDoctor(Doctor):
+    """The doctor in a loop gdlab does not drive: without ``rollback`` it keeps no snapshots, so nothing is rolled
+    back (the rules that roll back do not act), and a raise of the learning rate that did worse is undone by
+    lowering it again, the parameters left as they are."""
+
+    def __init__(self, mode: str, *, rollback: bool) -> None:
+        super().__init__(mode)
+        self.rollback = rollback
+
+    def _take_snapshot(self, state: Any) -> None:
+        if self.rollback:
+            super()._take_snapshot(state)
+
+    def _roll_back(self, state: Any, lr: float, new: float, reason: str, *, counted: bool = True) -> None:
+        if self.rollback:
+            super()._roll_back(state, lr, new, reason, counted=counted)
+            return
+        self._set(state, "lr", new)
+        self._act(state, "set_lr", {"lr": new, "from_lr": lr},
+                  f"{reason.split(':')[0]}: lowered the learning rate {lr:.3g} -> {new:.3g} (no rollback: watch "
+                  "keeps no snapshot unless rollback=True)")
+
+
+class Watch:
+    """A loop the user wrote, watched: see :func:`watch`. ``history`` fills as the run goes (read it any time);
+    ``stop_reason`` says when the run diverged and nothing could repair it (the loop may break on it)."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, loss_fn: str | LossFn | None,
+                 instruments: str | Sequence[Any], doctor: bool, remedy: str, rollback: bool,
+                 store: Store | str | Path | None, name: str | None, config: dict[str, Any] | None, loader: Any,
+                 batch_size: int | None, steps_per_epoch: int | None, target_key: str | None, log_every: int,
+                 callbacks: Sequence[Any], hooks: bool) -> None:
+        if not isinstance(model, nn.Module):
+            raise InvalidParameter("model", type(model).__name__, "an nn.Module")
+        if not hasattr(optimizer, "param_groups") or not hasattr(optimizer, "step"):
+            raise InvalidParameter("optimizer", type(optimizer).__name__, "a torch.optim.Optimizer (or gdlab's)")
+        if remedy not in REMEDY_MODES:
+            raise UnknownChoice("remedy", remedy, REMEDY_MODES)
+        if not isinstance(doctor, bool):
+            raise InvalidParameter("doctor", doctor, "True or False")
+        if rollback and remedy != "auto":
+            raise InvalidParameter("rollback", rollback, 'remedy="auto" (a rollback is a remedy the doctor applies)')
+        self.log_every = check_int(log_every, "log_every")
+        for key, value in (("batch_size", batch_size), ("steps_per_epoch", steps_per_epoch)):
+            if value is not None:
+                check_int(value, key)
+        self.model, self.optimizer, self.target_key = model, optimizer, target_key
+        self.doctor_on = doctor
+        self._samples: int | None = None
+        if loader is not None:  # a DataLoader plans the epoch: its length, batch size and data set
+            steps_per_epoch = steps_per_epoch or _maybe_len(loader)
+            batch_size = batch_size or getattr(loader, "batch_size", None)
+            self._samples = _maybe_len(getattr(loader, "dataset", None))
+        self._given = (batch_size, steps_per_epoch)
+        self._epoch_steps = steps_per_epoch
+
+        # the loss the instruments' own passes take (None: they skip)
+        self.loss_fn: LossFn | None = None
+        self.loss_name: str | None = None
+        mean = False
+        if loss_fn is not None:
+            self.loss_fn, self.loss_name = resolve_loss(loss_fn, "classification")
+            mean = self.loss_fn is LOSSES.get(self.loss_name) or (
+                isinstance(self.loss_fn, _MEAN_LOSSES) and getattr(self.loss_fn, "reduction", None) == "mean" and
+                getattr(self.loss_fn, "weight", None) is None)
+
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        self.state = state = LoopState(model, optimizer, self._plan(batch_size or 1), History(), 0, device,
+                                       total_steps=0, forward=self._forward if self.loss_fn is not None else None,
+                                       loss_fn=self.loss_fn, loss_name=self.loss_name, target_key=target_key,
+                                       mean_loss=mean)
+        self.log = state.log = StepLog(state, list(model.parameters()))
+        state.history.meta.update(self._meta(batch_size))
+        self.watching = attach(instruments)
+        self.physician = _WatchDoctor(remedy, rollback=rollback) if doctor or remedy == "auto" else None
+
+        self.store: Store | None = store if isinstance(store, Store) or store is None else Store(store)
+        self.recorder: Recorder | None = None
+        self._config = dict(config or {"model": type(model).__name__, "optimizer": type(optimizer).__name__,
+                                       "lr": state.lr, "momentum": optimizer.param_groups[0].get("momentum"),
+                                       "batch_size": batch_size, "loss": self.loss_name, "loop": "watch"})
+        if self.store is not None:
+            described = {**self._config, "doctor_meta": self._doctor_meta()}
+            plan = state.plan.to_dict() if self._samples is not None and steps_per_epoch is not None else None
+            self.recorder = Recorder(self.store, self.store.create_run(described, plan, name=name))
+            state.run_id = self.recorder.run_id
+
+        self.hooks: list[Any] = [*self.watching, *([self.physician] if self.physician else []), *callbacks,
+                                 *([self.recorder] if self.recorder else [])]
+        self._handlers = {event: [getattr(h, event) for h in self.hooks if hasattr(h, event)] for event in loop.EVENTS}
+        self.grad_norms = bool(self.watching) or self.physician is not None
+        # where the step stands: started (on_step_start emitted), norms taken, an update awaiting its loss
+        self._started = self._normed = self._pending = False
+        self._manual = False  # step() has been called: it ends each step
+        self._auto = False  # step() is never called: the optimizer's post-hook ends each step
+        self._inputs: Any = None  # the step's inputs, as the model's forward pass saw them
+        self._learned = False  # the first batch told the meta (batch size, task, input scales)
+        self._closed = False
+        self._busy = False  # inside a hook of ours: a forward pass or update there is not the loop's
+        self.report: Result | None = None
+        self._started_at = time.perf_counter()
+
+        self._handles = [model.register_forward_pre_hook(self._on_forward, with_kwargs=True)]
+        if hooks and hasattr(optimizer, "register_step_post_hook"):
+            self._handles.append(optimizer.register_step_pre_hook(self._before_update))
+            self._handles.append(optimizer.register_step_post_hook(self._after_update))
+        self._emit("on_fit_start")
+        self._emit("on_epoch_start")
+
+    # -- what the user calls -------------------------------------------------------------------------------------
+    def step(self, loss: Tensor | None = None, *, batch: Any = None) -> None:
+        """End the step the loop just took: file its ``loss`` (kept on the device) and, optionally, its ``batch``
+        (``(inputs, target)``, ``(*inputs, target)`` or a dict with a target key) for the instruments that need
+        one. Call it after ``optimizer.step()`` (before it works too)."""
+        self._check_open()
+        self._manual = True
+        self._finish(loss, batch)  # after the update (pending), or before it: either way the step is this one
+
+    def epoch_end(self, val_loss: float | None = None, **metrics: float) -> None:
+        """Close an epoch: its record (``train_loss``, ``val_loss`` and any other ``val_...`` metrics given, as
+        :func:`gdlab.fit` records them) lets the validation-based findings (overfitting) work."""
+        self._check_open()
+        self._flush_pending()
+        self._check()
+        state = self.state
+        if state.stop_reason is not None:  # diverged: close() records the epoch's part before it, as fit does
+            return
+        if self._epoch_steps is None and state.iteration:  # the first epoch tells the epoch's length
+            self._epoch_steps = state.iteration
+            state.plan = self._plan(state.plan.batch_size)
+        row: dict[str, float] = {"epoch": state.epoch + 1, "step": state.step,
+                                 "train_loss": state.epoch_loss_sum / state.epoch_samples if state.epoch_samples
+                                 else math.nan}
+        if val_loss is not None:
+            row["val_loss"] = float(val_loss)
+        row.update({(k if k.startswith("val_") else f"val_{k}"): float(v) for k, v in metrics.items()})
+        row["seconds"] = time.perf_counter() - self._started_at
+        state.history.epochs.append(row)
+        self._emit("on_epoch_end")
+        state.epoch += 1
+        state.iteration = state.epoch_samples = 0
+        state.epoch_loss_sum = 0.0
+        self._emit("on_epoch_start")
+
+    def close(self, status: str = "finished") -> Result:
+        """End the watch: the hooks come off the model and the optimizer, the doctor diagnoses the run, the store
+        records it. Returns the report: a :class:`~gdlab.loop.Result` as :func:`gdlab.fit` returns it
+        (``findings``, ``remedies``, ``history``, ``final``...). Closing again returns the same report."""
+        if self.report is not None:
+            return self.report
+        state = self.state
+        try:
+            self._flush_pending()
+            self._check()
+            self.log.close()
+            if state.epoch_samples:  # a part of an epoch after the last epoch_end(): recorded, as fit records it
+                self._end_partial_epoch()
+            state.seconds = time.perf_counter() - self._started_at
+            state.total_steps = state.step
+            self._emit("on_fit_end")
+        except BaseException as error:
+            self._fail(error)
+            raise
+        finally:
+            self._unhook()
+        epochs = state.history.epochs
+        final: dict[str, float | None] = {"train_loss": epochs.last("train_loss", state.last_loss)}
+        final["val_loss"] = epochs.last("val_loss") if "val_loss" in epochs else None
+        final.update({k: epochs.last(k) for k in epochs.columns if k.startswith("val_") and k != "val_loss"})
+        final = {k: (None if v is not None and math.isnan(v) else v) for k, v in final.items()}
+        findings = self.physician.findings if self.physician and self.doctor_on else []
+        remedies = self.physician.remedies if self.physician else []
+        if self.recorder is not None and self.store is not None:
+            self.store.update_config(self.recorder.run_id, {**self._config, "batch_size": state.plan.batch_size,
+                                                            "doctor_meta": self._doctor_meta()})
+            self.recorder.checkpoint(state)
+            self.recorder.finish(state, status, final, findings, remedies)
+        self.report = Result(self.model, state.history, final, state.lr, state.run_id, state.seconds, state.plan,
+                             status, state.stop_reason, state.step, findings=list(findings),
+                             remedies=list(remedies))
+        return self.report
+
+    def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
+        if error is None:
+            self.close()
+        elif self.report is None:
+            self._fail(error)
+
+    @property
+    def history(self) -> History:
+        """What the run has recorded so far."""
+        return self.state.history
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Why the run should stop (a divergence nothing repaired), as :func:`gdlab.fit` would have; else None."""
+        return self.state.stop_reason
+
+    @property
+    def run_id(self) -> str | None:
+        """The run's id in the store, or None without one."""
+        return self.state.run_id
+
+    # -- the hooks -----------------------------------------------------------------------------------------------
+    def _on_forward(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """A forward pass of the model with gradients on: the next step starts (its batch is what the model got)."""
+        if not torch.is_grad_enabled() or self._closed or self._busy:
+            return
+        if self._pending:  # the last update's step got no step() call: the optimizer's hooks end the steps
+            self._auto = True
+            self._finish(None, None)
+        if not self._started:
+            self._inputs = args[0] if len(args) == 1 and not kwargs else (dict(kwargs) if not args else args)
+            self._begin(self._inputs)
+
+    def _before_update(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        """The optimizer's step pre-hook: the gradient norms, before the update changes anything."""
+        if self._busy:
+            return
+        if self._pending:
+            self._auto = True
+            self._finish(None, None)
+        if self._manual and not self._started:
+            return  # step() came before this update and ended the step: these gradients are filed already
+        self._begin(None)
+        if self.grad_norms and not self._normed:
+            self.log.grad_norms()
+            self._normed = True
+
+    def _after_update(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        """The optimizer's step post-hook: the step is taken; its loss comes with step(), if it is called."""
+        if self._busy or not self._started:
+            return  # step() came before the update and ended the step
+        if self._auto:
+            self._finish(None, None)
+        else:  # step() ends it, or (the first step, when step() never comes) the next forward pass or update
+            self._pending = True
+
+    # -- the step ------------------------------------------------------------------------------------------------
+    def _begin(self, inputs: Any) -> None:
+        """Emit ``on_step_start`` once per step (the periodic instruments arm their hooks on the forward pass)."""
+        if self._started:
+            return
+        self._started = True
+        state = self.state
+        state.batch = (inputs, None) if inputs is not None and _countable(inputs) else None
+        if state.stop_reason is None:  # diverged, unrepaired: nothing more is measured
+            self._emit("on_step_start")
+
+    def _finish(self, loss: Tensor | None, batch: Any) -> None:
+        """The step's record: norms (if the pre-hook did not take them), the row, ``on_step_end``, the reads."""
+        state = self.state
+        if not self._started:
+            self._begin(None)
+        if state.stop_reason is not None:  # diverged, unrepaired: nothing more is recorded
+            self._started = self._normed = self._pending = False
+            self._inputs = None
+            return
+        if self.grad_norms and not self._normed:
+            self.log.grad_norms()
+        x, y = structure.split(batch, self.target_key) if batch is not None else (self._inputs, None)
+        if y is not None:
+            x = structure.tree_map(lambda t: t.to(state.device), x)
+            y = y.to(state.device)
+        state.batch = (x, y) if x is not None and _countable(x) else None
+        samples = len(y) if y is not None else structure.count(x) if state.batch is not None else \
+            state.plan.batch_size
+        if not self._learned and state.batch is not None:
+            self._learn(x, y, samples)
+        state.step += 1
+        state.iteration += 1
+        self.log.record(loss.detach() if isinstance(loss, Tensor) else None, samples)
+        self._emit("on_step_end")
+        self._started = self._normed = self._pending = False
+        self._inputs = None
+        if state.step % self.log_every == 0 or self.log.diverged_at is not None:
+            self._check()
+        state.batch = None
+
+    def _flush_pending(self) -> None:
+        if self._pending:
+            self._finish(None, None)
+
+    def _check(self) -> None:
+        """Read the pending values; a non-finite loss goes to the doctor (a rollback with ``rollback=True``), else
+        the run is marked diverged (``stop_reason``), as :func:`gdlab.fit` marks it."""
+        log, state = self.log, self.state
+        log.fetch()
+        if log.diverged_at is None:
+            return
+        row, log.diverged_at = log.diverged_at, None
+        steps = state.history.steps
+        loss, step = steps["loss"][row], int(steps["step"][row])
+        if state.stop_reason is not None or any([getattr(h, "on_diverge", _never)(state) for h in self.hooks]):
+            return
+        # nothing repaired it: the record ends at the first non-finite loss, as fit's does (the steps after it
+        # say nothing more), and later steps are not recorded; the loop may break on stop_reason
+        steps.truncate(row + 1)
+        state.step, state.last_loss = step, loss
+        state.stop(f"diverged: the loss became {loss} at step {step}; the learning rate is likely too large")
+
+    def _emit(self, event: str) -> None:
+        """Call the hooks; their own passes (the instruments', the doctor's) are not steps of the loop."""
+        self._busy = True
+        try:
+            for handler in self._handlers[event]:
+                handler(self.state)
+        finally:
+            self._busy = False
+
+    def _end_partial_epoch(self) -> None:
+        state = self.state
+        state.history.epochs.append({"epoch": state.epoch + 1, "step": state.step,
+                                     "train_loss": state.epoch_loss_sum / state.epoch_samples if state.epoch_samples
+                                     else math.nan, "seconds": time.perf_counter() - self._started_at})
+
+    def _unhook(self) -> None:
+        self._closed = True
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _fail(self, error: BaseException) -> None:
+        """The loop failed: the hooks come off, what was measured is kept, the stored run is marked failed."""
+        self._unhook()
+        try:
+            self.log.close()
+        except Exception:
+            pass
+        for hook in self.hooks:
+            close = getattr(hook, "close", None)
+            if close is not None:
+                close()
+        if self.physician is not None:  # the doctor's clipping comes off the optimizer
+            try:
+                self.physician.on_fit_end(self.state)
+            except Exception:
+                pass
+        if self.recorder is not None:
+            self.recorder.fail(self.state, error, time.perf_counter() - self._started_at)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise InvalidParameter("watch", "closed", "an open watch (close() was called)")
+
+    # -- what the doctor reads besides the numbers ---------------------------------------------------------------
+    def _forward(self, model: Any, x: Any, y: Tensor) -> tuple[Tensor, Any]:
+        assert self.loss_fn is not None and self.loss_name is not None
+        return batch_loss(model, x, y, self.loss_fn, self.loss_name, self.target_key)
+
+    def _plan(self, batch_size: int) -> BatchPlan:
+        """The plan as known: the epoch's length as given or learned (else 20 steps: the doctor checks every 10)."""
+        steps = self._epoch_steps or 20
+        samples = self._samples or batch_size * steps
+        return BatchPlan(samples, batch_size, steps, batch_size)
+
+    def _meta(self, batch_size: int | None) -> dict[str, Any]:
+        group = self.optimizer.param_groups[0]
+        owners = [m for m in self.model.modules() if any(p.requires_grad for p in m.parameters(recurse=False))]
+        return {"lr": group.get("lr"), "momentum": group.get("momentum"), "batch_size": batch_size,
+                "samples": self._samples, "convex": len(owners) == 1 and isinstance(owners[0], nn.Linear)}
+
+    def _doctor_meta(self) -> dict[str, Any]:
+        return {k: v for k, v in self.state.history.meta.items() if k not in ("lr", "momentum")}
+
+    def _learn(self, x: Any, y: Tensor | None, samples: int) -> None:
+        """From the first batch (read once): the batch size, the task and classes, the inputs' scales."""
+        self._learned = True
+        state, meta = self.state, self.state.history.meta
+        size = self._given[0] or samples
+        if state.plan.batch_size != size:
+            state.plan = self._plan(size)
+        meta["batch_size"] = size
+        if meta.get("samples") is None:
+            meta["samples"] = state.plan.samples
+        if y is not None and len(y):
+            task = infer_task(y)
+            meta["task"] = task
+            if task == "classification" and not y.is_floating_point():
+                meta["num_classes"] = int(y.max()) + 1
+        features = structure.float_features(x)
+        if self.physician is not None and features is not None and len(features) > 1:
+            meta["feature_scales"] = input_scales(features)
+
+
+def _countable(inputs: Any) -> bool:
+    """Whether ``inputs`` hold a batch of samples (a tensor with a first dimension among its leaves)."""
+    first = next(iter(structure.leaves(inputs)), None)
+    return first is not None and first.dim() > 0
+
+
+def _maybe_len(value: Any) -> int | None:
+    try:
+        return len(value) if value is not None else None
+    except TypeError:
+        return None
+
+
+def _never(state: Any) -> bool:
+    return False

@@ -1,0 +1,214 @@
+"""gdlab.watch: the doctor in a loop the user wrote names the same pathologies as fit on the same model, data and
+seed; its report is fit's kind; its stored run reads as fit's; it never waits for the device each step."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from typer.testing import CliRunner
+
+import gdlab
+from gdlab.cli import app
+from gdlab.data import TensorData
+from gdlab.data.datasets import load
+from gdlab.loop import Result
+
+from test_loop import counting_syncs
+
+
+@pytest.fixture(scope="module")
+def moons() -> tuple[TensorData, TensorData]:
+    return load("moons")
+
+
+def _mlp(act: type[nn.Module] = nn.ReLU, hidden: int = 32) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(2, hidden), act(), nn.Linear(hidden, 2))
+
+
+def _deep_sigmoid() -> nn.Module:
+    torch.manual_seed(0)
+    layers: list[nn.Module] = [nn.Linear(2, 16), nn.Sigmoid()]
+    for _ in range(12):
+        layers += [nn.Linear(16, 16), nn.Sigmoid()]
+    return nn.Sequential(*layers, nn.Linear(16, 2))
+
+
+def _dead() -> nn.Module:
+    model = _mlp(hidden=16)
+    with torch.no_grad():
+        model[0].bias.fill_(-50.0)  # type: ignore[index]
+    return model
+
+
+def _codes(findings: list[Any]) -> set[str]:
+    return {f.code for f in findings if f.severity in ("warning", "error")}
+
+
+def _user_loop(model: nn.Module, data: TensorData, optimizer: torch.optim.Optimizer, *, epochs: int | None = None,
+               steps: int | None = None, batch_size: int = 32, seed: int = 0, step_line: bool = True,
+               give_batch: bool = False, val: TensorData | None = None, **options: Any) -> Result:
+    """A hand-written loop: shuffled mini-batches, cross-entropy, zero_grad / backward / step, watched."""
+    doctor = gdlab.watch(model, optimizer, **options)
+    g = torch.Generator().manual_seed(seed)
+    done = 0
+    for _ in range(epochs or 10**6):
+        order = torch.randperm(len(data.y), generator=g)
+        for i in range(0, len(order), batch_size):
+            x, y = data.X[order[i:i + batch_size]], data.y[order[i:i + batch_size]]
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if step_line:
+                doctor.step(loss, batch=(x, y) if give_batch else None)
+            done += 1
+            if doctor.stop_reason or (steps is not None and done >= steps):
+                break
+        if val is not None:
+            with torch.no_grad():
+                out = model(val.X)
+                doctor.epoch_end(val_loss=float(F.cross_entropy(out, val.y)),
+                                 val_accuracy=float((out.argmax(1) == val.y).float().mean()))
+        else:
+            doctor.epoch_end()
+        if doctor.stop_reason or (steps is not None and done >= steps):
+            break
+    return doctor.close()
+
+
+SCENARIOS: dict[str, tuple[Callable[[], nn.Module], dict[str, Any], float]] = {
+    # name: (model, fit's budget, lr); plain SGD
+    "divergence": (_mlp, {"epochs": 2}, 1e8),
+    "lr_too_low": (lambda: _mlp(nn.Tanh), {"epochs": 5}, 1e-5),
+    "vanishing": (_deep_sigmoid, {"steps": 30}, 0.01),
+    "dead_relu": (_dead, {"epochs": 2}, 0.01),
+    "healthy": (lambda: _mlp(nn.Tanh), {"epochs": 8}, 0.5),
+}
+EXPECTED = {"divergence": {"non_finite"}, "lr_too_low": {"lr_too_low", "not_learning"},
+            "vanishing": {"vanishing_gradients"}, "dead_relu": {"dead_relu"}, "healthy": set()}
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_watch_names_what_fit_names(moons: Any, scenario: str) -> None:
+    make, budget, lr = SCENARIOS[scenario]
+    train = moons[0]
+    fitted = gdlab.fit(make(), train, optimizer="sgd", lr=lr, batch_size=32, progress=False, **budget)
+    model = make()
+    watched = _user_loop(model, train, torch.optim.SGD(model.parameters(), lr=lr), **budget)
+    assert EXPECTED[scenario] <= _codes(fitted.findings)
+    assert _codes(watched.findings) == _codes(fitted.findings), scenario
+    if scenario == "divergence":
+        assert watched.stop_reason is not None and watched.stop_reason.startswith("diverged")
+
+
+def test_the_report_is_fits_kind(moons: Any) -> None:
+    model = _mlp(nn.Tanh)
+    report = _user_loop(model, moons[0], torch.optim.SGD(model.parameters(), lr=1e-5), epochs=3, val=moons[1])
+    fitted = gdlab.fit(_mlp(nn.Tanh), moons[0], val=moons[1], optimizer="sgd", lr=1e-5, epochs=3, progress=False)
+    assert isinstance(report, Result) and type(report.findings[0]) is type(fitted.findings[0])
+    assert [f.code for f in report.findings] == [f.code for f in fitted.findings]
+    mine, theirs = report.findings[0].to_dict(), fitted.findings[0].to_dict()
+    assert mine.keys() == theirs.keys() and mine["evidence"].keys() == theirs["evidence"].keys()
+    assert mine["remedy"]["action"] == theirs["remedy"]["action"]
+    assert set(report.final) == set(fitted.final) and report.final["val_accuracy"] is not None
+    assert report.steps == fitted.steps and report.model is model
+    # the per-step columns the instruments write are fit's
+    assert {k for k in fitted.history.steps.columns if not k.startswith(("noise", "grad_snr"))} <= \
+        set(report.history.steps.columns)
+
+
+def test_a_stored_run_reads_as_fits(moons: Any, tmp_path: Any) -> None:
+    model = _mlp(nn.Tanh)
+    report = _user_loop(model, moons[0], torch.optim.SGD(model.parameters(), lr=1e-5), epochs=3,
+                        store=tmp_path, name="mine")
+    runner = CliRunner()
+    shown = runner.invoke(app, ["show", "mine", "--store", str(tmp_path), "--json"])
+    assert shown.exit_code == 0, shown.output
+    stored = json.loads(shown.output)
+    assert stored["status"] == "finished" and stored["steps"] == report.steps
+    assert {f["code"] for f in stored["findings"]} == {f.code for f in report.findings}
+    diagnosed = runner.invoke(app, ["doctor", "mine", "--store", str(tmp_path), "--json"])
+    assert diagnosed.exit_code == 0, diagnosed.output
+    assert {f["code"] for f in json.loads(diagnosed.output)["findings"]} == {f.code for f in report.findings}
+    plotted = runner.invoke(app, ["plot", "mine", "--store", str(tmp_path), "--instruments",
+                                  "--out", str(tmp_path / "i.png")])
+    assert plotted.exit_code == 0, plotted.output
+    assert (tmp_path / "i.png").exists()
+
+
+def _syncs(steps: int) -> int:
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(4096, 4, generator=g)
+    y = X @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]])
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    with counting_syncs() as counts:
+        doctor = gdlab.watch(model, optimizer, instruments="cheap", doctor=False)
+        for i in range(steps):
+            x, t = X[i * 4:(i + 1) * 4], y[i * 4:(i + 1) * 4]
+            loss = F.mse_loss(model(x), t)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            doctor.step(loss)
+        doctor.close()
+    return counts["n"]
+
+
+def test_no_host_sync_per_step() -> None:
+    short, long = _syncs(200), _syncs(800)
+    assert long - short <= 600 / 50 + 2  # a read every log_every steps, not one per step
+
+
+@pytest.mark.parametrize("kind", ["torch", "gdlab"])
+def test_torch_and_gdlab_optimizers_both_work(moons: Any, kind: str) -> None:
+    model = _mlp(nn.Tanh)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-5) if kind == "torch" else \
+        gdlab.optim.make("sgd", model.parameters(), lr=1e-5)
+    report = _user_loop(model, moons[0], optimizer, epochs=3)
+    assert {"lr_too_low", "not_learning"} <= _codes(report.findings)
+    steps = report.history.steps
+    assert all(math.isfinite(v) for v in steps["grad_norm"]) and "grad_norm/0" in steps
+
+
+def test_without_the_step_line_the_optimizers_hooks_end_each_step(moons: Any) -> None:
+    model = _deep_sigmoid()
+    report = _user_loop(model, moons[0], torch.optim.SGD(model.parameters(), lr=0.01), steps=30, step_line=False)
+    steps = report.history.steps
+    assert report.steps == 30 and len(steps) == 30 and "loss" not in steps  # no loss: no loss-based findings
+    assert "grad_out/0" in steps and all(math.isfinite(v) for v in steps["grad_norm"])
+    assert _codes(report.findings) == {"vanishing_gradients"}  # the per-layer ones work all the same
+
+
+def test_a_batch_and_a_loss_serve_the_instruments_that_need_them(moons: Any) -> None:
+    model = _mlp(nn.Tanh)
+    report = _user_loop(model, moons[0], torch.optim.SGD(model.parameters(), lr=0.1), steps=4, give_batch=True,
+                        loss_fn=nn.CrossEntropyLoss(), instruments="full")
+    steps = report.history.steps
+    assert len(steps) == 4 and report.steps == 4  # the instruments' own passes are no steps of the loop
+    assert math.isfinite(steps["noise_scale"][0]) and math.isfinite(steps["sharpness"][0])
+    model = _mlp(nn.Tanh)
+    bare = _user_loop(model, moons[0], torch.optim.SGD(model.parameters(), lr=0.1), steps=4, instruments="full")
+    assert "sharpness" not in bare.history.steps and "saturated/1" in bare.history.steps  # skipped quietly
+
+
+def test_auto_remedy_changes_the_users_lr_without_rollback(moons: Any) -> None:
+    model = _mlp(nn.Tanh)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-5)
+    report = _user_loop(model, moons[0], optimizer, epochs=3, remedy="auto")
+    # the steps are tiny: the doctor raises the user's lr (x3 a check: no probe outside fit); no rollback
+    first = report.remedies[0]
+    assert first.action == "set_lr" and first.params["lr"] == pytest.approx(3e-5)
+    assert all(r.action in ("set_lr", "clip_norm", "set_momentum") for r in report.remedies)
+    assert report.lr == optimizer.param_groups[0]["lr"]
+    with pytest.raises(gdlab.GdlabError):
+        gdlab.watch(model, optimizer, rollback=True)  # a rollback is a remedy: remedy="auto" only
