@@ -19,7 +19,6 @@ from gdlab.cli import app
 from gdlab.data import TensorData
 from gdlab.data.datasets import load
 from gdlab.loop import Result
-
 from test_loop import counting_syncs
 
 
@@ -212,3 +211,43 @@ def test_auto_remedy_changes_the_users_lr_without_rollback(moons: Any) -> None:
     assert report.lr == optimizer.param_groups[0]["lr"]
     with pytest.raises(gdlab.GdlabError):
         gdlab.watch(model, optimizer, rollback=True)  # a rollback is a remedy: remedy="auto" only
+
+
+class _TwoInputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(2, 8), nn.Linear(2, 8)
+        self.out = nn.Sequential(nn.Tanh(), nn.Linear(8, 2))
+
+    def forward(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return self.out(self.a(u) + self.b(v))
+
+
+def test_structured_batches_a_loader_and_a_failing_loop(moons: Any, tmp_path: Any) -> None:
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(moons[0].X, moons[0].X.flip(1), moons[0].y)
+    loader = torch.utils.data.DataLoader(data, batch_size=32, shuffle=True)
+    model = _TwoInputs()
+    optimizer = gdlab.optim.make("adam", model.parameters(), lr=0.01)
+    with gdlab.watch(model, optimizer, loss_fn=F.cross_entropy, loader=loader, store=tmp_path, name="two") as doctor:
+        for u, v, y in loader:
+            loss = F.cross_entropy(model(u, v), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            doctor.step(loss, batch=(u, v, y))  # (*inputs, target)
+        doctor.epoch_end()
+    report = doctor.report
+    assert report is not None and report.steps == len(loader) and report.plan.iterations_per_epoch == len(loader)
+    assert "noise_scale" in report.history.steps and report.history.meta["num_classes"] == 2
+    assert gdlab.Store(tmp_path).get("two").plan["iterations_per_epoch"] == len(loader)
+    with pytest.raises(RuntimeError, match="boom"), gdlab.watch(model, optimizer, store=tmp_path, name="bad") as doctor:
+        for u, v, y in loader:
+            loss = F.cross_entropy(model(u, v), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            doctor.step(loss)
+            raise RuntimeError("boom")
+    assert gdlab.Store(tmp_path).get("bad").status == "failed"
+    assert not model._forward_pre_hooks and not optimizer._optimizer_step_post_hooks  # the hooks came off

@@ -206,10 +206,24 @@ class Watch:
         self.report: Result | None = None
         self._started_at = time.perf_counter()
 
-        self._handles = [model.register_forward_pre_hook(self._on_forward, with_kwargs=True)]
+        # plain functions, not bound methods: a deep copy of the model (the instruments make one) shares them
+        # instead of copying this watch, and they answer the user's model alone
+        def on_forward(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            if module is self.model:
+                self._on_forward(args, kwargs)
+
+        def before_update(opt: Any, args: Any, kwargs: Any) -> None:
+            if opt is self.optimizer:
+                self._before_update()
+
+        def after_update(opt: Any, args: Any, kwargs: Any) -> None:
+            if opt is self.optimizer:
+                self._after_update()
+
+        self._handles = [model.register_forward_pre_hook(on_forward, with_kwargs=True)]
         if hooks and hasattr(optimizer, "register_step_post_hook"):
-            self._handles.append(optimizer.register_step_pre_hook(self._before_update))
-            self._handles.append(optimizer.register_step_post_hook(self._after_update))
+            self._handles.append(optimizer.register_step_pre_hook(before_update))
+            self._handles.append(optimizer.register_step_post_hook(after_update))
         self._emit("on_fit_start")
         self._emit("on_epoch_start")
 
@@ -311,7 +325,7 @@ class Watch:
         return self.state.run_id
 
     # -- the hooks -----------------------------------------------------------------------------------------------
-    def _on_forward(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def _on_forward(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """A forward pass of the model with gradients on: the next step starts (its batch is what the model got)."""
         if not torch.is_grad_enabled() or self._closed or self._busy:
             return
@@ -322,7 +336,7 @@ class Watch:
             self._inputs = args[0] if len(args) == 1 and not kwargs else (dict(kwargs) if not args else args)
             self._begin(self._inputs)
 
-    def _before_update(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+    def _before_update(self) -> None:
         """The optimizer's step pre-hook: the gradient norms, before the update changes anything."""
         if self._busy:
             return
@@ -336,7 +350,7 @@ class Watch:
             self.log.grad_norms()
             self._normed = True
 
-    def _after_update(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+    def _after_update(self) -> None:
         """The optimizer's step post-hook: the step is taken; its loss comes with step(), if it is called."""
         if self._busy or not self._started:
             return  # step() came before the update and ended the step
