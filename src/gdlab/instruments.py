@@ -329,7 +329,8 @@ class Periodic(Instrument):
         self.close()
         step = state.step + 1
         self.due = (step % self.every == 0 or step == 1) and self.budget.allows(step)
-        if self.due and state.batch is not None and len(state.batch[0]) >= self.min_batch:
+        size = _batch_size(state.batch) if state.batch is not None else 0
+        if self.due and size >= self.min_batch:
             # which layers train may change during a run (unfreezing): look again when it has
             trained = tuple(p.requires_grad for p in self.params)
             if trained != self.trained:
@@ -338,7 +339,7 @@ class Periodic(Instrument):
                 self.owners = {n for n, m in self.layers
                                if any(p.requires_grad for p in m.parameters(recurse=False))}
             self.factored = self.mean_loss and not self.unfactorable and self.can_factor
-            self._arm(len(state.batch[0]))
+            self._arm(size)
 
     def _arm(self, batch: int) -> None:
         n = min(batch, self.sub_batch)
