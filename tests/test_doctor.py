@@ -31,6 +31,14 @@ def _mlp(act: type[nn.Module] = nn.ReLU, hidden: int = 32) -> nn.Module:
     return nn.Sequential(nn.Linear(2, hidden), act(), nn.Linear(hidden, 2))
 
 
+def _unbudgeted() -> list[Any]:
+    """The default instruments with no wall-clock budget: their readings fall on the same steps however loaded the
+    machine is."""
+    from gdlab.instruments import Cheap, Periodic
+
+    return [Cheap(budget=math.inf), Periodic(budget=math.inf)]
+
+
 def _codes(result: Any, at_least: str = "warning") -> set[str]:
     levels = ("info", "warning", "error")
     return {f.code for f in result.findings if levels.index(f.severity) >= levels.index(at_least)}
@@ -142,14 +150,16 @@ def test_dead_relu(moons: Any) -> None:
     model = _mlp(hidden=16)
     with torch.no_grad():
         model[0].bias.fill_(-50.0)
-    result = gdlab.fit(model, moons[0], optimizer="sgd", lr=0.01, epochs=2, progress=False)
+    result = gdlab.fit(model, moons[0], optimizer="sgd", lr=0.01, epochs=2, progress=False,
+                       instruments=_unbudgeted())
     assert "dead_relu" in _codes(result) and "lr_too_low" not in _codes(result)  # the small steps are explained
 
 
 def test_saturated_activations_and_ill_conditioned_inputs(moons: Any) -> None:
     train = moons[0]
     big = TensorData(train.X * 100, train.y, num_classes=2)
-    result = gdlab.fit(_mlp(nn.Tanh), big, optimizer="sgd", lr=0.01, epochs=2, progress=False)
+    result = gdlab.fit(_mlp(nn.Tanh), big, optimizer="sgd", lr=0.01, epochs=2, progress=False,
+                       instruments=_unbudgeted())
     assert "saturated_activations" in _codes(result) and "ill_conditioned_inputs" not in _codes(result)
     skewed = TensorData(train.X * torch.tensor([1.0, 1000.0]), train.y, num_classes=2)
     result = gdlab.fit(_mlp(nn.Tanh), skewed, optimizer="sgd", lr=1e-4, epochs=2, progress=False)
@@ -163,7 +173,8 @@ def test_vanishing_gradients_in_a_deep_sigmoid_network(moons: Any) -> None:
     for _ in range(12):
         layers += [nn.Linear(16, 16), nn.Sigmoid()]
     model = nn.Sequential(*layers, nn.Linear(16, 2))
-    result = gdlab.fit(model, moons[0], optimizer="sgd", lr=0.01, steps=30, progress=False)
+    result = gdlab.fit(model, moons[0], optimizer="sgd", lr=0.01, steps=30, progress=False,
+                       instruments=_unbudgeted())
     finding = next(f for f in result.findings if f.code == "vanishing_gradients")
     assert finding.evidence["first_over_last"] < 1e-3
 
@@ -248,7 +259,8 @@ def test_auto_recovers_from_divergence(moons: Any) -> None:
 def test_auto_raises_a_learning_rate_that_is_too_low(moons: Any) -> None:
     train, val = moons
     suggested = gdlab.fit(_mlp(), train, val=val, optimizer="sgd", lr=1e-5, epochs=10, progress=False)
-    result = gdlab.fit(_mlp(), train, val=val, optimizer="sgd", lr=1e-5, epochs=10, progress=False, remedy="auto")
+    result = gdlab.fit(_mlp(), train, val=val, optimizer="sgd", lr=1e-5, epochs=10, progress=False, remedy="auto",
+                       instruments=_unbudgeted())
     raise_ = result.remedies[0]  # one move, found by a probe (not x3 a check)
     assert raise_.action == "set_lr" and raise_.params["probe"]["chosen"] == raise_.params["lr"] > 1e-2
     assert result.lr > 1e-3 and result.final["val_loss"] < 0.6 < suggested.final["val_loss"]
@@ -260,7 +272,8 @@ def test_auto_probes_a_learning_rate_far_too_low() -> None:
     train, val = load("digits")
     torch.manual_seed(0)
     model = gdlab.models.build("mlp", in_features=64, out_features=10)
-    result = gdlab.fit(model, train, val=val, optimizer="sgd", lr=1e-6, epochs=8, progress=False, remedy="auto")
+    result = gdlab.fit(model, train, val=val, optimizer="sgd", lr=1e-6, epochs=8, progress=False, remedy="auto",
+                       instruments=_unbudgeted())
     assert result.final["val_loss"] < 1.0 and min(result.history.epochs["val_loss"][:3]) < 1.0
     raises = [r for r in result.remedies if r.action == "set_lr"]
     assert len(raises) == 1 and raises[0].params["from_lr"] == 1e-6
@@ -339,7 +352,8 @@ def test_a_failed_probe_hands_over_to_fixed_steps(moons: Any) -> None:
 
     model = _mlp()
     model.lock = threading.Lock()  # type: ignore[assignment]
-    result = gdlab.fit(model, moons[0], optimizer="sgd", lr=1e-5, epochs=3, progress=False, remedy="auto")
+    result = gdlab.fit(model, moons[0], optimizer="sgd", lr=1e-5, epochs=3, progress=False, remedy="auto",
+                       instruments=_unbudgeted())
     failed, *raises = result.remedies
     assert failed.action == "probe_lr" and "cannot pickle" in failed.params["failed"]
     assert failed.reason.startswith("the learning-rate probe failed (") and len(raises) >= 2
@@ -352,7 +366,7 @@ def test_auto_quiets_noisy_stochastic_descent(moons: Any) -> None:
     suggested = gdlab.fit(_mlp(), train, val=val, optimizer="sgd", lr=0.3, batch_size="stochastic", epochs=3,
                           progress=False)
     result = gdlab.fit(_mlp(), train, val=val, optimizer="sgd", lr=0.3, batch_size="stochastic", epochs=3,
-                       progress=False, remedy="auto")
+                       progress=False, remedy="auto", instruments=_unbudgeted())
     assert any(r.action == "set_lr" and r.params["lr"] < r.params["from_lr"] for r in result.remedies)
     assert result.final["val_loss"] < 0.15 < suggested.final["val_loss"]
 
@@ -538,14 +552,6 @@ def test_a_rule_acts_on_its_window_and_records_why() -> None:
 
 
 # -- trust on ordinary runs: right or quiet where nothing is wrong --------------------------------------------------
-
-
-def _unbudgeted() -> list[Any]:
-    """The default instruments with no wall-clock budget: their readings fall on the same steps however loaded the
-    machine is."""
-    from gdlab.instruments import Cheap, Periodic
-
-    return [Cheap(budget=math.inf), Periodic(budget=math.inf)]
 
 
 def test_a_converged_run_is_no_plateau() -> None:

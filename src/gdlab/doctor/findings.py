@@ -30,8 +30,8 @@ REMEDY_MODES = ("off", "suggest", "auto")
 
 @dataclass
 class Finding:
-    """A named problem: ``code`` (one of :data:`CODES`), ``severity`` (info, warning, error), ``step`` (first
-    seen), ``evidence`` (the numbers), a one-sentence ``explanation`` and a ``remedy`` (an action with its
+    """A named problem: ``code`` (one of :data:`CODES`), ``severity`` (info, warning, error), ``step`` (where
+    its evidence is), ``evidence`` (the numbers), a one-sentence ``explanation`` and a ``remedy`` (an action with its
     parameters, e.g. ``{"action": "set_lr", "lr": 0.008}``).
 
     Example:
