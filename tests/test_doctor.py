@@ -31,6 +31,14 @@ def _mlp(act: type[nn.Module] = nn.ReLU, hidden: int = 32) -> nn.Module:
     return nn.Sequential(nn.Linear(2, hidden), act(), nn.Linear(hidden, 2))
 
 
+def _unbudgeted() -> list[Any]:
+    """The default instruments with no wall-clock budget: their readings fall on the same steps however loaded the
+    machine is."""
+    from gdlab.instruments import Cheap, Periodic
+
+    return [Cheap(budget=math.inf), Periodic(budget=math.inf)]
+
+
 def _codes(result: Any, at_least: str = "warning") -> set[str]:
     levels = ("info", "warning", "error")
     return {f.code for f in result.findings if levels.index(f.severity) >= levels.index(at_least)}
@@ -112,7 +120,9 @@ def test_sharpness_needs_two_readings_past_the_opening() -> None:
     assert "lr_too_high" not in codes({1: 50.0, 50: 5.0, 100: 1.0})  # one reading past it
     assert "lr_too_high" not in codes({50: 5.0, 75: 1.0, 100: 1.0, 125: 5.0, 150: 1.0})  # a minority of them
     (finding,) = [f for f in diagnose(history({1: 1.0, 50: 5.0, 100: 6.0})) if f.code == "lr_too_high"]
-    assert finding.step == 50 and finding.evidence["readings_over"] == 2 and finding.evidence["sharpness"] == 6.0
+    # the finding's step is its evidence's (the latest reading over the limit); the first is since_step
+    assert finding.step == 100 and finding.evidence["since_step"] == 50
+    assert finding.evidence["readings_over"] == 2 and finding.evidence["sharpness"] == 6.0
     assert finding.remedy == {"action": "set_lr", "lr": pytest.approx(1.0 * 2.0 / 6.0 / 2)}
 
 
@@ -123,14 +133,15 @@ def test_per_layer_findings_need_two_readings() -> None:
     assert "dead_relu" not in {f.code for f in diagnose(h)}
     h.steps.columns["dead_share/0"][25] = 0.8
     (finding,) = [f for f in diagnose(h) if f.code == "dead_relu"]
-    assert finding.evidence == {"dead_share": {"0": 0.8}} and finding.step == 1
+    assert finding.evidence == {"dead_share": {"0": 0.8}, "since_step": 1} and finding.step == 26
     h.steps.columns["dead_share/0"][50] = 0.1  # revived: the latest readings disagree
     assert "dead_relu" not in {f.code for f in diagnose(h)}
     for row, first in ((10, 1e-5), (35, 1e-5)):
         h.steps.columns.setdefault("grad_out/0", [math.nan] * 60)[row] = first
         h.steps.columns.setdefault("grad_out/2", [math.nan] * 60)[row] = 1.0
     (finding,) = [f for f in diagnose(h) if f.code == "vanishing_gradients"]
-    assert finding.step == 11 and finding.evidence["first_over_last"] == pytest.approx(1e-5)
+    assert finding.step == 36 and finding.evidence["since_step"] == 11
+    assert finding.evidence["first_over_last"] == pytest.approx(1e-5)
     h.steps.columns["grad_out/0"][35] = 0.5
     assert "vanishing_gradients" not in {f.code for f in diagnose(h)}
 
@@ -139,14 +150,16 @@ def test_dead_relu(moons: Any) -> None:
     model = _mlp(hidden=16)
     with torch.no_grad():
         model[0].bias.fill_(-50.0)
-    result = gdlab.fit(model, moons[0], optimizer="sgd", lr=0.01, epochs=2, progress=False)
+    result = gdlab.fit(model, moons[0], optimizer="sgd", lr=0.01, epochs=2, progress=False,
+                       instruments=_unbudgeted())
     assert "dead_relu" in _codes(result) and "lr_too_low" not in _codes(result)  # the small steps are explained
 
 
 def test_saturated_activations_and_ill_conditioned_inputs(moons: Any) -> None:
     train = moons[0]
     big = TensorData(train.X * 100, train.y, num_classes=2)
-    result = gdlab.fit(_mlp(nn.Tanh), big, optimizer="sgd", lr=0.01, epochs=2, progress=False)
+    result = gdlab.fit(_mlp(nn.Tanh), big, optimizer="sgd", lr=0.01, epochs=2, progress=False,
+                       instruments=_unbudgeted())
     assert "saturated_activations" in _codes(result) and "ill_conditioned_inputs" not in _codes(result)
     skewed = TensorData(train.X * torch.tensor([1.0, 1000.0]), train.y, num_classes=2)
     result = gdlab.fit(_mlp(nn.Tanh), skewed, optimizer="sgd", lr=1e-4, epochs=2, progress=False)
@@ -160,7 +173,8 @@ def test_vanishing_gradients_in_a_deep_sigmoid_network(moons: Any) -> None:
     for _ in range(12):
         layers += [nn.Linear(16, 16), nn.Sigmoid()]
     model = nn.Sequential(*layers, nn.Linear(16, 2))
-    result = gdlab.fit(model, moons[0], optimizer="sgd", lr=0.01, steps=30, progress=False)
+    result = gdlab.fit(model, moons[0], optimizer="sgd", lr=0.01, steps=30, progress=False,
+                       instruments=_unbudgeted())
     finding = next(f for f in result.findings if f.code == "vanishing_gradients")
     assert finding.evidence["first_over_last"] < 1e-3
 
@@ -245,7 +259,8 @@ def test_auto_recovers_from_divergence(moons: Any) -> None:
 def test_auto_raises_a_learning_rate_that_is_too_low(moons: Any) -> None:
     train, val = moons
     suggested = gdlab.fit(_mlp(), train, val=val, optimizer="sgd", lr=1e-5, epochs=10, progress=False)
-    result = gdlab.fit(_mlp(), train, val=val, optimizer="sgd", lr=1e-5, epochs=10, progress=False, remedy="auto")
+    result = gdlab.fit(_mlp(), train, val=val, optimizer="sgd", lr=1e-5, epochs=10, progress=False, remedy="auto",
+                       instruments=_unbudgeted())
     raise_ = result.remedies[0]  # one move, found by a probe (not x3 a check)
     assert raise_.action == "set_lr" and raise_.params["probe"]["chosen"] == raise_.params["lr"] > 1e-2
     assert result.lr > 1e-3 and result.final["val_loss"] < 0.6 < suggested.final["val_loss"]
@@ -257,7 +272,8 @@ def test_auto_probes_a_learning_rate_far_too_low() -> None:
     train, val = load("digits")
     torch.manual_seed(0)
     model = gdlab.models.build("mlp", in_features=64, out_features=10)
-    result = gdlab.fit(model, train, val=val, optimizer="sgd", lr=1e-6, epochs=8, progress=False, remedy="auto")
+    result = gdlab.fit(model, train, val=val, optimizer="sgd", lr=1e-6, epochs=8, progress=False, remedy="auto",
+                       instruments=_unbudgeted())
     assert result.final["val_loss"] < 1.0 and min(result.history.epochs["val_loss"][:3]) < 1.0
     raises = [r for r in result.remedies if r.action == "set_lr"]
     assert len(raises) == 1 and raises[0].params["from_lr"] == 1e-6
@@ -336,7 +352,8 @@ def test_a_failed_probe_hands_over_to_fixed_steps(moons: Any) -> None:
 
     model = _mlp()
     model.lock = threading.Lock()  # type: ignore[assignment]
-    result = gdlab.fit(model, moons[0], optimizer="sgd", lr=1e-5, epochs=3, progress=False, remedy="auto")
+    result = gdlab.fit(model, moons[0], optimizer="sgd", lr=1e-5, epochs=3, progress=False, remedy="auto",
+                       instruments=_unbudgeted())
     failed, *raises = result.remedies
     assert failed.action == "probe_lr" and "cannot pickle" in failed.params["failed"]
     assert failed.reason.startswith("the learning-rate probe failed (") and len(raises) >= 2
@@ -349,7 +366,7 @@ def test_auto_quiets_noisy_stochastic_descent(moons: Any) -> None:
     suggested = gdlab.fit(_mlp(), train, val=val, optimizer="sgd", lr=0.3, batch_size="stochastic", epochs=3,
                           progress=False)
     result = gdlab.fit(_mlp(), train, val=val, optimizer="sgd", lr=0.3, batch_size="stochastic", epochs=3,
-                       progress=False, remedy="auto")
+                       progress=False, remedy="auto", instruments=_unbudgeted())
     assert any(r.action == "set_lr" and r.params["lr"] < r.params["from_lr"] for r in result.remedies)
     assert result.final["val_loss"] < 0.15 < suggested.final["val_loss"]
 
@@ -532,3 +549,138 @@ def test_a_rule_acts_on_its_window_and_records_why() -> None:
     plateau = _window(grads=[0.1] * 20, median_grad=0.1, first=1.5)
     assert add_momentum_on_plateau(doc, state, plateau) and state.optimizer.param_groups[0]["momentum"] == 0.9
     assert not add_momentum_on_plateau(doc, state, plateau)  # momentum is there already
+
+
+# -- trust on ordinary runs: right or quiet where nothing is wrong --------------------------------------------------
+
+
+def test_a_converged_run_is_no_plateau() -> None:
+    """A healthy digits run (lr auto: 99.2% validation accuracy, train loss 0.002) got "plateau: triple the lr":
+    its loss sat at 0.0022 for 270 steps, then dipped to 0.0011. A loss at its floor is no plateau."""
+    losses = [2.3 * 0.9 ** i for i in range(60)] + [0.0022] * 300 + [0.0011] * 100
+    grads = [1.0] * 60 + [0.01] * 400
+    assert "plateau" not in {f.code for f in diagnose(_history(losses, grads, momentum=0.9))}
+    # a classifier near zero loss (under 5% of chance's) is at its floor even from a low start
+    low = [0.1 * 0.95 ** i for i in range(60)] + [0.009] * 300 + [0.005] * 100
+    assert "plateau" in {f.code for f in diagnose(_history(low, grads, momentum=0.9))}
+    assert "plateau" not in {f.code for f in diagnose(_history(low, grads, momentum=0.9, task="classification",
+                                                                     num_classes=10))}
+
+
+def test_a_flat_loss_with_validation_at_its_best_is_no_plateau() -> None:
+    losses = [2.0 - 0.01 * i for i in range(20)] + [1.8] * 100 + [1.8 * 0.97 ** i for i in range(80)]
+    grads = [1.0] * 20 + [0.01] * 100 + [0.5] * 80
+    h = _history(losses, grads, momentum=0.0)
+    for epoch, (step, val) in enumerate(((50, 0.9), (100, 0.5), (150, 0.52), (200, 0.55))):
+        h.epochs.append({"epoch": epoch + 1, "step": step, "val_loss": val})
+    assert "plateau" not in {f.code for f in diagnose(h)}  # the held-out loss was at its best on the flat stretch
+    h.epochs.columns["val_loss"] = [0.9, 0.8, 0.5, 0.45]  # still far from it there: a plateau
+    assert "plateau" in {f.code for f in diagnose(h)}
+
+
+@pytest.mark.parametrize(("momentum", "remedy"), [(0.0, "set_momentum"), (0.9, "set_lr"), (None, "set_lr")])
+def test_a_plateau_never_prescribes_the_momentum_a_run_has(momentum: Any, remedy: str) -> None:
+    losses = [2.0 - 0.01 * i for i in range(20)] + [1.8] * 100 + [1.8 * 0.97 ** i for i in range(80)]
+    grads = [1.0] * 20 + [0.01] * 100 + [0.5] * 80
+    (finding,) = [f for f in diagnose(_history(losses, grads, momentum=momentum)) if f.code == "plateau"]
+    assert finding.remedy is not None and finding.remedy["action"] == remedy
+
+
+def test_a_resumed_run_tells_the_doctor_its_own_settings(moons: Any, tmp_path: Path) -> None:
+    """A resumed run's history is the stored one, which kept no momentum: a plateau there prescribed momentum 0.9
+    to a run at 0.9. The doctor reads the run's settings (momentum, activations) from the run itself."""
+    store = Store(tmp_path)
+    settings: dict[str, Any] = dict(optimizer="momentum", lr=0.05, progress=False, store=store, instruments="none")
+    first = gdlab.fit(_mlp(), moons[0], epochs=1, **settings)
+    resumed = gdlab.fit(_mlp(), moons[0], epochs=2, resume=first.run_id, **settings)
+    assert resumed.steps > first.steps
+    meta = resumed.history.meta
+    assert meta["momentum"] == 0.9 and meta["activations"] == ["relu"] and meta["task"] == "classification"
+    losses = [2.0 - 0.01 * i for i in range(20)] + [1.8] * 100 + [1.8 * 0.97 ** i for i in range(80)]
+    plateau = _history(losses, [1.0] * 20 + [0.01] * 100 + [0.5] * 80)
+    plateau.meta.update(meta)
+    (finding,) = [f for f in diagnose(plateau) if f.code == "plateau"]
+    assert finding.remedy is not None and finding.remedy["action"] != "set_momentum"
+
+
+def test_a_layer_finding_is_dated_by_its_evidence_and_prescribes_what_the_model_lacks() -> None:
+    """A ReLU network whose units died late: the depth reading at step 1 was a healthy 0.42, the ones from step
+    1300 on vanishing. The finding is at its evidence's step, and does not prescribe the ReLU the model has."""
+    n = 1400
+    h = _history([1.0] * n, activations=["relu"])
+    for row, first in ((0, 0.42), (500, 0.3), (1299, 1e-5), (1324, 2e-5)):
+        h.steps.columns.setdefault("grad_out/0", [math.nan] * n)[row] = first
+        h.steps.columns.setdefault("grad_out/2", [math.nan] * n)[row] = 1.0
+    for row, share in ((0, 0.0), (1299, 0.9), (1324, 0.95)):
+        h.steps.columns.setdefault("dead_share/1", [math.nan] * n)[row] = share
+    found = {f.code: f for f in diagnose(h)}
+    vanishing, dead = found["vanishing_gradients"], found["dead_relu"]
+    assert vanishing.step == 1325 and vanishing.evidence["since_step"] == 1300
+    assert vanishing.evidence["first_over_last"] == pytest.approx(2e-5)
+    assert dead.step == 1325 and dead.evidence == {"dead_share": {"1": 0.95}, "since_step": 1300}
+    for finding in (vanishing, dead):
+        assert finding.remedy is not None and finding.remedy.get("activation") == "leaky_relu"
+    h.meta["activations"] = ["sigmoid"]  # a saturating network: there ReLU is the remedy
+    (vanishing,) = [f for f in diagnose(h) if f.code == "vanishing_gradients"]
+    assert vanishing.remedy is not None and vanishing.remedy["activation"] == "relu"
+
+
+def test_a_dead_relu_run_gets_no_relu_and_findings_at_their_readings(moons: Any) -> None:
+    model = _mlp(hidden=16)
+    with torch.no_grad():
+        model[0].bias.fill_(-50.0)
+    result = gdlab.fit(model, moons[0], optimizer="sgd", lr=0.01, epochs=2, progress=False,
+                       instruments=_unbudgeted())
+    steps = result.history.steps
+    dead = next(f for f in result.findings if f.code == "dead_relu")
+    row = list(steps["step"]).index(dead.step)
+    assert {k: steps[f"dead_share/{k}"][row] for k in dead.evidence["dead_share"]} == dead.evidence["dead_share"]
+    assert all((f.remedy or {}).get("activation") != "relu" for f in result.findings)
+    assert result.history.meta["activations"] == ["relu"]
+
+
+def test_auto_tells_a_divergence_from_noise_near_the_minimum() -> None:
+    """Momentum at lr 5 on digits: after the first blow-up, the doctor read window-to-window noise at a loss
+    near 0.02 ("the loss rose from 0.0193 to 0.0379") as a divergence and rolled back ten times, down to lr 3.3e-6.
+    A rise must exceed the noise band and matter at the run's scale, and such cuts are capped."""
+    train, val = load("digits")
+    torch.manual_seed(0)
+    model = gdlab.models.build("mlp", in_features=64, out_features=10, hidden=(128,))
+    result = gdlab.fit(model, train, val=val, optimizer="momentum", lr=5.0, epochs=20, progress=False,
+                       remedy="auto", instruments=_unbudgeted())
+    rollbacks = [r for r in result.remedies if r.action == "rollback_and_set_lr"]
+    assert 1 <= len(rollbacks) <= 4, [r.reason for r in rollbacks]
+    assert result.lr >= 1e-2 and result.final["val_accuracy"] > 0.9
+    rises = [r for r in rollbacks if r.reason.startswith("the loss rose")]
+    assert len(rises) <= 3
+
+
+def test_a_rise_within_the_noise_is_no_rollback() -> None:
+    from types import SimpleNamespace
+
+    from gdlab.doctor.remedies import rollback_when_loss_rises
+
+    model = nn.Linear(2, 1)
+    state = SimpleNamespace(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), step=40,
+                            history=History(), plan=SimpleNamespace(batch_size=32, iterations_per_epoch=40))
+    doc = Doctor("auto", max_lr_cuts=2)
+    doc._take_snapshot(state)
+    near_minimum = _window(mean_loss=0.038, best_before=0.019, first=2.3, spread=0.05, size=22)
+    assert not rollback_when_loss_rises(doc, state, near_minimum)  # 2x a tiny loss, well inside the noise
+    assert not rollback_when_loss_rises(doc, state, _window(mean_loss=0.038, best_before=0.019, first=2.3,
+                                                            spread=0.001, size=22))  # calm, but under 2% of start
+    rising = _window(mean_loss=0.9, best_before=0.3, first=2.3, spread=0.1, size=22)
+    assert rollback_when_loss_rises(doc, state, rising) and rollback_when_loss_rises(doc, state, rising)
+    assert not rollback_when_loss_rises(doc, state, rising)  # two cuts a run at most
+    assert [r.action for r in doc.remedies] == ["rollback_and_set_lr"] * 2
+    assert doc.remedies[0].params == {"lr": pytest.approx(0.03), "from_lr": 0.1}
+
+
+def test_a_loss_that_fell_once_the_lr_was_lowered_is_no_plateau() -> None:
+    """lr 5 with auto: the loss sat at 0.33 at lr 0.5 until the doctor cut it to 0.15, then fell: the steps' noise
+    floor, not a plateau to cross with a tripled lr."""
+    losses = [2.0 - 0.01 * i for i in range(20)] + [1.8] * 100 + [1.8 * 0.97 ** i for i in range(80)]
+    grads = [1.0] * 20 + [0.01] * 100 + [0.5] * 80
+    h = _history(losses, grads, momentum=0.9)
+    h.steps.columns["lr"] = [0.5] * 120 + [0.15] * 80
+    assert "plateau" not in {f.code for f in diagnose(h)}

@@ -28,7 +28,7 @@ from gdlab.callbacks import Recorder, Scheduler
 from gdlab.config import DEFAULT_EPOCHS, Config
 from gdlab.data import BatchPlan, structure
 from gdlab.data.source import Source
-from gdlab.doctor import REMEDY_MODES, Doctor, restart_remedy
+from gdlab.doctor import REMEDY_MODES, Doctor, restart_remedy, run_settings
 from gdlab.errors import InvalidParameter, StoreError, UnknownChoice, check_int
 from gdlab.instruments import attach
 from gdlab.loop import Callback, LoopState, Result
@@ -168,7 +168,8 @@ def fit(
 
     # (1) start from the model's parameters (or a stored run's last checkpoint)
     state = LoopState.start(problem, opt, total_steps=total, seed=seed)
-    state.history.meta.update(_meta(model, opt, problem.source, problem.plan, scales=physician is not None))
+    meta = _meta(model, opt, problem.source, problem.plan, scales=physician is not None)
+    state.history.meta.update(meta)
     recorder = None
     if db is not None:
         described = dict(config or _describe(model, optimizer, lr, momentum, batch_size, epochs, steps, seed,
@@ -176,6 +177,7 @@ def fit(
         if selection is not None:
             described["lr_selection"] = selection.to_dict()
         recorder = _open_record(db, resume, state, described, config, name)
+        state.history.meta.update(meta)  # a resumed run's history is the stored one: the doctor reads this run's
     if resume is None:
         torch.manual_seed(seed)  # parameter-free randomness (dropout) follows the seed
 
@@ -256,7 +258,7 @@ def _meta(model: nn.Module, opt: torch.optim.Optimizer, source: Source, plan: Ba
     linear_only = len(owners) == 1 and isinstance(owners[0], nn.Linear)  # one linear layer: a convex loss
     meta: dict[str, Any] = {"lr": group.get("lr"), "momentum": group.get("momentum"), "batch_size": plan.batch_size,
                             "samples": plan.samples, "task": source.task, "num_classes": source.num_classes,
-                            "convex": linear_only}
+                            "convex": linear_only, "activations": run_settings(model, opt)["activations"]}
     features = structure.float_features(source.tensors.X) if scales and source.tensors is not None else None
     if features is not None:  # the floating-point inputs only: token ids and categories have no scale
         meta["feature_scales"] = input_scales(features)

@@ -21,7 +21,17 @@ Example:
 """
 
 from gdlab.doctor import detectors as detectors  # registers every detector in DETECTORS
-from gdlab.doctor.findings import CODES, DETECTORS, REMEDY_MODES, SEVERITIES, Finding, Remedy, detector, diagnose
+from gdlab.doctor.findings import (
+    CODES,
+    DETECTORS,
+    REMEDY_MODES,
+    SEVERITIES,
+    Finding,
+    Remedy,
+    detector,
+    diagnose,
+    run_settings,
+)
 from gdlab.doctor.probe import Probe, probe_lr
 from gdlab.doctor.remedies import REMEDY_RULES, Doctor
 from gdlab.doctor.restarts import fresh_models, restart_remedy
@@ -45,6 +55,7 @@ __all__ = [
     "input_scales",
     "probe_lr",
     "restart_remedy",
+    "run_settings",
     "scale_ratio",
     "spike_window",
 ]

@@ -31,7 +31,6 @@ from gdlab.doctor.series import (
     corroborated,
     depth_readings,
     find_spike,
-    first_measured,
     last_lr,
     smooth_loss,
     spike_window,
@@ -72,9 +71,9 @@ def _lr_too_high(h: History) -> list[Finding]:
         i, s, lim = over[-1]
         lr = last_lr(h)
         new = lr * lim / s / 2  # half the lr at which this sharpness would be stable
-        found.append(Finding("lr_too_high", "warning", step_at(h, over[0][0]),
+        found.append(Finding("lr_too_high", "warning", step_at(h, i),
                              {"sharpness": s, "stability_limit": lim, "lr": lr, "readings_over": len(over),
-                              "readings": len(judged), "after_step": warm},
+                              "readings": len(judged), "after_step": warm, "since_step": step_at(h, over[0][0])},
                              f"the loss surface's sharpness ({s:.3g}) is above the stability limit of this "
                              f"learning rate ({lim:.3g}) in {len(over)} of the {len(judged)} readings after step "
                              f"{warm}: gradient descent overshoots along that direction",
@@ -134,6 +133,32 @@ def _flat_windows(ema: list[float], grads: list[float], min_len: int) -> list[tu
     return windows
 
 
+def _near_floor(h: History, loss: float) -> bool:
+    """The loss is at its floor, not on a plateau: under 2% of its start, or (a classifier) under 5% of the
+    chance level's, where almost every sample is classified with confidence."""
+    start = start_loss(h)
+    if math.isfinite(start) and start > 0 and loss <= 0.02 * start:
+        return True
+    classes = h.meta.get("num_classes")
+    return h.meta.get("task") == "classification" and isinstance(classes, int) and classes > 1 and \
+        loss <= 0.05 * math.log(classes)
+
+
+def _val_at_best(h: History, first: int, last: int) -> bool:
+    """The validation loss (or accuracy) measured between steps ``first`` and ``last`` is at the run's best (within
+    10% of its lowest loss, or half a point of its highest accuracy): the model was as good as it got on held-out
+    data, so a flat training loss there is no plateau to cross."""
+    steps = column(h.epochs, "step")
+    if not steps:
+        return False
+    inside = [i for i, s in enumerate(steps) if first <= s <= last]
+    val, acc = column(h.epochs, "val_loss"), column(h.epochs, "val_accuracy")
+    if val and finite(val) and any(math.isfinite(val[i]) and val[i] <= 1.1 * min(finite(val)) for i in inside):
+        return True
+    return bool(acc and finite(acc) and any(math.isfinite(acc[i]) and acc[i] >= max(finite(acc)) - 0.005
+                                            for i in inside))
+
+
 @detector("plateau")
 def _plateau(h: History) -> list[Finding]:
     ema, grads = smooth_loss(h), column(h.steps, "grad_norm")
@@ -142,17 +167,38 @@ def _plateau(h: History) -> list[Finding]:
         return []
     for a, b in _flat_windows(ema, grads, max(20, n // 5)):
         after = finite(ema[b:])
-        if b < n - 1 and after and min(after) < 0.7 * ema[b]:
-            momentum = float(h.meta.get("momentum") or 0.0)
-            remedy = ({"action": "set_momentum", "momentum": 0.9} if momentum == 0 else
-                      {"action": "set_lr", "lr": last_lr(h) * 3})
-            return [Finding("plateau", "warning", step_at(h, a),
-                            {"from_step": step_at(h, a), "to_step": step_at(h, b), "loss": ema[b],
-                             "loss_after": min(after)},
-                            f"the loss stayed at {ema[b]:.3g} with a small gradient from step {step_at(h, a)} to "
-                            f"{step_at(h, b)} before falling to {min(after):.3g}: a plateau, crossed slowly",
-                            remedy)]
+        if not (b < n - 1 and after and min(after) < 0.7 * ema[b]):
+            continue
+        if _near_floor(h, ema[b]) or _val_at_best(h, step_at(h, a), step_at(h, b)):
+            continue  # a converged run's loss: flat at its floor, its small ups and downs are no escape
+        if _fell_on_a_lower_lr(h, ema, b):
+            continue  # the steps' noise floor, which a smaller learning rate lowered: no plateau to cross faster
+        return [Finding("plateau", "warning", step_at(h, a),
+                        {"from_step": step_at(h, a), "to_step": step_at(h, b), "loss": ema[b],
+                         "loss_after": min(after)},
+                        f"the loss stayed at {ema[b]:.3g} with a small gradient from step {step_at(h, a)} to "
+                        f"{step_at(h, b)} before falling to {min(after):.3g}: a plateau, crossed slowly",
+                        _plateau_remedy(h))]
     return []
+
+
+def _fell_on_a_lower_lr(h: History, ema: list[float], b: int) -> bool:
+    """The loss fell below 70% of its level at row ``b`` only after the learning rate was lowered (by a schedule,
+    or by the doctor's rollback)."""
+    lrs = column(h.steps, "lr")
+    k = next((i for i in range(b, len(ema)) if math.isfinite(ema[i]) and ema[i] < 0.7 * ema[b]), None)
+    if k is None or not lrs or k >= len(lrs) or not (math.isfinite(lrs[b]) and math.isfinite(lrs[k])):
+        return False
+    return lrs[k] < 0.9 * lrs[b]
+
+
+def _plateau_remedy(h: History) -> dict[str, object]:
+    """Momentum 0.9 for an optimizer that has a momentum and runs at 0; else a larger learning rate (never the
+    momentum a run already has, nor one whose momentum is unknown)."""
+    momentum = h.meta.get("momentum")
+    if isinstance(momentum, (int, float)) and momentum == 0:
+        return {"action": "set_momentum", "momentum": 0.9}
+    return {"action": "set_lr", "lr": last_lr(h) * 3}
 
 
 @detector("local_minimum")
@@ -176,27 +222,53 @@ def _local_minimum(h: History) -> list[Finding]:
     return []
 
 
-def _depth(h: History, test: Callable[[float], bool]) -> tuple[dict[str, float], float, int] | None:
-    """The latest depth reading (values by layer, first over last) and the step of the first that passed
-    ``test``, when the latest two readings pass it; else None."""
+def _depth(h: History, test: Callable[[float], bool]) -> tuple[dict[str, float], float, int, int] | None:
+    """The latest depth reading (values by layer, first over last), its step, and the step where the unbroken run
+    of readings passing ``test`` that ends with it began, when the latest two readings pass ``test``; else None."""
     found = depth_readings(h)
     if len(found) < 2 or not all(test(ratio) for _, _, ratio in found[-2:]):
         return None
-    first = next(row for row, _, ratio in found if test(ratio))
-    return found[-1][1], found[-1][2], step_at(h, first)
+    since = len(found) - 1
+    while since > 0 and test(found[since - 1][2]):
+        since -= 1
+    row, arriving, ratio = found[-1]
+    return arriving, ratio, step_at(h, row), step_at(h, found[since][0])
+
+
+def _activations(h: History) -> set[str]:
+    """The activations the model uses (``meta["activations"]``, by the names of ``gdlab.models.ACTIVATIONS``);
+    empty when unknown."""
+    return set(h.meta.get("activations") or ())
+
+
+def _vanishing_remedy(h: History) -> dict[str, object]:
+    """A change to the model that it does not have already: a non-saturating activation for a sigmoid or tanh
+    network; for a ReLU one (whose units may be dead, passing no gradient back) a leaky ReLU; and the init,
+    normalisation or residual connections in any case."""
+    acts = _activations(h)
+    structural = "add normalisation (BatchNorm/LayerNorm) or residual connections"
+    if acts & {"sigmoid", "tanh", "hardtanh", "softsign"}:
+        return {"action": "change_model", "activation": "relu", "init": "kaiming", "or": structural}
+    if "relu" in acts and "leaky_relu" not in acts:
+        return {"action": "change_model", "activation": "leaky_relu", "init": "kaiming",
+                "or": structural + "; a lower learning rate if the units died after large steps"}
+    if acts:  # already non-saturating, with no dead units to revive
+        return {"action": "change_model", "init": "kaiming", "or": structural}
+    return {"action": "change_model", "init": "kaiming",
+            "or": f"a non-saturating activation (relu) if it uses sigmoid or tanh; {structural}"}
 
 
 @detector("vanishing_gradients")
 def _vanishing(h: History) -> list[Finding]:
     depth = _depth(h, lambda ratio: ratio < 1e-3)
     if depth is not None:
-        arriving, ratio, step = depth
+        arriving, ratio, step, since = depth
         return [Finding("vanishing_gradients", "warning", step,
-                        {"grad_out": arriving, "first_over_last": ratio},
-                        f"the gradient reaching the first layer is {ratio:.1e} of the one at the last: it "
-                        "shrinks on its way back, so the early layers barely learn",
-                        {"action": "change_model", "activation": "relu", "init": "kaiming",
-                         "or": "add normalisation (BatchNorm/LayerNorm) or residual connections"})]
+                        {"grad_out": arriving, "first_over_last": ratio, "since_step": since},
+                        f"the gradient reaching the first layer is {ratio:.1e} of the one at the last (step {step}, "
+                        f"and at every reading since step {since}): it shrinks on its way back, so the early layers "
+                        "barely learn",
+                        _vanishing_remedy(h))]
     return []
 
 
@@ -205,10 +277,11 @@ def _exploding(h: History) -> list[Finding]:
     grads = finite(column(h.steps, "grad_norm"))
     depth = _depth(h, lambda ratio: ratio > 1e3)
     if depth is not None:
-        arriving, ratio, step = depth
+        arriving, ratio, step, since = depth
         return [Finding("exploding_gradients", "warning", step,
-                        {"grad_out": arriving, "first_over_last": ratio},
-                        f"the gradient grows {ratio:.1e}x on its way back to the first layer",
+                        {"grad_out": arriving, "first_over_last": ratio, "since_step": since},
+                        f"the gradient grows {ratio:.1e}x on its way back to the first layer (step {step}, and at "
+                        f"every reading since step {since})",
                         {"action": "clip_norm", "max_norm": statistics.median(grads) if grads else 1.0})]
     window = spike_window(h.meta.get("batch_size"))
     spike = find_spike(grads, window)
@@ -223,17 +296,31 @@ def _exploding(h: History) -> list[Finding]:
     return []
 
 
+def _layer_evidence(h: History, prefix: str, layer: str, test: Callable[[float], bool]) -> tuple[int, int]:
+    """The step of ``prefix/<layer>``'s latest finite reading, and the step where the unbroken run of its readings
+    passing ``test`` that ends there began."""
+    values = column(h.steps, f"{prefix}/{layer}")
+    rows = [i for i, v in enumerate(values) if math.isfinite(v)]
+    since = len(rows) - 1
+    while since > 0 and test(values[rows[since - 1]]):
+        since -= 1
+    return step_at(h, rows[-1]), step_at(h, rows[since])
+
+
 @detector("dead_relu")
 def _dead_relu(h: History) -> list[Finding]:
     dead = corroborated(h, "dead_share", lambda v: v > 0.5)
     if dead:
         layer, share = max(dead.items(), key=lambda kv: kv[1])
-        return [Finding("dead_relu", "warning", first_measured(h, "dead_share", lambda v: v > 0.5),
-                        {"dead_share": dead},
-                        f"{share:.0%} of the units after ReLU {layer!r} output zero for every sample: they get no "
-                        "gradient and have stopped learning",
-                        {"action": "change_model", "activation": "leaky_relu", "init": "kaiming",
-                         "lr": "lower it if the units died after large steps"})]
+        step, since = _layer_evidence(h, "dead_share", layer, lambda v: v > 0.5)
+        remedy: dict[str, object] = {"action": "change_model", "activation": "leaky_relu", "init": "kaiming",
+                                     "lr": "lower it if the units died after large steps"}
+        if "leaky_relu" in _activations(h):  # some of its layers have it already: the rest could too
+            remedy["activation"] = "leaky_relu in every layer"
+        return [Finding("dead_relu", "warning", step, {"dead_share": dead, "since_step": since},
+                        f"{share:.0%} of the units after ReLU {layer!r} output zero for every sample (step {step}, "
+                        f"and at every reading since step {since}): they get no gradient and have stopped learning",
+                        remedy)]
     return []
 
 
@@ -242,10 +329,10 @@ def _saturated(h: History) -> list[Finding]:
     saturated = corroborated(h, "saturated", lambda v: v > 0.5)
     if saturated:
         layer, share = max(saturated.items(), key=lambda kv: kv[1])
-        return [Finding("saturated_activations", "warning", first_measured(h, "saturated", lambda v: v > 0.5),
-                        {"saturated": saturated},
+        step, since = _layer_evidence(h, "saturated", layer, lambda v: v > 0.5)
+        return [Finding("saturated_activations", "warning", step, {"saturated": saturated, "since_step": since},
                         f"{share:.0%} of the outputs of {layer!r} sit at the flat ends of the activation, where "
-                        "its derivative is nearly zero",
+                        f"its derivative is nearly zero (step {step}, and at every reading since step {since})",
                         {"action": "standardize", "init": "xavier", "or": "smaller inputs or weights, normalisation"})]
     return []
 

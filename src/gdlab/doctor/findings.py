@@ -19,7 +19,7 @@ from typing import Any
 from gdlab.records import History
 
 __all__ = ["Finding", "Remedy", "CODES", "SEVERITIES", "REMEDY_MODES", "Detector", "DETECTORS", "detector",
-           "diagnose"]
+           "diagnose", "run_settings"]
 
 CODES = ("non_finite", "lr_too_high", "lr_too_low", "plateau", "local_minimum", "vanishing_gradients",
          "exploding_gradients", "dead_relu", "saturated_activations", "gradient_noise", "ill_conditioned_inputs",
@@ -30,8 +30,8 @@ REMEDY_MODES = ("off", "suggest", "auto")
 
 @dataclass
 class Finding:
-    """A named problem: ``code`` (one of :data:`CODES`), ``severity`` (info, warning, error), ``step`` (first
-    seen), ``evidence`` (the numbers), a one-sentence ``explanation`` and a ``remedy`` (an action with its
+    """A named problem: ``code`` (one of :data:`CODES`), ``severity`` (info, warning, error), ``step`` (where
+    its evidence is), ``evidence`` (the numbers), a one-sentence ``explanation`` and a ``remedy`` (an action with its
     parameters, e.g. ``{"action": "set_lr", "lr": 0.008}``).
 
     Example:
@@ -69,6 +69,34 @@ class Remedy:
     def to_dict(self) -> dict[str, Any]:
         """The remedy as plain data (what the store keeps)."""
         return asdict(self)
+
+
+_ACTIVATIONS = {"ReLU": "relu", "LeakyReLU": "leaky_relu", "Tanh": "tanh", "Sigmoid": "sigmoid", "GELU": "gelu",
+                "SiLU": "silu", "ELU": "elu", "SELU": "selu", "CELU": "celu", "PReLU": "prelu", "ReLU6": "relu6",
+                "Softplus": "softplus", "Mish": "mish", "Hardtanh": "hardtanh", "Softsign": "softsign",
+                "Hardswish": "hardswish", "Hardsigmoid": "hardsigmoid"}
+
+
+def run_settings(model: Any, optimizer: Any) -> dict[str, Any]:
+    """What a remedy must not prescribe again, read from the run itself: the model's activations (by the names of
+    ``gdlab.models.ACTIVATIONS``, from its modules; a functional call such as ``F.relu`` is not seen) and the
+    optimizer's momentum now (None for an optimizer without one, such as Adam).
+
+    Example:
+        >>> import torch
+        >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU())
+        >>> run_settings(model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+        {'activations': ['relu'], 'momentum': 0.9}
+    """
+    out: dict[str, Any] = {}
+    if model is not None and hasattr(model, "modules"):
+        out["activations"] = sorted({_ACTIVATIONS[type(m).__name__] for m in model.modules()
+                                     if type(m).__name__ in _ACTIVATIONS})
+    groups = getattr(optimizer, "param_groups", None)
+    if groups:
+        momentum = groups[0].get("momentum")
+        out["momentum"] = float(momentum) if isinstance(momentum, (int, float)) else None
+    return out
 
 
 Detector = Callable[[History], list[Finding]]

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from gdlab.doctor.findings import REMEDY_MODES, Finding, Remedy, diagnose
+from gdlab.doctor.findings import REMEDY_MODES, Finding, Remedy, diagnose, run_settings
 from gdlab.doctor.probe import Probe, probe_grid, probe_lr, probe_steps
 from gdlab.doctor.series import column, find_spike, spike_window
 from gdlab.errors import UnknownChoice
@@ -56,6 +56,13 @@ class Window:
     peak_grad: float  # the largest gradient norm so far, this window's included (-inf before any)
     dead: float  # the latest share of dead ReLU units measured: this window's, else an earlier one's
     opening_grad: float | None  # the largest gradient norm of the run's first steps, once they are recorded
+    spread: float = 0.0  # the standard deviation of the window's per-step losses: the batch-to-batch noise
+
+    @property
+    def noise_band(self) -> float:
+        """How far one window's mean loss strays from another's by batch-to-batch noise alone: three standard
+        errors of the difference of two window means."""
+        return 3 * self.spread * math.sqrt(2 / max(self.size, 1))
 
     @property
     def stuck(self) -> bool:
@@ -108,11 +115,16 @@ def undo_failed_raise(doctor: Doctor, state: Any, w: Window) -> bool:
 
 
 def rollback_when_loss_rises(doctor: Doctor, state: Any, w: Window) -> bool:
-    """The loss climbs back up (50% above the best window): the steps are too large to settle; roll back and
-    take a learning rate 0.3x."""
-    if not (w.mean_loss > 1.5 * w.best_before and doctor._snapshot is not None and
-            doctor._rollbacks < doctor.max_rollbacks):
+    """The loss climbs back up: 50% above the best window, by more than the batch-to-batch noise explains
+    (:attr:`Window.noise_band`) and by more than 2% of the starting loss (near a minimum the loss's ups and downs
+    are large multiples of a tiny number); the steps are too large to settle: roll back and take a learning rate
+    0.3x, at most ``max_lr_cuts`` times a run."""
+    rise = w.mean_loss - w.best_before
+    if not (w.mean_loss > 1.5 * w.best_before and rise > w.noise_band and rise > 0.02 * abs(w.first) and
+            doctor._snapshot is not None and doctor._rollbacks < doctor.max_rollbacks and
+            doctor._cuts < doctor.max_lr_cuts):
         return False
+    doctor._cuts += 1
     lr = w.lr
     doctor._roll_back(state, lr, lr * 0.3,
                       f"the loss rose from {w.best_before:.3g} to {w.mean_loss:.3g}: rolled back to the last good "
@@ -240,6 +252,7 @@ class Doctor:
         optimizer: the run's optimizer by name (``fit`` passes it): with it, ``auto`` can probe learning rates
             (:mod:`gdlab.doctor.probe`); without it (an optimizer object), it moves them in fixed steps.
         max_probes: how many probes a run may have.
+        max_lr_cuts: how often a rising loss (not a divergence) may be rolled back with a lower learning rate.
 
     Example:
         >>> Doctor("auto").mode, Doctor().remedies
@@ -247,7 +260,7 @@ class Doctor:
     """
 
     def __init__(self, mode: str = "suggest", *, max_rollbacks: int = 10, lr_ceiling: float = 1e4,
-                 optimizer: str | None = None, max_probes: int = 3) -> None:
+                 optimizer: str | None = None, max_probes: int = 3, max_lr_cuts: int = 3) -> None:
         if mode not in REMEDY_MODES:
             raise UnknownChoice("remedy", mode, REMEDY_MODES)
         self.mode = mode
@@ -255,6 +268,8 @@ class Doctor:
         self.lr_ceiling = lr_ceiling
         self.optimizer = optimizer if optimizer in OPTIMIZERS else None
         self.max_probes = max_probes
+        self.max_lr_cuts = max_lr_cuts
+        self._cuts = 0  # the rollbacks of a rising loss so far
         self._probes = 0
         self._probe_after = 0  # no probe before this step: the last one's verdict stands
         self._probe_failed: str | None = None  # why probing stopped (an error), if it did
@@ -359,8 +374,9 @@ class Doctor:
             self._origin = copy.deepcopy(self._snapshot)
 
     def on_step_end(self, state: Any) -> None:
-        """With ``auto``: a loss blowing up (the smoothed loss above 4x its best, or 5x its start) is a divergence
-        too. The smoothing spans about 256 samples, so one sample's large loss (batch 1) is not mistaken for it."""
+        """With ``auto``: a loss blowing up (the smoothed loss above 4x its best, a best under 2% of the start
+        counting as 2% of it, or 5x its start) is a divergence too. The smoothing spans about 256 samples, so one
+        sample's large loss (batch 1) is not mistaken for it."""
         if self.mode != "auto" or not math.isfinite(state.loss):
             return
         window = max(10, 256 // max(state.plan.batch_size, 1))
@@ -377,7 +393,9 @@ class Doctor:
         if since >= window:
             self._best = min(self._best, smooth)
         first = self._first if self._first is not None else statistics.fmean(self._opening)
-        blown = (since >= 2 * window and smooth > 4 * self._best) or (since >= 5 and smooth > 5 * first)
+        # 4x a best near zero is noise, not a blow-up: the best counts as at least 2% of the start
+        blown = (since >= 2 * window and smooth > 4 * max(self._best, 0.02 * abs(first))) or \
+            (since >= 5 and smooth > 5 * first)
         if blown:
             reference = min(self._best, first)
             if self.on_diverge(state, why=f"the smoothed loss blew up to {smooth:.3g}, {smooth / reference:.3g}x "
@@ -444,6 +462,7 @@ class Doctor:
                 dead = max(shares)
                 break
         grads = finite([r.get("grad_norm", math.nan) for r in rows])
+        spread = statistics.pstdev(losses) if len(losses) > 1 else 0.0
         opening = spike_window(state.plan.batch_size)
         if self._opening_grad is None and len(h.steps) >= opening:
             self._opening_grad = max(finite(column(h.steps, "grad_norm")[:opening]), default=0.0)
@@ -454,7 +473,7 @@ class Doctor:
                       median_snr=_median(finite([r.get("grad_snr", math.nan) for r in rows])),
                       grads=grads, median_grad=_median(grads),
                       peak_grad=max(self._peak_grad, max(grads, default=-math.inf)), dead=dead,
-                      opening_grad=self._opening_grad)
+                      opening_grad=self._opening_grad, spread=spread)
 
     def _install_clipping(self, state: Any, max_norm: float) -> None:
         """Clip the gradient's global norm before every later step: the optimizer's ``step`` is wrapped (the
@@ -475,6 +494,9 @@ class Doctor:
             optimizer, original = self._clip
             optimizer.step = original
             self._clip = None
+        # the remedies prescribe nothing the run has: its activations and its momentum now (a resumed run's, or
+        # one the doctor set)
+        state.history.meta.update(run_settings(getattr(state, "model", None), state.optimizer))
         self.findings = diagnose(state.history)
         if self.mode == "off":
             for f in self.findings:
