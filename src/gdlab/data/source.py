@@ -111,7 +111,8 @@ class Source:
         """Up to ``n`` samples spread evenly over the data, in order, on the device: what is checked of a Dataset
         before training (in-memory data is all there)."""
         total = len(self)
-        index = sorted({i * total // n for i in range(min(n, total))})
+        k = max(1, min(n, total))
+        index = sorted({i * total // k for i in range(k)})
         if self.tensors is not None:
             at = torch.tensor(index, device=self.device)
             return structure.take(self.tensors.X, at), self.tensors.y.index_select(0, at)
