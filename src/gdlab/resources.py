@@ -42,7 +42,7 @@ def free_memory(device: Any = None) -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     try:
-        import psutil  # type: ignore[import-untyped]
+        import psutil
 
         return int(psutil.virtual_memory().available)
     except Exception:  # not installed, or no reading on this platform
