@@ -45,6 +45,35 @@ def user_modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
         def not_a_module():
             return 42
+
+        def bad():
+            raise ValueError("boom")
+
+        def no_params():
+            return torch.nn.ReLU()
+
+        def on_meta():
+            with torch.device("meta"):
+                return torch.nn.Linear(3, 2)
+
+        def needs_width(width):
+            return torch.nn.Linear(3, width)
+
+        def nan_inputs():
+            X = torch.randn(20, 3, generator=torch.Generator().manual_seed(0))
+            X[3, 1], X[5, 0] = float("nan"), float("inf")
+            return X, torch.arange(20) % 2
+
+        def nan_targets():
+            y = torch.randn(20, 1, generator=torch.Generator().manual_seed(0))
+            y[7] = float("nan")
+            return torch.randn(20, 3), y
+
+        def one_class():
+            return torch.randn(20, 3), torch.zeros(20, dtype=torch.long)
+
+        def one_row():
+            return torch.randn(1, 3), torch.tensor([[1.0]])
     '''))
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))

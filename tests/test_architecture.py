@@ -18,7 +18,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "gdlab"
 
 LAYERS = [  # bottom to top; a name stands for the module and, for a package, everything in it
-    ("basics", ["errors", "resolve", "records", "data", "optim", "store", "checkpoint", "config", "models",
+    ("basics", ["errors", "resources", "resolve", "records", "data", "optim", "store", "checkpoint", "config", "models",
                 "metrics"]),
     ("core", ["problem"]),
     ("engine", ["loop", "population", "instruments", "callbacks"]),

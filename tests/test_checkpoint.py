@@ -114,8 +114,25 @@ def test_missing_or_corrupt_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="not found"):
         checkpoint.load(tmp_path / "none.pt")
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(StoreError, match="could not be read"):
+    with pytest.raises(StoreError, match="is damaged or not a gdlab checkpoint"):
         checkpoint.load(tmp_path / "bad.pt")
+
+
+@pytest.mark.parametrize("content", ["random", "truncated", "foreign"])
+def test_a_damaged_checkpoint_never_suggests_unsafe_loading(tmp_path: Path, content: str) -> None:
+    """torch's advice (weights_only=False) would run the file's code: the message says the file is damaged."""
+    path = tmp_path / "bad.pt"
+    if content == "random":
+        path.write_bytes(bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0)).tolist()))
+    elif content == "truncated":
+        checkpoint.save(path, {"step": 1, "weights": torch.ones(100)})
+        path.write_bytes(path.read_bytes()[:200])
+    else:
+        torch.save({"step": 1, "kind": Path("x")}, path)  # a pickled class the weights-only reader refuses
+    with pytest.raises(StoreError, match="is damaged or not a gdlab checkpoint") as caught:
+        checkpoint.load(path)
+    message = str(caught.value)
+    assert "weights_only" not in message and "trust" not in message and len(message.splitlines()) == 1
 
 
 def test_dataloader_path_resumes_bitwise_mid_epoch(classes: TensorData, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -196,10 +197,40 @@ BAD = [
     (["train", "--store", "blocker/runs"], "store directory 'blocker/runs' cannot be written"),
     (["show", "nope", "--store", "s"], "unknown run 'nope'"),
     (["plot", "nope", "--store", "s"], "unknown run 'nope'"),
+    # issue 14: the data checked first, sizes before work, the real cause in one line
+    (["train", "--data", "user_models:nan_inputs"],
+     "the training data has 2 non-finite values in its inputs (NaN or inf): expected finite numbers"),
+    (["train", "--data", "user_models:nan_targets"], "the training data has 1 non-finite value in its targets"),
+    (["train", "--data", "user_models:one_class"], "targets hold one class (0) in all 20 samples: expected at least 2"),
+    (["train", "--data", "user_models:one_row"], "the training data has 1 sample: expected at least 2"),
+    (["train", "--data", "moons", "--hidden", "10000000000"], "model 'mlp' with hidden [10000000000] "
+     "(50,000,000,002 parameters, 2 inputs, 2 outputs) needs about"),
+    (["train", "--data", "moons", "--data-opt", "n_samples=1e12"], "dataset 'moons' with n_samples="
+     "1,000,000,000,000 (2 features) needs about 72.0 TB of memory"),
+    (["train", "--data", "moons", "--seed", str(2**70)], f"invalid seed {2**70}: expected an integer from 0 to "
+     "2**63 - 1"),
+    (["train", "--data", "big_label.npz"], "class label 1000000000000 in y means 1000000000001 classes, too many"),
+    (["train", "--data", "zip.npz"], "zip.npz: not an .npz file (not a zip archive)"),
+    (["train", "--data", "moons", "--model", "user_models:bad"], "error: user_models:bad raised ValueError: boom "
+     "(user_models.py, line "),
+    (["train", "--data", "user_models:bad"], "user_models:bad raised ValueError: boom (user_models.py, line "),
+    (["train", "--data", "moons", "--model", "user_models:no_params"], "the model (ReLU) has no parameters to train"),
+    (["train", "--data", "moons", "--model", "user_models:on_meta"], "the model (Linear) has 8 values on the meta "
+     "device"),
+    (["train", "--data", "moons", "--model", "user_models:needs_width"], "invalid model 'user_models:needs_width': "
+     "expected a function callable without arguments (gdlab can pass in_features or out_features); it needs width"),
+    (["runs", "--store", "damaged"], "store 'damaged' is damaged: damaged/gdlab.db is not a readable database"),
+    (["show", "last", "--store", "damaged"], "store 'damaged' is damaged"),
+    (["plot", "last", "--store", "damaged"], "store 'damaged' is damaged"),
+    (["explain", "x+" * 5000 + "x", "--at", "x=1"], "invalid expression 'x+x+x+x+"),
+    (["explain", "+".join(["sin(x)"] * 400), "--at", "x=1"], "expected at most 300 levels of nesting"),
+    (["explain", "--at", "x=1", "--", "-" * 3900 + "x"], "expected at most 300 levels of nesting"),
+    (["explain", "+".join(["sin(x)"] * 30), "--at", "x=1", "--out", "g.png"], "expected at most 40 nodes to draw; "
+     "the graph has 60 nodes"),
 ]
 
 
-@pytest.mark.parametrize(("args", "message"), BAD, ids=[" ".join(a) for a, _ in BAD])
+@pytest.mark.parametrize(("args", "message"), BAD, ids=[" ".join(a)[:80] for a, _ in BAD])
 def test_bad_input_is_one_clear_line_and_exit_2(user_modules: Path, args: list[str], message: str) -> None:
     (user_modules / "bad_cells.csv").write_text("x,y\n1,2\nabc,3\n")
     (user_modules / "nan_cells.csv").write_text("x,y\nnan,2\n")
@@ -208,14 +239,20 @@ def test_bad_input_is_one_clear_line_and_exit_2(user_modules: Path, args: list[s
     (user_modules / "unknown_key.toml").write_text("learning_rate = 0.1\n")
     (user_modules / "wrong_type.toml").write_text('epochs = "many"\n')
     (user_modules / "blocker").write_text("a file, not a folder")
+    np.savez(user_modules / "big_label.npz", X=np.zeros((4, 2), dtype=np.float32), y=np.array([0, 1, 2, 10**12]))
+    (user_modules / "zip.npz").write_bytes(b"plain bytes, not a zip archive")
+    (user_modules / "damaged").mkdir()
+    (user_modules / "damaged" / "gdlab.db").write_bytes(b"not a database header " * 50)
     store = Store(user_modules / "s")
     store.create_run({"data": "x"}, name="kept")
     result = gdlab(*args)
     assert result.exit_code == 2, result.output
     line = result.stderr.strip()
     assert line.startswith("error: ") and message in line
-    assert len(line.splitlines()) == 1 and "Traceback" not in result.output
+    assert len(line.splitlines()) == 1 and "Traceback" not in result.output and len(line) < 600
+    assert "weights_only" not in line and "--out" not in line
     assert [r.name for r in Store(user_modules / "s").runs()] == ["kept"]  # nothing added, nothing lost
+    assert (user_modules / "damaged" / "gdlab.db").read_bytes() == b"not a database header " * 50  # kept as it was
     default = user_modules / "gdlab-runs"
     assert not default.exists() or Store(default).runs() == []
 
@@ -268,7 +305,7 @@ REVIEWED = [
     (["--data", "spirals", "--data-opt", "classes=0"], "invalid spirals option classes 0"),
     (["--data", "moons", "--data-opt", "seed=5"], "give --seed instead"),
     (["--data", "scalar.npz"], "must have a samples axis"),
-    (["--data", "fake.npz"], "not a readable .npz"),
+    (["--data", "fake.npz"], "fake.npz: not an .npz file (not a zip archive)"),
     (["--data", "latin.csv", "--target", "y"], "not UTF-8 text"),
     (["--data", "nan_target.csv", "--target", "y", "--task", "classification"], "nan is not finite"),
     (["--device", "meta"], "invalid device 'meta'"),
@@ -278,7 +315,6 @@ REVIEWED = [
 
 @pytest.mark.parametrize(("args", "message"), REVIEWED, ids=[" ".join(a) for a, _ in REVIEWED])
 def test_reviewed_bad_input(tmp_path: Path, args: list[str], message: str) -> None:
-    import numpy as np
 
     np.savez(tmp_path / "d.npz", X=np.zeros((6, 3), dtype=np.float32), y=np.zeros(6, dtype=np.float32))
     np.savez(tmp_path / "val5.npz", X=np.zeros((4, 5), dtype=np.float32), y=np.zeros(4, dtype=np.float32))
@@ -391,6 +427,10 @@ def test_train_with_lr_auto_records_the_choice() -> None:
         (["sweep", "--lr", "1e-3,,1"], "invalid --lr '1e-3,,1'"),
         (["sweep", "--seeds", "0,-1"], "invalid seeds [0, -1]"),
         (["sweep", "--lr", "1e-3:1:100000"], "n <= 1000"),
+        (["sweep", "--seeds", "100000"], "invalid --seeds '100000': expected a count from 1 to 10,000"),
+        (["sweep", "--lr", "1e-3:1:1000", "--seeds", "0,1,2,3,4,5,6,7,8,9,10"], "invalid sweep size 11000: "
+         "expected 1 to 10,000 members"),
+        (["sweep", "--seeds", f"0,{2**64}"], "invalid seeds"),
     ],
 )
 def test_population_commands_bad_input_is_one_line(args: list[str], message: str) -> None:

@@ -240,7 +240,7 @@ def test_a_model_that_rejects_the_batch_is_told_why() -> None:
 def test_dict_sample_without_a_target_names_its_keys() -> None:
     with pytest.raises(DataError, match=r"keys \['a', 'b'\]"):
         Problem.make(Keyword(), {"a": torch.zeros(4, 4), "b": torch.zeros(4, 4)}, device="cpu")
-    data = {"input": torch.zeros(4, 4), "t": torch.zeros(4, dtype=torch.long)}
+    data = {"input": torch.zeros(4, 4), "t": torch.arange(4) % 2}
     problem = Problem.make(nn.Linear(4, 2), data, device="cpu", target_key="t")  # nn.Linear.forward(input)
     assert problem.task == "classification" and problem.source.target_key == "t"
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from gdlab.errors import StoreError
+from gdlab.errors import StoreError, shorten
 
 __all__ = ["save", "load", "rng_state", "set_rng_state"]
 
@@ -45,8 +45,23 @@ def load(path: str | Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise StoreError(f"checkpoint '{path}' not found: the run stopped before its first checkpoint") from None
-    except Exception as e:  # a truncated or foreign file
-        raise StoreError(f"checkpoint '{path}' could not be read: {e}") from None
+    except Exception as e:  # a truncated, damaged or foreign file: told so, never advised to unpickle it
+        raise StoreError(f"checkpoint '{path}' is damaged or not a gdlab checkpoint ({_reason(e)}): expected a file "
+                         "written by gdlab (tensors and plain values only); resume from another run or "
+                         "train anew") from None
+
+
+def _reason(error: BaseException) -> str:
+    """torch's reason in its first sentence, without its advice to load the file unsafely (``weights_only``)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for i, line in enumerate(lines):  # the weights-only unpickler's reason follows its label
+        if "Unpickler error:" in line:
+            detail = line.split("error:", 1)[1].strip() or (lines[i + 1] if i + 1 < len(lines) else "")
+            lines = [detail]
+            break
+    first = lines[0] if lines else type(error).__name__
+    first = first.split(". ")[0].split(" Please use")[0].rstrip(".")
+    return shorten(first, 120)
 
 
 def rng_state() -> dict[str, Any]:

@@ -23,7 +23,7 @@ from typing import Any, Union
 import torch
 
 from gdlab.data import TASKS, parse_batch_size
-from gdlab.errors import InvalidParameter, UnknownChoice
+from gdlab.errors import InvalidParameter, UnknownChoice, check_seed
 from gdlab.optim import check_lr, check_momentum, schedules
 
 if sys.version_info >= (3, 11):
@@ -205,6 +205,7 @@ class Config:
             raise InvalidParameter("lr_select", self.lr_select, "lr auto with it (--lr auto): it says how the "
                                    "learning rate is chosen")
         self.momentum = check_momentum(self.momentum)
+        check_seed(self.seed)
         for key in ("epochs", "steps", "patience", "checkpoint_every"):
             value = getattr(self, key)
             if value is not None and value <= 0:

@@ -27,7 +27,13 @@ __all__ = [
     "RunNotFound",
     "check_int",
     "check_number",
+    "check_seed",
+    "shorten",
+    "SEED_LIMIT",
 ]
+
+SEED_LIMIT = 2**63
+"""Seeds are integers in ``[0, SEED_LIMIT)``: what ``torch.manual_seed`` and ``torch.Generator`` accept."""
 
 
 class GdlabError(Exception):
@@ -115,5 +121,28 @@ def check_number(value: Any, param: str, *, above: float | None = None, least: f
     return float(value)
 
 
+def check_seed(value: Any, param: str = "seed") -> int:
+    """``value`` if it is an integer seed torch accepts (``0 <= seed < 2**63``), else :class:`InvalidParameter`.
+
+    Example:
+        >>> check_seed(2**70)
+        Traceback (most recent call last):
+        ...
+        gdlab.errors.InvalidParameter: invalid seed 1180591620717411303424: expected an integer from 0 to 2**63 - 1
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < SEED_LIMIT:
+        raise InvalidParameter(param, value, "an integer from 0 to 2**63 - 1")
+    return value
+
+
+def shorten(text: str, limit: int = 80) -> str:
+    """``text`` on one line, cut to ``limit`` characters with an ellipsis: user input echoed in a message."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
 def _show(value: Any) -> str:
-    return repr(value) if isinstance(value, str) else str(value)
+    if isinstance(value, str):
+        return repr(shorten(value)) if len(value) > 80 or "\n" in value else repr(value)
+    text = str(value)
+    return shorten(text) if len(text) > 80 else text

@@ -13,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,9 +22,16 @@ import torch
 from torch import nn
 
 from gdlab.errors import InvalidParameter, ModelError, UnknownChoice
-from gdlab.resolve import resolve
+from gdlab.resolve import call_user, resolve
+from gdlab.resources import check_fits
 
-__all__ = ["MODELS", "ACTIVATIONS", "INITS", "ModelInfo", "build", "initialize"]
+__all__ = ["MODELS", "ACTIVATIONS", "INITS", "ModelInfo", "build", "estimate", "initialize"]
+
+TRAINING_COPIES = 4
+"""Copies of the parameters training holds: the weights, their gradients and up to two optimizer states (Adam)."""
+
+ESTIMATE_ROWS = 32
+"""The batch a built-in model's activations are estimated for (the default batch size)."""
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
@@ -135,6 +141,10 @@ def build(
     if name in MODELS:
         if name == "logistic" and task == "regression":
             raise ModelError("model 'logistic' gives class logits but the data is regression: use model 'linear'")
+        params, need = estimate(name, in_features, out_features, hidden=hidden, image_shape=image_shape)
+        shown = f" with hidden {list(hidden)}" if name == "mlp" else ""
+        check_fits(f"model '{name}'{shown} ({params:,} parameters, {in_features:,} inputs, {out_features:,} outputs)",
+                   need, hint="use smaller --hidden sizes, or data with fewer features or classes")
         model = MODELS[name].build(in_features, out_features, hidden=tuple(hidden), activation=activation,
                                    image_shape=image_shape)
     elif ":" in name:
@@ -146,18 +156,32 @@ def build(
     return model
 
 
+def estimate(name: str, in_features: int, out_features: int, *, hidden: Sequence[int] = (64,),
+             image_shape: tuple[int, ...] | None = None, rows: int = ESTIMATE_ROWS) -> tuple[int, int]:
+    """``(parameters, bytes)`` of built-in model ``name`` in float32 before it is built: the parameters times
+    :data:`TRAINING_COPIES`, and the activations of a batch of ``rows`` (forward and backward)."""
+    if name == "mlp":
+        sizes = [in_features, *hidden, out_features]
+        params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+        per_row = 2 * sum(hidden) + out_features  # before and after each activation, and the outputs
+    elif name == "cnn":
+        channels, height, width = image_shape or (1, math.isqrt(in_features), math.isqrt(in_features))
+        params = channels * 16 * 9 + 16 + 16 * 32 * 9 + 32 + 32 * (height // 4) * (width // 4) * out_features + \
+            out_features
+        per_row = 3 * 16 * height * width + 3 * 32 * (height // 2) * (width // 2) + out_features
+    else:
+        params = in_features * out_features + out_features
+        per_row = in_features + out_features
+    return params, 4 * (TRAINING_COPIES * params + 2 * rows * per_row)
+
+
 def _user_model(spec: str, in_features: int, out_features: int) -> nn.Module:
     factory = resolve(spec, "model")
     if isinstance(factory, nn.Module):
         return factory
-    offered = {"in_features": in_features, "out_features": out_features}
-    try:
-        params = inspect.signature(factory).parameters
-        takes_all = any(p.kind is p.VAR_KEYWORD for p in params.values())
-        kwargs = {k: v for k, v in offered.items() if takes_all or k in params}
-    except (TypeError, ValueError):
-        kwargs = {}
-    model = factory(**kwargs)
+    if not callable(factory):
+        raise InvalidParameter("model", spec, f"a function returning an nn.Module, got {type(factory).__name__}")
+    model = call_user(spec, factory, "model", {"in_features": in_features, "out_features": out_features})
     if not isinstance(model, nn.Module):
         raise InvalidParameter("model", spec, f"a function returning an nn.Module, got {type(model).__name__}")
     return model

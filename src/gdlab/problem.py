@@ -26,11 +26,17 @@ from torch import nn
 from gdlab.config import PRECISIONS, resolve_precision
 from gdlab.data import BatchPlan, structure
 from gdlab.data.source import Source
-from gdlab.errors import InvalidParameter, ModelError, UnknownChoice, check_int
+from gdlab.errors import DataError, InvalidParameter, ModelError, UnknownChoice, check_int
 from gdlab.metrics import Metrics, accumulator_dtype, threshold
+from gdlab.resources import check_fits, human
 
-__all__ = ["LOSSES", "LossFn", "Problem", "batch_loss", "check_budget", "check_model", "evaluate", "match_output",
-           "model_loss", "predicted", "prediction", "resolve_device", "resolve_loss"]
+__all__ = ["LOSSES", "LossFn", "Problem", "batch_loss", "check_budget", "check_data", "check_model",
+           "check_module", "evaluate", "match_output", "model_loss", "non_finite", "predicted", "prediction",
+           "resolve_device", "resolve_loss"]
+
+DATASET_SAMPLE = 256
+"""Samples of a Dataset (spread evenly over it) checked for non-finite values before training; in-memory data is
+checked whole."""
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -108,8 +114,7 @@ class Problem:
         ``target_key`` names the target in dict samples (default: ``y``, ``label`` or ``labels``); ``precision``
         is one of :data:`PRECISIONS`."""
         precision = resolve_precision(precision)
-        if not isinstance(model, nn.Module):
-            raise ModelError(f"the model is a {type(model).__name__}: expected an nn.Module")
+        check_module(model)
         dev = resolve_device(device)
         model.to(dev)
         dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.get_default_dtype())
@@ -117,6 +122,9 @@ class Problem:
         val_source = Source(val, dev, dtype, source.target_key) if val is not None else None
         loss_fn, loss_name = resolve_loss(loss, source.task)
         plan = BatchPlan.make(len(source), batch_size, drop_last=drop_last)
+        check_data(source)
+        if val_source is not None:
+            check_data(val_source, "validation data")
         check_model(model, source, loss_name, loss_fn=loss_fn)
         if val_source is not None:
             if {val_source.task, source.task} == {"regression", "multilabel"}:  # float targets either way: a few
@@ -155,6 +163,55 @@ class Problem:
     def total_steps(self, epochs: int | None, steps: int | None) -> int:
         """The budget in steps: whichever of ``epochs`` and ``steps`` ends first (one must be set)."""
         return int(min(steps or math.inf, (epochs or math.inf) * self.plan.iterations_per_epoch))
+
+
+def check_module(model: Any) -> None:
+    """A model gdlab can train: an ``nn.Module`` with parameters that hold data (not on the meta device), whose
+    gradients and optimizer state fit in the free memory (one line each otherwise)."""
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"the model is a {type(model).__name__}: expected an nn.Module")
+    params = list(model.parameters())
+    if not params:
+        raise ModelError(f"the model ({type(model).__name__}) has no parameters to train: expected a model with at "
+                         "least one nn.Parameter (layers such as nn.Linear)")
+    meta = sum(p.numel() for p in params if p.is_meta) + sum(b.numel() for b in model.buffers() if b.is_meta)
+    if meta:
+        raise ModelError(f"the model ({type(model).__name__}) has {meta:,} values on the meta device (shapes without "
+                         "data): expected real tensors; build it outside torch.device('meta'), or call "
+                         "model.to_empty(device=...) and load its weights first")
+    size = sum(p.numel() * p.element_size() for p in params)
+    check_fits(f"training the model ({sum(p.numel() for p in params):,} parameters, {human(size)})", 3 * size,
+               device=params[0].device, hint="gradients and optimizer state need about 3 more copies of the weights")
+
+
+def non_finite(tree: Any) -> int:
+    """The number of NaN and infinite values among the floating-point tensors of ``tree``."""
+    return sum(int((~torch.isfinite(t)).sum()) for t in structure.leaves(tree) if t.is_floating_point())
+
+
+def check_data(source: Source, what: str = "training data") -> None:
+    """The data checked before training, each problem one :class:`DataError` line: non-finite inputs or targets
+    (all of in-memory data, :data:`DATASET_SAMPLE` samples spread over a Dataset), and for the training data at least
+    2 samples and, for class targets, at least 2 classes."""
+    n = len(source)
+    if what == "training data" and n < 2:
+        raise DataError(f"the {what} has {n} sample: expected at least 2 (one sample trains to a loss of 0 and says "
+                        "nothing)")
+    if source.tensors is not None:
+        x, y, checked = source.tensors.X, source.tensors.y, ""
+    else:
+        x, y = source.spread(DATASET_SAMPLE)
+        checked = f" (in {len(y)} of its {n:,} samples checked)" if len(y) < n else ""
+    for part, values in (("inputs", x), ("targets", y)):
+        bad = non_finite(values)
+        if bad:
+            raise DataError(f"the {what} has {bad:,} non-finite value{'s' if bad != 1 else ''} in its {part} (NaN or "
+                            f"inf){checked}: expected finite numbers; clean or impute them")
+    if what == "training data" and source.task == "classification" and source.tensors is not None and len(y):
+        classes = torch.unique(y)
+        if len(classes) < 2:
+            raise DataError(f"the {what}'s targets hold one class ({int(classes[0])}) in all {n:,} samples: expected "
+                            "at least 2 classes to tell apart (a single class trains to a loss of 0)")
 
 
 def check_budget(epochs: Any, steps: Any, default_epochs: int) -> tuple[int | None, int | None]:

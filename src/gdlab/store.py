@@ -121,6 +121,10 @@ class Store:
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as e:
+            if type(e) is sqlite3.DatabaseError:  # not a write problem: the file is not (or no longer) a database
+                raise StoreError(f"store '{root}' is damaged: {self.root / 'gdlab.db'} is not a readable database "
+                                 f"({e}): expected a run store written by gdlab; move that file aside (nothing is "
+                                 "deleted) or choose another --store") from None
             reason = getattr(e, "strerror", None) or str(e)
             raise StoreError(f"store directory '{root}' cannot be written ({reason}): expected a writable "
                              "folder; choose another with --store") from None

@@ -27,8 +27,9 @@ from torch import nn
 from gdlab import population
 from gdlab.data import as_tensor_data, structure
 from gdlab.data.source import collate
-from gdlab.errors import InvalidParameter, check_number
+from gdlab.errors import InvalidParameter, check_number, check_seed
 from gdlab.population import Population
+from gdlab.population.run import check_members
 from gdlab.problem import prediction
 from gdlab.store import Store
 
@@ -78,11 +79,12 @@ def _seeds(seeds: int | Sequence[int]) -> list[int]:
     if isinstance(seeds, int):
         if seeds < 1:
             raise InvalidParameter("seeds", seeds, "a positive number of seeds, or a list of seeds")
-        return list(range(seeds))
+        return list(range(check_members(seeds, "seeds")))
     values = list(seeds)
     if not values or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in values):
         raise InvalidParameter("seeds", seeds, "a number of seeds or a non-empty list of integers >= 0")
-    return values
+    check_members(len(values), "seeds")
+    return [check_seed(s, "seeds") for s in values]
 
 
 EXTRA_METRICS = ("subset_accuracy", "mae", "r2")
@@ -184,6 +186,7 @@ def sweep(
         else:
             fixed[key] = value
     names = list(axes)
+    check_members(math.prod(len(v) for v in axes.values()) * len(seed_list), "sweep size")
     grid = list(itertools.product(*(axes[k] for k in names), seed_list))
     hyper: dict[str, Any] = {**fixed, **{k: [point[i] for point in grid] for i, k in enumerate(names)}}
     pop = population.train(model_fn, train, seeds=[point[-1] for point in grid], optimizer=optimizer, hyper=hyper,

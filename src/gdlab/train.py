@@ -29,7 +29,7 @@ from gdlab.config import DEFAULT_EPOCHS, Config
 from gdlab.data import BatchPlan, structure
 from gdlab.data.source import Source
 from gdlab.doctor import REMEDY_MODES, Doctor, restart_remedy, run_settings
-from gdlab.errors import InvalidParameter, StoreError, UnknownChoice, check_int
+from gdlab.errors import InvalidParameter, StoreError, UnknownChoice, check_int, check_seed
 from gdlab.instruments import attach
 from gdlab.loop import Callback, LoopState, Result
 from gdlab.lr_select import select_lr
@@ -144,6 +144,7 @@ def fit(
     epochs, steps = check_budget(epochs, steps, DEFAULT_EPOCHS)
     _check_settings(tol=tol, patience=patience, checkpoint_every=checkpoint_every, log_every=log_every,
                     doctor=doctor, remedy=remedy, restarts=restarts)
+    check_seed(seed)
     watching = attach(instruments)
     physician = Doctor(remedy, optimizer=optimizer if isinstance(optimizer, str) else None) \
         if doctor or remedy == "auto" else None

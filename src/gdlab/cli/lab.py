@@ -24,7 +24,7 @@ from gdlab.cli.common import (
     to_json,
     wide,
 )
-from gdlab.errors import InvalidParameter
+from gdlab.errors import InvalidParameter, shorten
 
 
 def parse_names(text: str) -> list[str]:
@@ -106,24 +106,31 @@ def explain_command(
     from gdlab.lab.explain import explain, parse_values
 
     graph = explain(expression, parse_values(at))
-    path = out_path or Path("gdlab-runs") / f"explain-{time.strftime('%Y%m%d-%H%M%S')}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    graph.plot(path)
+    not_drawn = graph.too_large_to_draw
+    path: Path | None = None
+    if not_drawn is None or out_path is not None:  # a picture asked for by --out is drawn, or refused in one line
+        path = out_path or Path("gdlab-runs") / f"explain-{time.strftime('%Y%m%d-%H%M%S')}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        graph.plot(path)
     if as_json:
-        print(to_json({**graph.to_dict(), "plot": str(path)}))
+        print(to_json({**graph.to_dict(), "plot": str(path) if path else None,
+                       **({"not_drawn": not_drawn} if path is None else {})}))
         return
     table = Table(box=None, header_style="bold")
     for column in ("node", "expression", "value", "local gradients", "global gradient"):
         table.add_column(column, justify="right" if column in ("value", "global gradient") else "left")
     for n in graph.nodes:
-        local = ", ".join(f"d/d{graph.nodes[i].text}: {v:.4g}" for i, v in zip(n.inputs, n.local))
-        table.add_row(str(n.index), n.text, f"{n.value:.6g}", local, f"{n.grad:.6g}")
+        local = ", ".join(f"d/d{shorten(graph.nodes[i].text, 40)}: {v:.4g}" for i, v in zip(n.inputs, n.local))
+        table.add_row(str(n.index), shorten(n.text, 60), f"{n.value:.6g}", local, f"{n.grad:.6g}")
     wide().print(table)
     agree = all(abs(graph.gradients[k] - graph.autograd[k]) <= 1e-9 * max(1.0, abs(graph.autograd[k]))
                 for k in graph.gradients)
     out.print("[bold]gradients[/] " + ", ".join(f"d/d{k} = {v:.6g}" for k, v in graph.gradients.items())
               + ("  (torch.autograd agrees)" if agree else f"  (torch.autograd says {graph.autograd})"))
-    out.print(f"[bold]graph[/] {path}")
+    if path is not None:
+        out.print(f"[bold]graph[/] {path}")
+    else:
+        err.print(f"note: not drawn: {not_drawn}", markup=False)
 
 
 REPLAY_LEAVES_OUT = ("tol", "patience", "lr_select", "instruments", "doctor", "remedy", "restarts",

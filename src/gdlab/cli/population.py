@@ -47,6 +47,7 @@ from gdlab.cli.common import (
 from gdlab.config import Config
 from gdlab.errors import InvalidParameter
 from gdlab.optim import OPTIMIZERS
+from gdlab.population.run import MAX_MEMBERS
 
 
 def parse_grid_values(text: str, flag: str) -> float | list[float]:
@@ -64,8 +65,9 @@ def parse_seeds(text: str) -> list[int]:
             count = int(text)
         except ValueError:
             raise InvalidParameter("--seeds", text, "a count (e.g. 4) or a comma-separated list of seeds") from None
-        if count < 1:
-            raise InvalidParameter("--seeds", text, "a positive count, or a comma-separated list of seeds")
+        if not 1 <= count <= MAX_MEMBERS:
+            raise InvalidParameter("--seeds", text, f"a count from 1 to {MAX_MEMBERS:,} (the most members of one "
+                                   "population), or a comma-separated list of seeds")
         return list(range(count))
     try:
         return [int(v) for v in text.split(",") if v.strip()]

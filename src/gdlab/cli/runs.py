@@ -140,11 +140,12 @@ def plot(
     s = Store(store, create=False)
     r = s.get(run)
     target = out_path or r.dir / ("instruments.png" if instruments else "loss.png")
+    history = s.history(r.id)  # a damaged store is the store's error, not --out's
     try:
         if instruments:
-            path = plot_instruments(s.history(r.id), target, findings=r.findings, title=f"run {r.id}")
+            path = plot_instruments(history, target, findings=r.findings, title=f"run {r.id}")
         else:
-            path = plot_losses(s.history(r.id), target, title=f"run {r.id} ({r.status})")
+            path = plot_losses(history, target, title=f"run {r.id} ({r.status})")
     except (OSError, ValueError) as e:
         raise InvalidParameter("--out", str(target), f"a writable .png path ({e})") from None
     out.print(str(path))
@@ -164,8 +165,9 @@ def gradflow(
     s = Store(store, create=False)
     r = s.get(run)
     target = out_path or r.dir / "gradflow.png"
+    history = s.history(r.id)  # a damaged store is the store's error, not --out's
     try:
-        path = plot_gradflow(s.history(r.id), target, title=f"run {r.id}: gradient flow")
+        path = plot_gradflow(history, target, title=f"run {r.id}: gradient flow")
     except ValueError:
         raise InvalidParameter("run", r.id, "a run trained with instruments (--instruments cheap or more): this one "
                                "recorded no per-layer gradients") from None

@@ -48,6 +48,9 @@ Task = Literal["classification", "regression", "multilabel"]
 TASKS: tuple[Task, ...] = ("classification", "regression", "multilabel")
 """The kinds of target: one class label per sample; real numbers; independent 0/1 labels (see :func:`infer_task`)."""
 
+MAX_CLASSES = 1_000_000
+"""The most classes a classification target may have: a larger label is read as a mistake (numbers as labels)."""
+
 _BATCH_EXPECTED = '"full", "stochastic" or a positive integer'
 
 
@@ -205,6 +208,10 @@ class TensorData(Dataset):
             y = y.long().reshape(-1)
             if num_classes is None:
                 num_classes = int(y.max().item()) + 1 if len(y) else 0
+            if num_classes > MAX_CLASSES:
+                raise DataError(f"the class labels go up to {num_classes - 1}, {num_classes} classes, too many: "
+                                f"expected labels 0 to N-1 for at most {MAX_CLASSES:,} classes (task='regression' "
+                                "if the targets are numbers)")
         elif task == "multilabel":
             y = (y if torch.is_floating_point(y) else y.float()).reshape(len(y), -1)
             if not bool(((y >= 0) & (y <= 1)).all()):

@@ -27,8 +27,10 @@ import torch
 from torch.utils.data import Dataset
 
 from gdlab.data import TASKS, Task, TensorData, as_tensor_data, infer_task, split
-from gdlab.errors import DataError, InvalidParameter, UnknownChoice
-from gdlab.resolve import resolve
+from gdlab.data.batching import MAX_CLASSES
+from gdlab.errors import DataError, InvalidParameter, UnknownChoice, check_seed
+from gdlab.resolve import call_user, resolve
+from gdlab.resources import check_fits
 
 __all__ = ["DATASETS", "DatasetInfo", "load", "load_csv", "load_npz", "load_callable"]
 
@@ -161,6 +163,7 @@ def load(
     """
     if task not in (None, *TASKS):
         raise InvalidParameter("task", task, '"classification", "regression" or "multilabel"')
+    check_seed(seed)
     if name in DATASETS:
         info = DATASETS[name]
         for key, value in (("target", target), ("task", task), ("val", val), ("val_split", val_split)):
@@ -181,6 +184,7 @@ def load(
                 raise InvalidParameter(f"{name} option {key}", value, what)
             options[key] = wanted(value)
         kwargs = {**options, "seed": seed} if "seed" in info.options else options
+        _check_size(name, {**info.options, **kwargs})
         return info.build(**kwargs)
     if options:
         raise InvalidParameter("option", sorted(options)[0], f"no options for data {name!r}")
@@ -199,6 +203,21 @@ def load(
             raise InvalidParameter("val_split", val_split, "no --val-split when validation data is given")
         train, valid = split(train, val_split, seed)
     return train, valid
+
+
+BUILD_COPIES = 6
+"""Copies of its ``[samples, features + 1]`` float32 table a built-in dataset holds while it is made (temporaries,
+the split, the float64 of ``linear``)."""
+
+
+def _check_size(name: str, options: dict[str, Any]) -> None:
+    """Refuse a built-in dataset whose table would not fit in memory (estimated from its options)."""
+    rows = int(options.get("n_samples", 0))
+    features = int(options.get("features", 2))
+    if rows:
+        need = rows * (features + 1) * 4 * BUILD_COPIES
+        check_fits(f"dataset {name!r} with n_samples={rows:,} ({features} features)", need, error=DataError,
+                   hint="use a smaller n_samples")
 
 
 def _load_file(path: Path, *, target: str | None, task: Task | None, like: TensorData | None = None) -> TensorData:
@@ -319,9 +338,8 @@ def load_npz(path: str | Path, *, task: Task | None = None) -> TensorData:
                 raise DataError(f"{path}: no array {missing[0]!r}: expected arrays 'X' and 'y' (found "
                                 f"{arrays.files})")
             X, y = arrays["X"], arrays["y"]
-    except (ValueError, OSError, AttributeError) as e:
-        raise DataError(f"{path}: not a readable .npz of numeric arrays ({e}): expected np.savez(X=..., y=...)") \
-            from None
+    except (ValueError, OSError, AttributeError, EOFError) as e:
+        raise DataError(f"{path}: {_npz_problem(path, e)}: expected np.savez(X=..., y=...)") from None
     if X.ndim == 0 or y.ndim == 0:
         raise DataError(f"{path}: X and y must have a samples axis: got shapes {X.shape} and {y.shape}")
     if len(X) == 0:
@@ -336,9 +354,29 @@ def load_npz(path: str | Path, *, task: Task | None = None) -> TensorData:
         task = infer_task(torch.as_tensor(y))
     if task == "classification" and (y.min() < 0 or not np.all(y == np.round(y))):
         raise DataError(f"{path}: class labels in y must be whole numbers >= 0: found {y.min()}")
+    if task == "classification" and len(y) and y.max() >= MAX_CLASSES:
+        raise DataError(f"{path}: class label {y.max():.0f} in y means {y.max() + 1:.0f} classes, too many: expected "
+                        f"labels 0 to N-1 for at most {MAX_CLASSES:,} classes (give --task regression if y holds "
+                        "numbers)")
     if len(X) != len(y):
         raise DataError(f"{path}: X has {len(X)} samples but y has {len(y)}: expected the same number")
     return TensorData(torch.as_tensor(X).float(), torch.as_tensor(y), task=task)
+
+
+def _npz_problem(path: Path, error: BaseException) -> str:
+    """What is wrong with a file that ``np.load`` could not read as an .npz, in words."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(6)
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+    if head.startswith(b"\x93NUMPY"):
+        return "a single .npy array, not an .npz archive"
+    if not head.startswith(b"PK"):
+        return "not an .npz file (not a zip archive)" if head else "an empty file, not an .npz archive"
+    if "pickle" in str(error).lower():
+        return "holds object (pickled) arrays, which are not read"
+    return f"a damaged .npz archive ({str(error).splitlines()[0] if str(error) else type(error).__name__})"
 
 
 def load_callable(spec: str) -> Pair:
@@ -348,7 +386,7 @@ def load_callable(spec: str) -> Pair:
     ``gdlab.fit`` takes in memory: ``(X, y)``, ``((u, v), y)``, ``(u, v, y)`` or a dict of tensors with a target key.
     """
     obj = resolve(spec, "data")
-    made = obj() if callable(obj) else obj
+    made = call_user(spec, obj, "data") if callable(obj) and not isinstance(obj, Dataset) else obj
     is_pair = (isinstance(made, tuple) and len(made) == 2 and not isinstance(made[1], torch.Tensor)
                and all(p is None or isinstance(p, (Dataset, tuple, list, dict)) for p in made))
     pair = made if is_pair else (made, None)

@@ -107,6 +107,17 @@ class Source:
             return structure.take(self.tensors.X, index), self.tensors.y.index_select(0, index)
         return self._move(collate([self.dataset[int(i)] for i in index]))  # type: ignore[index]
 
+    def spread(self, n: int) -> Batch:
+        """Up to ``n`` samples spread evenly over the data, in order, on the device: what is checked of a Dataset
+        before training (in-memory data is all there)."""
+        total = len(self)
+        k = max(1, min(n, total))
+        index = sorted({i * total // k for i in range(k)})
+        if self.tensors is not None:
+            at = torch.tensor(index, device=self.device)
+            return structure.take(self.tensors.X, at), self.tensors.y.index_select(0, at)
+        return self._move(collate([self.dataset[i] for i in index]))  # type: ignore[index]
+
     def chunks(self, size: int) -> Iterator[Batch]:
         """All samples in order, ``size`` at a time, for evaluation."""
         if self.tensors is not None:

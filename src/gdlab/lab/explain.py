@@ -26,7 +26,16 @@ import torch
 
 from gdlab.errors import InvalidParameter
 
-__all__ = ["explain", "Graph", "Node", "FUNCTIONS", "parse_values"]
+__all__ = ["explain", "Graph", "Node", "FUNCTIONS", "MAX_CHARS", "MAX_DEPTH", "MAX_DRAWN", "MAX_NODES", "parse_values"]
+
+MAX_CHARS = 4000
+"""The longest expression read."""
+MAX_NODES = 1000
+"""The most nodes a graph may have (its table has a row per node)."""
+MAX_DEPTH = 300
+"""The deepest nesting read: a sum of 300 terms, or 300 functions applied one in another."""
+MAX_DRAWN = 40
+"""The most nodes drawn: a larger graph's picture is unreadable (its table and ``--json`` have every node)."""
 
 # name -> (value, derivative, torch function)
 FUNCTIONS: dict[str, tuple[Callable[[float], float], Callable[[float], float], Callable[[Any], Any]]] = {
@@ -82,9 +91,21 @@ class Graph:
         return {"expression": self.expression, "at": self.values, "value": self.output.value,
                 "gradients": self.gradients, "autograd": self.autograd, "nodes": [n.to_dict() for n in self.nodes]}
 
+    @property
+    def too_large_to_draw(self) -> str | None:
+        """Why the graph is not drawn (more than :data:`MAX_DRAWN` nodes), or None."""
+        if len(self.nodes) <= MAX_DRAWN:
+            return None
+        return (f"the graph has {len(self.nodes)} nodes, more than the {MAX_DRAWN} a readable picture holds: the table "
+                "(or --json) lists every node")
+
     def plot(self, path: str | Path) -> Path:
+        """Draw the graph to ``path``; a graph of more than :data:`MAX_DRAWN` nodes is refused (one line)."""
         from gdlab.plots import plot_graph
 
+        if self.too_large_to_draw:
+            raise InvalidParameter("expression", self.expression, f"at most {MAX_DRAWN} nodes to draw; "
+                                   f"{self.too_large_to_draw}")
         return plot_graph(self, path)
 
 
@@ -103,12 +124,21 @@ def parse_values(text: str) -> dict[str, float]:
 
 
 def explain(expression: str, values: dict[str, float]) -> Graph:
-    """Parse ``expression``, evaluate it at ``values`` and compute every node's local and global gradients."""
+    """Parse ``expression``, evaluate it at ``values`` and compute every node's local and global gradients.
+
+    Expressions are capped: :data:`MAX_CHARS` characters, :data:`MAX_DEPTH` levels of nesting, :data:`MAX_NODES`
+    nodes; a bad expression is echoed in its first 80 characters."""
+    if len(expression) > MAX_CHARS:
+        raise InvalidParameter("expression", expression, f"at most {MAX_CHARS} characters (it has "
+                               f"{len(expression)})")
     try:
         tree = ast.parse(expression.strip(), mode="eval")
     except SyntaxError as e:
         raise InvalidParameter("expression", expression, f"an arithmetic expression ({e.msg} at column "
                                f"{e.offset})") from None
+    except (RecursionError, MemoryError):
+        raise InvalidParameter("expression", expression, f"at most {MAX_DEPTH} levels of nesting") from None
+    _check_size(tree, expression)
     nodes: list[Node] = []
     leaves: dict[str, int] = {}
 
@@ -171,6 +201,26 @@ def explain(expression: str, values: dict[str, float]) -> Graph:
     gradients = {name: nodes[i].grad for name, i in leaves.items()}
     gradients.update({name: 0.0 for name in unused})
     return Graph(expression, nodes, dict(values), gradients, _autograd(tree.body, values))
+
+
+def _check_size(tree: ast.AST, expression: str) -> None:
+    """Refuse a tree nested deeper than :data:`MAX_DEPTH` or with more than :data:`MAX_NODES` nodes (read without
+    recursion, so nothing deep overflows the stack)."""
+    count, names = 0, set()
+    stack: list[tuple[ast.AST, int]] = [(tree.body if isinstance(tree, ast.Expression) else tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise InvalidParameter("expression", expression, f"at most {MAX_DEPTH} levels of nesting (a sum of at "
+                                   f"most {MAX_DEPTH} terms)")
+        if isinstance(node, ast.Name):  # a variable used twice is one node
+            names.add(node.id)
+        elif not isinstance(node, (ast.expr_context, ast.operator, ast.unaryop)):
+            count += 1
+        if count + len(names) > MAX_NODES:
+            raise InvalidParameter("expression", expression, f"at most {MAX_NODES} nodes in its graph")
+        children = node.args if isinstance(node, ast.Call) else list(ast.iter_child_nodes(node))
+        stack.extend((child, depth + 1) for child in children)
 
 
 def _binary(op: str, x: float, y: float, expression: str) -> tuple[float, list[float]]:

@@ -17,13 +17,26 @@ from torch import Tensor, nn
 from gdlab import loop, optim
 from gdlab.config import DEFAULT_EPOCHS
 from gdlab.data import BatchPlan
-from gdlab.errors import InvalidParameter, ModelError, check_int
+from gdlab.errors import InvalidParameter, ModelError, check_int, check_seed
 from gdlab.population.forward import vmap_problem
 from gdlab.population.members import ModelFn, Population, member_hyperparams, member_values
 from gdlab.population.vectorized import train_vectorized
 from gdlab.problem import LossFn, Problem, check_budget, evaluate
+from gdlab.resources import check_fits
 
-__all__ = ["train"]
+__all__ = ["MAX_MEMBERS", "check_members", "train"]
+
+
+MAX_MEMBERS = 10_000
+"""The most members one population (a sweep, restarts) trains."""
+
+
+def check_members(count: int, what: str = "members") -> int:
+    """``count`` if a population may have that many members (1 to :data:`MAX_MEMBERS`), else one line."""
+    if not 1 <= count <= MAX_MEMBERS:
+        raise InvalidParameter(what, count, f"1 to {MAX_MEMBERS:,} members in one population (a sweep's grid of "
+                               "values x seeds)")
+    return count
 
 
 def train(
@@ -66,7 +79,8 @@ def train(
             member trains to the step, the best are kept and resume where they stood (the same cuts).
         target_key: the target's key in dict samples (as for :func:`gdlab.fit`).
     """
-    seeds = [int(s) for s in seeds]
+    check_members(len(seeds))
+    seeds = [check_seed(s, "seeds") for s in seeds]
     if not seeds:
         raise InvalidParameter("seeds", seeds, "at least one seed")
     hyper = dict(hyper or {"lr": 0.01})
@@ -78,6 +92,9 @@ def train(
         models.append(model_fn())
         if not isinstance(models[-1], nn.Module):
             raise ModelError(f"model_fn returned {type(models[-1]).__name__}: expected an nn.Module")
+        if len(models) == 1:  # every member alike: their weights, gradients and optimizer states must fit
+            size = sum(p.numel() * p.element_size() for p in models[0].parameters())
+            check_fits(f"a population of {len(seeds):,} members", 4 * size * len(seeds), hint="fewer members")
     problem = Problem.make(models[0], train, val=val, loss=loss, batch_size=batch_size, device=device,
                            target_key=target_key)
     dev, source, val_source, plan = problem.device, problem.source, problem.val, problem.plan
