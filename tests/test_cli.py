@@ -479,3 +479,22 @@ def test_gradflow_draws_layers_first_to_last() -> None:
           "--quiet", "--no-plot")
     bare = gdlab("gradflow", "last", "--store", "s")
     assert bare.exit_code == 2 and "trained with instruments" in bare.stderr
+
+
+# -- what practitioners reach for (issue 14): lr-find's optimizer, restarts' end points, predict, export, runs ----
+
+
+def test_lr_find_uses_train_s_optimizer_and_says_so(tmp_path: Path) -> None:
+    common = ("lr-find", "--data", "moons", "--hidden", "8", "--num-iter", "20", "--store", "s")
+    default = gdlab(*common, "--json", "--quiet")
+    payload = json.loads(default.stdout)
+    assert payload["optimizer"] == "momentum" and payload["optimizer_options"]["momentum"] == 0.9
+    adam = json.loads(gdlab(*common, "--optimizer", "adam", "--beta2", "0.99", "--json", "--quiet").stdout)
+    assert adam["optimizer"] == "adam" and adam["optimizer_options"]["betas"] == [0.9, 0.99]
+    (tmp_path / "run.toml").write_text('optimizer = "sgd"\nmomentum = 0.5\n')
+    configured = json.loads(gdlab(*common, "--config", "run.toml", "--json", "--quiet").stdout)
+    assert configured["optimizer"] == "sgd" and configured["optimizer_options"]["momentum"] == 0.5
+    shown = gdlab(*common)
+    assert "range test for optimizer momentum (momentum 0.9" in shown.stdout
+    bad = gdlab(*common, "--optimizer", "adam", "--momentum", "0.9")
+    assert bad.exit_code == 2 and bad.stderr.startswith("error: invalid momentum 0.9")
