@@ -498,3 +498,19 @@ def test_lr_find_uses_train_s_optimizer_and_says_so(tmp_path: Path) -> None:
     assert "range test for optimizer momentum (momentum 0.9" in shown.stdout
     bad = gdlab(*common, "--optimizer", "adam", "--momentum", "0.9")
     assert bad.exit_code == 2 and bad.stderr.startswith("error: invalid momentum 0.9")
+
+
+def test_restarts_group_end_points_by_distance_with_the_tolerance_stated() -> None:
+    common = ("restarts", "--data", "moons", "--hidden", "8", "--seeds", "4", "--epochs", "2", "--store", "s",
+              "--no-plot")
+    payload = json.loads(gdlab(*common, "--json", "--quiet").stdout)
+    assert payload["space"] == "function" and "held-out inputs predicted differently <= 0.05" in payload["distance"]
+    assert payload["distinct_end_points"] == len(set(payload["clusters"]))
+    loose = json.loads(gdlab(*common, "--space", "parameters", "--tol", "10", "--json", "--quiet").stdout)
+    assert loose["space"] == "parameters" and loose["distinct_end_points"] == 1  # every weight vector within 10x
+    strict = json.loads(gdlab(*common, "--space", "parameters", "--tol", "1e-6", "--json", "--quiet").stdout)
+    assert strict["distinct_end_points"] == 4  # different seeds, different weights
+    shown = gdlab(*common, "--space", "parameters", "--tol", "0.5")
+    assert "in parameters space (one end point: relative parameter distance <= 0.5)" in shown.stdout
+    bad = gdlab(*common, "--space", "weights")
+    assert bad.exit_code == 2 and "invalid space 'weights': expected function or parameters" in bad.stderr

@@ -203,7 +203,10 @@ def restarts(
     momentum: Optional[float] = typer.Option(None, help="Momentum."),
     seeds: int = typer.Option(16, help="How many random initial points.", callback=parsed(parse_restarts)),
     seed: DataSeedFlag = None,
-    tol: float = typer.Option(0.05, help="Relative tolerance for 'as good as the best' and for one end point."),
+    tol: float = typer.Option(0.05, help="Tolerance for 'as good as the best' (relative loss) and for one end "
+                              "point (the distance in --space)."),
+    space: str = typer.Option("function", help="Where end points are compared: function (predictions on "
+                              "held-out inputs) or parameters (relative distance of the weights)."),
     batch_size: BatchSizeFlag = None, epochs: EpochsFlag = None, steps: StepsFlag = None,
     device: DeviceFlag = None, store: StoreFlag = "gdlab-runs",
     name: Optional[str] = typer.Option(None, help="A name for the stored restarts."),
@@ -218,9 +221,10 @@ def restarts(
                            "store", "seed")
     model_fn, train_data, val_data = prepare(settings)
     db = Store(store)
-    result = run_restarts(model_fn, train_data, seeds=seeds, tol=tol, val=val_data, progress=not quiet, store=db,
-                          name=name, **settings.fit_kwargs("optimizer", "lr", "momentum", "batch_size", "epochs",
-                                                           "steps", "loss", "device"))
+    result = run_restarts(model_fn, train_data, seeds=seeds, tol=tol, space=space, val=val_data,
+                          progress=not quiet, store=db, name=name,
+                          **settings.fit_kwargs("optimizer", "lr", "momentum", "batch_size", "epochs", "steps", "loss",
+                                                "device"))
     path = None
     if plot:
         from gdlab.plots import plot_restarts
@@ -238,9 +242,10 @@ def print_restarts(result: Any, summary: dict[str, Any], tol: float, what: str, 
     """How many end points the restarts found, and the losses of each."""
     out.print(f"[bold]{summary['restarts']} restarts[/], final {what} loss: best {num(result.best)}, "
               f"median {num(result.median)}, worst {num(result.worst)} (spread {num(result.spread)})")
-    out.print(f"[bold]{result.distinct} distinct end points[/] (same loss within {tol:.0%} and the same "
-              f"predictions on held-out inputs); {result.within_tol:.0%} of restarts end within {tol:.0%} of "
-              f"the best" + (f"; {summary['diverged']} diverged" if summary["diverged"] else ""))
+    out.print(f"[bold]{result.distinct} distinct end point{'s' if result.distinct != 1 else ''}[/] in "
+              f"{result.space} space (one end point: {result.distance}); {result.within_tol:.0%} of restarts end "
+              f"within {tol:.0%} of the best loss" + (f"; {summary['diverged']} diverged" if summary["diverged"]
+                                                     else ""))
     sizes: dict[int, list[float]] = {}
     for c, v in zip(result.clusters, result.losses):
         if c >= 0:
