@@ -514,3 +514,38 @@ def test_restarts_group_end_points_by_distance_with_the_tolerance_stated() -> No
     assert "in parameters space (one end point: relative parameter distance <= 0.5)" in shown.stdout
     bad = gdlab(*common, "--space", "weights")
     assert bad.exit_code == 2 and "invalid space 'weights': expected function or parameters" in bad.stderr
+
+
+def test_model_function_gets_the_sizes_and_sample_shape_it_names(user_modules: Path) -> None:
+    (user_modules / "shaped.py").write_text(textwrap.dedent('''
+        import torch
+
+        seen = {}
+
+        def sizes(in_features, out_features):
+            seen["sizes"] = (in_features, out_features)
+            return torch.nn.Linear(in_features, out_features)
+
+        def shaped(sample_shape, out_features):
+            seen["shaped"] = (sample_shape, out_features)
+            return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(sample_shape[-1] * sample_shape[-2] if
+                                       len(sample_shape) == 3 else sample_shape[0], out_features))
+
+        def fixed():
+            seen["fixed"] = ()
+            return torch.nn.Linear(2, 2)
+
+        def strange(n_in, n_out):
+            return torch.nn.Linear(n_in, n_out)
+    '''))
+    import shaped  # type: ignore[import-not-found]
+
+    for name, data in (("sizes", "moons"), ("shaped", "digits"), ("shaped", "moons"), ("fixed", "moons")):
+        result = gdlab("train", "--data", data, "--model", f"shaped:{name}", "--steps", "2", "--store", "s",
+                       "--quiet", "--no-plot")
+        assert result.exit_code == 0, result.output
+        if name == "shaped":
+            assert shaped.seen["shaped"] == (((1, 8, 8), 10) if data == "digits" else ((2,), 2))
+    assert shaped.seen["sizes"] == (2, 2) and shaped.seen["fixed"] == ()
+    bad = gdlab("train", "--data", "moons", "--model", "shaped:strange", "--steps", "2", "--store", "s")
+    assert bad.exit_code == 2 and "model 'shaped:strange' takes (n_in, n_out)" in bad.stderr

@@ -2,8 +2,8 @@
 
 ``linear`` (one affine layer, for regression), ``logistic`` (an affine layer giving class logits), ``mlp``
 (hidden sizes, activation, initialisation), ``cnn`` (two small conv blocks for image-shaped inputs) and
-``module:function`` for any ``nn.Module`` factory (called with ``in_features`` / ``out_features`` if it takes
-them).
+``module:function`` for any ``nn.Module`` factory (called with ``in_features``, ``out_features`` and
+``sample_shape``, each if it names it).
 
 Example:
     >>> model = build("mlp", in_features=64, out_features=10, hidden=(32,), activation="tanh")
@@ -138,7 +138,7 @@ def build(
         model = MODELS[name].build(in_features, out_features, hidden=tuple(hidden), activation=activation,
                                    image_shape=image_shape)
     elif ":" in name:
-        model = _user_model(name, in_features, out_features)
+        model = _user_model(name, in_features, out_features, image_shape or (in_features,))
     else:
         raise UnknownChoice("model", name, MODELS, ", or module:function")
     if init != "default":
@@ -146,17 +146,31 @@ def build(
     return model
 
 
-def _user_model(spec: str, in_features: int, out_features: int) -> nn.Module:
+USER_MODEL_ARGUMENTS = ("in_features", "out_features", "sample_shape")
+"""What ``module:function`` is called with, each only if it takes it: the number of input features, of outputs,
+and the shape of one input sample (``(C, H, W)`` for image data, else ``(in_features,)``)."""
+
+
+def _user_model(spec: str, in_features: int, out_features: int, sample_shape: tuple[int, ...]) -> nn.Module:
     factory = resolve(spec, "model")
     if isinstance(factory, nn.Module):
         return factory
-    offered = {"in_features": in_features, "out_features": out_features}
+    offered = {"in_features": in_features, "out_features": out_features, "sample_shape": tuple(sample_shape)}
     try:
-        params = inspect.signature(factory).parameters
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):
+        signature = None
+    kwargs: dict[str, Any] = {}
+    if signature is not None:
+        params = signature.parameters
         takes_all = any(p.kind is p.VAR_KEYWORD for p in params.values())
         kwargs = {k: v for k, v in offered.items() if takes_all or k in params}
-    except (TypeError, ValueError):
-        kwargs = {}
+        try:
+            signature.bind(**kwargs)
+        except TypeError:
+            wanted = ", ".join(n for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD))
+            raise ModelError(f"model '{spec}' takes ({wanted}): gdlab calls it with those of "
+                             f"{', '.join(USER_MODEL_ARGUMENTS)} that it names, and the rest need defaults") from None
     model = factory(**kwargs)
     if not isinstance(model, nn.Module):
         raise InvalidParameter("model", spec, f"a function returning an nn.Module, got {type(model).__name__}")
