@@ -549,3 +549,72 @@ def test_model_function_gets_the_sizes_and_sample_shape_it_names(user_modules: P
     assert shaped.seen["sizes"] == (2, 2) and shaped.seen["fixed"] == ()
     bad = gdlab("train", "--data", "moons", "--model", "shaped:strange", "--steps", "2", "--store", "s")
     assert bad.exit_code == 2 and "model 'shaped:strange' takes (n_in, n_out)" in bad.stderr
+
+
+def test_predict_writes_one_row_per_sample(tmp_path: Path) -> None:
+    rows = "\n".join(f"{i % 9},{1000 * (i % 5)},{'ab'[i % 2]}" for i in range(60))
+    (tmp_path / "d.csv").write_text("a,b,label\n" + rows + "\n")
+    (tmp_path / "new.csv").write_text("b,a\n3000,1\n0,2\n")  # no target, columns in another order
+    trained = json.loads(gdlab("train", "--data", "d.csv", "--target", "label", "--standardize", "--hidden", "8",
+                               "--epochs", "3", "--store", "s", "--json", "--quiet", "--no-plot").stdout)
+    result = gdlab("predict", trained["run_id"], "--data", "new.csv", "--out", "p.csv", "--store", "s")
+    assert result.exit_code == 0, result.output
+    lines = (tmp_path / "p.csv").read_text().splitlines()
+    assert lines[0] == "sample,predicted,p_a,p_b" and len(lines) == 3
+    assert all(abs(sum(map(float, line.split(",")[2:])) - 1) < 1e-5 for line in lines[1:])
+    scored = gdlab("predict", "last", "--data", "d.csv", "--out", "q.csv", "--store", "s")
+    assert "60 predictions" in scored.stdout and "accuracy" in scored.stdout
+    assert (tmp_path / "q.csv").read_text().splitlines()[0].endswith(",target")
+    stored = Store("s").get(trained["run_id"])
+    assert stored.config["standardize"] is True
+    import numpy as np
+
+    np.savez(tmp_path / "r.npz", X=np.random.default_rng(0).normal(size=(20, 3)).astype("float32"),
+             y=np.zeros((20, 1), dtype="float32"))
+    regression = json.loads(gdlab("train", "--data", "r.npz", "--model", "linear", "--epochs", "1", "--store", "s",
+                                  "--json", "--quiet", "--no-plot").stdout)
+    np.savez(tmp_path / "x.npz", X=np.ones((4, 3), dtype="float32"))
+    assert gdlab("predict", regression["run_id"], "--data", "x.npz", "--out", "r.csv", "--store", "s").exit_code == 0
+    assert (tmp_path / "r.csv").read_text().splitlines()[0] == "sample,prediction"
+    for args, message in (
+        (("nope", "--data", "new.csv", "--out", "p.csv"), "unknown run 'nope'"),
+        (("last", "--data", "new.csv", "--out", "no/such/dir/p.csv"), "invalid --out 'no/such/dir/p.csv'"),
+        (("last", "--data", "new.csv", "--out", "p.txt"), "invalid --out 'p.txt': expected a .csv path"),
+        (("last", "--data", "missing.csv", "--out", "p.csv"), "data file 'missing.csv' not found"),
+    ):
+        bad = gdlab("predict", *args, "--store", "s")
+        assert bad.exit_code == 2 and bad.stderr.startswith("error: ") and message in bad.stderr, bad.output
+        assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_export_round_trips_the_weights_without_pickle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pickle
+
+    from gdlab import models
+
+    trained = json.loads(gdlab("train", "--data", "digits", "--model", "cnn", "--steps", "3", "--store", "s",
+                               "--json", "--quiet", "--no-plot").stdout)
+    result = gdlab("export", trained["run_id"], "--model", "m.safetensors", "--store", "s")
+    assert result.exit_code == 0, result.output
+    saved = torch.load(trained["checkpoint"], weights_only=True)["model"]
+
+    def no_pickle(*args: object, **kwargs: object) -> None:
+        raise AssertionError("loading used pickle")
+
+    with monkeypatch.context() as patched:
+        for module, name in ((pickle, "load"), (pickle, "loads"), (pickle, "Unpickler"), (torch, "load")):
+            patched.setattr(module, name, no_pickle)
+        loaded = models.load(tmp_path / "m.safetensors")
+        mine = models.load(tmp_path / "m.safetensors", model=models.build("cnn", in_features=64, out_features=10,
+                                                                          image_shape=(1, 8, 8)))
+    state = loaded.state_dict()
+    assert set(state) == set(saved) and all(torch.equal(state[k], saved[k]) for k in saved)
+    assert loaded.eval()(torch.zeros(2, 64)).shape == (2, 10)
+    assert all(torch.equal(mine.state_dict()[k], saved[k]) for k in saved)
+    for args, message in (
+        (("nope", "--model", "m.safetensors"), "unknown run 'nope'"),
+        (("last", "--model", "m.pt"), "invalid --model 'm.pt': expected a .safetensors path"),
+        (("last", "--model", "gone/m.safetensors"), "invalid --model 'gone/m.safetensors'"),
+    ):
+        bad = gdlab("export", *args, "--store", "s")
+        assert bad.exit_code == 2 and message in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
