@@ -618,3 +618,35 @@ def test_export_round_trips_the_weights_without_pickle(tmp_path: Path, monkeypat
     ):
         bad = gdlab("export", *args, "--store", "s")
         assert bad.exit_code == 2 and message in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_runs_json_rm_and_compare(tmp_path: Path) -> None:
+    ids = [json.loads(gdlab("train", "--data", "moons", "--hidden", "8", "--epochs", "1", "--lr", lr, "--store", "s",
+                            "--name", f"lr{lr}", "--json", "--quiet", "--no-plot").stdout)["run_id"]
+           for lr in ("0.01", "0.02", "0.03")]
+    listed = json.loads(gdlab("runs", "--store", "s", "--json").stdout)
+    assert [r["run_id"] for r in listed["runs"]] == ids[::-1] and listed["runs"][0]["config"]["lr"] == 0.03
+    assert json.loads(gdlab("runs", "--store", "empty", "--json").stdout) == {"runs": [], "sweeps": []}
+    compared = gdlab("compare", "lr0.01", "lr0.02", "--store", "s")
+    assert compared.exit_code == 0 and "lr" in compared.stdout and "other settings are the same" in compared.stdout
+    lr_line = next(line for line in compared.stdout.splitlines() if line.strip().startswith("lr "))
+    assert "*" in lr_line and "0.01" in lr_line and "0.02" in lr_line
+    as_json = json.loads(gdlab("compare", "lr0.01", "lr0.02", "--store", "s", "--json").stdout)
+    assert as_json["settings"]["lr"] == [0.01, 0.02] and "lr" in as_json["differ"] and "data" not in as_json["differ"]
+    store = Store("s")
+    live = store.create_run({"data": "moons"}, name="live")  # running, in this (alive) process
+    store.add_epochs(live, [{"epoch": 1, "train_loss": 1.0}])
+    refused = gdlab("runs", "rm", "live", "--store", "s")
+    assert refused.exit_code == 2 and "is running" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    assert (tmp_path / "s" / live).is_dir() and store.get("live").status == "running"
+    removed = gdlab("runs", "rm", "lr0.01", ids[1][:17], "--store", "s")
+    assert removed.exit_code == 0 and removed.stdout.count("deleted run") == 2
+    assert [r.id for r in store.runs()] == [live, ids[2]]
+    assert not (tmp_path / "s" / ids[0]).exists() and not (tmp_path / "s" / ids[1]).exists()
+    assert store._db.execute("SELECT COUNT(*) FROM epoch_metrics WHERE run_id IN (?, ?)", ids[:2]).fetchone() == (0,)
+    for args, message in ((("runs", "rm", "nope"), "unknown run 'nope'"), (("compare", "nope", "last"), "unknown run"),
+                          (("compare", "last"), "two or more runs"),
+                          (("runs", "rm", "lr0.03", "nope"), "unknown run 'nope'")):
+        bad = gdlab(*args, "--store", "s")
+        assert bad.exit_code == 2 and message in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert store.get("lr0.03").id == ids[2]  # a bad name among several deletes nothing

@@ -206,6 +206,9 @@ class Standardized(nn.Module):
     """A model whose inputs are scaled first by the training data's mean and std (a run trained with
     ``standardize``), so it takes the raw inputs."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, model: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
         super().__init__()
         self.model = model
@@ -225,7 +228,7 @@ def save(model: nn.Module, path: str | Any, spec: dict[str, Any]) -> Any:
 
     from safetensors.torch import save_file
 
-    inner = model.model if isinstance(model, Standardized) else model
+    inner: nn.Module = model.model if isinstance(model, Standardized) else model
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in inner.state_dict().items()}
     if isinstance(model, Standardized):
         tensors["gdlab.input_mean"] = model.mean.detach().cpu().contiguous()

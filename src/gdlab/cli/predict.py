@@ -6,6 +6,7 @@ from __future__ import annotations
 __all__ = ["predict", "export", "Stored"]
 
 import csv
+import functools
 import math
 import os
 from pathlib import Path
@@ -141,6 +142,10 @@ def _feature_csv(path: Path, train: Any) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32)
 
 
+def _rows_of(t: torch.Tensor, start: int) -> torch.Tensor:
+    return t[start:start + 1024]
+
+
 @torch.no_grad()
 def _predict(model: torch.nn.Module, X: torch.Tensor) -> torch.Tensor:
     from gdlab.data import structure
@@ -151,8 +156,8 @@ def _predict(model: torch.nn.Module, X: torch.Tensor) -> torch.Tensor:
     outputs = []
     n = len(structure.leaves(X)[0])
     for start in range(0, n, 1024):
-        chunk = structure.tree_map(lambda t, at=start: t[at:at + 1024], X)
-        output = prediction(structure.call(model, structure.to(chunk, "cpu", dtype)))
+        chunk = structure.tree_map(functools.partial(_rows_of, start=start), X)
+        output = prediction(structure.call(model, structure.to(chunk, torch.device("cpu"), dtype)))
         if output is None:
             raise InvalidParameter("run", "model", "a model whose outputs hold predictions (a tensor or .logits)")
         outputs.append(output.float())
