@@ -519,3 +519,174 @@ def test_gradflow_draws_layers_first_to_last() -> None:
           "--quiet", "--no-plot")
     bare = gdlab("gradflow", "last", "--store", "s")
     assert bare.exit_code == 2 and "trained with instruments" in bare.stderr
+
+
+# -- what practitioners reach for (issue 14): lr-find's optimizer, restarts' end points, predict, export, runs ----
+
+
+def test_lr_find_uses_train_s_optimizer_and_says_so(tmp_path: Path) -> None:
+    common = ("lr-find", "--data", "moons", "--hidden", "8", "--num-iter", "20", "--store", "s")
+    default = gdlab(*common, "--json", "--quiet")
+    payload = json.loads(default.stdout)
+    assert payload["optimizer"] == "momentum" and payload["optimizer_options"]["momentum"] == 0.9
+    adam = json.loads(gdlab(*common, "--optimizer", "adam", "--beta2", "0.99", "--json", "--quiet").stdout)
+    assert adam["optimizer"] == "adam" and adam["optimizer_options"]["betas"] == [0.9, 0.99]
+    (tmp_path / "run.toml").write_text('optimizer = "sgd"\nmomentum = 0.5\n')
+    configured = json.loads(gdlab(*common, "--config", "run.toml", "--json", "--quiet").stdout)
+    assert configured["optimizer"] == "sgd" and configured["optimizer_options"]["momentum"] == 0.5
+    shown = gdlab(*common)
+    assert "range test for optimizer momentum (momentum 0.9" in shown.stdout
+    bad = gdlab(*common, "--optimizer", "adam", "--momentum", "0.9")
+    assert bad.exit_code == 2 and bad.stderr.startswith("error: invalid momentum 0.9")
+
+
+def test_restarts_group_end_points_by_distance_with_the_tolerance_stated() -> None:
+    common = ("restarts", "--data", "moons", "--hidden", "8", "--seeds", "4", "--epochs", "2", "--store", "s",
+              "--no-plot")
+    payload = json.loads(gdlab(*common, "--json", "--quiet").stdout)
+    assert payload["space"] == "function" and "held-out inputs predicted differently <= 0.05" in payload["distance"]
+    assert payload["distinct_end_points"] == len(set(payload["clusters"]))
+    loose = json.loads(gdlab(*common, "--space", "parameters", "--tol", "10", "--json", "--quiet").stdout)
+    assert loose["space"] == "parameters" and loose["distinct_end_points"] == 1  # every weight vector within 10x
+    strict = json.loads(gdlab(*common, "--space", "parameters", "--tol", "1e-6", "--json", "--quiet").stdout)
+    assert strict["distinct_end_points"] == 4  # different seeds, different weights
+    shown = gdlab(*common, "--space", "parameters", "--tol", "0.5")
+    assert "in parameters space (one end point: relative parameter distance <= 0.5)" in shown.stdout
+    bad = gdlab(*common, "--space", "weights")
+    assert bad.exit_code == 2 and "invalid space 'weights': expected function or parameters" in bad.stderr
+
+
+def test_model_function_gets_the_sizes_and_sample_shape_it_names(user_modules: Path) -> None:
+    (user_modules / "shaped.py").write_text(textwrap.dedent('''
+        import torch
+
+        seen = {}
+
+        def sizes(in_features, out_features):
+            seen["sizes"] = (in_features, out_features)
+            return torch.nn.Linear(in_features, out_features)
+
+        def shaped(sample_shape, out_features):
+            seen["shaped"] = (sample_shape, out_features)
+            return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(sample_shape[-1] * sample_shape[-2] if
+                                       len(sample_shape) == 3 else sample_shape[0], out_features))
+
+        def fixed():
+            seen["fixed"] = ()
+            return torch.nn.Linear(2, 2)
+
+        def strange(n_in, n_out):
+            return torch.nn.Linear(n_in, n_out)
+    '''))
+    import shaped  # type: ignore[import-not-found]
+
+    for name, data in (("sizes", "moons"), ("shaped", "digits"), ("shaped", "moons"), ("fixed", "moons")):
+        result = gdlab("train", "--data", data, "--model", f"shaped:{name}", "--steps", "2", "--store", "s",
+                       "--quiet", "--no-plot")
+        assert result.exit_code == 0, result.output
+        if name == "shaped":
+            assert shaped.seen["shaped"] == (((1, 8, 8), 10) if data == "digits" else ((2,), 2))
+    assert shaped.seen["sizes"] == (2, 2) and shaped.seen["fixed"] == ()
+    bad = gdlab("train", "--data", "moons", "--model", "shaped:strange", "--steps", "2", "--store", "s")
+    assert bad.exit_code == 2 and "model 'shaped:strange'" in bad.stderr and "needs n_in, n_out" in bad.stderr
+
+
+def test_predict_writes_one_row_per_sample(tmp_path: Path) -> None:
+    rows = "\n".join(f"{i % 9},{1000 * (i % 5)},{'ab'[i % 2]}" for i in range(60))
+    (tmp_path / "d.csv").write_text("a,b,label\n" + rows + "\n")
+    (tmp_path / "new.csv").write_text("b,a\n3000,1\n0,2\n")  # no target, columns in another order
+    trained = json.loads(gdlab("train", "--data", "d.csv", "--target", "label", "--standardize", "--hidden", "8",
+                               "--epochs", "3", "--store", "s", "--json", "--quiet", "--no-plot").stdout)
+    result = gdlab("predict", trained["run_id"], "--data", "new.csv", "--out", "p.csv", "--store", "s")
+    assert result.exit_code == 0, result.output
+    lines = (tmp_path / "p.csv").read_text().splitlines()
+    assert lines[0] == "sample,predicted,p_a,p_b" and len(lines) == 3
+    assert all(abs(sum(map(float, line.split(",")[2:])) - 1) < 1e-5 for line in lines[1:])
+    scored = gdlab("predict", "last", "--data", "d.csv", "--out", "q.csv", "--store", "s")
+    assert "60 predictions" in scored.stdout and "accuracy" in scored.stdout
+    assert (tmp_path / "q.csv").read_text().splitlines()[0].endswith(",target")
+    stored = Store("s").get(trained["run_id"])
+    assert stored.config["standardize"] is True
+    import numpy as np
+
+    np.savez(tmp_path / "r.npz", X=np.random.default_rng(0).normal(size=(20, 3)).astype("float32"),
+             y=np.zeros((20, 1), dtype="float32"))
+    regression = json.loads(gdlab("train", "--data", "r.npz", "--model", "linear", "--epochs", "1", "--store", "s",
+                                  "--json", "--quiet", "--no-plot").stdout)
+    np.savez(tmp_path / "x.npz", X=np.ones((4, 3), dtype="float32"))
+    assert gdlab("predict", regression["run_id"], "--data", "x.npz", "--out", "r.csv", "--store", "s").exit_code == 0
+    assert (tmp_path / "r.csv").read_text().splitlines()[0] == "sample,prediction"
+    for args, message in (
+        (("nope", "--data", "new.csv", "--out", "p.csv"), "unknown run 'nope'"),
+        (("last", "--data", "new.csv", "--out", "no/such/dir/p.csv"), "invalid --out 'no/such/dir/p.csv'"),
+        (("last", "--data", "new.csv", "--out", "p.txt"), "invalid --out 'p.txt': expected a .csv path"),
+        (("last", "--data", "missing.csv", "--out", "p.csv"), "data file 'missing.csv' not found"),
+    ):
+        bad = gdlab("predict", *args, "--store", "s")
+        assert bad.exit_code == 2 and bad.stderr.startswith("error: ") and message in bad.stderr, bad.output
+        assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_export_round_trips_the_weights_without_pickle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pickle
+
+    from gdlab import models
+
+    trained = json.loads(gdlab("train", "--data", "digits", "--model", "cnn", "--steps", "3", "--store", "s",
+                               "--json", "--quiet", "--no-plot").stdout)
+    result = gdlab("export", trained["run_id"], "--model", "m.safetensors", "--store", "s")
+    assert result.exit_code == 0, result.output
+    saved = torch.load(trained["checkpoint"], weights_only=True)["model"]
+
+    def no_pickle(*args: object, **kwargs: object) -> None:
+        raise AssertionError("loading used pickle")
+
+    with monkeypatch.context() as patched:
+        for module, name in ((pickle, "load"), (pickle, "loads"), (pickle, "Unpickler"), (torch, "load")):
+            patched.setattr(module, name, no_pickle)
+        loaded = models.load(tmp_path / "m.safetensors")
+        mine = models.load(tmp_path / "m.safetensors", model=models.build("cnn", in_features=64, out_features=10,
+                                                                          image_shape=(1, 8, 8)))
+    state = loaded.state_dict()
+    assert set(state) == set(saved) and all(torch.equal(state[k], saved[k]) for k in saved)
+    assert loaded.eval()(torch.zeros(2, 64)).shape == (2, 10)
+    assert all(torch.equal(mine.state_dict()[k], saved[k]) for k in saved)
+    for args, message in (
+        (("nope", "--model", "m.safetensors"), "unknown run 'nope'"),
+        (("last", "--model", "m.pt"), "invalid --model 'm.pt': expected a .safetensors path"),
+        (("last", "--model", "gone/m.safetensors"), "invalid --model 'gone/m.safetensors'"),
+    ):
+        bad = gdlab("export", *args, "--store", "s")
+        assert bad.exit_code == 2 and message in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_runs_json_rm_and_compare(tmp_path: Path) -> None:
+    ids = [json.loads(gdlab("train", "--data", "moons", "--hidden", "8", "--epochs", "1", "--lr", lr, "--store", "s",
+                            "--name", f"lr{lr}", "--json", "--quiet", "--no-plot").stdout)["run_id"]
+           for lr in ("0.01", "0.02", "0.03")]
+    listed = json.loads(gdlab("runs", "--store", "s", "--json").stdout)
+    assert [r["run_id"] for r in listed["runs"]] == ids[::-1] and listed["runs"][0]["config"]["lr"] == 0.03
+    assert json.loads(gdlab("runs", "--store", "empty", "--json").stdout) == {"runs": [], "sweeps": []}
+    compared = gdlab("compare", "lr0.01", "lr0.02", "--store", "s")
+    assert compared.exit_code == 0 and "lr" in compared.stdout and "other settings are the same" in compared.stdout
+    lr_line = next(line for line in compared.stdout.splitlines() if line.strip().startswith("lr "))
+    assert "*" in lr_line and "0.01" in lr_line and "0.02" in lr_line
+    as_json = json.loads(gdlab("compare", "lr0.01", "lr0.02", "--store", "s", "--json").stdout)
+    assert as_json["settings"]["lr"] == [0.01, 0.02] and "lr" in as_json["differ"] and "data" not in as_json["differ"]
+    store = Store("s")
+    live = store.create_run({"data": "moons"}, name="live")  # running, in this (alive) process
+    store.add_epochs(live, [{"epoch": 1, "train_loss": 1.0}])
+    refused = gdlab("runs", "rm", "live", "--store", "s")
+    assert refused.exit_code == 2 and "is running" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    assert (tmp_path / "s" / live).is_dir() and store.get("live").status == "running"
+    removed = gdlab("runs", "rm", "lr0.01", ids[1][:17], "--store", "s")
+    assert removed.exit_code == 0 and removed.stdout.count("deleted run") == 2
+    assert [r.id for r in store.runs()] == [live, ids[2]]
+    assert not (tmp_path / "s" / ids[0]).exists() and not (tmp_path / "s" / ids[1]).exists()
+    assert store._db.execute("SELECT COUNT(*) FROM epoch_metrics WHERE run_id IN (?, ?)", ids[:2]).fetchone() == (0,)
+    for args, message in ((("runs", "rm", "nope"), "unknown run 'nope'"), (("compare", "nope", "last"), "unknown run"),
+                          (("compare", "last"), "two or more runs"),
+                          (("runs", "rm", "lr0.03", "nope"), "unknown run 'nope'")):
+        bad = gdlab(*args, "--store", "s")
+        assert bad.exit_code == 2 and message in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert store.get("lr0.03").id == ids[2]  # a bad name among several deletes nothing

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from gdlab import optim, population
+from gdlab.config import Config
 from gdlab.errors import InvalidParameter, check_int
 from gdlab.problem import Problem, resolve_device
 from gdlab.records import EMA
@@ -53,6 +54,7 @@ class LRFindResult:
             the lr at the lowest smoothed loss).
         warnings: why the curve may not be trusted (flat, noisy, stopped at once, never rose).
         stopped: why the test ended (diverged, or the ramp was done).
+        optimizer: the optimizer the suggestions are for; options: its hyperparameters (defaults filled in).
     """
 
     lrs: list[float]
@@ -63,6 +65,7 @@ class LRFindResult:
     stopped: str
     optimizer: str = "sgd"
     extra: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
 
     def plot(self, path: str | Path) -> Path:
         """The curve (raw and smoothed loss against lr, log scale) with the suggestions marked, as a PNG."""
@@ -81,7 +84,7 @@ def lr_find(
     model: nn.Module,
     train: Any,
     *,
-    optimizer: optim.OptimizerSpec = "sgd",
+    optimizer: optim.OptimizerSpec = Config.optimizer,
     start_lr: float = 1e-7,
     end_lr: float = 10.0,
     num_iter: int = 100,
@@ -100,7 +103,8 @@ def lr_find(
     passed in) are restored exactly afterwards.
 
     Args:
-        optimizer: a name (its other hyperparameters from ``optimizer_options``) or a torch optimizer.
+        optimizer: a name (its other hyperparameters from ``optimizer_options``) or a torch optimizer; by default
+            ``fit``'s and ``gdlab train``'s (momentum), so the suggestions fit the run that follows.
         beta: the smoothing of the moving average of the loss.
         The rest: as for :func:`gdlab.fit`.
     """
@@ -171,7 +175,12 @@ def lr_find(
         torch.set_rng_state(rng)
     suggestions, warnings = _suggest(lrs, losses, smoothed, stopped, num_iter)
     name = optimizer if isinstance(optimizer, str) else type(optimizer).__name__
-    return LRFindResult(lrs, losses, smoothed, suggestions, warnings, stopped, name)
+    options: dict[str, Any] = {}
+    if isinstance(optimizer, str):  # the settings the suggestions are for: the optimizer's defaults filled in
+        given = {k: v for k, v in optimizer_options.items() if k != "clip_norm"}
+        options = {**optim.hyperparams(optimizer, lr=start_lr, **given),
+                   **({"clip_norm": optimizer_options["clip_norm"]} if optimizer_options.get("clip_norm") else {})}
+    return LRFindResult(lrs, losses, smoothed, suggestions, warnings, stopped, name, options=options)
 
 
 def _suggest(lrs: list[float], losses: list[float], smoothed: list[float], stopped: str,

@@ -2,8 +2,8 @@
 
 ``linear`` (one affine layer, for regression), ``logistic`` (an affine layer giving class logits), ``mlp``
 (hidden sizes, activation, initialisation), ``cnn`` (two small conv blocks for image-shaped inputs) and
-``module:function`` for any ``nn.Module`` factory (called with ``in_features`` / ``out_features`` if it takes
-them).
+``module:function`` for any ``nn.Module`` factory (called with ``in_features``, ``out_features`` and
+``sample_shape``, each if it names it).
 
 Example:
     >>> model = build("mlp", in_features=64, out_features=10, hidden=(32,), activation="tanh")
@@ -25,7 +25,8 @@ from gdlab.errors import InvalidParameter, ModelError, UnknownChoice
 from gdlab.resolve import call_user, resolve
 from gdlab.resources import check_fits
 
-__all__ = ["MODELS", "ACTIVATIONS", "INITS", "ModelInfo", "build", "estimate", "initialize"]
+__all__ = ["MODELS", "ACTIVATIONS", "INITS", "ModelInfo", "build", "estimate", "initialize", "save", "load",
+           "Standardized"]
 
 TRAINING_COPIES = 4
 """Copies of the parameters training holds: the weights, their gradients and up to two optimizer states (Adam)."""
@@ -148,7 +149,7 @@ def build(
         model = MODELS[name].build(in_features, out_features, hidden=tuple(hidden), activation=activation,
                                    image_shape=image_shape)
     elif ":" in name:
-        model = _user_model(name, in_features, out_features)
+        model = _user_model(name, in_features, out_features, image_shape or (in_features,))
     else:
         raise UnknownChoice("model", name, MODELS, ", or module:function")
     if init != "default":
@@ -175,13 +176,19 @@ def estimate(name: str, in_features: int, out_features: int, *, hidden: Sequence
     return params, 4 * (TRAINING_COPIES * params + 2 * rows * per_row)
 
 
-def _user_model(spec: str, in_features: int, out_features: int) -> nn.Module:
+USER_MODEL_ARGUMENTS = ("in_features", "out_features", "sample_shape")
+"""What ``module:function`` is called with, each only if it takes it: the number of input features, of outputs,
+and the shape of one input sample (``(C, H, W)`` for image data, else ``(in_features,)``)."""
+
+
+def _user_model(spec: str, in_features: int, out_features: int, sample_shape: tuple[int, ...]) -> nn.Module:
     factory = resolve(spec, "model")
     if isinstance(factory, nn.Module):
         return factory
     if not callable(factory):
         raise InvalidParameter("model", spec, f"a function returning an nn.Module, got {type(factory).__name__}")
-    model = call_user(spec, factory, "model", {"in_features": in_features, "out_features": out_features})
+    model = call_user(spec, factory, "model", {"in_features": in_features, "out_features": out_features,
+                                               "sample_shape": tuple(sample_shape)})
     if not isinstance(model, nn.Module):
         raise InvalidParameter("model", spec, f"a function returning an nn.Module, got {type(model).__name__}")
     return model
@@ -204,3 +211,84 @@ def initialize(model: nn.Module, init: str) -> nn.Module:
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
     return model
+
+
+# -- exported weights: safetensors, read without pickle -------------------------------------------------------
+
+EXPORT_FORMAT = "gdlab-model-1"
+"""The ``format`` of the JSON under the ``gdlab`` key of an exported file's safetensors metadata."""
+
+
+class Standardized(nn.Module):
+    """A model whose inputs are scaled first by the training data's mean and std (a run trained with
+    ``standardize``), so it takes the raw inputs."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, model: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+
+    def forward(self, x: torch.Tensor) -> Any:
+        return self.model((x - self.mean) / self.std)
+
+
+def save(model: nn.Module, path: str | Any, spec: dict[str, Any]) -> Any:
+    """Write ``model``'s weights to a ``.safetensors`` file, with ``spec`` (``model``, ``in_features``,
+    ``out_features``, ``hidden``, ``activation``, ``image_shape``, ``task``, ``classes``: what :func:`build`
+    needs, as JSON) in its metadata; a :class:`Standardized` model keeps its input scaling. Returns the path."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    inner: nn.Module = model.model if isinstance(model, Standardized) else model
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in inner.state_dict().items()}
+    if isinstance(model, Standardized):
+        tensors["gdlab.input_mean"] = model.mean.detach().cpu().contiguous()
+        tensors["gdlab.input_std"] = model.std.detach().cpu().contiguous()
+    path = Path(path)
+    save_file(tensors, str(path), metadata={"gdlab": json.dumps({"format": EXPORT_FORMAT, **spec})})
+    return path
+
+
+def load(path: str | Any, model: nn.Module | None = None) -> nn.Module:
+    """Read a model written by ``gdlab export`` (or :func:`save`) without unpickling anything: a built-in model
+    is rebuilt from the file's metadata and its weights loaded; a user's own model (``module:function``) needs
+    its class: build it and pass it as ``model`` to receive the weights. Inputs are standardised as in training
+    when the run was (the model is then a :class:`Standardized`).
+
+    Example:
+        >>> model = load("model.safetensors")  # doctest: +SKIP
+        >>> model.eval()(torch.zeros(1, 64)).argmax(-1)  # doctest: +SKIP
+    """
+    import json
+
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("gdlab", "{}"))
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except FileNotFoundError:
+        raise ModelError(f"model file '{path}' not found: expected a file written by gdlab export") from None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ModelError(f"model file '{path}' could not be read ({e}): expected a .safetensors file written by "
+                         "gdlab export") from None
+    mean, std = tensors.pop("gdlab.input_mean", None), tensors.pop("gdlab.input_std", None)
+    if model is None:
+        name = meta.get("model")
+        if name not in MODELS or meta.get("in_features") is None:
+            raise ModelError(f"model file '{path}' holds the weights of {name or 'a model gdlab did not build'}: "
+                             "build that model with its own class and pass it, load(path, model=...)")
+        model = build(name, in_features=meta["in_features"], out_features=meta["out_features"],
+                      hidden=meta.get("hidden") or (64,), activation=meta.get("activation") or "relu",
+                      image_shape=tuple(meta["image_shape"]) if meta.get("image_shape") else None)
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as e:
+        raise ModelError(f"model file '{path}' does not fit the model: {str(e).splitlines()[0]}") from None
+    return Standardized(model, mean, std) if mean is not None and std is not None else model

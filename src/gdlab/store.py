@@ -22,6 +22,7 @@ import json
 import math
 import os
 import secrets
+import shutil
 import socket
 import sqlite3
 import time
@@ -293,6 +294,22 @@ class Store:
             {"step": r[0], "action": r[1], **(_loads(r[2]) or {})}
             for r in self._query("SELECT step, action, note FROM remedies WHERE run_id = ? ORDER BY rowid", (run.id,))
         ]
+        return run
+
+    def delete_run(self, ref: str) -> Run:
+        """Delete a run that is not ``running``: its rows (metrics, findings, remedies: all that references it)
+        in one transaction, then its folder. A crash in between leaves at worst a folder no row points to, never
+        a row without its run. Returns the run as it was."""
+        run = self.get(ref)
+        with self._write() as db:
+            gone = db.execute("DELETE FROM runs WHERE id = ? AND status != 'running'", (run.id,)).rowcount
+        if not gone:
+            raise StoreError(f"run {run.id} is running: stop it first (or wait for it to finish), then delete it")
+        folder = self.run_dir(run.id)
+        if folder.exists():
+            trash = folder.with_name(f".deleted-{run.id}")
+            os.replace(folder, trash)  # one rename: the run's folder is there whole or not at all
+            shutil.rmtree(trash, ignore_errors=True)
         return run
 
     def history(self, run_id: str) -> History:

@@ -230,6 +230,10 @@ def _record(store: Any, kind: str, result: SweepResult, name: str | None, config
 # -- random restarts ---------------------------------------------------------------------------------------------
 
 
+SPACES = ("function", "parameters")
+"""Where :func:`restarts` measures the distance between two end points."""
+
+
 @dataclass
 class RestartsResult:
     """What :func:`restarts` returns.
@@ -237,10 +241,11 @@ class RestartsResult:
     Attributes:
         sweep: the sweep over seeds (its table has a row per restart).
         losses: each restart's final loss (validation where given, else train; NaN if it diverged).
-        clusters: each restart's end point, numbered from 0 (the best first): restarts end in the same cluster
-            when their final losses agree within ``tol`` and their functions agree on held-out inputs.
+        clusters: each restart's end point, numbered from 0 (the best first): a restart joins the end point of
+            the first (best) founder within ``tol`` of it in ``space`` (see ``distance``); -1 if it diverged.
         best, median, worst, spread (worst - best): of the final losses of the restarts that trained.
         within_tol: the share of restarts whose final loss is within ``tol`` (relative) of the best.
+        space: ``function`` or ``parameters``; distance: the distance used and its tolerance, in words.
     """
 
     sweep: SweepResult
@@ -252,6 +257,8 @@ class RestartsResult:
     within_tol: float
     tol: float
     restarts_id: str | None = None
+    space: str = "function"
+    distance: str = ""
 
     @property
     def spread(self) -> float:
@@ -259,14 +266,15 @@ class RestartsResult:
 
     @property
     def distinct(self) -> int:
-        """How many distinct end points the restarts reached."""
+        """How many distinct end points the restarts reached (clusters in ``space`` within ``tol``)."""
         return len(set(c for c in self.clusters if c >= 0))
 
     def summary(self) -> dict[str, Any]:
         """The numbers in one JSON-friendly dict."""
         return {"restarts": len(self.losses), "diverged": sum(1 for c in self.clusters if c < 0),
                 "best": self.best, "median": self.median, "worst": self.worst, "spread": self.spread,
-                "distinct_end_points": self.distinct, "within_tol": self.within_tol, "tol": self.tol}
+                "distinct_end_points": self.distinct, "within_tol": self.within_tol, "tol": self.tol,
+                "space": self.space, "distance": self.distance}
 
 
 def restarts(
@@ -276,22 +284,30 @@ def restarts(
     seeds: int | Sequence[int] = 16,
     lr: float = 0.1,
     tol: float = 0.05,
+    space: str = "function",
     probe: Any = None,
     **kwargs: Any,
 ) -> RestartsResult:
     """Train from ``seeds`` random initial points (one population) and compare where they end.
 
+    End points are grouped by their distance, not by their loss: best loss first, a restart joins the first
+    end point whose founder is within ``tol`` of it, else founds a new one.
+
     Args:
         seeds: a count (0..n-1) or a list of seeds.
         tol: relative tolerance: a restart is "as good as the best" when its final loss is within ``tol`` of it,
-            and two restarts share an end point when their losses agree within ``tol`` and their functions agree
-            on the held-out inputs (predictions differ on at most a ``tol`` share; for regression, outputs
-            within ``tol`` relative RMS).
+            and two restarts share an end point when their distance in ``space`` is at most ``tol``.
+        space: ``function`` (the default): the members' functions on held-out inputs: the share of inputs whose
+            predicted class differs (multilabel: of label entries), or for regression the RMS output difference
+            relative to the RMS output. ``parameters``: the distance between the parameter vectors relative to
+            the larger norm (it counts a relabelling of hidden units, the same function, as a different point).
         probe: inputs to compare the members' functions on (default: the validation inputs, else up to 512
             training inputs).
         **kwargs: as for :func:`sweep` (``optimizer``, ``lr``, ``batch_size``, ``epochs``, ``val``...).
     """
     check_number(tol, "tol", above=0, expected="a number > 0, e.g. 0.05")
+    if space not in SPACES:
+        raise InvalidParameter("space", space, " or ".join(SPACES))
     for key, value in (("lr", lr), ("momentum", kwargs.get("momentum"))):
         if isinstance(value, (list, tuple, str)):
             raise InvalidParameter(key, value, "one number: restarts vary the seed only")
@@ -299,19 +315,22 @@ def restarts(
                    **{k: v for k, v in kwargs.items() if k not in ("store", "name")})
     pop = result.population
     losses = [math.nan if s == math.inf else s for s in pop.score()]
-    inputs = _probe_inputs(probe, kwargs.get("val"), train)
-    outputs = _member_outputs(pop, inputs)
-    clusters = _cluster(losses, outputs, tol, classes=pop.task == "classification",
-                        multilabel=pop.task == "multilabel")
+    if space == "parameters":
+        distance, described = _parameter_distance(pop), "relative parameter distance"
+    else:
+        inputs = _probe_inputs(probe, kwargs.get("val"), train)
+        distance, described = _function_distance(_member_outputs(pop, inputs), task=pop.task)
+    clusters = _cluster(losses, distance, tol)
     finite = sorted(v for v in losses if math.isfinite(v))
     if not finite:
         raise InvalidParameter("restarts", "every restart diverged", "a smaller learning rate")
     best = finite[0]
     within = sum(1 for v in finite if v <= best + tol * abs(best)) / len(losses)
-    out = RestartsResult(result, losses, clusters, best, finite[len(finite) // 2], finite[-1], within, float(tol))
+    out = RestartsResult(result, losses, clusters, best, finite[len(finite) // 2], finite[-1], within, float(tol),
+                         space=space, distance=f"{described} <= {tol:g}")
     if kwargs.get("store") is not None:
         out.restarts_id = _record(kwargs["store"], "restarts", result, kwargs.get("name"), {
-            "optimizer": result.optimizer, "lr": lr, "seeds": len(losses), "tol": tol},
+            "optimizer": result.optimizer, "lr": lr, "seeds": len(losses), "tol": tol, "space": space},
             summary=out.summary())
     return out
 
@@ -344,28 +363,46 @@ def _member_outputs(pop: Population, inputs: Any) -> torch.Tensor:
     return torch.stack(outs).double()
 
 
-def _cluster(losses: list[float], outputs: torch.Tensor, tol: float, *, classes: bool = False,
-             multilabel: bool = False) -> list[int]:
-    """Greedy clustering, best loss first: a member joins the first cluster whose founder it matches in loss
-    (relative ``tol``) and in function: predicted classes differing on at most a ``tol`` share of the probe
-    inputs (``multilabel``: predicted labels, probabilities above 0.5, differing on at most a ``tol`` share of the
-    label entries), or (regression) an RMS output difference below ``tol`` times the RMS output. -1 if diverged."""
+def _function_distance(outputs: torch.Tensor, *, task: str | None) -> tuple[Callable[[int, int], float], str]:
+    """The distance between two members' functions from their outputs ``[M, n, ...]``, and its description."""
+    n = outputs.shape[1] if outputs.dim() > 1 else 0
+    if not outputs[0].numel():  # no predictions to compare: every member computes "the same" function
+        return (lambda i, j: 0.0), "no predictions to compare (one end point)"
+    if task in ("classification", "multilabel"):
+        predicted = outputs.argmax(-1) if task == "classification" else outputs > 0.5
+        what = "inputs" if task == "classification" else "label entries"
+        return (lambda i, j: float((predicted[i] != predicted[j]).double().mean())), \
+            f"share of {n} held-out {what} predicted differently"
+    scale = outputs.square().mean().sqrt().clamp(min=1e-12)
+    return (lambda i, j: float((outputs[i] - outputs[j]).square().mean().sqrt() / scale)), \
+        f"RMS output difference on {n} held-out inputs relative to the RMS output"
+
+
+def _parameter_distance(pop: Population) -> Callable[[int, int], float]:
+    """``|theta_i - theta_j| / max(|theta_i|, |theta_j|)`` over every floating-point parameter and buffer."""
+    flat = torch.cat([v.reshape(len(pop), -1).double() for v in pop.params.values() if v.is_floating_point()], 1)
+    norms = flat.norm(dim=1)
+
+    def distance(i: int, j: int) -> float:
+        return float((flat[i] - flat[j]).norm() / torch.maximum(norms[i], norms[j]).clamp(min=1e-12))
+
+    return distance
+
+
+def _cluster(losses: list[float], distance: Callable[[int, int], float] | torch.Tensor, tol: float, *,
+             classes: bool = False, multilabel: bool = False) -> list[int]:
+    """Greedy clustering, best loss first: a member joins the first cluster whose founder is within ``tol`` of
+    it by ``distance`` (a function of two member indices; or members' outputs ``[M, n, ...]``, compared as
+    :func:`_function_distance` does for class, multilabel or regression targets). -1 if diverged."""
+    if isinstance(distance, torch.Tensor):
+        task = "classification" if classes else "multilabel" if multilabel else "regression"
+        distance = _function_distance(distance, task=task)[0]
     order = sorted((i for i, v in enumerate(losses) if math.isfinite(v)), key=lambda i: losses[i])
     labels = [-1] * len(losses)
     founders: list[int] = []
-    scale = outputs.square().mean().sqrt().clamp(min=1e-12)
-    predicted = outputs.argmax(-1) if classes and outputs.numel() else outputs > 0.5 if multilabel else None
-
-    def distance(i: int, j: int) -> float:
-        if not outputs[i].numel():  # no predictions to compare: the loss alone decides
-            return 0.0
-        if predicted is not None:
-            return float((predicted[i] != predicted[j]).double().mean())
-        return float((outputs[i] - outputs[j]).square().mean().sqrt() / scale)
-
     for i in order:
         for c, f in enumerate(founders):
-            if abs(losses[i] - losses[f]) <= tol * max(abs(losses[f]), 1e-12) and distance(i, f) <= tol:
+            if distance(i, f) <= tol:
                 labels[i] = c
                 break
         else:

@@ -4,6 +4,7 @@
 - :mod:`~gdlab.cli.train`: ``train``;
 - :mod:`~gdlab.cli.population`: ``sweep``, ``restarts``, ``lr-find``;
 - :mod:`~gdlab.cli.runs`: ``runs``, ``show``, ``plot``, ``gradflow``, ``doctor`` (the run store);
+- :mod:`~gdlab.cli.predict`: ``predict``, ``export`` (a stored run's model put to use);
 - :mod:`~gdlab.cli.listings`: ``datasets``, ``models``, ``optimizers``, ``functions``;
 - :mod:`~gdlab.cli.lab`: ``lab``, ``explain``, ``landscape``.
 
@@ -25,6 +26,7 @@ from gdlab.cli.common import app, err
 from gdlab.cli import train as train
 from gdlab.cli import population as population
 from gdlab.cli import runs as runs
+from gdlab.cli import predict as predict
 from gdlab.cli import listings as listings
 from gdlab.cli import lab as lab
 # isort: on

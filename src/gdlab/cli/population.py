@@ -37,6 +37,7 @@ from gdlab.cli.common import (
     config_from,
     err,
     friendly,
+    given_flags,
     num,
     out,
     parse_figure_path,
@@ -204,7 +205,10 @@ def restarts(
     momentum: Optional[float] = typer.Option(None, help="Momentum."),
     seeds: int = typer.Option(16, help="How many random initial points.", callback=parsed(parse_restarts)),
     seed: DataSeedFlag = None,
-    tol: float = typer.Option(0.05, help="Relative tolerance for 'as good as the best' and for one end point."),
+    tol: float = typer.Option(0.05, help="Tolerance for 'as good as the best' (relative loss) and for one end "
+                              "point (the distance in --space)."),
+    space: str = typer.Option("function", help="Where end points are compared: function (predictions on "
+                              "held-out inputs) or parameters (relative distance of the weights)."),
     batch_size: BatchSizeFlag = None, epochs: EpochsFlag = None, steps: StepsFlag = None,
     device: DeviceFlag = None, store: StoreFlag = "gdlab-runs",
     name: Optional[str] = typer.Option(None, help="A name for the stored restarts."),
@@ -219,9 +223,10 @@ def restarts(
                            "store", "seed")
     model_fn, train_data, val_data = prepare(settings)
     db = Store(store)
-    result = run_restarts(model_fn, train_data, seeds=seeds, tol=tol, val=val_data, progress=not quiet, store=db,
-                          name=name, **settings.fit_kwargs("optimizer", "lr", "momentum", "batch_size", "epochs",
-                                                           "steps", "loss", "device"))
+    result = run_restarts(model_fn, train_data, seeds=seeds, tol=tol, space=space, val=val_data,
+                          progress=not quiet, store=db, name=name,
+                          **settings.fit_kwargs("optimizer", "lr", "momentum", "batch_size", "epochs", "steps", "loss",
+                                                "device"))
     path = None
     if plot:
         from gdlab.plots import plot_restarts
@@ -239,9 +244,10 @@ def print_restarts(result: Any, summary: dict[str, Any], tol: float, what: str, 
     """How many end points the restarts found, and the losses of each."""
     out.print(f"[bold]{summary['restarts']} restarts[/], final {what} loss: best {num(result.best)}, "
               f"median {num(result.median)}, worst {num(result.worst)} (spread {num(result.spread)})")
-    out.print(f"[bold]{result.distinct} distinct end points[/] (same loss within {tol:.0%} and the same "
-              f"predictions on held-out inputs); {result.within_tol:.0%} of restarts end within {tol:.0%} of "
-              f"the best" + (f"; {summary['diverged']} diverged" if summary["diverged"] else ""))
+    out.print(f"[bold]{result.distinct} distinct end point{'s' if result.distinct != 1 else ''}[/] in "
+              f"{result.space} space (one end point: {result.distance}); {result.within_tol:.0%} of restarts end "
+              f"within {tol:.0%} of the best loss" + (f"; {summary['diverged']} diverged" if summary["diverged"]
+                                                     else ""))
     sizes: dict[int, list[float]] = {}
     for c, v in zip(result.clusters, result.losses):
         if c >= 0:
@@ -261,41 +267,71 @@ def lr_find(
     val: ValFlag = None, val_split: ValSplitFlag = None, standardize: StandardizeFlag = None,
     data_options: DataOptionsFlag = None, model: ModelFlag = None, hidden: HiddenFlag = None,
     activation: ActivationFlag = None, init: InitFlag = None, loss: LossFlag = None,
-    optimizer: str = typer.Option("sgd", help="gdlab optimizers lists them."),
-    momentum: Optional[float] = typer.Option(None, help="Momentum."),
+    optimizer: OptimizerFlag = None,
+    momentum: Optional[float] = typer.Option(None, help="Momentum for sgd, momentum, nesterov, rmsprop."),
+    beta1: Optional[float] = typer.Option(None, help="Adam's / Lion's first beta."),
+    beta2: Optional[float] = typer.Option(None, help="Adam's / Lion's second beta."),
+    eps: Optional[float] = typer.Option(None, help="The epsilon of adagrad, rmsprop, adam, adamw."),
+    weight_decay: Optional[float] = typer.Option(None, help="Weight decay (decoupled for adamw and lion)."),
+    nesterov: Optional[bool] = typer.Option(None, "--nesterov/--no-nesterov",
+                                            help="Nesterov momentum (sgd, momentum)."),
+    clip_norm: Optional[float] = typer.Option(None, help="Clip the gradient's global norm to this first."),
     start_lr: float = typer.Option(1e-7, help="The first learning rate of the ramp."),
     end_lr: float = typer.Option(10.0, help="The last learning rate of the ramp."),
     num_iter: int = typer.Option(100, help="Steps of the ramp."),
     batch_size: BatchSizeFlag = None, seed: Optional[int] = typer.Option(None, help="Seed. [default: 0]"),
-    device: DeviceFlag = None, store: StoreFlag = "gdlab-runs",
+    device: DeviceFlag = None,
+    store: Optional[str] = typer.Option(None, help="Run store folder, where the plot goes. [default: gdlab-runs]"),
+    config: Optional[Path] = typer.Option(None, help="TOML file of gdlab train's settings (its optimizer and "
+                                          "options, data, model); flags override it."),
     out_path: Optional[Path] = typer.Option(None, "--out", help="PNG path [default: in the store folder].",
                                             callback=parsed(parse_figure_path, "--out")),
     quiet: QuietFlag = False, as_json: JsonFlag = False,
 ) -> None:
-    """The learning-rate range test: raise the lr exponentially over one short run and read the loss curve."""
+    """The learning-rate range test: raise the lr exponentially over one short run and read the loss curve.
+
+    It uses the optimizer gdlab train would use (momentum by default, or --optimizer and its options, or those
+    of --config), so its suggestions fit the run."""
     import torch
 
+    from gdlab.config import OPTIMIZER_OPTIONS
     from gdlab.lr_select import lr_find as run_lr_find
 
-    settings = config_from(locals(), "optimizer", "momentum", "batch_size", "seed", "device")
+    given = given_flags(locals(), (*LR_FIND_FLAGS, *OPTIMIZER_OPTIONS))
+    settings = Config.from_toml(config, given) if config else Config.from_dict(given, source="option")
     model_fn, train_data, _ = prepare(settings)
     torch.manual_seed(settings.seed)
     found = run_lr_find(model_fn(), train_data, start_lr=start_lr, end_lr=end_lr, num_iter=num_iter,
                         progress=not quiet, **settings.fit_kwargs("optimizer", "batch_size", "loss", "seed", "device",
-                                                                  "momentum"))
-    path = out_path or Path(store) / f"lr-find-{time.strftime('%Y%m%d-%H%M%S')}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    found.plot(path)
+                                                                  "momentum", *OPTIMIZER_OPTIONS))
+    path = out_path or Path(settings.store) / f"lr-find-{time.strftime('%Y%m%d-%H%M%S')}.png"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        found.plot(path)
+    except OSError as e:
+        raise InvalidParameter("--out", str(path), f"a writable figure path ({e.strerror or e})") from None
+    options = {k: v for k, v in found.options.items() if k != "lr"}
     if as_json:
-        print(to_json({"suggestions": found.suggestions, "warnings": found.warnings, "stopped": found.stopped,
-                       "lrs": found.lrs, "losses": found.losses, "smoothed": found.smoothed, "plot": str(path)}))
+        print(to_json({"optimizer": found.optimizer, "optimizer_options": options, "suggestions": found.suggestions,
+                       "warnings": found.warnings, "stopped": found.stopped, "lrs": found.lrs, "losses": found.losses,
+                       "smoothed": found.smoothed, "plot": str(path)}))
     elif not quiet:
-        out.print(f"[bold]range test[/] {optimizer}, {len(found.lrs)} steps from lr {start_lr:g}: {found.stopped}")
+        described = ", ".join(f"{k} {num(v) if isinstance(v, float) else v}" for k, v in options.items())
+        out.print(f"[bold]range test[/] for optimizer {found.optimizer}" + (f" ({described})" if described else "")
+                  + f": {len(found.lrs)} steps from lr {start_lr:g}: {found.stopped}", markup=True)
         for key, value in found.suggestions.items():
             out.print(f"  {key:9} lr {value:.3g}")
+        if "valley" in found.suggestions:
+            out.print(f"the suggestions are for {found.optimizer} with the settings above, e.g. gdlab train "
+                      f"--optimizer {found.optimizer} --lr {found.suggestions['valley']:.3g} (valley)")
         for warning in found.warnings:
             err.print(f"[yellow]warning:[/] {warning}")
         out.print(f"[bold]plot[/] {path}")
+
+
+LR_FIND_FLAGS = ("data", "target", "task", "val", "val_split", "standardize", "data_options", "model", "hidden",
+                 "activation", "init", "loss", "optimizer", "momentum", "batch_size", "seed", "device", "store")
+"""The flags of gdlab lr-find that are Config keys (besides the optimizer's options)."""
 
 
 def sweeps_table(db: Any, stored: list[dict[str, Any]]) -> Table:

@@ -11,26 +11,43 @@ from rich.table import Table
 from gdlab.cli.common import JsonFlag, StoreFlag, app, friendly, num, out, status_text, to_json, wide
 from gdlab.cli.population import show_sweep, sweeps_table
 from gdlab.cli.train import print_doctor
-from gdlab.errors import InvalidParameter, RunNotFound
+from gdlab.errors import InvalidParameter, RunNotFound, StoreError
 
 RunArgument = typer.Argument(..., help="Run id, id prefix, name, or 'last'.")
 
 
-@app.command()
+runs_app = typer.Typer(help="List stored runs (gdlab runs), or delete some (gdlab runs rm RUN...).",
+                       invoke_without_command=True, no_args_is_help=False, add_completion=False,
+                       rich_markup_mode=None, context_settings={"help_option_names": ["-h", "--help"]})
+app.add_typer(runs_app, name="runs")
+
+
+@runs_app.callback()
 @friendly
 def runs(
+    ctx: typer.Context,
     store: StoreFlag = "gdlab-runs",
     limit: int = typer.Option(20, help="Show at most this many runs, newest first."),
+    as_json: JsonFlag = False,
 ) -> None:
-    """List stored runs."""
+    """List stored runs (and sweeps), newest first; gdlab runs rm RUN... deletes runs."""
     from gdlab.store import Store
 
+    if ctx.invoked_subcommand is not None:
+        return
     if not (Path(store) / "gdlab.db").is_file():
-        out.print(f"no runs in {store} yet: start one with gdlab train")
+        if as_json:
+            print(to_json({"runs": [], "sweeps": []}))
+        else:
+            out.print(f"no runs in {store} yet: start one with gdlab train")
         return
     db = Store(store, create=False)
     listed = db.runs(limit=limit)
     stored_sweeps = db.sweeps(limit=limit)
+    if as_json:
+        print(to_json({"runs": [run_payload(r) for r in listed],
+                       "sweeps": [{k: v for k, v in sw.items()} for sw in stored_sweeps]}))
+        return
     if not listed and not stored_sweeps:
         out.print(f"no runs in {store} yet: start one with gdlab train")
         return
@@ -39,6 +56,34 @@ def runs(
     if stored_sweeps:
         out.print("[bold]sweeps and restarts[/]" if listed else "")
         wide().print(sweeps_table(db, stored_sweeps))
+
+
+@runs_app.command("rm")
+@friendly
+def remove(
+    refs: list[str] = typer.Argument(..., help="Runs to delete: ids, id prefixes or names."),
+    store: StoreFlag = "gdlab-runs",
+) -> None:
+    """Delete runs: their records and folders. A running run is refused."""
+    from gdlab.store import Store
+
+    db = Store(store, create=False)
+    found = [db.get(ref) for ref in refs]  # every name resolves before anything is deleted
+    running = [r for r in found if r.status == "running"]
+    if running:
+        raise StoreError(f"run {running[0].id} is running: stop it first (or wait for it to finish), then delete "
+                         "it; nothing was deleted")
+    for r in {r.id: r for r in found}.values():
+        db.delete_run(r.id)
+        out.print(f"deleted run {r.id}" + (f" ({r.name})" if r.name else ""))
+
+
+def run_payload(r: Any) -> dict[str, Any]:
+    """A stored run as JSON (what gdlab show --json and gdlab runs --json print)."""
+    return {"run_id": r.id, "name": r.name, "created": r.created, "status": r.status, "config": r.config,
+            "plan": r.plan, "final": r.final, "lr": r.lr, "seconds": r.seconds, "steps": r.steps,
+            "stop_reason": r.stop_reason, "error": r.error, "findings": r.findings, "remedies": r.remedies,
+            "dir": str(r.dir)}
 
 
 def runs_table(listed: list[Any]) -> Table:
@@ -199,3 +244,62 @@ def doctor_command(
     out.print(f"[bold]run[/] {r.id}" + (f" ({r.name})" if r.name else "") + f": {len(history.steps)} steps, "
               f"{len(history.epochs)} epochs")
     print_doctor(findings, r.remedies)
+
+
+@app.command()
+@friendly
+def compare(
+    refs: list[str] = typer.Argument(..., help="Two or more runs: ids, id prefixes, names, or 'last'."),
+    store: StoreFlag = "gdlab-runs",
+    as_json: JsonFlag = False,
+    all_settings: bool = typer.Option(False, "--all", help="Every setting, not only those that differ."),
+) -> None:
+    """Runs side by side: settings and final metrics, the differences marked (*) and highlighted."""
+    from gdlab.store import Store
+
+    if len(refs) < 2:
+        raise InvalidParameter("runs", " ".join(refs), "two or more runs to compare")
+    db = Store(store, create=False)
+    found = [db.get(ref) for ref in refs]
+    settings = sorted({k for r in found for k in r.config if k not in ("doctor_meta",)})
+    finals = sorted({k for r in found for k in (r.final or {})})
+    rows: list[tuple[str, list[Any]]] = [("status", [r.status for r in found]), ("steps", [r.steps for r in found]),
+            ("seconds", [round(r.seconds, 2) if r.seconds is not None else None for r in found])]
+    config_rows = [(k, [r.config.get(k) for r in found]) for k in settings]
+    final_rows = [(k, [(r.final or {}).get(k) for r in found]) for k in finals]
+
+    def differ(values: list[Any]) -> bool:
+        return any(v != values[0] for v in values[1:])
+
+    if as_json:
+        print(to_json({"runs": [r.id for r in found],
+                       "settings": {k: v for k, v in config_rows},
+                       "final": {k: v for k, v in final_rows},
+                       "differ": sorted(k for k, v in (*config_rows, *final_rows, *rows) if differ(v))}))
+        return
+    table = Table(box=None, header_style="bold")
+    table.add_column("")
+    table.add_column("")
+    for r in found:
+        table.add_column(r.id + (f" ({r.name})" if r.name else ""), justify="right")
+
+    def cell(v: Any) -> str:
+        return "-" if v is None else num(v) if isinstance(v, float) else str(v)
+
+    def section(title: str, entries: list[tuple[str, list[Any]]], only_differences: bool) -> None:
+        shown = [(k, v) for k, v in entries if differ(v) or not only_differences]
+        table.add_row(f"[bold]{title}[/]", "", *[""] * len(found))
+        if not shown:
+            table.add_row("  (the same)", "", *[""] * len(found))
+        for key, values in shown:
+            mark = differ(values)
+            table.add_row(f"  {key}", "*" if mark else "", *(cell(v) for v in values),
+                          style="bold yellow" if mark else None)
+
+    section("run", rows, False)
+    section("settings", config_rows, not all_settings)
+    section("final", final_rows, False)
+    wide().print(table)
+    same = sum(1 for _, v in config_rows if not differ(v))
+    if not all_settings and same:
+        out.print(f"{same} other settings are the same (--all shows them)")

@@ -1,0 +1,269 @@
+"""``gdlab predict`` and ``gdlab export``: a stored run's model put to use, rebuilt from the run's config and
+checkpoint as ``gdlab train --resume`` rebuilds it."""
+
+from __future__ import annotations
+
+__all__ = ["predict", "export", "Stored"]
+
+import csv
+import functools
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import typer
+
+from gdlab.cli.common import StoreFlag, app, friendly, out
+from gdlab.config import Config
+from gdlab.errors import DataError, InvalidParameter, StoreError
+
+RunArgument = typer.Argument(..., help="Run id, id prefix, name, or 'last'.")
+
+
+class Stored:
+    """A stored run's model with its weights, and what it was trained on."""
+
+    def __init__(self, ref: str, store: str) -> None:
+        from gdlab import checkpoint, models
+        from gdlab.data import as_tensor_data, datasets
+        from gdlab.experiment import RECORDED, model_factory
+        from gdlab.store import Store
+
+        run = Store(store, create=False).get(ref)
+        if "data" not in run.config:
+            raise StoreError(f"run {run.id} was recorded by gdlab.fit from Python, not by gdlab train: its model "
+                             "is the caller's; load its checkpoint there (gdlab.checkpoint.load)")
+        self.run = run
+        self.config = Config.from_dict({k: v for k, v in run.config.items() if k not in RECORDED},
+                                       source=f"stored config of run {run.id}")
+        c = self.config
+        raw, _ = datasets.load(c.data, target=c.target, task=c.task,  # type: ignore[arg-type]
+                               val=c.val, val_split=c.val_split, seed=c.seed, **c.data_options)
+        self.train = as_tensor_data(raw)  # None for module:function data that is not in memory
+        self.scaling: tuple[torch.Tensor, torch.Tensor] | None = None
+        x = self.train.X if self.train is not None else None
+        if c.standardize and isinstance(x, torch.Tensor) and x.is_floating_point() and len(x) > 1:
+            std = x.std(0, keepdim=True)  # the training statistics, as gdlab.data.standardize takes them
+            self.scaling = (x.mean(0, keepdim=True), torch.where(std > 0, std, torch.ones_like(std)))
+        self.model = model_factory(c, raw)()
+        state = checkpoint.load(run.checkpoint)
+        try:
+            self.model.load_state_dict(state["model"])
+        except (KeyError, RuntimeError) as e:
+            raise StoreError(f"checkpoint of run {run.id} does not fit its model ({str(e).splitlines()[0]})") \
+                from None
+        self.model.eval()
+        self.models = models
+
+    def spec(self) -> dict[str, Any]:
+        """What rebuilds the model: :func:`gdlab.models.build`'s arguments, the run and its classes."""
+        t, c = self.train, self.config
+        return {"model": c.model, "in_features": t.n_features if t is not None else None,
+                "out_features": t.n_outputs if t is not None else None, "hidden": list(c.hidden),
+                "activation": c.activation, "image_shape": list(t.image_shape) if t is not None and t.image_shape
+                else None, "task": t.task if t is not None else None,
+                "classes": [str(k) for k in t.classes] if t is not None and t.classes else None,
+                "run_id": self.run.id, "data": c.data}
+
+
+def _writable(path: Path, flag: str, what: str) -> None:
+    """Refuse an ``--out`` that cannot be written, before any work."""
+    if path.is_dir() or not path.parent.exists() or not os.access(path.parent, os.W_OK) or (
+            path.exists() and not os.access(path, os.W_OK)):
+        raise InvalidParameter(flag, str(path), f"a writable {what} path (an existing, writable folder)")
+
+
+def _inputs(spec: str, stored: Stored) -> tuple[Any, torch.Tensor | None, str]:
+    """``(X, y or None, where)`` of ``--data``: a .csv (the target column optional), a .npz (``y`` optional) or a
+    built-in / ``module:function`` dataset (its validation split when it has one, else its training data)."""
+    import numpy as np
+
+    from gdlab.data import as_tensor_data, datasets
+
+    path = Path(spec)
+    c, train = stored.config, stored.train
+    if path.suffix.lower() == ".csv":
+        if not path.is_file():
+            raise DataError(f"data file '{path}' not found: expected an existing .csv or .npz file")
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            header = next(csv.reader(f), [])
+        if c.target is not None and c.target in [h.strip() for h in header]:
+            loaded = datasets.load_csv(path, target=c.target, like=train)
+            return loaded.X, loaded.y, str(path)
+        return _feature_csv(path, train), None, str(path)
+    if path.suffix.lower() == ".npz":
+        if not path.is_file():
+            raise DataError(f"data file '{path}' not found: expected an existing .csv or .npz file")
+        try:
+            with np.load(path, allow_pickle=False) as arrays:
+                if "X" not in arrays.files:
+                    raise DataError(f"{path}: no array 'X': expected np.savez(X=...) (y is optional)")
+                X = torch.as_tensor(arrays["X"]).float()
+                y = torch.as_tensor(arrays["y"]) if "y" in arrays.files else None
+        except (ValueError, OSError) as e:
+            raise DataError(f"{path}: not a readable .npz of numeric arrays ({e})") from None
+        return X, y, str(path)
+    options = c.data_options if spec == c.data else {}
+    train_data, val = datasets.load(spec, seed=c.seed, **options)
+    tensors = as_tensor_data(val if val is not None else train_data)
+    if tensors is None:
+        raise InvalidParameter("--data", spec, "in-memory data: a built-in dataset, a .csv or a .npz file")
+    return tensors.X, tensors.y, f"{spec} ({'validation' if val is not None else 'training'} data)"
+
+
+def _feature_csv(path: Path, train: Any) -> torch.Tensor:
+    """The features of a CSV without its target column, in the training file's column order."""
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        rows = [(i, r) for i, r in enumerate(csv.reader(f), start=1) if any(cell.strip() for cell in r)]
+    if len(rows) < 2:
+        raise DataError(f"{path}: no data rows: expected a header row and at least one data row")
+    header = [h.strip() for h in rows[0][1]]
+    names = train.feature_names if train is not None and train.feature_names else header
+    missing = [n for n in names if n not in header]
+    if missing:
+        raise DataError(f"{path}: no column {missing[0]!r}: expected the training file's columns {names}")
+    index = [header.index(n) for n in names]
+    values = []
+    for line, row in rows[1:]:
+        if len(row) != len(header):
+            raise DataError(f"{path} line {line}: {len(row)} cells: expected {len(header)} like the header")
+        cells = []
+        for j in index:
+            try:
+                value = float(row[j])
+            except ValueError:
+                raise DataError(f"{path} line {line}, column '{header[j]}': {row[j]!r} is not a number") from None
+            if not math.isfinite(value):
+                raise DataError(f"{path} line {line}, column '{header[j]}': {row[j]} is not finite")
+            cells.append(value)
+        values.append(cells)
+    return torch.tensor(values, dtype=torch.float32)
+
+
+def _rows_of(t: torch.Tensor, start: int) -> torch.Tensor:
+    return t[start:start + 1024]
+
+
+@torch.no_grad()
+def _predict(model: torch.nn.Module, X: torch.Tensor) -> torch.Tensor:
+    from gdlab.data import structure
+    from gdlab.problem import prediction
+
+    param = next(model.parameters(), None)
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    outputs = []
+    n = len(structure.leaves(X)[0])
+    for start in range(0, n, 1024):
+        chunk = structure.tree_map(functools.partial(_rows_of, start=start), X)
+        output = prediction(structure.call(model, structure.to(chunk, torch.device("cpu"), dtype)))
+        if output is None:
+            raise InvalidParameter("run", "model", "a model whose outputs hold predictions (a tensor or .logits)")
+        outputs.append(output.float())
+    return torch.cat(outputs)
+
+
+@app.command()
+@friendly
+def predict(
+    run: str = RunArgument,
+    data: str = typer.Option(..., "--data", help="Inputs: a .csv (the target column optional), a .npz (y "
+                             "optional), or a built-in dataset (its validation split)."),
+    out_path: Path = typer.Option(..., "--out", help="CSV to write: one row per sample."),
+    store: StoreFlag = "gdlab-runs",
+) -> None:
+    """Predict with a stored run's model: one row per sample (class and probabilities, or values)."""
+    if out_path.suffix.lower() != ".csv":
+        raise InvalidParameter("--out", str(out_path), "a .csv path")
+    _writable(out_path, "--out", ".csv")
+    stored = Stored(run, store)
+    X, y, where = _inputs(data, stored)
+    if stored.scaling is not None:
+        X = (X - stored.scaling[0]) / stored.scaling[1]
+    expected = stored.train.n_features if stored.train is not None else None
+    got = int(X[0].numel()) if isinstance(X, torch.Tensor) and len(X) else None
+    if expected is not None and got is not None and got != expected:
+        raise DataError(f"{where}: {got} input features per sample: expected {expected} like the run's data")
+    outputs = _predict(stored.model, X)
+    task = stored.train.task if stored.train is not None else ("classification" if outputs.dim() == 2 and
+                                                               outputs.shape[1] > 1 else "regression")
+    header, rows, score = _rows(task, outputs, y, stored.train)
+    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(header)
+            writer.writerows(rows)
+        os.replace(tmp, out_path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise InvalidParameter("--out", str(out_path), f"a writable .csv path ({e.strerror or e})") from None
+    out.print(f"{len(rows)} predictions of run {stored.run.id} on {where} -> {out_path}" + score)
+
+
+def _rows(task: str, outputs: torch.Tensor, y: torch.Tensor | None,
+          train: Any) -> tuple[list[str], list[list[Any]], str]:
+    """The CSV's header and rows, and a score against the targets when there are targets."""
+    if task == "classification":
+        probs = outputs.softmax(-1)
+        predicted = probs.argmax(-1)
+        names = [str(k) for k in train.classes] if train is not None and train.classes else \
+            [str(i) for i in range(probs.shape[-1])]
+        header = ["sample", "predicted", *(f"p_{n}" for n in names)] + (["target"] if y is not None else [])
+        rows = [[i, names[int(predicted[i])], *(f"{p:.6g}" for p in probs[i].tolist())]
+                + ([names[int(y[i])] if int(y[i]) < len(names) else int(y[i])] if y is not None else [])
+                for i in range(len(probs))]
+        score = f" (accuracy {float((predicted == y.long().reshape(-1)).double().mean()):.2%})" \
+            if y is not None else ""
+        return header, rows, score
+    values = outputs.reshape(len(outputs), -1)
+    if task == "multilabel":
+        probs = values.sigmoid()
+        k = probs.shape[1]
+        header = ["sample", *(f"label_{j}" for j in range(k)), *(f"p_{j}" for j in range(k))]
+        rows = [[i, *(int(p > 0.5) for p in probs[i].tolist()), *(f"{p:.6g}" for p in probs[i].tolist())]
+                for i in range(len(probs))]
+        return header, rows, ""
+    k = values.shape[1]
+    names = ["prediction"] if k == 1 else [f"prediction_{j}" for j in range(k)]
+    targets = y.reshape(len(y), -1).float() if y is not None else None
+    header = ["sample", *names] + ((["target"] if k == 1 else [f"target_{j}" for j in range(k)])
+                                   if targets is not None else [])
+    rows = [[i, *(f"{v:.6g}" for v in values[i].tolist())]
+            + ([f"{v:.6g}" for v in targets[i].tolist()] if targets is not None else [])
+            for i in range(len(values))]
+    score = ""
+    if targets is not None and targets.shape == values.shape:
+        score = f" (MAE {float((values - targets).abs().mean()):.4g})"
+    return header, rows, score
+
+
+@app.command()
+@friendly
+def export(
+    run: str = RunArgument,
+    model_path: Path = typer.Option(..., "--model", help="The .safetensors file to write."),
+    store: StoreFlag = "gdlab-runs",
+) -> None:
+    """Export a stored run's model as .safetensors (weights, and in the metadata what rebuilds it): load it
+    with gdlab.models.load(path), which unpickles nothing; a module:function model needs its own class."""
+    if model_path.suffix.lower() != ".safetensors":
+        raise InvalidParameter("--model", str(model_path), "a .safetensors path")
+    _writable(model_path, "--model", ".safetensors")
+    stored = Stored(run, store)
+    model = stored.model
+    if stored.scaling is not None:
+        model = stored.models.Standardized(model, *stored.scaling)
+    tmp = model_path.with_name(f".{model_path.name}.{os.getpid()}.tmp")
+    try:
+        stored.models.save(model, tmp, stored.spec())
+        os.replace(tmp, model_path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise InvalidParameter("--model", str(model_path), f"a writable path ({e.strerror or e})") from None
+    note = "" if stored.config.model in stored.models.MODELS else \
+        f"; {stored.config.model} is your own model: build it and pass it, gdlab.models.load(path, model=...)"
+    out.print(f"run {stored.run.id}: {sum(p.numel() for p in stored.model.parameters()):,} weights -> "
+              f"{model_path} (load with gdlab.models.load){note}")
+
