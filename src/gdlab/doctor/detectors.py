@@ -33,6 +33,8 @@ from gdlab.doctor.series import (
     find_spike,
     first_measured,
     last_lr,
+    later_min,
+    rolling_max,
     smooth_loss,
     spike_window,
     start_loss,
@@ -118,12 +120,13 @@ def _flat_windows(ema: list[float], grads: list[float], min_len: int) -> list[tu
     """Stretches of at least ``min_len`` steps where the smoothed loss changes by under 2% and the gradient is
     below a fifth of its peak."""
     peak = max(finite(grads), default=math.nan)
+    reach = rolling_max(grads, min_len + 1, default=0.0)  # the largest gradient in grads[j : i + 1]
     windows, start = [], None
     for i in range(len(ema)):
         j = i - min_len
         flat = (j >= 0 and math.isfinite(ema[i]) and math.isfinite(ema[j]) and
                 abs(ema[i] - ema[j]) <= 0.02 * abs(ema[j]) and
-                (not grads or not math.isfinite(peak) or max(finite(grads[j : i + 1]) or [0.0]) < 0.2 * peak))
+                (not grads or not math.isfinite(peak) or reach[i] < 0.2 * peak))
         if flat and start is None:
             start = j
         elif not flat and start is not None:
@@ -140,17 +143,18 @@ def _plateau(h: History) -> list[Finding]:
     n = len(ema)
     if n < 50:
         return []
+    lowest = later_min(ema)  # the lowest finite smoothed loss from each row on
     for a, b in _flat_windows(ema, grads, max(20, n // 5)):
-        after = finite(ema[b:])
-        if b < n - 1 and after and min(after) < 0.7 * ema[b]:
+        after = lowest[b]
+        if b < n - 1 and math.isfinite(after) and after < 0.7 * ema[b]:
             momentum = float(h.meta.get("momentum") or 0.0)
             remedy = ({"action": "set_momentum", "momentum": 0.9} if momentum == 0 else
                       {"action": "set_lr", "lr": last_lr(h) * 3})
             return [Finding("plateau", "warning", step_at(h, a),
                             {"from_step": step_at(h, a), "to_step": step_at(h, b), "loss": ema[b],
-                             "loss_after": min(after)},
+                             "loss_after": after},
                             f"the loss stayed at {ema[b]:.3g} with a small gradient from step {step_at(h, a)} to "
-                            f"{step_at(h, b)} before falling to {min(after):.3g}: a plateau, crossed slowly",
+                            f"{step_at(h, b)} before falling to {after:.3g}: a plateau, crossed slowly",
                             remedy)]
     return []
 
