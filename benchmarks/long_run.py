@@ -10,9 +10,9 @@ a default-instrumented run's keys and cadence: every step ``epoch``, ``loss``, `
 early in the run (at 10% of it) has a gradient norm 1000x the others. Then:
 
 - the size of ``gdlab.db`` (with its WAL file) after the run is closed, and the rows it holds;
-- the wall time of ``gdlab doctor <run>`` in a new process (``python -m gdlab.cli``: the interpreter, imports,
-  the store read and the detectors), the median of ``--repeats`` runs, and inside one process the time of
-  ``Store.history`` and of ``diagnose`` on what it read;
+- the wall time and CPU time (user + system) of ``gdlab doctor <run>`` in a new process (``python -m gdlab.cli``:
+  the interpreter, imports, the store read and the detectors), the median of ``--repeats`` runs, and inside one
+  process the time of ``Store.history`` and of ``diagnose`` on what it read;
 - whether the early spike survives in the stored ``max:grad_norm``.
 
 Targets (issue 14): a 1,000,000-step run stores under 20 MB of metrics and ``gdlab doctor`` on it takes under 5 s.
@@ -30,6 +30,7 @@ import math
 import os
 import platform
 import random
+import resource
 import statistics
 import subprocess
 import sys
@@ -100,16 +101,20 @@ def main() -> None:
     size = sum(p.stat().st_size for p in root.glob("gdlab.db*"))
     print(f"written in {write_seconds:.1f} s; {rows:,} metric rows; gdlab.db {size / 1e6:.1f} MB")
 
-    times = []
+    times, cpu = [], []
     for _ in range(args.repeats):
+        used = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         done = subprocess.run([sys.executable, "-m", "gdlab.cli", "doctor", run_id, "--store", str(root)],
                               capture_output=True, text=True, env={**os.environ, "COLUMNS": "120"})
         times.append(time.perf_counter() - start)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu.append(after.ru_utime + after.ru_stime - used.ru_utime - used.ru_stime)
         if done.returncode:
             raise SystemExit(f"gdlab doctor failed: {done.stderr.strip() or done.stdout.strip()}")
-    print(f"gdlab doctor: median {statistics.median(times):.2f} s over {len(times)} (min {min(times):.2f}, "
-          f"max {max(times):.2f}); it printed:")
+    print(f"gdlab doctor: median {statistics.median(times):.2f} s wall over {len(times)} (min {min(times):.2f}, "
+          f"max {max(times):.2f}), {statistics.median(cpu):.2f} s CPU (on a shared machine the CPU time is the "
+          "steadier figure); it printed:")
     print("  " + done.stdout.strip().replace("\n", "\n  "))
 
     store = Store(root, create=False)

@@ -34,6 +34,7 @@ from gdlab.doctor.series import (
     first_measured,
     last_lr,
     later_min,
+    peaks,
     rolling_max,
     smooth_loss,
     spike_window,
@@ -48,7 +49,7 @@ __all__: list[str] = []  # the detectors are reached through DETECTORS, by findi
 
 @detector("non_finite")
 def _nonfinite(h: History) -> list[Finding]:
-    flag, grad = column(h.steps, "non_finite"), column(h.steps, "grad_norm")
+    flag, grad = peaks(h.steps, "non_finite"), column(h.steps, "grad_norm")
     for i, loss in enumerate(column(h.steps, "loss")):
         bad = "loss" if not math.isfinite(loss) else ("gradients" if grad and not math.isfinite(grad[i]) else
                                                        "parameters" if flag and flag[i] == 1 else None)
@@ -206,7 +207,7 @@ def _vanishing(h: History) -> list[Finding]:
 
 @detector("exploding_gradients")
 def _exploding(h: History) -> list[Finding]:
-    grads = finite(column(h.steps, "grad_norm"))
+    grads = finite(peaks(h.steps, "grad_norm"))  # a spike among a long run's merged steps is its bucket's max
     depth = _depth(h, lambda ratio: ratio > 1e3)
     if depth is not None:
         arriving, ratio, step = depth
@@ -218,7 +219,7 @@ def _exploding(h: History) -> list[Finding]:
     spike = find_spike(grads, window)
     if spike is not None:
         peak, before = spike
-        i = column(h.steps, "grad_norm").index(peak)
+        i = peaks(h.steps, "grad_norm").index(peak)
         return [Finding("exploding_gradients", "warning", step_at(h, i),
                         {"grad_norm_peak": peak, "grad_norm_before": before, "window": window},
                         f"the gradient norm jumped to {peak:.3g}, {peak / before:.0f}x its mean over the {window} "

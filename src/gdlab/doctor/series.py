@@ -26,7 +26,7 @@ from gdlab.records import History, Table, ema, finite, layer_key
 
 __all__ = ["column", "smooth_loss", "start_loss", "step_at", "latest", "readings", "corroborated", "depth_ratio",
            "depth_readings", "first_measured", "last_lr", "warmup_steps", "spike_window", "find_spike",
-           "rolling_max", "later_min"]
+           "rolling_max", "later_min", "peaks"]
 
 
 def column(table: Table, key: str) -> list[float]:
@@ -37,6 +37,19 @@ def column(table: Table, key: str) -> list[float]:
         ([1.0], [])
     """
     return table[key] if key in table else []
+
+
+def peaks(table: Table, key: str) -> list[float]:
+    """The column ``key`` with each row of merged steps at its largest value (``max:<key>``) instead of its mean: a
+    long run read back from the store holds its older steps merged into buckets (:meth:`gdlab.store.Store.
+    add_steps`), and a spike among them stays a spike. The column itself where nothing was merged.
+
+    Example:
+        >>> peaks(Table({"grad_norm": [1.5, 2.0], "max:grad_norm": [40.0, math.nan]}), "grad_norm")
+        [40.0, 2.0]
+    """
+    values, top = column(table, key), column(table, "max:" + key)
+    return [v if math.isnan(t) else t for v, t in zip(values, top)] if top else values
 
 
 def smooth_loss(h: History) -> list[float]:
