@@ -198,13 +198,13 @@ class Store:
     def add_steps(self, run_id: str, rows: Iterable[dict[str, float]], *, step_rows: int = 0) -> None:
         """Store per-step rows; each has a ``step`` key; NaN values (and :data:`SPREAD` columns) are left out.
 
-        With ``step_rows`` > 0 the run keeps its newest ``step_rows`` steps as recorded, and the steps before them
-        in at most ``step_rows // 4`` buckets: consecutive steps (a power-of-two number, aligned to multiples of
-        it) merged into one row per key holding their mean, min and max and how many values they merged. As the
-        run grows past the bound the bucket width doubles, each pair of buckets merged into one, so a run of any
-        length stores at most about ``1.25 * step_rows`` rows per key, and a spike in an old step survives as its
-        bucket's max. The rows and the merge are one transaction: a crash leaves the store before or after both.
-        0 keeps every step.
+        With ``step_rows`` > 0 the run keeps its newest ``step_rows`` steps as recorded (and up to a sixteenth
+        more, moved in batches), and the steps before them in at most ``step_rows // 4`` buckets: consecutive
+        steps (a power-of-two number, aligned to multiples of it) merged into one row per key holding their mean,
+        min and max and how many values they merged. As the run grows the bucket width doubles, each pair of
+        buckets merged into one, so a run of any length stores at most about ``1.3 * step_rows`` rows per key,
+        and a spike in an old step survives as its bucket's max. The rows and the merge are one transaction: a
+        crash leaves the store before or after both. 0 keeps every step.
         """
         if isinstance(step_rows, bool) or not isinstance(step_rows, int) or step_rows < 0:
             raise InvalidParameter("step_rows", step_rows, "0 (keep every step) or a positive integer")
@@ -364,25 +364,23 @@ class Store:
 
 
 def _table(index: str, buckets: list[Any], rows: list[Any]) -> Table:
-    """Columns from (index, key, mean, min, max) buckets and (index, key, value) rows, one row per index in order
-    (the buckets come first: they hold the older steps)."""
+    """Columns from (index, key, mean, min, max) buckets and (index, key, value) rows, each ordered by index: one
+    row per index, in order (the buckets come first: they hold the older steps). One pass over each."""
     indices = sorted({r[0] for r in buckets} | {r[0] for r in rows})
     position = {i: n for n, i in enumerate(indices)}
     columns: dict[str, list[float]] = {index: [float(i) for i in indices]} if indices else {}
-    length = len(indices)
-
-    def put(key: str, i: int, value: float | None) -> None:
-        column = columns.get(key)
-        if column is None:
-            column = columns[key] = [math.nan] * length
-        column[position[i]] = math.nan if value is None else value
-
-    for i, key, mean, low, high in buckets:
-        put(key, i, mean)
-        put(SPREAD[0] + key, i, low)
-        put(SPREAD[1] + key, i, high)
-    for i, key, value in rows:
-        put(key, i, value)
+    blank = [math.nan] * len(indices)
+    nan = math.nan
+    for source, prefixes in ((buckets, ("", *SPREAD)), (rows, ("",))):
+        at, n = None, 0
+        for i, key, *values in source:
+            if i != at:
+                at, n = i, position[i]
+            for prefix, value in zip(prefixes, values):
+                column = columns.get(prefix + key)
+                if column is None:
+                    column = columns[prefix + key] = blank.copy()
+                column[n] = nan if value is None else value
     return Table(columns)
 
 
@@ -391,8 +389,9 @@ def _merge_old_steps(db: sqlite3.Connection, run_id: str, step_rows: int) -> Non
     :meth:`Store.add_steps`), inside the caller's transaction.
 
     A bucket of width ``w`` holds the steps ``s`` with the same ``s // w`` and is stored at its last step. Steps
-    move only in whole buckets (below a multiple of ``w``); when the buckets would number more than
-    ``step_rows // 4`` the width doubles and the stored buckets are merged pairwise with the moving steps."""
+    move only in whole buckets (below a multiple of ``w``), at least a sixteenth of ``step_rows`` at a time; when
+    the buckets would number more than ``step_rows // 4`` the width doubles and the stored buckets are merged
+    pairwise with the moving steps."""
     last = db.execute("SELECT MAX(step) FROM step_metrics WHERE run_id = ?", (run_id,)).fetchone()[0]
     if last is None:
         return
@@ -407,8 +406,8 @@ def _merge_old_steps(db: sqlite3.Connection, run_id: str, step_rows: int) -> Non
     while cut // width - first // width > cap:
         width *= 2
         cut = (last - step_rows + 1) // width * width
-    if cut <= newest:
-        return  # nothing to move: a whole bucket's steps have not yet left the newest ones
+    if cut - newest < max(1, step_rows // 16):
+        return  # too few to move yet: they go in batches, a sixteenth of the bound at least
     # the stored buckets the moving steps join: all of them when the width grew, else those in the moving ones' span
     since = 0 if top is None or width > top[0] else newest // width * width
     merged: dict[tuple[int, str], list[Any]] = {}  # (bucket, key) -> [last step, count, sum, min, max]
