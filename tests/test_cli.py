@@ -218,7 +218,8 @@ BAD = [
     (["train", "--data", "moons", "--model", "user_models:on_meta"], "the model (Linear) has 8 values on the meta "
      "device"),
     (["train", "--data", "moons", "--model", "user_models:needs_width"], "invalid model 'user_models:needs_width': "
-     "expected a function callable without arguments (gdlab can pass in_features or out_features); it needs width"),
+     "expected a function callable without arguments (gdlab can pass in_features or out_features or sample_shape); "
+     "it needs width"),
     (["runs", "--store", "damaged"], "store 'damaged' is damaged: damaged/gdlab.db is not a readable database"),
     (["show", "last", "--store", "damaged"], "store 'damaged' is damaged"),
     (["plot", "last", "--store", "damaged"], "store 'damaged' is damaged"),

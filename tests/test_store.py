@@ -6,14 +6,20 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
+from typer.testing import CliRunner
 
+from gdlab.callbacks import Recorder
+from gdlab.cli import app
 from gdlab.data import TensorData
+from gdlab.doctor import diagnose
 from gdlab.errors import InvalidParameter, RunNotFound, StoreError
 from gdlab.loop import Callback, LoopState
+from gdlab.records import History
 from gdlab.store import Store
 from gdlab.train import fit
 
@@ -125,3 +131,103 @@ def test_fit_records_config_plan_steps_and_epochs(classes: TensorData, tmp_path:
     assert run.final == pytest.approx(result.final)
     assert store.history(run.id).steps["loss"] == result.history.steps["loss"]
     assert torch.load(run.checkpoint, weights_only=True)["position"]["step"] == 8
+
+
+def _long_run(store: Store, steps: int, step_rows: int, spike: int) -> str:
+    """A synthetic run written as fit writes it: the Recorder flushing each epoch's rows (45 steps)."""
+    run_id = store.create_run({})
+    recorder = Recorder(store, run_id, step_rows=step_rows)
+    state = SimpleNamespace(history=History())
+    for step in range(1, steps + 1):
+        row = {"step": step, "loss": 1.0 + (step % 7) / 10, "grad_norm": 1000.0 if step == spike else 1.0}
+        if step % 20 == 0:
+            row["dead_share/2"] = 0.25
+        state.history.steps.append(row)
+        if step % 45 == 0 or step == steps:
+            recorder.flush(state)  # type: ignore[arg-type]
+    return run_id
+
+
+def test_a_long_run_keeps_its_newest_steps_and_buckets_the_rest(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    run_id = _long_run(store, 50_000, step_rows=1000, spike=20_000)
+    db = sqlite3.connect(tmp_path / "gdlab.db")
+    full = [s for (s,) in db.execute("SELECT DISTINCT step FROM step_metrics WHERE run_id = ? ORDER BY step",
+                                     (run_id,))]
+    assert full == list(range(full[0], 50_001)) and 1000 <= len(full) < 1000 + 1000 // 16 + 256
+    buckets = db.execute("SELECT COUNT(DISTINCT step), MIN(width), MAX(width), SUM(count) FROM step_buckets "
+                         "WHERE key = 'loss'").fetchone()
+    assert buckets[0] <= 250 and buckets[1] == buckets[2] and buckets[3] == full[0] - 1  # each older step, once
+    rows = db.execute("SELECT COUNT(*) FROM step_metrics").fetchone()[0] + \
+        db.execute("SELECT COUNT(*) FROM step_buckets").fetchone()[0]
+    assert rows < 4000  # 50,000 steps of 2 to 3 keys, at most about 1.3 * 1000 rows per key
+    history = store.history(run_id)
+    steps = history.steps
+    assert len(steps) == len(full) + buckets[0] and steps["step"] == sorted(steps["step"])
+    assert steps["loss"][-1000:] == [1.0 + (s % 7) / 10 for s in range(49_001, 50_001)]  # the newest, as recorded
+    row = steps["max:grad_norm"].index(1000.0)  # the old spike survives as its bucket's max
+    assert steps["step"][row - 1] < 20_000 <= steps["step"][row] and steps["min:grad_norm"][row] == 1.0
+    spikes = [f.step for f in diagnose(history) if f.code == "exploding_gradients"]  # the doctor still sees it
+    assert spikes == [steps["step"][row]]
+    assert math.isnan(steps["max:loss"][-1])  # a row of one step has no spread
+    merged = [(m, lo, hi) for m, lo, hi in zip(steps["loss"], steps["min:loss"], steps["max:loss"])
+              if math.isfinite(lo)]
+    assert all(lo <= m <= hi for m, lo, hi in merged) and len(merged) == buckets[0]
+    total = db.execute("SELECT SUM(mean * count) FROM step_buckets WHERE key = 'loss'").fetchone()[0] + \
+        sum(steps["loss"][-len(full):])
+    assert total == pytest.approx(sum(1.0 + (s % 7) / 10 for s in range(1, 50_001)))
+    readings = sum(s % 20 == 0 for s in full) + buckets[0]  # each bucket holds some of the readings every 20 steps
+    assert [v for v in steps["dead_share/2"] if math.isfinite(v)] == [0.25] * readings
+
+
+def test_step_rows_zero_keeps_every_step_and_bad_bounds_are_refused(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    run_id = _long_run(store, 3000, step_rows=0, spike=5)
+    assert len(store.history(run_id).steps) == 3000
+    assert "max:grad_norm" not in store.history(run_id).steps
+    for bad in (-1, 2.5, True):
+        with pytest.raises(InvalidParameter, match="step_rows"):
+            store.add_steps(run_id, [], step_rows=bad)  # type: ignore[arg-type]
+
+
+def test_a_failed_merge_leaves_the_store_as_it_was(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    run_id = _long_run(store, 900, step_rows=0, spike=5)
+    store._db.execute("CREATE TEMP TRIGGER full BEFORE INSERT ON step_buckets BEGIN SELECT RAISE(ABORT, "
+                      "'database or disk is full'); END")
+    before = store.history(run_id).steps.columns
+    with pytest.raises(StoreError, match=r"could not be written: database or disk is full$"):
+        store.add_steps(run_id, [{"step": 901, "loss": 2.0}], step_rows=100)
+    assert store.history(run_id).steps.columns == before  # neither the new row nor a half-made merge
+
+
+def test_resuming_drops_the_buckets_past_the_checkpoint(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    run_id = _long_run(store, 2000, step_rows=200, spike=5)
+    last_bucket = max(s for s, lo in zip(store.history(run_id).steps["step"],
+                                         store.history(run_id).steps["min:loss"]) if math.isfinite(lo))
+    store.reopen(run_id, step=int(last_bucket) - 1, epochs=0)
+    steps = store.history(run_id).steps["step"]
+    assert steps and max(steps) < last_bucket
+
+
+def test_fit_bounds_the_stored_steps_and_the_readers_read_them(classes: TensorData, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    result = fit(nn.Linear(4, 3), classes, batch_size=8, steps=400, store=tmp_path, progress=False, step_rows=64,
+                 instruments="cheap")
+    store = Store(tmp_path)
+    steps = store.history(result.run_id).steps
+    assert 64 <= len([v for v in steps["min:loss"] if math.isnan(v)]) < 64 + 4 + 32 and len(steps) < 200
+    assert steps["loss"][-64:] == result.history.steps["loss"][-64:]
+    with pytest.raises(InvalidParameter, match="invalid step_rows -1"):
+        fit(nn.Linear(4, 3), classes, steps=5, store=tmp_path, progress=False, step_rows=-1)
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    for args in (["doctor", result.run_id], ["plot", result.run_id, "--out", "loss.png"],
+                 ["plot", result.run_id, "--instruments", "--out", "dash.png"], ["show", result.run_id]):
+        done = runner.invoke(app, [*args, "--store", str(tmp_path)], catch_exceptions=False)
+        assert done.exit_code == 0, done.output
+    said = runner.invoke(app, ["doctor", result.run_id, "--store", str(tmp_path)]).output
+    merged = sum(map(math.isfinite, steps["min:loss"]))
+    assert f"400 steps (the first {int(steps['step'][merged - 1])} merged into {merged} rows" in said
+    assert (tmp_path / "loss.png").stat().st_size > 1000 and (tmp_path / "dash.png").stat().st_size > 1000

@@ -10,7 +10,7 @@ from gdlab.errors import InvalidParameter
 from gdlab.loop import Callback, LoopState
 from gdlab.optim import schedules
 from gdlab.optim.schedules import Schedule
-from gdlab.store import Store
+from gdlab.store import STEP_ROWS, Store
 
 __all__ = ["Recorder", "Scheduler"]
 
@@ -54,17 +54,18 @@ class Recorder(Callback):
     """Keeps a run's store record: metric rows at each epoch's end, checkpoints, resume and failure.
 
     The store holds the history; a checkpoint holds the rest (model, optimizer, RNG, position), so its size
-    does not grow with the run.
+    does not grow with the run. The store keeps the newest ``step_rows`` steps as recorded and merges the older
+    ones into buckets of their mean, min and max (0 keeps every step; see :meth:`Store.add_steps`).
     """
 
-    def __init__(self, store: Store, run_id: str) -> None:
-        self.store, self.run_id = store, run_id
+    def __init__(self, store: Store, run_id: str, *, step_rows: int = STEP_ROWS) -> None:
+        self.store, self.run_id, self.step_rows = store, run_id, step_rows
         self.path = store.run_dir(run_id) / "checkpoint.pt"
         self.steps_written = self.epochs_written = 0
 
     def flush(self, state: LoopState) -> None:
         """Write the step and epoch rows recorded since the last flush."""
-        self.store.add_steps(self.run_id, state.history.steps.rows(self.steps_written))
+        self.store.add_steps(self.run_id, state.history.steps.rows(self.steps_written), step_rows=self.step_rows)
         self.store.add_epochs(self.run_id, state.history.epochs.rows(self.epochs_written))
         self.steps_written, self.epochs_written = len(state.history.steps), len(state.history.epochs)
 

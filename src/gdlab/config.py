@@ -103,6 +103,7 @@ class Config:
     store: str = "gdlab-runs"
     name: str | None = None
     checkpoint_every: int | None = None
+    step_rows: int = 20_000  # the newest steps kept as recorded; older ones merged into buckets; 0: keep every step
 
     def __post_init__(self) -> None:
         self.validate()
@@ -172,6 +173,7 @@ class Config:
                   "patience": self.patience, "seed": self.seed, "device": self.device, "precision": self.precision,
                   "instruments": self.instruments, "doctor": self.doctor, "remedy": self.remedy,
                   "restarts": self.restarts, "checkpoint_every": self.checkpoint_every, "name": self.name,
+                  "step_rows": self.step_rows,
                   **self.optimizer_options()}
         unknown = [key for key in only if key not in kwargs and key not in OPTIMIZER_OPTIONS]
         if unknown:
@@ -210,6 +212,8 @@ class Config:
             value = getattr(self, key)
             if value is not None and value <= 0:
                 raise InvalidParameter(key, value, "a positive integer")
+        if self.step_rows < 0:
+            raise InvalidParameter("step_rows", self.step_rows, "0 (keep every step) or a positive integer")
         if self.tol is not None and not (math.isfinite(self.tol) and self.tol > 0):
             raise InvalidParameter("tol", self.tol, "a finite number > 0")
         if self.task not in (None, *TASKS):

@@ -30,7 +30,8 @@ def spans_decades(values: list[float], decades: float = 2.0) -> bool:
 
 
 def plot_losses(history: History, path: str | Path, *, title: str | None = None) -> Path:
-    """Two panels: train and validation loss per epoch; per-step loss with its moving average.
+    """Two panels: train and validation loss per epoch; per-step loss with its moving average (and, over steps the
+    store merged, the band from their min to their max).
 
     The loss axes turn logarithmic where the loss spans two decades or more. Returns the PNG's path.
     """
@@ -63,6 +64,7 @@ def plot_losses(history: History, path: str | Path, *, title: str | None = None)
     steps = history.steps
     if len(steps):
         right.plot(steps["step"], steps["loss"], color="tab:blue", alpha=0.3, linewidth=0.8, label="loss per step")
+        _spread(right, steps, steps["step"], "loss", "tab:blue", "min to max of merged steps")
         right.plot(steps["step"], moving_average(steps["loss"]), color="tab:blue", label="moving average")
         right.legend()
         if spans_decades(steps["loss"]):
@@ -76,6 +78,14 @@ def plot_losses(history: History, path: str | Path, *, title: str | None = None)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _spread(ax: Any, steps: Any, x: Any, key: str, colour: str, label: str | None = None) -> None:
+    """Shade between ``min:key`` and ``max:key`` where the store merged steps into buckets (a long run's older
+    steps; see :meth:`gdlab.store.Store.add_steps`), so that a spike among them still shows."""
+    if f"max:{key}" in steps:
+        ax.fill_between(x, steps[f"min:{key}"], steps[f"max:{key}"], color=colour, alpha=0.2, linewidth=0,
+                        label=label)
 
 
 def _pyplot() -> Any:
@@ -240,7 +250,9 @@ def plot_instruments(history: History, path: str | Path, *, findings: list[dict[
         for key in keys:
             points = [(s, v) for s, v in zip(x, steps[key]) if math.isfinite(v)]
             style = "-" if len(points) > 20 else "o-"
-            ax.plot([p[0] for p in points], [p[1] for p in points], style, markersize=3, linewidth=1, label=key)
+            line = ax.plot([p[0] for p in points], [p[1] for p in points], style, markersize=3, linewidth=1,
+                           label=key)
+            _spread(ax, steps, x, key, line[0].get_color())
         values = [v for k in keys for v in steps[k] if math.isfinite(v)]
         if spans_decades(values) and min(values) > 0:
             ax.set_yscale("log")

@@ -1,7 +1,8 @@
 """The run store: SQLite (WAL mode) at ``<root>/gdlab.db``, with a folder per run for artifacts.
 
 Tables: ``runs`` (config, plan, status ``running | finished | failed | stopped``, final metrics),
-``step_metrics`` and ``epoch_metrics`` (long format: one row per run, index and key), ``findings`` and
+``step_metrics`` and ``epoch_metrics`` (long format: one row per run, index and key), ``step_buckets`` (a long
+run's older steps, merged: see :meth:`Store.add_steps`), ``findings`` and
 ``remedies`` (filled by the doctor), ``sweeps`` and ``sweep_members`` (a sweep or restarts, recorded whole
 when it ends, one row per member). A run whose process died without closing it is marked ``failed`` the next
 time the store lists it, so no run stays ``running`` for ever.
@@ -33,12 +34,20 @@ from pathlib import Path
 from typing import Any
 
 from gdlab.errors import InvalidParameter, RunNotFound, StoreError
-from gdlab.records import History
+from gdlab.records import History, Table
 
-__all__ = ["Store", "Run", "STATUSES", "DEFAULT_STORE"]
+__all__ = ["Store", "Run", "STATUSES", "DEFAULT_STORE", "STEP_ROWS", "SPREAD"]
 
 DEFAULT_STORE = "gdlab-runs"
 STATUSES = ("running", "finished", "failed", "stopped")
+
+STEP_ROWS = 20_000
+"""The newest steps of a run kept at full resolution (``fit(step_rows=...)``, ``--step-rows``); the steps before
+them are merged into buckets that keep each metric's mean, min and max (see :meth:`Store.add_steps`)."""
+
+SPREAD = ("min:", "max:")
+"""The prefixes of the columns a :class:`History` read from the store gives a merged key: ``min:loss``, ``max:loss``
+(NaN in the rows that hold one step)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -50,6 +59,10 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE TABLE IF NOT EXISTS step_metrics (
     run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE, step INTEGER NOT NULL, key TEXT NOT NULL,
     value REAL, PRIMARY KEY (run_id, step, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS step_buckets (
+    run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE, step INTEGER NOT NULL, key TEXT NOT NULL,
+    width INTEGER NOT NULL, count INTEGER NOT NULL, mean REAL, min REAL, max REAL, PRIMARY KEY (run_id, step, key)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS epoch_metrics (
     run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE, epoch INTEGER NOT NULL, key TEXT NOT NULL,
@@ -162,6 +175,8 @@ class Store:
         """Mark a run ``running`` again to resume it from ``step``, dropping metrics recorded after it."""
         with self._write() as db:
             db.execute("DELETE FROM step_metrics WHERE run_id = ? AND step > ?", (run_id, step))
+            # a bucket reaching past the checkpoint goes whole: its steps after it are redone
+            db.execute("DELETE FROM step_buckets WHERE run_id = ? AND step > ?", (run_id, step))
             db.execute("DELETE FROM epoch_metrics WHERE run_id = ? AND epoch > ?", (run_id, epochs))
             db.execute("DELETE FROM findings WHERE run_id = ?", (run_id,))
             db.execute("UPDATE runs SET status = 'running', updated = ?, pid = ?, host = ?, error = NULL, "
@@ -185,23 +200,39 @@ class Store:
                 (status, _now(), _dumps(final), lr, seconds, steps, stop_reason, error, run_id),
             )
 
-    def add_steps(self, run_id: str, rows: Iterable[dict[str, float]]) -> None:
-        """Store per-step rows; each has a ``step`` key; NaN values are left out."""
-        self._add("step_metrics", "step", run_id, rows)
+    def add_steps(self, run_id: str, rows: Iterable[dict[str, float]], *, step_rows: int = 0) -> None:
+        """Store per-step rows; each has a ``step`` key; NaN values (and :data:`SPREAD` columns) are left out.
+
+        With ``step_rows`` > 0 the run keeps its newest ``step_rows`` steps as recorded (and up to a sixteenth
+        more, moved in batches), and the steps before them in at most ``step_rows // 4`` buckets: consecutive
+        steps (a power-of-two number, aligned to multiples of it) merged into one row per key holding their mean,
+        min and max and how many values they merged. As the run grows the bucket width doubles, each pair of
+        buckets merged into one, so a run of any length stores at most about ``1.3 * step_rows`` rows per key,
+        and a spike in an old step survives as its bucket's max. The rows and the merge are one transaction: a
+        crash leaves the store before or after both. 0 keeps every step.
+        """
+        if isinstance(step_rows, bool) or not isinstance(step_rows, int) or step_rows < 0:
+            raise InvalidParameter("step_rows", step_rows, "0 (keep every step) or a positive integer")
+        with self._write() as db:
+            self._insert(db, "step_metrics", "step", run_id, rows)
+            if step_rows:
+                _merge_old_steps(db, run_id, step_rows)
 
     def add_epochs(self, run_id: str, rows: Iterable[dict[str, float]]) -> None:
         """Store per-epoch rows; each has an ``epoch`` key; NaN values are left out."""
-        self._add("epoch_metrics", "epoch", run_id, rows)
+        with self._write() as db:
+            self._insert(db, "epoch_metrics", "epoch", run_id, rows)
 
-    def _add(self, table: str, index: str, run_id: str, rows: Iterable[dict[str, float]]) -> None:
+    @staticmethod
+    def _insert(db: sqlite3.Connection, table: str, index: str, run_id: str,
+                rows: Iterable[dict[str, float]]) -> None:
         values = [
             (run_id, int(row[index]), key, value)
             for row in rows
             for key, value in row.items()
-            if key != index and value is not None and not math.isnan(value)
+            if key != index and value is not None and not math.isnan(value) and not key.startswith(SPREAD)
         ]
-        with self._write() as db:
-            db.executemany(f"INSERT OR REPLACE INTO {table} VALUES (?, ?, ?, ?)", values)
+        db.executemany(f"INSERT OR REPLACE INTO {table} VALUES (?, ?, ?, ?)", values)
 
     def add_findings(self, run_id: str, findings: Iterable[dict[str, Any]]) -> None:
         """Store findings (dicts with code, severity, step, evidence, explanation, remedy)."""
@@ -313,16 +344,17 @@ class Store:
         return run
 
     def history(self, run_id: str) -> History:
-        """The run's per-step and per-epoch metrics as a :class:`History`."""
+        """The run's per-step and per-epoch metrics as a :class:`History`.
+
+        A bucket of merged steps (see :meth:`add_steps`) reads as one row at its last step holding each key's
+        mean, with the key's min and max in the :data:`SPREAD` columns (``min:loss``, ``max:loss``)."""
         history = History()
-        for table, index, target in (("step_metrics", "step", history.steps),
-                                     ("epoch_metrics", "epoch", history.epochs)):
-            rows: dict[int, dict[str, float]] = {}
-            for i, key, value in self._query(f"SELECT {index}, key, value FROM {table} WHERE run_id = ? "
-                                             f"ORDER BY {index}", (run_id,)):
-                rows.setdefault(i, {index: i})[key] = math.nan if value is None else value
-            for row in rows.values():
-                target.append(row)
+        buckets = self._query("SELECT step, key, mean, min, max FROM step_buckets WHERE run_id = ? ORDER BY step",
+                              (run_id,))
+        history.steps = _table("step", buckets, self._query(
+            "SELECT step, key, value FROM step_metrics WHERE run_id = ? ORDER BY step", (run_id,)))
+        history.epochs = _table("epoch", [], self._query(
+            "SELECT epoch, key, value FROM epoch_metrics WHERE run_id = ? ORDER BY epoch", (run_id,)))
         return history
 
     def run_dir(self, run_id: str) -> Path:
@@ -350,6 +382,86 @@ class Store:
                 db.execute("UPDATE runs SET status = 'failed', updated = ?, error = ?, steps = (SELECT MAX(step) "
                            "FROM step_metrics WHERE run_id = ?) WHERE id = ?",
                            (_now(), "the process ended without closing the run (killed?)", run_id, run_id))
+
+
+def _table(index: str, buckets: list[Any], rows: list[Any]) -> Table:
+    """Columns from (index, key, mean, min, max) buckets and (index, key, value) rows, each ordered by index: one
+    row per index, in order (the buckets come first: they hold the older steps). One pass over each."""
+    indices = sorted({r[0] for r in buckets} | {r[0] for r in rows})
+    position = {i: n for n, i in enumerate(indices)}
+    columns: dict[str, list[float]] = {index: [float(i) for i in indices]} if indices else {}
+    blank = [math.nan] * len(indices)
+    nan = math.nan
+    for source, prefixes in ((buckets, ("", *SPREAD)), (rows, ("",))):
+        at, n = None, 0
+        for i, key, *values in source:
+            if i != at:
+                at, n = i, position[i]
+            for prefix, value in zip(prefixes, values):
+                column = columns.get(prefix + key)
+                if column is None:
+                    column = columns[prefix + key] = blank.copy()
+                column[n] = nan if value is None else value
+    return Table(columns)
+
+
+def _merge_old_steps(db: sqlite3.Connection, run_id: str, step_rows: int) -> None:
+    """Merge the run's full-resolution steps before its newest ``step_rows`` into buckets (see
+    :meth:`Store.add_steps`), inside the caller's transaction.
+
+    A bucket of width ``w`` holds the steps ``s`` with the same ``s // w`` and is stored at its last step. Steps
+    move only in whole buckets (below a multiple of ``w``), at least a sixteenth of ``step_rows`` at a time; when
+    the buckets would number more than ``step_rows // 4`` the width doubles and the stored buckets are merged
+    pairwise with the moving steps."""
+    last = db.execute("SELECT MAX(step) FROM step_metrics WHERE run_id = ?", (run_id,)).fetchone()[0]
+    if last is None:
+        return
+    top = db.execute("SELECT width FROM step_buckets WHERE run_id = ? ORDER BY step DESC LIMIT 1",
+                     (run_id,)).fetchone()
+    width = top[0] if top else 2
+    oldest = db.execute("SELECT MIN(step) FROM step_buckets WHERE run_id = ?", (run_id,)).fetchone()[0]
+    newest = db.execute("SELECT MIN(step) FROM step_metrics WHERE run_id = ?", (run_id,)).fetchone()[0]
+    first = newest if oldest is None else min(oldest, newest)
+    cap = max(1, step_rows // 4)
+    cut = (last - step_rows + 1) // width * width  # the steps below it are merged
+    while cut // width - first // width > cap:
+        width *= 2
+        cut = (last - step_rows + 1) // width * width
+    if cut - newest < max(1, step_rows // 16):
+        return  # too few to move yet: they go in batches, a sixteenth of the bound at least
+    # the stored buckets the moving steps join: all of them when the width grew, else those in the moving ones' span
+    since = 0 if top is None or width > top[0] else newest // width * width
+    merged: dict[tuple[int, str], list[Any]] = {}  # (bucket, key) -> [last step, count, sum, min, max]
+    for query, args in (
+        ("SELECT step / ?1, key, MAX(step), COUNT(value), SUM(value), MIN(value), MAX(value) FROM step_metrics "
+         "WHERE run_id = ?2 AND step < ?3 AND value IS NOT NULL GROUP BY 1, 2", (width, run_id, cut)),
+        ("SELECT step / ?1, key, MAX(step), SUM(count), SUM(mean * count), MIN(min), MAX(max) FROM step_buckets "
+         "WHERE run_id = ?2 AND step >= ?3 GROUP BY 1, 2", (width, run_id, since)),
+    ):
+        for bucket, key, end, count, total, low, high in db.execute(query, args):
+            have = merged.get((bucket, key))
+            if have is None:
+                merged[(bucket, key)] = [end, count, total, low, high]
+            else:  # NULL (an inf - inf sum, or no value) stays NULL
+                have[0] = max(have[0], end)
+                have[1] += count
+                have[2] = None if have[2] is None or total is None else have[2] + total
+                have[3] = _extreme(min, have[3], low)
+                have[4] = _extreme(max, have[4], high)
+    ends: dict[int, int] = {}  # each bucket's last step, the one its keys are stored at
+    for (bucket, _), (end, *_) in merged.items():
+        ends[bucket] = max(end, ends.get(bucket, end))
+    db.execute("DELETE FROM step_metrics WHERE run_id = ? AND step < ?", (run_id, cut))
+    db.execute("DELETE FROM step_buckets WHERE run_id = ? AND step >= ?", (run_id, since))
+    db.executemany("INSERT INTO step_buckets (run_id, step, key, width, count, mean, min, max) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                   [(run_id, ends[bucket], key, width, count,
+                     None if total is None or not count or math.isnan(total / count) else total / count, low, high)
+                    for (bucket, key), (_, count, total, low, high) in merged.items()])
+
+
+def _extreme(pick: Any, a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else pick(a, b)
 
 
 def _alive(pid: int) -> bool:

@@ -63,6 +63,7 @@ def fit(
     tol: float | None = None,
     patience: int | None = None,
     checkpoint_every: int | None = None,
+    step_rows: int = Config.step_rows,
     name: str | None = None,
     config: dict[str, Any] | None = None,
     resume: str | None = None,
@@ -110,6 +111,9 @@ def fit(
         tol: stop when the epoch's train loss changes by less than ``tol``.
         patience: stop when the validation loss has not improved for ``patience`` epochs.
         checkpoint_every: steps between checkpoints (with a store); None checkpoints at every epoch's end.
+        step_rows: with a store, the run's newest steps kept as recorded; the steps before them are merged into
+            buckets holding each metric's mean, min and max (a spike survives as its bucket's max), so a long run's
+            record stays bounded. 0 keeps every step.
         name: a name for the stored run. config: the settings to store with the run.
         resume: a stored run's id: continue it from its last checkpoint (needs ``store``).
         schedule: a learning-rate schedule: a function of the step, or text as ``--schedule`` takes it
@@ -145,6 +149,7 @@ def fit(
     _check_settings(tol=tol, patience=patience, checkpoint_every=checkpoint_every, log_every=log_every,
                     doctor=doctor, remedy=remedy, restarts=restarts)
     check_seed(seed)
+    check_int(step_rows, "step_rows", least=0, expected="0 (keep every step) or a positive integer")
     watching = attach(instruments)
     physician = Doctor(remedy, optimizer=optimizer if isinstance(optimizer, str) else None) \
         if doctor or remedy == "auto" else None
@@ -177,7 +182,7 @@ def fit(
                                              problem.loss_name))
         if selection is not None:
             described["lr_selection"] = selection.to_dict()
-        recorder = _open_record(db, resume, state, described, config, name)
+        recorder = _open_record(db, resume, state, described, config, name, step_rows)
         state.history.meta.update(meta)  # a resumed run's history is the stored one: the doctor reads this run's
     if resume is None:
         torch.manual_seed(seed)  # parameter-free randomness (dropout) follows the seed
@@ -234,18 +239,18 @@ def _check_settings(*, tol: Any, patience: Any, checkpoint_every: Any, log_every
 
 
 def _open_record(db: Store, resume: str | None, state: LoopState, described: dict[str, Any],
-                 config: dict[str, Any] | None, name: str | None) -> Recorder:
+                 config: dict[str, Any] | None, name: str | None, step_rows: int) -> Recorder:
     """A new stored run, or the stored run ``resume`` restored into ``state`` from its last checkpoint."""
     if resume is not None:
         run = db.get(resume)
         if run.status == "running":
             raise StoreError(f"run {run.id} is still running in another process: stop it first (Ctrl-C), "
                              "then resume it")
-        recorder = Recorder(db, run.id)
+        recorder = Recorder(db, run.id, step_rows=step_rows)
         recorder.restore(state, config)
     else:
         described["doctor_meta"] = {k: v for k, v in state.history.meta.items() if k not in ("lr", "momentum")}
-        recorder = Recorder(db, db.create_run(described, state.plan.to_dict(), name=name))
+        recorder = Recorder(db, db.create_run(described, state.plan.to_dict(), name=name), step_rows=step_rows)
     state.run_id = recorder.run_id
     return recorder
 

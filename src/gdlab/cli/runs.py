@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Optional
 
@@ -221,6 +222,16 @@ def gradflow(
     out.print(str(path))
 
 
+def steps_read(history: Any) -> str:
+    """How many steps a stored run's history covers, and how many of them the store merged into buckets."""
+    steps = history.steps
+    merged = max((sum(map(math.isfinite, v)) for k, v in steps.columns.items() if k.startswith("max:")), default=0)
+    if not merged:
+        return f"{len(steps)} steps"
+    last, through = int(steps["step"][-1]), int(steps["step"][merged - 1])
+    return f"{last} steps (the first {through} merged into {merged} rows of mean, min and max)"
+
+
 @app.command("doctor")
 @friendly
 def doctor_command(
@@ -241,7 +252,7 @@ def doctor_command(
     if as_json:
         print(to_json({"run_id": r.id, "findings": findings, "remedies": r.remedies}))
         return
-    out.print(f"[bold]run[/] {r.id}" + (f" ({r.name})" if r.name else "") + f": {len(history.steps)} steps, "
+    out.print(f"[bold]run[/] {r.id}" + (f" ({r.name})" if r.name else "") + f": {steps_read(history)}, "
               f"{len(history.epochs)} epochs")
     print_doctor(findings, r.remedies)
 

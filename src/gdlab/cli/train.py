@@ -43,6 +43,7 @@ TRAIN_FLAGS = (
     "init", "loss", "optimizer", "lr", "lr_select", "momentum", "beta1", "beta2", "eps", "weight_decay", "nesterov",
     "clip_norm", "schedule", "batch_size", "drop_last", "epochs", "steps", "tol", "patience", "seed",
     "device", "precision", "store", "name", "checkpoint_every", "instruments", "doctor", "remedy", "restarts",
+    "step_rows",
 )
 """The flags of gdlab train that are Config keys (each named as its key)."""
 
@@ -91,6 +92,8 @@ def train(
     store: Optional[str] = typer.Option(None, help=STORE_HELP + " [default: gdlab-runs]"),
     name: Optional[str] = typer.Option(None, help="A name for the run."),
     checkpoint_every: Optional[int] = typer.Option(None, help="Steps between checkpoints (default: each epoch)."),
+    step_rows: Optional[int] = typer.Option(None, help="The newest steps stored as recorded; older ones are merged "
+                                            "into buckets of mean, min and max. 0 keeps every step. [default: 20000]"),
     config: Optional[Path] = typer.Option(None, help="TOML file of settings; flags override it."),
     resume: Optional[str] = typer.Option(None, help="Continue a stored run (id, prefix or name)."),
     instruments: Optional[str] = typer.Option(None, help="What to measure each step: none, cheap, default "

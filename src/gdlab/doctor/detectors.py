@@ -32,6 +32,9 @@ from gdlab.doctor.series import (
     depth_readings,
     find_spike,
     last_lr,
+    later_min,
+    peaks,
+    rolling_max,
     smooth_loss,
     spike_window,
     start_loss,
@@ -45,7 +48,7 @@ __all__: list[str] = []  # the detectors are reached through DETECTORS, by findi
 
 @detector("non_finite")
 def _nonfinite(h: History) -> list[Finding]:
-    flag, grad = column(h.steps, "non_finite"), column(h.steps, "grad_norm")
+    flag, grad = peaks(h.steps, "non_finite"), column(h.steps, "grad_norm")
     for i, loss in enumerate(column(h.steps, "loss")):
         bad = "loss" if not math.isfinite(loss) else ("gradients" if grad and not math.isfinite(grad[i]) else
                                                        "parameters" if flag and flag[i] == 1 else None)
@@ -117,12 +120,13 @@ def _flat_windows(ema: list[float], grads: list[float], min_len: int) -> list[tu
     """Stretches of at least ``min_len`` steps where the smoothed loss changes by under 2% and the gradient is
     below a fifth of its peak."""
     peak = max(finite(grads), default=math.nan)
+    reach = rolling_max(grads, min_len + 1, default=0.0)  # the largest gradient in grads[j : i + 1]
     windows, start = [], None
     for i in range(len(ema)):
         j = i - min_len
         flat = (j >= 0 and math.isfinite(ema[i]) and math.isfinite(ema[j]) and
                 abs(ema[i] - ema[j]) <= 0.02 * abs(ema[j]) and
-                (not grads or not math.isfinite(peak) or max(finite(grads[j : i + 1]) or [0.0]) < 0.2 * peak))
+                (not grads or not math.isfinite(peak) or reach[i] < 0.2 * peak))
         if flat and start is None:
             start = j
         elif not flat and start is not None:
@@ -165,9 +169,10 @@ def _plateau(h: History) -> list[Finding]:
     n = len(ema)
     if n < 50:
         return []
+    lowest = later_min(ema)  # the lowest finite smoothed loss from each row on
     for a, b in _flat_windows(ema, grads, max(20, n // 5)):
-        after = finite(ema[b:])
-        if not (b < n - 1 and after and min(after) < 0.7 * ema[b]):
+        after = lowest[b]
+        if not (b < n - 1 and math.isfinite(after) and after < 0.7 * ema[b]):
             continue
         if _near_floor(h, ema[b]) or _val_at_best(h, step_at(h, a), step_at(h, b)):
             continue  # a converged run's loss: flat at its floor, its small ups and downs are no escape
@@ -175,9 +180,9 @@ def _plateau(h: History) -> list[Finding]:
             continue  # the steps' noise floor, which a smaller learning rate lowered: no plateau to cross faster
         return [Finding("plateau", "warning", step_at(h, a),
                         {"from_step": step_at(h, a), "to_step": step_at(h, b), "loss": ema[b],
-                         "loss_after": min(after)},
+                         "loss_after": after},
                         f"the loss stayed at {ema[b]:.3g} with a small gradient from step {step_at(h, a)} to "
-                        f"{step_at(h, b)} before falling to {min(after):.3g}: a plateau, crossed slowly",
+                        f"{step_at(h, b)} before falling to {after:.3g}: a plateau, crossed slowly",
                         _plateau_remedy(h))]
     return []
 
@@ -274,7 +279,7 @@ def _vanishing(h: History) -> list[Finding]:
 
 @detector("exploding_gradients")
 def _exploding(h: History) -> list[Finding]:
-    grads = finite(column(h.steps, "grad_norm"))
+    grads = finite(peaks(h.steps, "grad_norm"))  # a spike among a long run's merged steps is its bucket's max
     depth = _depth(h, lambda ratio: ratio > 1e3)
     if depth is not None:
         arriving, ratio, step, since = depth
@@ -287,7 +292,7 @@ def _exploding(h: History) -> list[Finding]:
     spike = find_spike(grads, window)
     if spike is not None:
         peak, before = spike
-        i = column(h.steps, "grad_norm").index(peak)
+        i = peaks(h.steps, "grad_norm").index(peak)
         return [Finding("exploding_gradients", "warning", step_at(h, i),
                         {"grad_norm_peak": peak, "grad_norm_before": before, "window": window},
                         f"the gradient norm jumped to {peak:.3g}, {peak / before:.0f}x its mean over the {window} "

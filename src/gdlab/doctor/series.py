@@ -1,6 +1,9 @@
 """What the detectors and the remedy rules read from a run's columns: a column or nothing, the smoothed loss, the
 starting loss, the latest per-layer values, and gradient-norm spikes.
 
+Each reads a column in time linear in its length (a long run read back from the store has tens of thousands of
+rows, an old store's millions): no per-row slicing of windows.
+
 Example:
     >>> from gdlab.records import History
     >>> h = History()
@@ -14,13 +17,16 @@ from __future__ import annotations
 import itertools
 import math
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
+
+import numpy as np
 
 from gdlab.records import History, Table, ema, finite, layer_key
 
 __all__ = ["column", "smooth_loss", "start_loss", "step_at", "latest", "readings", "corroborated", "depth_ratio",
-           "depth_readings", "first_measured", "last_lr", "warmup_steps", "spike_window", "find_spike"]
+           "depth_readings", "first_measured", "last_lr", "warmup_steps", "spike_window", "find_spike",
+           "rolling_max", "later_min", "peaks"]
 
 
 def column(table: Table, key: str) -> list[float]:
@@ -31,6 +37,19 @@ def column(table: Table, key: str) -> list[float]:
         ([1.0], [])
     """
     return table[key] if key in table else []
+
+
+def peaks(table: Table, key: str) -> list[float]:
+    """The column ``key`` with each row of merged steps at its largest value (``max:<key>``) instead of its mean: a
+    long run read back from the store holds its older steps merged into buckets (:meth:`gdlab.store.Store.
+    add_steps`), and a spike among them stays a spike. The column itself where nothing was merged.
+
+    Example:
+        >>> peaks(Table({"grad_norm": [1.5, 2.0], "max:grad_norm": [40.0, math.nan]}), "grad_norm")
+        [40.0, 2.0]
+    """
+    values, top = column(table, key), column(table, "max:" + key)
+    return [v if math.isnan(t) else t for v, t in zip(values, top)] if top else values
 
 
 def smooth_loss(h: History) -> list[float]:
@@ -148,11 +167,14 @@ def depth_readings(h: History) -> list[tuple[int, dict[str, float], float]]:
     columns = {key.split("/", 1)[1]: values for key, values in h.steps.columns.items()
                if key.startswith("grad_out/")}
     names = sorted(columns, key=layer_key)
+    if len(names) < 2:
+        return []
+    measured = np.isfinite(np.array([columns[k] for k in names], dtype=float))  # [layers, rows]
     out = []
-    for i in range(len(h.steps) if len(names) >= 2 else 0):
-        arriving = {k: columns[k][i] for k in names if i < len(columns[k]) and math.isfinite(columns[k][i])}
+    for i in np.flatnonzero(measured.sum(axis=0) >= 2).tolist():  # the rows a reading was taken in
+        arriving = {k: columns[k][i] for k in names if math.isfinite(columns[k][i])}
         values = list(arriving.values())
-        if len(values) >= 2 and values[-1] > 0:
+        if values[-1] > 0:
             out.append((i, arriving, values[0] / values[-1]))
     return out
 
@@ -247,3 +269,46 @@ def find_spike(grads: list[float], window: int, start: int = 0,
             if best is None or ratio > best[0]:
                 best = (ratio, tail[k], before)
     return (best[1], best[2]) if best is not None else None
+
+
+def rolling_max(values: Sequence[float], width: int, default: float = math.nan) -> list[float]:
+    """The largest finite value in each window of ``width`` values ending at each index (the opening windows are
+    shorter), ``default`` where a window holds none; in time linear in ``len(values)`` whatever the width (the
+    van Herk-Gil-Werman blocks: a running max forwards and backwards within blocks of ``width``).
+
+    Example:
+        >>> rolling_max([1.0, 3.0, float("nan"), 2.0, 0.5], 2)
+        [1.0, 3.0, 3.0, 2.0, 2.0]
+        >>> rolling_max([float("nan")], 3, default=0.0)
+        [0.0]
+    """
+    a = np.asarray(values, dtype=float)
+    n = len(a)
+    if n == 0:
+        return []
+    a = np.where(np.isfinite(a), a, -np.inf)
+    w = max(1, min(width, n))
+    blocks = np.concatenate([a, np.full(-n % w, -np.inf)]).reshape(-1, w)
+    forward = np.maximum.accumulate(blocks, axis=1).ravel()  # max from the block's start to each index
+    backward = np.maximum.accumulate(blocks[:, ::-1], axis=1)[:, ::-1].ravel()  # max from each index to its end
+    out = np.empty(n)
+    out[: w - 1] = np.maximum.accumulate(a[: w - 1])
+    ends = np.arange(w - 1, n)
+    out[w - 1 :] = np.maximum(backward[ends - w + 1], forward[ends])
+    out[out == -np.inf] = default
+    return out.tolist()
+
+
+def later_min(values: Sequence[float]) -> list[float]:
+    """The smallest finite value from each index to the end (NaN where none follows), in one pass.
+
+    Example:
+        >>> later_min([3.0, 1.0, float("nan"), 2.0, float("inf")])
+        [1.0, 1.0, 2.0, 2.0, nan]
+    """
+    a = np.asarray(values, dtype=float)
+    if not len(a):
+        return []
+    out = np.minimum.accumulate(np.where(np.isfinite(a), a, np.inf)[::-1])[::-1]
+    out[out == np.inf] = np.nan
+    return out.tolist()
