@@ -306,3 +306,28 @@ def test_target_key_reaches_populations_sweeps_and_lr_auto() -> None:
     assert auto.final["train_loss"] < 0.69
     found = gdlab.lr_find(Named(), data, loss="model", target_key="target", num_iter=10, progress=False)
     assert len(found.lrs) == 10
+
+
+def test_a_nan_in_a_served_batch_is_named_a_data_problem() -> None:
+    """A Dataset is checked on a sample before training; a NaN it missed stops the run as a data problem when its
+    batch makes the loss non-finite, and the doctor says inputs, not the learning rate."""
+
+    class Holey(Dataset):
+        def __init__(self) -> None:
+            self.x = torch.randn(2000, 4, generator=torch.Generator().manual_seed(0))
+            self.x[1, 2] = float("nan")  # between the samples the start-up check reads
+
+        def __len__(self) -> int:
+            return len(self.x)
+
+        def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+            return self.x[i], int(self.x[i, 0] > 0)
+
+    torch.manual_seed(0)
+    result = gdlab.fit(nn.Linear(4, 2), Holey(), epochs=1,
+                       progress=False, remedy="auto")
+    assert result.stop_reason is not None and "1 NaN or inf values in its inputs" in result.stop_reason
+    (finding,) = [f for f in result.findings if f.code == "non_finite"]
+    assert finding.evidence["quantity"] == "inputs" and finding.evidence["count"] == 1
+    assert finding.remedy["action"] == "check_data"
+    assert not [r for r in result.remedies if r.action.startswith("rollback")]

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gdlab.data import BatchPlan
+from gdlab.data import BatchPlan, structure
 from gdlab.metrics import METRICS
 from gdlab.problem import LossFn, Problem, evaluate
 from gdlab.records import History, Table
@@ -436,7 +436,7 @@ def run(problem: Problem, state: LoopState, hooks: Sequence[Any] = (), *, tol: f
                 emit("on_step_end")
                 epoch_done = state.iteration == plan.iterations_per_epoch
                 if epoch_done or state.step % log_every == 0 or log.diverged_at is not None:
-                    _check(state, log, good, hooks)
+                    _check(state, log, good, hooks, problem)
                 if epoch_done:
                     _end_epoch(problem, state, tol, patience, started)
                     emit("on_epoch_end")
@@ -446,11 +446,11 @@ def run(problem: Problem, state: LoopState, hooks: Sequence[Any] = (), *, tol: f
                 if state.interrupted:
                     state.stop("interrupted")
                 if checkpoint and (state.step % every == 0 or state.stop_reason):
-                    _check(state, log, good, hooks)
+                    _check(state, log, good, hooks, problem)
                     state.seconds = time.perf_counter() - started
                     checkpoint(state)
 
-            _check(state, log, good, hooks)
+            _check(state, log, good, hooks, problem)
             log.close()
             if state.epoch_samples:  # a budget in steps can end mid-epoch: record the part done
                 _end_epoch(problem, state, None, None, started)
@@ -477,7 +477,8 @@ def final_metrics(problem: Problem, state: LoopState) -> dict[str, float | None]
     return {k: (None if v is not None and math.isnan(v) else v) for k, v in final.items()}
 
 
-def _check(state: LoopState, log: StepLog, good: Snapshot, hooks: Sequence[Any]) -> None:
+def _check(state: LoopState, log: StepLog, good: Snapshot, hooks: Sequence[Any],
+           problem: Problem | None = None) -> None:
     """Read the pending values; on a non-finite loss roll back (a hook's remedy, or a stop); else keep the
     parameters as the last good point when they are finite."""
     params = [p.detach() for p in state.model.parameters()]
@@ -493,9 +494,36 @@ def _check(state: LoopState, log: StepLog, good: Snapshot, hooks: Sequence[Any])
     state.step = int(steps["step"][row])
     state.last_loss = steps["loss"][row]
     good.restore(state.model, state.optimizer)
+    bad = _bad_data(problem, state, int(steps["epoch"][row])) if problem is not None else None
+    if bad is not None:  # the batch itself held NaN or inf: no learning rate can help
+        what, count = bad
+        steps.put("bad_data", row, 1.0 if what == "inputs" else 2.0)
+        steps.put("bad_data_count", row, float(count))
+        state.stop(f"diverged: the batch of step {state.step} has {count} NaN or inf values in its {what}: a data "
+                   "problem, not the learning rate; clean or impute the data")
+        return
     if not any([getattr(hook, "on_diverge", _never)(state) for hook in hooks]):
         state.stop(f"diverged: the loss became {state.last_loss} at step {state.step}; "
                    "the learning rate is likely too large")
+
+
+@torch.no_grad()
+def _bad_data(problem: Problem, state: LoopState, epoch: int) -> tuple[str, int] | None:
+    """``("inputs" | "targets", count)`` when the batch of ``state.step`` (rebuilt from its seed, epoch and
+    iteration) holds non-finite values, else None. Read only after a divergence, so training pays nothing."""
+    plan = problem.plan
+    iteration = state.step - 1 - (epoch - 1) * plan.iterations_per_epoch
+    if not 0 <= iteration < plan.iterations_per_epoch:
+        return None
+    try:
+        x, y = next(problem.source.batches(plan, state.seed, epoch - 1, iteration))
+    except Exception:  # the data cannot be read again: say nothing rather than guess
+        return None
+    for what, tree in (("inputs", x), ("targets", y)):
+        count = sum(int((~torch.isfinite(t)).sum()) for t in structure.leaves(tree) if t.is_floating_point())
+        if count:
+            return what, count
+    return None
 
 
 def _close(log: StepLog, hooks: Sequence[Any]) -> None:

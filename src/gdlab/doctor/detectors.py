@@ -49,6 +49,15 @@ __all__: list[str] = []  # the detectors are reached through DETECTORS, by findi
 @detector("non_finite")
 def _nonfinite(h: History) -> list[Finding]:
     flag, grad = peaks(h.steps, "non_finite"), column(h.steps, "grad_norm")
+    data = column(h.steps, "bad_data")  # set by the loop when the diverging step's own batch held NaN or inf
+    counts = column(h.steps, "bad_data_count")
+    for i, value in enumerate(data):
+        if value in (1.0, 2.0):
+            what = "inputs" if value == 1.0 else "targets"
+            count = int(counts[i]) if counts and math.isfinite(counts[i]) else None
+            return [Finding("non_finite", "error", step_at(h, i), {"quantity": what, "count": count, "source": "data"},
+                            f"the batch of step {step_at(h, i)} has {count} NaN or inf values in its {what}: the "
+                            "data is at fault, not the learning rate", {"action": "check_data", "where": what})]
     for i, loss in enumerate(column(h.steps, "loss")):
         bad = "loss" if not math.isfinite(loss) else ("gradients" if grad and not math.isfinite(grad[i]) else
                                                        "parameters" if flag and flag[i] == 1 else None)
