@@ -479,3 +479,26 @@ def test_gradflow_draws_layers_first_to_last() -> None:
           "--quiet", "--no-plot")
     bare = gdlab("gradflow", "last", "--store", "s")
     assert bare.exit_code == 2 and "trained with instruments" in bare.stderr
+
+
+@pytest.mark.parametrize("args", [["--version"], ["--help"], []])
+def test_version_and_help_do_not_import_torch(args: list[str]) -> None:
+    code = ("import sys\nfrom gdlab.cli import main\nsys.argv = ['gdlab', *sys.argv[1:]]\ntry:\n    main()\n"
+            "except SystemExit:\n    pass\nprint('torch imported' if 'torch' in sys.modules else 'no torch')")
+    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True)
+    assert result.stdout.strip().endswith("no torch")
+    assert ("gdlab " if args == ["--version"] else "Commands:") in result.stdout + result.stderr  # bare: stderr
+
+
+def test_the_command_table_lists_every_command_with_its_module_and_summary() -> None:
+    from gdlab.cli.root import COMMANDS, app, load_all
+
+    load_all()
+    registered = {(info.name or info.callback.__name__).replace("_", "-"): info for info in app.registered_commands}
+    assert list(registered) == list(COMMANDS)
+    for name, (module, summary) in COMMANDS.items():
+        info = registered[name]
+        assert info.callback.__module__ == f"gdlab.cli.{module}"
+        assert " ".join((info.callback.__doc__ or "").split()).startswith(summary.rstrip(".?")), name
+    listed = gdlab("--help").stdout
+    assert [line.split()[0] for line in listed.split("Commands:")[1].strip().splitlines()] == list(COMMANDS)
