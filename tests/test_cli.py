@@ -495,10 +495,26 @@ def test_the_command_table_lists_every_command_with_its_module_and_summary() -> 
 
     load_all()
     registered = {(info.name or info.callback.__name__).replace("_", "-"): info for info in app.registered_commands}
-    assert list(registered) == list(COMMANDS)
+    assert sorted(registered) == sorted(COMMANDS)  # gdlab --help lists them in the order of COMMANDS
     for name, (module, summary) in COMMANDS.items():
         info = registered[name]
         assert info.callback.__module__ == f"gdlab.cli.{module}"
         assert " ".join((info.callback.__doc__ or "").split()).startswith(summary.rstrip(".?")), name
     listed = gdlab("--help").stdout
     assert [line.split()[0] for line in listed.split("Commands:")[1].strip().splitlines()] == list(COMMANDS)
+
+
+def test_threads_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gdlab.train as train_module
+
+    seen: list[object] = []
+    real = train_module.use_threads
+    monkeypatch.setattr(train_module, "use_threads", lambda threads, *a, **k: seen.append(threads) or real(threads, *a,
+                                                                                                           **k))
+    for flag, expected in (([], "auto"), (["--threads", "1"], 1), (["--threads", "auto"], "auto")):
+        result = gdlab("train", "--data", "moons", "--hidden", "4", "--steps", "2", *flag, "--store", "s", "--quiet",
+                       "--no-plot")
+        assert result.exit_code == 0, result.stderr
+        assert seen[-1] == expected
+    bad = gdlab("train", "--threads", "0")
+    assert bad.exit_code == 2 and "invalid threads 0" in bad.stderr

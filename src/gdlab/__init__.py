@@ -84,7 +84,12 @@ def __getattr__(name: str) -> Any:
     if where is None:
         raise AttributeError(f"module 'gdlab' has no attribute {name!r}")
     module = importlib.import_module(where)
-    value = module if where == f"gdlab.{name}" else getattr(module, name)
+    if where == f"gdlab.{name}":
+        value: Any = module
+    elif hasattr(module, name):
+        value = getattr(module, name)
+    else:  # a submodule its package does not import itself (gdlab.data.datasets)
+        value = importlib.import_module(f"{where}.{name}")
     globals()[name] = value
     return value
 
