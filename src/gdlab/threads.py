@@ -8,7 +8,10 @@ multiply-adds of one forward pass of a dense model), is below :data:`AUTO_WORK`,
 above it. An integer sets the count. ``fit`` restores the previous count when it returns or raises (a library
 leaves no global state changed). Only a CPU run is touched: on a GPU the count is left as it is under ``"auto"``.
 
-The threshold was measured by ``benchmarks/threads.py --rule`` (docs/benchmarks.md, "threads").
+``benchmarks/threads.py --rule`` times a step at 1 thread and at torch's count for a grid of sizes
+(docs/benchmarks.md, "threads"): on the shared 2-core machine of the figures one thread won at every size, up to
+500 million, so the threshold could not be measured there; 2 million is a judgement (a step's operations below it
+last microseconds, too short to split), to be measured on a machine with free cores.
 
 Example:
     >>> import torch
@@ -30,7 +33,8 @@ from gdlab.errors import InvalidParameter
 __all__ = ["AUTO_WORK", "check_threads", "choose", "restored", "use"]
 
 AUTO_WORK = 2_000_000
-"""``parameters x batch size`` below which ``threads="auto"`` trains on one thread (measured, see the module)."""
+"""``parameters x batch size`` below which ``threads="auto"`` trains on one thread (see the module on how it was
+chosen)."""
 
 P = ParamSpec("P")
 R = TypeVar("R")
