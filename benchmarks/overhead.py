@@ -63,7 +63,7 @@ def gdlab_side(**settings: Any) -> Callable[..., float]:
         _sync(X.device)
         start = time.perf_counter()
         gdlab.fit(model, (X, y), optimizer=optimizer, lr=0.01, batch_size=batch, epochs=epochs, seed=seed,
-                  device=X.device, **{"progress": True, **settings})
+                  device=X.device, threads=torch.get_num_threads(), **{"progress": True, **settings})
         _sync(X.device)
         return time.perf_counter() - start
 

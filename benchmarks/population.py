@@ -62,7 +62,7 @@ def run_sequential(train: object, members: int, steps: int, device: str) -> floa
     for s in range(members):
         torch.manual_seed(s)
         gdlab.fit(model_fn(), train, seed=s, optimizer="momentum", lr=0.05, steps=steps, batch_size=64,
-                  device=device, progress=False)
+                  device=device, progress=False, threads=torch.get_num_threads())  # the population's count
     sync(device)
     return time.perf_counter() - start
 

@@ -691,3 +691,47 @@ def test_runs_json_rm_and_compare(tmp_path: Path) -> None:
         bad = gdlab(*args, "--store", "s")
         assert bad.exit_code == 2 and message in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
     assert store.get("lr0.03").id == ids[2]  # a bad name among several deletes nothing
+
+
+@pytest.mark.parametrize("args", [["--version"], ["--help"], []])
+def test_version_and_help_do_not_import_torch(args: list[str]) -> None:
+    code = ("import sys\nfrom gdlab.cli import main\nsys.argv = ['gdlab', *sys.argv[1:]]\ntry:\n    main()\n"
+            "except SystemExit:\n    pass\nprint('torch imported' if 'torch' in sys.modules else 'no torch')")
+    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True)
+    assert result.stdout.strip().endswith("no torch")
+    assert ("gdlab " if args == ["--version"] else "Commands:") in result.stdout + result.stderr  # bare: stderr
+
+
+def test_the_command_table_lists_every_command_with_its_module_and_summary() -> None:
+    from gdlab.cli.root import COMMANDS, app, load_all
+
+    load_all()
+    registered = {(info.name or info.callback.__name__).replace("_", "-"): info for info in app.registered_commands}
+    groups = {info.name: info for info in app.registered_groups}  # gdlab runs (and gdlab runs rm)
+    assert sorted([*registered, *groups]) == sorted(COMMANDS)  # gdlab --help lists them in the order of COMMANDS
+    for name, (module, summary) in COMMANDS.items():
+        if name in groups:
+            callback = groups[name].typer_instance.registered_callback.callback
+            assert callback.__module__ == f"gdlab.cli.{module}"
+            continue
+        info = registered[name]
+        assert info.callback.__module__ == f"gdlab.cli.{module}"
+        assert " ".join((info.callback.__doc__ or "").split()).startswith(summary.rstrip(".?")), name
+    listed = gdlab("--help").stdout
+    assert [line.split()[0] for line in listed.split("Commands:")[1].strip().splitlines()] == list(COMMANDS)
+
+
+def test_threads_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gdlab.train as train_module
+
+    seen: list[object] = []
+    real = train_module.use_threads
+    monkeypatch.setattr(train_module, "use_threads", lambda threads, *a, **k: seen.append(threads) or real(threads, *a,
+                                                                                                           **k))
+    for flag, expected in (([], "auto"), (["--threads", "1"], 1), (["--threads", "auto"], "auto")):
+        result = gdlab("train", "--data", "moons", "--hidden", "4", "--steps", "2", *flag, "--store", "s", "--quiet",
+                       "--no-plot")
+        assert result.exit_code == 0, result.stderr
+        assert seen[-1] == expected
+    bad = gdlab("train", "--threads", "0")
+    assert bad.exit_code == 2 and "invalid threads 0" in bad.stderr

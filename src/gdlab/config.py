@@ -25,6 +25,7 @@ import torch
 from gdlab.data import TASKS, parse_batch_size
 from gdlab.errors import InvalidParameter, UnknownChoice, check_seed
 from gdlab.optim import check_lr, check_momentum, schedules
+from gdlab.threads import check_threads
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -94,6 +95,7 @@ class Config:
     seed: int = 0
     device: str = "auto"
     precision: str = "32"
+    threads: int | str = "auto"  # torch's CPU threads: auto (1 for a small model, see gdlab.threads) or a count
     # the doctor
     instruments: str = "default"
     doctor: bool = True
@@ -171,6 +173,7 @@ class Config:
                   "momentum": self.momentum, "schedule": self.schedule, "batch_size": self.batch_size,
                   "drop_last": self.drop_last, "epochs": epochs, "steps": steps, "tol": self.tol,
                   "patience": self.patience, "seed": self.seed, "device": self.device, "precision": self.precision,
+                  "threads": self.threads,
                   "instruments": self.instruments, "doctor": self.doctor, "remedy": self.remedy,
                   "restarts": self.restarts, "checkpoint_every": self.checkpoint_every, "name": self.name,
                   "step_rows": self.step_rows,
@@ -192,6 +195,7 @@ class Config:
         if self.lr != "auto":
             self.lr = check_lr(self.lr)
         self.precision = resolve_precision(self.precision)
+        self.threads = check_threads(self.threads)
         if self.instruments not in ("none", "cheap", "default", "full"):
             raise InvalidParameter("instruments", self.instruments, "none, cheap, default or full")
         if self.remedy not in ("off", "suggest", "auto"):

@@ -38,10 +38,13 @@ from gdlab.optim.schedules import Schedule
 from gdlab.problem import LossFn, Problem, check_budget, evaluate
 from gdlab.records import input_scales
 from gdlab.store import Store
+from gdlab.threads import restored
+from gdlab.threads import use as use_threads
 
 __all__ = ["fit"]
 
 
+@restored  # torch's thread count is put back as it was when fit returns or raises
 def fit(
     model: nn.Module,
     train: Dataset | tuple[torch.Tensor, torch.Tensor],
@@ -77,6 +80,7 @@ def fit(
     log_every: int = loop.LOG_EVERY,
     precision: str = Config.precision,
     target_key: str | None = None,
+    threads: int | str = Config.threads,
     **optimizer_options: Any,
 ) -> Result:
     """Train ``model`` on ``train`` by gradient descent.
@@ -138,6 +142,10 @@ def fit(
             autocast; the instruments' extra passes and their readings stay in full precision.
         target_key: the target's key in dict samples (default: ``y``, ``label`` or ``labels``, whichever is
             there); the other keys are the model's keyword inputs.
+        threads: torch's CPU thread count for this run: ``"auto"`` (1 for a model too small to gain from more:
+            parameters x batch size below ``gdlab.threads.AUTO_WORK``; else torch's count; a GPU run is left as
+            it is) or a positive integer. Set when training starts (before ``lr="auto"`` chooses) and put back
+            as it was when ``fit`` returns or raises.
         **optimizer_options: ``beta1``, ``beta2``, ``eps``, ``weight_decay``, ``nesterov``, ``clip_norm`` for a
             named optimizer.
 
@@ -157,6 +165,7 @@ def fit(
                            device=device, target_key=target_key, precision=precision)
     if patience is not None and problem.val is None:
         raise InvalidParameter("patience", patience, "validation data to watch (val=..., or --val / --val-split)")
+    use_threads(threads, model, batch_size=problem.plan.batch_size, device=problem.device)
     total = problem.total_steps(epochs, steps)
     selection = None
     if isinstance(lr, str):

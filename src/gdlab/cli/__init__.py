@@ -1,10 +1,11 @@
 """The ``gdlab`` command line (an edge: it parses, calls the library, prints), one module per task.
 
-- :mod:`~gdlab.cli.common`: the typer app, consoles, the error wrapper, the shared flags, parsers and printers;
+- :mod:`~gdlab.cli.root`: the typer app, its consoles, ``--version`` and the table of commands: a command's module
+  is imported only when that command runs, so ``gdlab --version`` and ``gdlab --help`` do not import torch;
+- :mod:`~gdlab.cli.common`: the error wrapper, the shared flags, parsers and printers;
 - :mod:`~gdlab.cli.train`: ``train``;
 - :mod:`~gdlab.cli.population`: ``sweep``, ``restarts``, ``lr-find``;
 - :mod:`~gdlab.cli.runs`: ``runs``, ``show``, ``plot``, ``gradflow``, ``doctor`` (the run store);
-- :mod:`~gdlab.cli.predict`: ``predict``, ``export`` (a stored run's model put to use);
 - :mod:`~gdlab.cli.listings`: ``datasets``, ``models``, ``optimizers``, ``functions``;
 - :mod:`~gdlab.cli.lab`: ``lab``, ``explain``, ``landscape``.
 
@@ -19,17 +20,7 @@ import sys
 
 import typer
 
-from gdlab.cli.common import app, err
-
-# importing a task's module registers its commands on app, in this order in gdlab --help
-# isort: off
-from gdlab.cli import train as train
-from gdlab.cli import population as population
-from gdlab.cli import runs as runs
-from gdlab.cli import predict as predict
-from gdlab.cli import listings as listings
-from gdlab.cli import lab as lab
-# isort: on
+from gdlab.cli.root import app, err
 
 __all__ = ["app", "main"]
 

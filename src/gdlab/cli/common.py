@@ -1,6 +1,6 @@
-"""What every ``gdlab`` command shares: the typer app and its consoles, the error wrapper, the data and model
-flags of train, sweep, restarts and lr-find (declared once, parsed where declared), value parsers and small
-printers.
+"""What every ``gdlab`` command shares: the typer app and its consoles (from :mod:`~gdlab.cli.root`), the error
+wrapper, the data and model flags of train, sweep, restarts and lr-find (declared once, parsed where declared),
+value parsers and small printers.
 
 A flag that needs parsing says so in its declaration (``callback=parsed(parse_int_list, "--hidden")``), so a
 command body reads as: load, call the library, print. A parser raises gdlab's own errors; :func:`parsed` turns
@@ -19,22 +19,11 @@ from typing import Annotated, Any, NoReturn, Optional, TypeVar
 import typer
 from rich.console import Console
 
-from gdlab import __version__
+from gdlab.cli.root import app as app  # re-exported: the command modules register their commands on it
+from gdlab.cli.root import err, out
 from gdlab.config import Config
 from gdlab.errors import GdlabError, InvalidParameter
 from gdlab.optim import OPTIMIZERS
-
-app = typer.Typer(
-    name="gdlab",
-    help="Train models by gradient descent, and see and fix what goes wrong in training.",
-    add_completion=False,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-out = Console(highlight=False, soft_wrap=True, emoji=False)  # a pipe gets whole lines, not rich's 80-column wrap
-err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -81,19 +70,6 @@ def parsed(parse: Callable[..., Any], *args: Any) -> Callable[[Any], Any]:
             fail(e)
 
     return callback
-
-
-def _version(value: bool) -> None:
-    if value:
-        out.print(f"gdlab {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
-) -> None:
-    """Train models by gradient descent, and see and fix what goes wrong in training."""
 
 
 # -- value parsers ---------------------------------------------------------------------------------------------

@@ -37,11 +37,12 @@ from gdlab.cli.common import (
 from gdlab.config import Config
 from gdlab.errors import InvalidParameter
 from gdlab.loop import Callback
+from gdlab.threads import check_threads
 
 TRAIN_FLAGS = (
     "data", "target", "task", "val", "val_split", "standardize", "data_options", "model", "hidden", "activation",
     "init", "loss", "optimizer", "lr", "lr_select", "momentum", "beta1", "beta2", "eps", "weight_decay", "nesterov",
-    "clip_norm", "schedule", "batch_size", "drop_last", "epochs", "steps", "tol", "patience", "seed",
+    "clip_norm", "schedule", "batch_size", "drop_last", "epochs", "steps", "tol", "patience", "seed", "threads",
     "device", "precision", "store", "name", "checkpoint_every", "instruments", "doctor", "remedy", "restarts",
     "step_rows",
 )
@@ -89,6 +90,8 @@ def train(
     device: DeviceFlag = None,
     precision: Optional[str] = typer.Option(None, help="32, bf16-mixed or 16-mixed (autocast; 16-mixed scales "
                                             "the loss too). [default: 32]"),
+    threads: Optional[str] = typer.Option(None, help="torch's CPU threads: auto (1 for a model too small to gain "
+                                          "from more) or a count. [default: auto]", callback=parsed(check_threads)),
     store: Optional[str] = typer.Option(None, help=STORE_HELP + " [default: gdlab-runs]"),
     name: Optional[str] = typer.Option(None, help="A name for the run."),
     checkpoint_every: Optional[int] = typer.Option(None, help="Steps between checkpoints (default: each epoch)."),
