@@ -23,7 +23,7 @@ LAYERS = [  # bottom to top; a name stands for the module and, for a package, ev
     ("core", ["problem"]),
     ("engine", ["loop", "population", "instruments", "callbacks"]),
     ("studies", ["lr_select", "sweeps", "doctor", "lab"]),
-    ("front doors", ["train", "watch", "experiment", "__init__"]),
+    ("front doors", ["train", "watching", "experiment", "__init__"]),
     ("edges", ["cli", "plots", "progress"]),
 ]
 DEFERRABLE = {"gdlab.plots", "gdlab.progress"}  # heavy edges a function may reach lazily (matplotlib, rich)

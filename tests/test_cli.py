@@ -680,7 +680,7 @@ def test_runs_json_rm_and_compare(tmp_path: Path) -> None:
     refused = gdlab("runs", "rm", "live", "--store", "s")
     assert refused.exit_code == 2 and "is running" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
     assert (tmp_path / "s" / live).is_dir() and store.get("live").status == "running"
-    removed = gdlab("runs", "rm", "lr0.01", ids[1][:17], "--store", "s")
+    removed = gdlab("runs", "rm", "lr0.01", ids[1][:-1], "--store", "s")
     assert removed.exit_code == 0 and removed.stdout.count("deleted run") == 2
     assert [r.id for r in store.runs()] == [live, ids[2]]
     assert not (tmp_path / "s" / ids[0]).exists() and not (tmp_path / "s" / ids[1]).exists()

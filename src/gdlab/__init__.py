@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # what a type checker and an IDE see; at run time __getattr__
     from gdlab.store import Run, Store
     from gdlab.sweeps import RestartsResult, SweepResult, restarts, sweep
     from gdlab.train import fit
-    from gdlab.watch import Watch, watch
+    from gdlab.watching import Watch, watch
 
 __version__ = "0.1.0"
 
@@ -42,8 +42,8 @@ _WHERE = {  # public name -> the module it comes from (a module's own name: the 
     "Result": "gdlab.loop", "LRFindResult": "gdlab.lr_select", "LRSelection": "gdlab.lr_select",
     "lr_find": "gdlab.lr_select", "evaluate": "gdlab.problem", "History": "gdlab.records", "Run": "gdlab.store",
     "Store": "gdlab.store", "RestartsResult": "gdlab.sweeps", "SweepResult": "gdlab.sweeps",
-    "restarts": "gdlab.sweeps", "sweep": "gdlab.sweeps", "fit": "gdlab.train", "Watch": "gdlab.watch",
-    "watch": "gdlab.watch",
+    "restarts": "gdlab.sweeps", "sweep": "gdlab.sweeps", "fit": "gdlab.train", "Watch": "gdlab.watching",
+    "watch": "gdlab.watching",
 }
 
 __all__ = [

@@ -10,6 +10,7 @@ which module holds each command and its one-line summary for ``gdlab --help``, i
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Any
 
 import typer
@@ -86,9 +87,13 @@ class LazyGroup(TyperGroup):
                                                        rich_markup_mode=app.rich_markup_mode)
             if command.name and command.name not in self.commands:
                 self.commands[command.name] = command
-        for group_info in app.registered_groups:  # a command with subcommands (gdlab runs rm)
-            group = typer.main.get_group_from_info(group_info, pretty_exceptions_short=app.pretty_exceptions_short,
-                                                   rich_markup_mode=app.rich_markup_mode)
+        # a command with subcommands (gdlab runs rm); typer's keywords differ between its versions
+        wanted = inspect.signature(typer.main.get_group_from_info).parameters
+        options: dict[str, Any] = {"pretty_exceptions_short": app.pretty_exceptions_short,
+                                   "rich_markup_mode": app.rich_markup_mode,
+                                   "suggest_commands": getattr(app, "suggest_commands", True)}
+        for group_info in app.registered_groups:
+            group = typer.main.get_group_from_info(group_info, **{k: v for k, v in options.items() if k in wanted})
             if group.name and group.name not in self.commands:
                 self.commands[group.name] = group
 
