@@ -251,3 +251,18 @@ def test_structured_batches_a_loader_and_a_failing_loop(moons: Any, tmp_path: An
             raise RuntimeError("boom")
     assert gdlab.Store(tmp_path).get("bad").status == "failed"
     assert not model._forward_pre_hooks and not optimizer._optimizer_step_post_hooks  # the hooks came off
+
+
+def test_a_first_batch_with_nan_is_a_data_error_as_in_fit() -> None:
+    model = torch.nn.Linear(4, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    doctor = gdlab.watch(model, opt)
+    x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
+    x[3, 1] = float("nan")
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    with pytest.raises(gdlab.GdlabError, match="the first batch has 1 non-finite value in its inputs"):
+        doctor.step(loss, batch=(x, y))
+    assert not model._forward_pre_hooks  # the hooks came off

@@ -47,10 +47,10 @@ from gdlab import loop
 from gdlab.callbacks import Recorder
 from gdlab.data import BatchPlan, infer_task, structure
 from gdlab.doctor import REMEDY_MODES, Doctor
-from gdlab.errors import InvalidParameter, UnknownChoice, check_int
+from gdlab.errors import DataError, InvalidParameter, UnknownChoice, check_int
 from gdlab.instruments import attach
 from gdlab.loop import LoopState, Result, StepLog
-from gdlab.problem import LOSSES, LossFn, batch_loss, resolve_loss
+from gdlab.problem import LOSSES, LossFn, batch_loss, non_finite, resolve_loss
 from gdlab.records import History, input_scales
 from gdlab.store import Store
 
@@ -414,6 +414,17 @@ class Watch:
         row, log.diverged_at = log.diverged_at, None
         steps = state.history.steps
         loss, step = steps["loss"][row], int(steps["step"][row])
+        if row == len(steps) - 1 and state.batch is not None:  # the diverging step's own batch is at hand
+            for part, value, tree in (("inputs", 1.0, state.batch[0]), ("targets", 2.0, state.batch[1])):
+                bad = non_finite(tree) if tree is not None else 0
+                if bad:  # NaN or inf in the data: no learning rate helps, so no remedy is tried
+                    steps.put("bad_data", row, value)
+                    steps.put("bad_data_count", row, float(bad))
+                    steps.truncate(row + 1)
+                    state.step, state.last_loss = step, loss
+                    state.stop(f"diverged: the batch of step {step} has {bad} NaN or inf values in its {part}: a "
+                               "data problem, not the learning rate; clean or impute the data")
+                    return
         if state.stop_reason is not None or any([getattr(h, "on_diverge", _never)(state) for h in self.hooks]):
             return
         # nothing repaired it: the record ends at the first non-finite loss, as fit's does (the steps after it
@@ -490,6 +501,14 @@ class Watch:
         """From the first batch (read once): the batch size, the task and classes, the inputs' scales."""
         self._learned = True
         state, meta = self.state, self.state.history.meta
+        for part, tree in (("inputs", x), ("targets", y)):  # the data checked first, as fit checks it
+            bad = non_finite(tree) if tree is not None else 0
+            if bad:
+                plural = "s" if bad != 1 else ""
+                error = DataError(f"the first batch has {bad:,} non-finite value{plural} in its {part} (NaN or inf): "
+                                  "expected finite numbers; clean or impute them")
+                self._fail(error)  # the hooks come off, a stored run is marked failed
+                raise error
         size = self._given[0] or samples
         if state.plan.batch_size != size:
             state.plan = self._plan(size)
