@@ -154,6 +154,17 @@ InitFlag = Annotated[Optional[str], typer.Option("--init", help="default, xavier
 LossFlag = Annotated[Optional[str], typer.Option("--loss", help="auto, mse, cross_entropy, l1, huber or bce.")]
 OptimizerFlag = Annotated[Optional[str], typer.Option("--optimizer", help=f"{', '.join(OPTIMIZERS)}; gdlab "
                                                       "optimizers describes them. [default: momentum]")]
+MomentumFlag = Annotated[Optional[float], typer.Option("--momentum", help="Momentum for sgd, momentum, nesterov, "
+                                                       "rmsprop.")]
+Beta1Flag = Annotated[Optional[float], typer.Option("--beta1", help="Adam's / Lion's first beta.")]
+Beta2Flag = Annotated[Optional[float], typer.Option("--beta2", help="Adam's / Lion's second beta.")]
+EpsFlag = Annotated[Optional[float], typer.Option("--eps", help="The epsilon of adagrad, rmsprop, adam, adamw.")]
+WeightDecayFlag = Annotated[Optional[float], typer.Option("--weight-decay", help="Weight decay (decoupled for adamw "
+                                                          "and lion).")]
+NesterovFlag = Annotated[Optional[bool], typer.Option("--nesterov/--no-nesterov", help="Nesterov momentum (sgd, "
+                                                      "momentum).")]
+ClipNormFlag = Annotated[Optional[float], typer.Option("--clip-norm", help="Clip the gradient's global norm to this "
+                                                       "first.")]
 BatchSizeFlag = Annotated[Optional[str], typer.Option("--batch-size", help="full, stochastic, or a positive "
                                                       "integer. [default: 32]")]
 DeviceFlag = Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda, mps. [default: auto]")]
