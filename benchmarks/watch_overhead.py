@@ -1,0 +1,95 @@
+"""The cost of gdlab.watch on a hand-written loop: the same loop with and without it, runs alternated.
+
+Sides (each one epoch, the same initial parameters and batches):
+- hand:    the loop everyone writes (SGD with momentum, cross-entropy, no per-step ``.item()``);
+- cheap:   the same loop with ``gdlab.watch(model, opt, instruments="cheap")`` and ``doctor.step(loss)``;
+- default: the same with the default instruments (cheap + periodic: noise scale, activations, gradient per layer).
+
+Models: the digits MLP (64-128-10, batch 32) and a small CNN on the digits as 1x8x8 images (batch 32).
+Targets (issue 15): default <= 1.10x and cheap <= 1.03x of the hand loop. Prints the median ratio per model and side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import gdlab
+from gdlab.data import datasets
+
+SIDES = ("hand", "cheap", "default")
+TARGETS = {"cheap": 1.03, "default": 1.10}
+
+
+def mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+
+
+def cnn() -> nn.Module:
+    return nn.Sequential(nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 64, 10))
+
+
+def one_epoch(make: Callable[[], nn.Module], batches: list[tuple[torch.Tensor, torch.Tensor]], side: str) -> float:
+    """Seconds of one epoch of the loop on ``side``."""
+    torch.manual_seed(0)
+    model = make()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    doctor = None if side == "hand" else gdlab.watch(model, opt, instruments=side)
+    start = time.perf_counter()
+    for x, y in batches:
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if doctor is not None:
+            doctor.step(loss)
+    if doctor is not None:
+        doctor.close()
+    else:
+        float(loss.detach())  # the hand loop reads its last loss too
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=11, help="alternated rounds (default 11)")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs of data per timed run (default 3)")
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
+    parser.add_argument("--quick", action="store_true", help="3 rounds, 1 epoch: a few seconds")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.epochs = 3, 1
+    torch.set_num_threads(args.threads)
+    train, _ = datasets.load("digits")
+    X, y = train.X, train.y
+    g = torch.Generator().manual_seed(0)
+    batches = []
+    for _ in range(args.epochs):
+        order = torch.randperm(len(y), generator=g)
+        batches += [(X[order[i:i + 32]], y[order[i:i + 32]]) for i in range(0, len(y), 32)]
+    print(f"torch {torch.__version__}, {args.threads} thread(s), {len(batches)} steps per run, {args.rounds} rounds")
+    for name, make in (("mlp", mlp), ("cnn", cnn)):
+        for side in SIDES:  # warm up every path once
+            one_epoch(make, batches[:20], side)
+        times: dict[str, list[float]] = {side: [] for side in SIDES}
+        for r in range(args.rounds):
+            for side in SIDES[r % 3:] + SIDES[:r % 3]:  # rotate the order
+                times[side].append(one_epoch(make, batches, side))
+        print(f"\n{name}: median s per run " + ", ".join(f"{s} {statistics.median(times[s]):.3f}" for s in SIDES))
+        for side in ("cheap", "default"):
+            ratios = [a / b for a, b in zip(times[side], times["hand"])]
+            med = statistics.median(ratios)
+            verdict = "meets" if med <= TARGETS[side] else "misses"
+            print(f"  ratio {side}/hand: {med:.3f}x (min {min(ratios):.3f}, max {max(ratios):.3f}; {verdict} the "
+                  f"target <= {TARGETS[side]:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()
