@@ -22,22 +22,28 @@ from gdlab.errors import MissingExtra
 from gdlab.loop import Callback, LoopState
 from gdlab.records import History
 
-__all__ = ["TensorBoard", "open_writer", "write_history", "finding_text", "STEP_PREFIX", "EPOCH_PREFIX"]
+__all__ = ["TensorBoard", "require", "open_writer", "write_history", "finding_text", "STEP_PREFIX", "EPOCH_PREFIX"]
 
 STEP_PREFIX = "step/"
 EPOCH_PREFIX = "epoch/"
 _POSITION = {"step", "epoch"}  # the x axis, not a scalar of its own
 
 
-def open_writer(logdir: str | Path, param: str = "tensorboard") -> Any:
-    """A ``torch.utils.tensorboard.SummaryWriter`` on ``logdir``, or :class:`MissingExtra` without tensorboard."""
+def require(logdir: str | Path, param: str = "tensorboard") -> Any:
+    """torch's ``SummaryWriter`` class, or :class:`MissingExtra` (one line naming the pip install) without the
+    tensorboard package."""
     try:
         import tensorboard  # noqa: F401  (torch's writer needs it; say so before torch's own message)
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise MissingExtra(f"{param}={str(logdir)!r} needs the tensorboard package: "
                            "pip install 'gdlab[tensorboard]'") from None
-    return SummaryWriter(log_dir=str(logdir))
+    return SummaryWriter
+
+
+def open_writer(logdir: str | Path, param: str = "tensorboard") -> Any:
+    """A ``torch.utils.tensorboard.SummaryWriter`` on ``logdir``, or :class:`MissingExtra` without tensorboard."""
+    return require(logdir, param)(log_dir=str(logdir))
 
 
 def _finite(value: Any) -> bool:
