@@ -149,3 +149,22 @@ def test_importing_gdlab_never_imports_tensorboard() -> None:
            "or m.startswith('torch.utils.tensorboard')])"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"
+
+
+def test_watch_writes_the_same_events(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
+    X, y = _data(32)
+    model = torch.nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with gdlab.watch(model, opt, tensorboard=tmp_path / "tb") as w:
+        for _ in range(3):
+            for i in range(0, 32, 8):
+                opt.zero_grad()
+                loss = torch.nn.functional.mse_loss(model(X[i:i + 8]), y[i:i + 8])
+                loss.backward()
+                opt.step()
+                w.step(loss)
+            w.epoch_end()
+    acc = _events(tmp_path / "tb")
+    _same(acc, w.history)
+    assert len(_scalars(acc, "epoch/train_loss")) == 3 and len(_scalars(acc, "step/loss")) == 12
