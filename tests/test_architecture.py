@@ -24,10 +24,11 @@ LAYERS = [  # bottom to top; a name stands for the module and, for a package, ev
     ("engine", ["loop", "population", "instruments", "callbacks"]),
     ("studies", ["lr_select", "sweeps", "doctor", "lab"]),
     ("front doors", ["train", "watching", "experiment", "__init__"]),
-    ("edges", ["cli", "plots", "progress"]),
+    ("edges", ["cli", "plots", "progress", "integrations"]),
 ]
-DEFERRABLE = {"gdlab.plots", "gdlab.progress"}  # heavy edges a function may reach lazily (matplotlib, rich)
-EDGE_ONLY = ("rich", "matplotlib", "typer")
+# heavy edges a function may reach lazily (matplotlib, rich, tensorboard)
+DEFERRABLE = {"gdlab.plots", "gdlab.progress", "gdlab.integrations.tensorboard"}
+EDGE_ONLY = ("rich", "matplotlib", "typer", "tensorboard")
 
 
 def _modules() -> dict[str, Path]:

@@ -106,6 +106,7 @@ class Config:
     name: str | None = None
     checkpoint_every: int | None = None
     step_rows: int = 20_000  # the newest steps kept as recorded; older ones merged into buckets; 0: keep every step
+    tensorboard: str | None = None  # a folder for TensorBoard event files, written as the run trains
 
     def __post_init__(self) -> None:
         self.validate()
@@ -176,7 +177,7 @@ class Config:
                   "threads": self.threads,
                   "instruments": self.instruments, "doctor": self.doctor, "remedy": self.remedy,
                   "restarts": self.restarts, "checkpoint_every": self.checkpoint_every, "name": self.name,
-                  "step_rows": self.step_rows,
+                  "step_rows": self.step_rows, "tensorboard": self.tensorboard,
                   **self.optimizer_options()}
         unknown = [key for key in only if key not in kwargs and key not in OPTIMIZER_OPTIONS]
         if unknown:

@@ -25,6 +25,7 @@ __all__ = [
     "ModelError",
     "StoreError",
     "RunNotFound",
+    "MissingExtra",
     "check_int",
     "check_number",
     "check_seed",
@@ -80,6 +81,10 @@ class StoreError(GdlabError, OSError):
 
 class RunNotFound(StoreError):
     """No stored run matches the id, prefix or name given."""
+
+
+class MissingExtra(GdlabError, ImportError):
+    """An option needs a package that is not installed; the message names the ``pip install`` that adds it."""
 
 
 def check_int(value: Any, param: str, *, least: int = 1, expected: str | None = None) -> int:

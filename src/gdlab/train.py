@@ -81,6 +81,7 @@ def fit(
     precision: str = Config.precision,
     target_key: str | None = None,
     threads: int | str = Config.threads,
+    tensorboard: str | Path | None = None,
     **optimizer_options: Any,
 ) -> Result:
     """Train ``model`` on ``train`` by gradient descent.
@@ -146,6 +147,9 @@ def fit(
             parameters x batch size below ``gdlab.threads.AUTO_WORK``; else torch's count; a GPU run is left as
             it is) or a positive integer. Set when training starts (before ``lr="auto"`` chooses) and put back
             as it was when ``fit`` returns or raises.
+        tensorboard: a folder to write TensorBoard event files into as the run trains: the loss, lr, validation
+            metrics and every instrument column (at each epoch's end), the doctor's findings as text at their
+            steps (at the end). Needs the ``tensorboard`` package (``pip install 'gdlab[tensorboard]'``).
         **optimizer_options: ``beta1``, ``beta2``, ``eps``, ``weight_decay``, ``nesterov``, ``clip_norm`` for a
             named optimizer.
 
@@ -159,6 +163,11 @@ def fit(
     check_seed(seed)
     check_int(step_rows, "step_rows", least=0, expected="0 (keep every step) or a positive integer")
     watching = attach(instruments)
+    board = None
+    if tensorboard is not None:
+        from gdlab.integrations.tensorboard import TensorBoard  # an edge: tensorboard is imported only when asked
+
+        board = TensorBoard(tensorboard)
     physician = Doctor(remedy, optimizer=optimizer if isinstance(optimizer, str) else None) \
         if doctor or remedy == "auto" else None
     problem = Problem.make(model, train, val=val, loss=loss, batch_size=batch_size, drop_last=drop_last,
@@ -198,7 +207,8 @@ def fit(
 
     # (2)-(4) the loop: batches, loss and gradient, update, record; watched by the hooks
     hooks: list[Any] = [*([Scheduler(schedule)] if schedule is not None else []), *watching,
-                        *([physician] if physician else []), *callbacks, *([recorder] if recorder else [])]
+                        *([physician] if physician else []), *callbacks, *([recorder] if recorder else []),
+                        *([board] if board else [])]
     if progress:
         from gdlab.progress import ProgressBar  # an edge: rich is imported only when a bar is wanted
 
@@ -211,6 +221,9 @@ def fit(
     except BaseException as error:
         if recorder:
             recorder.fail(state, error, state.seconds)
+        if board:
+            board.write(state.history)
+            board.close()
         raise
 
     # the end: final metrics, the restarts remedy, findings and the run's record closed
@@ -225,6 +238,8 @@ def fit(
     remedies = physician.remedies if physician else []
     if recorder:
         recorder.finish(state, status, final, findings, remedies)
+    if board:
+        board.close(findings, remedies)
     return Result(model, state.history, final, state.lr, state.run_id, state.seconds, problem.plan, status,
                   state.stop_reason, state.step, findings=list(findings), lr_selection=selection,
                   remedies=list(remedies))

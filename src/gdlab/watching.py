@@ -66,7 +66,7 @@ def watch(model: nn.Module, optimizer: torch.optim.Optimizer, *, loss_fn: str | 
           rollback: bool = False, store: Store | str | Path | None = None, name: str | None = None,
           config: dict[str, Any] | None = None, loader: Any = None, batch_size: int | None = None,
           steps_per_epoch: int | None = None, target_key: str | None = None, log_every: int = loop.LOG_EVERY,
-          callbacks: Sequence[Any] = (), hooks: bool = True) -> Watch:
+          callbacks: Sequence[Any] = (), hooks: bool = True, tensorboard: str | Path | None = None) -> Watch:
     """Watch a training loop the user wrote: the instruments measure each step, the doctor names what goes wrong.
 
     Args:
@@ -93,6 +93,9 @@ def watch(model: nn.Module, optimizer: torch.optim.Optimizer, *, loss_fn: str | 
         log_every: steps between host reads of the loss and gradient norms.
         callbacks: objects with methods named after :data:`~gdlab.loop.EVENTS`, called as :func:`gdlab.fit` calls them.
         hooks: use the optimizer's step hooks (False: each step is :meth:`Watch.step` alone).
+        tensorboard: a folder for TensorBoard event files: the history at each :meth:`~Watch.epoch_end` and at
+            :meth:`~Watch.close`, the findings at close (as ``fit(tensorboard=...)``; ``pip install
+            'gdlab[tensorboard]'``).
 
     Returns:
         A :class:`Watch`: call :meth:`~Watch.step` after each update, optionally :meth:`~Watch.epoch_end`, and
@@ -101,7 +104,7 @@ def watch(model: nn.Module, optimizer: torch.optim.Optimizer, *, loss_fn: str | 
     return Watch(model, optimizer, loss_fn=loss_fn, instruments=instruments, doctor=doctor, remedy=remedy,
                  rollback=rollback, store=store, name=name, config=config, loader=loader, batch_size=batch_size,
                  steps_per_epoch=steps_per_epoch, target_key=target_key, log_every=log_every, callbacks=callbacks,
-                 hooks=hooks)
+                 hooks=hooks, tensorboard=tensorboard)
 
 
 class _WatchDoctor(Doctor):
@@ -135,7 +138,7 @@ class Watch:
                  instruments: str | Sequence[Any], doctor: bool, remedy: str, rollback: bool,
                  store: Store | str | Path | None, name: str | None, config: dict[str, Any] | None, loader: Any,
                  batch_size: int | None, steps_per_epoch: int | None, target_key: str | None, log_every: int,
-                 callbacks: Sequence[Any], hooks: bool) -> None:
+                 callbacks: Sequence[Any], hooks: bool, tensorboard: str | Path | None = None) -> None:
         if not isinstance(model, nn.Module):
             raise InvalidParameter("model", type(model).__name__, "an nn.Module")
         if not hasattr(optimizer, "param_groups") or not hasattr(optimizer, "step"):
@@ -178,6 +181,11 @@ class Watch:
         self.log = state.log = StepLog(state, list(model.parameters()))
         state.history.meta.update(self._meta(batch_size))
         self.watching = attach(instruments)
+        self.board: Any = None
+        if tensorboard is not None:
+            from gdlab.integrations.tensorboard import TensorBoard  # an edge: tensorboard only when asked
+
+            self.board = TensorBoard(tensorboard)
         self.physician = _WatchDoctor(remedy, rollback=rollback) if doctor or remedy == "auto" else None
 
         self.store: Store | None = store if isinstance(store, Store) or store is None else Store(store)
@@ -192,7 +200,7 @@ class Watch:
             state.run_id = self.recorder.run_id
 
         self.hooks: list[Any] = [*self.watching, *([self.physician] if self.physician else []), *callbacks,
-                                 *([self.recorder] if self.recorder else [])]
+                                 *([self.recorder] if self.recorder else []), *([self.board] if self.board else [])]
         self._handlers = {event: [getattr(h, event) for h in self.hooks if hasattr(h, event)] for event in loop.EVENTS}
         self.grad_norms = bool(self.watching) or self.physician is not None
         # where the step stands: started (on_step_start emitted), norms taken, an update awaiting its loss
@@ -295,6 +303,8 @@ class Watch:
                                                             "doctor_meta": self._doctor_meta()})
             self.recorder.checkpoint(state)
             self.recorder.finish(state, status, final, findings, remedies)
+        if self.board is not None:
+            self.board.close(findings, remedies)
         self.report = Result(self.model, state.history, final, state.lr, state.run_id, state.seconds, state.plan,
                              status, state.stop_reason, state.step, findings=list(findings),
                              remedies=list(remedies))

@@ -134,7 +134,7 @@ def explain_command(
 
 
 REPLAY_LEAVES_OUT = ("tol", "patience", "lr_select", "instruments", "doctor", "remedy", "restarts",
-                     "checkpoint_every", "name")
+                     "checkpoint_every", "name", "tensorboard")
 """What a trajectory's replay does not take from the run's config: it trains the same steps, unwatched, unstored."""
 
 

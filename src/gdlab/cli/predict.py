@@ -10,14 +10,14 @@ import functools
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import typer
 
 from gdlab.cli.common import StoreFlag, app, friendly, out
 from gdlab.config import Config
-from gdlab.errors import DataError, InvalidParameter, StoreError
+from gdlab.errors import DataError, InvalidParameter, MissingExtra, StoreError
 
 RunArgument = typer.Argument(..., help="Run id, id prefix, name, or 'last'.")
 
@@ -239,18 +239,130 @@ def _rows(task: str, outputs: torch.Tensor, y: torch.Tensor | None,
     return header, rows, score
 
 
+EXPORT_FORMATS = ("csv", "json", "parquet")
+"""What ``gdlab export --format`` writes the history as: csv and parquet a folder (``steps``, ``epochs`` and
+``findings.json``), json one file."""
+
+
 @app.command()
 @friendly
 def export(
     run: str = RunArgument,
-    model_path: Path = typer.Option(..., "--model", help="The .safetensors file to write."),
+    model_path: Optional[Path] = typer.Option(None, "--model", help="The .safetensors file to write."),
+    out_path: Optional[Path] = typer.Option(None, "--out", help="Where the history goes: a folder for csv and "
+                                            "parquet (steps, epochs, findings.json), a .json file for json."),
+    fmt: str = typer.Option("csv", "--format", help="The history's format: csv, json or parquet (needs pip "
+                            "install 'gdlab[parquet]')."),
+    tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help="A folder to write the run's history "
+                                               "and findings into as TensorBoard event files."),
     store: StoreFlag = "gdlab-runs",
 ) -> None:
-    """Export a stored run's model as .safetensors (weights, and in the metadata what rebuilds it): load it
-    with gdlab.models.load(path), which unpickles nothing; a module:function model needs its own class."""
-    if model_path.suffix.lower() != ".safetensors":
-        raise InvalidParameter("--model", str(model_path), "a .safetensors path")
-    _writable(model_path, "--model", ".safetensors")
+    """Export a stored run: its model as .safetensors (--model; load it with gdlab.models.load(path), which
+    unpickles nothing), its per-step and per-epoch history, findings and remedies (--out, --format
+    csv|json|parquet), or all of that as TensorBoard event files (--tensorboard)."""
+    if model_path is None and out_path is None and tensorboard is None:
+        raise InvalidParameter("export", run, "at least one of --model PATH, --out PATH, --tensorboard DIR")
+    if fmt not in EXPORT_FORMATS:
+        raise InvalidParameter("--format", fmt, "csv, json or parquet")
+    if out_path is not None:
+        if fmt == "json":
+            if out_path.suffix.lower() != ".json":
+                raise InvalidParameter("--out", str(out_path), "a .json path with --format json")
+            _writable(out_path, "--out", ".json")
+        elif out_path.exists() and not out_path.is_dir():
+            raise InvalidParameter("--out", str(out_path), f"a folder to write {fmt} files into")
+    if model_path is not None:
+        if model_path.suffix.lower() != ".safetensors":
+            raise InvalidParameter("--model", str(model_path), "a .safetensors path")
+        _writable(model_path, "--model", ".safetensors")
+    pyarrow = _pyarrow() if out_path is not None and fmt == "parquet" else None
+    if tensorboard is not None:
+        from gdlab.integrations.tensorboard import require
+
+        require(tensorboard, "--tensorboard")  # the extra is there, before any work
+    if model_path is not None:
+        _export_model(run, model_path, store)
+    if out_path is None and tensorboard is None:
+        return
+    from gdlab.store import Store
+
+    db = Store(store, create=False)
+    stored = db.get(run)
+    history = db.history(stored.id)
+    if out_path is not None:
+        written = _export_history(stored, history, out_path, fmt, pyarrow)
+        out.print(f"run {stored.id}: {len(history.steps)} step rows, {len(history.epochs)} epoch rows, "
+                  f"{len(stored.findings)} findings -> {written}")
+    if tensorboard is not None:
+        from gdlab.integrations.tensorboard import write_history
+
+        write_history(tensorboard, history, stored.findings, stored.remedies)
+        out.print(f"run {stored.id}: TensorBoard events -> {tensorboard} (tensorboard --logdir {tensorboard})")
+
+
+def _pyarrow() -> Any:
+    try:
+        import pyarrow
+        import pyarrow.parquet
+    except ImportError:
+        raise MissingExtra("--format parquet needs the pyarrow package: pip install 'gdlab[parquet]'") from None
+    return pyarrow
+
+
+def _columns(table: Any) -> dict[str, list[float | None]]:
+    """A history table's columns, ``step`` / ``epoch`` first, NaN as None."""
+    columns = table.columns
+    order = [k for k in ("step", "epoch") if k in columns] + sorted(k for k in columns if k not in ("step", "epoch"))
+    return {k: [None if math.isnan(v) else v for v in columns[k]] for k in order}
+
+
+def _rows_from(columns: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    keys = list(columns)
+    n = len(columns[keys[0]]) if keys else 0
+    return [{k: columns[k][i] for k in keys} for i in range(n)]
+
+
+def _export_history(stored: Any, history: Any, out_path: Path, fmt: str, pyarrow: Any) -> Path:
+    """Write the run's history, findings and remedies as ``fmt``; returns what was written."""
+    import json
+
+    from gdlab.cli.common import to_json
+
+    steps, epochs = _columns(history.steps), _columns(history.epochs)
+    about = {"run_id": stored.id, "name": stored.name, "status": stored.status, "config": stored.config,
+             "final": stored.final, "findings": stored.findings, "remedies": stored.remedies}
+    try:
+        if fmt == "json":
+            tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
+            tmp.write_text(to_json({**about, "steps": _rows_from(steps), "epochs": _rows_from(epochs)}) + "\n")
+            os.replace(tmp, out_path)
+            return out_path
+        out_path.mkdir(parents=True, exist_ok=True)
+        (out_path / "findings.json").write_text(json.dumps(json.loads(to_json(about)), indent=2) + "\n")
+        for name, columns in (("steps", steps), ("epochs", epochs)):
+            if fmt == "parquet":
+                pyarrow.parquet.write_table(pyarrow.table({k: pyarrow.array(v, pyarrow.float64())
+                                                           for k, v in columns.items()}),
+                                            str(out_path / f"{name}.parquet"))
+                continue
+            with open(out_path / f"{name}.csv", "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(list(columns))
+                writer.writerows([[_cell(k, v) for k, v in row.items()] for row in _rows_from(columns)])
+    except OSError as e:
+        raise InvalidParameter("--out", str(out_path), f"a writable path ({e.strerror or e})") from None
+    return out_path
+
+
+def _cell(key: str, value: float | None) -> str:
+    """A CSV cell: empty for no value, the step and epoch as integers, a float as Python writes it (exact)."""
+    if value is None:
+        return ""
+    return str(int(value)) if key in ("step", "epoch") and float(value).is_integer() else repr(value)
+
+
+def _export_model(run: str, model_path: Path, store: str) -> None:
+    """Write a stored run's model as .safetensors (weights, and in the metadata what rebuilds it)."""
     stored = Stored(run, store)
     model = stored.model
     if stored.scaling is not None:

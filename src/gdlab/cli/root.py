@@ -39,9 +39,10 @@ COMMANDS: dict[str, tuple[str, str]] = {  # command -> (its module in gdlab.cli,
     "compare": ("runs", "Runs side by side: settings and final metrics, the differences marked (*) and highlighted."),
     "predict": ("predict", "Predict with a stored run's model: one row per sample (class and probabilities, or "
                 "values)."),
-    "export": ("predict", "Export a stored run's model as .safetensors (weights, and in the metadata what rebuilds "
-               "it): load it with gdlab.models.load(path), which unpickles nothing; a module:function model needs "
-               "its own class."),
+    "export": ("predict", "Export a stored run: its model as .safetensors (--model; load it with "
+               "gdlab.models.load(path), which unpickles nothing), its per-step and per-epoch history, findings and "
+               "remedies (--out, --format csv|json|parquet), or all of that as TensorBoard event files "
+               "(--tensorboard)."),
     "datasets": ("listings", "List the built-in datasets and the data files gdlab reads."),
     "models": ("listings", "List the built-in models."),
     "optimizers": ("listings", "List the optimizers: what each is, its defaults, its update rule and the lr range "

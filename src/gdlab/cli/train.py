@@ -51,7 +51,7 @@ TRAIN_FLAGS = (
     "init", "loss", "optimizer", "lr", "lr_select", "momentum", "beta1", "beta2", "eps", "weight_decay", "nesterov",
     "clip_norm", "schedule", "batch_size", "drop_last", "epochs", "steps", "tol", "patience", "seed", "threads",
     "device", "precision", "store", "name", "checkpoint_every", "instruments", "doctor", "remedy", "restarts",
-    "step_rows",
+    "step_rows", "tensorboard",
 )
 """The flags of gdlab train that are Config keys (each named as its key)."""
 
@@ -103,6 +103,8 @@ def train(
     checkpoint_every: Optional[int] = typer.Option(None, help="Steps between checkpoints (default: each epoch)."),
     step_rows: Optional[int] = typer.Option(None, help="The newest steps stored as recorded; older ones are merged "
                                             "into buckets of mean, min and max. 0 keeps every step. [default: 20000]"),
+    tensorboard: Optional[str] = typer.Option(None, help="A folder to write TensorBoard event files into as the "
+                                              "run trains (needs pip install 'gdlab[tensorboard]')."),
     config: Optional[Path] = typer.Option(None, help="TOML file of settings; flags override it."),
     resume: Optional[str] = typer.Option(None, help="Continue a stored run (id, prefix or name)."),
     instruments: Optional[str] = typer.Option(None, help="What to measure each step: none, cheap, default "

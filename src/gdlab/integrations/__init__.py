@@ -1,0 +1,1 @@
+"""Bridges to other tools (TensorBoard), each behind an optional extra: importing gdlab imports none of them."""

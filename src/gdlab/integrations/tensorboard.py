@@ -1,0 +1,136 @@
+"""TensorBoard: a run's history written as TensorBoard event files, live or after the fact.
+
+:class:`TensorBoard` is a callback: at each epoch's end (and at the fit's end) it writes the step rows and epoch
+rows recorded since its last write, one scalar per column (``step/loss``, ``step/lr``, ``step/grad_norm``, every
+instrument's column; ``epoch/train_loss``, ``epoch/val_loss``, ``epoch/val_accuracy``...), at the run's global
+step. Reading the history only at an epoch's end keeps the loop from waiting on the device at every step.
+:meth:`TensorBoard.close` writes the doctor's findings (and remedies) as text events at their steps.
+:func:`write_history` writes a stored run the same way (``gdlab export RUN --tensorboard DIR``).
+
+It needs the ``tensorboard`` package (``pip install 'gdlab[tensorboard]'``); without it, opening a writer raises
+:class:`~gdlab.errors.MissingExtra` naming that command.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from gdlab.errors import MissingExtra
+from gdlab.loop import Callback, LoopState
+from gdlab.records import History
+
+__all__ = ["TensorBoard", "require", "open_writer", "write_history", "finding_text", "STEP_PREFIX", "EPOCH_PREFIX"]
+
+STEP_PREFIX = "step/"
+EPOCH_PREFIX = "epoch/"
+_POSITION = {"step", "epoch"}  # the x axis, not a scalar of its own
+
+
+def require(logdir: str | Path, param: str = "tensorboard") -> Any:
+    """torch's ``SummaryWriter`` class, or :class:`MissingExtra` (one line naming the pip install) without the
+    tensorboard package."""
+    try:
+        import tensorboard  # noqa: F401  (torch's writer needs it; say so before torch's own message)
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise MissingExtra(f"{param}={str(logdir)!r} needs the tensorboard package: "
+                           "pip install 'gdlab[tensorboard]'") from None
+    return SummaryWriter
+
+
+def open_writer(logdir: str | Path, param: str = "tensorboard") -> Any:
+    """A ``torch.utils.tensorboard.SummaryWriter`` on ``logdir``, or :class:`MissingExtra` without tensorboard."""
+    return require(logdir, param)(log_dir=str(logdir))
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _at(value: Any) -> int:
+    """A finding's or remedy's step as TensorBoard's (0 when it has none)."""
+    return int(value) if _finite(value) else 0
+
+
+def finding_text(finding: Any) -> str:
+    """A finding (a :class:`~gdlab.doctor.Finding` or its dict) as TensorBoard's markdown text."""
+    f = finding.to_dict() if hasattr(finding, "to_dict") else dict(finding)
+    lines = [f"**{f.get('severity', '')}** `{f.get('code', '')}`: {f.get('explanation', '')}"]
+    if f.get("evidence"):
+        lines.append("evidence: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                              for k, v in f["evidence"].items()))
+    if f.get("remedy"):
+        lines.append("remedy: " + ", ".join(f"{k} {v}" for k, v in f["remedy"].items()))
+    return "\n\n".join(lines)
+
+
+class TensorBoard(Callback):
+    """Writes the run into TensorBoard event files under ``logdir`` as it trains (see the module's text).
+
+    Example:
+        >>> import tempfile, torch, gdlab                                         # doctest: +SKIP
+        >>> gdlab.fit(torch.nn.Linear(2, 1), (torch.randn(8, 2), torch.randn(8, 1)), epochs=2,
+        ...           tensorboard=tempfile.mkdtemp(), progress=False)           # doctest: +SKIP
+    """
+
+    def __init__(self, logdir: str | Path, *, writer: Any = None) -> None:
+        self.logdir = Path(logdir)
+        self.writer = writer if writer is not None else open_writer(logdir)
+        self.steps_written = self.epochs_written = 0
+
+    def write(self, history: History) -> None:
+        """Write the step and epoch rows recorded since the last write."""
+        steps, epochs = history.steps, history.epochs
+        self.steps_written = min(self.steps_written, len(steps))  # a rollback dropped rows: write them again
+        for row in steps.rows(self.steps_written):
+            step = row.get("step", math.nan)
+            if not _finite(step):
+                continue
+            for key, value in row.items():
+                if key not in _POSITION and _finite(value):
+                    self.writer.add_scalar(STEP_PREFIX + key, value, int(step))
+        self.epochs_written = min(self.epochs_written, len(epochs))
+        for row in epochs.rows(self.epochs_written):
+            at = row.get("step", math.nan)
+            at = at if _finite(at) else row.get("epoch", math.nan)
+            if not _finite(at):
+                continue
+            for key, value in row.items():
+                if key not in _POSITION and _finite(value):
+                    self.writer.add_scalar(EPOCH_PREFIX + key, value, int(at))
+        self.steps_written, self.epochs_written = len(steps), len(epochs)
+        self.writer.flush()
+
+    def flush(self, state: LoopState) -> None:
+        self.write(state.history)
+
+    on_epoch_end = flush
+    on_fit_end = flush
+
+    def findings(self, findings: Iterable[Any], remedies: Iterable[Any] = ()) -> None:
+        """Write each finding as a text event ``doctor/<code>`` at its step, each remedy as ``remedy/<action>``."""
+        for finding in findings:
+            f = finding.to_dict() if hasattr(finding, "to_dict") else dict(finding)
+            self.writer.add_text(f"doctor/{f.get('code', 'finding')}", finding_text(f), _at(f.get("step")))
+        for remedy in remedies:
+            r = remedy.to_dict() if hasattr(remedy, "to_dict") else dict(remedy)
+            text = f"**{r.get('action', '')}**: {r.get('reason', '')}"
+            self.writer.add_text(f"remedy/{r.get('action', 'remedy')}", text, _at(r.get("step")))
+        self.writer.flush()
+
+    def close(self, findings: Iterable[Any] = (), remedies: Iterable[Any] = ()) -> None:
+        """Write the findings and remedies, then close the event file."""
+        self.findings(findings, remedies)
+        self.writer.close()
+
+
+def write_history(logdir: str | Path, history: History, findings: Iterable[Any] = (),
+                  remedies: Iterable[Any] = (), *, param: str = "--tensorboard") -> TensorBoard:
+    """Write a whole history (a stored run's) and its findings into ``logdir``, as the callback writes it live."""
+    board = TensorBoard(logdir, writer=open_writer(logdir, param))
+    board.write(history)
+    board.close(findings, remedies)
+    return board
