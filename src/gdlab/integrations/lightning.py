@@ -1,0 +1,225 @@
+"""Lightning: the instruments and the doctor in a ``lightning.pytorch.Trainer``, as a callback.
+
+::
+
+    from gdlab.integrations.lightning import Doctor
+
+    doctor = Doctor(store="gdlab-runs")
+    trainer = lightning.pytorch.Trainer(max_epochs=10, callbacks=[doctor])
+    trainer.fit(module, train_loader, val_loader)
+    doctor.report.findings   # a gdlab Result, as gdlab.watch's close() returns it
+
+:class:`Doctor` is built on :func:`gdlab.watch`: at the fit's start it watches the LightningModule and the trainer's
+first optimizer; each optimizer step ends a gdlab step with the training step's loss (``outputs["loss"]``, or
+``outputs`` when ``training_step`` returns a tensor); each training epoch's end (after its validation, in
+Lightning 2) closes a gdlab epoch with ``val_loss`` and the other ``val_...`` metrics from
+``trainer.callback_metrics``, and logs the mean of every step column of the epoch (the instruments', the loss, the
+learning rate, the gradient norm) to the trainer's loggers as ``gdlab/<column>``. At the fit's end the doctor
+diagnoses the run: the findings are printed, one line each, and kept in :attr:`Doctor.report`.
+
+With gradient accumulation, a gdlab step is an optimizer step (``trainer.global_step`` moved): its loss is the sum of
+the accumulated batches' losses (Lightning divides each by the accumulation), their mean. Lightning calls the
+optimizer with a closure (the forward and backward pass run inside ``optimizer.step``), so the optimizer's step
+hooks are not used: a step starts at the module's forward pass (call ``self(x)`` in ``training_step`` so that the
+periodic instruments ride on it) and ends after the update, when the gradients are still the step's.
+
+With several devices, only global rank zero watches, reports, logs and stores (the other ranks train unwatched);
+a divergence stops the trainer (``trainer.should_stop``) only on a single device.
+
+It needs the ``lightning`` package (``pip install 'gdlab[lightning]'``); without it, importing this module raises
+:class:`~gdlab.errors.MissingExtra` naming that command.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from gdlab.errors import MissingExtra
+
+try:
+    from lightning.pytorch import Callback
+except ImportError:  # pragma: no cover - the extra is installed in the tests
+    raise MissingExtra("gdlab.integrations.lightning needs the lightning package: "
+                       "pip install 'gdlab[lightning]'") from None
+
+import torch
+
+from gdlab.loop import LOG_EVERY, Result
+from gdlab.store import Store
+from gdlab.watching import Watch, watch
+
+__all__ = ["Doctor", "PREFIX", "finding_line"]
+
+PREFIX = "gdlab/"
+_POSITION = {"step", "epoch"}  # the x axis, not a metric
+
+
+def _scalar(value: Any) -> float | None:
+    """A logged metric as a float (a tensor is read here, at an epoch's end only), or None when it is not one."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            return None
+        value = value.detach().item()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def finding_line(finding: Any) -> str:
+    """A finding as one line: its code, step, explanation and remedy."""
+    f = finding.to_dict() if hasattr(finding, "to_dict") else dict(finding)
+    step = f.get("step")
+    at = f"step {int(step)}" if isinstance(step, (int, float)) and math.isfinite(step) else "step -"
+    parts = [f"{f.get('severity', '')} {f.get('code', '')}", at, str(f.get("explanation") or "")]
+    remedy = f.get("remedy")
+    if isinstance(remedy, dict) and remedy:
+        rest = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in remedy.items()
+                         if k != "action")
+        parts.append(f"remedy: {remedy.get('action', '')}" + (f" ({rest})" if rest else ""))
+    elif remedy:
+        parts.append(f"remedy: {remedy}")
+    return " | ".join(parts)
+
+
+class Doctor(Callback):
+    """A Lightning callback: :func:`gdlab.watch` on the trainer's module and first optimizer.
+
+    Args:
+        instruments: ``"default"``, ``"cheap"``, ``"full"``, ``"none"`` or a list, as :func:`gdlab.watch` takes.
+        doctor: diagnose the run at the fit's end (``report.findings``).
+        remedy: ``"suggest"`` (the default), ``"off"`` or ``"auto"`` (the doctor changes the learning rate in the
+            optimizer's ``param_groups``; a scheduler of Lightning's may set it again).
+        store: a :class:`~gdlab.store.Store` or its folder: the run is recorded there (``gdlab show``...).
+        name, config: the stored run's name and settings.
+        loss_fn: the loss ``(output, target) -> loss`` for the instruments that need a pass of their own (with
+            ``batch=True``), as :func:`gdlab.watch` takes it.
+        batch: give each step's batch (``(inputs, target)``) to the doctor, for those instruments.
+        log: log the epoch's mean of each step column to the trainer's loggers (``gdlab/<column>``).
+        echo: print the findings at the fit's end.
+        log_every: steps between host reads of the loss and gradient norms.
+        stop_on_divergence: set ``trainer.should_stop`` when the run diverged and nothing repaired it (on a single
+            device only).
+
+    After the fit, :attr:`report` is the :class:`~gdlab.loop.Result` (None on ranks other than zero).
+    """
+
+    def __init__(self, *, instruments: str | Sequence[Any] = "default", doctor: bool = True, remedy: str = "suggest",
+                 store: Store | str | Path | None = None, name: str | None = None,
+                 config: dict[str, Any] | None = None, loss_fn: Any = None, batch: bool = False, log: bool = True,
+                 echo: bool = True, log_every: int = LOG_EVERY, stop_on_divergence: bool = True) -> None:
+        super().__init__()
+        self.options: dict[str, Any] = {"instruments": instruments, "doctor": doctor, "remedy": remedy,
+                                        "store": store, "name": name, "config": config, "loss_fn": loss_fn,
+                                        "log_every": log_every}
+        self.batch, self.log, self.echo, self.stop_on_divergence = batch, log, echo, stop_on_divergence
+        self.watch: Watch | None = None
+        self.report: Result | None = None
+        self._loss: Any = None  # the accumulated batches' losses, on the device
+        self._global_step = 0
+        self._logged = 0  # step rows already logged
+
+    # -- Lightning's hooks ---------------------------------------------------------------------------------------
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        self.report, self.watch, self._loss, self._logged = None, None, None, 0
+        if not trainer.is_global_zero or not trainer.optimizers:
+            return
+        optimizer = trainer.optimizers[0]
+        config = self.options["config"] or {
+            "model": type(pl_module).__name__, "optimizer": type(optimizer).__name__,
+            "lr": optimizer.param_groups[0].get("lr"), "momentum": optimizer.param_groups[0].get("momentum"),
+            "loop": "lightning", "accumulate_grad_batches": trainer.accumulate_grad_batches}
+        self.watch = watch(pl_module, optimizer, **{**self.options, "config": config}, hooks=False)
+        self._global_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        watched = self.watch
+        if watched is None or watched.report is not None:
+            return
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor):
+            loss = loss.detach()
+            self._loss = loss if self._loss is None else self._loss + loss
+        if trainer.global_step == self._global_step:  # accumulating: the optimizer has not stepped yet
+            return
+        self._global_step = trainer.global_step
+        if watched.stop_reason is None:
+            watched.step(self._loss, batch=batch if self.batch else None)
+        self._loss = None
+        if watched.stop_reason is not None and self.stop_on_divergence and trainer.world_size == 1:
+            trainer.should_stop = True
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        watched = self.watch
+        if watched is None or watched.report is not None:
+            return
+        metrics = {k: _scalar(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
+        values = {k: v for k, v in metrics.items() if v is not None}
+        val_loss = values.pop("val_loss", None)
+        watched.epoch_end(val_loss=val_loss, **values)
+        if self.log:
+            self._log(trainer)
+        if watched.stop_reason is not None and self.stop_on_divergence and trainer.world_size == 1:
+            trainer.should_stop = True
+
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        self._close(trainer)
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        watched = self.watch
+        if watched is not None and watched.report is None:
+            watched.__exit__(type(exception), exception, None)  # the hooks come off; a stored run is marked failed
+            self.watch = None
+
+    # -- ours ----------------------------------------------------------------------------------------------------
+    def _close(self, trainer: Any) -> None:
+        watched = self.watch
+        if watched is None:
+            return
+        if watched.report is None:
+            self.report = watched.close()
+            if self.log:
+                self._log(trainer)
+        else:
+            self.report = watched.report
+        if self.echo:
+            self.print_findings()
+
+    def print_findings(self) -> None:
+        """Print the report's findings, one line each (code, step, explanation, remedy)."""
+        if self.report is None:
+            return
+        findings = self.report.findings
+        print(f"gdlab doctor: {len(findings)} finding{'s' if len(findings) != 1 else ''}"
+              + (f" (run {self.report.run_id})" if self.report.run_id else ""))
+        for finding in findings:
+            print("  " + finding_line(finding))
+
+    def epoch_means(self) -> dict[str, float]:
+        """The mean of each step column over the rows recorded since the last call (NaN skipped), by column."""
+        if self.watch is None:
+            return {}
+        steps = self.watch.history.steps
+        start, end = self._logged, len(steps)
+        self._logged = end
+        means: dict[str, float] = {}
+        if end <= start:
+            return means
+        for key, column in steps.columns.items():
+            if key in _POSITION:
+                continue
+            values = [v for v in column[start:end] if math.isfinite(v)]
+            if values:
+                means[key] = sum(values) / len(values)
+        return means
+
+    def _log(self, trainer: Any) -> None:
+        """The epoch's means to the trainer's loggers, on rank zero (the caller's check)."""
+        means = self.epoch_means()
+        if not means:
+            return
+        metrics = {PREFIX + k: v for k, v in means.items()}
+        for logger in getattr(trainer, "loggers", None) or []:
+            logger.log_metrics(metrics, step=trainer.global_step)
