@@ -4,7 +4,7 @@
 - an import inside a function points downward too, or defers a heavy edge (``plots``, ``progress``);
 - the import graph, those deferred edges aside, has no cycle;
 - no underscore name is used outside its module;
-- rich, matplotlib and typer are imported only at the edges.
+- rich, matplotlib, typer, tensorboard and lightning are imported only at the edges.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ LAYERS = [  # bottom to top; a name stands for the module and, for a package, ev
 ]
 # heavy edges a function may reach lazily (matplotlib, rich, tensorboard)
 DEFERRABLE = {"gdlab.plots", "gdlab.progress", "gdlab.integrations.tensorboard"}
-EDGE_ONLY = ("rich", "matplotlib", "typer", "tensorboard")
+EDGE_ONLY = ("rich", "matplotlib", "typer", "tensorboard", "lightning")
 
 
 def _modules() -> dict[str, Path]:
