@@ -112,10 +112,9 @@ def test_huge_learning_rate_is_named(tmp_path: Path) -> None:
     doctor = Doctor(echo=False)
     trainer = _fit(doctor, 1e4, tmp_path)
     codes = _warnings(doctor)
-    assert codes & {"divergence", "non_finite", "lr_too_high"}, codes
-    assert doctor.report is not None
-    if doctor.report.stop_reason:  # a divergence nothing repaired stops the trainer
-        assert trainer.current_epoch < 3 or trainer.should_stop
+    assert "non_finite" in codes, codes
+    assert doctor.report is not None and (doctor.report.stop_reason or "").startswith("diverged")
+    assert trainer.should_stop and trainer.global_step < 3 * 12  # a divergence nothing repaired stops the trainer
 
 
 def test_tiny_learning_rate_is_named(tmp_path: Path) -> None:
@@ -134,4 +133,12 @@ def test_gradient_accumulation_counts_optimizer_steps(tmp_path: Path) -> None:
 
 def test_importing_gdlab_never_imports_lightning() -> None:
     code = "import sys, gdlab; import gdlab.integrations; assert 'lightning' not in sys.modules, 'imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_without_lightning_the_import_names_the_extra() -> None:
+    code = ("import sys; sys.modules['lightning'] = None; sys.modules['lightning.pytorch'] = None\n"
+            "from gdlab.errors import MissingExtra\n"
+            "try:\n    import gdlab.integrations.lightning\nexcept MissingExtra as e:\n"
+            "    assert \"pip install 'gdlab[lightning]'\" in str(e), e\nelse:\n    raise SystemExit('no error')")
     subprocess.run([sys.executable, "-c", code], check=True)
