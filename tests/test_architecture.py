@@ -28,7 +28,7 @@ LAYERS = [  # bottom to top; a name stands for the module and, for a package, ev
 ]
 # heavy edges a function may reach lazily (matplotlib, rich, tensorboard)
 DEFERRABLE = {"gdlab.plots", "gdlab.progress", "gdlab.integrations.tensorboard"}
-EDGE_ONLY = ("rich", "matplotlib", "typer", "tensorboard", "lightning")
+EDGE_ONLY = ("rich", "matplotlib", "typer", "tensorboard", "lightning", "transformers")
 
 
 def _modules() -> dict[str, Path]:
