@@ -27,9 +27,10 @@ __all__ = ["app", "main"]
 
 def main() -> None:
     """Console entry point: usage errors, like gdlab's own, are one line and exit code 2."""
-    # typer 0.2x carries its own copy of click; older typers use click itself
-    where = "click.exceptions" if importlib.util.find_spec("click") else "typer._click.exceptions"
-    usage_error = importlib.import_module(where).UsageError
+    # typer 0.2x carries its own copy of click (click itself may be installed beside it, for other packages);
+    # older typers use click itself: catch the usage errors of whichever is there
+    usage_error = tuple(importlib.import_module(f"{where}.exceptions").UsageError
+                        for where in ("typer._click", "click") if importlib.util.find_spec(where))
 
     try:
         code = app(standalone_mode=False)
