@@ -33,9 +33,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gdlab.data import BatchPlan, structure
+from gdlab.data import BatchPlan
 from gdlab.metrics import METRICS
-from gdlab.problem import LossFn, Problem, evaluate
+from gdlab.problem import LossFn, Problem, evaluate, non_finite
 from gdlab.records import History, Table
 
 __all__ = [
@@ -520,7 +520,7 @@ def _bad_data(problem: Problem, state: LoopState, epoch: int) -> tuple[str, int]
     except Exception:  # the data cannot be read again: say nothing rather than guess
         return None
     for what, tree in (("inputs", x), ("targets", y)):
-        count = sum(int((~torch.isfinite(t)).sum()) for t in structure.leaves(tree) if t.is_floating_point())
+        count = non_finite(tree)
         if count:
             return what, count
     return None

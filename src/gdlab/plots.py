@@ -233,7 +233,7 @@ _PANELS = (
 def plot_instruments(history: History, path: str | Path, *, findings: list[dict[str, Any]] | None = None,
                      title: str | None = None) -> Path:
     """A dashboard of the instruments over the steps (the panels with data), each finding marked at the step where
-    it was first seen."""
+    its evidence is (its step)."""
     plt = _pyplot()
     steps = history.steps
     x = steps["step"] if "step" in steps else list(range(1, len(steps) + 1))

@@ -177,7 +177,7 @@ def plot(
     store: StoreFlag = "gdlab-runs",
     out_path: Optional[Path] = typer.Option(None, "--out", help="PNG path [default: the run's folder/loss.png]."),
     instruments: bool = typer.Option(False, "--instruments", help="The instruments' dashboard, with the findings "
-                                     "marked where first seen [default path: the run's folder/instruments.png]."),
+                                     "marked at their steps [default path: the run's folder/instruments.png]."),
 ) -> None:
     """Plot a run's losses (per epoch and per step), or with --instruments the instruments' dashboard."""
     from gdlab.plots import plot_instruments, plot_losses
