@@ -79,3 +79,100 @@ def user_modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.syspath_prepend(str(EXAMPLES))  # lecture:CustomDataset is the lecture's code, unchanged
     return tmp_path
+
+
+# -- a headless browser for the HTML reports (Debian's chromium, driven by Playwright) ------------------------
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+
+def _no_browser(reason: str) -> None:
+    """Skip, or fail where GDLAB_REQUIRE_BROWSER=1 (CI: the browser tests must not skip silently)."""
+    import os
+
+    if os.environ.get("GDLAB_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"GDLAB_REQUIRE_BROWSER=1 but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """A headless Chromium (``chromium`` on PATH, or CHROMIUM=path) driven by Playwright's Python package."""
+    import os
+    import shutil
+
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _no_browser("playwright is not installed (pip install playwright; the browser is Debian's chromium)")
+    executable = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not executable:
+        _no_browser("no chromium executable (apt-get install chromium, or set CHROMIUM=path)")
+    driver = sync_playwright().start()
+    try:
+        browser = driver.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+    except Exception as e:  # a broken install: say so once
+        driver.stop()
+        _no_browser(f"chromium at {executable} did not start: {str(e).splitlines()[0]}")
+    yield browser
+    browser.close()
+    driver.stop()
+
+
+class Opened:
+    """A page opened from disk, with what it did: console errors, requests, dialogs, the seconds it took."""
+
+    def __init__(self, context, page) -> None:
+        self.context, self.page = context, page
+        self.errors: list[str] = []
+        self.requests: list[str] = []
+        self.dialogs: list[str] = []
+        self.seconds = 0.0
+
+    def state(self, expression: str = "window.gdlabReport"):
+        return self.page.evaluate(f"JSON.parse(JSON.stringify({expression}))")
+
+
+@pytest.fixture
+def open_page(chromium):
+    """``open_page(path)``: open an HTML file in a fresh browser context with every request but the files of
+    ``allowed`` (the page itself by default) blocked and recorded; waits until the report is drawn."""
+    import time
+
+    contexts = []
+
+    def open_(path: Path, *, allowed: tuple[Path, ...] = (), width: int = 1300, height: int = 900) -> Opened:
+        context = chromium.new_context(viewport={"width": width, "height": height})
+        contexts.append(context)
+        page = context.new_page()
+        opened = Opened(context, page)
+        local = {Path(path).resolve().as_uri(), *(Path(p).resolve().as_uri() for p in allowed)}
+
+        def route(request_route):
+            url = request_route.request.url
+            if url in local:
+                request_route.continue_()
+            else:
+                opened.requests.append(url)
+                request_route.abort()
+
+        context.route("**/*", route)
+        page.on("request", lambda r: None if r.url in local else opened.requests.append(r.url))
+        page.on("console", lambda m: opened.errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: opened.errors.append(str(e)))
+
+        def dialog(d):
+            opened.dialogs.append(d.message)
+            d.dismiss()
+
+        page.on("dialog", dialog)
+        start = time.perf_counter()
+        page.goto(Path(path).resolve().as_uri())
+        page.wait_for_function("window.gdlabReport && window.gdlabReport.ready", timeout=15_000)
+        opened.seconds = time.perf_counter() - start
+        return opened
+
+    yield open_
+    for context in contexts:
+        context.close()

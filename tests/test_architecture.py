@@ -24,7 +24,7 @@ LAYERS = [  # bottom to top; a name stands for the module and, for a package, ev
     ("engine", ["loop", "population", "instruments", "callbacks"]),
     ("studies", ["lr_select", "sweeps", "doctor", "lab"]),
     ("front doors", ["train", "watching", "experiment", "__init__"]),
-    ("edges", ["cli", "plots", "progress", "integrations"]),
+    ("edges", ["cli", "plots", "progress", "integrations", "reports"]),
 ]
 # heavy edges a function may reach lazily (matplotlib, rich, tensorboard)
 DEFERRABLE = {"gdlab.plots", "gdlab.progress", "gdlab.integrations.tensorboard"}

@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # what a type checker and an IDE see; at run time __getattr__
     from gdlab.lr_select import LRFindResult, LRSelection, lr_find
     from gdlab.problem import evaluate
     from gdlab.records import History
+    from gdlab.reports import report
     from gdlab.store import Run, Store
     from gdlab.sweeps import RestartsResult, SweepResult, restarts, sweep
     from gdlab.train import fit
@@ -43,7 +44,7 @@ _WHERE = {  # public name -> the module it comes from (a module's own name: the 
     "lr_find": "gdlab.lr_select", "evaluate": "gdlab.problem", "History": "gdlab.records", "Run": "gdlab.store",
     "Store": "gdlab.store", "RestartsResult": "gdlab.sweeps", "SweepResult": "gdlab.sweeps",
     "restarts": "gdlab.sweeps", "sweep": "gdlab.sweeps", "fit": "gdlab.train", "Watch": "gdlab.watching",
-    "watch": "gdlab.watching",
+    "watch": "gdlab.watching", "report": "gdlab.reports",
 }
 
 __all__ = [
@@ -74,6 +75,7 @@ __all__ = [
     "models",
     "optim",
     "population",
+    "report",
     "restarts",
     "sweep",
     "sweeps",

@@ -20,7 +20,7 @@ from gdlab.records import History, layer_key
 from gdlab.records import ema as moving_average  # the one moving average; re-exported under its old name
 
 __all__ = ["plot_losses", "plot_instruments", "plot_sweep", "plot_restarts", "plot_lr_find", "moving_average",
-           "spans_decades"]
+           "spans_decades", "INSTRUMENT_PANELS", "instrument_panels"]
 
 
 def spans_decades(values: list[float], decades: float = 2.0) -> bool:
@@ -219,7 +219,7 @@ def plot_lr_find(result: Any, path: str | Path) -> Path:
     return _save(fig, path)
 
 
-_PANELS = (
+INSTRUMENT_PANELS = (
     ("loss", ["loss", "loss_ema"], "loss (per step, and its moving average)", None),
     ("gradient norm per layer", ["grad_norm/"], "gradient norm", None),
     ("update / weight per layer", ["update_ratio/"], "|update| / |weight|  (about 1e-3 is usual)", 1e-3),
@@ -228,6 +228,20 @@ _PANELS = (
     ("activations", ["dead_share/", "zero_share/", "saturated/"], "share of units", None),
     ("sharpness", ["sharpness", "stability_limit"], "largest Hessian eigenvalue; 2(1+beta)/lr", None),
 )
+"""The panels of the instruments' dashboard: (title, the keys or key prefixes (ending in ``/``) it draws, its
+y-axis label, a reference level or None). ``gdlab plot --instruments`` and the HTML report draw the same ones."""
+
+
+def instrument_panels(history: History) -> list[tuple[str, list[str], str, float | None]]:
+    """The :data:`INSTRUMENT_PANELS` that have data in ``history``, each with the step columns it draws."""
+    steps = history.steps
+    panels = []
+    for name, prefixes, ylabel, reference in INSTRUMENT_PANELS:
+        keys = [k for k in steps.columns if any(k == p or (p.endswith("/") and k.startswith(p)) for p in prefixes)]
+        keys = [k for k in keys if any(math.isfinite(v) for v in steps[k])]
+        if keys:
+            panels.append((name, keys, ylabel, reference))
+    return panels
 
 
 def plot_instruments(history: History, path: str | Path, *, findings: list[dict[str, Any]] | None = None,
@@ -237,12 +251,7 @@ def plot_instruments(history: History, path: str | Path, *, findings: list[dict[
     plt = _pyplot()
     steps = history.steps
     x = steps["step"] if "step" in steps else list(range(1, len(steps) + 1))
-    panels = []
-    for name, prefixes, ylabel, reference in _PANELS:
-        keys = [k for k in steps.columns if any(k == p or (p.endswith("/") and k.startswith(p)) for p in prefixes)]
-        keys = [k for k in keys if any(math.isfinite(v) for v in steps[k])]
-        if keys:
-            panels.append((name, keys, ylabel, reference))
+    panels = instrument_panels(history)
     rows = max(1, -(-len(panels) // 2))
     fig, axes = plt.subplots(rows, 2, figsize=(12, 3.2 * rows), constrained_layout=True, squeeze=False)
     colours = {"error": "red", "warning": "orange", "info": "gray"}

@@ -6,6 +6,7 @@
 - :mod:`~gdlab.cli.train`: ``train``;
 - :mod:`~gdlab.cli.population`: ``sweep``, ``restarts``, ``lr-find``;
 - :mod:`~gdlab.cli.runs`: ``runs``, ``show``, ``plot``, ``gradflow``, ``doctor`` (the run store);
+- :mod:`~gdlab.cli.report`: ``report`` (HTML pages of runs, sweeps and the store's index);
 - :mod:`~gdlab.cli.listings`: ``datasets``, ``models``, ``optimizers``, ``functions``;
 - :mod:`~gdlab.cli.lab`: ``lab``, ``explain``, ``landscape``.
 

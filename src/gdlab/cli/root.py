@@ -37,6 +37,9 @@ COMMANDS: dict[str, tuple[str, str]] = {  # command -> (its module in gdlab.cli,
                          "last."),
     "doctor": ("runs", "Run the doctor's detectors again on a stored run and explain each finding."),
     "compare": ("runs", "Runs side by side: settings and final metrics, the differences marked (*) and highlighted."),
+    "report": ("report", "Write a run, several runs or a sweep as one HTML page that opens offline: charts to hover "
+                         "and zoom, the doctor's findings marked at their steps, the remedies applied; --all writes "
+                         "an index of the store."),
     "predict": ("predict", "Predict with a stored run's model: one row per sample (class and probabilities, or "
                 "values)."),
     "export": ("predict", "Export a stored run: its model as .safetensors (--model; load it with "

@@ -118,6 +118,8 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
     plot: bool = typer.Option(True, "--plot/--no-plot", help="Write the loss plot into the run's folder."),
+    html_report: bool = typer.Option(False, "--report", help="Write the run's HTML page (gdlab report) into its "
+                                     "folder when training ends, and print its path."),
 ) -> None:
     """Train a model (an MLP on digits by default) and record the run."""
     from gdlab.experiment import resume as resume_run
@@ -138,23 +140,32 @@ def train(
     else:
         settings = Config.from_toml(config, given) if config else Config.from_dict(given, source="option")
         result = run(settings, progress=not quiet, callbacks=(SetupPrinter(settings),) if show else ())
-    report(result, store or (settings.store if settings else "gdlab-runs"), show, as_json, plot)
+    report(result, store or (settings.store if settings else "gdlab-runs"), show, as_json, plot, html_report)
 
 
-def report(result: Any, store_path: str, show: bool, as_json: bool, plot: bool) -> None:
-    """Plot the run's losses into its folder, print its summary (or JSON), and exit 130 when it was stopped."""
+def report(result: Any, store_path: str, show: bool, as_json: bool, plot: bool, html: bool = False) -> None:
+    """Plot the run's losses into its folder (and with ``html`` write its HTML page there), print its summary (or
+    JSON), and exit 130 when it was stopped."""
     from gdlab.store import Store
 
-    stored = Store(store_path).get(result.run_id)
+    db = Store(store_path)
+    stored = db.get(result.run_id)
     plot_path = None
     if plot:
         from gdlab.plots import plot_losses
 
         plot_path = plot_losses(result.history, stored.dir / "loss.png", title=f"run {result.run_id}")
+    page = None
+    if html:
+        from gdlab.reports import report as write_report
+
+        page = write_report(result.run_id, stored.dir / "report.html", store=db)
     if as_json:
-        print(to_json(result_payload(result, stored, plot_path)))
+        print(to_json({**result_payload(result, stored, plot_path), **({"report": str(page)} if page else {})}))
     elif show:
         print_summary(result, plot_path)
+    if page is not None and not as_json:
+        out.print(f"[bold]report[/] {page}")
     if result.status == "stopped":
         err.print(f"stopped at step {result.steps}; continue with: gdlab train --resume {result.run_id}"
                   + (f" --store {store_path}" if store_path != "gdlab-runs" else ""))

@@ -1,0 +1,501 @@
+/* gdlab report: builds the page from the JSON in #gdlab-data with uPlot (loaded before this script).
+   Every text from the data goes into the page as text (textContent, attributes), never as markup.
+   The charts' state is readable at window.gdlabReport (tests read it); the uPlot instances at window.gdlabPlots. */
+(function () {
+  "use strict";
+  var data = JSON.parse(document.getElementById("gdlab-data").textContent);
+  var state = { kind: data.kind, title: data.title, charts: {}, errors: [], ready: false };
+  var plots = {};
+  window.gdlabReport = state;
+  window.gdlabPlots = plots;
+  window.addEventListener("error", function (e) { state.errors.push(String(e.message)); });
+
+  var PALETTE = ["#3559a8", "#e07b00", "#2e7d32", "#8e44ad", "#c62828", "#00838f", "#6d4c41", "#ad1457",
+                 "#546e7a", "#9e9d24"];
+  var root = document.getElementById("report");
+
+  function el(tag, attrs) {
+    var node = document.createElement(tag);
+    if (attrs) {
+      Object.keys(attrs).forEach(function (k) {
+        var v = attrs[k];
+        if (v === null || v === undefined || v === false) return;
+        if (k === "text") node.textContent = String(v);
+        else if (k === "class") node.className = v;
+        else node.setAttribute(k, String(v));
+      });
+    }
+    for (var i = 2; i < arguments.length; i++) add(node, arguments[i]);
+    return node;
+  }
+  function add(node, child) {
+    if (child === null || child === undefined || child === false) return;
+    if (Array.isArray(child)) { child.forEach(function (c) { add(node, c); }); return; }
+    node.appendChild(typeof child === "object" ? child : document.createTextNode(String(child)));
+  }
+  function fmt(v) {
+    if (v === null || v === undefined) return "\u2013";
+    if (typeof v === "number") {
+      if (!isFinite(v)) return String(v);
+      if (Number.isInteger(v)) return String(v);
+      var a = Math.abs(v);
+      if (a !== 0 && (a < 1e-3 || a >= 1e5)) return v.toExponential(3);
+      return String(+v.toPrecision(4));
+    }
+    if (typeof v === "boolean") return v ? "yes" : "no";
+    if (Array.isArray(v)) return v.map(fmt).join(", ");
+    if (typeof v === "object") return Object.keys(v).map(function (k) {
+      var x = v[k];
+      return k + " " + (x && typeof x === "object" && !Array.isArray(x) ? "{" + fmt(x) + "}" : fmt(x));
+    }).join(", ");
+    return String(v);
+  }
+  function percent(v) { return typeof v === "number" ? (100 * v).toFixed(2) + "%" : fmt(v); }
+  function remedyText(r) {
+    if (!r) return "";
+    var rest = Object.keys(r).filter(function (k) { return k !== "action"; })
+      .map(function (k) { return k + " " + fmt(r[k]); });
+    return (r.action || "") + (rest.length ? " (" + rest.join(", ") + ")" : "");
+  }
+  function finalLabel(k) {
+    return { train_loss: "train loss", val_loss: "validation loss", val_accuracy: "validation accuracy",
+             val_subset_accuracy: "exact match", val_mae: "validation MAE", val_r2: "validation R\u00b2" }[k] ||
+           k.replace(/_/g, " ");
+  }
+  function finalValue(k, v) { return /accuracy/.test(k) ? percent(v) : fmt(v); }
+
+  // -- sortable tables ---------------------------------------------------------------------------------------
+  function table(columns, rows, options) {
+    options = options || {};
+    var head = el("tr");
+    var body = el("tbody");
+    var t = el("table", { class: "data" }, el("thead", null, head), body);
+    columns.forEach(function (c, i) {
+      var th = el("th", { class: options.sortable ? "sortable" : null, "data-column": c.key, text: c.label });
+      if (options.sortable) th.addEventListener("click", function () { sortBy(t, i, th); });
+      head.appendChild(th);
+    });
+    rows.forEach(function (row) {
+      var tr = el("tr", { class: options.rowClass ? options.rowClass(row) : null });
+      columns.forEach(function (c) {
+        var v = row[c.key];
+        var cell = c.render ? c.render(row) : fmt(v);
+        var td = el("td", { class: typeof v === "number" ? "num" : c.cls || null }, cell);
+        td.dataset.sort = typeof v === "number" ? String(v) : (v === null || v === undefined ? "" : String(v));
+        td.dataset.numeric = typeof v === "number" ? "1" : "0";
+        tr.appendChild(td);
+      });
+      body.appendChild(tr);
+    });
+    return el("div", { class: "wrap" }, t);
+  }
+  function sortBy(t, column, th) {
+    var ascending = !th.classList.contains("sorted-asc");
+    t.querySelectorAll("th").forEach(function (h) { h.classList.remove("sorted-asc", "sorted-desc"); });
+    th.classList.add(ascending ? "sorted-asc" : "sorted-desc");
+    var body = t.tBodies[0];
+    var rows = Array.prototype.slice.call(body.rows);
+    rows.sort(function (a, b) {
+      var x = a.cells[column].dataset, y = b.cells[column].dataset;
+      var c;
+      if (x.sort === "" || y.sort === "") c = (x.sort === "") - (y.sort === "");  // blanks last
+      else if (x.numeric === "1" && y.numeric === "1") c = (+x.sort) - (+y.sort);
+      else c = x.sort.localeCompare(y.sort);
+      return x.sort === "" || y.sort === "" ? c : ascending ? c : -c;
+    });
+    rows.forEach(function (r) { body.appendChild(r); });
+  }
+
+  // -- charts ------------------------------------------------------------------------------------------------
+  function marksOf(runs) {
+    var marks = [];
+    runs.forEach(function (r, i) {
+      var who = runs.length > 1 ? r.label + ": " : "";
+      (r.findings || []).forEach(function (f) {
+        if (typeof f.step === "number")
+          marks.push({ kind: "finding", code: f.code, severity: f.severity, step: f.step, run: i,
+                       text: who + f.code + " (" + f.severity + ", step " + f.step + "): " + (f.explanation || "") });
+      });
+      (r.remedies || []).forEach(function (m) {
+        if (typeof m.step === "number")
+          marks.push({ kind: "remedy", code: m.action, severity: "remedy", step: m.step, run: i,
+                       text: who + "remedy at step " + m.step + ": " + m.action + " - " + (m.reason || "") });
+      });
+    });
+    return marks;
+  }
+
+  function markersPlugin(marks) {
+    var nodes = [];
+    function place(u) {
+      var width = u.over.clientWidth;
+      nodes.forEach(function (n) {
+        var left = u.valToPos(n.mark.step, "x");
+        n.node.style.display = left >= 0 && left <= width ? "" : "none";
+        n.node.style.left = left + "px";
+        n.mark.left = left;
+      });
+    }
+    return {
+      hooks: {
+        ready: [function (u) {
+          marks.forEach(function (m) {
+            var flag = el("span", { class: "flag", title: m.text, text: m.kind === "remedy" ? "\u2691 " + m.code : m.code });
+            var node = el("div", { class: "mark " + (m.kind === "remedy" ? "remedy" : "sev-" + m.severity),
+                                   "data-step": m.step, "data-code": m.code, "data-kind": m.kind }, flag);
+            u.over.appendChild(node);
+            nodes.push({ node: node, mark: m });
+          });
+          // flags at nearly the same place are stacked so that each stays readable
+          var placed = [];
+          place(u);
+          nodes.forEach(function (n) {
+            var row = 0;
+            while (placed.some(function (p) { return p.row === row && Math.abs(p.left - n.mark.left) < 90; })) row++;
+            placed.push({ row: row, left: n.mark.left });
+            n.node.firstChild.style.top = (n.mark.kind === "remedy" ? 18 : 0) + 36 * row + "px";
+          });
+        }],
+        setScale: [function (u, key) { if (key === "x") place(u); }],
+        setSize: [place],
+      },
+    };
+  }
+
+  function referencePlugin(level) {
+    return {
+      hooks: {
+        draw: [function (u) {
+          if (level === null || level === undefined) return;
+          var y = u.valToPos(level, "y", true);
+          if (!(y >= u.bbox.top && y <= u.bbox.top + u.bbox.height)) return;
+          var ctx = u.ctx;
+          ctx.save();
+          ctx.strokeStyle = "#8a93a3";
+          ctx.setLineDash([4, 4]);
+          ctx.lineWidth = 1;
+          ctx.beginPath();
+          ctx.moveTo(u.bbox.left, y);
+          ctx.lineTo(u.bbox.left + u.bbox.width, y);
+          ctx.stroke();
+          ctx.restore();
+        }],
+      },
+    };
+  }
+
+  function colour(spec, s, i) {
+    if (data.kind === "run" && spec.id === "loss") return PALETTE[0];
+    return PALETTE[(data.kind === "run" ? i : s.run) % PALETTE.length];
+  }
+  function alpha(hex, a) {
+    var n = parseInt(hex.slice(1), 16);
+    return "rgba(" + (n >> 16) + "," + ((n >> 8) & 255) + "," + (n & 255) + "," + a + ")";
+  }
+
+  // x values with no y at all (the ends of the run), so that every step chart spans the same steps
+  function widen(joined, extent) {
+    extent.forEach(function (x) {
+      var xs = joined[0];
+      var i = 0;
+      while (i < xs.length && xs[i] < x) i++;
+      if (xs[i] === x) return;
+      joined.forEach(function (column, c) { column.splice(i, 0, c === 0 ? x : undefined); });
+    });
+  }
+
+  function chart(spec, marks, holder) {
+    var longLabel = spec.ylabel.length > 22;
+    var box = el("section", { class: "chart", "data-chart": spec.id }, el("h3", { text: spec.title }),
+      longLabel ? el("p", { class: "note", text: "y: " + spec.ylabel }) : null);
+    var recorded = spec.series.reduce(function (a, s) { return a + s.recorded; }, 0);
+    var drawn = spec.series.reduce(function (a, s) { return a + s.y.length; }, 0);
+    if (drawn < recorded)
+      box.appendChild(el("p", { class: "note", text: "long series drawn from " + drawn + " of " + recorded +
+        " points (each bucket's first, min, max and last: spikes stay)" }));
+    holder.appendChild(box);
+    var joined = uPlot.join(spec.series.map(function (s) { return [s.x, s.y]; }));
+    if (spec.extent) widen(joined, spec.extent);
+    var bands = [];
+    var series = [{ label: spec.x, value: function (u, v) { return v === null || v === undefined ? "\u2013" : fmt(v); } }];
+    spec.series.forEach(function (s, i) {
+      var c = colour(spec, s, i);
+      var option = { label: s.label, stroke: c, width: 1.5, spanGaps: true,
+                     value: function (u, v) { return v === null || v === undefined ? "\u2013" : fmt(v); },
+                     points: { show: s.style === "points" || s.x.length < 40, size: 5 } };
+      if (s.style === "raw") { option.stroke = alpha(c, 0.35); option.width = 1; option.points = { show: false }; }
+      if (s.style === "smooth") option.width = 2.2;
+      if (s.style === "thin") { option.width = 1; option.points = { show: false }; }
+      if (s.style === "spread") { option.stroke = alpha(c, 0.5); option.width = 0.5; option.points = { show: false }; }
+      series.push(option);
+    });
+    var spread = spec.series.map(function (s, i) { return s.style === "spread" ? i + 1 : -1; })
+      .filter(function (i) { return i > 0; });
+    if (spread.length === 2) bands.push({ series: spread, fill: alpha(PALETTE[0], 0.15) });
+    var logY = spec.log;
+    var opts = {
+      width: Math.max(320, box.clientWidth - 20),
+      height: 250,
+      scales: { x: { time: false, distr: spec.xlog ? 3 : 1, log: 10 }, y: { distr: logY ? 3 : 1, log: 10 } },
+      axes: [
+        { label: spec.x, size: 42, values: function (u, splits) { return splits.map(fmt); } },
+        { label: longLabel ? "" : spec.ylabel, size: 64, values: function (u, splits) { return splits.map(fmt); } },
+      ],
+      series: series,
+      bands: bands,
+      cursor: { drag: { x: true, y: false, setScale: true } },
+      legend: { live: true },
+      plugins: [markersPlugin(spec.markers ? marks : []), referencePlugin(spec.reference)],
+    };
+    var u = new uPlot(opts, joined, box);
+    plots[spec.id] = u;
+    state.charts[spec.id] = {
+      title: spec.title, x: spec.x, log: logY,
+      series: spec.series.map(function (s, i) {
+        var column = u.data[i + 1];
+        var points = 0;
+        for (var k = 0; k < column.length; k++) if (column[k] !== null && column[k] !== undefined) points++;
+        return { label: s.label, points: points, recorded: s.recorded };
+      }),
+      markers: (spec.markers ? marks : []).map(function (m) {
+        return { kind: m.kind, code: m.code, severity: m.severity, step: m.step };
+      }),
+    };
+    return u;
+  }
+
+  function chartsSection(charts, marks) {
+    if (!charts.length) return null;
+    var grid = el("div", { class: "charts" });
+    var section = el("section", null, el("h2", { text: "Charts" }),
+      el("p", { class: "key" }, "Hover for the step and the values; drag across a chart to zoom, double-click to " +
+        "zoom out. Marks:", el("i", { class: "k-error" }), "error", el("i", { class: "k-warning" }), "warning",
+        el("i", { class: "k-info" }), "info", el("i", { class: "k-remedy" }), "remedy applied"), grid);
+    root.appendChild(section);
+    charts.forEach(function (spec) { chart(spec, marks, grid); });
+    window.addEventListener("resize", function () {
+      Object.keys(plots).forEach(function (k) {
+        var box = plots[k].root.parentNode;
+        plots[k].setSize({ width: Math.max(320, box.clientWidth - 20), height: 250 });
+      });
+    });
+    return section;
+  }
+
+  // -- one run -----------------------------------------------------------------------------------------------
+  function statusBadge(status) { return el("span", { class: "status status-" + status, text: status }); }
+
+  function runHeader(r) {
+    var h = el("header", { class: "top" });
+    h.appendChild(el("h1", null, el("span", { class: "run-name", text: r.name || r.id }), statusBadge(r.status)));
+    h.appendChild(el("div", { class: "meta" },
+      el("span", { class: "mono", text: "run " + r.id }), el("span", { text: "created " + r.created }),
+      r.steps !== null ? el("span", { text: r.steps + " steps" }) : null,
+      r.epochs ? el("span", { text: r.epochs + " epochs" }) : null,
+      r.seconds !== null ? el("span", { text: fmt(r.seconds) + " s" }) : null,
+      r.lr !== null ? el("span", { text: "lr " + fmt(r.lr) }) : null));
+    if (r.plan) h.appendChild(el("div", { class: "plan" }, el("b", { text: "Batch plan: " }), r.plan));
+    if (r.lr_selection)
+      h.appendChild(el("div", { class: "meta" }, "lr auto chose " + fmt(r.lr_selection.lr) +
+        (r.lr_selection.reason ? ": " + r.lr_selection.reason : "")));
+    if (r.error) h.appendChild(el("div", { class: "reason bad" }, el("b", { text: "Error: " }), r.error));
+    if (r.stop_reason) {
+      var bad = /diverg|non.finite|nan/i.test(r.stop_reason);
+      h.appendChild(el("div", { class: "reason" + (bad ? " bad" : "") }, el("b", { text: "Stopped: " }),
+        el("span", { class: "stop-reason", text: r.stop_reason })));
+    } else if (r.status === "finished") {
+      h.appendChild(el("div", { class: "meta" }, "Ran its whole budget."));
+    }
+    var finals = Object.keys(r.final || {});
+    if (finals.length) {
+      h.appendChild(el("div", { class: "finals" }, finals.map(function (k) {
+        return el("div", null, el("small", { text: finalLabel(k) }), el("b", { text: finalValue(k, r.final[k]) }));
+      })));
+    }
+    return h;
+  }
+
+  function findingCard(f, who) {
+    var evidence = Object.keys(f.evidence || {});
+    return el("article", { class: "card finding sev-" + f.severity, "data-code": f.code, "data-step": f.step },
+      el("div", { class: "head" }, el("span", { class: "sev", text: f.severity }),
+        el("span", { class: "code", text: f.code }),
+        who ? el("span", { class: "meta", text: who }) : null,
+        el("span", { class: "step", text: typeof f.step === "number" ? "first seen at step " + f.step : "" })),
+      el("p", { class: "explanation", text: f.explanation || "" }),
+      el("dl", null,
+        evidence.length ? [el("dt", { text: "evidence" }), el("dd", { text: evidence.map(function (k) {
+          return k + " " + fmt(f.evidence[k]); }).join("; ") })] : null,
+        f.remedy ? [el("dt", { text: "remedy" }), el("dd", { class: "mono", text: remedyText(f.remedy) })] : null));
+  }
+
+  function doctorSection(runs) {
+    var section = el("section", null, el("h2", { text: "What the doctor found" }));
+    var cards = el("div", { class: "cards" });
+    var any = false;
+    runs.forEach(function (r) {
+      (r.findings || []).forEach(function (f) { any = true; cards.appendChild(findingCard(f, runs.length > 1 ? r.label : "")); });
+    });
+    if (any) section.appendChild(cards);
+    else section.appendChild(el("div", { class: "healthy", text: runs.every(function (r) { return r.settings && r.settings.doctor === false; })
+      ? "The doctor was off for this run." : "No problems found." }));
+    var events = [];
+    runs.forEach(function (r) {
+      var who = runs.length > 1 ? r.label + ": " : "";
+      (r.remedies || []).forEach(function (m) {
+        events.push({ step: m.step, cls: "ev-remedy", head: who + "remedy " + m.action,
+                      body: (m.params ? " (" + fmt(m.params) + ")" : "") + (m.reason ? ": " + m.reason : "") });
+      });
+      (r.findings || []).forEach(function (f) {
+        if (typeof f.step === "number")
+          events.push({ step: f.step, cls: "ev-" + f.severity, head: who + f.severity + " " + f.code, body: "" });
+      });
+      if (r.steps !== null && r.status !== "running")
+        events.push({ step: r.steps, cls: "ev-end", head: who + r.status, body: r.stop_reason ? ": " + r.stop_reason : "" });
+    });
+    if (events.some(function (e) { return e.cls !== "ev-end"; })) {
+      events.sort(function (a, b) { return a.step - b.step; });
+      section.appendChild(el("h2", { text: "Timeline: findings and the remedies applied" }));
+      section.appendChild(el("ol", { class: "timeline" }, events.map(function (e) {
+        return el("li", { class: e.cls }, el("span", { class: "when", text: "step " + e.step }),
+          el("b", { text: e.head }), e.body);
+      })));
+    }
+    root.appendChild(section);
+  }
+
+  function settingsTable(r) {
+    var keys = Object.keys(r.settings || {}).sort();
+    return table([{ key: "k", label: "setting" }, { key: "v", label: "value" }],
+      keys.map(function (k) { return { k: k, v: fmt(r.settings[k]) }; }));
+  }
+
+  function noSteps(r) {
+    var why = r.status === "running" ? "it is still running and has not recorded its first steps yet"
+      : r.status === "failed" ? "it failed before its first step" + (r.error ? " (see the error above)" : "")
+      : "nothing was recorded";
+    return el("div", { class: "empty no-steps" }, el("b", { text: "No steps recorded. " }),
+      "This run has no training steps to draw: " + why + ".");
+  }
+
+  function renderRun() {
+    var r = data.runs[0];
+    root.appendChild(runHeader(r));
+    var marks = marksOf(data.runs);
+    if (!r.recorded_steps) root.appendChild(noSteps(r));
+    doctorSection(data.runs);
+    chartsSection(data.charts, marks);
+    root.appendChild(el("section", null, el("h2", { text: "Settings" }), settingsTable(r)));
+  }
+
+  // -- several runs ------------------------------------------------------------------------------------------
+  function renderRuns() {
+    var runs = data.runs;
+    root.appendChild(el("header", { class: "top" }, el("h1", { text: runs.length + " runs" }),
+      el("div", { class: "meta" }, runs.map(function (r, i) {
+        return el("span", null, el("b", { text: r.label, style: "color:" + PALETTE[i % PALETTE.length] }),
+          " ", statusBadge(r.status));
+      }))));
+    var empty = runs.filter(function (r) { return !r.recorded_steps; });
+    empty.forEach(function (r) { root.appendChild(el("div", { class: "empty no-steps" },
+      el("b", { text: r.label + ": no steps recorded. " }), "It is " + r.status + " and has nothing to draw yet.")); });
+    chartsSection(data.charts, marksOf(runs));
+    var settings = {};
+    runs.forEach(function (r) { Object.keys(r.settings || {}).forEach(function (k) { settings[k] = true; }); });
+    var finals = {};
+    runs.forEach(function (r) { Object.keys(r.final || {}).forEach(function (k) { finals[k] = true; }); });
+    var columns = [{ key: "what", label: "" }].concat(runs.map(function (r, i) { return { key: "r" + i, label: r.label }; }));
+    var rows = [];
+    function row(what, values, numeric) {
+      var o = { what: what };
+      values.forEach(function (v, i) { o["r" + i] = numeric ? v : fmt(v); });
+      o.differs = values.some(function (v) { return JSON.stringify(v) !== JSON.stringify(values[0]); });
+      rows.push(o);
+    }
+    row("status", runs.map(function (r) { return r.status; }));
+    row("stop reason", runs.map(function (r) { return r.stop_reason; }));
+    row("steps", runs.map(function (r) { return r.steps; }), true);
+    row("seconds", runs.map(function (r) { return r.seconds; }), true);
+    row("batch plan", runs.map(function (r) { return r.plan; }));
+    Object.keys(finals).sort().forEach(function (k) {
+      row(finalLabel(k), runs.map(function (r) { return (r.final || {})[k]; }), true);
+    });
+    Object.keys(settings).sort().forEach(function (k) { row(k, runs.map(function (r) { return (r.settings || {})[k]; })); });
+    root.appendChild(el("section", null, el("h2", { text: "Settings and final metrics side by side" }),
+      el("p", { class: "key", text: "Highlighted rows differ between the runs." }),
+      table(columns, rows, { rowClass: function (o) { return o.differs ? "differs" : null; } })));
+    doctorSection(runs);
+  }
+
+  // -- a sweep or restarts -----------------------------------------------------------------------------------
+  function renderSweep() {
+    var s = data.sweep;
+    var head = el("header", { class: "top" }, el("h1", null, el("span", { text: s.kind + " " + (s.name || s.id) })),
+      el("div", { class: "meta" }, el("span", { class: "mono", text: s.id }), el("span", { text: "created " + s.created }),
+        el("span", { text: s.members + " members" }), s.steps !== null ? el("span", { text: s.steps + " steps each" }) : null,
+        s.seconds !== null ? el("span", { text: fmt(s.seconds) + " s" }) : null));
+    var summary = Object.keys(s.summary || {});
+    if (summary.length)
+      head.appendChild(el("div", { class: "finals" }, summary.map(function (k) {
+        return el("div", null, el("small", { text: k.replace(/_/g, " ") }), el("b", { text: fmt(s.summary[k]) }));
+      })));
+    root.appendChild(head);
+    chartsSection(data.charts, []);
+    var rows = data.table || [];
+    var keys = [];
+    rows.forEach(function (r) { Object.keys(r).forEach(function (k) { if (keys.indexOf(k) < 0) keys.push(k); }); });
+    var best = null;
+    rows.forEach(function (r) {
+      var v = r[s.key];
+      if (!r.diverged && typeof v === "number" && (best === null || v < best[s.key])) best = r;
+    });
+    root.appendChild(el("section", null, el("h2", { text: "Members (click a column to sort; the best is green)" }),
+      table(keys.map(function (k) { return { key: k, label: k.replace(/_/g, " ") }; }), rows,
+        { sortable: true, rowClass: function (r) { return r === best ? "best" : r.diverged ? "diverged" : null; } })));
+    var config = Object.keys(s.config || {});
+    if (config.length)
+      root.appendChild(el("section", null, el("h2", { text: "Settings" }),
+        table([{ key: "k", label: "setting" }, { key: "v", label: "value" }],
+          config.map(function (k) { return { k: k, v: fmt(s.config[k]) }; }))));
+  }
+
+  // -- the index ---------------------------------------------------------------------------------------------
+  function link(row, text) {
+    return row.href ? el("a", { href: row.href, class: "run-link", text: text }) : el("span", { text: text });
+  }
+  function renderIndex() {
+    root.appendChild(el("header", { class: "top" }, el("h1", { text: data.title }),
+      el("div", { class: "meta" }, el("span", { text: data.index.length + " runs" }),
+        el("span", { text: data.sweeps.length + " sweeps and restarts" }))));
+    var columns = [
+      { key: "id", label: "run", render: function (r) { return link(r, r.id); }, cls: "mono" },
+      { key: "name", label: "name" },
+      { key: "status", label: "status", render: function (r) { return statusBadge(r.status); } },
+      { key: "created", label: "created" }, { key: "data", label: "data" }, { key: "model", label: "model" },
+      { key: "optimizer", label: "optimizer" }, { key: "lr", label: "lr" }, { key: "steps", label: "steps" },
+      { key: "train_loss", label: "train loss" }, { key: "val_loss", label: "val loss" },
+      { key: "val_accuracy", label: "val acc", render: function (r) { return percent(r.val_accuracy); } },
+      { key: "codes", label: "findings", cls: "mono" }, { key: "remedies", label: "remedies" },
+      { key: "stop_reason", label: "stop reason" },
+    ];
+    var rows = data.index.map(function (r) {
+      var o = Object.assign({}, r);
+      o.codes = (r.findings || []).join(", ");
+      return o;
+    });
+    root.appendChild(el("section", { class: "index" }, el("h2", { text: "Runs (click a column to sort)" }),
+      rows.length ? table(columns, rows, { sortable: true }) : el("div", { class: "empty", text: "No runs yet." })));
+    if (data.sweeps.length)
+      root.appendChild(el("section", null, el("h2", { text: "Sweeps and restarts" }),
+        table([{ key: "id", label: "sweep", render: function (r) { return link(r, r.id); }, cls: "mono" },
+               { key: "name", label: "name" }, { key: "kind", label: "kind" }, { key: "created", label: "created" },
+               { key: "members", label: "members" }, { key: "steps", label: "steps" }, { key: "seconds", label: "seconds" }],
+          data.sweeps, { sortable: true })));
+  }
+
+  ({ run: renderRun, runs: renderRuns, sweep: renderSweep, index: renderIndex })[data.kind]();
+  root.appendChild(el("footer", { text: "Written by gdlab " + data.version + " on " + data.generated +
+    ". Charts: uPlot (MIT). Everything is inside this file." }));
+  document.title = data.title + " - gdlab";
+  state.ready = true;
+})();
