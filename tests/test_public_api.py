@@ -13,7 +13,7 @@ def test_public_names() -> None:
         "__version__", "BatchPlan", "Callback", "Config", "EVENTS", "GdlabError", "History", "LoopState",
         "Result", "Run", "Store", "TensorData", "datasets", "evaluate", "fit", "models", "optim",
         "LRFindResult", "LRSelection", "RestartsResult", "SweepResult", "lr_find", "population", "restarts",
-        "sweep", "sweeps", "functions", "lab", "explain", "landscape", "Watch", "watch",
+        "sweep", "sweeps", "functions", "lab", "explain", "landscape", "Watch", "watch", "report",
     ])
     for name in gdlab.__all__:
         assert getattr(gdlab, name) is not None

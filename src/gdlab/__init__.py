@@ -27,7 +27,6 @@ if TYPE_CHECKING:  # what a type checker and an IDE see; at run time __getattr__
     from gdlab.lr_select import LRFindResult, LRSelection, lr_find
     from gdlab.problem import evaluate
     from gdlab.records import History
-    from gdlab.reports import report
     from gdlab.store import Run, Store
     from gdlab.sweeps import RestartsResult, SweepResult, restarts, sweep
     from gdlab.train import fit
@@ -44,7 +43,8 @@ _WHERE = {  # public name -> the module it comes from (a module's own name: the 
     "lr_find": "gdlab.lr_select", "evaluate": "gdlab.problem", "History": "gdlab.records", "Run": "gdlab.store",
     "Store": "gdlab.store", "RestartsResult": "gdlab.sweeps", "SweepResult": "gdlab.sweeps",
     "restarts": "gdlab.sweeps", "sweep": "gdlab.sweeps", "fit": "gdlab.train", "Watch": "gdlab.watching",
-    "watch": "gdlab.watching", "report": "gdlab.reports",
+    "watch": "gdlab.watching",
+    "report": "gdlab.reports",  # an edge (the HTML page): loaded on first use only, so not in the block above
 }
 
 __all__ = [
