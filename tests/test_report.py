@@ -243,6 +243,7 @@ def test_several_runs_on_the_same_axes(trained: Path, tmp_path: Path, open_page)
     differs = opened.page.eval_on_selector_all("tr.differs td:first-child", "cs => cs.map(c => c.textContent)")
     assert "lr" in differs and "name" in differs and "data" not in differs
     assert "validation loss" in opened.page.inner_text("table.data")
+    opened.page.screenshot(path=str(tmp_path / "runs.png"), full_page=True)
 
 
 def test_sweep_and_restarts_pages(tmp_path: Path, open_page) -> None:
@@ -268,6 +269,7 @@ def test_sweep_and_restarts_pages(tmp_path: Path, open_page) -> None:
     assert first == "best"
     values = hover(opened, "final")
     assert values[0] != "\u2013"
+    opened.page.screenshot(path=str(tmp_path / "sweep.png"), full_page=True)
     opened = open_page(report("again", tmp_path / "again.html", store="s"))
     assert opened.errors == [] and opened.requests == []
     final = opened.state()["charts"]["final"]
@@ -301,6 +303,7 @@ def test_index_links_open_the_run_pages(trained: Path, tmp_path: Path, open_page
     column = opened.page.eval_on_selector_all(
         "section.index tbody tr", "rs => rs.map(r => +r.cells[8].dataset.sort)")
     assert column == sorted(column, reverse=True)
+    opened.page.screenshot(path=str(tmp_path / "index.png"), full_page=True)
     for run in runs:
         opened.page.click(f"a.run-link:text('{run.id}')")
         opened.page.wait_for_function("window.gdlabReport && window.gdlabReport.kind === 'run'")
@@ -329,6 +332,7 @@ def test_store_text_is_escaped_and_no_steps_is_said(tmp_path: Path, open_page) -
     assert f"<img src=x onerror=alert(2)>{evil}" in body
     assert opened.state()["charts"] == {}
     assert opened.page.title() == f"run {evil} - gdlab"
+    opened.page.screenshot(path=str(tmp_path / "escaped.png"), full_page=True)
 
 
 def test_a_long_run_stays_small_and_opens_fast(tmp_path: Path, open_page) -> None:
@@ -357,5 +361,6 @@ def test_a_long_run_stays_small_and_opens_fast(tmp_path: Path, open_page) -> Non
     assert spike == 40.0
     assert [m["step"] for m in charts["loss"]["markers"]] == [77_777]
     assert "drawn from" in opened.page.inner_text('[data-chart="loss"] .note')
+    opened.page.screenshot(path=str(tmp_path / "long.png"), full_page=True)
     assert opened.seconds < 5  # a pathology guard, not a benchmark; the figure is printed
     print(f"\n100,000-step page: {size / 1e6:.2f} MB, opened and drawn in {opened.seconds:.2f} s")

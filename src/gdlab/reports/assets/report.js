@@ -44,12 +44,11 @@
     }
     if (typeof v === "boolean") return v ? "yes" : "no";
     if (Array.isArray(v)) return v.map(fmt).join(", ");
-    if (typeof v === "object") return Object.keys(v).map(function (k) {
-      var x = v[k];
-      return k + " " + (x && typeof x === "object" && !Array.isArray(x) ? "{" + fmt(x) + "}" : fmt(x));
-    }).join(", ");
+    if (typeof v === "object") return "{" + Object.keys(v).map(function (k) { return k + ": " + fmt(v[k]); })
+      .join(", ") + "}";
     return String(v);
   }
+  function pairs(o) { return Object.keys(o || {}).map(function (k) { return k + " " + fmt(o[k]); }).join(", "); }
   function percent(v) { return typeof v === "number" ? (100 * v).toFixed(2) + "%" : fmt(v); }
   function remedyText(r) {
     if (!r) return "";
@@ -344,7 +343,7 @@
       var who = runs.length > 1 ? r.label + ": " : "";
       (r.remedies || []).forEach(function (m) {
         events.push({ step: m.step, cls: "ev-remedy", head: who + "remedy " + m.action,
-                      body: (m.params ? " (" + fmt(m.params) + ")" : "") + (m.reason ? ": " + m.reason : "") });
+                      body: (m.params ? " (" + pairs(m.params) + ")" : "") + (m.reason ? ": " + m.reason : "") });
       });
       (r.findings || []).forEach(function (f) {
         if (typeof f.step === "number")
@@ -364,10 +363,11 @@
     root.appendChild(section);
   }
 
-  function settingsTable(r) {
-    var keys = Object.keys(r.settings || {}).sort();
-    return table([{ key: "k", label: "setting" }, { key: "v", label: "value" }],
-      keys.map(function (k) { return { k: k, v: fmt(r.settings[k]) }; }));
+  function settingsGrid(settings) {
+    return el("dl", { class: "settings" }, Object.keys(settings || {}).sort().map(function (k) {
+      var v = settings[k];
+      return el("div", null, el("dt", { text: k }), el("dd", { text: Array.isArray(v) ? "[" + fmt(v) + "]" : fmt(v) }));
+    }));
   }
 
   function noSteps(r) {
@@ -385,7 +385,7 @@
     if (!r.recorded_steps) root.appendChild(noSteps(r));
     doctorSection(data.runs);
     chartsSection(data.charts, marks);
-    root.appendChild(el("section", null, el("h2", { text: "Settings" }), settingsTable(r)));
+    root.appendChild(el("section", null, el("h2", { text: "Settings" }), settingsGrid(r.settings)));
   }
 
   // -- several runs ------------------------------------------------------------------------------------------
@@ -454,9 +454,7 @@
         { sortable: true, rowClass: function (r) { return r === best ? "best" : r.diverged ? "diverged" : null; } })));
     var config = Object.keys(s.config || {});
     if (config.length)
-      root.appendChild(el("section", null, el("h2", { text: "Settings" }),
-        table([{ key: "k", label: "setting" }, { key: "v", label: "value" }],
-          config.map(function (k) { return { k: k, v: fmt(s.config[k]) }; }))));
+      root.appendChild(el("section", null, el("h2", { text: "Settings" }), settingsGrid(s.config)));
   }
 
   // -- the index ---------------------------------------------------------------------------------------------
