@@ -314,9 +314,21 @@
     return h;
   }
 
+  // a finding's card, clicked, zooms every step chart to the steps around it (double-click a chart to zoom out)
+  function zoomTo(step) {
+    Object.keys(plots).forEach(function (k) {
+      var u = plots[k];
+      if (state.charts[k].x !== "step") return;
+      var xs = u.data[0];
+      var span = Math.max(10, (xs[xs.length - 1] - xs[0]) / 10);
+      u.setScale("x", { min: step - span / 2, max: step + span / 2 });
+    });
+  }
+
   function findingCard(f, who) {
     var evidence = Object.keys(f.evidence || {});
-    return el("article", { class: "card finding sev-" + f.severity, "data-code": f.code, "data-step": f.step },
+    var card = el("article", { class: "card finding sev-" + f.severity, "data-code": f.code, "data-step": f.step,
+                               title: typeof f.step === "number" ? "click: zoom the charts to step " + f.step : null },
       el("div", { class: "head" }, el("span", { class: "sev", text: f.severity }),
         el("span", { class: "code", text: f.code }),
         who ? el("span", { class: "meta", text: who }) : null,
@@ -326,6 +338,11 @@
         evidence.length ? [el("dt", { text: "evidence" }), el("dd", { text: evidence.map(function (k) {
           return k + " " + fmt(f.evidence[k]); }).join("; ") })] : null,
         f.remedy ? [el("dt", { text: "remedy" }), el("dd", { class: "mono", text: remedyText(f.remedy) })] : null));
+    if (typeof f.step === "number") {
+      card.classList.add("zooms");
+      card.addEventListener("click", function () { zoomTo(f.step); });
+    }
+    return card;
   }
 
   function doctorSection(runs) {
