@@ -355,13 +355,19 @@ def sweep_data(stored: dict[str, Any]) -> dict[str, Any]:
                                "recorded": len(r["curve"])} for i, r in enumerate(curves)],
                              x="epoch", markers=False))
     table = [{k: _clean(v) for k, v in r.items() if k != "curve"} for r in rows]
+    keys = list(dict.fromkeys(k for r in table for k in r))
+    settings = [k for k in keys if k not in RESULT_KEYS and not k.startswith("val_")]
+    results = ["train_loss", "val_loss", "metric", *(k for k in keys if k.startswith("val_") and k != "val_loss"),
+               "diverged"]
+    columns = ["member", *sorted(settings, key=lambda k: (k != "lr", k != "seed", k)), *results]
+    columns = [k for k in dict.fromkeys(columns) if k in keys]
     return {"kind": "sweep", "title": f"{stored.get('kind', 'sweep')} {stored.get('name') or stored.get('id')}",
             "sweep": {"id": stored.get("id"), "name": stored.get("name"), "kind": stored.get("kind"),
                       "created": stored.get("created"), "seconds": _num(stored.get("seconds")),
                       "steps": stored.get("steps"), "members": len(rows),
                       "config": {k: _clean(v) for k, v in config.items() if v not in (None, {}, [], "")},
                       "summary": _clean(stored.get("summary") or {}), "key": key, "x": x_key},
-            "table": table, "charts": [c for c in charts if c is not None], **_stamp()}
+            "table": table, "columns": columns, "charts": [c for c in charts if c is not None], **_stamp()}
 
 
 def index_data(store: Store, links: dict[str, str]) -> dict[str, Any]:

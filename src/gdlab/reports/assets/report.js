@@ -203,6 +203,22 @@
     });
   }
 
+  // tick labels; a log axis keeps the ticks at 1, 2 and 5 times a power of ten (not all nine of each decade)
+  function axis(options, log) {
+    options.values = function (u, splits) {
+      return splits.map(function (v) { return v === null || v === undefined ? "" : fmt(v); });
+    };
+    if (log)
+      options.filter = function (u, splits) {
+        return splits.map(function (v) {
+          if (!(v > 0)) return null;
+          var m = v / Math.pow(10, Math.floor(Math.log10(v) + 1e-9));
+          return [1, 2, 5].some(function (t) { return Math.abs(m - t) < 1e-6; }) ? v : null;
+        });
+      };
+    return options;
+  }
+
   function chart(spec, marks, holder) {
     var longLabel = spec.ylabel.length > 22;
     var box = el("section", { class: "chart", "data-chart": spec.id }, el("h3", { text: spec.title }),
@@ -237,8 +253,8 @@
       height: 250,
       scales: { x: { time: false, distr: spec.xlog ? 3 : 1, log: 10 }, y: { distr: logY ? 3 : 1, log: 10 } },
       axes: [
-        { label: spec.x, size: 42, values: function (u, splits) { return splits.map(fmt); } },
-        { label: longLabel ? "" : spec.ylabel, size: 64, values: function (u, splits) { return splits.map(fmt); } },
+        axis({ label: spec.x, size: 42 }, spec.xlog),
+        axis({ label: longLabel ? "" : spec.ylabel, size: 64 }, logY),
       ],
       series: series,
       bands: bands,
@@ -267,9 +283,12 @@
     if (!charts.length) return null;
     var grid = el("div", { class: "charts" });
     var section = el("section", null, el("h2", { text: "Charts" }),
-      el("p", { class: "key" }, "Hover for the step and the values; drag across a chart to zoom, double-click to " +
-        "zoom out. Marks:", el("i", { class: "k-error" }), "error", el("i", { class: "k-warning" }), "warning",
-        el("i", { class: "k-info" }), "info", el("i", { class: "k-remedy" }), "remedy applied"), grid);
+      el("p", { class: "key" }, "Hover for the " + (charts[0].x === "step" ? "step" : "point") + " and the values; " +
+        "drag across a chart to zoom, double-click to zoom out.",
+        marks.length ? [" Marks:", el("i", { class: "k-error" }), "error", el("i", { class: "k-warning" }), "warning",
+          el("i", { class: "k-info" }), "info", el("i", { class: "k-remedy" }), "remedy applied",
+          marks.some(function (m) { return m.kind === "finding"; }) ? " (click a finding's card to zoom to it)" : ""]
+          : null), grid);
     root.appendChild(section);
     charts.forEach(function (spec) { chart(spec, marks, grid); });
     window.addEventListener("resize", function () {
@@ -459,15 +478,16 @@
     root.appendChild(head);
     chartsSection(data.charts, []);
     var rows = data.table || [];
-    var keys = [];
-    rows.forEach(function (r) { Object.keys(r).forEach(function (k) { if (keys.indexOf(k) < 0) keys.push(k); }); });
+    var keys = data.columns || [];
     var best = null;
     rows.forEach(function (r) {
       var v = r[s.key];
       if (!r.diverged && typeof v === "number" && (best === null || v < best[s.key])) best = r;
     });
     root.appendChild(el("section", null, el("h2", { text: "Members (click a column to sort; the best is green)" }),
-      table(keys.map(function (k) { return { key: k, label: k.replace(/_/g, " ") }; }), rows,
+      table(keys.map(function (k) {
+        return { key: k, label: k === "metric" ? "val accuracy" : k.replace(/_/g, " ") };
+      }), rows,
         { sortable: true, rowClass: function (r) { return r === best ? "best" : r.diverged ? "diverged" : null; } })));
     var config = Object.keys(s.config || {});
     if (config.length)
