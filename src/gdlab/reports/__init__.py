@@ -340,7 +340,7 @@ def sweep_data(stored: dict[str, Any]) -> dict[str, Any]:
     for n, (label, members) in enumerate(sorted(groups.items())):
         members = sorted(members, key=lambda r: (r.get(x_key) is None, r.get(x_key) or 0))
         members = [r for r in members if isinstance(r.get(x_key), (int, float))]
-        series.append({"label": label, "run": n, "style": "points",
+        series.append({"label": label, "run": n, "style": "dots" if x_key in ("seed", "member") else "points",
                        "x": [_num(r[x_key]) for r in members],
                        "y": [None if r.get("diverged") else _num(r.get(key)) for r in members],
                        "recorded": len(members)})

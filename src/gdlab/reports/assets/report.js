@@ -240,6 +240,7 @@
                      points: { show: s.style === "points" || s.x.length < 40, size: 5 } };
       if (s.style === "raw") { option.stroke = alpha(c, 0.35); option.width = 1; option.points = { show: false }; }
       if (s.style === "smooth") option.width = 2.2;
+      if (s.style === "dots") { option.paths = function () { return null; }; option.points = { show: true, size: 8 }; }
       if (s.style === "thin") { option.width = 1; option.points = { show: false }; }
       if (s.style === "spread") { option.stroke = alpha(c, 0.5); option.width = 0.5; option.points = { show: false }; }
       series.push(option);
