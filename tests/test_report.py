@@ -188,6 +188,7 @@ def test_run_page_in_the_browser(trained: Path, tmp_path: Path, open_page) -> No
     assert sorted(map(tuple, cards)) == sorted((f["code"], f["step"]) for f in run.findings)
     # hover shows the step and the values
     values = hover(opened, "loss")
+    opened.page.screenshot(path=str(tmp_path / "run.png"), full_page=True)
     assert 1 <= int(values[0]) <= steps and all(re.fullmatch(r"-?[\d.e+-]+", v) for v in values[1:]), values
     # each finding's marker sits at its step: hovering at the marker reads that step
     assert sorted(m["step"] for m in charts["loss"]["markers"]) == sorted(f["step"] for f in run.findings)
@@ -206,15 +207,19 @@ def test_run_page_in_the_browser(trained: Path, tmp_path: Path, open_page) -> No
     opened.page.mouse.up()
     low, high = opened.page.evaluate("[gdlabPlots.loss.scales.x.min, gdlabPlots.loss.scales.x.max]")
     assert 20 < low < high < 90, (low, high)
+    # the other step charts follow the zoom
+    assert opened.page.evaluate("[gdlabPlots.lr.scales.x.min, gdlabPlots.lr.scales.x.max]") == [low, high]
+    opened.page.dblclick('[data-chart="loss"] .u-over')
     # a finding's card, clicked, zooms the step charts around its step
     finding = run.findings[0]
     opened.page.click(f".card.finding[data-code='{finding['code']}']")
     for chart in ("loss", "lr"):
         low, high = opened.page.evaluate(f"[gdlabPlots['{chart}'].scales.x.min, gdlabPlots['{chart}'].scales.x.max]")
-        assert low < finding["step"] < high and high - low < steps / 2, (chart, low, high)
-    opened.page.dblclick('[data-chart="loss"] .u-over')
-    assert opened.page.evaluate("gdlabPlots.loss.scales.x.max - gdlabPlots.loss.scales.x.min") >= steps - 1
-    opened.page.screenshot(path=str(tmp_path / "run.png"), full_page=True)
+        assert low <= finding["step"] <= high and high - low < steps / 2, (chart, low, high)
+    opened.page.dblclick('[data-chart="lr"] .u-over')
+    for chart in ("loss", "lr"):
+        assert opened.page.evaluate(f"gdlabPlots['{chart}'].scales.x.max - gdlabPlots['{chart}'].scales.x.min") \
+            >= steps - 1
     assert opened.errors == [] and opened.requests == []
     print(f"\nrun page: {path.stat().st_size / 1e3:.0f} kB, drawn in {opened.seconds:.2f} s; "
           f"screenshot {tmp_path / 'run.png'}")

@@ -155,7 +155,7 @@
             n.node.firstChild.style.top = (n.mark.kind === "remedy" ? 18 : 0) + 36 * row + "px";
           });
         }],
-        setScale: [function (u, key) { if (key === "x") place(u); }],
+        setScale: [function (u, key) { if (key === "x") { place(u); if (u.gdlabReady) syncX(u); } }],
         setSize: [place],
       },
     };
@@ -259,11 +259,13 @@
       ],
       series: series,
       bands: bands,
-      cursor: { drag: { x: true, y: false, setScale: true } },
+      cursor: { drag: { x: true, y: false, setScale: true }, sync: spec.x === "step" ? { key: "steps" } : undefined },
       legend: { live: true },
       plugins: [markersPlugin(spec.markers ? marks : []), referencePlugin(spec.reference)],
     };
     var u = new uPlot(opts, joined, box);
+    u.gdlabX = spec.x;
+    u.gdlabReady = true;
     plots[spec.id] = u;
     state.charts[spec.id] = {
       title: spec.title, x: spec.x, log: logY,
@@ -336,13 +338,30 @@
 
   // a finding's card, clicked, zooms every step chart to the steps around it (double-click a chart to zoom out)
   function zoomTo(step) {
-    Object.keys(plots).forEach(function (k) {
-      var u = plots[k];
-      if (state.charts[k].x !== "step") return;
-      var xs = u.data[0];
-      var span = Math.max(10, (xs[xs.length - 1] - xs[0]) / 10);
-      u.setScale("x", { min: step - span / 2, max: step + span / 2 });
-    });
+    var u = Object.keys(plots).map(function (k) { return plots[k]; })
+      .filter(function (p) { return p.gdlabX === "step"; })[0];
+    if (!u) return;
+    var xs = u.data[0], first = xs[0], last = xs[xs.length - 1];
+    var span = Math.max(20, (last - first) / 5);
+    var low = Math.max(first, Math.min(step - span / 2, last - span));
+    u.setScale("x", { min: low, max: Math.min(last, low + span) });  // the others follow (syncX)
+  }
+
+  // the step charts zoom together: a zoom (or a double-click back out) on one is applied to the others
+  var syncing = false;
+  function syncX(u) {
+    if (syncing || u.gdlabX !== "step") return;
+    syncing = true;
+    try {
+      Object.keys(plots).forEach(function (k) {
+        var other = plots[k];
+        if (other !== u && other.gdlabX === "step" &&
+            (other.scales.x.min !== u.scales.x.min || other.scales.x.max !== u.scales.x.max))
+          other.setScale("x", { min: u.scales.x.min, max: u.scales.x.max });
+      });
+    } finally {
+      syncing = false;
+    }
   }
 
   function findingCard(f, who) {
