@@ -78,11 +78,12 @@ def test_run_data_has_the_plots_panels_and_the_findings(trained: Path) -> None:
     assert "not_learning" in {f["code"] for f in run.findings}
 
 
-def test_merged_steps_keep_their_spike_in_the_page_data(tmp_path: Path) -> None:
+def test_merged_steps_keep_their_spike(tmp_path: Path, open_page) -> None:
     store = Store(tmp_path / "s")
     run_id = store.create_run({"data": "seed"})
-    rows = [{"step": s, "loss": 1.0 / s ** 0.5} for s in range(1, 10_001)]
+    rows = [{"step": s, "loss": 1.0 / s ** 0.5, "grad_norm/0": 1.0} for s in range(1, 10_001)]
     rows[1233]["loss"] = 50.0  # step 1234: old enough to be merged into a bucket
+    rows[2344]["grad_norm/0"] = 7.0
     for i in range(0, len(rows), 500):
         store.add_steps(run_id, rows[i:i + 500], step_rows=2000)
     store.finish(run_id, "finished")
@@ -90,7 +91,19 @@ def test_merged_steps_keep_their_spike_in_the_page_data(tmp_path: Path) -> None:
     labels = [s["label"] for s in charts["loss"]["series"]]
     assert "max of merged steps" in labels
     top = charts["loss"]["series"][labels.index("max of merged steps")]
-    assert max(top["y"]) == 50.0
+    assert max(top["y"]) == 50.0 and top["of"] == 0
+    panel = charts["panel-gradient-norm-per-layer"]["series"]
+    assert [(s["label"], s.get("of")) for s in panel] == [("grad_norm/0", None),
+                                                          ("grad_norm/0: max of merged steps", 0),
+                                                          ("grad_norm/0: min of merged steps", 0)]
+    assert max(panel[1]["y"]) == 7.0 and max(panel[0]["y"]) < 7.0  # the bucket's mean hides it; its max keeps it
+    opened = open_page(report(run_id, tmp_path / "merged.html", store=store))
+    assert opened.errors == [] and opened.requests == []
+    bands = opened.page.evaluate("[gdlabPlots.loss.bands.map(b => b.series), "
+                                 "gdlabPlots['panel-gradient-norm-per-layer'].bands.map(b => b.series)]")
+    assert bands == [[[3, 4]], [[2, 3]]]  # uPlot's series 0 is the x axis
+    assert opened.page.evaluate("Math.max(...gdlabPlots.loss.data[3].filter(v => v != null))") == 50.0
+    opened.page.screenshot(path=str(tmp_path / "merged.png"), full_page=True)
 
 
 def test_store_text_cannot_close_the_data_script() -> None:

@@ -248,9 +248,25 @@ def _loss_series(history: History, run: int, label: str = "") -> list[dict[str, 
     prefix = f"{label}: " if label else ""
     found = [_series(f"{prefix}loss per step", x, steps["loss"], run=run, style="raw"),
              _series(f"{prefix}moving average", x, ema(steps["loss"]), run=run, style="smooth")]
-    if "max:loss" in steps:  # the store merged old steps: their min and max keep the spikes
-        found += [_series(f"{prefix}max of merged steps", x, steps["max:loss"], run=run, style="spread"),
-                  _series(f"{prefix}min of merged steps", x, steps["min:loss"], run=run, style="spread")]
+    return found + _spread(f"{prefix}max of merged steps", f"{prefix}min of merged steps", x, steps, "loss", 0, run)
+
+
+def _spread(high: str, low: str, x: Sequence[float], steps: Any, key: str, of: int, run: int = 0
+            ) -> list[dict[str, Any]]:
+    """Where the store merged a long run's old steps into buckets, their max and min of ``key`` (a band about the
+    series at index ``of`` of its chart), so that a spike among them still shows."""
+    if f"max:{key}" not in steps:
+        return []
+    return [{**_series(label, x, steps[f"{bound}:{key}"], run=run, style="spread"), "of": of}
+            for label, bound in ((high, "max"), (low, "min"))]
+
+
+def _panel_series(keys: Sequence[str], x: Sequence[float], steps: Any) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    for key in keys:
+        of = len(found)
+        found.append(_series(key, x, steps[key]))
+        found += _spread(f"{key}: max of merged steps", f"{key}: min of merged steps", x, steps, key, of)
     return found
 
 
@@ -281,8 +297,7 @@ def run_data(store: Store, run: Run) -> dict[str, Any]:
         if name == "loss":
             continue  # drawn above
         chart_id = "panel-" + "".join(c if c.isalnum() else "-" for c in name).strip("-")
-        charts.append(_chart(chart_id, name, ylabel, [_series(k, x, steps[k]) for k in keys], reference=reference,
-                             extent=span))
+        charts.append(_chart(chart_id, name, ylabel, _panel_series(keys, x, steps), reference=reference, extent=span))
     return {"kind": "run", "title": f"run {run.name or run.id}", "runs": [summary],
             "charts": [c for c in charts if c is not None], **_stamp()}
 

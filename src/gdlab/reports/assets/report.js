@@ -185,7 +185,10 @@
 
   function colour(spec, s, i) {
     if (data.kind === "run" && spec.id === "loss") return PALETTE[0];
-    return PALETTE[(data.kind === "run" ? i : s.run) % PALETTE.length];
+    if (data.kind !== "run") return PALETTE[s.run % PALETTE.length];
+    var n = 0;  // the series' place among those that are not bands
+    for (var k = 0; k < i; k++) if (spec.series[k].style !== "spread") n++;
+    return PALETTE[n % PALETTE.length];
   }
   function alpha(hex, a) {
     var n = parseInt(hex.slice(1), 16);
@@ -208,14 +211,18 @@
     options.values = function (u, splits) {
       return splits.map(function (v) { return v === null || v === undefined ? "" : fmt(v); });
     };
-    if (log)
-      options.filter = function (u, splits) {
+    if (log) {
+      var keep = function (u, splits) {
         return splits.map(function (v) {
           if (!(v > 0)) return null;
           var m = v / Math.pow(10, Math.floor(Math.log10(v) + 1e-9));
           return [1, 2, 5].some(function (t) { return Math.abs(m - t) < 1e-6; }) ? v : null;
         });
       };
+      options.filter = keep;
+      options.grid = { show: true, stroke: "rgba(0,0,0,0.07)", width: 2, filter: keep };  // uPlot's defaults
+      options.ticks = { show: true, stroke: "rgba(0,0,0,0.07)", width: 2, size: 10, filter: keep };
+    }
     return options;
   }
 
@@ -233,8 +240,9 @@
     if (spec.extent) widen(joined, spec.extent);
     var bands = [];
     var series = [{ label: spec.x, value: function (u, v) { return v === null || v === undefined ? "\u2013" : fmt(v); } }];
+    var colours = spec.series.map(function (s, i) { return colour(spec, s, i); });
     spec.series.forEach(function (s, i) {
-      var c = colour(spec, s, i);
+      var c = s.style === "spread" ? colours[s.of] : colours[i];
       var option = { label: s.label, stroke: c, width: 1.5, spanGaps: true,
                      value: function (u, v) { return v === null || v === undefined ? "\u2013" : fmt(v); },
                      points: { show: s.style === "points" || s.x.length < 40, size: 5 } };
@@ -245,9 +253,13 @@
       if (s.style === "spread") { option.stroke = alpha(c, 0.5); option.width = 0.5; option.points = { show: false }; }
       series.push(option);
     });
-    var spread = spec.series.map(function (s, i) { return s.style === "spread" ? i + 1 : -1; })
-      .filter(function (i) { return i > 0; });
-    if (spread.length === 2) bands.push({ series: spread, fill: alpha(PALETTE[0], 0.15) });
+    var pairs = {};  // the max and min of merged steps of one series: a band between them in its colour
+    spec.series.forEach(function (s, i) {
+      if (s.style === "spread") (pairs[s.of] = pairs[s.of] || []).push(i + 1);
+    });
+    Object.keys(pairs).forEach(function (of) {
+      if (pairs[of].length === 2) bands.push({ series: pairs[of], fill: alpha(colours[of], 0.15) });
+    });
     var logY = spec.log;
     var opts = {
       width: Math.max(320, box.clientWidth - 20),
