@@ -14,7 +14,8 @@ from gdlab.cli.common import StoreFlag, app, friendly, out
 @app.command()
 @friendly
 def report(
-    runs: Optional[list[str]] = typer.Argument(None, help="Runs (ids, id prefixes, names, 'last'), or one sweep."),
+    runs: Optional[list[str]] = typer.Argument(None, metavar="RUN", help="Runs (ids, id prefixes, names, 'last'), "
+                                               "or one sweep or restarts (its id or name)."),
     store: StoreFlag = "gdlab-runs",
     out_path: Optional[Path] = typer.Option(None, "--out", help="The HTML file [default: the run's folder/"
                                             "report.html for one run, else report.html]; with --all, the folder "
