@@ -60,6 +60,10 @@ def test_downsample_keeps_a_spike_and_the_order() -> None:
     assert dx[0] == 1 and dx[-1] == 100_000 and 6 not in dx  # the ends kept, the NaN dropped
     short_x, short_y = downsample([1, 2, 3], [3.0, math.inf, 1.0])
     assert (short_x, short_y) == ([1, 3], [3.0, 1.0])
+    digits = [3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0, 6.0, 5.0]
+    assert downsample(range(1, 10), digits, 4) == ([1, 2, 6, 9], [3.0, 1.0, 9.0, 5.0])  # first, min, max, last
+    with pytest.raises(InvalidParameter, match="points"):
+        downsample(x, y, 3)
 
 
 def test_run_data_has_the_plots_panels_and_the_findings(trained: Path) -> None:

@@ -127,6 +127,8 @@ def downsample(x: Sequence[float], y: Sequence[float], points: int = POINTS) -> 
         >>> len(dx) <= 400, max(dy), dx[dy.index(50.0)]
         (True, 50.0, 7777)
     """
+    if isinstance(points, bool) or not isinstance(points, int) or points < 4:
+        raise InvalidParameter("points", points, "an integer of at least 4 (a bucket keeps up to 4 points)")
     pairs = [(a, b) for a, b in zip(x, y) if b is not None and math.isfinite(b)]
     if len(pairs) <= points:
         return [p[0] for p in pairs], [p[1] for p in pairs]
