@@ -530,10 +530,12 @@
   function link(row, text) {
     return row.href ? el("a", { href: row.href, class: "run-link", text: text }) : el("span", { text: text });
   }
+  function count(n, one, many) { return n + " " + (n === 1 ? one : many); }
   function renderIndex() {
+    root.classList.add("wide");  // a table of many columns takes the window's width
     root.appendChild(el("header", { class: "top" }, el("h1", { text: data.title }),
-      el("div", { class: "meta" }, el("span", { text: data.index.length + " runs" }),
-        el("span", { text: data.sweeps.length + " sweeps and restarts" }))));
+      el("div", { class: "meta" }, el("span", { text: count(data.index.length, "run", "runs") }),
+        el("span", { text: count(data.sweeps.length, "sweep or restarts study", "sweeps and restarts studies") }))));
     var columns = [
       { key: "id", label: "run", render: function (r) { return link(r, r.id); }, cls: "mono" },
       { key: "name", label: "name" },
@@ -542,8 +544,8 @@
       { key: "optimizer", label: "optimizer" }, { key: "lr", label: "lr" }, { key: "steps", label: "steps" },
       { key: "train_loss", label: "train loss" }, { key: "val_loss", label: "val loss" },
       { key: "val_accuracy", label: "val acc", render: function (r) { return percent(r.val_accuracy); } },
-      { key: "codes", label: "findings", cls: "mono" }, { key: "remedies", label: "remedies" },
-      { key: "stop_reason", label: "stop reason" },
+      { key: "codes", label: "findings", cls: "mono prose" }, { key: "remedies", label: "remedies", cls: "prose" },
+      { key: "stop_reason", label: "stop reason", cls: "prose" },
     ];
     var rows = data.index.map(function (r) {
       var o = Object.assign({}, r);
