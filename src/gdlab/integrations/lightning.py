@@ -68,6 +68,12 @@ def _scalar(value: Any) -> float | None:
     return None
 
 
+def _hyperparameters(optimizer: Any) -> list[dict[str, float]]:
+    """Each param group's numeric settings (``lr``, ``momentum``...): what the doctor's remedies change."""
+    return [{k: v for k, v in group.items() if k != "params" and isinstance(v, (int, float))}
+            for group in optimizer.param_groups]
+
+
 def finding_line(finding: Any) -> str:
     """A finding as one line: its code, step, explanation and remedy."""
     f = finding.to_dict() if hasattr(finding, "to_dict") else dict(finding)
@@ -119,11 +125,13 @@ class Doctor(Callback):
         self.report: Result | None = None
         self._loss: Any = None  # the accumulated batches' losses, on the device
         self._global_step = 0
+        self._steps = 0  # optimizer steps in this fit, on every rank
         self._logged = 0  # step rows already logged
 
     # -- Lightning's hooks ---------------------------------------------------------------------------------------
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
-        self.report, self.watch, self._loss, self._logged = None, None, None, 0
+        self.report, self.watch, self._loss, self._logged, self._steps = None, None, None, 0, 0
+        self._global_step = trainer.global_step  # on every rank: each counts the optimizer steps
         if not trainer.is_global_zero or not trainer.optimizers:
             return
         optimizer = trainer.optimizers[0]
@@ -132,37 +140,37 @@ class Doctor(Callback):
             "lr": optimizer.param_groups[0].get("lr"), "momentum": optimizer.param_groups[0].get("momentum"),
             "loop": "lightning", "accumulate_grad_batches": trainer.accumulate_grad_batches}
         self.watch = watch(pl_module, optimizer, **{**self.options, "config": config}, hooks=False)
-        self._global_step = trainer.global_step
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         watched = self.watch
-        if watched is None or watched.report is not None:
-            return
-        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if isinstance(loss, torch.Tensor):
-            loss = loss.detach()
-            self._loss = loss if self._loss is None else self._loss + loss
+        if watched is not None and watched.report is None:
+            loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+            if isinstance(loss, torch.Tensor):
+                loss = loss.detach()
+                self._loss = loss if self._loss is None else self._loss + loss
         if trainer.global_step == self._global_step:  # accumulating: the optimizer has not stepped yet
             return
         self._global_step = trainer.global_step
-        if watched.stop_reason is None:
-            watched.step(self._loss, batch=batch if self.batch else None)
-        self._loss = None
-        if watched.stop_reason is not None and self.stop_on_divergence and trainer.world_size == 1:
-            trainer.should_stop = True
+        self._steps += 1
+        if watched is not None and watched.report is None:
+            if watched.stop_reason is None:
+                watched.step(self._loss, batch=batch if self.batch else None)
+            self._loss = None
+        # the ranks agree where rank zero may have decided something: with remedy="auto" at every step (its
+        # learning rate), else where the watch reads the host (a divergence is seen there)
+        if self.options["remedy"] == "auto" or self._steps % self.options["log_every"] == 0:
+            self._agree(trainer)
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         watched = self.watch
-        if watched is None or watched.report is not None:
-            return
-        metrics = {k: _scalar(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
-        values = {k: v for k, v in metrics.items() if v is not None}
-        val_loss = values.pop("val_loss", None)
-        watched.epoch_end(val_loss=val_loss, **values)
-        if self.log:
-            self._log(trainer)
-        if watched.stop_reason is not None and self.stop_on_divergence and trainer.world_size == 1:
-            trainer.should_stop = True
+        if watched is not None and watched.report is None:
+            metrics = {k: _scalar(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
+            values = {k: v for k, v in metrics.items() if v is not None}
+            val_loss = values.pop("val_loss", None)
+            watched.epoch_end(val_loss=val_loss, **values)
+            if self.log:
+                self._log(trainer)
+        self._agree(trainer)
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         self._close(trainer)
@@ -174,6 +182,34 @@ class Doctor(Callback):
             self.watch = None
 
     # -- ours ----------------------------------------------------------------------------------------------------
+    def _agree(self, trainer: Any) -> None:
+        """Rank zero's decisions reach every rank: the stop after a divergence nothing repaired (``should_stop``
+        set on every rank, else the others would wait for it in their next all-reduce) and, with
+        ``remedy="auto"``, the optimizer's hyperparameters (the learning rate, the momentum the doctor set). One
+        ``trainer.strategy.broadcast`` with several devices; nothing to exchange on one."""
+        watched = self.watch
+        auto = self.options["remedy"] == "auto"
+        if trainer.world_size == 1:
+            if self.stop_on_divergence and watched is not None and watched.stop_reason is not None:
+                trainer.should_stop = True
+            return
+        if not (auto or self.stop_on_divergence):
+            return
+        decision: dict[str, Any] | None = None
+        if trainer.is_global_zero:
+            optimizer = trainer.optimizers[0] if trainer.optimizers else None
+            decision = {"stop": self.stop_on_divergence and watched is not None and watched.stop_reason is not None,
+                        "groups": _hyperparameters(optimizer) if auto and optimizer is not None else None}
+        decision = trainer.strategy.broadcast(decision, src=0)
+        if not isinstance(decision, dict):
+            return
+        if decision.get("stop"):
+            trainer.should_stop = True
+        groups = decision.get("groups")
+        if groups and not trainer.is_global_zero and trainer.optimizers:
+            for group, values in zip(trainer.optimizers[0].param_groups, groups):
+                group.update(values)
+
     def _close(self, trainer: Any) -> None:
         watched = self.watch
         if watched is None:
