@@ -9,10 +9,12 @@ whether it watched); the test compares those with what rank zero stored and prin
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -120,15 +122,36 @@ def run(out: Path, *, lr: float, strategy: str = "ddp", devices: int = 2, epochs
     trainer.fit(Classifier(lr, momentum), train, val)
 
 
+def _run_bounded(command: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
+    """``command`` in a session of its own, its output in files (processes it starts cannot hold a pipe open),
+    stopped after ``TIMEOUT`` seconds: SIGTERM to its process group (torchrun passes it to its workers), then
+    SIGKILL. A run that had to be stopped fails the test: a hang."""
+    out, err = cwd / "stdout.txt", cwd / "stderr.txt"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        process = subprocess.Popen(command, env=env, cwd=cwd, stdout=stdout, stderr=stderr, start_new_session=True)
+        try:
+            code = process.wait(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            for sig, grace in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, sig)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=grace)
+                    break
+            pytest.fail(f"no end after {TIMEOUT} s (a hang): {err.read_text()[-3000:]}")
+    return code, out.read_text(), err.read_text()
+
+
 def _launch(tmp_path: Path, **options: Any) -> tuple[subprocess.CompletedProcess[str], dict[int, dict[str, Any]]]:
     """This file as a script, in a subprocess with a hard timeout: a hang fails the test instead of stalling it."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
            "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     for key in ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK"):
         env.pop(key, None)
-    done = subprocess.run([sys.executable, str(HERE), str(tmp_path), json.dumps(options)], env=env,
-                          capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    command = [sys.executable, str(HERE), str(tmp_path), json.dumps(options)]
+    code, stdout, stderr = _run_bounded(command, env, tmp_path)
+    assert code == 0, stdout[-3000:] + stderr[-5000:]
+    done = subprocess.CompletedProcess(command, code, stdout, stderr)
     seen = {int(p.stem[4:]): json.loads(p.read_text()) for p in tmp_path.glob("rank*.json")}
     return done, seen
 

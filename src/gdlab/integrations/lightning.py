@@ -23,8 +23,10 @@ optimizer with a closure (the forward and backward pass run inside ``optimizer.s
 hooks are not used: a step starts at the module's forward pass (call ``self(x)`` in ``training_step`` so that the
 periodic instruments ride on it) and ends after the update, when the gradients are still the step's.
 
-With several devices, only global rank zero watches, reports, logs and stores (the other ranks train unwatched);
-a divergence stops the trainer (``trainer.should_stop``) only on a single device.
+With several devices (``strategy="ddp"``, ``"ddp_spawn"``), only global rank zero watches, reports, logs and stores
+(the other ranks train unwatched; the gradient norms it reads are after DDP's all-reduce). Its decisions reach every
+rank through ``trainer.strategy.broadcast``: the stop after a divergence (``trainer.should_stop`` on every rank at
+the same step) and, with ``remedy="auto"``, the learning rate and momentum the doctor set.
 
 It needs the ``lightning`` package (``pip install 'gdlab[lightning]'``); without it, importing this module raises
 :class:`~gdlab.errors.MissingExtra` naming that command.
@@ -37,7 +39,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gdlab.errors import MissingExtra
+from gdlab.errors import MissingExtra, check_int
 
 try:
     from lightning.pytorch import Callback
@@ -106,8 +108,9 @@ class Doctor(Callback):
         log: log the epoch's mean of each step column to the trainer's loggers (``gdlab/<column>``).
         echo: print the findings at the fit's end.
         log_every: steps between host reads of the loss and gradient norms.
-        stop_on_divergence: set ``trainer.should_stop`` when the run diverged and nothing repaired it (on a single
-            device only).
+        stop_on_divergence: set ``trainer.should_stop`` when the run diverged and nothing repaired it (with several
+            devices, on every rank: rank zero's verdict is broadcast every ``log_every`` steps and at each epoch's
+            end).
 
     After the fit, :attr:`report` is the :class:`~gdlab.loop.Result` (None on ranks other than zero).
     """
@@ -119,7 +122,7 @@ class Doctor(Callback):
         super().__init__()
         self.options: dict[str, Any] = {"instruments": instruments, "doctor": doctor, "remedy": remedy,
                                         "store": store, "name": name, "config": config, "loss_fn": loss_fn,
-                                        "log_every": log_every}
+                                        "log_every": check_int(log_every, "log_every")}
         self.batch, self.log, self.echo, self.stop_on_divergence = batch, log, echo, stop_on_divergence
         self.watch: Watch | None = None
         self.report: Result | None = None
