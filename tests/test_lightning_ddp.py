@@ -33,9 +33,11 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from gdlab.doctor.findings import Remedy
 from gdlab.integrations.lightning import Doctor
 
 TIMEOUT = 180  # seconds for one multi-process run (about 15-30 s on two busy cores); a hang fails the test
+CLIP = 0.01  # the norm the clip tests clip to, far below this model's gradients (about 0.3 to 0.8)
 HERE = Path(__file__).resolve()
 SRC = HERE.parents[1] / "src"
 
@@ -67,6 +69,7 @@ class Classifier(LightningModule):
 
 
 def _loaders(n: int = 512) -> tuple[DataLoader[Any], DataLoader[Any]]:
+    """384 training samples (batches of 16), 128 held out."""
     g = torch.Generator().manual_seed(0)
     X = torch.randn(n, 2, generator=g)
     y = (X[:, 0] + 0.5 * X[:, 1] > 0).long()  # linearly separable
@@ -79,8 +82,8 @@ class Seen(Callback):
     """What each rank trains with: its local loss, the gradient norm the optimizer steps with (after DDP's
     all-reduce) and the learning rate, per optimizer step; written to ``rank<r>.json`` at the fit's end."""
 
-    def __init__(self, out: Path, doctor: Doctor) -> None:
-        self.out, self.doctor = out, doctor
+    def __init__(self, out: Path, doctor: Doctor, clip_at: int | None = None) -> None:
+        self.out, self.doctor, self.clip_at = out, doctor, clip_at
         self.losses: list[float] = []
         self.norms: list[float] = []
         self.lrs: list[float] = []
@@ -88,6 +91,12 @@ class Seen(Callback):
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.losses.append(float(outputs["loss"]))
+        watched = self.doctor.watch
+        if trainer.global_step == self.clip_at and watched is not None and watched.physician is not None:
+            # the doctor's clip_norm remedy as its clip_spikes rule enters it (a spike big enough to call for it
+            # also blows the loss up in a run this small); the rule itself is tested in test_doctor.py
+            watched.physician.remedies.append(Remedy(trainer.global_step, "clip_norm", {"max_norm": CLIP},
+                                                     "a test's clip"))
 
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
         grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
@@ -110,7 +119,8 @@ class Seen(Callback):
 
 
 def run(out: Path, *, lr: float, strategy: str = "ddp", devices: int = 2, epochs: int = 2,
-        precision: str = "32-true", remedy: str = "suggest", momentum: float = 0.0, progress: str = "tqdm") -> None:
+        precision: str = "32-true", remedy: str = "suggest", momentum: float = 0.0, progress: str = "tqdm",
+        clip_at: int | None = None) -> None:
     """One fit under ``strategy`` on ``devices`` CPU processes, the doctor storing in ``out/runs``."""
     out.mkdir(parents=True, exist_ok=True)
     doctor = Doctor(store=out / "runs", name="ddp", remedy=remedy)
@@ -118,7 +128,7 @@ def run(out: Path, *, lr: float, strategy: str = "ddp", devices: int = 2, epochs
     bar = TQDMProgressBar() if progress == "tqdm" else RichProgressBar()
     trainer = Trainer(max_epochs=epochs, accelerator="cpu", devices=devices, strategy=strategy, precision=precision,
                       logger=CSVLogger(str(out / "logs")), enable_checkpointing=False, enable_progress_bar=True,
-                      enable_model_summary=False, callbacks=[doctor, Seen(out, doctor), bar])
+                      enable_model_summary=False, callbacks=[doctor, Seen(out, doctor, clip_at), bar])
     trainer.fit(Classifier(lr, momentum), train, val)
 
 
@@ -231,6 +241,19 @@ def test_remedy_auto_sets_the_learning_rate_on_every_rank(tmp_path: Path) -> Non
     assert len(set(zero["lrs"])) > 1
     assert zero["lrs"] == one["lrs"]  # rank one stepped with the learning rate rank zero's doctor set
     assert zero["param_sum"] == one["param_sum"]  # so the replicas stayed one model
+
+
+def test_the_clip_remedy_clips_every_rank_after_the_backward_pass(tmp_path: Path) -> None:
+    """Lightning computes the gradients inside ``optimizer.step(closure)``: the doctor's ``clip_norm`` acts in
+    ``on_before_optimizer_step``, after the backward pass and the all-reduce, and rank zero's norm reaches rank
+    one (``remedy="auto"``)."""
+    _, seen = _launch(tmp_path, lr=0.1, strategy="ddp", epochs=1, remedy="auto", clip_at=4)
+    zero, one = seen[0], seen[1]
+    assert zero["norms"] == one["norms"] and zero["param_sum"] == one["param_sum"]
+    before, after = zero["norms"][:5], zero["norms"][5:]  # step 5 on: clipped, on both ranks
+    assert min(before) > 10 * CLIP and after and max(after) <= CLIP * (1 + 1e-5)
+    (_, history), = _store_runs(tmp_path)
+    assert max(list(history.steps["grad_norm"])[5:]) <= CLIP * (1 + 1e-5)  # what the doctor measured, clipped
 
 
 def test_bf16_mixed_precision_records_float32_values(tmp_path: Path) -> None:

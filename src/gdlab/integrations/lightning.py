@@ -26,7 +26,9 @@ periodic instruments ride on it) and ends after the update, when the gradients a
 With several devices (``strategy="ddp"``, ``"ddp_spawn"``), only global rank zero watches, reports, logs and stores
 (the other ranks train unwatched; the gradient norms it reads are after DDP's all-reduce). Its decisions reach every
 rank through ``trainer.strategy.broadcast``: the stop after a divergence (``trainer.should_stop`` on every rank at
-the same step) and, with ``remedy="auto"``, the learning rate and momentum the doctor set.
+the same step) and, with ``remedy="auto"``, the learning rate and momentum the doctor set and the norm its
+``clip_norm`` remedy clips to (applied by the callback in ``on_before_optimizer_step``, after the backward pass that
+Lightning runs inside ``optimizer.step(closure)``).
 
 It needs the ``lightning`` package (``pip install 'gdlab[lightning]'``); without it, importing this module raises
 :class:`~gdlab.errors.MissingExtra` naming that command.
@@ -74,6 +76,15 @@ def _hyperparameters(optimizer: Any) -> list[dict[str, float]]:
     """Each param group's numeric settings (``lr``, ``momentum``...): what the doctor's remedies change."""
     return [{k: v for k, v in group.items() if k != "params" and isinstance(v, (int, float))}
             for group in optimizer.param_groups]
+
+
+def _max_norm(watched: Watch) -> float | None:
+    """The norm the doctor's latest ``clip_norm`` remedy clips the gradients to, or None."""
+    remedies = watched.physician.remedies if watched.physician is not None else []
+    for remedy in reversed(remedies):
+        if remedy.action == "clip_norm":
+            return float(remedy.params["max_norm"])
+    return None
 
 
 def finding_line(finding: Any) -> str:
@@ -129,11 +140,12 @@ class Doctor(Callback):
         self._loss: Any = None  # the accumulated batches' losses, on the device
         self._global_step = 0
         self._steps = 0  # optimizer steps in this fit, on every rank
+        self._clip: float | None = None  # the doctor's clip_norm remedy's norm, applied on every rank
         self._logged = 0  # step rows already logged
 
     # -- Lightning's hooks ---------------------------------------------------------------------------------------
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
-        self.report, self.watch, self._loss, self._logged, self._steps = None, None, None, 0, 0
+        self.report, self.watch, self._loss, self._logged, self._steps, self._clip = None, None, None, 0, 0, None
         self._global_step = trainer.global_step  # on every rank: each counts the optimizer steps
         if not trainer.is_global_zero or not trainer.optimizers:
             return
@@ -159,10 +171,19 @@ class Doctor(Callback):
             if watched.stop_reason is None:
                 watched.step(self._loss, batch=batch if self.batch else None)
             self._loss = None
+            self._clip = _max_norm(watched)
         # the ranks agree where rank zero may have decided something: with remedy="auto" at every step (its
         # learning rate), else where the watch reads the host (a divergence is seen there)
         if self.options["remedy"] == "auto" or self._steps % self.options["log_every"] == 0:
             self._agree(trainer)
+
+    def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+        """The doctor's ``clip_norm`` remedy, on every rank. Lightning runs the backward pass inside
+        ``optimizer.step(closure)``, where a clip before the step would come too early, so the norm is clipped
+        here: after the backward pass (and DDP's all-reduce), before the update."""
+        if self._clip is not None:
+            torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]],
+                                           self._clip)
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         watched = self.watch
@@ -188,7 +209,8 @@ class Doctor(Callback):
     def _agree(self, trainer: Any) -> None:
         """Rank zero's decisions reach every rank: the stop after a divergence nothing repaired (``should_stop``
         set on every rank, else the others would wait for it in their next all-reduce) and, with
-        ``remedy="auto"``, the optimizer's hyperparameters (the learning rate, the momentum the doctor set). One
+        ``remedy="auto"``, the optimizer's hyperparameters (the learning rate, the momentum the doctor set) and the
+        norm its ``clip_norm`` remedy clips to. One
         ``trainer.strategy.broadcast`` with several devices; nothing to exchange on one."""
         watched = self.watch
         auto = self.options["remedy"] == "auto"
@@ -202,7 +224,8 @@ class Doctor(Callback):
         if trainer.is_global_zero:
             optimizer = trainer.optimizers[0] if trainer.optimizers else None
             decision = {"stop": self.stop_on_divergence and watched is not None and watched.stop_reason is not None,
-                        "groups": _hyperparameters(optimizer) if auto and optimizer is not None else None}
+                        "groups": _hyperparameters(optimizer) if auto and optimizer is not None else None,
+                        "clip": self._clip}
         decision = trainer.strategy.broadcast(decision, src=0)
         if not isinstance(decision, dict):
             return
@@ -212,6 +235,7 @@ class Doctor(Callback):
         if groups and not trainer.is_global_zero and trainer.optimizers:
             for group, values in zip(trainer.optimizers[0].param_groups, groups):
                 group.update(values)
+            self._clip = decision.get("clip")
 
     def _close(self, trainer: Any) -> None:
         watched = self.watch
