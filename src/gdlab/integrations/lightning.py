@@ -23,8 +23,12 @@ optimizer with a closure (the forward and backward pass run inside ``optimizer.s
 hooks are not used: a step starts at the module's forward pass (call ``self(x)`` in ``training_step`` so that the
 periodic instruments ride on it) and ends after the update, when the gradients are still the step's.
 
-With several devices, only global rank zero watches, reports, logs and stores (the other ranks train unwatched);
-a divergence stops the trainer (``trainer.should_stop``) only on a single device.
+With several devices (``strategy="ddp"``, ``"ddp_spawn"``), only global rank zero watches, reports, logs and stores
+(the other ranks train unwatched; the gradient norms it reads are after DDP's all-reduce). Its decisions reach every
+rank through ``trainer.strategy.broadcast``: the stop after a divergence (``trainer.should_stop`` on every rank at
+the same step) and, with ``remedy="auto"``, the learning rate and momentum the doctor set and the norm its
+``clip_norm`` remedy clips to (applied by the callback in ``on_before_optimizer_step``, after the backward pass that
+Lightning runs inside ``optimizer.step(closure)``).
 
 It needs the ``lightning`` package (``pip install 'gdlab[lightning]'``); without it, importing this module raises
 :class:`~gdlab.errors.MissingExtra` naming that command.
@@ -37,7 +41,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gdlab.errors import MissingExtra
+from gdlab.errors import MissingExtra, check_int
 
 try:
     from lightning.pytorch import Callback
@@ -65,6 +69,21 @@ def _scalar(value: Any) -> float | None:
         value = value.detach().item()
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    return None
+
+
+def _hyperparameters(optimizer: Any) -> list[dict[str, float]]:
+    """Each param group's numeric settings (``lr``, ``momentum``...): what the doctor's remedies change."""
+    return [{k: v for k, v in group.items() if k != "params" and isinstance(v, (int, float))}
+            for group in optimizer.param_groups]
+
+
+def _max_norm(watched: Watch) -> float | None:
+    """The norm the doctor's latest ``clip_norm`` remedy clips the gradients to, or None."""
+    remedies = watched.physician.remedies if watched.physician is not None else []
+    for remedy in reversed(remedies):
+        if remedy.action == "clip_norm":
+            return float(remedy.params["max_norm"])
     return None
 
 
@@ -100,8 +119,9 @@ class Doctor(Callback):
         log: log the epoch's mean of each step column to the trainer's loggers (``gdlab/<column>``).
         echo: print the findings at the fit's end.
         log_every: steps between host reads of the loss and gradient norms.
-        stop_on_divergence: set ``trainer.should_stop`` when the run diverged and nothing repaired it (on a single
-            device only).
+        stop_on_divergence: set ``trainer.should_stop`` when the run diverged and nothing repaired it (with several
+            devices, on every rank: rank zero's verdict is broadcast every ``log_every`` steps and at each epoch's
+            end).
 
     After the fit, :attr:`report` is the :class:`~gdlab.loop.Result` (None on ranks other than zero).
     """
@@ -113,17 +133,20 @@ class Doctor(Callback):
         super().__init__()
         self.options: dict[str, Any] = {"instruments": instruments, "doctor": doctor, "remedy": remedy,
                                         "store": store, "name": name, "config": config, "loss_fn": loss_fn,
-                                        "log_every": log_every}
+                                        "log_every": check_int(log_every, "log_every")}
         self.batch, self.log, self.echo, self.stop_on_divergence = batch, log, echo, stop_on_divergence
         self.watch: Watch | None = None
         self.report: Result | None = None
         self._loss: Any = None  # the accumulated batches' losses, on the device
         self._global_step = 0
+        self._steps = 0  # optimizer steps in this fit, on every rank
+        self._clip: float | None = None  # the doctor's clip_norm remedy's norm, applied on every rank
         self._logged = 0  # step rows already logged
 
     # -- Lightning's hooks ---------------------------------------------------------------------------------------
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
-        self.report, self.watch, self._loss, self._logged = None, None, None, 0
+        self.report, self.watch, self._loss, self._logged, self._steps, self._clip = None, None, None, 0, 0, None
+        self._global_step = trainer.global_step  # on every rank: each counts the optimizer steps
         if not trainer.is_global_zero or not trainer.optimizers:
             return
         optimizer = trainer.optimizers[0]
@@ -132,37 +155,46 @@ class Doctor(Callback):
             "lr": optimizer.param_groups[0].get("lr"), "momentum": optimizer.param_groups[0].get("momentum"),
             "loop": "lightning", "accumulate_grad_batches": trainer.accumulate_grad_batches}
         self.watch = watch(pl_module, optimizer, **{**self.options, "config": config}, hooks=False)
-        self._global_step = trainer.global_step
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         watched = self.watch
-        if watched is None or watched.report is not None:
-            return
-        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if isinstance(loss, torch.Tensor):
-            loss = loss.detach()
-            self._loss = loss if self._loss is None else self._loss + loss
+        if watched is not None and watched.report is None:
+            loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+            if isinstance(loss, torch.Tensor):
+                loss = loss.detach()
+                self._loss = loss if self._loss is None else self._loss + loss
         if trainer.global_step == self._global_step:  # accumulating: the optimizer has not stepped yet
             return
         self._global_step = trainer.global_step
-        if watched.stop_reason is None:
-            watched.step(self._loss, batch=batch if self.batch else None)
-        self._loss = None
-        if watched.stop_reason is not None and self.stop_on_divergence and trainer.world_size == 1:
-            trainer.should_stop = True
+        self._steps += 1
+        if watched is not None and watched.report is None:
+            if watched.stop_reason is None:
+                watched.step(self._loss, batch=batch if self.batch else None)
+            self._loss = None
+            self._clip = _max_norm(watched)
+        # the ranks agree where rank zero may have decided something: with remedy="auto" at every step (its
+        # learning rate), else where the watch reads the host (a divergence is seen there)
+        if self.options["remedy"] == "auto" or self._steps % self.options["log_every"] == 0:
+            self._agree(trainer)
+
+    def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+        """The doctor's ``clip_norm`` remedy, on every rank. Lightning runs the backward pass inside
+        ``optimizer.step(closure)``, where a clip before the step would come too early, so the norm is clipped
+        here: after the backward pass (and DDP's all-reduce), before the update."""
+        if self._clip is not None:
+            torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]],
+                                           self._clip)
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         watched = self.watch
-        if watched is None or watched.report is not None:
-            return
-        metrics = {k: _scalar(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
-        values = {k: v for k, v in metrics.items() if v is not None}
-        val_loss = values.pop("val_loss", None)
-        watched.epoch_end(val_loss=val_loss, **values)
-        if self.log:
-            self._log(trainer)
-        if watched.stop_reason is not None and self.stop_on_divergence and trainer.world_size == 1:
-            trainer.should_stop = True
+        if watched is not None and watched.report is None:
+            metrics = {k: _scalar(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
+            values = {k: v for k, v in metrics.items() if v is not None}
+            val_loss = values.pop("val_loss", None)
+            watched.epoch_end(val_loss=val_loss, **values)
+            if self.log:
+                self._log(trainer)
+        self._agree(trainer)
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         self._close(trainer)
@@ -174,6 +206,37 @@ class Doctor(Callback):
             self.watch = None
 
     # -- ours ----------------------------------------------------------------------------------------------------
+    def _agree(self, trainer: Any) -> None:
+        """Rank zero's decisions reach every rank: the stop after a divergence nothing repaired (``should_stop``
+        set on every rank, else the others would wait for it in their next all-reduce) and, with
+        ``remedy="auto"``, the optimizer's hyperparameters (the learning rate, the momentum the doctor set) and the
+        norm its ``clip_norm`` remedy clips to. One
+        ``trainer.strategy.broadcast`` with several devices; nothing to exchange on one."""
+        watched = self.watch
+        auto = self.options["remedy"] == "auto"
+        if trainer.world_size == 1:
+            if self.stop_on_divergence and watched is not None and watched.stop_reason is not None:
+                trainer.should_stop = True
+            return
+        if not (auto or self.stop_on_divergence):
+            return
+        decision: dict[str, Any] | None = None
+        if trainer.is_global_zero:
+            optimizer = trainer.optimizers[0] if trainer.optimizers else None
+            decision = {"stop": self.stop_on_divergence and watched is not None and watched.stop_reason is not None,
+                        "groups": _hyperparameters(optimizer) if auto and optimizer is not None else None,
+                        "clip": self._clip}
+        decision = trainer.strategy.broadcast(decision, src=0)
+        if not isinstance(decision, dict):
+            return
+        if decision.get("stop"):
+            trainer.should_stop = True
+        groups = decision.get("groups")
+        if groups and not trainer.is_global_zero and trainer.optimizers:
+            for group, values in zip(trainer.optimizers[0].param_groups, groups):
+                group.update(values)
+            self._clip = decision.get("clip")
+
     def _close(self, trainer: Any) -> None:
         watched = self.watch
         if watched is None:

@@ -17,8 +17,9 @@ micro-batches' losses under gradient accumulation, their sum when the Trainer pa
 with ``Watch.step`` at ``on_step_end``; the Trainer's logged loss (``logs["loss"]``, an average over
 ``logging_steps``) is not used. Each evaluation's metrics (``eval_loss`` as ``val_loss``, ``eval_<name>`` as
 ``val_<name>``) close the epoch they follow. At ``on_train_end`` the doctor's findings are printed and kept in
-:attr:`Doctor.report`. Only the main process (``state.is_world_process_zero``) watches. docs/watch.md,
-"Hugging Face Trainer", says what is measured.
+:attr:`Doctor.report`. Only the main process (``state.is_world_process_zero``) watches, prints and stores; under
+several processes its verdict on a divergence is broadcast, so that every process stops at the same step.
+docs/watch.md, "Hugging Face Trainer", says what is measured.
 
 It needs the ``transformers`` package (``pip install 'gdlab[transformers]'``); without it, making a
 :class:`Doctor` raises :class:`~gdlab.errors.MissingExtra` naming that command.
@@ -31,10 +32,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
-from gdlab.errors import InvalidParameter, MissingExtra
-from gdlab.loop import Result
+from gdlab.errors import InvalidParameter, MissingExtra, check_int
+from gdlab.loop import LOG_EVERY, Result
 from gdlab.watching import Watch, watch
 
 try:  # the callback's base class; without transformers the class still exists, and making one says what to install
@@ -84,6 +87,7 @@ class Doctor(_Base):
                                         **({"log_every": log_every} if log_every is not None else {}),
                                         **watch_kwargs}
         self.stop_on_divergence, self.verbose = stop_on_divergence, verbose
+        self._log_every = check_int(log_every, "log_every") if log_every is not None else LOG_EVERY
         self.watch: Watch | None = None
         self.report: Result | None = None
         self._model: nn.Module | None = None
@@ -116,27 +120,26 @@ class Doctor(_Base):
                 self._attach(args, model, optimizer, kwargs.get("train_dataloader"))
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.watch is None:
-            return
-        loss = self._step_loss()
-        if loss is not None:
-            self.watch.step(loss)
-        if self.stop_on_divergence and self.watch.stop_reason is not None:
-            control.should_training_stop = True
+        if self.watch is not None:
+            loss = self._step_loss()
+            if loss is not None:
+                self.watch.step(loss)
+        # with several processes the ranks agree where the watch reads the host (a divergence is seen there)
+        self._stop_if_diverged(args, control, agree=state.global_step % self._log_every == 0)
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.watch is None:
-            return
-        self._epoch_open = True
-        if str(getattr(args, "eval_strategy", "no")).split(".")[-1].lower() != "epoch":
-            self._close_epoch()  # no evaluation follows this epoch's end
+        if self.watch is not None:
+            self._epoch_open = True
+            if str(getattr(args, "eval_strategy", "no")).split(".")[-1].lower() != "epoch":
+                self._close_epoch()  # no evaluation follows this epoch's end
+        self._stop_if_diverged(args, control, agree=True)
 
     def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, Any] | None = None,
                     **kwargs: Any) -> None:
-        if self.watch is None:
-            return
-        self._metrics.update(_val_metrics(metrics or {}))
-        self._close_epoch()
+        if self.watch is not None:
+            self._metrics.update(_val_metrics(metrics or {}))
+            self._close_epoch()
+        self._stop_if_diverged(args, control, agree=True)  # every process evaluates
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.watch is None:
@@ -149,6 +152,21 @@ class Doctor(_Base):
             self.watch = None
         if self.verbose:
             print(summary(self.report))
+
+    # -- the ranks ------------------------------------------------------------------------------------------------
+    def _stop_if_diverged(self, args: Any, control: Any, *, agree: bool) -> None:
+        """Ask the Trainer to stop after a divergence nothing repaired. With several processes only the main one
+        watches: its verdict is broadcast at the points where every rank asks (``agree``), so that all stop at
+        the same step (a rank stopping alone would leave the others waiting in their next all-reduce)."""
+        if not self.stop_on_divergence:
+            return
+        diverged = self.watch is not None and self.watch.stop_reason is not None
+        if _processes() > 1:
+            if not agree:
+                return
+            diverged = _from_main_process(diverged, getattr(args, "device", None))
+        if diverged:
+            control.should_training_stop = True
 
     # -- the watch ------------------------------------------------------------------------------------------------
     def _attach(self, args: Any, model: nn.Module, optimizer: Any, loader: Any) -> None:
@@ -195,6 +213,20 @@ class Doctor(_Base):
             self._handle.remove()
             self._handle = None
         self._losses = []
+
+
+def _processes() -> int:
+    """The processes of the Trainer's process group (1 without ``torch.distributed`` set up)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _from_main_process(flag: bool, device: Any) -> bool:
+    """The main process's ``flag``, on every process (one broadcast; collective: every process calls it)."""
+    if dist.get_backend() == "nccl" and (device is None or torch.device(device).type != "cuda"):
+        device = torch.device("cuda", torch.cuda.current_device())
+    value = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+    dist.broadcast(value, src=0)
+    return bool(value.item())
 
 
 def _loss_of(output: Any) -> Any:
