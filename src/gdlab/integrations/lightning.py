@@ -55,6 +55,8 @@ __all__ = ["Doctor", "PREFIX", "finding_line"]
 
 PREFIX = "gdlab/"
 _POSITION = {"step", "epoch"}  # the x axis, not a metric
+_UNUSED_BATCH_HOOKS = ("on_train_batch_start", "on_before_backward", "on_after_backward", "on_before_optimizer_step",
+                       "on_before_zero_grad", "on_validation_batch_start", "on_validation_batch_end")
 
 
 def _scalar(value: Any) -> float | None:
@@ -120,6 +122,11 @@ class Doctor(Callback):
         self._loss: Any = None  # the accumulated batches' losses, on the device
         self._global_step = 0
         self._logged = 0  # step rows already logged
+        # Lightning calls each callback's hooks on every batch (in a profiler context each) unless the attribute is
+        # not callable: the per-batch hooks this callback does not use cost nothing as None
+        for hook in _UNUSED_BATCH_HOOKS:
+            if getattr(type(self), hook, None) is getattr(Callback, hook, None):  # not a subclass's own
+                setattr(self, hook, None)
 
     # -- Lightning's hooks ---------------------------------------------------------------------------------------
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
@@ -142,9 +149,10 @@ class Doctor(Callback):
         if isinstance(loss, torch.Tensor):
             loss = loss.detach()
             self._loss = loss if self._loss is None else self._loss + loss
-        if trainer.global_step == self._global_step:  # accumulating: the optimizer has not stepped yet
+        global_step = trainer.global_step
+        if global_step == self._global_step:  # accumulating: the optimizer has not stepped yet
             return
-        self._global_step = trainer.global_step
+        self._global_step = global_step
         if watched.stop_reason is None:
             watched.step(self._loss, batch=batch if self.batch else None)
         self._loss = None
