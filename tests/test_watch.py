@@ -215,6 +215,42 @@ def test_grad_norm_every_sets_which_steps_read_the_norms(moons: Any, every: int)
             assert math.isnan(steps["grad_norm"][i])
 
 
+def test_sparse_norms_read_nan_as_not_measured_and_inf_as_non_finite() -> None:
+    """In a run that read the norms every k-th step, the NaN rows between are "not measured" for the doctor; a norm
+    that was measured and not finite reads inf and is named."""
+    from gdlab.doctor import diagnose
+    from gdlab.records import History
+
+    def history(grads: list[float]) -> History:
+        h = History()
+        for i, g in enumerate(grads):
+            h.steps.append({"step": i + 1, "loss": 1.0, "lr": 0.1, "grad_norm": g})
+        h.meta.update(grad_norm_every=8, lr=0.1, batch_size=32)
+        return h
+
+    gaps = [1.0 if (i + 1) % 8 == 0 or i == 0 else math.nan for i in range(40)]
+    assert "non_finite" not in _codes(diagnose(history(gaps)))
+    gaps[15] = math.inf
+    found = [f for f in diagnose(history(gaps)) if f.code == "non_finite"]
+    assert found and found[0].step == 16 and found[0].evidence["quantity"] == "gradients"
+
+
+def test_a_measured_gradient_norm_that_is_nan_reads_inf() -> None:
+    torch.manual_seed(0)
+    model = nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    doctor = gdlab.watch(model, optimizer, instruments="cheap", doctor=False)
+    loss = model(torch.randn(4, 2)).square().mean()
+    optimizer.zero_grad()
+    loss.backward()
+    assert model.weight.grad is not None
+    model.weight.grad[0, 0] = math.nan
+    optimizer.step()
+    doctor.step(loss)
+    steps = doctor.close().history.steps
+    assert steps["grad_norm"][0] == math.inf and math.isfinite(steps["loss"][0])
+
+
 @pytest.mark.parametrize("bad", [0, -2, 1.5, True])
 def test_grad_norm_every_refuses_bad_values(bad: Any) -> None:
     model = nn.Linear(2, 1)

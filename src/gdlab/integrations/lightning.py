@@ -49,7 +49,7 @@ import torch
 
 from gdlab.loop import LOG_EVERY, Result
 from gdlab.store import Store
-from gdlab.watching import Watch, watch
+from gdlab.watching import GRAD_NORM_EVERY, Watch, watch
 
 __all__ = ["Doctor", "PREFIX", "finding_line"]
 
@@ -102,6 +102,7 @@ class Doctor(Callback):
         log: log the epoch's mean of each step column to the trainer's loggers (``gdlab/<column>``).
         echo: print the findings at the fit's end.
         log_every: steps between host reads of the loss and gradient norms.
+        grad_norm_every: steps between readings of the gradient norms, as :func:`gdlab.watch` takes it.
         stop_on_divergence: set ``trainer.should_stop`` when the run diverged and nothing repaired it (on a single
             device only).
 
@@ -111,11 +112,12 @@ class Doctor(Callback):
     def __init__(self, *, instruments: str | Sequence[Any] = "default", doctor: bool = True, remedy: str = "suggest",
                  store: Store | str | Path | None = None, name: str | None = None,
                  config: dict[str, Any] | None = None, loss_fn: Any = None, batch: bool = False, log: bool = True,
-                 echo: bool = True, log_every: int = LOG_EVERY, stop_on_divergence: bool = True) -> None:
+                 echo: bool = True, log_every: int = LOG_EVERY, stop_on_divergence: bool = True,
+                 grad_norm_every: int = GRAD_NORM_EVERY) -> None:
         super().__init__()
         self.options: dict[str, Any] = {"instruments": instruments, "doctor": doctor, "remedy": remedy,
                                         "store": store, "name": name, "config": config, "loss_fn": loss_fn,
-                                        "log_every": log_every}
+                                        "log_every": log_every, "grad_norm_every": grad_norm_every}
         self.batch, self.log, self.echo, self.stop_on_divergence = batch, log, echo, stop_on_divergence
         self.watch: Watch | None = None
         self.report: Result | None = None
@@ -225,9 +227,13 @@ class Doctor(Callback):
 
     def _log(self, trainer: Any) -> None:
         """The epoch's means to the trainer's loggers, on rank zero (the caller's check)."""
+        loggers = getattr(trainer, "loggers", None) or []
+        if not loggers and self.watch is not None:  # nobody to log to: the rows are passed over, not averaged
+            self._logged = len(self.watch.history.steps)
+            return
         means = self.epoch_means()
         if not means:
             return
         metrics = {PREFIX + k: v for k, v in means.items()}
-        for logger in getattr(trainer, "loggers", None) or []:
+        for logger in loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
