@@ -11,7 +11,8 @@
 
 The loop stays the user's; gdlab only listens. A forward pre-hook on the model starts each step (so the periodic
 instruments' hooks ride on the step's own forward and backward pass, as in :func:`gdlab.fit`), the optimizer's step
-pre-hook takes the gradient norms before the update, and ``doctor.step(loss)`` files the step's loss on the device:
+pre-hook takes the gradient norms before the update (every ``grad_norm_every``-th step, 8, and on the periodic
+instruments' steps; NaN between: docs/watch.md), and ``doctor.step(loss)`` files the step's loss on the device:
 the host reads the values every ``log_every`` steps, never once a step. Without ``doctor.step`` at all, the
 optimizer's step hooks end each step themselves (no loss: no loss-based findings). docs/watch.md says what each
 instrument needs, and which remedies need :func:`gdlab.fit`.
@@ -57,7 +58,8 @@ from gdlab.store import Store
 __all__ = ["GRAD_NORM_EVERY", "Watch", "watch"]
 
 GRAD_NORM_EVERY = 8
-"""Steps between the gradient-norm readings of :func:`watch` (chosen by measurement: docs/benchmarks.md)."""
+"""Steps between the gradient-norm readings of :func:`watch` (docs/watch.md: what a reading every k steps changes;
+docs/benchmarks.md, watch_overhead: what it saves)."""
 
 # torch's losses that are a plain mean over the batch's samples (the per-sample instruments rely on it), by class
 _MEAN_LOSSES = (nn.MSELoss, nn.L1Loss, nn.HuberLoss, nn.SmoothL1Loss, nn.CrossEntropyLoss, nn.BCEWithLogitsLoss,
