@@ -131,6 +131,22 @@ def test_gradient_accumulation_counts_optimizer_steps(tmp_path: Path) -> None:
     assert all(v > 0 for v in doctor.report.history.steps["loss"])
 
 
+def test_the_per_batch_hooks_it_does_not_use_cost_nothing(tmp_path: Path) -> None:
+    """Lightning skips a callback's hook that is not callable: the unused per-batch ones are None (a subclass's own
+    hook stays), and a fit runs through them all."""
+    calls: list[int] = []
+
+    class Counting(Doctor):
+        def on_after_backward(self, trainer: Any, pl_module: Any) -> None:
+            calls.append(trainer.global_step)
+
+    doctor, counting = Doctor(echo=False), Counting(echo=False)
+    assert doctor.on_before_backward is None and doctor.on_train_batch_start is None
+    assert callable(counting.on_after_backward) and counting.on_before_backward is None
+    _fit(counting, 0.1, tmp_path, epochs=1)
+    assert len(calls) == 12 and counting.report is not None and counting.report.steps == 12
+
+
 def test_importing_gdlab_never_imports_lightning() -> None:
     code = "import sys, gdlab; import gdlab.integrations; assert 'lightning' not in sys.modules, 'imported'"
     subprocess.run([sys.executable, "-c", code], check=True)

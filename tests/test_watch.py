@@ -15,9 +15,11 @@ from torch import nn
 from typer.testing import CliRunner
 
 import gdlab
+from gdlab import watching
 from gdlab.cli import app
 from gdlab.data import TensorData
 from gdlab.data.datasets import load
+from gdlab.errors import InvalidParameter
 from gdlab.loop import Result
 from test_loop import counting_syncs
 
@@ -176,7 +178,84 @@ def test_torch_and_gdlab_optimizers_both_work(moons: Any, kind: str) -> None:
     report = _user_loop(model, moons[0], optimizer, epochs=3)
     assert {"lr_too_low", "not_learning"} <= _codes(report.findings)
     steps = report.history.steps
-    assert all(math.isfinite(v) for v in steps["grad_norm"]) and "grad_norm/0" in steps
+    assert "grad_norm/0" in steps
+    _assert_norms_every(steps, watching.GRAD_NORM_EVERY)
+
+
+def _assert_norms_every(steps: Any, k: int) -> None:
+    """The gradient norms are read at the first step and every k-th (the periodic instruments' steps may add
+    more): finite there, NaN (not measured) at the other steps, the per-layer norms alike."""
+    rows = {i for i, s in enumerate(steps["step"]) if s == 1 or s % k == 0}
+    for key in ("grad_norm", "grad_norm/0"):
+        assert all(math.isfinite(steps[key][i]) for i in rows)
+        if k > 1:
+            assert any(math.isnan(v) for v in steps[key])
+
+
+@pytest.mark.parametrize("every", [1, 3])
+def test_grad_norm_every_sets_which_steps_read_the_norms(moons: Any, every: int) -> None:
+    model = _mlp(nn.Tanh)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    X, y = moons[0].X, moons[0].y
+    doctor = gdlab.watch(model, optimizer, instruments="cheap", grad_norm_every=every)
+    norms = []
+    for i in range(0, 32 * 10, 32):
+        loss = F.cross_entropy(model(X[i:i + 32]), y[i:i + 32])
+        optimizer.zero_grad()
+        loss.backward()
+        norms.append(float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))))
+        optimizer.step()
+        doctor.step(loss)
+    steps = doctor.close().history.steps
+    _assert_norms_every(steps, every)
+    for i, s in enumerate(steps["step"]):  # the readings are the gradients' own norms, at their steps
+        if s == 1 or s % every == 0:
+            assert steps["grad_norm"][i] == pytest.approx(norms[i], rel=1e-5)
+        else:
+            assert math.isnan(steps["grad_norm"][i])
+
+
+def test_sparse_norms_read_nan_as_not_measured_and_inf_as_non_finite() -> None:
+    """In a run that read the norms every k-th step, the NaN rows between are "not measured" for the doctor; a norm
+    that was measured and not finite reads inf and is named."""
+    from gdlab.doctor import diagnose
+    from gdlab.records import History
+
+    def history(grads: list[float]) -> History:
+        h = History()
+        for i, g in enumerate(grads):
+            h.steps.append({"step": i + 1, "loss": 1.0, "lr": 0.1, "grad_norm": g})
+        h.meta.update(grad_norm_every=8, lr=0.1, batch_size=32)
+        return h
+
+    gaps = [1.0 if (i + 1) % 8 == 0 or i == 0 else math.nan for i in range(40)]
+    assert "non_finite" not in _codes(diagnose(history(gaps)))
+    gaps[15] = math.inf
+    found = [f for f in diagnose(history(gaps)) if f.code == "non_finite"]
+    assert found and found[0].step == 16 and found[0].evidence["quantity"] == "gradients"
+
+
+def test_a_measured_gradient_norm_that_is_nan_reads_inf() -> None:
+    torch.manual_seed(0)
+    model = nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    doctor = gdlab.watch(model, optimizer, instruments="cheap", doctor=False)
+    loss = model(torch.randn(4, 2)).square().mean()
+    optimizer.zero_grad()
+    loss.backward()
+    assert model.weight.grad is not None
+    model.weight.grad[0, 0] = math.nan
+    optimizer.step()
+    doctor.step(loss)
+    steps = doctor.close().history.steps
+    assert steps["grad_norm"][0] == math.inf and math.isfinite(steps["loss"][0])
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, True])
+def test_grad_norm_every_refuses_bad_values(bad: Any) -> None:
+    model = nn.Linear(2, 1)
+    with pytest.raises(InvalidParameter, match="grad_norm_every"):
+        gdlab.watch(model, torch.optim.SGD(model.parameters(), lr=0.1), grad_norm_every=bad)
 
 
 def test_without_the_step_line_the_optimizers_hooks_end_each_step(moons: Any) -> None:
@@ -184,7 +263,8 @@ def test_without_the_step_line_the_optimizers_hooks_end_each_step(moons: Any) ->
     report = _user_loop(model, moons[0], torch.optim.SGD(model.parameters(), lr=0.01), steps=30, step_line=False)
     steps = report.history.steps
     assert report.steps == 30 and len(steps) == 30 and "loss" not in steps  # no loss: no loss-based findings
-    assert "grad_out/0" in steps and all(math.isfinite(v) for v in steps["grad_norm"])
+    assert "grad_out/0" in steps
+    _assert_norms_every(steps, watching.GRAD_NORM_EVERY)  # the optimizer's hooks read them as step() would
     assert _codes(report.findings) == {"vanishing_gradients"}  # the per-layer ones work all the same
 
 

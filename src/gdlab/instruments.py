@@ -150,18 +150,27 @@ class Cheap(Instrument):
         loss_column = table.columns.get("loss")
         losses = [loss_column[r] for r in rows] if loss_column else [0.0] * len(rows)
         kept = self.log.param_norms if self.log is not None else {}
-        norms = [v for r in rows for v in kept.pop(r, [math.nan] * k)]
-        per_tensor = [norms[i::k] for i in range(k)]
-        for key, members in zip(self.keys, self.members):
-            column = per_tensor[members[0]] if len(members) == 1 else \
-                [math.hypot(*v) for v in zip(*(per_tensor[i] for i in members))]
-            table.write(key, rows, column)
+        # the rows whose per-parameter norms the log took (every row in fit; every k-th in gdlab.watch: the rest
+        # stay NaN, not measured)
+        measured = [(r, kept.pop(r)) for r in rows if r in kept]
+        sums: dict[int, float] = {}
+        if measured and k:
+            normed = [r for r, _ in measured]
+            per_tensor = list(zip(*(v for _, v in measured)))
+            for key, members in zip(self.keys, self.members):
+                column = per_tensor[members[0]] if len(members) == 1 else \
+                    [math.hypot(*v) for v in zip(*(per_tensor[i] for i in members))]
+                table.write(key, normed, column)
+            # norms are >= 0: an inf or a nan shows in their sum (and a non-finite loss in loss + sum)
+            sums = {r: sum(v) for r, v in measured}
+        else:  # none measured (yet): the columns read NaN
+            for key in self.keys:
+                table.write(key, rows, [math.nan] * len(rows))
         if loss_column:
-            table.write("loss_ema", rows, [self.average.update(loss) for loss in losses])
-        # norms are >= 0: an inf or a nan shows in their sum (and a non-finite loss in loss + sum)
-        sums = [sum(step) for step in zip(*per_tensor)] if k else [0.0] * len(rows)
-        table.write("non_finite", rows, [float(not math.isfinite(loss + total) or row in bad_params)
-                                         for row, loss, total in zip(rows, losses, sums)])
+            table.write("loss_ema", rows, self.average.extend(losses))
+        isfinite = math.isfinite
+        table.write("non_finite", rows, [float(not isfinite(loss + sums.get(row, 0.0)) or row in bad_params)
+                                         for row, loss in zip(rows, losses)])
         self.rows = []
 
     def _write_moves(self, table: Any) -> set[int]:
@@ -326,11 +335,14 @@ class Periodic(Instrument):
 
     # -- riding on the step ----------------------------------------------------------------------------------
     def on_step_start(self, state: Any) -> None:
-        self.close()
+        if self.handles:
+            self.close()
         step = state.step + 1
         self.due = (step % self.every == 0 or step == 1) and self.budget.allows(step)
+        if not self.due:
+            return
         size = _batch_size(state.batch) if state.batch is not None else 0
-        if self.due and size >= self.min_batch:
+        if size >= self.min_batch:
             # which layers train may change during a run (unfreezing): look again when it has
             trained = tuple(p.requires_grad for p in self.params)
             if trained != self.trained:

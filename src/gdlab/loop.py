@@ -57,6 +57,9 @@ LOG_EVERY = 50
 """Steps between host reads of the per-step values (chosen by measurement: docs/benchmarks.md)."""
 
 
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
 class Callback:
     """Base class for callbacks: override the events you need; each gets the :class:`LoopState`.
 
@@ -225,8 +228,10 @@ class StepLog:
         self.sizes: list[int] = []
         self.losses: list[Tensor] = []
         self.has_loss: list[bool] = []  # per row: whether it has a loss (a loop gdlab does not drive may show none)
-        self.norms: list[Sequence[Tensor]] = []  # per step: a 0-dim norm per parameter with a gradient
+        self.norms: list[Sequence[Tensor]] = []  # per step with norms: a 0-dim norm per parameter with a gradient
         self.present: list[list[bool] | None] = []  # which parameters had a gradient (None: all of them)
+        self.normed: list[int] = []  # the rows the norms belong to (every row in fit; every k-th in gdlab.watch)
+        self._present: list[bool] | None = None  # the latest norms' parameters with a gradient (None: all)
         self.diverged_at: int | None = None
         self.keep_param_norms = False  # an instrument wants each row's per-parameter norms (param_norms)
         self.param_norms: dict[int, list[float]] = {}
@@ -237,34 +242,47 @@ class StepLog:
         self.table.undefer(self.fill)
         self.state.log = None
 
-    @torch.no_grad()
     def grad_norms(self) -> None:
         """This step's gradient norm per parameter, on the device (``state.param_grad_norms``): one kernel a
         step; stacking them and the global norm wait for the read."""
         grads = [p.grad for p in self.params]
         present = [g for g in grads if g is not None]
         # low-precision gradients (bf16, fp16 models) are measured in float32: the instruments read float32
-        low = any(g.dtype in (torch.bfloat16, torch.float16) for g in present)
-        self.state.param_grad_norms = (torch._foreach_norm(present, 2, dtype=torch.float32) if low
-                                       else torch._foreach_norm(present)) if present else ()
-        self.present.append(None if len(present) == len(grads) else [g is not None for g in grads])
+        low = any(g.dtype in _LOW_PRECISION for g in present)
+        # no autograd record (a gradient made with create_graph=True has one), without the cost of no_grad's
+        # decorator on every step
+        enabled = torch.is_grad_enabled()
+        if enabled:
+            torch.set_grad_enabled(False)
+        try:
+            self.state.param_grad_norms = (torch._foreach_norm(present, 2, dtype=torch.float32) if low
+                                           else torch._foreach_norm(present)) if present else ()
+        finally:
+            if enabled:
+                torch.set_grad_enabled(True)
+        self._present = None if len(present) == len(grads) else [g is not None for g in grads]
 
     def record(self, loss: Tensor | None, samples: int) -> None:
         """File the step's loss (and the norms :meth:`grad_norms` took) and append its row. A loss of None (a loop
         gdlab does not drive, watched without its loss: :func:`gdlab.watch`) leaves the row without one."""
-        state = self.state
+        state, table = self.state, self.table
         if loss is not None:
-            loss = loss.reshape(()) if loss.dim() else loss  # a [1] loss too: stacked with the others
-            if loss.dtype in (torch.bfloat16, torch.float16):  # a low-precision model's loss, read in float32
+            if loss.dim():  # a [1] loss too: stacked with the others
+                loss = loss.reshape(())
+            if loss.dtype in _LOW_PRECISION:  # a low-precision model's loss, read in float32
                 loss = loss.float()
             self.losses.append(loss)
         state.step_loss = loss
         self.has_loss.append(loss is not None)
-        self.table.append({"step": state.step, "epoch": state.epoch + 1, "lr": state.lr})
-        self.rows.append(len(self.table) - 1)
+        table.append({"step": state.step, "epoch": state.epoch + 1,
+                      "lr": float(state.optimizer.param_groups[0].get("lr", math.nan))})  # state.lr, inlined
+        row = len(table) - 1
+        self.rows.append(row)
         self.sizes.append(samples)
-        if state.param_grad_norms is not None:  # None: norms are not taken
+        if state.param_grad_norms is not None:  # None: no norms taken (at all, or at this step: gdlab.watch)
             self.norms.append(state.param_grad_norms)
+            self.present.append(self._present)
+            self.normed.append(row)
 
     def fill(self, table: Table) -> None:
         """The history's filler: fetch before a read."""
@@ -292,17 +310,19 @@ class StepLog:
             self.table.write("loss", [r for r, v in zip(rows, losses) if v is not None], fetched)
         if self.norms:
             totals, at = [], 0
-            for row, present, norms in zip(rows, self.present, self.norms):
+            for row, present, norms in zip(self.normed, self.present, self.norms):
                 k = len(norms)
                 values = flat[at : at + k]
                 at += k
-                totals.append(math.sqrt(sum(v * v for v in values)))
+                total = math.sqrt(sum(v * v for v in values))
+                # a measured norm that is not finite reads inf: NaN in the column means "not measured"
+                totals.append(total if total == total else math.inf)
                 if self.keep_param_norms:
                     if present is not None:
                         it = iter(values)
                         values = [next(it) if has else 0.0 for has in present]
                     self.param_norms[row] = values
-            self.table.write("grad_norm", rows, totals)
+            self.table.write("grad_norm", self.normed, totals)
         for row, loss, size in zip(rows, losses, self.sizes):
             if loss is None:
                 continue
@@ -314,6 +334,7 @@ class StepLog:
         if fetched:
             state.last_loss = fetched[-1]
         self.rows, self.sizes, self.losses, self.norms, self.present, self.has_loss = [], [], [], [], [], []
+        self.normed = []
 
 
 class Snapshot:

@@ -11,7 +11,8 @@
 
 The loop stays the user's; gdlab only listens. A forward pre-hook on the model starts each step (so the periodic
 instruments' hooks ride on the step's own forward and backward pass, as in :func:`gdlab.fit`), the optimizer's step
-pre-hook takes the gradient norms before the update, and ``doctor.step(loss)`` files the step's loss on the device:
+pre-hook takes the gradient norms before the update (every ``grad_norm_every``-th step, 8, and on the periodic
+instruments' steps; NaN between: docs/watch.md), and ``doctor.step(loss)`` files the step's loss on the device:
 the host reads the values every ``log_every`` steps, never once a step. Without ``doctor.step`` at all, the
 optimizer's step hooks end each step themselves (no loss: no loss-based findings). docs/watch.md says what each
 instrument needs, and which remedies need :func:`gdlab.fit`.
@@ -54,7 +55,11 @@ from gdlab.problem import LOSSES, LossFn, batch_loss, non_finite, resolve_loss
 from gdlab.records import History, input_scales
 from gdlab.store import Store
 
-__all__ = ["Watch", "watch"]
+__all__ = ["GRAD_NORM_EVERY", "Watch", "watch"]
+
+GRAD_NORM_EVERY = 8
+"""Steps between the gradient-norm readings of :func:`watch` (docs/watch.md: what a reading every k steps changes;
+docs/benchmarks.md, watch_overhead: what it saves)."""
 
 # torch's losses that are a plain mean over the batch's samples (the per-sample instruments rely on it), by class
 _MEAN_LOSSES = (nn.MSELoss, nn.L1Loss, nn.HuberLoss, nn.SmoothL1Loss, nn.CrossEntropyLoss, nn.BCEWithLogitsLoss,
@@ -66,7 +71,8 @@ def watch(model: nn.Module, optimizer: torch.optim.Optimizer, *, loss_fn: str | 
           rollback: bool = False, store: Store | str | Path | None = None, name: str | None = None,
           config: dict[str, Any] | None = None, loader: Any = None, batch_size: int | None = None,
           steps_per_epoch: int | None = None, target_key: str | None = None, log_every: int = loop.LOG_EVERY,
-          callbacks: Sequence[Any] = (), hooks: bool = True, tensorboard: str | Path | None = None) -> Watch:
+          grad_norm_every: int = GRAD_NORM_EVERY, callbacks: Sequence[Any] = (), hooks: bool = True,
+          tensorboard: str | Path | None = None) -> Watch:
     """Watch a training loop the user wrote: the instruments measure each step, the doctor names what goes wrong.
 
     Args:
@@ -91,6 +97,10 @@ def watch(model: nn.Module, optimizer: torch.optim.Optimizer, *, loss_fn: str | 
         batch_size, steps_per_epoch: the same, given directly (else learned from the first batch and epoch).
         target_key: the target's key in dict batches.
         log_every: steps between host reads of the loss and gradient norms.
+        grad_norm_every: steps between readings of the gradient norms (``grad_norm`` and ``grad_norm/<layer>``:
+            the first step, every ``grad_norm_every``-th, and each step a periodic instrument measures; NaN, not
+            measured, in the rows between). 1: every step, as :func:`gdlab.fit` reads them, at one more pass over
+            the gradients per step. docs/watch.md says what a sparser reading changes.
         callbacks: objects with methods named after :data:`~gdlab.loop.EVENTS`, called as :func:`gdlab.fit` calls them.
         hooks: use the optimizer's step hooks (False: each step is :meth:`Watch.step` alone).
         tensorboard: a folder for TensorBoard event files: the history at each :meth:`~Watch.epoch_end` and at
@@ -103,8 +113,8 @@ def watch(model: nn.Module, optimizer: torch.optim.Optimizer, *, loss_fn: str | 
     """
     return Watch(model, optimizer, loss_fn=loss_fn, instruments=instruments, doctor=doctor, remedy=remedy,
                  rollback=rollback, store=store, name=name, config=config, loader=loader, batch_size=batch_size,
-                 steps_per_epoch=steps_per_epoch, target_key=target_key, log_every=log_every, callbacks=callbacks,
-                 hooks=hooks, tensorboard=tensorboard)
+                 steps_per_epoch=steps_per_epoch, target_key=target_key, log_every=log_every,
+                 grad_norm_every=grad_norm_every, callbacks=callbacks, hooks=hooks, tensorboard=tensorboard)
 
 
 class _WatchDoctor(Doctor):
@@ -138,7 +148,8 @@ class Watch:
                  instruments: str | Sequence[Any], doctor: bool, remedy: str, rollback: bool,
                  store: Store | str | Path | None, name: str | None, config: dict[str, Any] | None, loader: Any,
                  batch_size: int | None, steps_per_epoch: int | None, target_key: str | None, log_every: int,
-                 callbacks: Sequence[Any], hooks: bool, tensorboard: str | Path | None = None) -> None:
+                 callbacks: Sequence[Any], hooks: bool, tensorboard: str | Path | None = None,
+                 grad_norm_every: int = GRAD_NORM_EVERY) -> None:
         if not isinstance(model, nn.Module):
             raise InvalidParameter("model", type(model).__name__, "an nn.Module")
         if not hasattr(optimizer, "param_groups") or not hasattr(optimizer, "step"):
@@ -150,6 +161,7 @@ class Watch:
         if rollback and remedy != "auto":
             raise InvalidParameter("rollback", rollback, 'remedy="auto" (a rollback is a remedy the doctor applies)')
         self.log_every = check_int(log_every, "log_every")
+        self.grad_norm_every = check_int(grad_norm_every, "grad_norm_every")
         for key, value in (("batch_size", batch_size), ("steps_per_epoch", steps_per_epoch)):
             if value is not None:
                 check_int(value, key)
@@ -180,7 +192,10 @@ class Watch:
                                        mean_loss=mean)
         self.log = state.log = StepLog(state, list(model.parameters()))
         state.history.meta.update(self._meta(batch_size))
+        state.history.meta["grad_norm_every"] = self.grad_norm_every
         self.watching = attach(instruments)
+        # instruments that measure on some steps (the periodic ones: ``due``): those steps read the norms too
+        self._wanting = [i for i in self.watching if hasattr(i, "on_step_start")]
         self.board: Any = None
         if tensorboard is not None:
             from gdlab.integrations.tensorboard import TensorBoard  # an edge: tensorboard only when asked
@@ -215,18 +230,27 @@ class Watch:
         self._started_at = time.perf_counter()
 
         # plain functions, not bound methods: a deep copy of the model (the instruments make one) shares them
-        # instead of copying this watch, and they answer the user's model alone
+        # instead of copying this watch, and they answer the user's model alone. They run on every step of the
+        # user's loop, so the usual case is decided here in a few reads (docs/benchmarks.md: watch_overhead)
         def on_forward(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            if module is self.model:
+            if module is self.model and not (self._started and not self._pending):  # not a second pass
                 self._on_forward(args, kwargs)
 
         def before_update(opt: Any, args: Any, kwargs: Any) -> None:
-            if opt is self.optimizer:
+            if opt is not self.optimizer or (self._normed and not self._pending):  # read already this step
+                return
+            if self._started and not self._pending and not self._busy:  # a step under way: its norms
+                if self.grad_norms:
+                    self._take_norms()
+            else:
                 self._before_update()
 
         def after_update(opt: Any, args: Any, kwargs: Any) -> None:
-            if opt is self.optimizer:
-                self._after_update()
+            if opt is self.optimizer and self._started and not self._busy:
+                if self._auto:
+                    self._after_update()
+                else:  # step() ends it, or (the first step, when step() never comes) the next forward or update
+                    self._pending = True
 
         self._handles = [model.register_forward_pre_hook(on_forward, with_kwargs=True)]
         if hooks and hasattr(optimizer, "register_step_post_hook"):
@@ -337,7 +361,7 @@ class Watch:
     # -- the hooks -----------------------------------------------------------------------------------------------
     def _on_forward(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """A forward pass of the model with gradients on: the next step starts (its batch is what the model got)."""
-        if not torch.is_grad_enabled() or self._closed or self._busy:
+        if (self._started and not self._pending) or self._busy or self._closed or not torch.is_grad_enabled():
             return
         if self._pending:  # the last update's step got no step() call: the optimizer's hooks end the steps
             self._auto = True
@@ -357,8 +381,7 @@ class Watch:
             return  # step() came before this update and ended the step: these gradients are filed already
         self._begin(None)
         if self.grad_norms and not self._normed:
-            self.log.grad_norms()
-            self._normed = True
+            self._take_norms()
 
     def _after_update(self) -> None:
         """The optimizer's step post-hook: the step is taken; its loss comes with step(), if it is called."""
@@ -376,9 +399,20 @@ class Watch:
             return
         self._started = True
         state = self.state
-        state.batch = (inputs, None) if inputs is not None and _countable(inputs) else None
-        if state.stop_reason is None:  # diverged, unrepaired: nothing more is measured
+        if self._handlers["on_step_start"] and state.stop_reason is None:  # diverged: nothing more is measured
+            state.batch = (inputs, None) if inputs is not None and _countable(inputs) else None
             self._emit("on_step_start")
+
+    def _take_norms(self) -> None:
+        """The gradient norms of this step, where they are due: the first step, every ``grad_norm_every``-th, and a
+        step a periodic instrument measures (it reads the norm); else the row has none."""
+        self._normed = True
+        step = self.state.step + 1
+        if step % self.grad_norm_every == 0 or step == 1 or \
+                (self._wanting and any(getattr(i, "due", False) for i in self._wanting)):
+            self.log.grad_norms()
+        else:
+            self.state.param_grad_norms = None  # the row has none (NaN: not measured)
 
     def _finish(self, loss: Tensor | None, batch: Any) -> None:
         """The step's record: norms (if the pre-hook did not take them), the row, ``on_step_end``, the reads."""
@@ -389,15 +423,23 @@ class Watch:
             self._started = self._normed = self._pending = False
             self._inputs = None
             return
-        if self.grad_norms and not self._normed:
-            self.log.grad_norms()
-        x, y = structure.split(batch, self.target_key) if batch is not None else (self._inputs, None)
-        if y is not None:
-            x = structure.tree_map(lambda t: t.to(state.device), x)
-            y = y.to(state.device)
-        state.batch = (x, y) if x is not None and _countable(x) else None
-        samples = len(y) if y is not None else structure.count(x) if state.batch is not None else \
-            state.plan.batch_size
+        if not self._normed and self.grad_norms:
+            self._take_norms()
+        if batch is None:
+            x, y = self._inputs, None
+            if isinstance(x, Tensor) and x.dim():  # the common case, without walking a tree
+                state.batch, samples = (x, None), x.shape[0]
+            else:
+                state.batch = (x, None) if x is not None and _countable(x) else None
+                samples = structure.count(x) if state.batch is not None else state.plan.batch_size
+        else:
+            x, y = structure.split(batch, self.target_key)
+            if y is not None:
+                x = structure.tree_map(lambda t: t.to(state.device), x)
+                y = y.to(state.device)
+            state.batch = (x, y) if x is not None and _countable(x) else None
+            samples = len(y) if y is not None else structure.count(x) if state.batch is not None else \
+                state.plan.batch_size
         if not self._learned and state.batch is not None:
             self._learn(x, y, samples)
         state.step += 1
@@ -537,6 +579,8 @@ class Watch:
 
 def _countable(inputs: Any) -> bool:
     """Whether ``inputs`` hold a batch of samples (a tensor with a first dimension among its leaves)."""
+    if isinstance(inputs, Tensor):
+        return inputs.dim() > 0
     first = next(iter(structure.leaves(inputs)), None)
     return first is not None and first.dim() > 0
 

@@ -58,8 +58,12 @@ def _nonfinite(h: History) -> list[Finding]:
             return [Finding("non_finite", "error", step_at(h, i), {"quantity": what, "count": count, "source": "data"},
                             f"the batch of step {step_at(h, i)} has {count} NaN or inf values in its {what}: the "
                             "data is at fault, not the learning rate", {"action": "check_data", "where": what})]
+    # a run that measured the gradient norm every k-th step (gdlab.watch) leaves NaN in the rows between: there a
+    # non-finite norm reads inf, and NaN means "not measured"
+    sparse = (h.meta.get("grad_norm_every") or 1) > 1
     for i, loss in enumerate(column(h.steps, "loss")):
-        bad = "loss" if not math.isfinite(loss) else ("gradients" if grad and not math.isfinite(grad[i]) else
+        bad_grad = grad and (math.isinf(grad[i]) if sparse else not math.isfinite(grad[i]))
+        bad = "loss" if not math.isfinite(loss) else ("gradients" if bad_grad else
                                                        "parameters" if flag and flag[i] == 1 else None)
         if bad:
             lr = last_lr(h)

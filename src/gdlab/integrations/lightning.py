@@ -53,12 +53,14 @@ import torch
 
 from gdlab.loop import LOG_EVERY, Result
 from gdlab.store import Store
-from gdlab.watching import Watch, watch
+from gdlab.watching import GRAD_NORM_EVERY, Watch, watch
 
 __all__ = ["Doctor", "PREFIX", "finding_line"]
 
 PREFIX = "gdlab/"
 _POSITION = {"step", "epoch"}  # the x axis, not a metric
+_UNUSED_BATCH_HOOKS = ("on_train_batch_start", "on_before_backward", "on_after_backward",
+                       "on_before_zero_grad", "on_validation_batch_start", "on_validation_batch_end")
 
 
 def _scalar(value: Any) -> float | None:
@@ -119,6 +121,7 @@ class Doctor(Callback):
         log: log the epoch's mean of each step column to the trainer's loggers (``gdlab/<column>``).
         echo: print the findings at the fit's end.
         log_every: steps between host reads of the loss and gradient norms.
+        grad_norm_every: steps between readings of the gradient norms, as :func:`gdlab.watch` takes it.
         stop_on_divergence: set ``trainer.should_stop`` when the run diverged and nothing repaired it (with several
             devices, on every rank: rank zero's verdict is broadcast every ``log_every`` steps and at each epoch's
             end).
@@ -129,11 +132,13 @@ class Doctor(Callback):
     def __init__(self, *, instruments: str | Sequence[Any] = "default", doctor: bool = True, remedy: str = "suggest",
                  store: Store | str | Path | None = None, name: str | None = None,
                  config: dict[str, Any] | None = None, loss_fn: Any = None, batch: bool = False, log: bool = True,
-                 echo: bool = True, log_every: int = LOG_EVERY, stop_on_divergence: bool = True) -> None:
+                 echo: bool = True, log_every: int = LOG_EVERY, stop_on_divergence: bool = True,
+                 grad_norm_every: int = GRAD_NORM_EVERY) -> None:
         super().__init__()
         self.options: dict[str, Any] = {"instruments": instruments, "doctor": doctor, "remedy": remedy,
                                         "store": store, "name": name, "config": config, "loss_fn": loss_fn,
-                                        "log_every": check_int(log_every, "log_every")}
+                                        "log_every": check_int(log_every, "log_every"),
+                                        "grad_norm_every": grad_norm_every}
         self.batch, self.log, self.echo, self.stop_on_divergence = batch, log, echo, stop_on_divergence
         self.watch: Watch | None = None
         self.report: Result | None = None
@@ -142,6 +147,11 @@ class Doctor(Callback):
         self._steps = 0  # optimizer steps in this fit, on every rank
         self._clip: float | None = None  # the doctor's clip_norm remedy's norm, applied on every rank
         self._logged = 0  # step rows already logged
+        # Lightning calls each callback's hooks on every batch (in a profiler context each) unless the attribute is
+        # not callable: the per-batch hooks this callback does not use cost nothing as None
+        for hook in _UNUSED_BATCH_HOOKS:
+            if getattr(type(self), hook, None) is getattr(Callback, hook, None):  # not a subclass's own
+                setattr(self, hook, None)
 
     # -- Lightning's hooks ---------------------------------------------------------------------------------------
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
@@ -163,9 +173,10 @@ class Doctor(Callback):
             if isinstance(loss, torch.Tensor):
                 loss = loss.detach()
                 self._loss = loss if self._loss is None else self._loss + loss
-        if trainer.global_step == self._global_step:  # accumulating: the optimizer has not stepped yet
+        global_step = trainer.global_step
+        if global_step == self._global_step:  # accumulating: the optimizer has not stepped yet
             return
-        self._global_step = trainer.global_step
+        self._global_step = global_step
         self._steps += 1
         if watched is not None and watched.report is None:
             if watched.stop_reason is None:
@@ -280,9 +291,13 @@ class Doctor(Callback):
 
     def _log(self, trainer: Any) -> None:
         """The epoch's means to the trainer's loggers, on rank zero (the caller's check)."""
+        loggers = getattr(trainer, "loggers", None) or []
+        if not loggers and self.watch is not None:  # nobody to log to: the rows are passed over, not averaged
+            self._logged = len(self.watch.history.steps)
+            return
         means = self.epoch_means()
         if not means:
             return
         metrics = {PREFIX + k: v for k, v in means.items()}
-        for logger in getattr(trainer, "loggers", None) or []:
+        for logger in loggers:
             logger.log_metrics(metrics, step=trainer.global_step)

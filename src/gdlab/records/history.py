@@ -42,8 +42,12 @@ class Table:
 
     def append(self, row: dict[str, float]) -> None:
         """Add one row; a new key gets a column backfilled with NaN."""
+        columns, length = self._columns, self._length
         for key, value in row.items():
-            self._column(key).append(float(value))
+            column = columns.get(key)
+            if column is None or len(column) != length:  # new, or short of rows: made or padded
+                column = self._column(key)
+            column.append(float(value))
         self._length += 1
         self._settled = False
 

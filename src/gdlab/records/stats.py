@@ -46,6 +46,22 @@ class EMA:
             self.avg, self.weight = beta * self.avg + (1 - beta) * x, beta * self.weight + (1 - beta)
         return self.value
 
+    def extend(self, values: Iterable[float]) -> list[float]:
+        """Fold in each of ``values`` in turn (as :meth:`update` does, in one pass); the smoothed value after each.
+
+        Example:
+            >>> EMA(beta=0.5).extend([1.0, float("nan"), 3.0])
+            [1.0, 1.0, 2.3333333333333335]
+        """
+        beta, avg, weight = self.beta, self.avg, self.weight
+        out = []
+        for x in values:
+            if math.isfinite(x):
+                avg, weight = beta * avg + (1 - beta) * x, beta * weight + (1 - beta)
+            out.append(avg / weight if weight else math.nan)
+        self.avg, self.weight = avg, weight
+        return out
+
     @property
     def value(self) -> float:
         """The bias-corrected average so far (NaN before the first finite value)."""
