@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 from collections.abc import Callable
@@ -110,7 +111,13 @@ def setup() -> Ranks | None:
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     torch.distributed.init_process_group(backend, timeout=datetime.timedelta(seconds=seconds))
+    atexit.register(_destroy)  # the group made here is taken down here, before the interpreter's teardown
     return current()
+
+
+def _destroy() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def wrap(model: nn.Module, ranks: Ranks) -> nn.Module:

@@ -1,0 +1,223 @@
+"""Data-parallel training (gdlab.distributed): the split of a global batch, and real ranks on the CPU with gloo,
+launched by torchrun (each launch a few seconds; every one under a hard timeout, so nothing can hang the suite)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import gdlab
+from gdlab.data import BatchPlan, batches
+from gdlab.errors import InvalidParameter
+from gdlab.store import Store
+
+HERE = Path(__file__).resolve().parent
+SRC = HERE.parent / "src"
+sys.path.insert(0, str(HERE))
+import distributed_worker as worker  # noqa: E402
+
+LIMIT = 120  # seconds: a launch that takes longer has hung
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(SRC), os.getcwd()]), **extra}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_ERROR_FILE"):
+        env.pop(key, None)
+    return env
+
+
+def _torchrun(*args: str, nproc: int = 2, env: dict[str, str] | None = None,
+              launch: tuple[str, ...] = ("--standalone",)) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", *launch, "--nproc-per-node", str(nproc),
+                           str(HERE / "distributed_worker.py"), *args], env=env or _env(), capture_output=True,
+                          text=True, timeout=LIMIT)
+
+
+def _gdlab(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gdlab.cli", *args], env=env or _env(), capture_output=True,
+                          text=True, timeout=LIMIT, cwd=cwd)
+
+
+def _single() -> tuple[dict[str, torch.Tensor], Any]:
+    """The same run in one process, batch 64."""
+    torch.set_num_threads(1)
+    net = worker.model()
+    result = gdlab.fit(net, worker.data(), epochs=worker.EPOCHS, batch_size=worker.BATCH, lr=worker.LR,
+                       optimizer="momentum", progress=False)
+    return net.state_dict(), result
+
+
+def _close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)  # float32 tolerance
+
+
+# -- the split, in one process ----------------------------------------------------------------------------------
+
+def test_plan_states_what_each_rank_gets() -> None:
+    plan = BatchPlan.make(1438, 64, ranks=2, rank=0)
+    assert plan.describe() == "1438 samples, global batch 64 = 2 ranks x 32 -> 23 iterations per epoch (last batch 30)"
+    assert BatchPlan.make(100, 15, ranks=2).describe() == \
+        "100 samples, global batch 15 = 2 ranks x 7-8 -> 7 iterations per epoch (last batch 10)"
+    assert plan.to_dict()["ranks"] == 2 and "ranks" not in BatchPlan.make(1438, 64).to_dict()
+
+
+@pytest.mark.parametrize("size,ranks", [(64, 2), (15, 2), (10, 3), ("full", 2)])
+def test_ranks_slices_make_up_the_global_batch(size: Any, ranks: int) -> None:
+    whole = BatchPlan.make(100, size)
+    plans = [BatchPlan.make(100, size, ranks=ranks, rank=r) for r in range(ranks)]
+    for epoch in range(2):  # each epoch's order from (seed, epoch), cut into the same global batches
+        for i, expected in enumerate(batches(whole, 7, epoch)):
+            parts = [list(batches(p, 7, epoch))[i] for p in plans]
+            assert torch.equal(torch.cat(parts), expected)
+            assert [len(p) for p in parts] == [plans[r].share(i)[0] for r in range(ranks)]
+            assert plans[0].share(i)[1] == len(expected)
+
+
+@pytest.mark.parametrize("samples,size,kwargs,message", [
+    (100, "stochastic", {}, "stochastic descent takes one sample per step, which cannot be split over ranks"),
+    (100, 2, {}, "invalid batch_size 2: expected at least 3 samples per batch, one for each of the 3 ranks"),
+    (100, 49, {}, "(each epoch of 100 samples ends with a batch of 2); give another batch size, or drop_last"),
+])
+def test_more_ranks_than_samples_in_a_batch(samples: int, size: Any, kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidParameter) as error:
+        BatchPlan.make(samples, size, ranks=3, **kwargs)
+    assert message in str(error.value) and "\n" not in str(error.value)
+    BatchPlan.make(100, 49, ranks=3, drop_last=True)  # the short batch dropped: fine
+
+
+def test_one_process_is_not_distributed() -> None:
+    from gdlab import distributed
+
+    assert distributed.current() is None and distributed.is_main()
+    assert not torch.distributed.is_initialized()
+
+
+# -- real ranks ---------------------------------------------------------------------------------------------------
+
+def test_two_ranks_equal_one_process(tmp_path: Path) -> None:
+    """Global batch 64 over 2 ranks ends with the parameters of 1 process at batch 64 (same data order); only rank
+    0 stores; the doctor names a divergence under 2 ranks as in one process."""
+    done = _torchrun("fit", str(tmp_path))
+    Path("/tmp/d17/last_fit_stderr.txt").write_text(done.stderr)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    params, result = _single()
+    for saved in ranks:
+        _close(saved["params"], params)
+        assert saved["run_id"] == ranks[0]["run_id"]
+        assert saved["losses"] == pytest.approx(result.history.steps["loss"], rel=1e-5)
+    assert ranks[0]["plan"] == "200 samples, global batch 64 = 2 ranks x 32 -> 4 iterations per epoch (last batch 8)"
+    assert ranks[0]["final"]["train_loss"] == pytest.approx(result.final["train_loss"], rel=1e-5)
+    runs = Store(tmp_path / "store").runs()
+    assert [r.id for r in runs] == [ranks[0]["run_id"]] and runs[0].status == "finished"
+    assert runs[0].plan["ranks"] == 2
+    # the divergence: named alike with 2 ranks and with one
+    net, pair = worker.diverging()
+    alone = gdlab.fit(net, pair, batch_size=32, lr=0.5, optimizer="sgd", epochs=3, progress=False)
+    assert alone.findings[0].code == "non_finite" and alone.stop_reason.startswith("diverged")  # the divergence
+    for saved in ranks:
+        assert saved["codes"] == [f.code for f in alone.findings]
+        assert saved["stop"] == alone.stop_reason and saved["stop"].startswith("diverged")
+
+
+def test_killed_rank_fails_the_run_and_resume_continues(tmp_path: Path) -> None:
+    killed = _torchrun("kill", str(tmp_path))
+    assert killed.returncode != 0
+    (run,) = Store(tmp_path / "store").runs()
+    assert run.status == "failed", run
+    assert 4 <= run.steps < 12
+    resumed = _torchrun("resume", str(tmp_path), run.id)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    params, _ = _single()
+    for r in range(2):
+        saved = torch.load(tmp_path / f"rank{r}.pt")
+        assert saved["run_id"] == run.id and saved["steps"] == 12
+        _close(saved["params"], params)  # as if never interrupted
+    assert Store(tmp_path / "store").get(run.id).status == "finished"
+
+
+def test_a_rank_that_stops_answering_ends_by_the_timeout(tmp_path: Path) -> None:
+    hung = _torchrun("hang", str(tmp_path), env=_env(GDLAB_DIST_TIMEOUT="2"))
+    assert hung.returncode != 0
+    (run,) = Store(tmp_path / "store").runs()
+    assert run.status == "failed" and run.error, run
+
+
+CRASHY = '''
+import os, torch
+
+def crashy(in_features, out_features):
+    class Crashy(torch.nn.Linear):
+        calls = 0
+        def forward(self, x):
+            Crashy.calls += 1
+            if os.environ.get("RANK") == "1" and Crashy.calls == 8:
+                raise RuntimeError("rank one broke")
+            return super().forward(x)
+    return Crashy(in_features, out_features)
+'''
+
+
+def test_gdlab_train_nproc(tmp_path: Path) -> None:
+    """`gdlab train --nproc 2` launches the ranks through torch.distributed.run: one stored run, printed once,
+    equal to the run in one process."""
+    args = ["train", "--data", "moons", "--model", "linear", "--epochs", "2", "--batch-size", "64", "--json",
+            "--no-plot", "--instruments", "none"]
+    two = _gdlab(*args, "--nproc", "2", "--store", "two", cwd=tmp_path)
+    one = _gdlab(*args, "--store", "one", cwd=tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    shown, alone = json.loads(two.stdout), json.loads(one.stdout)  # one JSON object: rank 0 printed alone
+    assert shown["final"]["train_loss"] == pytest.approx(alone["final"]["train_loss"], rel=1e-5)
+    assert [r.status for r in Store(tmp_path / "two").runs()] == ["finished"]
+    assert Store(tmp_path / "two").runs()[0].plan["ranks"] == 2
+
+
+def test_a_crashing_rank_ends_all_with_its_error(tmp_path: Path) -> None:
+    (tmp_path / "crashy.py").write_text(textwrap.dedent(CRASHY))
+    done = _gdlab("train", "--data", "moons", "--model", "crashy:crashy", "--epochs", "3", "--batch-size", "32",
+                  "--nproc", "2", "--store", "s", "-q", "--no-plot", cwd=tmp_path)
+    assert done.returncode == 1
+    assert "error: rank 1 failed first: RuntimeError: rank one broke" in done.stderr
+    assert [r.status for r in Store(tmp_path / "s").runs()] == ["failed"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--nproc", "0"], "invalid --nproc 0: expected a positive integer"),
+    (["--nproc", "two"], "invalid --nproc 'two': expected a positive integer"),
+    (["--nproc", "2", "--batch-size", "stochastic"], "stochastic descent takes one sample per step"),
+    (["--nproc", "3", "--batch-size", "2"], "at least 3 samples per batch with --nproc 3"),
+])
+def test_nproc_bad_input(tmp_path: Path, args: list[str], message: str) -> None:
+    from typer.testing import CliRunner
+
+    from gdlab.cli import app
+
+    result = CliRunner().invoke(app, ["train", "--store", str(tmp_path), *args])
+    assert result.exit_code == 2
+    text = result.output.strip()
+    assert message in text and len(text.splitlines()) == 1 and "Traceback" not in text
+
+
+def test_ranks_refuse_a_last_batch_too_small_with_one_line(tmp_path: Path) -> None:
+    done = _gdlab("train", "--data", "moons", "--batch-size", "799", "--nproc", "2", "--store", "s", "-q",
+                  cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith("error: rank ") and len(done.stderr.strip().splitlines()) == 1
+    assert "a last batch of at least 2 samples for 2 ranks" in done.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
