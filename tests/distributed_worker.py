@@ -62,9 +62,13 @@ def main(mode: str, out: Path, run: str | None = None) -> None:
         result = gdlab.fit(net, data(), epochs=EPOCHS, **common)
         net2, pair = diverging()
         bad = gdlab.fit(net2, pair, batch_size=32, lr=0.5, optimizer="sgd", epochs=3, progress=False)
+        net3, pair = diverging()
+        cured = gdlab.fit(net3, pair, batch_size=32, lr=0.5, optimizer="sgd", epochs=3, progress=False,
+                          remedy="auto", log_every=5)
         saved = {"params": net.state_dict(), "final": result.final, "plan": result.plan.describe(),
                  "run_id": result.run_id, "codes": [f.code for f in bad.findings], "stop": bad.stop_reason,
-                 "losses": result.history.steps["loss"]}
+                 "losses": result.history.steps["loss"], "remedies": [(r.step, r.action) for r in cured.remedies],
+                 "cured": net3.state_dict(), "cured_lr": cured.lr}
     elif mode in ("kill", "hang"):
         net = model()
         gdlab.fit(net, data(), epochs=EPOCHS, callbacks=[At(mode, 6)], **common)

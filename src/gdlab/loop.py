@@ -414,7 +414,7 @@ def run(problem: Problem, state: LoopState, hooks: Sequence[Any] = (), *, tol: f
     every = checkpoint_every or plan.iterations_per_epoch
     started = time.perf_counter() - state.seconds
     model.train()
-    with _graceful_interrupt(state):
+    with _graceful_interrupt(state, launched=ranks is not None):
         try:
             emit("on_fit_start")
             batches: Iterator[tuple[Tensor, ...]] | None = None
@@ -603,13 +603,17 @@ def _end_epoch(problem: Problem, state: LoopState, tol: float | None, patience: 
 
 
 @contextmanager
-def _graceful_interrupt(state: LoopState) -> Iterator[None]:
-    """First Ctrl-C (or SIGTERM): finish the step, checkpoint, stop. A second one stops at once."""
+def _graceful_interrupt(state: LoopState, *, launched: bool = False) -> Iterator[None]:
+    """First Ctrl-C (or SIGTERM): finish the step, checkpoint, stop. A second one stops at once. A rank of
+    data-parallel training (``launched``) takes SIGTERM as its launcher ending it, because another rank failed: it
+    fails at once rather than wait for ranks that are gone."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum: int, frame: Any) -> None:
+        if launched and signum == signal.SIGTERM:
+            raise RuntimeError("ended by the launcher (SIGTERM): another rank failed, or the launch was stopped")
         if state.interrupted:
             raise KeyboardInterrupt
         state.interrupted = True
