@@ -1,6 +1,7 @@
 """A rank of tests/test_distributed.py, launched by torchrun: ``python -m torch.distributed.run ... MODE OUT [RUN]``.
 
-Modes: ``fit`` (a run of global batch 64, stored, and a diverging one), ``kill`` (rank 1 is killed mid-run),
+Modes: ``fit`` (a run of global batch 64, stored, a diverging one, a sweep and restarts), ``plain`` (the run of
+global batch 64 alone), ``kill`` (rank 1 is killed mid-run),
 ``resume`` (continues the stored run RUN), ``hang`` (rank 1 stops answering). Rank 0 saves what it saw in OUT.
 """
 
@@ -65,10 +66,18 @@ def main(mode: str, out: Path, run: str | None = None) -> None:
         net3, pair = diverging()
         cured = gdlab.fit(net3, pair, batch_size=32, lr=0.5, optimizer="sgd", epochs=3, progress=False,
                           remedy="auto", log_every=5)
+        spread = gdlab.sweep(model, data(), lr=[0.03, 0.3, 3.0], seeds=[0, 1], steps=8, batch_size=BATCH,
+                             progress=False, workers=2, store=store)
+        starts = gdlab.restarts(model, data(), seeds=5, lr=0.3, steps=8, batch_size=BATCH, progress=False, workers=2)
         saved = {"params": net.state_dict(), "final": result.final, "plan": result.plan.describe(),
+                 "sweep": spread.table, "sweep_id": spread.sweep_id, "restarts": starts.summary(),
                  "run_id": result.run_id, "codes": [f.code for f in bad.findings], "stop": bad.stop_reason,
                  "losses": result.history.steps["loss"], "remedies": [(r.step, r.action) for r in cured.remedies],
                  "cured": net3.state_dict(), "cured_lr": cured.lr}
+    elif mode == "plain":  # one run, unstored
+        net = model()
+        result = gdlab.fit(net, data(), epochs=EPOCHS, **{**common, "store": None})
+        saved = {"params": net.state_dict(), "plan": result.plan.describe()}
     elif mode in ("kill", "hang"):
         net = model()
         gdlab.fit(net, data(), epochs=EPOCHS, callbacks=[At(mode, 6)], **common)

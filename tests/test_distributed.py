@@ -56,6 +56,10 @@ def _single() -> tuple[dict[str, torch.Tensor], Any]:
     return net.state_dict(), result
 
 
+def _row(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if not isinstance(v, float) or k in ("lr", "momentum")}
+
+
 def _close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
     assert a.keys() == b.keys()
     for key in a:
@@ -128,6 +132,22 @@ def test_two_ranks_equal_one_process(tmp_path: Path) -> None:
     for saved in ranks:
         assert saved["codes"] == [f.code for f in alone.findings]
         assert saved["stop"] == alone.stop_reason and saved["stop"].startswith("diverged")
+    # a sweep and restarts spread over the 2 ranks: the table of one process (rank 0 alone stores the sweep)
+    table = gdlab.sweep(worker.model, worker.data(), lr=[0.03, 0.3, 3.0], seeds=[0, 1], steps=8,
+                        batch_size=worker.BATCH, progress=False).table
+    starts = gdlab.restarts(worker.model, worker.data(), seeds=5, lr=0.3, steps=8, batch_size=worker.BATCH,
+                            progress=False)
+    for saved in ranks:
+        assert [_row(r) for r in saved["sweep"]] == [_row(r) for r in table]
+        for got, want in zip(saved["sweep"], table):
+            assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-5)
+        summary = starts.summary()
+        assert {k: v for k, v in saved["restarts"].items() if isinstance(v, str)} == \
+            {k: v for k, v in summary.items() if isinstance(v, str)}
+        for key, value in summary.items():
+            if isinstance(value, (int, float)):
+                assert saved["restarts"][key] == pytest.approx(value, rel=1e-5), key
+    assert ranks[1]["sweep_id"] is None and len(Store(tmp_path / "store").sweeps()) == 1
     # remedy="auto": the same rollback and lower learning rate on every rank, as in one process
     net, pair = worker.diverging()
     cured = gdlab.fit(net, pair, batch_size=32, lr=0.5, optimizer="sgd", epochs=3, progress=False, remedy="auto",
@@ -223,6 +243,46 @@ def test_ranks_refuse_a_last_batch_too_small_with_one_line(tmp_path: Path) -> No
     assert done.returncode == 2
     assert done.stderr.strip().startswith("error: rank ") and len(done.stderr.strip().splitlines()) == 1
     assert "a last batch of at least 2 samples for 2 ranks" in done.stderr
+
+
+def test_gdlab_sweep_nproc(tmp_path: Path) -> None:
+    args = ["sweep", "--data", "moons", "--model", "linear", "--lr", "1e-2:1:3", "--seeds", "2", "--steps", "10",
+            "--json", "--no-plot"]
+    two = _gdlab(*args, "--nproc", "2", "--store", "two", cwd=tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = _gdlab(*args, "--store", "one", cwd=tmp_path)
+    spread, alone = json.loads(two.stdout)["table"], json.loads(one.stdout)["table"]
+    assert [_row(r) for r in spread] == [_row(r) for r in alone]
+    assert [r["train_loss"] for r in spread] == pytest.approx([r["train_loss"] for r in alone], rel=1e-5)
+    assert len(Store(tmp_path / "two").sweeps()) == 1
+
+
+def test_two_machines_equal_one_launch(tmp_path: Path) -> None:
+    """Two torchrun launches with --nnodes 2, one per node rank, on 127.0.0.1: the result of one launch of 2."""
+    port = _free_port()
+    nodes = [tmp_path / "nodes", tmp_path / "one"]
+    for folder in nodes:
+        folder.mkdir()
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+               "--master-addr", "127.0.0.1", "--master-port", str(port)]
+    launches = [subprocess.Popen([*command, "--node-rank", str(rank), str(HERE / "distributed_worker.py"), "plain",
+                                  str(nodes[0])], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True) for rank in (0, 1)]
+    try:
+        for launch in launches:
+            _, stderr = launch.communicate(timeout=LIMIT)
+            assert launch.returncode == 0, stderr[-3000:]
+    finally:
+        for launch in launches:
+            launch.kill()
+    one = _torchrun("plain", str(nodes[1]))
+    assert one.returncode == 0, one.stderr[-3000:]
+    for r in range(2):
+        machine, launched = torch.load(nodes[0] / f"rank{r}.pt"), torch.load(nodes[1] / f"rank{r}.pt")
+        _close(machine["params"], launched["params"])
+        assert machine["plan"] == launched["plan"] == \
+            "200 samples, global batch 64 = 2 ranks x 32 -> 4 iterations per epoch (last batch 8)"
+    _close(torch.load(nodes[0] / "rank0.pt")["params"], _single()[0])
 
 
 def _free_port() -> int:
