@@ -147,9 +147,10 @@ def share_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
 
 
 class Agreement:
-    """Called by the loop at its checks on every rank: the ranks take rank 0's learning rates and stop, and when a
-    remedy acted on any rank since the last check (``acted()`` counts the actions), rank 0's parameters, buffers and
-    optimizer state. One collective per check; the parameters only after a remedy."""
+    """Called by the loop at its checks on every rank: the ranks take rank 0's learning rates and stop (or stop
+    as ``interrupted`` when any rank was: Ctrl-C), and when a remedy acted on any rank since the last check
+    (``acted()`` counts the actions), rank 0's parameters, buffers and optimizer state. One collective per check;
+    the parameters only after a remedy."""
 
     def __init__(self, ranks: Ranks, acted: Callable[[], int] | None = None) -> None:
         self.ranks, self.acted = ranks, acted
@@ -157,14 +158,16 @@ class Agreement:
 
     def __call__(self, state: Any) -> None:
         count = self.acted() if self.acted is not None else 0
-        mine = ([g.get("lr") for g in state.optimizer.param_groups], state.stop_reason, count != self.seen)
+        mine = ([g.get("lr") for g in state.optimizer.param_groups], state.stop_reason, state.interrupted,
+                count != self.seen)
         everyone: list[Any] = [None] * self.ranks.world
         torch.distributed.all_gather_object(everyone, mine)
-        lrs, stop, _ = everyone[0]
+        lrs, stop, _, _ = everyone[0]
         for group, lr in zip(state.optimizer.param_groups, lrs):
             if lr is not None:
                 group["lr"] = lr
-        state.stop_reason = stop
+        state.interrupted = any(interrupted for _, _, interrupted, _ in everyone)
+        state.stop_reason = stop if stop is not None or not state.interrupted else "interrupted"
         self.seen = count
-        if any(acted for _, _, acted in everyone):
+        if any(acted for *_, acted in everyone):
             share_state(state.model, state.optimizer)
