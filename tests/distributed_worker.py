@@ -51,7 +51,10 @@ class At(Callback):
         if os.environ["RANK"] == "1" and state.step == self.step:  # type: ignore[attr-defined]
             if self.what == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
-            time.sleep(120)
+            elif self.what == "interrupt":  # as Ctrl-C reaching rank 1 alone
+                state.interrupted = True  # type: ignore[attr-defined]
+            else:
+                time.sleep(120)
 
 
 def main(mode: str, out: Path, run: str | None = None) -> None:
@@ -69,7 +72,10 @@ def main(mode: str, out: Path, run: str | None = None) -> None:
         spread = gdlab.sweep(model, data(), lr=[0.03, 0.3, 3.0], seeds=[0, 1], steps=8, batch_size=BATCH,
                              progress=False, workers=2, store=store)
         starts = gdlab.restarts(model, data(), seeds=5, lr=0.3, steps=8, batch_size=BATCH, progress=False, workers=2)
+        stopped = gdlab.fit(model(), data(), steps=40, batch_size=16, lr=0.1, progress=False, log_every=5,
+                            callbacks=[At("interrupt", 7)])
         saved = {"params": net.state_dict(), "final": result.final, "plan": result.plan.describe(),
+                 "stopped": (stopped.status, stopped.stop_reason, stopped.steps),
                  "sweep": spread.table, "sweep_id": spread.sweep_id, "restarts": starts.summary(),
                  "run_id": result.run_id, "codes": [f.code for f in bad.findings], "stop": bad.stop_reason,
                  "losses": result.history.steps["loss"], "remedies": [(r.step, r.action) for r in cured.remedies],

@@ -132,6 +132,8 @@ def test_two_ranks_equal_one_process(tmp_path: Path) -> None:
     for saved in ranks:
         assert saved["codes"] == [f.code for f in alone.findings]
         assert saved["stop"] == alone.stop_reason and saved["stop"].startswith("diverged")
+    # Ctrl-C reaching rank 1 alone: both ranks stop together, at the next check
+    assert ranks[0]["stopped"] == ranks[1]["stopped"] == ("stopped", "interrupted", 10)
     # a sweep and restarts spread over the 2 ranks: the table of one process (rank 0 alone stores the sweep)
     table = gdlab.sweep(worker.model, worker.data(), lr=[0.03, 0.3, 3.0], seeds=[0, 1], steps=8,
                         batch_size=worker.BATCH, progress=False).table

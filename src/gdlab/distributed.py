@@ -33,7 +33,7 @@ from torch import nn
 from gdlab.errors import InvalidParameter
 
 __all__ = ["TIMEOUT", "TIMEOUT_ENV", "Agreement", "Ranks", "broadcast", "current", "is_main", "setup",
-           "share_state", "wrap"]
+           "share_state", "timeout", "wrap"]
 
 TIMEOUT = 300.0
 """Seconds a collective may wait for the other ranks before the process group gives up (a rank that crashed)."""

@@ -170,7 +170,7 @@ def fit(
     watching = attach(instruments)
     ranks = distributed.setup()  # None in one process
     if ranks is not None:
-        if resume is not None and store is None:
+        if resume is not None and store is None and ranks.main:  # rank 0 reads the run; the others get it from it
             raise InvalidParameter("resume", resume, "a store holding the run (store=...)")
         device = ranks.device(device)
         progress = progress and ranks.main
