@@ -459,7 +459,8 @@ def run(problem: Problem, state: LoopState, hooks: Sequence[Any] = (), *, tol: f
                 log.record(shown, samples, pending)
                 emit("on_step_end")
                 epoch_done = state.iteration == plan.iterations_per_epoch
-                periodic = epoch_done or state.step % log_every == 0
+                # with ranks, a checkpoint's step is a check too: every rank reads (and may roll back) alike
+                periodic = epoch_done or state.step % log_every == 0 or (ranks is not None and state.step % every == 0)
                 if periodic or log.diverged_at is not None:
                     _check(state, log, good, hooks, problem)
                 if epoch_done:
@@ -473,7 +474,8 @@ def run(problem: Problem, state: LoopState, hooks: Sequence[Any] = (), *, tol: f
                 if agree is not None and periodic:
                     agree(state)
                     agreed_stop = state.stop_reason is not None
-                if checkpoint and (state.step % every == 0 or state.stop_reason):
+                stopping = agreed_stop if agree is not None else state.stop_reason is not None
+                if checkpoint and (state.step % every == 0 or stopping):
                     _check(state, log, good, hooks, problem)
                     state.seconds = time.perf_counter() - started
                     checkpoint(state)

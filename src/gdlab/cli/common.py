@@ -169,8 +169,8 @@ NesterovFlag = Annotated[Optional[bool], typer.Option("--nesterov/--no-nesterov"
 ClipNormFlag = Annotated[Optional[float], typer.Option("--clip-norm", help="Clip the gradient's global norm to this "
                                                        "first.")]
 BatchSizeFlag = Annotated[Optional[str], typer.Option("--batch-size", help="full, stochastic, or a positive "
-                                                      "integer; with --nproc, the global batch, split over the "
-                                                      "ranks. [default: 32]")]
+                                                      "integer; for train --nproc, the global batch, split over "
+                                                      "the ranks. [default: 32]")]
 DeviceFlag = Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda, mps. [default: auto]")]
 
 DATA_AND_MODEL = ("data", "target", "task", "val", "val_split", "standardize", "data_options", "model", "hidden",
