@@ -159,15 +159,18 @@ class Agreement:
     def __call__(self, state: Any) -> None:
         count = self.acted() if self.acted is not None else 0
         mine = ([g.get("lr") for g in state.optimizer.param_groups], state.stop_reason, state.interrupted,
-                count != self.seen)
+                count != self.seen, state.step)
         everyone: list[Any] = [None] * self.ranks.world
         torch.distributed.all_gather_object(everyone, mine)
-        lrs, stop, _, _ = everyone[0]
+        steps = [entry[-1] for entry in everyone]
+        if len(set(steps)) > 1:  # a rank rolled back alone: go no further than say so
+            raise RuntimeError(f"the ranks are out of step (at steps {steps}): a callback acted on some ranks only")
+        lrs, stop, _, _, _ = everyone[0]
         for group, lr in zip(state.optimizer.param_groups, lrs):
             if lr is not None:
                 group["lr"] = lr
-        state.interrupted = any(interrupted for _, _, interrupted, _ in everyone)
+        state.interrupted = any(entry[2] for entry in everyone)
         state.stop_reason = stop if stop is not None or not state.interrupted else "interrupted"
         self.seen = count
-        if any(acted for *_, acted in everyone):
+        if any(entry[3] for entry in everyone):
             share_state(state.model, state.optimizer)
