@@ -19,7 +19,7 @@ PACKAGE = SRC / "gdlab"
 
 LAYERS = [  # bottom to top; a name stands for the module and, for a package, everything in it
     ("basics", ["errors", "resources", "resolve", "records", "data", "optim", "store", "checkpoint", "config", "models",
-                "metrics", "threads"]),
+                "metrics", "threads", "distributed"]),
     ("core", ["problem"]),
     ("engine", ["loop", "population", "instruments", "callbacks"]),
     ("studies", ["lr_select", "sweeps", "doctor", "lab"]),

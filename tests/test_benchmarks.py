@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize("script", ["loader.py", "overhead.py", "optim_step.py", "population.py", "lr_select.py",
                                     "doctor_overhead.py", "landscape.py", "log_every.py", "threads.py",
-                                    "watch_overhead.py", "lightning_overhead.py", "report.py"])
+                                    "watch_overhead.py", "lightning_overhead.py", "report.py", "distributed.py"])
 def test_benchmark_runs_quick(script: str) -> None:
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick"], capture_output=True,
                             text=True, timeout=300)

@@ -12,11 +12,12 @@ from gdlab.optim import schedules
 from gdlab.optim.schedules import Schedule
 from gdlab.store import STEP_ROWS, Store
 
-__all__ = ["Recorder", "Scheduler"]
+__all__ = ["POSITION", "Recorder", "Scheduler"]
 
 
-_POSITION = ("step", "epoch", "iteration", "epoch_loss_sum", "epoch_samples", "best_val_loss", "bad_epochs",
-             "seconds")
+POSITION = ("step", "epoch", "iteration", "epoch_loss_sum", "epoch_samples", "best_val_loss", "bad_epochs",
+            "seconds")
+"""The loop's position a checkpoint keeps (attributes of :class:`~gdlab.loop.LoopState`)."""
 
 
 class Scheduler(Callback):
@@ -80,7 +81,7 @@ class Recorder(Callback):
             "model": state.model.state_dict(),
             "optimizer": state.optimizer.state_dict(),
             "rng": ckpt.rng_state(),
-            "position": {key: getattr(state, key) for key in _POSITION},
+            "position": {key: getattr(state, key) for key in POSITION},
         })
 
     def restore(self, state: LoopState, config: dict[str, Any] | None) -> None:
@@ -93,7 +94,7 @@ class Recorder(Callback):
         state.model.load_state_dict(saved["model"])
         state.optimizer.load_state_dict(saved["optimizer"])
         ckpt.set_rng_state(saved["rng"])
-        for key in _POSITION:
+        for key in POSITION:
             setattr(state, key, saved["position"][key])
         # rows after the checkpoint (and the record of a partly done epoch) are dropped: they will be redone
         self.store.reopen(self.run_id, step=state.step, epochs=state.epoch)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gdlab import models
+from gdlab import distributed, models
 from gdlab.config import Config
 from gdlab.data import TensorData, as_tensor_data, datasets, standardize, structure
 from gdlab.data.source import dataset_task
@@ -83,14 +83,14 @@ def run(config: Config, *, progress: bool = True, callbacks: tuple[Callback, ...
         if standardized is not None:  # the remedy that needs no change to the model: scale the inputs
             config = config.with_changes(standardize=True)
             model, train, val = prepare(config)
-    store = Store(config.store)
+    store = Store(config.store) if distributed.is_main() else None  # data-parallel: rank 0 alone stores
     result = _fit(config, model, train, val, store, progress, callbacks, resume)
     if standardized is not None:
         remedy = Remedy(0, "standardize", {"scale_ratio": standardized},
                         f"the input features' scales differ {standardized:.0f}-fold: standardised them (mean 0, "
                         "std 1) before training")
         result.remedies.insert(0, remedy)
-        if result.run_id is not None:
+        if result.run_id is not None and store is not None:
             store.add_remedies(result.run_id, [remedy.to_dict()])
     return result
 
@@ -107,7 +107,7 @@ def _standardize_if_ill_conditioned(train: Any) -> float | None:
     return ratio if ratio > ILL_CONDITIONED else None
 
 
-def _fit(config: Config, model: nn.Module, train: Any, val: Any, store: Store, progress: bool,
+def _fit(config: Config, model: nn.Module, train: Any, val: Any, store: Store | None, progress: bool,
          callbacks: tuple[Callback, ...], resume: str | None) -> Result:
     model_fn = model_factory(config, train) if config.restarts else None  # restarts rebuild the model per seed
     return fit(model, train, val=val, callbacks=callbacks, store=store, progress=progress, config=config.to_dict(),

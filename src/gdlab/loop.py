@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import signal
 import threading
@@ -33,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from gdlab import distributed
 from gdlab.data import BatchPlan
 from gdlab.metrics import METRICS
 from gdlab.problem import LossFn, Problem, evaluate, non_finite
@@ -235,6 +237,7 @@ class StepLog:
         self.diverged_at: int | None = None
         self.keep_param_norms = False  # an instrument wants each row's per-parameter norms (param_norms)
         self.param_norms: dict[int, list[float]] = {}
+        self.pending: list[Any] = []  # the all-reduces of the losses over the ranks, waited for at the read
         self.table.defer(self.fill)
 
     def close(self) -> None:
@@ -262,10 +265,13 @@ class StepLog:
                 torch.set_grad_enabled(True)
         self._present = None if len(present) == len(grads) else [g is not None for g in grads]
 
-    def record(self, loss: Tensor | None, samples: int) -> None:
+    def record(self, loss: Tensor | None, samples: int, pending: Any = None) -> None:
         """File the step's loss (and the norms :meth:`grad_norms` took) and append its row. A loss of None (a loop
-        gdlab does not drive, watched without its loss: :func:`gdlab.watch`) leaves the row without one."""
+        gdlab does not drive, watched without its loss: :func:`gdlab.watch`) leaves the row without one;
+        ``pending``: the collective still writing ``loss`` (the mean over the ranks), waited for at the read."""
         state, table = self.state, self.table
+        if pending is not None:
+            self.pending.append(pending)
         if loss is not None:
             if loss.dim():  # a [1] loss too: stacked with the others
                 loss = loss.reshape(())
@@ -294,6 +300,9 @@ class StepLog:
         if not self.rows and not check:
             return []
         n, extra = len(self.losses), check or []
+        for work in self.pending:  # the losses averaged over the ranks (data-parallel training)
+            work.wait()
+        self.pending = []
         scalars = [*self.losses, *(t for step in self.norms for t in step), *extra] if self.rows else extra
         values = torch.stack(scalars).tolist() if scalars else []  # 0-dim tensors, one host sync for all
         if self.rows:
@@ -387,7 +396,8 @@ def _refresh(kept: Any, now: Any) -> Any:
 
 def run(problem: Problem, state: LoopState, hooks: Sequence[Any] = (), *, tol: float | None = None,
         patience: int | None = None, log_every: int = LOG_EVERY, grad_norms: bool = True,
-        checkpoint: Callable[[LoopState], None] | None = None, checkpoint_every: int | None = None) -> None:
+        checkpoint: Callable[[LoopState], None] | None = None, checkpoint_every: int | None = None,
+        ranks: distributed.Ranks | None = None, agree: Callable[[LoopState], None] | None = None) -> None:
     """Train ``state.model`` on ``problem`` from where ``state`` stands until ``state.total_steps`` or a stop.
 
     Args:
@@ -401,8 +411,15 @@ def run(problem: Problem, state: LoopState, hooks: Sequence[Any] = (), *, tol: f
         log_every: steps between host reads of the loss and gradient norms (and the divergence check).
         grad_norms: take each step's gradient norms (the ``grad_norm`` column; one more read of every gradient).
         checkpoint: called every ``checkpoint_every`` steps (default: each epoch's end), at a stop and at the end.
+        ranks: data-parallel training over these ranks (:mod:`gdlab.distributed`; ``problem.plan`` gives this rank
+            its slice of each global batch): the model is wrapped in ``DistributedDataParallel`` for the step, and
+            each step's loss is averaged over the ranks as the global batch's (without waiting: read with the rest).
+        agree: with ``ranks``, called on every rank at each check (every ``log_every`` steps and each epoch's end):
+            the ranks agree there on the learning rates, the stop and the parameters
+            (:class:`gdlab.distributed.Agreement`); the loop stops only at a check.
     """
     model, optimizer, plan = state.model, state.optimizer, state.plan
+    net = distributed.wrap(model, ranks) if ranks is not None else model
     handlers = {event: [getattr(hook, event) for hook in hooks if hasattr(hook, event)] for event in EVENTS}
 
     def emit(event: str) -> None:
@@ -418,11 +435,12 @@ def run(problem: Problem, state: LoopState, hooks: Sequence[Any] = (), *, tol: f
     every = checkpoint_every or plan.iterations_per_epoch
     started = time.perf_counter() - state.seconds
     model.train()
-    with _graceful_interrupt(state):
+    with _graceful_interrupt(state, launched=ranks is not None):
         try:
             emit("on_fit_start")
             batches: Iterator[tuple[Tensor, ...]] | None = None
-            while state.step < state.total_steps and state.stop_reason is None:
+            agreed_stop = False  # with ``agree``, the ranks stop together, at a check
+            while state.step < state.total_steps and not (agreed_stop if agree is not None else state.stop_reason):
                 if state.iteration == 0:
                     emit("on_epoch_start")
                 if state.iteration == 0 or batches is None:  # a new epoch, or a resumed one
@@ -433,7 +451,13 @@ def run(problem: Problem, state: LoopState, hooks: Sequence[Any] = (), *, tol: f
                 state.batch = (x, y)
                 emit("on_step_start")
                 with problem.autocast():  # nothing at precision "32"
-                    loss = problem.batch_loss(model, x, y)
+                    loss = problem.batch_loss(net, x, y)
+                samples, pending, shown = len(y), None, loss.detach()
+                if ranks is not None:
+                    local, samples = plan.share(state.iteration)
+                    shown, pending = _reduce_loss(shown, local / samples if problem.mean_loss else 1 / ranks.world)
+                    if problem.mean_loss and local * ranks.world != samples:  # unequal slices: the global mean's
+                        loss = loss * (local * ranks.world / samples)  # gradient, as DDP averages the ranks'
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is None:
                     loss.backward()
@@ -453,10 +477,12 @@ def run(problem: Problem, state: LoopState, hooks: Sequence[Any] = (), *, tol: f
                 # (4) record on the device, and repeat; the host reads the values every log_every steps
                 state.step += 1
                 state.iteration += 1
-                log.record(loss.detach(), len(y))
+                log.record(shown, samples, pending)
                 emit("on_step_end")
                 epoch_done = state.iteration == plan.iterations_per_epoch
-                if epoch_done or state.step % log_every == 0 or log.diverged_at is not None:
+                # with ranks, a checkpoint's step is a check too: every rank reads (and may roll back) alike
+                periodic = epoch_done or state.step % log_every == 0 or (ranks is not None and state.step % every == 0)
+                if periodic or log.diverged_at is not None:
                     _check(state, log, good, hooks, problem)
                 if epoch_done:
                     _end_epoch(problem, state, tol, patience, started)
@@ -464,9 +490,13 @@ def run(problem: Problem, state: LoopState, hooks: Sequence[Any] = (), *, tol: f
                     state.epoch += 1
                     state.iteration = state.epoch_samples = 0
                     state.epoch_loss_sum = 0.0
-                if state.interrupted:
+                if state.interrupted and agree is None:
                     state.stop("interrupted")
-                if checkpoint and (state.step % every == 0 or state.stop_reason):
+                if agree is not None and periodic:
+                    agree(state)
+                    agreed_stop = state.stop_reason is not None
+                stopping = agreed_stop if agree is not None else state.stop_reason is not None
+                if checkpoint and (state.step % every == 0 or stopping):
                     _check(state, log, good, hooks, problem)
                     state.seconds = time.perf_counter() - started
                     checkpoint(state)
@@ -531,8 +561,9 @@ def _check(state: LoopState, log: StepLog, good: Snapshot, hooks: Sequence[Any],
 @torch.no_grad()
 def _bad_data(problem: Problem, state: LoopState, epoch: int) -> tuple[str, int] | None:
     """``("inputs" | "targets", count)`` when the batch of ``state.step`` (rebuilt from its seed, epoch and
-    iteration) holds non-finite values, else None. Read only after a divergence, so training pays nothing."""
-    plan = problem.plan
+    iteration) holds non-finite values, else None. Read only after a divergence, so training pays nothing. With
+    ranks, the whole global batch is read (every rank comes to the same answer)."""
+    plan = problem.plan if problem.plan.ranks == 1 else dataclasses.replace(problem.plan, ranks=1, rank=0)
     iteration = state.step - 1 - (epoch - 1) * plan.iterations_per_epoch
     if not 0 <= iteration < plan.iterations_per_epoch:
         return None
@@ -545,6 +576,14 @@ def _bad_data(problem: Problem, state: LoopState, epoch: int) -> tuple[str, int]
         if count:
             return what, count
     return None
+
+
+def _reduce_loss(loss: Tensor, weight: float) -> tuple[Tensor, Any]:
+    """``loss`` times ``weight``, summed over the ranks by an all-reduce that is not waited for: ``(the tensor
+    it writes, the pending work)``."""
+    low = loss.dtype in (torch.bfloat16, torch.float16)
+    shown = (loss.reshape(1).float() if low else loss.reshape(1)) * weight  # a new tensor: the loss is untouched
+    return shown, torch.distributed.all_reduce(shown, async_op=True)
 
 
 def _close(log: StepLog, hooks: Sequence[Any]) -> None:
@@ -587,13 +626,17 @@ def _end_epoch(problem: Problem, state: LoopState, tol: float | None, patience: 
 
 
 @contextmanager
-def _graceful_interrupt(state: LoopState) -> Iterator[None]:
-    """First Ctrl-C (or SIGTERM): finish the step, checkpoint, stop. A second one stops at once."""
+def _graceful_interrupt(state: LoopState, *, launched: bool = False) -> Iterator[None]:
+    """First Ctrl-C (or SIGTERM): finish the step, checkpoint, stop. A second one stops at once. A rank of
+    data-parallel training (``launched``) takes SIGTERM as its launcher ending it, because another rank failed: it
+    fails at once rather than wait for ranks that are gone."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum: int, frame: Any) -> None:
+        if launched and signum == signal.SIGTERM:
+            raise RuntimeError("ended by the launcher (SIGTERM): another rank failed, or the launch was stopped")
         if state.interrupted:
             raise KeyboardInterrupt
         state.interrupted = True

@@ -108,11 +108,12 @@ class Problem:
     @classmethod
     def make(cls, model: nn.Module, train: Any, *, val: Any = None, loss: str | LossFn = "auto",
              batch_size: int | str = 32, drop_last: bool = False, device: str | torch.device = "auto",
-             target_key: str | None = None, precision: str = "32") -> Problem:
+             target_key: str | None = None, precision: str = "32", ranks: tuple[int, int] = (0, 1)) -> Problem:
         """Resolve the device and the loss, serve the data, plan the epoch, and probe the model on both sources.
 
         ``target_key`` names the target in dict samples (default: ``y``, ``label`` or ``labels``); ``precision``
-        is one of :data:`PRECISIONS`."""
+        is one of :data:`PRECISIONS`; ``ranks`` is ``(rank, world)`` when each global batch is split over ``world``
+        data-parallel processes (:mod:`gdlab.distributed`)."""
         precision = resolve_precision(precision)
         check_module(model)
         dev = resolve_device(device)
@@ -121,7 +122,7 @@ class Problem:
         source = Source(train, dev, dtype, target_key)
         val_source = Source(val, dev, dtype, source.target_key) if val is not None else None
         loss_fn, loss_name = resolve_loss(loss, source.task)
-        plan = BatchPlan.make(len(source), batch_size, drop_last=drop_last)
+        plan = BatchPlan.make(len(source), batch_size, drop_last=drop_last, rank=ranks[0], ranks=ranks[1])
         check_data(source)
         if val_source is not None:
             check_data(val_source, "validation data")

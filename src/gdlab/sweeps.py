@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gdlab import population
+from gdlab import distributed, population
 from gdlab.data import as_tensor_data, structure
 from gdlab.data.source import collate
 from gdlab.errors import InvalidParameter, check_number, check_seed
@@ -154,6 +154,7 @@ def sweep(
     name: str | None = None,
     config: dict[str, Any] | None = None,
     target_key: str | None = None,
+    workers: int = 1,
     **options: Any,
 ) -> SweepResult:
     """Train one member per point of the grid of ``lr`` x ``momentum`` x options x ``seeds``, at once.
@@ -163,7 +164,10 @@ def sweep(
         lr, momentum, **options (``beta1``, ``beta2``, ``eps``, ``weight_decay``, ``nesterov``): a number, a
             list of values, or text as the CLI takes it (``"1e-4:1:16"``); lists span the grid.
         seeds: a list of seeds, or a count (seeds 0..n-1).
-        store: a :class:`~gdlab.store.Store` or its folder: the sweep and its members are recorded there.
+        store: a :class:`~gdlab.store.Store` or its folder: the sweep and its members are recorded there (by rank 0
+            alone, with ``workers``).
+        workers: under ``torchrun``, the number of ranks: the members are spread over them, each rank training its
+            share as one population; every rank returns the whole table, equal to one process's.
         The rest: as for :func:`gdlab.fit`.
     """
     seed_list = _seeds(seeds)
@@ -191,7 +195,7 @@ def sweep(
     hyper: dict[str, Any] = {**fixed, **{k: [point[i] for point in grid] for i, k in enumerate(names)}}
     pop = population.train(model_fn, train, seeds=[point[-1] for point in grid], optimizer=optimizer, hyper=hyper,
                            batch_size=batch_size, epochs=epochs, steps=steps, val=val, loss=loss, device=device,
-                           shared_order=shared_order, progress=progress, target_key=target_key)
+                           shared_order=shared_order, progress=progress, target_key=target_key, workers=workers)
     table = []
     for i, point in enumerate(grid):
         row: dict[str, Any] = {"member": i, "seed": point[-1]}
@@ -206,7 +210,7 @@ def sweep(
     if len(seed_list) > 1:
         axes["seed"] = seed_list
     result = SweepResult(table, axes, pop, optimizer)
-    if store is not None:
+    if store is not None and distributed.is_main():
         result.sweep_id = _record(store, "sweep", result, name, config or {
             "optimizer": optimizer, "batch_size": batch_size, "epochs": epochs, "steps": steps,
             "axes": axes, "fixed": fixed})
@@ -328,7 +332,7 @@ def restarts(
     within = sum(1 for v in finite if v <= best + tol * abs(best)) / len(losses)
     out = RestartsResult(result, losses, clusters, best, finite[len(finite) // 2], finite[-1], within, float(tol),
                          space=space, distance=f"{described} <= {tol:g}")
-    if kwargs.get("store") is not None:
+    if kwargs.get("store") is not None and distributed.is_main():
         out.restarts_id = _record(kwargs["store"], "restarts", result, kwargs.get("name"), {
             "optimizer": result.optimizer, "lr": lr, "seeds": len(losses), "tol": tol, "space": space},
             summary=out.summary())

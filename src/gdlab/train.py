@@ -23,8 +23,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from gdlab import loop, optim
-from gdlab.callbacks import Recorder, Scheduler
+from gdlab import distributed, loop, optim
+from gdlab.callbacks import POSITION, Recorder, Scheduler
 from gdlab.config import DEFAULT_EPOCHS, Config
 from gdlab.data import BatchPlan, structure
 from gdlab.data.source import Source
@@ -153,6 +153,11 @@ def fit(
         **optimizer_options: ``beta1``, ``beta2``, ``eps``, ``weight_decay``, ``nesterov``, ``clip_norm`` for a
             named optimizer.
 
+    Under ``torchrun`` (or an initialised process group of several ranks), ``fit`` trains data-parallel
+    (:mod:`gdlab.distributed`): ``batch_size`` is the global batch, each rank takes its slice of it, the model is
+    wrapped in ``DistributedDataParallel``, and only rank 0 stores, prints and draws the bar; every rank returns
+    the same ``Result``.
+
     Returns:
         A :class:`~gdlab.loop.Result`.
     """
@@ -163,6 +168,14 @@ def fit(
     check_seed(seed)
     check_int(step_rows, "step_rows", least=0, expected="0 (keep every step) or a positive integer")
     watching = attach(instruments)
+    ranks = distributed.setup()  # None in one process
+    if ranks is not None:
+        if resume is not None and store is None and ranks.main:  # rank 0 reads the run; the others get it from it
+            raise InvalidParameter("resume", resume, "a store holding the run (store=...)")
+        device = ranks.device(device)
+        progress = progress and ranks.main
+        if not ranks.main:  # rank 0 alone stores and writes
+            store = tensorboard = None
     board = None
     if tensorboard is not None:
         from gdlab.integrations.tensorboard import TensorBoard  # an edge: tensorboard is imported only when asked
@@ -171,7 +184,8 @@ def fit(
     physician = Doctor(remedy, optimizer=optimizer if isinstance(optimizer, str) else None) \
         if doctor or remedy == "auto" else None
     problem = Problem.make(model, train, val=val, loss=loss, batch_size=batch_size, drop_last=drop_last,
-                           device=device, target_key=target_key, precision=precision)
+                           device=device, target_key=target_key, precision=precision,
+                           ranks=(ranks.rank, ranks.world) if ranks is not None else (0, 1))
     if patience is not None and problem.val is None:
         raise InvalidParameter("patience", patience, "validation data to watch (val=..., or --val / --val-split)")
     use_threads(threads, model, batch_size=problem.plan.batch_size, device=problem.device)
@@ -181,13 +195,15 @@ def fit(
         lr, selection = _auto_lr(lr, lr_select, model, train, val, optimizer, momentum, total, batch_size, loss,
                                  seed, problem.device, progress, store, resume,
                                  {**optimizer_options, "target_key": target_key})
+        if ranks is not None:  # every rank chose alike; rank 0's choice stands for all
+            lr = float(distributed.broadcast(lr))
     opt = optim.make(optimizer, model.parameters(), lr=lr, momentum=momentum, **optimizer_options)
     if isinstance(schedule, str):
         # the schedule's base: the named optimizer's lr, or the first group's of an optimizer given as an object
         schedule = schedules.parse(schedule, lr if isinstance(optimizer, str) else float(opt.param_groups[0]["lr"]),
                                    total)
     db = store if isinstance(store, Store) or store is None else Store(store)
-    if resume is not None and db is None:
+    if resume is not None and db is None and ranks is None:
         raise InvalidParameter("resume", resume, "a store holding the run (store=...)")
 
     # (1) start from the model's parameters (or a stored run's last checkpoint)
@@ -202,6 +218,8 @@ def fit(
             described["lr_selection"] = selection.to_dict()
         recorder = _open_record(db, resume, state, described, config, name, step_rows)
         state.history.meta.update(meta)  # a resumed run's history is the stored one: the doctor reads this run's
+    if ranks is not None:
+        _share_start(state, resume is not None)
     if resume is None:
         torch.manual_seed(seed)  # parameter-free randomness (dropout) follows the seed
 
@@ -213,11 +231,15 @@ def fit(
         from gdlab.progress import ProgressBar  # an edge: rich is imported only when a bar is wanted
 
         hooks.append(ProgressBar())
+    agree = None
+    if ranks is not None:
+        agree = distributed.Agreement(ranks, (lambda: len(physician.remedies)) if physician else None)
     try:
         # the gradient norms feed the instruments and the doctor: a bare run does not read its gradients twice
         loop.run(problem, state, hooks, tol=tol, patience=patience, log_every=log_every,
                  grad_norms=bool(watching) or physician is not None,
-                 checkpoint=recorder.checkpoint if recorder else None, checkpoint_every=checkpoint_every)
+                 checkpoint=recorder.checkpoint if recorder else None, checkpoint_every=checkpoint_every,
+                 ranks=ranks, agree=agree)
     except BaseException as error:
         if recorder:
             recorder.fail(state, error, state.seconds)
@@ -234,6 +256,8 @@ def fit(
         # the lr the run ended with (the doctor's, if it changed it)
         final = _restart(physician, state, final, train, val, restarts, model_fn, optimizer, state.lr,
                          optimizer_options, loss, problem.device, progress, recorder, schedule)
+        if ranks is not None:  # every rank restarted alike; rank 0's model stands for all
+            distributed.share_state(state.model, state.optimizer)
     findings = physician.findings if physician and doctor else []
     remedies = physician.remedies if physician else []
     if recorder:
@@ -243,6 +267,23 @@ def fit(
     return Result(model, state.history, final, state.lr, state.run_id, state.seconds, problem.plan, status,
                   state.stop_reason, state.step, findings=list(findings), lr_selection=selection,
                   remedies=list(remedies))
+
+
+def _share_start(state: LoopState, resumed: bool) -> None:
+    """Data-parallel: every rank takes rank 0's run id and, for a resumed run, rank 0's restored parameters,
+    optimizer state, position and history (rank 0 alone reads the store)."""
+    if not resumed:
+        state.run_id = distributed.broadcast(state.run_id)
+        return
+    main = distributed.is_main()
+    shared = distributed.broadcast((state.run_id, {key: getattr(state, key) for key in POSITION}, state.history)
+                                   if main else None)
+    distributed.share_state(state.model, state.optimizer)
+    if not main:
+        state.run_id, position, state.history = shared
+        for key, value in position.items():
+            setattr(state, key, value)
+        state.loss = state.history.steps.last("loss")
 
 
 def _check_settings(*, tol: Any, patience: Any, checkpoint_every: Any, log_every: Any, doctor: Any, remedy: Any,

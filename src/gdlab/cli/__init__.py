@@ -41,4 +41,9 @@ def main() -> None:
     except (KeyboardInterrupt, typer.Abort):
         err.print("interrupted")
         sys.exit(130)
+    except Exception as e:  # a crash: under --nproc, the launching command shows the first rank's
+        from gdlab.cli.ranks import record_error
+
+        record_error(e)
+        raise
     sys.exit(code if isinstance(code, int) else 0)

@@ -19,6 +19,7 @@ from typing import Annotated, Any, NoReturn, Optional, TypeVar
 import typer
 from rich.console import Console
 
+from gdlab.cli.ranks import record_error
 from gdlab.cli.root import app as app  # re-exported: the command modules register their commands on it
 from gdlab.cli.root import err, out
 from gdlab.config import Config
@@ -39,8 +40,10 @@ def wide() -> Console:
 
 
 def fail(error: GdlabError) -> NoReturn:
-    """Print ``error`` as one line on stderr and exit with code 2."""
-    err.print(f"error: {error}", markup=False, soft_wrap=True)
+    """Print ``error`` as one line on stderr and exit with code 2 (under ``--nproc``, also where the launching
+    command reads a rank's failure)."""
+    if not record_error(error):  # under --nproc, the launching command prints the first rank's
+        err.print(f"error: {error}", markup=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -166,7 +169,8 @@ NesterovFlag = Annotated[Optional[bool], typer.Option("--nesterov/--no-nesterov"
 ClipNormFlag = Annotated[Optional[float], typer.Option("--clip-norm", help="Clip the gradient's global norm to this "
                                                        "first.")]
 BatchSizeFlag = Annotated[Optional[str], typer.Option("--batch-size", help="full, stochastic, or a positive "
-                                                      "integer. [default: 32]")]
+                                                      "integer; for train --nproc, the global batch, split over "
+                                                      "the ranks. [default: 32]")]
 DeviceFlag = Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda, mps. [default: auto]")]
 
 DATA_AND_MODEL = ("data", "target", "task", "val", "val_split", "standardize", "data_options", "model", "hidden",

@@ -7,6 +7,7 @@ log-spaced values, ``--momentum 0,0.9`` two).
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Annotated, Any, Optional, cast
@@ -14,6 +15,7 @@ from typing import Annotated, Any, Optional, cast
 import typer
 from rich.table import Table
 
+from gdlab.cli import ranks
 from gdlab.cli.common import (
     ActivationFlag,
     BatchSizeFlag,
@@ -133,23 +135,31 @@ def sweep(
     device: DeviceFlag = None, store: StoreFlag = "gdlab-runs", name: NameFlag = None,
     quiet: QuietFlag = False, as_json: JsonFlag = False,
     plot: bool = typer.Option(True, "--plot/--no-plot", help="Write the sweep's plot into the store."),
+    nproc: Optional[str] = typer.Option(None, help="Spread the members over this many processes on this machine "
+                                        "(launched through torch.distributed.run), each training its share as one "
+                                        "population.", callback=parsed(ranks.parse_nproc)),
 ) -> None:
     """Train one member per point of a grid (learning rates x momenta x seeds) at once, as one population."""
     from gdlab.store import Store
     from gdlab.sweeps import sweep as run_sweep
 
+    rank = ranks.launched_rank()
+    if nproc is not None and int(nproc) > 1 and rank is None:  # this process launches the ranks, and waits
+        ranks.launch(int(nproc), "sweep")
+    if rank:  # a rank other than 0 trains its share and says nothing
+        quiet, as_json, plot = True, False, False
     settings = config_from(locals(), "optimizer", "batch_size", "epochs", "steps", "device", "store", "seed")
     grid: dict[str, Any] = {"lr": lr, "momentum": momentum, "beta1": beta1, "beta2": beta2,
                             "weight_decay": weight_decay}
     model_fn, train_data, val_data = prepare(settings)
-    db = Store(store)
+    db = Store(store) if not rank else None
     result = run_sweep(model_fn, train_data, val=val_data, seeds=cast(list[int], seeds), shared_order=shared_order,
-                       progress=not quiet, store=db, name=name,
+                       progress=not quiet, store=db, name=name, workers=_workers(rank),
                        config={**settings.to_dict(), "grid": grid, "seeds": seeds},
                        **settings.fit_kwargs("optimizer", "batch_size", "epochs", "steps", "loss", "device"),
                        **{k: v for k, v in grid.items() if v is not None})
     path = None
-    if plot:
+    if plot and db is not None:
         from gdlab.plots import plot_sweep
 
         path = plot_sweep(result, db.root / str(result.sweep_id) / "sweep.png")
@@ -161,6 +171,11 @@ def sweep(
                        "plot": str(path) if path else None}))
     elif not quiet:
         print_sweep(result, best, path)
+
+
+def _workers(rank: int | None) -> int:
+    """The ranks a population is spread over: torchrun's ``WORLD_SIZE`` in a launched rank, else 1."""
+    return int(os.environ["WORLD_SIZE"]) if rank is not None else 1
 
 
 def print_sweep(result: Any, best: dict[str, Any] | None, path: Path | None) -> None:
@@ -221,21 +236,30 @@ def restarts(
     name: Optional[str] = typer.Option(None, help="A name for the stored restarts."),
     quiet: QuietFlag = False, as_json: JsonFlag = False,
     plot: bool = typer.Option(True, "--plot/--no-plot", help="Write the distribution plot into the store."),
+    nproc: Optional[str] = typer.Option(None, help="Spread the restarts over this many processes on this machine "
+                                        "(launched through torch.distributed.run).",
+                                        callback=parsed(ranks.parse_nproc)),
 ) -> None:
     """Train from many random initial points at once: how many different minima does training end in?"""
     from gdlab.store import Store
     from gdlab.sweeps import restarts as run_restarts
 
+    rank = ranks.launched_rank()
+    if nproc is not None and int(nproc) > 1 and rank is None:  # this process launches the ranks, and waits
+        ranks.launch(int(nproc), "restarts")
+    if rank:  # a rank other than 0 trains its share and says nothing
+        quiet, as_json, plot = True, False, False
+
     settings = config_from(locals(), "optimizer", "lr", "momentum", "batch_size", "epochs", "steps", "device",
                            "store", "seed")
     model_fn, train_data, val_data = prepare(settings)
-    db = Store(store)
+    db = Store(store) if not rank else None
     result = run_restarts(model_fn, train_data, seeds=seeds, tol=tol, space=space, val=val_data,
-                          progress=not quiet, store=db, name=name,
+                          progress=not quiet, store=db, name=name, workers=_workers(rank),
                           **settings.fit_kwargs("optimizer", "lr", "momentum", "batch_size", "epochs", "steps", "loss",
                                                 "device"))
     path = None
-    if plot:
+    if plot and db is not None:
         from gdlab.plots import plot_restarts
 
         path = plot_restarts(result, db.root / str(result.restarts_id) / "restarts.png")

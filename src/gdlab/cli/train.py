@@ -7,6 +7,7 @@ from typing import Any, Optional
 
 import typer
 
+from gdlab.cli import ranks
 from gdlab.cli.common import (
     STORE_HELP,
     ActivationFlag,
@@ -120,12 +121,21 @@ def train(
     plot: bool = typer.Option(True, "--plot/--no-plot", help="Write the loss plot into the run's folder."),
     html_report: bool = typer.Option(False, "--report", help="Write the run's HTML page (gdlab report) into its "
                                      "folder when training ends, and print its path."),
+    nproc: Optional[str] = typer.Option(None, help=ranks.NPROC_HELP, callback=parsed(ranks.parse_nproc)),
 ) -> None:
     """Train a model (an MLP on digits by default) and record the run."""
+    given = given_flags(locals(), TRAIN_FLAGS)
+    rank = ranks.launched_rank()
+    if nproc is not None and int(nproc) > 1 and rank is None:  # this process launches the ranks, and waits
+        if resume is None:
+            chosen = Config.from_toml(config, given) if config else Config.from_dict(given, source="option")
+            ranks.check_batch(int(nproc), chosen.batch_size)
+        ranks.launch(int(nproc), "train")
+    if rank:  # a rank other than 0 trains and says nothing
+        quiet, as_json, plot = True, False, False
     from gdlab.experiment import resume as resume_run
     from gdlab.experiment import run
 
-    given = given_flags(locals(), TRAIN_FLAGS)
     show = not (quiet or as_json)
     if resume is not None:
         extra = sorted(set(given) - {"epochs", "steps", "store"})
@@ -140,7 +150,8 @@ def train(
     else:
         settings = Config.from_toml(config, given) if config else Config.from_dict(given, source="option")
         result = run(settings, progress=not quiet, callbacks=(SetupPrinter(settings),) if show else ())
-    report(result, store or (settings.store if settings else "gdlab-runs"), show, as_json, plot, html_report)
+    if not rank:  # one process, or rank 0
+        report(result, store or (settings.store if settings else "gdlab-runs"), show, as_json, plot, html_report)
 
 
 def report(result: Any, store_path: str, show: bool, as_json: bool, plot: bool, html: bool = False) -> None:

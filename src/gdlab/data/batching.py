@@ -77,6 +77,10 @@ class BatchPlan:
         drop_last: whether a short last batch is dropped.
         mode: ``"full"``, ``"stochastic"`` or ``"mini-batch"``.
         shuffle: whether the order is reshuffled each epoch.
+        ranks: the processes a global batch is split over (data-parallel training, :mod:`gdlab.distributed`);
+            ``batch_size`` is the global batch, and rank ``rank`` takes its slice of each one (the first
+            ``batch % ranks`` ranks one sample more).
+        rank: this process's rank.
     """
 
     samples: int
@@ -86,10 +90,14 @@ class BatchPlan:
     drop_last: bool = False
     mode: str = "mini-batch"
     shuffle: bool = True
+    ranks: int = 1
+    rank: int = 0
 
     @classmethod
-    def make(cls, samples: int, batch_size: Any, *, drop_last: bool = False, shuffle: bool = True) -> BatchPlan:
-        """Plan ``samples`` samples at ``batch_size`` (``"full"``, ``"stochastic"`` or N)."""
+    def make(cls, samples: int, batch_size: Any, *, drop_last: bool = False, shuffle: bool = True,
+             ranks: int = 1, rank: int = 0) -> BatchPlan:
+        """Plan ``samples`` samples at ``batch_size`` (``"full"``, ``"stochastic"`` or N), the global batch split
+        over ``ranks`` processes (this one ``rank``)."""
         if samples <= 0:
             raise DataError("the training data has no samples: expected at least one")
         size = parse_batch_size(batch_size)
@@ -97,8 +105,17 @@ class BatchPlan:
         n = samples if size == "full" else 1 if size == "stochastic" else min(int(size), samples)
         full, rest = divmod(samples, n)
         if rest and not drop_last:
-            return cls(samples, n, full + 1, rest, drop_last, mode, shuffle)
-        return cls(samples, n, full, n, drop_last, mode, shuffle)
+            plan = cls(samples, n, full + 1, rest, drop_last, mode, shuffle, ranks, rank)
+        else:
+            plan = cls(samples, n, full, n, drop_last, mode, shuffle, ranks, rank)
+        if ranks > 1:
+            _check_split(plan, batch_size)
+        return plan
+
+    def share(self, iteration: int) -> tuple[int, int]:
+        """``(this rank's samples, the global batch's)`` at ``iteration`` of an epoch."""
+        size = self.last_batch if iteration == self.iterations_per_epoch - 1 else self.batch_size
+        return size // self.ranks + (self.rank < size % self.ranks), size
 
     @property
     def dropped(self) -> int:
@@ -108,6 +125,11 @@ class BatchPlan:
     def describe(self) -> str:
         """One line for people: ``1000 samples, batch 100 -> 10 iterations per epoch``."""
         label = {"full": "full batch", "stochastic": "stochastic, batch 1"}.get(self.mode)
+        if self.ranks > 1:
+            low, high = self.batch_size // self.ranks, -(-self.batch_size // self.ranks)
+            each = f"{low}" if low == high else f"{low}-{high}"
+            label = f"{'full batch' if self.mode == 'full' else 'global batch'} {self.batch_size} = {self.ranks} " \
+                    f"ranks x {each}"
         text = f"{self.samples} samples, {label or f'batch {self.batch_size}'}"
         text += f" -> {self.iterations_per_epoch} iteration{'s' if self.iterations_per_epoch != 1 else ''} per epoch"
         if self.dropped:
@@ -125,7 +147,23 @@ class BatchPlan:
             "last_batch": self.last_batch,
             "drop_last": self.drop_last,
             "mode": self.mode,
+            **({"ranks": self.ranks} if self.ranks > 1 else {}),
         }
+
+
+def _check_split(plan: BatchPlan, batch_size: Any) -> None:
+    """Every rank gets at least one sample of every batch, or one line says why not."""
+    if plan.mode == "stochastic":
+        raise InvalidParameter("batch_size", "stochastic", f"a batch of at least {plan.ranks} samples to split over "
+                               f"{plan.ranks} ranks", "stochastic descent takes one sample per step, which cannot be "
+                               "split over ranks")
+    if plan.batch_size < plan.ranks:
+        raise InvalidParameter("batch_size", batch_size, f"at least {plan.ranks} samples per batch, one for each of "
+                               f"the {plan.ranks} ranks")
+    if plan.last_batch < plan.ranks:
+        raise InvalidParameter("batch_size", batch_size, f"a last batch of at least {plan.ranks} samples for "
+                               f"{plan.ranks} ranks (each epoch of {plan.samples} samples ends with a batch of "
+                               f"{plan.last_batch})", "give another batch size, or drop_last (--drop-last)")
 
 
 def epoch_order(plan: BatchPlan, seed: int, epoch: int) -> torch.Tensor:
@@ -144,7 +182,8 @@ def batches(plan: BatchPlan, seed: int, epoch: int, start: int = 0) -> Iterator[
     """Index batches of one epoch, from iteration ``start`` (for resuming mid-epoch)."""
     order = epoch_order(plan, seed, epoch)
     for i in range(start, plan.iterations_per_epoch):
-        yield order[i * plan.batch_size : (i + 1) * plan.batch_size]
+        batch = order[i * plan.batch_size : (i + 1) * plan.batch_size]
+        yield batch if plan.ranks == 1 else torch.tensor_split(batch, plan.ranks)[plan.rank]
 
 
 def _mix(seed: int, epoch: int) -> int:

@@ -88,7 +88,7 @@ class Source:
         """The epoch's batches from iteration ``start``, on the device."""
         if self.tensors is not None:
             X, y = self.tensors.X, self.tensors.y
-            if plan.mode == "full":  # one batch of everything: no copy
+            if plan.mode == "full" and plan.ranks == 1:  # one batch of everything: no copy
                 yield X, y
                 return
             for index in batches(plan, seed, epoch, start):

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from gdlab import loop, optim
+from gdlab import distributed, loop, optim
 from gdlab.config import DEFAULT_EPOCHS
 from gdlab.data import BatchPlan
 from gdlab.errors import InvalidParameter, ModelError, check_int, check_seed
@@ -57,6 +57,7 @@ def train(
     vectorize: bool | str = "auto",
     halving: Sequence[tuple[int, int]] = (),
     target_key: str | None = None,
+    workers: int = 1,
 ) -> Population:
     """Train one member per entry of ``seeds`` at once.
 
@@ -78,7 +79,14 @@ def train(
             of steps) train on, and the others' records are those of that step (``pruned_at``). One by one, each
             member trains to the step, the best are kept and resume where they stood (the same cuts).
         target_key: the target's key in dict samples (as for :func:`gdlab.fit`).
+        workers: the ranks the members are spread over, under ``torchrun`` (the number of ranks): each rank trains
+            a contiguous share of them as one population, and every rank gets the whole population back, as one
+            process would have trained it (to float tolerance).
     """
+    if workers != 1:
+        return _over_ranks(workers, model_fn, train, seeds, hyper, halving, shared_order, dict(
+            optimizer=optimizer, batch_size=batch_size, epochs=epochs, steps=steps, val=val, loss=loss, device=device,
+            progress=progress, vectorize=vectorize, target_key=target_key))
     check_members(len(seeds))
     seeds = [check_seed(s, "seeds") for s in seeds]
     if not seeds:
@@ -117,6 +125,61 @@ def train(
                            progress, plan, source.task, reason, shared_order, halving, source.target_key)
     return train_vectorized(models, source, val_source, seeds, optimizer, stacked, members, loss_fn, loss_name,
                             plan, total, shared_order, progress, halving)
+
+
+def _over_ranks(workers: int, model_fn: ModelFn, train_data: Any, seeds: Sequence[int],
+                hyper: Mapping[str, Any] | None, halving: Sequence[tuple[int, int]], shared_order: bool,
+                rest: dict[str, Any]) -> Population:
+    """``workers`` ranks each train their share of the members; the shares are gathered on every rank."""
+    check_int(workers, "workers")
+    ranks = distributed.setup()
+    world = ranks.world if ranks is not None else 1
+    if workers != world:
+        raise InvalidParameter("workers", workers, f"the number of ranks this runs on ({world})", f"launch with "
+                               f"torchrun --nproc-per-node {workers} (gdlab sweep --nproc {workers})")
+    assert ranks is not None
+    check_members(len(seeds))
+    if len(seeds) < world:
+        raise InvalidParameter("workers", workers, f"at most {len(seeds)}, the members to spread (one or more each)")
+    if halving:
+        raise InvalidParameter("halving", list(halving), "none with workers (a cut ranks every member, and each "
+                               "rank holds only its own)")
+    if shared_order and len(set(seeds)) > 1:
+        raise InvalidParameter("shared_order", True, "one seed for every member with workers (each rank's share "
+                               "would follow its own first seed's order)")
+    bounds = [len(seeds) * r // world for r in range(world + 1)]
+    low, high = bounds[ranks.rank], bounds[ranks.rank + 1]
+    share = {k: list(v)[low:high] if isinstance(v, (list, tuple)) and len(v) == len(seeds) else v
+             for k, v in (hyper or {"lr": 0.01}).items()}
+    rest["progress"] = rest["progress"] and ranks.main
+    mine = train(model_fn, train_data, seeds=list(seeds)[low:high], hyper=share, shared_order=shared_order, **rest)
+    parts: list[Any] = [None] * world
+    torch.distributed.all_gather_object(parts, mine)
+    return _joined(parts)
+
+
+def _joined(parts: list[Population]) -> Population:
+    """The populations of the ranks' shares as one, members in order."""
+    first = parts[0]
+
+    def cat(values: list[Any], dim: int = 0) -> Any:
+        return None if any(v is None for v in values) else torch.cat(values, dim)
+
+    def listed(values: list[Any]) -> Any:
+        return None if any(v is None for v in values) else [x for v in values for x in v]
+
+    return Population(
+        seeds=listed([p.seeds for p in parts]), hyper=listed([p.hyper for p in parts]),
+        params={k: torch.cat([p.params[k] for p in parts]) for k in first.params}, template=first.template,
+        train_loss=listed([p.train_loss for p in parts]), val_loss=listed([p.val_loss for p in parts]),
+        val_accuracy=listed([p.val_accuracy for p in parts]), diverged_at=listed([p.diverged_at for p in parts]),
+        losses=cat([p.losses for p in parts], 1), epoch_train_loss=cat([p.epoch_train_loss for p in parts], 1),
+        epoch_val_loss=cat([p.epoch_val_loss for p in parts], 1), plan=first.plan, steps=first.steps,
+        seconds=max(p.seconds for p in parts), task=first.task, vectorized=all(p.vectorized for p in parts),
+        notice=next((p.notice for p in parts if p.notice), None), optimizer=first.optimizer,
+        pruned_at=listed([p.pruned_at or [None] * len(p) for p in parts]),
+        val_metrics={k: listed([p.val_metrics.get(k) for p in parts]) for k in first.val_metrics},
+        extra=first.extra)
 
 
 def _one_by_one(model_fn: ModelFn, models: list[nn.Module], train_data: Any, val: Any, seeds: list[int],

@@ -1,0 +1,127 @@
+"""``--nproc N``: a command run data-parallel over N processes of this machine, launched by ``torch.distributed.run``
+(torchrun's own launcher, not a copy of it), and what each launched rank does differently (only rank 0 prints).
+
+The ranks run ``python -m gdlab.cli`` with the same arguments, ``--nproc`` left out; ``gdlab.fit`` sees the
+``torchrun`` environment and trains data-parallel (:mod:`gdlab.distributed`). When a rank fails, torchrun ends the
+others; each rank writes its error where torchrun reads it, and the launching command prints the first one as one
+line (exit code 2 for an error of the user's, 1 otherwise).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+import typer
+
+from gdlab.cli.root import err
+from gdlab.errors import GdlabError, InvalidParameter, check_int
+
+__all__ = ["NPROC_HELP", "check_batch", "launch", "launched_rank", "parse_nproc", "record_error"]
+
+NPROC_HELP = ("Train data-parallel over this many processes on this machine (launched through "
+              "torch.distributed.run; gloo on the CPU, NCCL on CUDA); --batch-size is the global batch.")
+
+
+def parse_nproc(value: Any) -> int:
+    """``--nproc``: a positive integer."""
+    text = str(value).strip()
+    number: Any = int(text) if text.lstrip("+-").isdigit() else text
+    return check_int(number, "--nproc", expected="a positive integer (the number of processes)")
+
+
+def check_batch(nproc: int, batch_size: Any) -> None:
+    """A batch size that can be split over ``nproc`` ranks (the last batch is checked by the ranks, which know the
+    data)."""
+    if batch_size == "stochastic":
+        raise InvalidParameter("--batch-size", "stochastic", f"a batch of at least {nproc} samples with --nproc "
+                               f"{nproc}", "stochastic descent takes one sample per step, which cannot be split "
+                               "over ranks")
+    if isinstance(batch_size, int) and batch_size < nproc:
+        raise InvalidParameter("--batch-size", batch_size, f"at least {nproc} samples per batch with --nproc {nproc}, "
+                               "one for each rank")
+
+
+def launched_rank() -> int | None:
+    """This process's rank when torchrun launched it (``RANK`` in the environment), else None."""
+    rank = os.environ.get("RANK")
+    return int(rank) if rank is not None and "WORLD_SIZE" in os.environ else None
+
+
+LAUNCHED = "GDLAB_NPROC_LAUNCHED"
+"""Set in the ranks ``--nproc`` launches: the launching command prints their first error, they print none."""
+
+
+def record_error(error: BaseException) -> bool:
+    """Under torchrun, write ``error`` as one line where torchrun reads a rank's failure (with the time it happened,
+    to the microsecond, so the launching command can tell which rank failed first). True when the launching
+    ``--nproc`` command will print it (the rank need not)."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path or isinstance(error, (typer.Exit, SystemExit)):
+        return False
+    line = (str(error).strip().splitlines() or [""])[0]
+    message = f"{type(error).__name__}: {line}" if not isinstance(error, GdlabError) else line
+    try:
+        with open(path, "w") as fp:
+            json.dump({"message": message, "timestamp": int(time.time()), "gdlab_time": time.time(),
+                       "gdlab_usage": isinstance(error, GdlabError)}, fp)
+    except OSError:  # the error itself is what matters: it is raised either way
+        return False
+    return os.environ.get(LAUNCHED) == "1"
+
+
+def launch(nproc: int, command: str, argv: Sequence[str] | None = None) -> NoReturn:
+    """Run ``gdlab COMMAND`` (the arguments after it in ``argv``, ``--nproc`` left out) on ``nproc`` ranks through
+    ``torch.distributed.run``, and exit as they did."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    rest = _without_nproc(args[args.index(command) + 1:] if command in args else args)
+    launcher = get_args_parser().parse_args(["--standalone", "--nproc-per-node", str(nproc), "--module",
+                                             "gdlab.cli", command, *rest])
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # torchrun's own default, without its warning
+    os.environ[LAUNCHED] = "1"
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # the first failure is said below
+    try:
+        run(launcher)
+    except ChildFailedError as failed:
+        rank, message, usage, code = _first(failed)
+        if code == 130:  # rank 0 was stopped (Ctrl-C) and said how to resume
+            raise typer.Exit(130) from None
+        err.print(f"error: rank {rank} failed first: {message}", markup=False, soft_wrap=True)
+        raise typer.Exit(2 if usage else 1) from None
+    raise typer.Exit(0)
+
+
+def _without_nproc(args: list[str]) -> list[str]:
+    out: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
+
+
+def _first(failed: Any) -> tuple[int, str, bool, int]:
+    """``(rank, message, whether it is the user's error, exit code)`` of the rank that failed first."""
+    def when(item: tuple[int, Any]) -> float:
+        data = item[1].error_file_data or {}
+        return float(data.get("gdlab_time", item[1].timestamp))
+
+    rank, failure = min(failed.failures.items(), key=when)
+    data = failure.error_file_data or {}
+    message = failure.message if isinstance(failure.message, str) else failure.message.get("message", "")
+    if not data.get("message"):
+        message = f"{message} (exit code {failure.exitcode})" if failure.exitcode < 0 else \
+            f"exit code {failure.exitcode}"
+    return rank, message, bool(data.get("gdlab_usage")), failure.exitcode
