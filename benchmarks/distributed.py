@@ -63,6 +63,9 @@ def _rank(rank: int, world: int, port: int, args: argparse.Namespace, out: Any) 
     seconds = _timed_fit(args)
     if rank == 0:
         out.put(seconds)
+    # take the group down here, every rank together: a process leaving with gloo's threads alive may abort
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 def _alone(args: argparse.Namespace, out: Any) -> None:
