@@ -7,6 +7,7 @@ global batch 64 alone), ``kill`` (rank 1 is killed mid-run),
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
@@ -18,6 +19,7 @@ import torch
 torch.set_num_threads(1)
 
 import gdlab  # noqa: E402
+from gdlab.instruments import Cheap, Periodic  # noqa: E402
 from gdlab.loop import Callback  # noqa: E402
 
 SAMPLES, BATCH, EPOCHS, LR = 200, 64, 3, 0.3
@@ -32,6 +34,26 @@ def data() -> tuple[torch.Tensor, torch.Tensor]:
 def model() -> torch.nn.Module:
     torch.manual_seed(1)
     return torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+
+
+PERIODIC = ("noise_scale", "grad_snr", "zero_share/1", "dead_share/1", "saturated/1", "grad_out/0", "grad_out/2")
+
+
+def relu() -> dict[str, list[float]]:
+    """A ReLU net with some units dead for most samples, measured every 3 steps at global batch 45 (slices of 23
+    and 22 on 2 ranks): its periodic columns."""
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    with torch.no_grad():
+        net[0].bias[:8] = -torch.linspace(0.6, 2.0, 8)
+    result = gdlab.fit(net, data(), epochs=2, batch_size=45, lr=0.1, progress=False, doctor=False,
+                       instruments=[Cheap(), Periodic(every=3, budget=math.inf)])
+    return periodic(result)
+
+
+def periodic(result: gdlab.Result) -> dict[str, list[float]]:
+    columns = result.history.steps.columns
+    return {key: list(columns[key]) for key in PERIODIC if key in columns}
 
 
 def diverging() -> tuple[torch.nn.Module, tuple[torch.Tensor, torch.Tensor]]:
@@ -79,7 +101,8 @@ def main(mode: str, out: Path, run: str | None = None) -> None:
                  "sweep": spread.table, "sweep_id": spread.sweep_id, "restarts": starts.summary(),
                  "run_id": result.run_id, "codes": [f.code for f in bad.findings], "stop": bad.stop_reason,
                  "losses": result.history.steps["loss"], "remedies": [(r.step, r.action) for r in cured.remedies],
-                 "cured": net3.state_dict(), "cured_lr": cured.lr}
+                 "cured": net3.state_dict(), "cured_lr": cured.lr, "periodic": periodic(result),
+                 "relu": relu()}
     elif mode == "plain":  # one run, unstored
         net = model()
         result = gdlab.fit(net, data(), epochs=EPOCHS, **{**common, "store": None})

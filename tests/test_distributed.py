@@ -125,6 +125,9 @@ def test_two_ranks_equal_one_process(tmp_path: Path) -> None:
     runs = Store(tmp_path / "store").runs()
     assert [r.id for r in runs] == [ranks[0]["run_id"]] and runs[0].status == "finished"
     assert runs[0].plan["ranks"] == 2
+    # the noise statistics and activation shares pooled over the ranks: one process's at the global batch
+    _same_periodic([saved["periodic"] for saved in ranks], worker.periodic(result), measured=1)
+    _same_periodic([saved["relu"] for saved in ranks], worker.relu(), measured=4)
     # the divergence: named alike with 2 ranks and with one
     net, pair = worker.diverging()
     alone = gdlab.fit(net, pair, batch_size=32, lr=0.5, optimizer="sgd", epochs=3, progress=False)
@@ -159,6 +162,22 @@ def test_two_ranks_equal_one_process(tmp_path: Path) -> None:
         assert saved["remedies"] == [(r.step, r.action) for r in cured.remedies]
         assert saved["cured_lr"] == pytest.approx(cured.lr, rel=1e-6)
         _close(saved["cured"], net.state_dict())
+
+
+def _same_periodic(got: list[dict[str, list[float]]], want: dict[str, list[float]], measured: int) -> None:
+    """The periodic columns of every rank equal one process's (measured at the same steps, to float tolerance)."""
+    import math
+
+    assert {"noise_scale", "grad_snr", "grad_out/0"} <= want.keys()
+    for columns in got:
+        assert columns.keys() == want.keys()
+        for key, values in want.items():
+            steps = [i for i, v in enumerate(values) if not math.isnan(v)]
+            assert len(steps) >= measured, (key, values)
+            assert [i for i, v in enumerate(columns[key]) if not math.isnan(v)] == steps, key
+            assert [columns[key][i] for i in steps] == pytest.approx([values[i] for i in steps], rel=1e-4), key
+    if "dead_share/1" in want:  # units dead on one rank's slice but alive on the other's count as alive
+        assert 0 < max(v for v in want["dead_share/1"] if not math.isnan(v)) < 0.5
 
 
 def test_killed_rank_fails_the_run_and_resume_continues(tmp_path: Path) -> None:
