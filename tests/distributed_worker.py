@@ -56,6 +56,19 @@ def periodic(result: gdlab.Result) -> dict[str, list[float]]:
     return {key: list(columns[key]) for key in PERIODIC if key in columns}
 
 
+def auto(workers: int = 1) -> dict[str, object]:
+    """``lr="auto"`` (its 18 learning rates spread over ``workers`` ranks, under torchrun) and a population cut by
+    successive halving: the choice and the members' records."""
+    chosen = gdlab.fit(model(), data(), lr="auto", steps=20, batch_size=BATCH, progress=False, doctor=False,
+                       instruments="none")
+    cut = gdlab.population.train(model, data(), seeds=[0, 1, 2, 3, 4], hyper={"lr": [0.01, 0.03, 0.1, 0.3, 1.0]},
+                                 steps=12, batch_size=BATCH, halving=[(3, 3), (6, 1)], progress=False,
+                                 workers=workers)
+    assert chosen.lr_selection is not None
+    return {"lr": chosen.lr, "tried": chosen.lr_selection.tried, "cost": chosen.lr_selection.cost,
+            "pruned_at": cut.pruned_at, "train_loss": cut.train_loss, "losses": cut.losses}
+
+
 def diverging() -> tuple[torch.nn.Module, tuple[torch.Tensor, torch.Tensor]]:
     g = torch.Generator().manual_seed(3)
     X = torch.randn(128, 4, generator=g) * 10
@@ -102,7 +115,7 @@ def main(mode: str, out: Path, run: str | None = None) -> None:
                  "run_id": result.run_id, "codes": [f.code for f in bad.findings], "stop": bad.stop_reason,
                  "losses": result.history.steps["loss"], "remedies": [(r.step, r.action) for r in cured.remedies],
                  "cured": net3.state_dict(), "cured_lr": cured.lr, "periodic": periodic(result),
-                 "relu": relu()}
+                 "relu": relu(), "auto": auto(workers=2)}
     elif mode == "plain":  # one run, unstored
         net = model()
         result = gdlab.fit(net, data(), epochs=EPOCHS, **{**common, "store": None})

@@ -128,6 +128,16 @@ def test_two_ranks_equal_one_process(tmp_path: Path) -> None:
     # the noise statistics and activation shares pooled over the ranks: one process's at the global batch
     _same_periodic([saved["periodic"] for saved in ranks], worker.periodic(result), measured=1)
     _same_periodic([saved["relu"] for saved in ranks], worker.relu(), measured=4)
+    # lr="auto" spread over the ranks, cut by successive halving together: one process's choice
+    alone = worker.auto()
+    for saved in ranks:
+        assert saved["auto"]["lr"] == alone["lr"] and saved["auto"]["pruned_at"] == alone["pruned_at"]
+        assert [t["steps"] for t in saved["auto"]["tried"]] == [t["steps"] for t in alone["tried"]]
+        assert saved["auto"]["cost"] == alone["cost"]
+        for got, want in zip(saved["auto"]["tried"], alone["tried"]):
+            assert got["loss"] == pytest.approx(want["loss"], rel=1e-5, nan_ok=True)
+        assert saved["auto"]["train_loss"] == pytest.approx(alone["train_loss"], rel=1e-5, nan_ok=True)
+        torch.testing.assert_close(saved["auto"]["losses"], alone["losses"], rtol=1e-5, atol=1e-6, equal_nan=True)
     # the divergence: named alike with 2 ranks and with one
     net, pair = worker.diverging()
     alone = gdlab.fit(net, pair, batch_size=32, lr=0.5, optimizer="sgd", epochs=3, progress=False)
