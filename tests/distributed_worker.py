@@ -51,6 +51,13 @@ def relu() -> dict[str, list[float]]:
     return periodic(result)
 
 
+def partial() -> dict[str, list[float]]:
+    """The run of global batch 64 measured once (step 1) on a sub-batch of 16: 8 samples of each rank's slice."""
+    result = gdlab.fit(model(), data(), steps=2, batch_size=BATCH, lr=LR, progress=False, doctor=False,
+                       instruments=[Cheap(), Periodic(every=50, sub_batch=16, budget=math.inf)])
+    return periodic(result)
+
+
 def periodic(result: gdlab.Result) -> dict[str, list[float]]:
     columns = result.history.steps.columns
     return {key: list(columns[key]) for key in PERIODIC if key in columns}
@@ -115,7 +122,7 @@ def main(mode: str, out: Path, run: str | None = None) -> None:
                  "run_id": result.run_id, "codes": [f.code for f in bad.findings], "stop": bad.stop_reason,
                  "losses": result.history.steps["loss"], "remedies": [(r.step, r.action) for r in cured.remedies],
                  "cured": net3.state_dict(), "cured_lr": cured.lr, "periodic": periodic(result),
-                 "relu": relu(), "auto": auto(workers=2)}
+                 "relu": relu(), "auto": auto(workers=2), "partial": partial()}
     elif mode == "plain":  # one run, unstored
         net = model()
         result = gdlab.fit(net, data(), epochs=EPOCHS, **{**common, "store": None})

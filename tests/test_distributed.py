@@ -128,6 +128,7 @@ def test_two_ranks_equal_one_process(tmp_path: Path) -> None:
     # the noise statistics and activation shares pooled over the ranks: one process's at the global batch
     _same_periodic([saved["periodic"] for saved in ranks], worker.periodic(result), measured=1)
     _same_periodic([saved["relu"] for saved in ranks], worker.relu(), measured=4)
+    _partial_noise([saved["partial"] for saved in ranks])
     # lr="auto" spread over the ranks, cut by successive halving together: one process's choice
     alone = worker.auto()
     for saved in ranks:
@@ -188,6 +189,29 @@ def _same_periodic(got: list[dict[str, list[float]]], want: dict[str, list[float
             assert [columns[key][i] for i in steps] == pytest.approx([values[i] for i in steps], rel=1e-4), key
     if "dead_share/1" in want:  # units dead on one rank's slice but alive on the other's count as alive
         assert 0 < max(v for v in want["dead_share/1"] if not math.isnan(v)) < 0.5
+
+
+def _partial_noise(got: list[dict[str, list[float]]]) -> None:
+    """A sub-batch of 16 of the global batch of 64 on 2 ranks: the first 8 samples of each rank's slice, pooled;
+    B_simple and the SNR as torch.func's per-sample gradients of the initial model on those 16 samples give them."""
+    from torch.func import functional_call, grad, vmap
+
+    index = next(batches(BatchPlan.make(worker.SAMPLES, worker.BATCH), 0, 0))
+    X, y = worker.data()
+    chosen = torch.cat([index[:8], index[32:40]])
+    net = worker.model()
+    params = {k: v.detach() for k, v in net.named_parameters()}
+
+    def one(p: dict[str, torch.Tensor], x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(functional_call(net, p, (x[None],)), t[None])
+
+    per = vmap(grad(one), in_dims=(None, 0, 0))(params, X[chosen], y[chosen])
+    flat = torch.cat([g.reshape(16, -1) for g in per.values()], 1).double()
+    mean_sq = float(flat.mean(0).square().sum())
+    trace = (float(flat.square().sum()) - 16 * mean_sq) / 15
+    for columns in got:
+        assert columns["noise_scale"][0] == pytest.approx(trace / mean_sq, rel=1e-4)
+        assert columns["grad_snr"][0] == pytest.approx(mean_sq / (trace / worker.BATCH), rel=1e-4)
 
 
 def test_killed_rank_fails_the_run_and_resume_continues(tmp_path: Path) -> None:
