@@ -7,6 +7,7 @@ global batch 64 alone), ``kill`` (rank 1 is killed mid-run),
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
@@ -18,6 +19,7 @@ import torch
 torch.set_num_threads(1)
 
 import gdlab  # noqa: E402
+from gdlab.instruments import Cheap, Periodic  # noqa: E402
 from gdlab.loop import Callback  # noqa: E402
 
 SAMPLES, BATCH, EPOCHS, LR = 200, 64, 3, 0.3
@@ -32,6 +34,46 @@ def data() -> tuple[torch.Tensor, torch.Tensor]:
 def model() -> torch.nn.Module:
     torch.manual_seed(1)
     return torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+
+
+PERIODIC = ("noise_scale", "grad_snr", "zero_share/1", "dead_share/1", "saturated/1", "grad_out/0", "grad_out/2")
+
+
+def relu() -> dict[str, list[float]]:
+    """A ReLU net with some units dead for most samples, measured every 3 steps at global batch 45 (slices of 23
+    and 22 on 2 ranks): its periodic columns."""
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    with torch.no_grad():
+        net[0].bias[:8] = -torch.linspace(0.6, 2.0, 8)
+    result = gdlab.fit(net, data(), epochs=2, batch_size=45, lr=0.1, progress=False, doctor=False,
+                       instruments=[Cheap(), Periodic(every=3, budget=math.inf)])
+    return periodic(result)
+
+
+def partial() -> dict[str, list[float]]:
+    """The run of global batch 64 measured once (step 1) on a sub-batch of 16: 8 samples of each rank's slice."""
+    result = gdlab.fit(model(), data(), steps=2, batch_size=BATCH, lr=LR, progress=False, doctor=False,
+                       instruments=[Cheap(), Periodic(every=50, sub_batch=16, budget=math.inf)])
+    return periodic(result)
+
+
+def periodic(result: gdlab.Result) -> dict[str, list[float]]:
+    columns = result.history.steps.columns
+    return {key: list(columns[key]) for key in PERIODIC if key in columns}
+
+
+def auto(workers: int = 1) -> dict[str, object]:
+    """``lr="auto"`` (its 18 learning rates spread over ``workers`` ranks, under torchrun) and a population cut by
+    successive halving: the choice and the members' records."""
+    chosen = gdlab.fit(model(), data(), lr="auto", steps=20, batch_size=BATCH, progress=False, doctor=False,
+                       instruments="none")
+    cut = gdlab.population.train(model, data(), seeds=[0, 1, 2, 3, 4], hyper={"lr": [0.01, 0.03, 0.1, 0.3, 1.0]},
+                                 steps=12, batch_size=BATCH, halving=[(3, 3), (6, 1)], progress=False,
+                                 workers=workers)
+    assert chosen.lr_selection is not None
+    return {"lr": chosen.lr, "tried": chosen.lr_selection.tried, "cost": chosen.lr_selection.cost,
+            "pruned_at": cut.pruned_at, "train_loss": cut.train_loss, "losses": cut.losses}
 
 
 def diverging() -> tuple[torch.nn.Module, tuple[torch.Tensor, torch.Tensor]]:
@@ -79,7 +121,8 @@ def main(mode: str, out: Path, run: str | None = None) -> None:
                  "sweep": spread.table, "sweep_id": spread.sweep_id, "restarts": starts.summary(),
                  "run_id": result.run_id, "codes": [f.code for f in bad.findings], "stop": bad.stop_reason,
                  "losses": result.history.steps["loss"], "remedies": [(r.step, r.action) for r in cured.remedies],
-                 "cured": net3.state_dict(), "cured_lr": cured.lr}
+                 "cured": net3.state_dict(), "cured_lr": cured.lr, "periodic": periodic(result),
+                 "relu": relu(), "auto": auto(workers=2), "partial": partial()}
     elif mode == "plain":  # one run, unstored
         net = model()
         result = gdlab.fit(net, data(), epochs=EPOCHS, **{**common, "store": None})

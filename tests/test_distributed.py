@@ -125,6 +125,20 @@ def test_two_ranks_equal_one_process(tmp_path: Path) -> None:
     runs = Store(tmp_path / "store").runs()
     assert [r.id for r in runs] == [ranks[0]["run_id"]] and runs[0].status == "finished"
     assert runs[0].plan["ranks"] == 2
+    # the noise statistics and activation shares pooled over the ranks: one process's at the global batch
+    _same_periodic([saved["periodic"] for saved in ranks], worker.periodic(result), measured=1)
+    _same_periodic([saved["relu"] for saved in ranks], worker.relu(), measured=4)
+    _partial_noise([saved["partial"] for saved in ranks])
+    # lr="auto" spread over the ranks, cut by successive halving together: one process's choice
+    alone = worker.auto()
+    for saved in ranks:
+        assert saved["auto"]["lr"] == alone["lr"] and saved["auto"]["pruned_at"] == alone["pruned_at"]
+        assert [t["steps"] for t in saved["auto"]["tried"]] == [t["steps"] for t in alone["tried"]]
+        assert saved["auto"]["cost"] == alone["cost"]
+        for got, want in zip(saved["auto"]["tried"], alone["tried"]):
+            assert got["loss"] == pytest.approx(want["loss"], rel=1e-5, nan_ok=True)
+        assert saved["auto"]["train_loss"] == pytest.approx(alone["train_loss"], rel=1e-5, nan_ok=True)
+        torch.testing.assert_close(saved["auto"]["losses"], alone["losses"], rtol=1e-5, atol=1e-6, equal_nan=True)
     # the divergence: named alike with 2 ranks and with one
     net, pair = worker.diverging()
     alone = gdlab.fit(net, pair, batch_size=32, lr=0.5, optimizer="sgd", epochs=3, progress=False)
@@ -159,6 +173,45 @@ def test_two_ranks_equal_one_process(tmp_path: Path) -> None:
         assert saved["remedies"] == [(r.step, r.action) for r in cured.remedies]
         assert saved["cured_lr"] == pytest.approx(cured.lr, rel=1e-6)
         _close(saved["cured"], net.state_dict())
+
+
+def _same_periodic(got: list[dict[str, list[float]]], want: dict[str, list[float]], measured: int) -> None:
+    """The periodic columns of every rank equal one process's (measured at the same steps, to float tolerance)."""
+    import math
+
+    assert {"noise_scale", "grad_snr", "grad_out/0"} <= want.keys()
+    for columns in got:
+        assert columns.keys() == want.keys()
+        for key, values in want.items():
+            steps = [i for i, v in enumerate(values) if not math.isnan(v)]
+            assert len(steps) >= measured, (key, values)
+            assert [i for i, v in enumerate(columns[key]) if not math.isnan(v)] == steps, key
+            assert [columns[key][i] for i in steps] == pytest.approx([values[i] for i in steps], rel=1e-4), key
+    if "dead_share/1" in want:  # units dead on one rank's slice but alive on the other's count as alive
+        assert 0 < max(v for v in want["dead_share/1"] if not math.isnan(v)) < 0.5
+
+
+def _partial_noise(got: list[dict[str, list[float]]]) -> None:
+    """A sub-batch of 16 of the global batch of 64 on 2 ranks: the first 8 samples of each rank's slice, pooled;
+    B_simple and the SNR as torch.func's per-sample gradients of the initial model on those 16 samples give them."""
+    from torch.func import functional_call, grad, vmap
+
+    index = next(batches(BatchPlan.make(worker.SAMPLES, worker.BATCH), 0, 0))
+    X, y = worker.data()
+    chosen = torch.cat([index[:8], index[32:40]])
+    net = worker.model()
+    params = {k: v.detach() for k, v in net.named_parameters()}
+
+    def one(p: dict[str, torch.Tensor], x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(functional_call(net, p, (x[None],)), t[None])
+
+    per = vmap(grad(one), in_dims=(None, 0, 0))(params, X[chosen], y[chosen])
+    flat = torch.cat([g.reshape(16, -1) for g in per.values()], 1).double()
+    mean_sq = float(flat.mean(0).square().sum())
+    trace = (float(flat.square().sum()) - 16 * mean_sq) / 15
+    for columns in got:
+        assert columns["noise_scale"][0] == pytest.approx(trace / mean_sq, rel=1e-4)
+        assert columns["grad_snr"][0] == pytest.approx(mean_sq / (trace / worker.BATCH), rel=1e-4)
 
 
 def test_killed_rank_fails_the_run_and_resume_continues(tmp_path: Path) -> None:

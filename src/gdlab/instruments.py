@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 from torch.nn.grad import conv2d_weight
 
+from gdlab import distributed
 from gdlab.data import structure
 from gdlab.errors import UnknownChoice, check_int
 from gdlab.records import EMA
@@ -332,17 +333,24 @@ class Periodic(Instrument):
         self.unfactorable = False  # seen not to factor (a layer used twice, samples folded into rows): for good
         self.handles: list[Any] = []
         self.due = False
+        self.pool: _Pool | None = None  # data-parallel: this step's share of the measured samples (pooled)
 
     # -- riding on the step ----------------------------------------------------------------------------------
     def on_step_start(self, state: Any) -> None:
         if self.handles:
             self.close()
         step = state.step + 1
-        self.due = (step % self.every == 0 or step == 1) and self.budget.allows(step)
+        candidate = step % self.every == 0 or step == 1
+        self.due = candidate and self.budget.allows(step)
+        plan = getattr(state, "plan", None)
+        ranked = plan is not None and plan.ranks > 1
+        if candidate and ranked:  # RANKS AGREE ON THE SCHEDULE here: rank 0's decision (the budget is its clock's)
+            self.due = _agreed(self.due)
         if not self.due:
             return
         size = _batch_size(state.batch) if state.batch is not None else 0
-        if size >= self.min_batch:
+        self.pool = _Pool.make(plan, state.iteration, self.sub_batch) if ranked else None
+        if size >= self.min_batch or self.pool is not None:  # with ranks, always on the step (any slice serves)
             # which layers train may change during a run (unfreezing): look again when it has
             trained = tuple(p.requires_grad for p in self.params)
             if trained != self.trained:
@@ -354,7 +362,8 @@ class Periodic(Instrument):
             self._arm(size)
 
     def _arm(self, batch: int) -> None:
-        n = min(batch, self.sub_batch)
+        pool = self.pool
+        n = min(batch, self.sub_batch) if pool is None else pool.n
         self.seen: dict[str, tuple[Tensor, float]] = {}  # column -> (a scalar tensor, the factor it takes)
         self.calls: dict[str, int] = {}
         # layer -> (sum_i |g_i|^2, |sum_i g_i|^2) over n samples; with the whole batch (n == batch), sum_i g_i is
@@ -365,7 +374,10 @@ class Periodic(Instrument):
         def activation_hook(name: str) -> Any:
             def hook(module: nn.Module, inputs: Any, output: Tensor) -> None:
                 start = time.perf_counter()
-                self.seen.update(_activation_stats(name, module, output.detach()[:n]))
+                if pool is None:
+                    self.seen.update(_activation_stats(name, module, output.detach()[:n]))
+                else:
+                    pool.parts.update(_activation_parts(name, module, output.detach()[:n]))
                 budget.spent += time.perf_counter() - start
             return hook
 
@@ -381,9 +393,14 @@ class Periodic(Instrument):
                 def on_grad(g: Tensor) -> None:
                     start = time.perf_counter()
                     g = g.detach()
-                    self.seen[f"grad_out/{name}"] = (torch.linalg.vector_norm(g[:n]), 1 / math.sqrt(len(g[:n])))
+                    if pool is not None:
+                        pool.grad_out(name, g[:n])
+                    else:
+                        self.seen[f"grad_out/{name}"] = (torch.linalg.vector_norm(g[:n]), 1 / math.sqrt(len(g[:n])))
                     if self.factored and name in self.owners and x is not None:
-                        self.sums[name] = _per_sample_sums(module, x[:n], g[:n], total=n < len(g))
+                        self.sums[name] = _per_sample_sums(module, x[:n], g[:n], total=n < len(g)) \
+                            if pool is None else _per_sample_sums(module, x[:n], g[:n], total=pool.partial,
+                                                                  vectors=True)
                     budget.spent += time.perf_counter() - start
 
                 output.register_hook(on_grad)
@@ -413,8 +430,8 @@ class Periodic(Instrument):
                 row.update(self._collected(state))
         if "noise_scale" not in row:
             with self.budget.measure():
-                batch = _sub_batch(state, self.sub_batch)
-                if batch is not None and len(batch[1]) >= 2:
+                batch = _sub_batch(state, self.sub_batch) if self.pool is None else self.pool.sub_batch(state)
+                if batch is not None and (len(batch[1]) >= 2 or self.pool is not None):
                     with _untouched(state.model):
                         row.update(self._noise(state, *batch))
                         if not rode:  # a small batch: nothing rode on the step
@@ -429,6 +446,8 @@ class Periodic(Instrument):
         if self.unfactorable:
             self.factored = False
         sums = list(self.sums.values()) if self.factored and self.owners <= self.sums.keys() else []
+        if self.pool is not None:  # data-parallel: one all-reduce of every rank's sums, then the statistics
+            return self.pool.row(state, sums)
         eaches = [t for each, _ in sums for t in each]
         wholes = [t for _, whole in sums for t in whole or []]
         size = _batch_size(state.batch)
@@ -473,6 +492,8 @@ class Periodic(Instrument):
             return {}
         n = len(y)
         flat = torch.cat([g.detach().reshape(n, -1) for g in per.values()], dim=1).double()
+        if self.pool is not None:  # data-parallel: the ranks' sums pooled
+            return self.pool.noise(flat, state.plan.batch_size)
         mean = flat.mean(0)
         return _noise_row(float(flat.square().sum()), float(mean.square().sum()), n, state.plan.batch_size)
 
@@ -565,14 +586,16 @@ def _factorable(model: nn.Module) -> bool:
     return all(id(p) in seen for p in model.parameters() if p.requires_grad)
 
 
-def _per_sample_sums(module: nn.Module, x: Tensor, g: Tensor,
-                     total: bool = True) -> tuple[list[Tensor], list[Tensor] | None]:
+def _per_sample_sums(module: nn.Module, x: Tensor, g: Tensor, total: bool = True,
+                     vectors: bool = False) -> tuple[list[Tensor], list[Tensor] | None]:
     """For one layer, sum_i |g_i|^2 and (with ``total``) |sum_i g_i|^2 of its per-sample gradients of the trained
     parameters (weight, bias or both), from its input ``x`` and the gradient ``g`` at its output (sample i's loss
     gradient is sample i's share of ``g`` times the batch size, for a mean over samples: the caller scales).
     Each as scalar tensors, one per parameter (their sum is the layer's), not synced: the caller syncs once for
-    all layers. The sums run over per-sample terms that are all >= 0, so the model's precision loses nothing
-    that matters (a float32 model gives them to about 1e-6); half precision is raised to float32 first."""
+    all layers (with ``vectors``, the sums sum_i g_i themselves, flattened, in place of their squared norms:
+    the ranks of data-parallel training add them up). The sums run over per-sample terms that are all >= 0, so
+    the model's precision loses nothing that matters (a float32 model gives them to about 1e-6); half precision
+    is raised to float32 first."""
     if g.dtype in (torch.float16, torch.bfloat16):
         x, g = x.float(), g.float()
     n = len(x)
@@ -589,7 +612,7 @@ def _per_sample_sums(module: nn.Module, x: Tensor, g: Tensor,
         if not total:
             return each, None
         sums = ([(g.T @ x).flatten()] if weight else []) + ([g.sum(0)] if bias else [])  # [out * in], [out]
-        return each, [torch.dot(v, v) for v in sums]
+        return each, sums if vectors else [torch.dot(v, v) for v in sums]
     if isinstance(module, nn.Conv2d):
         assert not isinstance(module.padding, str)  # _factorable lets only numeric padding through
         if weight:  # each sample's weight gradient at once: a convolution grouped by sample
@@ -610,7 +633,107 @@ def _per_sample_sums(module: nn.Module, x: Tensor, g: Tensor,
     if not total:
         return each, None
     sums = [part.sum(0) for part in parts]
-    return each, [torch.dot(v, v) for v in sums]
+    return each, sums if vectors else [torch.dot(v, v) for v in sums]
+
+
+# -- data-parallel training: the ranks pool their sums (gdlab.distributed) -------------------------------------------
+
+def _agreed(due: bool) -> bool:
+    """Rank 0's decision to measure at this step, taken by every rank (the budget runs on each rank's own clock).
+    One small collective, at the steps the schedule offers a measurement only; none between them."""
+    return bool(distributed.broadcast(due))
+
+
+class _Pool:
+    """A measured step of a data-parallel run: this rank measures ``n`` samples of its slice, its share of
+    ``min(global batch, sub_batch)`` split over the ranks as the batch is; its hooks file sums (per-sample gradient
+    sums and squared sums, counts of zero or saturated units, squared norms), and one all-reduce adds up every
+    rank's before the statistics are formed. With a global batch of at most ``sub_batch``, every sample of it is
+    measured and the statistics are one process's at that batch."""
+
+    def __init__(self, n: int, partial: bool, batch: int, world: int) -> None:
+        self.n, self.partial, self.batch, self.world = n, partial, batch, world
+        # column -> (how it is read, the sums to add up over the ranks, a count to add up with them)
+        self.parts: dict[str, tuple[str, Tensor, float]] = {}
+
+    @classmethod
+    def make(cls, plan: Any, iteration: int, sub_batch: int) -> _Pool:
+        local, batch = plan.share(iteration)
+        total = min(batch, sub_batch)
+        n = total // plan.ranks + (plan.rank < total % plan.ranks)
+        return cls(max(1, min(n, local)), total < batch, batch, plan.ranks)
+
+    def sub_batch(self, state: Any) -> tuple[Any, Tensor] | None:
+        """This rank's ``n`` samples of its slice of the step's batch."""
+        x, y = state.batch
+        return None if y is None else (structure.tree_map(lambda t: t[: self.n], x), y[: self.n])
+
+    def grad_out(self, name: str, g: Tensor) -> None:
+        self.parts[f"grad_out/{name}"] = ("norm", torch.linalg.vector_norm(g, dtype=torch.float64).square(), len(g))
+
+    def _reduce(self, segments: list[Tensor], counts: list[float], device: torch.device) -> tuple[list[Tensor], Tensor]:
+        """Every rank's ``segments`` and ``counts`` added up: one all-reduce."""
+        flat = torch.cat([*(t.reshape(-1).double() for t in segments),
+                          torch.tensor(counts, dtype=torch.float64, device=device)])
+        torch.distributed.all_reduce(flat)
+        *parts, summed = flat.split([*(t.numel() for t in segments), len(counts)])
+        return parts, summed
+
+    def row(self, state: Any, sums: list[tuple[list[Tensor], list[Tensor] | None]]) -> dict[str, float]:
+        """The hooks' statistics over the ranks (``sums``: each layer's per-sample sums, as :func:`_per_sample_sums`
+        gives them with ``vectors``), with one all-reduce and one host sync."""
+        keys = list(self.parts)
+        segments = [t for _, t, _ in self.parts.values()]
+        counts = [c for _, _, c in self.parts.values()]
+        scale = self.batch / self.world  # a rank's output gradients are its loss's: the global mean's times this
+        eaches = [t for each, _ in sums for t in each]
+        wholes = [t for _, whole in sums for t in whole or []]
+        if sums:
+            segments.append(torch.stack([t.double() for t in eaches]).sum() * scale**2)
+            counts.append(self.n)
+            if wholes:
+                segments.append(torch.cat([t.reshape(-1).double() for t in wholes]) * scale)
+        device = next(iter(state.model.parameters())).device
+        parts, summed = self._reduce(segments, counts, device)
+        shrink = 1 / self.world if getattr(state, "mean_loss", False) else 1.0
+        values: list[Tensor] = []
+        for (kind, _, _), part, count in zip(self.parts.values(), parts, summed):
+            if kind == "share":
+                values.append(part[0] / count)
+            elif kind == "dead":
+                values.append((part == 0).sum() / part.numel())
+            else:  # the gradient arriving at a layer's output, per sample, as one process at the global batch
+                values.append(part[0].sqrt() * shrink / count.sqrt())
+        if sums:
+            total = summed[len(keys)]
+            grad_norm = state.grad_norm if state.grad_norm is not None else torch.zeros((), device=device)
+            mean_sq = parts[len(keys) + 1].square().sum() / total**2 if wholes else grad_norm.double().square()
+            values += [parts[len(keys)][0], mean_sq.to(device), total]
+        read = torch.stack([v.double() for v in values]).tolist() if values else []
+        row = dict(zip(keys, read))
+        if sums:
+            each, mean_sq_value, n = read[len(keys):]
+            row.update(_noise_row(each, mean_sq_value, round(n), self.batch))
+        return row
+
+    def noise(self, flat: Tensor, batch: int) -> dict[str, float]:
+        """B_simple and the SNR from every rank's per-sample gradients ``flat`` ([n, parameters])."""
+        parts, summed = self._reduce([flat.square().sum(), flat.sum(0)], [len(flat)], flat.device)
+        each, mean_sq, n = torch.stack([parts[0][0], (parts[1] / summed[0]).square().sum(), summed[0]]).tolist()
+        return _noise_row(each, mean_sq, round(n), batch) if n >= 2 else {}
+
+
+def _activation_parts(name: str, module: nn.Module, output: Tensor) -> dict[str, tuple[str, Tensor, float]]:
+    """:func:`_activation_stats` as sums the ranks add up: counts of zero or saturated units over the elements
+    (``share``), and each unit's count of non-zero outputs (``dead``: the units no sample of any rank moved)."""
+    units = output.reshape(len(output), -1)
+    if isinstance(module, nn.ReLU):
+        zero = units <= 0
+        return {f"zero_share/{name}": ("share", zero.sum(), units.numel()),
+                f"dead_share/{name}": ("dead", (~zero).sum(0), 0.0)}
+    if isinstance(module, nn.Tanh):
+        return {f"saturated/{name}": ("share", (units.abs() > 0.99).sum(), units.numel())}
+    return {f"saturated/{name}": ("share", ((units < 0.01) | (units > 0.99)).sum(), units.numel())}
 
 
 class Expensive(Instrument):

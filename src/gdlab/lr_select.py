@@ -288,6 +288,7 @@ def select_lr(
     halving: Sequence[tuple[float, int]] = HALVING,
     progress: bool = False,
     target_key: str | None = None,
+    workers: int = 1,
     **options: Any,
 ) -> LRSelection:
     """Choose a learning rate for ``model`` (left untouched) before a run of ``total_steps`` steps.
@@ -301,6 +302,10 @@ def select_lr(
     at 10% of the budget ended up to 15x worse at 100%). A model vmap cannot serve (an LSTM) is trained one learning
     rate at a time with the same cuts, so it costs the same 4.8 trainings, not 18.
     ``method="range-test"``: the valley suggestion of :func:`lr_find`.
+
+    ``workers``: under ``torchrun``, the number of ranks the sweep's learning rates are spread over
+    (:func:`gdlab.population.train`); at each cut the ranks gather every member's score, so the cuts and the choice
+    are one process's. The range test is not spread (every rank runs it alike).
     """
     if method not in ("sweep", "range-test"):
         raise InvalidParameter("lr_select", method, "sweep or range-test")
@@ -333,7 +338,8 @@ def select_lr(
 
     pop = population.train(model_fn, train, seeds=[seed] * len(lrs), optimizer=optimizer,
                            hyper={"lr": lrs, **options}, batch_size=batch_size, steps=total_steps, val=val, loss=loss,
-                           device=device, progress=progress, halving=milestones, target_key=target_key)
+                           device=device, progress=progress, halving=milestones, target_key=target_key,
+                           workers=workers)
     scores = pop.score()
     pruned = pop.pruned_at or [None] * len(lrs)
     tried = [{"lr": lr_, "loss": None if math.isinf(sc) else sc, "diverged": d is not None,

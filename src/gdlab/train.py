@@ -194,8 +194,8 @@ def fit(
     if isinstance(lr, str):
         lr, selection = _auto_lr(lr, lr_select, model, train, val, optimizer, momentum, total, batch_size, loss,
                                  seed, problem.device, progress, store, resume,
-                                 {**optimizer_options, "target_key": target_key})
-        if ranks is not None:  # every rank chose alike; rank 0's choice stands for all
+                                 {**optimizer_options, "target_key": target_key}, ranks.world if ranks else 1)
+        if ranks is not None:  # every rank chose alike (the sweep spread over them); rank 0's choice stands for all
             lr = float(distributed.broadcast(lr))
     opt = optim.make(optimizer, model.parameters(), lr=lr, momentum=momentum, **optimizer_options)
     if isinstance(schedule, str):
@@ -338,23 +338,27 @@ def _meta(model: nn.Module, opt: torch.optim.Optimizer, source: Source, plan: Ba
 
 def _auto_lr(lr: str, method: str, model: nn.Module, train: Any, val: Any, optimizer: Any, momentum: float | None,
              total: int, batch_size: Any, loss: Any, seed: int, dev: torch.device, progress: bool, store: Any,
-             resume: str | None, options: dict[str, Any]) -> tuple[float, Any]:
-    """``lr="auto"``: the chosen learning rate and the record of the choice (a resumed run keeps its own)."""
+             resume: str | None, options: dict[str, Any], workers: int = 1) -> tuple[float, Any]:
+    """``lr="auto"``: the chosen learning rate and the record of the choice (a resumed run keeps its own); with
+    ``workers`` ranks, the sweep's learning rates are spread over them."""
     if lr != "auto":
         raise InvalidParameter("lr", lr, 'a finite number > 0, or "auto"')
     if not isinstance(optimizer, str):
         raise InvalidParameter("lr", "auto", "a named optimizer (lr='auto' tunes gdlab's optimizers by name)")
     if method not in ("sweep", "range-test"):
         raise InvalidParameter("lr_select", method, "sweep or range-test")
+    chosen = None
     if resume is not None and store is not None:
         db = store if isinstance(store, Store) else Store(store)
         chosen = (db.get(resume).config.get("lr_selection") or {}).get("lr")
-        if chosen is not None:
-            return float(chosen), None
+    if resume is not None and workers > 1:  # rank 0 alone reads the store: its answer for every rank
+        chosen = distributed.broadcast(chosen)
+    if chosen is not None:
+        return float(chosen), None
     extra = {k: v for k, v in {**options, "momentum": momentum}.items() if v is not None and k != "clip_norm"}
     selection = select_lr(model, train, optimizer=optimizer, method=method, total_steps=total,
                           batch_size=batch_size, val=val, loss=loss, seed=seed, device=dev, progress=progress,
-                          **extra)
+                          workers=workers, **extra)
     return selection.lr, selection
 
 

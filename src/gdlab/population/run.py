@@ -20,7 +20,7 @@ from gdlab.data import BatchPlan
 from gdlab.errors import InvalidParameter, ModelError, check_int, check_seed
 from gdlab.population.forward import vmap_problem
 from gdlab.population.members import ModelFn, Population, member_hyperparams, member_values
-from gdlab.population.vectorized import train_vectorized
+from gdlab.population.vectorized import Cut, train_vectorized
 from gdlab.problem import LossFn, Problem, check_budget, evaluate
 from gdlab.resources import check_fits
 
@@ -83,10 +83,22 @@ def train(
             a contiguous share of them as one population, and every rank gets the whole population back, as one
             process would have trained it (to float tolerance).
     """
+    rest = dict(optimizer=optimizer, batch_size=batch_size, epochs=epochs, steps=steps, val=val, loss=loss,
+                device=device, progress=progress, vectorize=vectorize, target_key=target_key)
     if workers != 1:
-        return _over_ranks(workers, model_fn, train, seeds, hyper, halving, shared_order, dict(
-            optimizer=optimizer, batch_size=batch_size, epochs=epochs, steps=steps, val=val, loss=loss, device=device,
-            progress=progress, vectorize=vectorize, target_key=target_key))
+        return _over_ranks(workers, model_fn, train, seeds, hyper, halving, shared_order, rest)
+    return _train(model_fn, train, seeds, hyper, halving, shared_order, **rest)
+
+
+class _NotSpread(Exception):
+    """Successive halving over ranks met a model vmap cannot serve: the population is trained whole instead."""
+
+
+def _train(model_fn: ModelFn, train: Any, seeds: Sequence[int], hyper: Mapping[str, Any] | None,
+           halving: Sequence[tuple[int, int]], shared_order: bool, *, optimizer: str, batch_size: int | str,
+           epochs: int | None, steps: int | None, val: Any, loss: str | LossFn, device: str | torch.device,
+           progress: bool, vectorize: bool | str, target_key: str | None, cut: Cut | None = None) -> Population:
+    """:func:`train` in this process (``cut``: this is a rank's share, cut together with the others')."""
     check_members(len(seeds))
     seeds = [check_seed(s, "seeds") for s in seeds]
     if not seeds:
@@ -118,13 +130,15 @@ def train(
     if vectorize is True and reason is not None:
         raise ModelError(f"vmap cannot train this model as a population: {reason}")
     if vectorize is False or reason is not None:
+        if cut is not None and halving:
+            raise _NotSpread(reason or "vectorize=False")
         if reason is not None:
             print(f"note: training the {len(seeds)} members one by one: vmap cannot serve this model ({reason})",
                   file=sys.stderr)
         return _one_by_one(model_fn, models, train, val, seeds, optimizer, members, batch_size, loss, dev, total,
                            progress, plan, source.task, reason, shared_order, halving, source.target_key)
     return train_vectorized(models, source, val_source, seeds, optimizer, stacked, members, loss_fn, loss_name,
-                            plan, total, shared_order, progress, halving)
+                            plan, total, shared_order, progress, halving, cut)
 
 
 def _over_ranks(workers: int, model_fn: ModelFn, train_data: Any, seeds: Sequence[int],
@@ -141,9 +155,6 @@ def _over_ranks(workers: int, model_fn: ModelFn, train_data: Any, seeds: Sequenc
     check_members(len(seeds))
     if len(seeds) < world:
         raise InvalidParameter("workers", workers, f"at most {len(seeds)}, the members to spread (one or more each)")
-    if halving:
-        raise InvalidParameter("halving", list(halving), "none with workers (a cut ranks every member, and each "
-                               "rank holds only its own)")
     if shared_order and len(set(seeds)) > 1:
         raise InvalidParameter("shared_order", True, "one seed for every member with workers (each rank's share "
                                "would follow its own first seed's order)")
@@ -152,7 +163,23 @@ def _over_ranks(workers: int, model_fn: ModelFn, train_data: Any, seeds: Sequenc
     share = {k: list(v)[low:high] if isinstance(v, (list, tuple)) and len(v) == len(seeds) else v
              for k, v in (hyper or {"lr": 0.01}).items()}
     rest["progress"] = rest["progress"] and ranks.main
-    mine = train(model_fn, train_data, seeds=list(seeds)[low:high], hyper=share, shared_order=shared_order, **rest)
+
+    def cut(scores: torch.Tensor, rows: list[int], keep: int) -> list[int]:
+        """A cut of successive halving over the ranks: every rank's scores gathered, the ``keep`` best members of
+        all kept (ties to the member first in order, as in one process); the positions of this rank's kept."""
+        mine = [(float(score), low + row) for score, row in zip(scores.tolist(), rows)]
+        everyone: list[Any] = [None] * world
+        torch.distributed.all_gather_object(everyone, mine)
+        best = {member for _, member in sorted(entry for part in everyone for entry in part)[:keep]}
+        return [k for k, row in enumerate(rows) if low + row in best]
+
+    try:
+        mine = _train(model_fn, train_data, list(seeds)[low:high], share, halving, shared_order, cut=cut, **rest)
+    except _NotSpread as why:  # successive halving one member at a time: every rank trains the whole population
+        if ranks.main:
+            print(f"note: the members are not spread over the ranks: successive halving needs vmap ({why})",
+                  file=sys.stderr)
+        return _train(model_fn, train_data, seeds, hyper, halving, shared_order, **rest)
     parts: list[Any] = [None] * world
     torch.distributed.all_gather_object(parts, mine)
     return _joined(parts)

@@ -34,12 +34,15 @@ __all__ = ["Live", "Records", "Setup", "train_vectorized"]
 def train_vectorized(models: list[nn.Module], source: Source, val_source: Source | None, seeds: list[int],
                      optimizer: str, stacked: dict[str, Any], members: list[dict[str, Any]], loss_fn: LossFn,
                      loss_name: str, plan: BatchPlan, total: int, shared_order: bool, progress: bool,
-                     halving: Sequence[tuple[int, int]] = ()) -> Population:
+                     halving: Sequence[tuple[int, int]] = (), cut: Cut | None = None) -> Population:
     """Train ``models`` (one per seed, on the device) as one population for ``total`` steps.
 
     ``stacked`` is :func:`~gdlab.population.member_hyperparams`' result and ``members`` the same values per
     member; ``halving`` holds checked ``(step, keep)`` pairs. The arguments are otherwise those of
-    :func:`gdlab.population.train`, resolved.
+    :func:`gdlab.population.train`, resolved. ``cut``, when these members are a rank's share of a population
+    spread over ranks: called at every cut of ``halving`` with the rows' scores, their members and how many to keep
+    in all, it returns the positions of the rows kept (the ranks rank every member together); a rank left with no
+    row goes on through the steps, recording NaN, to take part in the later cuts.
     """
     setup = Setup.make(models[0], source, val_source, seeds, optimizer, loss_fn, loss_name, plan, shared_order)
     live = Live.stack(models, setup, stacked)
@@ -58,8 +61,15 @@ def train_vectorized(models: list[nn.Module], source: Source, val_source: Source
     step = epoch = 0
     try:
         while step < total:
-            live.order = setup.epoch_order(live.rows, epoch)  # [samples], or [m, samples] per member
+            if live.rows:
+                live.order = setup.epoch_order(live.rows, epoch)  # [samples], or [m, samples] per member
             for it in range(min(plan.iterations_per_epoch, total - step)):
+                if not live.rows:  # every member of this rank's share was cut: only the later cuts to join
+                    step += 1
+                    records.losses.append(records.full([], torch.zeros(0)))
+                    if step in cuts and cut is not None:
+                        live = _halve(setup, live, records, cuts[step], step, cut)
+                    continue
                 # 1. a batch for each member: [m, batch, ...], or [batch, ...] shared by all
                 xb, yb = setup.batch(live.order, it)
                 # 2. forward: each row's mean batch loss, [m]
@@ -79,8 +89,8 @@ def train_vectorized(models: list[nn.Module], source: Source, val_source: Source
                 shown = records.step(live, batch_loss)
                 live.tally(batch_loss, shown, len(yb if setup.shared_batch else yb[0]), plan.iterations_per_epoch)
                 view.show(bar, step, it + 1, epoch, shown)
-                if cuts.get(step, len(live.rows)) < len(live.rows):
-                    live = _halve(setup, live, records, cuts[step], step)
+                if cuts.get(step, len(live.rows)) < len(live.rows) or (cut is not None and step in cuts):
+                    live = _halve(setup, live, records, cuts[step], step, cut)
             # an epoch ends, or the budget ends mid-epoch: record the part done
             _end_epoch(setup, live, records)
             epoch += 1
@@ -90,6 +100,10 @@ def train_vectorized(models: list[nn.Module], source: Source, val_source: Source
             bar.on_fit_end(view)
     seconds = time.perf_counter() - started
     return _finish(setup, live, records, members, copy.deepcopy(models[0]).cpu(), step, seconds)
+
+
+Cut = Callable[[Tensor, list[int], int], list[int]]
+"""Successive halving over ranks: ``(scores [m], members of the rows, how many to keep in all) -> positions kept``."""
 
 
 @dataclass
@@ -304,19 +318,24 @@ def _to_host(losses: Tensor, grads: list[Tensor]) -> tuple[Tensor, Tensor]:
     return record[0], record[1]
 
 
-def _halve(setup: Setup, live: Live, records: Records, keep_count: int, step: int) -> Live:
+def _halve(setup: Setup, live: Live, records: Records, keep_count: int, step: int, cut: Cut | None = None) -> Live:
     """Successive halving: the ``keep_count`` best rows by validation loss (the last epoch's worth of batch losses
-    without validation data) train on; the others are recorded as they stand."""
+    without validation data) train on; the others are recorded as they stand. With ``cut``, the best of every
+    rank's rows together (ties to the member first in order, as in one process)."""
     m = len(live.rows)
     train_score = torch.stack(live.recent).mean(0) if live.recent else torch.full((m,), math.inf,
                                                                                   dtype=torch.float64)  # [m]
     val_score: Tensor | None = None
     metrics: dict[str, Tensor] = {}
-    if setup.val_source is not None:
+    if setup.val_source is not None and m:
         val_score, metrics = setup.evaluate(live)
     score = (val_score if val_score is not None else train_score).clone()
     score[~live.active | ~torch.isfinite(score)] = math.inf
     ranked = sorted(range(m), key=lambda k: float(score[k]))
+    if cut is not None:  # over ranks: the rows kept are those among every rank's best
+        kept = set(cut(score, live.rows, keep_count))
+        ranked = [k for k in ranked if k in kept] + [k for k in ranked if k not in kept]
+        keep_count = len(kept)
     for k in ranked[keep_count:]:
         records.pruned_at[live.rows[k]] = step
         records.settle(live, k, float(train_score[k]), None if val_score is None else float(val_score[k]), metrics)
@@ -329,7 +348,7 @@ def _end_epoch(setup: Setup, live: Live, records: Records) -> None:
     shown = torch.where(live.active, mean, torch.full_like(mean, math.nan))
     records.epoch_train.append(records.full(live.rows, shown))
     if setup.val_source is not None:
-        records.epoch_val.append(records.full(live.rows, setup.evaluate(live)[0]))
+        records.epoch_val.append(records.full(live.rows, setup.evaluate(live)[0] if live.rows else torch.zeros(0)))
     live.epoch_sum.zero_()
     live.epoch_count = 0
 
@@ -340,7 +359,7 @@ def _finish(setup: Setup, live: Live, records: Records, members: list[dict[str, 
     last = records.epoch_train[-1]
     val_loss: Tensor | None = None
     metrics: dict[str, Tensor] = {}
-    if setup.val_source is not None:
+    if setup.val_source is not None and live.rows:
         val_loss, metrics = setup.evaluate(live)
     for k, i in enumerate(live.rows):
         records.settle(live, k, float(last[i]), None if val_loss is None else float(val_loss[k]), metrics)
