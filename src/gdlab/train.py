@@ -264,6 +264,8 @@ def fit(
         recorder.finish(state, status, final, findings, remedies)
     if board:
         board.close(findings, remedies)
+    if ranks is not None:  # the ranks leave fit together: none goes on (or exits) while a peer still speaks to it
+        torch.distributed.barrier()
     return Result(model, state.history, final, state.lr, state.run_id, state.seconds, problem.plan, status,
                   state.stop_reason, state.step, findings=list(findings), lr_selection=selection,
                   remedies=list(remedies))
