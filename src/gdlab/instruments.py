@@ -327,20 +327,51 @@ class Periodic(Instrument):
         self.can_factor = False
         self.owners: set[str] = set()
         self.meta: nn.Module | None = None  # made when first needed
-        self.budget = _Budget(self.budget_share)
+        self.budget = _Budget(self.budget_share)  # the time inside the hooks, in the steps they ride on
+        self.interval = self.every  # steps between measurements: ``every`` until fixed by _fix_interval
+        self.measured = 0  # measurements taken so far
+        self.timing: tuple[float, float] = (0.0, 0.0)  # when the last measured step started and ended
+        self.started = 0.0  # when the step being measured started
         self.mean_loss = bool(getattr(state, "mean_loss", False))
         self.unfactorable = False  # seen not to factor (a layer used twice, samples folded into rows): for good
         self.handles: list[Any] = []
         self.due = False
+
+    # -- the schedule: which steps are measured (the one place that decides it) -------------------------------
+    def scheduled(self, step: int) -> bool:
+        """Whether ``step`` (counted from 1) is measured: the first and every ``interval``-th. A function of the
+        step alone (a loop may ask ahead: :func:`gdlab.watch` puts its forward hook on those steps only)."""
+        return step == 1 or step % self.interval == 0
+
+    def _timed(self, step: int, start: float) -> None:
+        """After a measured step: the interval, fixed once from the second measurement (the first warms up),
+        so that measuring costs about ``budget`` of the training time: the measured step's whole extra time
+        (the hooks, torch's dispatch of them, the reads) against the mean step between the two measurements.
+        Fixed, the schedule depends on the step alone, so identical runs measure the same steps (bar a
+        different interval where the two timings straddle a power of two)."""
+        end = time.perf_counter()
+        self.measured += 1
+        if self.measured == 2 and self.budget_share != math.inf and self.every >= 3:
+            between = step - 2  # the steps from the first measurement to this one, neither counted
+            typical = (start - self.timing[1]) / between if between > 0 else 0.0
+            if typical > 0:
+                self._fix_interval((end - start - typical) / (self.budget_share * typical * self.every))
+        self.timing = (start, end)
+
+    def _fix_interval(self, ratio: float) -> None:
+        """``interval``: ``every`` times the power of two that covers ``ratio`` (a measurement's extra time over
+        ``budget`` of ``every`` steps' time), at least ``every``."""
+        self.interval = self.every * (2 ** math.ceil(math.log2(ratio)) if ratio > 1 else 1)
 
     # -- riding on the step ----------------------------------------------------------------------------------
     def on_step_start(self, state: Any) -> None:
         if self.handles:
             self.close()
         step = state.step + 1
-        self.due = (step % self.every == 0 or step == 1) and self.budget.allows(step)
+        self.due = self.scheduled(step)
         if not self.due:
             return
+        self.started = time.perf_counter()
         size = _batch_size(state.batch) if state.batch is not None else 0
         if size >= self.min_batch:
             # which layers train may change during a run (unfreezing): look again when it has
@@ -405,6 +436,12 @@ class Periodic(Instrument):
         if not self.due:
             return
         self.due = False
+        try:
+            self._measure(state)
+        finally:
+            self._timed(state.step, self.started)
+
+    def _measure(self, state: Any) -> None:
         row: dict[str, float] = {}
         rode = bool(self.handles)
         if rode:
