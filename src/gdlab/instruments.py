@@ -295,8 +295,10 @@ def _sub_batch(state: Any, size: int) -> tuple[Any, Tensor] | None:
 
 
 class Periodic(Instrument):
-    """Every ``every`` steps: the gradient noise scale and SNR, activation statistics, and the gradient arriving at
-    each layer's output, on up to ``sub_batch`` samples.
+    """On the first step, the ``every``-th and then every ``interval``-th (:meth:`scheduled`; ``interval`` fixed once
+    after the second measurement so that measuring costs about ``budget`` of the training time, 2%): the gradient
+    noise scale and SNR, activation statistics, and the gradient arriving at each layer's output, on up to
+    ``sub_batch`` samples.
 
     Where the step's batch has at least 16 samples, the measurement rides on the step's own forward and backward
     pass (hooks for that one step; no extra pass): activation statistics from the forward hooks, the arriving
@@ -327,7 +329,6 @@ class Periodic(Instrument):
         self.can_factor = False
         self.owners: set[str] = set()
         self.meta: nn.Module | None = None  # made when first needed
-        self.budget = _Budget(self.budget_share)  # the time inside the hooks, in the steps they ride on
         self.interval = self.every  # steps between measurements: ``every`` until fixed by _fix_interval
         self.measured = 0  # measurements taken so far
         self.timing: tuple[float, float] = (0.0, 0.0)  # when the last measured step started and ended
@@ -346,10 +347,12 @@ class Periodic(Instrument):
     def _timed(self, step: int, start: float) -> None:
         """After a measured step: the interval, fixed once from the second measurement (the first warms up),
         so that measuring costs about ``budget`` of the training time: the measured step's whole extra time
-        (the hooks, torch's dispatch of them, the reads) against the mean step between the two measurements.
-        Fixed, the schedule depends on the step alone, so identical runs measure the same steps (bar a
-        different interval where the two timings straddle a power of two)."""
-        end = time.perf_counter()
+        (the hooks, torch's dispatch of them, the reads) against the mean step between the two measurements,
+        both by the training thread's CPU time (``time.thread_time``: another process's turn on the core, which
+        swung the wall-clock timings tenfold on a loaded machine, counts in neither). Fixed, the schedule
+        depends on the step alone, so identical runs measure the same steps (bar a different interval where the
+        two timings straddle a power of two)."""
+        end = time.thread_time()
         self.measured += 1
         if self.measured == 2 and self.budget_share != math.inf and self.every >= 3:
             between = step - 2  # the steps from the first measurement to this one, neither counted
@@ -371,7 +374,7 @@ class Periodic(Instrument):
         self.due = self.scheduled(step)
         if not self.due:
             return
-        self.started = time.perf_counter()
+        self.started = time.thread_time()
         size = _batch_size(state.batch) if state.batch is not None else 0
         if size >= self.min_batch:
             # which layers train may change during a run (unfreezing): look again when it has
@@ -391,13 +394,10 @@ class Periodic(Instrument):
         # layer -> (sum_i |g_i|^2, |sum_i g_i|^2) over n samples; with the whole batch (n == batch), sum_i g_i is
         # the batch gradient times n, whose norm the loop has already taken: no second sum
         self.sums: dict[str, tuple[list[Tensor], list[Tensor] | None]] = {}
-        budget = self.budget
 
         def activation_hook(name: str) -> Any:
             def hook(module: nn.Module, inputs: Any, output: Tensor) -> None:
-                start = time.perf_counter()
                 self.seen.update(_activation_stats(name, module, output.detach()[:n]))
-                budget.spent += time.perf_counter() - start
             return hook
 
         def layer_hook(name: str) -> Any:
@@ -410,12 +410,10 @@ class Periodic(Instrument):
                     self.unfactorable = True  # rows are not samples (a model folding positions into the batch)
 
                 def on_grad(g: Tensor) -> None:
-                    start = time.perf_counter()
                     g = g.detach()
                     self.seen[f"grad_out/{name}"] = (torch.linalg.vector_norm(g[:n]), 1 / math.sqrt(len(g[:n])))
                     if self.factored and name in self.owners and x is not None:
                         self.sums[name] = _per_sample_sums(module, x[:n], g[:n], total=n < len(g))
-                    budget.spent += time.perf_counter() - start
 
                 output.register_hook(on_grad)
             return hook
@@ -446,16 +444,14 @@ class Periodic(Instrument):
         rode = bool(self.handles)
         if rode:
             self.close()
-            with self.budget.measure():
-                row.update(self._collected(state))
+            row.update(self._collected(state))
         if "noise_scale" not in row:
-            with self.budget.measure():
-                batch = _sub_batch(state, self.sub_batch)
-                if batch is not None and len(batch[1]) >= 2:
-                    with _untouched(state.model):
-                        row.update(self._noise(state, *batch))
-                        if not rode:  # a small batch: nothing rode on the step
-                            row.update(self._hooks(state, *batch))
+            batch = _sub_batch(state, self.sub_batch)
+            if batch is not None and len(batch[1]) >= 2:
+                with _untouched(state.model):
+                    row.update(self._noise(state, *batch))
+                    if not rode:  # a small batch: nothing rode on the step
+                        row.update(self._hooks(state, *batch))
         if row:
             state.history.steps.extend_last(row)
 
