@@ -13,9 +13,11 @@ The loop stays the user's; gdlab only listens. A forward pre-hook on the model s
 instruments' hooks ride on the step's own forward and backward pass, as in :func:`gdlab.fit`), the optimizer's step
 pre-hook takes the gradient norms before the update (every ``grad_norm_every``-th step, 8, and on the periodic
 instruments' steps; NaN between: docs/watch.md), and ``doctor.step(loss)`` files the step's loss on the device:
-the host reads the values every ``log_every`` steps, never once a step. Without ``doctor.step`` at all, the
-optimizer's step hooks end each step themselves (no loss: no loss-based findings). docs/watch.md says what each
-instrument needs, and which remedies need :func:`gdlab.fit`.
+the host reads the values every ``log_every`` steps, never once a step. Once the loop calls ``doctor.step``, each
+step gets only the hooks it needs (the forward pre-hook on the steps an instrument measures, the step pre-hook where
+the norms are due: docs/watch.md). Without ``doctor.step`` at all, the optimizer's step hooks end each step
+themselves (no loss: no loss-based findings). docs/watch.md says what each instrument needs, and which remedies
+need :func:`gdlab.fit`.
 
 Example:
     >>> import torch, gdlab
@@ -286,9 +288,10 @@ class Watch:
         due), so the step is its loss filed and its row: :meth:`_finish` without what such a step lacks."""
         state = self.state
         state.param_grad_norms = None  # the row has none (NaN: not measured)
+        samples = self._planned_size()
         state.step += 1
         state.iteration += 1
-        self.log.record(loss.detach() if isinstance(loss, Tensor) else None, self._planned_size())
+        self.log.record(loss.detach() if isinstance(loss, Tensor) else None, samples)
         self._emit("on_step_end")
         if state.step % self.log_every == 0 or self.log.diverged_at is not None:
             self._check()
