@@ -329,6 +329,7 @@ class Periodic(Instrument):
         self.can_factor = False
         self.owners: set[str] = set()
         self.meta: nn.Module | None = None  # made when first needed
+        self.budget = _Budget(self.budget_share)  # ``spent``: the time inside its hooks (benchmarks read it)
         self.interval = self.every  # steps between measurements: ``every`` until fixed by _fix_interval
         self.measured = 0  # measurements taken so far
         self.timing: tuple[float, float] = (0.0, 0.0)  # when the last measured step started and ended
@@ -394,10 +395,13 @@ class Periodic(Instrument):
         # layer -> (sum_i |g_i|^2, |sum_i g_i|^2) over n samples; with the whole batch (n == batch), sum_i g_i is
         # the batch gradient times n, whose norm the loop has already taken: no second sum
         self.sums: dict[str, tuple[list[Tensor], list[Tensor] | None]] = {}
+        budget = self.budget
 
         def activation_hook(name: str) -> Any:
             def hook(module: nn.Module, inputs: Any, output: Tensor) -> None:
+                start = time.perf_counter()
                 self.seen.update(_activation_stats(name, module, output.detach()[:n]))
+                budget.spent += time.perf_counter() - start
             return hook
 
         def layer_hook(name: str) -> Any:
@@ -410,10 +414,12 @@ class Periodic(Instrument):
                     self.unfactorable = True  # rows are not samples (a model folding positions into the batch)
 
                 def on_grad(g: Tensor) -> None:
+                    start = time.perf_counter()
                     g = g.detach()
                     self.seen[f"grad_out/{name}"] = (torch.linalg.vector_norm(g[:n]), 1 / math.sqrt(len(g[:n])))
                     if self.factored and name in self.owners and x is not None:
                         self.sums[name] = _per_sample_sums(module, x[:n], g[:n], total=n < len(g))
+                    budget.spent += time.perf_counter() - start
 
                 output.register_hook(on_grad)
             return hook
