@@ -410,3 +410,30 @@ def test_the_periodic_interval_is_a_power_of_two_times_every() -> None:
         periodic._fix_interval(ratio)
         assert periodic.interval == interval, ratio
         assert [s for s in range(1, 450) if periodic.scheduled(s)] == [1, *range(interval, 450, interval)]
+
+
+def test_without_a_loader_the_last_batch_of_an_epoch_is_seen_once_the_epoch_is_known(moons: Any) -> None:
+    """No loader: the first epoch_end tells the epoch's length, and from then on each epoch's last step gets the
+    forward hook, so a short last batch counts at its size (the first epoch's counts at the planned size)."""
+    train, _ = moons
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    doctor = gdlab.watch(model, opt, instruments="cheap")
+    epochs: list[list[tuple[float, int]]] = []
+    for _ in range(2):
+        losses = []
+        for i in range(0, 70, 32):
+            x, y = train.X[i:min(i + 32, 70)], train.y[i:min(i + 32, 70)]
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            doctor.step(loss)
+            losses.append((float(loss.detach()), len(y)))
+        doctor.epoch_end()
+        epochs.append(losses)
+    report = doctor.close()
+    first, second = report.history.epochs["train_loss"]
+    assert first == pytest.approx(sum(v for v, _ in epochs[0]) / 3, rel=1e-6)  # 6 samples counted as 32
+    assert [n for _, n in epochs[1]] == [32, 32, 6]
+    assert second == pytest.approx(sum(v * n for v, n in epochs[1]) / 70, rel=1e-6)

@@ -306,7 +306,10 @@ class Watch:
             return
         step = self.state.step + 1
         measures = any(scheduled(step) for scheduled in self._schedules)
-        forward = measures or bool(self._unscheduled) or not self._learned
+        # the last step of an epoch whose length is known but not its samples: its batch may be short
+        last = self._samples is None and self._epoch_steps is not None and \
+            self.state.iteration + 1 == self._epoch_steps
+        forward = measures or bool(self._unscheduled) or not self._learned or last
         norms = self.grad_norms and (measures or step % self.grad_norm_every == 0 or step == 1)
         self._quiet = not forward and not norms
         if forward != (self._forward_handle is not None):
