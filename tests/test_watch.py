@@ -346,3 +346,94 @@ def test_a_first_batch_with_nan_is_a_data_error_as_in_fit() -> None:
     with pytest.raises(gdlab.GdlabError, match="the first batch has 1 non-finite value in its inputs"):
         doctor.step(loss, batch=(x, y))
     assert not model._forward_pre_hooks  # the hooks came off
+
+
+def test_once_step_ends_the_steps_each_step_gets_only_the_hooks_it_needs(moons: Any) -> None:
+    """After the first doctor.step: the forward pre-hook only on the steps the periodic instrument measures, the
+    step pre-hook only where the gradient norms are due, no step post-hook; the rows still have every step."""
+    train, _ = moons
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    periodic = gdlab.instruments.Periodic(every=5, budget=math.inf)
+    doctor = gdlab.watch(model, opt, instruments=[gdlab.instruments.Cheap(), periodic], grad_norm_every=4)
+    seen: list[tuple[int, bool, bool, bool]] = []  # (step, forward hook, step pre-hook, step post-hook)
+    for i in range(0, 640, 32):
+        seen.append((doctor.state.step + 1, bool(model._forward_pre_hooks), bool(opt._optimizer_step_pre_hooks),
+                     bool(opt._optimizer_step_post_hooks)))
+        loss = F.cross_entropy(model(train.X[i:i + 32]), train.y[i:i + 32])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        doctor.step(loss)
+    report = doctor.close()
+    assert seen[0] == (1, True, True, True)  # before the first step(): the hooks of a loop that may never call it
+    for step, forward, pre, post in seen[1:]:
+        assert forward == (step % 5 == 0), step
+        assert pre == (step % 5 == 0 or step % 4 == 0), step
+        assert not post
+    steps = report.history.steps
+    assert len(steps) == 20 and list(steps["step"]) == list(range(1, 21))
+    measured = [int(s) for s, v in zip(steps["step"], steps["grad_out/0"]) if not math.isnan(v)]
+    assert measured == [1, 5, 10, 15, 20]
+    normed = [int(s) for s, v in zip(steps["step"], steps["grad_norm"]) if not math.isnan(v)]
+    assert normed == [1, 4, 5, 8, 10, 12, 15, 16, 20]
+    assert not model._forward_pre_hooks and not opt._optimizer_step_pre_hooks
+
+
+def test_a_steps_unseen_batch_is_counted_at_the_planned_size(moons: Any) -> None:
+    """Steps without the forward hook count their samples from the plan: the loader's short last batch at its
+    size, so the epoch's train_loss is the sample-weighted mean of the step losses, as fit records it."""
+    train, _ = moons
+    data = torch.utils.data.TensorDataset(train.X[:70], train.y[:70])
+    loader = torch.utils.data.DataLoader(data, batch_size=32)
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    doctor = gdlab.watch(model, opt, instruments="cheap", loader=loader)
+    losses: list[tuple[float, int]] = []
+    for x, y in loader:
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        doctor.step(loss)
+        losses.append((float(loss.detach()), len(y)))
+    doctor.epoch_end()
+    report = doctor.close()
+    assert [n for _, n in losses] == [32, 32, 6]
+    expected = sum(v * n for v, n in losses) / 70
+    assert report.history.epochs["train_loss"][0] == pytest.approx(expected, rel=1e-6)
+
+
+def test_the_periodic_interval_is_a_power_of_two_times_every() -> None:
+    periodic = gdlab.instruments.Periodic(every=25)
+    for ratio, interval in ((0.3, 25), (1.0, 25), (1.01, 50), (2.0, 50), (2.5, 100), (7.9, 200)):
+        periodic._fix_interval(ratio)
+        assert periodic.interval == interval, ratio
+        assert [s for s in range(1, 450) if periodic.scheduled(s)] == [1, *range(interval, 450, interval)]
+
+
+def test_without_a_loader_the_last_batch_of_an_epoch_is_seen_once_the_epoch_is_known(moons: Any) -> None:
+    """No loader: the first epoch_end tells the epoch's length, and from then on each epoch's last step gets the
+    forward hook, so a short last batch counts at its size (the first epoch's counts at the planned size)."""
+    train, _ = moons
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    doctor = gdlab.watch(model, opt, instruments="cheap")
+    epochs: list[list[tuple[float, int]]] = []
+    for _ in range(2):
+        losses = []
+        for i in range(0, 70, 32):
+            x, y = train.X[i:min(i + 32, 70)], train.y[i:min(i + 32, 70)]
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            doctor.step(loss)
+            losses.append((float(loss.detach()), len(y)))
+        doctor.epoch_end()
+        epochs.append(losses)
+    report = doctor.close()
+    first, second = report.history.epochs["train_loss"]
+    assert first == pytest.approx(sum(v for v, _ in epochs[0]) / 3, rel=1e-6)  # 6 samples counted as 32
+    assert [n for _, n in epochs[1]] == [32, 32, 6]
+    assert second == pytest.approx(sum(v * n for v, n in epochs[1]) / 70, rel=1e-6)

@@ -296,8 +296,10 @@ def _sub_batch(state: Any, size: int) -> tuple[Any, Tensor] | None:
 
 
 class Periodic(Instrument):
-    """Every ``every`` steps: the gradient noise scale and SNR, activation statistics, and the gradient arriving at
-    each layer's output, on up to ``sub_batch`` samples.
+    """On the first step, the ``every``-th and then every ``interval``-th (:meth:`scheduled`; ``interval`` fixed once
+    after the second measurement so that measuring costs about ``budget`` of the training time, 2%): the gradient
+    noise scale and SNR, activation statistics, and the gradient arriving at each layer's output, on up to
+    ``sub_batch`` samples.
 
     Where the step's batch has at least 16 samples, the measurement rides on the step's own forward and backward
     pass (hooks for that one step; no extra pass): activation statistics from the forward hooks, the arriving
@@ -328,26 +330,60 @@ class Periodic(Instrument):
         self.can_factor = False
         self.owners: set[str] = set()
         self.meta: nn.Module | None = None  # made when first needed
-        self.budget = _Budget(self.budget_share)
+        self.budget = _Budget(self.budget_share)  # ``spent``: the time inside its hooks (benchmarks read it)
+        self.interval = self.every  # steps between measurements: ``every`` until fixed by _fix_interval
+        self.measured = 0  # measurements taken so far
+        self.timing: tuple[float, float] = (0.0, 0.0)  # when the last measured step started and ended
+        self.started = 0.0  # when the step being measured started
         self.mean_loss = bool(getattr(state, "mean_loss", False))
         self.unfactorable = False  # seen not to factor (a layer used twice, samples folded into rows): for good
         self.handles: list[Any] = []
         self.due = False
         self.pool: _Pool | None = None  # data-parallel: this step's share of the measured samples (pooled)
 
+    # -- the schedule: which steps are measured (the one place that decides it) -------------------------------
+    def scheduled(self, step: int) -> bool:
+        """Whether ``step`` (counted from 1) is measured: the first and every ``interval``-th. A function of the
+        step alone (a loop may ask ahead: :func:`gdlab.watch` puts its forward hook on those steps only)."""
+        return step == 1 or step % self.interval == 0
+
+    def _timed(self, step: int, start: float) -> None:
+        """After a measured step: the interval, fixed once from the second measurement (the first warms up),
+        so that measuring costs about ``budget`` of the training time: the measured step's whole extra time
+        (the hooks, torch's dispatch of them, the reads) against the mean step between the two measurements,
+        both by the training thread's CPU time (``time.thread_time``: another process's turn on the core, which
+        swung the wall-clock timings tenfold on a loaded machine, counts in neither). Fixed, the schedule
+        depends on the step alone, so identical runs measure the same steps (bar a different interval where the
+        two timings straddle a power of two)."""
+        end = time.thread_time()
+        self.measured += 1
+        if self.measured == 2 and self.budget_share != math.inf and self.every >= 3:
+            between = step - 2  # the steps from the first measurement to this one, neither counted
+            typical = (start - self.timing[1]) / between if between > 0 else 0.0
+            if typical > 0:
+                self._fix_interval((end - start - typical) / (self.budget_share * typical * self.every))
+        self.timing = (start, end)
+
+    def _fix_interval(self, ratio: float) -> None:
+        """``interval``: ``every`` times the power of two that covers ``ratio`` (a measurement's extra time over
+        ``budget`` of ``every`` steps' time), at least ``every``."""
+        self.interval = self.every * (2 ** math.ceil(math.log2(ratio)) if ratio > 1 else 1)
+
     # -- riding on the step ----------------------------------------------------------------------------------
     def on_step_start(self, state: Any) -> None:
         if self.handles:
             self.close()
         step = state.step + 1
-        candidate = step % self.every == 0 or step == 1
-        self.due = candidate and self.budget.allows(step)
         plan = getattr(state, "plan", None)
         ranked = plan is not None and plan.ranks > 1
-        if candidate and ranked:  # RANKS AGREE ON THE SCHEDULE here: rank 0's decision (the budget is its clock's)
+        self.due = self.scheduled(step)
+        if ranked and (step % self.every == 0 or step == 1):
+            # RANKS AGREE ON THE SCHEDULE here: rank 0's decision (each rank fixed its interval by its own clock;
+            # every scheduled step is a multiple of ``every``, so these candidates cover them all)
             self.due = _agreed(self.due)
         if not self.due:
             return
+        self.started = time.thread_time()
         size = _batch_size(state.batch) if state.batch is not None else 0
         self.pool = _Pool.make(plan, state.iteration, self.sub_batch) if ranked else None
         if size >= self.min_batch or self.pool is not None:  # with ranks, always on the step (any slice serves)
@@ -422,20 +458,24 @@ class Periodic(Instrument):
         if not self.due:
             return
         self.due = False
+        try:
+            self._measure(state)
+        finally:
+            self._timed(state.step, self.started)
+
+    def _measure(self, state: Any) -> None:
         row: dict[str, float] = {}
         rode = bool(self.handles)
         if rode:
             self.close()
-            with self.budget.measure():
-                row.update(self._collected(state))
+            row.update(self._collected(state))
         if "noise_scale" not in row:
-            with self.budget.measure():
-                batch = _sub_batch(state, self.sub_batch) if self.pool is None else self.pool.sub_batch(state)
-                if batch is not None and (len(batch[1]) >= 2 or self.pool is not None):
-                    with _untouched(state.model):
-                        row.update(self._noise(state, *batch))
-                        if not rode:  # a small batch: nothing rode on the step
-                            row.update(self._hooks(state, *batch))
+            batch = _sub_batch(state, self.sub_batch) if self.pool is None else self.pool.sub_batch(state)
+            if batch is not None and (len(batch[1]) >= 2 or self.pool is not None):
+                with _untouched(state.model):
+                    row.update(self._noise(state, *batch))
+                    if not rode:  # a small batch: nothing rode on the step
+                        row.update(self._hooks(state, *batch))
         if row:
             state.history.steps.extend_last(row)
 

@@ -13,9 +13,11 @@ The loop stays the user's; gdlab only listens. A forward pre-hook on the model s
 instruments' hooks ride on the step's own forward and backward pass, as in :func:`gdlab.fit`), the optimizer's step
 pre-hook takes the gradient norms before the update (every ``grad_norm_every``-th step, 8, and on the periodic
 instruments' steps; NaN between: docs/watch.md), and ``doctor.step(loss)`` files the step's loss on the device:
-the host reads the values every ``log_every`` steps, never once a step. Without ``doctor.step`` at all, the
-optimizer's step hooks end each step themselves (no loss: no loss-based findings). docs/watch.md says what each
-instrument needs, and which remedies need :func:`gdlab.fit`.
+the host reads the values every ``log_every`` steps, never once a step. Once the loop calls ``doctor.step``, each
+step gets only the hooks it needs (the forward pre-hook on the steps an instrument measures, the step pre-hook where
+the norms are due: docs/watch.md). Without ``doctor.step`` at all, the optimizer's step hooks end each step
+themselves (no loss: no loss-based findings). docs/watch.md says what each instrument needs, and which remedies
+need :func:`gdlab.fit`.
 
 Example:
     >>> import torch, gdlab
@@ -252,10 +254,18 @@ class Watch:
                 else:  # step() ends it, or (the first step, when step() never comes) the next forward or update
                     self._pending = True
 
-        self._handles = [model.register_forward_pre_hook(on_forward, with_kwargs=True)]
-        if hooks and hasattr(optimizer, "register_step_post_hook"):
-            self._handles.append(optimizer.register_step_pre_hook(before_update))
-            self._handles.append(optimizer.register_step_post_hook(after_update))
+        self._on_forward_hook, self._before_update_hook = on_forward, before_update
+        self._forward_handle: Any = model.register_forward_pre_hook(on_forward, with_kwargs=True)
+        self._pre_handle: Any = None
+        self._post_handle: Any = None
+        self._opt_hooks = hooks and hasattr(optimizer, "register_step_post_hook")
+        if self._opt_hooks:
+            self._pre_handle = optimizer.register_step_pre_hook(before_update)
+            self._post_handle = optimizer.register_step_post_hook(after_update)
+        # instruments told at the start of each step whatever happens (an on_step_start without a schedule)
+        self._unscheduled = [h for h in self.hooks if hasattr(h, "on_step_start") and not hasattr(h, "scheduled")]
+        self._schedules = [h.scheduled for h in self.hooks if hasattr(h, "on_step_start") and hasattr(h, "scheduled")]
+        self._quiet = False  # step() ends the steps and the next one needs no on_step_start (_plan_hooks)
         self._emit("on_fit_start")
         self._emit("on_epoch_start")
 
@@ -264,9 +274,61 @@ class Watch:
         """End the step the loop just took: file its ``loss`` (kept on the device) and, optionally, its ``batch``
         (``(inputs, target)``, ``(*inputs, target)`` or a dict with a target key) for the instruments that need
         one. Call it after ``optimizer.step()`` (before it works too)."""
-        self._check_open()
+        if self._closed:
+            self._check_open()
         self._manual = True
-        self._finish(loss, batch)  # after the update (pending), or before it: either way the step is this one
+        if self._quiet and batch is None and not self._started:
+            self._quiet_step(loss)
+        else:
+            self._finish(loss, batch)  # after the update (pending), or before it: either way the step is this one
+        self._plan_hooks()
+
+    def _quiet_step(self, loss: Tensor | None) -> None:
+        """Most steps of a loop that calls step(): no hook of ours saw them (nothing measures them, no norms are
+        due), so the step is its loss filed and its row: :meth:`_finish` without what such a step lacks."""
+        state = self.state
+        state.param_grad_norms = None  # the row has none (NaN: not measured)
+        samples = self._planned_size()
+        state.step += 1
+        state.iteration += 1
+        self.log.record(loss.detach() if isinstance(loss, Tensor) else None, samples)
+        self._emit("on_step_end")
+        if state.step % self.log_every == 0 or self.log.diverged_at is not None:
+            self._check()
+
+    def _plan_hooks(self) -> None:
+        """With step() ending each step, put on only the hooks the next step needs (each hook torch dispatches
+        costs microseconds on every step): the forward pre-hook where an instrument measures that step (its hooks
+        ride on the forward pass), the optimizer's step pre-hook where the gradient norms are due (before the
+        update; the loop may zero the gradients after it), and no step post-hook (step() ends the step)."""
+        self._quiet = False
+        if self._closed or self.state.stop_reason is not None:
+            return
+        step = self.state.step + 1
+        measures = any(scheduled(step) for scheduled in self._schedules)
+        # the last step of an epoch whose length is known but not its samples: its batch may be short
+        last = self._samples is None and self._epoch_steps is not None and \
+            self.state.iteration + 1 == self._epoch_steps
+        forward = measures or bool(self._unscheduled) or not self._learned or last
+        norms = self.grad_norms and (measures or step % self.grad_norm_every == 0 or step == 1)
+        self._quiet = not forward and not norms
+        if forward != (self._forward_handle is not None):
+            if forward:
+                self._forward_handle = self.model.register_forward_pre_hook(self._on_forward_hook, with_kwargs=True)
+            else:
+                self._forward_handle.remove()
+                self._forward_handle = None
+        if not self._opt_hooks:
+            return
+        if self._post_handle is not None:
+            self._post_handle.remove()
+            self._post_handle = None
+        if norms != (self._pre_handle is not None):
+            if norms:
+                self._pre_handle = self.optimizer.register_step_pre_hook(self._before_update_hook)
+            else:
+                self._pre_handle.remove()
+                self._pre_handle = None
 
     def epoch_end(self, val_loss: float | None = None, **metrics: float) -> None:
         """Close an epoch: its record (``train_loss``, ``val_loss`` and any other ``val_...`` metrics given, as
@@ -398,6 +460,8 @@ class Watch:
         if self._started:
             return
         self._started = True
+        if self._quiet:  # no forward hook this step: no instrument measures it, none needs telling
+            return
         state = self.state
         if self._handlers["on_step_start"] and state.stop_reason is None:  # diverged: nothing more is measured
             state.batch = (inputs, None) if inputs is not None and _countable(inputs) else None
@@ -431,7 +495,7 @@ class Watch:
                 state.batch, samples = (x, None), x.shape[0]
             else:
                 state.batch = (x, None) if x is not None and _countable(x) else None
-                samples = structure.count(x) if state.batch is not None else state.plan.batch_size
+                samples = structure.count(x) if state.batch is not None else self._planned_size()
         else:
             x, y = structure.split(batch, self.target_key)
             if y is not None:
@@ -451,6 +515,17 @@ class Watch:
         if state.step % self.log_every == 0 or self.log.diverged_at is not None:
             self._check()
         state.batch = None
+
+    def _planned_size(self) -> int:
+        """The step's batch size where the step's inputs went unseen (no forward hook on it): the plan's, the
+        short last batch of an epoch where a loader told the data set's size."""
+        plan, state = self.state.plan, self.state
+        if self._samples is not None and self._epoch_steps is not None and \
+                state.iteration + 1 == self._epoch_steps:
+            last = self._samples - (self._epoch_steps - 1) * plan.batch_size
+            if 0 < last <= plan.batch_size:
+                return last
+        return plan.batch_size
 
     def _flush_pending(self) -> None:
         if self._pending:
@@ -502,9 +577,10 @@ class Watch:
 
     def _unhook(self) -> None:
         self._closed = True
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+        for handle in (self._forward_handle, self._pre_handle, self._post_handle):
+            if handle is not None:
+                handle.remove()
+        self._forward_handle = self._pre_handle = self._post_handle = None
 
     def _fail(self, error: BaseException) -> None:
         """The loop failed: the hooks come off, what was measured is kept, the stored run is marked failed."""
