@@ -9,18 +9,18 @@ whether it watched); the test compares those with what rank zero stored and prin
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from multiproc import readings, run_bounded, store_runs, warnings
 
 if __name__ != "__main__":
     pytest.importorskip("lightning")
@@ -132,24 +132,6 @@ def run(out: Path, *, lr: float, strategy: str = "ddp", devices: int = 2, epochs
     trainer.fit(Classifier(lr, momentum), train, val)
 
 
-def _run_bounded(command: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
-    """``command`` in a session of its own, its output in files (processes it starts cannot hold a pipe open),
-    stopped after ``TIMEOUT`` seconds: SIGTERM to its process group (torchrun passes it to its workers), then
-    SIGKILL. A run that had to be stopped fails the test: a hang."""
-    out, err = cwd / "stdout.txt", cwd / "stderr.txt"
-    with out.open("w") as stdout, err.open("w") as stderr:
-        process = subprocess.Popen(command, env=env, cwd=cwd, stdout=stdout, stderr=stderr, start_new_session=True)
-        try:
-            code = process.wait(timeout=TIMEOUT)
-        except subprocess.TimeoutExpired:
-            for sig, grace in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, sig)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    process.wait(timeout=grace)
-                    break
-            pytest.fail(f"no end after {TIMEOUT} s (a hang): {err.read_text()[-3000:]}")
-    return code, out.read_text(), err.read_text()
 
 
 def _launch(tmp_path: Path, **options: Any) -> tuple[subprocess.CompletedProcess[str], dict[int, dict[str, Any]]]:
@@ -159,34 +141,18 @@ def _launch(tmp_path: Path, **options: Any) -> tuple[subprocess.CompletedProcess
     for key in ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK"):
         env.pop(key, None)
     command = [sys.executable, str(HERE), str(tmp_path), json.dumps(options)]
-    code, stdout, stderr = _run_bounded(command, env, tmp_path)
+    code, stdout, stderr = run_bounded(command, env, tmp_path, TIMEOUT)
     assert code == 0, stdout[-3000:] + stderr[-5000:]
     done = subprocess.CompletedProcess(command, code, stdout, stderr)
     seen = {int(p.stem[4:]): json.loads(p.read_text()) for p in tmp_path.glob("rank*.json")}
     return done, seen
 
 
-def _store_runs(out: Path) -> list[Any]:
-    from gdlab.store import Store
-
-    store = Store(out / "runs")
-    try:
-        return [(run, store.history(run.id)) for run in store.runs()]
-    finally:
-        store.close()
-
-
-def _warnings(findings: list[dict[str, Any]]) -> set[str]:
-    return {f["code"] for f in findings if f["severity"] in ("warning", "error")}
 
 
 
-def _readings(stored: list[float], per_step: list[float]) -> tuple[list[float], list[float]]:
-    """The stored gradient norms that were read (every ``grad_norm_every`` steps; NaN between) and the per-step
-    norms of the same steps."""
-    read = [i for i, v in enumerate(stored) if v == v]
-    assert len(read) >= 2 and read[0] == 0, read
-    return [stored[i] for i in read], [per_step[i] for i in read]
+
+
 
 def test_two_processes_rank_zero_alone_reports_with_the_all_reduced_gradients(tmp_path: Path) -> None:
     done, seen = _launch(tmp_path, lr=0.1, strategy="ddp", progress="tqdm")
@@ -196,7 +162,7 @@ def test_two_processes_rank_zero_alone_reports_with_the_all_reduced_gradients(tm
     assert zero["global_step"] == one["global_step"] == 2 * 12  # 384 samples, 16 a batch per rank, 2 ranks
     report = zero["report"]
     assert report["status"] == "finished" and report["steps"] == 24
-    assert _warnings(report["findings"]) == set(), report["findings"]
+    assert warnings(report["findings"]) == set(), report["findings"]
 
     # printed once, by rank zero, on a line of its own after the progress bar (tqdm's, on stdout), which went
     # to its end
@@ -207,7 +173,7 @@ def test_two_processes_rank_zero_alone_reports_with_the_all_reduced_gradients(tm
 
     # one run stored; its gradient norms are the all-reduced ones every rank stepped with (the ranks' local
     # losses differ, so a norm taken before the all-reduce would differ between them)
-    runs = _store_runs(tmp_path)
+    runs = store_runs(tmp_path / "runs")
     assert len(runs) == 1
     run, history = runs[0]
     assert run.id == report["run_id"] and run.status == "finished"
@@ -215,7 +181,7 @@ def test_two_processes_rank_zero_alone_reports_with_the_all_reduced_gradients(tm
     assert zero["norms"] == one["norms"]
     stored = list(history.steps["grad_norm"])
     assert len(stored) == 24
-    stored, expected = _readings(stored, one["norms"])  # read every grad_norm_every steps
+    stored, expected = readings(stored, one["norms"])  # read every grad_norm_every steps
     assert stored == pytest.approx(expected, rel=1e-5)
     assert list(history.steps["loss"]) == pytest.approx(zero["losses"], rel=1e-5)  # rank zero's own loss
     assert zero["param_sum"] == one["param_sum"]
@@ -234,12 +200,12 @@ def test_a_divergence_stops_every_rank_and_is_named(tmp_path: Path) -> None:
     done, seen = _launch(tmp_path, lr=1e4, strategy="ddp_spawn", progress="rich")
     zero, one = seen[0], seen[1]
     report = zero["report"]
-    assert "non_finite" in _warnings(report["findings"]), report["findings"]
+    assert "non_finite" in warnings(report["findings"]), report["findings"]
     assert (report["stop_reason"] or "").startswith("diverged")
     # the stop reached rank one at the same step (else it would wait in its next all-reduce until the timeout)
     assert zero["global_step"] == one["global_step"] < 2 * 12
     assert done.stdout.count("gdlab doctor:") == 1
-    assert len(_store_runs(tmp_path)) == 1
+    assert len(store_runs(tmp_path / "runs")) == 1
 
 
 def test_remedy_auto_sets_the_learning_rate_on_every_rank(tmp_path: Path) -> None:
@@ -261,7 +227,7 @@ def test_the_clip_remedy_clips_every_rank_after_the_backward_pass(tmp_path: Path
     assert zero["norms"] == one["norms"] and zero["param_sum"] == one["param_sum"]
     before, after = zero["norms"][:5], zero["norms"][5:]  # step 5 on: clipped, on both ranks
     assert min(before) > 10 * CLIP and after and max(after) <= CLIP * (1 + 1e-5)
-    (_, history), = _store_runs(tmp_path)
+    (_, history), = store_runs(tmp_path / "runs")
     measured = [v for v in list(history.steps["grad_norm"])[5:] if v == v]  # NaN: a step without a reading
     assert measured and max(measured) <= CLIP * (1 + 1e-5)  # what the doctor measured, clipped
 
@@ -276,10 +242,10 @@ def test_bf16_mixed_precision_records_float32_values(tmp_path: Path) -> None:
         reports[precision] = json.loads((out / "rank0.json").read_text())
     half, full = reports["bf16-mixed"], reports["32-true"]
     assert half["report"]["steps"] == full["report"]["steps"] == 2 * 24
-    assert _warnings(half["report"]["findings"]) == set(), half["report"]["findings"]
-    (run_, history), = _store_runs(tmp_path / "bf16-mixed")
+    assert warnings(half["report"]["findings"]) == set(), half["report"]["findings"]
+    (run_, history), = store_runs(tmp_path / "bf16-mixed" / "runs")
     losses, norms = list(history.steps["loss"]), list(history.steps["grad_norm"])
-    norms, expected = _readings(norms, half["norms"])
+    norms, expected = readings(norms, half["norms"])
     assert all(math.isfinite(v) for v in losses + norms)
     assert norms == pytest.approx(expected, rel=1e-5)  # the float32 gradients' norms
     assert losses == pytest.approx(half["losses"], rel=1e-6)

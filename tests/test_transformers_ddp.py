@@ -8,11 +8,9 @@ and printed. The model is a tiny BERT built from a config here, on a random voca
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +18,8 @@ from typing import Any
 
 import pytest
 import torch
+
+from multiproc import readings, run_bounded, store_runs, warnings
 
 if __name__ != "__main__":
     pytest.importorskip("transformers")
@@ -93,24 +93,6 @@ def run(out: Path, *, lr: float, epochs: int = 2, batch: int = 16, precision: st
     return trainer
 
 
-def _run_bounded(command: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
-    """``command`` in a session of its own, its output in files (processes it starts cannot hold a pipe open),
-    stopped after ``TIMEOUT`` seconds: SIGTERM to its process group (torchrun passes it to its workers), then
-    SIGKILL. A run that had to be stopped fails the test: a hang."""
-    out, err = cwd / "stdout.txt", cwd / "stderr.txt"
-    with out.open("w") as stdout, err.open("w") as stderr:
-        process = subprocess.Popen(command, env=env, cwd=cwd, stdout=stdout, stderr=stderr, start_new_session=True)
-        try:
-            code = process.wait(timeout=TIMEOUT)
-        except subprocess.TimeoutExpired:
-            for sig, grace in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, sig)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    process.wait(timeout=grace)
-                    break
-            pytest.fail(f"no end after {TIMEOUT} s (a hang): {err.read_text()[-3000:]}")
-    return code, out.read_text(), err.read_text()
 
 
 def _launch(tmp_path: Path, **options: Any) -> tuple[subprocess.CompletedProcess[str], dict[int, dict[str, Any]]]:
@@ -121,34 +103,18 @@ def _launch(tmp_path: Path, **options: Any) -> tuple[subprocess.CompletedProcess
         env.pop(key, None)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                str(HERE), str(tmp_path), json.dumps(options)]
-    code, stdout, stderr = _run_bounded(command, env, tmp_path)
+    code, stdout, stderr = run_bounded(command, env, tmp_path, TIMEOUT)
     assert code == 0, stdout[-3000:] + stderr[-5000:]
     done = subprocess.CompletedProcess(command, code, stdout, stderr)
     seen = {int(p.stem[4:]): json.loads(p.read_text()) for p in tmp_path.glob("rank*.json")}
     return done, seen
 
 
-def _runs(out: Path) -> list[Any]:
-    from gdlab.store import Store
-
-    store = Store(out / "runs")
-    try:
-        return [(run, store.history(run.id)) for run in store.runs()]
-    finally:
-        store.close()
-
-
-def _warnings(findings: list[dict[str, Any]]) -> set[str]:
-    return {f["code"] for f in findings if f["severity"] in ("warning", "error")}
 
 
 
-def _readings(stored: list[float], per_step: list[float]) -> tuple[list[float], list[float]]:
-    """The stored gradient norms that were read (every ``grad_norm_every`` steps; NaN between) and the per-step
-    norms of the same steps."""
-    read = [i for i, v in enumerate(stored) if v == v]
-    assert len(read) >= 2 and read[0] == 0, read
-    return [stored[i] for i in read], [per_step[i] for i in read]
+
+
 
 def test_two_processes_the_main_one_alone_reports(tmp_path: Path) -> None:
     done, seen = _launch(tmp_path, lr=3e-3, epochs=4, batch=8)
@@ -158,17 +124,17 @@ def test_two_processes_the_main_one_alone_reports(tmp_path: Path) -> None:
     assert zero["global_step"] == one["global_step"] == 4 * 20  # 320 samples, 8 a batch per process, 2 processes
     report = zero["report"]
     assert report["status"] == "finished" and report["steps"] == 80
-    assert _warnings(report["findings"]) == set(), report["findings"]
+    assert warnings(report["findings"]) == set(), report["findings"]
     assert (done.stdout + done.stderr).count("gdlab doctor") == 1, done.stdout  # printed by the main process
     assert "gdlab doctor: no findings in 80 steps" in done.stdout
 
-    runs = _runs(tmp_path)
+    runs = store_runs(tmp_path / "runs")
     assert len(runs) == 1  # one run stored, by the main process
     run_, history = runs[0]
     assert run_.id == report["run_id"] and run_.status == "finished"
     # the gradient norms stored are those every process stepped with: after DDP's all-reduce
     assert zero["norms"] == one["norms"]
-    stored, expected = _readings(list(history.steps["grad_norm"]), zero["norms"])
+    stored, expected = readings(list(history.steps["grad_norm"]), zero["norms"])
     assert stored == pytest.approx(expected, rel=1e-5)
     assert zero["param_sum"] == one["param_sum"]
     assert len(history.epochs) == 4 and history.epochs.last("val_loss") < 0.5
@@ -180,11 +146,11 @@ def test_a_divergence_stops_every_process(tmp_path: Path) -> None:
     done, seen = _launch(tmp_path, lr=1e30, optim="sgd", max_grad_norm=0.0)
     zero, one = seen[0], seen[1]
     report = zero["report"]
-    assert "non_finite" in _warnings(report["findings"]), report["findings"]
+    assert "non_finite" in warnings(report["findings"]), report["findings"]
     assert (report["stop_reason"] or "").startswith("diverged")
     assert zero["global_step"] == one["global_step"] < 2 * 10
     assert (done.stdout + done.stderr).count("gdlab doctor") == 1
-    assert len(_runs(tmp_path)) == 1
+    assert len(store_runs(tmp_path / "runs")) == 1
 
 
 def test_bf16_on_cpu_records_float32_values(tmp_path: Path) -> None:
@@ -196,10 +162,10 @@ def test_bf16_on_cpu_records_float32_values(tmp_path: Path) -> None:
     assert half.args.bf16 and half.accelerator.mixed_precision == "bf16"
     seen = {name: json.loads((tmp_path / name / "rank0.json").read_text()) for name in ("fp32", "bf16")}
     assert seen["bf16"]["grad_dtypes"] == ["torch.float32"]
-    (_, history), = _runs(tmp_path / "bf16")
-    (_, reference), = _runs(tmp_path / "fp32")
+    (_, history), = store_runs(tmp_path / "bf16" / "runs")
+    (_, reference), = store_runs(tmp_path / "fp32" / "runs")
     losses, norms = list(history.steps["loss"]), list(history.steps["grad_norm"])
-    norms, expected = _readings(norms, seen["bf16"]["norms"])
+    norms, expected = readings(norms, seen["bf16"]["norms"])
     assert len(losses) == 20 and all(math.isfinite(v) for v in losses + norms)
     assert norms == pytest.approx(expected, rel=1e-5)
     # bfloat16 keeps about 3 digits: the first loss agrees with float32's to that, and is not the same number
@@ -211,7 +177,7 @@ def test_bf16_on_cpu_records_float32_values(tmp_path: Path) -> None:
     if not torch.cuda.is_available():  # fp16 on CPU: accepted, and float32 all along
         fp16 = run(tmp_path / "fp16", lr=3e-3, epochs=1, batch=16, precision="fp16")
         assert fp16.accelerator.mixed_precision == "fp16" and not fp16.accelerator.native_amp
-        (_, on_cpu), = _runs(tmp_path / "fp16")
+        (_, on_cpu), = store_runs(tmp_path / "fp16" / "runs")
         assert list(on_cpu.steps["loss"]) == list(reference.steps["loss"])
 
 
@@ -221,9 +187,9 @@ def test_fp16_on_cuda_records_float32_values(tmp_path: Path) -> None:
     trainer = run(tmp_path, lr=3e-3, epochs=2, batch=8, precision="fp16")
     assert trainer.accelerator.mixed_precision == "fp16"
     seen = json.loads((tmp_path / "rank0.json").read_text())
-    (_, history), = _runs(tmp_path)
+    (_, history), = store_runs(tmp_path / "runs")
     losses, norms = list(history.steps["loss"]), list(history.steps["grad_norm"])
-    norms, _ = _readings(norms, norms)
+    norms, _ = readings(norms, norms)
     assert len(losses) == 80 and all(math.isfinite(v) for v in losses + norms)
     assert "non_finite" not in {f["code"] for f in seen["report"]["findings"]}
 
