@@ -135,10 +135,43 @@ class Cheap(Instrument):
             with self.budget.measure():
                 self.moves.append((self.rows[-1], self._movement()))
             self.armed = False
-        if (state.step + 1) % self.every == 0 and self.budget.allows(state.step + 1):
+        if not self.keeps_before and (state.step + 1) % self.every == 0 and self.budget.allows(state.step + 1):
             with self.budget.measure():
                 self._keep()  # the parameters before the next measured step
             self.armed = True
+
+    # -- in a loop gdlab does not drive (gdlab.watch) ------------------------------------------------------------
+    keeps_before = False
+    """Whether the loop calls :meth:`before_update` (it sees each update coming: :func:`gdlab.watch`'s optimizer
+    step pre-hook): the parameters before a measured step are then kept there, not at the step before's end."""
+
+    def needs_before(self, step: int) -> bool:
+        """Whether :meth:`before_update` is wanted before ``step``'s update: a measured step."""
+        return step % self.every == 0 or self.every == 1
+
+    def before_update(self, state: Any, step: int) -> None:
+        """Before ``step``'s update (a measured one): keep the parameters, if the budget allows."""
+        if self.budget.allows(step):
+            with self.budget.measure():
+                self._keep()
+            self.armed = True
+
+    def needs_step(self, step: int) -> bool:
+        """Whether ``step`` (from 1) needs :meth:`on_step_end` on its own (:func:`gdlab.watch`'s lane): a
+        measured step, and, unless the parameters are kept before the update (:attr:`keeps_before`), the step
+        before it."""
+        if self.every == 1:
+            return True
+        return step % self.every == 0 or (not self.keeps_before and step % self.every == self.every - 1)
+
+    def next_needed(self, step: int) -> int:
+        """The first step from ``step`` on that :meth:`needs_step`."""
+        ahead = step + (-step) % self.every  # the next measured step
+        return ahead - 1 if not self.keeps_before and self.every > 1 and ahead - 1 >= step else ahead
+
+    def on_steps_end(self, state: Any, rows: range) -> None:
+        """A block of steps that needs nothing of it one by one (:meth:`needs_step`): their rows are filed."""
+        self.rows += rows
 
     def _fill(self, table: Any) -> None:
         """Write the filed steps' columns: the loss's moving average, each layer's gradient norm, the flag, and
@@ -453,6 +486,21 @@ class Periodic(Instrument):
 
     def on_fit_end(self, state: Any) -> None:
         self.close()
+
+    def next_scheduled(self, step: int) -> int:
+        """The first step from ``step`` on that is measured (:meth:`scheduled`)."""
+        return 1 if step <= 1 else step + (-step) % self.interval
+
+    def needs_step(self, step: int) -> bool:
+        """Whether ``step`` needs :meth:`on_step_end` on its own (:func:`gdlab.watch`'s lane): a measured one."""
+        return self.scheduled(step)
+
+    def next_needed(self, step: int) -> int:
+        """The first step from ``step`` on that :meth:`needs_step`."""
+        return self.next_scheduled(step)
+
+    def on_steps_end(self, state: Any, rows: range) -> None:
+        """Steps it does not measure: nothing to do."""
 
     def on_step_end(self, state: Any) -> None:
         if not self.due:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 import signal
 import threading
 import time
@@ -290,6 +291,27 @@ class StepLog:
             self.present.append(self._present)
             self.normed.append(row)
 
+    def record_steps(self, losses: Sequence[Tensor], lrs: Sequence[Any], sizes: Sequence[int],
+                     norms: Sequence[tuple[int, Sequence[Tensor], list[bool] | None]] = ()) -> None:
+        """File a block of steps (:func:`gdlab.watch`'s lane: ``state.step`` still counts the step before them),
+        with their losses (0-dim or one-element tensors, detached), the learning rate each ran at, and the
+        gradient norms of some (``(place in the block, norms, which parameters had a gradient)``, as
+        :meth:`grad_norms` took them): :meth:`record` for each, in one pass (the losses' shapes and dtypes are
+        left to the read: :meth:`fetch`)."""
+        state, n = self.state, len(losses)
+        self.losses += losses
+        self.has_loss += [True] * n
+        state.step_loss = losses[-1]
+        start = len(self.table)
+        self.table.extend({"step": range(state.step + 1, state.step + n + 1), "epoch": [state.epoch + 1] * n,
+                           "lr": lrs})
+        self.rows += range(start, start + n)
+        self.sizes += sizes
+        for place, step_norms, present in norms:
+            self.norms.append(step_norms)
+            self.present.append(present)
+            self.normed.append(start + place)
+
     def fill(self, table: Table) -> None:
         """The history's filler: fetch before a read."""
         self.fetch()
@@ -304,7 +326,10 @@ class StepLog:
             work.wait()
         self.pending = []
         scalars = [*self.losses, *(t for step in self.norms for t in step), *extra] if self.rows else extra
-        values = torch.stack(scalars).tolist() if scalars else []  # 0-dim tensors, one host sync for all
+        try:  # 0-dim tensors (of any float dtype: stacked in the widest), one host sync for all
+            values = torch.stack(scalars).tolist() if scalars else []
+        except RuntimeError:  # a one-element loss ([1]) among them, as gdlab.watch files it: each made 0-dim
+            values = torch.stack([t.reshape(()) for t in scalars]).tolist()
         if self.rows:
             self._write(values[:n], values[n : len(values) - len(extra)])
         return values[len(values) - len(extra):]
@@ -313,10 +338,14 @@ class StepLog:
         """Put fetched values in their rows (the global gradient norm from the per-parameter ones), the epoch's sums
         and ``last_loss``; note the first non-finite loss."""
         state, rows = self.state, self.rows
-        it = iter(fetched)
-        losses: list[float | None] = [next(it) if has else None for has in self.has_loss]
+        whole = len(fetched) == len(rows)  # every row has its loss (the usual case: no walk over the flags)
+        if whole:
+            losses: list[float | None] = list(fetched)
+        else:
+            it = iter(fetched)
+            losses = [next(it) if has else None for has in self.has_loss]
         if fetched:
-            self.table.write("loss", [r for r, v in zip(rows, losses) if v is not None], fetched)
+            self.table.write("loss", rows if whole else [r for r, v in zip(rows, losses) if v is not None], fetched)
         if self.norms:
             totals, at = [], 0
             for row, present, norms in zip(self.normed, self.present, self.norms):
@@ -332,6 +361,11 @@ class StepLog:
                         values = [next(it) if has else 0.0 for has in present]
                     self.param_norms[row] = values
             self.table.write("grad_norm", self.normed, totals)
+        weighted = sum(map(operator.mul, fetched, self.sizes)) if whole else math.nan
+        if math.isfinite(weighted):  # every loss finite: the epoch's sums in one pass
+            state.epoch_loss_sum += weighted
+            state.epoch_samples += sum(self.sizes)
+            rows = []
         for row, loss, size in zip(rows, losses, self.sizes):
             if loss is None:
                 continue

@@ -59,9 +59,10 @@ from gdlab.store import Store
 
 __all__ = ["GRAD_NORM_EVERY", "Watch", "watch"]
 
-GRAD_NORM_EVERY = 8
+GRAD_NORM_EVERY = 20
 """Steps between the gradient-norm readings of :func:`watch` (docs/watch.md: what a reading every k steps changes;
-docs/benchmarks.md, watch_overhead: what it saves)."""
+docs/benchmarks.md, watch_overhead: what it saves): the cheap instrument's movement readings' interval (every 20th
+step), so that both fall where the lane of quiet steps ends anyway."""
 
 # torch's losses that are a plain mean over the batch's samples (the per-sample instruments rely on it), by class
 _MEAN_LOSSES = (nn.MSELoss, nn.L1Loss, nn.HuberLoss, nn.SmoothL1Loss, nn.CrossEntropyLoss, nn.BCEWithLogitsLoss,
@@ -188,7 +189,21 @@ class Watch:
                 getattr(self.loss_fn, "weight", None) is None)
 
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        self.state = state = LoopState(model, optimizer, self._plan(batch_size or 1), History(), 0, device,
+        history = History()
+        # the lane's steps (step()) reach the table before the log's filler reads it: a read sees every step
+        history.steps.defer(self._fill_lane)
+        self._lane: list[Tensor] = []  # the lane's steps since it was last drained: their losses, their lrs
+        self._lane_lrs: list[Any] = []
+        self._room = 0  # how many more steps the lane takes (0: shut)
+        # the lane's gradient norms, taken by the optimizer's step pre-hook: (the step's place in the lane, the
+        # norms, which parameters had a gradient), and the place of the next step whose norms are due
+        self._lane_norms: list[tuple[int, Any, Any]] = []
+        self._due = -1
+        self._before_places: set[int] = set()  # the lane's places where a hook wants before_update
+        self._lane_needed = False  # the lane's last step needs each hook's on_step_end on its own
+        self._arm_last = False  # the lane uses the optimizer's step pre-hook at its last step alone
+        self._update_first: bool | None = None  # the loop calls step() after optimizer.step() (seen at the first)
+        self.state = state = LoopState(model, optimizer, self._plan(batch_size or 1), history, 0, device,
                                        total_steps=0, forward=self._forward if self.loss_fn is not None else None,
                                        loss_fn=self.loss_fn, loss_name=self.loss_name, target_key=target_key,
                                        mean_loss=mean)
@@ -218,7 +233,21 @@ class Watch:
 
         self.hooks: list[Any] = [*self.watching, *([self.physician] if self.physician else []), *callbacks,
                                  *([self.recorder] if self.recorder else []), *([self.board] if self.board else [])]
-        self._handlers = {event: [getattr(h, event) for h in self.hooks if hasattr(h, event)] for event in loop.EVENTS}
+        self._handlers = {event: [getattr(h, event) for h in self.hooks if _answers(h, event)] for event in loop.EVENTS}
+        # THE LANE: the steps that need no hook of ours and no hook's on_step_end one by one are filed by step() in
+        # a few reads, and drained in blocks (their rows, each hook's on_steps_end). A hook with an on_step_end
+        # opens it by saying which steps it needs (needs_step) and taking the others in blocks (on_steps_end);
+        # one that does not (a user's callback, the expensive instruments) keeps every step on the full path
+        ends = [h for h in self.hooks if _answers(h, "on_step_end")]
+        self._lane_open = all(hasattr(h, "on_steps_end") and hasattr(h, "needs_step") for h in ends)
+        self._block_ends = [h.on_steps_end for h in ends] if self._lane_open else []
+        self._needs = [h.needs_step for h in ends] if self._lane_open else []
+        # where every hook says the next step it needs in one call, the lane's length is a few sums (_lane_room)
+        self._nexts = [h.next_needed for h in ends] if all(hasattr(h, "next_needed") for h in ends) else None
+        # hooks that keep something before an update (the cheap instrument's parameters before a measured step)
+        # where the loop sees the update coming: the optimizer's step pre-hook, with step() after the update
+        self._befores = [h for h in self.hooks if hasattr(h, "before_update") and hasattr(h, "needs_before")]
+        self._before_step = 0  # the step whose before_update calls are made
         self.grad_norms = bool(self.watching) or self.physician is not None
         # where the step stands: started (on_step_start emitted), norms taken, an update awaiting its loss
         self._started = self._normed = self._pending = False
@@ -239,8 +268,18 @@ class Watch:
                 self._on_forward(args, kwargs)
 
         def before_update(opt: Any, args: Any, kwargs: Any) -> None:
+            if self._room:  # in the lane: the norms where due, before_update where wanted, else nothing
+                if opt is self.optimizer:
+                    place = len(self._lane)
+                    if place == self._due:
+                        self._lane_norm()
+                    if place in self._before_places:
+                        self._pre_update(self.state.step + place + 1)
+                return
             if opt is not self.optimizer or (self._normed and not self._pending):  # read already this step
                 return
+            if self._keeps_before and not self._pending and not self._busy:
+                self._pre_update(self.state.step + 1)
             if self._started and not self._pending and not self._busy:  # a step under way: its norms
                 if self.grad_norms:
                     self._take_norms()
@@ -263,8 +302,12 @@ class Watch:
             self._pre_handle = optimizer.register_step_pre_hook(before_update)
             self._post_handle = optimizer.register_step_post_hook(after_update)
         # instruments told at the start of each step whatever happens (an on_step_start without a schedule)
-        self._unscheduled = [h for h in self.hooks if hasattr(h, "on_step_start") and not hasattr(h, "scheduled")]
-        self._schedules = [h.scheduled for h in self.hooks if hasattr(h, "on_step_start") and hasattr(h, "scheduled")]
+        starts = [h for h in self.hooks if _answers(h, "on_step_start")]
+        self._unscheduled = [h for h in starts if not hasattr(h, "scheduled")]
+        self._schedules = [h.scheduled for h in starts if hasattr(h, "scheduled")]
+        self._next_forwards = [h.next_scheduled for h in starts if hasattr(h, "next_scheduled")]
+        if len(self._next_forwards) != len(self._schedules):  # a schedule without next_scheduled: scanned instead
+            self._nexts = None
         self._quiet = False  # step() ends the steps and the next one needs no on_step_start (_plan_hooks)
         self._emit("on_fit_start")
         self._emit("on_epoch_start")
@@ -274,8 +317,27 @@ class Watch:
         """End the step the loop just took: file its ``loss`` (kept on the device) and, optionally, its ``batch``
         (``(inputs, target)``, ``(*inputs, target)`` or a dict with a target key) for the instruments that need
         one. Call it after ``optimizer.step()`` (before it works too)."""
+        if self._room and batch is None and isinstance(loss, Tensor):  # the lane: filed in two appends; the rows
+            self._lane.append(loss.detach())  # come when it is drained
+            self._lane_lrs.append(self.optimizer.param_groups[0].get("lr", math.nan))
+            room = self._room = self._room - 1
+            if room == 1:
+                if self._arm_last:  # the last step's norms or before_update: the pre-hook for it alone
+                    self._pre_handle = self._pre_handle or self.optimizer.register_step_pre_hook(
+                        self._before_update_hook)
+            elif not room:
+                self._drain(last_needed=self._lane_needed)
+                self._plan_hooks()
+            return
         if self._closed:
             self._check_open()
+        self._drain()  # a step given its batch in the lane: the steps before it first
+        self._room = 0
+        if self._update_first is None:  # the first step: did the update come before this call?
+            self._update_first = self._pending
+            if self._update_first and self._opt_hooks:  # the pre-hook sees the updates coming
+                for hook in self._befores:
+                    hook.keeps_before = True
         self._manual = True
         if self._quiet and batch is None and not self._started:
             self._quiet_step(loss)
@@ -288,7 +350,7 @@ class Watch:
         due), so the step is its loss filed and its row: :meth:`_finish` without what such a step lacks."""
         state = self.state
         state.param_grad_norms = None  # the row has none (NaN: not measured)
-        samples = self._planned_size()
+        samples = self._planned_size(state.iteration)
         state.step += 1
         state.iteration += 1
         self.log.record(loss.detach() if isinstance(loss, Tensor) else None, samples)
@@ -301,17 +363,42 @@ class Watch:
         costs microseconds on every step): the forward pre-hook where an instrument measures that step (its hooks
         ride on the forward pass), the optimizer's step pre-hook where the gradient norms are due (before the
         update; the loop may zero the gradients after it), and no step post-hook (step() ends the step)."""
-        self._quiet = False
-        if self._closed or self.state.stop_reason is not None:
+        self._quiet, self._room = False, 0
+        state = self.state
+        if self._closed or state.stop_reason is not None:
             return
-        step = self.state.step + 1
-        measures = any(scheduled(step) for scheduled in self._schedules)
-        # the last step of an epoch whose length is known but not its samples: its batch may be short
-        last = self._samples is None and self._epoch_steps is not None and \
-            self.state.iteration + 1 == self._epoch_steps
-        forward = measures or bool(self._unscheduled) or not self._learned or last
-        norms = self.grad_norms and (measures or step % self.grad_norm_every == 0 or step == 1)
+        step = state.step + 1
+        forward, norms = self._wants(step, state.iteration)
         self._quiet = not forward and not norms
+        if self._keeps_before and self._wants_before(step):
+            norms = True  # the pre-hook is on for it (a step outside the lane)
+        # the lane takes steps whose norms are due too where the optimizer's step pre-hook takes them before the
+        # update and step() comes after it (as the loop usually runs)
+        lane_norms = self._opt_hooks and bool(self._update_first)
+        if self._lane_open and not forward and (lane_norms or not norms):
+            # the lane: the steps from here up to the next read of the host (every log_every steps), ending at
+            # the first that a hook needs on its own (its on_step_end comes after the others' block)
+            limit = self.log_every - (step - 1) % self.log_every
+            room, needed = self._lane_room(step, limit, lane_norms) if self._nexts is not None else (0, False)
+            while self._nexts is None and room < limit and not needed:  # hooks that only say needs_step
+                if room:
+                    ahead, normed = self._wants(step + room, state.iteration + room)
+                    if ahead or (normed and not lane_norms):
+                        break
+                needed = any(needs(step + room) for needs in self._needs)
+                room += 1
+            self._room, self._lane_needed, self._quiet = room, needed, True
+            self._due = -1
+            if self.grad_norms:  # the first place in the lane whose norms are due
+                first = 0 if step == 1 else (-step) % self.grad_norm_every
+                self._due = first if first < room else -1
+            self._before_places = {place for place in range(room) if self._wants_before(step + place)} \
+                if self._keeps_before else set()
+            uses = set(range(self._due, room, self.grad_norm_every)) if self._due >= 0 else set()
+            uses |= self._before_places
+            # the pre-hook is on where the lane uses it: from the start, or put on for its last step alone
+            self._arm_last = room > 1 and uses == {room - 1}
+            norms = bool(uses) and not self._arm_last
         if forward != (self._forward_handle is not None):
             if forward:
                 self._forward_handle = self.model.register_forward_pre_hook(self._on_forward_hook, with_kwargs=True)
@@ -330,10 +417,111 @@ class Watch:
                 self._pre_handle.remove()
                 self._pre_handle = None
 
+    def _lane_room(self, step: int, limit: int, lane_norms: bool) -> tuple[int, bool]:
+        """The lane from ``step`` (whose own wants allow it), in a few sums: up to ``limit`` steps, short of the
+        next step that wants the forward hook (or, unless ``lane_norms``, the norms), through the next a hook
+        needs. Also whether its last step is one a hook needs."""
+        assert self._nexts is not None
+        state = self.state
+        stop = step + limit  # the first step past the lane
+        if self._unscheduled or not self._learned:  # the forward hook on every step
+            return 1, bool(self._nexts) and any(ahead(step) == step for ahead in self._nexts)
+        for ahead in self._next_forwards:
+            stop = min(stop, max(ahead(step + 1), step + 1))
+        if self._samples is None and self._epoch_steps is not None and state.iteration + 1 < self._epoch_steps:
+            stop = min(stop, step + self._epoch_steps - 1 - state.iteration)  # an epoch's last step: batch unseen
+        if not lane_norms and self.grad_norms:
+            stop = min(stop, step + 1 + (-(step + 1)) % self.grad_norm_every)
+        needed_at = min((int(ahead(step)) if ahead(step) != math.inf else stop for ahead in self._nexts),
+                        default=stop)
+        if needed_at < stop:
+            return needed_at - step + 1, True
+        return stop - step, False
+
+    def _wants(self, step: int, iteration: int) -> tuple[bool, bool]:
+        """What ``step`` (the ``iteration``-th of its epoch, from 0) needs of our hooks: the forward pre-hook (an
+        instrument measures it; the first batch is unread; or it is an epoch's last step whose length is known
+        but not its samples, so its batch may be short), and the gradient norms."""
+        measures = any(scheduled(step) for scheduled in self._schedules)
+        last = self._samples is None and self._epoch_steps is not None and iteration + 1 == self._epoch_steps
+        forward = measures or bool(self._unscheduled) or not self._learned or last
+        return forward, self.grad_norms and (measures or step % self.grad_norm_every == 0 or step == 1)
+
+    @property
+    def _keeps_before(self) -> bool:
+        return bool(self._befores) and self._befores[0].keeps_before
+
+    def _wants_before(self, step: int) -> bool:
+        return any(hook.keeps_before and hook.needs_before(step) for hook in self._befores)
+
+    def _pre_update(self, step: int) -> None:
+        """Before ``step``'s update (the optimizer's step pre-hook): each hook's before_update where wanted, once."""
+        if step == self._before_step:
+            return
+        self._before_step = step
+        self._busy = True
+        try:
+            for hook in self._befores:
+                if hook.keeps_before and hook.needs_before(step):
+                    hook.before_update(self.state, step)
+        finally:
+            self._busy = False
+
+    def _lane_norm(self) -> None:
+        """The optimizer's step pre-hook in the lane, at a step whose norms are due: take them (on the device)."""
+        self.log.grad_norms()
+        self._lane_norms.append((self._due, self.state.param_grad_norms, self.log._present))
+        self._due += self.grad_norm_every
+        if self._due >= len(self._lane) + self._room:
+            self._due = -1
+
+    def _drain(self, check: bool = True, last_needed: bool = False) -> None:
+        """File the lane's steps: their rows in one pass, then each hook's on_steps_end with their rows (with
+        ``last_needed``, the last step's on_step_end on its own instead); with ``check``, read the host where the
+        last of them is due a read (every ``log_every`` steps)."""
+        losses = self._lane
+        if not losses:
+            return
+        state, n = self.state, len(losses)
+        lrs, norms = self._lane_lrs, self._lane_norms
+        self._lane, self._lane_lrs, self._lane_norms = [], [], []
+        start = len(state.history.steps)
+        state.param_grad_norms = None  # no norms in their rows (NaN: not measured)
+        sizes = [state.plan.batch_size] * n
+        last = (self._epoch_steps or 0) - 1 - state.iteration  # an epoch's last step among them: its batch may be short
+        if 0 <= last < n:
+            sizes[last] = self._planned_size(state.iteration + last)
+        self.log.record_steps(losses, lrs, sizes, norms)
+        state.step += n
+        state.iteration += n
+        rows = range(start, start + n - 1 if last_needed else start + n)
+        self._busy = True
+        try:
+            if rows:
+                for end in self._block_ends:
+                    end(state, rows)
+            if last_needed:  # its norms, if the lane took them, as on_step_end finds a step's
+                state.param_grad_norms = norms[-1][1] if norms and norms[-1][0] == n - 1 else None
+                for handler in self._handlers["on_step_end"]:
+                    handler(state)
+        finally:
+            self._busy = False
+        if check and (state.step % self.log_every == 0 or self.log.diverged_at is not None):
+            self._check()
+
+    def _fill_lane(self, table: Any) -> None:
+        """The history's first filler: a read mid-lane drains it (and shuts it till the next step plans it
+        again: the steps after the read are still to come)."""
+        if self._lane:
+            self._drain(check=False)
+            self._room = 0
+
     def epoch_end(self, val_loss: float | None = None, **metrics: float) -> None:
         """Close an epoch: its record (``train_loss``, ``val_loss`` and any other ``val_...`` metrics given, as
         :func:`gdlab.fit` records them) lets the validation-based findings (overfitting) work."""
         self._check_open()
+        self._drain(check=False)
+        self._room = 0  # planned again at the next step (a new epoch's iteration count)
         self._flush_pending()
         self._check()
         state = self.state
@@ -364,6 +552,8 @@ class Watch:
             return self.report
         state = self.state
         try:
+            self._drain(check=False)
+            self._room = 0
             self._flush_pending()
             self._check()
             self.log.close()
@@ -495,7 +685,7 @@ class Watch:
                 state.batch, samples = (x, None), x.shape[0]
             else:
                 state.batch = (x, None) if x is not None and _countable(x) else None
-                samples = structure.count(x) if state.batch is not None else self._planned_size()
+                samples = structure.count(x) if state.batch is not None else self._planned_size(state.iteration)
         else:
             x, y = structure.split(batch, self.target_key)
             if y is not None:
@@ -516,12 +706,11 @@ class Watch:
             self._check()
         state.batch = None
 
-    def _planned_size(self) -> int:
-        """The step's batch size where the step's inputs went unseen (no forward hook on it): the plan's, the
-        short last batch of an epoch where a loader told the data set's size."""
-        plan, state = self.state.plan, self.state
-        if self._samples is not None and self._epoch_steps is not None and \
-                state.iteration + 1 == self._epoch_steps:
+    def _planned_size(self, iteration: int) -> int:
+        """The batch size of the epoch's ``iteration``-th step (from 0) where its inputs went unseen (no forward
+        hook on it): the plan's, the short last batch of an epoch where a loader told the data set's size."""
+        plan = self.state.plan
+        if self._samples is not None and self._epoch_steps is not None and iteration + 1 == self._epoch_steps:
             last = self._samples - (self._epoch_steps - 1) * plan.batch_size
             if 0 < last <= plan.batch_size:
                 return last
@@ -585,6 +774,11 @@ class Watch:
     def _fail(self, error: BaseException) -> None:
         """The loop failed: the hooks come off, what was measured is kept, the stored run is marked failed."""
         self._unhook()
+        self._room = 0
+        try:
+            self._drain(check=False)
+        except Exception:
+            pass
         try:
             self.log.close()
         except Exception:
@@ -651,6 +845,11 @@ class Watch:
         features = structure.float_features(x)
         if self.physician is not None and features is not None and len(features) > 1:
             meta["feature_scales"] = input_scales(features)
+
+
+def _answers(hook: Any, event: str) -> bool:
+    """Whether ``hook`` answers ``event``: it has the method, and not as :class:`~gdlab.loop.Callback`'s no-op."""
+    return hasattr(hook, event) and getattr(type(hook), event, None) is not getattr(loop.Callback, event, None)
 
 
 def _countable(inputs: Any) -> bool:

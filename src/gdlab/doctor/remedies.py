@@ -407,6 +407,18 @@ class Doctor:
             self._window_step = state.step
             self._check(state)
 
+    def needs_step(self, step: int) -> bool:
+        """Whether ``step`` needs :meth:`on_step_end` on its own (:func:`gdlab.watch`'s lane): every step with
+        ``auto`` (it watches the smoothed loss), none otherwise."""
+        return self.mode == "auto"
+
+    def next_needed(self, step: int) -> float:
+        """The first step from ``step`` on that :meth:`needs_step` (inf: none)."""
+        return step if self.mode == "auto" else math.inf
+
+    def on_steps_end(self, state: Any, rows: range) -> None:
+        """Steps it need not see one by one (:meth:`needs_step`): nothing to do."""
+
     @staticmethod
     def _cadence(state: Any) -> int:
         return max(10, state.plan.iterations_per_epoch // 2)
