@@ -538,3 +538,51 @@ def test_losses_of_one_element_or_bf16_in_the_lane(moons: Any, shape: str) -> No
     report, losses = _scheduled_loop(_mlp(), train, 60, loss_shape=shape, instruments="cheap")
     assert _same(report.history.steps["loss"], losses)
     assert math.isfinite(report.final["train_loss"] or math.nan)
+
+
+def test_the_lane_keeps_every_step_and_the_due_readings_whatever_the_schedules() -> None:
+    """Random schedules (norm and read intervals, the instruments' intervals, a known or learned epoch length,
+    short last batches, epoch_end or not, reads of the history mid-run): every step has its row, every due step
+    its gradient norm, and the update ratios only the cheap instrument's steps."""
+    import random
+
+    rng = random.Random(2)
+    for trial in range(30):
+        torch.manual_seed(trial)
+        model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        cheap = gdlab.instruments.Cheap(every=rng.randint(2, 30), budget=math.inf)
+        instruments = rng.choice([
+            "none", "cheap", "default", [gdlab.instruments.Cheap(every=1)], [cheap],
+            [cheap, gdlab.instruments.Periodic(every=rng.randint(2, 30), budget=math.inf)]])
+        every = rng.randint(1, 30)
+        options: dict[str, Any] = {"grad_norm_every": every, "log_every": rng.randint(1, 60),
+                                   "doctor": rng.random() < 0.7}
+        if rng.random() < 0.5:
+            options["steps_per_epoch"] = rng.randint(3, 20)
+        epoch = options.get("steps_per_epoch", 13)
+        reads = rng.random() < 0.3
+        doctor = gdlab.watch(model, opt, instruments=instruments, **options)
+        for _ in range(4):
+            for i in range(epoch):
+                x = torch.randn(16 if i < epoch - 1 else 5, 4)
+                loss = F.cross_entropy(model(x), torch.randint(0, 3, (len(x),)))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                doctor.step(loss)
+                if reads and rng.random() < 0.2:
+                    assert len(doctor.history.steps["loss"]) == doctor.state.step, trial
+            if rng.random() < 0.8:
+                doctor.epoch_end()
+        steps = doctor.close().history.steps
+        total = 4 * epoch
+        assert steps["step"] == [float(s) for s in range(1, total + 1)], trial
+        assert all(math.isfinite(v) for v in steps["loss"]), trial
+        if instruments != "none" or options["doctor"]:
+            normed = {int(s) for s, v in zip(steps["step"], steps["grad_norm"]) if not math.isnan(v)}
+            assert {s for s in range(1, total + 1) if s == 1 or s % every == 0} <= normed, (trial, normed)
+        if instruments == [cheap]:
+            column = steps.columns.get("update_ratio", [math.nan] * len(steps))  # absent before its first reading
+            ratios = [int(s) for s, v in zip(steps["step"], column) if not math.isnan(v)]
+            assert ratios == list(range(cheap.every, total + 1, cheap.every)), (trial, ratios)

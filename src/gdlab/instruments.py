@@ -145,29 +145,46 @@ class Cheap(Instrument):
     """Whether the loop calls :meth:`before_update` (it sees each update coming: :func:`gdlab.watch`'s optimizer
     step pre-hook): the parameters before a measured step are then kept there, not at the step before's end."""
 
+    def _granted(self, step: int) -> bool:
+        """With :attr:`keeps_before`: whether the budget lets ``step`` (a candidate, every ``every``-th) be
+        measured, decided at the first ask (the loop asks ahead, to plan its steps) and kept."""
+        if self._decided[0] != step:
+            self._decided = (step, self.budget.allows(step))
+        return self._decided[1]
+
+    _decided: tuple[int, bool] = (-1, False)
+
     def needs_before(self, step: int) -> bool:
         """Whether :meth:`before_update` is wanted before ``step``'s update: a measured step."""
-        return step % self.every == 0 or self.every == 1
+        return self.every == 1 or (step % self.every == 0 and self._granted(step))
 
     def before_update(self, state: Any, step: int) -> None:
-        """Before ``step``'s update (a measured one): keep the parameters, if the budget allows."""
-        if self.budget.allows(step):
-            with self.budget.measure():
-                self._keep()
-            self.armed = True
+        """Before ``step``'s update (a measured one, :meth:`needs_before`): keep the parameters."""
+        if self.every == 1 and not self.budget.allows(step):
+            return
+        with self.budget.measure():
+            self._keep()
+        self.armed = True
 
     def needs_step(self, step: int) -> bool:
         """Whether ``step`` (from 1) needs :meth:`on_step_end` on its own (:func:`gdlab.watch`'s lane): a
-        measured step, and, unless the parameters are kept before the update (:attr:`keeps_before`), the step
-        before it."""
+        measured step (with :attr:`keeps_before`, one the budget grants), and, unless the parameters are kept
+        before the update, the step before each candidate."""
         if self.every == 1:
             return True
-        return step % self.every == 0 or (not self.keeps_before and step % self.every == self.every - 1)
+        if self.keeps_before:
+            return step % self.every == 0 and self._granted(step)
+        return step % self.every in (0, self.every - 1)
 
     def next_needed(self, step: int) -> int:
-        """The first step from ``step`` on that :meth:`needs_step`."""
-        ahead = step + (-step) % self.every  # the next measured step
-        return ahead - 1 if not self.keeps_before and self.every > 1 and ahead - 1 >= step else ahead
+        """The first step from ``step`` on that :meth:`needs_step` (a candidate the budget refuses is passed over,
+        the next one decided when the loop asks from past it)."""
+        ahead = step + (-step) % self.every  # the next candidate
+        if self.every == 1:
+            return step
+        if self.keeps_before:
+            return ahead if self._granted(ahead) else ahead + self.every
+        return ahead - 1 if ahead - 1 >= step else ahead
 
     def on_steps_end(self, state: Any, rows: range) -> None:
         """A block of steps that needs nothing of it one by one (:meth:`needs_step`): their rows are filed."""

@@ -201,7 +201,7 @@ class Watch:
         self._due = -1
         self._before_places: set[int] = set()  # the lane's places where a hook wants before_update
         self._lane_needed = False  # the lane's last step needs each hook's on_step_end on its own
-        self._arm_last = False  # the lane uses the optimizer's step pre-hook at its last step alone
+        self._arm_room = -1  # the lane's room left when the optimizer's step pre-hook goes on (-1: on from its start)
         self._update_first: bool | None = None  # the loop calls step() after optimizer.step() (seen at the first)
         self.state = state = LoopState(model, optimizer, self._plan(batch_size or 1), history, 0, device,
                                        total_steps=0, forward=self._forward if self.loss_fn is not None else None,
@@ -321,11 +321,9 @@ class Watch:
             self._lane.append(loss.detach())  # come when it is drained
             self._lane_lrs.append(self.optimizer.param_groups[0].get("lr", math.nan))
             room = self._room = self._room - 1
-            if room == 1:
-                if self._arm_last:  # the last step's norms or before_update: the pre-hook for it alone
-                    self._pre_handle = self._pre_handle or self.optimizer.register_step_pre_hook(
-                        self._before_update_hook)
-            elif not room:
+            if room == self._arm_room:  # the next step is the first whose norms or before_update the lane takes
+                self._pre_handle = self._pre_handle or self.optimizer.register_step_pre_hook(self._before_update_hook)
+            if not room:
                 self._drain(last_needed=self._lane_needed)
                 self._plan_hooks()
             return
@@ -396,9 +394,9 @@ class Watch:
                 if self._keeps_before else set()
             uses = set(range(self._due, room, self.grad_norm_every)) if self._due >= 0 else set()
             uses |= self._before_places
-            # the pre-hook is on where the lane uses it: from the start, or put on for its last step alone
-            self._arm_last = room > 1 and uses == {room - 1}
-            norms = bool(uses) and not self._arm_last
+            # the pre-hook is on where the lane uses it: put on at the step before its first use
+            self._arm_room = room - min(uses) if uses else -1
+            norms = bool(uses) and min(uses) == 0
         if forward != (self._forward_handle is not None):
             if forward:
                 self._forward_handle = self.model.register_forward_pre_hook(self._on_forward_hook, with_kwargs=True)
@@ -514,14 +512,15 @@ class Watch:
         again: the steps after the read are still to come)."""
         if self._lane:
             self._drain(check=False)
-            self._room = 0
+            self._room, self._quiet = 0, False  # the next step on the full path (it reads its norms if due)
 
     def epoch_end(self, val_loss: float | None = None, **metrics: float) -> None:
         """Close an epoch: its record (``train_loss``, ``val_loss`` and any other ``val_...`` metrics given, as
         :func:`gdlab.fit` records them) lets the validation-based findings (overfitting) work."""
         self._check_open()
         self._drain(check=False)
-        self._room = 0  # planned again at the next step (a new epoch's iteration count)
+        # the next step on the full path (it reads its norms if due), then planned again in the new epoch
+        self._room, self._quiet = 0, False
         self._flush_pending()
         self._check()
         state = self.state
