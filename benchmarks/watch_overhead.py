@@ -26,6 +26,7 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,30 @@ import gdlab
 from gdlab.data import datasets
 
 SIDES = ("hand", "cheap", "default")
+
+
+class _Probe:
+    """A side of ``--probes``: the least a per-step call that keeps the loss on the device can cost."""
+
+    def __init__(self, keep: str) -> None:
+        self.keep = keep
+        self.kept: list[torch.Tensor] = []
+
+    def step(self, loss: torch.Tensor) -> None:
+        if self.keep == "call":
+            return
+        detached = loss.detach()
+        if self.keep == "append":
+            self.kept.append(detached)
+            if len(self.kept) == 60:
+                self.kept = []
+
+
+PROBES: dict[str, Callable[[], Any]] = {
+    "call": lambda: _Probe("call"),  # a Python call a step that does nothing
+    "detach": lambda: _Probe("detach"),  # loss.detach() a step
+    "append": lambda: _Probe("append"),  # the detached loss appended to a list
+}
 TARGETS = {"cheap": 1.03, "default": 1.10}
 
 
@@ -56,7 +81,8 @@ def one_epoch(make: Callable[[], nn.Module], batches: list[tuple[torch.Tensor, t
     model = make()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     start = clock()
-    doctor = None if side == "hand" else gdlab.watch(model, opt, instruments=side)
+    doctor: Any = None if side == "hand" else PROBES[side]() if side in PROBES else \
+        gdlab.watch(model, opt, instruments=side)
     fixed = clock() - start
     steps = [] if steps is None else steps
     before = clock()
@@ -71,7 +97,7 @@ def one_epoch(make: Callable[[], nn.Module], batches: list[tuple[torch.Tensor, t
         steps.append(now - before)
         before = now
     closing = clock()
-    if doctor is not None:
+    if doctor is not None and side not in PROBES:
         doctor.close()
     else:
         float(loss.detach())  # the hand loop reads its last loss too
@@ -89,6 +115,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="wall: time.perf_counter (default); cpu: the training thread's CPU time")
     parser.add_argument("--models", default="mlp,cnn", help="which models, comma-separated (default mlp,cnn)")
+    parser.add_argument("--probes", action="store_true",
+                        help="also time three calls a step that keep the loss: nothing, loss.detach(), the detached "
+                             "loss appended to a list (the least a per-step call costs)")
     parser.add_argument("--quick", action="store_true", help="3 rounds, 1 epoch: a few seconds")
     args = parser.parse_args(argv)
     if args.quick:
@@ -107,13 +136,14 @@ def main(argv: list[str] | None = None) -> None:
     for name, make in (("mlp", mlp), ("cnn", cnn)):
         if name not in args.models.split(","):
             continue
-        for side in SIDES:  # warm up every path once
+        sides = SIDES + (tuple(PROBES) if args.probes else ())
+        for side in sides:  # warm up every path once
             one_epoch(make, batches[:20], side, clock)
-        times: dict[str, list[float]] = {side: [] for side in SIDES}
-        fixed: dict[str, list[float]] = {side: [] for side in SIDES}
-        per_step: dict[str, list[list[float]]] = {side: [] for side in SIDES}
+        times: dict[str, list[float]] = {side: [] for side in sides}
+        fixed: dict[str, list[float]] = {side: [] for side in sides}
+        per_step: dict[str, list[list[float]]] = {side: [] for side in sides}
         for r in range(args.rounds):
-            for side in SIDES[r % 3:] + SIDES[:r % 3]:  # rotate the order
+            for side in sides[r % len(sides):] + sides[:r % len(sides)]:  # rotate the order
                 steps: list[float] = []
                 total, part = one_epoch(make, batches, side, clock, steps)
                 times[side].append(total)
@@ -121,7 +151,8 @@ def main(argv: list[str] | None = None) -> None:
                 per_step[side].append(steps)
         # each step's fastest over the rounds (what another process's turn on the core, or a slow round, did not
         # touch), summed, plus the median fixed part: the run's floor
-        floor = {side: sum(map(min, zip(*per_step[side]))) + statistics.median(fixed[side]) for side in SIDES}
+        fastest = {side: [min(t) for t in zip(*per_step[side])] for side in sides}
+        floor = {side: sum(fastest[side]) + statistics.median(fixed[side]) for side in sides}
         print(f"\n{name}: median s per run " + ", ".join(f"{s} {statistics.median(times[s]):.3f}" for s in SIDES))
         hand = statistics.median(times["hand"])
         for side in ("cheap", "default"):
@@ -130,14 +161,20 @@ def main(argv: list[str] | None = None) -> None:
             quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [med, med, med]
             verdict = "meets" if med <= TARGETS[side] else "misses"
             once = statistics.median(fixed[side])
-            per_step = ((med - 1) * hand - once) / len(batches)
+            rest = ((med - 1) * hand - once) / len(batches)
             print(f"  ratio {side}/hand: {med:.3f}x (quartiles {quartiles[0]:.3f}-{quartiles[2]:.3f}; {verdict} the "
                   f"target <= {TARGETS[side]:.2f}x); watch's setup and close {once * 1e3:.2f} ms a run, the rest "
-                  f"{per_step * 1e6:.1f} us a step (the hand loop's step: {hand / len(batches) * 1e6:.0f} us)")
+                  f"{rest * 1e6:.1f} us a step (the hand loop's step: {hand / len(batches) * 1e6:.0f} us)")
             least = floor[side] / floor["hand"]
             print(f"    by each step's fastest of the {args.rounds} rounds: {least:.3f}x "
                   f"({'meets' if least <= TARGETS[side] else 'misses'} the target; "
                   f"{(floor[side] - floor['hand']) / len(batches) * 1e6:.1f} us a step, setup and close included)")
+        for side in sides[1:]:  # where it goes: a typical step, and the dear ones (a lane's end, a measured step)
+            extra = [a - b for a, b in zip(fastest[side], fastest["hand"])]
+            dear = [(i + 1, e) for i, e in enumerate(extra) if e > 50e-6]
+            print(f"  {side}: a typical step +{statistics.median(extra) * 1e6:.1f} us (median of the steps' "
+                  f"fastest), {len(dear)} steps over +50 us, +{sum(e for _, e in dear) / len(extra) * 1e6:.1f} us "
+                  f"a step in all" + (f" (the first: {', '.join(f'{i}' for i, _ in dear[:8])})" if dear else ""))
 
 
 if __name__ == "__main__":

@@ -158,6 +158,11 @@ class Cheap(Instrument):
         """Whether :meth:`before_update` is wanted before ``step``'s update: a measured step."""
         return self.every == 1 or (step % self.every == 0 and self._granted(step))
 
+    def next_before(self, step: int) -> int:
+        """The first step from ``step`` on that may need :meth:`before_update` (a candidate the budget refuses is
+        passed over)."""
+        return self.next_needed(step)
+
     def before_update(self, state: Any, step: int) -> None:
         """Before ``step``'s update (a measured one, :meth:`needs_before`): keep the parameters."""
         if self.every == 1 and not self.budget.allows(step):

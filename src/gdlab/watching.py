@@ -57,12 +57,16 @@ from gdlab.problem import LOSSES, LossFn, batch_loss, non_finite, resolve_loss
 from gdlab.records import History, input_scales
 from gdlab.store import Store
 
-__all__ = ["GRAD_NORM_EVERY", "Watch", "watch"]
+__all__ = ["GRAD_NORM_EVERY", "LOG_EVERY", "Watch", "watch"]
 
 GRAD_NORM_EVERY = 20
 """Steps between the gradient-norm readings of :func:`watch` (docs/watch.md: what a reading every k steps changes;
 docs/benchmarks.md, watch_overhead: what it saves): the cheap instrument's movement readings' interval (every 20th
 step), so that both fall where the lane of quiet steps ends anyway."""
+
+LOG_EVERY = 3 * GRAD_NORM_EVERY
+"""Steps between :func:`watch`'s host reads (60; :func:`gdlab.fit` reads every 50): a multiple of the norms'
+interval, so that a read falls where a lane ends anyway (docs/watch.md, "The lane")."""
 
 # torch's losses that are a plain mean over the batch's samples (the per-sample instruments rely on it), by class
 _MEAN_LOSSES = (nn.MSELoss, nn.L1Loss, nn.HuberLoss, nn.SmoothL1Loss, nn.CrossEntropyLoss, nn.BCEWithLogitsLoss,
@@ -73,7 +77,7 @@ def watch(model: nn.Module, optimizer: torch.optim.Optimizer, *, loss_fn: str | 
           instruments: str | Sequence[Any] = "default", doctor: bool = True, remedy: str = "suggest",
           rollback: bool = False, store: Store | str | Path | None = None, name: str | None = None,
           config: dict[str, Any] | None = None, loader: Any = None, batch_size: int | None = None,
-          steps_per_epoch: int | None = None, target_key: str | None = None, log_every: int = loop.LOG_EVERY,
+          steps_per_epoch: int | None = None, target_key: str | None = None, log_every: int = LOG_EVERY,
           grad_norm_every: int = GRAD_NORM_EVERY, callbacks: Sequence[Any] = (), hooks: bool = True,
           tensorboard: str | Path | None = None) -> Watch:
     """Watch a training loop the user wrote: the instruments measure each step, the doctor names what goes wrong.
@@ -99,7 +103,7 @@ def watch(model: nn.Module, optimizer: torch.optim.Optimizer, *, loss_fn: str | 
         loader: the loop's DataLoader (optional): its length, batch size and data set's size plan the epoch.
         batch_size, steps_per_epoch: the same, given directly (else learned from the first batch and epoch).
         target_key: the target's key in dict batches.
-        log_every: steps between host reads of the loss and gradient norms.
+        log_every: steps between host reads of the loss and gradient norms (60).
         grad_norm_every: steps between readings of the gradient norms (``grad_norm`` and ``grad_norm/<layer>``:
             the first step, every ``grad_norm_every``-th, and each step a periodic instrument measures; NaN, not
             measured, in the rows between). 1: every step, as :func:`gdlab.fit` reads them, at one more pass over
@@ -390,8 +394,7 @@ class Watch:
             if self.grad_norms:  # the first place in the lane whose norms are due
                 first = 0 if step == 1 else (-step) % self.grad_norm_every
                 self._due = first if first < room else -1
-            self._before_places = {place for place in range(room) if self._wants_before(step + place)} \
-                if self._keeps_before else set()
+            self._before_places = self._places_before(step, room) if self._keeps_before else set()
             uses = set(range(self._due, room, self.grad_norm_every)) if self._due >= 0 else set()
             uses |= self._before_places
             # the pre-hook is on where the lane uses it: put on at the step before its first use
@@ -451,6 +454,24 @@ class Watch:
 
     def _wants_before(self, step: int) -> bool:
         return any(hook.keeps_before and hook.needs_before(step) for hook in self._befores)
+
+    def _places_before(self, step: int, room: int) -> set[int]:
+        """The places in a lane of ``room`` steps from ``step`` where a hook wants before_update (a hook that says
+        its next such step, ``next_before``, is asked step to step; another, at every place)."""
+        places: set[int] = set()
+        for hook in self._befores:
+            if not hook.keeps_before:
+                continue
+            ahead = getattr(hook, "next_before", None)
+            if ahead is None:
+                places.update(p for p in range(room) if hook.needs_before(step + p))
+                continue
+            at = ahead(step)
+            while at < step + room:
+                if hook.needs_before(at):
+                    places.add(at - step)
+                at = ahead(at + 1)
+        return places
 
     def _pre_update(self, step: int) -> None:
         """Before ``step``'s update (the optimizer's step pre-hook): each hook's before_update where wanted, once."""

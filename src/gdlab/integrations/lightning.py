@@ -51,9 +51,9 @@ except ImportError:  # pragma: no cover - the extra is installed in the tests
 
 import torch
 
-from gdlab.loop import LOG_EVERY, Result
+from gdlab.loop import Result
 from gdlab.store import Store
-from gdlab.watching import GRAD_NORM_EVERY, Watch, watch
+from gdlab.watching import GRAD_NORM_EVERY, LOG_EVERY, Watch, watch
 
 __all__ = ["Doctor", "PREFIX", "finding_line"]
 
@@ -120,7 +120,7 @@ class Doctor(Callback):
         batch: give each step's batch (``(inputs, target)``) to the doctor, for those instruments.
         log: log the epoch's mean of each step column to the trainer's loggers (``gdlab/<column>``).
         echo: print the findings at the fit's end.
-        log_every: steps between host reads of the loss and gradient norms.
+        log_every: steps between host reads of the loss and gradient norms (60, as :func:`gdlab.watch` reads).
         grad_norm_every: steps between readings of the gradient norms, as :func:`gdlab.watch` takes it.
         stop_on_divergence: set ``trainer.should_stop`` when the run diverged and nothing repaired it (with several
             devices, on every rank: rank zero's verdict is broadcast every ``log_every`` steps and at each epoch's

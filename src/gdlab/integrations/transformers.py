@@ -37,8 +37,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from gdlab.errors import InvalidParameter, MissingExtra, check_int
-from gdlab.loop import LOG_EVERY, Result
-from gdlab.watching import Watch, watch
+from gdlab.loop import Result
+from gdlab.watching import LOG_EVERY, Watch, watch
 
 try:  # the callback's base class; without transformers the class still exists, and making one says what to install
     from transformers import TrainerCallback as _Base
