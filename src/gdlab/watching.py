@@ -11,13 +11,14 @@
 
 The loop stays the user's; gdlab only listens. A forward pre-hook on the model starts each step (so the periodic
 instruments' hooks ride on the step's own forward and backward pass, as in :func:`gdlab.fit`), the optimizer's step
-pre-hook takes the gradient norms before the update (every ``grad_norm_every``-th step, 8, and on the periodic
+pre-hook takes the gradient norms before the update (every ``grad_norm_every``-th step, 20, and on the periodic
 instruments' steps; NaN between: docs/watch.md), and ``doctor.step(loss)`` files the step's loss on the device:
-the host reads the values every ``log_every`` steps, never once a step. Once the loop calls ``doctor.step``, each
-step gets only the hooks it needs (the forward pre-hook on the steps an instrument measures, the step pre-hook where
-the norms are due: docs/watch.md). Without ``doctor.step`` at all, the optimizer's step hooks end each step
-themselves (no loss: no loss-based findings). docs/watch.md says what each instrument needs, and which remedies
-need :func:`gdlab.fit`.
+the host reads the values every ``log_every`` steps (60), never once a step. Once the loop calls ``doctor.step``,
+each step gets only the hooks it needs (the forward pre-hook on the steps an instrument measures, the step pre-hook
+where the norms are due), and the steps between those that need something are a lane: ``doctor.step`` files the
+loss and the lr, and the lane's steps reach the history and the hooks as one block when it ends (docs/watch.md,
+"The lane"). Without ``doctor.step`` at all, the optimizer's step hooks end each step themselves (no loss: no
+loss-based findings). docs/watch.md says what each instrument needs, and which remedies need :func:`gdlab.fit`.
 
 Example:
     >>> import torch, gdlab
