@@ -246,9 +246,10 @@ class StepLog:
         self.table.undefer(self.fill)
         self.state.log = None
 
-    def grad_norms(self) -> None:
+    def grad_norms(self) -> list[bool] | None:
         """This step's gradient norm per parameter, on the device (``state.param_grad_norms``): one kernel a
-        step; stacking them and the global norm wait for the read."""
+        step; stacking them and the global norm wait for the read. Returns which parameters had a gradient (None:
+        all of them), as :meth:`record_steps` takes it."""
         grads = [p.grad for p in self.params]
         present = [g for g in grads if g is not None]
         # low-precision gradients (bf16, fp16 models) are measured in float32: the instruments read float32
@@ -265,6 +266,7 @@ class StepLog:
             if enabled:
                 torch.set_grad_enabled(True)
         self._present = None if len(present) == len(grads) else [g is not None for g in grads]
+        return self._present
 
     def record(self, loss: Tensor | None, samples: int, pending: Any = None) -> None:
         """File the step's loss (and the norms :meth:`grad_norms` took) and append its row. A loss of None (a loop

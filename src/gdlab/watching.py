@@ -489,8 +489,8 @@ class Watch:
 
     def _lane_norm(self) -> None:
         """The optimizer's step pre-hook in the lane, at a step whose norms are due: take them (on the device)."""
-        self.log.grad_norms()
-        self._lane_norms.append((self._due, self.state.param_grad_norms, self.log._present))
+        present = self.log.grad_norms()
+        self._lane_norms.append((self._due, self.state.param_grad_norms, present))
         self._due += self.grad_norm_every
         if self._due >= len(self._lane) + self._room:
             self._due = -1
