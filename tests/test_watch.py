@@ -586,3 +586,12 @@ def test_the_lane_keeps_every_step_and_the_due_readings_whatever_the_schedules()
             column = steps.columns.get("update_ratio", [math.nan] * len(steps))  # absent before its first reading
             ratios = [int(s) for s, v in zip(steps["step"], column) if not math.isnan(v)]
             assert ratios == list(range(cheap.every, total + 1, cheap.every)), (trial, ratios)
+
+
+def test_the_cheap_budgets_decisions_hold_once_taken(moons: Any) -> None:
+    """The lane asks the cheap instrument ahead whether a step is measured; the budget decides once and the answer
+    stands. With no budget at all, the two free readings (steps 20 and 40) are taken and none after."""
+    train, _ = moons
+    report, _ = _scheduled_loop(_mlp(), train, 130, instruments=[gdlab.instruments.Cheap(budget=0.0)])
+    steps = report.history.steps
+    assert [int(s) for s, v in zip(steps["step"], steps["update_ratio"]) if not math.isnan(v)] == [20, 40]

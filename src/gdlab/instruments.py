@@ -109,6 +109,7 @@ class Cheap(Instrument):
             self.start = [p.detach().clone() for p in self.params]
         self.before: list[Tensor] | None = None
         self.budget = _Budget(self.budget_share)
+        self._decisions: dict[int, bool] = {}  # candidate step -> granted by the budget (with keeps_before)
         self.armed = self.every == 1  # the parameters before the next step are kept: measure its movement
         if self.armed:
             self._keep()
@@ -147,12 +148,14 @@ class Cheap(Instrument):
 
     def _granted(self, step: int) -> bool:
         """With :attr:`keeps_before`: whether the budget lets ``step`` (a candidate, every ``every``-th) be
-        measured, decided at the first ask (the loop asks ahead, to plan its steps) and kept."""
-        if self._decided[0] != step:
-            self._decided = (step, self.budget.allows(step))
-        return self._decided[1]
-
-    _decided: tuple[int, bool] = (-1, False)
+        measured, decided at the first ask (the loop asks ahead, to plan its steps) and kept: asked again, the
+        answer is the same."""
+        decided = self._decisions.get(step)
+        if decided is None:
+            decided = self._decisions[step] = self.budget.allows(step)
+            for past in [s for s in self._decisions if s < step - 2 * self.every]:  # the steps gone by
+                del self._decisions[past]
+        return decided
 
     def needs_before(self, step: int) -> bool:
         """Whether :meth:`before_update` is wanted before ``step``'s update: a measured step."""
