@@ -28,28 +28,11 @@ if __name__ != "__main__":
 import transformers
 
 from gdlab.integrations.transformers import Doctor
+from test_transformers import _data, _model  # the one-process tests' tiny BERT and token-id task
 
 TIMEOUT = 240  # seconds for one two-process run (about 20-40 s on two busy cores); a hang fails the test
 HERE = Path(__file__).resolve()
 SRC = HERE.parents[1] / "src"
-SIZE = 12
-
-
-def _data(n: int, seed: int) -> list[dict[str, torch.Tensor]]:
-    """A learnable task: the label says whether token 7 is in the sequence."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(8, 50, (n, SIZE), generator=g)
-    labels = torch.randint(0, 2, (n,), generator=g)
-    ids[labels == 1, 3] = 7
-    return [{"input_ids": ids[i], "attention_mask": torch.ones(SIZE, dtype=torch.long), "labels": labels[i]}
-            for i in range(n)]
-
-
-def _model() -> Any:
-    torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                     intermediate_size=64, max_position_embeddings=32, num_labels=2)
-    return transformers.BertForSequenceClassification(config)
 
 
 class Seen(transformers.TrainerCallback):

@@ -393,17 +393,23 @@ def test_a_steps_unseen_batch_is_counted_at_the_planned_size(moons: Any) -> None
     doctor = gdlab.watch(model, opt, instruments="cheap", loader=loader)
     losses: list[tuple[float, int]] = []
     for x, y in loader:
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        doctor.step(loss)
-        losses.append((float(loss.detach()), len(y)))
+        losses.append(_watched_step(model, opt, doctor, x, y))
     doctor.epoch_end()
     report = doctor.close()
     assert [n for _, n in losses] == [32, 32, 6]
     expected = sum(v * n for v, n in losses) / 70
     assert report.history.epochs["train_loss"][0] == pytest.approx(expected, rel=1e-6)
+
+
+def _watched_step(model: nn.Module, opt: torch.optim.Optimizer, doctor: Any, x: torch.Tensor,
+                  y: torch.Tensor) -> tuple[float, int]:
+    """One step of a hand-written loop, watched: its loss (read after the step, for the test) and batch size."""
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    doctor.step(loss)
+    return float(loss.detach()), len(y)
 
 
 def test_the_periodic_interval_is_a_power_of_two_times_every() -> None:
@@ -426,12 +432,7 @@ def test_without_a_loader_the_last_batch_of_an_epoch_is_seen_once_the_epoch_is_k
         losses = []
         for i in range(0, 70, 32):
             x, y = train.X[i:min(i + 32, 70)], train.y[i:min(i + 32, 70)]
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            doctor.step(loss)
-            losses.append((float(loss.detach()), len(y)))
+            losses.append(_watched_step(model, opt, doctor, x, y))
         doctor.epoch_end()
         epochs.append(losses)
     report = doctor.close()
