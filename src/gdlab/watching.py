@@ -206,7 +206,10 @@ class Watch:
         self._due = -1
         self._before_places: set[int] = set()  # the lane's places where a hook wants before_update
         self._lane_needed = False  # the lane's last step needs each hook's on_step_end on its own
-        self._arm_room = -1  # the lane's room left when the optimizer's step pre-hook goes on (-1: on from its start)
+        # the lane's room left when the optimizer's step pre-hook next goes on or off (-1: no change in this lane),
+        # and the later changes (on at the step before each run of places that use it, off after the run)
+        self._switch_room = -1
+        self._switches: list[int] = []
         self._update_first: bool | None = None  # the loop calls step() after optimizer.step() (seen at the first)
         self.state = state = LoopState(model, optimizer, self._plan(batch_size or 1), history, 0, device,
                                        total_steps=0, forward=self._forward if self.loss_fn is not None else None,
@@ -326,8 +329,8 @@ class Watch:
             self._lane.append(loss.detach())  # come when it is drained
             self._lane_lrs.append(self.optimizer.param_groups[0].get("lr", math.nan))
             room = self._room = self._room - 1
-            if room == self._arm_room:  # the next step is the first whose norms or before_update the lane takes
-                self._pre_handle = self._pre_handle or self.optimizer.register_step_pre_hook(self._before_update_hook)
+            if room == self._switch_room:  # the next step's update needs the pre-hook (its norms or before_update)
+                self._switch_pre_hook()  # or, the last that needed it done, no longer
             if not room:
                 self._drain(last_needed=self._lane_needed)
                 self._plan_hooks()
@@ -398,8 +401,16 @@ class Watch:
             self._before_places = self._places_before(step, room) if self._keeps_before else set()
             uses = set(range(self._due, room, self.grad_norm_every)) if self._due >= 0 else set()
             uses |= self._before_places
-            # the pre-hook is on where the lane uses it: put on at the step before its first use
-            self._arm_room = room - min(uses) if uses else -1
+            # the pre-hook is on where the lane uses it: put on at the step before each run of places that use it,
+            # taken off after the run (a hook torch calls costs microseconds on each step it is on)
+            switches = []
+            for place in sorted(uses):
+                if place - 1 not in uses and place:
+                    switches.append(room - place)  # on, at the step() of the place before
+                if place + 1 not in uses and place + 1 < room:
+                    switches.append(room - place - 1)  # off, at its own step()
+            self._switches = switches[::-1]
+            self._switch_room = self._switches.pop() if self._switches else -1
             norms = bool(uses) and min(uses) == 0
         if forward != (self._forward_handle is not None):
             if forward:
@@ -418,6 +429,15 @@ class Watch:
             else:
                 self._pre_handle.remove()
                 self._pre_handle = None
+
+    def _switch_pre_hook(self) -> None:
+        """The lane reached a step where the optimizer's step pre-hook goes on (the next update uses it) or off."""
+        if self._pre_handle is None:
+            self._pre_handle = self.optimizer.register_step_pre_hook(self._before_update_hook)
+        else:
+            self._pre_handle.remove()
+            self._pre_handle = None
+        self._switch_room = self._switches.pop() if self._switches else -1
 
     def _lane_room(self, step: int, limit: int, lane_norms: bool) -> tuple[int, bool]:
         """The lane from ``step`` (whose own wants allow it), in a few sums: up to ``limit`` steps, short of the
