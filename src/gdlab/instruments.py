@@ -228,8 +228,12 @@ class Cheap(Instrument):
         if loss_column:
             table.write("loss_ema", rows, self.average.extend(losses))
         isfinite = math.isfinite
-        table.write("non_finite", rows, [float(not isfinite(loss + sums.get(row, 0.0)) or row in bad_params)
-                                         for row, loss in zip(rows, losses)])
+        if not bad_params and isfinite(sum(losses) + sum(sums.values())):  # all finite: told in two passes in C
+            flags = [0.0] * len(rows)
+        else:
+            flags = [float(not isfinite(loss + sums.get(row, 0.0)) or row in bad_params)
+                     for row, loss in zip(rows, losses)]
+        table.write("non_finite", rows, flags)
         self.rows = []
 
     def _write_moves(self, table: Any) -> set[int]:

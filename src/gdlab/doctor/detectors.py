@@ -25,6 +25,8 @@ import math
 import statistics
 from collections.abc import Callable
 
+import numpy as np
+
 from gdlab.doctor.findings import Finding, detector
 from gdlab.doctor.series import (
     column,
@@ -61,7 +63,13 @@ def _nonfinite(h: History) -> list[Finding]:
     # a run that measured the gradient norm every k-th step (gdlab.watch) leaves NaN in the rows between: there a
     # non-finite norm reads inf, and NaN means "not measured"
     sparse = (h.meta.get("grad_norm_every") or 1) > 1
-    for i, loss in enumerate(column(h.steps, "loss")):
+    losses = column(h.steps, "loss")
+    # the usual run, told in a few passes in C: every loss finite (their sum is), no measured norm infinite, no
+    # flag up
+    if math.isfinite(sum(losses)) and not (grad and (math.inf in grad if sparse else not math.isfinite(sum(grad)))) \
+            and not (flag and 1.0 in flag):
+        return []
+    for i, loss in enumerate(losses):
         bad_grad = grad and (math.isinf(grad[i]) if sparse else not math.isfinite(grad[i]))
         bad = "loss" if not math.isfinite(loss) else ("gradients" if bad_grad else
                                                        "parameters" if flag and flag[i] == 1 else None)
@@ -132,22 +140,21 @@ def _lr_too_low(h: History) -> list[Finding]:
 def _flat_windows(ema: list[float], grads: list[float], min_len: int) -> list[tuple[int, int]]:
     """Stretches of at least ``min_len`` steps where the smoothed loss changes by under 2% and the gradient is
     below a fifth of its peak."""
-    peak = max(finite(grads), default=math.nan)
-    reach = rolling_max(grads, min_len + 1, default=0.0)  # the largest gradient in grads[j : i + 1]
-    windows, start = [], None
-    for i in range(len(ema)):
-        j = i - min_len
-        flat = (j >= 0 and math.isfinite(ema[i]) and math.isfinite(ema[j]) and
-                abs(ema[i] - ema[j]) <= 0.02 * abs(ema[j]) and
-                (not grads or not math.isfinite(peak) or reach[i] < 0.2 * peak))
-        if flat and start is None:
-            start = j
-        elif not flat and start is not None:
-            windows.append((start, i - 1))
-            start = None
-    if start is not None:
-        windows.append((start, len(ema) - 1))
-    return windows
+    g = np.asarray(grads, dtype=float)
+    measured = g[np.isfinite(g)]
+    peak = float(measured.max()) if len(measured) else math.nan
+    n = len(ema)
+    flat = np.zeros(n + 2, dtype=bool)  # row i at flat[i + 1], False on both sides: each stretch has two edges
+    if n > min_len:
+        now, then = np.asarray(ema[min_len:], dtype=float), np.asarray(ema[:-min_len], dtype=float)
+        with np.errstate(invalid="ignore"):  # inf - inf: the rows are not finite, hence not flat, anyway
+            level = np.isfinite(now) & np.isfinite(then) & (np.abs(now - then) <= 0.02 * np.abs(then))
+        if grads and math.isfinite(peak):
+            reach = rolling_max(g, min_len + 1, default=0.0)  # the largest gradient in grads[j : i + 1]
+            level &= np.asarray(reach[min_len:]) < 0.2 * peak
+        flat[min_len + 1 : n + 1] = level
+    edges = np.flatnonzero(flat[1:] != flat[:-1])  # a stretch's first row, then the row after its last
+    return [(int(first) - min_len, int(after) - 1) for first, after in zip(edges[::2], edges[1::2])]
 
 
 def _near_floor(h: History, loss: float) -> bool:

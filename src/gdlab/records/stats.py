@@ -16,6 +16,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 __all__ = ["EMA", "ema", "finite", "input_scales", "scale_ratio", "ILL_CONDITIONED"]
@@ -83,8 +84,7 @@ def ema(values: Iterable[float], beta: float = 0.9) -> list[float]:
         >>> ema([float("nan"), 2.0, 2.0])
         [nan, 2.0, 2.0]
     """
-    average = EMA(beta)
-    return [average.update(v) for v in values]
+    return EMA(beta).extend(values)
 
 
 def finite(values: Iterable[float]) -> list[float]:
@@ -94,6 +94,12 @@ def finite(values: Iterable[float]) -> list[float]:
         >>> finite([1.0, float("nan"), float("inf"), 2.0])
         [1.0, 2.0]
     """
+    values = values if isinstance(values, list) else list(values)
+    if math.isfinite(sum(values)):  # a NaN or an inf makes the sum one: every value is finite (the common case,
+        return values[:]  # read in one pass in C)
+    if len(values) > 64:  # a long column with gaps (NaN where not measured): one pass in numpy
+        a = np.asarray(values, dtype=float)
+        return a[np.isfinite(a)].tolist()
     return [v for v in values if math.isfinite(v)]
 
 
