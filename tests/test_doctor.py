@@ -206,6 +206,21 @@ def _history(losses: list[float], grads: list[float] | None = None, **meta: Any)
     return h
 
 
+def test_flat_windows_are_the_stretches_where_the_loss_and_the_gradient_stay_low() -> None:
+    from gdlab.doctor.detectors import _flat_windows
+
+    ema = [2.0 - 0.1 * i for i in range(10)] + [1.0] * 30 + [0.5 - 0.01 * i for i in range(10)]
+    grads = [5.0] * 10 + [3.0] * 5 + [0.1] * 25 + [3.0] * 10
+    # the loss is flat over each 5-row window inside rows 10-39; the gradient is low (under a fifth of its peak)
+    # in those from row 15 on
+    assert _flat_windows(ema, [], 5) == [(10, 39)]
+    assert _flat_windows(ema, grads, 5) == [(15, 39)]
+    assert _flat_windows(ema[:12], grads[:12], 5) == []
+    # a row that is not finite ends the windows that reach it: row 20 at a window's end, then at its start
+    assert _flat_windows(ema[:20] + [math.nan] + ema[21:], [], 5) == [(10, 19), (16, 24), (21, 39)]
+    assert _flat_windows([1.0] * 8, [], 3) == [(0, 7)]  # flat to the end
+
+
 def test_plateau_then_escape() -> None:
     losses = [2.0 - 0.01 * i for i in range(20)] + [1.8] * 100 + [1.8 * 0.97 ** i for i in range(80)]
     grads = [1.0] * 20 + [0.01] * 100 + [0.5] * 80

@@ -89,3 +89,17 @@ def test_the_doctor_re_exports_the_data_numerics() -> None:
 
     for name in ("input_scales", "scale_ratio", "ILL_CONDITIONED"):
         assert getattr(gdlab.doctor, name) is getattr(gdlab.records, name)
+
+
+@pytest.mark.parametrize("length", [5, 500])  # a short column (a loop in Python) and a long one (numpy)
+def test_finite_keeps_the_finite_values_in_order(length: int) -> None:
+    rng = random.Random(length)
+    specials = [math.nan, math.inf, -math.inf]
+    for _ in range(50):
+        values = [rng.choice(specials) if rng.random() < 0.2 else rng.uniform(-5, 5) for _ in range(length)]
+        assert finite(values) == [v for v in values if math.isfinite(v)]
+        assert finite(iter(values)) == [v for v in values if math.isfinite(v)]
+    values = [1.0] * length
+    kept = finite(values)
+    assert kept == values and kept is not values  # a new list, as the filtered one is
+    assert finite([1e308, 1e308]) == [1e308, 1e308]  # finite values whose sum overflows
