@@ -452,24 +452,32 @@ class _EveryStep:
 
 
 def _scheduled_loop(model: nn.Module, data: TensorData, steps: int, *, order: str = "update_first",
-                    loss_shape: str = "scalar", read_every: int = 0, **options: Any) -> tuple[Result, list[float]]:
-    """A loop with a per-step lr schedule; the losses it saw (as floats, read after the run)."""
+                    loss_shape: str = "scalar", read_every: int = 0, zero_after: bool = False, batch_every: int = 0,
+                    **options: Any) -> tuple[Result, list[float]]:
+    """A loop with a per-step lr schedule; the losses it saw (as floats, read after the run). ``zero_after``: the
+    loop zeroes the gradients after the update (before step()); ``batch_every``: step() gets the batch on every
+    such step."""
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 / (1 + 0.01 * s))
     doctor = gdlab.watch(model, opt, **options)
     losses: list[torch.Tensor] = []
     for i in range(steps):
         at = (i * 32) % (len(data.y) - 32)
-        loss = F.cross_entropy(model(data.X[at:at + 32]), data.y[at:at + 32])
-        opt.zero_grad()
+        x, y = data.X[at:at + 32], data.y[at:at + 32]
+        loss = F.cross_entropy(model(x), y)
+        if not zero_after:
+            opt.zero_grad()
         loss.backward()
         filed = loss.reshape(1) if loss_shape == "one" else loss.bfloat16() if loss_shape == "bf16" else loss
+        batch = (x, y) if batch_every and (i + 1) % batch_every == 0 else None
         if order == "step_first":
-            doctor.step(filed)
+            doctor.step(filed, batch=batch)
             opt.step()
         else:
             opt.step()
-            doctor.step(filed)
+            if zero_after:
+                opt.zero_grad()
+            doctor.step(filed, batch=batch)
         schedule.step()
         losses.append(filed.detach().float().reshape(()))
         if read_every and (i + 1) % read_every == 0:  # a read of the history mid-run sees every step so far
@@ -530,6 +538,21 @@ def test_step_before_the_update_reads_each_steps_own_norms(moons: Any) -> None:
     normed = [int(s) for s, v in zip(after.history.steps["step"], after.history.steps["grad_norm"])
               if not math.isnan(v)]
     assert normed == [1, *range(watching.GRAD_NORM_EVERY, 71, watching.GRAD_NORM_EVERY)]
+
+
+@pytest.mark.parametrize("batch_every, lane", [(1, True), (3, True), (0, False)])
+def test_a_loop_that_zeroes_after_the_update_keeps_the_norms_read_before_it(moons: Any, batch_every: int,
+                                                                           lane: bool) -> None:
+    """A loop that zeroes the gradients after the update, and gives step() its batch (on every step, or on some;
+    such a step leaves the lane) or keeps every step on the full path (a callback with an on_step_end): the norms
+    the optimizer's pre-hook read before the update are that step's, in its row (they read 0 once)."""
+    train, _ = moons
+    reference, _ = _scheduled_loop(_mlp(), train, 70, instruments=_unbudgeted("cheap"))
+    report, _ = _scheduled_loop(_mlp(), train, 70, zero_after=True, batch_every=batch_every,
+                                instruments=_unbudgeted("cheap"), callbacks=[] if lane else [_EveryStep()])
+    for key in ("loss", "grad_norm", "grad_norm/0", "update_ratio"):
+        assert _same(report.history.steps[key], reference.history.steps[key]), key
+    assert all(v > 0 for v in report.history.steps["grad_norm"] if not math.isnan(v))
 
 
 @pytest.mark.parametrize("shape", ["one", "bf16"])

@@ -339,6 +339,12 @@ class Watch:
             self._check_open()
         self._drain()  # a step given its batch in the lane: the steps before it first
         self._room = 0
+        if self._lane_norms:  # the lane's pre-hook read this step's norms before the update (the loop may have
+            own = self._lane_norms[0]  # zeroed the gradients since): they are its own
+            self._lane_norms = []
+            if own[0] == 0:
+                self.state.param_grad_norms, self.log._present = own[1], own[2]
+                self._normed = True
         if self._update_first is None:  # the first step: did the update come before this call?
             self._update_first = self._pending
             if self._update_first and self._opt_hooks:  # the pre-hook sees the updates coming
@@ -525,6 +531,9 @@ class Watch:
         state, n = self.state, len(losses)
         lrs, norms = self._lane_lrs, self._lane_norms
         self._lane, self._lane_lrs, self._lane_norms = [], [], []
+        if norms and norms[-1][0] >= n:  # taken by the pre-hook for the step under way, which is not among them
+            self._lane_norms = [(place - n, values, present) for place, values, present in norms if place >= n]
+            norms = [entry for entry in norms if entry[0] < n]
         start = len(state.history.steps)
         state.param_grad_norms = None  # no norms in their rows (NaN: not measured)
         sizes = [state.plan.batch_size] * n
@@ -670,8 +679,10 @@ class Watch:
         if self._pending:
             self._auto = True
             self._finish(None, None)
-        if self._manual and not self._started:
+        if self._manual and not self._started and not self._update_first:
             return  # step() came before this update and ended the step: these gradients are filed already
+        # a step under way (with step() after the update, one whose forward pass had no hook: its norms are read
+        # here, before the loop may zero the gradients)
         self._begin(None)
         if self.grad_norms and not self._normed:
             self._take_norms()

@@ -150,7 +150,7 @@ def _flat_windows(ema: list[float], grads: list[float], min_len: int) -> list[tu
         with np.errstate(invalid="ignore"):  # inf - inf: the rows are not finite, hence not flat, anyway
             level = np.isfinite(now) & np.isfinite(then) & (np.abs(now - then) <= 0.02 * np.abs(then))
         if grads and math.isfinite(peak):
-            reach = rolling_max(g, min_len + 1, default=0.0)  # the largest gradient in grads[j : i + 1]
+            reach = rolling_max(grads, min_len + 1, default=0.0)  # the largest gradient in grads[j : i + 1]
             level &= np.asarray(reach[min_len:]) < 0.2 * peak
         flat[min_len + 1 : n + 1] = level
     edges = np.flatnonzero(flat[1:] != flat[:-1])  # a stretch's first row, then the row after its last
