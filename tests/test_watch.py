@@ -555,6 +555,114 @@ def test_a_loop_that_zeroes_after_the_update_keeps_the_norms_read_before_it(moon
     assert all(v > 0 for v in report.history.steps["grad_norm"] if not math.isnan(v))
 
 
+def test_an_update_skipped_at_a_due_step_loses_that_reading_only(moons: Any) -> None:
+    """A loop that skips the update on some steps (torch.amp.GradScaler does on an overflow: no optimizer.step(),
+    so no step hook): that step's row has no norms, and the later due steps of the same lane still read theirs."""
+    train, _ = moons
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    doctor = gdlab.watch(model, opt, instruments="none")  # the doctor's norms alone: lanes of up to 60 steps
+    skipped = {40, 100}  # due steps (every 20th), inside lanes that read later steps' norms too
+    for step in range(1, 131):
+        at = (step * 32) % (len(train.y) - 32)
+        loss = F.cross_entropy(model(train.X[at:at + 32]), train.y[at:at + 32])
+        opt.zero_grad()
+        loss.backward()
+        if step not in skipped:
+            opt.step()
+        doctor.step(loss)
+    steps = doctor.close().history.steps
+    normed = [int(s) for s, v in zip(steps["step"], steps["grad_norm"]) if not math.isnan(v)]
+    assert normed == [1, 20, 60, 80, 120], normed
+    assert len(steps) == 130
+
+
+class _TinyLM(nn.Module):
+    """Token ids in, next-token logits out: the output layer's weight tied to the embedding's, a frozen position
+    table."""
+
+    def __init__(self, vocab: int = 50, width: int = 16, length: int = 8) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, width)
+        self.pos = nn.Parameter(torch.randn(length, width) * 0.1, requires_grad=False)
+        self.mid = nn.Linear(width, width)
+        self.head = nn.Linear(width, vocab, bias=False)
+        self.head.weight = self.emb.weight
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.mid(self.emb(input_ids) + self.pos)))
+
+
+def _lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1))
+
+
+def test_a_token_id_lm_with_accumulation_clipping_bf16_and_dict_batches() -> None:
+    """The loop of a language model: token ids, tied and frozen weights, bfloat16 autocast, two micro-batches per
+    update, the norm clipped to 1 in the loop, the gradients zeroed after the update, dict batches."""
+    torch.manual_seed(0)
+    tokens = (torch.randint(0, 50, (512, 1)) + torch.arange(9)) % 50  # each token the one before plus one
+    model = _TinyLM()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    doctor = gdlab.watch(model, optimizer, loss_fn=_lm_loss, target_key="labels")
+    clipped = []
+    for _ in range(3):
+        for j, i in enumerate(range(0, 512, 16)):
+            x, y = tokens[i:i + 16, :-1], tokens[i:i + 16, 1:]
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = _lm_loss(model(x), y)
+            (loss / 2).backward()
+            if j % 2 == 1:
+                clipped.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)) > 1.0)
+                optimizer.step()
+                optimizer.zero_grad()
+                doctor.step(loss, batch={"input_ids": x, "labels": y})
+        doctor.epoch_end()
+    report = doctor.close()
+    steps = report.history.steps
+    assert report.steps == len(steps) == 48  # a step of the record is an update
+    norms = [(int(s), v) for s, v in zip(steps["step"], steps["grad_norm"]) if not math.isnan(v)]
+    assert [s for s, _ in norms][:3] == [1, 20, 25] and all(0 < v <= 1.0 + 1e-5 for _, v in norms)  # after the clip
+    assert clipped[0] and norms[0][1] == pytest.approx(1.0, rel=1e-4)  # the first step's was clipped: pinned at 1
+    layers = {k.split("/", 1)[1] for k in steps.columns if k.startswith("grad_norm/")}
+    assert layers == {"emb", "mid"}  # the tied weight once, under its first module; the frozen table not at all
+    assert "noise_scale" in steps and "non_finite" not in {f.code for f in report.findings}
+    first, last = report.history.epochs["train_loss"][0], report.history.epochs["train_loss"][-1]
+    assert last < 0.8 * first  # it learns
+
+
+def test_a_grad_scaler_that_skips_an_update() -> None:
+    """float16 autocast with torch.amp.GradScaler on the CPU: an overflow at a due step makes the scaler skip that
+    update; the row has its loss and no norms, the later due steps have theirs, and nothing is a finding."""
+    torch.manual_seed(0)
+    X = torch.randn(2048, 8)
+    y = (X[:, 0] + X[:, 1] > 0).long()
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu")
+    doctor = gdlab.watch(model, optimizer, instruments="cheap")
+    skipped = []
+    for step, i in enumerate(range(0, 2048, 16), 1):
+        with torch.autocast("cpu", dtype=torch.float16):
+            loss = F.cross_entropy(model(X[i:i + 16]), y[i:i + 16])
+        optimizer.zero_grad()
+        scaler.scale(loss).backward()
+        if step == 40:
+            model[0].weight.grad[0, 0] = math.inf  # an overflow
+        scale = scaler.get_scale()
+        scaler.step(optimizer)
+        scaler.update()
+        if scaler.get_scale() < scale:
+            skipped.append(step)
+        doctor.step(loss)
+    report = doctor.close()
+    steps = report.history.steps
+    assert skipped == [40] and len(steps) == 128
+    normed = [int(s) for s, v in zip(steps["step"], steps["grad_norm"]) if not math.isnan(v)]
+    assert 40 not in normed and {20, 60, 80, 100, 120} <= set(normed)
+    assert math.isfinite(steps["loss"][39]) and not report.findings
+
+
 @pytest.mark.parametrize("shape", ["one", "bf16"])
 def test_losses_of_one_element_or_bf16_in_the_lane(moons: Any, shape: str) -> None:
     train, _ = moons

@@ -279,8 +279,8 @@ class Watch:
             if self._room:  # in the lane: the norms where due, before_update where wanted, else nothing
                 if opt is self.optimizer:
                     place = len(self._lane)
-                    if place == self._due:
-                        self._lane_norm()
+                    if 0 <= self._due <= place:  # due (past due: that step's update was skipped, as a
+                        self._lane_norm(place)  # GradScaler skips one on an overflow)
                     if place in self._before_places:
                         self._pre_update(self.state.step + place + 1)
                 return
@@ -513,11 +513,13 @@ class Watch:
         finally:
             self._busy = False
 
-    def _lane_norm(self) -> None:
-        """The optimizer's step pre-hook in the lane, at a step whose norms are due: take them (on the device)."""
+    def _lane_norm(self, place: int) -> None:
+        """The optimizer's step pre-hook in the lane, at the lane's ``place`` where norms are due: take them (on
+        the device); the next due place is the first past it."""
         present = self.log.grad_norms()
-        self._lane_norms.append((self._due, self.state.param_grad_norms, present))
-        self._due += self.grad_norm_every
+        self._lane_norms.append((place, self.state.param_grad_norms, present))
+        while self._due <= place:
+            self._due += self.grad_norm_every
         if self._due >= len(self._lane) + self._room:
             self._due = -1
 
