@@ -631,6 +631,28 @@ def test_a_token_id_lm_with_accumulation_clipping_bf16_and_dict_batches() -> Non
     assert last < 0.8 * first  # it learns
 
 
+def test_step_after_every_micro_batch_records_micro_batches() -> None:
+    """Gradient accumulation (3 micro-batches an update) with doctor.step after every micro-batch: a row per
+    micro-batch, and the norms read by the optimizer's pre-hook on the due rows where an update happened."""
+    torch.manual_seed(0)
+    X = torch.randn(1024, 8)
+    y = (X[:, 0] > 0).long()
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    doctor = gdlab.watch(model, optimizer, instruments="cheap")
+    for j, i in enumerate(range(0, 1024, 8)):
+        loss = F.cross_entropy(model(X[i:i + 8]), y[i:i + 8])
+        (loss / 3).backward()
+        if j % 3 == 2:
+            optimizer.step()
+            optimizer.zero_grad()
+        doctor.step(loss)
+    steps = doctor.close().history.steps
+    assert len(steps) == 128
+    normed = [int(s) for s, v in zip(steps["step"], steps["grad_norm"]) if not math.isnan(v)]
+    assert normed == [1, 60, 120]  # the first step's at its end; then the 20th steps that are updates
+
+
 def test_a_grad_scaler_that_skips_an_update() -> None:
     """float16 autocast with torch.amp.GradScaler on the CPU: an overflow at a due step makes the scaler skip that
     update; the row has its loss and no norms, the later due steps have theirs, and nothing is a finding."""

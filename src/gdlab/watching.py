@@ -295,6 +295,8 @@ class Watch:
                 self._before_update()
 
         def after_update(opt: Any, args: Any, kwargs: Any) -> None:
+            if self._update_first is None and opt is self.optimizer and not self._busy:
+                self._learn_order(self._started)  # the first update: inside a step, or after step() ended it
             if opt is self.optimizer and self._started and not self._busy:
                 if self._auto:
                     self._after_update()
@@ -345,17 +347,23 @@ class Watch:
             if own[0] == 0:
                 self.state.param_grad_norms, self.log._present = own[1], own[2]
                 self._normed = True
-        if self._update_first is None:  # the first step: did the update come before this call?
-            self._update_first = self._pending
-            if self._update_first and self._opt_hooks:  # the pre-hook sees the updates coming
-                for hook in self._befores:
-                    hook.keeps_before = True
-        self._manual = True
+        if self._update_first is None and (self._pending or not self._opt_hooks):
+            self._learn_order(self._pending)  # did the update come before this call? (without the optimizer's
+        self._manual = True  # hooks, the first call says: none seen, so step() before the update)
         if self._quiet and batch is None and not self._started:
             self._quiet_step(loss)
         else:
             self._finish(loss, batch)  # after the update (pending), or before it: either way the step is this one
         self._plan_hooks()
+
+    def _learn_order(self, update_first: bool) -> None:
+        """The loop's order, seen at its first update (the step post-hook, on till then): the update inside the step,
+        before step() (the usual loop), or after step() ended the step. A loop that accumulates gradients over
+        several step() calls before its first update is told by that update, not by its first step()."""
+        self._update_first = update_first
+        if update_first and self._opt_hooks:  # the pre-hook sees the updates coming
+            for hook in self._befores:
+                hook.keeps_before = True
 
     def _quiet_step(self, loss: Tensor | None) -> None:
         """Most steps of a loop that calls step(): no hook of ours saw them (nothing measures them, no norms are
@@ -426,7 +434,7 @@ class Watch:
                 self._forward_handle = None
         if not self._opt_hooks:
             return
-        if self._post_handle is not None:
+        if self._post_handle is not None and self._update_first is not None:  # on till the loop's order is seen
             self._post_handle.remove()
             self._post_handle = None
         if norms != (self._pre_handle is not None):
@@ -472,7 +480,9 @@ class Watch:
         but not its samples, so its batch may be short), and the gradient norms."""
         measures = any(scheduled(step) for scheduled in self._schedules)
         last = self._samples is None and self._epoch_steps is not None and iteration + 1 == self._epoch_steps
-        forward = measures or bool(self._unscheduled) or not self._learned or last
+        # (on till the loop's order is seen at its first update, so that the step under way is known then)
+        forward = measures or bool(self._unscheduled) or not self._learned or last or \
+            (self._update_first is None and self._opt_hooks)
         return forward, self.grad_norms and (measures or step % self.grad_norm_every == 0 or step == 1)
 
     @property
