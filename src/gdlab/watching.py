@@ -47,7 +47,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gdlab import loop
+from gdlab import distributed, loop
 from gdlab.callbacks import Recorder
 from gdlab.data import BatchPlan, infer_task, structure
 from gdlab.doctor import REMEDY_MODES, Doctor
@@ -168,6 +168,10 @@ class Watch:
             raise InvalidParameter("doctor", doctor, "True or False")
         if rollback and remedy != "auto":
             raise InvalidParameter("rollback", rollback, 'remedy="auto" (a rollback is a remedy the doctor applies)')
+        self._ranks = distributed.current()  # several processes (torchrun): rank zero watches, the others follow
+        if rollback and self._ranks is not None:
+            raise InvalidParameter("rollback", rollback, "one process (under several, a rollback would change rank "
+                                   "zero's model alone; gdlab.fit rolls back on every rank)")
         self.log_every = check_int(log_every, "log_every")
         self.grad_norm_every = check_int(grad_norm_every, "grad_norm_every")
         for key, value in (("batch_size", batch_size), ("steps_per_epoch", steps_per_epoch)):
@@ -211,7 +215,10 @@ class Watch:
         self._switch_room = -1
         self._switches: list[int] = []
         self._update_first: bool | None = None  # the loop calls step() after optimizer.step() (seen at the first)
-        self.state = state = LoopState(model, optimizer, self._plan(batch_size or 1), history, 0, device,
+        # the instruments measure the model inside DistributedDataParallel (the loop calls the wrapper: its
+        # forward pass starts a step)
+        inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+        self.state = state = LoopState(inner, optimizer, self._plan(batch_size or 1), history, 0, device,
                                        total_steps=0, forward=self._forward if self.loss_fn is not None else None,
                                        loss_fn=self.loss_fn, loss_name=self.loss_name, target_key=target_key,
                                        mean_loss=mean)
@@ -219,6 +226,16 @@ class Watch:
         state.history.meta.update(self._meta(batch_size))
         state.history.meta["grad_norm_every"] = self.grad_norm_every
         self.watching = attach(instruments)
+        # several processes: the ranks agree every log_every step() calls (every call with remedy="auto", whose
+        # changes reach every rank before the next update), at each epoch_end() and at close()
+        self._calls = 0
+        self._agree_each = remedy == "auto"
+        self._follower = self._ranks is not None and not self._ranks.main
+        self._clip_norm: float | None = None  # a follower's clip: rank zero's clip_norm remedy
+        self._unclip: Any = None
+        if self._follower:  # another rank: rank zero watches, records and diagnoses; this one follows its decisions
+            self._follow()
+            return
         # instruments that measure on some steps (the periodic ones: ``due``): those steps read the norms too
         self._wanting = [i for i in self.watching if hasattr(i, "on_step_start")]
         self.board: Any = None
@@ -336,9 +353,14 @@ class Watch:
             if not room:
                 self._drain(last_needed=self._lane_needed)
                 self._plan_hooks()
+            if self._ranks is not None:
+                self._count_call()
             return
         if self._closed:
             self._check_open()
+        if self._follower:
+            self._count_call()
+            return
         self._drain()  # a step given its batch in the lane: the steps before it first
         self._room = 0
         if self._lane_norms:  # the lane's pre-hook read this step's norms before the update (the loop may have
@@ -355,6 +377,48 @@ class Watch:
         else:
             self._finish(loss, batch)  # after the update (pending), or before it: either way the step is this one
         self._plan_hooks()
+        if self._ranks is not None:
+            self._count_call()
+
+    def _count_call(self) -> None:
+        """Several processes: a step() call; the ranks agree on every log_every-th (every one with auto)."""
+        self._calls += 1
+        if self._agree_each or self._calls % self.log_every == 0:
+            self._agree()
+
+    def _follow(self) -> None:
+        """This rank follows rank zero (several processes): no hooks, instruments, doctor, store or board; step()
+        counts the calls and takes rank zero's decisions where the ranks agree."""
+        self.watching, self._wanting, self.hooks, self.physician, self.board = [], [], [], None, None
+        self.store, self.recorder = None, None
+        self._forward_handle = self._pre_handle = self._post_handle = None
+        self._closed = False
+        self.report = None
+        self._started_at = time.perf_counter()
+
+    def _agree(self) -> None:
+        """Rank zero's decisions reach every rank: the stop after a divergence nothing repaired (``stop_reason``, so
+        that every rank's loop can break at the same step) and, with ``remedy="auto"``, the optimizer's
+        hyperparameters (the learning rate, the momentum the doctor set) and the norm its ``clip_norm`` remedy
+        clips to. One broadcast."""
+        decision: dict[str, Any] | None = None
+        if not self._follower:
+            auto = self._agree_each
+            decision = {"stop": self.state.stop_reason, "clip": max_norm(self) if auto else None,
+                        "groups": hyperparameters(self.optimizer) if auto else None}
+        decision = distributed.broadcast(decision)
+        if not self._follower or not isinstance(decision, dict):
+            return
+        if decision.get("stop") is not None:
+            self.state.stop(decision["stop"])
+        for group, values in zip(self.optimizer.param_groups, decision.get("groups") or ()):
+            group.update(values)
+        clip = decision.get("clip")
+        if clip is not None and clip != self._clip_norm:
+            self._clip_norm = clip
+            if self._unclip is not None:
+                self._unclip()
+            self._unclip = _clip_before_step(self.optimizer, clip)
 
     def _learn_order(self, update_first: bool) -> None:
         """The loop's order, seen at its first update (the step post-hook, on till then): the update inside the step,
@@ -581,11 +645,16 @@ class Watch:
         """Close an epoch: its record (``train_loss``, ``val_loss`` and any other ``val_...`` metrics given, as
         :func:`gdlab.fit` records them) lets the validation-based findings (overfitting) work."""
         self._check_open()
+        if self._follower:  # rank zero records the epoch (pass it the validation over every rank's data)
+            self._agree()
+            return
         self._drain(check=False)
         # the next step on the full path (it reads its norms if due), then planned again in the new epoch
         self._room, self._quiet = 0, False
         self._flush_pending()
         self._check()
+        if self._ranks is not None:
+            self._agree()
         state = self.state
         if state.stop_reason is not None:  # diverged: close() records the epoch's part before it, as fit does
             return
@@ -612,6 +681,8 @@ class Watch:
         (``findings``, ``remedies``, ``history``, ``final``...). Closing again returns the same report."""
         if self.report is not None:
             return self.report
+        if self._follower:
+            return self._close_following(status)
         state = self.state
         try:
             self._drain(check=False)
@@ -646,6 +717,27 @@ class Watch:
         self.report = Result(self.model, state.history, final, state.lr, state.run_id, state.seconds, state.plan,
                              status, state.stop_reason, state.step, findings=list(findings),
                              remedies=list(remedies))
+        if self._ranks is not None:  # the other ranks get the report's findings, remedies and verdict
+            self._agree()
+            distributed.broadcast({"final": final, "lr": state.lr, "status": status, "steps": state.step,
+                                   "stop_reason": state.stop_reason, "findings": list(findings),
+                                   "remedies": list(remedies)})
+        return self.report
+
+    def _close_following(self, status: str) -> Result:
+        """close() on a rank that follows: rank zero's report (its findings, remedies, final values and verdict),
+        with this rank's model and an empty history (rank zero's is the record; its store has the run)."""
+        self._agree()
+        told = distributed.broadcast(None)
+        self._closed = True
+        if self._unclip is not None:
+            self._unclip()
+            self._unclip = None
+        state = self.state
+        self.report = Result(self.model, state.history, told["final"], told["lr"], None,
+                             time.perf_counter() - self._started_at, state.plan, told["status"],
+                             told["stop_reason"], told["steps"], findings=told["findings"],
+                             remedies=told["remedies"])
         return self.report
 
     def __enter__(self) -> Watch:
@@ -909,6 +1001,40 @@ class Watch:
         features = structure.float_features(x)
         if self.physician is not None and features is not None and len(features) > 1:
             meta["feature_scales"] = input_scales(features)
+
+
+def hyperparameters(optimizer: Any) -> list[dict[str, float]]:
+    """Each param group's numeric settings (``lr``, ``momentum``...): what the doctor's remedies change, and what
+    rank zero's watch tells the other ranks with ``remedy="auto"``."""
+    return [{k: v for k, v in group.items() if k != "params" and isinstance(v, (int, float))}
+            for group in optimizer.param_groups]
+
+
+def max_norm(watched: Watch) -> float | None:
+    """The norm the doctor's latest ``clip_norm`` remedy clips the gradients to, or None."""
+    remedies = watched.physician.remedies if watched.physician is not None else []
+    for remedy in reversed(remedies):
+        if remedy.action == "clip_norm":
+            return float(remedy.params["max_norm"])
+    return None
+
+
+def _clip_before_step(optimizer: Any, norm: float) -> Any:
+    """Clip the gradients' global norm to ``norm`` before each of the optimizer's steps (its ``step`` wrapped, as the
+    doctor's ``clip_norm`` remedy does it on rank zero); returns what unwraps it."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    original = optimizer.step
+
+    def step(*args: Any, **kwargs: Any) -> Any:
+        torch.nn.utils.clip_grad_norm_(params, norm)
+        return original(*args, **kwargs)
+
+    optimizer.step = step
+
+    def unwrap() -> None:
+        optimizer.step = original
+
+    return unwrap
 
 
 def _answers(hook: Any, event: str) -> bool:

@@ -53,7 +53,7 @@ import torch
 
 from gdlab.loop import Result
 from gdlab.store import Store
-from gdlab.watching import GRAD_NORM_EVERY, LOG_EVERY, Watch, watch
+from gdlab.watching import GRAD_NORM_EVERY, LOG_EVERY, Watch, hyperparameters, max_norm, watch
 
 __all__ = ["Doctor", "PREFIX", "finding_line"]
 
@@ -71,21 +71,6 @@ def _scalar(value: Any) -> float | None:
         value = value.detach().item()
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
-    return None
-
-
-def _hyperparameters(optimizer: Any) -> list[dict[str, float]]:
-    """Each param group's numeric settings (``lr``, ``momentum``...): what the doctor's remedies change."""
-    return [{k: v for k, v in group.items() if k != "params" and isinstance(v, (int, float))}
-            for group in optimizer.param_groups]
-
-
-def _max_norm(watched: Watch) -> float | None:
-    """The norm the doctor's latest ``clip_norm`` remedy clips the gradients to, or None."""
-    remedies = watched.physician.remedies if watched.physician is not None else []
-    for remedy in reversed(remedies):
-        if remedy.action == "clip_norm":
-            return float(remedy.params["max_norm"])
     return None
 
 
@@ -182,7 +167,7 @@ class Doctor(Callback):
             if watched.stop_reason is None:
                 watched.step(self._loss, batch=batch if self.batch else None)
             self._loss = None
-            self._clip = _max_norm(watched)
+            self._clip = max_norm(watched)
         # the ranks agree where rank zero may have decided something: with remedy="auto" at every step (its
         # learning rate), else where the watch reads the host (a divergence is seen there)
         if self.options["remedy"] == "auto" or self._steps % self.options["log_every"] == 0:
@@ -235,7 +220,7 @@ class Doctor(Callback):
         if trainer.is_global_zero:
             optimizer = trainer.optimizers[0] if trainer.optimizers else None
             decision = {"stop": self.stop_on_divergence and watched is not None and watched.stop_reason is not None,
-                        "groups": _hyperparameters(optimizer) if auto and optimizer is not None else None,
+                        "groups": hyperparameters(optimizer) if auto and optimizer is not None else None,
                         "clip": self._clip}
         decision = trainer.strategy.broadcast(decision, src=0)
         if not isinstance(decision, dict):
