@@ -20,6 +20,7 @@ from torch import nn
 
 import gdlab
 from gdlab import distributed
+from gdlab.errors import InvalidParameter
 from multiproc import readings, run_bounded, store_runs
 
 TIMEOUT = 180  # seconds for one two-process run (about 10-20 s on two busy cores); a hang fails the test
@@ -41,6 +42,11 @@ def run(out: Path, *, lr: float, epochs: int = 3, remedy: str = "suggest", instr
     hidden = nn.ReLU() if relu else nn.Tanh()
     model = nn.parallel.DistributedDataParallel(nn.Sequential(nn.Linear(2, 16), hidden, nn.Linear(16, 2)))
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    try:  # a rollback would change rank zero's model alone
+        gdlab.watch(model, optimizer, remedy="auto", rollback=True)
+        refused = ""
+    except InvalidParameter as error:
+        refused = str(error)
     doctor = gdlab.watch(model, optimizer, instruments=instruments, remedy=remedy, store=out / "runs",
                          name="ddp", log_every=20)
     norms: list[float] = []
@@ -60,7 +66,7 @@ def run(out: Path, *, lr: float, epochs: int = 3, remedy: str = "suggest", instr
             break
         doctor.epoch_end()
     report = doctor.close()
-    seen = {"rank": rank, "steps": steps, "norms": norms, "stop_reason": report.stop_reason,
+    seen = {"rank": rank, "steps": steps, "refused": refused, "norms": norms, "stop_reason": report.stop_reason,
             "report_steps": report.steps, "rows": len(report.history.steps), "run_id": report.run_id,
             "findings": sorted(f.code for f in report.findings), "lr": optimizer.param_groups[0]["lr"],
             "remedies": [r.action for r in report.remedies],
@@ -85,6 +91,7 @@ def test_rank_zero_watches_and_every_rank_gets_its_findings(tmp_path: Path) -> N
     seen = _launch(tmp_path, lr=1e-5)
     zero, one = seen[0], seen[1]
     assert zero["steps"] == one["steps"] == 3 * 16
+    assert all(s["refused"].startswith("invalid rollback True") and "one process" in s["refused"] for s in (zero, one))
     assert {"lr_too_low", "not_learning"} <= set(zero["findings"]), zero["findings"]
     assert one["findings"] == zero["findings"] and one["report_steps"] == zero["report_steps"] == 48
     assert zero["rows"] == 48 and one["rows"] == 0  # rank zero's history is the record

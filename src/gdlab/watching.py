@@ -19,6 +19,8 @@ where the norms are due), and the steps between those that need something are a 
 loss and the lr, and the lane's steps reach the history and the hooks as one block when it ends (docs/watch.md,
 "The lane"). Without ``doctor.step`` at all, the optimizer's step hooks end each step themselves (no loss: no
 loss-based findings). docs/watch.md says what each instrument needs, and which remedies need :func:`gdlab.fit`.
+Under several processes (torchrun, a ``DistributedDataParallel`` model) rank zero watches and the other ranks
+follow its decisions (docs/watch.md, "Several processes").
 
 Example:
     >>> import torch, gdlab
@@ -99,6 +101,7 @@ def watch(model: nn.Module, optimizer: torch.optim.Optimizer, *, loss_fn: str | 
         rollback: with ``remedy="auto"``, let the doctor keep snapshots of the model and optimizer (in memory) and
             roll back to them (after a divergence, a loss climbing back up). Off by default: a rollback changes
             the model under the user's loop, which may hold state of its own (an EMA of the weights, a schedule).
+            Refused under several processes.
         store: a :class:`~gdlab.store.Store` or its folder: the run is recorded there (``gdlab show``, ``gdlab
             doctor``, ``gdlab plot --instruments``). name, config: the stored run's name and settings.
         loader: the loop's DataLoader (optional): its length, batch size and data set's size plan the epoch.
