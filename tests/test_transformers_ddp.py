@@ -76,8 +76,6 @@ def run(out: Path, *, lr: float, epochs: int = 2, batch: int = 16, precision: st
     return trainer
 
 
-
-
 def _launch(tmp_path: Path, **options: Any) -> tuple[subprocess.CompletedProcess[str], dict[int, dict[str, Any]]]:
     """``torchrun --nproc-per-node 2`` on this file, with a hard timeout: a hang fails the test."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
@@ -91,12 +89,6 @@ def _launch(tmp_path: Path, **options: Any) -> tuple[subprocess.CompletedProcess
     done = subprocess.CompletedProcess(command, code, stdout, stderr)
     seen = {int(p.stem[4:]): json.loads(p.read_text()) for p in tmp_path.glob("rank*.json")}
     return done, seen
-
-
-
-
-
-
 
 
 def test_two_processes_the_main_one_alone_reports(tmp_path: Path) -> None:
