@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -651,6 +652,41 @@ def test_step_after_every_micro_batch_records_micro_batches() -> None:
     assert len(steps) == 128
     normed = [int(s) for s, v in zip(steps["step"], steps["grad_norm"]) if not math.isnan(v)]
     assert normed == [1, 60, 120]  # the first step's at its end; then the 20th steps that are updates
+
+
+def test_a_compiled_model_is_watched_as_its_module() -> None:
+    """torch.compile (the eager backend: dynamo's tracing and graph breaks, without a compiler's minutes): the
+    columns are named by the compiled module's layers, the periodic instruments' hooks stay out of the graphs (no
+    dynamo warning), and the record is the uncompiled run's."""
+    def run(compiled: bool) -> Result:
+        torch.manual_seed(0)
+        X = torch.randn(512, 8)
+        y = (X[:, 0] > 0).long()
+        net = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 2))
+        model = torch.compile(net, backend="eager") if compiled else net
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        doctor = gdlab.watch(model, optimizer, instruments=_unbudgeted("default"))
+        for _ in range(3):
+            for i in range(0, 512, 32):
+                loss = F.cross_entropy(model(X[i:i + 32]), y[i:i + 32])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                doctor.step(loss)
+            doctor.epoch_end()
+        return doctor.close()
+
+    torch._dynamo.reset()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compiled = run(True)
+    assert not [w for w in caught if "ynamo" in str(w.message)], [str(w.message)[:200] for w in caught]
+    plain = run(False).history.steps
+    steps = compiled.history.steps
+    assert {"grad_out/0", "grad_out/2", "dead_share/1", "grad_norm/0"} <= set(steps.columns)
+    assert not [k for k in steps.columns if "_orig_mod" in k]
+    for key in ("loss", "grad_norm", "grad_out/0", "dead_share/1"):
+        assert _same(steps[key], plain[key]), key
 
 
 def test_a_grad_scaler_that_skips_an_update() -> None:

@@ -306,6 +306,13 @@ class _Budget:
             self.spent += time.perf_counter() - start
 
 
+def _eager(hook: Any) -> Any:
+    """A hook that torch.compile leaves out of its graphs (a model compiled with ``torch.compile`` calls its
+    layers' hooks from the compiled code): run as written, on the real tensors, where dynamo would otherwise trace
+    it and break the graph on the budget's clock."""
+    return torch.compiler.disable(hook)
+
+
 @contextlib.contextmanager
 def _untouched(model: nn.Module) -> Iterator[None]:
     """Measure without leaving a trace: buffers (BatchNorm's running statistics) and the random number generators
@@ -504,8 +511,8 @@ class Periodic(Instrument):
                 output.register_hook(on_grad)
             return hook
 
-        self.handles = [m.register_forward_hook(activation_hook(n)) for n, m in self.activations]
-        self.handles += [m.register_forward_hook(layer_hook(n)) for n, m in self.layers]
+        self.handles = [m.register_forward_hook(_eager(activation_hook(n))) for n, m in self.activations]
+        self.handles += [m.register_forward_hook(_eager(layer_hook(n))) for n, m in self.layers]
 
     def close(self) -> None:
         """Take the hooks off the model (after the step they rode on, or when the run fails)."""

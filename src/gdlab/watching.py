@@ -218,9 +218,9 @@ class Watch:
         self._switch_room = -1
         self._switches: list[int] = []
         self._update_first: bool | None = None  # the loop calls step() after optimizer.step() (seen at the first)
-        # the instruments measure the model inside DistributedDataParallel (the loop calls the wrapper: its
-        # forward pass starts a step)
-        inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+        # the instruments measure the model inside DistributedDataParallel and torch.compile's wrapper (the loop
+        # calls the wrapper: its forward pass starts a step)
+        inner = _inner(model)
         self.state = state = LoopState(inner, optimizer, self._plan(batch_size or 1), history, 0, device,
                                        total_steps=0, forward=self._forward if self.loss_fn is not None else None,
                                        loss_fn=self.loss_fn, loss_name=self.loss_name, target_key=target_key,
@@ -1038,6 +1038,18 @@ def _clip_before_step(optimizer: Any, norm: float) -> Any:
         optimizer.step = original
 
     return unwrap
+
+
+def _inner(model: nn.Module) -> nn.Module:
+    """The model inside its wrappers: ``DistributedDataParallel`` (``.module``) and ``torch.compile``'s
+    (``._orig_mod``), in any order."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
 
 
 def _answers(hook: Any, event: str) -> bool:
