@@ -1044,12 +1044,11 @@ def _inner(model: nn.Module) -> nn.Module:
     """The model inside its wrappers: ``DistributedDataParallel`` (``.module``) and ``torch.compile``'s
     (``._orig_mod``), in any order."""
     while True:
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod
-        else:
+        inside = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else \
+            getattr(model, "_orig_mod", None)
+        if not isinstance(inside, nn.Module):
             return model
+        model = inside
 
 
 def _answers(hook: Any, event: str) -> bool:
