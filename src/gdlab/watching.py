@@ -53,6 +53,7 @@ from gdlab import distributed, loop
 from gdlab.callbacks import Recorder
 from gdlab.data import BatchPlan, infer_task, structure
 from gdlab.doctor import REMEDY_MODES, Doctor
+from gdlab.doctor.remedies import clip_before_step
 from gdlab.errors import DataError, InvalidParameter, UnknownChoice, check_int
 from gdlab.instruments import attach
 from gdlab.loop import LoopState, Result, StepLog
@@ -421,7 +422,7 @@ class Watch:
             self._clip_norm = clip
             if self._unclip is not None:
                 self._unclip()
-            self._unclip = _clip_before_step(self.optimizer, clip)
+            self._unclip = clip_before_step(self.optimizer, clip)
 
     def _learn_order(self, update_first: bool) -> None:
         """The loop's order, seen at its first update (the step post-hook, on till then): the update inside the step,
@@ -1020,24 +1021,6 @@ def max_norm(watched: Watch) -> float | None:
         if remedy.action == "clip_norm":
             return float(remedy.params["max_norm"])
     return None
-
-
-def _clip_before_step(optimizer: Any, norm: float) -> Any:
-    """Clip the gradients' global norm to ``norm`` before each of the optimizer's steps (its ``step`` wrapped, as the
-    doctor's ``clip_norm`` remedy does it on rank zero); returns what unwraps it."""
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    original = optimizer.step
-
-    def step(*args: Any, **kwargs: Any) -> Any:
-        torch.nn.utils.clip_grad_norm_(params, norm)
-        return original(*args, **kwargs)
-
-    optimizer.step = step
-
-    def unwrap() -> None:
-        optimizer.step = original
-
-    return unwrap
 
 
 def _inner(model: nn.Module) -> nn.Module:

@@ -30,9 +30,9 @@ from gdlab.errors import UnknownChoice
 from gdlab.optim import OPTIMIZERS
 from gdlab.records import EMA, finite
 
-__all__ = ["Doctor", "Window", "Rule", "REMEDY_RULES", "undo_failed_raise", "rollback_when_loss_rises",
-           "restart_when_stuck", "raise_small_steps", "halve_when_noisy", "clip_spikes", "add_momentum_on_plateau",
-           "keep_good_point"]
+__all__ = ["Doctor", "Window", "Rule", "REMEDY_RULES", "clip_before_step", "undo_failed_raise",
+           "rollback_when_loss_rises", "restart_when_stuck", "raise_small_steps", "halve_when_noisy", "clip_spikes",
+           "add_momentum_on_plateau", "keep_good_point"]
 
 
 @dataclass(frozen=True)
@@ -240,6 +240,32 @@ REMEDY_RULES: tuple[Rule, ...] = UNDO_RULES + TREATMENTS
 
 # -- the callback -------------------------------------------------------------------------------------------------
 
+
+
+def clip_before_step(optimizer: Any, max_norm: float) -> Callable[[], None]:
+    """Clip the gradients' global norm to ``max_norm`` before each of ``optimizer``'s steps: its ``step`` is
+    wrapped (the model and the optimizer's own chain are left as they are). Returns what unwraps it.
+
+    Example:
+        >>> model = torch.nn.Linear(2, 1); opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        >>> unwrap = clip_before_step(opt, 1.0)
+        >>> model(torch.full((1, 2), 100.0)).sum().backward(); opt.step()
+        >>> round(float(torch.cat([p.grad.flatten() for p in model.parameters()]).norm()), 4); unwrap()
+        1.0
+    """
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    original = optimizer.step
+
+    def step(*args: Any, **kwargs: Any) -> Any:
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return original(*args, **kwargs)
+
+    optimizer.step = step
+
+    def unwrap() -> None:
+        optimizer.step = original
+
+    return unwrap
 
 class Doctor:
     """The callback ``fit`` attaches: findings at the end; with ``mode="auto"``, remedies during the run.
@@ -488,23 +514,12 @@ class Doctor:
                       opening_grad=self._opening_grad, spread=spread)
 
     def _install_clipping(self, state: Any, max_norm: float) -> None:
-        """Clip the gradient's global norm before every later step: the optimizer's ``step`` is wrapped (the
-        model and the optimizer's own chain are left as they are)."""
-        optimizer = state.optimizer
-        params = [p for g in optimizer.param_groups for p in g["params"]]
-        original = optimizer.step
-
-        def step(*args: Any, **kwargs: Any) -> Any:
-            torch.nn.utils.clip_grad_norm_(params, max_norm)
-            return original(*args, **kwargs)
-
-        optimizer.step = step
-        self._clip = (optimizer, original)
+        """Clip the gradient's global norm before every later step (:func:`clip_before_step`)."""
+        self._clip = (state.optimizer, clip_before_step(state.optimizer, max_norm))
 
     def on_fit_end(self, state: Any) -> None:
         if self._clip is not None:  # the optimizer is the caller's again, unwrapped
-            optimizer, original = self._clip
-            optimizer.step = original
+            self._clip[1]()
             self._clip = None
         # the remedies prescribe nothing the run has: its activations and its momentum now (a resumed run's, or
         # one the doctor set)
