@@ -83,7 +83,7 @@ def watch(model: nn.Module, optimizer: torch.optim.Optimizer, *, loss_fn: str | 
           config: dict[str, Any] | None = None, loader: Any = None, batch_size: int | None = None,
           steps_per_epoch: int | None = None, target_key: str | None = None, log_every: int = LOG_EVERY,
           grad_norm_every: int = GRAD_NORM_EVERY, callbacks: Sequence[Any] = (), hooks: bool = True,
-          tensorboard: str | Path | None = None) -> Watch:
+          tensorboard: str | Path | None = None, ranks: bool = True) -> Watch:
     """Watch a training loop the user wrote: the instruments measure each step, the doctor names what goes wrong.
 
     Args:
@@ -118,6 +118,10 @@ def watch(model: nn.Module, optimizer: torch.optim.Optimizer, *, loss_fn: str | 
         tensorboard: a folder for TensorBoard event files: the history at each :meth:`~Watch.epoch_end` and at
             :meth:`~Watch.close`, the findings at close (as ``fit(tensorboard=...)``; ``pip install
             'gdlab[tensorboard]'``).
+        ranks: under several processes (torchrun), rank zero watches and the other ranks follow its decisions
+            (docs/watch.md, "Several processes"). False: this process watches alone, as in one process (the
+            Lightning and Hugging Face callbacks, which watch on rank zero only and make the ranks agree through
+            the trainer).
 
     Returns:
         A :class:`Watch`: call :meth:`~Watch.step` after each update, optionally :meth:`~Watch.epoch_end`, and
@@ -126,7 +130,8 @@ def watch(model: nn.Module, optimizer: torch.optim.Optimizer, *, loss_fn: str | 
     return Watch(model, optimizer, loss_fn=loss_fn, instruments=instruments, doctor=doctor, remedy=remedy,
                  rollback=rollback, store=store, name=name, config=config, loader=loader, batch_size=batch_size,
                  steps_per_epoch=steps_per_epoch, target_key=target_key, log_every=log_every,
-                 grad_norm_every=grad_norm_every, callbacks=callbacks, hooks=hooks, tensorboard=tensorboard)
+                 grad_norm_every=grad_norm_every, callbacks=callbacks, hooks=hooks, tensorboard=tensorboard,
+                 ranks=ranks)
 
 
 class _WatchDoctor(Doctor):
@@ -161,7 +166,7 @@ class Watch:
                  store: Store | str | Path | None, name: str | None, config: dict[str, Any] | None, loader: Any,
                  batch_size: int | None, steps_per_epoch: int | None, target_key: str | None, log_every: int,
                  callbacks: Sequence[Any], hooks: bool, tensorboard: str | Path | None = None,
-                 grad_norm_every: int = GRAD_NORM_EVERY) -> None:
+                 grad_norm_every: int = GRAD_NORM_EVERY, ranks: bool = True) -> None:
         if not isinstance(model, nn.Module):
             raise InvalidParameter("model", type(model).__name__, "an nn.Module")
         if not hasattr(optimizer, "param_groups") or not hasattr(optimizer, "step"):
@@ -172,7 +177,8 @@ class Watch:
             raise InvalidParameter("doctor", doctor, "True or False")
         if rollback and remedy != "auto":
             raise InvalidParameter("rollback", rollback, 'remedy="auto" (a rollback is a remedy the doctor applies)')
-        self._ranks = distributed.current()  # several processes (torchrun): rank zero watches, the others follow
+        # several processes (torchrun): rank zero watches, the others follow (unless told this process is alone)
+        self._ranks = distributed.current() if ranks else None
         if rollback and self._ranks is not None:
             raise InvalidParameter("rollback", rollback, "one process (under several, a rollback would change rank "
                                    "zero's model alone; gdlab.fit rolls back on every rank)")

@@ -149,7 +149,8 @@ class Doctor(Callback):
             "model": type(pl_module).__name__, "optimizer": type(optimizer).__name__,
             "lr": optimizer.param_groups[0].get("lr"), "momentum": optimizer.param_groups[0].get("momentum"),
             "loop": "lightning", "accumulate_grad_batches": trainer.accumulate_grad_batches}
-        self.watch = watch(pl_module, optimizer, **{**self.options, "config": config}, hooks=False)
+        # on rank zero alone: the ranks agree through the trainer (_agree), not through the watch
+        self.watch = watch(pl_module, optimizer, **{**self.options, "config": config}, hooks=False, ranks=False)
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         watched = self.watch

@@ -179,7 +179,8 @@ class Doctor(_Base):
             options["config"] = {"model": type(model).__name__, "optimizer": type(inner).__name__,
                                  "lr": getattr(args, "learning_rate", None), "batch_size": options["batch_size"],
                                  "loop": "transformers.Trainer"}
-        self.watch = watch(model, inner, **options)
+        # on the main process alone: the ranks agree through the Trainer's control (_stop_if_diverged), not the watch
+        self.watch = watch(model, inner, **options, ranks=False)
 
         def on_forward(module: nn.Module, inputs: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
             if module.training and not self._closing() and output is not None:
