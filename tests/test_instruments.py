@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -414,3 +415,23 @@ def test_sharpness_of_an_attention_model_is_measured() -> None:
     result = gdlab.fit(Net(), (ids, (ids[:, 0] < 5).long()), lr=0.05, epochs=2, progress=False, instruments="full")
     assert "sharpness_unavailable" not in result.history.meta
     assert any(v == v for v in result.history.steps["sharpness"])
+
+
+def test_a_compiled_model_is_measured_by_its_layers_names() -> None:
+    """fit on a torch.compile'd model (the eager backend): the columns are named by the compiled module's layers
+    (``0``, not ``_orig_mod.0``), and hold what the uncompiled run's hold."""
+    def run(compiled: bool) -> Any:
+        torch.manual_seed(0)
+        X = torch.randn(256, 8)
+        y = (X[:, 0] > 0).long()
+        net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+        model = torch.compile(net, backend="eager") if compiled else net
+        return gdlab.fit(model, (X, y), epochs=4, batch_size=32, progress=False, instruments="default",
+                         doctor=False).history.steps
+
+    torch._dynamo.reset()
+    compiled, plain = run(True), run(False)
+    assert {k for k in compiled.columns if "/" in k} == {k for k in plain.columns if "/" in k}
+    assert {"grad_norm/0", "grad_norm/2", "update_ratio/0", "dead_share/1", "grad_out/2"} <= set(compiled.columns)
+    for key in ("loss", "grad_norm/0", "update_ratio/2", "dead_share/1"):
+        assert [round(v, 5) for v in compiled[key] if v == v] == [round(v, 5) for v in plain[key] if v == v], key

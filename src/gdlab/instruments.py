@@ -49,7 +49,7 @@ from gdlab.data import structure
 from gdlab.errors import UnknownChoice, check_int
 from gdlab.records import EMA
 
-__all__ = ["Instrument", "Cheap", "Periodic", "Expensive", "LEVELS", "attach"]
+__all__ = ["Instrument", "Cheap", "Periodic", "Expensive", "LEVELS", "attach", "unwrap"]
 
 LEVELS = ("none", "cheap", "default", "full")
 """What ``fit(instruments=...)`` takes: ``default`` is cheap + periodic, ``full`` adds expensive."""
@@ -64,6 +64,23 @@ class Instrument:
     cost = "cheap"
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside its wrappers, ``DistributedDataParallel`` (``.module``) and ``torch.compile``'s
+    (``._orig_mod``), in any order: the module whose layers the instruments name and measure.
+
+    Example:
+        >>> net = nn.Linear(2, 1)
+        >>> unwrap(torch.compile(net)) is net, unwrap(net) is net
+        (True, True)
+    """
+    while True:
+        inside = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else \
+            getattr(model, "_orig_mod", None)
+        if not isinstance(inside, nn.Module):
+            return model
+        model = inside
+
+
 def _label(model: nn.Module, path: str) -> str:
     """A layer's name in the columns: its module path (``"0"``, ``"encoder.fc"``), or, for the model itself (a bare
     ``nn.Linear``), its class name."""
@@ -73,6 +90,7 @@ def _label(model: nn.Module, path: str) -> str:
 def _layers(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
     """Parameters grouped by the module that owns them (``"0"``, ``"2"``, ``"encoder.fc"``...)."""
     groups: dict[str, list[tuple[str, nn.Parameter]]] = {}
+    model = unwrap(model)  # "0", not "_orig_mod.0"
     for name, p in model.named_parameters():
         if p.requires_grad:
             owner = _label(model, name.rsplit(".", 1)[0] if "." in name else "")
@@ -391,7 +409,7 @@ class Periodic(Instrument):
         self.per_sample_failed: str | None = None
 
     def on_fit_start(self, state: Any) -> None:
-        model = state.model
+        model = unwrap(state.model)  # layers named in the module a torch.compile or DDP wrapper holds
         self.activations = [(_label(model, n), m) for n, m in model.named_modules() if isinstance(m, _ACTIVATIONS)]
         self.layers = [(_label(model, n), m) for n, m in model.named_modules() if isinstance(m, _LAYERS)]
         self.params = list(state.model.parameters())

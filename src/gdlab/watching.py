@@ -55,7 +55,7 @@ from gdlab.data import BatchPlan, infer_task, structure
 from gdlab.doctor import REMEDY_MODES, Doctor
 from gdlab.doctor.remedies import clip_before_step
 from gdlab.errors import DataError, InvalidParameter, UnknownChoice, check_int
-from gdlab.instruments import attach
+from gdlab.instruments import attach, unwrap
 from gdlab.loop import LoopState, Result, StepLog
 from gdlab.problem import LOSSES, LossFn, batch_loss, non_finite, resolve_loss
 from gdlab.records import History, input_scales
@@ -227,7 +227,7 @@ class Watch:
         self._update_first: bool | None = None  # the loop calls step() after optimizer.step() (seen at the first)
         # the instruments measure the model inside DistributedDataParallel and torch.compile's wrapper (the loop
         # calls the wrapper: its forward pass starts a step)
-        inner = _inner(model)
+        inner = unwrap(model)
         self.state = state = LoopState(inner, optimizer, self._plan(batch_size or 1), history, 0, device,
                                        total_steps=0, forward=self._forward if self.loss_fn is not None else None,
                                        loss_fn=self.loss_fn, loss_name=self.loss_name, target_key=target_key,
@@ -1027,17 +1027,6 @@ def max_norm(watched: Watch) -> float | None:
         if remedy.action == "clip_norm":
             return float(remedy.params["max_norm"])
     return None
-
-
-def _inner(model: nn.Module) -> nn.Module:
-    """The model inside its wrappers: ``DistributedDataParallel`` (``.module``) and ``torch.compile``'s
-    (``._orig_mod``), in any order."""
-    while True:
-        inside = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else \
-            getattr(model, "_orig_mod", None)
-        if not isinstance(inside, nn.Module):
-            return model
-        model = inside
 
 
 def _answers(hook: Any, event: str) -> bool:
