@@ -689,6 +689,32 @@ def test_a_compiled_model_is_watched_as_its_module() -> None:
         assert _same(steps[key], plain[key]), key
 
 
+def test_step_takes_a_scalar_loss_or_a_number_and_refuses_the_rest(moons: Any) -> None:
+    train, _ = moons
+    model = _mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    doctor = gdlab.watch(model, optimizer, instruments="cheap")
+    losses = F.cross_entropy(model(train.X[:32]), train.y[:32], reduction="none")
+    optimizer.zero_grad()
+    losses.mean().backward()
+    optimizer.step()
+    with pytest.raises(InvalidParameter, match=r"invalid loss 'a tensor of shape \[32\]'.*losses.mean\(\)"):
+        doctor.step(losses)
+    with pytest.raises(InvalidParameter, match="invalid loss 'dict'"):
+        doctor.step({"loss": losses.mean()})
+    doctor.step(float(losses.mean()))  # a number: taken
+    seen = [float(losses.mean())]
+    for i in range(32, 32 * 20, 32):
+        loss = F.cross_entropy(model(train.X[i:i + 32]), train.y[i:i + 32])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        doctor.step(loss.item() if i % 64 else loss)  # numbers and tensors mixed
+        seen.append(loss.item())
+    report = doctor.close()
+    assert _same(report.history.steps["loss"], seen)
+
+
 def test_a_grad_scaler_that_skips_an_update() -> None:
     """float16 autocast with torch.amp.GradScaler on the CPU: an overflow at a due step makes the scaler skip that
     update; the row has its loss and no norms, the later due steps have theirs, and nothing is a finding."""

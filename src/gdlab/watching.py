@@ -350,10 +350,11 @@ class Watch:
         self._emit("on_epoch_start")
 
     # -- what the user calls -------------------------------------------------------------------------------------
-    def step(self, loss: Tensor | None = None, *, batch: Any = None) -> None:
-        """End the step the loop just took: file its ``loss`` (kept on the device) and, optionally, its ``batch``
-        (``(inputs, target)``, ``(*inputs, target)`` or a dict with a target key) for the instruments that need
-        one. Call it after ``optimizer.step()`` (before it works too)."""
+    def step(self, loss: Tensor | float | None = None, *, batch: Any = None) -> None:
+        """End the step the loop just took: file its ``loss`` (a scalar tensor, 0-dim or of one element, kept on
+        the device; a number is taken too) and, optionally, its ``batch`` (``(inputs, target)``, ``(*inputs,
+        target)`` or a dict with a target key) for the instruments that need one. Call it after
+        ``optimizer.step()`` (before it works too)."""
         if self._room and batch is None and isinstance(loss, Tensor):  # the lane: filed in two appends; the rows
             self._lane.append(loss.detach())  # come when it is drained
             self._lane_lrs.append(self.optimizer.param_groups[0].get("lr", math.nan))
@@ -368,6 +369,7 @@ class Watch:
             return
         if self._closed:
             self._check_open()
+        loss = _scalar_loss(loss)
         if self._follower:
             self._count_call()
             return
@@ -1027,6 +1029,18 @@ def max_norm(watched: Watch) -> float | None:
         if remedy.action == "clip_norm":
             return float(remedy.params["max_norm"])
     return None
+
+
+def _scalar_loss(loss: Any) -> Tensor | None:
+    """The loss given to :meth:`Watch.step` as a scalar tensor (a number made one), or a one-line error."""
+    if loss is None or (isinstance(loss, Tensor) and loss.numel() == 1):
+        return loss
+    if isinstance(loss, (int, float)) and not isinstance(loss, bool):
+        return torch.tensor(float(loss))
+    if isinstance(loss, Tensor):
+        raise InvalidParameter("loss", f"a tensor of shape {list(loss.shape)}",
+                               "the step's scalar loss (0-dim or one element): e.g. doctor.step(losses.mean())")
+    raise InvalidParameter("loss", type(loss).__name__, "the step's loss, a scalar tensor or a number")
 
 
 def _answers(hook: Any, event: str) -> bool:
