@@ -268,6 +268,11 @@ class StepLog:
         self._present = None if len(present) == len(grads) else [g is not None for g in grads]
         return self._present
 
+    def use_norms(self, norms: Sequence[Tensor], present: list[bool] | None) -> None:
+        """Make norms that :meth:`grad_norms` took earlier (and which parameters had a gradient) this step's: a
+        watched loop's pre-hook read them before the update, the step is recorded after it."""
+        self.state.param_grad_norms, self._present = norms, present
+
     def record(self, loss: Tensor | None, samples: int, pending: Any = None) -> None:
         """File the step's loss (and the norms :meth:`grad_norms` took) and append its row. A loss of None (a loop
         gdlab does not drive, watched without its loss: :func:`gdlab.watch`) leaves the row without one;

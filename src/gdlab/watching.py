@@ -379,7 +379,7 @@ class Watch:
             own = self._lane_norms[0]  # zeroed the gradients since): they are its own
             self._lane_norms = []
             if own[0] == 0:
-                self.state.param_grad_norms, self.log._present = own[1], own[2]
+                self.log.use_norms(own[1], own[2])
                 self._normed = True
         if self._update_first is None and (self._pending or not self._opt_hooks):
             self._learn_order(self._pending)  # did the update come before this call? (without the optimizer's
