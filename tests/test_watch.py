@@ -252,6 +252,13 @@ def test_a_measured_gradient_norm_that_is_nan_reads_inf() -> None:
     assert steps["grad_norm"][0] == math.inf and math.isfinite(steps["loss"][0])
 
 
+@pytest.mark.parametrize("key", ["doctor", "ranks"])
+def test_the_switches_take_true_or_false_only(key: str) -> None:
+    model = nn.Linear(2, 1)
+    with pytest.raises(InvalidParameter, match=f"invalid {key} 'yes': expected True or False"):
+        gdlab.watch(model, torch.optim.SGD(model.parameters(), lr=0.1), **{key: "yes"})
+
+
 @pytest.mark.parametrize("bad", [0, -2, 1.5, True])
 def test_grad_norm_every_refuses_bad_values(bad: Any) -> None:
     model = nn.Linear(2, 1)

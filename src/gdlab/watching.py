@@ -173,8 +173,9 @@ class Watch:
             raise InvalidParameter("optimizer", type(optimizer).__name__, "a torch.optim.Optimizer (or gdlab's)")
         if remedy not in REMEDY_MODES:
             raise UnknownChoice("remedy", remedy, REMEDY_MODES)
-        if not isinstance(doctor, bool):
-            raise InvalidParameter("doctor", doctor, "True or False")
+        for key, flag in (("doctor", doctor), ("ranks", ranks)):
+            if not isinstance(flag, bool):
+                raise InvalidParameter(key, flag, "True or False")
         if rollback and remedy != "auto":
             raise InvalidParameter("rollback", rollback, 'remedy="auto" (a rollback is a remedy the doctor applies)')
         # several processes (torchrun): rank zero watches, the others follow (unless told this process is alone)
