@@ -81,6 +81,34 @@ def user_modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+# -- hostile stores: a real store, trained once per session, then damaged or crafted (tests/hostile.py) --------
+
+
+@pytest.fixture(scope="session")
+def _trained_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from hostile import train_store
+
+    root = tmp_path_factory.mktemp("template") / "store"
+    train_store(root)
+    return root
+
+
+@pytest.fixture
+def hostile(_trained_store: Path, tmp_path: Path):
+    """``hostile(kind)``: a copy of a trained store, changed as ``kind`` says (see tests/hostile.py), in its own
+    folder under ``tmp_path``; returns ``(store folder, run reference)``."""
+    from hostile import build
+
+    made = 0
+
+    def make(kind: str) -> tuple[Path, str]:
+        nonlocal made
+        made += 1
+        return build(kind, tmp_path / f"hostile-{made}" / "store", _trained_store)
+
+    return make
+
+
 # -- a headless browser for the HTML reports (Debian's chromium, driven by Playwright) ------------------------
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

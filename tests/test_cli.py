@@ -228,6 +228,10 @@ BAD = [
     (["explain", "--at", "x=1", "--", "-" * 3900 + "x"], "expected at most 300 levels of nesting"),
     (["explain", "+".join(["sin(x)"] * 30), "--at", "x=1", "--out", "g.png"], "expected at most 40 nodes to draw; "
      "the graph has 60 nodes"),
+    # issue 24: what --out may write over, and ids from the store (rows: store safety)
+    # issue 24: no code from a file, archives and model files (rows: files)
+    # issue 24: limits, the lab, settings files and ranks (rows: limits)
+    # issue 24: training that fails in the user's code or data, checkpoints (rows: training)
 ]
 
 
