@@ -13,7 +13,10 @@ Kinds (``hostile(kind)`` returns the store's folder and a reference to its run):
 - ``stale``: the run is ``running`` under this very process's pid and host, as a run killed in a container looks
   to the next process there that gets the same pid;
 - ``empty_db``: a 0-byte ``gdlab.db`` beside run folders;
-- ``corrupt_db``: ``gdlab.db`` with its pages overwritten past the header.
+- ``corrupt_db``: ``gdlab.db`` with its pages overwritten past the header;
+- ``shape_mismatch``: the run's checkpoint holds its first weight in another shape (the model's code changed);
+- ``no_position``: the checkpoint has no ``position``; ``bad_rng``: its torch RNG state is 10 bytes;
+- ``negative_step``: its position's step is -3; ``nan_weights``: every weight of its model is NaN.
 """
 
 from __future__ import annotations
@@ -28,7 +31,10 @@ from pathlib import Path
 ESCAPES = "\x1b]0;pwned\x07\x1b[2J\x1b[H[bold red]RED[/] \x1b]8;;http://evil.example/\x1b\\link\x1b]8;;\x1b\\"
 """A run name that sets the window title, clears the screen, opens an OSC-8 hyperlink and holds Rich markup."""
 
-KINDS = ("dot", "parent", "absolute", "escapes", "code", "interact", "stale", "empty_db", "corrupt_db")
+KINDS = ("dot", "parent", "absolute", "escapes", "code", "interact", "stale", "empty_db", "corrupt_db",
+         "shape_mismatch", "no_position", "bad_rng", "negative_step", "nan_weights")
+CHECKPOINT_KINDS = KINDS[-5:]
+"""The kinds whose run is intact but whose checkpoint is crafted (torch.save of a dict, as a checkpoint is)."""
 
 
 def train_store(root: Path) -> str:
@@ -97,6 +103,9 @@ def build(kind: str, root: Path, template: Path) -> tuple[Path, str]:
     if kind == "stale":
         set_columns(root, run_id, status="running", pid=os.getpid(), host=socket.gethostname())
         return root, run_id
+    if kind in CHECKPOINT_KINDS:
+        craft_checkpoint(root / run_id / "checkpoint.pt", kind)
+        return root, run_id
     if kind == "empty_db":
         for name in ("gdlab.db", "gdlab.db-wal", "gdlab.db-shm"):
             (root / name).unlink(missing_ok=True)
@@ -114,6 +123,36 @@ def build(kind: str, root: Path, template: Path) -> tuple[Path, str]:
     return root, run_id
 
 
+def craft_checkpoint(path: Path, kind: str) -> None:
+    """Rewrite the checkpoint at ``path`` as ``kind`` says (one of :data:`CHECKPOINT_KINDS`)."""
+    import torch
+
+    saved = torch.load(path, weights_only=True)
+    if kind == "shape_mismatch":
+        key = next(k for k in saved["model"] if k.endswith("weight"))
+        weight = saved["model"][key]
+        saved["model"][key] = torch.zeros(weight.shape[0] + 1, *weight.shape[1:])
+    elif kind == "no_position":
+        del saved["position"]
+    elif kind == "bad_rng":
+        saved["rng"]["torch"] = torch.zeros(10, dtype=torch.uint8)
+    elif kind == "negative_step":
+        saved["position"]["step"] = -3
+    else:
+        for tensor in saved["model"].values():
+            tensor.fill_(float("nan"))
+    torch.save(saved, path)
+
+
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file under ``folder`` and its bytes: compare before and after a command to prove nothing changed."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def unchanged(before: dict[str, bytes], after: dict[str, bytes]) -> bool:
+    """Whether ``after`` (a :func:`snapshot`) holds every file of ``before`` as it was and nothing more than what a
+    read-only SQLite connection leaves beside a database: its shared-memory index (``-shm``) and an empty log
+    (``-wal``: empty, so nothing was written through it)."""
+    added = {name: data for name, data in after.items() if name not in before}
+    return (all(after.get(name) == data for name, data in before.items())
+            and all(name.endswith("-shm") or (name.endswith("-wal") and not data) for name, data in added.items()))

@@ -390,3 +390,65 @@ def test_a_long_run_stays_small_and_opens_fast(tmp_path: Path, open_page) -> Non
     opened.page.screenshot(path=str(tmp_path / "long.png"), full_page=True)
     # the time is printed, not asserted (benchmarks/report.py measures it against drawing every point)
     print(f"\n100,000-step page: {size / 1e6:.2f} MB, opened and drawn in {opened.seconds:.2f} s")
+
+
+# -- issue 24: what a report may write over, and where (store safety) ---------------------------------------------
+
+
+def _small_store(root: Path) -> str:
+    store = Store(root)
+    run_id = store.create_run({"data": "seed"}, {"samples": 3, "batch_size": 2}, name="demo")
+    store.add_steps(run_id, [{"step": s, "loss": 1 / s} for s in range(1, 5)])
+    store.finish(run_id, "finished", final={"train_loss": 0.25})
+    store.close()
+    return run_id
+
+
+def test_a_report_never_writes_over_the_store_or_another_kind_of_file(tmp_path: Path) -> None:
+    run_id = _small_store(tmp_path / "s")
+    database = (tmp_path / "s" / "gdlab.db").read_bytes()
+    (tmp_path / "data.csv").write_text("x,y\n1,2\n")
+    (tmp_path / "notes.html").write_text("<p>mine</p>")
+    for out, expected in (("s/gdlab.db", "expected a .html file path"), ("data.csv", "expected a .html file path"),
+                          ("s", "expected a .html file path"), ("notes.html", "pass --force to write over it")):
+        with pytest.raises(InvalidParameter, match=re.escape(expected)):
+            report("demo", out, store=tmp_path / "s")
+    with pytest.raises(InvalidParameter, match="a folder outside the run store's own"):
+        report(None, "s", store=tmp_path / "s", all_runs=True)
+    with pytest.raises(InvalidParameter, match="a folder to write into"):
+        report(None, "data.csv", store=tmp_path / "s", all_runs=True)
+    assert (tmp_path / "s" / "gdlab.db").read_bytes() == database
+    assert (tmp_path / "data.csv").read_text() == "x,y\n1,2\n"
+    assert (tmp_path / "notes.html").read_text() == "<p>mine</p>"
+    # a gdlab page is written over; another .html file only with --force
+    assert report("demo", "page.html", store=tmp_path / "s") == report("demo", "page.html", store=tmp_path / "s")
+    bad = gdlab_cli("report", "demo", "--store", "s", "--out", "notes.html")
+    assert bad.exit_code == 2 and "pass --force" in bad.stderr
+    assert (tmp_path / "notes.html").read_text() == "<p>mine</p>"
+    assert gdlab_cli("report", "demo", "--store", "s", "--out", "notes.html", "--force").exit_code == 0
+    assert '<meta name="generator" content="gdlab' in (tmp_path / "notes.html").read_text()
+    assert gdlab_cli("report", run_id, "--store", "s").exit_code == 0  # the default: the run's own folder
+    assert (tmp_path / "s" / run_id / "report.html").is_file()
+
+
+def test_report_all_refuses_a_page_over_another_kind_of_file(tmp_path: Path) -> None:
+    run_id = _small_store(tmp_path / "s")
+    (tmp_path / "pages").mkdir()
+    (tmp_path / "pages" / f"{run_id}.html").write_text("mine")
+    with pytest.raises(InvalidParameter, match="pass --force to write over it"):
+        report(None, tmp_path / "pages", store=tmp_path / "s", all_runs=True)
+    assert sorted(p.name for p in (tmp_path / "pages").iterdir()) == [f"{run_id}.html"]  # nothing written
+    assert report(None, tmp_path / "pages", store=tmp_path / "s", all_runs=True, force=True).name == "index.html"
+    assert "gdlab" in (tmp_path / "pages" / f"{run_id}.html").read_text()
+
+
+@pytest.mark.parametrize("kind", ["dot", "parent", "absolute"])
+def test_a_report_of_a_hostile_id_writes_nothing_anywhere(hostile, kind: str) -> None:
+    from hostile import snapshot, unchanged
+
+    root, ref = hostile(kind)
+    before = snapshot(root.parent)
+    for call in (lambda: report(ref, store=root), lambda: report(None, store=root, all_runs=True)):
+        with pytest.raises(gdlab.errors.StoreError, match="is damaged: run id .* is not a gdlab run id"):
+            call()
+    assert unchanged(before, snapshot(root.parent))

@@ -231,3 +231,246 @@ def test_fit_bounds_the_stored_steps_and_the_readers_read_them(classes: TensorDa
     merged = sum(map(math.isfinite, steps["min:loss"]))
     assert f"400 steps (the first {int(steps['step'][merged - 1])} merged into {merged} rows" in said
     assert (tmp_path / "loss.png").stat().st_size > 1000 and (tmp_path / "dash.png").stat().st_size > 1000
+
+
+# -- issue 24: store safety: liveness by lock, ids as paths, damaged and read-only stores -------------------------
+
+LIVE = """
+import sys
+from gdlab.store import Store
+print(Store(sys.argv[1]).create_run({}, name="live"), flush=True)
+sys.stdin.read()  # runs until killed (or its stdin closes)
+"""
+
+
+def gdlab(*args: str):
+    return CliRunner().invoke(app, list(args), catch_exceptions=False)
+
+
+def test_a_run_killed_with_sigkill_is_failed_at_once_and_a_live_one_is_refused(tmp_path: Path) -> None:
+    from hostile import set_columns
+
+    process = subprocess.Popen([sys.executable, "-c", LIVE, str(tmp_path)], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        run_id = process.stdout.readline().strip()  # type: ignore[union-attr]
+        set_columns(tmp_path, run_id, pid=2**22 + 1, host="elsewhere")  # no pid or host to go by: the lock decides
+        store = Store(tmp_path)
+        assert store.get(run_id).status == "running" and store.runs()[0].status == "running"
+        with pytest.raises(StoreError, match="is running: stop it first .* delete it with --force"):
+            store.delete_run(run_id)
+        for refused in (lambda: store.delete_run(run_id, force=True), lambda: store.abandon(run_id)):
+            with pytest.raises(StoreError, match="a live process holds its lock"):
+                refused()
+        bad = gdlab("runs", "rm", run_id, "--force", "--store", str(tmp_path))
+        assert bad.exit_code == 2 and "a live process holds its lock" in bad.stderr
+    finally:
+        process.kill()
+        process.wait()
+    run = Store(tmp_path).get(run_id)  # no wait: the system let go of the dead process's lock
+    assert run.status == "failed" and "ended without closing" in run.error
+    assert (tmp_path / run_id).is_dir()
+
+
+def test_a_run_is_live_while_its_store_holds_it_in_this_process_too(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    run_id = store.create_run({})
+    other = Store(tmp_path)
+    assert other.get(run_id).status == "running"  # another open of the lock conflicts, in this process too
+    store.finish(run_id, "finished")
+    assert other.get(run_id).status == "finished"
+    second = store.create_run({})
+    store.close()  # closing the store lets go of its runs: they read as dead
+    assert other.get(second).status == "failed"
+    resumed = Store(tmp_path)
+    resumed.reopen(second, step=0, epochs=0)
+    assert other.get(second).status == "running"
+    with pytest.raises(StoreError, match="running in another process .*it holds the run's lock"):
+        other.reopen(second, step=0, epochs=0)
+
+
+def test_the_stale_kind_is_seen_as_dead_and_resumes(hostile) -> None:
+    root, run_id = hostile("stale")  # running, under this very process's pid and host
+    reader = Store(root, create=False)
+    assert reader.get(run_id).status == "failed"  # read as dead, not stored: the store was opened for reading
+    with sqlite3.connect(root / "gdlab.db") as db:
+        assert db.execute("SELECT status FROM runs").fetchone() == ("running",)
+    resumed = gdlab("train", "--resume", run_id, "--epochs", "2", "--store", str(root), "--json", "--quiet",
+                    "--no-plot")
+    assert resumed.exit_code == 0, resumed.output
+    assert Store(root).get(run_id).status == "finished"
+
+
+def test_what_no_check_can_settle_takes_force(hostile) -> None:
+    root, run_id = hostile("stale")
+    (root / run_id / ".lock").unlink()  # a run stored before runs held a lock: the pid (this process's) decides
+    assert Store(root).get(run_id).status == "running"
+    bad = gdlab("train", "--resume", run_id, "--epochs", "2", "--store", str(root), "--quiet", "--no-plot")
+    assert bad.exit_code == 2 and "gdlab train --resume RUN --force" in bad.stderr
+    bad = gdlab("runs", "rm", run_id, "--store", str(root))
+    assert bad.exit_code == 2 and "pass --force" in bad.stderr and Store(root).get(run_id).status == "running"
+    resumed = gdlab("train", "--resume", run_id, "--force", "--epochs", "2", "--store", str(root), "--json",
+                    "--quiet", "--no-plot")
+    assert resumed.exit_code == 0, resumed.output
+    assert Store(root).get(run_id).status == "finished" and (root / run_id / ".lock").is_file()
+    other, other_id = hostile("stale")
+    (other / other_id / ".lock").unlink()
+    removed = gdlab("runs", "rm", other_id, "--force", "--store", str(other))
+    assert removed.exit_code == 0, removed.output
+    assert not (other / other_id).exists() and Store(other).runs() == [] and (other / "gdlab.db").is_file()
+
+
+@pytest.mark.parametrize("kind", ["dot", "parent", "absolute"])
+def test_an_id_that_is_not_gdlab_s_is_a_damaged_store_and_nothing_is_deleted(hostile, kind: str) -> None:
+    from hostile import snapshot, unchanged
+
+    root, ref = hostile(kind)
+    before = snapshot(root.parent)
+    store = Store(root)
+    for call in (store.runs, lambda: store.get(ref), lambda: store.delete_run(ref),
+                 lambda: store.delete_run(ref, force=True), lambda: store.abandon(ref)):
+        with pytest.raises(StoreError, match=r"is damaged: run id .* is not a gdlab run id \(expected YYYYmmdd"):
+            call()
+    for args in (["runs", "rm", ref, "--force"], ["plot", ref], ["gradflow", ref], ["doctor", ref], ["show", ref]):
+        result = gdlab(*args, "--store", str(root))
+        assert result.exit_code == 2 and "is damaged" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert unchanged(before, snapshot(root.parent)) and (root.parent / "victim" / "precious.txt").is_file()
+
+
+def test_run_dir_proves_the_folder_stays_inside_the_store(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s")
+    assert store.run_dir("20261130-063901-ff49") == tmp_path / "s" / "20261130-063901-ff49"
+    assert store.sweep_dir("s20261130-063908-3e28") == tmp_path / "s" / "s20261130-063908-3e28"
+    for bad in (".", "..", "../victim", str(tmp_path), "20261130-063901-ff49/..", "20261130-063901-FF49", "",
+                "20261130-063901-ff49\n"):
+        with pytest.raises(StoreError, match="is damaged"):
+            store.run_dir(bad)
+    with pytest.raises(StoreError, match="is damaged"):
+        store.sweep_dir("20261130-063901-ff49")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "s" / "20261130-063901-ff49").symlink_to(tmp_path / "elsewhere")  # a link out of the store
+    with pytest.raises(StoreError, match="leads outside it"):
+        store.run_dir("20261130-063901-ff49")
+
+
+@pytest.mark.parametrize("kind", ["empty_db", "corrupt_db"])
+def test_a_damaged_database_is_reported_and_never_written(hostile, kind: str) -> None:
+    from hostile import snapshot, unchanged
+
+    root, _ = hostile(kind)
+    before = snapshot(root.parent)
+    for open_ in (lambda: Store(root), lambda: Store(root, create=False), lambda: Store(root, write=True)):
+        with pytest.raises(StoreError, match=f"store '{root}' is damaged"):
+            open_()
+    result = gdlab("train", "--data", "moons", "--hidden", "4", "--epochs", "1", "--store", str(root), "--quiet")
+    assert result.exit_code == 2 and "is damaged" in result.stderr
+    assert unchanged(before, snapshot(root.parent))
+
+
+def test_a_missing_or_foreign_database_beside_run_folders_is_damaged(hostile, tmp_path: Path) -> None:
+    root, _ = hostile("stale")
+    (root / "gdlab.db").unlink()
+    with pytest.raises(StoreError, match="holds run folders but its database .* is missing"):
+        Store(root)
+    assert not (root / "gdlab.db").exists()
+    sqlite3.connect(tmp_path / "gdlab.db").executescript("CREATE TABLE notes (x); INSERT INTO notes VALUES (1);")
+    with pytest.raises(StoreError, match="holds tables notes but no runs table"):
+        Store(tmp_path)
+    assert Store(tmp_path / "new").runs() == []  # a new store, or an empty database with no run beside it, is fine
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "gdlab.db").write_bytes(b"")
+    assert Store(tmp_path / "empty", create=False).runs() == [] and Store(tmp_path / "empty").runs() == []
+
+
+def test_an_empty_store_path_is_refused() -> None:
+    for open_ in (lambda: Store(""), lambda: Store("", create=False)):
+        with pytest.raises(InvalidParameter, match="invalid --store '': expected a folder path"):
+            open_()
+
+
+def test_a_store_opened_for_reading_is_never_written(tmp_path: Path) -> None:
+    import shutil
+
+    store = Store(tmp_path / "s")
+    run_id = store.create_run({"data": "seed"}, None, name="demo")
+    store.add_steps(run_id, [{"step": 1, "loss": 2.0}])
+    store.finish(run_id, "finished", final={"train_loss": 1.0})
+    store.close()
+    database = (tmp_path / "s" / "gdlab.db").read_bytes()
+    reader = Store(tmp_path / "s", create=False)
+    assert reader.get("demo").status == "finished" and reader.history(run_id).steps["loss"] == [2.0]
+    assert reader.sweeps() == [] and not reader.writable
+    for write in (lambda: reader.create_run({}), lambda: reader.finish(run_id, "failed"),
+                  lambda: reader.delete_run(run_id), lambda: reader.add_steps(run_id, [{"step": 2, "loss": 1.0}])):
+        with pytest.raises(StoreError, match="was opened for reading"):
+            write()
+    for args in (["runs"], ["show", "demo"], ["doctor", "demo"], ["plot", "demo", "--out", str(tmp_path / "l.png")],
+                 ["report", "demo", "--out", str(tmp_path / "r.html")]):
+        result = gdlab(*args, "--store", str(tmp_path / "s"))
+        assert result.exit_code == 0, result.output
+    assert (tmp_path / "s" / "gdlab.db").read_bytes() == database
+    assert not (tmp_path / "s" / "gdlab.db-wal").exists() or not (tmp_path / "s" / "gdlab.db-wal").read_bytes()
+    # a store written before a table was added reads as before, without the table being made in it
+    old = tmp_path / "old"
+    shutil.copytree(Path(__file__).parent / "data" / "store-0.1.0", old)
+    assert [len(Store(old, create=False).history(r.id).steps) > 0 for r in Store(old, create=False).runs()]
+    with sqlite3.connect(f"file:{old / 'gdlab.db'}?mode=ro", uri=True) as db:
+        assert "step_buckets" not in {n for (n,) in db.execute("SELECT name FROM sqlite_master")}
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes through permissions")
+def test_a_read_only_folder_serves_the_reading_commands(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s")
+    run_id = store.create_run({"data": "seed"}, name="demo")
+    store.add_steps(run_id, [{"step": 1, "loss": 2.0}])
+    store.finish(run_id, "finished", final={"train_loss": 1.0})
+    store.close()
+    for path in (tmp_path / "s", tmp_path / "s" / run_id):
+        path.chmod(0o555)
+    try:
+        assert Store(tmp_path / "s", create=False).get("demo").status == "finished"
+        for args in (["runs"], ["show", "demo"], ["doctor", "demo"], ["report", "demo", "--out",
+                                                                        str(tmp_path / "r.html")]):
+            result = gdlab(*args, "--store", str(tmp_path / "s"))
+            assert result.exit_code == 0, result.output
+        bad = gdlab("runs", "rm", "demo", "--store", str(tmp_path / "s"))
+        assert bad.exit_code == 2 and "cannot be written" in bad.stderr
+    finally:
+        for path in (tmp_path / "s", tmp_path / "s" / run_id):
+            path.chmod(0o755)
+
+
+def test_show_says_a_run_that_did_not_finish_was_not_diagnosed(hostile) -> None:
+    root, run_id = hostile("stale")  # a killed run
+    shown = gdlab("show", run_id, "--store", str(root))
+    assert shown.exit_code == 0 and "no problems found" not in shown.stdout
+    assert f"not diagnosed: the run failed before its end; gdlab doctor {run_id} reads what it recorded" in \
+        " ".join(shown.stdout.split())
+    finished = gdlab("show", run_id, "--store", str(hostile("escapes")[0]))
+    assert "not diagnosed" not in finished.stdout
+
+
+@pytest.mark.slow
+def test_trainings_started_at_once_on_one_store_each_keep_their_run(tmp_path: Path) -> None:
+    """Three ``gdlab train`` processes on one store at the same time: three finished runs, each with every step
+    and epoch it trained, and a reader listing the store while they write."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "gdlab.cli", "train", "--data", "moons", "--hidden", "8", "--epochs", "4",
+               "--batch-size", "16", "--store", str(tmp_path / "s"), "--quiet", "--no-plot", "--threads", "1"]
+    started = [subprocess.Popen([*command, "--name", f"p{i}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True) for i in range(3)]
+    listed = subprocess.run([sys.executable, "-m", "gdlab.cli", "runs", "--store", str(tmp_path / "s")],
+                            capture_output=True, text=True)
+    assert listed.returncode in (0, 2) and "Traceback" not in listed.stderr  # 2: the store is not made yet
+    for process in started:
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err
+    store = Store(tmp_path / "s", create=False)
+    runs = store.runs()
+    assert sorted(r.name for r in runs) == ["p0", "p1", "p2"] and {r.status for r in runs} == {"finished"}
+    for r in runs:
+        history = store.history(r.id)
+        assert history.steps["step"] == [float(s) for s in range(1, r.steps + 1)]
+        assert len(history.epochs) == 4

@@ -5,7 +5,13 @@ Tables: ``runs`` (config, plan, status ``running | finished | failed | stopped``
 run's older steps, merged: see :meth:`Store.add_steps`), ``findings`` and
 ``remedies`` (filled by the doctor), ``sweeps`` and ``sweep_members`` (a sweep or restarts, recorded whole
 when it ends, one row per member). A run whose process died without closing it is marked ``failed`` the next
-time the store lists it, so no run stays ``running`` for ever.
+time the store lists it, so no run stays ``running`` for ever: the process running a run holds a lock on a file in
+its folder, and a lock nobody holds is a run nobody runs (see :meth:`Store.create_run`).
+
+What the store promises: an id read from the database becomes a path only when it has gdlab's pattern and its
+folder stays inside the store (:meth:`Store.run_dir`); a damaged database (not SQLite, an unreadable schema, an
+empty or missing one beside run folders) is reported and never written into; a store opened for reading
+(``create=False``) is never written.
 
 Example:
     >>> import tempfile
@@ -22,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -34,9 +41,16 @@ from pathlib import Path
 from typing import Any
 
 from gdlab.errors import InvalidParameter, RunNotFound, StoreError
+from gdlab.guard import printable
 from gdlab.records import History, Table
 
-__all__ = ["Store", "Run", "STATUSES", "DEFAULT_STORE", "STEP_ROWS", "SPREAD"]
+try:  # POSIX: a run's liveness is a lock its process holds (see Store.create_run)
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: the pid check alone
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["Store", "Run", "STATUSES", "DEFAULT_STORE", "STEP_ROWS", "SPREAD", "RUN_ID", "SWEEP_ID", "LOCK",
+           "NoStore", "check_id"]
 
 DEFAULT_STORE = "gdlab-runs"
 STATUSES = ("running", "finished", "failed", "stopped")
@@ -48,6 +62,19 @@ them are merged into buckets that keep each metric's mean, min and max (see :met
 SPREAD = ("min:", "max:")
 """The prefixes of the columns a :class:`History` read from the store gives a merged key: ``min:loss``, ``max:loss``
 (NaN in the rows that hold one step)."""
+
+RUN_ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{4}")
+"""The pattern of a run id (``YYYYmmdd-HHMMSS-xxxx``, as :meth:`Store.create_run` makes it and every gdlab store
+has held): an id from the database becomes a path only when it matches."""
+
+SWEEP_ID = re.compile(r"s\d{8}-\d{6}-[0-9a-f]{4}")
+"""The pattern of a sweep's (or restarts') id: ``s`` and a run id's pattern."""
+
+LOCK = ".lock"
+"""The file in a run's folder that the process running it holds locked (``flock``) until it closes the run."""
+
+_MAGIC = b"SQLite format 3\x00"
+ABANDONED = "the process ended without closing the run (killed?)"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -85,6 +112,26 @@ CREATE TABLE IF NOT EXISTS remedies (
     applied INTEGER NOT NULL DEFAULT 0, note TEXT
 );
 """
+_TABLES = frozenset(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", _SCHEMA))
+
+
+def _statements(tables: set[str]) -> list[str]:
+    """The schema's statements that create the tables not among ``tables``."""
+    return [statement.strip() for statement in _SCHEMA.split(";")
+            if statement.strip() and re.search(r"EXISTS (\w+)", statement)[1] not in tables]  # type: ignore[index]
+
+
+def _read_only(database: Path) -> sqlite3.Connection:
+    """A connection that never writes ``database``: SQLite's read-only mode, or, where the folder is read-only
+    (SQLite cannot make the index of the write-ahead log beside it), the file read as immutable."""
+    uri = database.resolve().as_uri()
+    db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30)
+    try:
+        db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        return db
+    except sqlite3.OperationalError:
+        db.close()
+    return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True)
 
 
 @dataclass
@@ -113,74 +160,209 @@ class Run:
         return self.dir / "checkpoint.pt"
 
 
+class NoStore(StoreError):
+    """There is no run store at the folder given (for a command that only reads one)."""
+
+
+def check_id(value: str, *, sweep: bool = False) -> str:
+    """``value`` if it is a run id (a sweep id with ``sweep=True``) as gdlab makes them, else
+    :class:`~gdlab.errors.StoreError`: an id read from a store becomes a path only after this check.
+
+    Example:
+        >>> check_id("20261130-063901-ff49")
+        '20261130-063901-ff49'
+        >>> check_id("../victim")
+        Traceback (most recent call last):
+        ...
+        gdlab.errors.StoreError: run id '../victim' is not a gdlab run id (expected YYYYmmdd-HHMMSS-xxxx)
+    """
+    pattern = SWEEP_ID if sweep else RUN_ID
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        kind = "sweep" if sweep else "run"
+        raise StoreError(f"{kind} id {printable(repr(value))} is not a gdlab {kind} id (expected "
+                         f"{'s' if sweep else ''}YYYYmmdd-HHMMSS-xxxx)")
+    return value
+
+
 class Store:
     """A folder holding ``gdlab.db`` and one sub-folder per run.
 
+    The database is checked before anything is written into it: a file that is not a SQLite database, one whose
+    schema cannot be read, or an empty or missing one beside run folders is reported as damaged
+    (:class:`~gdlab.errors.StoreError`) and left as it is.
+
     Args:
         root: the folder; created if missing (unless ``create`` is False). Errors if it cannot be written.
+        create: make the store if it is missing; False: it must exist (:class:`NoStore` otherwise).
+        write: open it for writing [default: ``create``]. A store opened only for reading (``create=False``:
+            what the reading commands do) is never written: no schema script, no write probe, SQLite's
+            read-only mode; it opens on a read-only folder, and a run whose process died reads as ``failed``
+            without that being stored.
+
+    Example:
+        >>> import tempfile
+        >>> root = tempfile.mkdtemp()
+        >>> run_id = Store(root).create_run({})
+        >>> Store(root, create=False).get(run_id).status  # this process still runs it
+        'running'
     """
 
-    def __init__(self, root: str | Path = DEFAULT_STORE, *, create: bool = True) -> None:
+    def __init__(self, root: str | Path = DEFAULT_STORE, *, create: bool = True, write: bool | None = None) -> None:
+        if isinstance(root, str) and not root.strip():
+            raise InvalidParameter("--store", root, "a folder path (an empty one would be the current folder)")
         self.root = Path(root)
-        if not create and not (self.root / "gdlab.db").is_file():
-            raise StoreError(f"no run store at '{root}': expected a folder written by gdlab train (see --store)")
+        self.writable = create if write is None else write
+        self._locks: dict[str, int] = {}  # run id -> the open lock file of a run this process runs
+        self._abandoned: set[str] = set()  # runs seen dead by a store opened for reading (not stored)
+        database = self.root / "gdlab.db"
+        self._check_file(database, create)
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            probe = self.root / f".write-test-{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
-            self._db = sqlite3.connect(self.root / "gdlab.db", timeout=30)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.executescript(_SCHEMA)
+            if self.writable:
+                self.root.mkdir(parents=True, exist_ok=True)
+                probe = self.root / f".write-test-{os.getpid()}"
+                probe.write_bytes(b"")
+                probe.unlink()
+                self._db = sqlite3.connect(database, timeout=30)
+            else:
+                self._db = _read_only(database)
+            tables = self._check_schema(database)
+            if self.writable:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.execute("PRAGMA foreign_keys=ON")
+                if not tables >= _TABLES:  # a new store, or one written before a table was added
+                    self._db.executescript(_SCHEMA)
+            else:  # a table an older store lacks reads as empty: made in memory, never in the store
+                for statement in _statements(tables):
+                    self._db.execute(statement.replace("CREATE TABLE", "CREATE TEMP TABLE", 1))
         except (OSError, sqlite3.Error) as e:
+            if getattr(self, "_db", None) is not None:
+                self._db.close()
+            if isinstance(e, StoreError):
+                raise
             if type(e) is sqlite3.DatabaseError:  # not a write problem: the file is not (or no longer) a database
-                raise StoreError(f"store '{root}' is damaged: {self.root / 'gdlab.db'} is not a readable database "
-                                 f"({e}): expected a run store written by gdlab; move that file aside (nothing is "
-                                 "deleted) or choose another --store") from None
+                raise self._damaged(database, str(e)) from None
             reason = getattr(e, "strerror", None) or str(e)
-            raise StoreError(f"store directory '{root}' cannot be written ({reason}): expected a writable "
-                             "folder; choose another with --store") from None
+            raise StoreError(f"store directory '{printable(root)}' cannot be {'written' if self.writable else 'read'} "
+                             f"({reason}): expected a {'writable' if self.writable else 'readable'} folder; choose "
+                             "another with --store") from None
+
+    def _damaged(self, database: Path, reason: str) -> StoreError:
+        return StoreError(f"store '{printable(self.root)}' is damaged: {printable(database)} is not a readable "
+                          f"database ({reason}): expected a run store written by gdlab; move that file aside (nothing "
+                          "is deleted) or choose another --store")
+
+    def _check_file(self, database: Path, create: bool) -> None:
+        """Before anything opens it: the database file is a SQLite one, and an empty or missing one is a new
+        store only when no run folder is beside it."""
+        try:
+            size = database.stat().st_size if database.is_file() else None
+            head = b""
+            if size:
+                with database.open("rb") as f:
+                    head = f.read(len(_MAGIC))
+        except OSError as e:
+            raise StoreError(f"store '{printable(self.root)}' cannot be read ({e.strerror or e}): expected a "
+                             "readable folder; choose another with --store") from None
+        if size and head != _MAGIC:
+            raise self._damaged(database, "file is not a database")
+        if not size and self._run_folders():
+            state = "empty (0 bytes)" if size == 0 else "missing"
+            raise StoreError(f"store '{printable(self.root)}' is damaged: it holds run folders but its database "
+                             f"{printable(database)} is {state}: expected a run store written by gdlab; nothing was "
+                             "written (restore gdlab.db, or choose another --store)")
+        if size is None and not create:
+            raise NoStore(f"no run store at '{printable(self.root)}': expected a folder written by gdlab train (see "
+                          "--store)")
+
+    def _run_folders(self) -> bool:
+        try:
+            return any(p.is_dir() and (RUN_ID.fullmatch(p.name) or SWEEP_ID.fullmatch(p.name))
+                       for p in self.root.iterdir())
+        except OSError:
+            return False
+
+    def _check_schema(self, database: Path) -> set[str]:
+        """The database's tables, read from its schema and its ``runs`` table: a damaged file fails here, before
+        a write (a cheap check: the schema page and the runs table, not every page; see docs/architecture.md)."""
+        tables = {name for (name,) in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "runs" in tables:
+            self._db.execute("SELECT COUNT(*) FROM runs").fetchone()
+        elif tables or self._run_folders():
+            what = "tables " + ", ".join(sorted(tables)) if tables else "no tables"
+            raise StoreError(f"store '{printable(self.root)}' is damaged: {printable(database)} holds "
+                             f"{printable(what)} but no runs table: expected a run store written by gdlab; nothing "
+                             "was written (choose another --store)")
+        return tables
 
     def close(self) -> None:
-        """Close the database connection."""
+        """Close the database connection (and let go of the runs this store was running: see
+        :meth:`create_run`)."""
+        for run_id in list(self._locks):
+            self._release(run_id)
         self._db.close()
+
+    def _check_writable(self) -> None:
+        if not self.writable:
+            raise StoreError(f"store '{printable(self.root)}' was opened for reading: open it with write=True to "
+                             "change it")
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
+        self._check_writable()
         try:
             with self._db:  # one transaction: all or nothing
                 yield self._db
         except sqlite3.Error as e:
-            raise StoreError(f"store '{self.root}' could not be written: {e}") from None
+            if type(e) is sqlite3.DatabaseError:  # a damaged page met while writing: SQLite rolled back
+                raise self._damaged(self.root / "gdlab.db", str(e)) from None
+            raise StoreError(f"store '{printable(self.root)}' could not be written: {e}") from None
 
     # -- runs ----------------------------------------------------------------------------------------------
 
     def create_run(self, config: dict[str, Any], plan: dict[str, Any] | None = None, *,
                    name: str | None = None) -> str:
-        """Record a new run as ``running`` and make its folder; returns its id (``YYYYmmdd-HHMMSS-xxxx``)."""
-        run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+        """Record a new run as ``running`` and make its folder; returns its id (``YYYYmmdd-HHMMSS-xxxx``).
+
+        This process holds the run's lock (:data:`LOCK` in its folder, ``flock``) until :meth:`finish` (or
+        :meth:`close`, or its death: the system lets go of a dead process's locks), so any other process, or
+        another :class:`Store` in this one, can tell a live run from one whose process is gone, whatever its pid
+        (a container's pids repeat). Where there is no lock (Windows, a filesystem without ``flock``, a run
+        stored before runs held one) the pid and host decide."""
+        run_id = check_id(time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2))
         now = _now()
-        with self._write() as db:
-            db.execute(
-                "INSERT INTO runs (id, name, created, updated, status, config, plan, pid, host) "
-                "VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?)",
-                (run_id, name, now, now, _dumps(config), _dumps(plan), os.getpid(), socket.gethostname()),
-            )
+        self._check_writable()
         self.run_dir(run_id).mkdir(parents=True, exist_ok=True)
+        self._hold(run_id)  # before the row: a row marked running always has its lock
+        try:
+            with self._write() as db:
+                db.execute(
+                    "INSERT INTO runs (id, name, created, updated, status, config, plan, pid, host) "
+                    "VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?)",
+                    (run_id, name, now, now, _dumps(config), _dumps(plan), os.getpid(), socket.gethostname()),
+                )
+        except BaseException:
+            self._release(run_id)
+            raise
         return run_id
 
     def reopen(self, run_id: str, *, step: int, epochs: int) -> None:
-        """Mark a run ``running`` again to resume it from ``step``, dropping metrics recorded after it."""
-        with self._write() as db:
-            db.execute("DELETE FROM step_metrics WHERE run_id = ? AND step > ?", (run_id, step))
-            # a bucket reaching past the checkpoint goes whole: its steps after it are redone
-            db.execute("DELETE FROM step_buckets WHERE run_id = ? AND step > ?", (run_id, step))
-            db.execute("DELETE FROM epoch_metrics WHERE run_id = ? AND epoch > ?", (run_id, epochs))
-            db.execute("DELETE FROM findings WHERE run_id = ?", (run_id,))
-            db.execute("UPDATE runs SET status = 'running', updated = ?, pid = ?, host = ?, error = NULL, "
-                       "stop_reason = NULL WHERE id = ?", (_now(), os.getpid(), socket.gethostname(), run_id))
+        """Mark a run ``running`` again to resume it from ``step``, dropping metrics recorded after it; this
+        process holds its lock (see :meth:`create_run`) until :meth:`finish`. A run whose lock another process
+        holds is refused (:class:`~gdlab.errors.StoreError`)."""
+        self._hold(run_id)
+        try:
+            with self._write() as db:
+                db.execute("DELETE FROM step_metrics WHERE run_id = ? AND step > ?", (run_id, step))
+                # a bucket reaching past the checkpoint goes whole: its steps after it are redone
+                db.execute("DELETE FROM step_buckets WHERE run_id = ? AND step > ?", (run_id, step))
+                db.execute("DELETE FROM epoch_metrics WHERE run_id = ? AND epoch > ?", (run_id, epochs))
+                db.execute("DELETE FROM findings WHERE run_id = ?", (run_id,))
+                db.execute("UPDATE runs SET status = 'running', updated = ?, pid = ?, host = ?, error = NULL, "
+                           "stop_reason = NULL WHERE id = ?", (_now(), os.getpid(), socket.gethostname(), run_id))
+        except BaseException:
+            self._release(run_id)
+            raise
 
     def update_config(self, run_id: str, config: dict[str, Any]) -> None:
         """Replace a run's stored config (a resumed run given a longer budget)."""
@@ -193,12 +375,16 @@ class Store:
         """Close a run with ``status`` (``finished``, ``failed`` or ``stopped``) and its final numbers."""
         if status not in STATUSES:
             raise InvalidParameter("status", status, f"one of {', '.join(STATUSES)}")
-        with self._write() as db:
-            db.execute(
-                "UPDATE runs SET status = ?, updated = ?, final = ?, lr = ?, seconds = ?, steps = ?, "
-                "stop_reason = ?, error = ? WHERE id = ?",
-                (status, _now(), _dumps(final), lr, seconds, steps, stop_reason, error, run_id),
-            )
+        try:
+            with self._write() as db:
+                db.execute(
+                    "UPDATE runs SET status = ?, updated = ?, final = ?, lr = ?, seconds = ?, steps = ?, "
+                    "stop_reason = ?, error = ? WHERE id = ?",
+                    (status, _now(), _dumps(final), lr, seconds, steps, stop_reason, error, run_id),
+                )
+        finally:
+            if status != "running":
+                self._release(run_id)  # the run is closed (or could not be: it reads as dead, not as live)
 
     def add_steps(self, run_id: str, rows: Iterable[dict[str, float]], *, step_rows: int = 0) -> None:
         """Store per-step rows; each has a ``step`` key; NaN values (and :data:`SPREAD` columns) are left out.
@@ -274,8 +460,11 @@ class Store:
         sql = ("SELECT id, name, kind, created, config, summary, seconds, steps, (SELECT COUNT(*) FROM "
                "sweep_members m WHERE m.sweep_id = s.id) FROM sweeps s ORDER BY rowid DESC"
                + (f" LIMIT {int(limit)}" if limit else ""))
+        rows = self._query(sql)
+        for r in rows:
+            self.sweep_dir(r[0])  # an id that is not gdlab's is a damaged store, before it names a file
         return [{"id": r[0], "name": r[1], "kind": r[2], "created": r[3], "config": _loads(r[4]),
-                 "summary": _loads(r[5]), "seconds": r[6], "steps": r[7], "members": r[8]} for r in self._query(sql)]
+                 "summary": _loads(r[5]), "seconds": r[6], "steps": r[7], "members": r[8]} for r in rows]
 
     def get_sweep(self, ref: str) -> dict[str, Any]:
         """A stored sweep by id, unique id prefix or name, with its ``rows`` (one per member)."""
@@ -327,21 +516,52 @@ class Store:
         ]
         return run
 
-    def delete_run(self, ref: str) -> Run:
-        """Delete a run that is not ``running``: its rows (metrics, findings, remedies: all that references it)
-        in one transaction, then its folder. A crash in between leaves at worst a folder no row points to, never
-        a row without its run. Returns the run as it was."""
+    def delete_run(self, ref: str, *, force: bool = False) -> Run:
+        """Delete a run that is not ``running`` (with ``force``, one marked ``running`` too: one whose process
+        no check could prove gone), never one whose lock a live process holds: its rows (metrics, findings,
+        remedies: all that references it) in one transaction, then its folder. A crash in between leaves at worst
+        a folder no row points to, never a row without its run. Returns the run as it was.
+
+        Example:
+            >>> import tempfile
+            >>> store = Store(tempfile.mkdtemp())
+            >>> run_id = store.create_run({})
+            >>> store.delete_run(run_id)
+            Traceback (most recent call last):
+            ...
+            gdlab.errors.StoreError: run ... is running: stop it first (or wait for it to finish), then delete it...
+        """
         run = self.get(ref)
-        with self._write() as db:
-            gone = db.execute("DELETE FROM runs WHERE id = ? AND status != 'running'", (run.id,)).rowcount
-        if not gone:
-            raise StoreError(f"run {run.id} is running: stop it first (or wait for it to finish), then delete it")
-        folder = self.run_dir(run.id)
-        if folder.exists():
-            trash = folder.with_name(f".deleted-{run.id}")
-            os.replace(folder, trash)  # one rename: the run's folder is there whole or not at all
-            shutil.rmtree(trash, ignore_errors=True)
+        running = StoreError(f"run {run.id} is running: stop it first (or wait for it to finish), then delete it; "
+                             "if no process runs it any more (killed in a container, on another machine), delete "
+                             "it with --force")
+        if run.status == "running" and not force:
+            raise running
+        folder = self.run_dir(run.id)  # checked: inside the store, never the store itself
+        with self._claim(run.id):
+            with self._write() as db:
+                gone = db.execute("DELETE FROM runs WHERE id = ? AND (status != 'running' OR ?)",
+                                  (run.id, bool(force))).rowcount
+            if not gone:  # it was resumed meanwhile
+                raise running
+            if folder.exists():
+                trash = folder.with_name(f".deleted-{run.id}")
+                os.replace(folder, trash)  # one rename: the run's folder is there whole or not at all
+                shutil.rmtree(trash, ignore_errors=True)
         return run
+
+    def abandon(self, ref: str) -> Run:
+        """Mark the run ``ref``, left ``running`` by a process that no check could prove gone (killed in a
+        container, on another machine, stored before runs held a lock), ``failed``, so that it can be resumed:
+        what ``gdlab train --resume RUN --force`` does. A run whose lock a live process holds is refused; a run
+        not ``running`` is left as it is. Returns the run as it is now."""
+        run = self.get(ref)
+        if run.status == "running":
+            with self._claim(run.id), self._write() as db:
+                db.execute("UPDATE runs SET status = 'failed', updated = ?, error = ? WHERE id = ? AND "
+                           "status = 'running'", (_now(), "marked failed by --force: no process was known to "
+                                                  "run it", run.id))
+        return self.get(run.id)
 
     def history(self, run_id: str) -> History:
         """The run's per-step and per-epoch metrics as a :class:`History`.
@@ -358,30 +578,116 @@ class Store:
         return history
 
     def run_dir(self, run_id: str) -> Path:
-        """The run's artifact folder."""
-        return self.root / run_id
+        """The run's artifact folder: ``<store>/<run id>``, for an id of gdlab's pattern (:data:`RUN_ID`) whose
+        folder stays inside the store, else :class:`~gdlab.errors.StoreError` (the store is damaged)."""
+        return self._inside(run_id, sweep=False)
+
+    def sweep_dir(self, sweep_id: str) -> Path:
+        """A sweep's folder (its plots): ``<store>/<sweep id>``, checked as :meth:`run_dir` checks a run's."""
+        return self._inside(sweep_id, sweep=True)
+
+    def _inside(self, ident: str, *, sweep: bool) -> Path:
+        try:
+            check_id(ident, sweep=sweep)
+        except StoreError as e:
+            raise StoreError(f"store '{printable(self.root)}' is damaged: {e}; nothing was changed (move the store "
+                             "aside, or choose another --store)") from None
+        path = self.root / ident
+        root = os.path.realpath(self.root)
+        real = os.path.realpath(path)  # links followed: the folder must be the store's, not one a link leads to
+        if real == root or os.path.commonpath([root, real]) != root:
+            raise StoreError(f"store '{printable(self.root)}' is damaged: the folder of {'sweep' if sweep else 'run'} "
+                             f"{ident} leads outside it ({printable(real)}); nothing was changed (move the store "
+                             "aside, or choose another --store)")
+        return path
 
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
         try:
             return self._db.execute(sql, args).fetchall()
         except sqlite3.Error as e:
-            raise StoreError(f"store '{self.root}' could not be read: {e}") from None
+            if type(e) is sqlite3.DatabaseError:
+                raise self._damaged(self.root / "gdlab.db", str(e)) from None
+            raise StoreError(f"store '{printable(self.root)}' could not be read: {e}") from None
 
     def _run(self, row: Any) -> Run:
         (id_, name, created, _updated, status, config, plan, final, lr, seconds, steps, stop_reason, error,
          _pid, _host) = row
+        folder = self.run_dir(id_)
+        if status == "running" and id_ in self._abandoned:  # seen dead by a store opened for reading
+            status, error = "failed", ABANDONED
         return Run(id_, name, created, status, _loads(config), _loads(plan), _loads(final), lr, seconds, steps,
-                   stop_reason, error, self.run_dir(id_))
+                   stop_reason, error, folder)
+
+    # -- liveness: the run's lock ----------------------------------------------------------------------------
+
+    def _hold(self, run_id: str) -> None:
+        """Take the run's lock for this store's life of the run (released by :meth:`finish`, :meth:`close` or
+        the process's death); a lock another process (or another store) holds is refused."""
+        if fcntl is None or run_id in self._locks:
+            return
+        try:
+            fd = os.open(self.run_dir(run_id) / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            return  # no lock file can be made here: the pid and host decide
+        for _ in range(10):  # a reader that found it dead holds it for one update
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._locks[run_id] = fd
+                return
+            except BlockingIOError:
+                time.sleep(0.02)
+            except OSError:  # no flock on this filesystem
+                os.close(fd)
+                return
+        os.close(fd)
+        raise StoreError(f"run {run_id} is running in another process (it holds the run's lock): stop it first "
+                         "(Ctrl-C), or wait for it to finish")
+
+    def _release(self, run_id: str) -> None:
+        fd = self._locks.pop(run_id, None)
+        if fd is not None:
+            os.close(fd)  # closing the file lets go of its lock
+
+    @contextmanager
+    def _claim(self, run_id: str) -> Iterator[None]:
+        """Hold the run's lock (if it has one) while changing it from outside: refused while a live process
+        holds it."""
+        if run_id in self._locks:  # this store runs it
+            raise StoreError(f"run {run_id} is running in this process: finish it first")
+        fd = _try_lock(self.run_dir(run_id) / LOCK)
+        if fd is False:
+            raise StoreError(f"run {run_id} is running: a live process holds its lock; stop it first (Ctrl-C), or "
+                             "wait for it to finish (--force does not override a live process)")
+        try:
+            yield
+        finally:
+            if fd is not None:
+                os.close(fd)
 
     def _close_abandoned(self) -> None:
+        """Mark ``failed`` the runs left ``running`` by a process that is gone: one whose lock is free (whatever
+        its pid or host), or, for a run without a lock file, one whose pid is gone on this host. A store opened
+        for reading only reads them as failed."""
         host = socket.gethostname()
-        dead = [run_id for run_id, pid, h in self._query("SELECT id, pid, host FROM runs WHERE status = 'running'")
-                if h == host and pid is not None and not _alive(pid)]
-        for run_id in dead:  # keep what it recorded: only the status, the error and the steps reached change
-            with self._write() as db:
-                db.execute("UPDATE runs SET status = 'failed', updated = ?, error = ?, steps = (SELECT MAX(step) "
-                           "FROM step_metrics WHERE run_id = ?) WHERE id = ?",
-                           (_now(), "the process ended without closing the run (killed?)", run_id, run_id))
+        for run_id, pid, h in self._query("SELECT id, pid, host FROM runs WHERE status = 'running'"):
+            if run_id in self._locks or run_id in self._abandoned:
+                continue
+            fd = _try_lock(self.run_dir(run_id) / LOCK)
+            if fd is False:  # held: alive
+                continue
+            if fd is None and (h != host or pid is None or _alive(pid)):  # no lock to read: the pid decides
+                continue
+            try:
+                if not self.writable:
+                    self._abandoned.add(run_id)
+                    continue
+                with self._write() as db:  # keep what it recorded: only the status, the error and the steps change
+                    db.execute("UPDATE runs SET status = 'failed', updated = ?, error = ?, steps = (SELECT MAX(step) "
+                               "FROM step_metrics WHERE run_id = ?) WHERE id = ? AND status = 'running'",
+                               (_now(), ABANDONED, run_id, run_id))
+            finally:
+                if fd is not None:
+                    os.close(fd)
 
 
 def _table(index: str, buckets: list[Any], rows: list[Any]) -> Table:
@@ -462,6 +768,27 @@ def _merge_old_steps(db: sqlite3.Connection, run_id: str, step_rows: int) -> Non
 
 def _extreme(pick: Any, a: float | None, b: float | None) -> float | None:
     return b if a is None else a if b is None else pick(a, b)
+
+
+def _try_lock(path: Path) -> int | bool | None:
+    """Take the lock of ``path`` without waiting, opening it read-only and never creating it: the open file (the
+    lock now held: its owner is gone), False (a live process holds it), or None (no lock file, or no ``flock``
+    here: the lock cannot tell)."""
+    if fcntl is None:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def _alive(pid: int) -> bool:

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from gdlab.cli.common import StoreFlag, app, friendly, out
+from gdlab.cli.common import StoreFlag, app, friendly, out, safe
 
 
 @app.command()
@@ -22,10 +22,12 @@ def report(
                                             "[default: <store>/report]."),
     every: bool = typer.Option(False, "--all", help="An index page of every run and sweep in the store, sortable, "
                                "each linked to its own page."),
+    force: bool = typer.Option(False, "--force", help="Write over an existing .html file that is not a gdlab page "
+                               "(never over the store's own files)."),
 ) -> None:
     """Write a run, several runs or a sweep as one HTML page that opens offline: charts to hover and zoom, the
     doctor's findings marked at their steps, the remedies applied; --all writes an index of the store."""
     from gdlab.reports import report as write_report
 
-    path = write_report(list(runs or []) or None, out_path, store=store, all_runs=every)
-    out.print(str(path), markup=False)
+    path = write_report(list(runs or []) or None, out_path, store=store, all_runs=every, force=force)
+    out.print(safe(path))

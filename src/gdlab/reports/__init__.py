@@ -39,6 +39,7 @@ from typing import Any
 
 from gdlab import __version__
 from gdlab.errors import InvalidParameter, RunNotFound
+from gdlab.guard import check_out
 from gdlab.records import History, ema
 from gdlab.store import DEFAULT_STORE, Run, Store
 
@@ -58,7 +59,7 @@ METRICS = ("val_accuracy", "val_subset_accuracy", "val_mae", "val_r2")
 
 
 def report(runs: str | Sequence[str] | None = None, out: str | Path | None = None, *,
-           store: str | Path | Store = DEFAULT_STORE, all_runs: bool = False) -> Path:
+           store: str | Path | Store = DEFAULT_STORE, all_runs: bool = False, force: bool = False) -> Path:
     """Write one self-contained HTML page of a run, of several runs, or of a sweep or restarts.
 
     Args:
@@ -68,6 +69,8 @@ def report(runs: str | Sequence[str] | None = None, out: str | Path | None = Non
             ``<store>/report``].
         store: the run store (a folder or a :class:`~gdlab.store.Store`).
         all_runs: write the index of every run and sweep in the store, and their pages, instead.
+        force: write over an existing file that is not a gdlab page (refused otherwise). Never the store's own
+            files (``--out gdlab.db`` is refused, as is any path not ending in ``.html``), never a folder.
 
     Returns:
         The page written (``index.html`` with ``all_runs``).
@@ -82,9 +85,12 @@ def report(runs: str | Sequence[str] | None = None, out: str | Path | None = Non
         raise InvalidParameter("runs", " ".join(refs), "no runs with --all (the index covers every run)")
     if not all_runs and not refs:
         raise InvalidParameter("runs", runs, "one or more runs, or --all (all_runs=True)")
+    if out is not None:  # checked before the store is read: nothing is written over what gdlab did not make
+        out = check_out(out, "--out", () if all_runs else (".html",), force=force, folder=all_runs)
     db = store if isinstance(store, Store) else Store(store, create=False)
     if all_runs:
-        return _write_index(db, Path(out) if out is not None else db.root / "report")
+        return _write_index(db, Path(out) if out is not None else check_out(db.root / "report", "--out", (),
+                                                                             folder=True), force=force)
     found: list[Run] = []
     sweeps: list[dict[str, Any]] = []
     for ref in refs:
@@ -106,8 +112,9 @@ def report(runs: str | Sequence[str] | None = None, out: str | Path | None = Non
         data = run_data(db, found[0])
     else:
         data = runs_data(db, found)
-    target = Path(out) if out is not None else (found[0].dir / "report.html" if len(found) == 1 and not sweeps
-                                                  else Path("report.html"))
+    target = Path(out) if out is not None else check_out(
+        found[0].dir / "report.html" if len(found) == 1 and not sweeps else Path("report.html"), "--out", (".html",),
+        force=force)
     return _write(target, page(data), "--out")
 
 
@@ -476,14 +483,20 @@ def _umask() -> int:
     return mask
 
 
-def _write_index(store: Store, folder: Path) -> Path:
-    """Each run's and sweep's page into ``folder`` (``<id>.html``), then ``index.html`` linking them."""
+def _write_index(store: Store, folder: Path, *, force: bool = False) -> Path:
+    """Each run's and sweep's page into ``folder`` (``<id>.html``), then ``index.html`` linking them. The ids are
+    the store's, checked (:meth:`Store.run_dir`), and each page is checked as ``--out`` is (:func:`check_out`)
+    before anything is written."""
     if folder.exists() and not folder.is_dir():
         raise InvalidParameter("--out", str(folder), "a folder for the index and the run pages (this is a file)")
+    runs, sweeps = store.runs(), store.sweeps()  # a damaged store fails here, before a page is written
+    pages = [folder / f"{item}.html" for item in [r.id for r in runs] + [s["id"] for s in sweeps] + ["index"]]
+    for target in pages:
+        check_out(target, "--out", (".html",), force=force)
     links: dict[str, str] = {}
-    for run in store.runs():
+    for run in runs:
         links[run.id] = _write(folder / f"{run.id}.html", page(run_data(store, store.get(run.id))), "--out").name
-    for stored in store.sweeps():
+    for stored in sweeps:
         links[stored["id"]] = _write(folder / f"{stored['id']}.html", page(sweep_data(store.get_sweep(stored["id"]))),
                                      "--out").name
     return _write(folder / "index.html", page(index_data(store, links)), "--out")
