@@ -150,3 +150,70 @@ def test_module_function_serves_the_lecture_dataset_unchanged(user_modules: Path
 def test_tensor_data_round_trip_of_builtin_is_float32() -> None:
     train, _ = datasets.load("linear")
     assert isinstance(train, TensorData) and train.X.dtype == torch.float32
+
+
+# -- issue 24: archives checked before they are read, real numbers only, one line naming the file ---------------
+
+
+def test_npz_sizes_are_checked_before_any_array_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hostile_files
+    from gdlab import resources
+
+    monkeypatch.setattr(np.lib.format, "read_array", lambda *a, **k: pytest.fail("an array was read"))
+    hostile_files.bomb(tmp_path / "bomb.npz")
+    monkeypatch.setattr(resources, "free_memory", lambda device=None: 10**9)
+    with pytest.raises(DataError, match=r"bomb.npz \(arrays X, y: 8.8 TB uncompressed\) needs about 26.4 TB of "
+                                        r"memory but 1.0 GB is free on this machine: expected something that fits"):
+        datasets.load(str(tmp_path / "bomb.npz"))
+    np.savez_compressed(tmp_path / "zeros.npz", X=np.zeros((1000, 100)), y=np.zeros(1000))  # 808 kB, a few kB zipped
+    monkeypatch.setattr(resources, "free_memory", lambda device=None: 10**6)
+    with pytest.raises(DataError, match=r"zeros.npz \(arrays X, y: 808.0 kB uncompressed\) needs about 2.4 MB"):
+        datasets.load(str(tmp_path / "zeros.npz"))
+    with pytest.raises(DataError, match=r"zeros.npz \(arrays X: 800.0 kB uncompressed\) needs about 2.4 MB"):
+        datasets.read_npz(tmp_path / "zeros.npz", ("X",))
+
+
+def test_npz_reads_real_numbers_only_and_names_the_file(tmp_path: Path) -> None:
+    import hostile_files
+
+    hostile_files.write(tmp_path)
+    for name, message in (
+        ("truncated.npz", "a damaged or truncated .npz archive"),
+        ("renamed.npz", "a single .npy array, not an .npz archive"),
+        ("complex.npz", "array 'X' has dtype complex64: expected real numbers (an integer or floating-point dtype); "
+                        "complex values are not cast"),
+        ("objects.npz", "array 'X' holds objects (pickled), which are not read"),
+        ("liar.npz", "array 'X' declares shape (1048576, 1048576) (8.8 TB) but holds 64 B: a damaged .npz archive"),
+    ):
+        with pytest.raises(DataError) as caught:
+            datasets.load(str(tmp_path / name))
+        assert str(caught.value).startswith(f"{tmp_path / name}: {message}") and "\n" not in str(caught.value)
+    np.savez(tmp_path / "flags.npz", X=np.ones((3, 2), dtype=bool), y=np.zeros(3))
+    with pytest.raises(DataError, match="array 'X' has dtype bool: expected real numbers"):
+        datasets.load(str(tmp_path / "flags.npz"))
+    np.savez(tmp_path / "ok.npz", X=np.ones((3, 2), dtype=np.float16), y=np.array([0, 1, 0], dtype=np.uint8))
+    arrays = datasets.read_npz(tmp_path / "ok.npz", ("X",), ("y", "w"))
+    assert sorted(arrays) == ["X", "y"] and arrays["X"].dtype == np.float16 and arrays["y"].tolist() == [0, 1, 0]
+
+
+def test_source_kind_is_how_load_reads_a_name(tmp_path: Path) -> None:
+    (tmp_path / "odd:name").write_text("x")
+    assert [datasets.source_kind(n) for n in ("moons", "d.csv", "d.NPZ", "mod:fn", "digts")] == \
+        ["builtin", "file", "file", "code", "unknown"]
+    assert datasets.source_kind(str(tmp_path / "odd:name")) == "file"  # a file that exists is never imported
+
+
+def test_every_numpy_read_in_the_source_refuses_pickles() -> None:
+    """np.load and np.lib.format.read_array unpickle object arrays unless told not to: every call in src/gdlab
+    passes allow_pickle=False (read from the source, so a new call cannot slip in)."""
+    import ast
+
+    source = Path(__file__).resolve().parents[1] / "src" / "gdlab"
+    calls = []
+    for path in source.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in (
+                    "load", "read_array") and ast.unparse(node.func.value) in ("np", "numpy", "np.lib.format"):
+                calls.append((path.name, node.lineno, {k.arg: ast.unparse(k.value) for k in node.keywords}))
+    assert calls, "no numpy read found: the test reads the wrong folder"
+    assert all(keywords.get("allow_pickle") == "False" for _, _, keywords in calls), calls

@@ -65,3 +65,80 @@ def test_user_model_from_module_function(user_modules: Path) -> None:
     assert models.build("user_models:wrong_inputs", in_features=3, out_features=1).in_features == 7
     with pytest.raises(InvalidParameter, match="a function returning an nn.Module, got int"):
         models.build("user_models:not_a_module", in_features=3, out_features=1)
+
+
+# -- issue 24: a tampered .safetensors file is one ModelError line, and its metadata never leads to an import ----
+
+def _exported(path: Path, **meta: object) -> Path:
+    """An exported mlp (3 inputs, hidden [4], 2 outputs) at ``path``, its metadata's keys changed by ``meta``."""
+    import json
+
+    from safetensors.torch import save_file
+
+    spec = {"model": "mlp", "in_features": 3, "out_features": 2, "hidden": [4], "activation": "relu",
+            "image_shape": None, "task": "classification", "classes": None}
+    models.save(models.build("mlp", in_features=3, out_features=2, hidden=(4,)), path, spec)
+    if meta:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            text = meta.pop("raw", None) or json.dumps({**json.loads(f.metadata()["gdlab"]), **meta})
+        save_file(tensors, str(path), metadata={"gdlab": str(text)})
+    return path
+
+
+TAMPERED = [
+    ({"raw": "{not json"}, "its gdlab metadata is not JSON"),
+    ({"raw": "[1, 2]"}, "its gdlab metadata is a list: expected a JSON object written by gdlab export"),
+    ({"hidden": ["4"]}, "invalid metadata hidden '4': expected a positive integer"),
+    ({"hidden": "4"}, "invalid metadata hidden '4': expected a list of positive integers"),
+    ({"in_features": "3"}, "invalid metadata in_features '3': expected a positive integer"),
+    ({"out_features": -2}, "invalid metadata out_features -2: expected a positive integer"),
+    ({"activation": 7}, "unknown metadata activation 7: expected one of relu, tanh, sigmoid, leaky_relu"),
+    ({"image_shape": "abc"}, "invalid metadata image_shape 'abc': expected null or [channels, height, width]"),
+    ({"model": "os:abort"}, "holds the weights of 'os:abort': build that model with its own class and pass it"),
+    ({"model": "user_models:regressor"}, "holds the weights of 'user_models:regressor'"),
+    ({"model": ["mlp"]}, "holds the weights of a model gdlab did not build"),
+    ({"in_features": 10**12}, "its metadata describes 4,000,000,000,014 parameters but it holds 26: expected the "
+     "file gdlab export wrote"),
+    ({"hidden": [10**9, 10**9]}, "its metadata describes 1,000,000,007,000,000,002 parameters but it holds 26"),
+]
+
+
+@pytest.mark.parametrize(("meta", "message"), TAMPERED, ids=[m for _, m in TAMPERED])
+def test_tampered_metadata_is_one_line_and_imports_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           meta: dict[str, object], message: str) -> None:
+    import importlib
+
+    path = _exported(tmp_path / "m.safetensors", **meta)
+    monkeypatch.setattr(importlib, "import_module", lambda *a, **k: pytest.fail("load imported a module"))
+    with pytest.raises(ModelError) as caught:
+        models.load(path)
+    assert str(caught.value).startswith(f"model file '{path}'") and message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_damaged_safetensors_files_are_one_line(tmp_path: Path) -> None:
+    import struct
+
+    from safetensors.torch import save_file
+
+    good = _exported(tmp_path / "good.safetensors")
+    assert models.load(good)(torch.zeros(1, 3)).shape == (1, 2)
+    damaged = {
+        "past.safetensors": struct.pack("<Q", 10**9) + b'{"__metadata__": {}}',  # a header longer than the file
+        "header.safetensors": struct.pack("<Q", 9) + b"{not json",
+        "empty.safetensors": b"",
+        "cut.safetensors": good.read_bytes()[:-10],
+    }
+    for name, data in damaged.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ModelError, match=f"model file '.*{name}' could not be read") as caught:
+            models.load(tmp_path / name)
+        assert "\n" not in str(caught.value)
+    tensors = {"0.weight": torch.zeros(2, 3), "0.bias": torch.zeros(2), "gdlab.input_mean": torch.zeros(1, 3)}
+    save_file(tensors, str(tmp_path / "half.safetensors"), metadata={"gdlab": '{"model": "linear", "in_features": 3, '
+                                                                               '"out_features": 2}'})
+    with pytest.raises(ModelError, match="its input scaling .* is damaged"):
+        models.load(tmp_path / "half.safetensors")

@@ -21,6 +21,7 @@ from torch import nn
 from gdlab import distributed, models
 from gdlab.config import Config
 from gdlab.data import TensorData, as_tensor_data, datasets, standardize, structure
+from gdlab.data.batching import dataset_size, read_sample
 from gdlab.data.source import dataset_task
 from gdlab.doctor import Remedy
 from gdlab.errors import InvalidParameter, StoreError
@@ -115,12 +116,21 @@ def _fit(config: Config, model: nn.Module, train: Any, val: Any, store: Store | 
 
 
 def resume(ref: str, *, store: str, epochs: int | None = None, steps: int | None = None,
-           progress: bool = True, callbacks: tuple[Callback, ...] = ()) -> Result:
-    """Continue the stored run ``ref`` from its last checkpoint, optionally with a larger budget."""
+           progress: bool = True, callbacks: tuple[Callback, ...] = (), model: str | None = None,
+           data: str | None = None, trust_store: bool = False) -> Result:
+    """Continue the stored run ``ref`` from its last checkpoint, optionally with a larger budget.
+
+    A stored ``module:function`` model or data is imported only with consent (:func:`gdlab.resolve.consent`):
+    ``model`` / ``data`` naming the stored spec again, or ``trust_store``; given, they must equal the stored ones
+    (they consent, they replace nothing)."""
+    from gdlab.resolve import consent
+
     run_ = Store(store, create=False).get(ref)
     if "data" not in run_.config:  # stored by gdlab.fit from Python: its model and data are the caller's
         raise StoreError(f"run {run_.id} was recorded by gdlab.fit from Python, not by gdlab train: resume it there "
                          "with fit(model, data, store=..., resume=...)")
+    consent(run_.config, run_id=run_.id, given={"model": model, "data": data}, trust=trust_store,
+            flags={"model": "--model", "data": "--data"}, must_match=("model", "data"))
     changes: dict[str, Any] = {"store": store}
     if epochs is not None or steps is not None:
         changes.update(epochs=epochs, steps=steps)
@@ -134,11 +144,12 @@ def _describe(train: Any) -> tuple[int, int, str, tuple[int, ...] | None]:
     tensors = as_tensor_data(train)
     if isinstance(tensors, TensorData):
         return tensors.n_features, tensors.n_outputs, tensors.task, tensors.image_shape
-    x, y = structure.split(train[0])
+    n = dataset_size(train)  # a user's Dataset: an empty one, or one that fails to read, is one line
+    x, y = structure.split(read_sample(train, 0))
     features = sum(int(torch.as_tensor(t).numel()) for t in structure.leaves(structure.tree_map(torch.as_tensor, x))
                    ) if not isinstance(x, torch.Tensor) else int(x.numel())
     task = dataset_task(train)
     if task != "classification":
         return features, int(y.numel()), task, None
-    classes = 1 + max(int(structure.split(train[i])[1]) for i in range(len(train)))  # one pass over labels
+    classes = 1 + max(int(structure.split(read_sample(train, i))[1]) for i in range(n))  # one pass over labels
     return features, classes, "classification", None

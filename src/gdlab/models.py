@@ -21,8 +21,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from gdlab.errors import InvalidParameter, ModelError, UnknownChoice
-from gdlab.resolve import call_user, resolve
+from gdlab.errors import GdlabError, InvalidParameter, ModelError, UnknownChoice
+from gdlab.guard import printable
+from gdlab.resolve import call_user, names_code, resolve
 from gdlab.resources import check_fits
 
 __all__ = ["MODELS", "ACTIVATIONS", "INITS", "ModelInfo", "build", "estimate", "initialize", "save", "load",
@@ -148,7 +149,7 @@ def build(
                    need, hint="use smaller --hidden sizes, or data with fewer features or classes")
         model = MODELS[name].build(in_features, out_features, hidden=tuple(hidden), activation=activation,
                                    image_shape=image_shape)
-    elif ":" in name:
+    elif names_code(name):
         model = _user_model(name, in_features, out_features, image_shape or (in_features,))
     else:
         raise UnknownChoice("model", name, MODELS, ", or module:function")
@@ -261,6 +262,9 @@ def load(path: str | Any, model: nn.Module | None = None) -> nn.Module:
     its class: build it and pass it as ``model`` to receive the weights. Inputs are standardised as in training
     when the run was (the model is then a :class:`Standardized`).
 
+    Nothing in the file is imported or called: its metadata names a built-in model and its sizes, checked
+    (:func:`_spec`) before anything is built; a damaged or tampered file is one :class:`ModelError` line.
+
     Example:
         >>> model = load("model.safetensors")  # doctest: +SKIP
         >>> model.eval()(torch.zeros(1, 64)).argmax(-1)  # doctest: +SKIP
@@ -271,24 +275,69 @@ def load(path: str | Any, model: nn.Module | None = None) -> nn.Module:
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {}).get("gdlab", "{}"))
+            metadata = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except FileNotFoundError:
         raise ModelError(f"model file '{path}' not found: expected a file written by gdlab export") from None
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ModelError(f"model file '{path}' could not be read ({e}): expected a .safetensors file written by "
+    except (SafetensorError, OSError, ValueError, TypeError, RuntimeError, OverflowError) as e:
+        said = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ModelError(f"model file '{path}' could not be read ({said}): expected a .safetensors file written by "
                          "gdlab export") from None
+    try:
+        meta = json.loads(metadata.get("gdlab", "{}"))
+    except (TypeError, ValueError) as e:
+        raise ModelError(f"model file '{path}': its gdlab metadata is not JSON ({e}): expected a file written by "
+                         "gdlab export") from None
+    if not isinstance(meta, dict):
+        raise ModelError(f"model file '{path}': its gdlab metadata is a {type(meta).__name__}: expected a JSON "
+                         "object written by gdlab export")
     mean, std = tensors.pop("gdlab.input_mean", None), tensors.pop("gdlab.input_std", None)
+    if (mean is None) != (std is None) or mean is not None and std is not None and (
+            not mean.is_floating_point() or not std.is_floating_point() or mean.shape != std.shape):
+        raise ModelError(f"model file '{path}': its input scaling (gdlab.input_mean, gdlab.input_std) is damaged: "
+                         "expected two floating-point tensors of one shape")
     if model is None:
         name = meta.get("model")
-        if name not in MODELS or meta.get("in_features") is None:
-            raise ModelError(f"model file '{path}' holds the weights of {name or 'a model gdlab did not build'}: "
-                             "build that model with its own class and pass it, load(path, model=...)")
-        model = build(name, in_features=meta["in_features"], out_features=meta["out_features"],
-                      hidden=meta.get("hidden") or (64,), activation=meta.get("activation") or "relu",
-                      image_shape=tuple(meta["image_shape"]) if meta.get("image_shape") else None)
+        if not isinstance(name, str) or name not in MODELS or meta.get("in_features") is None:
+            shown = f"'{printable(name)}'" if isinstance(name, str) else "a model gdlab did not build"
+            raise ModelError(f"model file '{path}' holds the weights of {shown}: build that model with its own "
+                             "class and pass it, load(path, model=...)")
+        try:
+            spec = _spec(meta)
+            params, _ = estimate(name, spec["in_features"], spec["out_features"], hidden=spec["hidden"],
+                                 image_shape=spec["image_shape"])
+            held = sum(t.numel() for t in tensors.values())
+            if params != held:  # sizes that do not match the weights: refused before anything is built
+                raise ModelError(f"its metadata describes {params:,} parameters but it holds {held:,}: expected "
+                                 "the file gdlab export wrote")
+            model = build(name, **spec)
+        except GdlabError as e:
+            raise ModelError(f"model file '{path}': {e}") from None
     try:
         model.load_state_dict(tensors)
     except RuntimeError as e:
         raise ModelError(f"model file '{path}' does not fit the model: {str(e).splitlines()[0]}") from None
     return Standardized(model, mean, std) if mean is not None and std is not None else model
+
+
+def _spec(meta: dict[str, Any]) -> dict[str, Any]:
+    """:func:`build`'s size arguments from an exported file's metadata, each checked for its type and range
+    (:class:`InvalidParameter` naming the key), so that a tampered file never reaches a raw exception."""
+    def count(key: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise InvalidParameter(f"metadata {key}", value, "a positive integer")
+        return value
+
+    hidden = meta.get("hidden") or [64]
+    if not isinstance(hidden, list):
+        raise InvalidParameter("metadata hidden", hidden, "a list of positive integers")
+    image_shape = meta.get("image_shape")
+    if image_shape is not None and (not isinstance(image_shape, list) or len(image_shape) != 3):
+        raise InvalidParameter("metadata image_shape", image_shape, "null or [channels, height, width]")
+    activation = meta.get("activation") or "relu"
+    if not isinstance(activation, str) or activation not in ACTIVATIONS:
+        raise UnknownChoice("metadata activation", activation, ACTIVATIONS)
+    return {"in_features": count("in_features", meta.get("in_features")),
+            "out_features": count("out_features", meta.get("out_features")),
+            "hidden": [count("hidden", h) for h in hidden], "activation": activation,
+            "image_shape": tuple(count("image_shape", d) for d in image_shape) if image_shape is not None else None}

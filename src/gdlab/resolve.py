@@ -1,5 +1,22 @@
 """Resolve ``module:function`` specs naming the user's own data or model, and call them so that what goes wrong
-inside the user's code is told in one line with their file and line."""
+inside the user's code is told in one line with their file and line.
+
+A spec typed by the user is theirs to run. A spec read from a run store (a run's stored config) is not: a store
+may come from someone else, or be damaged, and importing ``os:abort`` or ``code:interact`` from it would run
+that code. :func:`consent` is the one gate: a command that rebuilds a stored run (``gdlab predict``, ``export``,
+``train --resume``) calls it before anything is imported, and it passes only when the user named the same spec
+again on the command line (``--model mod:fn``) or passed ``--trust-store``.
+
+Example:
+    >>> stored_code({"model": "user_models:net", "data": "moons"})
+    {'model': 'user_models:net'}
+    >>> try:
+    ...     consent({"model": "os:abort"}, run_id="1a2b", flags={"model": "--model"})
+    ... except UntrustedCode as e:
+    ...     print(str(e).split(": ")[-1])
+    pass --model os:abort to run it, or --trust-store
+    >>> consent({"model": "os:abort"}, run_id="1a2b", given={"model": "os:abort"})  # named again: consent
+"""
 
 from __future__ import annotations
 
@@ -7,17 +24,91 @@ import importlib
 import inspect
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
 from gdlab.errors import GdlabError, InvalidParameter, shorten
 
-__all__ = ["UserCodeError", "call_user", "resolve", "where"]
+__all__ = ["DATA_FILE_SUFFIXES", "TRUST_FLAG", "UntrustedCode", "UserCodeError", "call_user", "consent", "names_code",
+           "raised", "resolve", "stored_code", "where"]
+
+DATA_FILE_SUFFIXES = (".csv", ".npz")
+"""The data files gdlab reads: a data spec ending so is a file, never ``module:function``."""
+
+TRUST_FLAG = "--trust-store"
+"""The flag that consents to importing every ``module:function`` a run store names."""
 
 
 class UserCodeError(GdlabError):
     """The user's own function (``--data`` or ``--model`` ``module:function``) raised an error."""
+
+
+class UntrustedCode(GdlabError):
+    """A stored run names code (``module:function``) that gdlab imports only with the user's consent."""
+
+
+def names_code(spec: str, *, files: bool = False) -> bool:
+    """Whether ``spec`` is imported as ``module:function``: it holds a ``:`` (no built-in model or dataset name
+    does) and, where a file may be named instead (``files``: data), it is neither a ``.csv`` / ``.npz`` path nor a
+    path that exists. :func:`gdlab.models.build` and :func:`gdlab.data.datasets.load` decide by this rule.
+
+    Example:
+        >>> names_code("mymodule:make"), names_code("mlp"), names_code("C:/data/train.csv", files=True)
+        (True, False, False)
+    """
+    if ":" not in spec:
+        return False
+    return not files or not (Path(spec).suffix.lower() in DATA_FILE_SUFFIXES or Path(spec).exists())
+
+
+def stored_code(config: Mapping[str, Any]) -> dict[str, str]:
+    """The ``module:function`` specs of a stored run's ``config`` by key (``model``, ``data``): the code that
+    rebuilding the run would import. Built-in models and datasets, and data files, are not code."""
+    found: dict[str, str] = {}
+    model, data = config.get("model"), config.get("data")
+    if isinstance(model, str) and names_code(model):
+        found["model"] = model
+    if isinstance(data, str) and names_code(data, files=True):
+        found["data"] = data
+    return found
+
+
+def consent(config: Mapping[str, Any], *, run_id: str, given: Mapping[str, Any] | None = None, trust: bool = False,
+            flags: Mapping[str, str] | None = None, must_match: Collection[str] = ()) -> None:
+    """Refuse to rebuild a stored run whose ``config`` names code the user has not consented to run.
+
+    Each ``module:function`` of :func:`stored_code` needs ``trust`` (``--trust-store``) or the same spec in
+    ``given`` (what the user typed, by config key). ``flags`` maps the keys the command can take again to their
+    flags (``{"model": "--model"}``), for the message. A key of ``must_match`` given with another value is an
+    error: passed again it is consent, never a replacement of the stored spec.
+
+    Raises:
+        UntrustedCode: one line naming each spec and the flags that would run it.
+        InvalidParameter: a ``must_match`` key given with a value other than the stored one.
+    """
+    from gdlab.guard import printable
+
+    given, flags = given or {}, flags or {}
+    code = stored_code(config)
+    for key in must_match:
+        value = given.get(key)
+        if value is not None and value != config.get(key):
+            stored = code.get(key) or config.get(key)
+            raise InvalidParameter(flags.get(key, key), value, f"the run's stored {key} '{printable(stored)}' (given "
+                                   "again, it consents to running that code; it does not replace it)")
+    missing = {key: spec for key, spec in code.items() if not trust and given.get(key) != spec}
+    if not missing:
+        return
+    named = " and ".join(f"{key} '{printable(spec)}'" for key, spec in missing.items())
+    it = "it" if len(missing) == 1 else "them"
+    if all(key in flags for key in missing):  # each can be named again on this command's line
+        again = " ".join(f"{flags[key]} {printable(spec)}" for key, spec in missing.items())
+        how = f"pass {again} to run {it}, or {TRUST_FLAG}"
+    else:
+        how = f"pass {TRUST_FLAG} to run {it}"
+    raise UntrustedCode(f"run {printable(run_id)} stores {named}, code gdlab would import and run; gdlab runs no code "
+                        f"named by a store without consent: {how}")
 
 
 def resolve(spec: str, param: str) -> Any:
@@ -87,3 +178,14 @@ def where(error: BaseException, module: str | None = None) -> str:
         return ""
     frame = mine[-1]
     return f" ({Path(frame.filename).name}, line {frame.lineno})"
+
+
+def raised(error: BaseException, module: str | None = None) -> str:
+    """``RuntimeError: boom (model.py, line 7)``: an error raised in the user's code told in one line (its type,
+    the first line of its message, and :func:`where` it was raised).
+
+    Example:
+        >>> raised(ValueError("boom\\nmore"))
+        'ValueError: boom'
+    """
+    return f"{_said(error)}{where(error, module)}"

@@ -1,5 +1,9 @@
 """``gdlab predict`` and ``gdlab export``: a stored run's model put to use, rebuilt from the run's config and
-checkpoint as ``gdlab train --resume`` rebuilds it."""
+checkpoint as ``gdlab train --resume`` rebuilds it.
+
+A stored config naming code (a ``module:function`` model or data) is imported only with the user's consent
+(:func:`gdlab.resolve.consent`): the same spec given again (``predict --model mod:fn``, ``--data mod:fn``) or
+``--trust-store``."""
 
 from __future__ import annotations
 
@@ -15,26 +19,35 @@ from typing import Any, Optional
 import torch
 import typer
 
-from gdlab.cli.common import StoreFlag, app, friendly, out
+from gdlab.cli.common import StoreFlag, TrustStoreFlag, app, friendly, out, safe
 from gdlab.config import Config
 from gdlab.errors import DataError, InvalidParameter, MissingExtra, StoreError
+from gdlab.guard import check_out
 
 RunArgument = typer.Argument(..., help="Run id, id prefix, name, or 'last'.")
 
 
 class Stored:
-    """A stored run's model with its weights, and what it was trained on."""
+    """A stored run's model with its weights, and what it was trained on.
 
-    def __init__(self, ref: str, store: str) -> None:
+    Its config's code (a ``module:function`` model or data) is imported only with consent
+    (:func:`gdlab.resolve.consent`): ``given`` holds what the user typed by config key (``{"model": "mod:fn"}``),
+    ``flags`` the command's flags that can name each again, ``must_match`` the keys that, given, must equal the
+    stored value (a consent, not a replacement), and ``trust`` is ``--trust-store``."""
+
+    def __init__(self, ref: str, store: str, *, given: dict[str, Any] | None = None, trust: bool = False,
+                 flags: dict[str, str] | None = None, must_match: tuple[str, ...] = ()) -> None:
         from gdlab import checkpoint, models
         from gdlab.data import as_tensor_data, datasets
         from gdlab.experiment import RECORDED, model_factory
+        from gdlab.resolve import consent
         from gdlab.store import Store
 
         run = Store(store, create=False).get(ref)
         if "data" not in run.config:
             raise StoreError(f"run {run.id} was recorded by gdlab.fit from Python, not by gdlab train: its model "
                              "is the caller's; load its checkpoint there (gdlab.checkpoint.load)")
+        consent(run.config, run_id=run.id, given=given, trust=trust, flags=flags, must_match=must_match)
         self.run = run
         self.config = Config.from_dict({k: v for k, v in run.config.items() if k not in RECORDED},
                                        source=f"stored config of run {run.id}")
@@ -75,11 +88,15 @@ def _writable(path: Path, flag: str, what: str) -> None:
         raise InvalidParameter(flag, str(path), f"a writable {what} path (an existing, writable folder)")
 
 
+def _not_read(out_path: Path, spec: str | None, what: str) -> None:
+    """Refuse an ``--out`` that is the file ``spec`` (a data file the command or the run reads)."""
+    if spec is not None and out_path.exists() and Path(spec).is_file() and os.path.samefile(out_path, spec):
+        raise InvalidParameter("--out", str(out_path), f"a path other than {what}")
+
+
 def _inputs(spec: str, stored: Stored) -> tuple[Any, torch.Tensor | None, str]:
     """``(X, y or None, where)`` of ``--data``: a .csv (the target column optional), a .npz (``y`` optional) or a
     built-in / ``module:function`` dataset (its validation split when it has one, else its training data)."""
-    import numpy as np
-
     from gdlab.data import as_tensor_data, datasets
 
     path = Path(spec)
@@ -94,16 +111,9 @@ def _inputs(spec: str, stored: Stored) -> tuple[Any, torch.Tensor | None, str]:
             return loaded.X, loaded.y, str(path)
         return _feature_csv(path, train), None, str(path)
     if path.suffix.lower() == ".npz":
-        if not path.is_file():
-            raise DataError(f"data file '{path}' not found: expected an existing .csv or .npz file")
-        try:
-            with np.load(path, allow_pickle=False) as arrays:
-                if "X" not in arrays.files:
-                    raise DataError(f"{path}: no array 'X': expected np.savez(X=...) (y is optional)")
-                X = torch.as_tensor(arrays["X"]).float()
-                y = torch.as_tensor(arrays["y"]) if "y" in arrays.files else None
-        except (ValueError, OSError) as e:
-            raise DataError(f"{path}: not a readable .npz of numeric arrays ({e})") from None
+        arrays = datasets.read_npz(path, ("X",), ("y",), expected="array 'X' (np.savez(X=...), y is optional)")
+        X = torch.as_tensor(arrays["X"]).float()
+        y = torch.as_tensor(arrays["y"]) if "y" in arrays else None
         return X, y, str(path)
     options = c.data_options if spec == c.data else {}
     train_data, val = datasets.load(spec, seed=c.seed, **options)
@@ -171,13 +181,21 @@ def predict(
     data: str = typer.Option(..., "--data", help="Inputs: a .csv (the target column optional), a .npz (y "
                              "optional), or a built-in dataset (its validation split)."),
     out_path: Path = typer.Option(..., "--out", help="CSV to write: one row per sample."),
+    model: Optional[str] = typer.Option(None, "--model", help="The run's stored module:function model, named "
+                                        "again: consent to import and run it (it must match; it replaces nothing)."),
+    trust_store: TrustStoreFlag = False,
+    force: bool = typer.Option(False, "--force", help="Write over an existing --out file that holds something "
+                               "else."),
     store: StoreFlag = "gdlab-runs",
 ) -> None:
     """Predict with a stored run's model: one row per sample (class and probabilities, or values)."""
-    if out_path.suffix.lower() != ".csv":
-        raise InvalidParameter("--out", str(out_path), "a .csv path")
+    check_out(out_path, "--out", (".csv",), force=force)
     _writable(out_path, "--out", ".csv")
-    stored = Stored(run, store)
+    _not_read(out_path, data, "the --data file it reads")
+    stored = Stored(run, store, given={"model": model, "data": data}, trust=trust_store,
+                    flags={"model": "--model", "data": "--data"}, must_match=("model",))
+    _not_read(out_path, stored.config.data, "the run's training data")
+    _not_read(out_path, stored.config.val, "the run's validation data")
     X, y, where = _inputs(data, stored)
     if stored.scaling is not None:
         X = (X - stored.scaling[0]) / stored.scaling[1]
@@ -199,7 +217,7 @@ def predict(
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise InvalidParameter("--out", str(out_path), f"a writable .csv path ({e.strerror or e})") from None
-    out.print(f"{len(rows)} predictions of run {stored.run.id} on {where} -> {out_path}" + score)
+    out.print(safe(f"{len(rows)} predictions of run {stored.run.id} on {where} -> {out_path}" + score))
 
 
 def _rows(task: str, outputs: torch.Tensor, y: torch.Tensor | None,
@@ -255,6 +273,9 @@ def export(
                             "install 'gdlab[parquet]')."),
     tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help="A folder to write the run's history "
                                                "and findings into as TensorBoard event files."),
+    trust_store: TrustStoreFlag = False,
+    force: bool = typer.Option(False, "--force", help="Write over an existing --model or --out file that holds "
+                               "something else."),
     store: StoreFlag = "gdlab-runs",
 ) -> None:
     """Export a stored run: its model as .safetensors (--model; load it with gdlab.models.load(path), which
@@ -266,14 +287,12 @@ def export(
         raise InvalidParameter("--format", fmt, "csv, json or parquet")
     if out_path is not None:
         if fmt == "json":
-            if out_path.suffix.lower() != ".json":
-                raise InvalidParameter("--out", str(out_path), "a .json path with --format json")
+            check_out(out_path, "--out", (".json",), force=force)
             _writable(out_path, "--out", ".json")
-        elif out_path.exists() and not out_path.is_dir():
-            raise InvalidParameter("--out", str(out_path), f"a folder to write {fmt} files into")
+        else:
+            check_out(out_path, "--out", (), folder=True)
     if model_path is not None:
-        if model_path.suffix.lower() != ".safetensors":
-            raise InvalidParameter("--model", str(model_path), "a .safetensors path")
+        check_out(model_path, "--model", (".safetensors",), force=force)
         _writable(model_path, "--model", ".safetensors")
     pyarrow = _pyarrow() if out_path is not None and fmt == "parquet" else None
     if tensorboard is not None:
@@ -281,7 +300,7 @@ def export(
 
         require(tensorboard, "--tensorboard")  # the extra is there, before any work
     if model_path is not None:
-        _export_model(run, model_path, store)
+        _export_model(run, model_path, store, trust_store)
     if out_path is None and tensorboard is None:
         return
     from gdlab.store import Store
@@ -291,13 +310,13 @@ def export(
     history = db.history(stored.id)
     if out_path is not None:
         written = _export_history(stored, history, out_path, fmt, pyarrow)
-        out.print(f"run {stored.id}: {len(history.steps)} step rows, {len(history.epochs)} epoch rows, "
-                  f"{len(stored.findings)} findings -> {written}")
+        out.print(safe(f"run {stored.id}: {len(history.steps)} step rows, {len(history.epochs)} epoch rows, "
+                       f"{len(stored.findings)} findings -> {written}"))
     if tensorboard is not None:
         from gdlab.integrations.tensorboard import write_history
 
         write_history(tensorboard, history, stored.findings, stored.remedies)
-        out.print(f"run {stored.id}: TensorBoard events -> {tensorboard} (tensorboard --logdir {tensorboard})")
+        out.print(safe(f"run {stored.id}: TensorBoard events -> {tensorboard} (tensorboard --logdir {tensorboard})"))
 
 
 def _pyarrow() -> Any:
@@ -361,9 +380,10 @@ def _cell(key: str, value: float | None) -> str:
     return str(int(value)) if key in ("step", "epoch") and float(value).is_integer() else repr(value)
 
 
-def _export_model(run: str, model_path: Path, store: str) -> None:
-    """Write a stored run's model as .safetensors (weights, and in the metadata what rebuilds it)."""
-    stored = Stored(run, store)
+def _export_model(run: str, model_path: Path, store: str, trust: bool) -> None:
+    """Write a stored run's model as .safetensors (weights, and in the metadata what rebuilds it); its code only
+    with ``--trust-store`` (export's ``--model`` is the file written, so it cannot name the model again)."""
+    stored = Stored(run, store, trust=trust)
     model = stored.model
     if stored.scaling is not None:
         model = stored.models.Standardized(model, *stored.scaling)
@@ -376,6 +396,6 @@ def _export_model(run: str, model_path: Path, store: str) -> None:
         raise InvalidParameter("--model", str(model_path), f"a writable path ({e.strerror or e})") from None
     note = "" if stored.config.model in stored.models.MODELS else \
         f"; {stored.config.model} is your own model: build it and pass it, gdlab.models.load(path, model=...)"
-    out.print(f"run {stored.run.id}: {sum(p.numel() for p in stored.model.parameters()):,} weights -> "
-              f"{model_path} (load with gdlab.models.load){note}")
+    out.print(safe(f"run {stored.run.id}: {sum(p.numel() for p in stored.model.parameters()):,} weights -> "
+                   f"{model_path} (load with gdlab.models.load){note}"))
 

@@ -17,7 +17,9 @@ from __future__ import annotations
 import csv
 import importlib.util
 import math
-from collections.abc import Callable
+import zipfile
+import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,11 +30,11 @@ from torch.utils.data import Dataset
 
 from gdlab.data import TASKS, Task, TensorData, as_tensor_data, infer_task, split
 from gdlab.data.batching import MAX_CLASSES
-from gdlab.errors import DataError, InvalidParameter, UnknownChoice, check_seed
-from gdlab.resolve import call_user, resolve
-from gdlab.resources import check_fits
+from gdlab.errors import DataError, GdlabError, InvalidParameter, UnknownChoice, check_seed
+from gdlab.resolve import DATA_FILE_SUFFIXES, call_user, names_code, resolve
+from gdlab.resources import check_fits, human
 
-__all__ = ["DATASETS", "DatasetInfo", "load", "load_csv", "load_npz", "load_callable"]
+__all__ = ["DATASETS", "DatasetInfo", "load", "load_csv", "load_npz", "load_callable", "read_npz", "source_kind"]
 
 Pair = tuple[Any, Any]
 
@@ -188,11 +190,11 @@ def load(
         return info.build(**kwargs)
     if options:
         raise InvalidParameter("option", sorted(options)[0], f"no options for data {name!r}")
-    path = Path(name)
-    if path.suffix.lower() in (".csv", ".npz") or path.exists():
-        train = _load_file(path, target=target, task=task)
+    kind = source_kind(name)
+    if kind == "file":
+        train = _load_file(Path(name), target=target, task=task)
         valid = _load_file(Path(val), target=target, task=task, like=train) if val else None
-    elif ":" in name:
+    elif kind == "code":
         train, valid = load_callable(name)
         if val:
             raise InvalidParameter("val", val, "no --val file with module:function data (return (train, val))")
@@ -203,6 +205,23 @@ def load(
             raise InvalidParameter("val_split", val_split, "no --val-split when validation data is given")
         train, valid = split(train, val_split, seed)
     return train, valid
+
+
+def source_kind(name: str) -> str:
+    """What :func:`load` takes ``name`` for: ``"builtin"`` (a key of ``DATASETS``), ``"file"`` (a ``.csv`` or
+    ``.npz`` path, or any path that exists), ``"code"`` (``module:function``, imported and called) or
+    ``"unknown"``.
+
+    Example:
+        >>> source_kind("moons"), source_kind("train.csv"), source_kind("mymodule:make_data")
+        ('builtin', 'file', 'code')
+    """
+    if name in DATASETS:
+        return "builtin"
+    if names_code(name, files=True):
+        return "code"
+    path = Path(name)
+    return "file" if path.suffix.lower() in DATA_FILE_SUFFIXES or path.exists() else "unknown"
 
 
 BUILD_COPIES = 6
@@ -329,24 +348,16 @@ def _is_float(text: str) -> bool:
 
 
 def load_npz(path: str | Path, *, task: Task | None = None) -> TensorData:
-    """Read arrays ``X`` (``[samples, ...]``) and ``y`` (``[samples]`` or ``[samples, outputs]``)."""
+    """Read arrays ``X`` (``[samples, ...]``) and ``y`` (``[samples]`` or ``[samples, outputs]``) as
+    :func:`read_npz` does: real numbers only, no pickles, sizes checked before anything is read."""
     path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as arrays:
-            missing = [k for k in ("X", "y") if k not in arrays.files]
-            if missing:
-                raise DataError(f"{path}: no array {missing[0]!r}: expected arrays 'X' and 'y' (found "
-                                f"{arrays.files})")
-            X, y = arrays["X"], arrays["y"]
-    except (ValueError, OSError, AttributeError, EOFError) as e:
-        raise DataError(f"{path}: {_npz_problem(path, e)}: expected np.savez(X=..., y=...)") from None
+    arrays = read_npz(path, ("X", "y"))
+    X, y = arrays["X"], arrays["y"]
     if X.ndim == 0 or y.ndim == 0:
         raise DataError(f"{path}: X and y must have a samples axis: got shapes {X.shape} and {y.shape}")
     if len(X) == 0:
         raise DataError(f"{path}: X has no rows: expected at least one sample")
     for name, a in (("X", X), ("y", y)):
-        if not np.issubdtype(a.dtype, np.number):
-            raise DataError(f"{path}: array {name!r} has dtype {a.dtype}: expected numbers")
         bad = np.argwhere(~np.isfinite(a))
         if len(bad):
             raise DataError(f"{path}: {name}[{', '.join(map(str, bad[0]))}] is {a[tuple(bad[0])]}: expected finite")
@@ -363,8 +374,81 @@ def load_npz(path: str | Path, *, task: Task | None = None) -> TensorData:
     return TensorData(torch.as_tensor(X).float(), torch.as_tensor(y), task=task)
 
 
+NPZ_COPIES = 3
+"""Copies of its arrays reading an ``.npz`` holds at once (the arrays, their float32 tensors, the finiteness
+checks): what the arrays' declared size is multiplied by before it is compared with the free memory."""
+
+REAL_NUMBERS = "real numbers (an integer or floating-point dtype)"
+"""What an ``.npz`` array's dtype must be."""
+
+
+def read_npz(path: str | Path, required: Sequence[str], optional: Sequence[str] = (),
+             expected: str = "arrays 'X' and 'y' (np.savez(X=..., y=...))") -> dict[str, np.ndarray]:
+    """The arrays ``required`` (and those of ``optional`` present) of the ``.npz`` archive ``path``, read without
+    pickle; every problem is one :class:`DataError` line naming the file.
+
+    Before any array is read, each member's ``.npy`` header is read and checked: a real-number dtype (object,
+    complex, text and bool arrays are refused, never cast), a declared size (shape times item size) that the
+    member holds, and a total that fits in memory (:func:`gdlab.resources.check_fits`, times
+    :data:`NPZ_COPIES`): a zip bomb, or a header that claims petabytes, is refused in milliseconds.
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "d.npz"
+        >>> np.savez(path, X=np.zeros((4, 2), dtype=np.float32), y=np.arange(4))
+        >>> sorted(read_npz(path, ("X",), ("y", "w")))
+        ['X', 'y']
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file '{path}' not found: expected an existing .csv or .npz file")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = {(n[:-4] if n.endswith(".npy") else n): archive.getinfo(n) for n in archive.namelist()}
+            missing = [k for k in required if k not in members]
+            if missing:
+                raise DataError(f"{path}: no array {missing[0]!r}: expected {expected} (found {sorted(members)})")
+            wanted = [k for k in (*required, *optional) if k in members]
+            need = 0
+            for key in wanted:
+                need += _npz_member_size(path, key, archive, members[key])
+            check_fits(f"{path} (arrays {', '.join(wanted)}: {human(need)} uncompressed)", need * NPZ_COPIES,
+                       error=DataError, hint="use a smaller file")
+            arrays = {}
+            for key in wanted:
+                with archive.open(members[key]) as f:
+                    arrays[key] = np.lib.format.read_array(f, allow_pickle=False)
+            return arrays
+    except GdlabError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, RuntimeError, NotImplementedError,
+            AttributeError, MemoryError) as e:  # MemoryError: where the free memory cannot be read to refuse first
+        raise DataError(f"{path}: {_npz_problem(path, e)}: expected {expected}") from None
+
+
+def _npz_member_size(path: Path, key: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> int:
+    """The bytes member ``key`` of an .npz declares (its .npy header's shape times item size), checked against
+    what the member holds and for a real-number dtype, without reading its data."""
+    with archive.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+            np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(f)
+        header = f.tell()
+    if dtype.hasobject:
+        raise DataError(f"{path}: array {key!r} holds objects (pickled), which are not read: expected {REAL_NUMBERS}")
+    if dtype.kind not in "iuf":
+        raise DataError(f"{path}: array {key!r} has dtype {dtype}: expected {REAL_NUMBERS}"
+                        + ("; complex values are not cast" if dtype.kind == "c" else ""))
+    declared = math.prod(shape) * dtype.itemsize
+    if declared > info.file_size - header:
+        raise DataError(f"{path}: array {key!r} declares shape {shape} ({human(declared)}) but holds "
+                        f"{human(max(0, info.file_size - header))}: a damaged .npz archive")
+    return declared
+
+
 def _npz_problem(path: Path, error: BaseException) -> str:
-    """What is wrong with a file that ``np.load`` could not read as an .npz, in words."""
+    """What is wrong with a file that could not be read as an .npz, in words."""
     try:
         with path.open("rb") as f:
             head = f.read(6)
@@ -376,7 +460,8 @@ def _npz_problem(path: Path, error: BaseException) -> str:
         return "not an .npz file (not a zip archive)" if head else "an empty file, not an .npz archive"
     if "pickle" in str(error).lower():
         return "holds object (pickled) arrays, which are not read"
-    return f"a damaged .npz archive ({str(error).splitlines()[0] if str(error) else type(error).__name__})"
+    said = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return f"a damaged or truncated .npz archive ({said})"
 
 
 def load_callable(spec: str) -> Pair:
