@@ -74,6 +74,57 @@ def user_modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
         def one_row():
             return torch.randn(1, 3), torch.tensor([[1.0]])
+
+        # issue 24 (rows: training): a model that fails only in training, at its first call or its fifth; Datasets
+        # that are empty or cannot be read; a model whose output is NaN
+        class FailsInTraining(torch.nn.Module):
+            def __init__(self, at):
+                super().__init__()
+                self.layer, self.at, self.calls = torch.nn.Linear(2, 2), at, 0
+
+            def forward(self, x):
+                if self.training:
+                    self.calls += 1
+                    if self.calls >= self.at:
+                        raise RuntimeError(f"training call {self.calls} failed")
+                return self.layer(x)
+
+        def fails_at_first_step():
+            return FailsInTraining(1)
+
+        def fails_at_step_5():
+            return FailsInTraining(5)
+
+        class EmptyRows(torch.utils.data.Dataset):
+            def __len__(self):
+                return 0
+
+            def __getitem__(self, i):
+                raise IndexError(i)
+
+        class UnreadableRows(torch.utils.data.Dataset):
+            def __len__(self):
+                return 10
+
+            def __getitem__(self, i):
+                raise KeyError(f"sample {i} is missing")
+
+        def empty_dataset():
+            return EmptyRows()
+
+        def unreadable_dataset():
+            return UnreadableRows()
+
+        class NaNOut(torch.nn.Module):
+            def __init__(self, in_features, out_features):
+                super().__init__()
+                self.layer = torch.nn.Linear(in_features, out_features)
+
+            def forward(self, x):
+                return self.layer(x) * float("nan")
+
+        def nan_model(in_features, out_features):
+            return NaNOut(in_features, out_features)
     '''))
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -699,3 +699,24 @@ def test_a_loss_that_fell_once_the_lr_was_lowered_is_no_plateau() -> None:
     h = _history(losses, grads, momentum=0.9)
     h.steps.columns["lr"] = [0.5] * 120 + [0.15] * 80
     assert "plateau" not in {f.code for f in diagnose(h)}
+
+
+@pytest.mark.parametrize(("source", "quantity", "action", "said"), [
+    (1.0, "inputs", "check_data", "the batch of step 2 has 3 NaN or inf values in its inputs"),
+    (3.0, "parameters", "check_model", "the run started from a point that is not finite"),
+    (4.0, "output", "check_model", "the model returned 3 NaN or inf values at step 2 for finite inputs"),
+    (5.0, "loss", "scale_targets", "it overflowed on targets that reach 1e+30"),
+])
+def test_non_finite_names_where_the_loss_came_from(source: float, quantity: str, action: str, said: str) -> None:
+    """issue 24: the loop writes the source of a non-finite loss (gdlab.problem.NON_FINITE_SOURCES); the finding
+    names it, and blames the learning rate only where no source was found."""
+    h = History()
+    h.meta["lr"] = 0.1
+    h.steps.append({"step": 1, "loss": 1.0, "lr": 0.1})
+    h.steps.append({"step": 2, "loss": math.inf, "lr": 0.1, "bad_data": source, "bad_data_count": 3.0,
+                    **({"bad_data_scale": 1e30} if source == 5.0 else {})})
+    (finding,) = DETECTORS["non_finite"](h)
+    assert finding.step == 2 and finding.evidence["quantity"] == quantity and finding.remedy["action"] == action
+    assert said in finding.explanation and "learning rate is too large" not in finding.explanation
+    h.steps.put("bad_data", 1, math.nan)  # no source: the steps grew
+    assert DETECTORS["non_finite"](h)[0].remedy["action"] == "set_lr"

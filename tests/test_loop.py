@@ -132,3 +132,133 @@ def test_a_bare_run_takes_no_gradient_norms_and_a_watched_one_does() -> None:
                   doctor=False)
     assert "grad_norm" not in bare.history.steps and len(bare.history.steps["loss"]) == 8
     assert len(watched.history.steps["grad_norm"]) == 8 and all(v > 0 for v in watched.history.steps["grad_norm"])
+
+
+# -- issue 24: a loss non-finite from the start, and the user's model or data failing in the loop ----------------
+
+
+class _NaNOut(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x) * float("nan")
+
+
+def test_targets_whose_loss_overflows_at_step_1_end_non_finite_and_are_named() -> None:
+    X, _ = _data(64)
+    y = torch.randn(64, 1, generator=torch.Generator().manual_seed(1)) * 1e30  # finite, but squared: inf
+    torch.manual_seed(0)
+    result = fit(nn.Linear(4, 1), (X, y), lr=0.01, batch_size=16, epochs=3, progress=False)
+    assert result.steps == 1 and result.final["train_loss"] == math.inf  # never 0
+    assert "targets reach" in result.stop_reason and "not the learning rate" in result.stop_reason
+    (finding,) = [f for f in result.findings if f.code == "non_finite"]
+    assert finding.evidence["quantity"] == "loss" and finding.evidence["target_scale"] > 1e29
+    assert finding.remedy["action"] == "scale_targets" and "targets that reach 1.61e+30" in finding.explanation
+
+
+def test_a_model_returning_nan_ends_non_finite_without_made_up_metrics() -> None:
+    X, _ = _data(64)
+    y = torch.arange(64) % 3
+    result = fit(_NaNOut(), (X[:48], y[:48]), val=(X[48:], y[48:]), lr=0.1, batch_size=16, epochs=2, log_every=2,
+                 progress=False)
+    assert result.steps == 1 and math.isnan(result.final["train_loss"]) and math.isnan(result.final["val_loss"])
+    assert result.final["val_accuracy"] is None  # the accuracy of NaN outputs would be made up
+    assert result.history.epochs["train_loss"] != [0.0]
+    (finding,) = [f for f in result.findings if f.code == "non_finite"]
+    assert finding.evidence == {"quantity": "output", "count": 48, "source": "model"}
+    assert "for finite inputs, targets and parameters" in finding.explanation
+
+
+def test_a_non_finite_starting_point_is_named() -> None:
+    model = nn.Linear(4, 1)
+    with torch.no_grad():
+        model.weight[0, 2] = float("nan")
+    result = fit(model, _data(64), lr=0.01, batch_size=16, epochs=2, progress=False)
+    assert math.isnan(result.final["train_loss"]) and "the starting point is not finite" in result.stop_reason
+    (finding,) = [f for f in result.findings if f.code == "non_finite"]
+    assert finding.evidence == {"quantity": "parameters", "count": 1, "source": "starting point"}
+
+
+class _FailsAt(nn.Module):
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.layer, self.at, self.calls = nn.Linear(4, 1), at, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.calls += 1
+            if self.calls == self.at:
+                raise RuntimeError("no more")
+        return self.layer(x)
+
+
+@pytest.mark.parametrize("at", [1, 5])
+def test_a_model_that_raises_in_the_loop_is_one_line_naming_the_step(at: int, tmp_path: Any) -> None:
+    from gdlab.errors import ModelError
+    from gdlab.store import Store
+
+    with pytest.raises(ModelError, match=rf"^the forward pass of step {at} \(model _FailsAt, loss mse\) raised "
+                       r"RuntimeError: no more \(test_loop.py, line \d+\)$") as caught:
+        fit(_FailsAt(at), _data(64), lr=0.01, batch_size=8, epochs=1, progress=False, store=tmp_path,
+            instruments="none")  # the instruments' own passes would count as calls too
+    assert isinstance(caught.value.__cause__, RuntimeError)  # the original, for a debugger
+    (stored,) = Store(tmp_path).runs()
+    assert stored.status == "failed" and stored.error == f"ModelError: {caught.value}" and stored.steps == at - 1
+
+
+def test_a_dataset_that_fails_mid_training_is_one_line_naming_the_step(tmp_path: Any) -> None:
+    from torch.utils.data import Dataset
+
+    from gdlab.errors import DataError
+    from gdlab.loop import Callback
+    from gdlab.store import Store
+
+    X, y = _data(64)
+
+    class Flaky(Dataset):
+        broken = False
+
+        def __len__(self) -> int:
+            return 64
+
+        def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+            if self.broken:
+                raise OSError(f"cannot read sample {i}")
+            return X[i], y[i]
+
+    data = Flaky()
+
+    class BreakAfter3(Callback):
+        def on_step_end(self, state: LoopState) -> None:
+            data.broken = state.step == 3
+
+    with pytest.raises(DataError, match=r"^reading the batch of step 4 failed: the Dataset Flaky raised OSError: "
+                       r"cannot read sample \d+ \(test_loop.py, line \d+\)$"):
+        fit(nn.Linear(4, 1), data, lr=0.01, batch_size=8, epochs=1, progress=False, store=tmp_path,
+            callbacks=[BreakAfter3()])
+    (stored,) = Store(tmp_path).runs()
+    assert stored.status == "failed" and stored.steps == 3 and len(Store(tmp_path).history(stored.id).steps) == 3
+
+
+def test_a_dataset_that_is_empty_or_unreadable_fails_before_training() -> None:
+    from torch.utils.data import Dataset
+
+    from gdlab.errors import DataError, InvalidParameter
+
+    class Rows(Dataset):
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        def __len__(self) -> int:
+            return self.n
+
+        def __getitem__(self, i: int) -> Any:
+            raise KeyError(f"sample {i} is missing")
+
+    with pytest.raises(InvalidParameter, match="^invalid data 'Rows': expected a Dataset with at least one sample$"):
+        fit(nn.Linear(4, 1), Rows(0), progress=False)
+    with pytest.raises(DataError, match=r"^reading sample 0 of the training data failed: the Dataset Rows raised "
+                       r"KeyError: 'sample 0 is missing' \(test_loop.py, line \d+\)$"):
+        fit(nn.Linear(4, 1), Rows(10), progress=False)

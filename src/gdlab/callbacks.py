@@ -6,18 +6,15 @@ from __future__ import annotations
 from typing import Any
 
 from gdlab import checkpoint as ckpt
-from gdlab.errors import InvalidParameter
+from gdlab import distributed
+from gdlab.checkpoint import POSITION
+from gdlab.errors import InvalidParameter, StoreError, shorten
 from gdlab.loop import Callback, LoopState
 from gdlab.optim import schedules
 from gdlab.optim.schedules import Schedule
 from gdlab.store import STEP_ROWS, Store
 
-__all__ = ["POSITION", "Recorder", "Scheduler"]
-
-
-POSITION = ("step", "epoch", "iteration", "epoch_loss_sum", "epoch_samples", "best_val_loss", "bad_epochs",
-            "seconds")
-"""The loop's position a checkpoint keeps (attributes of :class:`~gdlab.loop.LoopState`)."""
+__all__ = ["POSITION", "Recorder", "Scheduler"]  # POSITION: the checkpoint's (gdlab.checkpoint), named here too
 
 
 class Scheduler(Callback):
@@ -77,7 +74,7 @@ class Recorder(Callback):
         """Flush, then save everything but the history, atomically."""
         self.flush(state)
         ckpt.save(self.path, {
-            "format": 1,
+            "format": ckpt.FORMAT,
             "model": state.model.state_dict(),
             "optimizer": state.optimizer.state_dict(),
             "rng": ckpt.rng_state(),
@@ -85,17 +82,33 @@ class Recorder(Callback):
         })
 
     def restore(self, state: LoopState, config: dict[str, Any] | None) -> None:
-        """Load the last checkpoint and the history up to it; the run is ``running`` again."""
-        saved = ckpt.load(self.path)
-        done = saved["position"]["step"]
+        """Load the last checkpoint and the history up to it; the run is ``running`` again.
+
+        Everything is checked before anything changes (the checkpoint's layout by :func:`gdlab.checkpoint.read`, its
+        position against the budget and the plan, its weights against the model, its optimizer state against the
+        optimizer): a checkpoint that does not fit is one :class:`~gdlab.errors.GdlabError` line, and the model,
+        the RNG and the store are left as they were."""
+        saved = ckpt.read(self.path)
+        position = saved["position"]
+        done, per_epoch = position["step"], state.plan.iterations_per_epoch
         if done > state.total_steps:
             raise InvalidParameter("epochs/steps", f"{state.total_steps} steps", f"at least the {done} steps run "
                                    f"{self.run_id} has already trained; give a larger --epochs or --steps")
-        state.model.load_state_dict(saved["model"])
-        state.optimizer.load_state_dict(saved["optimizer"])
+        if position["iteration"] >= per_epoch:
+            raise StoreError(f"checkpoint '{self.path}' is damaged or not this run's: its position is iteration "
+                             f"{position['iteration']} of an epoch of {per_epoch} iterations; resume from another run "
+                             "or train anew")
+        what = f"the checkpoint of run {self.run_id}"
+        ckpt.check_weights(state.model, saved["model"], what)  # before the optimizer changes
+        try:
+            state.optimizer.load_state_dict(saved["optimizer"])  # checked by torch before it changes anything
+        except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as e:
+            raise StoreError(f"{what} does not fit the optimizer ({shorten(str(e) or type(e).__name__, 120)}): "
+                             "expected the optimizer it was trained with") from None
+        ckpt.load_weights(state.model, saved["model"], what)
         ckpt.set_rng_state(saved["rng"])
         for key in POSITION:
-            setattr(state, key, saved["position"][key])
+            setattr(state, key, position[key])
         # rows after the checkpoint (and the record of a partly done epoch) are dropped: they will be redone
         self.store.reopen(self.run_id, step=state.step, epochs=state.epoch)
         if config is not None:
@@ -118,5 +131,5 @@ class Recorder(Callback):
         self.flush(state)
         stopped = isinstance(error, KeyboardInterrupt)
         self.store.finish(self.run_id, "stopped" if stopped else "failed", steps=state.step, seconds=seconds,
-                          lr=state.lr, error=None if stopped else f"{type(error).__name__}: {error}",
+                          lr=state.lr, error=None if stopped else distributed.failure_text(error),
                           stop_reason="interrupted" if stopped else None)

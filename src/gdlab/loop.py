@@ -37,8 +37,9 @@ from torch import Tensor, nn
 
 from gdlab import distributed
 from gdlab.data import BatchPlan
+from gdlab.errors import DataError, GdlabError, ModelError, shorten
 from gdlab.metrics import METRICS
-from gdlab.problem import LossFn, Problem, evaluate, non_finite
+from gdlab.problem import NON_FINITE_SOURCES, LossFn, Problem, evaluate, non_finite, prediction
 from gdlab.records import History, Table
 
 __all__ = [
@@ -185,7 +186,8 @@ class Result:
         final: ``train_loss`` (mean over the last epoch's steps), ``val_loss``, and the task's validation
             metrics (:mod:`gdlab.metrics`): ``val_accuracy`` for classification (under any loss), ``val_accuracy``
             and ``val_subset_accuracy`` for multilabel, ``val_mae`` and ``val_r2`` for regression; None where
-            there is no validation data.
+            there is no validation data. A loss that was not finite stays NaN or inf (a run diverged at its first
+            step ends with a non-finite ``train_loss``, never 0), and the metrics of non-finite outputs are None.
         lr: the learning rate at the end (``param_groups[0]["lr"]``); NaN for an optimizer that shows none, such as
             a bare Transform (wrap it as ``gdlab.optim.inject(make, lr=...)`` to show it).
         run_id: the id in the run store, or None without a store.
@@ -402,6 +404,7 @@ class Snapshot:
     def __init__(self) -> None:
         self.model: Any = None
         self.optimizer: Any = None
+        self.step: int | None = None  # the loop's step when it was taken (the loop sets it)
 
     @torch.no_grad()
     def take(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
@@ -473,6 +476,7 @@ def run(problem: Problem, state: LoopState, hooks: Sequence[Any] = (), *, tol: f
     scaler = torch.amp.GradScaler(problem.device.type) if problem.precision == "16-mixed" else None
     good = Snapshot()
     good.take(model, optimizer)
+    good.step = state.step
     every = checkpoint_every or plan.iterations_per_epoch
     started = time.perf_counter() - state.seconds
     model.train()
@@ -487,12 +491,18 @@ def run(problem: Problem, state: LoopState, hooks: Sequence[Any] = (), *, tol: f
                 if state.iteration == 0 or batches is None:  # a new epoch, or a resumed one
                     batches = problem.source.batches(plan, state.seed, state.epoch, state.iteration)
 
-                # (2) evaluate the loss and its gradient on one batch
-                x, y = next(batches)
+                # (2) evaluate the loss and its gradient on one batch (the user's data and model fail as one line)
+                try:
+                    x, y = next(batches)
+                except Exception as e:
+                    raise _failed(e, problem, f"reading the batch of step {state.step + 1}") from e
                 state.batch = (x, y)
                 emit("on_step_start")
-                with problem.autocast():  # nothing at precision "32"
-                    loss = problem.batch_loss(net, x, y)
+                try:
+                    with problem.autocast():  # nothing at precision "32"
+                        loss = problem.batch_loss(net, x, y)
+                except Exception as e:
+                    raise _failed(e, problem, f"the forward pass of step {state.step + 1}") from e
                 samples, pending, shown = len(y), None, loss.detach()
                 if ranks is not None:
                     local, samples = plan.share(state.iteration)
@@ -500,11 +510,14 @@ def run(problem: Problem, state: LoopState, hooks: Sequence[Any] = (), *, tol: f
                     if problem.mean_loss and local * ranks.world != samples:  # unequal slices: the global mean's
                         loss = loss * (local * ranks.world / samples)  # gradient, as DDP averages the ranks'
                 optimizer.zero_grad(set_to_none=True)
-                if scaler is None:
-                    loss.backward()
-                else:
-                    scaler.scale(loss).backward()
-                    scaler.unscale_(optimizer)
+                try:
+                    if scaler is None:
+                        loss.backward()
+                    else:
+                        scaler.scale(loss).backward()
+                        scaler.unscale_(optimizer)
+                except Exception as e:
+                    raise _failed(e, problem, f"the backward pass of step {state.step + 1}") from e
                 if grad_norms:
                     log.grad_norms()
 
@@ -544,7 +557,9 @@ def run(problem: Problem, state: LoopState, hooks: Sequence[Any] = (), *, tol: f
 
             _check(state, log, good, hooks, problem)
             log.close()
-            if state.epoch_samples:  # a budget in steps can end mid-epoch: record the part done
+            # a budget in steps, or a stop, can end mid-epoch: record the part done (its first step too, when even
+            # that one's loss was not finite: the epoch's record is then non-finite, never an earlier epoch's)
+            if state.epoch_samples or state.iteration:
                 _end_epoch(problem, state, None, None, started)
             state.seconds = time.perf_counter() - started
             if checkpoint:
@@ -559,14 +574,18 @@ def run(problem: Problem, state: LoopState, hooks: Sequence[Any] = (), *, tol: f
 def final_metrics(problem: Problem, state: LoopState) -> dict[str, float | None]:
     """``train_loss`` (the last epoch's), ``val_loss`` and, with validation data, the task's metrics
     (:data:`gdlab.metrics.METRICS`: ``val_accuracy`` for classification, also ``val_subset_accuracy`` for
-    multilabel, ``val_mae`` and ``val_r2`` for regression); None where there is none (no validation data,
-    no predictions to measure, or a value that was not finite)."""
+    multilabel, ``val_mae`` and ``val_r2`` for regression); None where there is none (no validation data, no
+    predictions to measure). A loss that was not finite stays NaN or inf (a run whose last epoch had no finite loss
+    ends with a non-finite ``train_loss``, never 0); a metric that was not finite is None."""
     epochs = state.history.epochs
     final: dict[str, float | None] = {"train_loss": epochs.last("train_loss", state.loss)}
     final["val_loss"] = epochs.last("val_loss") if problem.val is not None else None
     if problem.val is not None:
         final.update({f"val_{name}": epochs.last(f"val_{name}") for name in METRICS.get(problem.task, ())})
-    return {k: (None if v is not None and math.isnan(v) else v) for k, v in final.items()}
+    return {k: (None if v is not None and math.isnan(v) and k not in _LOSSES else v) for k, v in final.items()}
+
+
+_LOSSES = ("train_loss", "val_loss")
 
 
 def _check(state: LoopState, log: StepLog, good: Snapshot, hooks: Sequence[Any],
@@ -577,6 +596,7 @@ def _check(state: LoopState, log: StepLog, good: Snapshot, hooks: Sequence[Any],
     (size,) = log.fetch([torch.stack(torch._foreach_norm(params)).sum() if params else torch.zeros(())])
     if log.diverged_at is None and math.isfinite(size):
         good.take(state.model, state.optimizer)
+        good.step = state.step
         return
     steps = state.history.steps
     if log.diverged_at is None:  # finite losses, but the last update left the parameters non-finite
@@ -586,37 +606,113 @@ def _check(state: LoopState, log: StepLog, good: Snapshot, hooks: Sequence[Any],
     state.step = int(steps["step"][row])
     state.last_loss = steps["loss"][row]
     good.restore(state.model, state.optimizer)
-    bad = _bad_data(problem, state, int(steps["epoch"][row])) if problem is not None else None
-    if bad is not None:  # the batch itself held NaN or inf: no learning rate can help
-        what, count = bad
-        steps.put("bad_data", row, 1.0 if what == "inputs" else 2.0)
+    # the parameters restored are the ones the diverging step started from when it is the first since the snapshot:
+    # its forward pass can then be replayed to tell the model's output from the loss
+    replay = good.step is not None and state.step == good.step + 1 and not math.isfinite(state.last_loss)
+    cause = _cause(problem, state, int(steps["epoch"][row]), replay) if problem is not None else None
+    if cause is not None:  # the data, the starting point, the model or the loss: no learning rate can help
+        what, count, reason, scale = cause
+        steps.put("bad_data", row, NON_FINITE_SOURCES[what])
         steps.put("bad_data_count", row, float(count))
-        state.stop(f"diverged: the batch of step {state.step} has {count} NaN or inf values in its {what}: a data "
-                   "problem, not the learning rate; clean or impute the data")
+        if scale is not None:
+            steps.put("bad_data_scale", row, scale)
+        state.stop(f"diverged: {reason}")
         return
-    if not any([getattr(hook, "on_diverge", _never)(state) for hook in hooks]):
+    if any([getattr(hook, "on_diverge", _never)(state) for hook in hooks]):
+        good.step = None  # a hook acted (it may have put back a point of its own): no replay until the next take
+    else:
         state.stop(f"diverged: the loss became {state.last_loss} at step {state.step}; "
                    "the learning rate is likely too large")
 
 
 @torch.no_grad()
-def _bad_data(problem: Problem, state: LoopState, epoch: int) -> tuple[str, int] | None:
-    """``("inputs" | "targets", count)`` when the batch of ``state.step`` (rebuilt from its seed, epoch and
-    iteration) holds non-finite values, else None. Read only after a divergence, so training pays nothing. With
-    ranks, the whole global batch is read (every rank comes to the same answer)."""
+def _cause(problem: Problem, state: LoopState, epoch: int, replay: bool) -> tuple[str, int, str, float | None] | None:
+    """Where the non-finite loss of step ``state.step`` came from, when it is not the learning rate: ``(source,
+    count, reason, target scale)``, the source a key of :data:`~gdlab.problem.NON_FINITE_SOURCES`. Read only after
+    a divergence (the batch rebuilt from its seed, epoch and iteration), so training pays nothing; None where the
+    cause cannot be told (the learning rate, most often).
+
+    The batch's inputs or targets holding NaN or inf come first; then the parameters the run was rolled back to
+    (not finite: its starting point was not); then, with ``replay`` (those parameters are the ones the step
+    started from), the step's forward pass again: the model's output, else the loss, not finite."""
+    step = state.step
+    batch = _batch(problem, state, epoch)
+    if batch is not None:
+        for what, tree in (("inputs", batch[0]), ("targets", batch[1])):
+            count = non_finite(tree)
+            if count:
+                return what, count, (f"the batch of step {step} has {count} NaN or inf values in its {what}: a data "
+                                     "problem, not the learning rate; clean or impute the data"), None
+    named = [(name, p) for name, p in state.model.named_parameters() if p.is_floating_point()]
+    counts = torch.stack([(~torch.isfinite(p)).sum() for _, p in named]).tolist() if named else []
+    if sum(counts):
+        first = next(name for (name, _), c in zip(named, counts) if c)
+        return "parameters", int(sum(counts)), (
+            f"the model's parameters hold {int(sum(counts))} NaN or inf values (the first in '{shorten(first, 60)}') "
+            f"at step {step}, before its update: the starting point is not finite (the initialisation, or the "
+            "checkpoint resumed from); no learning rate can help"), None
+    if not replay or batch is None:
+        return None
+    x, y = batch
+    try:
+        with problem.autocast():
+            loss, output = problem.forward(state.model, x, y)
+    except Exception:  # the model fails where it ran before: say nothing rather than guess
+        return None
+    shown = output if isinstance(output, Tensor) else prediction(output)
+    count = non_finite(shown) if shown is not None else 0
+    if count:
+        return "output", count, (f"the model returned {count} NaN or inf values at step {step} for finite inputs "
+                                 "and parameters: its forward pass is at fault (a log or division by 0, an "
+                                 "overflow), not the learning rate"), None
+    if bool(torch.isfinite(loss).all()):
+        return None
+    scale = float(y.abs().max()) if y.is_floating_point() and y.numel() else None
+    held = loss.dtype if loss.is_floating_point() else torch.float32
+    largest = torch.finfo(held).max
+    if scale is not None and scale * scale * max(len(y), 1) > largest:
+        reason = (f"the loss overflowed at step {step}: the model's outputs are finite, but the targets reach "
+                  f"{scale:.3g}, and their squares over a batch pass {str(held).removeprefix('torch.')}'s largest "
+                  f"number ({largest:.3g}); scale the targets (standardize them), not the learning rate")
+    else:
+        reason = (f"the loss ({problem.loss_name}) became {float(loss.float().reshape(-1)[0])} at step {step} from "
+                  "finite outputs and targets" + (f" (the targets reach {scale:.3g})" if scale is not None else "")
+                  + ": not the learning rate")
+    return "loss", 0, reason, scale
+
+
+def _batch(problem: Problem, state: LoopState, epoch: int) -> tuple[Any, Tensor] | None:
+    """The batch of step ``state.step`` (in ``epoch``, 1-based) rebuilt from its seed, epoch and iteration, or None.
+    With ranks, the whole global batch (every rank comes to the same answer)."""
     plan = problem.plan if problem.plan.ranks == 1 else dataclasses.replace(problem.plan, ranks=1, rank=0)
     iteration = state.step - 1 - (epoch - 1) * plan.iterations_per_epoch
     if not 0 <= iteration < plan.iterations_per_epoch:
         return None
     try:
-        x, y = next(problem.source.batches(plan, state.seed, epoch - 1, iteration))
+        return next(problem.source.batches(plan, state.seed, epoch - 1, iteration))
     except Exception:  # the data cannot be read again: say nothing rather than guess
         return None
-    for what, tree in (("inputs", x), ("targets", y)):
-        count = non_finite(tree)
-        if count:
-            return what, count
-    return None
+
+
+class LauncherEnded(RuntimeError):
+    """A rank of data-parallel training ended by its launcher (SIGTERM): another rank failed, or the launch was
+    stopped. Raised as it is, never taken for the user's code failing."""
+
+
+def _failed(error: Exception, problem: Problem, doing: str) -> BaseException:
+    """The error to raise for ``error``, raised by the user's data, model or loss while ``doing``: gdlab's own
+    errors (and a launcher's end) as they are, anything else one :class:`~gdlab.errors.GdlabError` line naming the
+    step, what ran, the error and the user's file and line (the original is its ``__cause__``)."""
+    if isinstance(error, (GdlabError, LauncherEnded)):
+        return error
+    from gdlab.resolve import raised
+
+    if doing.startswith("reading"):
+        data = problem.source.dataset
+        named = f"the Dataset {type(data).__name__}" if data is not None else "the training data"
+        return DataError(f"{doing} failed: {named} raised {raised(error)}")
+    return ModelError(f"{doing} (model {type(problem.model).__name__}, loss {problem.loss_name}) raised "
+                      f"{raised(error)}")
 
 
 def _reduce_loss(loss: Tensor, weight: float) -> tuple[Tensor, Any]:
@@ -646,12 +742,20 @@ def _never(state: LoopState) -> bool:
 def _end_epoch(problem: Problem, state: LoopState, tol: float | None, patience: int | None,
                started: float) -> None:
     """Record the epoch (train loss, validation loss and metrics) and apply the stopping rules."""
-    row: dict[str, float] = {"epoch": state.epoch + 1, "step": state.step,
-                             "train_loss": state.epoch_loss_sum / max(state.epoch_samples, 1)}
+    # an epoch without a finite loss (diverged at its first step) records that loss: NaN or inf, never 0
+    train = state.epoch_loss_sum / state.epoch_samples if state.epoch_samples else \
+        state.last_loss if not math.isfinite(state.last_loss) else math.nan
+    row: dict[str, float] = {"epoch": state.epoch + 1, "step": state.step, "train_loss": train}
     if problem.val is not None:
-        with problem.autocast():
-            row.update({f"val_{k}": v for k, v in evaluate(state.model, problem.val, problem.loss_fn,
-                                                           problem.loss_name).items()})
+        try:
+            with problem.autocast():
+                measured = evaluate(state.model, problem.val, problem.loss_fn, problem.loss_name)
+        except Exception as e:
+            raise _failed(e, problem, f"evaluating the validation data at the end of epoch {state.epoch + 1}") \
+                from e
+        if not math.isfinite(measured["loss"]):  # NaN or inf outputs: their accuracy or R² would be made up
+            measured = {k: (v if k == "loss" else math.nan) for k, v in measured.items()}
+        row.update({f"val_{k}": v for k, v in measured.items()})
     row["seconds"] = time.perf_counter() - started
     previous = state.history.epochs.last("train_loss")
     state.history.epochs.append(row)
@@ -677,7 +781,7 @@ def _graceful_interrupt(state: LoopState, *, launched: bool = False) -> Iterator
 
     def handler(signum: int, frame: Any) -> None:
         if launched and signum == signal.SIGTERM:
-            raise RuntimeError("ended by the launcher (SIGTERM): another rank failed, or the launch was stopped")
+            raise LauncherEnded("ended by the launcher (SIGTERM): another rank failed, or the launch was stopped")
         if state.interrupted:
             raise KeyboardInterrupt
         state.interrupted = True

@@ -30,9 +30,9 @@ from gdlab.errors import DataError, InvalidParameter, ModelError, UnknownChoice,
 from gdlab.metrics import Metrics, accumulator_dtype, threshold
 from gdlab.resources import check_fits, human
 
-__all__ = ["LOSSES", "LossFn", "Problem", "batch_loss", "check_budget", "check_data", "check_model",
-           "check_module", "evaluate", "match_output", "model_loss", "non_finite", "predicted", "prediction",
-           "resolve_device", "resolve_loss"]
+__all__ = ["LOSSES", "LossFn", "NON_FINITE_SOURCES", "Problem", "batch_loss", "check_budget", "check_data",
+           "check_model", "check_module", "evaluate", "match_output", "model_loss", "non_finite", "predicted",
+           "prediction", "resolve_device", "resolve_loss"]
 
 DATASET_SAMPLE = 256
 """Samples of a Dataset (spread evenly over it) checked for non-finite values before training; in-memory data is
@@ -183,6 +183,14 @@ def check_module(model: Any) -> None:
     size = sum(p.numel() * p.element_size() for p in params)
     check_fits(f"training the model ({sum(p.numel() for p in params):,} parameters, {human(size)})", 3 * size,
                device=params[0].device, hint="gradients and optimizer state need about 3 more copies of the weights")
+
+
+NON_FINITE_SOURCES: dict[str, float] = {"inputs": 1.0, "targets": 2.0, "parameters": 3.0, "output": 4.0,
+                                         "loss": 5.0}
+"""Where a non-finite loss came from, as the loop writes it in the diverging step's ``bad_data`` column (the
+doctor's ``non_finite`` finding reads it): the batch's inputs or targets held NaN or inf; the parameters the step
+started from did; the model returned NaN or inf for finite inputs and parameters; or the loss overflowed from finite
+outputs and targets (``bad_data_scale``: the targets' largest magnitude)."""
 
 
 def non_finite(tree: Any) -> int:

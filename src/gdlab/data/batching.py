@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from gdlab.data import structure
-from gdlab.errors import DataError, InvalidParameter, check_int
+from gdlab.errors import DataError, GdlabError, InvalidParameter, check_int
 
 __all__ = [
     "BatchSize",
@@ -39,6 +39,8 @@ __all__ = [
     "epoch_order",
     "batches",
     "infer_task",
+    "read_sample",
+    "dataset_size",
     "standardize",
     "split",
 ]
@@ -354,6 +356,55 @@ def _all_tensors(tree: Any) -> bool:
     if isinstance(tree, (tuple, list)):
         return len(tree) > 0 and all(_all_tensors(v) for v in tree)
     return False
+
+
+def dataset_size(data: Any, what: str = "training data") -> int:
+    """The number of samples of a user's Dataset, at least one: a Dataset whose ``len()`` fails or is 0 is one
+    line (:class:`~gdlab.errors.InvalidParameter` for an empty one, :class:`~gdlab.errors.DataError` for a failing
+    ``__len__``, naming the user's file and line).
+
+    Example:
+        >>> dataset_size(torch.utils.data.TensorDataset(torch.zeros(0, 2)))
+        Traceback (most recent call last):
+        ...
+        gdlab.errors.InvalidParameter: invalid data 'TensorDataset': expected a Dataset with at least one sample
+    """
+    from gdlab.resolve import raised
+
+    try:
+        n = len(data)
+    except GdlabError:
+        raise
+    except Exception as e:
+        raise DataError(f"the {what} ({type(data).__name__}) raised {raised(e)} when its length was asked "
+                        "(len): expected a Dataset with __len__") from None
+    if n <= 0:
+        raise InvalidParameter("data", type(data).__name__, "a Dataset with at least one sample")
+    return n
+
+
+def read_sample(data: Any, index: int, what: str = "training data") -> Any:
+    """``data[index]`` of a user's Dataset; a ``__getitem__`` that raises is one :class:`~gdlab.errors.DataError`
+    line naming the sample, the error and the user's file and line.
+
+    Example:
+        >>> class Broken(torch.utils.data.Dataset):
+        ...     def __len__(self): return 3
+        ...     def __getitem__(self, i): raise KeyError(i)
+        >>> read_sample(Broken(), 2)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        gdlab.errors.DataError: reading sample 2 of the training data failed: the Dataset Broken raised KeyError: ...
+    """
+    from gdlab.resolve import raised
+
+    try:
+        return data[index]
+    except GdlabError:
+        raise
+    except Exception as e:
+        raise DataError(f"reading sample {index} of the {what} failed: the Dataset {type(data).__name__} raised "
+                        f"{raised(e)}") from None
 
 
 def loader(dataset: Dataset, plan: BatchPlan, seed: int, epoch: int, start: int = 0) -> DataLoader:

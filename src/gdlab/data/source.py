@@ -12,7 +12,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from gdlab.data import structure
-from gdlab.data.batching import BatchPlan, TensorData, as_tensor_data, batches, infer_task, loader
+from gdlab.data.batching import (
+    BatchPlan,
+    TensorData,
+    as_tensor_data,
+    batches,
+    dataset_size,
+    infer_task,
+    loader,
+    read_sample,
+)
 from gdlab.errors import DataError, InvalidParameter
 
 __all__ = ["Batch", "SPREAD", "Source", "dataset_task"]
@@ -59,9 +68,8 @@ class Source:
             self.target_key = tensors.target_key or target_key
         else:
             self.tensors = None
-            if len(data) == 0:
-                raise InvalidParameter("data", type(data).__name__, "a Dataset with at least one sample")
-            sample = data[0]
+            dataset_size(data)  # a user's Dataset: an empty one, or one that fails to read, is one line
+            sample = read_sample(data, 0)
             if isinstance(sample, dict) and target_key is None:
                 self.target_key = next((k for k in structure.TARGET_KEYS if k in sample), None)
             self.task = dataset_task(data, self.target_key)
@@ -105,7 +113,7 @@ class Source:
         if self.tensors is not None:
             index = index.to(self.device)
             return structure.take(self.tensors.X, index), self.tensors.y.index_select(0, index)
-        return self._move(collate([self.dataset[int(i)] for i in index]))  # type: ignore[index]
+        return self._move(collate([read_sample(self.dataset, int(i)) for i in index]))
 
     def spread(self, n: int) -> Batch:
         """Up to ``n`` samples spread evenly over the data, in order, on the device: what is checked of a Dataset
@@ -116,7 +124,7 @@ class Source:
         if self.tensors is not None:
             at = torch.tensor(index, device=self.device)
             return structure.take(self.tensors.X, at), self.tensors.y.index_select(0, at)
-        return self._move(collate([self.dataset[i] for i in index]))  # type: ignore[index]
+        return self._move(collate([read_sample(self.dataset, i) for i in index]))
 
     def chunks(self, size: int) -> Iterator[Batch]:
         """All samples in order, ``size`` at a time, for evaluation."""
@@ -140,12 +148,12 @@ class Source:
 def dataset_task(data: Dataset, target_key: str | None = None) -> str:
     """The task of a Dataset's targets (:func:`~gdlab.data.infer_task`): integer labels are classification from the
     first sample; float or multi-column targets are judged on :data:`SPREAD` samples spread evenly over the data."""
-    _, y = structure.split(data[0], target_key)
+    _, y = structure.split(read_sample(data, 0), target_key)
     if not torch.is_floating_point(y) and y.numel() <= 1:
         return "classification"
     n = len(data)  # type: ignore[arg-type]
     spread = sorted({i * n // SPREAD for i in range(min(SPREAD, n))})
-    return infer_task(torch.stack([structure.split(data[i], target_key)[1] for i in spread]))
+    return infer_task(torch.stack([structure.split(read_sample(data, i), target_key)[1] for i in spread]))
 
 
 def collate(samples: list[Any]) -> Any:

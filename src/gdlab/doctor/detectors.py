@@ -43,6 +43,7 @@ from gdlab.doctor.series import (
     step_at,
     warmup_steps,
 )
+from gdlab.problem import NON_FINITE_SOURCES
 from gdlab.records import ILL_CONDITIONED, History, finite, scale_ratio
 
 __all__: list[str] = []  # the detectors are reached through DETECTORS, by finding code
@@ -51,15 +52,14 @@ __all__: list[str] = []  # the detectors are reached through DETECTORS, by findi
 @detector("non_finite")
 def _nonfinite(h: History) -> list[Finding]:
     flag, grad = peaks(h.steps, "non_finite"), column(h.steps, "grad_norm")
-    data = column(h.steps, "bad_data")  # set by the loop when the diverging step's own batch held NaN or inf
-    counts = column(h.steps, "bad_data_count")
+    # set by the loop where the diverging step's non-finite loss did not come from the learning rate: its batch held
+    # NaN or inf (inputs, targets), or its starting point did (parameters), or the model's output or the loss was not
+    # finite for finite inputs (gdlab.problem.NON_FINITE_SOURCES)
+    data = column(h.steps, "bad_data")
     for i, value in enumerate(data):
-        if value in (1.0, 2.0):
-            what = "inputs" if value == 1.0 else "targets"
-            count = int(counts[i]) if counts and math.isfinite(counts[i]) else None
-            return [Finding("non_finite", "error", step_at(h, i), {"quantity": what, "count": count, "source": "data"},
-                            f"the batch of step {step_at(h, i)} has {count} NaN or inf values in its {what}: the "
-                            "data is at fault, not the learning rate", {"action": "check_data", "where": what})]
+        found = _source(h, i, value)
+        if found is not None:
+            return [found]
     # a run that measured the gradient norm every k-th step (gdlab.watch) leaves NaN in the rows between: there a
     # non-finite norm reads inf, and NaN means "not measured"
     sparse = (h.meta.get("grad_norm_every") or 1) > 1
@@ -80,6 +80,41 @@ def _nonfinite(h: History) -> list[Finding]:
                             "numbers overflowed, most often because the learning rate is too large",
                             {"action": "set_lr", "lr": lr * 0.1, "rollback": True})]
     return []
+
+
+def _source(h: History, i: int, value: float) -> Finding | None:
+    """The ``non_finite`` finding of row ``i`` whose ``bad_data`` column says where its non-finite loss came from
+    (None for a value that names no source)."""
+    sources = {code: what for what, code in NON_FINITE_SOURCES.items()}
+    what = sources.get(value)
+    if what is None:
+        return None
+    step = step_at(h, i)
+    counts, scales = column(h.steps, "bad_data_count"), column(h.steps, "bad_data_scale")
+    count = int(counts[i]) if counts and math.isfinite(counts[i]) else None
+    scale = scales[i] if scales and math.isfinite(scales[i]) else None
+    if what in ("inputs", "targets"):
+        return Finding("non_finite", "error", step, {"quantity": what, "count": count, "source": "data"},
+                       f"the batch of step {step} has {count} NaN or inf values in its {what}: the data is at fault, "
+                       "not the learning rate", {"action": "check_data", "where": what})
+    if what == "parameters":
+        return Finding("non_finite", "error", step, {"quantity": what, "count": count, "source": "starting point"},
+                       f"the model's parameters held {count} NaN or inf values at step {step}, before its update: the "
+                       "run started from a point that is not finite (the initialisation, or the checkpoint it resumed "
+                       "from); the data was finite, and no learning rate can help",
+                       {"action": "check_model", "where": what})
+    if what == "output":
+        return Finding("non_finite", "error", step, {"quantity": what, "count": count, "source": "model"},
+                       f"the model returned {count} NaN or inf values at step {step} for finite inputs, targets and "
+                       "parameters: its forward pass is at fault (a log or division by 0, an overflow), not the "
+                       "learning rate", {"action": "check_model", "where": what})
+    cause = (f": it overflowed on targets that reach {scale:.3g}; scale them (standardize the targets)"
+             if scale is not None else ": the loss function is at fault")
+    return Finding("non_finite", "error", step, {"quantity": "loss", "target_scale": scale, "source": "loss"},
+                   f"the loss became infinite or NaN at step {step} although the inputs, targets and model outputs "
+                   f"were finite{cause}, not the learning rate",
+                   {"action": "scale_targets", "target_scale": scale} if scale is not None else
+                   {"action": "check_loss"})
 
 
 @detector("lr_too_high")
