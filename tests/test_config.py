@@ -45,6 +45,23 @@ def test_bad_toml_is_named(tmp_path: Path, text: str, message: str) -> None:
         Config.from_toml(path)
 
 
+def test_a_settings_file_that_is_not_utf8_text_is_one_line(tmp_path: Path) -> None:
+    from gdlab.config import MAX_CONFIG_BYTES
+
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes("epochs = 2\n# café\n".encode("latin-1"))
+    with pytest.raises(InvalidParameter) as raised:
+        Config.from_toml(latin)
+    assert str(raised.value) == (f"invalid config '{latin}': expected a UTF-8 TOML file (byte 0xe9 at position 16 "
+                                 "is not UTF-8)")
+    huge = tmp_path / "huge.toml"
+    huge.write_bytes(b"#" * (MAX_CONFIG_BYTES + 1))
+    with pytest.raises(InvalidParameter, match="expected a TOML file of at most 1,000,000 bytes"):
+        Config.from_toml(huge)
+    with pytest.raises(InvalidParameter, match="expected a readable TOML file"):
+        Config.from_toml(tmp_path)  # a folder
+
+
 def test_missing_toml(tmp_path: Path) -> None:
     with pytest.raises(InvalidParameter, match="expected an existing TOML file"):
         Config.from_toml(tmp_path / "none.toml")

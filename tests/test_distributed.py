@@ -268,12 +268,79 @@ def test_gdlab_train_nproc(tmp_path: Path) -> None:
 
 
 def test_a_crashing_rank_ends_all_with_its_error(tmp_path: Path) -> None:
+    """One line and exit 2; the ranks' tracebacks are in the stored error, not on the terminal."""
     (tmp_path / "crashy.py").write_text(textwrap.dedent(CRASHY))
     done = _gdlab("train", "--data", "moons", "--model", "crashy:crashy", "--epochs", "3", "--batch-size", "32",
                   "--nproc", "2", "--store", "s", "-q", "--no-plot", cwd=tmp_path)
-    assert done.returncode == 1
-    assert "error: rank 1 failed first: RuntimeError: rank one broke" in done.stderr
-    assert [r.status for r in Store(tmp_path / "s").runs()] == ["failed"]
+    assert done.returncode == 2
+    line = done.stderr.strip()
+    assert line.startswith("error: rank 1 failed first: ") and "rank one broke" in line, line
+    assert len(line.splitlines()) == 1 and "Traceback" not in done.stdout + done.stderr
+    (run,) = Store(tmp_path / "s").runs()
+    assert run.status == "failed" and run.error is not None
+    assert "\nrank 0:\nTraceback" in run.error  # rank 0's own, and rank 1's, that raised first
+    assert "\nrank 1:\nTraceback" in run.error and 'raise RuntimeError("rank one broke")' in run.error
+
+
+SIGNALLED = '''
+import os, signal, torch
+
+def killed(in_features, out_features):  # rank 1 dies at its 8th step, as under the OOM killer or kill -9
+    class Killed(torch.nn.Linear):
+        calls = 0
+        def forward(self, x):
+            Killed.calls += 1
+            if os.environ.get("RANK") == "1" and Killed.calls == 8:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return super().forward(x)
+    return Killed(in_features, out_features)
+
+def interrupted(in_features, out_features):  # Ctrl-C at rank 0's 8th step: SIGINT to the whole process group
+    class Interrupted(torch.nn.Linear):
+        calls = 0
+        def forward(self, x):
+            Interrupted.calls += 1
+            if os.environ.get("RANK") == "0" and Interrupted.calls == 8:
+                os.killpg(os.getpgrp(), signal.SIGINT)
+            return super().forward(x)
+    return Interrupted(in_features, out_features)
+'''
+
+
+@pytest.mark.slow
+def test_a_killed_rank_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """A rank killed by SIGKILL: the one documented line names it (not rank 0's error that followed), exit 2, no
+    traceback or torchelastic log on the terminal; the run is failed, rank 0's traceback in its stored error."""
+    from multiproc import run_bounded
+
+    (tmp_path / "signalled.py").write_text(textwrap.dedent(SIGNALLED))
+    code, stdout, stderr = run_bounded(
+        [sys.executable, "-m", "gdlab.cli", "train", "--data", "moons", "--model", "signalled:killed", "--epochs",
+         "3", "--batch-size", "32", "--nproc", "2", "--store", "s", "-q", "--no-plot"],
+        _env(), tmp_path, LIMIT)
+    assert code == 2, stderr[-3000:]
+    assert stderr.strip() == "error: rank 1 failed first: killed by SIGKILL (signal 9)" and stdout == ""
+    (run,) = Store(tmp_path / "s").runs()
+    assert run.status == "failed" and "\nrank 0:\nTraceback" in (run.error or "")
+
+
+@pytest.mark.slow
+def test_ctrl_c_under_nproc_stops_the_run_in_one_line_and_exit_130(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the launcher's process group, ranks included): rank 0 says how to resume, as in one
+    process; exit 130; no torchelastic traceback or log line."""
+    from multiproc import run_bounded
+
+    (tmp_path / "signalled.py").write_text(textwrap.dedent(SIGNALLED))
+    code, stdout, stderr = run_bounded(
+        [sys.executable, "-m", "gdlab.cli", "train", "--data", "moons", "--model", "signalled:interrupted",
+         "--epochs", "3", "--batch-size", "32", "--nproc", "2", "--store", "s", "--json", "--no-plot"],
+        _env(), tmp_path, LIMIT)
+    assert code == 130, stderr[-3000:]
+    (run,) = Store(tmp_path / "s").runs()
+    assert run.status == "stopped" and run.steps is not None and 7 <= run.steps < 75
+    assert "Traceback" not in stderr and "SignalException" not in stderr and "death signal" not in stderr, stderr
+    said = [line for line in stderr.splitlines() if line.strip() and not line.startswith("epoch ")]  # the bar's
+    assert said == [f"stopped at step {run.steps}; continue with: gdlab train --resume {run.id} --store s"], said
 
 
 @pytest.mark.parametrize("args,message", [

@@ -49,6 +49,12 @@ def test_local_and_global_gradients_of_each_node() -> None:
     ("log(x)", {"x": -1.0}, "log defined at -1"),
     ("x / y", {"x": 1.0, "y": 0.0}, "1 / 0 to be defined"),
     ("sin", {"x": 1.0}, "sin called with an argument"),
+    ("1" * 400 + " * x", {"x": 1.0}, "expected numbers within the float range (at most about 1.8e+308; it has a "
+     "400-digit integer)"),
+    ("-" + "9" * 309, {"x": 1.0}, "it has a 309-digit integer"),
+    ("1e400 * x", {"x": 1.0}, "it has 1e400)"),
+    ("x + 1", {"x": math.inf}, "invalid x inf: expected a finite number"),
+    ("x + 1", {"x": math.nan}, "invalid x nan"),
 ])
 def test_bad_expressions_are_refused(expression: str, at: dict[str, float], message: str) -> None:
     with pytest.raises(InvalidParameter, match=re.escape(message)):
@@ -57,7 +63,7 @@ def test_bad_expressions_are_refused(expression: str, at: dict[str, float], mess
 
 def test_parse_values() -> None:
     assert parse_values("x=1, y=-2.5") == {"x": 1.0, "y": -2.5}
-    for bad in ("x", "x=", "1=2", "x=a"):
+    for bad in ("x", "x=", "1=2", "x=a", "x=1e400", "x=nan", "x=-inf"):
         with pytest.raises(InvalidParameter, match="invalid --at"):
             parse_values(bad)
 
@@ -76,3 +82,15 @@ def test_explain_command(tmp_path: Path) -> None:
                           (["explain", "x", "--at", "x"], "invalid --at 'x'")):
         bad = runner.invoke(app, [*args, "--out", str(png)])
         assert bad.exit_code == 2 and message in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_explain_out_keeps_a_file_of_another_kind_unless_forced(tmp_path: Path) -> None:
+    runner = CliRunner()
+    notes = tmp_path / "notes.png"
+    notes.write_text("the user's notes")
+    refused = runner.invoke(app, ["explain", "x*y", "--at", "x=1,y=2", "--out", str(notes)])
+    assert refused.exit_code == 2 and "pass --force to write over it" in refused.stderr
+    assert notes.read_text() == "the user's notes"
+    forced = runner.invoke(app, ["explain", "x*y", "--at", "x=1,y=2", "--out", str(notes), "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert notes.read_bytes()[:4] == b"\x89PNG"

@@ -99,6 +99,30 @@ def test_lab_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         assert bad.exit_code == 2 and message in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 
+def test_lab_out_is_checked_before_any_walk_and_force_writes_over(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """--out is a folder: a file there, or the store's own folder, is one line before any walk; a file of another
+    kind where the lab writes its picture is kept unless --force."""
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    folder = Path("pictures")
+    folder.mkdir()
+    (folder / "trajectories.png").write_text("the user's notes")
+    args = ["lab", "booth", "--optimizers", "sgd", "--steps", "20", "--lr", "0.02", "--out", str(folder)]
+    refused = runner.invoke(app, args)
+    assert refused.exit_code == 2 and len(refused.stderr.strip().splitlines()) == 1
+    assert refused.stderr.strip() == "error: invalid --out 'pictures/trajectories.png': expected a new path or a " \
+        ".png file gdlab may replace: this file holds something else; pass --force to write over it"
+    assert (folder / "trajectories.png").read_text() == "the user's notes" and not (folder / "descent.gif").exists()
+    with pytest.raises(InvalidParameter, match="pass --force"):  # the library checks it the same way
+        run("booth", optimizers=["sgd"], steps=20, lr=0.02, out=folder)
+    forced = runner.invoke(app, [*args, "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert (folder / "trajectories.png").read_bytes()[:4] == b"\x89PNG"
+    again = runner.invoke(app, args)  # now a picture of its kind: written over without --force
+    assert again.exit_code == 0, again.output
+
+
 def test_optimizers_walk_as_one_population() -> None:
     """walk_together: one evaluation of the function per step for every optimizer and start, and each group's
     walk equal to walking it alone (adam's and momentum's state kept apart)."""

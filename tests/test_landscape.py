@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,32 @@ def test_bad_arguments(data: TensorData) -> None:
         landscape.plane(_model(), data, steps=1, progress=False)
     with pytest.raises(InvalidParameter, match="invalid distance 0"):
         landscape.line(_model(), data, distance=0, progress=False)
+
+
+def test_a_grid_is_sized_before_any_work(data: TensorData) -> None:
+    """steps=100000 made a plane of 10 billion points (2.9 GB in 50 s before anything was said): the points are
+    counted first, for every kind, and the largest grid allowed is evaluated point by point, never held whole."""
+    class Counted(nn.Linear):
+        calls = 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            Counted.calls += 1
+            return super().forward(x)
+
+    model = Counted(5, 2)
+    side = math.isqrt(landscape.MAX_POINTS)
+    for make, steps in ((landscape.plane, side + 1), (landscape.line, landscape.MAX_POINTS + 1)):
+        with pytest.raises(InvalidParameter, match=f"invalid steps {steps}: expected at most"):
+            make(model, data, steps=steps, progress=False)
+    with pytest.raises(InvalidParameter, match="at most 250,000 for an interpolation"):
+        landscape.interpolate(model, model, data, steps=landscape.MAX_POINTS + 1, progress=False)
+    assert Counted.calls == 0  # nothing evaluated
+    assert landscape.check_size(side) == side * side <= landscape.MAX_POINTS
+    assert landscape.check_size(7, "line") == 7 and landscape.check_size(7, "trajectory") == 49
+    landscape.plane(model, data, steps=3, samples=50, progress=False)
+    small, Counted.calls = Counted.calls, 0
+    land = landscape.plane(model, data, steps=5, samples=50, progress=False)
+    assert Counted.calls - small == 25 - 9 and land.losses.shape == (5, 5)  # one forward pass per point
 
 
 def test_landscape_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 import gdlab
 from gdlab.cli import app
-from gdlab.errors import GdlabError, MissingExtra
+from gdlab.errors import GdlabError, InvalidParameter, MissingExtra
 from gdlab.records import History
 
 runner = CliRunner()
@@ -111,6 +111,26 @@ def test_the_cli_writes_the_stored_runs_history(tmp_path: Path, monkeypatch: pyt
     assert result.exit_code == 0, result.output
     run_id = json.loads(result.stdout)["run_id"]
     _same(_events(tmp_path / "tb"), gdlab.Store("s").history(run_id))
+
+
+def test_a_file_or_the_store_is_never_taken_for_the_event_folder(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """--tensorboard naming an existing file (or the store's own folder) is one line before any work, in fit and
+    in export; the file is left as it was and nothing is stored."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")
+    X, y = _data(16)
+    for target in ("notes.txt", "s"):
+        gdlab.Store("s").close()
+        with pytest.raises(InvalidParameter, match=f"invalid tensorboard '{target}': expected a folder"):
+            gdlab.fit(torch.nn.Linear(4, 1), (X, y), epochs=1, progress=False, tensorboard=target, store="s")
+    assert (tmp_path / "notes.txt").read_text() == "mine" and gdlab.Store("s").runs() == []
+    stored = gdlab.fit(torch.nn.Linear(4, 1), (X, y), epochs=1, progress=False, store="s")
+    result = runner.invoke(app, ["export", stored.run_id, "--store", "s", "--tensorboard", "notes.txt"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == "error: invalid --tensorboard 'notes.txt': expected a folder to write into " \
+        "(this is a file)"
+    assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
 def _without_tensorboard(monkeypatch: pytest.MonkeyPatch) -> None:

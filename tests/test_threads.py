@@ -7,9 +7,10 @@ import pytest
 import torch
 
 import gdlab
+from gdlab import threads as threads_module
 from gdlab.config import Config
 from gdlab.errors import InvalidParameter
-from gdlab.threads import AUTO_WORK, check_threads, choose
+from gdlab.threads import AUTO_WORK, check_threads, choose, cpu_limit
 
 CPU = torch.device("cpu")
 
@@ -32,7 +33,8 @@ def test_auto_takes_one_thread_for_a_small_model_and_torch_s_count_for_a_large_o
     assert choose("auto", small, batch_size=32, device=torch.device("meta")) == 2  # not a CPU run: left as it is
 
 
-def test_a_count_overrides_the_choice(two_threads: None) -> None:
+def test_a_count_overrides_the_choice(two_threads: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(threads_module, "cpu_limit", lambda: 4)
     small = torch.nn.Linear(2, 1)
     assert choose(2, small, batch_size=32, device=CPU) == 2
     assert choose("3", small, batch_size=32, device=CPU) == 3
@@ -40,6 +42,27 @@ def test_a_count_overrides_the_choice(two_threads: None) -> None:
         with pytest.raises(InvalidParameter, match="threads"):
             check_threads(bad)
     assert Config(threads="2").threads == 2 and Config().fit_kwargs()["threads"] == "auto"
+
+
+def test_a_count_above_the_cpus_is_one_line_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--threads 100000 crashed torch, and 10000 crawled: a count is capped at the CPUs this process may use."""
+    import os
+
+    if hasattr(os, "sched_getaffinity"):
+        assert cpu_limit() == len(os.sched_getaffinity(0))
+    monkeypatch.setattr(threads_module, "cpu_limit", lambda: 4)
+    assert check_threads(4) == 4
+    message = 'invalid threads 5: expected "auto" or a positive integer up to 4 (the CPUs this process may use)'
+    with pytest.raises(InvalidParameter) as raised:
+        check_threads("5")
+    assert str(raised.value) == message
+    with pytest.raises(InvalidParameter, match="up to 4"):
+        Config(threads=100_000)
+    previous = torch.get_num_threads()
+    with pytest.raises(InvalidParameter, match="up to 4"):  # fit's threads: the same check, before any step
+        gdlab.fit(torch.nn.Linear(3, 1), (torch.randn(8, 3), torch.randn(8, 1)), epochs=1, progress=False,
+                  threads=100_000)
+    assert torch.get_num_threads() == previous
 
 
 class Seen(gdlab.Callback):

@@ -34,6 +34,9 @@ else:  # pragma: no cover
 
 __all__ = ["Config", "DEFAULT_EPOCHS", "PRECISIONS", "resolve_precision"]
 
+MAX_CONFIG_BYTES = 1_000_000
+"""The largest settings file read (a TOML file of settings is a few hundred bytes)."""
+
 DEFAULT_EPOCHS = 30
 """Epochs trained when a config gives neither ``epochs`` nor ``steps``."""
 
@@ -124,17 +127,24 @@ class Config:
 
     @classmethod
     def from_toml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
-        """Read a TOML file, then apply ``overrides`` (flags given on the command line)."""
+        """Read a TOML file (UTF-8, at most :data:`MAX_CONFIG_BYTES`), then apply ``overrides`` (flags given on the
+        command line). A file that cannot be read, decoded or parsed is one line naming it."""
         path = Path(path)
         try:
             with path.open("rb") as f:
-                values = tomllib.load(f)
+                raw = f.read(MAX_CONFIG_BYTES + 1)  # bounded: a config named /dev/zero is not read for ever
+            if len(raw) > MAX_CONFIG_BYTES:
+                raise InvalidParameter("config", str(path), f"a TOML file of at most {MAX_CONFIG_BYTES:,} bytes")
+            values = tomllib.loads(raw.decode("utf-8"))
         except FileNotFoundError:
             raise InvalidParameter("config", str(path), "an existing TOML file") from None
         except OSError as e:
             raise InvalidParameter("config", str(path), f"a readable TOML file ({e.strerror})") from None
         except tomllib.TOMLDecodeError as e:
             raise InvalidParameter("config", str(path), f"valid TOML ({e})") from None
+        except UnicodeDecodeError as e:  # TOML is UTF-8: a file in another encoding, or not text at all
+            raise InvalidParameter("config", str(path), f"a UTF-8 TOML file (byte 0x{e.object[e.start]:02x} at "
+                                   f"position {e.start} is not UTF-8)") from None
         merged = {**values, **(overrides or {})}
         if isinstance(values.get("data_options"), dict) and overrides and "data_options" in overrides:
             merged["data_options"] = {**values["data_options"], **overrides["data_options"]}  # key by key

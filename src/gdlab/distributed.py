@@ -23,8 +23,10 @@ from __future__ import annotations
 import atexit
 import datetime
 import os
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,14 +34,18 @@ from torch import nn
 
 from gdlab.errors import InvalidParameter
 
-__all__ = ["TIMEOUT", "TIMEOUT_ENV", "Agreement", "Ranks", "broadcast", "current", "is_main", "setup",
-           "share_state", "timeout", "wrap"]
+__all__ = ["TIMEOUT", "TIMEOUT_ENV", "TRACEBACKS_ENV", "Agreement", "Ranks", "broadcast", "current", "failure_text",
+           "is_main", "keep_traceback", "setup", "share_state", "timeout", "wrap"]
 
 TIMEOUT = 300.0
 """Seconds a collective may wait for the other ranks before the process group gives up (a rank that crashed)."""
 
 TIMEOUT_ENV = "GDLAB_DIST_TIMEOUT"
 """The environment variable that overrides :data:`TIMEOUT` (seconds)."""
+
+TRACEBACKS_ENV = "GDLAB_RANK_TRACEBACKS"
+"""Set by ``gdlab ... --nproc`` in the ranks it launches: a folder where a rank that fails leaves its traceback
+(:func:`keep_traceback`), for rank 0 to store with the run's error (:func:`failure_text`), since no rank prints one."""
 
 
 @dataclass(frozen=True)
@@ -174,3 +180,41 @@ class Agreement:
         self.seen = count
         if any(entry[3] for entry in everyone):
             share_state(state.model, state.optimizer)
+
+
+def keep_traceback(error: BaseException) -> None:
+    """Leave ``error``'s traceback where rank 0 reads it (``rank<RANK>.txt`` in :data:`TRACEBACKS_ENV`'s folder),
+    when this process is a rank launched by ``gdlab ... --nproc``; nothing otherwise."""
+    folder, rank = os.environ.get(TRACEBACKS_ENV), os.environ.get("RANK")
+    if not folder or rank is None or not rank.isdigit():
+        return
+    path = Path(folder) / f"rank{int(rank)}.txt"
+    try:  # written whole, then renamed: a reader never sees half of it
+        path.with_suffix(".part").write_text("".join(traceback.format_exception(error)).rstrip())
+        path.with_suffix(".part").replace(path)
+    except OSError:  # the error itself is what matters: it is raised either way
+        pass
+
+
+def failure_text(error: BaseException) -> str:
+    """The error a failed run stores: ``Type: message``; under ranks, followed by this rank's traceback and those
+    the other ranks left (:func:`keep_traceback`), since no rank prints its traceback on the terminal.
+
+    Example:
+        >>> failure_text(ValueError("boom"))  # one process: one line
+        'ValueError: boom'
+    """
+    line = f"{type(error).__name__}: {error}"
+    if current() is None and int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        return line
+    rank = os.environ.get("RANK", "0")
+    parts = [line, f"rank {rank}:\n" + "".join(traceback.format_exception(error)).rstrip()]
+    folder = os.environ.get(TRACEBACKS_ENV)
+    if folder:
+        for path in sorted(Path(folder).glob("rank*.txt"), key=lambda p: p.stem.rjust(12)):  # rank2 before rank10
+            if path.stem[4:] != rank:
+                try:
+                    parts.append(f"rank {path.stem[4:]}:\n" + path.read_text(errors="replace"))
+                except OSError:
+                    continue
+    return "\n\n".join(parts)

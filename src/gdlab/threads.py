@@ -5,8 +5,10 @@ model's operations are too short to split: the threads only add a hand-off per o
 process on the cores a thread that waits for a core stalls the whole step. ``fit(threads="auto")`` (the default,
 ``--threads auto``) therefore picks one thread when the work of a step, ``parameters x batch size`` (about the
 multiply-adds of one forward pass of a dense model), is below :data:`AUTO_WORK`, and leaves torch's count as it is
-above it. An integer sets the count. ``fit`` restores the previous count when it returns or raises (a library
-leaves no global state changed). Only a CPU run is touched: on a GPU the count is left as it is under ``"auto"``.
+above it. An integer sets the count, up to the CPUs this process may use (:func:`cpu_limit`: its CPU affinity, else
+the machine's count; more threads than cores only wait for one another, and torch crashes on a count in the tens
+of thousands). ``fit`` restores the previous count when it returns or raises (a library leaves no global state
+changed). Only a CPU run is touched: on a GPU the count is left as it is under ``"auto"``.
 
 ``benchmarks/threads.py --rule`` times a step at 1 thread and at torch's count for a grid of sizes
 (docs/benchmarks.md, "threads"): on the shared 2-core machine of the figures one thread won at every size, up to
@@ -22,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
@@ -30,7 +33,7 @@ from torch import nn
 
 from gdlab.errors import InvalidParameter
 
-__all__ = ["AUTO_WORK", "check_threads", "choose", "restored", "use"]
+__all__ = ["AUTO_WORK", "check_threads", "choose", "cpu_limit", "restored", "use"]
 
 AUTO_WORK = 2_000_000
 """``parameters x batch size`` below which ``threads="auto"`` trains on one thread (see the module on how it was
@@ -40,13 +43,33 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+def cpu_limit() -> int:
+    """The CPUs this process may run on: its affinity (``os.sched_getaffinity``, where the system has it: a
+    container or ``taskset`` may allow fewer than the machine has), else ``os.cpu_count()``; at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # macOS and Windows have no affinity call
+        return max(1, os.cpu_count() or 1)
+
+
 def check_threads(value: Any) -> int | str:
-    """``"auto"`` or a positive integer (text from the command line is read as one)."""
+    """``"auto"`` or a positive integer up to :func:`cpu_limit` (text from the command line is read as one).
+
+    Example:
+        >>> check_threads("auto"), check_threads("1")
+        ('auto', 1)
+        >>> check_threads(10**5)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        gdlab.errors.InvalidParameter: invalid threads 100000: expected "auto" or a positive integer up to ...
+    """
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value)
-    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+    limit = cpu_limit()
+    expected = f'"auto" or a positive integer up to {limit} (the CPUs this process may use)'
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and 0 < value <= limit):
         return value
-    raise InvalidParameter("threads", value, '"auto" or a positive integer')
+    raise InvalidParameter("threads", value, expected)
 
 
 def choose(threads: Any, model: nn.Module, *, batch_size: int, device: torch.device) -> int:

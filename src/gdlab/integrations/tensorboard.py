@@ -19,19 +19,30 @@ from pathlib import Path
 from typing import Any
 
 from gdlab.errors import MissingExtra
+from gdlab.guard import check_out
 from gdlab.loop import Callback, LoopState
 from gdlab.records import History
 
-__all__ = ["TensorBoard", "require", "open_writer", "write_history", "finding_text", "STEP_PREFIX", "EPOCH_PREFIX"]
+__all__ = ["TensorBoard", "check_logdir", "require", "open_writer", "write_history", "finding_text", "STEP_PREFIX",
+           "EPOCH_PREFIX"]
 
 STEP_PREFIX = "step/"
 EPOCH_PREFIX = "epoch/"
 _POSITION = {"step", "epoch"}  # the x axis, not a scalar of its own
 
 
+def check_logdir(logdir: str | Path, param: str = "tensorboard") -> str:
+    """``logdir`` if event files may be written there: a folder (new or existing), never an existing file nor a
+    run store's own folder (:func:`gdlab.guard.check_out`), else :class:`~gdlab.errors.InvalidParameter` naming
+    ``param``. Needs no tensorboard package (``gdlab train --tensorboard`` checks it as it parses its flags)."""
+    check_out(logdir, param, (), folder=True)
+    return str(logdir)
+
+
 def require(logdir: str | Path, param: str = "tensorboard") -> Any:
     """torch's ``SummaryWriter`` class, or :class:`MissingExtra` (one line naming the pip install) without the
-    tensorboard package."""
+    tensorboard package. ``logdir`` is checked here too, before any work (:func:`check_logdir`)."""
+    check_logdir(logdir, param)
     try:
         import tensorboard  # noqa: F401  (torch's writer needs it; say so before torch's own message)
         from torch.utils.tensorboard import SummaryWriter
@@ -42,7 +53,7 @@ def require(logdir: str | Path, param: str = "tensorboard") -> Any:
 
 
 def open_writer(logdir: str | Path, param: str = "tensorboard") -> Any:
-    """A ``torch.utils.tensorboard.SummaryWriter`` on ``logdir``, or :class:`MissingExtra` without tensorboard."""
+    """A ``torch.utils.tensorboard.SummaryWriter`` on ``logdir`` (checked by :func:`require`)."""
     return require(logdir, param)(log_dir=str(logdir))
 
 
@@ -76,9 +87,9 @@ class TensorBoard(Callback):
         ...           tensorboard=tempfile.mkdtemp(), progress=False)           # doctest: +SKIP
     """
 
-    def __init__(self, logdir: str | Path, *, writer: Any = None) -> None:
+    def __init__(self, logdir: str | Path, *, writer: Any = None, param: str = "tensorboard") -> None:
         self.logdir = Path(logdir)
-        self.writer = writer if writer is not None else open_writer(logdir)
+        self.writer = writer if writer is not None else open_writer(logdir, param)
         self.steps_written = self.epochs_written = 0
 
     def write(self, history: History) -> None:
@@ -130,7 +141,7 @@ class TensorBoard(Callback):
 def write_history(logdir: str | Path, history: History, findings: Iterable[Any] = (),
                   remedies: Iterable[Any] = (), *, param: str = "--tensorboard") -> TensorBoard:
     """Write a whole history (a stored run's) and its findings into ``logdir``, as the callback writes it live."""
-    board = TensorBoard(logdir, writer=open_writer(logdir, param))
+    board = TensorBoard(logdir, param=param)
     board.write(history)
     board.close(findings, remedies)
     return board

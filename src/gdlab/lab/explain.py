@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Any
 
 import torch
 
-from gdlab.errors import InvalidParameter
+from gdlab.errors import InvalidParameter, check_number, shorten
 
 __all__ = ["explain", "Graph", "Node", "FUNCTIONS", "MAX_CHARS", "MAX_DEPTH", "MAX_DRAWN", "MAX_NODES", "parse_values"]
 
@@ -118,8 +119,11 @@ def parse_values(text: str) -> dict[str, float]:
             if not sep or not name.strip().isidentifier():
                 raise ValueError
             values[name.strip()] = float(number)
+            if not math.isfinite(values[name.strip()]):
+                raise ValueError
         except ValueError:
-            raise InvalidParameter("--at", text, "name=value pairs, comma-separated, e.g. x=1,y=2") from None
+            raise InvalidParameter("--at", text, "name=value pairs of finite numbers, comma-separated, e.g. "
+                                   "x=1,y=2") from None
     return values
 
 
@@ -127,7 +131,7 @@ def explain(expression: str, values: dict[str, float]) -> Graph:
     """Parse ``expression``, evaluate it at ``values`` and compute every node's local and global gradients.
 
     Expressions are capped: :data:`MAX_CHARS` characters, :data:`MAX_DEPTH` levels of nesting, :data:`MAX_NODES`
-    nodes; a bad expression is echoed in its first 80 characters."""
+    nodes, numbers within the float range; a bad expression is echoed in its first 80 characters."""
     if len(expression) > MAX_CHARS:
         raise InvalidParameter("expression", expression, f"at most {MAX_CHARS} characters (it has "
                                f"{len(expression)})")
@@ -139,13 +143,15 @@ def explain(expression: str, values: dict[str, float]) -> Graph:
     except (RecursionError, MemoryError):
         raise InvalidParameter("expression", expression, f"at most {MAX_DEPTH} levels of nesting") from None
     _check_size(tree, expression)
+    values = {name: check_number(value, name, expected="a finite number") for name, value in values.items()}
     nodes: list[Node] = []
     leaves: dict[str, int] = {}
 
     def build(node: ast.AST) -> int:
         if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value,
                                                                                                        bool):
-            nodes.append(Node(len(nodes), f"{node.value:g}", "constant", [], float(node.value), text=f"{node.value:g}"))
+            value = _finite(node, expression)
+            nodes.append(Node(len(nodes), f"{value:g}", "constant", [], value, text=f"{value:g}"))
             return len(nodes) - 1
         if isinstance(node, ast.Name):
             if node.id in FUNCTIONS:
@@ -221,6 +227,23 @@ def _check_size(tree: ast.AST, expression: str) -> None:
             raise InvalidParameter("expression", expression, f"at most {MAX_NODES} nodes in its graph")
         children = node.args if isinstance(node, ast.Call) else list(ast.iter_child_nodes(node))
         stack.extend((child, depth + 1) for child in children)
+
+
+def _finite(node: ast.Constant, expression: str) -> float:
+    """A constant of the expression (an int or a float) as a float, or one line when it is beyond the float range
+    (a 400-digit integer, ``1e400``)."""
+    number: int | float = node.value  # type: ignore[assignment]  # the caller checked its type
+    try:
+        value = float(number)
+    except OverflowError:
+        value = math.inf
+    if not math.isfinite(value):
+        text = ast.get_source_segment(expression.strip(), node) or repr(node.value)
+        digits = sum(c.isdigit() for c in text)
+        shown = f"a {digits}-digit integer" if isinstance(node.value, int) else shorten(text, 40)
+        raise InvalidParameter("expression", expression, f"numbers within the float range (at most about "
+                               f"{sys.float_info.max:.3g}; it has {shown})")
+    return value
 
 
 def _binary(op: str, x: float, y: float, expression: str) -> tuple[float, list[float]]:

@@ -4,7 +4,8 @@ Directions are random with filter normalisation (Li et al. 2018, https://arxiv.o
 (a row of a weight: an output unit or channel) of a random direction is rescaled to the norm of the same filter
 of the model, so that the picture does not depend on the weights' scale; biases and normalisation parameters
 (1-D tensors) are left at zero. Grid points are evaluated one after another with the parameters set in place
-(on the CPU that was as fast as batching them, see ``docs/benchmarks.md``), on a fixed subset of the data.
+(on the CPU that was as fast as batching them, see ``docs/benchmarks.md``), on a fixed subset of the data. A grid
+is sized before any work: at most :data:`MAX_POINTS` points (:func:`check_size`).
 
 Example:
     >>> import torch
@@ -18,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +30,8 @@ from gdlab.errors import InvalidParameter, check_int, check_number
 from gdlab.loop import Callback
 from gdlab.problem import Problem
 
-__all__ = ["Landscape", "plane", "line", "interpolate", "direction", "trajectory", "Snapshots"]
+__all__ = ["MAX_POINTS", "Landscape", "Snapshots", "check_size", "direction", "interpolate", "line", "plane",
+           "trajectory"]
 
 
 @dataclass
@@ -76,20 +79,23 @@ def _subset(data: Any, samples: int, model: nn.Module, loss: Any) -> tuple[Probl
     return problem, x, y
 
 
-Terms = list[tuple[float, list[Tensor]]]  # a grid point: theta + sum of coefficient * direction
+Axis = tuple[Tensor, list[Tensor]]  # the coordinates along a direction, and the direction
 
 
 @torch.no_grad()
-def _grid(model: nn.Module, data: Any, loss: Any, samples: int, points: list[list[Terms]],
+def _grid(model: nn.Module, data: Any, loss: Any, samples: int, columns: Axis, rows: Axis | None,
           progress: bool) -> tuple[Tensor, float, int]:
-    """The loss at theta + sum(coefficient * direction) for every point (a list of rows of terms)."""
+    """The loss at theta + a d1 (+ b d2) for every a of ``columns`` (and b of ``rows``): ``[rows, columns]``, one
+    row for a line. The points are made one at a time, never held as a list."""
     problem, x, y = _subset(data, samples, model, loss)
     params = _params(model)
     data_ = [p.data for p in params]
     start = [p.detach().clone() for p in params]
     was_training = model.training
     model.eval()
-    total = sum(len(row) for row in points)
+    alphas, d1 = columns
+    betas, d2 = rows if rows is not None else (None, None)
+    total = len(alphas) * (len(betas) if betas is not None else 1)
     bar = None
     if progress:
         from gdlab.progress import TaskBar  # an edge: rich only when a bar is wanted
@@ -99,16 +105,16 @@ def _grid(model: nn.Module, data: Any, loss: Any, samples: int, points: list[lis
     values: list[list[float]] = []
     try:
         center = float(problem.batch_loss(model, x, y))
-        for row in points:
+        for b in betas.tolist() if betas is not None else [0.0]:
             out_row = []
-            for terms in row:
+            for a in alphas.tolist():
                 torch._foreach_copy_(data_, start)
-                for coefficient, d in terms:
-                    if coefficient:
+                for coefficient, d in ((a, d1), (b, d2)):
+                    if coefficient and d is not None:
                         torch._foreach_add_(data_, d, alpha=coefficient)
                 out_row.append(float(problem.batch_loss(model, x, y)))
                 if bar is not None:
-                    bar.update(len(values) * len(row) + len(out_row))
+                    bar.update(len(values) * len(alphas) + len(out_row))
             values.append(out_row)
     finally:
         for p, s in zip(params, start):
@@ -119,8 +125,44 @@ def _grid(model: nn.Module, data: Any, loss: Any, samples: int, points: list[lis
     return torch.tensor(values, dtype=torch.float64), center, len(y)
 
 
-def _check(steps: Any, distance: Any, samples: Any) -> None:
+MAX_POINTS = 250_000
+"""The most points a landscape evaluates (a plane of 500 x 500, a line of 250,000): each point is a forward pass
+over the samples, so a grid is sized before any work (``steps`` of 100,000 made a plane of 10 billion points)."""
+
+
+def check_size(steps: Any, kind: str = "plane") -> int:
+    """The number of points of a ``kind`` landscape (``line``, ``interpolate``: ``steps``; ``plane``,
+    ``trajectory``: ``steps`` squared) if it is at most :data:`MAX_POINTS`, else one line naming ``steps``.
+
+    Example:
+        >>> check_size(25), check_size(25, "line")
+        (625, 25)
+        >>> check_size(100_000)
+        Traceback (most recent call last):
+        ...
+        gdlab.errors.InvalidParameter: invalid steps 100000: expected at most 500 for a plane (500 x 500 = 250,000 \
+points, each a forward pass over the samples; 100000 x 100000 = 10,000,000,000 asked)
+    """
     check_int(steps, "steps", least=2)
+    what = _KINDS.get(kind, f"a {kind}")
+    if kind in ("line", "interpolate"):
+        if steps > MAX_POINTS:
+            raise InvalidParameter("steps", steps, f"at most {MAX_POINTS:,} for {what} (each point a forward pass "
+                                   "over the samples)")
+        return int(steps)
+    side = math.isqrt(MAX_POINTS)
+    if steps > side:
+        raise InvalidParameter("steps", steps, f"at most {side} for {what} ({side} x {side} = {side * side:,} "
+                               f"points, each a forward pass over the samples; {steps} x {steps} = "
+                               f"{steps * steps:,} asked)")
+    return int(steps) ** 2
+
+
+_KINDS = {"line": "a line", "interpolate": "an interpolation", "plane": "a plane", "trajectory": "a trajectory"}
+
+
+def _check(steps: Any, distance: Any, samples: Any, kind: str) -> None:
+    check_size(steps, kind)
     check_number(distance, "distance", above=0, expected="a number > 0")
     check_int(samples, "samples")
 
@@ -129,36 +171,35 @@ def plane(model: nn.Module, data: Any, *, loss: Any = "auto", steps: int = 25, d
           samples: int = 1000, progress: bool = True) -> Landscape:
     """The loss over the plane theta + a d1 + b d2, a and b in [-distance, distance] (``steps`` each; an odd
     ``steps`` puts the model itself at the centre), d1 and d2 random filter-normalised directions."""
-    _check(steps, distance, samples)
+    _check(steps, distance, samples, "plane")
     g = torch.Generator().manual_seed(seed)
     d1, d2 = direction(model, g), direction(model, g)
     coords = torch.linspace(-distance, distance, steps, dtype=torch.float64)
-    points: list[list[Terms]] = [[[(float(a), d1), (float(b), d2)] for a in coords] for b in coords]
-    losses, center, n = _grid(model, data, loss, samples, points, progress)
+    losses, center, n = _grid(model, data, loss, samples, (coords, d1), (coords, d2), progress)
     return Landscape(losses, coords, coords, [d1, d2], center, n)
 
 
 def line(model: nn.Module, data: Any, *, loss: Any = "auto", steps: int = 25, distance: float = 1.0, seed: int = 0,
          samples: int = 1000, progress: bool = True) -> Landscape:
     """The loss along theta + a d, a in [-distance, distance], d a random filter-normalised direction."""
-    _check(steps, distance, samples)
+    _check(steps, distance, samples, "line")
     d = direction(model, torch.Generator().manual_seed(seed))
     coords = torch.linspace(-distance, distance, steps, dtype=torch.float64)
-    losses, center, n = _grid(model, data, loss, samples, [[[(float(a), d)] for a in coords]], progress)
+    losses, center, n = _grid(model, data, loss, samples, (coords, d), None, progress)
     return Landscape(losses[0], coords, None, [d], center, n)
 
 
 def interpolate(model_a: nn.Module, model_b: nn.Module, data: Any, *, loss: Any = "auto", steps: int = 25,
                 samples: int = 1000, progress: bool = True) -> Landscape:
     """The loss along (1 - t) theta_a + t theta_b for t in [0, 1]: is there a barrier between two minima?"""
-    _check(steps, 1.0, samples)
+    _check(steps, 1.0, samples, "interpolate")
     pa, pb = _params(model_a), _params(model_b)
     if [p.shape for p in pa] != [p.shape for p in pb]:
         raise InvalidParameter("model_b", type(model_b).__name__, "a model with model_a's parameter shapes")
     model = copy.deepcopy(model_a)
     d = [b.detach() - a.detach() for a, b in zip(pa, pb)]
     coords = torch.linspace(0, 1, steps, dtype=torch.float64)
-    losses, center, n = _grid(model, data, loss, samples, [[[(float(t), d)] for t in coords]], progress)
+    losses, center, n = _grid(model, data, loss, samples, (coords, d), None, progress)
     return Landscape(losses[0], coords, None, [d], center, n)
 
 
@@ -193,7 +234,7 @@ def trajectory(model: nn.Module, data: Any, snapshots: Snapshots | list[Tensor],
     points = snapshots.points if isinstance(snapshots, Snapshots) else list(snapshots)
     if len(points) < 3:
         raise InvalidParameter("snapshots", len(points), "at least 3 snapshots of the parameters")
-    _check(steps, 1.0, samples)
+    _check(steps, 1.0, samples, "trajectory")
     params = _params(model)
     final = torch.cat([p.detach().flatten().cpu() for p in params])
     offsets = torch.stack(points).double() - final.double()  # [snapshots, parameters]
@@ -211,7 +252,6 @@ def trajectory(model: nn.Module, data: Any, snapshots: Snapshots | list[Tensor],
         directions.append(pieces)
     reach = float(path.abs().max()) * (1 + margin)
     coords = torch.linspace(-reach, reach, steps, dtype=torch.float64)
-    grid: list[list[Terms]] = [[[(float(a), directions[0]), (float(b), directions[1])] for a in coords]
-                               for b in coords]
-    losses, center, n = _grid(model, data, loss, samples, grid, progress)
+    losses, center, n = _grid(model, data, loss, samples, (coords, directions[0]), (coords, directions[1]),
+                              progress)
     return Landscape(losses, coords, coords, directions, center, n, path=path, explained=explained)

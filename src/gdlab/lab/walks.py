@@ -29,7 +29,10 @@ from gdlab import optim
 from gdlab.errors import InvalidParameter, check_int
 from gdlab.lab.functions import TestFunction, get
 
-__all__ = ["run", "LabResult", "Walk", "walk", "walk_together", "AUTO_GRID"]
+__all__ = ["run", "LabResult", "Walk", "walk", "walk_together", "AUTO_GRID", "FILES", "check_folder"]
+
+FILES = {"plot": "trajectories.png", "animation": "descent.gif"}
+"""The files :func:`run` writes into its folder."""
 
 AUTO_GRID = [10 ** (-4 + k / 3) for k in range(13)]
 """The learning rates ``lr="auto"`` tries (1e-4 to 1, three per decade)."""
@@ -141,6 +144,18 @@ def _best_lr(function: TestFunction, w: Walk, lrs: Tensor, steps: int, tol: floa
     return float(lrs[best])
 
 
+def check_folder(out: str | Path, flag: str = "out", *, force: bool = False) -> Path:
+    """``out`` if the lab may write its pictures there (:func:`gdlab.guard.check_out`): a folder (new or
+    existing, never a file, nor a run store's), and in it :data:`FILES`, each new or a picture of its kind, unless
+    ``force``. Checked before any walk."""
+    from gdlab.guard import check_out
+
+    folder = check_out(out, flag, (), folder=True)
+    for name in FILES.values():  # an error names the file in the folder
+        check_out(folder / name, flag, (Path(name).suffix,), force=force)
+    return folder
+
+
 def run(
     function: str | TestFunction,
     *,
@@ -153,6 +168,7 @@ def run(
     tol: float = 1e-3,
     out: str | Path | None = None,
     plots: bool = True,
+    force: bool = False,
 ) -> LabResult:
     """Walk every optimizer over ``function`` and report, per optimizer: its lr, end point, loss, distance to the
     nearest global minimum, steps to come within ``tol`` of the minimum value (or None); with ``restarts=K``, K
@@ -160,9 +176,12 @@ def run(
 
     Args:
         lr: a number for all, a dict per optimizer, or ``"auto"`` (tuned per optimizer, see the module).
-        out: the folder for the contour plot (``trajectories.png``) and the animation (``descent.gif``).
+        out: the folder for the contour plot (``trajectories.png``) and the animation (``descent.gif``), checked
+            before any walk (:func:`check_folder`); ``force`` writes over files of another kind there.
     """
     f = get(function) if isinstance(function, str) else function
+    if plots and out is not None:
+        check_folder(out, force=force)
     check_int(steps, "steps")
     check_int(restarts, "restarts", least=0)
     if not optimizers:
@@ -215,8 +234,8 @@ def run(
         folder = Path(out) if out is not None else Path("gdlab-runs") / "lab" / f"{f.name}-{stamp}"
         from gdlab.plots import animate_walks, plot_walks
 
-        result.files["plot"] = str(plot_walks(result, folder / "trajectories.png", restarts=bool(restarts)))
-        result.files["animation"] = str(animate_walks(result, folder / "descent.gif"))
+        result.files["plot"] = str(plot_walks(result, folder / FILES["plot"], restarts=bool(restarts)))
+        result.files["animation"] = str(animate_walks(result, folder / FILES["animation"]))
     return result
 
 
