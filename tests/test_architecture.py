@@ -18,8 +18,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "gdlab"
 
 LAYERS = [  # bottom to top; a name stands for the module and, for a package, everything in it
-    ("basics", ["errors", "guard", "resources", "resolve", "records", "data", "optim", "store", "checkpoint", "config", "models",
-                "metrics", "threads", "distributed"]),
+    ("basics", ["errors", "guard", "resources", "resolve", "records", "data", "optim", "store", "checkpoint", "config",
+                "models", "metrics", "threads", "distributed"]),
     ("core", ["problem"]),
     ("engine", ["loop", "population", "instruments", "callbacks"]),
     ("studies", ["lr_select", "sweeps", "doctor", "lab"]),

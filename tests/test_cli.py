@@ -13,6 +13,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import hostile_files
 from gdlab import __version__
 from gdlab.cli import app
 from gdlab.store import Store
@@ -228,13 +229,128 @@ BAD = [
     (["explain", "--at", "x=1", "--", "-" * 3900 + "x"], "expected at most 300 levels of nesting"),
     (["explain", "+".join(["sin(x)"] * 30), "--at", "x=1", "--out", "g.png"], "expected at most 40 nodes to draw; "
      "the graph has 60 nodes"),
+    # issue 24: text from a user printed as text, its escapes shown and its markup literal (rows: text)
+    (["train", "--data", "miss\x1b]0;pwned\x07[bold red]RED[/].csv", "--target", "y"],
+     "data file 'miss\\x1b]0;pwned\\x07[bold red]RED[/].csv' not found"),
     # issue 24: what --out may write over, and ids from the store (rows: store safety)
+    (["report", "kept", "--store", "s", "--out", "s/gdlab.db"], "invalid --out 's/gdlab.db': expected a .html file "
+     "path"),
+    (["report", "kept", "--store", "s", "--out", "bad_cells.csv"], "invalid --out 'bad_cells.csv': expected a .html "
+     "file path"),
+    (["report", "kept", "--store", "s", "--out", "notes.html"], "invalid --out 'notes.html': expected a new path or "
+     "a .html file gdlab may replace: this file holds something else; pass --force to write over it"),
+    (["report", "--all", "--store", "s", "--out", "s"], "invalid --out 's': expected a folder outside the run "
+     "store's own"),
+    (["report", "--all", "--store", "s", "--out", "bad_cells.csv"], "invalid --out 'bad_cells.csv': expected a "
+     "folder to write into (this is a file)"),
+    (["plot", "kept", "--store", "s", "--out", "s/gdlab.db"], "invalid --out 's/gdlab.db': expected a .png, .pdf or "
+     ".svg file path"),
+    (["plot", "kept", "--store", "s", "--out", "notes.png"], "invalid --out 'notes.png': expected a new path or a "
+     ".png, .pdf or .svg file gdlab may replace: this file holds something else; pass --force to write over it"),
+    (["gradflow", "kept", "--store", "s", "--out", "s"], "invalid --out 's': expected a .png, .pdf or .svg file path"),
+    (["runs", "--store", ""], "invalid --store '': expected a folder path (an empty one would be the current folder)"),
+    (["report", "kept", "--store", ""], "invalid --store ''"),
+    (["train", "--data", "moons", "--store", ""], "invalid --store ''"),
+    (["runs", "rm", "kept", "--store", "s"], "is running: stop it first (or wait for it to finish), then delete it; "
+     "if no process runs it any more (killed in a container, on another machine), pass --force; nothing was "
+     "deleted"),
+    (["runs", "rm", "kept", "--store", "s", "--force"], "is running: a live process holds its lock"),
+    (["train", "--resume", "kept", "--store", "s", "--force"], "is running: a live process holds its lock"),
+    (["train", "--data", "moons", "--force"], "invalid --force True: expected --resume RUN with it"),
+    (["runs", "--store", "h-dot/store"], "store 'h-dot/store' is damaged: run id '.' is not a gdlab run id"),
+    (["runs", "rm", "victim-run", "--store", "h-dot/store"], "store 'h-dot/store' is damaged: run id '.'"),
+    (["runs", "rm", "victim-run", "--force", "--store", "h-dot/store"], "store 'h-dot/store' is damaged"),
+    (["report", "victim-run", "--store", "h-parent/store"], "store 'h-parent/store' is damaged: run id '../victim' "
+     "is not a gdlab run id (expected YYYYmmdd-HHMMSS-xxxx); nothing was changed"),
+    (["report", "--all", "--store", "h-parent/store"], "store 'h-parent/store' is damaged: run id '../victim'"),
+    (["plot", "victim-run", "--store", "h-parent/store"], "store 'h-parent/store' is damaged: run id '../victim'"),
+    (["gradflow", "victim-run", "--store", "h-absolute/store"], "store 'h-absolute/store' is damaged: run id '/"),
+    (["show", "victim-run", "--store", "h-absolute/store"], "store 'h-absolute/store' is damaged: run id '/"),
+    (["runs", "--store", "h-empty_db/store"], "store 'h-empty_db/store' is damaged: it holds run folders but its "
+     "database h-empty_db/store/gdlab.db is empty (0 bytes)"),
+    (["train", "--data", "moons", "--epochs", "1", "--store", "h-empty_db/store"], "store 'h-empty_db/store' is "
+     "damaged: it holds run folders but its database"),
+    (["runs", "--store", "h-corrupt_db/store"], "store 'h-corrupt_db/store' is damaged: h-corrupt_db/store/gdlab.db "
+     "is not a readable database (database disk image is malformed)"),
+    (["train", "--data", "moons", "--epochs", "1", "--store", "h-corrupt_db/store"], "store 'h-corrupt_db/store' is "
+     "damaged"),
+    (["report", "--all", "--store", "h-corrupt_db/store"], "store 'h-corrupt_db/store' is damaged"),
     # issue 24: no code from a file, archives and model files (rows: files)
+    (["train", "--data", "truncated.npz"], "truncated.npz: a damaged or truncated .npz archive (File is not a zip "
+     "file): expected arrays 'X' and 'y'"),
+    (["train", "--data", "renamed.npz"], "renamed.npz: a single .npy array, not an .npz archive"),
+    (["train", "--data", "complex.npz"], "complex.npz: array 'X' has dtype complex64: expected real numbers (an "
+     "integer or floating-point dtype); complex values are not cast"),
+    (["train", "--data", "objects.npz"], "objects.npz: array 'X' holds objects (pickled), which are not read"),
+    (["train", "--data", "bomb.npz"], "bomb.npz (arrays X, y: 8.8 TB uncompressed) needs about 26.4 TB of memory"),
+    (["train", "--data", "liar.npz"], "liar.npz: array 'X' declares shape (1048576, 1048576) (8.8 TB) but holds 64 B: "
+     "a damaged .npz archive"),
+    (["export", "kept", "--model", "unknown_key.safetensors", "--store", "s"], "invalid --model "
+     "'unknown_key.safetensors': expected a new path or a .safetensors file gdlab may replace: this file holds "
+     "something else; pass --force to write over it"),
+    (["train", "--data", "moons", "--trust-store"], "invalid --trust-store True: expected --resume RUN with it"),
     # issue 24: limits, the lab, settings files and ranks (rows: limits)
+    (["train", "--threads", "100000"], 'invalid threads 100000: expected "auto" or a positive integer up to '),
+    (["landscape", "kept", "--steps", "100000", "--store", "s"], "invalid steps 100000: expected at most 500 for a "
+     "plane (500 x 500 = 250,000 points, each a forward pass over the samples; 100000 x 100000 = 10,000,000,000 "
+     "asked)"),
+    (["landscape", "kept", "--kind", "line", "--steps", "300000", "--store", "s"], "invalid steps 300000: expected "
+     "at most 250,000 for a line"),
+    (["landscape", "kept", "--store", "s", "--out", "notes.png"], "invalid --out 'notes.png': expected a new path "
+     "or a .png, .pdf or .svg file gdlab may replace: this file holds something else; pass --force to write over "
+     "it"),
+    (["explain", "1" * 400 + " * x", "--at", "x=1"], "expected numbers within the float range (at most about "
+     "1.8e+308; it has a 400-digit integer)"),
+    (["explain", "1e400 * x", "--at", "x=1"], "it has 1e400)"),
+    (["explain", "x", "--at", "x=nan"], "invalid --at 'x=nan': expected name=value pairs of finite numbers"),
+    (["explain", "x", "--at", "x=1", "--out", "notes.png"], "invalid --out 'notes.png': expected a new path or a "
+     ".png, .pdf or .svg file gdlab may replace"),
+    (["explain", "x", "--at", "x=1", "--out", "s/gdlab.db"], "invalid --out 's/gdlab.db': expected a .png, .pdf "
+     "or .svg file path"),
+    (["lab", "booth", "--out", "blocker"], "invalid --out 'blocker': expected a folder to write into (this is a "
+     "file)"),
+    (["lab", "booth", "--out", "s"], "invalid --out 's': expected a folder outside the run store's own"),
+    (["lr-find", "--data", "moons", "--out", "notes.png"], "invalid --out 'notes.png': expected a new path or a "
+     ".png, .pdf or .svg file gdlab may replace"),
+    (["train", "--config", "latin.toml"], "invalid config 'latin.toml': expected a UTF-8 TOML file (byte 0xe9 at "
+     "position 16 is not UTF-8)"),
+    (["train", "--data", "moons", "--tensorboard", "blocker"], "invalid --tensorboard 'blocker': expected a folder "
+     "to write into (this is a file)"),
+    (["train", "--data", "moons", "--tensorboard", "s"], "invalid --tensorboard 's': expected a folder outside the "
+     "run store's own"),
     # issue 24: training that fails in the user's code or data, checkpoints (rows: training)
+    (["train", "--data", "user_models:empty_dataset"], "invalid data 'EmptyRows': expected a Dataset with at least "
+     "one sample"),
+    (["train", "--data", "user_models:unreadable_dataset"], "reading sample 0 of the training data failed: the "
+     "Dataset UnreadableRows raised KeyError: 'sample 0 is missing' (user_models.py, line "),
+    (["train", "--data", "moons", "--model", "user_models:fails_at_first_step", "--store", "elsewhere", "-q"], "the "
+     "forward pass of step 1 (model FailsInTraining, loss cross_entropy) raised RuntimeError: training call 1 failed "
+     "(user_models.py, line "),
+    (["train", "--data", "moons", "--model", "user_models:fails_at_step_5", "--store", "elsewhere", "-q"], "the "
+     "forward pass of step 5 (model FailsInTraining, loss cross_entropy) raised RuntimeError: training call 5 failed"),
 ]
 
 
+@pytest.fixture
+def hostile_stores(request: pytest.FixtureRequest, hostile, tmp_path: Path):
+    """Issue 24 (rows: store safety): the hostile stores a BAD row names (``--store h-<kind>/store``), each built by
+    the ``hostile`` fixture and linked into the working folder; after the row, every file in their folders (the
+    store, and the victim folder beside it) is as it was: nothing written, nothing deleted (``hostile.unchanged``)."""
+    from hostile import KINDS, snapshot, unchanged
+
+    args = request.node.callspec.params.get("args", [])
+    folders = {}
+    for kind in KINDS:
+        if f"h-{kind}/store" in args:
+            root, _ = hostile(kind)
+            (tmp_path / f"h-{kind}").symlink_to(root.parent, target_is_directory=True)
+            folders[kind] = (root.parent, snapshot(root.parent))
+    yield
+    for kind, (folder, before) in folders.items():
+        assert unchanged(before, snapshot(folder)), kind
+
+
+@pytest.mark.usefixtures("hostile_stores")  # issue 24 (rows: store safety)
 @pytest.mark.parametrize(("args", "message"), BAD, ids=[" ".join(a)[:80] for a, _ in BAD])
 def test_bad_input_is_one_clear_line_and_exit_2(user_modules: Path, args: list[str], message: str) -> None:
     (user_modules / "bad_cells.csv").write_text("x,y\n1,2\nabc,3\n")
@@ -248,6 +364,11 @@ def test_bad_input_is_one_clear_line_and_exit_2(user_modules: Path, args: list[s
     (user_modules / "zip.npz").write_bytes(b"plain bytes, not a zip archive")
     (user_modules / "damaged").mkdir()
     (user_modules / "damaged" / "gdlab.db").write_bytes(b"not a database header " * 50)
+    hostile_files.write(user_modules)  # issue 24 (rows: files)
+    (user_modules / "unknown_key.safetensors").write_text("not a model")
+    (user_modules / "notes.html").write_text("<p>the user's notes, not a gdlab page</p>")  # (rows: store safety)
+    (user_modules / "notes.png").write_text("not a picture")  # (rows: store safety)
+    (user_modules / "latin.toml").write_bytes("epochs = 2\n# café\n".encode("latin-1"))  # (rows: limits)
     store = Store(user_modules / "s")
     store.create_run({"data": "x"}, name="kept")
     result = gdlab(*args)
@@ -255,7 +376,7 @@ def test_bad_input_is_one_clear_line_and_exit_2(user_modules: Path, args: list[s
     line = result.stderr.strip()
     assert line.startswith("error: ") and message in line
     assert len(line.splitlines()) == 1 and "Traceback" not in result.output and len(line) < 600
-    assert "weights_only" not in line and "--out" not in line
+    assert "weights_only" not in line and ("--out" not in line or "--out" in args)
     assert [r.name for r in Store(user_modules / "s").runs()] == ["kept"]  # nothing added, nothing lost
     assert (user_modules / "damaged" / "gdlab.db").read_bytes() == b"not a database header " * 50  # kept as it was
     default = user_modules / "gdlab-runs"
@@ -428,7 +549,7 @@ def test_train_with_lr_auto_records_the_choice() -> None:
         (["train", "--lr", "fast"], "invalid --lr 'fast': expected a number, e.g. 0.01, or auto"),
         (["train", "--lr", "auto", "--lr-select", "grid"], "invalid lr_select 'grid'"),
         (["train", "--lr-select", "range-test"], "invalid lr_select 'range-test': expected lr auto with it"),
-        (["lr-find", "--out", "x.txt"], "invalid --out 'x.txt': expected a .png, .pdf or .svg path"),
+        (["lr-find", "--out", "x.txt"], "invalid --out 'x.txt': expected a .png, .pdf or .svg file path"),
         (["sweep", "--lr", "1e-3,,1"], "invalid --lr '1e-3,,1'"),
         (["sweep", "--seeds", "0,-1"], "invalid seeds [0, -1]"),
         (["sweep", "--lr", "1e-3:1:100000"], "n <= 1000"),
@@ -624,7 +745,7 @@ def test_predict_writes_one_row_per_sample(tmp_path: Path) -> None:
     for args, message in (
         (("nope", "--data", "new.csv", "--out", "p.csv"), "unknown run 'nope'"),
         (("last", "--data", "new.csv", "--out", "no/such/dir/p.csv"), "invalid --out 'no/such/dir/p.csv'"),
-        (("last", "--data", "new.csv", "--out", "p.txt"), "invalid --out 'p.txt': expected a .csv path"),
+        (("last", "--data", "new.csv", "--out", "p.txt"), "invalid --out 'p.txt': expected a .csv file path"),
         (("last", "--data", "missing.csv", "--out", "p.csv"), "data file 'missing.csv' not found"),
     ):
         bad = gdlab("predict", *args, "--store", "s")
@@ -658,7 +779,7 @@ def test_export_round_trips_the_weights_without_pickle(tmp_path: Path, monkeypat
     assert all(torch.equal(mine.state_dict()[k], saved[k]) for k in saved)
     for args, message in (
         (("nope", "--model", "m.safetensors"), "unknown run 'nope'"),
-        (("last", "--model", "m.pt"), "invalid --model 'm.pt': expected a .safetensors path"),
+        (("last", "--model", "m.pt"), "invalid --model 'm.pt': expected a .safetensors file path"),
         (("last", "--model", "gone/m.safetensors"), "invalid --model 'gone/m.safetensors'"),
     ):
         bad = gdlab("export", *args, "--store", "s")
@@ -739,3 +860,127 @@ def test_threads_flag(monkeypatch: pytest.MonkeyPatch) -> None:
         assert seen[-1] == expected
     bad = gdlab("train", "--threads", "0")
     assert bad.exit_code == 2 and "invalid threads 0" in bad.stderr
+
+
+# -- issue 24: text from a store, a file or a user is printed as text -----------------------------------------
+
+RAW = ("\x1b]", "\x07", "\x1b[2J", "\x1b[H", "\x1b\\")
+"""What the hostile names send when printed raw: OSC (window title, OSC-8 link), bell, clear screen, cursor home,
+string terminator."""
+SHOUT = "st\x1b]0;pwned\x07\x1b[2J[bold red]RED[/]"
+"""A store folder or an --out file name with escapes and markup (no slash, so it stays one path part)."""
+
+
+def _printed_as_text(output: str, *, bar: bool = False) -> None:
+    """No escape sequence of the data in ``output``: only Rich's own colours (SGR), and a bar's redraws."""
+    import re
+
+    assert not [seq for seq in RAW if seq in output], repr(output)
+    if not bar:
+        assert "\x1b" not in re.sub(r"\x1b\[[0-9;]*m", "", output), repr(output)
+    assert "\\x1b]0;pwned" in output and "\\x07" in output, repr(output)  # the escapes shown, not sent
+
+
+def test_safe_prints_text_as_its_characters() -> None:
+    import io
+    import re
+
+    from rich.console import Console
+
+    from gdlab.cli.common import safe
+    from gdlab.guard import printable
+    from hostile import ESCAPES
+
+    for text in (ESCAPES, "[link=http://evil.example/]mlp[/link]", "a\\[bold]b", "ends\\", "two\\\\", "[/]",
+                 "rtl\u202eevil", "multi\nline", "{curly} :smile:", "\x9b2J"):
+        shown = safe(text)
+        assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202e]", shown)
+        console = Console(file=io.StringIO(), force_terminal=True, color_system="truecolor", width=500,
+                          emoji=False, highlight=False)
+        console.print(f"[bold]<{shown}[/][red]>{shown}[/]>")  # inside markup of ours, and before its close
+        plain = re.sub(r"\x1b\[[0-9;]*m", "", console.file.getvalue()).rstrip("\n")
+        expected = printable(text)
+        if expected.endswith("\\"):
+            expected = expected[:-1] + "\\x5c"  # a last backslash spelled out: markup after it stays markup
+        assert plain == f"<{expected}>{expected}>", (text, plain)
+    assert safe(ESCAPES).startswith("\\x1b]0;pwned\\x07\\x1b[2J\\x1b[H\\[bold red]RED")
+    assert safe("a\nb") == "a\\nb" and safe("a\nb", newlines=True) == "a\nb"
+
+
+def _hostile_text_store(hostile) -> tuple[Path, str]:
+    """The ``escapes`` store, its error, stop reason, findings and remedies holding the hostile text too."""
+    from hostile import ESCAPES, set_columns
+
+    root, ref = hostile("escapes")
+    set_columns(root, ref, error=ESCAPES, stop_reason=ESCAPES)
+    store = Store(root)
+    store.add_findings(ref, [{"code": "loss_plateau", "severity": "warning", "step": 3, "evidence": {ESCAPES: ESCAPES},
+                              "explanation": ESCAPES, "remedy": {"action": ESCAPES, "lr": 0.1}}])
+    store.add_remedies(ref, [{"step": 3, "action": ESCAPES, "reason": ESCAPES}])
+    return root, ref
+
+
+def _commands(root: Path, ref: str) -> list[list[str]]:
+    return [["runs", "--store", str(root)], ["show", ref, "--store", str(root)],
+            ["compare", ref, ref, "--all", "--store", str(root)], ["doctor", ref, "--store", str(root)],
+            ["report", ref, "--store", str(root), "--out", SHOUT + ".html"],
+            ["train", "--data", "moons", "--hidden", "4", "--epochs", "1", "--store", SHOUT, "--name", SHOUT,
+             "--report"]]
+
+
+def test_text_from_a_hostile_store_is_printed_as_text(hostile) -> None:
+    from hostile import ESCAPES
+
+    root, ref = _hostile_text_store(hostile)
+    for args in _commands(root, ref):
+        result = gdlab(*args)
+        assert result.exit_code == 0, result.output
+        _printed_as_text(result.stdout + result.stderr, bar=args[0] == "train")
+        if args[0] in ("show", "doctor"):  # whole lines: the markup shown as it is written
+            assert "[bold red]RED[/]" in result.stdout
+        if args[0] == "show":
+            assert "[link=http://evil.example/]mlp[/link]" in result.stdout
+            assert f"error: {ESCAPES}" not in result.stdout and "remedy:   \\x1b]0;pwned" in result.stdout
+    for args in (["show", "no" + ESCAPES, "--store", str(root)], ["train", "--data", SHOUT, "--store", "s"]):
+        result = gdlab(*args)  # an error that echoes the text
+        assert result.exit_code == 2 and result.stderr.startswith("error: ")
+        _printed_as_text(result.stderr)
+        assert "[bold red]RED[/]" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    as_json = gdlab("show", ref, "--store", str(root), "--json").stdout
+    assert json.loads(as_json)["name"] == ESCAPES and "\x1b" not in as_json  # JSON: the text as is, escaped
+
+
+def test_text_from_a_hostile_store_on_a_terminal(hostile, tmp_path: Path) -> None:
+    import os
+
+    root, ref = _hostile_text_store(hostile)
+    script = ("import json, sys\nfrom gdlab.cli import app\nfor args in json.loads(sys.argv[1]):\n"
+              "    print('=====', flush=True)\n    app(args, prog_name='gdlab', standalone_mode=False)\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "TERM")}
+    env.update(FORCE_COLOR="1", TTY_COMPATIBLE="1", TERM="xterm-256color", COLUMNS="300")
+    done = subprocess.run([sys.executable, "-c", script, json.dumps(_commands(root, ref))], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    outputs = done.stdout.split("=====\n")[1:]
+    assert len(outputs) == 6 and "\x1b[1m" in outputs[1]  # a terminal's output: our own markup is styled
+    for output in outputs[:5]:
+        _printed_as_text(output)
+    _printed_as_text(outputs[5] + done.stderr, bar=True)
+    assert "[bold red]RED[/]" in outputs[1] and "[link=http://evil.example/]mlp[/link]" in outputs[1]
+
+
+def test_a_bar_prints_its_text_as_text() -> None:
+    import io
+
+    from rich.console import Console
+
+    from gdlab.progress import TaskBar
+    from hostile import ESCAPES
+
+    console = Console(file=io.StringIO(), force_terminal=True, color_system="truecolor", width=400)
+    bar = TaskBar(ESCAPES + " {curly}", 4, console=console, every=1)
+    bar.update(2, ESCAPES)
+    bar.close()
+    drawn = console.file.getvalue()
+    _printed_as_text(drawn, bar=True)
+    assert "[bold red]RED[/]" in drawn and "{curly}" in drawn

@@ -158,3 +158,16 @@ def test_without_lightning_the_import_names_the_extra() -> None:
             "try:\n    import gdlab.integrations.lightning\nexcept MissingExtra as e:\n"
             "    assert \"pip install 'gdlab[lightning]'\" in str(e), e\nelse:\n    raise SystemExit('no error')")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_print_findings_prints_their_text_as_text(capsys: pytest.CaptureFixture[str]) -> None:
+    from types import SimpleNamespace
+
+    escapes = "\x1b]0;pwned\x07\x1b[2J[bold red]RED[/]"
+    doctor = Doctor()
+    finding = {"severity": "warning", "code": "loss_plateau", "step": 3, "explanation": escapes}
+    doctor.report = SimpleNamespace(run_id=escapes, findings=[finding])
+    doctor.print_findings()
+    printed = capsys.readouterr().out
+    assert "\x1b" not in printed and "\x07" not in printed and len(printed.splitlines()) == 2
+    assert "(run \\x1b]0;pwned\\x07" in printed and printed.splitlines()[1].endswith("\\x1b[2J[bold red]RED[/]")

@@ -158,3 +158,13 @@ def test_importing_gdlab_does_not_import_transformers() -> None:
     code = "import sys, gdlab; print('transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_summary_prints_a_finding_s_text_as_text() -> None:
+    escapes = "\x1b]0;pwned\x07\x1b[2J[bold red]RED[/]"
+    report = SimpleNamespace(findings=[{"severity": "warning", "code": "loss_plateau", "step": 3,
+                                        "explanation": escapes}], steps=5, stop_reason=escapes)
+    printed = summary(report)
+    lines = printed.splitlines()
+    assert len(lines) == 3 and "\x1b" not in printed and "\x07" not in printed
+    assert lines[1].endswith(": \\x1b]0;pwned\\x07\\x1b[2J[bold red]RED[/]")

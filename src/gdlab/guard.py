@@ -88,7 +88,10 @@ def check_out(path: str | Path, flag: str, suffixes: Sequence[str], *, force: bo
 
 
 def _kinds(suffixes: Sequence[str]) -> str:
-    return " or ".join(suffixes) if suffixes else "writable"
+    """``(".png", ".pdf", ".svg")`` -> ``".png, .pdf or .svg"``."""
+    if not suffixes:
+        return "writable"
+    return suffixes[0] if len(suffixes) == 1 else f"{', '.join(suffixes[:-1])} or {suffixes[-1]}"
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")

@@ -4,6 +4,9 @@
 from the loop's own thread at most four times a second (rich's refresh thread is off: its renders hold the GIL and
 slow a small model's steps), so a fast loop pays a clock read per step and a render every quarter second.
 :class:`TaskBar` is a bar over some other work (the range test, a landscape's grid).
+
+A bar's text is printed as text: its control characters escaped (:func:`gdlab.guard.printable`) and its columns
+read without Rich markup, so a description or a line of text that holds ``[bold]`` or an escape sequence shows it.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from gdlab.guard import printable
 
 __all__ = ["ProgressBar", "TaskBar"]
 
@@ -32,11 +37,11 @@ class ProgressBar:
 
     def on_fit_start(self, state: Any) -> None:
         self._progress = Progress(
-            TextColumn("[bold]{task.description}"),
+            TextColumn("{task.description}", style="bold", markup=False),
             BarColumn(),
-            TextColumn("{task.fields[iteration]}"),
-            TextColumn("loss [cyan]{task.fields[loss]}"),
-            TextColumn("{task.fields[speed]}"),
+            TextColumn("{task.fields[iteration]}", markup=False),
+            TextColumn("loss [cyan]{task.fields[loss]}"),  # a number of ours
+            TextColumn("{task.fields[speed]}", markup=False),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
             console=self.console,
@@ -97,14 +102,15 @@ class TaskBar:
     def __init__(self, title: str, total: int, *, console: Console | None = None, transient: bool = False,
                  every: int = 5) -> None:
         self.every = every
-        self._progress = Progress(TextColumn(f"[bold]{title}"), BarColumn(), TextColumn("{task.fields[text]}"),
+        self._progress = Progress(TextColumn("{task.description}", style="bold", markup=False), BarColumn(),
+                                  TextColumn("{task.fields[text]}", markup=False),
                                   console=console or Console(stderr=True), auto_refresh=False, transient=transient)
         self._progress.start()
-        self._task = self._progress.add_task("", total=total, text="")
+        self._task = self._progress.add_task(printable(title), total=total, text="")
 
     def update(self, done: int, text: str = "") -> None:
         """``done`` units of the total are done; redrawn every ``every`` units."""
-        self._progress.update(self._task, completed=done, text=text)
+        self._progress.update(self._task, completed=done, text=printable(text))
         if done % self.every == 0:
             self._progress.refresh()
 

@@ -312,7 +312,8 @@ def _open_record(db: Store, resume: str | None, state: LoopState, described: dic
         run = db.get(resume)
         if run.status == "running":
             raise StoreError(f"run {run.id} is still running in another process: stop it first (Ctrl-C), "
-                             "then resume it")
+                             "then resume it; if no process runs it any more (killed in a container, on another "
+                             "machine), resume it with gdlab train --resume RUN --force (Store.abandon)")
         recorder = Recorder(db, run.id, step_rows=step_rows)
         recorder.restore(state, config)
     else:

@@ -21,7 +21,7 @@ import sys
 
 import typer
 
-from gdlab.cli.root import app, err
+from gdlab.cli.root import app, err, safe
 
 __all__ = ["app", "main"]
 
@@ -36,14 +36,18 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except usage_error as e:
-        err.print(f"error: {e.format_message()}", markup=False)
+        err.print(f"error: {safe(e.format_message())}")  # it may echo what the user typed
         sys.exit(2)
     except (KeyboardInterrupt, typer.Abort):
-        err.print("interrupted")
+        from gdlab.cli.ranks import quiet_rank
+
+        if not quiet_rank():  # under --nproc, rank 0 says it once
+            err.print("interrupted")
         sys.exit(130)
     except Exception as e:  # a crash: under --nproc, the launching command shows the first rank's
         from gdlab.cli.ranks import record_error
 
-        record_error(e)
+        if record_error(e):  # its traceback is kept for the stored run, not printed
+            sys.exit(1)
         raise
     sys.exit(code if isinstance(code, int) else 0)

@@ -22,6 +22,7 @@ from rich.console import Console
 from gdlab.cli.ranks import record_error
 from gdlab.cli.root import app as app  # re-exported: the command modules register their commands on it
 from gdlab.cli.root import err, out
+from gdlab.cli.root import safe as safe  # the printers' one escaper, re-exported
 from gdlab.config import Config
 from gdlab.errors import GdlabError, InvalidParameter
 from gdlab.optim import OPTIMIZERS
@@ -43,7 +44,7 @@ def fail(error: GdlabError) -> NoReturn:
     """Print ``error`` as one line on stderr and exit with code 2 (under ``--nproc``, also where the launching
     command reads a rank's failure)."""
     if not record_error(error):  # under --nproc, the launching command prints the first rank's
-        err.print(f"error: {error}", markup=False, soft_wrap=True)
+        err.print(f"error: {safe(error)}", soft_wrap=True)  # an error may echo what the user typed
     raise typer.Exit(2)
 
 
@@ -121,11 +122,16 @@ def parse_data_options(items: Iterable[str]) -> list[tuple[str, Any]] | None:
     return [parse_key_value(item) for item in items] or None
 
 
-def parse_figure_path(path: Path, flag: str) -> Path:
-    """A path matplotlib can write a figure to."""
-    if path.suffix.lower() not in (".png", ".pdf", ".svg"):
-        raise InvalidParameter(flag, str(path), "a .png, .pdf or .svg path")
-    return path
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
+"""The figure files a command's ``--out`` may name (matplotlib writes each by its suffix)."""
+
+
+def parse_figure_path(path: Path, flag: str, force: bool = False) -> Path:
+    """A path matplotlib can write a figure to, and gdlab may write over (:func:`gdlab.guard.check_out`: never a
+    store's own file or a folder; an existing file only if it is a figure of that kind, or with ``force``)."""
+    from gdlab.guard import check_out
+
+    return check_out(path, flag, FIGURE_SUFFIXES, force=force)
 
 
 # -- the data and model flags of train, sweep, restarts and lr-find --------------------------------------------
@@ -146,6 +152,9 @@ StandardizeFlag = Annotated[Optional[bool], typer.Option("--standardize/--no-sta
 DataOptionsFlag = Annotated[Optional[list[str]], typer.Option(
     "--data-opt", metavar="KEY=VALUE", callback=parsed(parse_data_options),
     help="Option of a built-in dataset, e.g. condition=1000.")]  # (key, value) pairs, or None
+TrustStoreFlag = Annotated[bool, typer.Option(
+    "--trust-store", help="Import and run the module:function a stored run names (its model or data): only for a "
+    "store you trust.")]
 ModelFlag = Annotated[Optional[str], typer.Option("--model", help="linear, logistic, mlp, cnn, or module:function. "
                                                   "[default: mlp]")]
 HiddenFlag = Annotated[Optional[str], typer.Option(
@@ -209,9 +218,9 @@ def num(value: Any) -> str:
 
 
 def status_text(status: str) -> str:
-    """A run's status, coloured."""
+    """A run's status, coloured (markup for a console; a status from a damaged store shows as it is)."""
     colour = {"finished": "green", "running": "cyan", "failed": "red", "stopped": "yellow"}.get(status, "white")
-    return f"[{colour}]{status}[/]"
+    return f"[{colour}]{safe(status)}[/]"
 
 
 def to_json(value: Any) -> str:

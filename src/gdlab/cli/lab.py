@@ -5,26 +5,31 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
 
 from gdlab.cli.common import (
+    FIGURE_SUFFIXES,
     JsonFlag,
     StoreFlag,
+    TrustStoreFlag,
     app,
     err,
     friendly,
     num,
     out,
-    parse_figure_path,
     parse_number_or_auto,
     parsed,
+    safe,
     to_json,
     wide,
 )
 from gdlab.errors import InvalidParameter, shorten
+from gdlab.guard import check_out
+
+ForceFlag = Annotated[bool, typer.Option("--force", help="Write over an existing --out file of another kind.")]
 
 
 def parse_names(text: str) -> list[str]:
@@ -66,30 +71,34 @@ def lab_command(
     tol: float = typer.Option(1e-3, help="How close to the minimum value counts as reached."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Folder for the plot and the GIF [default: "
                                            "gdlab-runs/lab/FUNCTION-TIME]."),
+    force: ForceFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Walk optimizers over a 2-D test function: a contour plot of the paths, an animated GIF, and a table."""
+    from gdlab.lab.walks import check_folder
     from gdlab.lab.walks import run as run_lab
 
+    if out_dir is not None:
+        check_folder(out_dir, "--out", force=force)  # before any walk
     result = run_lab(function, optimizers=optimizers, steps=steps, lr=lr, start=start,  # type: ignore[arg-type]
-                     restarts=restarts, seed=seed, tol=tol, out=out_dir)
+                     restarts=restarts, seed=seed, tol=tol, out=out_dir, force=force)
     if as_json:
         print(to_json({"function": result.function.name, "table": result.table, "files": result.files}))
         return
     table = Table(box=None, header_style="bold")
     columns = [k for k in result.table[0] if k != "basins"]
     for column in columns:
-        table.add_column(column.replace("_", " "), justify="left" if column == "optimizer" else "right")
+        table.add_column(safe(column.replace("_", " ")), justify="left" if column == "optimizer" else "right")
     for row in result.table:
         cells = []
         for column in columns:
             v = row[column]
             cells.append("-" if v is None else f"({v[0]:.4g}, {v[1]:.4g})" if isinstance(v, list) else
-                         f"{v:.0%}" if column == "reached_global" else num(v) if isinstance(v, float) else str(v))
-        table.add_row(*cells)
+                         f"{v:.0%}" if column == "reached_global" else num(v) if isinstance(v, float) else v)
+        table.add_row(*map(safe, cells))
     wide().print(table)
     for label, path in result.files.items():
-        out.print(f"[bold]{label}[/] {path}")
+        out.print(f"[bold]{safe(label)}[/] {safe(path)}")
 
 
 @app.command("explain")
@@ -97,14 +106,16 @@ def lab_command(
 def explain_command(
     expression: str = typer.Argument(..., help='An expression, e.g. "x*y + sin(x)".'),
     at: str = typer.Option(..., "--at", help="The variables' values, e.g. x=1,y=2."),
-    out_path: Optional[Path] = typer.Option(None, "--out", help="PNG path of the graph [default: "
-                                            "gdlab-runs/explain-TIME.png].",
-                                            callback=parsed(parse_figure_path, "--out")),
+    out_path: Optional[Path] = typer.Option(None, "--out", help="PNG path of the graph (or .pdf, .svg) [default: "
+                                            "gdlab-runs/explain-TIME.png]."),
+    force: ForceFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Local and global gradients of every node of an expression (the backward pass), checked against autograd."""
     from gdlab.lab.explain import explain, parse_values
 
+    if out_path is not None:
+        check_out(out_path, "--out", FIGURE_SUFFIXES, force=force)
     graph = explain(expression, parse_values(at))
     not_drawn = graph.too_large_to_draw
     path: Path | None = None
@@ -121,16 +132,17 @@ def explain_command(
         table.add_column(column, justify="right" if column in ("value", "global gradient") else "left")
     for n in graph.nodes:
         local = ", ".join(f"d/d{shorten(graph.nodes[i].text, 40)}: {v:.4g}" for i, v in zip(n.inputs, n.local))
-        table.add_row(str(n.index), shorten(n.text, 60), f"{n.value:.6g}", local, f"{n.grad:.6g}")
+        table.add_row(*map(safe, (n.index, shorten(n.text, 60), f"{n.value:.6g}", local, f"{n.grad:.6g}")))
     wide().print(table)
     agree = all(abs(graph.gradients[k] - graph.autograd[k]) <= 1e-9 * max(1.0, abs(graph.autograd[k]))
                 for k in graph.gradients)
-    out.print("[bold]gradients[/] " + ", ".join(f"d/d{k} = {v:.6g}" for k, v in graph.gradients.items())
-              + ("  (torch.autograd agrees)" if agree else f"  (torch.autograd says {graph.autograd})"))
+    out.print("[bold]gradients[/] " + safe(", ".join(f"d/d{k} = {v:.6g}" for k, v in graph.gradients.items())
+                                          + ("  (torch.autograd agrees)" if agree
+                                             else f"  (torch.autograd says {graph.autograd})")))
     if path is not None:
-        out.print(f"[bold]graph[/] {path}")
+        out.print(f"[bold]graph[/] {safe(path)}")
     else:
-        err.print(f"note: not drawn: {not_drawn}", markup=False)
+        err.print(f"note: not drawn: {safe(not_drawn)}")
 
 
 REPLAY_LEAVES_OUT = ("tol", "patience", "lr_select", "instruments", "doctor", "remedy", "restarts",
@@ -148,8 +160,10 @@ def landscape_command(
     samples: int = typer.Option(1000, help="Training samples the loss is evaluated on."),
     seed: int = typer.Option(0, help="Seed of the random directions."),
     store: StoreFlag = "gdlab-runs",
-    out_path: Optional[Path] = typer.Option(None, "--out", help="PNG path [default: the run's "
+    out_path: Optional[Path] = typer.Option(None, "--out", help="PNG path (or .pdf, .svg) [default: the run's "
                                             "folder/landscape-KIND.png]."),
+    force: ForceFlag = False,
+    trust_store: TrustStoreFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
     """The loss landscape around a stored run's trained model: a line or a plane of filter-normalised directions,
@@ -161,12 +175,18 @@ def landscape_command(
     from gdlab.lab import landscape
     from gdlab.store import Store
 
+    landscape.check_size(steps, kind)  # sizes first: before the store is read, the data loaded or the run replayed
+    if out_path is not None:
+        check_out(out_path, "--out", FIGURE_SUFFIXES, force=force)
     r = Store(store, create=False).get(run)
     if "data" not in r.config:
         raise InvalidParameter("run", r.id, "a run of gdlab train (this one was recorded from Python: call "
                                "gdlab.landscape.plane(model, data) there)")
     if not r.checkpoint.is_file():
         raise InvalidParameter("run", r.id, "a run with a checkpoint (none was written)")
+    from gdlab.resolve import consent
+
+    consent(r.config, run_id=r.id, trust=trust_store)  # a stored module:function runs only with --trust-store
     config = Config.from_dict({k: v for k, v in r.config.items() if k not in RECORDED}, source=f"run {r.id}")
     model, train_data, val_data = prepare(config)
     saved = checkpoint.load(r.checkpoint)["model"]
@@ -186,9 +206,9 @@ def landscape_command(
                        "alphas": land.alphas.tolist(), "plot": str(path)}))
         return
     low, high = float(land.losses.min()), float(land.losses.max())
-    out.print(f"[bold]{kind}[/] {steps} points per direction x {land.samples} samples: loss {num(low)} to "
+    out.print(f"[bold]{safe(kind)}[/] {steps} points per direction x {land.samples} samples: loss {num(low)} to "
               f"{num(high)}, {num(land.center_loss)} at the model")
-    out.print(f"[bold]plot[/] {path}")
+    out.print(f"[bold]plot[/] {safe(path)}")
 
 
 def replay(model: Any, train: Any, val: Any, config: Any, stored: Any, snaps: Any, saved: dict[str, Any]) -> None:

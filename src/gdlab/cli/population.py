@@ -17,6 +17,7 @@ from rich.table import Table
 
 from gdlab.cli import ranks
 from gdlab.cli.common import (
+    FIGURE_SUFFIXES,
     ActivationFlag,
     BatchSizeFlag,
     Beta1Flag,
@@ -49,13 +50,14 @@ from gdlab.cli.common import (
     given_flags,
     num,
     out,
-    parse_figure_path,
     parsed,
+    safe,
     to_json,
     wide,
 )
 from gdlab.config import Config
 from gdlab.errors import InvalidParameter
+from gdlab.guard import check_out
 from gdlab.optim import OPTIMIZERS
 from gdlab.population.run import MAX_MEMBERS
 
@@ -182,36 +184,37 @@ def print_sweep(result: Any, best: dict[str, Any] | None, path: Path | None) -> 
     """A sweep's table, how it trained, and its best member."""
     print_table(result.table, best["member"] if best else -1)
     pop = result.population
-    how = "as one population" if pop.vectorized else f"one by one ({pop.notice})"
+    how = "as one population" if pop.vectorized else f"one by one ({safe(pop.notice)})"
     out.print(f"[bold]{len(pop)} member{'s' if len(pop) != 1 else ''}[/] trained {how} in {pop.seconds:.1f} s; "
               f"{sum(pop.diverged)} diverged")
     if best is None:
         err.print("[yellow]every member diverged:[/] try smaller learning rates")
     else:
-        out.print(f"[bold]best[/]  member {best['member']}: " + ", ".join(
-            f"{k} {num(best[k])}" for k in (*result.axes, "val_loss", "train_loss") if best.get(k) is not None))
-    out.print(f"[bold]sweep[/] {result.sweep_id}")
+        out.print(f"[bold]best[/]  member {safe(best['member'])}: " + safe(", ".join(
+            f"{k} {num(best[k])}" for k in (*result.axes, "val_loss", "train_loss") if best.get(k) is not None)))
+    out.print(f"[bold]sweep[/] {safe(result.sweep_id)}")
     if path:
-        out.print(f"[bold]plot[/]  {path}")
+        out.print(f"[bold]plot[/]  {safe(path)}")
 
 
 def print_table(rows: list[dict[str, Any]], best: int) -> None:
-    """The members of a sweep, one row each, the best in bold green."""
+    """The members of a sweep, one row each, the best in bold green (headers and cells escaped: a stored sweep's
+    rows are the store's text)."""
     table = Table(box=None, header_style="bold")
     tail = ("train_loss", "val_loss", "val_mae", "val_r2", "val_subset_accuracy", "metric", "diverged")
     keys = [k for k in rows[0] if k not in ("curve", "member", "seed", *tail)]
     columns = [k for k in ("member", "seed", *keys, *tail) if any(r.get(k) is not None for r in rows)]
     for column in columns:
         header = {"metric": "val acc", "val_subset_accuracy": "val exact"}.get(column, column.replace("_", " "))
-        table.add_column(header, justify="left" if column == "diverged" else "right")
+        table.add_column(safe(header), justify="left" if column == "diverged" else "right")
     for row in rows:
         cells = []
         for column in columns:
             v = row.get(column)
             cells.append("yes" if v is True else "" if v is False or v is None else
                          f"{v:.2%}" if column in ("metric", "val_subset_accuracy") else num(v) if isinstance(v, float)
-                         else str(v))
-        table.add_row(*cells, style="bold green" if row["member"] == best else None)
+                         else v)
+        table.add_row(*map(safe, cells), style="bold green" if row["member"] == best else None)
     wide().print(table)
 
 
@@ -276,9 +279,9 @@ def print_restarts(result: Any, summary: dict[str, Any], tol: float, what: str, 
     out.print(f"[bold]{summary['restarts']} restarts[/], final {what} loss: best {num(result.best)}, "
               f"median {num(result.median)}, worst {num(result.worst)} (spread {num(result.spread)})")
     out.print(f"[bold]{result.distinct} distinct end point{'s' if result.distinct != 1 else ''}[/] in "
-              f"{result.space} space (one end point: {result.distance}); {result.within_tol:.0%} of restarts end "
-              f"within {tol:.0%} of the best loss" + (f"; {summary['diverged']} diverged" if summary["diverged"]
-                                                     else ""))
+              f"{safe(result.space)} space (one end point: {safe(result.distance)}); {result.within_tol:.0%} of "
+              f"restarts end within {tol:.0%} of the best loss"
+              + (f"; {summary['diverged']} diverged" if summary["diverged"] else ""))
     sizes: dict[int, list[float]] = {}
     for c, v in zip(result.clusters, result.losses):
         if c >= 0:
@@ -286,9 +289,9 @@ def print_restarts(result: Any, summary: dict[str, Any], tol: float, what: str, 
     for c, values in sorted(sizes.items()):
         out.print(f"  end point {c + 1}: {len(values)} restart{'s' if len(values) != 1 else ''}, "
                   f"loss {num(min(values))} to {num(max(values))}")
-    out.print(f"[bold]stored[/] {result.restarts_id}")
+    out.print(f"[bold]stored[/] {safe(result.restarts_id)}")
     if path:
-        out.print(f"[bold]plot[/]   {path}")
+        out.print(f"[bold]plot[/]   {safe(path)}")
 
 
 @app.command("lr-find")
@@ -314,8 +317,9 @@ def lr_find(
     store: Optional[str] = typer.Option(None, help="Run store folder, where the plot goes. [default: gdlab-runs]"),
     config: Optional[Path] = typer.Option(None, help="TOML file of gdlab train's settings (its optimizer and "
                                           "options, data, model); flags override it."),
-    out_path: Optional[Path] = typer.Option(None, "--out", help="PNG path [default: in the store folder].",
-                                            callback=parsed(parse_figure_path, "--out")),
+    out_path: Optional[Path] = typer.Option(None, "--out", help="PNG path (or .pdf, .svg) [default: in the store "
+                                            "folder]."),
+    force: bool = typer.Option(False, "--force", help="Write over an existing --out file of another kind."),
     quiet: QuietFlag = False, as_json: JsonFlag = False,
 ) -> None:
     """The learning-rate range test: raise the lr exponentially over one short run and read the loss curve.
@@ -327,6 +331,8 @@ def lr_find(
     from gdlab.config import OPTIMIZER_OPTIONS
     from gdlab.lr_select import lr_find as run_lr_find
 
+    if out_path is not None:
+        check_out(out_path, "--out", FIGURE_SUFFIXES, force=force)  # before any work
     given = given_flags(locals(), (*LR_FIND_FLAGS, *OPTIMIZER_OPTIONS))
     settings = Config.from_toml(config, given) if config else Config.from_dict(given, source="option")
     model_fn, train_data, _ = prepare(settings)
@@ -347,16 +353,17 @@ def lr_find(
                        "smoothed": found.smoothed, "plot": str(path)}))
     elif not quiet:
         described = ", ".join(f"{k} {num(v) if isinstance(v, float) else v}" for k, v in options.items())
-        out.print(f"[bold]range test[/] for optimizer {found.optimizer}" + (f" ({described})" if described else "")
-                  + f": {len(found.lrs)} steps from lr {start_lr:g}: {found.stopped}", markup=True)
+        out.print(f"[bold]range test[/] for optimizer {safe(found.optimizer)}"
+                  + (f" ({safe(described)})" if described else "")
+                  + f": {len(found.lrs)} steps from lr {start_lr:g}: {safe(found.stopped)}")
         for key, value in found.suggestions.items():
             out.print(f"  {key:9} lr {value:.3g}")
         if "valley" in found.suggestions:
-            out.print(f"the suggestions are for {found.optimizer} with the settings above, e.g. gdlab train "
-                      f"--optimizer {found.optimizer} --lr {found.suggestions['valley']:.3g} (valley)")
+            out.print(f"the suggestions are for {safe(found.optimizer)} with the settings above, e.g. gdlab train "
+                      f"--optimizer {safe(found.optimizer)} --lr {found.suggestions['valley']:.3g} (valley)")
         for warning in found.warnings:
-            err.print(f"[yellow]warning:[/] {warning}")
-        out.print(f"[bold]plot[/] {path}")
+            err.print(f"[yellow]warning:[/] {safe(warning)}")
+        out.print(f"[bold]plot[/] {safe(path)}")
 
 
 LR_FIND_FLAGS = ("data", "target", "task", "val", "val_split", "standardize", "data_options", "model", "hidden",
@@ -365,7 +372,7 @@ LR_FIND_FLAGS = ("data", "target", "task", "val", "val_split", "standardize", "d
 
 
 def sweeps_table(db: Any, stored: list[dict[str, Any]]) -> Table:
-    """The stored sweeps and restarts, one row each (for gdlab runs)."""
+    """The stored sweeps and restarts, one row each (for gdlab runs; every cell the store's text, escaped)."""
     table = Table(box=None, header_style="bold")
     for column in ("sweep", "name", "kind", "created", "members", "best", "val loss", "train loss", "time"):
         table.add_column(column, justify="right" if column in ("members", "val loss", "train loss", "time")
@@ -375,10 +382,10 @@ def sweeps_table(db: Any, stored: list[dict[str, Any]]) -> Table:
         best = best_row(rows)
         axes = [k for k in (sweep_row["config"].get("axes") or {}) if k != "seed"] or ["lr"]
         described = ", ".join(f"{k} {num(best[k])}" for k in axes if best and best.get(k) is not None)
-        table.add_row(sweep_row["id"], sweep_row["name"] or "", sweep_row["kind"], sweep_row["created"],
-                      str(sweep_row["members"]), described, num(best.get("val_loss")) if best else "",
-                      num(best.get("train_loss")) if best else "",
-                      f"{sweep_row['seconds']:.1f}s" if sweep_row["seconds"] else "")
+        table.add_row(*map(safe, (sweep_row["id"], sweep_row["name"] or "", sweep_row["kind"], sweep_row["created"],
+                                  sweep_row["members"], described, num(best.get("val_loss")) if best else "",
+                                  num(best.get("train_loss")) if best else "",
+                                  f"{sweep_row['seconds']:.1f}s" if sweep_row["seconds"] else "")))
     return table
 
 
@@ -401,11 +408,12 @@ def show_sweep(stored: dict[str, Any], as_json: bool) -> None:
                        "created": stored["created"], "config": stored["config"], "summary": stored["summary"],
                        "seconds": stored["seconds"], "steps": stored["steps"], "table": rows}))
         return
-    out.print(f"[bold]{stored['kind']}[/] {stored['id']}" + (f" ({stored['name']})" if stored["name"] else "")
-              + f"   {stored['created']}   {len(rows)} members, {stored['steps']} steps each, "
+    out.print(f"[bold]{safe(stored['kind'])}[/] {safe(stored['id'])}"
+              + (f" ({safe(stored['name'])})" if stored["name"] else "")
+              + f"   {safe(stored['created'])}   {len(rows)} members, {safe(stored['steps'])} steps each, "
               f"{stored['seconds'] or 0:.1f} s")
     for key, value in (stored["summary"] or {}).items():
-        out.print(f"  {key:<20}{num(value) if isinstance(value, float) else value}")
+        out.print(safe(f"  {key:<20}{num(value) if isinstance(value, float) else value}"))
     best = best_row(rows)
     if rows:
         print_table(rows, best["member"] if best else -1)

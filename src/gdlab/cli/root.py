@@ -15,11 +15,13 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup
 
 from gdlab import __version__
+from gdlab.guard import printable
 
-__all__ = ["COMMANDS", "app", "err", "load_all", "out"]
+__all__ = ["COMMANDS", "app", "err", "load_all", "out", "safe"]
 
 COMMANDS: dict[str, tuple[str, str]] = {  # command -> (its module in gdlab.cli, the first sentence of its docstring)
     "train": ("train", "Train a model (an MLP on digits by default) and record the run."),
@@ -124,6 +126,24 @@ app = typer.Typer(
 )
 out = Console(highlight=False, soft_wrap=True, emoji=False)  # a pipe gets whole lines, not rich's 80-column wrap
 err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+
+
+def safe(text: object, *, newlines: bool = False) -> str:
+    """``text`` from a store, a file, a config or a user, ready for these consoles (and a table's cells): every
+    control character written as an escape (:func:`gdlab.guard.printable`; newlines too unless ``newlines``) and
+    Rich markup escaped, so it prints as the characters it holds, inside markup of ours or alone. A last
+    backslash is written ``\\x5c``: markup after it (``[/]``) would read it as an escape.
+
+    Example:
+        >>> safe("\\x1b]0;title\\x07[bold red]RED[/]")
+        '\\\\x1b]0;title\\\\x07\\\\[bold red]RED\\\\[/]'
+        >>> out.print(f"[bold]run[/] {safe('[link=http://x/]a[/link]')}")
+        run [link=http://x/]a[/link]
+    """
+    shown = printable(text, newlines=newlines)
+    if shown.endswith("\\"):
+        shown = shown[:-1] + "\\x5c"
+    return escape(shown)
 
 
 def _version(value: bool) -> None:

@@ -9,7 +9,20 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from gdlab.cli.common import JsonFlag, StoreFlag, app, friendly, num, out, status_text, to_json, wide
+from gdlab.cli.common import (
+    JsonFlag,
+    StoreFlag,
+    app,
+    friendly,
+    num,
+    out,
+    parse_figure_path,
+    parsed,
+    safe,
+    status_text,
+    to_json,
+    wide,
+)
 from gdlab.cli.population import show_sweep, sweeps_table
 from gdlab.cli.train import print_doctor
 from gdlab.errors import InvalidParameter, RunNotFound, StoreError
@@ -32,17 +45,18 @@ def runs(
     as_json: JsonFlag = False,
 ) -> None:
     """List stored runs (and sweeps), newest first; gdlab runs rm RUN... deletes runs."""
-    from gdlab.store import Store
+    from gdlab.store import NoStore, Store
 
     if ctx.invoked_subcommand is not None:
         return
-    if not (Path(store) / "gdlab.db").is_file():
+    try:
+        db = Store(store, create=False)  # read only; a damaged store is an error, never an empty one
+    except NoStore:
         if as_json:
             print(to_json({"runs": [], "sweeps": []}))
         else:
-            out.print(f"no runs in {store} yet: start one with gdlab train")
+            out.print(f"no runs in {safe(store)} yet: start one with gdlab train")
         return
-    db = Store(store, create=False)
     listed = db.runs(limit=limit)
     stored_sweeps = db.sweeps(limit=limit)
     if as_json:
@@ -50,7 +64,7 @@ def runs(
                        "sweeps": [{k: v for k, v in sw.items()} for sw in stored_sweeps]}))
         return
     if not listed and not stored_sweeps:
-        out.print(f"no runs in {store} yet: start one with gdlab train")
+        out.print(f"no runs in {safe(store)} yet: start one with gdlab train")
         return
     if listed:
         wide().print(runs_table(listed))
@@ -64,19 +78,23 @@ def runs(
 def remove(
     refs: list[str] = typer.Argument(..., help="Runs to delete: ids, id prefixes or names."),
     store: StoreFlag = "gdlab-runs",
+    force: bool = typer.Option(False, "--force", help="Delete a run marked running too (one whose process is "
+                               "gone but could not be seen to be: killed in a container, on another machine)."),
 ) -> None:
-    """Delete runs: their records and folders. A running run is refused."""
+    """Delete runs: their records and folders. A running run is refused (without --force); a run a live process
+    holds is refused always."""
     from gdlab.store import Store
 
-    db = Store(store, create=False)
-    found = [db.get(ref) for ref in refs]  # every name resolves before anything is deleted
+    db = Store(store, create=False, write=True)
+    found = [db.get(ref) for ref in refs]  # every name resolves (and every id is checked) before anything is deleted
     running = [r for r in found if r.status == "running"]
-    if running:
+    if running and not force:
         raise StoreError(f"run {running[0].id} is running: stop it first (or wait for it to finish), then delete "
-                         "it; nothing was deleted")
+                         "it; if no process runs it any more (killed in a container, on another machine), pass "
+                         "--force; nothing was deleted")
     for r in {r.id: r for r in found}.values():
-        db.delete_run(r.id)
-        out.print(f"deleted run {r.id}" + (f" ({r.name})" if r.name else ""))
+        db.delete_run(r.id, force=force)
+        out.print(f"deleted run {safe(r.id)}" + (f" ({safe(r.name)})" if r.name else ""))
 
 
 def run_payload(r: Any) -> dict[str, Any]:
@@ -88,7 +106,7 @@ def run_payload(r: Any) -> dict[str, Any]:
 
 
 def runs_table(listed: list[Any]) -> Table:
-    """The stored runs, one row each, newest first."""
+    """The stored runs, one row each, newest first (every cell the store's text, escaped)."""
     table = Table(box=None, header_style="bold")
     for column in ("run", "name", "status", "created", "data", "model", "optimizer", "lr", "batch", "steps",
                    "train loss", "val loss", "val acc", "val r2", "time"):
@@ -97,11 +115,11 @@ def runs_table(listed: list[Any]) -> Table:
     for r in listed:
         c, f = r.config, r.final or {}
         acc = f.get("val_accuracy")
-        table.add_row(r.id, r.name or "", status_text(r.status), r.created, str(c.get("data", "")),
-                      str(c.get("model", "")), str(c.get("optimizer", "")), f"{c.get('lr', '')}",
-                      str(c.get("batch_size", "")), str(r.steps or ""), num(f.get("train_loss")),
-                      num(f.get("val_loss")), f"{acc:.2%}" if acc is not None else "", num(f.get("val_r2")),
-                      f"{r.seconds:.1f}s" if r.seconds else "")
+        first = (safe(r.id), safe(r.name or ""), status_text(r.status))
+        table.add_row(*first, *map(safe, (
+            r.created, c.get("data", ""), c.get("model", ""), c.get("optimizer", ""), c.get("lr", ""),
+            c.get("batch_size", ""), r.steps or "", num(f.get("train_loss")), num(f.get("val_loss")),
+            f"{acc:.2%}" if acc is not None else "", num(f.get("val_r2")), f"{r.seconds:.1f}s" if r.seconds else "")))
     return table
 
 
@@ -140,34 +158,45 @@ def show(
 
 def print_run(r: Any) -> None:
     """A stored run: status, plan, config, final metrics, the doctor's findings, its files."""
-    out.print(f"[bold]run[/] {r.id}" + (f" ({r.name})" if r.name else "") + f"   {status_text(r.status)}   "
-              f"{r.created}")
-    if r.error:
-        out.print(f"[red]error: {r.error}[/]", markup=True)
+    out.print(f"[bold]run[/] {safe(r.id)}" + (f" ({safe(r.name)})" if r.name else "")
+              + f"   {status_text(r.status)}   {safe(r.created)}")
+    if r.error:  # a stored error may be a traceback: its lines kept, its escapes and markup shown as text
+        out.print(f"[red]error: {safe(r.error, newlines=True)}[/]")
     if r.stop_reason:
-        out.print(f"stopped early: {r.stop_reason}")
+        out.print(f"stopped early: {safe(r.stop_reason)}")
     if r.plan:
         from gdlab.data import BatchPlan
 
         plan = BatchPlan(**{k: r.plan[k] for k in BatchPlan.__dataclass_fields__ if k in r.plan})
-        out.print(f"[bold]plan[/]   {plan.describe()}")
+        out.print(f"[bold]plan[/]   {safe(plan.describe())}")
     out.print("[bold]config[/]")
     for key, value in r.config.items():
         if key == "lr_selection" and isinstance(value, dict):
-            out.print(f"  {'lr chosen':<17}{num(value.get('lr'))}: {value.get('reason', '')}", markup=False)
+            out.print(safe(f"  {'lr chosen':<17}{num(value.get('lr'))}: {value.get('reason', '')}"))
         elif value not in (None, {}, False):
-            out.print(f"  {key:<17}{value}", markup=False)
+            out.print(safe(f"  {key:<17}{value}"))
     out.print("[bold]final[/]")
     for key, value in (r.final or {}).items():
-        out.print(f"  {key:<17}{'-' if value is None else num(value)}")
+        out.print(safe(f"  {key:<17}{'-' if value is None else num(value)}"))
     if r.steps is not None:
-        out.print(f"  {'steps':<17}{r.steps}")
+        out.print(safe(f"  {'steps':<17}{r.steps}"))
     if r.seconds is not None:
         out.print(f"  {'seconds':<17}{r.seconds:.2f}")
-    print_doctor(r.findings, r.remedies)
+    print_doctor(r.findings, r.remedies, undiagnosed=undiagnosed(r))
     for label, path in (("checkpoint", r.checkpoint), ("plot", r.dir / "loss.png")):
         if path.exists():
-            out.print(f"[bold]{label}[/] {path}")
+            out.print(f"[bold]{label}[/] {safe(path)}")
+
+
+def undiagnosed(r: Any) -> str | None:
+    """Why the doctor never read a stored run with no findings (it did not finish, or trained with the doctor
+    off), and where to read it; None for a run the doctor read at its end."""
+    closed = r.status in ("finished", "stopped") and r.final is not None  # it reached its end (the doctor's turn)
+    if closed and r.config.get("doctor") is not False:
+        return None
+    why = ("the run is still running" if r.status == "running" else "the run was trained with --no-doctor"
+           if closed else f"the run {r.status} before its end")
+    return f"not diagnosed: {why}; gdlab doctor {r.id} reads what it recorded"
 
 
 @app.command()
@@ -175,7 +204,8 @@ def print_run(r: Any) -> None:
 def plot(
     run: str = RunArgument,
     store: StoreFlag = "gdlab-runs",
-    out_path: Optional[Path] = typer.Option(None, "--out", help="PNG path [default: the run's folder/loss.png]."),
+    out_path: Optional[Path] = typer.Option(None, "--out", help="A .png, .pdf or .svg path [default: the run's "
+                                            "folder/loss.png].", callback=parsed(parse_figure_path, "--out")),
     instruments: bool = typer.Option(False, "--instruments", help="The instruments' dashboard, with the findings "
                                      "marked at their steps [default path: the run's folder/instruments.png]."),
 ) -> None:
@@ -194,7 +224,7 @@ def plot(
             path = plot_losses(history, target, title=f"run {r.id} ({r.status})")
     except (OSError, ValueError) as e:
         raise InvalidParameter("--out", str(target), f"a writable .png path ({e})") from None
-    out.print(str(path))
+    out.print(safe(path))
 
 
 @app.command()
@@ -202,7 +232,8 @@ def plot(
 def gradflow(
     run: str = RunArgument,
     store: StoreFlag = "gdlab-runs",
-    out_path: Optional[Path] = typer.Option(None, "--out", help="PNG path [default: the run's folder/gradflow.png]."),
+    out_path: Optional[Path] = typer.Option(None, "--out", help="A .png, .pdf or .svg path [default: the run's "
+                                            "folder/gradflow.png].", callback=parsed(parse_figure_path, "--out")),
 ) -> None:
     """Draw the gradient flow of a run: per-layer gradient norms over training, first layer to last."""
     from gdlab.plots import plot_gradflow
@@ -219,7 +250,7 @@ def gradflow(
                                "recorded no per-layer gradients") from None
     except OSError as e:
         raise InvalidParameter("--out", str(target), f"a writable .png path ({e})") from None
-    out.print(str(path))
+    out.print(safe(path))
 
 
 def steps_read(history: Any) -> str:
@@ -252,8 +283,8 @@ def doctor_command(
     if as_json:
         print(to_json({"run_id": r.id, "findings": findings, "remedies": r.remedies}))
         return
-    out.print(f"[bold]run[/] {r.id}" + (f" ({r.name})" if r.name else "") + f": {steps_read(history)}, "
-              f"{len(history.epochs)} epochs")
+    out.print(f"[bold]run[/] {safe(r.id)}" + (f" ({safe(r.name)})" if r.name else "")
+              + f": {steps_read(history)}, {len(history.epochs)} epochs")
     print_doctor(findings, r.remedies)
 
 
@@ -292,10 +323,10 @@ def compare(
     table.add_column("")
     table.add_column("")
     for r in found:
-        table.add_column(r.id + (f" ({r.name})" if r.name else ""), justify="right")
+        table.add_column(safe(r.id + (f" ({r.name})" if r.name else "")), justify="right")
 
     def cell(v: Any) -> str:
-        return "-" if v is None else num(v) if isinstance(v, float) else str(v)
+        return safe("-" if v is None else num(v) if isinstance(v, float) else v)
 
     def section(title: str, entries: list[tuple[str, list[Any]]], only_differences: bool) -> None:
         shown = [(k, v) for k, v in entries if differ(v) or not only_differences]
@@ -304,7 +335,7 @@ def compare(
             table.add_row("  (the same)", "", *[""] * len(found))
         for key, values in shown:
             mark = differ(values)
-            table.add_row(f"  {key}", "*" if mark else "", *(cell(v) for v in values),
+            table.add_row(f"  {safe(key)}", "*" if mark else "", *(cell(v) for v in values),
                           style="bold yellow" if mark else None)
 
     section("run", rows, False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Optional
 
@@ -29,6 +30,7 @@ from gdlab.cli.common import (
     StandardizeFlag,
     TargetFlag,
     TaskFlag,
+    TrustStoreFlag,
     ValFlag,
     ValSplitFlag,
     WeightDecayFlag,
@@ -40,10 +42,12 @@ from gdlab.cli.common import (
     out,
     parse_number_or_auto,
     parsed,
+    safe,
     to_json,
 )
 from gdlab.config import Config
 from gdlab.errors import InvalidParameter
+from gdlab.integrations.tensorboard import check_logdir
 from gdlab.loop import Callback
 from gdlab.threads import check_threads
 
@@ -105,9 +109,15 @@ def train(
     step_rows: Optional[int] = typer.Option(None, help="The newest steps stored as recorded; older ones are merged "
                                             "into buckets of mean, min and max. 0 keeps every step. [default: 20000]"),
     tensorboard: Optional[str] = typer.Option(None, help="A folder to write TensorBoard event files into as the "
-                                              "run trains (needs pip install 'gdlab[tensorboard]')."),
+                                              "run trains (needs pip install 'gdlab[tensorboard]').",
+                                              callback=parsed(check_logdir, "--tensorboard")),
     config: Optional[Path] = typer.Option(None, help="TOML file of settings; flags override it."),
-    resume: Optional[str] = typer.Option(None, help="Continue a stored run (id, prefix or name)."),
+    resume: Optional[str] = typer.Option(None, help="Continue a stored run (id, prefix or name); with its stored "
+                                         "module:function model or data given again (--model, --data) or "
+                                         "--trust-store, to consent to running that code."),
+    trust_store: TrustStoreFlag = False,
+    force: bool = typer.Option(False, "--force", help="With --resume: resume a run marked running whose process is "
+                               "gone but could not be seen to be (killed in a container, on another machine)."),
     instruments: Optional[str] = typer.Option(None, help="What to measure each step: none, cheap, default "
                                               "(cheap + periodic) or full (+ sharpness and step size)."),
     doctor: Optional[bool] = typer.Option(None, "--doctor/--no-doctor", help="Name what goes wrong, at the end."),
@@ -138,16 +148,26 @@ def train(
 
     show = not (quiet or as_json)
     if resume is not None:
-        extra = sorted(set(given) - {"epochs", "steps", "store"})
+        extra = sorted(set(given) - {"epochs", "steps", "store", "model", "data"})  # model, data: consent
         if extra or config is not None:
             flag = "--" + (extra[0] if extra else "config").replace("_", "-")
             raise InvalidParameter(flag, given.get(extra[0]) if extra else str(config),
                                    "no settings with --resume: the run keeps its stored config (only --epochs, "
                                    "--steps and --store may be given)")
+        if force and not rank:  # what no check can settle, the user does; rank 0 alone stores
+            from gdlab.store import Store
+
+            Store(given.get("store", "gdlab-runs"), create=False, write=True).abandon(resume)
         result = resume_run(resume, store=given.get("store", "gdlab-runs"), epochs=epochs, steps=steps,
-                            progress=not quiet, callbacks=(ResumePrinter(),) if show else ())
+                            progress=not quiet, callbacks=(ResumePrinter(),) if show else (),
+                            model=given.get("model"), data=given.get("data"), trust_store=trust_store)
         settings = None
     else:
+        if force:
+            raise InvalidParameter("--force", True, "--resume RUN with it (it resumes a run marked running)")
+        if trust_store:
+            raise InvalidParameter("--trust-store", True, "--resume RUN with it (a new run's code is named on its "
+                                   "command line)")
         settings = Config.from_toml(config, given) if config else Config.from_dict(given, source="option")
         result = run(settings, progress=not quiet, callbacks=(SetupPrinter(settings),) if show else ())
     if not rank:  # one process, or rank 0
@@ -176,10 +196,10 @@ def report(result: Any, store_path: str, show: bool, as_json: bool, plot: bool, 
     elif show:
         print_summary(result, plot_path)
     if page is not None and not as_json:
-        out.print(f"[bold]report[/] {page}")
+        out.print(f"[bold]report[/] {safe(page)}")
     if result.status == "stopped":
-        err.print(f"stopped at step {result.steps}; continue with: gdlab train --resume {result.run_id}"
-                  + (f" --store {store_path}" if store_path != "gdlab-runs" else ""))
+        err.print(f"stopped at step {result.steps}; continue with: gdlab train --resume {safe(result.run_id)}"
+                  + (f" --store {safe(store_path)}" if store_path != "gdlab-runs" else ""))
         raise typer.Exit(130)
 
 
@@ -214,12 +234,12 @@ class SetupPrinter(Callback):
         s = self.settings
         parameters = sum(p.numel() for p in state.model.parameters())
         val = f", {state.val_samples} val" if state.val_samples else ", no validation"
-        out.print(f"[bold]data[/]      {s.data}: {state.plan.samples} train{val}")
-        out.print(f"[bold]model[/]     {s.model}, {parameters:,} parameters")
+        out.print(f"[bold]data[/]      {safe(s.data)}: {state.plan.samples} train{val}")
+        out.print(f"[bold]model[/]     {safe(s.model)}, {parameters:,} parameters")
         momentum = f", momentum {s.momentum}" if s.momentum is not None else ""
         chosen = state.optimizer.param_groups[0].get("lr", s.lr)
         auto = " (auto)" if s.lr == "auto" else ""
-        out.print(f"[bold]optimizer[/] {s.optimizer}, lr {chosen:.4g}{auto}{momentum}")
+        out.print(f"[bold]optimizer[/] {safe(s.optimizer)}, lr {chosen:.4g}{auto}{safe(momentum)}")
         out.print(f"[bold]plan[/]      {state.plan.describe()}")
 
 
@@ -228,9 +248,9 @@ class ResumePrinter(Callback):
 
     def on_fit_start(self, state: Any) -> None:
         done = state.step >= state.total_steps
-        out.print(f"[bold]resuming[/] run {state.run_id} at step {state.step} (epoch {state.epoch + 1}, iteration "
-                  f"{state.iteration}) of {state.total_steps}" + ("; nothing left to train: give more --epochs "
-                                                                   "or --steps" if done else ""))
+        out.print(f"[bold]resuming[/] run {safe(state.run_id)} at step {state.step} (epoch {state.epoch + 1}, "
+                  f"iteration {state.iteration}) of {state.total_steps}"
+                  + ("; nothing left to train: give more --epochs or --steps" if done else ""))
         out.print(f"[bold]plan[/]      {state.plan.describe()}")
 
 
@@ -239,17 +259,20 @@ def print_summary(result: Any, plot_path: Path | None) -> None:
     final = result.final
     if result.lr_selection is not None:
         chosen = result.lr_selection
-        out.print(f"[bold]lr auto[/]   {chosen.lr:.4g}: {chosen.reason} (cost {chosen.cost:.2f} trainings)")
+        out.print(f"[bold]lr auto[/]   {chosen.lr:.4g}: {safe(chosen.reason)} (cost {chosen.cost:.2f} trainings)")
     epochs = epochs_done(result)
     word = "stopped" if result.status == "stopped" else "finished"
     out.print(f"[bold]{word}[/] in {result.seconds:.1f} s: {epochs:g} epoch{'s' if epochs != 1 else ''}, "
               f"{result.steps} iteration{'s' if result.steps != 1 else ''}")
     if result.stop_reason and result.stop_reason != "interrupted":
         colour = "red" if result.stop_reason.startswith("diverged") else "yellow"
-        out.print(f"[{colour}]{result.stop_reason}[/]")
-    parts = [f"train loss {num(final.get('train_loss'))}"]
+        out.print(f"[{colour}]{safe(result.stop_reason)}[/]")
+    def loss(value: Any) -> str:  # a loss that was not finite (NaN or inf: JSON null) reads "non-finite", never 0
+        return "non-finite" if isinstance(value, float) and not math.isfinite(value) else num(value)
+
+    parts = [f"train loss {loss(final.get('train_loss'))}"]
     if final.get("val_loss") is not None:
-        parts.append(f"val loss {num(final['val_loss'])}")
+        parts.append(f"val loss {loss(final['val_loss'])}")
     if final.get("val_accuracy") is not None:
         parts.append(f"val accuracy {final['val_accuracy']:.2%}")
     if final.get("val_subset_accuracy") is not None:
@@ -259,9 +282,9 @@ def print_summary(result: Any, plot_path: Path | None) -> None:
             parts.append(f"{label} {num(final[key])}")
     out.print("   ".join(parts))
     print_doctor([vars(f) for f in result.findings], [r.to_dict() for r in result.remedies])
-    out.print(f"[bold]run[/]  {result.run_id}   (gdlab show {result.run_id})")
+    out.print(f"[bold]run[/]  {safe(result.run_id)}   (gdlab show {safe(result.run_id)})")
     if plot_path:
-        out.print(f"[bold]plot[/] {plot_path}")
+        out.print(f"[bold]plot[/] {safe(plot_path)}")
 
 
 def epochs_done(result: Any) -> float:
@@ -281,21 +304,23 @@ def remedy_text(remedy: dict[str, Any] | None) -> str:
     return f"{action}" + (f" ({rest})" if rest else "")
 
 
-def print_doctor(findings: list[dict[str, Any]], remedies: list[dict[str, Any]]) -> None:
-    """The doctor's findings, each with its evidence and remedy, and what it did."""
+def print_doctor(findings: list[dict[str, Any]], remedies: list[dict[str, Any]], *,
+                 undiagnosed: str | None = None) -> None:
+    """The doctor's findings, each with its evidence and remedy, and what it did (their text, stored or not,
+    printed as text); with no findings, ``undiagnosed`` (why the doctor did not read the run) when given, else
+    "no problems found"."""
     for r in remedies:
-        out.print(f"[bold]remedy[/] step {r['step']}: ", end="")
-        out.print(f"{r['action']} - {r['reason']}", markup=False)
+        out.print(f"[bold]remedy[/] step {safe(r['step'])}: {safe(r['action'])} - {safe(r['reason'])}")
     if not findings:
-        out.print("[bold]doctor[/] no problems found")
+        out.print(f"[bold]doctor[/] {safe(undiagnosed) if undiagnosed else 'no problems found'}")
         return
     for f in findings:
         colour = COLOURS.get(f["severity"], "white")
-        out.print(f"[{colour}]{f['severity']}[/] {f['code']}" + (f" (step {f['step']})" if f.get("step") else "")
-                  + f": {f['explanation']}")
+        out.print(f"[{colour}]{safe(f['severity'])}[/] {safe(f['code'])}"
+                  + (f" (step {safe(f['step'])})" if f.get("step") else "") + f": {safe(f['explanation'])}")
         evidence = ", ".join(f"{k} {num(v) if isinstance(v, float) else v}"
                              for k, v in (f.get("evidence") or {}).items())
         if evidence:
-            out.print(f"    evidence: {evidence}", markup=False)
+            out.print(f"    evidence: {safe(evidence)}")
         if f.get("remedy"):
-            out.print(f"    remedy:   {remedy_text(f['remedy'])}", markup=False)
+            out.print(f"    remedy:   {safe(remedy_text(f['remedy']))}")

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from gdlab.errors import MissingExtra, check_int
+from gdlab.guard import printable
 
 try:
     from lightning.pytorch import Callback
@@ -248,14 +249,15 @@ class Doctor(Callback):
             self.print_findings()
 
     def print_findings(self) -> None:
-        """Print the report's findings, one line each (code, step, explanation, remedy)."""
+        """Print the report's findings, one line each (code, step, explanation, remedy), their text as text (control
+        characters escaped: :func:`gdlab.guard.printable`)."""
         if self.report is None:
             return
         findings = self.report.findings
         print(f"gdlab doctor: {len(findings)} finding{'s' if len(findings) != 1 else ''}"
-              + (f" (run {self.report.run_id})" if self.report.run_id else ""))
+              + (f" (run {printable(self.report.run_id)})" if self.report.run_id else ""))
         for finding in findings:
-            print("  " + finding_line(finding))
+            print("  " + printable(finding_line(finding)))
 
     def epoch_means(self) -> dict[str, float]:
         """The mean of each step column over the rows recorded since the last call (NaN skipped), by column."""

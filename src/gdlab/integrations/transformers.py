@@ -37,6 +37,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from gdlab.errors import InvalidParameter, MissingExtra, check_int
+from gdlab.guard import printable
 from gdlab.loop import Result
 from gdlab.watching import LOG_EVERY, Watch, watch
 
@@ -253,7 +254,8 @@ def _val_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def summary(report: Result) -> str:
-    """The doctor's findings in a few lines (what :class:`Doctor` prints at the end of training)."""
+    """The doctor's findings in a few lines (what :class:`Doctor` prints at the end of training), each line's text
+    as text (control characters escaped: :func:`gdlab.guard.printable`)."""
     if not report.findings:
         lines = [f"gdlab doctor: no findings in {report.steps} steps"]
     else:
@@ -264,4 +266,4 @@ def summary(report: Result) -> str:
             lines.append(f"  [{d.get('severity')}] {d.get('code')}{at}: {d.get('explanation')}")
     if report.stop_reason:
         lines.append(f"  {report.stop_reason}")
-    return "\n".join(lines)
+    return "\n".join(map(printable, lines))
