@@ -233,16 +233,16 @@ def test_noise_rides_on_the_step_and_matches_its_definition(kind: str, sub_batch
 
 
 def test_models_the_hooks_cannot_factor_use_per_sample_passes() -> None:
-    from gdlab.instruments import _factorable
+    from gdlab.instruments.persample import factorable
 
-    assert _factorable(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)))
-    assert not _factorable(nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)))  # mixes samples
-    assert not _factorable(nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4)))  # LayerNorm's own parameters
-    assert not _factorable(nn.Sequential(nn.Conv2d(2, 4, 3, groups=2)))
+    assert factorable(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)))
+    assert not factorable(nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)))  # mixes samples
+    assert not factorable(nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4)))  # LayerNorm's own parameters
+    assert not factorable(nn.Sequential(nn.Conv2d(2, 4, 3, groups=2)))
     shared = nn.Linear(3, 3)
     other = nn.Linear(3, 3)
     other.weight = shared.weight
-    assert not _factorable(nn.Sequential(shared, other))
+    assert not factorable(nn.Sequential(shared, other))
     # a custom loss (its reduction unknown) goes the per-sample way too, and still gives the noise scale
     X, y = torch.randn(64, 3, dtype=torch.float64), torch.randn(64, 1, dtype=torch.float64)
     periodic = Periodic(every=1)
@@ -315,7 +315,7 @@ def test_instruments_given_in_any_order_run_cheapest_first() -> None:
 def test_per_sample_sums_keep_their_precision_in_low_precision_models(kind: str, dtype: torch.dtype) -> None:
     """The per-sample sums of a float32 or bfloat16 layer equal float64 per-sample autograd on the same values
     to float32's precision (bfloat16 is raised to float32 before any sum)."""
-    from gdlab.instruments import _per_sample_sums
+    from gdlab.instruments.persample import per_sample_sums
 
     torch.manual_seed(0)
     if kind == "conv":
@@ -331,7 +331,7 @@ def test_per_sample_sums_keep_their_precision_in_low_precision_models(kind: str,
         grads = torch.autograd.grad(out, list(reference.parameters()), g[i : i + 1].double())
         per.append(torch.cat([v.flatten() for v in grads]))
     G = torch.stack(per)
-    each, whole = _per_sample_sums(layer, x, g)
+    each, whole = per_sample_sums(layer, x, g)
     assert whole is not None
     assert sum(float(t) for t in each) == pytest.approx(float(G.square().sum()), rel=1e-5)
     assert sum(float(t) for t in whole) == pytest.approx(float(G.sum(0).square().sum()), rel=1e-5)
@@ -342,11 +342,12 @@ def test_cheap_flags_each_non_finite_step() -> None:
     others are not, and the moving average skips the non-finite loss."""
     from types import SimpleNamespace
 
+    from gdlab.loop import StepLog
     from gdlab.records import History
 
     model = nn.Sequential(nn.Linear(2, 1))
-    log = SimpleNamespace(keep_param_norms=False, param_norms={})  # what the loop's log hands over: norms per row
-    state = SimpleNamespace(model=model, history=History(), step=0, log=log)
+    state = SimpleNamespace(model=model, history=History(), step=0, log=None)
+    log = state.log = StepLog(state, list(model.parameters()))  # hands over the norms per row it read
     cheap = Cheap(every=1)
     cheap.on_fit_start(state)
     steps = [(1.0, [1.0, 2.0]), (2.0, [math.inf, 1.0]), (math.nan, [1.0, 1.0]), (3.0, [1.0, math.nan]),
@@ -356,7 +357,7 @@ def test_cheap_flags_each_non_finite_step() -> None:
             with torch.no_grad():
                 model[0].weight[0, 0] = math.nan  # the parameters themselves go bad before the last step's end
         state.history.steps.append({"step": i + 1, "loss": loss})
-        state.step, log.param_norms[i] = i, norms
+        state.step, log.param_norms[i] = i, norms  # as the log's read keeps them
         cheap.on_step_end(state)
     t = state.history.steps
     assert t["non_finite"] == [0.0, 1.0, 1.0, 1.0, 1.0]
@@ -364,7 +365,8 @@ def test_cheap_flags_each_non_finite_step() -> None:
     ema = t["loss_ema"]
     assert ema[0] == pytest.approx(1.0) and ema[2] == pytest.approx(ema[1]) and math.isfinite(ema[4])
     cheap.close()
-    assert not t._fillers and log.keep_param_norms and not log.param_norms
+    log.close()
+    assert not t._fillers and log.keep_param_norms and not log.param_norms  # asked for, and all handed over
 
 
 def test_a_bare_layer_is_one_layer_named_by_its_class(data: TensorData) -> None:
@@ -435,3 +437,52 @@ def test_a_compiled_model_is_measured_by_its_layers_names() -> None:
     assert {"grad_norm/0", "grad_norm/2", "update_ratio/0", "dead_share/1", "grad_out/2"} <= set(compiled.columns)
     for key in ("loss", "grad_norm/0", "update_ratio/2", "dead_share/1"):
         assert [round(v, 5) for v in compiled[key] if v == v] == [round(v, 5) for v in plain[key] if v == v], key
+
+
+def test_noise_scale_and_snr_follow_their_definitions() -> None:
+    """B_simple = tr(Sigma) / |G|^2 and SNR = |G|^2 / (tr(Sigma) / batch), from the sums over per-sample gradients,
+    equal the same numbers from the per-sample gradients' unbiased covariance."""
+    from gdlab.instruments.persample import noise_scale_and_snr
+
+    g = torch.randn(12, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64) + 0.3
+    mean = g.mean(0)
+    trace = float(torch.cov(g.T).trace())  # unbiased, over the 12 samples
+    row = noise_scale_and_snr(float(g.square().sum()), float(mean.square().sum()), len(g), batch=32)
+    assert row["noise_scale"] == pytest.approx(trace / float(mean.square().sum()), rel=1e-12)
+    assert row["grad_snr"] == pytest.approx(float(mean.square().sum()) / (trace / 32), rel=1e-12)
+    same = noise_scale_and_snr(float(g[:1].square().sum()) * 3, float(g[0].square().sum()), 3, batch=32)
+    assert same == {"noise_scale": 0.0, "grad_snr": math.inf}  # three equal gradients: no noise
+    assert noise_scale_and_snr(2.0, 0.0, 2, batch=8)["noise_scale"] == math.inf  # no mean gradient
+
+
+@pytest.mark.parametrize("activation", [nn.ReLU(), nn.Tanh(), nn.Sigmoid()])
+def test_pooled_activation_sums_read_as_the_counts_of_one_process(activation: nn.Module) -> None:
+    """The form the ranks add up (activation_sums) gives, in one process, the shares activation_counts gives."""
+    from gdlab.instruments.activations import activation_counts, activation_sums
+
+    x = torch.randn(16, 3, 4, generator=torch.Generator().manual_seed(2)) * 4
+    x[:, 0, 0] = -1.0  # a ReLU unit no sample moves: dead
+    out = activation(x)
+    counts = {k: float(t) * factor for k, (t, factor) in activation_counts("1", activation, out).items()}
+    pooled = {}
+    for key, (kind, part, count) in activation_sums("1", activation, out).items():
+        pooled[key] = float((part == 0).sum()) / part.numel() if kind == "dead" else float(part) / count
+    assert pooled.keys() == counts.keys() and pooled == pytest.approx(counts)
+    if isinstance(activation, nn.ReLU):
+        assert counts["dead_share/1"] == pytest.approx(1 / 12)
+    else:
+        assert 0 < counts["saturated/1"] < 1
+
+
+def test_the_instruments_package_keeps_its_parts_small() -> None:
+    """gdlab.instruments is a package of parts by what they measure, none over 400 lines, and its names stay
+    importable from gdlab.instruments."""
+    from pathlib import Path
+
+    import gdlab.instruments as instruments
+
+    parts = list(Path(instruments.__file__).parent.glob("*.py"))
+    assert {p.stem for p in parts} >= {"movement", "periodic", "persample", "pooling", "curvature", "budget"}
+    assert all(len(p.read_text().splitlines()) <= 400 for p in parts), [p.name for p in parts]
+    assert [getattr(instruments, name).__name__ for name in ("Cheap", "Periodic", "Expensive", "attach")] == \
+        ["Cheap", "Periodic", "Expensive", "attach"]

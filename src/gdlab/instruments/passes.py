@@ -1,0 +1,59 @@
+"""Extra passes on the model that leave no trace: the step's sub-batch (or samples drawn in its place), a storage-free
+copy of the model to call functionally, and buffers and random generators put back as they were."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from gdlab.data import structure
+
+__all__ = ["untouched", "meta_copy", "functional", "sub_batch_of"]
+
+
+@contextlib.contextmanager
+def untouched(model: nn.Module) -> Iterator[None]:
+    """Measure without leaving a trace: buffers (BatchNorm's running statistics) and the random number generators
+    (dropout) are as they were, so a run with instruments is the run without them."""
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    cpu = torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
+def meta_copy(model: nn.Module) -> nn.Module:
+    """A storage-free copy of ``model`` (on the meta device) to run ``functional_call`` on: copying it again
+    per measurement costs nothing, and the user's module is never swapped out."""
+    return copy.deepcopy(model).to("meta")
+
+
+def functional(template: nn.Module, tensors: dict[str, Tensor]) -> Any:
+    """``template`` called with ``tensors`` as its parameters and buffers, taking any arguments."""
+    return lambda *args, **kwargs: functional_call(template, tensors, args, kwargs)
+
+
+def sub_batch_of(state: Any, size: int) -> tuple[Any, Tensor] | None:
+    """Up to ``size`` samples of the step's batch; when the batch is smaller (stochastic descent), ``size``
+    samples drawn from the training data instead (by the step number, so the run's randomness is untouched)."""
+    batch = getattr(state, "batch", None)
+    if batch is None or batch[1] is None or getattr(state, "forward", None) is None:
+        return None  # no batch, or no target or loss to take on it (a loop gdlab does not drive: gdlab.watch)
+    x, y = batch
+    sample = getattr(state, "sample", None)
+    if len(y) < min(size, 16) and sample is not None:
+        return sample(min(size, state.plan.samples), state.step)
+    return structure.tree_map(lambda t: t[:size], x), y[:size]
