@@ -4,8 +4,11 @@ A divergence (a non-finite loss, or the smoothed loss blowing up) is met at once
 roll back to the last good point and lower the learning rate. Every half epoch (at least 10 steps) the doctor
 reads the steps since its last check into one :class:`Window` and tries the remedy rules of
 :data:`REMEDY_RULES` in order; the first that acts ends the check. A rule is a function
-``(doctor, state, window) -> bool`` (True when it acted), and each action is recorded as a
-:class:`~gdlab.doctor.findings.Remedy`.
+``(doctor, state, window) -> bool`` (True when it acted); it acts through the doctor's public actions
+(:meth:`Doctor.set_lr`, :meth:`Doctor.raise_lr`, :meth:`Doctor.roll_back`, :meth:`Doctor.restart`,
+:meth:`Doctor.set_momentum`, :meth:`Doctor.clip_gradients`, :meth:`Doctor.take_snapshot`, :meth:`Doctor.probe`),
+each of which records a :class:`~gdlab.doctor.findings.Remedy` (the snapshot excepted), and reads its counts and
+limits from its public attributes.
 
 Example:
     >>> [rule.__name__ for rule in REMEDY_RULES][:3]
@@ -107,10 +110,10 @@ def undo_failed_raise(doctor: Doctor, state: Any, w: Window) -> bool:
     a third, which also caps later raises."""
     if w.raised_from is None or not w.mean_loss > 1.02 * w.raised_from:  # worse beyond window-to-window noise
         return False
-    doctor._ceiling = w.lr / 3
-    doctor._roll_back(state, w.lr, w.lr / 3,
-                      f"the steps after raising the learning rate did worse ({w.mean_loss:.3g} > "
-                      f"{w.raised_from:.3g}): rolled back and lowered it again", counted=False)
+    doctor.raise_cap = w.lr / 3
+    doctor.roll_back(state, w.lr, w.lr / 3,
+                     f"the steps after raising the learning rate did worse ({w.mean_loss:.3g} > "
+                     f"{w.raised_from:.3g}): rolled back and lowered it again", counted=False)
     return True
 
 
@@ -121,14 +124,13 @@ def rollback_when_loss_rises(doctor: Doctor, state: Any, w: Window) -> bool:
     0.3x, at most ``max_lr_cuts`` times a run."""
     rise = w.mean_loss - w.best_before
     if not (w.mean_loss > 1.5 * w.best_before and rise > w.noise_band and rise > 0.02 * abs(w.first) and
-            doctor._snapshot is not None and doctor._rollbacks < doctor.max_rollbacks and
-            doctor._cuts < doctor.max_lr_cuts):
+            doctor.has_snapshot and doctor.rollbacks < doctor.max_rollbacks and doctor.lr_cuts < doctor.max_lr_cuts):
         return False
-    doctor._cuts += 1
+    doctor.lr_cuts += 1
     lr = w.lr
-    doctor._roll_back(state, lr, lr * 0.3,
-                      f"the loss rose from {w.best_before:.3g} to {w.mean_loss:.3g}: rolled back to the last good "
-                      f"point and lowered the learning rate {lr:.3g} -> {lr * 0.3:.3g}")
+    doctor.roll_back(state, lr, lr * 0.3,
+                     f"the loss rose from {w.best_before:.3g} to {w.mean_loss:.3g}: rolled back to the last good "
+                     f"point and lowered the learning rate {lr:.3g} -> {lr * 0.3:.3g}")
     return True
 
 
@@ -136,15 +138,14 @@ def restart_when_stuck(doctor: Doctor, state: Any, w: Window) -> bool:
     """Not learning after large steps (most ReLU units killed, or a rollback that was not enough while the
     steps are not small, so large and useless): start over from the initial point, learning rate 0.1x."""
     moving = w.median_ratio >= 1e-3
-    if not (w.stuck and (w.dead > 0.5 or (doctor._rollbacks and moving)) and doctor._origin is not None and
-            doctor._rollbacks < doctor.max_rollbacks):
+    if not (w.stuck and (w.dead > 0.5 or (doctor.rollbacks and moving)) and doctor.can_restart and
+            doctor.rollbacks < doctor.max_rollbacks):
         return False
     lr = w.lr
     why = f"{w.dead:.0%} of the ReLU units are dead" if w.dead > 0.5 else "after lowering the learning rate"
-    doctor._snapshot = copy.deepcopy(doctor._origin)
-    doctor._roll_back(state, lr, lr * 0.1,
-                      f"the loss is still at its start ({w.mean_loss:.3g}), {why}: back to the initial point, "
-                      f"learning rate {lr:.3g} -> {lr * 0.1:.3g}")
+    doctor.restart(state, lr, lr * 0.1,
+                   f"the loss is still at its start ({w.mean_loss:.3g}), {why}: back to the initial point, "
+                   f"learning rate {lr:.3g} -> {lr * 0.1:.3g}")
     return True
 
 
@@ -160,19 +161,16 @@ def raise_small_steps(doctor: Doctor, state: Any, w: Window) -> bool:
         return False
     why = f"the steps change the weights by {w.median_ratio:.2g} of their size (about 1e-3 is usual)"
     if doctor.can_probe(state):
-        if state.step < doctor._probe_after or doctor._probes >= doctor.max_probes:
+        if doctor.probe_rests(state):
             return False  # the last probe's verdict stands
-        probed = doctor._probe(state, probe_grid(w.lr, doctor.optimizer or "", ceiling=doctor._ceiling))
+        probed = doctor.probe(state, probe_grid(w.lr, doctor.optimizer or "", ceiling=doctor.raise_cap))
         if probed is not None:
-            return doctor._take_probe(state, probed, w, why)
+            return doctor.take_probe(state, probed, w, why)
     lr = w.lr
-    if not lr * 3 <= min(doctor.lr_ceiling * doctor._start_lr, doctor._ceiling):
+    if not lr * 3 <= doctor.raise_limit:
         return False
-    doctor._take_snapshot(state)
-    doctor._set(state, "lr", lr * 3)
-    doctor._raised_at = w.mean_loss
-    doctor._act(state, "set_lr", {"lr": lr * 3, "from_lr": lr},
-                f"{why}: raised the learning rate {lr:.3g} -> {lr * 3:.3g}")
+    doctor.raise_lr(state, lr * 3, f"{why}: raised the learning rate {lr:.3g} -> {lr * 3:.3g}",
+                    judged_against=w.mean_loss)
     return True
 
 
@@ -181,17 +179,15 @@ def halve_when_noisy(doctor: Doctor, state: Any, w: Window) -> bool:
     if not (w.noisy and w.stalled and w.mean_loss > 0.2 * w.first):
         return False
     lr = w.lr
-    doctor._set(state, "lr", lr * 0.5)
-    doctor._act(state, "set_lr", {"lr": lr * 0.5, "from_lr": lr},
-                f"noise dominates the steps (gradient SNR {w.median_snr:.2g}) and the loss stalled at "
-                f"{w.mean_loss:.3g}: halved the learning rate {lr:.3g} -> {lr * 0.5:.3g}")
+    doctor.set_lr(state, lr * 0.5, f"noise dominates the steps (gradient SNR {w.median_snr:.2g}) and the loss stalled "
+                  f"at {w.mean_loss:.3g}: halved the learning rate {lr:.3g} -> {lr * 0.5:.3g}")
     return True
 
 
 def clip_spikes(doctor: Doctor, state: Any, w: Window) -> bool:
     """A gradient-norm spike in the window (:func:`~gdlab.doctor.series.find_spike`): clip the norm to twice
     the mean before it, from now on (once per run)."""
-    if doctor._clip is not None or not w.grads or w.opening_grad is None:
+    if doctor.clipping or not w.grads or w.opening_grad is None:
         return False
     window = spike_window(state.plan.batch_size)
     # this window's norms and the ``window`` before them, which the first of them is measured against
@@ -200,10 +196,9 @@ def clip_spikes(doctor: Doctor, state: Any, w: Window) -> bool:
     if spike is None:
         return False
     peak, before = spike
-    doctor._install_clipping(state, 2 * before)
-    doctor._act(state, "clip_norm", {"max_norm": 2 * before},
-                f"the gradient norm jumped to {peak:.3g}, {peak / before:.0f}x its mean over the {window} "
-                f"steps before: clipping it to {2 * before:.3g} from now on")
+    doctor.clip_gradients(state, 2 * before,
+                          f"the gradient norm jumped to {peak:.3g}, {peak / before:.0f}x its mean over the {window} "
+                          f"steps before: clipping it to {2 * before:.3g} from now on")
     return True
 
 
@@ -217,17 +212,16 @@ def add_momentum_on_plateau(doctor: Doctor, state: Any, w: Window) -> bool:
     group = state.optimizer.param_groups[0]
     if "momentum" not in group or group["momentum"]:
         return False
-    doctor._set(state, "momentum", 0.9)
-    doctor._act(state, "set_momentum", {"momentum": 0.9},
-                "a plateau (the loss flat, the gradient small): added momentum 0.9 to cross it faster")
+    doctor.set_momentum(state, 0.9, "a plateau (the loss flat, the gradient small): added momentum 0.9 to cross it "
+                        "faster")
     return True
 
 
 def keep_good_point(doctor: Doctor, state: Any, w: Window) -> bool:
     """Nothing to treat: when the loss is near its best, snapshot the model as the last good point to roll back
     to. Records no remedy, so it never ends the check."""
-    if w.mean_loss <= 1.5 * min(doctor._best, w.first):
-        doctor._take_snapshot(state)
+    if w.mean_loss <= 1.5 * min(doctor.best_loss, w.first):
+        doctor.take_snapshot(state)
     return False
 
 
@@ -295,15 +289,15 @@ class Doctor:
         self.optimizer = optimizer if optimizer in OPTIMIZERS else None
         self.max_probes = max_probes
         self.max_lr_cuts = max_lr_cuts
-        self._cuts = 0  # the rollbacks of a rising loss so far
+        self.lr_cuts = 0  # the rollbacks of a rising loss so far (at most max_lr_cuts)
         self._probes = 0
         self._probe_after = 0  # no probe before this step: the last one's verdict stands
         self._probe_failed: str | None = None  # why probing stopped (an error), if it did
         self.findings: list[Finding] = []
         self.remedies: list[Remedy] = []
         self._snapshot: dict[str, Any] | None = None
-        self._rollbacks = 0
-        self._start_lr = math.nan
+        self.rollbacks = 0  # the counted rollbacks so far (at most max_rollbacks)
+        self.start_lr = math.nan  # the first parameter group's learning rate when the run started
         self._raised_at: float | None = None  # the mean loss before the last raise, for its guard
         self._smooth: EMA | None = None  # the per-step loss's moving average, over about 256 samples
         self._best = math.inf
@@ -312,7 +306,7 @@ class Doctor:
         self._origin: dict[str, Any] | None = None
         self._window_start = self._window_step = 0
         self._previous: float | None = None
-        self._ceiling = math.inf  # a raise that failed caps the later ones
+        self.raise_cap = math.inf  # a raise of the learning rate that failed caps the later ones
         self._last_rollback = -math.inf
         self._best_window = math.inf
         self._clip: tuple[Any, Any] | None = None
@@ -320,10 +314,98 @@ class Doctor:
         self._peak_grad = -math.inf
         self._opening_grad: float | None = None  # the largest gradient norm of the first steps
 
-    # snapshots: the last good point, in memory
-    def _take_snapshot(self, state: Any) -> None:
+    # -- what a rule reads ------------------------------------------------------------------------------------
+    @property
+    def has_snapshot(self) -> bool:
+        """Whether there is a last good point to roll back to (:meth:`take_snapshot`)."""
+        return self._snapshot is not None
+
+    @property
+    def can_restart(self) -> bool:
+        """Whether the initial point is kept (``auto``, with snapshots): :meth:`restart` can go back to it."""
+        return self._origin is not None
+
+    @property
+    def clipping(self) -> bool:
+        """Whether the gradients are clipped from now on (:meth:`clip_gradients`, once per run)."""
+        return self._clip is not None
+
+    @property
+    def best_loss(self) -> float:
+        """The best smoothed per-step loss so far (inf before one counts)."""
+        return self._best
+
+    @property
+    def raise_limit(self) -> float:
+        """The highest learning rate a raise in fixed steps may reach: ``lr_ceiling`` times the starting one,
+        and under :attr:`raise_cap` once a raise failed."""
+        return min(self.lr_ceiling * self.start_lr, self.raise_cap)
+
+    # -- the actions a rule takes: each records its remedy (the snapshot excepted) -------------------------------
+    def take_snapshot(self, state: Any) -> None:
+        """Keep the model's and the optimizer's state, in memory, as the last good point to roll back to."""
         self._snapshot = {"model": copy.deepcopy(state.model.state_dict()),
                           "optimizer": copy.deepcopy(state.optimizer.state_dict())}
+
+    def set_lr(self, state: Any, lr: float, reason: str, **details: Any) -> None:
+        """Set the learning rate to ``lr`` (every parameter group scaled alike) and record a ``set_lr`` remedy
+        (``details``: more of its parameters, as a probe's).
+
+        Example:
+            >>> model = torch.nn.Linear(2, 1); opt = torch.optim.SGD(model.parameters(), lr=0.1)
+            >>> from types import SimpleNamespace; state = SimpleNamespace(optimizer=opt, step=7)
+            >>> doctor = Doctor("auto"); doctor.set_lr(state, 0.05, "noisy")
+            >>> opt.param_groups[0]["lr"], doctor.remedies[0].params
+            (0.05, {'lr': 0.05, 'from_lr': 0.1})
+        """
+        from_lr = float(state.optimizer.param_groups[0].get("lr", math.nan))
+        self._set(state, "lr", lr)
+        self._act(state, "set_lr", {"lr": lr, "from_lr": from_lr, **details}, reason)
+
+    def raise_lr(self, state: Any, lr: float, reason: str, *, judged_against: float, **details: Any) -> None:
+        """Raise the learning rate to ``lr`` after a snapshot (:meth:`set_lr`); the next window judges the raise
+        against ``judged_against``, the mean loss before it (:func:`undo_failed_raise`)."""
+        self.take_snapshot(state)
+        self.set_lr(state, lr, reason, **details)
+        self._raised_at = judged_against
+
+    def roll_back(self, state: Any, lr: float, new: float, reason: str, *, counted: bool = True) -> None:
+        """Back to the snapshot with learning rate ``new`` (from ``lr``), recorded as a ``rollback_and_set_lr``
+        remedy; ``counted`` rollbacks are limited by ``max_rollbacks``.
+
+        Example:
+            >>> model = torch.nn.Linear(2, 1); opt = torch.optim.SGD(model.parameters(), lr=0.1)
+            >>> from types import SimpleNamespace; state = SimpleNamespace(model=model, optimizer=opt, step=3)
+            >>> doctor = Doctor("auto"); doctor.take_snapshot(state)
+            >>> with torch.no_grad(): _ = model.weight.fill_(float("nan"))
+            >>> doctor.roll_back(state, 0.1, 0.01, "diverged")
+            >>> bool(model.weight.isfinite().all()), opt.param_groups[0]["lr"], doctor.rollbacks
+            (True, 0.01, 1)
+        """
+        self._restore(state)
+        self._set(state, "lr", new)
+        if counted:
+            self.rollbacks += 1
+        self._act(state, "rollback_and_set_lr", {"lr": new, "from_lr": lr}, reason)
+
+    def restart(self, state: Any, lr: float, new: float, reason: str) -> None:
+        """Back to the initial point (it becomes the snapshot) with learning rate ``new``: :meth:`roll_back`."""
+        self._snapshot = copy.deepcopy(self._origin)
+        self.roll_back(state, lr, new, reason)
+
+    def set_momentum(self, state: Any, momentum: float, reason: str) -> None:
+        """Set the momentum of every parameter group that has one, recorded as a ``set_momentum`` remedy."""
+        self._set(state, "momentum", momentum)
+        self._act(state, "set_momentum", {"momentum": momentum}, reason)
+
+    def clip_gradients(self, state: Any, max_norm: float, reason: str) -> None:
+        """Clip the gradient's global norm to ``max_norm`` before every later step (:func:`clip_before_step`,
+        undone when the run ends), recorded as a ``clip_norm`` remedy."""
+        self._install_clipping(state, max_norm)
+        self._act(state, "clip_norm", {"max_norm": max_norm}, reason)
+
+    # the actions' workings (a subclass changes an action by overriding its public method: watch's doctor
+    # overrides take_snapshot and roll_back)
 
     def _restore(self, state: Any) -> None:
         assert self._snapshot is not None
@@ -332,6 +414,9 @@ class Doctor:
         state.optimizer.load_state_dict(copy.deepcopy(self._snapshot["optimizer"]))
         for g, lr in zip(state.optimizer.param_groups, lrs):
             g["lr"] = lr
+
+    def _install_clipping(self, state: Any, max_norm: float) -> None:
+        self._clip = (state.optimizer, clip_before_step(state.optimizer, max_norm))
 
     def _set(self, state: Any, key: str, value: float) -> bool:
         """Set ``key`` to ``value`` in the first group; a learning rate scales every group alike (param groups
@@ -349,22 +434,17 @@ class Doctor:
     def _act(self, state: Any, action: str, params: dict[str, Any], reason: str) -> None:
         self.remedies.append(Remedy(state.step, action, params, reason))
 
-    def _roll_back(self, state: Any, lr: float, new: float, reason: str, *, counted: bool = True) -> None:
-        """Back to the snapshot with learning rate ``new`` (a ``rollback_and_set_lr`` remedy); ``counted``
-        rollbacks are limited by ``max_rollbacks``."""
-        self._restore(state)
-        self._set(state, "lr", new)
-        if counted:
-            self._rollbacks += 1
-        self._act(state, "rollback_and_set_lr", {"lr": new, "from_lr": lr}, reason)
-
     def can_probe(self, state: Any) -> bool:
         """Whether learning rates can be probed from ``state``: ``auto``, a named optimizer, training data to
         draw from (``state.sample``), and no probe has failed."""
         return self.mode == "auto" and self.optimizer is not None and self._probe_failed is None and \
             getattr(state, "sample", None) is not None
 
-    def _probe(self, state: Any, lrs: list[float]) -> Probe | None:
+    def probe_rests(self, state: Any) -> bool:
+        """Whether the last probe's verdict still stands (two epochs after it), or the run has had ``max_probes``."""
+        return state.step < self._probe_after or self._probes >= self.max_probes
+
+    def probe(self, state: Any, lrs: list[float]) -> Probe | None:
         """Probe ``lrs`` (and the run's own) from here; None when there is nothing to probe or it failed (then
         probing stops for the run, and the fixed steps take over)."""
         if not lrs or self.optimizer is None:
@@ -380,23 +460,20 @@ class Doctor:
         self._probe_after = state.step + 4 * self._cadence(state)  # two epochs (four checks, at least 40 steps)
         return found
 
-    def _take_probe(self, state: Any, found: Probe, w: Window, why: str) -> bool:
-        """Act on a probe: take its learning rate (after a snapshot; the next window judges it), or record that
-        the run's own stood. True: the check is over either way (the probe was an action)."""
+    def take_probe(self, state: Any, found: Probe, w: Window, why: str) -> bool:
+        """Act on a probe: take its learning rate (:meth:`raise_lr`: after a snapshot; the next window judges it),
+        or record that the run's own stood. True: the check is over either way (the probe was an action)."""
         params = {"probe": found.to_dict()}
         if found.chosen is None:
             self._act(state, "probe_lr", {"lr": w.lr, **params}, f"{why}: {found.describe()}")
             return True
-        self._take_snapshot(state)
-        self._set(state, "lr", found.chosen)
-        self._raised_at = w.mean_loss
-        self._act(state, "set_lr", {"lr": found.chosen, "from_lr": w.lr, **params}, f"{why}: {found.describe()}")
+        self.raise_lr(state, found.chosen, f"{why}: {found.describe()}", judged_against=w.mean_loss, **params)
         return True
 
     def on_fit_start(self, state: Any) -> None:
-        self._start_lr = float(state.optimizer.param_groups[0].get("lr", math.nan))
+        self.start_lr = float(state.optimizer.param_groups[0].get("lr", math.nan))
         if self.mode == "auto":
-            self._take_snapshot(state)
+            self.take_snapshot(state)
             self._origin = copy.deepcopy(self._snapshot)
 
     def on_step_end(self, state: Any) -> None:
@@ -451,7 +528,7 @@ class Doctor:
 
     def on_diverge(self, state: Any, why: str | None = None) -> bool:
         """The loss became non-finite: with ``auto``, roll back and lower the learning rate; True if it did."""
-        if self.mode != "auto" or self._snapshot is None or self._rollbacks >= self.max_rollbacks:
+        if self.mode != "auto" or self._snapshot is None or self.rollbacks >= self.max_rollbacks:
             return False
         lr = float(state.optimizer.param_groups[0].get("lr", math.nan))
         sharp = finite(column(state.history.steps, "sharpness"))
@@ -460,9 +537,9 @@ class Doctor:
         new = lr * (limit[-1] / sharp[-1]) / 2 if sharp and limit and sharp[-1] > 0 else lr * (0.01 if soon else 0.1)
         new = min(new, lr * 0.5)
         self._last_rollback = state.step
-        self._roll_back(state, lr, new, f"{why or f'the loss became {state.loss}'} at step {state.step}: rolled "
-                                        f"back to the last good point and lowered the learning rate {lr:.3g} -> "
-                                        f"{new:.3g}")
+        self.roll_back(state, lr, new, f"{why or f'the loss became {state.loss}'} at step {state.step}: rolled "
+                                       f"back to the last good point and lowered the learning rate {lr:.3g} -> "
+                                       f"{new:.3g}")
         return True
 
     def _check(self, state: Any) -> None:
@@ -512,10 +589,6 @@ class Doctor:
                       grads=grads, median_grad=_median(grads),
                       peak_grad=max(self._peak_grad, max(grads, default=-math.inf)), dead=dead,
                       opening_grad=self._opening_grad, spread=spread)
-
-    def _install_clipping(self, state: Any, max_norm: float) -> None:
-        """Clip the gradient's global norm before every later step (:func:`clip_before_step`)."""
-        self._clip = (state.optimizer, clip_before_step(state.optimizer, max_norm))
 
     def on_fit_end(self, state: Any) -> None:
         if self._clip is not None:  # the optimizer is the caller's again, unwrapped
