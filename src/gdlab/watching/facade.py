@@ -1,42 +1,6 @@
-"""``watch``: the instruments and the doctor in a training loop the user wrote.
-
-::
-
-    doctor = gdlab.watch(model, optimizer)
-    for x, y in loader:
-        loss = loss_fn(model(x), y)
-        optimizer.zero_grad(); loss.backward(); optimizer.step()
-        doctor.step(loss)
-    report = doctor.close()   # a Result: report.findings, report.remedies, report.history
-
-The loop stays the user's; gdlab only listens. A forward pre-hook on the model starts each step (so the periodic
-instruments' hooks ride on the step's own forward and backward pass, as in :func:`gdlab.fit`), the optimizer's step
-pre-hook takes the gradient norms before the update (every ``grad_norm_every``-th step, 20, and on the periodic
-instruments' steps; NaN between: docs/watch.md), and ``doctor.step(loss)`` files the step's loss on the device:
-the host reads the values every ``log_every`` steps (60), never once a step. Once the loop calls ``doctor.step``,
-each step gets only the hooks it needs (the forward pre-hook on the steps an instrument measures, the step pre-hook
-where the norms are due), and the steps between those that need something are a lane: ``doctor.step`` files the
-loss and the lr, and the lane's steps reach the history and the hooks as one block when it ends (docs/watch.md,
-"The lane"). Without ``doctor.step`` at all, the optimizer's step hooks end each step themselves (no loss: no
-loss-based findings). docs/watch.md says what each instrument needs, and which remedies need :func:`gdlab.fit`.
-Under several processes (torchrun, a ``DistributedDataParallel`` model) rank zero watches and the other ranks
-follow its decisions (docs/watch.md, "Several processes").
-
-Example:
-    >>> import torch, gdlab
-    >>> X = torch.randn(256, 3); y = X @ torch.tensor([[1.0], [-2.0], [0.5]])
-    >>> model = torch.nn.Linear(3, 1); optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    >>> doctor = gdlab.watch(model, optimizer)
-    >>> for epoch in range(5):
-    ...     for i in range(0, 256, 32):
-    ...         loss = torch.nn.functional.mse_loss(model(X[i:i + 32]), y[i:i + 32])
-    ...         optimizer.zero_grad(); loss.backward(); optimizer.step()
-    ...         doctor.step(loss)
-    ...     doctor.epoch_end()
-    >>> report = doctor.close()
-    >>> report.steps, report.final["train_loss"] < 1e-3, [f.code for f in report.findings]
-    (40, True, [])
-"""
+"""The facade of :func:`gdlab.watch`: :func:`watch`, and :class:`Watch`'s ``step``, ``epoch_end`` and ``close``
+(the package's docstring tells the whole; the step's phase is tracker.py's, the lanes lanes.py's, the ranks
+follower.py's)."""
 
 from __future__ import annotations
 
@@ -51,15 +15,20 @@ from torch import Tensor, nn
 
 from gdlab import distributed, loop
 from gdlab.callbacks import Recorder
-from gdlab.data import BatchPlan, infer_task, structure
-from gdlab.doctor import REMEDY_MODES, Doctor
-from gdlab.doctor.remedies import clip_before_step
-from gdlab.errors import DataError, InvalidParameter, UnknownChoice, check_int
+from gdlab.data import BatchPlan
+from gdlab.doctor import REMEDY_MODES, Doctor, explain
+from gdlab.errors import InvalidParameter, UnknownChoice, check_int
 from gdlab.instruments import attach, unwrap
-from gdlab.loop import LoopState, Result, StepLog
-from gdlab.problem import LOSSES, LossFn, batch_loss, non_finite, resolve_loss
-from gdlab.records import History, input_scales
+from gdlab.loop import LoopState, Result, StepLog, data_cause, settle_divergence
+from gdlab.problem import LOSSES, LossFn, batch_loss, resolve_loss
+from gdlab.records import History
 from gdlab.store import Store
+from gdlab.watching.follower import RankFollower
+from gdlab.watching.lanes import LanePlanner
+from gdlab.watching.tracker import Counted, Phase, StepTracker
+
+__all__ = ["GRAD_NORM_EVERY", "LOG_EVERY", "Watch", "watch"]
+
 
 __all__ = ["GRAD_NORM_EVERY", "LOG_EVERY", "Watch", "watch"]
 
@@ -143,21 +112,19 @@ class _WatchDoctor(Doctor):
         super().__init__(mode)
         self.rollback = rollback
 
-    def _take_snapshot(self, state: Any) -> None:
+    def take_snapshot(self, state: Any) -> None:
         if self.rollback:
-            super()._take_snapshot(state)
+            super().take_snapshot(state)
 
-    def _roll_back(self, state: Any, lr: float, new: float, reason: str, *, counted: bool = True) -> None:
+    def roll_back(self, state: Any, lr: float, new: float, reason: str, *, counted: bool = True) -> None:
         if self.rollback:
-            super()._roll_back(state, lr, new, reason, counted=counted)
+            super().roll_back(state, lr, new, reason, counted=counted)
             return
-        self._set(state, "lr", new)
-        self._act(state, "set_lr", {"lr": new, "from_lr": lr},
-                  f"{reason.split(':')[0]}: lowered the learning rate {lr:.3g} -> {new:.3g} (no rollback: watch "
-                  "keeps no snapshot unless rollback=True)")
+        self.set_lr(state, new, f"{reason.split(':')[0]}: lowered the learning rate {lr:.3g} -> {new:.3g} (no "
+                    "rollback: watch keeps no snapshot unless rollback=True)")
 
 
-class Watch:
+class Watch(StepTracker, LanePlanner):
     """A loop the user wrote, watched: see :func:`watch`. ``history`` fills as the run goes (read it any time);
     ``stop_reason`` says when the run diverged and nothing could repair it (the loop may break on it)."""
 
@@ -179,8 +146,8 @@ class Watch:
         if rollback and remedy != "auto":
             raise InvalidParameter("rollback", rollback, 'remedy="auto" (a rollback is a remedy the doctor applies)')
         # several processes (torchrun): rank zero watches, the others follow (unless told this process is alone)
-        self._ranks = distributed.current() if ranks else None
-        if rollback and self._ranks is not None:
+        group = distributed.current() if ranks else None
+        if rollback and group is not None:
             raise InvalidParameter("rollback", rollback, "one process (under several, a rollback would change rank "
                                    "zero's model alone; gdlab.fit rolls back on every rank)")
         self.log_every = check_int(log_every, "log_every")
@@ -239,11 +206,14 @@ class Watch:
         self.watching = attach(instruments)
         # several processes: the ranks agree every log_every step() calls (every call with remedy="auto", whose
         # changes reach every rank before the next update), at each epoch_end() and at close()
-        self._calls = 0
-        self._agree_each = remedy == "auto"
+        self._ranks = RankFollower(group, optimizer, auto=remedy == "auto", log_every=self.log_every) \
+            if group is not None else None
         self._follower = self._ranks is not None and not self._ranks.main
-        self._clip_norm: float | None = None  # a follower's clip: rank zero's clip_norm remedy
-        self._unclip: Any = None
+        # the inputs (and targets, given to step()) of the steps whose loss is still unread: references, no copy,
+        # until the read that tests the diverging step's batch (loop.data_cause)
+        self._held: list[tuple[int, Any, Any]] = []
+        self._held_bytes = 0  # their size (tracker.HELD_BYTES bounds it)
+        self._began_at = time.perf_counter()
         if self._follower:  # another rank: rank zero watches, records and diagnoses; this one follows its decisions
             self._follow()
             return
@@ -286,7 +256,7 @@ class Watch:
         self._before_step = 0  # the step whose before_update calls are made
         self.grad_norms = bool(self.watching) or self.physician is not None
         # where the step stands: started (on_step_start emitted), norms taken, an update awaiting its loss
-        self._started = self._normed = self._pending = False
+        self._phase, self._normed = Phase.IDLE, False
         self._manual = False  # step() has been called: it ends each step
         self._auto = False  # step() is never called: the optimizer's post-hook ends each step
         self._inputs: Any = None  # the step's inputs, as the model's forward pass saw them
@@ -294,14 +264,17 @@ class Watch:
         self._closed = False
         self._busy = False  # inside a hook of ours: a forward pass or update there is not the loop's
         self.report: Result | None = None
-        self._started_at = time.perf_counter()
 
         # plain functions, not bound methods: a deep copy of the model (the instruments make one) shares them
         # instead of copying this watch, and they answer the user's model alone. They run on every step of the
         # user's loop, so the usual case is decided here in a few reads (docs/benchmarks.md: watch_overhead)
         def on_forward(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            if module is self.model and not (self._started and not self._pending):  # not a second pass
+            if module is not self.model:
+                return
+            if self._forward_wanted and self._phase is not Phase.STARTED and not self._busy:  # not a second pass
                 self._on_forward(args, kwargs)
+            if not self._busy and self.state.stop_reason is None and torch.is_grad_enabled():
+                self._hold(self.state.step + len(self._lane) + 1, (args, kwargs) if kwargs else args, None)
 
         def before_update(opt: Any, args: Any, kwargs: Any) -> None:
             if self._room:  # in the lane: the norms where due, before_update where wanted, else nothing
@@ -312,11 +285,11 @@ class Watch:
                     if place in self._before_places:
                         self._pre_update(self.state.step + place + 1)
                 return
-            if opt is not self.optimizer or (self._normed and not self._pending):  # read already this step
+            if opt is not self.optimizer or (self._normed and self._phase is not Phase.UPDATED):  # read already
                 return
-            if self._keeps_before and not self._pending and not self._busy:
+            if self._keeps_before and self._phase is not Phase.UPDATED and not self._busy:
                 self._pre_update(self.state.step + 1)
-            if self._started and not self._pending and not self._busy:  # a step under way: its norms
+            if self._phase is Phase.STARTED and not self._busy:  # a step under way: its norms
                 if self.grad_norms:
                     self._take_norms()
             else:
@@ -324,14 +297,15 @@ class Watch:
 
         def after_update(opt: Any, args: Any, kwargs: Any) -> None:
             if self._update_first is None and opt is self.optimizer and not self._busy:
-                self._learn_order(self._started)  # the first update: inside a step, or after step() ended it
-            if opt is self.optimizer and self._started and not self._busy:
+                self._learn_order(self._phase is not Phase.IDLE)  # the first update: in a step, or after step()
+            if opt is self.optimizer and self._phase is not Phase.IDLE and not self._busy:
                 if self._auto:
                     self._after_update()
                 else:  # step() ends it, or (the first step, when step() never comes) the next forward or update
-                    self._pending = True
+                    self._phase = Phase.UPDATED
 
-        self._on_forward_hook, self._before_update_hook = on_forward, before_update
+        self._before_update_hook = before_update
+        self._forward_wanted = True  # the forward pre-hook's full work (the planner says on which steps)
         self._forward_handle: Any = model.register_forward_pre_hook(on_forward, with_kwargs=True)
         self._pre_handle: Any = None
         self._post_handle: Any = None
@@ -366,13 +340,14 @@ class Watch:
                 self._drain(last_needed=self._lane_needed)
                 self._plan_hooks()
             if self._ranks is not None:
-                self._count_call()
+                self._ranks.count(self)
             return
         if self._closed:
             self._check_open()
         loss = _scalar_loss(loss)
         if self._follower:
-            self._count_call()
+            assert self._ranks is not None
+            self._ranks.count(self)
             return
         self._drain()  # a step given its batch in the lane: the steps before it first
         self._room = 0
@@ -382,22 +357,17 @@ class Watch:
             if own[0] == 0:
                 self.log.use_norms(own[1], own[2])
                 self._normed = True
-        if self._update_first is None and (self._pending or not self._opt_hooks):
-            self._learn_order(self._pending)  # did the update come before this call? (without the optimizer's
-        self._manual = True  # hooks, the first call says: none seen, so step() before the update)
-        if self._quiet and batch is None and not self._started:
+        if self._update_first is None and (self._phase is Phase.UPDATED or not self._opt_hooks):
+            self._learn_order(self._phase is Phase.UPDATED)  # did the update come before this call? (without the
+        self._manual = True  # optimizer's hooks, the first call says: none seen, so step() before the update)
+        if self._quiet and batch is None and self._phase is Phase.IDLE:
             self._quiet_step(loss)
         else:
             self._finish(loss, batch)  # after the update (pending), or before it: either way the step is this one
         self._plan_hooks()
         if self._ranks is not None:
-            self._count_call()
+            self._ranks.count(self)
 
-    def _count_call(self) -> None:
-        """Several processes: a step() call; the ranks agree on every log_every-th (every one with auto)."""
-        self._calls += 1
-        if self._agree_each or self._calls % self.log_every == 0:
-            self._agree()
 
     def _follow(self) -> None:
         """This rank follows rank zero (several processes): no hooks, instruments, doctor, store or board; step()
@@ -409,257 +379,13 @@ class Watch:
         self.report = None
         self._started_at = time.perf_counter()
 
-    def _agree(self) -> None:
-        """Rank zero's decisions reach every rank: the stop after a divergence nothing repaired (``stop_reason``, so
-        that every rank's loop can break at the same step) and, with ``remedy="auto"``, the optimizer's
-        hyperparameters (the learning rate, the momentum the doctor set) and the norm its ``clip_norm`` remedy
-        clips to. One broadcast."""
-        decision: dict[str, Any] | None = None
-        if not self._follower:
-            auto = self._agree_each
-            decision = {"stop": self.state.stop_reason, "clip": max_norm(self) if auto else None,
-                        "groups": hyperparameters(self.optimizer) if auto else None}
-        decision = distributed.broadcast(decision)
-        if not self._follower or not isinstance(decision, dict):
-            return
-        if decision.get("stop") is not None:
-            self.state.stop(decision["stop"])
-        for group, values in zip(self.optimizer.param_groups, decision.get("groups") or ()):
-            group.update(values)
-        clip = decision.get("clip")
-        if clip is not None and clip != self._clip_norm:
-            self._clip_norm = clip
-            if self._unclip is not None:
-                self._unclip()
-            self._unclip = clip_before_step(self.optimizer, clip)
-
-    def _learn_order(self, update_first: bool) -> None:
-        """The loop's order, seen at its first update (the step post-hook, on till then): the update inside the step,
-        before step() (the usual loop), or after step() ended the step. A loop that accumulates gradients over
-        several step() calls before its first update is told by that update, not by its first step()."""
-        self._update_first = update_first
-        if update_first and self._opt_hooks:  # the pre-hook sees the updates coming
-            for hook in self._befores:
-                hook.keeps_before = True
-
-    def _quiet_step(self, loss: Tensor | None) -> None:
-        """Most steps of a loop that calls step(): no hook of ours saw them (nothing measures them, no norms are
-        due), so the step is its loss filed and its row: :meth:`_finish` without what such a step lacks."""
-        state = self.state
-        state.param_grad_norms = None  # the row has none (NaN: not measured)
-        samples = self._planned_size(state.iteration)
-        state.step += 1
-        state.iteration += 1
-        self.log.record(loss.detach() if isinstance(loss, Tensor) else None, samples)
-        self._emit("on_step_end")
-        if state.step % self.log_every == 0 or self.log.diverged_at is not None:
-            self._check()
-
-    def _plan_hooks(self) -> None:
-        """With step() ending each step, put on only the hooks the next step needs (each hook torch dispatches
-        costs microseconds on every step): the forward pre-hook where an instrument measures that step (its hooks
-        ride on the forward pass), the optimizer's step pre-hook where the gradient norms are due (before the
-        update; the loop may zero the gradients after it), and no step post-hook (step() ends the step)."""
-        self._quiet, self._room = False, 0
-        state = self.state
-        if self._closed or state.stop_reason is not None:
-            return
-        step = state.step + 1
-        forward, norms = self._wants(step, state.iteration)
-        self._quiet = not forward and not norms
-        if self._keeps_before and self._wants_before(step):
-            norms = True  # the pre-hook is on for it (a step outside the lane)
-        # the lane takes steps whose norms are due too where the optimizer's step pre-hook takes them before the
-        # update and step() comes after it (as the loop usually runs)
-        lane_norms = self._opt_hooks and bool(self._update_first)
-        if self._lane_open and not forward and (lane_norms or not norms):
-            # the lane: the steps from here up to the next read of the host (every log_every steps), ending at
-            # the first that a hook needs on its own (its on_step_end comes after the others' block)
-            limit = self.log_every - (step - 1) % self.log_every
-            room, needed = self._lane_room(step, limit, lane_norms) if self._nexts is not None else (0, False)
-            while self._nexts is None and room < limit and not needed:  # hooks that only say needs_step
-                if room:
-                    ahead, normed = self._wants(step + room, state.iteration + room)
-                    if ahead or (normed and not lane_norms):
-                        break
-                needed = any(needs(step + room) for needs in self._needs)
-                room += 1
-            self._room, self._lane_needed, self._quiet = room, needed, True
-            self._due = -1
-            if self.grad_norms:  # the first place in the lane whose norms are due
-                first = 0 if step == 1 else (-step) % self.grad_norm_every
-                self._due = first if first < room else -1
-            self._before_places = self._places_before(step, room) if self._keeps_before else set()
-            uses = set(range(self._due, room, self.grad_norm_every)) if self._due >= 0 else set()
-            uses |= self._before_places
-            # the pre-hook is on where the lane uses it: put on at the step before each run of places that use it,
-            # taken off after the run (a hook torch calls costs microseconds on each step it is on)
-            switches = []
-            for place in sorted(uses):
-                if place - 1 not in uses and place:
-                    switches.append(room - place)  # on, at the step() of the place before
-                if place + 1 not in uses and place + 1 < room:
-                    switches.append(room - place - 1)  # off, at its own step()
-            self._switches = switches[::-1]
-            self._switch_room = self._switches.pop() if self._switches else -1
-            norms = bool(uses) and min(uses) == 0
-        if forward != (self._forward_handle is not None):
-            if forward:
-                self._forward_handle = self.model.register_forward_pre_hook(self._on_forward_hook, with_kwargs=True)
-            else:
-                self._forward_handle.remove()
-                self._forward_handle = None
-        if not self._opt_hooks:
-            return
-        if self._post_handle is not None and self._update_first is not None:  # on till the loop's order is seen
-            self._post_handle.remove()
-            self._post_handle = None
-        if norms != (self._pre_handle is not None):
-            if norms:
-                self._pre_handle = self.optimizer.register_step_pre_hook(self._before_update_hook)
-            else:
-                self._pre_handle.remove()
-                self._pre_handle = None
-
-    def _switch_pre_hook(self) -> None:
-        """The lane reached a step where the optimizer's step pre-hook goes on (the next update uses it) or off."""
-        if self._pre_handle is None:
-            self._pre_handle = self.optimizer.register_step_pre_hook(self._before_update_hook)
-        else:
-            self._pre_handle.remove()
-            self._pre_handle = None
-        self._switch_room = self._switches.pop() if self._switches else -1
-
-    def _lane_room(self, step: int, limit: int, lane_norms: bool) -> tuple[int, bool]:
-        """The lane from ``step`` (whose own wants allow it), in a few sums: up to ``limit`` steps, short of the
-        next step that wants the forward hook (or, unless ``lane_norms``, the norms), through the next a hook
-        needs. Also whether its last step is one a hook needs."""
-        assert self._nexts is not None
-        state = self.state
-        stop = step + limit  # the first step past the lane
-        if self._unscheduled or not self._learned:  # the forward hook on every step
-            return 1, bool(self._nexts) and any(ahead(step) == step for ahead in self._nexts)
-        for ahead in self._next_forwards:
-            stop = min(stop, max(ahead(step + 1), step + 1))
-        if self._samples is None and self._epoch_steps is not None and state.iteration + 1 < self._epoch_steps:
-            stop = min(stop, step + self._epoch_steps - 1 - state.iteration)  # an epoch's last step: batch unseen
-        if not lane_norms and self.grad_norms:
-            stop = min(stop, step + 1 + (-(step + 1)) % self.grad_norm_every)
-        needed_at = min((int(ahead(step)) if ahead(step) != math.inf else stop for ahead in self._nexts),
-                        default=stop)
-        if needed_at < stop:
-            return needed_at - step + 1, True
-        return stop - step, False
-
-    def _wants(self, step: int, iteration: int) -> tuple[bool, bool]:
-        """What ``step`` (the ``iteration``-th of its epoch, from 0) needs of our hooks: the forward pre-hook (an
-        instrument measures it; the first batch is unread; or it is an epoch's last step whose length is known
-        but not its samples, so its batch may be short), and the gradient norms."""
-        measures = any(scheduled(step) for scheduled in self._schedules)
-        last = self._samples is None and self._epoch_steps is not None and iteration + 1 == self._epoch_steps
-        # (on till the loop's order is seen at its first update, so that the step under way is known then)
-        forward = measures or bool(self._unscheduled) or not self._learned or last or \
-            (self._update_first is None and self._opt_hooks)
-        return forward, self.grad_norms and (measures or step % self.grad_norm_every == 0 or step == 1)
-
-    @property
-    def _keeps_before(self) -> bool:
-        return bool(self._befores) and self._befores[0].keeps_before
-
-    def _wants_before(self, step: int) -> bool:
-        return any(hook.keeps_before and hook.needs_before(step) for hook in self._befores)
-
-    def _places_before(self, step: int, room: int) -> set[int]:
-        """The places in a lane of ``room`` steps from ``step`` where a hook wants before_update (a hook that says
-        its next such step, ``next_before``, is asked step to step; another, at every place)."""
-        places: set[int] = set()
-        for hook in self._befores:
-            if not hook.keeps_before:
-                continue
-            ahead = getattr(hook, "next_before", None)
-            if ahead is None:
-                places.update(p for p in range(room) if hook.needs_before(step + p))
-                continue
-            at = ahead(step)
-            while at < step + room:
-                if hook.needs_before(at):
-                    places.add(at - step)
-                at = ahead(at + 1)
-        return places
-
-    def _pre_update(self, step: int) -> None:
-        """Before ``step``'s update (the optimizer's step pre-hook): each hook's before_update where wanted, once."""
-        if step == self._before_step:
-            return
-        self._before_step = step
-        self._busy = True
-        try:
-            for hook in self._befores:
-                if hook.keeps_before and hook.needs_before(step):
-                    hook.before_update(self.state, step)
-        finally:
-            self._busy = False
-
-    def _lane_norm(self, place: int) -> None:
-        """The optimizer's step pre-hook in the lane, at the lane's ``place`` where norms are due: take them (on
-        the device); the next due place is the first past it."""
-        present = self.log.grad_norms()
-        self._lane_norms.append((place, self.state.param_grad_norms, present))
-        while self._due <= place:
-            self._due += self.grad_norm_every
-        if self._due >= len(self._lane) + self._room:
-            self._due = -1
-
-    def _drain(self, check: bool = True, last_needed: bool = False) -> None:
-        """File the lane's steps: their rows in one pass, then each hook's on_steps_end with their rows (with
-        ``last_needed``, the last step's on_step_end on its own instead); with ``check``, read the host where the
-        last of them is due a read (every ``log_every`` steps)."""
-        losses = self._lane
-        if not losses:
-            return
-        state, n = self.state, len(losses)
-        lrs, norms = self._lane_lrs, self._lane_norms
-        self._lane, self._lane_lrs, self._lane_norms = [], [], []
-        if norms and norms[-1][0] >= n:  # taken by the pre-hook for the step under way, which is not among them
-            self._lane_norms = [(place - n, values, present) for place, values, present in norms if place >= n]
-            norms = [entry for entry in norms if entry[0] < n]
-        start = len(state.history.steps)
-        state.param_grad_norms = None  # no norms in their rows (NaN: not measured)
-        sizes = [state.plan.batch_size] * n
-        last = (self._epoch_steps or 0) - 1 - state.iteration  # an epoch's last step among them: its batch may be short
-        if 0 <= last < n:
-            sizes[last] = self._planned_size(state.iteration + last)
-        self.log.record_steps(losses, lrs, sizes, norms)
-        state.step += n
-        state.iteration += n
-        rows = range(start, start + n - 1 if last_needed else start + n)
-        self._busy = True
-        try:
-            if rows:
-                for end in self._block_ends:
-                    end(state, rows)
-            if last_needed:  # its norms, if the lane took them, as on_step_end finds a step's
-                state.param_grad_norms = norms[-1][1] if norms and norms[-1][0] == n - 1 else None
-                for handler in self._handlers["on_step_end"]:
-                    handler(state)
-        finally:
-            self._busy = False
-        if check and (state.step % self.log_every == 0 or self.log.diverged_at is not None):
-            self._check()
-
-    def _fill_lane(self, table: Any) -> None:
-        """The history's first filler: a read mid-lane drains it (and shuts it till the next step plans it
-        again: the steps after the read are still to come)."""
-        if self._lane:
-            self._drain(check=False)
-            self._room, self._quiet = 0, False  # the next step on the full path (it reads its norms if due)
-
     def epoch_end(self, val_loss: float | None = None, **metrics: float) -> None:
         """Close an epoch: its record (``train_loss``, ``val_loss`` and any other ``val_...`` metrics given, as
         :func:`gdlab.fit` records them) lets the validation-based findings (overfitting) work."""
         self._check_open()
         if self._follower:  # rank zero records the epoch (pass it the validation over every rank's data)
-            self._agree()
+            assert self._ranks is not None
+            self._ranks.agree(self)
             return
         self._drain(check=False)
         # the next step on the full path (it reads its norms if due), then planned again in the new epoch
@@ -667,7 +393,7 @@ class Watch:
         self._flush_pending()
         self._check()
         if self._ranks is not None:
-            self._agree()
+            self._ranks.agree(self)
         state = self.state
         if state.stop_reason is not None:  # diverged: close() records the epoch's part before it, as fit does
             return
@@ -680,7 +406,7 @@ class Watch:
         if val_loss is not None:
             row["val_loss"] = float(val_loss)
         row.update({(k if k.startswith("val_") else f"val_{k}"): float(v) for k, v in metrics.items()})
-        row["seconds"] = time.perf_counter() - self._started_at
+        row["seconds"] = time.perf_counter() - self._began_at
         state.history.epochs.append(row)
         self._emit("on_epoch_end")
         state.epoch += 1
@@ -705,7 +431,7 @@ class Watch:
             self.log.close()
             if state.epoch_samples:  # a part of an epoch after the last epoch_end(): recorded, as fit records it
                 self._end_partial_epoch()
-            state.seconds = time.perf_counter() - self._started_at
+            state.seconds = time.perf_counter() - self._began_at
             state.total_steps = state.step
             self._emit("on_fit_end")
         except BaseException as error:
@@ -729,10 +455,11 @@ class Watch:
             self.board.close(findings, remedies)
         self.report = Result(self.model, state.history, final, state.lr, state.run_id, state.seconds, state.plan,
                              status, state.stop_reason, state.step, findings=list(findings),
-                             remedies=list(remedies))
+                             remedies=list(remedies),
+                             diagnosis=explain(findings, run_id=state.run_id, remedies=remedies, steps=state.step))
         if self._ranks is not None:  # the other ranks get the report's findings, remedies and verdict
-            self._agree()
-            distributed.broadcast({"final": final, "lr": state.lr, "status": status, "steps": state.step,
+            self._ranks.agree(self)
+            self._ranks.tell({"final": final, "lr": state.lr, "status": status, "steps": state.step,
                                    "stop_reason": state.stop_reason, "findings": list(findings),
                                    "remedies": list(remedies)})
         return self.report
@@ -740,17 +467,17 @@ class Watch:
     def _close_following(self, status: str) -> Result:
         """close() on a rank that follows: rank zero's report (its findings, remedies, final values and verdict),
         with this rank's model and an empty history (rank zero's is the record; its store has the run)."""
-        self._agree()
-        told = distributed.broadcast(None)
+        assert self._ranks is not None
+        self._ranks.agree(self)
+        told = self._ranks.told()
         self._closed = True
-        if self._unclip is not None:
-            self._unclip()
-            self._unclip = None
         state = self.state
         self.report = Result(self.model, state.history, told["final"], told["lr"], None,
-                             time.perf_counter() - self._started_at, state.plan, told["status"],
+                             time.perf_counter() - self._began_at, state.plan, told["status"],
                              told["stop_reason"], told["steps"], findings=told["findings"],
-                             remedies=told["remedies"])
+                             remedies=told["remedies"],
+                             diagnosis=explain(told["findings"], run_id=None, remedies=told["remedies"],
+                                               steps=told["steps"]))
         return self.report
 
     def __enter__(self) -> Watch:
@@ -777,146 +504,31 @@ class Watch:
         """The run's id in the store, or None without one."""
         return self.state.run_id
 
-    # -- the hooks -----------------------------------------------------------------------------------------------
-    def _on_forward(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        """A forward pass of the model with gradients on: the next step starts (its batch is what the model got)."""
-        if (self._started and not self._pending) or self._busy or self._closed or not torch.is_grad_enabled():
-            return
-        if self._pending:  # the last update's step got no step() call: the optimizer's hooks end the steps
-            self._auto = True
-            self._finish(None, None)
-        if not self._started:
-            self._inputs = args[0] if len(args) == 1 and not kwargs else (dict(kwargs) if not args else args)
-            self._begin(self._inputs)
-
-    def _before_update(self) -> None:
-        """The optimizer's step pre-hook: the gradient norms, before the update changes anything."""
-        if self._busy:
-            return
-        if self._pending:
-            self._auto = True
-            self._finish(None, None)
-        if self._manual and not self._started and not self._update_first:
-            return  # step() came before this update and ended the step: these gradients are filed already
-        # a step under way (with step() after the update, one whose forward pass had no hook: its norms are read
-        # here, before the loop may zero the gradients)
-        self._begin(None)
-        if self.grad_norms and not self._normed:
-            self._take_norms()
-
-    def _after_update(self) -> None:
-        """The optimizer's step post-hook: the step is taken; its loss comes with step(), if it is called."""
-        if self._busy or not self._started:
-            return  # step() came before the update and ended the step
-        if self._auto:
-            self._finish(None, None)
-        else:  # step() ends it, or (the first step, when step() never comes) the next forward pass or update
-            self._pending = True
-
-    # -- the step ------------------------------------------------------------------------------------------------
-    def _begin(self, inputs: Any) -> None:
-        """Emit ``on_step_start`` once per step (the periodic instruments arm their hooks on the forward pass)."""
-        if self._started:
-            return
-        self._started = True
-        if self._quiet:  # no forward hook this step: no instrument measures it, none needs telling
-            return
-        state = self.state
-        if self._handlers["on_step_start"] and state.stop_reason is None:  # diverged: nothing more is measured
-            state.batch = (inputs, None) if inputs is not None and _countable(inputs) else None
-            self._emit("on_step_start")
-
-    def _take_norms(self) -> None:
-        """The gradient norms of this step, where they are due: the first step, every ``grad_norm_every``-th, and a
-        step a periodic instrument measures (it reads the norm); else the row has none."""
-        self._normed = True
-        step = self.state.step + 1
-        if step % self.grad_norm_every == 0 or step == 1 or \
-                (self._wanting and any(getattr(i, "due", False) for i in self._wanting)):
-            self.log.grad_norms()
-        else:
-            self.state.param_grad_norms = None  # the row has none (NaN: not measured)
-
-    def _finish(self, loss: Tensor | None, batch: Any) -> None:
-        """The step's record: norms (if the pre-hook did not take them), the row, ``on_step_end``, the reads."""
-        state = self.state
-        if not self._started:
-            self._begin(None)
-        if state.stop_reason is not None:  # diverged, unrepaired: nothing more is recorded
-            self._started = self._normed = self._pending = False
-            self._inputs = None
-            return
-        if not self._normed and self.grad_norms:
-            self._take_norms()
-        if batch is None:
-            x, y = self._inputs, None
-            if isinstance(x, Tensor) and x.dim():  # the common case, without walking a tree
-                state.batch, samples = (x, None), x.shape[0]
-            else:
-                state.batch = (x, None) if x is not None and _countable(x) else None
-                samples = structure.count(x) if state.batch is not None else self._planned_size(state.iteration)
-        else:
-            x, y = structure.split(batch, self.target_key)
-            if y is not None:
-                x = structure.tree_map(lambda t: t.to(state.device), x)
-                y = y.to(state.device)
-            state.batch = (x, y) if x is not None and _countable(x) else None
-            samples = len(y) if y is not None else structure.count(x) if state.batch is not None else \
-                state.plan.batch_size
-        if not self._learned and state.batch is not None:
-            self._learn(x, y, samples)
-        state.step += 1
-        state.iteration += 1
-        self.log.record(loss.detach() if isinstance(loss, Tensor) else None, samples)
-        self._emit("on_step_end")
-        self._started = self._normed = self._pending = False
-        self._inputs = None
-        if state.step % self.log_every == 0 or self.log.diverged_at is not None:
-            self._check()
-        state.batch = None
-
-    def _planned_size(self, iteration: int) -> int:
-        """The batch size of the epoch's ``iteration``-th step (from 0) where its inputs went unseen (no forward
-        hook on it): the plan's, the short last batch of an epoch where a loader told the data set's size."""
-        plan = self.state.plan
-        if self._samples is not None and self._epoch_steps is not None and iteration + 1 == self._epoch_steps:
-            last = self._samples - (self._epoch_steps - 1) * plan.batch_size
-            if 0 < last <= plan.batch_size:
-                return last
-        return plan.batch_size
-
-    def _flush_pending(self) -> None:
-        if self._pending:
-            self._finish(None, None)
-
     def _check(self) -> None:
-        """Read the pending values; a non-finite loss goes to the doctor (a rollback with ``rollback=True``), else
-        the run is marked diverged (``stop_reason``), as :func:`gdlab.fit` marks it."""
+        """Read the pending values; a non-finite loss is settled as :func:`gdlab.fit` settles it
+        (:func:`gdlab.loop.settle_divergence`): the diverging step's batch holding NaN or inf names the data (with
+        the count), else the doctor may act (a rollback with ``rollback=True``), else the run is marked diverged
+        (``stop_reason``) with the learning rate named."""
         log, state = self.log, self.state
         log.fetch()
+        held, self._held, self._held_bytes = self._held, [], 0  # every step up to here is read: its batch let go
         if log.diverged_at is None:
             return
         row, log.diverged_at = log.diverged_at, None
         steps = state.history.steps
         loss, step = steps["loss"][row], int(steps["step"][row])
-        if row == len(steps) - 1 and state.batch is not None:  # the diverging step's own batch is at hand
-            for part, value, tree in (("inputs", 1.0, state.batch[0]), ("targets", 2.0, state.batch[1])):
-                bad = non_finite(tree) if tree is not None else 0
-                if bad:  # NaN or inf in the data: no learning rate helps, so no remedy is tried
-                    steps.put("bad_data", row, value)
-                    steps.put("bad_data_count", row, float(bad))
-                    steps.truncate(row + 1)
-                    state.step, state.last_loss = step, loss
-                    state.stop(f"diverged: the batch of step {step} has {bad} NaN or inf values in its {part}: a "
-                               "data problem, not the learning rate; clean or impute the data")
-                    return
-        if state.stop_reason is not None or any([getattr(h, "on_diverge", _never)(state) for h in self.hooks]):
+        cause = None
+        for at, x, y in held:  # the diverging step's batch, as its forward pass or step() saw it
+            if at == step and (cause := data_cause((_read(x), _read(y)), step)) is not None:
+                break
+        if cause is None and state.stop_reason is not None:
             return
-        # nothing repaired it: the record ends at the first non-finite loss, as fit's does (the steps after it
-        # say nothing more), and later steps are not recorded; the loop may break on stop_reason
+        if settle_divergence(state, row, self.hooks, cause):
+            return  # a hook acted (the doctor's remedy): the run goes on, its record kept
+        # stopped: the record ends at the first non-finite loss, as fit's does (the steps after it say nothing
+        # more), and later steps are not recorded; the loop may break on stop_reason
         steps.truncate(row + 1)
         state.step, state.last_loss = step, loss
-        state.stop(f"diverged: the loss became {loss} at step {step}; the learning rate is likely too large")
 
     def _emit(self, event: str) -> None:
         """Call the hooks; their own passes (the instruments', the doctor's) are not steps of the loop."""
@@ -931,10 +543,11 @@ class Watch:
         state = self.state
         state.history.epochs.append({"epoch": state.epoch + 1, "step": state.step,
                                      "train_loss": state.epoch_loss_sum / state.epoch_samples if state.epoch_samples
-                                     else math.nan, "seconds": time.perf_counter() - self._started_at})
+                                     else math.nan, "seconds": time.perf_counter() - self._began_at})
 
     def _unhook(self) -> None:
         self._closed = True
+        self._held, self._held_bytes = [], 0
         for handle in (self._forward_handle, self._pre_handle, self._post_handle):
             if handle is not None:
                 handle.remove()
@@ -962,7 +575,7 @@ class Watch:
             except Exception:
                 pass
         if self.recorder is not None:
-            self.recorder.fail(self.state, error, time.perf_counter() - self._started_at)
+            self.recorder.fail(self.state, error, time.perf_counter() - self._began_at)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -988,50 +601,6 @@ class Watch:
     def _doctor_meta(self) -> dict[str, Any]:
         return {k: v for k, v in self.state.history.meta.items() if k not in ("lr", "momentum")}
 
-    def _learn(self, x: Any, y: Tensor | None, samples: int) -> None:
-        """From the first batch (read once): the batch size, the task and classes, the inputs' scales."""
-        self._learned = True
-        state, meta = self.state, self.state.history.meta
-        for part, tree in (("inputs", x), ("targets", y)):  # the data checked first, as fit checks it
-            bad = non_finite(tree) if tree is not None else 0
-            if bad:
-                plural = "s" if bad != 1 else ""
-                error = DataError(f"the first batch has {bad:,} non-finite value{plural} in its {part} (NaN or inf): "
-                                  "expected finite numbers; clean or impute them")
-                self._fail(error)  # the hooks come off, a stored run is marked failed
-                raise error
-        size = self._given[0] or samples
-        if state.plan.batch_size != size:
-            state.plan = self._plan(size)
-        meta["batch_size"] = size
-        if meta.get("samples") is None:
-            meta["samples"] = state.plan.samples
-        if y is not None and len(y):
-            task = infer_task(y)
-            meta["task"] = task
-            if task == "classification" and not y.is_floating_point():
-                meta["num_classes"] = int(y.max()) + 1
-        features = structure.float_features(x)
-        if self.physician is not None and features is not None and len(features) > 1:
-            meta["feature_scales"] = input_scales(features)
-
-
-def hyperparameters(optimizer: Any) -> list[dict[str, float]]:
-    """Each param group's numeric settings (``lr``, ``momentum``...): what the doctor's remedies change, and what
-    rank zero's watch tells the other ranks with ``remedy="auto"``."""
-    return [{k: v for k, v in group.items() if k != "params" and isinstance(v, (int, float))}
-            for group in optimizer.param_groups]
-
-
-def max_norm(watched: Watch) -> float | None:
-    """The norm the doctor's latest ``clip_norm`` remedy clips the gradients to, or None."""
-    remedies = watched.physician.remedies if watched.physician is not None else []
-    for remedy in reversed(remedies):
-        if remedy.action == "clip_norm":
-            return float(remedy.params["max_norm"])
-    return None
-
-
 def _scalar_loss(loss: Any) -> Tensor | None:
     """The loss given to :meth:`Watch.step` as a scalar tensor (a number made one), or a one-line error."""
     if loss is None or (isinstance(loss, Tensor) and loss.numel() == 1):
@@ -1049,14 +618,6 @@ def _answers(hook: Any, event: str) -> bool:
     return hasattr(hook, event) and getattr(type(hook), event, None) is not getattr(loop.Callback, event, None)
 
 
-def _countable(inputs: Any) -> bool:
-    """Whether ``inputs`` hold a batch of samples (a tensor with a first dimension among its leaves)."""
-    if isinstance(inputs, Tensor):
-        return inputs.dim() > 0
-    first = next(iter(structure.leaves(inputs)), None)
-    return first is not None and first.dim() > 0
-
-
 def _maybe_len(value: Any) -> int | None:
     try:
         return len(value) if value is not None else None
@@ -1066,3 +627,8 @@ def _maybe_len(value: Any) -> int | None:
 
 def _never(state: Any) -> bool:
     return False
+
+
+def _read(part: Any) -> Any:
+    """A held batch part as :func:`gdlab.loop.data_cause` takes it: a reduced one (:class:`Counted`) as its count."""
+    return int(part.count) if isinstance(part, Counted) else part

@@ -1,0 +1,259 @@
+"""The step tracker of :func:`gdlab.watch`: where the loop's step stands (one :class:`Phase`), what the model's
+forward pre-hook and the optimizer's step hooks do, and how a step is filed (its row, ``on_step_end``, the reads).
+
+A step goes IDLE -> STARTED (its forward pass or its update was seen: ``on_step_start`` emitted) -> UPDATED (the
+update is taken; its loss comes with ``step()``) -> IDLE (filed). ``step()`` may also come before the update: the
+step is then filed from STARTED.
+
+Example:
+    >>> [phase.name for phase in Phase]
+    ['IDLE', 'STARTED', 'UPDATED']
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from gdlab.data import infer_task, structure
+from gdlab.doctor import run_settings, trace_activations
+from gdlab.errors import DataError
+from gdlab.problem import non_finite
+from gdlab.records import input_scales
+
+__all__ = ["HELD_BYTES", "Counted", "Phase", "StepTracker", "countable"]
+
+HELD_BYTES = 64 * 2**20
+"""How many bytes of batches a watch holds by reference until their losses are read (the divergence check tests
+the diverging step's batch). Past it a step's batch is reduced at once to its count of NaN and inf values: a few
+kernels on the device, no host read, no reference kept, so a lane of large batches (images on a GPU) never holds
+them all."""
+
+
+class Phase(enum.Enum):
+    """Where the step under way stands."""
+
+    IDLE = "idle"  # between steps: the last one is filed
+    STARTED = "started"  # its forward pass or update seen (on_step_start emitted), not yet updated
+    UPDATED = "updated"  # the optimizer stepped; the step awaits its loss (step()) or the next step
+
+
+class StepTracker:
+    """The step's part of :class:`~gdlab.watching.Watch` (a mixin: the state is the watch's)."""
+
+    _phase: Phase
+    _update_first: bool | None
+    _held: list[tuple[int, Any, Any]]
+    _held_bytes: int
+
+    if TYPE_CHECKING:  # a part of Watch: the attributes it reads are Watch's (facade.py)
+        def __getattr__(self, name: str) -> Any: ...
+
+    def _learn_order(self, update_first: bool) -> None:
+        """The loop's order, seen at its first update (the step post-hook, on till then): the update inside the step,
+        before step() (the usual loop), or after step() ended the step. A loop that accumulates gradients over
+        several step() calls before its first update is told by that update, not by its first step()."""
+        self._update_first = update_first
+        if update_first and self._opt_hooks:  # the pre-hook sees the updates coming
+            for hook in self._befores:
+                hook.keeps_before = True
+
+    def _hold(self, step: int, x: Any, y: Any) -> None:
+        """Keep step ``step``'s batch for the divergence check: a reference while the held batches stay within
+        :data:`HELD_BYTES`, else its non-finite counts, reduced on the device (read with the loss, if ever)."""
+        size = sum(t.numel() * t.element_size() for t in structure.leaves((x, y)) if isinstance(t, Tensor))
+        if self._held_bytes + size <= HELD_BYTES:
+            self._held_bytes += size
+            self._held.append((step, x, y))
+        else:
+            self._held.append((step, _counted(x), _counted(y)))
+
+    def _quiet_step(self, loss: Tensor | None) -> None:
+        """Most steps of a loop that calls step(): no hook of ours saw them (nothing measures them, no norms are
+        due), so the step is its loss filed and its row: :meth:`_finish` without what such a step lacks."""
+        state = self.state
+        state.param_grad_norms = None  # the row has none (NaN: not measured)
+        samples = self._planned_size(state.iteration)
+        state.step += 1
+        state.iteration += 1
+        self.log.record(loss.detach() if isinstance(loss, Tensor) else None, samples)
+        self._emit("on_step_end")
+        if state.step % self.log_every == 0 or self.log.diverged_at is not None:
+            self._check()
+
+    # -- the hooks -----------------------------------------------------------------------------------------------
+    def _on_forward(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """A forward pass of the model with gradients on: the next step starts (its batch is what the model got)."""
+        if self._phase is Phase.STARTED or self._busy or self._closed or not torch.is_grad_enabled():
+            return
+        if self._phase is Phase.UPDATED:  # the last update's step got no step() call: the optimizer's hooks end steps
+            self._auto = True
+            self._finish(None, None)
+        if self._phase is Phase.IDLE:
+            self._inputs = args[0] if len(args) == 1 and not kwargs else (dict(kwargs) if not args else args)
+            self._begin(self._inputs)
+
+    def _before_update(self) -> None:
+        """The optimizer's step pre-hook: the gradient norms, before the update changes anything."""
+        if self._busy:
+            return
+        if self._phase is Phase.UPDATED:
+            self._auto = True
+            self._finish(None, None)
+        if self._manual and self._phase is Phase.IDLE and not self._update_first:
+            return  # step() came before this update and ended the step: these gradients are filed already
+        # a step under way (with step() after the update, one whose forward pass had no hook: its norms are read
+        # here, before the loop may zero the gradients)
+        self._begin(None)
+        if self.grad_norms and not self._normed:
+            self._take_norms()
+
+    def _after_update(self) -> None:
+        """The optimizer's step post-hook: the step is taken; its loss comes with step(), if it is called."""
+        if self._busy or self._phase is Phase.IDLE:
+            return  # step() came before the update and ended the step
+        if self._auto:
+            self._finish(None, None)
+        else:  # step() ends it, or (the first step, when step() never comes) the next forward pass or update
+            self._phase = Phase.UPDATED
+
+    # -- the step ------------------------------------------------------------------------------------------------
+    def _begin(self, inputs: Any) -> None:
+        """Emit ``on_step_start`` once per step (the periodic instruments arm their hooks on the forward pass)."""
+        if self._phase is not Phase.IDLE:
+            return
+        self._phase = Phase.STARTED
+        if self._quiet:  # no forward hook this step: no instrument measures it, none needs telling
+            return
+        state = self.state
+        if self._handlers["on_step_start"] and state.stop_reason is None:  # diverged: nothing more is measured
+            state.batch = (inputs, None) if inputs is not None and countable(inputs) else None
+            self._emit("on_step_start")
+
+    def _take_norms(self) -> None:
+        """The gradient norms of this step, where they are due: the first step, every ``grad_norm_every``-th, and a
+        step a periodic instrument measures (it reads the norm); else the row has none."""
+        self._normed = True
+        step = self.state.step + 1
+        if step % self.grad_norm_every == 0 or step == 1 or \
+                (self._wanting and any(getattr(i, "due", False) for i in self._wanting)):
+            self.log.grad_norms()
+        else:
+            self.state.param_grad_norms = None  # the row has none (NaN: not measured)
+
+    def _finish(self, loss: Tensor | None, batch: Any) -> None:
+        """The step's record: norms (if the pre-hook did not take them), the row, ``on_step_end``, the reads."""
+        state = self.state
+        if self._phase is Phase.IDLE:
+            self._begin(None)
+        if state.stop_reason is not None:  # diverged, unrepaired: nothing more is recorded
+            self._phase, self._normed = Phase.IDLE, False
+            self._inputs = None
+            return
+        if not self._normed and self.grad_norms:
+            self._take_norms()
+        if batch is None:
+            x, y = self._inputs, None
+            if isinstance(x, Tensor) and x.dim():  # the common case, without walking a tree
+                state.batch, samples = (x, None), x.shape[0]
+            else:
+                state.batch = (x, None) if x is not None and countable(x) else None
+                samples = structure.count(x) if state.batch is not None else self._planned_size(state.iteration)
+        else:
+            x, y = structure.split(batch, self.target_key)
+            if y is not None:
+                x = structure.tree_map(lambda t: t.to(state.device), x)
+                y = y.to(state.device)
+            state.batch = (x, y) if x is not None and countable(x) else None
+            samples = len(y) if y is not None else structure.count(x) if state.batch is not None else \
+                state.plan.batch_size
+        if not self._learned and state.batch is not None:
+            self._learn(x, y, samples)
+        state.step += 1
+        state.iteration += 1
+        if batch is not None:  # held (a reference) till its loss is read: the divergence check tests it
+            self._hold(state.step, x, y)
+        self.log.record(loss.detach() if isinstance(loss, Tensor) else None, samples)
+        self._emit("on_step_end")
+        self._phase, self._normed = Phase.IDLE, False
+        self._inputs = None
+        if state.step % self.log_every == 0 or self.log.diverged_at is not None:
+            self._check()
+        state.batch = None
+
+    def _planned_size(self, iteration: int) -> int:
+        """The batch size of the epoch's ``iteration``-th step (from 0) where its inputs went unseen (no forward
+        hook on it): the plan's, the short last batch of an epoch where a loader told the data set's size."""
+        plan = self.state.plan
+        if self._samples is not None and self._epoch_steps is not None and iteration + 1 == self._epoch_steps:
+            last = self._samples - (self._epoch_steps - 1) * plan.batch_size
+            if 0 < last <= plan.batch_size:
+                return last
+        return plan.batch_size
+
+    def _flush_pending(self) -> None:
+        if self._phase is Phase.UPDATED:
+            self._finish(None, None)
+
+    def _learn(self, x: Any, y: Tensor | None, samples: int) -> None:
+        """From the first batch (read once): the batch size, the task and classes, the inputs' scales."""
+        self._learned = True
+        state, meta = self.state, self.state.history.meta
+        for part, tree in (("inputs", x), ("targets", y)):  # the data checked first, as fit checks it
+            bad = non_finite(tree) if tree is not None else 0
+            if bad:
+                plural = "s" if bad != 1 else ""
+                error = DataError(f"the first batch has {bad:,} non-finite value{plural} in its {part} (NaN or inf): "
+                                  "expected finite numbers; clean or impute them")
+                self._fail(error)  # the hooks come off, a stored run is marked failed
+                raise error
+        size = self._given[0] or samples
+        if state.plan.batch_size != size:
+            state.plan = self._plan(size)
+        meta["batch_size"] = size
+        if meta.get("samples") is None:
+            meta["samples"] = state.plan.samples
+        if y is not None and len(y):
+            task = infer_task(y)
+            meta["task"] = task
+            if task == "classification" and not y.is_floating_point():
+                meta["num_classes"] = int(y.max()) + 1
+        features = structure.float_features(x)
+        if self.physician is not None and features is not None and len(features) > 1:
+            meta["feature_scales"] = input_scales(features)
+        if self.physician is not None and x is not None:  # the activations called as functions too (F.relu), as
+            self._busy = True  # fit reads them: one forward pass on 2 samples, once (not a step of the loop)
+            try:
+                few = structure.tree_map(lambda t: t[:2] if isinstance(t, Tensor) and t.dim() else t, x)
+                trace_activations(self.model, lambda: structure.call(self.model, few, None, self.target_key))
+            finally:
+                self._busy = False
+            settings = run_settings(self.model, self.optimizer)
+            meta.update(activations=settings["activations"], activations_traced=settings["activations_traced"])
+
+
+
+def countable(inputs: Any) -> bool:
+    """Whether ``inputs`` hold a batch of samples (a tensor with a first dimension among its leaves)."""
+    if isinstance(inputs, Tensor):
+        return inputs.dim() > 0
+    first = next(iter(structure.leaves(inputs)), None)
+    return first is not None and first.dim() > 0
+
+
+class Counted:
+    """A held batch part reduced to its number of NaN and inf values (a device tensor: read at the check only)."""
+
+    def __init__(self, count: Tensor) -> None:
+        self.count = count
+
+
+def _counted(tree: Any) -> Counted | None:
+    if tree is None:
+        return None
+    parts = [(~torch.isfinite(t)).sum() for t in structure.leaves(tree)
+             if isinstance(t, Tensor) and t.is_floating_point()]
+    return Counted(torch.stack(parts).sum() if parts else torch.zeros((), dtype=torch.long))
