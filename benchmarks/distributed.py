@@ -94,7 +94,8 @@ def _side(ranks: int, args: argparse.Namespace) -> float:
     return float(out.get())
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    """Run the benchmark with command-line ``argv``; returns the median ratio ``N ranks / 1 process`` per N."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ranks", default="2", help="rank counts to compare with one process (default 2)")
     parser.add_argument("--samples", type=int, default=32_768, help="training samples (default 32768)")
@@ -105,7 +106,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="alternated rounds (default 5)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda (one GPU per rank)")
     parser.add_argument("--quick", action="store_true", help="a tiny size, one round")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
         args.samples, args.features, args.hidden, args.batch, args.repeats = 1024, 32, 32, 64, 1
     counts = [int(c) for c in args.ranks.split(",")]
@@ -115,6 +116,7 @@ def main() -> None:
     print(f"work: MLP {args.features}-{args.hidden}-10, {args.samples} samples, global batch {args.batch}, "
           f"{steps} steps (1 epoch), {args.threads} thread(s) per process, {args.repeats} rounds")
     print(f"{'ranks':>6} {'1 process s':>12} {'N ranks s':>10} {'ratio N/1 (min, max)':>24}")
+    medians: dict[str, float] = {}
     for n in counts:
         ratios, ones, many = [], [], []
         for r in range(args.repeats):
@@ -123,10 +125,12 @@ def main() -> None:
             ones.append(seconds[1])
             many.append(seconds[n])
             ratios.append(seconds[n] / seconds[1])
+        medians[f"{n} ranks / 1 process"] = statistics.median(ratios)
         print(f"{n:>6} {statistics.median(ones):>12.3f} {statistics.median(many):>10.3f} "
               f"{statistics.median(ratios):>10.2f}x ({min(ratios):.2f}, {max(ratios):.2f})")
     print(f"ratio {counts[-1]} ranks / 1 process: {statistics.median(ratios):.2f}x")
     sys.stdout.flush()
+    return medians
 
 
 if __name__ == "__main__":

@@ -111,13 +111,14 @@ def interval(ratios: list[float], draws: int = 2000, level: float = 0.9) -> tupl
     return medians[int(tail * draws)], medians[min(draws - 1, int((1 - tail) * draws))]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    """Run the benchmark with command-line ``argv``; returns the worst median ratio level/none per level."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=101)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda where a GPU is lent (fit syncs every step)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     global DEVICE
     DEVICE = args.device
     epochs, repeats = (1, 1) if args.quick else (args.epochs, args.repeats)
@@ -148,6 +149,7 @@ def main() -> None:
                   f"[90%: {low:.3f}-{high:.3f}] (min {min(ratios):.3f}, max {max(ratios):.3f}; fastest runs "
                   f"{fastest:.3f}x; own code {1 + own:.3f}x; target <= {TARGETS[level]:g}x)")
     print("ratio (worst over the models): " + ", ".join(f"{k} {v:.3f}x" for k, v in worst.items()))
+    return worst
 
 
 if __name__ == "__main__":

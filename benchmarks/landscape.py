@@ -31,11 +31,13 @@ from gdlab.data import TensorData, datasets
 from gdlab.lab import landscape
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    """Run the benchmark with command-line ``argv``; returns ``loss-landscapes / gdlab`` (or ``gdlab s`` alone
+    when loss-landscapes is not installed)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     steps, repeats = (5, 1) if args.quick else (25, args.repeats)
     train, _ = datasets.load("digits")
     data = TensorData(train.X[:1000], train.y[:1000], num_classes=10)
@@ -61,8 +63,9 @@ def main() -> None:
         from loss_landscapes.metrics import Loss
     except ImportError:
         ours()
-        print(f"gdlab: {ours():.3f} s; loss-landscapes is not installed (pip install loss-landscapes): ratio n/a")
-        return
+        seconds = ours()
+        print(f"gdlab: {seconds:.3f} s; loss-landscapes is not installed (pip install loss-landscapes): ratio n/a")
+        return {"gdlab s": seconds}
 
     metric = Loss(nn.functional.cross_entropy, data.X, data.y)
 
@@ -87,6 +90,7 @@ def main() -> None:
     verdict = "meets" if median >= 1.0 else "misses"
     print(f"ratio loss-landscapes / gdlab: {median:.2f}x (min {min(ratios):.2f}, max {max(ratios):.2f}; {verdict} the "
           "target >= 1.0)")
+    return {"loss-landscapes / gdlab": median}
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from gdlab.data import datasets
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    """Run the benchmark with command-line ``argv``; returns the median ratio Doctor side/without per side."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7, help="alternated rounds (default 7)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per run (default 3)")
@@ -82,10 +83,13 @@ def main(argv: list[str] | None = None) -> None:
     print(f"lightning {pl.__version__}, torch {torch.__version__}, 1 thread, {args.epochs} epochs x "
           f"{len(loader)} steps, {args.rounds} rounds, {args.clock} clock")
     print("  median s per fit: " + ", ".join(f"{side} {statistics.median(times[side]):.3f}" for side in sides))
+    medians: dict[str, float] = {}
     for side in sides[1:]:
         ratios = [a / b for a, b in zip(times[side], times["without"])]
+        medians[f"{side}/without"] = statistics.median(ratios)
         print(f"  ratio Doctor(instruments={side!r})/without: {statistics.median(ratios):.3f}x (min {min(ratios):.3f}, "
               f"max {max(ratios):.3f})")
+    return medians
 
 
 if __name__ == "__main__":

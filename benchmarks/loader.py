@@ -91,7 +91,8 @@ def measure(X: torch.Tensor, y: torch.Tensor, batch: int, repeats: int, seed: in
     return times
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    """Run the benchmark with command-line ``argv``; returns the median ratio DataLoader/gdlab per batch size."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=60_000, help="training samples (default 60000)")
     parser.add_argument("--repeats", type=int, default=None,
@@ -149,6 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         last = batch_sizes[-1]
         print(f"ratio DataLoader/gdlab at batch {last}: {ratios[last]:.2f}x (target >= {TARGET:.1f}x is at 128)")
+    return {f"batch {batch}": ratio for batch, ratio in ratios.items()}
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ import gdlab
 EVERY = (1, 10, 50, 200)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    """Run the benchmark with command-line ``argv``; returns the median ratio ``MLP f-h-10 L=n/hand``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=60_000)
     parser.add_argument("--batch", type=int, default=128)
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"{cpu_model()}, {usable_cores()} cores usable, torch threads {torch.get_num_threads()}"
     print(f"device: {where}; {args.samples} samples, batch {args.batch}, 1 epoch per run, {args.repeats} rounds")
+    medians: dict[str, float] = {}
     for features, hidden in ((64, 64), (784, 256)):
         X, y = make_data(args.samples, features, 10, 0)
         X, y = X.to(device), y.to(device)
@@ -68,7 +70,9 @@ def main(argv: list[str] | None = None) -> None:
         for name in names[1:]:
             ratios = [g / h for g, h in zip(times[name], times["hand"])]
             low, high = min(ratios), max(ratios)
+            medians[f"MLP {features}-{hidden}-10 {name}/hand"] = statistics.median(ratios)
             print(f"  ratio {name}/hand: {statistics.median(ratios):.3f}x (min {low:.3f}, max {high:.3f})")
+    return medians
 
 
 if __name__ == "__main__":

@@ -119,12 +119,14 @@ def torch_lr_finder_suggestion(spec: dict[str, Any], train: Any, seed: int) -> t
     return lr, steps
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    """Run the benchmark with command-line ``argv``; returns the median and worst ratio auto / grid best and the
+    worst cost in trainings."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--problems", default=None)
     parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     specs = problems(args.quick)
     if args.problems:
         specs = {k: v for k, v in specs.items() if k in args.problems.split(",")}
@@ -176,6 +178,8 @@ def main() -> None:
     print(f"auto / grid best: median {statistics.median(auto_ratios):.3f} over {len(auto_ratios)} problem-seed pairs")
     print(f"worst ratio auto / grid best: {worst_ratio:.3f} at most {worst_cost:.2f} trainings "
           f"({verdict} the target: <= 1.10 at <= 6 trainings, 25% of the grid)")
+    return {"auto / grid best (median)": statistics.median(auto_ratios), "auto / grid best (worst)": worst_ratio,
+            "auto cost (worst)": worst_cost}
 
 
 if __name__ == "__main__":

@@ -118,7 +118,8 @@ def bandwidth(device: str, sync: Callable[[], None], mib: int = 1024) -> float:
     return 2 * x.numel() * 4 / best
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    """Run the benchmark with command-line ``argv``; returns the worst ratio gdlab/torch per torch side."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--rounds", type=int, default=5)
@@ -126,7 +127,7 @@ def main() -> None:
     parser.add_argument("--lists", default="resnet18,gpt2")
     parser.add_argument("--optimizers", default="adam,adamw,sgd-momentum")
     parser.add_argument("--quick", action="store_true", help="tiny lists, 2 rounds of 1 step")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     cuda = args.device.startswith("cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     lists = {"resnet18": resnet18_shapes, "gpt2": gpt2_shapes}
@@ -168,6 +169,7 @@ def main() -> None:
     print(f"worst ratio gdlab/torch default: {worst['torch']:.2f} (target <= 1.0); "
           f"gdlab/torch foreach: {worst['torch-foreach']:.2f} (target <= 1.0); "
           f"gdlab/torch fused: {worst['torch-fused']:.2f} (target <= 1.3)")
+    return worst
 
 
 if __name__ == "__main__":

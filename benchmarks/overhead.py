@@ -118,7 +118,8 @@ def counting_syncs() -> Iterator[dict[str, int]]:
             setattr(torch.Tensor, name, original)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    """Run the benchmark with command-line ``argv``; returns the median ratio side/hand per gdlab side."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=60_000, help="training samples (default 60000)")
     parser.add_argument("--repeats", type=int, default=31, help="alternated rounds (default 31)")
@@ -182,12 +183,14 @@ def main(argv: list[str] | None = None) -> None:
         med = statistics.median(times[name])
         print(f"  {name:<12}{med:>14.3f}{med / steps * 1e6:>10.0f}{syncs[name]:>12.3f}")
     print()
+    medians: dict[str, float] = {}
     for name in ("bare+torch", "bare", "defaults"):
         ratios = [g / h for g, h in zip(times[name], times["hand"])]
-        med = statistics.median(ratios)
+        med = medians[f"{name}/hand"] = statistics.median(ratios)
         target = TARGETS.get(name)
         verdict = "" if target is None else f"; {'meets' if med <= target else 'misses'} the target <= {target:.2f}x"
         print(f"ratio {name}/hand: {med:.3f}x (min {min(ratios):.3f}, max {max(ratios):.3f}{verdict})")
+    return medians
 
 
 if __name__ == "__main__":

@@ -67,14 +67,15 @@ def run_sequential(train: object, members: int, steps: int, device: str) -> floa
     return time.perf_counter() - start
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    """Run the benchmark with command-line ``argv``; returns the median ratio sequential/population per M."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--members", default=None, help="comma-separated M values")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     cuda = args.device.startswith("cuda")
     default = "8,32,128,256,1024" if cuda else "8,32,128"
     sizes = [int(m) for m in (args.members or ("2,4" if args.quick else default)).split(",")]
@@ -104,6 +105,7 @@ def main() -> None:
         print(f"ratio sequential/population at M=32: {results[32]:.2f}x ({verdict} the target >= {TARGET:g}x)")
     else:
         print(f"ratio sequential/population at M={sizes[-1]}: {results[sizes[-1]]:.2f}x")
+    return {f"M={members}": ratio for members, ratio in results.items()}
 
 
 if __name__ == "__main__":

@@ -88,12 +88,14 @@ def open_times(pages: tuple[Path, Path], pairs: int) -> list[tuple[float, float]
     return times
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    """Run the benchmark with command-line ``argv``; returns the size ratio and, with a browser, the open-time
+    ratio (downsampled / every point)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=100_000)
     parser.add_argument("--pairs", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="5,000 steps, 2 pairs")
-    options = parser.parse_args()
+    options = parser.parse_args(argv)
     steps, pairs = (5_000, 2) if options.quick else (options.steps, options.pairs)
     print(f"machine: {cpu_model()}, {usable_cores()} cores; python {sys.version.split()[0]}")
     with tempfile.TemporaryDirectory() as folder:
@@ -107,12 +109,13 @@ def main() -> None:
     if times is None:
         print("no chromium or playwright: open times not measured")
         print(f"ratio (size, downsampled / every point): {a / b:.3f}")
-        return
+        return {"size": a / b}
     ratios = [x / y for x, y in times]
     print(f"open and draw, median of {pairs}: downsampled {statistics.median(t[0] for t in times):.3f} s, "
           f"every point {statistics.median(t[1] for t in times):.3f} s")
     print(f"ratio (open time, downsampled / every point): median {statistics.median(ratios):.3f} "
           f"(min {min(ratios):.3f}, max {max(ratios):.3f}); size {a / b:.3f}")
+    return {"size": a / b, "open time": statistics.median(ratios)}
 
 
 if __name__ == "__main__":

@@ -61,12 +61,14 @@ def spread(values: list[float]) -> str:
     return f"{statistics.median(values):6.2f} s ({min(values):.2f}-{max(values):.2f})"
 
 
-def compare(repeats: int, busy: bool, workloads: dict[str, list[str]], default: int) -> None:
+def compare(repeats: int, busy: bool, workloads: dict[str, list[str]], default: int) -> dict[str, float]:
+    """Train each workload with torch's thread count and with gdlab's; the median ratio torch/gdlab by name."""
     neighbour = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
     try:
         time.sleep(1.0 if busy else 0.0)
         load = os.getloadavg()[0]
         print(f"\n## {'one busy neighbour' if busy else 'no neighbour started'} (load average {load:.1f} at start)")
+        medians: dict[str, float] = {}
         with tempfile.TemporaryDirectory() as store:
             for name, extra in workloads.items():
                 sides: dict[str, list[tuple[float, float]]] = {"auto": [], str(default): []}
@@ -75,12 +77,14 @@ def compare(repeats: int, busy: bool, workloads: dict[str, list[str]], default: 
                     for threads in order:
                         sides[threads].append(train_once(extra, threads, store))
                 ratios = [d[0] / a[0] for a, d in zip(sides["auto"], sides[str(default)])]
+                medians[f"{name}{' busy' if busy else ''}"] = statistics.median(ratios)
                 print(f"{name}: training {default} threads (torch) {spread([s for s, _ in sides[str(default)]])}"
                       f", auto (gdlab: 1) {spread([s for s, _ in sides['auto']])}; ratio torch/gdlab "
                       f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})")
                 print(f"    process wall: torch {spread([w for _, w in sides[str(default)]])}, gdlab "
                       f"{spread([w for _, w in sides['auto']])}")
         print(f"(load average {os.getloadavg()[0]:.1f} at the end)")
+        return medians
     finally:
         if neighbour is not None:
             neighbour.kill()
@@ -124,24 +128,27 @@ def rule(rounds: int = 3) -> None:
     torch.set_num_threads(default)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    """Run the benchmark with command-line ``argv``; returns the median ratio torch/gdlab per workload and
+    setting (``--rule`` prints its grid and returns nothing)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--rule", action="store_true", help="the per-step grid behind AUTO_WORK")
     parser.add_argument("--quick", action="store_true", help="one round of the digits run, idle")
     parser.add_argument("--only", choices=("idle", "busy"), help="run one of the two settings")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.rule:
         rule()
-        return
+        return {}
     default = default_threads()
     print(f"# torch default threads {default}, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
     if args.quick:
-        compare(1, False, {"digits (gdlab train)": ["--epochs", "1"]}, default)
-        return
+        return compare(1, False, {"digits (gdlab train)": ["--epochs", "1"]}, default)
+    medians: dict[str, float] = {}
     for busy in (False, True):
         if args.only in (None, "busy" if busy else "idle"):
-            compare(args.repeats, busy, WORKLOADS, default)
+            medians.update(compare(args.repeats, busy, WORKLOADS, default))
+    return medians
 
 
 if __name__ == "__main__":

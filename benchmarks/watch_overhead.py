@@ -111,7 +111,8 @@ def one_epoch(make: Callable[[], nn.Module], batches: list[tuple[torch.Tensor, t
     return end - start, fixed + end - closing
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    """Run the benchmark with command-line ``argv``; returns the median ratio ``model side/hand``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=11, help="alternated rounds (default 11)")
     parser.add_argument("--epochs", type=int, default=10,
@@ -142,6 +143,7 @@ def main(argv: list[str] | None = None) -> None:
         batches += [(X[order[i:i + 32]], y[order[i:i + 32]]) for i in range(0, len(y), 32)]
     print(f"torch {torch.__version__}, {args.threads} thread(s), {len(batches)} steps per run, {args.rounds} rounds, "
           f"{args.clock} clock")
+    medians: dict[str, float] = {}
     for name, make in (("mlp", mlp), ("cnn", cnn)):
         if name not in args.models.split(","):
             continue
@@ -166,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
         hand = statistics.median(times["hand"])
         for side in ("cheap", "default", *(FLOORS if args.floors else ())):
             ratios = [a / b for a, b in zip(times[side], times["hand"])]
-            med = statistics.median(ratios)
+            med = medians[f"{name} {side}/hand"] = statistics.median(ratios)
             quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [med, med, med]
             target = TARGETS.get(side, TARGETS["cheap"])  # none: measured against cheap's target
             verdict = "meets" if med <= target else "misses"
@@ -185,6 +187,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  {side}: a typical step +{statistics.median(extra) * 1e6:.1f} us (median of the steps' "
                   f"fastest), {len(dear)} steps over +50 us, +{sum(e for _, e in dear) / len(extra) * 1e6:.1f} us "
                   f"a step in all" + (f" (the first: {', '.join(f'{i}' for i, _ in dear[:8])})" if dear else ""))
+    return medians
 
 
 if __name__ == "__main__":

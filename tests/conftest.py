@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -11,6 +13,13 @@ import torch
 from gdlab.data import TensorData
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that opens the browser (the ``chromium`` fixture, directly or through ``open_page``) is ``slow``."""
+    for item in items:
+        if "chromium" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture
@@ -255,3 +264,20 @@ def open_page(chromium):
     yield open_
     for context in contexts:
         context.close()
+
+
+@pytest.fixture
+def drawn(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Any]]:
+    """The matplotlib figures saved during the test, in order: each keeps its axes, lines and texts after it is
+    closed, so a test checks the data drawn, not the file written."""
+    from matplotlib.figure import Figure
+
+    figures: list[Any] = []
+    save = Figure.savefig
+
+    def keep(self: Any, *args: Any, **kwargs: Any) -> None:
+        figures.append(self)
+        save(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    yield figures

@@ -608,12 +608,17 @@ def test_train_shows_findings_and_doctor_reruns_them() -> None:
     assert resumed.exit_code == 0, resumed.output
 
 
-def test_plot_instruments_dashboard() -> None:
+def test_plot_instruments_dashboard(drawn: list) -> None:
     gdlab("train", "--data", "moons", "--hidden", "8", "--epochs", "2", "--instruments", "full", "--store", "s",
           "--quiet", "--no-plot")
     result = gdlab("plot", "last", "--instruments", "--store", "s")
     assert result.exit_code == 0 and result.stdout.strip().endswith("instruments.png")
-    assert Path(result.stdout.strip()).stat().st_size > 10_000
+    assert Path(result.stdout.strip()).is_file()
+    steps = Store("s").history(Store("s").get("last").id).steps
+    (figure,) = drawn  # one panel per instrument with data, each drawing the stored series
+    drawn_loss = [ln for ln in figure.axes[0].get_lines() if ln.get_label() == "loss"][0]
+    assert figure.axes[0].get_title() == "loss" and list(drawn_loss.get_ydata()) == steps["loss"]
+    assert {ax.get_title() for ax in figure.axes} >= {"gradient norm per layer", "update / weight per layer"}
 
 
 def test_auto_standardizes_ill_conditioned_inputs(tmp_path: Path) -> None:
@@ -950,6 +955,7 @@ def test_text_from_a_hostile_store_is_printed_as_text(hostile) -> None:
     assert json.loads(as_json)["name"] == ESCAPES and "\x1b" not in as_json  # JSON: the text as is, escaped
 
 
+@pytest.mark.slow
 def test_text_from_a_hostile_store_on_a_terminal(hostile, tmp_path: Path) -> None:
     import os
 
@@ -984,3 +990,32 @@ def test_a_bar_prints_its_text_as_text() -> None:
     drawn = console.file.getvalue()
     _printed_as_text(drawn, bar=True)
     assert "[bold red]RED[/]" in drawn and "{curly}" in drawn
+
+
+def _words(text: str) -> str:
+    """Text with its whitespace run together (the console wraps long lines)."""
+    return " ".join(text.split())
+
+
+def test_train_show_and_doctor_print_one_story() -> None:
+    from gdlab.doctor import explain, story_lines
+
+    trained = gdlab("train", "--data", "moons", "--hidden", "8", "--lr", "1e-5", "--optimizer", "sgd", "--epochs", "2",
+                    "--store", "s", "--no-plot")
+    assert trained.exit_code == 0, trained.output
+    run = Store("s").get("last")
+    stored = explain(run.findings, run_id=run.id, remedies=run.remedies, steps=run.steps)
+    assert stored.causes[0].code == "lr_too_low" and "not_learning" in [c.code for c in stored.causes[0].consequences]
+    lines = [str(x) for x in story_lines(stored)]
+    for printed in (trained.stdout, gdlab("show", "last", "--store", "s").stdout):  # the same lines, in order
+        assert _words("\n".join(lines)) in _words(printed)
+    # the root cause leads, and its remedy is the only one printed for it and its consequences
+    assert _words(trained.stdout).index("warning lr_too_low") < _words(trained.stdout).index("error not_learning")
+    assert trained.stdout.count("remedy:") == len(stored.causes)
+    payload = json.loads(gdlab("doctor", "last", "--store", "s", "--json").stdout)
+    story = payload["diagnosis"]
+    assert story["run_id"] == run.id and story["causes"][0]["code"] == "lr_too_low"
+    assert [c["code"] for c in story["causes"][0]["consequences"]] == ["not_learning"]
+    again = explain(payload["findings"], run_id=run.id, remedies=run.remedies, steps=run.steps)
+    doctor = gdlab("doctor", "last", "--store", "s")
+    assert _words("\n".join(str(x) for x in story_lines(again))) in _words(doctor.stdout)

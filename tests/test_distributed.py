@@ -109,6 +109,7 @@ def test_one_process_is_not_distributed() -> None:
 
 # -- real ranks ---------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_two_ranks_equal_one_process(tmp_path: Path) -> None:
     """Global batch 64 over 2 ranks ends with the parameters of 1 process at batch 64 (same data order); only rank
     0 stores; the doctor names a divergence under 2 ranks as in one process."""
@@ -214,6 +215,7 @@ def _partial_noise(got: list[dict[str, list[float]]]) -> None:
         assert columns["grad_snr"][0] == pytest.approx(mean_sq / (trace / worker.BATCH), rel=1e-4)
 
 
+@pytest.mark.slow
 def test_killed_rank_fails_the_run_and_resume_continues(tmp_path: Path) -> None:
     killed = _torchrun("kill", str(tmp_path))
     assert killed.returncode != 0
@@ -230,6 +232,7 @@ def test_killed_rank_fails_the_run_and_resume_continues(tmp_path: Path) -> None:
     assert Store(tmp_path / "store").get(run.id).status == "finished"
 
 
+@pytest.mark.slow
 def test_a_rank_that_stops_answering_ends_by_the_timeout(tmp_path: Path) -> None:
     hung = _torchrun("hang", str(tmp_path), env=_env(GDLAB_DIST_TIMEOUT="2"))
     assert hung.returncode != 0
@@ -253,6 +256,7 @@ def crashy(in_features, out_features):
 '''
 
 
+@pytest.mark.slow
 def test_gdlab_train_nproc(tmp_path: Path) -> None:
     """`gdlab train --nproc 2` launches the ranks through torch.distributed.run: one stored run, printed once,
     equal to the run in one process."""
@@ -267,6 +271,7 @@ def test_gdlab_train_nproc(tmp_path: Path) -> None:
     assert Store(tmp_path / "two").runs()[0].plan["ranks"] == 2
 
 
+@pytest.mark.slow
 def test_a_crashing_rank_ends_all_with_its_error(tmp_path: Path) -> None:
     """One line and exit 2; the ranks' tracebacks are in the stored error, not on the terminal."""
     (tmp_path / "crashy.py").write_text(textwrap.dedent(CRASHY))
@@ -360,6 +365,7 @@ def test_nproc_bad_input(tmp_path: Path, args: list[str], message: str) -> None:
     assert message in text and len(text.splitlines()) == 1 and "Traceback" not in text
 
 
+@pytest.mark.slow
 def test_ranks_refuse_a_last_batch_too_small_with_one_line(tmp_path: Path) -> None:
     done = _gdlab("train", "--data", "moons", "--batch-size", "799", "--nproc", "2", "--store", "s", "-q",
                   cwd=tmp_path)
@@ -368,6 +374,7 @@ def test_ranks_refuse_a_last_batch_too_small_with_one_line(tmp_path: Path) -> No
     assert "a last batch of at least 2 samples for 2 ranks" in done.stderr
 
 
+@pytest.mark.slow
 def test_gdlab_sweep_nproc(tmp_path: Path) -> None:
     args = ["sweep", "--data", "moons", "--model", "linear", "--lr", "1e-2:1:3", "--seeds", "2", "--steps", "10",
             "--json", "--no-plot"]
@@ -380,6 +387,7 @@ def test_gdlab_sweep_nproc(tmp_path: Path) -> None:
     assert len(Store(tmp_path / "two").sweeps()) == 1
 
 
+@pytest.mark.slow
 def test_two_machines_equal_one_launch(tmp_path: Path) -> None:
     """Two torchrun launches with --nnodes 2, one per node rank, on 127.0.0.1: the result of one launch of 2."""
     port = _free_port()

@@ -171,3 +171,20 @@ def test_print_findings_prints_their_text_as_text(capsys: pytest.CaptureFixture[
     printed = capsys.readouterr().out
     assert "\x1b" not in printed and "\x07" not in printed and len(printed.splitlines()) == 2
     assert "(run \\x1b]0;pwned\\x07" in printed and printed.splitlines()[1].endswith("\\x1b[2J[bold red]RED[/]")
+
+
+def test_the_callback_prints_the_story_as_the_cli_does(tmp_path: Path, capsys: Any) -> None:
+    from gdlab.doctor import explain, story_lines
+
+    doctor = Doctor(store=tmp_path / "runs", name="slow")
+    _fit(doctor, 1e-4, tmp_path, epochs=6)
+    report = doctor.report
+    assert report is not None and report.run_id is not None
+    printed = capsys.readouterr().out
+    story = explain(report.findings, run_id=report.run_id, remedies=report.remedies, steps=report.steps)
+    lines = [str(x) for x in story_lines(story)]
+    assert lines[0].startswith("gdlab doctor: ") and f"(run {report.run_id})" in lines[0]
+    assert "\n".join(lines) in printed  # the lines of the one printer, as they are
+    assert story.causes[0].code != "not_learning"  # a specific cause leads; not_learning hangs beneath it
+    shown = CliRunner().invoke(app, ["show", "slow", "--store", str(tmp_path / "runs")])
+    assert " ".join("\n".join(lines).split()) in " ".join(shown.stdout.split())  # the CLI prints the same story

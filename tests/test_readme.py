@@ -30,6 +30,18 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert _quick_start()[1] in ci
 
 
+def test_the_default_run_leaves_out_the_slow_tests_and_ci_runs_them() -> None:
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+    options = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    assert "-m 'not slow'" in options["addopts"] and any(m.startswith("slow:") for m in options["markers"])
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    readme_command = ci.index(_quick_start()[1])
+    assert any(line.startswith("python -m pytest -m slow") for line in ci[readme_command + 1:])
+
+
 def test_python_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
     """The README's "Training from Python" block, as a reader would paste it."""
     text = (ROOT / "README.md").read_text()

@@ -171,7 +171,9 @@ def legend(opened, chart: str) -> list[str]:
 
 def hover(opened, chart: str, x: float | None = None) -> list[str]:
     """Move the mouse over the chart (at page x ``x``, kept inside the plot, else its middle) and read its legend."""
-    box = opened.page.locator(f'[data-chart="{chart}"] .u-over').bounding_box()
+    over = opened.page.locator(f'[data-chart="{chart}"] .u-over')
+    over.scroll_into_view_if_needed()  # the doctor's cards above may push it below the window
+    box = over.bounding_box()
     x = box["x"] + box["width"] / 2 if x is None else min(max(x, box["x"]), box["x"] + box["width"] - 0.5)
     opened.page.mouse.move(x, box["y"] + box["height"] / 2)
     return legend(opened, chart)

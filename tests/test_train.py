@@ -265,3 +265,24 @@ def test_a_schedule_keeps_each_param_groups_ratio(regression: TensorData) -> Non
     fit(model, regression, optimizer=opt, schedule="cosine", epochs=2, progress=False, callbacks=[Watch()])
     assert 0.04 < seen[0][0] < 0.05 and seen[-1][0] < 0.01  # cosine from the first group's own lr (0.05)
     assert all(b == pytest.approx(a / 5) for a, b in seen)
+
+
+def test_standardize_target_trains_on_scaled_targets_and_predicts_in_their_units() -> None:
+    """Prices around 3e5 swamp the gradient (the run overflows at lr 0.1); standardised, the model learns them, and
+    its predictions, MAE and R^2 are in the original units."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(300, 4, generator=g)
+    y = (3e5 + 8e4 * (X @ torch.tensor([1.0, 0.5, -0.3, 0.2])) + 1e4 * torch.randn(300, generator=g)).reshape(-1, 1)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+    result = gdlab.fit(model, (X[:240], y[:240]), val=(X[240:], y[240:]), epochs=20, progress=False,
+                       standardize_target=True)
+    assert result.final["val_r2"] > 0.9 and result.final["val_mae"] < 3e4  # in the prices' units
+    assert result.final["train_loss"] < 0.2  # the loss is the standardised one
+    with torch.no_grad():
+        predicted = model(X[240:])
+    assert abs(float(predicted.mean()) - float(y[240:].mean())) < 2e4  # the model predicts prices
+    assert result.history.meta["standardize_target"] is True and result.history.meta["val_samples"] == 60
+    with pytest.raises(InvalidParameter, match="standardize_target"):
+        gdlab.fit(torch.nn.Linear(4, 2), (X, torch.arange(300) % 2), epochs=1, progress=False,
+                  standardize_target=True)

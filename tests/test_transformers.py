@@ -168,3 +168,15 @@ def test_summary_prints_a_finding_s_text_as_text() -> None:
     lines = printed.splitlines()
     assert len(lines) == 3 and "\x1b" not in printed and "\x07" not in printed
     assert lines[1].endswith(": \\x1b]0;pwned\\x07\\x1b[2J[bold red]RED[/]")
+
+
+def test_the_summary_is_the_story_the_cli_prints() -> None:
+    from gdlab.doctor import explain, story_lines
+
+    doctor, _, _ = _loop(1e-9, verbose=False)
+    report = doctor.report
+    assert report is not None and report.findings
+    story = explain(report.findings, run_id=report.run_id, remedies=report.remedies, steps=report.steps)
+    lines = [str(x) for x in story_lines(story)]
+    assert summary(report).splitlines()[: len(lines)] == lines  # then, if it stopped early, why
+    assert story.causes[0].code == "lr_too_low" and "remedy:   set_lr" in summary(report)

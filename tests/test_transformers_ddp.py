@@ -30,6 +30,7 @@ import transformers
 from gdlab.integrations.transformers import Doctor
 from test_transformers import _data, _model  # the one-process tests' tiny BERT and token-id task
 
+pytestmark = pytest.mark.slow  # every test launches two processes (seconds each); .ci/run runs them
 TIMEOUT = 240  # seconds for one two-process run (about 20-40 s on two busy cores); a hang fails the test
 HERE = Path(__file__).resolve()
 SRC = HERE.parents[1] / "src"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -357,9 +358,10 @@ def test_a_first_batch_with_nan_is_a_data_error_as_in_fit() -> None:
 
 
 def test_once_step_ends_the_steps_each_step_gets_only_the_hooks_it_needs(moons: Any) -> None:
-    """After the first doctor.step: the forward pre-hook only on the steps the periodic instrument measures, the
-    step pre-hook only where the gradient norms are due (in a lane too: on for its step, off after), no step
-    post-hook; the rows still have every step."""
+    """After the first doctor.step: the forward pre-hook's full work only on the steps the periodic instrument
+    measures (the hook itself stays on: it holds each step's inputs till the loss is read), the step pre-hook only
+    where the gradient norms are due (in a lane too: on for its step, off after), no step post-hook; the rows still
+    have every step."""
     train, _ = moons
     model = _mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -367,7 +369,8 @@ def test_once_step_ends_the_steps_each_step_gets_only_the_hooks_it_needs(moons: 
     doctor = gdlab.watch(model, opt, instruments=[gdlab.instruments.Cheap(), periodic], grad_norm_every=4)
     seen: list[tuple[int, bool, bool, bool]] = []  # (step, forward hook, step pre-hook, step post-hook)
     for step, i in enumerate(range(0, 640, 32), 1):  # (state.step counts a lane's steps when it ends)
-        seen.append((step, bool(model._forward_pre_hooks), bool(opt._optimizer_step_pre_hooks),
+        assert model._forward_pre_hooks
+        seen.append((step, doctor._forward_wanted, bool(opt._optimizer_step_pre_hooks),
                      bool(opt._optimizer_step_post_hooks)))
         loss = F.cross_entropy(model(train.X[i:i + 32]), train.y[i:i + 32])
         opt.zero_grad()
@@ -817,3 +820,110 @@ def test_the_cheap_budgets_decisions_hold_once_taken(moons: Any) -> None:
     report, _ = _scheduled_loop(_mlp(), train, 130, instruments=[gdlab.instruments.Cheap(budget=0.0)])
     steps = report.history.steps
     assert [int(s) for s, v in zip(steps["step"], steps["update_ratio"]) if not math.isnan(v)] == [20, 40]
+
+
+def _nan_batch_stop(result: Any) -> tuple[str, float, float]:
+    steps = result.history.steps
+    row = len(steps) - 1
+    return re.sub(r"step \d+", "step N", result.stop_reason or ""), steps["bad_data"][row], \
+        steps["bad_data_count"][row]
+
+
+def test_a_nan_batch_mid_run_is_named_as_data_by_watch_as_by_fit() -> None:
+    """Batch 7 holds NaN inputs (one sample, 2 values): watch, whose forward pre-hook holds each step's inputs till
+    the loss is read (every 60 steps here), names the data with the count, as fit does: one check (loop.py's)."""
+    torch.manual_seed(0)
+    X, y = torch.randn(320, 2), torch.randint(0, 2, (320,))
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    doctor = gdlab.watch(model, opt)
+    for step, i in enumerate(range(0, 320, 16), 1):
+        x = X[i:i + 16].clone()
+        if step == 7:
+            x[3] = float("nan")
+        loss = F.cross_entropy(model(x), y[i:i + 16])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        doctor.step(loss)
+    watched = doctor.close()
+    assert "the batch of step 7 has 2 NaN or inf values in its inputs" in (watched.stop_reason or "")
+    assert watched.steps == 7 and "learning rate is likely" not in (watched.stop_reason or "")
+
+    class Poisoned(torch.utils.data.Dataset):  # one sample turns NaN mid-run (after the data check read it)
+        def __init__(self) -> None:
+            self.reads = 0
+
+        def __len__(self) -> int:
+            return 320
+
+        def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+            self.reads += 1
+            x = X[i].clone()
+            if i == 5 and self.reads > 400:
+                x[:] = float("nan")
+            return x, y[i]
+
+    fitted = gdlab.fit(_mlp(), Poisoned(), optimizer="sgd", lr=0.1, epochs=3, batch_size=16, progress=False)
+    assert _nan_batch_stop(watched) == _nan_batch_stop(fitted)
+    named = [[re.sub(r"step \d+", "step N", f.explanation) for f in r.findings if f.code == "non_finite"]
+             for r in (watched, fitted)]
+    assert named[0] and named[0] == named[1]
+
+
+@pytest.mark.parametrize("held_bytes", [0, 1024])
+def test_batches_past_the_held_bound_are_reduced_to_their_counts_and_still_named(monkeypatch: pytest.MonkeyPatch,
+                                                                                 held_bytes: int) -> None:
+    """Past HELD_BYTES a step's batch is not kept: its NaN count is taken on the device at once (no reference,
+    no host read), and the check names the data with the same count as from a held batch."""
+    from gdlab.watching import tracker
+
+    monkeypatch.setattr(tracker, "HELD_BYTES", held_bytes)
+    torch.manual_seed(0)
+    X, y = torch.randn(320, 2), torch.randint(0, 2, (320,))
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    doctor = gdlab.watch(model, opt)
+    most = 0
+    for step, i in enumerate(range(0, 320, 16), 1):
+        x = X[i:i + 16].clone()
+        if step == 7:
+            x[3] = float("nan")
+        loss = F.cross_entropy(model(x), y[i:i + 16])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        doctor.step(loss, batch=(x, y[i:i + 16]))
+        most = max(most, doctor._held_bytes)
+    watched = doctor.close()
+    assert most <= held_bytes  # never more held than the bound
+    assert "the batch of step 7 has 2 NaN or inf values in its inputs" in (watched.stop_reason or "")
+
+
+def test_watch_sees_activations_called_as_functions_as_fit_does() -> None:
+    """A model whose forward calls F.relu (no activation module): watch traces one forward pass on 2 samples of
+    its first batch, once, as fit does, and the doctor reads 'relu' (not 'unknown'); the traced pass is not a
+    step of the loop."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(2, 8), nn.Linear(8, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(F.relu(self.a(x)))
+
+    torch.manual_seed(0)
+    model = Net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    doctor = gdlab.watch(model, opt)
+    for _ in range(5):
+        x, y = torch.randn(16, 2), torch.randint(0, 2, (16,))
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        doctor.step(loss)
+    report = doctor.close()
+    assert report.history.meta["activations"] == ["relu"] and report.steps == 5
+    assert report.diagnosis is not None

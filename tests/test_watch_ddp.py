@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,6 +24,7 @@ from gdlab import distributed
 from gdlab.errors import InvalidParameter
 from multiproc import readings, run_bounded, store_runs
 
+pytestmark = pytest.mark.slow  # every test launches two processes (seconds each); .ci/run runs them
 TIMEOUT = 180  # seconds for one two-process run (about 10-20 s on two busy cores); a hang fails the test
 HERE = Path(__file__).resolve()
 SRC = HERE.parents[1] / "src"

@@ -70,6 +70,7 @@ class Config:
     val: str | None = None
     val_split: float | None = None
     standardize: bool = False
+    standardize_target: bool = False
     data_options: dict[str, Any] = field(default_factory=dict)
     # model
     model: str = "mlp"
@@ -188,7 +189,7 @@ class Config:
                   "instruments": self.instruments, "doctor": self.doctor, "remedy": self.remedy,
                   "restarts": self.restarts, "checkpoint_every": self.checkpoint_every, "name": self.name,
                   "step_rows": self.step_rows, "tensorboard": self.tensorboard,
-                  **self.optimizer_options()}
+                  "standardize_target": self.standardize_target, **self.optimizer_options()}
         unknown = [key for key in only if key not in kwargs and key not in OPTIMIZER_OPTIONS]
         if unknown:
             raise InvalidParameter("fit_kwargs name", unknown[0], f"one of {', '.join((*kwargs, *OPTIMIZER_OPTIONS))}")

@@ -46,12 +46,15 @@ __all__ = [
     "EVENTS",
     "LOG_EVERY",
     "Callback",
+    "Cause",
     "LoopState",
     "Result",
     "Snapshot",
     "StepLog",
+    "data_cause",
     "final_metrics",
     "run",
+    "settle_divergence",
 ]
 
 EVENTS = ("on_fit_start", "on_epoch_start", "on_step_start", "on_step_end", "on_epoch_end", "on_fit_end")
@@ -195,7 +198,11 @@ class Result:
         plan: the batch plan.
         status: ``finished`` or ``stopped`` (interrupted).
         stop_reason: why the loop ended before its budget (converged, patience, diverged, interrupted), or None.
-        findings: the doctor's :class:`~gdlab.doctor.Finding` list (empty with ``doctor=False``).
+        findings: the doctor's :class:`~gdlab.doctor.Finding` list (empty with ``doctor=False``), flat: every finding,
+            those another explains too.
+        diagnosis: the findings as a causal story, a :class:`~gdlab.doctor.Diagnosis` (root causes first, each with
+            the consequences it explains and its remedy; ``gdlab.doctor.explain(findings)``), printed by
+            ``gdlab.doctor.story_lines``; None where the front door that made the result gave none.
         remedies: what the doctor did during the run with ``remedy="auto"`` (each with ``step``, ``action``,
             ``params``, ``reason``).
         lr_selection: with ``lr="auto"``, the :class:`~gdlab.lr_select.LRSelection` (what was tried, why the
@@ -215,6 +222,7 @@ class Result:
     findings: list[Any] = field(default_factory=list)
     lr_selection: Any = None
     remedies: list[Any] = field(default_factory=list)
+    diagnosis: Any = None
 
 
 class StepLog:
@@ -247,6 +255,17 @@ class StepLog:
         """Fetch what is pending and stop filling the history."""
         self.table.undefer(self.fill)
         self.state.log = None
+
+    def want_param_norms(self) -> None:
+        """Keep each read row's per-parameter gradient norms, for :meth:`take_param_norms` (the cheap
+        instrument's per-layer norms: no extra pass)."""
+        self.keep_param_norms = True
+
+    def take_param_norms(self, rows: Sequence[int]) -> list[tuple[int, list[float]]]:
+        """The per-parameter gradient norms of those of ``rows`` that have them (read, and kept since
+        :meth:`want_param_norms`), as ``(row, norms)``; handed over once, then forgotten."""
+        kept = self.param_norms
+        return [(r, kept.pop(r)) for r in rows if r in kept]
 
     def grad_norms(self) -> list[bool] | None:
         """This step's gradient norm per parameter, on the device (``state.param_grad_norms``): one kernel a
@@ -610,19 +629,54 @@ def _check(state: LoopState, log: StepLog, good: Snapshot, hooks: Sequence[Any],
     # its forward pass can then be replayed to tell the model's output from the loss
     replay = good.step is not None and state.step == good.step + 1 and not math.isfinite(state.last_loss)
     cause = _cause(problem, state, int(steps["epoch"][row]), replay) if problem is not None else None
-    if cause is not None:  # the data, the starting point, the model or the loss: no learning rate can help
+    if settle_divergence(state, row, hooks, cause):
+        good.step = None  # a hook acted (it may have put back a point of its own): no replay until the next take
+
+
+Cause = tuple[str, int, str, float | None]
+"""Where a non-finite loss came from, when not the learning rate: ``(source, count, reason, target scale)``, the
+source a key of :data:`~gdlab.problem.NON_FINITE_SOURCES`."""
+
+
+def settle_divergence(state: LoopState, row: int, hooks: Sequence[Any], cause: Cause | None) -> bool:
+    """The one verdict on a non-finite loss at the history's ``row`` (``fit``'s loop and ``gdlab.watch`` both end
+    here): a known ``cause`` (:func:`data_cause`: the data, the starting point, the model or the loss) is written in
+    the row's ``bad_data`` columns and stops the run, since no learning rate can help; else each hook's
+    ``on_diverge(state)`` is asked, and when none acted the run stops, the learning rate named. Returns whether a
+    hook acted (the run goes on)."""
+    steps = state.history.steps
+    if cause is not None:
         what, count, reason, scale = cause
         steps.put("bad_data", row, NON_FINITE_SOURCES[what])
         steps.put("bad_data_count", row, float(count))
         if scale is not None:
             steps.put("bad_data_scale", row, scale)
         state.stop(f"diverged: {reason}")
-        return
+        return False
     if any([getattr(hook, "on_diverge", _never)(state) for hook in hooks]):
-        good.step = None  # a hook acted (it may have put back a point of its own): no replay until the next take
-    else:
-        state.stop(f"diverged: the loss became {state.last_loss} at step {state.step}; "
-                   "the learning rate is likely too large")
+        return True
+    state.stop(f"diverged: the loss became {steps['loss'][row]} at step {int(steps['step'][row])}; "
+               "the learning rate is likely too large")
+    return False
+
+
+def data_cause(batch: tuple[Any, Any] | None, step: int) -> Cause | None:
+    """The batch of ``step`` (``(inputs, targets)``, either may be None, or an int: that part's count of NaN and
+    inf values, already taken) as the cause of its non-finite loss: the first part holding NaN or inf, with the
+    count; None when both are finite (or no batch is known).
+
+    Example:
+        >>> data_cause((torch.tensor([1.0, float("nan")]), None), 7)[:2]
+        ('inputs', 1)
+    """
+    if batch is None:
+        return None
+    for what, tree in (("inputs", batch[0]), ("targets", batch[1])):
+        count = tree if isinstance(tree, int) else non_finite(tree) if tree is not None else 0
+        if count:
+            return what, count, (f"the batch of step {step} has {count} NaN or inf values in its {what}: a data "
+                                 "problem, not the learning rate; clean or impute the data"), None
+    return None
 
 
 @torch.no_grad()
@@ -637,12 +691,9 @@ def _cause(problem: Problem, state: LoopState, epoch: int, replay: bool) -> tupl
     started from), the step's forward pass again: the model's output, else the loss, not finite."""
     step = state.step
     batch = _batch(problem, state, epoch)
-    if batch is not None:
-        for what, tree in (("inputs", batch[0]), ("targets", batch[1])):
-            count = non_finite(tree)
-            if count:
-                return what, count, (f"the batch of step {step} has {count} NaN or inf values in its {what}: a data "
-                                     "problem, not the learning rate; clean or impute the data"), None
+    found = data_cause(batch, step)
+    if found is not None:
+        return found
     named = [(name, p) for name, p in state.model.named_parameters() if p.is_floating_point()]
     counts = torch.stack([(~torch.isfinite(p)).sum() for _, p in named]).tolist() if named else []
     if sum(counts):

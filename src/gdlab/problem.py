@@ -32,7 +32,7 @@ from gdlab.resources import check_fits, human
 
 __all__ = ["LOSSES", "LossFn", "NON_FINITE_SOURCES", "Problem", "batch_loss", "check_budget", "check_data",
            "check_model", "check_module", "evaluate", "match_output", "model_loss", "non_finite", "predicted",
-           "prediction", "resolve_device", "resolve_loss"]
+           "prediction", "resolve_device", "resolve_loss", "TargetScale"]
 
 DATASET_SAMPLE = 256
 """Samples of a Dataset (spread evenly over it) checked for non-finite values before training; in-memory data is
@@ -376,3 +376,72 @@ def predicted(output: Any, loss_name: str | None) -> torch.Tensor | None:
     if loss_name == "model" and isinstance(output, torch.Tensor):
         return None
     return prediction(output)
+
+
+@dataclass
+class TargetScale:
+    """Regression targets standardised (``fit(standardize_target=True)``, ``--standardize-target``): the model
+    learns outputs of mean 0 and std 1, and a forward hook maps them back to the targets' units, so the model's
+    predictions, the metrics (MAE, R^2) and ``gdlab predict`` are in the original units, while the loss, and so
+    the gradient, is taken on the standardised outputs and targets (a target of 3e5 neither swamps the gradient
+    nor asks the outputs to grow 3e5-fold).
+
+    Example:
+        >>> model = torch.nn.Linear(1, 1)
+        >>> scale = TargetScale.of(torch.tensor([[1e5], [3e5]]))
+        >>> scale.attach(model)
+        >>> with torch.no_grad(): _ = model.weight.zero_(), model.bias.zero_()
+        >>> model(torch.zeros(1, 1)).item()  # an output of 0 is the targets' mean
+        200000.0
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    @classmethod
+    def of(cls, y: torch.Tensor) -> TargetScale:
+        """The mean and std of each target column (a std of 0 counts as 1)."""
+        y = y.to(torch.float64)
+        std = y.std(0) if len(y) > 1 else torch.ones_like(y[0])
+        return cls(y.mean(0), torch.where(std > 0, std, torch.ones_like(std)))
+
+    @classmethod
+    def for_source(cls, source: Source) -> TargetScale:
+        """The scale of an in-memory regression source's targets (a :class:`InvalidParameter` otherwise)."""
+        if source.task != "regression" or source.tensors is None:
+            raise InvalidParameter("standardize_target", True, "in-memory regression data (real-valued targets)")
+        return cls.of(source.tensors.y)
+
+    def _cast(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.mean.to(like.device, like.dtype), self.std.to(like.device, like.dtype)
+
+    def _outputs(self, module: nn.Module, args: Any, output: Any) -> Any:
+        if not isinstance(output, torch.Tensor) or not output.is_floating_point():
+            return output
+        mean, std = self._cast(output)
+        if output.dim() == 1 and mean.numel() == 1:
+            mean, std = mean.reshape(()), std.reshape(())
+        return output * std + mean
+
+    def attach(self, model: nn.Module) -> None:
+        """Map ``model``'s outputs to the targets' units from now on (a scale attached before is replaced)."""
+        old = getattr(model, "_gdlab_target_scale", None)
+        if old is not None:
+            old.remove()
+        model._gdlab_target_scale = model.register_forward_hook(self._outputs)  # type: ignore[assignment]
+
+    def loss(self, base: LossFn) -> LossFn:
+        """``base`` taken on the standardised outputs and targets."""
+
+        def scaled(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            mean, std = self._cast(target)
+            if target.dim() == 1 and mean.numel() == 1:
+                mean, std = mean.reshape(()), std.reshape(())
+            return base((output - mean) / std, (target - mean) / std)
+
+        scaled.__name__ = getattr(base, "__name__", "custom")
+        return scaled
+
+    def meta(self) -> dict[str, Any]:
+        """What the doctor reads: the targets' mean and spread (largest over columns), as floats."""
+        return {"target_mean": float(self.mean.abs().max()), "target_std": float(self.std.max())}

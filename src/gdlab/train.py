@@ -28,14 +28,14 @@ from gdlab.callbacks import POSITION, Recorder, Scheduler
 from gdlab.config import DEFAULT_EPOCHS, Config
 from gdlab.data import BatchPlan, structure
 from gdlab.data.source import Source
-from gdlab.doctor import REMEDY_MODES, Doctor, restart_remedy, run_settings
+from gdlab.doctor import REMEDY_MODES, Doctor, explain, restart_remedy, run_settings, trace_activations
 from gdlab.errors import InvalidParameter, StoreError, UnknownChoice, check_int, check_seed
 from gdlab.instruments import attach
 from gdlab.loop import Callback, LoopState, Result
 from gdlab.lr_select import select_lr
 from gdlab.optim import schedules
 from gdlab.optim.schedules import Schedule
-from gdlab.problem import LossFn, Problem, check_budget, evaluate
+from gdlab.problem import LossFn, Problem, TargetScale, check_budget, evaluate
 from gdlab.records import input_scales
 from gdlab.store import Store
 from gdlab.threads import restored
@@ -82,6 +82,7 @@ def fit(
     target_key: str | None = None,
     threads: int | str = Config.threads,
     tensorboard: str | Path | None = None,
+    standardize_target: bool = False,
     **optimizer_options: Any,
 ) -> Result:
     """Train ``model`` on ``train`` by gradient descent.
@@ -150,6 +151,11 @@ def fit(
         tensorboard: a folder to write TensorBoard event files into as the run trains: the loss, lr, validation
             metrics and every instrument column (at each epoch's end), the doctor's findings as text at their
             steps (at the end). Needs the ``tensorboard`` package (``pip install 'gdlab[tensorboard]'``).
+        standardize_target: regression on in-memory data: train on targets scaled to mean 0 and std 1 (the
+            training targets' statistics), with the model's outputs mapped back to the targets' units by a forward
+            hook (:class:`~gdlab.problem.TargetScale`): predictions, MAE and R^2 are in the original units, the
+            loss is the standardised one. For targets far from unit scale (prices around 3e5), which otherwise
+            swamp the gradient: ``fit(model, (X, prices), standardize_target=True)``.
         **optimizer_options: ``beta1``, ``beta2``, ``eps``, ``weight_decay``, ``nesterov``, ``clip_norm`` for a
             named optimizer.
 
@@ -188,6 +194,12 @@ def fit(
                            ranks=(ranks.rank, ranks.world) if ranks is not None else (0, 1))
     if patience is not None and problem.val is None:
         raise InvalidParameter("patience", patience, "validation data to watch (val=..., or --val / --val-split)")
+    if not isinstance(standardize_target, bool):
+        raise InvalidParameter("standardize_target", standardize_target, "True or False")
+    target_scale = TargetScale.for_source(problem.source) if standardize_target else None
+    if target_scale is not None:  # the loss on standardised targets, the outputs mapped back to their units
+        problem.loss_fn = target_scale.loss(problem.loss_fn)
+        target_scale.attach(problem.model)
     use_threads(threads, model, batch_size=problem.plan.batch_size, device=problem.device)
     total = problem.total_steps(epochs, steps)
     selection = None
@@ -209,6 +221,10 @@ def fit(
     # (1) start from the model's parameters (or a stored run's last checkpoint)
     state = LoopState.start(problem, opt, total_steps=total, seed=seed)
     meta = _meta(model, opt, problem.source, problem.plan, scales=physician is not None)
+    meta.update(val_samples=len(problem.val) if problem.val is not None else None,
+                clip_norm=optimizer_options.get("clip_norm"), standardize_target=standardize_target)
+    if physician is not None and problem.task == "regression" and problem.source.tensors is not None:
+        meta.update((target_scale or TargetScale.for_source(problem.source)).meta())  # the targets' scale
     state.history.meta.update(meta)
     recorder = None
     if db is not None:
@@ -268,7 +284,9 @@ def fit(
         torch.distributed.barrier()
     return Result(model, state.history, final, state.lr, state.run_id, state.seconds, problem.plan, status,
                   state.stop_reason, state.step, findings=list(findings), lr_selection=selection,
-                  remedies=list(remedies))
+                  remedies=list(remedies),
+                  diagnosis=explain(findings, run_id=state.run_id, remedies=remedies, steps=state.step)
+                  if physician and doctor else None)
 
 
 def _share_start(state: LoopState, resumed: bool) -> None:
@@ -332,7 +350,11 @@ def _meta(model: nn.Module, opt: torch.optim.Optimizer, source: Source, plan: Ba
     linear_only = len(owners) == 1 and isinstance(owners[0], nn.Linear)  # one linear layer: a convex loss
     meta: dict[str, Any] = {"lr": group.get("lr"), "momentum": group.get("momentum"), "batch_size": plan.batch_size,
                             "samples": plan.samples, "task": source.task, "num_classes": source.num_classes,
-                            "convex": linear_only, "activations": run_settings(model, opt)["activations"]}
+                            "convex": linear_only}
+    if scales:  # the doctor reads them: the activations one forward pass on 2 samples calls (F.relu seen), once
+        trace_activations(model, lambda: structure.call(model, source.spread(2)[0], None, source.target_key))
+    settings = run_settings(model, opt)
+    meta.update(activations=settings["activations"], activations_traced=settings["activations_traced"])
     features = structure.float_features(source.tensors.X) if scales and source.tensors is not None else None
     if features is not None:  # the floating-point inputs only: token ids and categories have no scale
         meta["feature_scales"] = input_scales(features)

@@ -149,6 +149,10 @@ ValSplitFlag = Annotated[Optional[float], typer.Option("--val-split", help="Hold
                                                        "validation.")]
 StandardizeFlag = Annotated[Optional[bool], typer.Option("--standardize/--no-standardize",
                                                          help="Scale inputs to mean 0, std 1.")]
+StandardizeTargetFlag = Annotated[Optional[bool], typer.Option(
+    "--standardize-target/--no-standardize-target",
+    help="Regression: train on targets scaled to mean 0, std 1; predictions, MAE and R^2 stay in the targets' "
+    "units.")]
 DataOptionsFlag = Annotated[Optional[list[str]], typer.Option(
     "--data-opt", metavar="KEY=VALUE", callback=parsed(parse_data_options),
     help="Option of a built-in dataset, e.g. condition=1000.")]  # (key, value) pairs, or None

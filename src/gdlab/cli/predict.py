@@ -67,6 +67,10 @@ class Stored:
         except (KeyError, RuntimeError) as e:
             raise StoreError(f"checkpoint of run {run.id} does not fit its model ({str(e).splitlines()[0]})") \
                 from None
+        if c.standardize_target and self.train is not None:  # trained on scaled targets: outputs in their units
+            from gdlab.problem import TargetScale
+
+            TargetScale.of(self.train.y).attach(self.model)
         self.model.eval()
         self.models = models
 

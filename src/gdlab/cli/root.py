@@ -37,7 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {  # command -> (its module in gdlab.cli,
                      "dashboard."),
     "gradflow": ("runs", "Draw the gradient flow of a run: per-layer gradient norms over training, first layer to "
                          "last."),
-    "doctor": ("runs", "Run the doctor's detectors again on a stored run and explain each finding."),
+    "doctor": ("runs", "Run the doctor's detectors again on a stored run and tell their story: root causes first."),
     "compare": ("runs", "Runs side by side: settings and final metrics, the differences marked (*) and highlighted."),
     "report": ("report", "Write a run, several runs or a sweep as one HTML page that opens offline: charts to hover "
                          "and zoom, the doctor's findings marked at their steps, the remedies applied; --all writes "

@@ -182,7 +182,9 @@ def print_run(r: Any) -> None:
         out.print(safe(f"  {'steps':<17}{r.steps}"))
     if r.seconds is not None:
         out.print(f"  {'seconds':<17}{r.seconds:.2f}")
-    print_doctor(r.findings, r.remedies, undiagnosed=undiagnosed(r))
+    from gdlab.doctor import explain
+
+    print_doctor(explain(r.findings, run_id=r.id, remedies=r.remedies, steps=r.steps), undiagnosed=undiagnosed(r))
     for label, path in (("checkpoint", r.checkpoint), ("plot", r.dir / "loss.png")):
         if path.exists():
             out.print(f"[bold]{label}[/] {safe(path)}")
@@ -270,8 +272,9 @@ def doctor_command(
     store: StoreFlag = "gdlab-runs",
     as_json: JsonFlag = False,
 ) -> None:
-    """Run the doctor's detectors again on a stored run and explain each finding."""
-    from gdlab.doctor import diagnose
+    """Run the doctor's detectors again on a stored run and tell their story: root causes first, each with its
+    evidence, its remedy and the consequences it explains."""
+    from gdlab.doctor import diagnose, explain
     from gdlab.store import Store
 
     db = Store(store, create=False)
@@ -280,12 +283,13 @@ def doctor_command(
     meta = r.config.get("doctor_meta") or {}
     history.meta.update({"lr": r.config.get("lr"), "momentum": r.config.get("momentum"), **meta})
     findings = [f.to_dict() for f in diagnose(history)]
+    story = explain(findings, run_id=r.id, remedies=r.remedies, steps=r.steps)
     if as_json:
-        print(to_json({"run_id": r.id, "findings": findings, "remedies": r.remedies}))
+        print(to_json({"run_id": r.id, "findings": findings, "diagnosis": story.to_dict(), "remedies": r.remedies}))
         return
     out.print(f"[bold]run[/] {safe(r.id)}" + (f" ({safe(r.name)})" if r.name else "")
               + f": {steps_read(history)}, {len(history.epochs)} epochs")
-    print_doctor(findings, r.remedies)
+    print_doctor(story)
 
 
 @app.command()

@@ -28,6 +28,7 @@ from gdlab.cli.common import (
     NesterovFlag,
     OptimizerFlag,
     StandardizeFlag,
+    StandardizeTargetFlag,
     TargetFlag,
     TaskFlag,
     TrustStoreFlag,
@@ -56,7 +57,7 @@ TRAIN_FLAGS = (
     "init", "loss", "optimizer", "lr", "lr_select", "momentum", "beta1", "beta2", "eps", "weight_decay", "nesterov",
     "clip_norm", "schedule", "batch_size", "drop_last", "epochs", "steps", "tol", "patience", "seed", "threads",
     "device", "precision", "store", "name", "checkpoint_every", "instruments", "doctor", "remedy", "restarts",
-    "step_rows", "tensorboard",
+    "step_rows", "tensorboard", "standardize_target",
 )
 """The flags of gdlab train that are Config keys (each named as its key)."""
 
@@ -70,6 +71,7 @@ def train(
     val: ValFlag = None,
     val_split: ValSplitFlag = None,
     standardize: StandardizeFlag = None,
+    standardize_target: StandardizeTargetFlag = None,
     data_options: DataOptionsFlag = None,
     model: ModelFlag = None,
     hidden: HiddenFlag = None,
@@ -218,6 +220,7 @@ def result_payload(result: Any, stored: Any, plot_path: Path | None) -> dict[str
         "stop_reason": result.stop_reason,
         "findings": [dict(f) if isinstance(f, dict) else vars(f) for f in result.findings],
         "remedies": [r.to_dict() for r in result.remedies],
+        "diagnosis": result.diagnosis.to_dict() if result.diagnosis is not None else None,
         "lr_selection": result.lr_selection.to_dict() if result.lr_selection is not None else None,
         "plot": str(plot_path) if plot_path else None,
         "checkpoint": str(stored.checkpoint),
@@ -281,7 +284,9 @@ def print_summary(result: Any, plot_path: Path | None) -> None:
         if final.get(key) is not None:
             parts.append(f"{label} {num(final[key])}")
     out.print("   ".join(parts))
-    print_doctor([vars(f) for f in result.findings], [r.to_dict() for r in result.remedies])
+    from gdlab.doctor.story import of_result
+
+    print_doctor(of_result(result))
     out.print(f"[bold]run[/]  {safe(result.run_id)}   (gdlab show {safe(result.run_id)})")
     if plot_path:
         out.print(f"[bold]plot[/] {safe(plot_path)}")
@@ -295,32 +300,28 @@ def epochs_done(result: Any) -> float:
 COLOURS = {"error": "red", "warning": "yellow", "info": "cyan"}
 
 
-def remedy_text(remedy: dict[str, Any] | None) -> str:
-    """A remedy as ``action (key value, ...)``."""
-    if not remedy:
-        return ""
-    action = remedy.get("action", "")
-    rest = ", ".join(f"{k} {num(v) if isinstance(v, float) else v}" for k, v in remedy.items() if k != "action")
-    return f"{action}" + (f" ({rest})" if rest else "")
+def print_doctor(story: Any, *, undiagnosed: str | None = None) -> None:
+    """The doctor's story of a run (a :class:`gdlab.doctor.Diagnosis`: ``Result.diagnosis``, or
+    :func:`gdlab.doctor.explain` on a stored run's findings): the remedies applied, a header (findings, steps, root
+    causes, run id), then each root cause with its evidence, its remedy and the consequences it explains, as
+    :func:`gdlab.doctor.story_lines` prints it (the one printer, the callbacks' lines), coloured here, their text
+    printed as text; with no findings, ``undiagnosed`` (why the doctor did not read the run) when given."""
+    from gdlab.doctor import story_lines
+
+    for line in story_lines(story, undiagnosed=undiagnosed):
+        out.print(styled(line))
 
 
-def print_doctor(findings: list[dict[str, Any]], remedies: list[dict[str, Any]], *,
-                 undiagnosed: str | None = None) -> None:
-    """The doctor's findings, each with its evidence and remedy, and what it did (their text, stored or not,
-    printed as text); with no findings, ``undiagnosed`` (why the doctor did not read the run) when given, else
-    "no problems found"."""
-    for r in remedies:
-        out.print(f"[bold]remedy[/] step {safe(r['step'])}: {safe(r['action'])} - {safe(r['reason'])}")
-    if not findings:
-        out.print(f"[bold]doctor[/] {safe(undiagnosed) if undiagnosed else 'no problems found'}")
-        return
-    for f in findings:
-        colour = COLOURS.get(f["severity"], "white")
-        out.print(f"[{colour}]{safe(f['severity'])}[/] {safe(f['code'])}"
-                  + (f" (step {safe(f['step'])})" if f.get("step") else "") + f": {safe(f['explanation'])}")
-        evidence = ", ".join(f"{k} {num(v) if isinstance(v, float) else v}"
-                             for k, v in (f.get("evidence") or {}).items())
-        if evidence:
-            out.print(f"    evidence: {safe(evidence)}")
-        if f.get("remedy"):
-            out.print(f"    remedy:   {safe(remedy_text(f['remedy']))}")
+def styled(line: Any) -> str:
+    """One line of the story as console markup: a finding's severity in its colour, a label (``remedy:``,
+    ``doctor:``...) in bold, the rest as text (:func:`gdlab.cli.root.safe`)."""
+    text = line.text
+    body = text.lstrip(" ")
+    pad = text[: len(text) - len(body)]
+    if line.severity:
+        word, _, rest = body.partition(" ")
+        return f"{pad}[{COLOURS.get(line.severity, 'white')}]{safe(word)}[/] {safe(rest)}"
+    if line.kind in ("header", "none", "applied", "remedy", "because"):
+        label, sep, rest = body.partition(":")
+        return f"{pad}[bold]{safe(label)}{sep}[/]{safe(rest)}"
+    return safe(text)

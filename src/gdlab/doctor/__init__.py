@@ -2,6 +2,8 @@
 
 - :mod:`~gdlab.doctor.findings`: :class:`Finding`, :class:`Remedy`, the detector registry and :func:`diagnose`;
 - :mod:`~gdlab.doctor.detectors`: the detectors, pure functions ``History -> list[Finding]`` registered by code;
+- :mod:`~gdlab.doctor.story`: the findings as a causal story (:func:`explain`: root causes first, each with what it
+  explains and its remedy) and the one printer of it (:func:`story_lines`);
 - :mod:`~gdlab.doctor.series`: what detectors and remedy rules read from the columns (smoothed loss, spikes...);
 - :mod:`~gdlab.doctor.remedies`: the :class:`Doctor` callback and its remedy rules, tried in order each check;
 - :mod:`~gdlab.doctor.probe`: short runs of candidate learning rates from where a run stands, as one population
@@ -31,16 +33,21 @@ from gdlab.doctor.findings import (
     detector,
     diagnose,
     run_settings,
+    trace_activations,
 )
 from gdlab.doctor.probe import Probe, probe_lr
 from gdlab.doctor.remedies import REMEDY_RULES, Doctor
 from gdlab.doctor.restarts import fresh_models, restart_remedy
 from gdlab.doctor.series import spike_window
+from gdlab.doctor.story import Cause, Consequence, Diagnosis, explain, remedy_text, story_lines
 from gdlab.records.stats import ILL_CONDITIONED, input_scales, scale_ratio
 
 __all__ = [
     "CODES",
+    "Cause",
+    "Consequence",
     "DETECTORS",
+    "Diagnosis",
     "Doctor",
     "Finding",
     "ILL_CONDITIONED",
@@ -51,11 +58,15 @@ __all__ = [
     "SEVERITIES",
     "detector",
     "diagnose",
+    "explain",
     "fresh_models",
     "input_scales",
     "probe_lr",
+    "remedy_text",
     "restart_remedy",
     "run_settings",
     "scale_ratio",
     "spike_window",
+    "story_lines",
+    "trace_activations",
 ]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -32,16 +33,21 @@ from gdlab.doctor.series import (
     column,
     corroborated,
     depth_readings,
+    ema_noise,
     find_spike,
     last_lr,
     later_min,
+    noise_dominated,
+    peak_lr,
     peaks,
+    point_noise,
     rolling_max,
     smooth_loss,
     spike_window,
     start_loss,
     step_at,
     warmup_steps,
+    window_means,
 )
 from gdlab.problem import NON_FINITE_SOURCES
 from gdlab.records import ILL_CONDITIONED, History, finite, scale_ratio
@@ -78,7 +84,7 @@ def _nonfinite(h: History) -> list[Finding]:
             return [Finding("non_finite", "error", step_at(h, i), {"quantity": bad, "loss": loss, "lr": lr},
                             f"the {bad} became infinite or NaN at step {step_at(h, i)}: the steps grew until the "
                             "numbers overflowed, most often because the learning rate is too large",
-                            {"action": "set_lr", "lr": lr * 0.1, "rollback": True})]
+                            _lr_remedy(h, 0.1, rollback=True))]
     return []
 
 
@@ -129,27 +135,69 @@ def _lr_too_high(h: History) -> list[Finding]:
     if len(over) >= 2 and 2 * len(over) >= len(judged):  # corroborated: two readings, and most of them
         i, s, lim = over[-1]
         lr = last_lr(h)
-        new = lr * lim / s / 2  # half the lr at which this sharpness would be stable
         found.append(Finding("lr_too_high", "warning", step_at(h, i),
                              {"sharpness": s, "stability_limit": lim, "lr": lr, "readings_over": len(over),
                               "readings": len(judged), "after_step": warm, "since_step": step_at(h, over[0][0])},
                              f"the loss surface's sharpness ({s:.3g}) is above the stability limit of this "
                              f"learning rate ({lim:.3g}) in {len(over)} of the {len(judged)} readings after step "
                              f"{warm}: gradient descent overshoots along that direction",
-                             {"action": "set_lr", "lr": new}))
-    ema = smooth_loss(h)
-    measured = [(i, v) for i, v in enumerate(ema) if math.isfinite(v)]
-    if not found and len(measured) >= 20:
-        i_min, low = min(measured, key=lambda t: t[1])
-        end = measured[-1][1]
-        if end > 2.0 * low and i_min < 0.8 * len(ema) and low > 0:
-            lr = last_lr(h)
-            found.append(Finding("lr_too_high", "warning", step_at(h, i_min),
-                                 {"loss_min": low, "loss_end": end, "lr": lr},
-                                 f"the training loss rose from {low:.3g} to {end:.3g} after step "
-                                 f"{step_at(h, i_min)}: the steps are too large to settle",
-                                 {"action": "set_lr", "lr": lr * 0.3}))
+                             _lr_remedy(h, lim / s / 2)))  # half the lr at which it would be stable
+    if not found and noise_dominated(h) is None:  # a noise-dominated run's ups and downs are the batch's
+        found.extend(_loss_rose(h))
     return found
+
+
+def _clipped_share(h: History, first: int, last: int) -> tuple[float, float] | None:
+    """The clip value (``meta["clip_norm"]``) and the share of the measured steps in rows ``first..last`` whose
+    gradient norm (before clipping) reached it; None when the run did not clip or measured no norm there."""
+    clip = h.meta.get("clip_norm")
+    grads = [g for g in column(h.steps, "grad_norm")[first : last + 1] if math.isfinite(g)]
+    if not isinstance(clip, (int, float)) or clip <= 0 or not grads:
+        return None
+    return float(clip), sum(g >= 0.999 * clip for g in grads) / len(grads)
+
+
+def _loss_rose(h: History) -> list[Finding]:
+    """``lr_too_high`` from the loss curve: the smoothed loss rose well above its lowest level so far (by half, by
+    three times its own noise, and on average over the stretch by a fifth of the progress made from the start to
+    that level) over a stretch of steps, whether it came back down or not."""
+    ema = smooth_loss(h)
+    n = len(ema)
+    if sum(math.isfinite(v) for v in ema) < 20:
+        return []
+    noise = ema_noise(h)
+    noise = noise if math.isfinite(noise) else 0.0
+    a = np.asarray(ema, dtype=float)
+    low_so_far = np.minimum.accumulate(np.where(np.isfinite(a), a, np.inf))
+    with np.errstate(invalid="ignore"):
+        high = np.isfinite(a) & (a > 1.5 * low_so_far) & (a - low_so_far > 3 * noise) & (low_so_far > 0)
+    if high.sum() < max(10, n // 50):  # a stretch, not a blip: ten steps, or 2% of the run
+        return []
+    rows = np.flatnonzero(high)
+    first, last = int(rows[0]), int(rows[-1])
+    low = float(low_so_far[first])
+    i_low = int(np.flatnonzero(a[:first + 1] == low)[0]) if (a[:first + 1] == low).any() else 0
+    stretch = a[first : last + 1][np.isfinite(a[first : last + 1])]
+    mean, peak, end = float(stretch.mean()), float(stretch.max()), float(a[np.isfinite(a)][-1])
+    if mean - low < 0.2 * abs(start_loss(h) - low):
+        return []  # the run gave back under a fifth of the progress it had made: near its floor, a wobble
+    recovered = end < 1.5 * low or end - low <= 3 * noise
+    clipped = _clipped_share(h, first, last)
+    evidence = {"loss_min": low, "loss_rise_mean": mean, "loss_peak": peak, "loss_end": end, "noise": noise,
+                "from_step": step_at(h, first), "to_step": step_at(h, last), "recovered": recovered,
+                "lr": peak_lr(h)}
+    pinned = ""
+    if clipped is not None:
+        evidence.update(clip_norm=clipped[0], clipped_share=clipped[1])
+        if clipped[1] >= 0.5:
+            pinned = f"; the gradient norm sat at the clip value ({clipped[0]:.3g}) in {clipped[1]:.0%} of those steps"
+    how = (f"then came back to {end:.3g}: the run survived a divergence, and lost the steps it spent there"
+           if recovered else f"and ended at {end:.3g}: the steps are too large to settle")
+    return [Finding("lr_too_high", "warning", step_at(h, first), evidence,
+                    f"the smoothed training loss rose from {low:.3g} (step {step_at(h, i_low)}) to a mean of {mean:.3g}"
+                    f" (peak {peak:.3g}) from step {step_at(h, first)} to {step_at(h, last)}, against a noise of "
+                    f"{noise:.2g}{pinned}, {how}",
+                    _lr_remedy(h, 0.3))]
 
 
 @detector("lr_too_low")
@@ -168,7 +216,7 @@ def _lr_too_low(h: History) -> list[Finding]:
                         {"update_ratio_median": median, "loss_drop": drop, "lr": lr},
                         f"each step changes the weights by a fraction {median:.2g} of their size (around 1e-3 is "
                         f"usual) and the loss fell by only {drop:.0%}: the learning rate is too small",
-                        {"action": "set_lr", "lr": lr * factor})]
+                        _lr_remedy(h, factor))]
     return []
 
 
@@ -252,13 +300,35 @@ def _fell_on_a_lower_lr(h: History, ema: list[float], b: int) -> bool:
     return lrs[k] < 0.9 * lrs[b]
 
 
+def _lr_remedy(h: History, factor: float, **extra: object) -> dict[str, object]:
+    """``set_lr`` to ``factor`` times the run's peak learning rate (:func:`~gdlab.doctor.series.peak_lr`: a
+    schedule's peak, never its decayed end, which under a decay to 0 prescribed ``lr 0``); under a schedule (the
+    recorded lr varied) ``peak_lr`` says the new value is a peak. With no positive lr recorded, the factor alone
+    (``scale_lr``), never a value computed from nothing.
+
+    Example:
+        >>> h = History()
+        >>> for lr in (0.1, 0.05, 0.0): h.steps.append({"lr": lr})
+        >>> _lr_remedy(h, 0.5)
+        {'action': 'set_lr', 'lr': 0.05, 'peak_lr': 0.1}
+    """
+    peak = peak_lr(h)
+    if not (math.isfinite(peak) and peak > 0):
+        return {"action": "scale_lr", "factor": factor, **extra}
+    remedy: dict[str, object] = {"action": "set_lr", "lr": peak * factor, **extra}
+    lrs = finite(column(h.steps, "lr"))
+    if lrs and min(lrs) < 0.99 * peak:
+        remedy["peak_lr"] = peak
+    return remedy
+
+
 def _plateau_remedy(h: History) -> dict[str, object]:
     """Momentum 0.9 for an optimizer that has a momentum and runs at 0; else a larger learning rate (never the
     momentum a run already has, nor one whose momentum is unknown)."""
     momentum = h.meta.get("momentum")
     if isinstance(momentum, (int, float)) and momentum == 0:
         return {"action": "set_momentum", "momentum": 0.9}
-    return {"action": "set_lr", "lr": last_lr(h) * 3}
+    return _lr_remedy(h, 3.0)
 
 
 @detector("local_minimum")
@@ -295,27 +365,35 @@ def _depth(h: History, test: Callable[[float], bool]) -> tuple[dict[str, float],
     return arriving, ratio, step_at(h, row), step_at(h, found[since][0])
 
 
-def _activations(h: History) -> set[str]:
-    """The activations the model uses (``meta["activations"]``, by the names of ``gdlab.models.ACTIVATIONS``);
-    empty when unknown."""
-    return set(h.meta.get("activations") or ())
+def _activations(h: History) -> set[str] | None:
+    """The activations the model uses (``meta["activations"]``, by the names of ``gdlab.models.ACTIVATIONS``: its
+    modules', and the functions its forward pass called where it was traced, ``meta["activations_traced"]``); None
+    when unknown (none among its modules, and its forward pass not traced: ``F.relu`` in ``forward`` is not seen)."""
+    acts = set(h.meta.get("activations") or ())
+    return acts if acts or h.meta.get("activations_traced") else None
+
+
+_SATURATING = {"sigmoid", "tanh", "hardtanh", "softsign", "hardsigmoid"}
+_STRUCTURAL = "add normalisation (BatchNorm/LayerNorm) or residual connections"
 
 
 def _vanishing_remedy(h: History) -> dict[str, object]:
-    """A change to the model that it does not have already: a non-saturating activation for a sigmoid or tanh
-    network; for a ReLU one (whose units may be dead, passing no gradient back) a leaky ReLU; and the init,
-    normalisation or residual connections in any case."""
+    """A change to the model that it does not have already: a non-saturating activation (relu) for a network whose
+    activations all saturate (sigmoid, tanh); for a ReLU one (whose units may be dead, passing no gradient back)
+    a leaky ReLU; and the init, normalisation or residual connections in any case. Where the activations are unknown
+    the remedy says so rather than guess one the model may have already."""
     acts = _activations(h)
-    structural = "add normalisation (BatchNorm/LayerNorm) or residual connections"
-    if acts & {"sigmoid", "tanh", "hardtanh", "softsign"}:
-        return {"action": "change_model", "activation": "relu", "init": "kaiming", "or": structural}
+    if acts is None:
+        return {"action": "change_model", "init": "kaiming", "activation": "unknown (none among the model's modules, "
+                "and its forward pass was not traced): if it saturates (sigmoid, tanh), a non-saturating one",
+                "or": _STRUCTURAL}
+    if acts & _SATURATING and not acts - _SATURATING:
+        return {"action": "change_model", "activation": "relu", "init": "kaiming", "or": _STRUCTURAL}
     if "relu" in acts and "leaky_relu" not in acts:
         return {"action": "change_model", "activation": "leaky_relu", "init": "kaiming",
-                "or": structural + "; a lower learning rate if the units died after large steps"}
-    if acts:  # already non-saturating, with no dead units to revive
-        return {"action": "change_model", "init": "kaiming", "or": structural}
-    return {"action": "change_model", "init": "kaiming",
-            "or": f"a non-saturating activation (relu) if it uses sigmoid or tanh; {structural}"}
+                "or": _STRUCTURAL + "; a lower learning rate if the units died after large steps"}
+    # already non-saturating (or no activation at all), with no dead units to revive
+    return {"action": "change_model", "init": "kaiming", "or": _STRUCTURAL}
 
 
 @detector("vanishing_gradients")
@@ -332,6 +410,33 @@ def _vanishing(h: History) -> list[Finding]:
     return []
 
 
+def _clip_remedy(h: History, max_norm: float) -> dict[str, object]:
+    """Clip the gradient's norm at ``max_norm``, unless the run clips there or tighter already
+    (``meta["clip_norm"]``): then the steps are bounded and too large still, and the peak lr comes down (x0.3).
+
+    Example:
+        >>> h = History()
+        >>> h.meta.update(lr=0.1, clip_norm=1.0)
+        >>> _clip_remedy(h, 5.0)["action"], _clip_remedy(h, 0.5)
+        ('set_lr', {'action': 'clip_norm', 'max_norm': 0.5})
+    """
+    clip = h.meta.get("clip_norm")
+    if isinstance(clip, (int, float)) and not isinstance(clip, bool) and 0 < clip <= max_norm:
+        return _lr_remedy(h, 0.3, clip_norm=f"on already at {clip:.3g}")
+    return {"action": "clip_norm", "max_norm": max_norm}
+
+
+def _saturated_remedy(h: History) -> dict[str, object]:
+    """Standardise the inputs, unless they are on a unit scale already (every feature's 95th percentile of its
+    absolute value within 3, ``meta["feature_scales"]``): then a xavier init or normalisation."""
+    scales = h.meta.get("feature_scales") or []
+    standard = bool(scales) and all(isinstance(v, (int, float)) and v <= 3.0 for v in scales)
+    if standard:
+        return {"action": "change_model", "init": "xavier",
+                "or": "normalisation (BatchNorm/LayerNorm) before the activation, or a lower learning rate"}
+    return {"action": "standardize", "init": "xavier", "or": "smaller inputs or weights, normalisation"}
+
+
 @detector("exploding_gradients")
 def _exploding(h: History) -> list[Finding]:
     grads = finite(peaks(h.steps, "grad_norm"))  # a spike among a long run's merged steps is its bucket's max
@@ -342,7 +447,7 @@ def _exploding(h: History) -> list[Finding]:
                         {"grad_out": arriving, "first_over_last": ratio, "since_step": since},
                         f"the gradient grows {ratio:.1e}x on its way back to the first layer (step {step}, and at "
                         f"every reading since step {since})",
-                        {"action": "clip_norm", "max_norm": statistics.median(grads) if grads else 1.0})]
+                        _clip_remedy(h, statistics.median(grads) if grads else 1.0))]
     window = spike_window(h.meta.get("batch_size"))
     spike = find_spike(grads, window)
     if spike is not None:
@@ -352,7 +457,7 @@ def _exploding(h: History) -> list[Finding]:
                         {"grad_norm_peak": peak, "grad_norm_before": before, "window": window},
                         f"the gradient norm jumped to {peak:.3g}, {peak / before:.0f}x its mean over the {window} "
                         "steps before: a few steps are far larger than the rest",
-                        {"action": "clip_norm", "max_norm": 2 * before})]
+                        _clip_remedy(h, 2 * before))]
     return []
 
 
@@ -375,7 +480,7 @@ def _dead_relu(h: History) -> list[Finding]:
         step, since = _layer_evidence(h, "dead_share", layer, lambda v: v > 0.5)
         remedy: dict[str, object] = {"action": "change_model", "activation": "leaky_relu", "init": "kaiming",
                                      "lr": "lower it if the units died after large steps"}
-        if "leaky_relu" in _activations(h):  # some of its layers have it already: the rest could too
+        if "leaky_relu" in (_activations(h) or ()):  # some of its layers have it already: the rest could too
             remedy["activation"] = "leaky_relu in every layer"
         return [Finding("dead_relu", "warning", step, {"dead_share": dead, "since_step": since},
                         f"{share:.0%} of the units after ReLU {layer!r} output zero for every sample (step {step}, "
@@ -393,7 +498,7 @@ def _saturated(h: History) -> list[Finding]:
         return [Finding("saturated_activations", "warning", step, {"saturated": saturated, "since_step": since},
                         f"{share:.0%} of the outputs of {layer!r} sit at the flat ends of the activation, where "
                         f"its derivative is nearly zero (step {step}, and at every reading since step {since})",
-                        {"action": "standardize", "init": "xavier", "or": "smaller inputs or weights, normalisation"})]
+                        _saturated_remedy(h))]
     return []
 
 
@@ -406,8 +511,11 @@ def _gradient_noise(h: History) -> list[Finding]:
     half = snr[len(snr) // 2:]
     start, end = start_loss(h), ema[-1]
     tail = ema[len(ema) // 2:]
-    stalled = abs(tail[-1] - tail[0]) <= 0.05 * abs(tail[0])
-    if statistics.median(half) < 0.1 and stalled and end > 0.2 * start:
+    noise = ema_noise(h)
+    # the second half's smoothed loss did not fall beyond its noise (5% at least): it stalled, or rose in the noise
+    stalled = tail[0] - tail[-1] <= max(0.05 * abs(tail[0]), 3 * noise if math.isfinite(noise) else 0.0)
+    noisy = statistics.median(half) < 0.1 or noise_dominated(h) is not None
+    if noisy and stalled and end > 0.2 * start:
         batch = int(h.meta.get("batch_size") or 1)
         samples = int(h.meta.get("samples") or batch)
         target = int(min(samples, max(2 * batch, statistics.median(scale[len(scale) // 2:]) if scale else 2 * batch)))
@@ -435,38 +543,193 @@ def _ill_conditioned(h: History) -> list[Finding]:
     return []
 
 
+def _epoch_losses(h: History) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """The epoch rows with a finite validation and training loss, and those two losses there."""
+    val, train = column(h.epochs, "val_loss"), column(h.epochs, "train_loss")
+    rows = [i for i, (v, t) in enumerate(zip(val, train)) if math.isfinite(v) and math.isfinite(t)]
+    return rows, np.asarray([val[i] for i in rows], dtype=float), np.asarray([train[i] for i in rows], dtype=float)
+
+
+def _epoch_at(h: History, row: int) -> tuple[int, int | None]:
+    """The epoch number and step recorded in epoch row ``row``."""
+    epochs, steps = column(h.epochs, "epoch"), column(h.epochs, "step")
+    return (int(epochs[row]) if epochs else row + 1), (int(steps[row]) if steps else None)
+
+
+def _val_samples(h: History) -> int | None:
+    """The validation samples behind each validation point (``meta["val_samples"]``), None when unknown."""
+    m = h.meta.get("val_samples")
+    return m if isinstance(m, int) and not isinstance(m, bool) and m > 0 else None
+
+
+def _rise_noise(h: History, val: np.ndarray, width: int, level: float) -> float:
+    """The noise of the difference between two means of ``width`` validation losses: the series' own noise
+    (:func:`~gdlab.doctor.series.point_noise`) and, with the validation size known, the sampling noise of a mean
+    loss over that many samples (``level / sqrt(samples)``: per-sample losses spread about as wide as their
+    mean), which no number of epochs averages away."""
+    point = point_noise(val.tolist())
+    samples = _val_samples(h)
+    sampling = level / math.sqrt(samples) if samples else 0.0
+    return math.sqrt(2 * (point if math.isfinite(point) else 0.0) ** 2 / width + sampling ** 2)
+
+
 @detector("overfitting")
 def _overfitting(h: History) -> list[Finding]:
-    val, train = column(h.epochs, "val_loss"), column(h.epochs, "train_loss")
-    pairs = [(i, v, t) for i, (v, t) in enumerate(zip(val, train)) if math.isfinite(v) and math.isfinite(t)]
-    if len(pairs) < 4:
+    if _memorised(h) is not None:
+        return []  # labels with nothing to learn: named as such (labels_do_not_fit)
+    rows, val, train = _epoch_losses(h)
+    n = len(rows)
+    if n < 6:
         return []
-    best_i, best_v, best_t = min(pairs, key=lambda p: p[1])
-    last_i, last_v, last_t = pairs[-1]
-    if last_i - best_i >= 3 and last_v > 1.2 * best_v and last_t < 0.9 * best_t:
-        epoch = int(column(h.epochs, "epoch")[best_i]) if "epoch" in h.epochs else best_i + 1
-        return [Finding("overfitting", "warning", int(column(h.epochs, "step")[best_i]) if "step" in h.epochs else None,
-                        {"best_val_loss": best_v, "best_epoch": epoch, "val_loss": last_v, "train_loss": last_t},
-                        f"the validation loss rose from {best_v:.3g} (epoch {epoch}) to {last_v:.3g} while the "
-                        "training loss kept falling: the model memorises the training data",
+    width = max(2, n // 5)  # the smoothed levels: means of a fifth of the epochs
+    means = window_means(val.tolist(), width)
+    earlier = means[: n - 2 * width + 1]  # the windows that end before the last one starts
+    j = int(np.argmin(earlier))
+    best, end = earlier[j], means[-1]
+    train_best, train_end = float(train[j : j + width].mean()), float(train[-width:].mean())
+    noise = _rise_noise(h, val, width, best)
+    if end - best > 3 * noise and end > 1.2 * best and train_end < 0.9 * train_best:
+        epoch, step = _epoch_at(h, rows[j])
+        last_epoch, _ = _epoch_at(h, rows[-1])
+        return [Finding("overfitting", "warning", step,
+                        {"best_val_loss": best, "best_epoch": epoch, "val_loss": end, "train_loss": train_end,
+                         "rise": end - best, "noise": noise, "epochs_averaged": width,
+                         "val_samples": _val_samples(h)},
+                        f"the validation loss, averaged over {width} epochs, rose from {best:.3g} (from epoch {epoch})"
+                        f" to {end:.3g} (to epoch {last_epoch}), a rise of {end - best:.3g} against a noise of "
+                        f"{noise:.2g}, while the training loss fell from {train_best:.3g} to {train_end:.3g}: the "
+                        "model memorises the training data",
                         {"action": "early_stop", "patience": 3, "or": "weight_decay 1e-4, more data, a smaller model"})]
     return []
+
+
+def _chance_accuracy(h: History) -> float | None:
+    """The validation accuracy of guessing (1 / classes) for a classifier, else None."""
+    classes = h.meta.get("num_classes")
+    if h.meta.get("task") != "classification" or not isinstance(classes, int) or classes < 2:
+        return None
+    return 1.0 / classes
+
+
+def _memorised(h: History) -> dict[str, Any] | None:
+    """The evidence that the training loss fell on labels the inputs do not predict: the training loss fell by a
+    fifth, ending below the validation loss (and, for a classifier, below 0.8 of the loss of guessing, log of the
+    classes: it fits its training labels), while the validation accuracy never rose beyond the noise of chance
+    (three binomial standard errors over the validation samples, or 5 points when their number is unknown), or (no
+    accuracy) the validation loss was lowest at the first epoch and rose beyond its noise; None otherwise."""
+    rows, val, train = _epoch_losses(h)
+    n = len(rows)
+    if n < 4 or not train[0] > 0 or not train[-1] < 0.8 * train[0] or not val[-1] > train[-1]:
+        return None
+    evidence: dict[str, Any] = {"train_loss_start": float(train[0]), "train_loss": float(train[-1]),
+                                "val_loss_start": float(val[0]), "val_loss": float(val[-1]),
+                                "gap": float(val[-1] - train[-1]), "val_samples": _val_samples(h)}
+    chance = _chance_accuracy(h)
+    acc = [a for a in column(h.epochs, "val_accuracy") if math.isfinite(a)]
+    if chance is not None and len(acc) >= 4:
+        # memorised: the training loss went well below guessing's (log of the classes), not only back down from
+        # a spike (a run thrown off by a large lr sits at chance on both sides)
+        guess = math.log(1 / chance)
+        if not train[-1] < 0.8 * guess:
+            return None
+        evidence["guess_loss"] = guess
+        samples = _val_samples(h)
+        margin = 3 * math.sqrt(chance * (1 - chance) / samples) if samples else 0.05
+        if max(acc) <= chance + margin:
+            return {**evidence, "val_accuracy": acc[-1], "val_accuracy_best": max(acc), "chance_accuracy": chance,
+                    "margin": margin}
+        return None
+    if chance is None and "val_r2" in h.epochs:
+        r2 = [v for v in column(h.epochs, "val_r2") if math.isfinite(v)]
+        if len(r2) < 4 or max(r2) > 0.05:
+            return None
+    width = max(2, n // 5)
+    noise = _rise_noise(h, val, width, float(val[0]))
+    if int(np.argmin(val)) == 0 and float(val[-width:].mean()) - float(val[0]) > 3 * noise:
+        return {**evidence, "rise": float(val[-width:].mean() - val[0]), "noise": noise}
+    return None
+
+
+@detector("labels_do_not_fit")
+def _labels_do_not_fit(h: History) -> list[Finding]:
+    found = _memorised(h)
+    if found is None:
+        return []
+    rows, _, _ = _epoch_losses(h)
+    _, step = _epoch_at(h, rows[-1])
+    if "chance_accuracy" in found:
+        held = (f"the validation accuracy stayed at chance ({found['val_accuracy']:.1%}, best "
+                f"{found['val_accuracy_best']:.1%}, chance {found['chance_accuracy']:.1%} give or take "
+                f"{found['margin']:.1%})")
+    else:
+        held = (f"the validation loss rose from its first epoch ({found['val_loss_start']:.3g}) to "
+                f"{found['val_loss']:.3g}, beyond its noise ({found['noise']:.2g})")
+    return [Finding("labels_do_not_fit", "error", step, found,
+                    f"the training loss fell from {found['train_loss_start']:.3g} to {found['train_loss']:.3g} while "
+                    f"{held}: a train/validation gap of {found['gap']:.3g}. The model memorises labels its inputs do "
+                    "not predict (shuffled or wrong labels, targets misaligned with their inputs)",
+                    {"action": "check_data", "where": "targets",
+                     "or": "check that each label belongs to its input (no shuffle of one without the other)"})]
 
 
 @detector("not_learning")
 def _not_learning(h: History) -> list[Finding]:
     losses = finite(column(h.steps, "loss"))
     if len(losses) < 10:
-        return []
+        return _regression_failed(h)
     start, end = start_loss(h), finite(smooth_loss(h))[-1]
+    # the noise of the start's mean (over its opening steps) and of the smoothed end: a fall within it is no fall
+    opening = max(1, min(10, len(losses) // 10))
+    spread = point_noise(losses)
+    noise = math.hypot(spread / math.sqrt(opening), ema_noise(h)) if math.isfinite(spread) else 0.0
+    noise = noise if math.isfinite(noise) else 0.0
     classes = h.meta.get("num_classes")
     chance = math.log(classes) if h.meta.get("task") == "classification" and classes and classes > 1 else None
-    at_chance = chance is not None and abs(end - chance) <= 0.05 * chance and start <= 1.1 * chance
-    if end >= 0.95 * start or at_chance:
+    at_chance = chance is not None and abs(end - chance) <= max(0.05 * chance, 3 * noise) and start <= 1.1 * chance
+    if start - end < max(0.05 * abs(start), 3 * noise) or at_chance:
         lr = last_lr(h)
         level = f"chance level (ln {classes} = {chance:.3g})" if at_chance else f"its start ({start:.3g})"
         return [Finding("not_learning", "error", step_at(h, len(losses) - 1),
-                        {"start_loss": start, "loss": end, "chance_loss": chance, "lr": lr},
-                        f"the loss stayed at {level}: the model is not learning",
+                        {"start_loss": start, "loss": end, "chance_loss": chance, "lr": lr, "noise": noise},
+                        f"the loss stayed at {level}, ending at {end:.3g} (its noise {noise:.2g}): the model is not "
+                        "learning",
                         {"action": "lr_find", "or": "check the data, the labels and the learning rate"})]
-    return []
+    return _regression_failed(h)
+
+
+TARGET_SCALE = 100.0
+"""A regression target whose spread or mean is this large (or its inverse small) is out of scale for the usual
+initialisations and learning rates (outputs start near 0 with a spread near 1)."""
+
+
+def _regression_failed(h: History) -> list[Finding]:
+    """``not_learning`` for a regression that learned nothing useful: its validation R^2 ended at or below 0 (no
+    better than predicting the mean), or its loss ended orders of magnitude (100x) above the targets' variance.
+    With targets out of scale (``meta["target_std"]``, ``meta["target_mean"]``) and not standardised, it names
+    their scale and prescribes standardising them."""
+    if h.meta.get("task") != "regression":
+        return []
+    r2 = [v for v in column(h.epochs, "val_r2") if math.isfinite(v)]
+    std, mean = h.meta.get("target_std"), h.meta.get("target_mean")
+    losses = finite(smooth_loss(h))
+    var = std ** 2 if isinstance(std, (int, float)) and std > 0 else None
+    huge = bool(var and losses and losses[-1] > 100 * var)
+    if not (r2 and r2[-1] <= 0) and not huge:
+        return []
+    scaled = bool(h.meta.get("standardize_target"))
+    size = max(abs(mean or 0.0), std or 0.0) if isinstance(std, (int, float)) else None
+    unscaled = not scaled and size is not None and not (1 / TARGET_SCALE <= size <= TARGET_SCALE)
+    evidence = {"val_r2": r2[-1] if r2 else None, "loss": losses[-1] if losses else None, "target_var": var,
+                "target_mean": mean, "target_std": std}
+    said = f"the validation R^2 ended at {r2[-1]:.3g}, no better than predicting the mean" if r2 and r2[-1] <= 0 \
+        else f"the loss ended at {losses[-1]:.3g}, over 100x the targets' variance ({var:.3g})"
+    if unscaled:
+        return [Finding("not_learning", "error", step_at(h, len(h.steps) - 1), evidence,
+                        f"{said}: the targets are out of scale (mean {mean:.3g}, spread {std:.3g}), so the model's "
+                        "outputs, which start near 0, must grow by that much and the loss's gradient is as large; "
+                        "standardise the targets (predictions are mapped back to their units)",
+                        {"action": "standardize_target", "flag": "--standardize-target",
+                         "fit": "fit(standardize_target=True)"})]
+    return [Finding("not_learning", "error", step_at(h, len(h.steps) - 1), evidence,
+                    f"{said}: the model is not learning",
+                    {"action": "lr_find", "or": "check the data, the targets and the learning rate"})]

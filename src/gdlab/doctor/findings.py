@@ -12,18 +12,22 @@ Example:
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import torch
+from torch.overrides import TorchFunctionMode
+
 from gdlab.records import History
 
 __all__ = ["Finding", "Remedy", "CODES", "SEVERITIES", "REMEDY_MODES", "Detector", "DETECTORS", "detector",
-           "diagnose", "run_settings"]
+           "diagnose", "run_settings", "trace_activations"]
 
 CODES = ("non_finite", "lr_too_high", "lr_too_low", "plateau", "local_minimum", "vanishing_gradients",
          "exploding_gradients", "dead_relu", "saturated_activations", "gradient_noise", "ill_conditioned_inputs",
-         "overfitting", "not_learning")
+         "overfitting", "not_learning", "labels_do_not_fit")
 SEVERITIES = ("info", "warning", "error")
 REMEDY_MODES = ("off", "suggest", "auto")
 
@@ -77,21 +81,86 @@ _ACTIVATIONS = {"ReLU": "relu", "LeakyReLU": "leaky_relu", "Tanh": "tanh", "Sigm
                 "Hardswish": "hardswish", "Hardsigmoid": "hardsigmoid"}
 
 
+_FUNCTIONS = frozenset(_ACTIVATIONS.values())
+# what a model's traced forward pass called, by model (kept while the model lives): run_settings adds it to the
+# activations its modules show, wherever it is asked (fit's start, the Doctor's end)
+_TRACED: weakref.WeakKeyDictionary[Any, frozenset[str]] = weakref.WeakKeyDictionary()
+
+
+class _Calls(TorchFunctionMode):
+    """Records the names of the activation functions called under it (``F.relu``, ``torch.tanh``,
+    ``x.sigmoid()``, the in-place ``relu_``...; an ``nn.ReLU`` calls ``F.relu``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        name = getattr(func, "__name__", "").rstrip("_")
+        if name in _FUNCTIONS:
+            self.seen.add(name)
+        return func(*args, **(kwargs or {}))
+
+
+def trace_activations(model: Any, forward: Callable[[], Any]) -> list[str] | None:
+    """The activations one forward pass calls, as functions or modules (``F.relu``, ``F.gelu``, ``torch.tanh``
+    inside ``forward`` are seen), recorded with a ``torch.overrides.TorchFunctionMode`` while ``forward()`` runs:
+    once, at a run's start, in eval mode and without gradients, the global RNGs restored after it (so the run is
+    the run without it); kept for :func:`run_settings`. None when the pass raised (the run's own first step will
+    say why).
+
+    Example:
+        >>> import torch.nn.functional as F
+        >>> class Net(torch.nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.fc = torch.nn.Linear(2, 2)
+        ...     def forward(self, x):
+        ...         return torch.tanh(F.relu(self.fc(x)))
+        >>> net = Net()
+        >>> trace_activations(net, lambda: net(torch.zeros(1, 2)))
+        ['relu', 'tanh']
+        >>> run_settings(net, None)["activations"]
+        ['relu', 'tanh']
+    """
+    modules = list(model.modules()) if hasattr(model, "modules") else []
+    training = [m.training for m in modules]
+    devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"}) \
+        if hasattr(model, "parameters") else []
+    calls = _Calls()
+    try:
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            for m in modules:
+                m.training = False
+            with calls:
+                forward()
+    except Exception:  # a forward that fails here fails at the first step too, and is named there
+        return None
+    finally:
+        for m, mode in zip(modules, training):
+            m.training = mode
+    _TRACED[model] = frozenset(calls.seen)
+    return sorted(calls.seen)
+
+
 def run_settings(model: Any, optimizer: Any) -> dict[str, Any]:
     """What a remedy must not prescribe again, read from the run itself: the model's activations (by the names of
-    ``gdlab.models.ACTIVATIONS``, from its modules; a functional call such as ``F.relu`` is not seen) and the
-    optimizer's momentum now (None for an optimizer without one, such as Adam).
+    ``gdlab.models.ACTIVATIONS``, from its modules and, where :func:`trace_activations` traced its forward pass,
+    the functions it called: ``F.relu`` is seen then), whether it was traced (``activations_traced``: without it an
+    empty list means "unknown"), and the optimizer's momentum now (None for an optimizer without one, such as Adam).
 
     Example:
         >>> import torch
         >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU())
         >>> run_settings(model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
-        {'activations': ['relu'], 'momentum': 0.9}
+        {'activations': ['relu'], 'activations_traced': False, 'momentum': 0.9}
     """
     out: dict[str, Any] = {}
     if model is not None and hasattr(model, "modules"):
+        traced = _TRACED.get(model)
         out["activations"] = sorted({_ACTIVATIONS[type(m).__name__] for m in model.modules()
-                                     if type(m).__name__ in _ACTIVATIONS})
+                                     if type(m).__name__ in _ACTIVATIONS} | (traced or frozenset()))
+        out["activations_traced"] = traced is not None
     groups = getattr(optimizer, "param_groups", None)
     if groups:
         momentum = groups[0].get("momentum")
@@ -130,7 +199,8 @@ def diagnose(history: History, codes: tuple[str, ...] | None = None) -> list[Fin
         codes: the finding codes to look for (all when None).
 
     Returns:
-        The findings, by severity (errors first), then step; one that another explains is left out.
+        The findings, by severity (errors first), then step: every one found, those another explains too (the
+        story of which explains which is :func:`gdlab.doctor.story.explain`'s, ``Result.diagnosis``).
 
     Example:
         >>> diagnose(History())
@@ -140,11 +210,5 @@ def diagnose(history: History, codes: tuple[str, ...] | None = None) -> list[Fin
     for code, fn in DETECTORS.items():
         if codes is None or code in codes:
             found.extend(fn(history))
-    codes_found = {f.code for f in found}
-    # a finding that explains another: dead units make the steps small; a blown-up run is not "not learning"
-    explained = {"lr_too_low"} if "dead_relu" in codes_found else set()
-    if "non_finite" in codes_found or "lr_too_high" in codes_found:
-        explained |= {"not_learning", "lr_too_low"}
-    found = [f for f in found if f.code not in explained]
     rank = {s: i for i, s in enumerate(reversed(SEVERITIES))}
     return sorted(found, key=lambda f: (rank[f.severity], f.step or 0))

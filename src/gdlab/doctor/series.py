@@ -26,7 +26,8 @@ from gdlab.records import History, Table, ema, finite, layer_key
 
 __all__ = ["column", "smooth_loss", "start_loss", "step_at", "latest", "readings", "corroborated", "depth_ratio",
            "depth_readings", "first_measured", "last_lr", "warmup_steps", "spike_window", "find_spike",
-           "rolling_max", "later_min", "peaks"]
+           "rolling_max", "later_min", "peaks", "point_noise", "ema_noise", "window_means", "peak_lr",
+           "noise_dominated"]
 
 
 def column(table: Table, key: str) -> list[float]:
@@ -312,3 +313,89 @@ def later_min(values: Sequence[float]) -> list[float]:
     out = np.minimum.accumulate(np.where(np.isfinite(a), a, np.inf)[::-1])[::-1]
     out[out == np.inf] = np.nan
     return out.tolist()
+
+
+def point_noise(values: Sequence[float]) -> float:
+    """The noise of one point of a series, from the series itself: the spread of its point-to-point differences
+    around their median (the mean absolute deviation x sqrt(pi / 2), a standard deviation for normal noise), over
+    sqrt(2). A steady trend moves every difference alike and is not counted as noise; NaN with fewer than 3 finite
+    values.
+
+    Example:
+        >>> round(point_noise([1.0, 1.1, 1.0, 1.1, 1.0, 1.1]), 3), point_noise([1.0, 2.0, 3.0, 4.0])
+        (0.071, 0.0)
+    """
+    a = np.asarray([v for v in values if math.isfinite(v)], dtype=float)
+    if len(a) < 3:
+        return math.nan
+    d = np.diff(a)
+    return float(math.sqrt(math.pi / 2) * np.mean(np.abs(d - np.median(d))) / math.sqrt(2))
+
+
+def ema_noise(h: History) -> float:
+    """The noise left in the smoothed loss (:func:`smooth_loss`): the per-step loss's noise around its moving
+    average (the robust spread of the residuals), times the share an average over about 19 steps keeps of it
+    (sqrt((1 - beta) / (1 + beta)) for beta 0.9); NaN when the loss has fewer than 3 finite steps.
+
+    Example:
+        >>> h = History()
+        >>> for s in range(200): h.steps.append({"loss": 1.0 + (0.1 if s % 2 else -0.1)})
+        >>> 0.01 < ema_noise(h) < 0.05
+        True
+    """
+    raw, smoothed = np.asarray(column(h.steps, "loss"), dtype=float), np.asarray(smooth_loss(h), dtype=float)
+    if len(raw) != len(smoothed):
+        return math.nan
+    ok = np.isfinite(raw) & np.isfinite(smoothed)
+    if ok.sum() < 3:
+        return math.nan
+    r = raw[ok] - smoothed[ok]
+    return float(1.4826 * np.median(np.abs(r - np.median(r))) * math.sqrt(0.1 / 1.9))
+
+
+def window_means(values: Sequence[float], width: int) -> list[float]:
+    """The mean of each run of ``width`` consecutive values (``len(values) - width + 1`` of them).
+
+    Example:
+        >>> window_means([1.0, 2.0, 3.0, 4.0], 2)
+        [1.5, 2.5, 3.5]
+    """
+    a = np.asarray(values, dtype=float)
+    if width < 1 or len(a) < width:
+        return []
+    sums = np.concatenate([[0.0], np.cumsum(a)])
+    return ((sums[width:] - sums[:-width]) / width).tolist()
+
+
+def peak_lr(h: History) -> float:
+    """The largest learning rate recorded per step (a schedule's peak, never its decayed end), else the run's
+    (``meta["lr"]``), else NaN.
+
+    Example:
+        >>> h = History()
+        >>> for lr in (0.1, 0.5, 0.01): h.steps.append({"lr": lr})
+        >>> peak_lr(h)
+        0.5
+    """
+    lrs = finite(column(h.steps, "lr"))
+    return max(lrs) if lrs else float(h.meta.get("lr") or math.nan)
+
+
+def noise_dominated(h: History) -> float | None:
+    """The median gradient noise scale (B_simple, ``noise_scale``) over the run's second half when it is above ten
+    times the batch size: each step's gradient is mostly the noise of its few samples, not the slope of the loss
+    (then a noisy, rising loss is the batch's doing before the learning rate's); else None.
+
+    Example:
+        >>> h = History()
+        >>> h.meta["batch_size"] = 1
+        >>> for s in range(10): h.steps.append({"noise_scale": 40.0})
+        >>> noise_dominated(h)
+        40.0
+    """
+    batch = h.meta.get("batch_size")
+    scales = finite(column(h.steps, "noise_scale"))
+    if not isinstance(batch, int) or batch < 1 or len(scales) < 3:
+        return None
+    median = statistics.median(scales[len(scales) // 2:])
+    return median if median > 10 * batch else None

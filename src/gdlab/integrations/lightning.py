@@ -15,7 +15,8 @@ first optimizer; each optimizer step ends a gdlab step with the training step's 
 Lightning 2) closes a gdlab epoch with ``val_loss`` and the other ``val_...`` metrics from
 ``trainer.callback_metrics``, and logs the mean of every step column of the epoch (the instruments', the loss, the
 learning rate, the gradient norm) to the trainer's loggers as ``gdlab/<column>``. At the fit's end the doctor
-diagnoses the run: the findings are printed, one line each, and kept in :attr:`Doctor.report`.
+diagnoses the run: its story (root causes first, each with its evidence, remedy and consequences, and the run id) is
+printed as every gdlab front door prints it (:func:`gdlab.doctor.story_lines`), and kept in :attr:`Doctor.report`.
 
 With gradient accumulation, a gdlab step is an optimizer step (``trainer.global_step`` moved): its loss is the sum of
 the accumulated batches' losses (Lightning divides each by the accumulation), their mean. Lightning calls the
@@ -41,8 +42,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gdlab.doctor.story import finding_lines, report_text
 from gdlab.errors import MissingExtra, check_int
-from gdlab.guard import printable
 
 try:
     from lightning.pytorch import Callback
@@ -76,19 +77,9 @@ def _scalar(value: Any) -> float | None:
 
 
 def finding_line(finding: Any) -> str:
-    """A finding as one line: its code, step, explanation and remedy."""
-    f = finding.to_dict() if hasattr(finding, "to_dict") else dict(finding)
-    step = f.get("step")
-    at = f"step {int(step)}" if isinstance(step, (int, float)) and math.isfinite(step) else "step -"
-    parts = [f"{f.get('severity', '')} {f.get('code', '')}", at, str(f.get("explanation") or "")]
-    remedy = f.get("remedy")
-    if isinstance(remedy, dict) and remedy:
-        rest = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in remedy.items()
-                         if k != "action")
-        parts.append(f"remedy: {remedy.get('action', '')}" + (f" ({rest})" if rest else ""))
-    elif remedy:
-        parts.append(f"remedy: {remedy}")
-    return " | ".join(parts)
+    """A finding as one line: the story printer's lines of it (:func:`gdlab.doctor.story.finding_lines`: its
+    severity, code, step, explanation, evidence and remedy) joined by `` | ``."""
+    return " | ".join(str(line).strip() for line in finding_lines(finding))
 
 
 class Doctor(Callback):
@@ -249,15 +240,13 @@ class Doctor(Callback):
             self.print_findings()
 
     def print_findings(self) -> None:
-        """Print the report's findings, one line each (code, step, explanation, remedy), their text as text (control
-        characters escaped: :func:`gdlab.guard.printable`)."""
+        """Print the doctor's story of the run, as every gdlab front door prints it
+        (:func:`gdlab.doctor.story_lines`: the root causes first, each with its evidence, remedy and the
+        consequences it explains; the run id), its text as text (control characters escaped:
+        :func:`gdlab.guard.printable`)."""
         if self.report is None:
             return
-        findings = self.report.findings
-        print(f"gdlab doctor: {len(findings)} finding{'s' if len(findings) != 1 else ''}"
-              + (f" (run {printable(self.report.run_id)})" if self.report.run_id else ""))
-        for finding in findings:
-            print("  " + printable(finding_line(finding)))
+        print(report_text(self.report))
 
     def epoch_means(self) -> dict[str, float]:
         """The mean of each step column over the rows recorded since the last call (NaN skipped), by column."""

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from gdlab.doctor.story import cause_lines, explain, finding_lines, story_lines
 from gdlab.errors import MissingExtra
 from gdlab.guard import check_out
 from gdlab.loop import Callback, LoopState
@@ -66,16 +67,15 @@ def _at(value: Any) -> int:
     return int(value) if _finite(value) else 0
 
 
+def _block(lines: Iterable[Any]) -> str:
+    """Lines of the story as TensorBoard markdown: a fenced block, so they read as the CLI prints them."""
+    return "```\n" + "\n".join(str(line) for line in lines) + "\n```"
+
+
 def finding_text(finding: Any) -> str:
-    """A finding (a :class:`~gdlab.doctor.Finding` or its dict) as TensorBoard's markdown text."""
-    f = finding.to_dict() if hasattr(finding, "to_dict") else dict(finding)
-    lines = [f"**{f.get('severity', '')}** `{f.get('code', '')}`: {f.get('explanation', '')}"]
-    if f.get("evidence"):
-        lines.append("evidence: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                                              for k, v in f["evidence"].items()))
-    if f.get("remedy"):
-        lines.append("remedy: " + ", ".join(f"{k} {v}" for k, v in f["remedy"].items()))
-    return "\n\n".join(lines)
+    """A finding (a :class:`~gdlab.doctor.Finding` or its dict) as TensorBoard's text: the story printer's lines of
+    it (:func:`gdlab.doctor.story.finding_lines`)."""
+    return _block(finding_lines(finding))
 
 
 class TensorBoard(Callback):
@@ -122,10 +122,24 @@ class TensorBoard(Callback):
     on_fit_end = flush
 
     def findings(self, findings: Iterable[Any], remedies: Iterable[Any] = ()) -> None:
-        """Write each finding as a text event ``doctor/<code>`` at its step, each remedy as ``remedy/<action>``."""
-        for finding in findings:
-            f = finding.to_dict() if hasattr(finding, "to_dict") else dict(finding)
-            self.writer.add_text(f"doctor/{f.get('code', 'finding')}", finding_text(f), _at(f.get("step")))
+        """Write the doctor's story (:func:`gdlab.doctor.story_lines`, the lines the CLI and the callbacks print) as
+        the text event ``doctor/story``; each root cause as ``doctor/<code>`` at its step, with the consequences it
+        explains; each consequence as ``doctor/<code>`` at its step, with its cause; each remedy applied as
+        ``remedy/<action>``."""
+        remedies = list(remedies)
+        story = explain(findings, remedies=remedies)
+        if story.causes:
+            self.writer.add_text("doctor/story", _block(story_lines(story)), 0)
+        for cause in story.causes:
+            self.writer.add_text(f"doctor/{cause.code}", _block(cause_lines(cause)), _at(cause.finding.step))
+            below = [(c, cause.finding) for c in cause.consequences]
+            while below:
+                c, parent = below.pop(0)
+                at = f" (step {parent.step})" if _finite(parent.step) else ""
+                lines = [*finding_lines(c.finding, remedy=False, because=c.because),
+                         f"    explained by: {parent.code}{at}"]
+                self.writer.add_text(f"doctor/{c.code}", _block(lines), _at(c.finding.step))
+                below += [(k, c.finding) for k in c.consequences]
         for remedy in remedies:
             r = remedy.to_dict() if hasattr(remedy, "to_dict") else dict(remedy)
             text = f"**{r.get('action', '')}**: {r.get('reason', '')}"

@@ -16,8 +16,9 @@ step is the model's own ``loss`` output, taken by a forward hook on the model du
 micro-batches' losses under gradient accumulation, their sum when the Trainer passes ``num_items_in_batch``), filed
 with ``Watch.step`` at ``on_step_end``; the Trainer's logged loss (``logs["loss"]``, an average over
 ``logging_steps``) is not used. Each evaluation's metrics (``eval_loss`` as ``val_loss``, ``eval_<name>`` as
-``val_<name>``) close the epoch they follow. At ``on_train_end`` the doctor's findings are printed and kept in
-:attr:`Doctor.report`. Only the main process (``state.is_world_process_zero``) watches, prints and stores; under
+``val_<name>``) close the epoch they follow. At ``on_train_end`` the doctor's story of the run is printed as every
+gdlab front door prints it (:func:`gdlab.doctor.story_lines`) and kept in :attr:`Doctor.report`. Only the main
+process (``state.is_world_process_zero``) watches, prints and stores; under
 several processes its verdict on a divergence is broadcast, so that every process stops at the same step.
 docs/watch.md, "Hugging Face Trainer", says what is measured.
 
@@ -36,8 +37,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from gdlab.doctor.story import report_text
 from gdlab.errors import InvalidParameter, MissingExtra, check_int
-from gdlab.guard import printable
 from gdlab.loop import Result
 from gdlab.watching import LOG_EVERY, Watch, watch
 
@@ -254,16 +255,7 @@ def _val_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def summary(report: Result) -> str:
-    """The doctor's findings in a few lines (what :class:`Doctor` prints at the end of training), each line's text
-    as text (control characters escaped: :func:`gdlab.guard.printable`)."""
-    if not report.findings:
-        lines = [f"gdlab doctor: no findings in {report.steps} steps"]
-    else:
-        lines = [f"gdlab doctor: {len(report.findings)} finding(s) in {report.steps} steps"]
-        for f in report.findings:
-            d = f.to_dict() if hasattr(f, "to_dict") else dict(f)
-            at = f" at step {d['step']}" if d.get("step") is not None else ""
-            lines.append(f"  [{d.get('severity')}] {d.get('code')}{at}: {d.get('explanation')}")
-    if report.stop_reason:
-        lines.append(f"  {report.stop_reason}")
-    return "\n".join(map(printable, lines))
+    """What :class:`Doctor` prints at the end of training: the doctor's story of the run as every gdlab front door
+    prints it (:func:`gdlab.doctor.story.report_text`: the root causes first, each with its evidence, remedy and the
+    consequences it explains, the run id; then why it stopped early), control characters escaped."""
+    return report_text(report)

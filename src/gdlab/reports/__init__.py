@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from gdlab import __version__
+from gdlab.doctor.story import explain
 from gdlab.errors import InvalidParameter, RunNotFound
 from gdlab.guard import check_out
 from gdlab.records import History, ema
@@ -233,6 +234,8 @@ def _run_summary(run: Run, history: History) -> dict[str, Any]:
         "final": _clean(run.final or {}),
         "findings": [_clean(f) for f in run.findings],
         "remedies": [_clean(r) for r in run.remedies],
+        # the doctor's story of the findings (gdlab.doctor.explain, as the CLI prints it): causes, consequences nested
+        "diagnosis": _clean(explain(run.findings, run_id=run.id, remedies=run.remedies, steps=run.steps).to_dict()),
     }
 
 

@@ -376,8 +376,11 @@
     }
   }
 
-  function findingCard(f, who) {
+  // a finding's card; a root cause's holds the consequences it explains, nested ("because of this"), each with
+  // why its cause explains it and no remedy of its own (the story of gdlab.doctor.explain)
+  function findingCard(f, who, because) {
     var evidence = Object.keys(f.evidence || {});
+    var consequences = f.consequences || [];
     var card = el("article", { class: "card finding sev-" + f.severity, "data-code": f.code, "data-step": f.step,
                                title: typeof f.step === "number" ? "click: zoom the charts to step " + f.step : null },
       el("div", { class: "head" }, el("span", { class: "sev", text: f.severity }),
@@ -388,10 +391,15 @@
       el("dl", null,
         evidence.length ? [el("dt", { text: "evidence" }), el("dd", { text: evidence.map(function (k) {
           return k + " " + fmt(f.evidence[k]); }).join("; ") })] : null,
-        f.remedy ? [el("dt", { text: "remedy" }), el("dd", { class: "mono", text: remedyText(f.remedy) })] : null));
+        because ? [el("dt", { text: "why" }), el("dd", { text: because })] : null,
+        f.remedy && !because ? [el("dt", { text: "remedy" }), el("dd", { class: "mono", text: remedyText(f.remedy) })]
+          : null),
+      consequences.length ? el("div", { class: "because" }, el("div", { class: "label", text: "because of this:" }),
+        consequences.map(function (c) { return findingCard(c, "", c.because || " "); })) : null);
+    if (because) card.classList.add("consequence");
     if (typeof f.step === "number") {
       card.classList.add("zooms");
-      card.addEventListener("click", function () { zoomTo(f.step); });
+      card.addEventListener("click", function (e) { e.stopPropagation(); zoomTo(f.step); });
     }
     return card;
   }
@@ -401,7 +409,8 @@
     var cards = el("div", { class: "cards" });
     var any = false;
     runs.forEach(function (r) {
-      (r.findings || []).forEach(function (f) { any = true; cards.appendChild(findingCard(f, runs.length > 1 ? r.label : "")); });
+      var causes = r.diagnosis ? r.diagnosis.causes : (r.findings || []);
+      causes.forEach(function (f) { any = true; cards.appendChild(findingCard(f, runs.length > 1 ? r.label : "")); });
     });
     if (any) section.appendChild(cards);
     else section.appendChild(el("div", { class: "healthy", text: runs.every(function (r) { return r.settings && r.settings.doctor === false; })
