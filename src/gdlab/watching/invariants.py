@@ -1,0 +1,85 @@
+"""Invariants of the user's loop that :func:`gdlab.watch` checks at its first updates, for almost nothing: the
+silent bugs whose loss curve looks like a tuning problem.
+
+- **gradients not zeroed**: the first backward pass after an update accumulated into the very gradient tensor
+  that update used, with nothing done to it in between (no ``zero_grad()``, no ``set_to_none``): the gradients of
+  every step pile up, and the run looks like a learning rate far too large. Read from the tensor's identity and
+  its version counter (host-side integers: no read of the device): accumulating bumps the version once, zeroing it
+  in place bumps it too, ``set_to_none`` makes a new tensor. Intended accumulation (several backward passes, then
+  one update that zeroes after it), zeroing after the update, ``set_to_none``, clipping and a ``GradScaler``
+  (in place, but before the update) are all told apart from it.
+
+The check watches one parameter the optimizer updates (the first with ``requires_grad``), over the first
+:data:`UPDATES` updates, then takes its hooks off: a loop that never zeroes fails it at the first update.
+What it cannot see: a loop that zeroes some parameters but not others (one is watched), and a model wrapped in
+``DistributedDataParallel``, or any loop under several processes (a reducer writes the gradients itself; the
+check stays off there).
+
+Example:
+    >>> import torch
+    >>> model = torch.nn.Linear(2, 1); opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    >>> check = ZeroGradCheck(model, opt)
+    >>> for _ in range(3):  # no zero_grad()
+    ...     model(torch.ones(4, 2)).sum().backward(); opt.step()
+    >>> check.found["update"], check.found["parameter"]
+    (1, 'weight')
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["UPDATES", "ZeroGradCheck"]
+
+UPDATES = 3
+"""The updates over which the loop's zeroing is checked (the first ones: a bug there is a bug at every step)."""
+
+
+class ZeroGradCheck:
+    """Whether the loop zeroes its gradients between updates (see the module's text); ``found`` holds the
+    evidence when it does not (``update``: the update whose gradient the next backward pass added to,
+    ``parameter``: the watched parameter's name), else None; ``done`` once it has decided."""
+
+    def __init__(self, model: nn.Module, optimizer: Any) -> None:
+        self.found: dict[str, Any] | None = None
+        self.done = False
+        self.updates = 0
+        self._kept: tuple[Any, int] | None = None  # the gradient the last update used, and its version then
+        self._handles: list[Any] = []
+        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        named = [(name, p) for name, p in model.named_parameters() if p.requires_grad and id(p) in held]
+        wrapped = type(model).__name__ == "DistributedDataParallel" or (
+            torch.distributed.is_available() and torch.distributed.is_initialized()
+            and torch.distributed.get_world_size() > 1)  # a reducer may write the gradients: not this check's case
+        if not named or wrapped or not hasattr(named[0][1], "register_post_accumulate_grad_hook"):
+            self.done = True
+            return
+        self.name, self._parameter = named[0]
+        self._handles = [optimizer.register_step_post_hook(self._after_update),
+                         self._parameter.register_post_accumulate_grad_hook(self._accumulated)]
+
+    def _after_update(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self.updates += 1
+        grad = self._parameter.grad
+        self._kept = (grad, grad._version) if grad is not None else None
+        if self.updates > UPDATES:
+            self.close()
+
+    def _accumulated(self, parameter: Any) -> None:
+        kept, self._kept = self._kept, None
+        if kept is None or self.done:
+            return
+        grad, version = kept
+        if parameter.grad is grad and grad._version == version + 1:  # added to, untouched since the update
+            self.found = {"update": self.updates, "parameter": self.name}
+            self.close()
+
+    def close(self) -> None:
+        """Take the hooks off (the check has decided, or the watch ends)."""
+        self.done = True
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
