@@ -4,7 +4,8 @@
 - an import inside a function points downward too, or defers a heavy edge (``plots``, ``progress``);
 - the import graph, those deferred edges aside, has no cycle;
 - no underscore name is used outside its module;
-- rich, matplotlib, typer, tensorboard and lightning are imported only at the edges.
+- rich, matplotlib, typer, tensorboard and lightning are imported only at the edges;
+- no module finds hooks by ``hasattr``: one dispatcher (:class:`gdlab.loop.Hooks`) decides which hooks answer.
 """
 
 from __future__ import annotations
@@ -182,3 +183,39 @@ def test_edge_libraries_stay_at_the_edges(library: str) -> None:
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             wrong.extend(f"{module}:{node.lineno} imports {n}" for n in names if n.split(".")[0] == library)
     assert not wrong, "\n".join(wrong)
+
+
+def _hook_discovery(source: str) -> list[int]:
+    """The lines of ``source`` that find a hook of :data:`gdlab.loop.HOOKS` by name themselves: ``hasattr(x,
+    "on_step_end")``, ``getattr(x, "close", None)`` (a default: the hook may be missing) or ``getattr(type(x),
+    "on_diverge", ...)``."""
+    from gdlab.loop import HOOKS
+
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and len(node.args) >= 2):
+            continue
+        name = node.args[1]
+        if not (isinstance(name, ast.Constant) and name.value in HOOKS):
+            continue
+        on_type = isinstance(node.args[0], ast.Call) and isinstance(node.args[0].func, ast.Name) and \
+            node.args[0].func.id == "type"
+        if node.func.id == "hasattr" or (node.func.id == "getattr" and (len(node.args) == 3 or on_type)):
+            lines.append(node.lineno)
+    return sorted(lines)
+
+
+def test_no_module_finds_hooks_by_hasattr() -> None:
+    wrong = [f"{module}:{line}" for module, path in MODULES.items() for line in _hook_discovery(path.read_text())]
+    assert not wrong, "hooks found outside gdlab.loop.Hooks:\n" + "\n".join(wrong)
+
+
+def test_the_hook_discovery_finder_finds_discovery() -> None:
+    source = """
+handlers = [h.on_step_end for h in hooks if hasattr(h, "on_step_end")]
+close = getattr(hook, "close", None)
+mine = getattr(type(hook), "on_diverge", None) is not None
+ahead = getattr(hook, "next_before", None)
+fine = hasattr(model, "modules") and getattr(hook, "cost", "cheap") and getattr(hook, "on_fit_end")
+"""
+    assert _hook_discovery(source) == [2, 3, 4, 5]

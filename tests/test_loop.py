@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from gdlab.loop import LoopState, Snapshot, run
+from gdlab.loop import EVENTS, HOOKS, Callback, Hooks, LoopState, Plan, Snapshot, answers, run
 from gdlab.problem import Problem
 from gdlab.train import fit
 
@@ -262,3 +262,110 @@ def test_a_dataset_that_is_empty_or_unreadable_fails_before_training() -> None:
     with pytest.raises(DataError, match=r"^reading sample 0 of the training data failed: the Dataset Rows raised "
                        r"KeyError: 'sample 0 is missing' \(test_loop.py, line \d+\)$"):
         fit(nn.Linear(4, 1), Rows(10), progress=False)
+
+
+# -- the hook protocol: Callback declares every hook, Hooks dispatches them ------------------------------------------
+class _Calls(Callback):
+    """A Callback that answers some events (the others are the base's no-ops)."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def on_fit_start(self, state: LoopState) -> None:
+        self.calls.append("on_fit_start")
+
+    def on_epoch_end(self, state: LoopState) -> None:
+        self.calls.append("on_epoch_end")
+
+    def on_fit_end(self, state: LoopState) -> None:
+        self.calls.append("on_fit_end")
+
+
+class _Plain:
+    """Not a Callback: a user's plain object with two hooks."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def on_step_end(self, state: LoopState) -> None:
+        self.calls.append("on_step_end")
+
+    def on_diverge(self, state: LoopState) -> bool:
+        self.calls.append("on_diverge")
+        return True
+
+
+def test_callback_declares_every_hook_with_a_default() -> None:
+    base = Callback()
+    assert set(EVENTS) < set(HOOKS) and {"on_diverge", "close", "needs_step", "before_update"} <= set(HOOKS)
+    for name in HOOKS:
+        assert callable(getattr(Callback, name)) and getattr(Callback, name).__doc__, name
+        assert not answers(base, name), name  # the base's defaults answer nothing
+    assert base.on_diverge(None) is False and base.needs_step(3) and base.next_needed(3) == 3  # type: ignore[arg-type]
+
+
+def test_hooks_answer_by_override_for_callbacks_and_by_presence_for_plain_objects() -> None:
+    mine, plain = _Calls(), _Plain()
+    hooks = Hooks([mine, plain, object()])
+    assert hooks.answering("on_fit_start") == [mine] and hooks.answering("on_step_end") == [plain]
+    assert hooks.answering("on_diverge") == [plain] and hooks.answering("close") == []
+    assert hooks.answering("on_step_start") == [] and hooks.answering("needs_step") == []
+    assert [h.__self__ for h in hooks.handlers["on_epoch_end"]] == [mine]  # type: ignore[attr-defined]
+
+
+def test_hooks_ask_every_on_diverge_and_close_every_hook_that_closes() -> None:
+    class Acts(Callback):
+        asked = 0
+        closed = 0
+
+        def on_diverge(self, state: LoopState) -> bool:
+            self.asked += 1
+            return True
+
+        def close(self) -> None:
+            self.closed += 1
+
+    first, plain, silent = Acts(), _Plain(), _Calls()
+    hooks = Hooks([first, plain, silent])
+    assert hooks.diverged(None)  # type: ignore[arg-type]
+    assert first.asked == 1 and plain.calls == ["on_diverge"]  # both asked, though the first acted
+    hooks.close()
+    assert first.closed == 1
+    assert not Hooks([silent]).diverged(None)  # type: ignore[arg-type]
+
+
+def test_run_calls_only_the_hooks_each_hook_answers() -> None:
+    mine, plain = _Calls(), _Plain()
+    problem = Problem.make(nn.Linear(4, 1), _data(64), batch_size=16, device="cpu")
+    state = LoopState.start(problem, torch.optim.SGD(problem.model.parameters(), lr=0.05), total_steps=8)
+    run(problem, state, [mine, plain])
+    assert mine.calls == ["on_fit_start", "on_epoch_end", "on_epoch_end", "on_fit_end"]
+    assert plain.calls == ["on_step_end"] * 8
+    again = _Calls()
+    state = LoopState.start(problem, torch.optim.SGD(problem.model.parameters(), lr=0.05), total_steps=4)
+    run(problem, state, Hooks([again]))  # the dispatcher itself, made once, is taken too
+    assert again.calls == ["on_fit_start", "on_epoch_end", "on_fit_end"]
+
+
+def test_the_plan_gathers_the_planning_hooks_as_a_group() -> None:
+    class Sparse(Callback):  # needs every 10th step one by one, the others in blocks
+        def on_step_end(self, state: LoopState) -> None: ...
+        def needs_step(self, step: int) -> bool:
+            return step % 10 == 0
+        def next_needed(self, step: int) -> float:
+            return -(-step // 10) * 10
+        def on_steps_end(self, state: LoopState, rows: range) -> None: ...
+
+    class Measures(Callback):  # measures on its schedule, without saying the next such step
+        def on_step_start(self, state: LoopState) -> None: ...
+        def scheduled(self, step: int) -> bool:
+            return step == 5
+
+    sparse, measures = Sparse(), Measures()
+    plan = Hooks([sparse]).plan
+    assert plan.lane and plan.needs == [sparse.needs_step] and plan.block_ends == [sparse.on_steps_end]
+    assert plan.nexts == [sparse.next_needed] and plan.unscheduled == [] and plan.befores == []
+    assert Plan.of(Hooks([sparse, _Plain()])).lane is False  # a plain on_step_end needs every step
+    both = Hooks([sparse, measures]).plan
+    assert both.lane and both.schedules == [measures.scheduled] and both.nexts is None  # scanned step by step
+    assert Hooks([_Plain(), measures]).plan.unscheduled == [] and Hooks([_Calls()]).plan.lane  # nothing to block

@@ -2,7 +2,8 @@
 
 :func:`run` is the lecture's four steps, read top to bottom: (1) start from the model's parameters, (2) take a
 batch, evaluate the loss and its gradient, (3) update the parameters, (4) record and repeat. Callbacks observe and
-act through a short, declared list of events (:data:`EVENTS`); each receives the :class:`LoopState` explicitly.
+act through the hooks :class:`Callback` declares (:data:`EVENTS` and a few more), dispatched by :class:`Hooks`;
+each receives the :class:`LoopState` explicitly.
 
 The loop does not wait for the device. The loss and gradient norms of each step stay on the device (a
 :class:`StepLog`) and reach the host in batches: every ``log_every`` steps, at each epoch's end, and whenever
@@ -44,13 +45,18 @@ from gdlab.records import History, Table
 
 __all__ = [
     "EVENTS",
+    "HOOKS",
     "LOG_EVERY",
+    "PLANS",
     "Callback",
+    "Hooks",
+    "Plan",
     "Cause",
     "LoopState",
     "Result",
     "Snapshot",
     "StepLog",
+    "answers",
     "data_cause",
     "final_metrics",
     "run",
@@ -68,15 +74,43 @@ _LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
 class Callback:
-    """Base class for callbacks: override the events you need; each gets the :class:`LoopState`.
+    """Base class for callbacks: every hook the loops call (:func:`run`, ``gdlab.watch``, the population's members
+    through :func:`run`), declared here once with its signature and a default that does nothing. Override the ones
+    you need; each event gets the :class:`LoopState`.
+
+    - **Events** (:data:`EVENTS`, in the order they first fire): ``on_fit_start``, ``on_epoch_start``,
+      ``on_step_start``, ``on_step_end``, ``on_epoch_end``, ``on_fit_end``.
+    - **Outcomes**: ``on_diverge(state) -> bool`` (asked when the loss became NaN or inf and no bad data explains it;
+      True: the hook acted, the run goes on) and ``close()`` (the run failed: let go of what you hold).
+    - **Planning** (:data:`PLANS`: what the hook needs measured at the coming steps; ``gdlab.watch`` uses it to
+      take the steps no hook needs in blocks, and :func:`run` takes each step whole): ``needs_step(step)`` and
+      ``next_needed(step)`` say which steps need ``on_step_end`` one by one, ``on_steps_end(state, rows)`` takes
+      the others in blocks; ``scheduled(step)`` and ``next_scheduled(step)`` say on which steps ``on_step_start``
+      needs the forward pass (with ``due``: the step under way is one); ``needs_before(step)``,
+      ``next_before(step)`` and ``before_update(state, step)`` keep something before an update (with
+      ``keeps_before``).
+
+    Which hooks answer a hook is decided once per list of hooks by :class:`Hooks`: a hook answers when its class
+    overrides this base's method. An object that is not a ``Callback`` (a plain object with ``on_*`` methods)
+    works the same way: it answers the hooks it has. Planning hooks are taken as a group: a hook that answers
+    ``on_step_end`` without ``needs_step`` and ``on_steps_end`` needs every step one by one.
 
     Example:
         >>> class StopAtLoss(Callback):
         ...     def on_step_end(self, state):
         ...         if state.loss < 0.01:   # reading the loss waits for the device: one host sync per step
         ...             state.stop("loss below 0.01")
+        >>> hooks = Hooks([StopAtLoss()])
+        >>> len(hooks.answering("on_step_end")), len(hooks.answering("on_fit_end"))
+        (1, 0)
     """
 
+    keeps_before: bool = False
+    """With ``before_update``: the hook keeps something before the updates of the steps ``needs_before`` names."""
+    due: bool = False
+    """With ``scheduled``: the step under way is one the hook measures (set by its ``on_step_start``)."""
+
+    # -- the events ----------------------------------------------------------------------------------------------
     def on_fit_start(self, state: LoopState) -> None:
         """Before the first step (also when resuming)."""
 
@@ -94,6 +128,155 @@ class Callback:
 
     def on_fit_end(self, state: LoopState) -> None:
         """After the last step, whatever stopped the loop."""
+
+    # -- the outcomes --------------------------------------------------------------------------------------------
+    def on_diverge(self, state: LoopState) -> bool:
+        """The loss became NaN or inf and no bad data explains it: return True when the hook acted (rolled back,
+        lowered the learning rate) and the run goes on; when no hook acts, the run stops."""
+        return False
+
+    def close(self) -> None:
+        """The run failed (an error, not a stop): let go of what the hook holds (a progress bar, a file)."""
+
+    # -- planning: what the hook needs measured at the coming steps ----------------------------------------------
+    def needs_step(self, step: int) -> bool:
+        """Whether step ``step`` (1-based) needs this hook's ``on_step_end`` on its own (else ``on_steps_end``)."""
+        return True
+
+    def next_needed(self, step: int) -> float:
+        """The first step from ``step`` on for which :meth:`needs_step` is True (``math.inf``: none)."""
+        return step
+
+    def on_steps_end(self, state: LoopState, rows: range) -> None:
+        """The steps no hook needed one by one, in a block: their rows in ``state.history.steps``."""
+
+    def scheduled(self, step: int) -> bool:
+        """Whether this hook's ``on_step_start`` measures at step ``step`` (it needs the step's forward pass)."""
+        return True
+
+    def next_scheduled(self, step: int) -> float:
+        """The first step from ``step`` on that :meth:`scheduled` names (``math.inf``: none)."""
+        return step
+
+    def needs_before(self, step: int) -> bool:
+        """With :attr:`keeps_before`: whether :meth:`before_update` is wanted before step ``step``'s update."""
+        return False
+
+    def next_before(self, step: int) -> float:
+        """The first step from ``step`` on that :meth:`needs_before` names (``math.inf``: none)."""
+        return math.inf
+
+    def before_update(self, state: LoopState, step: int) -> None:
+        """Before the update of step ``step``, which :meth:`needs_before` named."""
+
+
+PLANS = ("needs_step", "next_needed", "on_steps_end", "scheduled", "next_scheduled", "needs_before", "next_before",
+         "before_update")
+"""The planning hooks of :class:`Callback` (what a hook needs measured at the coming steps)."""
+
+HOOKS = (*EVENTS, "on_diverge", "close", *PLANS)
+"""Every hook :class:`Callback` declares; :class:`Hooks` dispatches them."""
+
+
+def answers(hook: Any, name: str) -> bool:
+    """Whether ``hook`` answers the hook ``name`` (one of :data:`HOOKS`): it has the method, and not as
+    :class:`Callback`'s default (a plain object answers every hook it has).
+
+    Example:
+        >>> class Plain:
+        ...     def on_fit_end(self, state): ...
+        >>> answers(Plain(), "on_fit_end"), answers(Plain(), "on_step_end"), answers(Callback(), "on_fit_end")
+        (True, False, False)
+    """
+    if getattr(hook, name, None) is None:
+        return False
+    return getattr(type(hook), name, None) is not getattr(Callback, name)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a list of hooks says through the planning hooks (:data:`PLANS`), gathered once by :class:`Hooks`:
+    ``gdlab.watch`` reads it to file the steps no hook needs one by one in blocks (:func:`run` takes each step
+    whole and needs none of it)."""
+
+    lane: bool
+    """Every hook that answers ``on_step_end`` answers ``needs_step`` and ``on_steps_end``: steps can go in blocks."""
+    block_ends: list[Callable[[LoopState, range], None]]
+    """With :attr:`lane`: their ``on_steps_end``."""
+    needs: list[Callable[[int], bool]]
+    """With :attr:`lane`: their ``needs_step``."""
+    nexts: list[Callable[[int], float]] | None
+    """Their ``next_needed``, where each of them (and each ``scheduled`` hook, its ``next_scheduled``) has one;
+    else None (the steps are asked one by one)."""
+    unscheduled: list[Any]
+    """The hooks with an ``on_step_start`` and no ``scheduled``: every step's forward pass is theirs."""
+    schedules: list[Callable[[int], bool]]
+    """The ``scheduled`` of the hooks with an ``on_step_start`` that have one."""
+    next_forwards: list[Callable[[int], float]]
+    """Their ``next_scheduled``, where they have one."""
+    befores: list[Any]
+    """The hooks that answer ``before_update`` and ``needs_before`` (with ``keeps_before``, ``next_before``)."""
+
+    @classmethod
+    def of(cls, hooks: Hooks) -> Plan:
+        """The plan of ``hooks``."""
+        ends, starts = hooks.answering("on_step_end"), hooks.answering("on_step_start")
+
+        def every(hooks_: list[Any], name: str) -> bool:
+            return all(hook in hooks.answering(name) for hook in hooks_)
+
+        lane = every(ends, "on_steps_end") and every(ends, "needs_step")
+        scheduled = [h for h in starts if h in hooks.answering("scheduled")]
+        ahead = [h for h in starts if h in hooks.answering("next_scheduled")]
+        return cls(lane=lane, block_ends=[h.on_steps_end for h in ends] if lane else [],
+                   needs=[h.needs_step for h in ends] if lane else [],
+                   # a schedule without next_scheduled: the steps are scanned instead
+                   nexts=[h.next_needed for h in ends] if every(ends, "next_needed") and
+                   len(ahead) == len(scheduled) else None,
+                   unscheduled=[h for h in starts if h not in scheduled], schedules=[h.scheduled for h in scheduled],
+                   next_forwards=[h.next_scheduled for h in ahead],
+                   befores=[h for h in hooks.answering("before_update") if h in hooks.answering("needs_before")])
+
+
+class Hooks:
+    """The one dispatcher of a run's hooks (:func:`run` and ``gdlab.watch`` use it): which hooks answer each of
+    :data:`HOOKS`, decided once (:func:`answers`), and the calls.
+
+    Example:
+        >>> class Count(Callback):
+        ...     steps = 0
+        ...     def on_step_end(self, state): self.steps += 1
+        >>> hooks = Hooks([Count(), object()])
+        >>> len(hooks.answering("on_step_end")), hooks.answering("on_fit_start"), hooks.diverged(None)
+        (1, [], False)
+    """
+
+    def __init__(self, hooks: Sequence[Any] = ()) -> None:
+        self.hooks = list(hooks)
+        self._answering = {name: [hook for hook in self.hooks if answers(hook, name)] for name in HOOKS}
+        self.handlers: dict[str, list[Callable[[LoopState], Any]]] = {
+            event: [getattr(hook, event) for hook in self._answering[event]] for event in EVENTS}
+        """Each event's bound methods, in the hooks' order."""
+        self.plan = Plan.of(self)
+        """What the hooks need measured at the coming steps (their planning hooks)."""
+
+    def answering(self, name: str) -> list[Any]:
+        """The hooks that answer ``name`` (one of :data:`HOOKS`), in their order."""
+        return self._answering[name]
+
+    def emit(self, event: str, state: LoopState) -> None:
+        """Call every hook that answers ``event`` (one of :data:`EVENTS`) with ``state``."""
+        for handler in self.handlers[event]:
+            handler(state)
+
+    def diverged(self, state: LoopState) -> bool:
+        """Ask every hook's ``on_diverge`` (all of them, none skipped): whether one acted."""
+        return any([hook.on_diverge(state) for hook in self._answering["on_diverge"]])
+
+    def close(self) -> None:
+        """Call every hook's ``close`` (the run failed)."""
+        for hook in self._answering["close"]:
+            hook.close()
 
 
 @dataclass
@@ -457,7 +640,7 @@ def _refresh(kept: Any, now: Any) -> Any:
     return now
 
 
-def run(problem: Problem, state: LoopState, hooks: Sequence[Any] = (), *, tol: float | None = None,
+def run(problem: Problem, state: LoopState, hooks: Sequence[Any] | Hooks = (), *, tol: float | None = None,
         patience: int | None = None, log_every: int = LOG_EVERY, grad_norms: bool = True,
         checkpoint: Callable[[LoopState], None] | None = None, checkpoint_every: int | None = None,
         ranks: distributed.Ranks | None = None, agree: Callable[[LoopState], None] | None = None) -> None:
@@ -466,9 +649,9 @@ def run(problem: Problem, state: LoopState, hooks: Sequence[Any] = (), *, tol: f
     Args:
         problem: the model and data, checked (:class:`~gdlab.problem.Problem`).
         state: the position, optimizer and history; changed in place.
-        hooks: callbacks: objects with methods named after :data:`EVENTS` (and optionally ``on_diverge(state)
-            -> bool``, asked before a run with a non-finite loss stops; True: it acted, go on; and ``close()``,
-            called when the run fails).
+        hooks: callbacks (:class:`Callback` subclasses, or plain objects with methods named after its hooks:
+            the :data:`EVENTS`, ``on_diverge(state) -> bool``, asked before a run with a non-finite loss stops,
+            True: it acted, go on; and ``close()``, called when the run fails), or their :class:`Hooks`.
         tol: stop when the epoch's train loss changes by less than ``tol``.
         patience: stop when the validation loss has not improved for ``patience`` epochs.
         log_every: steps between host reads of the loss and gradient norms (and the divergence check).
@@ -483,10 +666,10 @@ def run(problem: Problem, state: LoopState, hooks: Sequence[Any] = (), *, tol: f
     """
     model, optimizer, plan = state.model, state.optimizer, state.plan
     net = distributed.wrap(model, ranks) if ranks is not None else model
-    handlers = {event: [getattr(hook, event) for hook in hooks if hasattr(hook, event)] for event in EVENTS}
+    dispatch = hooks if isinstance(hooks, Hooks) else Hooks(hooks)
 
     def emit(event: str) -> None:
-        for handler in handlers[event]:
+        for handler in dispatch.handlers[event]:
             handler(state)
 
     log = state.log = StepLog(state, list(model.parameters()))
@@ -556,7 +739,7 @@ def run(problem: Problem, state: LoopState, hooks: Sequence[Any] = (), *, tol: f
                 # with ranks, a checkpoint's step is a check too: every rank reads (and may roll back) alike
                 periodic = epoch_done or state.step % log_every == 0 or (ranks is not None and state.step % every == 0)
                 if periodic or log.diverged_at is not None:
-                    _check(state, log, good, hooks, problem)
+                    _check(state, log, good, dispatch, problem)
                 if epoch_done:
                     _end_epoch(problem, state, tol, patience, started)
                     emit("on_epoch_end")
@@ -570,11 +753,11 @@ def run(problem: Problem, state: LoopState, hooks: Sequence[Any] = (), *, tol: f
                     agreed_stop = state.stop_reason is not None
                 stopping = agreed_stop if agree is not None else state.stop_reason is not None
                 if checkpoint and (state.step % every == 0 or stopping):
-                    _check(state, log, good, hooks, problem)
+                    _check(state, log, good, dispatch, problem)
                     state.seconds = time.perf_counter() - started
                     checkpoint(state)
 
-            _check(state, log, good, hooks, problem)
+            _check(state, log, good, dispatch, problem)
             log.close()
             # a budget in steps, or a stop, can end mid-epoch: record the part done (its first step too, when even
             # that one's loss was not finite: the epoch's record is then non-finite, never an earlier epoch's)
@@ -586,7 +769,7 @@ def run(problem: Problem, state: LoopState, hooks: Sequence[Any] = (), *, tol: f
             emit("on_fit_end")
         except BaseException:
             state.seconds = time.perf_counter() - started
-            _close(log, hooks)
+            _close(log, dispatch)
             raise
 
 
@@ -607,7 +790,7 @@ def final_metrics(problem: Problem, state: LoopState) -> dict[str, float | None]
 _LOSSES = ("train_loss", "val_loss")
 
 
-def _check(state: LoopState, log: StepLog, good: Snapshot, hooks: Sequence[Any],
+def _check(state: LoopState, log: StepLog, good: Snapshot, hooks: Hooks,
            problem: Problem | None = None) -> None:
     """Read the pending values; on a non-finite loss roll back (a hook's remedy, or a stop); else keep the
     parameters as the last good point when they are finite."""
@@ -638,7 +821,7 @@ Cause = tuple[str, int, str, float | None]
 source a key of :data:`~gdlab.problem.NON_FINITE_SOURCES`."""
 
 
-def settle_divergence(state: LoopState, row: int, hooks: Sequence[Any], cause: Cause | None) -> bool:
+def settle_divergence(state: LoopState, row: int, hooks: Hooks | Sequence[Any], cause: Cause | None) -> bool:
     """The one verdict on a non-finite loss at the history's ``row`` (``fit``'s loop and ``gdlab.watch`` both end
     here): a known ``cause`` (:func:`data_cause`: the data, the starting point, the model or the loss) is written in
     the row's ``bad_data`` columns and stops the run, since no learning rate can help; else each hook's
@@ -653,7 +836,7 @@ def settle_divergence(state: LoopState, row: int, hooks: Sequence[Any], cause: C
             steps.put("bad_data_scale", row, scale)
         state.stop(f"diverged: {reason}")
         return False
-    if any([getattr(hook, "on_diverge", _never)(state) for hook in hooks]):
+    if (hooks if isinstance(hooks, Hooks) else Hooks(hooks)).diverged(state):
         return True
     state.stop(f"diverged: the loss became {steps['loss'][row]} at step {int(steps['step'][row])}; "
                "the learning rate is likely too large")
@@ -774,20 +957,13 @@ def _reduce_loss(loss: Tensor, weight: float) -> tuple[Tensor, Any]:
     return shown, torch.distributed.all_reduce(shown, async_op=True)
 
 
-def _close(log: StepLog, hooks: Sequence[Any]) -> None:
+def _close(log: StepLog, hooks: Hooks) -> None:
     """After a failure: keep what was measured (when the device still answers) and close the hooks."""
     try:
         log.close()
     except Exception:  # the device failed too: what is pending is lost, the first error is raised
         pass
-    for hook in hooks:
-        close = getattr(hook, "close", None)  # the progress bar must not leave the terminal live
-        if close is not None:
-            close()
-
-
-def _never(state: LoopState) -> bool:
-    return False
+    hooks.close()  # the progress bar must not leave the terminal live
 
 
 def _end_epoch(problem: Problem, state: LoopState, tol: float | None, patience: int | None,

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from gdlab.config import INSTRUMENT_LEVELS
 from gdlab.errors import UnknownChoice
 from gdlab.instruments.budget import Instrument
 from gdlab.instruments.curvature import Expensive
@@ -54,7 +55,7 @@ from gdlab.instruments.periodic import Periodic
 
 __all__ = ["Instrument", "Cheap", "Periodic", "Expensive", "LEVELS", "attach", "unwrap"]
 
-LEVELS = ("none", "cheap", "default", "full")
+LEVELS = INSTRUMENT_LEVELS  # named in config, the lowest layer, which checks the settings
 """What ``fit(instruments=...)`` takes: ``default`` is cheap + periodic, ``full`` adds expensive."""
 
 

@@ -8,11 +8,14 @@ import math
 import time
 from collections.abc import Iterator
 
+from gdlab.loop import Callback
+
 __all__ = ["Instrument", "Budget"]
 
 
-class Instrument:
-    """Base: a callback with a ``cost`` class (``cheap``, ``periodic`` or ``expensive``)."""
+class Instrument(Callback):
+    """Base: a callback (its hooks, planning ones included, are :class:`~gdlab.loop.Callback`'s) with a ``cost``
+    class (``cheap``, ``periodic`` or ``expensive``)."""
 
     cost = "cheap"
 

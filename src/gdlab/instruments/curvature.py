@@ -14,6 +14,7 @@ from torch import Tensor
 
 from gdlab.instruments.budget import Budget, Instrument
 from gdlab.instruments.passes import functional, meta_copy, sub_batch_of, untouched
+from gdlab.loop import LoopState
 
 __all__ = ["Expensive"]
 
@@ -38,7 +39,7 @@ class Expensive(Instrument):
         self.before: dict[str, Tensor] | None = None
         self.failed: str | None = None  # why the model cannot be measured (no double backward): measured no more
 
-    def on_step_end(self, state: Any) -> None:
+    def on_step_end(self, state: LoopState) -> None:
         row: dict[str, float] = {}
         if self.before is not None and self.failed is None:
             with self.budget.measure():
@@ -58,25 +59,27 @@ class Expensive(Instrument):
         if row:
             state.history.steps.extend_last(row)
 
-    def on_fit_start(self, state: Any) -> None:
+    def on_fit_start(self, state: LoopState) -> None:
         self.meta = meta_copy(state.model)
         self.budget = Budget(self.budget_share)
         self._keep(state)  # the first step is measured too
 
-    def _keep(self, state: Any) -> None:
+    def _keep(self, state: LoopState) -> None:
         """The parameters before the next step: alpha needs both ends of it."""
         self.before = {k: v.detach().clone() for k, v in state.model.named_parameters()}
 
-    def _loss_and_grad(self, state: Any, params: dict[str, Tensor], x: Any, y: Tensor) -> tuple[float, list[Tensor]]:
+    def _loss_and_grad(self, state: LoopState, params: dict[str, Tensor], x: Any,
+                       y: Tensor) -> tuple[float, list[Tensor]]:
         names = list(params)
         leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
         buffers = {k: v.detach() for k, v in state.model.named_buffers()}
         template = copy.deepcopy(self.meta).train(state.model.training)
+        assert state.forward is not None  # measured where the loss can be evaluated (passes.sub_batch_of)
         loss, _ = state.forward(functional(template, {**leaves, **buffers}), x, y)
         grads = torch.autograd.grad(loss, [leaves[k] for k in names], allow_unused=True)
         return float(loss.detach()), [g if g is not None else torch.zeros_like(leaves[k]) for g, k in zip(grads, names)]
 
-    def _alpha(self, state: Any, x: Any, y: Tensor) -> dict[str, float]:
+    def _alpha(self, state: LoopState, x: Any, y: Tensor) -> dict[str, float]:
         assert self.before is not None
         after = {k: v.detach() for k, v in state.model.named_parameters()}
         names = [k for k in after if k in self.before]
@@ -92,8 +95,9 @@ class Expensive(Instrument):
         t_min = -d0 / (2 * a)
         return {"alpha": 1 / t_min - 1}
 
-    def _sharpness(self, state: Any, x: Any, y: Tensor) -> dict[str, float]:
+    def _sharpness(self, state: LoopState, x: Any, y: Tensor) -> dict[str, float]:
         params = [p for p in state.model.parameters() if p.requires_grad]
+        assert state.forward is not None
         loss, _ = state.forward(state.model, x, y)
         grads = torch.autograd.grad(loss, params, create_graph=True)
         generator = torch.Generator().manual_seed(state.step)

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from gdlab.instruments.budget import Budget, Instrument
 from gdlab.instruments.layers import parameters_by_layer
+from gdlab.loop import LoopState
 from gdlab.records import EMA
 
 __all__ = ["Cheap"]
@@ -34,7 +35,7 @@ class Cheap(Instrument):
         self.beta, self.every = beta, every
         self.budget_share = budget if budget is not None else (math.inf if every == 1 else 0.01)
 
-    def on_fit_start(self, state: Any) -> None:
+    def on_fit_start(self, state: LoopState) -> None:
         self.params = [p for p in state.model.parameters()]
         groups = parameters_by_layer(state.model)
         self.names = list(groups)
@@ -67,7 +68,7 @@ class Cheap(Instrument):
         else:
             torch._foreach_copy_(self.before, [p.detach() for p in self.params])
 
-    def on_step_end(self, state: Any) -> None:
+    def on_step_end(self, state: LoopState) -> None:
         self.rows.append(len(state.history.steps) - 1)
         if self.armed:
             with self.budget.measure():
@@ -103,7 +104,7 @@ class Cheap(Instrument):
         passed over)."""
         return self.next_needed(step)
 
-    def before_update(self, state: Any, step: int) -> None:
+    def before_update(self, state: LoopState, step: int) -> None:
         """Before ``step``'s update (a measured one, :meth:`needs_before`): keep the parameters."""
         if self.every == 1 and not self.budget.allows(step):
             return
@@ -131,7 +132,7 @@ class Cheap(Instrument):
             return ahead if self._granted(ahead) else ahead + self.every
         return ahead - 1 if ahead - 1 >= step else ahead
 
-    def on_steps_end(self, state: Any, rows: range) -> None:
+    def on_steps_end(self, state: LoopState, rows: range) -> None:
         """A block of steps that needs nothing of it one by one (:meth:`needs_step`): their rows are filed."""
         self.rows += rows
 
@@ -190,7 +191,7 @@ class Cheap(Instrument):
         if table is not None:
             table.undefer(self._fill)
 
-    def on_fit_end(self, state: Any) -> None:
+    def on_fit_end(self, state: LoopState) -> None:
         self.close()
 
     @torch.no_grad()

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from gdlab.data import structure
+from gdlab.loop import LoopState
 
 __all__ = ["untouched", "meta_copy", "functional", "sub_batch_of"]
 
@@ -46,7 +47,7 @@ def functional(template: nn.Module, tensors: dict[str, Tensor]) -> Any:
     return lambda *args, **kwargs: functional_call(template, tensors, args, kwargs)
 
 
-def sub_batch_of(state: Any, size: int) -> tuple[Any, Tensor] | None:
+def sub_batch_of(state: LoopState, size: int) -> tuple[Any, Tensor] | None:
     """Up to ``size`` samples of the step's batch; when the batch is smaller (stochastic descent), ``size``
     samples drawn from the training data instead (by the step number, so the run's randomness is untouched)."""
     batch = getattr(state, "batch", None)

@@ -23,6 +23,7 @@ from gdlab.instruments.layers import layer_name, unwrap
 from gdlab.instruments.passes import functional, meta_copy, sub_batch_of, untouched
 from gdlab.instruments.persample import factorable, noise_scale_and_snr, per_sample_sums
 from gdlab.instruments.pooling import RankPool, rank_zero_decides
+from gdlab.loop import LoopState
 
 __all__ = ["Periodic"]
 
@@ -63,7 +64,7 @@ class Periodic(Instrument):
         self.every, self.sub_batch, self.budget_share = every, sub_batch, budget
         self.per_sample_failed: str | None = None
 
-    def on_fit_start(self, state: Any) -> None:
+    def on_fit_start(self, state: LoopState) -> None:
         model = unwrap(state.model)  # layers named in the module a torch.compile or DDP wrapper holds
         self.activations = [(layer_name(model, n), m) for n, m in model.named_modules() if isinstance(m, _ACTIVATIONS)]
         self.layers = [(layer_name(model, n), m) for n, m in model.named_modules() if isinstance(m, _LAYERS)]
@@ -112,7 +113,7 @@ class Periodic(Instrument):
         self.interval = self.every * (2 ** math.ceil(math.log2(ratio)) if ratio > 1 else 1)
 
     # -- riding on the step ----------------------------------------------------------------------------------
-    def on_step_start(self, state: Any) -> None:
+    def on_step_start(self, state: LoopState) -> None:
         if self.handles:
             self.close()
         step = state.step + 1
@@ -193,7 +194,7 @@ class Periodic(Instrument):
             h.remove()
         self.handles = []
 
-    def on_fit_end(self, state: Any) -> None:
+    def on_fit_end(self, state: LoopState) -> None:
         self.close()
 
     def next_scheduled(self, step: int) -> int:
@@ -208,10 +209,10 @@ class Periodic(Instrument):
         """The first step from ``step`` on that :meth:`needs_step`."""
         return self.next_scheduled(step)
 
-    def on_steps_end(self, state: Any, rows: range) -> None:
+    def on_steps_end(self, state: LoopState, rows: range) -> None:
         """Steps it does not measure: nothing to do."""
 
-    def on_step_end(self, state: Any) -> None:
+    def on_step_end(self, state: LoopState) -> None:
         if not self.due:
             return
         self.due = False
@@ -220,7 +221,7 @@ class Periodic(Instrument):
         finally:
             self._timed(state.step, self.started)
 
-    def _measure(self, state: Any) -> None:
+    def _measure(self, state: LoopState) -> None:
         row: dict[str, float] = {}
         rode = bool(self.handles)
         if rode:
@@ -236,7 +237,7 @@ class Periodic(Instrument):
         if row:
             state.history.steps.extend_last(row)
 
-    def _collected(self, state: Any) -> dict[str, float]:
+    def _collected(self, state: LoopState) -> dict[str, float]:
         """The numbers the hooks gathered during the step, with one host sync."""
         if any(c != 1 for c in self.calls.values()):
             self.unfactorable = True  # a layer used twice (tied weights): per-sample norms do not factor
@@ -247,6 +248,7 @@ class Periodic(Instrument):
             return self.pool.row(state, sums)
         eaches = [t for each, _ in sums for t in each]
         wholes = [t for _, whole in sums for t in whole or []]
+        assert state.batch is not None  # measured on a step with a batch
         size = _batch_size(state.batch)
         scale = size ** 2  # the per-sample gradients are the batch size times the hooks' shares
         grad_norm = state.grad_norm if state.grad_norm is not None else torch.zeros(())
@@ -263,7 +265,7 @@ class Periodic(Instrument):
         return row
 
     # -- extra passes, where the step's own cannot serve -----------------------------------------------------
-    def _noise(self, state: Any, x: Tensor, y: Tensor) -> dict[str, float]:
+    def _noise(self, state: LoopState, x: Tensor, y: Tensor) -> dict[str, float]:
         """B_simple and the SNR from per-sample gradients (eval-mode forward: one sample has no batch stats)."""
         if self.per_sample_failed is not None:
             return {}
@@ -272,6 +274,7 @@ class Periodic(Instrument):
         consts = {k: v.detach() for k, v in state.model.named_parameters() if not v.requires_grad}
         consts.update({k: v.detach() for k, v in state.model.named_buffers()})
         forward = state.forward
+        assert forward is not None  # measured where the loss can be evaluated (passes.sub_batch_of)
         if self.meta is None:
             self.meta = meta_copy(state.model)
         template = copy.deepcopy(self.meta).eval()  # never the user's module: functional_call may leave it altered
@@ -294,7 +297,7 @@ class Periodic(Instrument):
         mean = flat.mean(0)
         return noise_scale_and_snr(float(flat.square().sum()), float(mean.square().sum()), n, state.plan.batch_size)
 
-    def _hooks(self, state: Any, x: Any, y: Tensor) -> dict[str, float]:
+    def _hooks(self, state: LoopState, x: Any, y: Tensor) -> dict[str, float]:
         """One extra forward and backward on the sub-batch with hooks on activations and layers."""
         seen: dict[str, tuple[Tensor, float]] = {}
 
@@ -318,6 +321,7 @@ class Periodic(Instrument):
             with warnings.catch_warnings():
                 # the first layer's inputs need no gradient: torch warns that its hook sees only the output's
                 warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                assert state.forward is not None  # measured where the loss can be evaluated
                 loss, _ = state.forward(state.model, x, y)
                 torch.autograd.grad(loss, params, allow_unused=True)  # leaves .grad alone
         finally:

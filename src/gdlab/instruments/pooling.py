@@ -12,6 +12,7 @@ from torch import Tensor
 from gdlab import distributed
 from gdlab.data import structure
 from gdlab.instruments.persample import noise_scale_and_snr
+from gdlab.loop import LoopState
 
 __all__ = ["rank_zero_decides", "RankPool"]
 
@@ -41,8 +42,9 @@ class RankPool:
         n = total // plan.ranks + (plan.rank < total % plan.ranks)
         return cls(max(1, min(n, local)), total < batch, batch, plan.ranks)
 
-    def sub_batch(self, state: Any) -> tuple[Any, Tensor] | None:
+    def sub_batch(self, state: LoopState) -> tuple[Any, Tensor] | None:
         """This rank's ``n`` samples of its slice of the step's batch."""
+        assert state.batch is not None  # asked on a step with a batch
         x, y = state.batch
         return None if y is None else (structure.tree_map(lambda t: t[: self.n], x), y[: self.n])
 
@@ -57,7 +59,7 @@ class RankPool:
         *parts, summed = flat.split([*(t.numel() for t in segments), len(counts)])
         return parts, summed
 
-    def row(self, state: Any, sums: list[tuple[list[Tensor], list[Tensor] | None]]) -> dict[str, float]:
+    def row(self, state: LoopState, sums: list[tuple[list[Tensor], list[Tensor] | None]]) -> dict[str, float]:
         """The hooks' statistics over the ranks (``sums``: each layer's per-sample sums, as :func:`per_sample_sums`
         gives them with ``vectors``), with one all-reduce and one host sync."""
         keys = list(self.parts)

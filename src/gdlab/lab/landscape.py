@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from gdlab.errors import InvalidParameter, check_int, check_number
-from gdlab.loop import Callback
+from gdlab.loop import Callback, LoopState
 from gdlab.problem import Problem
 
 __all__ = ["MAX_POINTS", "Landscape", "Snapshots", "check_size", "direction", "interpolate", "line", "plane",
@@ -211,17 +211,17 @@ class Snapshots(Callback):
         self.every = check_int(every, "every")
         self.points: list[Tensor] = []
 
-    def _keep(self, state: Any) -> None:
+    def _keep(self, state: LoopState) -> None:
         self.points.append(torch.cat([p.detach().flatten().cpu() for p in _params(state.model)]))
 
-    def on_fit_start(self, state: Any) -> None:
+    def on_fit_start(self, state: LoopState) -> None:
         self._keep(state)
 
-    def on_step_end(self, state: Any) -> None:
+    def on_step_end(self, state: LoopState) -> None:
         if state.step % self.every == 0:
             self._keep(state)
 
-    def on_fit_end(self, state: Any) -> None:
+    def on_fit_end(self, state: LoopState) -> None:
         if state.step % self.every:
             self._keep(state)
 

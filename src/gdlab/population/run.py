@@ -227,7 +227,7 @@ def _one_by_one(model_fn: ModelFn, models: list[nn.Module], train_data: Any, val
             for model, s, values in zip(models, seeds, members)]
     cuts = sorted((at, keep) for at, keep in dict(halving).items() if at < total)
     tally = _Tally(_planned(M, cuts, total), M) if progress else None
-    hooks = [tally] if tally is not None else []
+    hooks = loop.Hooks([tally] if tally is not None else [])  # dispatched by the loop's one dispatcher
     live = list(range(M))
     pruned_at: list[int | None] = [None] * M
     finals: list[dict[str, float | None] | None] = [None] * M
@@ -336,7 +336,7 @@ class _Member:
     def diverged(self) -> bool:
         return (self.state.stop_reason or "").startswith("diverged")
 
-    def train_to(self, step: int, hooks: list[Any]) -> None:
+    def train_to(self, step: int, hooks: loop.Hooks) -> None:
         """Train on to ``step`` (a bare loop: no instruments, no gradient norms); a stopped member stays."""
         state = self.state
         if state.stop_reason is not None or state.step >= step:
@@ -379,7 +379,7 @@ class _Member:
         return _Standing(score, final)
 
 
-class _Tally:
+class _Tally(loop.Callback):
     """The fallback's progress: one bar over the member steps planned (the loop's ``on_step_end`` counts)."""
 
     def __init__(self, planned: int, members: int, interval: float = 0.25) -> None:

@@ -145,7 +145,7 @@ class LanePlanner:
         for hook in self._befores:
             if not hook.keeps_before:
                 continue
-            ahead = getattr(hook, "next_before", None)
+            ahead = hook.next_before if hook in self._dispatch.answering("next_before") else None
             if ahead is None:
                 places.update(p for p in range(room) if hook.needs_before(step + p))
                 continue
