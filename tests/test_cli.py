@@ -603,7 +603,7 @@ def test_train_shows_findings_and_doctor_reruns_them() -> None:
                              "--no-doctor", "--store", "s", "--json", "--quiet", "--no-plot").stdout)
     assert quiet["findings"] == []
     bad = gdlab("train", "--remedy", "fix", "--store", "s")
-    assert bad.exit_code == 2 and "invalid remedy 'fix'" in bad.stderr
+    assert bad.exit_code == 2 and "unknown remedy 'fix': expected one of off, suggest, auto" in bad.stderr
     resumed = gdlab("train", "--resume", "last", "--epochs", "2", "--store", "s", "--json", "--quiet", "--no-plot")
     assert resumed.exit_code == 0, resumed.output
 
@@ -1019,3 +1019,21 @@ def test_train_show_and_doctor_print_one_story() -> None:
     again = explain(payload["findings"], run_id=run.id, remedies=run.remedies, steps=run.steps)
     doctor = gdlab("doctor", "last", "--store", "s")
     assert _words("\n".join(str(x) for x in story_lines(again))) in _words(doctor.stdout)
+
+
+def test_train_flags_help_is_the_settings_help() -> None:
+    """Each gdlab train flag that is a setting is declared with its Config field's help (and shown default), and
+    every setting has its flag."""
+    import dataclasses
+
+    import typer.main
+
+    from gdlab.cli.train import TRAIN_FLAGS
+    from gdlab.config import HELP, Config
+
+    train = typer.main.get_command(app).commands["train"]  # type: ignore[attr-defined]
+    helps = {param.name: param.help for param in train.params}
+    assert set(TRAIN_FLAGS) == {f.name for f in dataclasses.fields(Config)}
+    assert {key: helps[key] for key in TRAIN_FLAGS} == {key: HELP[key] for key in TRAIN_FLAGS}
+    assert helps["batch_size"] == ("full, stochastic, or a positive integer; for train --nproc, the global batch, "
+                                   "split over the ranks. [default: 32]")

@@ -107,3 +107,86 @@ def test_a_config_round_trips_into_a_fit_call() -> None:
                       clip_norm=1.0, batch_size="full", steps=7, seed=3, schedule="cosine", instruments="none",
                       doctor=False, device="cpu")
     assert again.final["train_loss"] == pytest.approx(result.final["train_loss"])
+
+
+def test_every_setting_says_what_it_is_and_what_fit_calls_it() -> None:
+    """Each field carries its help and the fit parameter it becomes, or (``via``) what uses it instead; fit_kwargs
+    is read from exactly that."""
+    import inspect
+
+    import gdlab
+    from gdlab.config import HELP, OPTIMIZER_OPTIONS, fit_name
+
+    parameters = {name for name, p in inspect.signature(gdlab.fit).parameters.items() if p.kind is p.KEYWORD_ONLY}
+    for f in dataclasses.fields(Config):
+        assert f.metadata["help"].endswith("."), f.name
+        assert HELP[f.name].startswith(f.metadata["help"])
+        name = fit_name(f)
+        if name is None:
+            assert f.metadata["via"], f"{f.name}: neither a fit name nor what uses it"
+        else:
+            assert name in parameters or name in OPTIMIZER_OPTIONS, f"{f.name} -> {name} is no fit parameter"
+    every = Config(beta1=0.8, beta2=0.99, eps=1e-7, weight_decay=0.01, clip_norm=1.0, nesterov=True)
+    assert set(every.fit_kwargs()) == {fit_name(f) for f in dataclasses.fields(Config)} - {None}
+    assert Config(weight_decay=0.0).fit_kwargs("weight_decay") == {"weight_decay": 0.0}  # set, though falsy
+    assert HELP["batch_size"].endswith("[default: 32]") and HELP["hidden"].endswith("[default: 128]")
+    assert "[default" not in HELP["init"]  # a field shows its default only where it says so
+
+
+def _refusals(**settings: object) -> dict[str, str]:
+    """The error that Config, fit, watch and the Doctor each give for ``settings`` (where each takes them)."""
+    import torch
+
+    import gdlab
+    from gdlab.doctor import Doctor
+
+    model = torch.nn.Linear(2, 1)
+    data = (torch.randn(8, 2), torch.randn(8, 1))
+    makers = {
+        "Config": lambda: Config(**settings),
+        "fit": lambda: gdlab.fit(model, data, progress=False, epochs=1, **settings),
+        "watch": lambda: gdlab.watch(model, torch.optim.SGD(model.parameters(), lr=0.1), **settings),
+        "Doctor": lambda: Doctor(settings["remedy"]),
+    }
+    takes = {"Config": set(Config.__dataclass_fields__), "fit": {"remedy", "doctor", "restarts", "tol",
+                                                                 "step_rows", "lr_select", "log_every", "seed"},
+             "watch": {"remedy", "doctor", "log_every", "rollback"}, "Doctor": {"remedy"}}
+    errors = {}
+    for who, make in makers.items():
+        if set(settings) <= takes[who]:
+            with pytest.raises(InvalidParameter) as raised:
+                make()
+            errors[who] = str(raised.value)
+    return errors
+
+
+@pytest.mark.parametrize(
+    ("settings", "message", "where"),
+    [
+        ({"remedy": "fix"}, "unknown remedy 'fix': expected one of off, suggest, auto", 4),
+        ({"doctor": "yes"}, "invalid doctor 'yes': expected True or False", 3),
+        ({"remedy": "suggest", "restarts": 3}, "invalid restarts 3: expected remedy auto with it", 2),
+        ({"tol": 0.0}, "invalid tol 0.0: expected a finite number > 0", 2),
+        ({"step_rows": -1}, "invalid step_rows -1: expected 0 (keep every step) or a positive integer", 2),
+        ({"lr_select": "guess"}, "invalid lr_select 'guess': expected sweep or range-test", 2),
+        ({"log_every": 0}, "invalid log_every 0: expected a positive integer", 2),
+        ({"remedy": "suggest", "rollback": True}, 'invalid rollback True: expected remedy="auto"', 1),
+    ],
+)
+def test_one_check_gives_one_error_through_config_fit_watch_and_the_doctor(settings: dict, message: str,
+                                                                          where: int) -> None:
+    errors = _refusals(**settings)
+    assert len(errors) == where, errors
+    assert all(text.startswith(message) for text in errors.values()), errors
+    assert len(set(errors.values())) == 1  # the same words everywhere
+
+
+def test_check_settings_normalises_and_names_what_it_does_not_know() -> None:
+    from gdlab.config import check_settings
+
+    assert check_settings(batch_size="64", precision="bf16", instruments=[]) == {
+        "batch_size": 64, "precision": "bf16-mixed", "instruments": []}  # fit and watch take a list of instruments
+    with pytest.raises(InvalidParameter, match="unknown instruments 'all'"):
+        check_settings(instruments="all")
+    with pytest.raises(InvalidParameter, match="invalid setting 'learning_rate'"):
+        check_settings(learning_rate=0.1)

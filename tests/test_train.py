@@ -286,3 +286,25 @@ def test_standardize_target_trains_on_scaled_targets_and_predicts_in_their_units
     with pytest.raises(InvalidParameter, match="standardize_target"):
         gdlab.fit(torch.nn.Linear(4, 2), (X, torch.arange(300) % 2), epochs=1, progress=False,
                   standardize_target=True)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"lr_select": "guess"}, "invalid lr_select 'guess': expected sweep or range-test"),
+        ({"standardize_target": "yes"}, "invalid standardize_target 'yes': expected True or False"),
+        ({"restarts": 1, "remedy": "auto"}, r"invalid restarts 1: expected 0 \(none\) or a count >= 2"),
+        ({"tol": math.inf}, "invalid tol inf: expected a finite number > 0"),
+        ({"seed": -1}, "invalid seed -1"),
+    ],
+)
+def test_settings_are_checked_by_the_one_check_before_anything_is_stored(regression: TensorData, tmp_path: Path,
+                                                                         kwargs: dict, message: str) -> None:
+    from gdlab.config import check_settings
+    from gdlab.store import Store
+
+    with pytest.raises(InvalidParameter, match=message):
+        check_settings(**kwargs)  # the words fit gives are the shared check's
+    with pytest.raises(InvalidParameter, match=message):
+        fit(_linear64(), regression, progress=False, store=tmp_path / "runs", **kwargs)
+    assert not (tmp_path / "runs").exists() or Store(tmp_path / "runs").runs() == []

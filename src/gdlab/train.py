@@ -25,11 +25,11 @@ from torch.utils.data import Dataset
 
 from gdlab import distributed, loop, optim
 from gdlab.callbacks import POSITION, Recorder, Scheduler
-from gdlab.config import DEFAULT_EPOCHS, Config
+from gdlab.config import DEFAULT_EPOCHS, Config, check_settings
 from gdlab.data import BatchPlan, structure
 from gdlab.data.source import Source
-from gdlab.doctor import REMEDY_MODES, Doctor, explain, restart_remedy, run_settings, trace_activations
-from gdlab.errors import InvalidParameter, StoreError, UnknownChoice, check_int, check_seed
+from gdlab.doctor import Doctor, explain, restart_remedy, run_settings, trace_activations
+from gdlab.errors import InvalidParameter, StoreError
 from gdlab.instruments import attach
 from gdlab.loop import Callback, LoopState, Result
 from gdlab.lr_select import select_lr
@@ -169,10 +169,9 @@ def fit(
     """
     # (0) check everything before anything is stored
     epochs, steps = check_budget(epochs, steps, DEFAULT_EPOCHS)
-    _check_settings(tol=tol, patience=patience, checkpoint_every=checkpoint_every, log_every=log_every,
-                    doctor=doctor, remedy=remedy, restarts=restarts)
-    check_seed(seed)
-    check_int(step_rows, "step_rows", least=0, expected="0 (keep every step) or a positive integer")
+    check_settings(tol=tol, patience=patience, checkpoint_every=checkpoint_every, log_every=log_every, doctor=doctor,
+                   remedy=remedy, restarts=restarts, seed=seed, step_rows=step_rows, lr_select=lr_select,
+                   standardize_target=standardize_target)  # the one check of the settings (gdlab.config)
     watching = attach(instruments)
     ranks = distributed.setup()  # None in one process
     if ranks is not None:
@@ -194,8 +193,6 @@ def fit(
                            ranks=(ranks.rank, ranks.world) if ranks is not None else (0, 1))
     if patience is not None and problem.val is None:
         raise InvalidParameter("patience", patience, "validation data to watch (val=..., or --val / --val-split)")
-    if not isinstance(standardize_target, bool):
-        raise InvalidParameter("standardize_target", standardize_target, "True or False")
     target_scale = TargetScale.for_source(problem.source) if standardize_target else None
     if target_scale is not None:  # the loss on standardised targets, the outputs mapped back to their units
         problem.loss_fn = target_scale.loss(problem.loss_fn)
@@ -306,23 +303,6 @@ def _share_start(state: LoopState, resumed: bool) -> None:
         state.loss = state.history.steps.last("loss")
 
 
-def _check_settings(*, tol: Any, patience: Any, checkpoint_every: Any, log_every: Any, doctor: Any, remedy: Any,
-                    restarts: Any) -> None:
-    """The settings no other part checks: stopping rules, cadences, the doctor's."""
-    for key, value in (("tol", tol), ("patience", patience), ("checkpoint_every", checkpoint_every)):
-        if value is not None and (isinstance(value, bool) or not value > 0):
-            raise InvalidParameter(key, value, "a number > 0" if key == "tol" else "a positive integer")
-    check_int(log_every, "log_every")
-    if remedy not in REMEDY_MODES:
-        raise UnknownChoice("remedy", remedy, REMEDY_MODES)
-    if not isinstance(doctor, bool):
-        raise InvalidParameter("doctor", doctor, "True or False")
-    if check_int(restarts, "restarts", least=0, expected="0 (none) or a count >= 2") == 1:
-        raise InvalidParameter("restarts", restarts, "0 (none) or a count >= 2")
-    if restarts and remedy != "auto":
-        raise InvalidParameter("restarts", restarts, 'remedy="auto" (restarts are a remedy the doctor applies)')
-
-
 def _open_record(db: Store, resume: str | None, state: LoopState, described: dict[str, Any],
                  config: dict[str, Any] | None, name: str | None, step_rows: int) -> Recorder:
     """A new stored run, or the stored run ``resume`` restored into ``state`` from its last checkpoint."""
@@ -370,8 +350,6 @@ def _auto_lr(lr: str, method: str, model: nn.Module, train: Any, val: Any, optim
         raise InvalidParameter("lr", lr, 'a finite number > 0, or "auto"')
     if not isinstance(optimizer, str):
         raise InvalidParameter("lr", "auto", "a named optimizer (lr='auto' tunes gdlab's optimizers by name)")
-    if method not in ("sweep", "range-test"):
-        raise InvalidParameter("lr_select", method, "sweep or range-test")
     chosen = None
     if resume is not None and store is not None:
         db = store if isinstance(store, Store) else Store(store)

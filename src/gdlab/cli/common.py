@@ -23,13 +23,13 @@ from gdlab.cli.ranks import record_error
 from gdlab.cli.root import app as app  # re-exported: the command modules register their commands on it
 from gdlab.cli.root import err, out
 from gdlab.cli.root import safe as safe  # the printers' one escaper, re-exported
-from gdlab.config import Config
+from gdlab.config import HELP, Config, help_text
 from gdlab.errors import GdlabError, InvalidParameter
-from gdlab.optim import OPTIMIZERS
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-STORE_HELP = "Run store folder (SQLite database and one folder per run)."
+STORE_HELP = help_text("store", default=False)
+"""The store's help, for every command's ``--store`` (train shows its default too: ``HELP["store"]``)."""
 
 
 def wide() -> Console:
@@ -136,55 +136,38 @@ def parse_figure_path(path: Path, flag: str, force: bool = False) -> Path:
 
 # -- the data and model flags of train, sweep, restarts and lr-find --------------------------------------------
 # typer reads each flag's type from the annotation (the text on the command line); a callback's value is the
-# parsed one (``--hidden 128,64`` arrives as [128, 64]).
+# parsed one (``--hidden 128,64`` arrives as [128, 64]). Each flag's help is its Config field's (config.HELP).
 
-DataFlag = Annotated[Optional[str], typer.Option(
-    "--data", help="Built-in dataset (gdlab datasets), a .csv/.npz file, or module:function returning a torch "
-    "Dataset. [default: digits]")]
-TargetFlag = Annotated[Optional[str], typer.Option("--target", help="Target column of a CSV file.")]
-TaskFlag = Annotated[Optional[str], typer.Option("--task", help="classification, regression or multilabel "
-                                                 "(inferred by default: 0/1 float targets are multilabel).")]
-ValFlag = Annotated[Optional[str], typer.Option("--val", help="Validation file, in the training file's format.")]
-ValSplitFlag = Annotated[Optional[float], typer.Option("--val-split", help="Hold out this fraction of a file for "
-                                                       "validation.")]
-StandardizeFlag = Annotated[Optional[bool], typer.Option("--standardize/--no-standardize",
-                                                         help="Scale inputs to mean 0, std 1.")]
-StandardizeTargetFlag = Annotated[Optional[bool], typer.Option(
-    "--standardize-target/--no-standardize-target",
-    help="Regression: train on targets scaled to mean 0, std 1; predictions, MAE and R^2 stay in the targets' "
-    "units.")]
+DataFlag = Annotated[Optional[str], typer.Option("--data", help=HELP["data"])]
+TargetFlag = Annotated[Optional[str], typer.Option("--target", help=HELP["target"])]
+TaskFlag = Annotated[Optional[str], typer.Option("--task", help=HELP["task"])]
+ValFlag = Annotated[Optional[str], typer.Option("--val", help=HELP["val"])]
+ValSplitFlag = Annotated[Optional[float], typer.Option("--val-split", help=HELP["val_split"])]
+StandardizeFlag = Annotated[Optional[bool], typer.Option("--standardize/--no-standardize", help=HELP["standardize"])]
+StandardizeTargetFlag = Annotated[Optional[bool], typer.Option("--standardize-target/--no-standardize-target",
+                                                               help=HELP["standardize_target"])]
 DataOptionsFlag = Annotated[Optional[list[str]], typer.Option(
     "--data-opt", metavar="KEY=VALUE", callback=parsed(parse_data_options),
-    help="Option of a built-in dataset, e.g. condition=1000.")]  # (key, value) pairs, or None
+    help=HELP["data_options"])]  # (key, value) pairs, or None
 TrustStoreFlag = Annotated[bool, typer.Option(
     "--trust-store", help="Import and run the module:function a stored run names (its model or data): only for a "
     "store you trust.")]
-ModelFlag = Annotated[Optional[str], typer.Option("--model", help="linear, logistic, mlp, cnn, or module:function. "
-                                                  "[default: mlp]")]
+ModelFlag = Annotated[Optional[str], typer.Option("--model", help=HELP["model"])]
 HiddenFlag = Annotated[Optional[str], typer.Option(
-    "--hidden", callback=parsed(parse_int_list, "--hidden"),
-    help="Hidden sizes of mlp, comma-separated. [default: 128]")]  # a list[int], or None
-ActivationFlag = Annotated[Optional[str], typer.Option("--activation", help="relu, tanh, sigmoid or leaky_relu. "
-                                                       "[default: relu]")]
-InitFlag = Annotated[Optional[str], typer.Option("--init", help="default, xavier, kaiming, normal or zeros.")]
-LossFlag = Annotated[Optional[str], typer.Option("--loss", help="auto, mse, cross_entropy, l1, huber or bce.")]
-OptimizerFlag = Annotated[Optional[str], typer.Option("--optimizer", help=f"{', '.join(OPTIMIZERS)}; gdlab "
-                                                      "optimizers describes them. [default: momentum]")]
-MomentumFlag = Annotated[Optional[float], typer.Option("--momentum", help="Momentum for sgd, momentum, nesterov, "
-                                                       "rmsprop.")]
-Beta1Flag = Annotated[Optional[float], typer.Option("--beta1", help="Adam's / Lion's first beta.")]
-Beta2Flag = Annotated[Optional[float], typer.Option("--beta2", help="Adam's / Lion's second beta.")]
-EpsFlag = Annotated[Optional[float], typer.Option("--eps", help="The epsilon of adagrad, rmsprop, adam, adamw.")]
-WeightDecayFlag = Annotated[Optional[float], typer.Option("--weight-decay", help="Weight decay (decoupled for adamw "
-                                                          "and lion).")]
-NesterovFlag = Annotated[Optional[bool], typer.Option("--nesterov/--no-nesterov", help="Nesterov momentum (sgd, "
-                                                      "momentum).")]
-ClipNormFlag = Annotated[Optional[float], typer.Option("--clip-norm", help="Clip the gradient's global norm to this "
-                                                       "first.")]
-BatchSizeFlag = Annotated[Optional[str], typer.Option("--batch-size", help="full, stochastic, or a positive "
-                                                      "integer; for train --nproc, the global batch, split over "
-                                                      "the ranks. [default: 32]")]
-DeviceFlag = Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda, mps. [default: auto]")]
+    "--hidden", callback=parsed(parse_int_list, "--hidden"), help=HELP["hidden"])]  # a list[int], or None
+ActivationFlag = Annotated[Optional[str], typer.Option("--activation", help=HELP["activation"])]
+InitFlag = Annotated[Optional[str], typer.Option("--init", help=HELP["init"])]
+LossFlag = Annotated[Optional[str], typer.Option("--loss", help=HELP["loss"])]
+OptimizerFlag = Annotated[Optional[str], typer.Option("--optimizer", help=HELP["optimizer"])]
+MomentumFlag = Annotated[Optional[float], typer.Option("--momentum", help=HELP["momentum"])]
+Beta1Flag = Annotated[Optional[float], typer.Option("--beta1", help=HELP["beta1"])]
+Beta2Flag = Annotated[Optional[float], typer.Option("--beta2", help=HELP["beta2"])]
+EpsFlag = Annotated[Optional[float], typer.Option("--eps", help=HELP["eps"])]
+WeightDecayFlag = Annotated[Optional[float], typer.Option("--weight-decay", help=HELP["weight_decay"])]
+NesterovFlag = Annotated[Optional[bool], typer.Option("--nesterov/--no-nesterov", help=HELP["nesterov"])]
+ClipNormFlag = Annotated[Optional[float], typer.Option("--clip-norm", help=HELP["clip_norm"])]
+BatchSizeFlag = Annotated[Optional[str], typer.Option("--batch-size", help=HELP["batch_size"])]
+DeviceFlag = Annotated[Optional[str], typer.Option("--device", help=HELP["device"])]
 
 DATA_AND_MODEL = ("data", "target", "task", "val", "val_split", "standardize", "data_options", "model", "hidden",
                   "activation", "init", "loss")

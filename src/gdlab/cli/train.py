@@ -10,7 +10,6 @@ import typer
 
 from gdlab.cli import ranks
 from gdlab.cli.common import (
-    STORE_HELP,
     ActivationFlag,
     BatchSizeFlag,
     Beta1Flag,
@@ -46,10 +45,10 @@ from gdlab.cli.common import (
     safe,
     to_json,
 )
-from gdlab.config import Config
+from gdlab.config import HELP, Config
 from gdlab.errors import InvalidParameter
 from gdlab.integrations.tensorboard import check_logdir
-from gdlab.loop import Callback
+from gdlab.loop import Callback, LoopState
 from gdlab.threads import check_threads
 
 TRAIN_FLAGS = (
@@ -59,7 +58,7 @@ TRAIN_FLAGS = (
     "device", "precision", "store", "name", "checkpoint_every", "instruments", "doctor", "remedy", "restarts",
     "step_rows", "tensorboard", "standardize_target",
 )
-"""The flags of gdlab train that are Config keys (each named as its key)."""
+"""The flags of gdlab train that are Config keys (each named as its key, with its help: ``config.HELP[key]``)."""
 
 
 @app.command()
@@ -79,11 +78,9 @@ def train(
     init: InitFlag = None,
     loss: LossFlag = None,
     optimizer: OptimizerFlag = None,
-    lr: Optional[str] = typer.Option(None, help="Learning rate, or auto (chosen by a short parallel sweep). "
-                                     "[default: 0.1]",
+    lr: Optional[str] = typer.Option(None, help=HELP["lr"],
                                      callback=parsed(parse_number_or_auto, "--lr", "a number, e.g. 0.01, or auto")),
-    lr_select: Optional[str] = typer.Option(None, help="How --lr auto chooses: sweep or range-test. "
-                                            "[default: sweep]"),
+    lr_select: Optional[str] = typer.Option(None, help=HELP["lr_select"]),
     momentum: MomentumFlag = None,
     beta1: Beta1Flag = None,
     beta2: Beta2Flag = None,
@@ -91,27 +88,22 @@ def train(
     weight_decay: WeightDecayFlag = None,
     nesterov: NesterovFlag = None,
     clip_norm: ClipNormFlag = None,
-    schedule: Optional[str] = typer.Option(None, help="cosine, step:EVERY:GAMMA, exponential:GAMMA, one_cycle, "
-                                           "plateau, constant, or warmup:N,<one of those>."),
+    schedule: Optional[str] = typer.Option(None, help=HELP["schedule"]),
     batch_size: BatchSizeFlag = None,
-    drop_last: Optional[bool] = typer.Option(None, "--drop-last/--no-drop-last", help="Drop a short last batch."),
-    epochs: Optional[int] = typer.Option(None, help="Epochs (30 when neither --epochs nor --steps is given)."),
-    steps: Optional[int] = typer.Option(None, help="Steps (updates); stops at --epochs or --steps, first reached."),
-    tol: Optional[float] = typer.Option(None, help="Stop when the epoch train loss changes by less than this."),
-    patience: Optional[int] = typer.Option(None, help="Stop after this many epochs without a better val loss."),
-    seed: Optional[int] = typer.Option(None, help="Seeds initialisation, data order and dropout. [default: 0]"),
+    drop_last: Optional[bool] = typer.Option(None, "--drop-last/--no-drop-last", help=HELP["drop_last"]),
+    epochs: Optional[int] = typer.Option(None, help=HELP["epochs"]),
+    steps: Optional[int] = typer.Option(None, help=HELP["steps"]),
+    tol: Optional[float] = typer.Option(None, help=HELP["tol"]),
+    patience: Optional[int] = typer.Option(None, help=HELP["patience"]),
+    seed: Optional[int] = typer.Option(None, help=HELP["seed"]),
     device: DeviceFlag = None,
-    precision: Optional[str] = typer.Option(None, help="32, bf16-mixed or 16-mixed (autocast; 16-mixed scales "
-                                            "the loss too). [default: 32]"),
-    threads: Optional[str] = typer.Option(None, help="torch's CPU threads: auto (1 for a model too small to gain "
-                                          "from more) or a count. [default: auto]", callback=parsed(check_threads)),
-    store: Optional[str] = typer.Option(None, help=STORE_HELP + " [default: gdlab-runs]"),
-    name: Optional[str] = typer.Option(None, help="A name for the run."),
-    checkpoint_every: Optional[int] = typer.Option(None, help="Steps between checkpoints (default: each epoch)."),
-    step_rows: Optional[int] = typer.Option(None, help="The newest steps stored as recorded; older ones are merged "
-                                            "into buckets of mean, min and max. 0 keeps every step. [default: 20000]"),
-    tensorboard: Optional[str] = typer.Option(None, help="A folder to write TensorBoard event files into as the "
-                                              "run trains (needs pip install 'gdlab[tensorboard]').",
+    precision: Optional[str] = typer.Option(None, help=HELP["precision"]),
+    threads: Optional[str] = typer.Option(None, help=HELP["threads"], callback=parsed(check_threads)),
+    store: Optional[str] = typer.Option(None, help=HELP["store"]),
+    name: Optional[str] = typer.Option(None, help=HELP["name"]),
+    checkpoint_every: Optional[int] = typer.Option(None, help=HELP["checkpoint_every"]),
+    step_rows: Optional[int] = typer.Option(None, help=HELP["step_rows"]),
+    tensorboard: Optional[str] = typer.Option(None, help=HELP["tensorboard"],
                                               callback=parsed(check_logdir, "--tensorboard")),
     config: Optional[Path] = typer.Option(None, help="TOML file of settings; flags override it."),
     resume: Optional[str] = typer.Option(None, help="Continue a stored run (id, prefix or name); with its stored "
@@ -120,14 +112,10 @@ def train(
     trust_store: TrustStoreFlag = False,
     force: bool = typer.Option(False, "--force", help="With --resume: resume a run marked running whose process is "
                                "gone but could not be seen to be (killed in a container, on another machine)."),
-    instruments: Optional[str] = typer.Option(None, help="What to measure each step: none, cheap, default "
-                                              "(cheap + periodic) or full (+ sharpness and step size)."),
-    doctor: Optional[bool] = typer.Option(None, "--doctor/--no-doctor", help="Name what goes wrong, at the end."),
-    remedy: Optional[str] = typer.Option(None, help="off, suggest (the default) or auto: the doctor acts during "
-                                         "the run."),
-    restarts: Optional[int] = typer.Option(None, help="With --remedy auto: if the run settles in a (perhaps "
-                                           "local) minimum, train this many restarts as one population and keep "
-                                           "the best."),
+    instruments: Optional[str] = typer.Option(None, help=HELP["instruments"]),
+    doctor: Optional[bool] = typer.Option(None, "--doctor/--no-doctor", help=HELP["doctor"]),
+    remedy: Optional[str] = typer.Option(None, help=HELP["remedy"]),
+    restarts: Optional[int] = typer.Option(None, help=HELP["restarts"]),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
     plot: bool = typer.Option(True, "--plot/--no-plot", help="Write the loss plot into the run's folder."),
@@ -233,7 +221,7 @@ class SetupPrinter(Callback):
     def __init__(self, settings: Config) -> None:
         self.settings = settings
 
-    def on_fit_start(self, state: Any) -> None:
+    def on_fit_start(self, state: LoopState) -> None:
         s = self.settings
         parameters = sum(p.numel() for p in state.model.parameters())
         val = f", {state.val_samples} val" if state.val_samples else ", no validation"
@@ -249,7 +237,7 @@ class SetupPrinter(Callback):
 class ResumePrinter(Callback):
     """Says where a resumed run picks up."""
 
-    def on_fit_start(self, state: Any) -> None:
+    def on_fit_start(self, state: LoopState) -> None:
         done = state.step >= state.total_steps
         out.print(f"[bold]resuming[/] run {safe(state.run_id)} at step {state.step} (epoch {state.epoch + 1}, "
                   f"iteration {state.iteration}) of {state.total_steps}"
