@@ -31,15 +31,6 @@ from .trainer_runs import CASES as TRAINER_CASES
 # docs/benchmarks.md, "Clinic"): tests/test_clinic.py marks these cases xfail. Remove a line once the doctor gets
 # its case right.
 TODAY: dict[str, str] = {
-    "mlp_lr_far_too_high": "says dead_relu",
-    "mlp_batch_one": "says nothing",
-    "regression_raw_targets_adam": "says not_learning: the target's scale is not named",
-    "regression_diabetes_healthy": "false alarm: local_minimum",
-    "lm_lr_too_high_flat": "says vanishing_gradients",
-    "lm_no_zero_grad": "says nothing (issue 27: grads_not_zeroed)",
-    "mlp_watch_no_zero_grad": "says lr_too_high (issue 27: grads_not_zeroed)",
-    "lightning_dead_bias": "says lr_too_low",
-    "bert_lr_far_too_high": "says saturated_activations",
 }
 
 CASES: list[Case] = [replace(c, today=TODAY.get(c.name)) for c in (*FIT_CASES, *LOOP_CASES, *TRAINER_CASES)]

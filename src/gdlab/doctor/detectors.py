@@ -34,13 +34,16 @@ from gdlab.doctor.series import (
     corroborated,
     depth_readings,
     ema_noise,
+    ema_noise_by_row,
     find_spike,
     last_lr,
+    late_readings,
     later_min,
     noise_dominated,
     peak_lr,
     peaks,
     point_noise,
+    readings,
     rolling_max,
     smooth_loss,
     spike_window,
@@ -144,7 +147,66 @@ def _lr_too_high(h: History) -> list[Finding]:
                              _lr_remedy(h, lim / s / 2)))  # half the lr at which it would be stable
     if not found and noise_dominated(h) is None:  # a noise-dominated run's ups and downs are the batch's
         found.extend(_loss_rose(h))
+    if not found:
+        found.extend(_units_pushed_out(h))
     return found
+
+
+def _learned_nothing(h: History) -> dict[str, Any] | None:
+    """The evidence that a run learned nothing: its smoothed loss ended no lower than its start beyond their noise
+    (5% at least), or (a classifier) at the loss of guessing, ln of the classes; None when it learned."""
+    losses = finite(column(h.steps, "loss"))
+    ema = finite(smooth_loss(h))
+    if len(losses) < 10 or not ema:
+        return None
+    start, end = start_loss(h), ema[-1]
+    opening = max(1, min(10, len(losses) // 10))
+    spread, smooth = point_noise(losses), ema_noise(h)
+    noise = math.hypot(spread / math.sqrt(opening), smooth) if math.isfinite(spread) and math.isfinite(smooth) \
+        else 0.0
+    chance = _chance_accuracy(h)
+    guess = math.log(1 / chance) if chance is not None else None
+    evidence = {"loss_start": start, "loss_end": end, "noise": noise, "chance_loss": guess}
+    if start - end < max(0.05 * abs(start), 3 * noise):
+        return {**evidence, "at_chance": False}
+    if guess is not None and abs(end - guess) <= max(0.05 * guess, 3 * noise):
+        return {**evidence, "at_chance": True}
+    return None
+
+
+def _units_pushed_out(h: History) -> list[Finding]:
+    """``lr_too_high`` from units the steps put out of action: a layer whose units responded at its first reading
+    (under half dead, or saturated) and no longer do (over half, in its last two readings), in a run that learned
+    nothing (:func:`_learned_nothing`). The init did not do it (they responded at the start), the loss did not
+    fall for it: the updates did, and each update is the learning rate's size (the update-to-weight ratio at the
+    first reading is given; around 1e-3 is usual). The remedy is computed from the peak lr."""
+    for prefix, what in (("dead_share", "died (output 0 for every sample)"),
+                         ("saturated", "saturated (stuck at the flat ends of the activation)")):
+        out = corroborated(h, prefix, lambda v: v > 0.5)
+        starts = {layer: values[0] for layer, values in readings(h, prefix).items() if layer in out}
+        pushed = {layer: share for layer, share in out.items() if starts[layer] < 0.5}
+        if not pushed:
+            continue
+        learned = _learned_nothing(h)
+        if learned is None:
+            return []
+        layer, share = max(pushed.items(), key=lambda kv: kv[1])
+        step, since = _layer_evidence(h, prefix, layer, lambda v: v > 0.5)
+        first = step_at(h, next(i for i, v in enumerate(column(h.steps, f"{prefix}/{layer}")) if math.isfinite(v)))
+        ratios = finite(column(h.steps, "update_ratio"))
+        lr = peak_lr(h)
+        evidence = {"layer": layer, "share_start": starts[layer], "share": share, "since_step": since,
+                    "first_step": first, "update_ratio_first": ratios[0] if ratios else None, "lr": lr, **learned}
+        moved = f"; the first measured update moved the weights by {ratios[0]:.2g} of their size" if ratios else ""
+        ended = (f"ended at the loss of guessing ({learned['chance_loss']:.3g})" if learned["at_chance"] else
+                 "did not fall beyond its noise")
+        return [Finding("lr_too_high", "warning", since, evidence,
+                        f"the units of {layer!r} {what}: {starts[layer]:.0%} at the first reading (step {first}), "
+                        f"{share:.0%} from step {since} on, while the loss went from {learned['loss_start']:.3g} to "
+                        f"{learned['loss_end']:.3g} (noise {learned['noise']:.2g}) and {ended}{moved}: the steps of "
+                        f"the learning rate (peak {lr:.3g}) put them out of action, and the run learned nothing",
+                        _lr_remedy(h, 0.1))]
+    return []
 
 
 def _clipped_share(h: History, first: int, last: int) -> tuple[float, float] | None:
@@ -157,23 +219,49 @@ def _clipped_share(h: History, first: int, last: int) -> tuple[float, float] | N
     return float(clip), sum(g >= 0.999 * clip for g in grads) / len(grads)
 
 
-def _loss_rose(h: History) -> list[Finding]:
-    """``lr_too_high`` from the loss curve: the smoothed loss rose well above its lowest level so far (by half, by
-    three times its own noise, and on average over the stretch by a fifth of the progress made from the start to
-    that level) over a stretch of steps, whether it came back down or not."""
+def _risen_rows(h: History) -> tuple[np.ndarray, np.ndarray, float, np.ndarray] | None:
+    """The smoothed loss (an array), its lowest level so far at each row, its noise, and the rows where it sat well
+    above that level when they make a stretch: a steep rise (above 1.5x the level and its noise x3) over ten steps
+    or 2% of the run, else a held one (above the level by 5% and by 6x the noise of the difference) over ten steps
+    or a tenth of the run whose mean is 5x that noise above the level (a loss that climbed back up part of the way
+    it fell, and stayed there while the learning rate was high: the run ends worse than its faster start promised).
+    The noise of the difference counts the level's own: a level read in the opening rows averages few batches
+    (:func:`~gdlab.doctor.series.ema_noise_by_row`). None otherwise.
+    """
     ema = smooth_loss(h)
     n = len(ema)
     if sum(math.isfinite(v) for v in ema) < 20:
-        return []
+        return None
     noise = ema_noise(h)
     noise = noise if math.isfinite(noise) else 0.0
     a = np.asarray(ema, dtype=float)
     low_so_far = np.minimum.accumulate(np.where(np.isfinite(a), a, np.inf))
     with np.errstate(invalid="ignore"):
-        high = np.isfinite(a) & (a > 1.5 * low_so_far) & (a - low_so_far > 3 * noise) & (low_so_far > 0)
-    if high.sum() < max(10, n // 50):  # a stretch, not a blip: ten steps, or 2% of the run
+        above = np.isfinite(a) & (low_so_far > 0)
+        steep = above & (a > 1.5 * low_so_far) & (a - low_so_far > 3 * noise)
+    if steep.sum() >= max(10, n // 50):  # a stretch, not a blip: ten steps, or 2% of the run
+        return a, low_so_far, noise, np.flatnonzero(steep)
+    by_row = np.nan_to_num(np.asarray(ema_noise_by_row(h), dtype=float))
+    # the row of the lowest level so far, and the noise of the difference between a row and that level
+    at_low = np.maximum.accumulate(np.where(np.isfinite(a) & (a == low_so_far), np.arange(n), 0))
+    spread = np.hypot(by_row, by_row[at_low])
+    with np.errstate(invalid="ignore"):
+        held = above & (a - low_so_far > np.maximum(6 * spread, 0.05 * low_so_far))
+    rows = np.flatnonzero(held)
+    if len(rows) >= max(10, n // 10) and float((a[rows] - low_so_far[rows]).mean()) > 5 * float(spread[rows].mean()):
+        return a, low_so_far, noise, rows
+    return None
+
+
+def _loss_rose(h: History) -> list[Finding]:
+    """``lr_too_high`` from the loss curve: the smoothed loss rose well above its lowest level so far (see
+    :func:`_risen_rows`: steeply, or held for a tenth of the run, each against its own noise, and on average over
+    the stretch by a fifth of the progress made from the start to that level) over a stretch of steps, whether it
+    came back down or not."""
+    risen = _risen_rows(h)
+    if risen is None:
         return []
-    rows = np.flatnonzero(high)
+    a, low_so_far, noise, rows = risen
     first, last = int(rows[0]), int(rows[-1])
     low = float(low_so_far[first])
     i_low = int(np.flatnonzero(a[:first + 1] == low)[0]) if (a[:first + 1] == low).any() else 0
@@ -191,8 +279,13 @@ def _loss_rose(h: History) -> list[Finding]:
         evidence.update(clip_norm=clipped[0], clipped_share=clipped[1])
         if clipped[1] >= 0.5:
             pinned = f"; the gradient norm sat at the clip value ({clipped[0]:.3g}) in {clipped[1]:.0%} of those steps"
-    how = (f"then came back to {end:.3g}: the run survived a divergence, and lost the steps it spent there"
-           if recovered else f"and ended at {end:.3g}: the steps are too large to settle")
+    top, lrs = peak_lr(h), finite(column(h.steps, "lr"))
+    decayed = f" as the learning rate fell from {top:.3g} to {lrs[-1]:.3g}" if lrs and lrs[-1] < 0.5 * top else ""
+    how = (f"then came back to {end:.3g}{decayed}: the run survived a divergence, and lost the steps it spent there"
+           if recovered and peak > 1.5 * low else
+           f"then came back to {end:.3g}{decayed}: the steps were too large to hold the level the run had reached, "
+           "and it lost the steps it spent above it" if recovered else
+           f"and ended at {end:.3g}: the steps are too large to settle")
     return [Finding("lr_too_high", "warning", step_at(h, first), evidence,
                     f"the smoothed training loss rose from {low:.3g} (step {step_at(h, i_low)}) to a mean of {mean:.3g}"
                     f" (peak {peak:.3g}) from step {step_at(h, first)} to {step_at(h, last)}, against a noise of "
@@ -273,9 +366,12 @@ def _plateau(h: History) -> list[Finding]:
     if n < 50:
         return []
     lowest = later_min(ema)  # the lowest finite smoothed loss from each row on
+    noise = ema_noise(h)
+    noise = noise if math.isfinite(noise) else 0.0
     for a, b in _flat_windows(ema, grads, max(20, n // 5)):
         after = lowest[b]
-        if not (b < n - 1 and math.isfinite(after) and after < 0.7 * ema[b]):
+        # the later fall: by 30%, and by 3x the smoothed loss's own noise (a dip of a noisy loss is no escape)
+        if not (b < n - 1 and math.isfinite(after) and after < 0.7 * ema[b] and ema[b] - after > 3 * noise):
             continue
         if _near_floor(h, ema[b]) or _val_at_best(h, step_at(h, a), step_at(h, b)):
             continue  # a converged run's loss: flat at its floor, its small ups and downs are no escape
@@ -283,9 +379,10 @@ def _plateau(h: History) -> list[Finding]:
             continue  # the steps' noise floor, which a smaller learning rate lowered: no plateau to cross faster
         return [Finding("plateau", "warning", step_at(h, a),
                         {"from_step": step_at(h, a), "to_step": step_at(h, b), "loss": ema[b],
-                         "loss_after": after},
+                         "loss_after": after, "noise": noise},
                         f"the loss stayed at {ema[b]:.3g} with a small gradient from step {step_at(h, a)} to "
-                        f"{step_at(h, b)} before falling to {after:.3g}: a plateau, crossed slowly",
+                        f"{step_at(h, b)} before falling to {after:.3g} (its noise {noise:.2g}): a plateau, crossed "
+                        "slowly",
                         _plateau_remedy(h))]
     return []
 
@@ -333,6 +430,12 @@ def _plateau_remedy(h: History) -> dict[str, object]:
 
 @detector("local_minimum")
 def _local_minimum(h: History) -> list[Finding]:
+    """A network that settled at a loss well above what its data allows, on three pieces of evidence: the
+    gradient is at rest (against its noise: the mini-batch gradient's signal-to-noise ratio stays under 0.1 in its
+    late readings; with none measured, a full-batch run, the gradient under 1% of its peak over the last quarter),
+    the smoothed loss is flat over the last quarter (within 1%, or three times its noise), and the loss is far
+    above its floor (between a quarter and 90% of its start; not at a classifier's floor; above a quarter of a
+    regression's target variance, R^2 under 0.75)."""
     ema, grads = smooth_loss(h), finite(column(h.steps, "grad_norm"))
     n = len(ema)
     if n < 50 or not grads or h.meta.get("convex"):
@@ -341,14 +444,25 @@ def _local_minimum(h: History) -> list[Finding]:
     tail = ema[int(0.75 * n):]
     if not (math.isfinite(end) and math.isfinite(start) and tail and math.isfinite(tail[0])):
         return []
-    settled = abs(tail[-1] - tail[0]) <= 0.01 * abs(tail[0]) and statistics.fmean(grads[int(0.75 * len(grads)):]) < \
-        0.1 * max(grads)
-    if settled and 0.25 * start < end < 0.9 * start:
+    noise = ema_noise(h)
+    noise = noise if math.isfinite(noise) else 0.0
+    flat = abs(tail[-1] - tail[0]) <= max(0.01 * abs(tail[0]), 3 * noise)
+    snr = late_readings(h, "grad_snr")
+    late_grad = statistics.fmean(grads[int(0.75 * len(grads)):])
+    at_rest = max(snr) < 0.1 if snr else late_grad < 0.01 * max(grads)
+    std = h.meta.get("target_std")
+    var = std ** 2 if h.meta.get("task") == "regression" and isinstance(std, (int, float)) and std > 0 else None
+    above = 0.25 * start < end < 0.9 * start and not _near_floor(h, end) and (var is None or end > 0.25 * var)
+    if flat and at_rest and above:
+        rest = (f"its signal-to-noise ratio {max(snr):.2g} at most in its late readings" if snr else
+                f"{late_grad:.2g} on average over the last quarter, {late_grad / max(grads):.1%} of its peak")
         return [Finding("local_minimum", "warning", step_at(h, int(0.75 * n)),
-                        {"loss": end, "start_loss": start, "grad_norm": grads[-1], "grad_norm_peak": max(grads)},
-                        f"training settled (gradient {grads[-1]:.2g}, a tenth of its peak) at a loss still "
-                        f"{end / start:.0%} of the start: a minimum, perhaps a local one; other initial points may "
-                        "find lower ones", {"action": "restarts", "seeds": 8})]
+                        {"loss": end, "start_loss": start, "grad_norm": grads[-1], "grad_norm_peak": max(grads),
+                         "grad_snr": max(snr) if snr else None, "noise": noise, "target_var": var},
+                        f"training settled: the gradient is at rest ({rest}) and the smoothed loss stayed flat over "
+                        f"the last quarter (noise {noise:.2g}) at {end:.3g}, still {end / start:.0%} of the start: a "
+                        "minimum, perhaps a local one; other initial points may find lower ones",
+                        {"action": "restarts", "seeds": 8})]
     return []
 
 
@@ -504,26 +618,32 @@ def _saturated(h: History) -> list[Finding]:
 
 @detector("gradient_noise")
 def _gradient_noise(h: History) -> list[Finding]:
-    snr, scale = finite(column(h.steps, "grad_snr")), finite(column(h.steps, "noise_scale"))
+    # the late readings (the second half, at least the last two: a one-epoch run at batch 1 may hold only two)
+    half, scale = late_readings(h, "grad_snr"), late_readings(h, "noise_scale")
     ema = finite(smooth_loss(h))
-    if len(snr) < 3 or len(ema) < 20:
+    if not half or len(ema) < 20:
         return []
-    half = snr[len(snr) // 2:]
-    start, end = start_loss(h), ema[-1]
-    tail = ema[len(ema) // 2:]
-    noise = ema_noise(h)
-    # the second half's smoothed loss did not fall beyond its noise (5% at least): it stalled, or rose in the noise
-    stalled = tail[0] - tail[-1] <= max(0.05 * abs(tail[0]), 3 * noise if math.isfinite(noise) else 0.0)
-    noisy = statistics.median(half) < 0.1 or noise_dominated(h) is not None
+    start = start_loss(h)
+    # the second half's loss did not fall beyond its noise (5% at least): the means of its first and last quarters,
+    # each with the noise of a mean over that many steps; it stalled, or rose in the noise
+    losses = finite(column(h.steps, "loss"))
+    width = max(1, len(losses) // 8)
+    first, end = statistics.fmean(losses[len(losses) // 2:][:width]), statistics.fmean(losses[-width:])
+    spread = point_noise(losses)
+    noise = math.sqrt(2) * spread / math.sqrt(width) if math.isfinite(spread) else 0.0
+    stalled = first - end <= max(0.05 * abs(first), 3 * noise)
+    # the signal-to-noise ratio low in most late readings and in two at least (two that disagree say nothing)
+    noisy = (statistics.median(half) < 0.1 and sum(v < 0.1 for v in half) >= 2) or noise_dominated(h) is not None
     if noisy and stalled and end > 0.2 * start:
         batch = int(h.meta.get("batch_size") or 1)
         samples = int(h.meta.get("samples") or batch)
-        target = int(min(samples, max(2 * batch, statistics.median(scale[len(scale) // 2:]) if scale else 2 * batch)))
+        target = int(min(samples, max(2 * batch, statistics.median(scale) if scale else 2 * batch)))
         return [Finding("gradient_noise", "warning", step_at(h, len(ema) // 2),
                         {"grad_snr": statistics.median(half), "noise_scale": statistics.median(scale) if scale else
-                         None, "batch_size": batch, "loss": end},
+                         None, "batch_size": batch, "loss": end, "loss_fall": first - end, "noise": noise},
                         f"noise dominates the steps: the mini-batch gradient's signal-to-noise ratio is "
-                        f"{statistics.median(half):.2g} and the loss stalled at {end:.3g}; the batch is too small "
+                        f"{statistics.median(half):.2g} and the loss stalled at {end:.3g} over the second half (it "
+                        f"fell by {first - end:.2g}, against a noise of {noise:.2g}); the batch is too small "
                         "for the learning rate",
                         {"action": "set_batch_size", "batch_size": target, "or": "decay the learning rate"})]
     return []
@@ -687,6 +807,11 @@ def _not_learning(h: History) -> list[Finding]:
     chance = math.log(classes) if h.meta.get("task") == "classification" and classes and classes > 1 else None
     at_chance = chance is not None and abs(end - chance) <= max(0.05 * chance, 3 * noise) and start <= 1.1 * chance
     if start - end < max(0.05 * abs(start), 3 * noise) or at_chance:
+        unscaled = _unscaled_target(h)
+        if unscaled is not None:  # a regression whose targets are out of scale: their scale is the cause
+            return [_unscaled_finding(h, f"the loss stayed at its start ({start:.3g}), ending at {end:.3g} (its "
+                                         f"noise {noise:.2g})", {"start_loss": start, "loss": end, "noise": noise},
+                                      *unscaled)]
         lr = last_lr(h)
         level = f"chance level (ln {classes} = {chance:.3g})" if at_chance else f"its start ({start:.3g})"
         return [Finding("not_learning", "error", step_at(h, len(losses) - 1),
@@ -702,11 +827,42 @@ TARGET_SCALE = 100.0
 initialisations and learning rates (outputs start near 0 with a spread near 1)."""
 
 
+def _unscaled_target(h: History) -> tuple[float, float] | None:
+    """The mean and spread of a regression's targets (``meta["target_mean"]``, ``meta["target_std"]``) when they
+    are out of scale (either beyond :data:`TARGET_SCALE`, or the spread below its inverse) and the run did not
+    standardise them (``meta["standardize_target"]``); else None.
+
+    Example:
+        >>> h = History()
+        >>> h.meta.update(task="regression", target_mean=3e5, target_std=4e4)
+        >>> _unscaled_target(h)
+        (300000.0, 40000.0)
+    """
+    std, mean = h.meta.get("target_std"), h.meta.get("target_mean")
+    if h.meta.get("task") != "regression" or h.meta.get("standardize_target") or \
+            not isinstance(std, (int, float)) or not math.isfinite(std):
+        return None
+    mean = float(mean) if isinstance(mean, (int, float)) and math.isfinite(mean) else 0.0
+    size = max(abs(mean), float(std))
+    return None if 1 / TARGET_SCALE <= size <= TARGET_SCALE else (mean, float(std))
+
+
+def _unscaled_finding(h: History, said: str, evidence: dict[str, Any], mean: float, std: float) -> Finding:
+    """``not_learning`` blamed on targets out of scale: ``said`` (what the loss or R^2 did), their mean and spread,
+    and the remedy that standardises them."""
+    return Finding("not_learning", "error", step_at(h, len(h.steps) - 1),
+                   {**evidence, "target_mean": mean, "target_std": std, "target_scale": max(abs(mean), std)},
+                   f"{said}: the targets are out of scale (mean {mean:.3g}, spread {std:.3g}), so the model's "
+                   "outputs, which start near 0, must grow by that much and the loss's gradient is as large; "
+                   "standardise the targets (predictions are mapped back to their units)",
+                   {"action": "standardize_target", "flag": "--standardize-target",
+                    "fit": "fit(standardize_target=True)"})
+
+
 def _regression_failed(h: History) -> list[Finding]:
     """``not_learning`` for a regression that learned nothing useful: its validation R^2 ended at or below 0 (no
     better than predicting the mean), or its loss ended orders of magnitude (100x) above the targets' variance.
-    With targets out of scale (``meta["target_std"]``, ``meta["target_mean"]``) and not standardised, it names
-    their scale and prescribes standardising them."""
+    With targets out of scale (:func:`_unscaled_target`) it names their scale and prescribes standardising them."""
     if h.meta.get("task") != "regression":
         return []
     r2 = [v for v in column(h.epochs, "val_r2") if math.isfinite(v)]
@@ -716,20 +872,29 @@ def _regression_failed(h: History) -> list[Finding]:
     huge = bool(var and losses and losses[-1] > 100 * var)
     if not (r2 and r2[-1] <= 0) and not huge:
         return []
-    scaled = bool(h.meta.get("standardize_target"))
-    size = max(abs(mean or 0.0), std or 0.0) if isinstance(std, (int, float)) else None
-    unscaled = not scaled and size is not None and not (1 / TARGET_SCALE <= size <= TARGET_SCALE)
     evidence = {"val_r2": r2[-1] if r2 else None, "loss": losses[-1] if losses else None, "target_var": var,
                 "target_mean": mean, "target_std": std}
     said = f"the validation R^2 ended at {r2[-1]:.3g}, no better than predicting the mean" if r2 and r2[-1] <= 0 \
         else f"the loss ended at {losses[-1]:.3g}, over 100x the targets' variance ({var:.3g})"
-    if unscaled:
-        return [Finding("not_learning", "error", step_at(h, len(h.steps) - 1), evidence,
-                        f"{said}: the targets are out of scale (mean {mean:.3g}, spread {std:.3g}), so the model's "
-                        "outputs, which start near 0, must grow by that much and the loss's gradient is as large; "
-                        "standardise the targets (predictions are mapped back to their units)",
-                        {"action": "standardize_target", "flag": "--standardize-target",
-                         "fit": "fit(standardize_target=True)"})]
+    unscaled = _unscaled_target(h)
+    if unscaled is not None:
+        return [_unscaled_finding(h, said, evidence, *unscaled)]
     return [Finding("not_learning", "error", step_at(h, len(h.steps) - 1), evidence,
                     f"{said}: the model is not learning",
                     {"action": "lr_find", "or": "check the data, the targets and the learning rate"})]
+
+
+@detector("grads_not_zeroed")
+def _grads_not_zeroed(h: History) -> list[Finding]:
+    """A bug in the loop, seen by watch at its first updates (:mod:`gdlab.watching.invariants`, in
+    ``meta["grads_not_zeroed"]``): the backward pass after an update added to the gradient that update used."""
+    found = h.meta.get("grads_not_zeroed")
+    if not isinstance(found, dict):
+        return []
+    update, name = int(found.get("update", 1)), str(found.get("parameter", "?"))
+    return [Finding("grads_not_zeroed", "error", update + 1, {"update": update, "parameter": name},
+                    f"the gradients are not zeroed between updates: the backward pass of step {update + 1} added to "
+                    f"the gradient update {update} had used ('{name}' watched), so every step's gradient piles onto "
+                    "the ones before it and the updates grow as if the learning rate were far too large",
+                    {"action": "zero_grad", "fix": "call optimizer.zero_grad() before loss.backward() (or after "
+                     "optimizer.step())"})]

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
+from gdlab.config import REMEDY_MODES
 from gdlab.records import History
 
 __all__ = ["Finding", "Remedy", "CODES", "SEVERITIES", "REMEDY_MODES", "Detector", "DETECTORS", "detector",
@@ -27,9 +28,9 @@ __all__ = ["Finding", "Remedy", "CODES", "SEVERITIES", "REMEDY_MODES", "Detector
 
 CODES = ("non_finite", "lr_too_high", "lr_too_low", "plateau", "local_minimum", "vanishing_gradients",
          "exploding_gradients", "dead_relu", "saturated_activations", "gradient_noise", "ill_conditioned_inputs",
-         "overfitting", "not_learning", "labels_do_not_fit")
+         "overfitting", "not_learning", "labels_do_not_fit", "grads_not_zeroed")
 SEVERITIES = ("info", "warning", "error")
-REMEDY_MODES = ("off", "suggest", "auto")
+# REMEDY_MODES: named in config, the lowest layer, which checks the settings (re-exported here)
 
 
 @dataclass

@@ -27,7 +27,7 @@ from gdlab.records import History, Table, ema, finite, layer_key
 __all__ = ["column", "smooth_loss", "start_loss", "step_at", "latest", "readings", "corroborated", "depth_ratio",
            "depth_readings", "first_measured", "last_lr", "warmup_steps", "spike_window", "find_spike",
            "rolling_max", "later_min", "peaks", "point_noise", "ema_noise", "window_means", "peak_lr",
-           "noise_dominated"]
+           "noise_dominated", "late_readings", "ema_noise_by_row"]
 
 
 def column(table: Table, key: str) -> list[float]:
@@ -353,6 +353,26 @@ def ema_noise(h: History) -> float:
     return float(1.4826 * np.median(np.abs(r - np.median(r))) * math.sqrt(0.1 / 1.9))
 
 
+def ema_noise_by_row(h: History) -> list[float]:
+    """The noise of the smoothed loss at each row: :func:`ema_noise` once the moving average (beta 0.9, its start
+    bias corrected) has its fill of steps, more at the start, where it averages only the first k losses (the
+    per-step noise at the first row): ``ema_noise x sqrt((1 + beta^k) / (1 - beta^k))``. A level read at row 1 is
+    one batch's loss, as noisy as any; NaN where :func:`ema_noise` is.
+
+    Example:
+        >>> h = History()
+        >>> for s in range(200): h.steps.append({"loss": 1.0 + (0.1 if s % 2 else -0.1)})
+        >>> by_row = ema_noise_by_row(h)
+        >>> round(by_row[0] / by_row[-1], 2), round(by_row[-1] / ema_noise(h), 2)
+        (4.36, 1.0)
+    """
+    noise, n = ema_noise(h), len(smooth_loss(h))
+    k = np.arange(1, n + 1, dtype=float)
+    with np.errstate(over="ignore", under="ignore"):
+        grown = 0.9 ** k
+    return (noise * np.sqrt((1 + grown) / (1 - grown))).tolist()
+
+
 def window_means(values: Sequence[float], width: int) -> list[float]:
     """The mean of each run of ``width`` consecutive values (``len(values) - width + 1`` of them).
 
@@ -382,9 +402,10 @@ def peak_lr(h: History) -> float:
 
 
 def noise_dominated(h: History) -> float | None:
-    """The median gradient noise scale (B_simple, ``noise_scale``) over the run's second half when it is above ten
-    times the batch size: each step's gradient is mostly the noise of its few samples, not the slope of the loss
-    (then a noisy, rising loss is the batch's doing before the learning rate's); else None.
+    """The median gradient noise scale (B_simple, ``noise_scale``) over the run's late readings
+    (:func:`late_readings`) when it, and two readings at least, are above ten times the batch size: each step's
+    gradient is mostly the noise of its few samples, not the slope of the loss (then a noisy, rising loss is the
+    batch's doing before the learning rate's); else None.
 
     Example:
         >>> h = History()
@@ -394,8 +415,26 @@ def noise_dominated(h: History) -> float | None:
         40.0
     """
     batch = h.meta.get("batch_size")
-    scales = finite(column(h.steps, "noise_scale"))
-    if not isinstance(batch, int) or batch < 1 or len(scales) < 3:
+    scales = late_readings(h, "noise_scale")
+    if not isinstance(batch, int) or batch < 1 or not scales:
         return None
-    median = statistics.median(scales[len(scales) // 2:])
-    return median if median > 10 * batch else None
+    median = statistics.median(scales)
+    # the median, and two readings at least (two that disagree are no evidence either way)
+    return median if median > 10 * batch and sum(v > 10 * batch for v in scales) >= 2 else None
+
+
+def late_readings(h: History, key: str) -> list[float]:
+    """The finite readings of the periodic per-step column ``key`` in the run's second half, and never fewer than
+    its last two (a one-epoch run may hold only two); empty with fewer than two readings: one reading is no
+    evidence.
+
+    Example:
+        >>> h = History()
+        >>> for v in (0.5, 0.04, 0.03): h.steps.append({"grad_snr": v})
+        >>> late_readings(h, "grad_snr"), late_readings(h, "noise_scale")
+        ([0.04, 0.03], [])
+    """
+    values = finite(column(h.steps, key))
+    if len(values) < 2:
+        return []
+    return values[min(len(values) // 2, len(values) - 2):]

@@ -6,6 +6,8 @@ HTML report all print these).
 The explanations are the rules of :data:`RULES`, each ``cause kind -> consequence kinds``, read from the findings
 alone (their codes, evidence and steps), so a stored run's findings tell the same story as a live run's:
 
+- gradients never zeroed between updates (``grads_not_zeroed``, a bug in the loop) explain everything a learning
+  rate far too large would: the blow-up, dead and saturated units, the vanishing gradient, the stalled loss;
 - a learning rate too large (``lr_too_high``, or a ``non_finite`` blow-up blamed on the lr) explains dead ReLUs and
   saturated units, and a vanishing or exploding gradient that follows it;
 - dead or saturated units explain a vanishing gradient that follows them, and steps that look small
@@ -68,8 +70,9 @@ class Rule:
     consequence).
 
     Example:
-        >>> RULES[0].cause, "diverged" in RULES[0].explains
-        ('data', True)
+        >>> rule = next(r for r in RULES if r.cause == "data")
+        >>> "diverged" in rule.explains, rule.follows
+        (True, True)
     """
 
     cause: str
@@ -78,13 +81,19 @@ class Rule:
     why: str
 
 
-KIND_ORDER = {"data": 0, "model": 0, "target": 1, "lr_too_high": 2, "diverged": 3, "dead_relu": 4,
+KIND_ORDER = {"grads_not_zeroed": 0, "data": 0, "model": 0, "target": 1, "lr_too_high": 2, "diverged": 3,
+              "dead_relu": 4,
               "saturated_activations": 4, "gradient_noise": 4, "vanishing_gradients": 5, "exploding_gradients": 5,
               "lr_too_low": 5, "local_minimum": 6, "plateau": 6, "not_learning": 6}
 """How far down a chain of explanations each kind sits (a rule always points from a lower to a higher one, so the
 graph has no cycle); every other code (overfitting, ill_conditioned_inputs...) is 7 and explains nothing."""
 
 RULES: tuple[Rule, ...] = (
+    Rule("grads_not_zeroed", ("lr_too_high", "diverged", "exploding_gradients", "dead_relu", "saturated_activations",
+                              "vanishing_gradients", "gradient_noise", "lr_too_low", "local_minimum", "plateau",
+                              "not_learning"), False,
+         "gradients that pile up from step to step make every update larger than the learning rate says: the run "
+         "behaves as if the learning rate were far too large, whatever it is"),
     Rule("data", ("diverged", "lr_too_high", "exploding_gradients", "lr_too_low", "not_learning"), True,
          "a batch held NaN or inf values: what was computed from it is not finite, whatever the learning rate"),
     Rule("model", ("diverged", "lr_too_high", "exploding_gradients", "lr_too_low", "not_learning"), True,
@@ -92,10 +101,15 @@ RULES: tuple[Rule, ...] = (
     Rule("target", ("lr_too_high", "diverged", "exploding_gradients", "not_learning"), False,
          "targets this large make the loss and its gradient huge: any learning rate that moves the weights "
          "overshoots, until the targets are scaled"),
-    Rule("lr_too_high", ("dead_relu", "saturated_activations", "not_learning", "lr_too_low", "local_minimum"), False,
+    Rule("lr_too_high", ("dead_relu", "saturated_activations"), False,
          "large steps push units where they no longer respond: ReLUs die (output 0 for every sample), tanh and "
          "sigmoid units saturate"),
-    Rule("lr_too_high", ("diverged", "vanishing_gradients", "exploding_gradients"), True,
+    Rule("lr_too_high", ("not_learning", "lr_too_low", "local_minimum"), False,
+         "steps too large to settle keep the loss above the level the run reached, and leave it there"),
+    Rule("lr_too_high", ("vanishing_gradients",), True,
+         "large steps left the layers where they pass little gradient back: it vanishes on its way to the first "
+         "layers"),
+    Rule("lr_too_high", ("diverged", "exploding_gradients"), True,
          "the steps too large for the loss surface grew until the numbers broke"),
     Rule("diverged", ("not_learning", "lr_too_low"), False,
          "a run whose loss became NaN or inf learns nothing after it"),

@@ -158,6 +158,19 @@ class Table:
     def __len__(self) -> int:
         return self._length
 
+    def peek(self, key: str, start: int, stop: int) -> list[float]:
+        """Rows ``start`` to ``stop`` (excluded) of ``key`` as written so far, without running the fillers (NaN
+        where nothing is written): for a hook that reads only rows it knows are filled, such as those whose values
+        a loop has read already (:class:`gdlab.loop.StepLog`), at no host read of its own.
+
+        Example:
+            >>> t = Table(); t.append({"loss": 2.0}); t.append({"loss": 1.0})
+            >>> t.peek("loss", 1, 2), t.peek("acc", 0, 1)
+            ([1.0], [nan])
+        """
+        column = self._columns.get(key, [])
+        return [column[i] if i < len(column) else math.nan for i in range(start, min(stop, self._length))]
+
     def rows(self, start: int = 0) -> Iterator[dict[str, float]]:
         """Rows from index ``start`` on, as dicts."""
         columns = self._settle()

@@ -21,8 +21,9 @@ Example:
     >>> check = ZeroGradCheck(model, opt)
     >>> for _ in range(3):  # no zero_grad()
     ...     model(torch.ones(4, 2)).sum().backward(); opt.step()
-    >>> check.found["update"], check.found["parameter"]
-    (1, 'weight')
+    >>> check.found["update"], check.found["parameter"], check.done
+    (1, 'weight', True)
+    >>> check.close()
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ class ZeroGradCheck:
         grad = self._parameter.grad
         self._kept = (grad, grad._version) if grad is not None else None
         if self.updates > UPDATES:
-            self.close()
+            self.done = True  # decided: the hooks come off at the watch's next read (not from inside a hook)
 
     def _accumulated(self, parameter: Any) -> None:
         kept, self._kept = self._kept, None
@@ -75,10 +76,11 @@ class ZeroGradCheck:
         grad, version = kept
         if parameter.grad is grad and grad._version == version + 1:  # added to, untouched since the update
             self.found = {"update": self.updates, "parameter": self.name}
-            self.close()
+            self.done = True
 
     def close(self) -> None:
-        """Take the hooks off (the check has decided, or the watch ends)."""
+        """Take the hooks off (the check has decided, or the watch ends); called outside the hooks (torch's hook
+        tables may not change while they run)."""
         self.done = True
         for handle in self._handles:
             handle.remove()
