@@ -141,7 +141,8 @@ def test_the_per_batch_hooks_it_does_not_use_cost_nothing(tmp_path: Path) -> Non
             calls.append(trainer.global_step)
 
     doctor, counting = Doctor(echo=False), Counting(echo=False)
-    assert doctor.on_before_backward is None and doctor.on_train_batch_start is None
+    # on_train_batch_start is used: it hands watch each batch (a module whose training_step calls a submodule)
+    assert doctor.on_before_backward is None and callable(doctor.on_train_batch_start)
     assert callable(counting.on_after_backward) and counting.on_before_backward is None
     _fit(counting, 0.1, tmp_path, epochs=1)
     assert len(calls) == 12 and counting.report is not None and counting.report.steps == 12

@@ -368,10 +368,13 @@ def test_once_step_ends_the_steps_each_step_gets_only_the_hooks_it_needs(moons: 
     periodic = gdlab.instruments.Periodic(every=5, budget=math.inf)
     doctor = gdlab.watch(model, opt, instruments=[gdlab.instruments.Cheap(), periodic], grad_norm_every=4)
     seen: list[tuple[int, bool, bool, bool]] = []  # (step, forward hook, step pre-hook, step post-hook)
+    checking: list[int] = []  # the steps the loop's zero_grad check (its own post-hook) was still on
     for step, i in enumerate(range(0, 640, 32), 1):  # (state.step counts a lane's steps when it ends)
         assert model._forward_pre_hooks
-        seen.append((step, doctor._forward_wanted, bool(opt._optimizer_step_pre_hooks),
-                     bool(opt._optimizer_step_post_hooks)))
+        if doctor._zero_check is not None:
+            checking.append(step)
+        own = len(opt._optimizer_step_post_hooks) - (doctor._zero_check is not None)  # less the check's
+        seen.append((step, doctor._forward_wanted, bool(opt._optimizer_step_pre_hooks), own > 0))
         loss = F.cross_entropy(model(train.X[i:i + 32]), train.y[i:i + 32])
         opt.zero_grad()
         loss.backward()
@@ -383,6 +386,7 @@ def test_once_step_ends_the_steps_each_step_gets_only_the_hooks_it_needs(moons: 
         assert forward == (step % 5 == 0), step
         assert pre == (step % 5 == 0 or step % 4 == 0), step
         assert not post
+    assert checking and max(checking) <= 8  # the invariant check's hooks: the first updates only
     steps = report.history.steps
     assert len(steps) == 20 and list(steps["step"]) == list(range(1, 21))
     measured = [int(s) for s, v in zip(steps["step"], steps["grad_out/0"]) if not math.isnan(v)]
@@ -927,3 +931,84 @@ def test_watch_sees_activations_called_as_functions_as_fit_does() -> None:
     report = doctor.close()
     assert report.history.meta["activations"] == ["relu"] and report.steps == 5
     assert report.diagnosis is not None
+
+
+@pytest.mark.parametrize("loop", ["no_zero_grad", "no_zero_grad_clipped", "zero_before", "zero_before_in_place",
+                                  "zero_after", "zero_after_in_place", "accumulate_3", "grad_scaler"])
+def test_a_loop_that_never_zeroes_its_gradients_is_named_and_its_healthy_twins_are_not(loop: str) -> None:
+    """The first backward pass after an update adding to the gradient that update used is a missing zero_grad():
+    named at the first check as the root cause, with its one-line fix; zeroing before or after the update, in
+    place or to None, accumulation over 3 micro-batches, clipping and a GradScaler are not."""
+    torch.manual_seed(0)
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    scaler = torch.amp.GradScaler("cpu") if loop == "grad_scaler" else None
+    doctor = gdlab.watch(model, opt, instruments="none")
+    for _ in range(8):
+        micro = 3 if loop == "accumulate_3" else 1
+        if loop == "zero_before":
+            opt.zero_grad()
+        elif loop == "zero_before_in_place":
+            opt.zero_grad(set_to_none=False)
+        for _ in range(micro):
+            x, y = torch.randn(16, 2), torch.randint(0, 2, (16,))
+            loss = F.cross_entropy(model(x), y)
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+        if loop == "no_zero_grad_clipped":
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad()
+        else:
+            opt.step()
+        if loop in ("zero_after", "accumulate_3"):
+            opt.zero_grad()
+        elif loop == "zero_after_in_place":
+            opt.zero_grad(set_to_none=False)
+        doctor.step(loss)
+    report = doctor.close()
+    named = [f for f in report.findings if f.code == "grads_not_zeroed"]
+    if loop.startswith("no_zero_grad"):
+        assert named and named[0].step == 2 and "zero_grad()" in named[0].remedy["fix"]
+        assert report.diagnosis.causes[0].code == "grads_not_zeroed"
+    else:
+        assert not named
+
+
+def test_inputs_start_a_step_whose_forward_pass_is_a_submodules() -> None:
+    """A LightningModule-like wrapper whose training step calls ``self.net(x)``, never ``self(x)``: the watched
+    module's forward pre-hook never fires, so nothing rides on the step; told the batch (``Watch.inputs``, as the
+    Lightning callback tells it), the periodic instruments measure the dead units of a first layer biased to -10."""
+
+    class Wrapper(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))
+            with torch.no_grad():
+                self.net[0].bias.fill_(-10.0)
+
+    def run(tell: bool) -> gdlab.Result:
+        model = Wrapper()
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        g = torch.Generator().manual_seed(0)
+        with gdlab.watch(model, opt, store=None) as w:
+            for _ in range(40):
+                x, y = torch.rand(32, 4, generator=g), torch.randint(0, 3, (32,), generator=g)
+                if tell:
+                    w.inputs((x, y))
+                loss = F.cross_entropy(model.net(x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                w.step(loss, batch=(x, y) if tell else None)
+        assert w.report is not None
+        return w.report
+
+    assert not any(k.startswith("dead_share/") for k in run(False).history.steps.columns)
+    told = run(True)
+    dead = [v for v in told.history.steps["dead_share/net.1"] if math.isfinite(v)]
+    assert len(dead) >= 2 and all(v == 1.0 for v in dead)
+    assert told.history.meta["task"] == "classification" and told.history.meta["num_classes"] == 3
+    assert "dead_relu" in {f.code for f in told.findings}

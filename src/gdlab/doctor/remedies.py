@@ -26,10 +26,11 @@ from typing import Any
 
 import torch
 
-from gdlab.doctor.findings import REMEDY_MODES, Finding, Remedy, diagnose, run_settings
+from gdlab.config import check_settings
+from gdlab.doctor.findings import Finding, Remedy, diagnose, run_settings
 from gdlab.doctor.probe import Probe, probe_grid, probe_lr, probe_steps
 from gdlab.doctor.series import column, find_spike, spike_window
-from gdlab.errors import UnknownChoice
+from gdlab.loop import Callback, LoopState
 from gdlab.optim import OPTIMIZERS
 from gdlab.records import EMA, finite
 
@@ -105,7 +106,7 @@ def _median(values: list[float]) -> float:
 # The first two judge the window against the past and undo it when it went wrong; the rest treat what it shows.
 
 
-def undo_failed_raise(doctor: Doctor, state: Any, w: Window) -> bool:
+def undo_failed_raise(doctor: Doctor, state: LoopState, w: Window) -> bool:
     """The guard of a raise: if the window after raising the learning rate did worse, roll back and lower it to
     a third, which also caps later raises."""
     if w.raised_from is None or not w.mean_loss > 1.02 * w.raised_from:  # worse beyond window-to-window noise
@@ -117,7 +118,7 @@ def undo_failed_raise(doctor: Doctor, state: Any, w: Window) -> bool:
     return True
 
 
-def rollback_when_loss_rises(doctor: Doctor, state: Any, w: Window) -> bool:
+def rollback_when_loss_rises(doctor: Doctor, state: LoopState, w: Window) -> bool:
     """The loss climbs back up: 50% above the best window, by more than the batch-to-batch noise explains
     (:attr:`Window.noise_band`) and by more than 2% of the starting loss (near a minimum the loss's ups and downs
     are large multiples of a tiny number); the steps are too large to settle: roll back and take a learning rate
@@ -134,7 +135,7 @@ def rollback_when_loss_rises(doctor: Doctor, state: Any, w: Window) -> bool:
     return True
 
 
-def restart_when_stuck(doctor: Doctor, state: Any, w: Window) -> bool:
+def restart_when_stuck(doctor: Doctor, state: LoopState, w: Window) -> bool:
     """Not learning after large steps (most ReLU units killed, or a rollback that was not enough while the
     steps are not small, so large and useless): start over from the initial point, learning rate 0.1x."""
     moving = w.median_ratio >= 1e-3
@@ -149,7 +150,7 @@ def restart_when_stuck(doctor: Doctor, state: Any, w: Window) -> bool:
     return True
 
 
-def raise_small_steps(doctor: Doctor, state: Any, w: Window) -> bool:
+def raise_small_steps(doctor: Doctor, state: LoopState, w: Window) -> bool:
     """The steps change the weights by under 1e-3 of their size, the loss is far from its floor, and neither
     noise nor a settled minimum explains it: raise the learning rate, after a snapshot. Where the run can be
     probed (a named optimizer), in one move: a probe (:func:`~gdlab.doctor.probe.probe_lr`) trains learning rates
@@ -174,7 +175,7 @@ def raise_small_steps(doctor: Doctor, state: Any, w: Window) -> bool:
     return True
 
 
-def halve_when_noisy(doctor: Doctor, state: Any, w: Window) -> bool:
+def halve_when_noisy(doctor: Doctor, state: LoopState, w: Window) -> bool:
     """Noise dominates the steps and the loss stalled: halve the learning rate."""
     if not (w.noisy and w.stalled and w.mean_loss > 0.2 * w.first):
         return False
@@ -184,7 +185,7 @@ def halve_when_noisy(doctor: Doctor, state: Any, w: Window) -> bool:
     return True
 
 
-def clip_spikes(doctor: Doctor, state: Any, w: Window) -> bool:
+def clip_spikes(doctor: Doctor, state: LoopState, w: Window) -> bool:
     """A gradient-norm spike in the window (:func:`~gdlab.doctor.series.find_spike`): clip the norm to twice
     the mean before it, from now on (once per run)."""
     if doctor.clipping or not w.grads or w.opening_grad is None:
@@ -202,7 +203,7 @@ def clip_spikes(doctor: Doctor, state: Any, w: Window) -> bool:
     return True
 
 
-def add_momentum_on_plateau(doctor: Doctor, state: Any, w: Window) -> bool:
+def add_momentum_on_plateau(doctor: Doctor, state: LoopState, w: Window) -> bool:
     """A plateau (the loss flat and well above its start's half, the gradient under a fifth of its peak, the
     units alive) under an optimizer with momentum 0: momentum 0.9 crosses it faster."""
     # w.grads not empty makes peak_grad finite
@@ -217,7 +218,7 @@ def add_momentum_on_plateau(doctor: Doctor, state: Any, w: Window) -> bool:
     return True
 
 
-def keep_good_point(doctor: Doctor, state: Any, w: Window) -> bool:
+def keep_good_point(doctor: Doctor, state: LoopState, w: Window) -> bool:
     """Nothing to treat: when the loss is near its best, snapshot the model as the last good point to roll back
     to. Records no remedy, so it never ends the check."""
     if w.mean_loss <= 1.5 * min(doctor.best_loss, w.first):
@@ -261,7 +262,7 @@ def clip_before_step(optimizer: Any, max_norm: float) -> Callable[[], None]:
 
     return unwrap
 
-class Doctor:
+class Doctor(Callback):
     """The callback ``fit`` attaches: findings at the end; with ``mode="auto"``, remedies during the run.
 
     Args:
@@ -281,9 +282,7 @@ class Doctor:
 
     def __init__(self, mode: str = "suggest", *, max_rollbacks: int = 10, lr_ceiling: float = 1e4,
                  optimizer: str | None = None, max_probes: int = 3, max_lr_cuts: int = 3) -> None:
-        if mode not in REMEDY_MODES:
-            raise UnknownChoice("remedy", mode, REMEDY_MODES)
-        self.mode = mode
+        self.mode = check_settings(remedy=mode)["remedy"]  # the one check of the settings (gdlab.config)
         self.max_rollbacks = max_rollbacks
         self.lr_ceiling = lr_ceiling
         self.optimizer = optimizer if optimizer in OPTIMIZERS else None
@@ -308,6 +307,7 @@ class Doctor:
         self._previous: float | None = None
         self.raise_cap = math.inf  # a raise of the learning rate that failed caps the later ones
         self._last_rollback = -math.inf
+        self._judged = 0  # the history's rows whose loss on_step_end has judged
         self._best_window = math.inf
         self._clip: tuple[Any, Any] | None = None
         self._dead = 0.0  # the latest share of dead ReLU units measured
@@ -342,12 +342,12 @@ class Doctor:
         return min(self.lr_ceiling * self.start_lr, self.raise_cap)
 
     # -- the actions a rule takes: each records its remedy (the snapshot excepted) -------------------------------
-    def take_snapshot(self, state: Any) -> None:
+    def take_snapshot(self, state: LoopState) -> None:
         """Keep the model's and the optimizer's state, in memory, as the last good point to roll back to."""
         self._snapshot = {"model": copy.deepcopy(state.model.state_dict()),
                           "optimizer": copy.deepcopy(state.optimizer.state_dict())}
 
-    def set_lr(self, state: Any, lr: float, reason: str, **details: Any) -> None:
+    def set_lr(self, state: LoopState, lr: float, reason: str, **details: Any) -> None:
         """Set the learning rate to ``lr`` (every parameter group scaled alike) and record a ``set_lr`` remedy
         (``details``: more of its parameters, as a probe's).
 
@@ -362,14 +362,14 @@ class Doctor:
         self._set(state, "lr", lr)
         self._act(state, "set_lr", {"lr": lr, "from_lr": from_lr, **details}, reason)
 
-    def raise_lr(self, state: Any, lr: float, reason: str, *, judged_against: float, **details: Any) -> None:
+    def raise_lr(self, state: LoopState, lr: float, reason: str, *, judged_against: float, **details: Any) -> None:
         """Raise the learning rate to ``lr`` after a snapshot (:meth:`set_lr`); the next window judges the raise
         against ``judged_against``, the mean loss before it (:func:`undo_failed_raise`)."""
         self.take_snapshot(state)
         self.set_lr(state, lr, reason, **details)
         self._raised_at = judged_against
 
-    def roll_back(self, state: Any, lr: float, new: float, reason: str, *, counted: bool = True) -> None:
+    def roll_back(self, state: LoopState, lr: float, new: float, reason: str, *, counted: bool = True) -> None:
         """Back to the snapshot with learning rate ``new`` (from ``lr``), recorded as a ``rollback_and_set_lr``
         remedy; ``counted`` rollbacks are limited by ``max_rollbacks``.
 
@@ -383,22 +383,23 @@ class Doctor:
             (True, 0.01, 1)
         """
         self._restore(state)
+        self._dead = 0.0  # what was measured of the weights left behind says nothing of those restored
         self._set(state, "lr", new)
         if counted:
             self.rollbacks += 1
         self._act(state, "rollback_and_set_lr", {"lr": new, "from_lr": lr}, reason)
 
-    def restart(self, state: Any, lr: float, new: float, reason: str) -> None:
+    def restart(self, state: LoopState, lr: float, new: float, reason: str) -> None:
         """Back to the initial point (it becomes the snapshot) with learning rate ``new``: :meth:`roll_back`."""
         self._snapshot = copy.deepcopy(self._origin)
         self.roll_back(state, lr, new, reason)
 
-    def set_momentum(self, state: Any, momentum: float, reason: str) -> None:
+    def set_momentum(self, state: LoopState, momentum: float, reason: str) -> None:
         """Set the momentum of every parameter group that has one, recorded as a ``set_momentum`` remedy."""
         self._set(state, "momentum", momentum)
         self._act(state, "set_momentum", {"momentum": momentum}, reason)
 
-    def clip_gradients(self, state: Any, max_norm: float, reason: str) -> None:
+    def clip_gradients(self, state: LoopState, max_norm: float, reason: str) -> None:
         """Clip the gradient's global norm to ``max_norm`` before every later step (:func:`clip_before_step`,
         undone when the run ends), recorded as a ``clip_norm`` remedy."""
         self._install_clipping(state, max_norm)
@@ -407,7 +408,7 @@ class Doctor:
     # the actions' workings (a subclass changes an action by overriding its public method: watch's doctor
     # overrides take_snapshot and roll_back)
 
-    def _restore(self, state: Any) -> None:
+    def _restore(self, state: LoopState) -> None:
         assert self._snapshot is not None
         lrs = [g.get("lr") for g in state.optimizer.param_groups]
         state.model.load_state_dict(self._snapshot["model"])
@@ -415,10 +416,10 @@ class Doctor:
         for g, lr in zip(state.optimizer.param_groups, lrs):
             g["lr"] = lr
 
-    def _install_clipping(self, state: Any, max_norm: float) -> None:
+    def _install_clipping(self, state: LoopState, max_norm: float) -> None:
         self._clip = (state.optimizer, clip_before_step(state.optimizer, max_norm))
 
-    def _set(self, state: Any, key: str, value: float) -> bool:
+    def _set(self, state: LoopState, key: str, value: float) -> bool:
         """Set ``key`` to ``value`` in the first group; a learning rate scales every group alike (param groups
         keep their own ratios, as a "lower lr for the backbone" recipe wants)."""
         groups = state.optimizer.param_groups
@@ -431,20 +432,20 @@ class Doctor:
                 changed = True
         return changed
 
-    def _act(self, state: Any, action: str, params: dict[str, Any], reason: str) -> None:
+    def _act(self, state: LoopState, action: str, params: dict[str, Any], reason: str) -> None:
         self.remedies.append(Remedy(state.step, action, params, reason))
 
-    def can_probe(self, state: Any) -> bool:
+    def can_probe(self, state: LoopState) -> bool:
         """Whether learning rates can be probed from ``state``: ``auto``, a named optimizer, training data to
         draw from (``state.sample``), and no probe has failed."""
         return self.mode == "auto" and self.optimizer is not None and self._probe_failed is None and \
             getattr(state, "sample", None) is not None
 
-    def probe_rests(self, state: Any) -> bool:
+    def probe_rests(self, state: LoopState) -> bool:
         """Whether the last probe's verdict still stands (two epochs after it), or the run has had ``max_probes``."""
         return state.step < self._probe_after or self._probes >= self.max_probes
 
-    def probe(self, state: Any, lrs: list[float]) -> Probe | None:
+    def probe(self, state: LoopState, lrs: list[float]) -> Probe | None:
         """Probe ``lrs`` (and the run's own) from here; None when there is nothing to probe or it failed (then
         probing stops for the run, and the fixed steps take over)."""
         if not lrs or self.optimizer is None:
@@ -460,7 +461,7 @@ class Doctor:
         self._probe_after = state.step + 4 * self._cadence(state)  # two epochs (four checks, at least 40 steps)
         return found
 
-    def take_probe(self, state: Any, found: Probe, w: Window, why: str) -> bool:
+    def take_probe(self, state: LoopState, found: Probe, w: Window, why: str) -> bool:
         """Act on a probe: take its learning rate (:meth:`raise_lr`: after a snapshot; the next window judges it),
         or record that the run's own stood. True: the check is over either way (the probe was an action)."""
         params = {"probe": found.to_dict()}
@@ -470,29 +471,57 @@ class Doctor:
         self.raise_lr(state, found.chosen, f"{why}: {found.describe()}", judged_against=w.mean_loss, **params)
         return True
 
-    def on_fit_start(self, state: Any) -> None:
+    def on_fit_start(self, state: LoopState) -> None:
         self.start_lr = float(state.optimizer.param_groups[0].get("lr", math.nan))
         if self.mode == "auto":
             self.take_snapshot(state)
             self._origin = copy.deepcopy(self._snapshot)
 
-    def on_step_end(self, state: Any) -> None:
+    def on_step_end(self, state: LoopState) -> None:
         """With ``auto``: a loss blowing up (the smoothed loss above 4x its best, a best under 2% of the start
         counting as 2% of it, or 5x its start) is a divergence too. The smoothing spans about 256 samples, so one
-        sample's large loss (batch 1) is not mistaken for it."""
-        if self.mode != "auto" or not math.isfinite(state.loss):
+        sample's large loss (batch 1) is not mistaken for it.
+
+        The losses are judged at the loop's batched reads, never by a read of their own: each call judges the rows
+        whose loss the loop has read since the last (those before :class:`~gdlab.loop.StepLog`'s pending rows;
+        :meth:`~gdlab.records.Table.peek` reads them without a fetch). A loop without a batched log (its loss on
+        the host already) is judged step by step."""
+        if self.mode != "auto":
             return
+        log = getattr(state, "log", None)
+        if log is None:
+            loss = state.loss
+            if math.isfinite(loss):
+                self._judge_loss(state, loss, state.step)
+            return
+        table = state.history.steps
+        stop = log.rows[0] if log.rows else len(table)
+        self._judged = min(self._judged, len(table))  # the loop's rollback truncated the history
+        if stop <= self._judged:
+            return
+        start, self._judged = self._judged, stop
+        acted = len(self.remedies)
+        for loss, step in zip(table.peek("loss", start, stop), table.peek("step", start, stop)):
+            rolled = math.isfinite(loss) and self._judge_loss(state, loss, int(step) if math.isfinite(step) else
+                                                              state.step)
+            if rolled or len(self.remedies) > acted:  # the doctor acted now: the rows not yet judged were trained
+                self._judged = len(table)  # before it, and would be judged against what it changed; the next
+                self._window_step = max(self._window_step, state.step)  # window is one trained after it, whole
+                return
+
+    def _judge_loss(self, state: LoopState, loss: float, step: int) -> bool:
+        """One step's loss (read by the loop) into the smoothed loss and the checks; True when it rolled back."""
         window = max(10, 256 // max(state.plan.batch_size, 1))
         if self._first is None:
             # the starting loss: the first batch's when batches are large enough to trust one, else the mean over
             # the opening ~256 samples
-            self._opening.append(state.loss)
+            self._opening.append(loss)
             if state.plan.batch_size >= 16 or len(self._opening) >= window:
                 self._first = statistics.fmean(self._opening)
         if self._smooth is None:
             self._smooth = EMA(1 - 1 / window)
-        smooth = self._smooth.update(state.loss)
-        since = state.step - max(self._last_rollback, 0)
+        smooth = self._smooth.update(loss)
+        since = step - max(self._last_rollback, 0)
         if since >= window:
             self._best = min(self._best, smooth)
         first = self._first if self._first is not None else statistics.fmean(self._opening)
@@ -505,10 +534,12 @@ class Doctor:
                                           "its best"):
                 self._smooth = None  # the average starts again from the restored point
                 self._window_start, self._window_step = len(state.history.steps), state.step
-            return
-        if state.step - self._window_step >= self._cadence(state):
-            self._window_step = state.step
+                return True
+            return False
+        if step - self._window_step >= self._cadence(state):
+            self._window_step = step
             self._check(state)
+        return False
 
     def needs_step(self, step: int) -> bool:
         """Whether ``step`` needs :meth:`on_step_end` on its own (:func:`gdlab.watch`'s lane): every step with
@@ -519,14 +550,14 @@ class Doctor:
         """The first step from ``step`` on that :meth:`needs_step` (inf: none)."""
         return step if self.mode == "auto" else math.inf
 
-    def on_steps_end(self, state: Any, rows: range) -> None:
+    def on_steps_end(self, state: LoopState, rows: range) -> None:
         """Steps it need not see one by one (:meth:`needs_step`): nothing to do."""
 
     @staticmethod
-    def _cadence(state: Any) -> int:
+    def _cadence(state: LoopState) -> int:
         return max(10, state.plan.iterations_per_epoch // 2)
 
-    def on_diverge(self, state: Any, why: str | None = None) -> bool:
+    def on_diverge(self, state: LoopState, why: str | None = None) -> bool:
         """The loss became non-finite: with ``auto``, roll back and lower the learning rate; True if it did."""
         if self.mode != "auto" or self._snapshot is None or self.rollbacks >= self.max_rollbacks:
             return False
@@ -542,7 +573,7 @@ class Doctor:
                                        f"{new:.3g}")
         return True
 
-    def _check(self, state: Any) -> None:
+    def _check(self, state: LoopState) -> None:
         """With ``auto``, every half epoch (at least 10 steps): act on what the last window shows, by the first
         rule of :data:`REMEDY_RULES` that acts."""
         w = self._read_window(state)
@@ -558,7 +589,7 @@ class Doctor:
             if rule(self, state, w):
                 return
 
-    def _read_window(self, state: Any) -> Window | None:
+    def _read_window(self, state: LoopState) -> Window | None:
         """The steps since the last check as a :class:`Window` (None without a finite loss or a starting loss);
         moves the check's marks: where the next window starts, the previous mean, a raise awaiting its verdict."""
         h = state.history
@@ -590,7 +621,7 @@ class Doctor:
                       peak_grad=max(self._peak_grad, max(grads, default=-math.inf)), dead=dead,
                       opening_grad=self._opening_grad, spread=spread)
 
-    def on_fit_end(self, state: Any) -> None:
+    def on_fit_end(self, state: LoopState) -> None:
         if self._clip is not None:  # the optimizer is the caller's again, unwrapped
             self._clip[1]()
             self._clip = None

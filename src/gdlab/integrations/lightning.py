@@ -65,6 +65,23 @@ _UNUSED_BATCH_HOOKS = ("on_train_batch_start", "on_before_backward", "on_after_b
                        "on_before_zero_grad", "on_validation_batch_start", "on_validation_batch_end")
 
 
+def _loaders(loaders: Any) -> list[Any]:
+    """A trainer's data loaders (one, a list, a dict of them, or None) as a list."""
+    if loaders is None:
+        return []
+    if isinstance(loaders, dict):
+        return list(loaders.values())
+    return list(loaders) if isinstance(loaders, (list, tuple)) else [loaders]
+
+
+def _size(dataset: Any) -> int | None:
+    """A data set's length, None where it has none (an iterable data set)."""
+    try:
+        return len(dataset) if dataset is not None else None
+    except TypeError:
+        return None
+
+
 def _scalar(value: Any) -> float | None:
     """A logged metric as a float (a tensor is read here, at an epoch's end only), or None when it is not one."""
     if isinstance(value, torch.Tensor):
@@ -144,6 +161,24 @@ class Doctor(Callback):
         # on rank zero alone: the ranks agree through the trainer (_agree), not through the watch
         self.watch = watch(pl_module, optimizer, **{**self.options, "config": config}, hooks=False, ranks=False)
 
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        """The data sets' sizes, as ``fit`` gives them to the doctor: the training samples (``samples``) and the
+        validation samples behind each ``val_loss`` (``val_samples``: the noise of a validation point)."""
+        watched = self.watch
+        if watched is None:
+            return
+        meta = watched.history.meta
+        for key, loaders in (("samples", trainer.train_dataloader), ("val_samples", trainer.val_dataloaders)):
+            sizes = [_size(getattr(d, "dataset", None)) for d in _loaders(loaders)]
+            if sizes and all(n is not None for n in sizes):
+                meta[key] = sum(n for n in sizes if n is not None)
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        """The step starts with its batch (:meth:`gdlab.Watch.inputs`): where ``training_step`` calls a submodule
+        (``self.net(x)``), not ``self(x)``, the periodic instruments ride on its forward pass all the same."""
+        if self.watch is not None and self.watch.report is None and self.watch.stop_reason is None:
+            self.watch.inputs(batch)
+
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         watched = self.watch
         if watched is not None and watched.report is None:
@@ -158,7 +193,8 @@ class Doctor(Callback):
         self._steps += 1
         if watched is not None and watched.report is None:
             if watched.stop_reason is None:
-                watched.step(self._loss, batch=batch if self.batch else None)
+                # the first step's batch always: the doctor learns the task, classes and inputs' scales from it
+                watched.step(self._loss, batch=batch if self.batch or self._steps == 1 else None)
             self._loss = None
             self._clip = max_norm(watched)
         # the ranks agree where rank zero may have decided something: with remedy="auto" at every step (its

@@ -29,7 +29,7 @@ It needs the ``transformers`` package (``pip install 'gdlab[transformers]'``); w
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +110,9 @@ class Doctor(_Base):
         self._model = model
         if model is not None and optimizer is not None:
             self._attach(args, model, optimizer, kwargs.get("train_dataloader"))
+        evaluated = getattr(kwargs.get("eval_dataloader"), "dataset", None)
+        if self.watch is not None and isinstance(evaluated, Sized):  # the samples behind each val_loss, as fit
+            self.watch.history.meta["val_samples"] = len(evaluated)  # gives them (the noise of a validation point)
 
     def on_step_begin(self, args: Any, state: Any, control: Any, model: nn.Module | None = None,
                       optimizer: Any = None, **kwargs: Any) -> None:

@@ -15,15 +15,17 @@ from torch import Tensor, nn
 
 from gdlab import distributed, loop
 from gdlab.callbacks import Recorder
-from gdlab.data import BatchPlan
-from gdlab.doctor import REMEDY_MODES, Doctor, explain
-from gdlab.errors import InvalidParameter, UnknownChoice, check_int
+from gdlab.config import check_settings
+from gdlab.data import BatchPlan, structure
+from gdlab.doctor import Doctor, explain
+from gdlab.errors import InvalidParameter, check_int
 from gdlab.instruments import attach, unwrap
 from gdlab.loop import LoopState, Result, StepLog, data_cause, settle_divergence
 from gdlab.problem import LOSSES, LossFn, batch_loss, resolve_loss
 from gdlab.records import History
 from gdlab.store import Store
 from gdlab.watching.follower import RankFollower
+from gdlab.watching.invariants import ZeroGradCheck
 from gdlab.watching.lanes import LanePlanner
 from gdlab.watching.tracker import Counted, Phase, StepTracker
 
@@ -112,11 +114,11 @@ class _WatchDoctor(Doctor):
         super().__init__(mode)
         self.rollback = rollback
 
-    def take_snapshot(self, state: Any) -> None:
+    def take_snapshot(self, state: LoopState) -> None:
         if self.rollback:
             super().take_snapshot(state)
 
-    def roll_back(self, state: Any, lr: float, new: float, reason: str, *, counted: bool = True) -> None:
+    def roll_back(self, state: LoopState, lr: float, new: float, reason: str, *, counted: bool = True) -> None:
         if self.rollback:
             super().roll_back(state, lr, new, reason, counted=counted)
             return
@@ -138,20 +140,14 @@ class Watch(StepTracker, LanePlanner):
             raise InvalidParameter("model", type(model).__name__, "an nn.Module")
         if not hasattr(optimizer, "param_groups") or not hasattr(optimizer, "step"):
             raise InvalidParameter("optimizer", type(optimizer).__name__, "a torch.optim.Optimizer (or gdlab's)")
-        if remedy not in REMEDY_MODES:
-            raise UnknownChoice("remedy", remedy, REMEDY_MODES)
-        for key, flag in (("doctor", doctor), ("ranks", ranks)):
-            if not isinstance(flag, bool):
-                raise InvalidParameter(key, flag, "True or False")
-        if rollback and remedy != "auto":
-            raise InvalidParameter("rollback", rollback, 'remedy="auto" (a rollback is a remedy the doctor applies)')
+        check_settings(remedy=remedy, doctor=doctor, ranks=ranks, rollback=rollback, log_every=log_every,
+                       grad_norm_every=grad_norm_every)  # the one check of the settings (gdlab.config)
         # several processes (torchrun): rank zero watches, the others follow (unless told this process is alone)
         group = distributed.current() if ranks else None
         if rollback and group is not None:
             raise InvalidParameter("rollback", rollback, "one process (under several, a rollback would change rank "
                                    "zero's model alone; gdlab.fit rolls back on every rank)")
-        self.log_every = check_int(log_every, "log_every")
-        self.grad_norm_every = check_int(grad_norm_every, "grad_norm_every")
+        self.log_every, self.grad_norm_every = log_every, grad_norm_every
         for key, value in (("batch_size", batch_size), ("steps_per_epoch", steps_per_epoch)):
             if value is not None:
                 check_int(value, key)
@@ -214,11 +210,12 @@ class Watch(StepTracker, LanePlanner):
         self._held: list[tuple[int, Any, Any]] = []
         self._held_bytes = 0  # their size (tracker.HELD_BYTES bounds it)
         self._began_at = time.perf_counter()
+        self._zero_check: ZeroGradCheck | None = None
         if self._follower:  # another rank: rank zero watches, records and diagnoses; this one follows its decisions
             self._follow()
             return
         # instruments that measure on some steps (the periodic ones: ``due``): those steps read the norms too
-        self._wanting = [i for i in self.watching if hasattr(i, "on_step_start")]
+        self._wanting = [i for i in self.watching if loop.answers(i, "on_step_start")]
         self.board: Any = None
         if tensorboard is not None:
             from gdlab.integrations.tensorboard import TensorBoard  # an edge: tensorboard only when asked
@@ -239,20 +236,19 @@ class Watch(StepTracker, LanePlanner):
 
         self.hooks: list[Any] = [*self.watching, *([self.physician] if self.physician else []), *callbacks,
                                  *([self.recorder] if self.recorder else []), *([self.board] if self.board else [])]
-        self._handlers = {event: [getattr(h, event) for h in self.hooks if _answers(h, event)] for event in loop.EVENTS}
+        # the one dispatcher (gdlab.loop.Hooks): which hooks answer each hook, and their plan, decided here once
+        self._dispatch = loop.Hooks(self.hooks)
+        self._handlers, wants = self._dispatch.handlers, self._dispatch.plan
         # THE LANE: the steps that need no hook of ours and no hook's on_step_end one by one are filed by step() in
         # a few reads, and drained in blocks (their rows, each hook's on_steps_end). A hook with an on_step_end
         # opens it by saying which steps it needs (needs_step) and taking the others in blocks (on_steps_end);
         # one that does not (a user's callback, the expensive instruments) keeps every step on the full path
-        ends = [h for h in self.hooks if _answers(h, "on_step_end")]
-        self._lane_open = all(hasattr(h, "on_steps_end") and hasattr(h, "needs_step") for h in ends)
-        self._block_ends = [h.on_steps_end for h in ends] if self._lane_open else []
-        self._needs = [h.needs_step for h in ends] if self._lane_open else []
+        self._lane_open, self._block_ends, self._needs = wants.lane, wants.block_ends, wants.needs
         # where every hook says the next step it needs in one call, the lane's length is a few sums (_lane_room)
-        self._nexts = [h.next_needed for h in ends] if all(hasattr(h, "next_needed") for h in ends) else None
+        self._nexts = wants.nexts
         # hooks that keep something before an update (the cheap instrument's parameters before a measured step)
         # where the loop sees the update coming: the optimizer's step pre-hook, with step() after the update
-        self._befores = [h for h in self.hooks if hasattr(h, "before_update") and hasattr(h, "needs_before")]
+        self._befores = wants.befores
         self._before_step = 0  # the step whose before_update calls are made
         self.grad_norms = bool(self.watching) or self.physician is not None
         # where the step stands: started (on_step_start emitted), norms taken, an update awaiting its loss
@@ -309,17 +305,16 @@ class Watch(StepTracker, LanePlanner):
         self._forward_handle: Any = model.register_forward_pre_hook(on_forward, with_kwargs=True)
         self._pre_handle: Any = None
         self._post_handle: Any = None
+        # the loop's own invariants, checked at its first updates (invariants.py: a missing zero_grad()), their
+        # evidence put in the history's meta at the next read, where the doctor finds it
+        self._zero_check = ZeroGradCheck(model, optimizer) if doctor else None
         self._opt_hooks = hooks and hasattr(optimizer, "register_step_post_hook")
         if self._opt_hooks:
             self._pre_handle = optimizer.register_step_pre_hook(before_update)
             self._post_handle = optimizer.register_step_post_hook(after_update)
         # instruments told at the start of each step whatever happens (an on_step_start without a schedule)
-        starts = [h for h in self.hooks if _answers(h, "on_step_start")]
-        self._unscheduled = [h for h in starts if not hasattr(h, "scheduled")]
-        self._schedules = [h.scheduled for h in starts if hasattr(h, "scheduled")]
-        self._next_forwards = [h.next_scheduled for h in starts if hasattr(h, "next_scheduled")]
-        if len(self._next_forwards) != len(self._schedules):  # a schedule without next_scheduled: scanned instead
-            self._nexts = None
+        self._unscheduled, self._schedules, self._next_forwards = wants.unscheduled, wants.schedules, \
+            wants.next_forwards
         self._quiet = False  # step() ends the steps and the next one needs no on_step_start (_plan_hooks)
         self._emit("on_fit_start")
         self._emit("on_epoch_start")
@@ -339,6 +334,8 @@ class Watch(StepTracker, LanePlanner):
             if not room:
                 self._drain(last_needed=self._lane_needed)
                 self._plan_hooks()
+                if self._zero_check is not None and self._zero_check.done:  # decided: its hooks come off
+                    self._note_invariants()
             if self._ranks is not None:
                 self._ranks.count(self)
             return
@@ -351,6 +348,8 @@ class Watch(StepTracker, LanePlanner):
             return
         self._drain()  # a step given its batch in the lane: the steps before it first
         self._room = 0
+        if self._zero_check is not None and self._zero_check.done:  # decided: its hooks come off
+            self._note_invariants()
         if self._lane_norms:  # the lane's pre-hook read this step's norms before the update (the loop may have
             own = self._lane_norms[0]  # zeroed the gradients since): they are its own
             self._lane_norms = []
@@ -368,11 +367,40 @@ class Watch(StepTracker, LanePlanner):
         if self._ranks is not None:
             self._ranks.count(self)
 
+    def inputs(self, batch: Any) -> None:
+        """Say that a step starts, with ``batch`` (its inputs, or ``(inputs, target)``), where the loop's forward
+        pass is not the watched module's own (a LightningModule whose ``training_step`` calls ``self.net(x)``): the
+        step then starts as the module's forward pre-hook would start it, and the periodic instruments ride on it
+        (the dead and saturated units, the gradient at each layer). Where the module's own forward pass runs too,
+        the step has started already and this only holds the batch; held either way, it is what the divergence
+        check tests (a NaN batch is named as the data). The Lightning callback calls it with each batch.
+
+        Example:
+            >>> import torch
+            >>> from torch import nn
+            >>> net = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
+            >>> w = watch(net, torch.optim.SGD(net.parameters(), lr=0.1), doctor=False)
+            >>> x = torch.randn(4, 2)
+            >>> w.inputs((x, torch.zeros(4))); net(x).sum().backward(); w.optimizer.step()
+            >>> w.step(torch.tensor(1.0)); w.close().history.steps.last("step")
+            1.0
+        """
+        if self._closed or self._follower or self._busy:
+            return
+        x, y = structure.split(batch, self.target_key)
+        if self.state.stop_reason is None and torch.is_grad_enabled():  # held as the forward pre-hook holds it:
+            self._hold(self.state.step + len(self._lane) + 1, x, y)  # the divergence check tests it (data_cause)
+        if self._phase is Phase.STARTED or not self._forward_wanted:
+            return
+        if x is not None:
+            self._on_forward((x,), {})
+
 
     def _follow(self) -> None:
         """This rank follows rank zero (several processes): no hooks, instruments, doctor, store or board; step()
         counts the calls and takes rank zero's decisions where the ranks agree."""
         self.watching, self._wanting, self.hooks, self.physician, self.board = [], [], [], None, None
+        self._dispatch = loop.Hooks()
         self.store, self.recorder = None, None
         self._forward_handle = self._pre_handle = self._post_handle = None
         self._closed = False
@@ -512,6 +540,7 @@ class Watch(StepTracker, LanePlanner):
         log, state = self.log, self.state
         log.fetch()
         held, self._held, self._held_bytes = self._held, [], 0  # every step up to here is read: its batch let go
+        self._note_invariants()
         if log.diverged_at is None:
             return
         row, log.diverged_at = log.diverged_at, None
@@ -523,7 +552,7 @@ class Watch(StepTracker, LanePlanner):
                 break
         if cause is None and state.stop_reason is not None:
             return
-        if settle_divergence(state, row, self.hooks, cause):
+        if settle_divergence(state, row, self._dispatch, cause):
             return  # a hook acted (the doctor's remedy): the run goes on, its record kept
         # stopped: the record ends at the first non-finite loss, as fit's does (the steps after it say nothing
         # more), and later steps are not recorded; the loop may break on stop_reason
@@ -545,8 +574,20 @@ class Watch(StepTracker, LanePlanner):
                                      "train_loss": state.epoch_loss_sum / state.epoch_samples if state.epoch_samples
                                      else math.nan, "seconds": time.perf_counter() - self._began_at})
 
+    def _note_invariants(self) -> None:
+        """What the loop's invariant checks found, into the history's meta (the doctor's detectors read it)."""
+        check = self._zero_check
+        if check is not None and check.found is not None:
+            self.state.history.meta["grads_not_zeroed"] = check.found
+        if check is not None and check.done:
+            check.close()
+            self._zero_check = None
+
     def _unhook(self) -> None:
         self._closed = True
+        self._note_invariants()
+        if self._zero_check is not None:
+            self._zero_check.close()
         self._held, self._held_bytes = [], 0
         for handle in (self._forward_handle, self._pre_handle, self._post_handle):
             if handle is not None:
@@ -565,10 +606,7 @@ class Watch(StepTracker, LanePlanner):
             self.log.close()
         except Exception:
             pass
-        for hook in self.hooks:
-            close = getattr(hook, "close", None)
-            if close is not None:
-                close()
+        self._dispatch.close()
         if self.physician is not None:  # the doctor's clipping comes off the optimizer
             try:
                 self.physician.on_fit_end(self.state)
@@ -613,20 +651,11 @@ def _scalar_loss(loss: Any) -> Tensor | None:
     raise InvalidParameter("loss", type(loss).__name__, "the step's loss, a scalar tensor or a number")
 
 
-def _answers(hook: Any, event: str) -> bool:
-    """Whether ``hook`` answers ``event``: it has the method, and not as :class:`~gdlab.loop.Callback`'s no-op."""
-    return hasattr(hook, event) and getattr(type(hook), event, None) is not getattr(loop.Callback, event, None)
-
-
 def _maybe_len(value: Any) -> int | None:
     try:
         return len(value) if value is not None else None
     except TypeError:
         return None
-
-
-def _never(state: Any) -> bool:
-    return False
 
 
 def _read(part: Any) -> Any:
