@@ -219,3 +219,39 @@ ahead = getattr(hook, "next_before", None)
 fine = hasattr(model, "modules") and getattr(hook, "cost", "cheap") and getattr(hook, "on_fit_end")
 """
     assert _hook_discovery(source) == [2, 3, 4, 5]
+
+
+# -- sizes: no class over 400 lines, no function over 100 (loop.run reads as one commented loop) ----------------
+
+CLASS_LINES, FUNCTION_LINES = 400, 100
+TOO_BIG = {  # what is still over, at most as big as it is now; each is to be split (issue 25: one run, watch)
+    "gdlab.loop.run": 140,  # the one commented loop: allowed by the rule itself
+    "gdlab.train.fit": 240,  # becomes a short composition once the run's start and end have one home (a Run)
+    "gdlab.lr_select.lr_find": 105,  # its loop becomes loop.run's with the Run
+    "gdlab.watching.facade.Watch": 515,  # its __init__ (the hooks' closures) moves into the tracker and planner
+    "gdlab.watching.facade.Watch.__init__": 190,
+    "gdlab.store.Store": 505,  # liveness (the run locks) and the database check move into parts of their own
+}
+
+
+def _sizes() -> dict[str, int]:
+    found: dict[str, int] = {}
+    for module, path in MODULES.items():
+        def visit(node: ast.AST, prefix: str) -> None:
+            for child in ast.iter_child_nodes(node):
+                if isinstance(child, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                    name = f"{prefix}.{child.name}"
+                    found[name] = child.end_lineno - child.lineno + 1  # type: ignore[operator]
+                    visit(child, name)
+        visit(ast.parse(path.read_text()), module)
+    return found
+
+
+def test_no_class_over_400_lines_and_no_function_over_100() -> None:
+    sizes = _sizes()
+    over = {name: n for name, n in sizes.items() if "." in name and
+            n > (CLASS_LINES if name.rsplit(".", 1)[1][:1].isupper() else FUNCTION_LINES)}
+    grown = {name: n for name, n in over.items() if n > TOO_BIG.get(name, 0)}
+    assert not grown, f"over the size rule (classes {CLASS_LINES} lines, functions {FUNCTION_LINES}): {grown}"
+    gone = [name for name in TOO_BIG if name not in over]
+    assert not gone, f"no longer over the rule: take them out of TOO_BIG: {gone}"

@@ -64,7 +64,7 @@ class StepTracker:
     def _hold(self, step: int, x: Any, y: Any) -> None:
         """Keep step ``step``'s batch for the divergence check: a reference while the held batches stay within
         :data:`HELD_BYTES`, else its non-finite counts, reduced on the device (read with the loss, if ever)."""
-        size = sum(t.numel() * t.element_size() for t in structure.leaves((x, y)) if isinstance(t, Tensor))
+        size = _nbytes(x) + _nbytes(y)
         if self._held_bytes + size <= HELD_BYTES:
             self._held_bytes += size
             self._held.append((step, x, y))
@@ -257,3 +257,14 @@ def _counted(tree: Any) -> Counted | None:
     parts = [(~torch.isfinite(t)).sum() for t in structure.leaves(tree)
              if isinstance(t, Tensor) and t.is_floating_point()]
     return Counted(torch.stack(parts).sum() if parts else torch.zeros((), dtype=torch.long))
+
+
+def _nbytes(tree: Any) -> int:
+    """The bytes of the tensors in ``tree`` (tensors, tuples, lists, dicts): on every step, so no tree walk."""
+    if isinstance(tree, Tensor):
+        return tree.numel() * tree.element_size()
+    if isinstance(tree, (tuple, list)):
+        return sum(_nbytes(t) for t in tree)
+    if isinstance(tree, dict):
+        return sum(_nbytes(t) for t in tree.values())
+    return 0
