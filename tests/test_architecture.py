@@ -228,9 +228,6 @@ TOO_BIG = {  # what is still over, at most as big as it is now; each is to be sp
     "gdlab.loop.run": 140,  # the one commented loop: allowed by the rule itself
     "gdlab.train.fit": 240,  # becomes a short composition once the run's start and end have one home (a Run)
     "gdlab.lr_select.lr_find": 105,  # its loop becomes loop.run's with the Run
-    "gdlab.watching.facade.Watch": 515,  # its __init__ (the hooks' closures) moves into the tracker and planner
-    "gdlab.watching.facade.Watch.__init__": 190,
-    "gdlab.store.Store": 505,  # liveness (the run locks) and the database check move into parts of their own
 }
 
 

@@ -34,7 +34,7 @@ import shutil
 import socket
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -212,94 +212,14 @@ class Store:
             raise InvalidParameter("--store", root, "a folder path (an empty one would be the current folder)")
         self.root = Path(root)
         self.writable = create if write is None else write
-        self._locks: dict[str, int] = {}  # run id -> the open lock file of a run this process runs
+        self._locks = _RunLocks(self.run_dir)  # the runs this store runs, each with its lock held
         self._abandoned: set[str] = set()  # runs seen dead by a store opened for reading (not stored)
-        database = self.root / "gdlab.db"
-        self._check_file(database, create)
-        try:
-            if self.writable:
-                self.root.mkdir(parents=True, exist_ok=True)
-                probe = self.root / f".write-test-{os.getpid()}"
-                probe.write_bytes(b"")
-                probe.unlink()
-                self._db = sqlite3.connect(database, timeout=30)
-            else:
-                self._db = _read_only(database)
-            tables = self._check_schema(database)
-            if self.writable:
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.execute("PRAGMA synchronous=NORMAL")
-                self._db.execute("PRAGMA foreign_keys=ON")
-                if not tables >= _TABLES:  # a new store, or one written before a table was added
-                    self._db.executescript(_SCHEMA)
-            else:  # a table an older store lacks reads as empty: made in memory, never in the store
-                for statement in _statements(tables):
-                    self._db.execute(statement.replace("CREATE TABLE", "CREATE TEMP TABLE", 1))
-        except (OSError, sqlite3.Error) as e:
-            if getattr(self, "_db", None) is not None:
-                self._db.close()
-            if isinstance(e, StoreError):
-                raise
-            if type(e) is sqlite3.DatabaseError:  # not a write problem: the file is not (or no longer) a database
-                raise self._damaged(database, str(e)) from None
-            reason = getattr(e, "strerror", None) or str(e)
-            raise StoreError(f"store directory '{printable(root)}' cannot be {'written' if self.writable else 'read'} "
-                             f"({reason}): expected a {'writable' if self.writable else 'readable'} folder; choose "
-                             "another with --store") from None
-
-    def _damaged(self, database: Path, reason: str) -> StoreError:
-        return StoreError(f"store '{printable(self.root)}' is damaged: {printable(database)} is not a readable "
-                          f"database ({reason}): expected a run store written by gdlab; move that file aside (nothing "
-                          "is deleted) or choose another --store")
-
-    def _check_file(self, database: Path, create: bool) -> None:
-        """Before anything opens it: the database file is a SQLite one, and an empty or missing one is a new
-        store only when no run folder is beside it."""
-        try:
-            size = database.stat().st_size if database.is_file() else None
-            head = b""
-            if size:
-                with database.open("rb") as f:
-                    head = f.read(len(_MAGIC))
-        except OSError as e:
-            raise StoreError(f"store '{printable(self.root)}' cannot be read ({e.strerror or e}): expected a "
-                             "readable folder; choose another with --store") from None
-        if size and head != _MAGIC:
-            raise self._damaged(database, "file is not a database")
-        if not size and self._run_folders():
-            state = "empty (0 bytes)" if size == 0 else "missing"
-            raise StoreError(f"store '{printable(self.root)}' is damaged: it holds run folders but its database "
-                             f"{printable(database)} is {state}: expected a run store written by gdlab; nothing was "
-                             "written (restore gdlab.db, or choose another --store)")
-        if size is None and not create:
-            raise NoStore(f"no run store at '{printable(self.root)}': expected a folder written by gdlab train (see "
-                          "--store)")
-
-    def _run_folders(self) -> bool:
-        try:
-            return any(p.is_dir() and (RUN_ID.fullmatch(p.name) or SWEEP_ID.fullmatch(p.name))
-                       for p in self.root.iterdir())
-        except OSError:
-            return False
-
-    def _check_schema(self, database: Path) -> set[str]:
-        """The database's tables, read from its schema and its ``runs`` table: a damaged file fails here, before
-        a write (a cheap check: the schema page and the runs table, not every page; see docs/architecture.md)."""
-        tables = {name for (name,) in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if "runs" in tables:
-            self._db.execute("SELECT COUNT(*) FROM runs").fetchone()
-        elif tables or self._run_folders():
-            what = "tables " + ", ".join(sorted(tables)) if tables else "no tables"
-            raise StoreError(f"store '{printable(self.root)}' is damaged: {printable(database)} holds "
-                             f"{printable(what)} but no runs table: expected a run store written by gdlab; nothing "
-                             "was written (choose another --store)")
-        return tables
+        self._db = _connect(self.root, root, self.writable, create)
 
     def close(self) -> None:
         """Close the database connection (and let go of the runs this store was running: see
         :meth:`create_run`)."""
-        for run_id in list(self._locks):
-            self._release(run_id)
+        self._locks.release_all()
         self._db.close()
 
     def _check_writable(self) -> None:
@@ -315,7 +235,7 @@ class Store:
                 yield self._db
         except sqlite3.Error as e:
             if type(e) is sqlite3.DatabaseError:  # a damaged page met while writing: SQLite rolled back
-                raise self._damaged(self.root / "gdlab.db", str(e)) from None
+                raise _damaged(self.root, self.root / "gdlab.db", str(e)) from None
             raise StoreError(f"store '{printable(self.root)}' could not be written: {e}") from None
 
     # -- runs ----------------------------------------------------------------------------------------------
@@ -333,7 +253,7 @@ class Store:
         now = _now()
         self._check_writable()
         self.run_dir(run_id).mkdir(parents=True, exist_ok=True)
-        self._hold(run_id)  # before the row: a row marked running always has its lock
+        self._locks.hold(run_id)  # before the row: a row marked running always has its lock
         try:
             with self._write() as db:
                 db.execute(
@@ -342,7 +262,7 @@ class Store:
                     (run_id, name, now, now, _dumps(config), _dumps(plan), os.getpid(), socket.gethostname()),
                 )
         except BaseException:
-            self._release(run_id)
+            self._locks.release(run_id)
             raise
         return run_id
 
@@ -350,7 +270,7 @@ class Store:
         """Mark a run ``running`` again to resume it from ``step``, dropping metrics recorded after it; this
         process holds its lock (see :meth:`create_run`) until :meth:`finish`. A run whose lock another process
         holds is refused (:class:`~gdlab.errors.StoreError`)."""
-        self._hold(run_id)
+        self._locks.hold(run_id)
         try:
             with self._write() as db:
                 db.execute("DELETE FROM step_metrics WHERE run_id = ? AND step > ?", (run_id, step))
@@ -361,7 +281,7 @@ class Store:
                 db.execute("UPDATE runs SET status = 'running', updated = ?, pid = ?, host = ?, error = NULL, "
                            "stop_reason = NULL WHERE id = ?", (_now(), os.getpid(), socket.gethostname(), run_id))
         except BaseException:
-            self._release(run_id)
+            self._locks.release(run_id)
             raise
 
     def update_config(self, run_id: str, config: dict[str, Any]) -> None:
@@ -384,7 +304,7 @@ class Store:
                 )
         finally:
             if status != "running":
-                self._release(run_id)  # the run is closed (or could not be: it reads as dead, not as live)
+                self._locks.release(run_id)  # the run is closed (or could not be: it reads as dead, not as live)
 
     def add_steps(self, run_id: str, rows: Iterable[dict[str, float]], *, step_rows: int = 0) -> None:
         """Store per-step rows; each has a ``step`` key; NaN values (and :data:`SPREAD` columns) are left out.
@@ -538,7 +458,7 @@ class Store:
         if run.status == "running" and not force:
             raise running
         folder = self.run_dir(run.id)  # checked: inside the store, never the store itself
-        with self._claim(run.id):
+        with self._locks.claim(run.id):
             with self._write() as db:
                 gone = db.execute("DELETE FROM runs WHERE id = ? AND (status != 'running' OR ?)",
                                   (run.id, bool(force))).rowcount
@@ -557,7 +477,7 @@ class Store:
         not ``running`` is left as it is. Returns the run as it is now."""
         run = self.get(ref)
         if run.status == "running":
-            with self._claim(run.id), self._write() as db:
+            with self._locks.claim(run.id), self._write() as db:
                 db.execute("UPDATE runs SET status = 'failed', updated = ?, error = ? WHERE id = ? AND "
                            "status = 'running'", (_now(), "marked failed by --force: no process was known to "
                                                   "run it", run.id))
@@ -606,7 +526,7 @@ class Store:
             return self._db.execute(sql, args).fetchall()
         except sqlite3.Error as e:
             if type(e) is sqlite3.DatabaseError:
-                raise self._damaged(self.root / "gdlab.db", str(e)) from None
+                raise _damaged(self.root, self.root / "gdlab.db", str(e)) from None
             raise StoreError(f"store '{printable(self.root)}' could not be read: {e}") from None
 
     def _run(self, row: Any) -> Run:
@@ -618,21 +538,150 @@ class Store:
         return Run(id_, name, created, status, _loads(config), _loads(plan), _loads(final), lr, seconds, steps,
                    stop_reason, error, folder)
 
-    # -- liveness: the run's lock ----------------------------------------------------------------------------
+    def _close_abandoned(self) -> None:
+        """Mark ``failed`` the runs left ``running`` by a process that is gone: one whose lock is free (whatever
+        its pid or host), or, for a run without a lock file, one whose pid is gone on this host. A store opened
+        for reading only reads them as failed."""
+        host = socket.gethostname()
+        for run_id, pid, h in self._query("SELECT id, pid, host FROM runs WHERE status = 'running'"):
+            if run_id in self._locks or run_id in self._abandoned:
+                continue
+            with self._locks.gone(run_id, pid, here=h == host) as gone:
+                if not gone:
+                    continue
+                if not self.writable:
+                    self._abandoned.add(run_id)
+                    continue
+                with self._write() as db:  # keep what it recorded: only the status, the error and the steps change
+                    db.execute("UPDATE runs SET status = 'failed', updated = ?, error = ?, steps = (SELECT MAX(step) "
+                               "FROM step_metrics WHERE run_id = ?) WHERE id = ? AND status = 'running'",
+                               (_now(), ABANDONED, run_id, run_id))
 
-    def _hold(self, run_id: str) -> None:
-        """Take the run's lock for this store's life of the run (released by :meth:`finish`, :meth:`close` or
-        the process's death); a lock another process (or another store) holds is refused."""
-        if fcntl is None or run_id in self._locks:
+
+
+# -- the database, checked before anything is written into it ---------------------------------------------------
+
+
+def _connect(root: Path, given: str | Path, writable: bool, create: bool) -> sqlite3.Connection:
+    """The connection to ``root``'s database, checked (see :class:`Store`): for writing (the folder probed, the
+    schema made or completed) or for reading only (never written; a table an older store lacks made in memory).
+    ``given`` is the folder as the caller named it, for the messages."""
+    database = root / "gdlab.db"
+    _check_file(root, database, create)
+    db: sqlite3.Connection | None = None
+    try:
+        if writable:
+            root.mkdir(parents=True, exist_ok=True)
+            probe = root / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+            db = sqlite3.connect(database, timeout=30)
+        else:
+            db = _read_only(database)
+        tables = _check_schema(db, root, database)
+        if writable:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA foreign_keys=ON")
+            if not tables >= _TABLES:  # a new store, or one written before a table was added
+                db.executescript(_SCHEMA)
+        else:  # a table an older store lacks reads as empty: made in memory, never in the store
+            for statement in _statements(tables):
+                db.execute(statement.replace("CREATE TABLE", "CREATE TEMP TABLE", 1))
+        return db
+    except (OSError, sqlite3.Error) as e:
+        if db is not None:
+            db.close()
+        if isinstance(e, StoreError):
+            raise
+        if type(e) is sqlite3.DatabaseError:  # not a write problem: the file is not (or no longer) a database
+            raise _damaged(root, database, str(e)) from None
+        reason = getattr(e, "strerror", None) or str(e)
+        raise StoreError(f"store directory '{printable(given)}' cannot be {'written' if writable else 'read'} "
+                         f"({reason}): expected a {'writable' if writable else 'readable'} folder; choose "
+                         "another with --store") from None
+
+
+def _damaged(root: Path, database: Path, reason: str) -> StoreError:
+    return StoreError(f"store '{printable(root)}' is damaged: {printable(database)} is not a readable "
+                      f"database ({reason}): expected a run store written by gdlab; move that file aside (nothing "
+                      "is deleted) or choose another --store")
+
+
+def _check_file(root: Path, database: Path, create: bool) -> None:
+    """Before anything opens it: the database file is a SQLite one, and an empty or missing one is a new
+    store only when no run folder is beside it."""
+    try:
+        size = database.stat().st_size if database.is_file() else None
+        head = b""
+        if size:
+            with database.open("rb") as f:
+                head = f.read(len(_MAGIC))
+    except OSError as e:
+        raise StoreError(f"store '{printable(root)}' cannot be read ({e.strerror or e}): expected a "
+                         "readable folder; choose another with --store") from None
+    if size and head != _MAGIC:
+        raise _damaged(root, database, "file is not a database")
+    if not size and _run_folders(root):
+        state = "empty (0 bytes)" if size == 0 else "missing"
+        raise StoreError(f"store '{printable(root)}' is damaged: it holds run folders but its database "
+                         f"{printable(database)} is {state}: expected a run store written by gdlab; nothing was "
+                         "written (restore gdlab.db, or choose another --store)")
+    if size is None and not create:
+        raise NoStore(f"no run store at '{printable(root)}': expected a folder written by gdlab train (see "
+                      "--store)")
+
+
+def _run_folders(root: Path) -> bool:
+    try:
+        return any(p.is_dir() and (RUN_ID.fullmatch(p.name) or SWEEP_ID.fullmatch(p.name))
+                   for p in root.iterdir())
+    except OSError:
+        return False
+
+
+def _check_schema(db: sqlite3.Connection, root: Path, database: Path) -> set[str]:
+    """The database's tables, read from its schema and its ``runs`` table: a damaged file fails here, before
+    a write (a cheap check: the schema page and the runs table, not every page; see docs/architecture.md)."""
+    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "runs" in tables:
+        db.execute("SELECT COUNT(*) FROM runs").fetchone()
+    elif tables or _run_folders(root):
+        what = "tables " + ", ".join(sorted(tables)) if tables else "no tables"
+        raise StoreError(f"store '{printable(root)}' is damaged: {printable(database)} holds "
+                         f"{printable(what)} but no runs table: expected a run store written by gdlab; nothing "
+                         "was written (choose another --store)")
+    return tables
+
+
+# -- liveness: the run's lock -----------------------------------------------------------------------------------
+
+
+class _RunLocks:
+    """The locks of the runs a :class:`Store` runs (run id -> the open lock file: :data:`LOCK` in the run's
+    folder, ``flock``), and the checks of other runs' locks; see :meth:`Store.create_run`."""
+
+    def __init__(self, folder: Callable[[str], Path]) -> None:
+        self._folder = folder  # run id -> its folder, checked (Store.run_dir)
+        self._held: dict[str, int] = {}
+
+    def __contains__(self, run_id: object) -> bool:
+        return run_id in self._held
+
+    def hold(self, run_id: str) -> None:
+        """Take the run's lock for this store's life of the run (released by :meth:`Store.finish`,
+        :meth:`Store.close` or the process's death); a lock another process (or another store) holds is
+        refused."""
+        if fcntl is None or run_id in self._held:
             return
         try:
-            fd = os.open(self.run_dir(run_id) / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self._folder(run_id) / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError:
             return  # no lock file can be made here: the pid and host decide
         for _ in range(10):  # a reader that found it dead holds it for one update
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                self._locks[run_id] = fd
+                self._held[run_id] = fd
                 return
             except BlockingIOError:
                 time.sleep(0.02)
@@ -643,18 +692,22 @@ class Store:
         raise StoreError(f"run {run_id} is running in another process (it holds the run's lock): stop it first "
                          "(Ctrl-C), or wait for it to finish")
 
-    def _release(self, run_id: str) -> None:
-        fd = self._locks.pop(run_id, None)
+    def release(self, run_id: str) -> None:
+        fd = self._held.pop(run_id, None)
         if fd is not None:
             os.close(fd)  # closing the file lets go of its lock
 
+    def release_all(self) -> None:
+        for run_id in list(self._held):
+            self.release(run_id)
+
     @contextmanager
-    def _claim(self, run_id: str) -> Iterator[None]:
+    def claim(self, run_id: str) -> Iterator[None]:
         """Hold the run's lock (if it has one) while changing it from outside: refused while a live process
         holds it."""
-        if run_id in self._locks:  # this store runs it
+        if run_id in self._held:  # this store runs it
             raise StoreError(f"run {run_id} is running in this process: finish it first")
-        fd = _try_lock(self.run_dir(run_id) / LOCK)
+        fd = _try_lock(self._folder(run_id) / LOCK)
         if fd is False:
             raise StoreError(f"run {run_id} is running: a live process holds its lock; stop it first (Ctrl-C), or "
                              "wait for it to finish (--force does not override a live process)")
@@ -664,30 +717,19 @@ class Store:
             if fd is not None:
                 os.close(fd)
 
-    def _close_abandoned(self) -> None:
-        """Mark ``failed`` the runs left ``running`` by a process that is gone: one whose lock is free (whatever
-        its pid or host), or, for a run without a lock file, one whose pid is gone on this host. A store opened
-        for reading only reads them as failed."""
-        host = socket.gethostname()
-        for run_id, pid, h in self._query("SELECT id, pid, host FROM runs WHERE status = 'running'"):
-            if run_id in self._locks or run_id in self._abandoned:
-                continue
-            fd = _try_lock(self.run_dir(run_id) / LOCK)
-            if fd is False:  # held: alive
-                continue
-            if fd is None and (h != host or pid is None or _alive(pid)):  # no lock to read: the pid decides
-                continue
-            try:
-                if not self.writable:
-                    self._abandoned.add(run_id)
-                    continue
-                with self._write() as db:  # keep what it recorded: only the status, the error and the steps change
-                    db.execute("UPDATE runs SET status = 'failed', updated = ?, error = ?, steps = (SELECT MAX(step) "
-                               "FROM step_metrics WHERE run_id = ?) WHERE id = ? AND status = 'running'",
-                               (_now(), ABANDONED, run_id, run_id))
-            finally:
-                if fd is not None:
-                    os.close(fd)
+    @contextmanager
+    def gone(self, run_id: str, pid: int | None, *, here: bool) -> Iterator[bool]:
+        """Whether the process of a run marked ``running`` is gone: its lock is free (held until the block
+        ends), or, for a run without a lock file, its pid is gone on this host (``here``: the run's host)."""
+        fd = _try_lock(self._folder(run_id) / LOCK)
+        if fd is False:  # held: alive
+            yield False
+            return
+        try:
+            yield not (fd is None and (not here or pid is None or _alive(pid)))  # no lock to read: the pid decides
+        finally:
+            if fd is not None:
+                os.close(fd)
 
 
 def _table(index: str, buckets: list[Any], rows: list[Any]) -> Table:

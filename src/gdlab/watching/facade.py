@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +20,17 @@ from gdlab.data import BatchPlan, structure
 from gdlab.doctor import Doctor, explain
 from gdlab.errors import InvalidParameter, check_int
 from gdlab.instruments import attach, unwrap
-from gdlab.loop import LoopState, Result, StepLog, data_cause, settle_divergence
+from gdlab.loop import LoopState, Result, StepLog
 from gdlab.problem import LOSSES, LossFn, batch_loss, resolve_loss
 from gdlab.records import History
 from gdlab.store import Store
 from gdlab.watching.follower import RankFollower
 from gdlab.watching.invariants import ZeroGradCheck
 from gdlab.watching.lanes import LanePlanner
-from gdlab.watching.tracker import Counted, Phase, StepTracker
+from gdlab.watching.tracker import Phase, StepTracker
 
 __all__ = ["GRAD_NORM_EVERY", "LOG_EVERY", "Watch", "watch"]
 
-
-__all__ = ["GRAD_NORM_EVERY", "LOG_EVERY", "Watch", "watch"]
 
 GRAD_NORM_EVERY = 20
 """Steps between the gradient-norm readings of :func:`watch` (docs/watch.md: what a reading every k steps changes;
@@ -162,32 +160,12 @@ class Watch(StepTracker, LanePlanner):
         self._epoch_steps = steps_per_epoch
 
         # the loss the instruments' own passes take (None: they skip)
-        self.loss_fn: LossFn | None = None
-        self.loss_name: str | None = None
-        mean = False
-        if loss_fn is not None:
-            self.loss_fn, self.loss_name = resolve_loss(loss_fn, "classification")
-            mean = self.loss_fn is LOSSES.get(self.loss_name) or (
-                isinstance(self.loss_fn, _MEAN_LOSSES) and getattr(self.loss_fn, "reduction", None) == "mean" and
-                getattr(self.loss_fn, "weight", None) is None)
-
+        self.loss_fn, self.loss_name, mean = _loss_of(loss_fn)
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         history = History()
         # the lane's steps (step()) reach the table before the log's filler reads it: a read sees every step
         history.steps.defer(self._fill_lane)
-        self._lane: list[Tensor] = []  # the lane's steps since it was last drained: their losses, their lrs
-        self._lane_lrs: list[Any] = []
-        self._room = 0  # how many more steps the lane takes (0: shut)
-        # the lane's gradient norms, taken by the optimizer's step pre-hook: (the step's place in the lane, the
-        # norms, which parameters had a gradient), and the place of the next step whose norms are due
-        self._lane_norms: list[tuple[int, Any, Any]] = []
-        self._due = -1
-        self._before_places: set[int] = set()  # the lane's places where a hook wants before_update
-        self._lane_needed = False  # the lane's last step needs each hook's on_step_end on its own
-        # the lane's room left when the optimizer's step pre-hook next goes on or off (-1: no change in this lane),
-        # and the later changes (on at the step before each run of places that use it, off after the run)
-        self._switch_room = -1
-        self._switches: list[int] = []
+        self._init_lane()  # the lane's state (lanes.py): empty, shut
         self._update_first: bool | None = None  # the loop calls step() after optimizer.step() (seen at the first)
         # the instruments measure the model inside DistributedDataParallel and torch.compile's wrapper (the loop
         # calls the wrapper: its forward pass starts a step)
@@ -214,26 +192,7 @@ class Watch(StepTracker, LanePlanner):
         if self._follower:  # another rank: rank zero watches, records and diagnoses; this one follows its decisions
             self._follow()
             return
-        # instruments that measure on some steps (the periodic ones: ``due``): those steps read the norms too
-        self._wanting = [i for i in self.watching if loop.answers(i, "on_step_start")]
-        self.board: Any = None
-        if tensorboard is not None:
-            from gdlab.integrations.tensorboard import TensorBoard  # an edge: tensorboard only when asked
-
-            self.board = TensorBoard(tensorboard)
-        self.physician = _WatchDoctor(remedy, rollback=rollback) if doctor or remedy == "auto" else None
-
-        self.store: Store | None = store if isinstance(store, Store) or store is None else Store(store)
-        self.recorder: Recorder | None = None
-        self._config = dict(config or {"model": type(model).__name__, "optimizer": type(optimizer).__name__,
-                                       "lr": state.lr, "momentum": optimizer.param_groups[0].get("momentum"),
-                                       "batch_size": batch_size, "loss": self.loss_name, "loop": "watch"})
-        if self.store is not None:
-            described = {**self._config, "doctor_meta": self._doctor_meta()}
-            plan = state.plan.to_dict() if self._samples is not None and steps_per_epoch is not None else None
-            self.recorder = Recorder(self.store, self.store.create_run(described, plan, name=name))
-            state.run_id = self.recorder.run_id
-
+        self._open_record(remedy, rollback, store, name, config, batch_size, steps_per_epoch, tensorboard)
         self.hooks: list[Any] = [*self.watching, *([self.physician] if self.physician else []), *callbacks,
                                  *([self.recorder] if self.recorder else []), *([self.board] if self.board else [])]
         # the one dispatcher (gdlab.loop.Hooks): which hooks answer each hook, and their plan, decided here once
@@ -260,64 +219,53 @@ class Watch(StepTracker, LanePlanner):
         self._closed = False
         self._busy = False  # inside a hook of ours: a forward pass or update there is not the loop's
         self.report: Result | None = None
-
-        # plain functions, not bound methods: a deep copy of the model (the instruments make one) shares them
-        # instead of copying this watch, and they answer the user's model alone. They run on every step of the
-        # user's loop, so the usual case is decided here in a few reads (docs/benchmarks.md: watch_overhead)
-        def on_forward(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            if module is not self.model:
-                return
-            if self._forward_wanted and self._phase is not Phase.STARTED and not self._busy:  # not a second pass
-                self._on_forward(args, kwargs)
-            if not self._busy and self.state.stop_reason is None and torch.is_grad_enabled():
-                self._hold(self.state.step + len(self._lane) + 1, (args, kwargs) if kwargs else args, None)
-
-        def before_update(opt: Any, args: Any, kwargs: Any) -> None:
-            if self._room:  # in the lane: the norms where due, before_update where wanted, else nothing
-                if opt is self.optimizer:
-                    place = len(self._lane)
-                    if 0 <= self._due <= place:  # due (past due: that step's update was skipped, as a
-                        self._lane_norm(place)  # GradScaler skips one on an overflow)
-                    if place in self._before_places:
-                        self._pre_update(self.state.step + place + 1)
-                return
-            if opt is not self.optimizer or (self._normed and self._phase is not Phase.UPDATED):  # read already
-                return
-            if self._keeps_before and self._phase is not Phase.UPDATED and not self._busy:
-                self._pre_update(self.state.step + 1)
-            if self._phase is Phase.STARTED and not self._busy:  # a step under way: its norms
-                if self.grad_norms:
-                    self._take_norms()
-            else:
-                self._before_update()
-
-        def after_update(opt: Any, args: Any, kwargs: Any) -> None:
-            if self._update_first is None and opt is self.optimizer and not self._busy:
-                self._learn_order(self._phase is not Phase.IDLE)  # the first update: in a step, or after step()
-            if opt is self.optimizer and self._phase is not Phase.IDLE and not self._busy:
-                if self._auto:
-                    self._after_update()
-                else:  # step() ends it, or (the first step, when step() never comes) the next forward or update
-                    self._phase = Phase.UPDATED
-
-        self._before_update_hook = before_update
-        self._forward_wanted = True  # the forward pre-hook's full work (the planner says on which steps)
-        self._forward_handle: Any = model.register_forward_pre_hook(on_forward, with_kwargs=True)
-        self._pre_handle: Any = None
-        self._post_handle: Any = None
-        # the loop's own invariants, checked at its first updates (invariants.py: a missing zero_grad()), their
-        # evidence put in the history's meta at the next read, where the doctor finds it
-        self._zero_check = ZeroGradCheck(model, optimizer) if doctor else None
-        self._opt_hooks = hooks and hasattr(optimizer, "register_step_post_hook")
-        if self._opt_hooks:
-            self._pre_handle = optimizer.register_step_pre_hook(before_update)
-            self._post_handle = optimizer.register_step_post_hook(after_update)
+        self._put_hooks(hooks)
         # instruments told at the start of each step whatever happens (an on_step_start without a schedule)
         self._unscheduled, self._schedules, self._next_forwards = wants.unscheduled, wants.schedules, \
             wants.next_forwards
         self._quiet = False  # step() ends the steps and the next one needs no on_step_start (_plan_hooks)
         self._emit("on_fit_start")
         self._emit("on_epoch_start")
+
+    def _open_record(self, remedy: str, rollback: bool, store: Store | str | Path | None, name: str | None,
+                     config: dict[str, Any] | None, batch_size: int | None, steps_per_epoch: int | None,
+                     tensorboard: str | Path | None) -> None:
+        """The watching rank's hooks besides the instruments: the board, the doctor, the store's run (recorder)."""
+        state = self.state
+        # instruments that measure on some steps (the periodic ones: ``due``): those steps read the norms too
+        self._wanting = [i for i in self.watching if loop.answers(i, "on_step_start")]
+        self.board: Any = None
+        if tensorboard is not None:
+            from gdlab.integrations.tensorboard import TensorBoard  # an edge: tensorboard only when asked
+
+            self.board = TensorBoard(tensorboard)
+        self.physician = _WatchDoctor(remedy, rollback=rollback) if self.doctor_on or remedy == "auto" else None
+        self.store: Store | None = store if isinstance(store, Store) or store is None else Store(store)
+        self.recorder: Recorder | None = None
+        self._config = dict(config or {"model": type(self.model).__name__, "optimizer": type(self.optimizer).__name__,
+                                       "lr": state.lr, "momentum": self.optimizer.param_groups[0].get("momentum"),
+                                       "batch_size": batch_size, "loss": self.loss_name, "loop": "watch"})
+        if self.store is not None:
+            described = {**self._config, "doctor_meta": self._doctor_meta()}
+            plan = state.plan.to_dict() if self._samples is not None and steps_per_epoch is not None else None
+            self.recorder = Recorder(self.store, self.store.create_run(described, plan, name=name))
+            state.run_id = self.recorder.run_id
+
+    def _put_hooks(self, hooks: bool) -> None:
+        """The model's forward pre-hook, the optimizer's step hooks (``hooks``) and the loop's invariant checks."""
+        on_forward, before_update, after_update = _step_hooks(self)  # plain functions: see there
+        self._before_update_hook = before_update
+        self._forward_wanted = True  # the forward pre-hook's full work (the planner says on which steps)
+        self._forward_handle: Any = self.model.register_forward_pre_hook(on_forward, with_kwargs=True)
+        self._pre_handle: Any = None
+        self._post_handle: Any = None
+        # the loop's own invariants, checked at its first updates (invariants.py: a missing zero_grad()), their
+        # evidence put in the history's meta at the next read, where the doctor finds it
+        self._zero_check = ZeroGradCheck(self.model, self.optimizer) if self.doctor_on else None
+        self._opt_hooks = hooks and hasattr(self.optimizer, "register_step_post_hook")
+        if self._opt_hooks:
+            self._pre_handle = self.optimizer.register_step_pre_hook(before_update)
+            self._post_handle = self.optimizer.register_step_post_hook(after_update)
 
     # -- what the user calls -------------------------------------------------------------------------------------
     def step(self, loss: Tensor | float | None = None, *, batch: Any = None) -> None:
@@ -532,33 +480,6 @@ class Watch(StepTracker, LanePlanner):
         """The run's id in the store, or None without one."""
         return self.state.run_id
 
-    def _check(self) -> None:
-        """Read the pending values; a non-finite loss is settled as :func:`gdlab.fit` settles it
-        (:func:`gdlab.loop.settle_divergence`): the diverging step's batch holding NaN or inf names the data (with
-        the count), else the doctor may act (a rollback with ``rollback=True``), else the run is marked diverged
-        (``stop_reason``) with the learning rate named."""
-        log, state = self.log, self.state
-        log.fetch()
-        held, self._held, self._held_bytes = self._held, [], 0  # every step up to here is read: its batch let go
-        self._note_invariants()
-        if log.diverged_at is None:
-            return
-        row, log.diverged_at = log.diverged_at, None
-        steps = state.history.steps
-        loss, step = steps["loss"][row], int(steps["step"][row])
-        cause = None
-        for at, x, y in held:  # the diverging step's batch, as its forward pass or step() saw it
-            if at == step and (cause := data_cause((_read(x), _read(y)), step)) is not None:
-                break
-        if cause is None and state.stop_reason is not None:
-            return
-        if settle_divergence(state, row, self._dispatch, cause):
-            return  # a hook acted (the doctor's remedy): the run goes on, its record kept
-        # stopped: the record ends at the first non-finite loss, as fit's does (the steps after it say nothing
-        # more), and later steps are not recorded; the loop may break on stop_reason
-        steps.truncate(row + 1)
-        state.step, state.last_loss = step, loss
-
     def _emit(self, event: str) -> None:
         """Call the hooks; their own passes (the instruments', the doctor's) are not steps of the loop."""
         self._busy = True
@@ -573,47 +494,6 @@ class Watch(StepTracker, LanePlanner):
         state.history.epochs.append({"epoch": state.epoch + 1, "step": state.step,
                                      "train_loss": state.epoch_loss_sum / state.epoch_samples if state.epoch_samples
                                      else math.nan, "seconds": time.perf_counter() - self._began_at})
-
-    def _note_invariants(self) -> None:
-        """What the loop's invariant checks found, into the history's meta (the doctor's detectors read it)."""
-        check = self._zero_check
-        if check is not None and check.found is not None:
-            self.state.history.meta["grads_not_zeroed"] = check.found
-        if check is not None and check.done:
-            check.close()
-            self._zero_check = None
-
-    def _unhook(self) -> None:
-        self._closed = True
-        self._note_invariants()
-        if self._zero_check is not None:
-            self._zero_check.close()
-        self._held, self._held_bytes = [], 0
-        for handle in (self._forward_handle, self._pre_handle, self._post_handle):
-            if handle is not None:
-                handle.remove()
-        self._forward_handle = self._pre_handle = self._post_handle = None
-
-    def _fail(self, error: BaseException) -> None:
-        """The loop failed: the hooks come off, what was measured is kept, the stored run is marked failed."""
-        self._unhook()
-        self._room = 0
-        try:
-            self._drain(check=False)
-        except Exception:
-            pass
-        try:
-            self.log.close()
-        except Exception:
-            pass
-        self._dispatch.close()
-        if self.physician is not None:  # the doctor's clipping comes off the optimizer
-            try:
-                self.physician.on_fit_end(self.state)
-            except Exception:
-                pass
-        if self.recorder is not None:
-            self.recorder.fail(self.state, error, time.perf_counter() - self._began_at)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -639,6 +519,61 @@ class Watch(StepTracker, LanePlanner):
     def _doctor_meta(self) -> dict[str, Any]:
         return {k: v for k, v in self.state.history.meta.items() if k not in ("lr", "momentum")}
 
+def _step_hooks(watch: Watch) -> tuple[Callable[..., None], Callable[..., None], Callable[..., None]]:
+    """``watch``'s model forward pre-hook and optimizer step pre- and post-hooks: plain functions, not bound methods:
+    a deep copy of the model (the instruments make one) shares them instead of copying the watch, and they answer
+    the user's model alone. They run on every step of the user's loop, so the usual case is decided in a few reads
+    (docs/benchmarks.md: watch_overhead)."""
+    def on_forward(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if module is not watch.model:
+            return
+        if watch._forward_wanted and watch._phase is not Phase.STARTED and not watch._busy:  # not a second pass
+            watch._on_forward(args, kwargs)
+        if not watch._busy and watch.state.stop_reason is None and torch.is_grad_enabled():
+            watch._hold(watch.state.step + len(watch._lane) + 1, (args, kwargs) if kwargs else args, None)
+
+    def before_update(opt: Any, args: Any, kwargs: Any) -> None:
+        if watch._room:  # in the lane: the norms where due, before_update where wanted, else nothing
+            if opt is watch.optimizer:
+                place = len(watch._lane)
+                if 0 <= watch._due <= place:  # due (past due: that step's update was skipped, as a
+                    watch._lane_norm(place)  # GradScaler skips one on an overflow)
+                if place in watch._before_places:
+                    watch._pre_update(watch.state.step + place + 1)
+            return
+        if opt is not watch.optimizer or (watch._normed and watch._phase is not Phase.UPDATED):  # read already
+            return
+        if watch._keeps_before and watch._phase is not Phase.UPDATED and not watch._busy:
+            watch._pre_update(watch.state.step + 1)
+        if watch._phase is Phase.STARTED and not watch._busy:  # a step under way: its norms
+            if watch.grad_norms:
+                watch._take_norms()
+        else:
+            watch._before_update()
+
+    def after_update(opt: Any, args: Any, kwargs: Any) -> None:
+        if watch._update_first is None and opt is watch.optimizer and not watch._busy:
+            watch._learn_order(watch._phase is not Phase.IDLE)  # the first update: in a step, or after step()
+        if opt is watch.optimizer and watch._phase is not Phase.IDLE and not watch._busy:
+            if watch._auto:
+                watch._after_update()
+            else:  # step() ends it, or (the first step, when step() never comes) the next forward or update
+                watch._phase = Phase.UPDATED
+
+    return on_forward, before_update, after_update
+
+
+def _loss_of(loss_fn: str | LossFn | None) -> tuple[LossFn | None, str | None, bool]:
+    """The loss the instruments' own passes take, its name, and whether it is a plain mean over the batch's samples
+    (the per-sample instruments rely on it); (None, None, False) without one."""
+    if loss_fn is None:
+        return None, None, False
+    fn, name = resolve_loss(loss_fn, "classification")
+    mean = fn is LOSSES.get(name) or (isinstance(fn, _MEAN_LOSSES) and getattr(fn, "reduction", None) == "mean" and
+                                      getattr(fn, "weight", None) is None)
+    return fn, name, mean
+
+
 def _scalar_loss(loss: Any) -> Tensor | None:
     """The loss given to :meth:`Watch.step` as a scalar tensor (a number made one), or a one-line error."""
     if loss is None or (isinstance(loss, Tensor) and loss.numel() == 1):
@@ -656,8 +591,3 @@ def _maybe_len(value: Any) -> int | None:
         return len(value) if value is not None else None
     except TypeError:
         return None
-
-
-def _read(part: Any) -> Any:
-    """A held batch part as :func:`gdlab.loop.data_cause` takes it: a reduced one (:class:`Counted`) as its count."""
-    return int(part.count) if isinstance(part, Counted) else part

@@ -29,6 +29,22 @@ class LanePlanner:
     if TYPE_CHECKING:  # a part of Watch: the attributes it reads are Watch's (facade.py)
         def __getattr__(self, name: str) -> Any: ...
 
+    def _init_lane(self) -> None:
+        """The lane's state at the start: empty, shut."""
+        self._lane = []  # the lane's steps since it was last drained: their losses, their lrs
+        self._lane_lrs = []
+        self._room = 0  # how many more steps the lane takes (0: shut)
+        # the lane's gradient norms, taken by the optimizer's step pre-hook: (the step's place in the lane, the
+        # norms, which parameters had a gradient), and the place of the next step whose norms are due
+        self._lane_norms = []
+        self._due = -1
+        self._before_places: set[int] = set()  # the lane's places where a hook wants before_update
+        self._lane_needed = False  # the lane's last step needs each hook's on_step_end on its own
+        # the lane's room left when the optimizer's step pre-hook next goes on or off (-1: no change in this lane),
+        # and the later changes (on at the step before each run of places that use it, off after the run)
+        self._switch_room = -1
+        self._switches: list[int] = []
+
     def _plan_hooks(self) -> None:
         """With step() ending each step, put on only the hooks the next step needs (each hook torch dispatches
         costs microseconds on every step): the forward pre-hook where an instrument measures that step (its hooks

@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import enum
+import time
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -21,6 +22,7 @@ from torch import Tensor
 from gdlab.data import infer_task, structure
 from gdlab.doctor import run_settings, trace_activations
 from gdlab.errors import DataError
+from gdlab.loop import data_cause, settle_divergence
 from gdlab.problem import non_finite
 from gdlab.records import input_scales
 
@@ -48,6 +50,10 @@ class StepTracker:
     _update_first: bool | None
     _held: list[tuple[int, Any, Any]]
     _held_bytes: int
+    _zero_check: Any  # the watch's invariant check and hooks' handles (facade.py)
+    _forward_handle: Any
+    _pre_handle: Any
+    _post_handle: Any
 
     if TYPE_CHECKING:  # a part of Watch: the attributes it reads are Watch's (facade.py)
         def __getattr__(self, name: str) -> Any: ...
@@ -184,6 +190,74 @@ class StepTracker:
             self._check()
         state.batch = None
 
+    def _check(self) -> None:
+        """Read the pending values; a non-finite loss is settled as :func:`gdlab.fit` settles it
+        (:func:`gdlab.loop.settle_divergence`): the diverging step's batch holding NaN or inf names the data (with
+        the count), else the doctor may act (a rollback with ``rollback=True``), else the run is marked diverged
+        (``stop_reason``) with the learning rate named."""
+        log, state = self.log, self.state
+        log.fetch()
+        held, self._held, self._held_bytes = self._held, [], 0  # every step up to here is read: its batch let go
+        self._note_invariants()
+        if log.diverged_at is None:
+            return
+        row, log.diverged_at = log.diverged_at, None
+        steps = state.history.steps
+        loss, step = steps["loss"][row], int(steps["step"][row])
+        cause = None
+        for at, x, y in held:  # the diverging step's batch, as its forward pass or step() saw it
+            if at == step and (cause := data_cause((_read(x), _read(y)), step)) is not None:
+                break
+        if cause is None and state.stop_reason is not None:
+            return
+        if settle_divergence(state, row, self._dispatch, cause):
+            return  # a hook acted (the doctor's remedy): the run goes on, its record kept
+        # stopped: the record ends at the first non-finite loss, as fit's does (the steps after it say nothing
+        # more), and later steps are not recorded; the loop may break on stop_reason
+        steps.truncate(row + 1)
+        state.step, state.last_loss = step, loss
+
+    def _note_invariants(self) -> None:
+        """What the loop's invariant checks found, into the history's meta (the doctor's detectors read it)."""
+        check = self._zero_check
+        if check is not None and check.found is not None:
+            self.state.history.meta["grads_not_zeroed"] = check.found
+        if check is not None and check.done:
+            check.close()
+            self._zero_check = None
+
+    def _unhook(self) -> None:
+        self._closed = True
+        self._note_invariants()
+        if self._zero_check is not None:
+            self._zero_check.close()
+        self._held, self._held_bytes = [], 0
+        for handle in (self._forward_handle, self._pre_handle, self._post_handle):
+            if handle is not None:
+                handle.remove()
+        self._forward_handle = self._pre_handle = self._post_handle = None
+
+    def _fail(self, error: BaseException) -> None:
+        """The loop failed: the hooks come off, what was measured is kept, the stored run is marked failed."""
+        self._unhook()
+        self._room = 0
+        try:
+            self._drain(check=False)
+        except Exception:
+            pass
+        try:
+            self.log.close()
+        except Exception:
+            pass
+        self._dispatch.close()
+        if self.physician is not None:  # the doctor's clipping comes off the optimizer
+            try:
+                self.physician.on_fit_end(self.state)
+            except Exception:
+                pass
+        if self.recorder is not None:
+            self.recorder.fail(self.state, error, time.perf_counter() - self._began_at)
+
     def _planned_size(self, iteration: int) -> int:
         """The batch size of the epoch's ``iteration``-th step (from 0) where its inputs went unseen (no forward
         hook on it): the plan's, the short last batch of an epoch where a loader told the data set's size."""
@@ -268,3 +342,8 @@ def _nbytes(tree: Any) -> int:
     if isinstance(tree, dict):
         return sum(_nbytes(t) for t in tree.values())
     return 0
+
+
+def _read(part: Any) -> Any:
+    """A held batch part as :func:`gdlab.loop.data_cause` takes it: a reduced one (:class:`Counted`) as its count."""
+    return int(part.count) if isinstance(part, Counted) else part
