@@ -1012,3 +1012,149 @@ def test_inputs_start_a_step_whose_forward_pass_is_a_submodules() -> None:
     assert len(dead) >= 2 and all(v == 1.0 for v in dead)
     assert told.history.meta["task"] == "classification" and told.history.meta["num_classes"] == 3
     assert "dead_relu" in {f.code for f in told.findings}
+
+
+def _tuned_net() -> nn.Module:
+    """A backbone (linear, batch norm, dropout) and a head, as a fine-tuning script builds one."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(2, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 2))
+
+
+SETUP_BUGS = {"head_frozen": "optimizer_has_no_trainable_params", "backbone_left_out": "grads_in_no_param_group",
+              "never_train_mode": "training_in_eval_mode"}
+
+
+@pytest.mark.parametrize("loop", [*SETUP_BUGS, "backbone_frozen_on_purpose", "train_then_eval_to_validate",
+                                  "batch_norm_frozen_on_purpose"])
+def test_a_loop_set_up_wrong_is_named_at_the_first_check_and_its_healthy_twins_are_not(loop: str) -> None:
+    """The loop's setup, looked at once at the first update: an optimizer handed only the frozen head (every
+    parameter frozen but batch norm's, pytorch-forum 84911), a backbone that gets gradients but is in no param
+    group, a model trained in eval() are each named at the first check (log_every steps) as the root cause with
+    their one-line fix; a backbone frozen on purpose, eval() for validation only under no_grad before each epoch, and
+    batch norm put in eval() on purpose inside a model in train() are not."""
+    model = _tuned_net()
+    backbone, head = list(model[:4].parameters()), list(model[4].parameters())
+    params: Any = model.parameters()
+    if loop == "head_frozen":
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith("1."))  # batch norm's only
+        params = head
+    elif loop == "backbone_left_out":
+        params = head
+    elif loop == "backbone_frozen_on_purpose":
+        for p in backbone:
+            p.requires_grad_(False)
+        params = head
+    opt = torch.optim.SGD(params, lr=0.05)
+    if loop == "never_train_mode":
+        model.eval()  # a sanity-check evaluation before training, and no model.train() after it
+    doctor = gdlab.watch(model, opt, instruments="none", log_every=5)
+    g = torch.Generator().manual_seed(0)
+    x_val, y_val = torch.randn(64, 2, generator=g), torch.randint(0, 2, (64,), generator=g)
+    seen_at_first_check: dict[str, Any] = {}
+    for epoch in range(3):
+        if loop == "train_then_eval_to_validate":  # validated before each epoch (the first too), in eval()
+            model.eval()
+            with torch.no_grad():
+                F.cross_entropy(model(x_val), y_val)
+        if loop != "never_train_mode":
+            model.train()
+        if loop == "batch_norm_frozen_on_purpose":
+            model[1].eval()
+        for _ in range(5):
+            x, y = torch.randn(16, 2, generator=g), torch.randint(0, 2, (16,), generator=g)
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            doctor.step(loss)
+        if epoch == 0:
+            seen_at_first_check = {code: doctor.state.history.meta.get(code) for code in SETUP_BUGS.values()}
+    report = doctor.close()
+    named = [f for f in report.findings if f.code in SETUP_BUGS.values()]
+    if loop in SETUP_BUGS:
+        code = SETUP_BUGS[loop]
+        assert [f.code for f in named] == [code] and named[0].step == 1
+        assert seen_at_first_check[code] is not None  # in the meta at the first read (step 5)
+        assert report.diagnosis is not None and report.diagnosis.causes[0].code == code
+        fix = named[0].remedy["fix"]
+        if loop == "head_frozen":  # the parameters that do get gradients (batch norm's) are named in it
+            assert "p.requires_grad" in fix and named[0].evidence["parameters"] == ["1.weight", "1.bias"]
+        elif loop == "backbone_left_out":
+            assert fix == "pass model.parameters() to the optimizer"
+            assert named[0].evidence["parameters"] == ["0.weight", "0.bias", "1.weight", "1.bias"]
+        else:
+            assert fix == "call model.train() before the training loop" and named[0].evidence["modules"] == ["1", "3"]
+    else:
+        assert not named and not any(seen_at_first_check.values())
+
+
+_LOSS_FED = {"probabilities": "loss_given_probabilities", "probabilities_loss_fn": "loss_given_probabilities",
+             "broadcast": "target_shape_broadcasts", "broadcast_reverse": "target_shape_broadcasts",
+             "same_batch": "same_batch_every_step", "sorted": "labels_sorted"}
+
+
+@pytest.mark.parametrize("loop", [*_LOSS_FED, "logits", "log_of_probabilities", "column_target", "squeezed",
+                                  "shuffled", "multi_class_batch"])
+def test_a_loss_fed_the_wrong_thing_and_data_that_does_not_move_are_named_at_the_first_check(loop: str) -> None:
+    """Probabilities given to a cross-entropy, a [N] target broadcast against a [N, 1] output, the same batch every
+    step and data sorted by label: each is named at the first check (watch's first read, after 5 steps here) as
+    the root cause, with its one-line fix; the healthy twins (logits, log-probabilities to nll_loss, a [N, 1]
+    target, a squeezed output, shuffled data, a batch of several classes) are quiet."""
+    torch.manual_seed(0)
+    regression = loop in ("broadcast", "broadcast_reverse", "column_target", "squeezed")
+    head: list[nn.Module] = [nn.Softmax(dim=1)] if loop.startswith(("probabilities", "log_of")) else \
+        [nn.Flatten(0)] if loop == "broadcast_reverse" else []  # the model's output [N]
+    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 1 if regression else 3), *head)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x_all, y_all, w = torch.randn(300, 4), torch.randint(0, 3, (300,)), torch.randn(4)
+    if loop == "sorted":
+        y_all, order = y_all.sort()
+        x_all = x_all[order]
+    loss_fn = "cross_entropy" if loop == "probabilities_loss_fn" else None
+    doctor = gdlab.watch(model, opt, instruments="none", log_every=5, loss_fn=loss_fn)
+    for i in range(5):
+        at = slice(0, 16) if loop == "same_batch" else slice(16 * i, 16 * i + 16)
+        x, y = x_all[at], y_all[at]
+        opt.zero_grad()
+        out = model(x)
+        if regression:
+            y = x @ w  # [N]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch warns of the broadcast: the loop's author did not read it
+                if loop == "broadcast":
+                    loss = F.mse_loss(out, y)
+                elif loop == "broadcast_reverse":
+                    y = y.view(-1, 1)
+                    loss = F.l1_loss(out, y)
+                elif loop == "column_target":
+                    y = y.view(-1, 1)
+                    loss = F.mse_loss(out, y)
+                else:
+                    loss = F.mse_loss(out.squeeze(-1), y)
+        elif loop == "log_of_probabilities":
+            loss = F.nll_loss(torch.log(out), y)
+        else:
+            loss = F.cross_entropy(out, y)
+        loss.backward()
+        opt.step()
+        doctor.step(loss, batch=(x, y))
+    seen = dict(doctor.history.meta)  # read at the first check, before close()
+    report = doctor.close()
+    codes = [f.code for f in report.findings]
+    mine = set(_LOSS_FED.values())
+    if loop in _LOSS_FED:
+        code = _LOSS_FED[loop]
+        assert code in seen and report.diagnosis.causes[0].code == code
+        finding = next(f for f in report.findings if f.code == code)
+        assert finding.step <= 5 and finding.remedy["fix"] == {
+            "loss_given_probabilities": "give CrossEntropyLoss the logits: remove the softmax at the end of the model",
+            "target_shape_broadcasts": "target.view(-1, 1) (or output.squeeze(-1))",
+            "same_batch_every_step": "draw a new batch each step",
+            "labels_sorted": "shuffle: DataLoader(..., shuffle=True)"}[code]
+        if code == "target_shape_broadcasts":
+            assert finding.evidence["pairs"] == [16, 16]
+        if code == "labels_sorted":
+            assert finding.evidence["labels"] == [0, 0, 0] and finding.evidence["classes"] == 3
+    else:
+        assert not mine & set(codes) and not mine & set(seen)

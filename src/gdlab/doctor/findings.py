@@ -28,7 +28,9 @@ __all__ = ["Finding", "Remedy", "CODES", "SEVERITIES", "REMEDY_MODES", "Detector
 
 CODES = ("non_finite", "lr_too_high", "lr_too_low", "plateau", "local_minimum", "vanishing_gradients",
          "exploding_gradients", "dead_relu", "saturated_activations", "gradient_noise", "ill_conditioned_inputs",
-         "overfitting", "not_learning", "labels_do_not_fit", "grads_not_zeroed")
+         "overfitting", "not_learning", "labels_do_not_fit", "grads_not_zeroed",
+         "optimizer_has_no_trainable_params", "grads_in_no_param_group", "training_in_eval_mode",
+         "loss_given_probabilities", "target_shape_broadcasts", "same_batch_every_step", "labels_sorted")
 SEVERITIES = ("info", "warning", "error")
 # REMEDY_MODES: named in config, the lowest layer, which checks the settings (re-exported here)
 

@@ -8,10 +8,16 @@ alone (their codes, evidence and steps), so a stored run's findings tell the sam
 
 - gradients never zeroed between updates (``grads_not_zeroed``, a bug in the loop) explain everything a learning
   rate far too large would: the blow-up, dead and saturated units, the vanishing gradient, the stalled loss;
+- a cross-entropy given probabilities (``loss_given_probabilities``) explains steps that look small and a stalled
+  loss; a target that broadcasts (``target_shape_broadcasts``) a loss that stalls at the targets' mean; data sorted
+  by label (``labels_sorted``) a loss that jumps as if the learning rate were too high;
 - a learning rate too large (``lr_too_high``, or a ``non_finite`` blow-up blamed on the lr) explains dead ReLUs and
   saturated units, and a vanishing or exploding gradient that follows it;
 - dead or saturated units explain a vanishing gradient that follows them, and steps that look small
   (``lr_too_low``);
+- a loop set up wrong (the optimizer holds nothing trainable, parameters with gradients left out of it, the model
+  trained in ``eval()``) explains a loss that stalls: ``not_learning``, ``plateau``, ``local_minimum`` (and, for
+  the first two, steps that look small, ``lr_too_low``);
 - bad data (a ``non_finite`` finding naming the inputs or targets) and a model or starting point that is not finite
   explain the non-finite values and the blow-ups from their step on;
 - an unscaled target (a finding naming the target's scale) explains a huge loss: ``lr_too_high``, the blow-up;
@@ -81,7 +87,10 @@ class Rule:
     why: str
 
 
-KIND_ORDER = {"grads_not_zeroed": 0, "data": 0, "model": 0, "target": 1, "lr_too_high": 2, "diverged": 3,
+KIND_ORDER = {"grads_not_zeroed": 0, "optimizer_has_no_trainable_params": 0, "grads_in_no_param_group": 0,
+              "training_in_eval_mode": 0, "loss_given_probabilities": 0, "target_shape_broadcasts": 0,
+              "same_batch_every_step": 0, "labels_sorted": 0, "data": 0, "model": 0, "target": 1, "lr_too_high": 2,
+              "diverged": 3,
               "dead_relu": 4,
               "saturated_activations": 4, "gradient_noise": 4, "vanishing_gradients": 5, "exploding_gradients": 5,
               "lr_too_low": 5, "local_minimum": 6, "plateau": 6, "not_learning": 6}
@@ -94,6 +103,26 @@ RULES: tuple[Rule, ...] = (
                               "not_learning"), False,
          "gradients that pile up from step to step make every update larger than the learning rate says: the run "
          "behaves as if the learning rate were far too large, whatever it is"),
+    Rule("optimizer_has_no_trainable_params", ("not_learning", "lr_too_low", "plateau", "local_minimum"), False,
+         "an optimizer that holds nothing trainable changes nothing: the loss stays where it started, whatever the "
+         "learning rate"),
+    Rule("grads_in_no_param_group", ("not_learning", "lr_too_low", "plateau", "local_minimum"), False,
+         "parameters left out of the optimizer never move: the layers they belong to stay as they started and the "
+         "loss stalls, whatever the learning rate"),
+    Rule("training_in_eval_mode", ("not_learning", "plateau", "local_minimum"), False,
+         "batch-norm layers in eval() normalise with running statistics that never update, and dropout is off: "
+         "the model trains on other activations than the batch's, and may stall"),
+    Rule("loss_given_probabilities", ("lr_too_low", "vanishing_gradients", "not_learning", "plateau",
+                                      "local_minimum"), False,
+         "a cross-entropy given probabilities softmaxes them again: the loss can barely fall and its gradient is "
+         "squashed, so the steps look small and the run stalls"),
+    Rule("target_shape_broadcasts", ("not_learning", "plateau", "local_minimum", "lr_too_low"), False,
+         "a loss over every (prediction, target) pair is lowest at the targets' mean: the model stops there and "
+         "learns nothing of the inputs"),
+    Rule("labels_sorted", ("lr_too_high", "gradient_noise", "not_learning", "plateau", "local_minimum",
+                           "exploding_gradients"), False,
+         "batches of one class pull the model to that class, the next run of batches to another: the loss jumps "
+         "and settles nowhere, as if the learning rate were too high"),
     Rule("data", ("diverged", "lr_too_high", "exploding_gradients", "lr_too_low", "not_learning"), True,
          "a batch held NaN or inf values: what was computed from it is not finite, whatever the learning rate"),
     Rule("model", ("diverged", "lr_too_high", "exploding_gradients", "lr_too_low", "not_learning"), True,

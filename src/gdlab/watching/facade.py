@@ -24,8 +24,9 @@ from gdlab.loop import LoopState, Result, StepLog
 from gdlab.problem import LOSSES, LossFn, batch_loss, resolve_loss
 from gdlab.records import History
 from gdlab.store import Store
+from gdlab.watching.datachecks import BatchCheck
 from gdlab.watching.follower import RankFollower
-from gdlab.watching.invariants import ZeroGradCheck
+from gdlab.watching.invariants import SetupCheck, ZeroGradCheck
 from gdlab.watching.lanes import LanePlanner
 from gdlab.watching.tracker import Phase, StepTracker
 
@@ -189,6 +190,7 @@ class Watch(StepTracker, LanePlanner):
         self._held_bytes = 0  # their size (tracker.HELD_BYTES bounds it)
         self._began_at = time.perf_counter()
         self._zero_check: ZeroGradCheck | None = None
+        self._batch_check: BatchCheck | None = None  # what the loss is fed, the first batches (datachecks.py)
         if self._follower:  # another rank: rank zero watches, records and diagnoses; this one follows its decisions
             self._follow()
             return
@@ -262,6 +264,8 @@ class Watch(StepTracker, LanePlanner):
         # the loop's own invariants, checked at its first updates (invariants.py: a missing zero_grad()), their
         # evidence put in the history's meta at the next read, where the doctor finds it
         self._zero_check = ZeroGradCheck(self.model, self.optimizer) if self.doctor_on else None
+        self._batch_check = BatchCheck(self.model, self.loss_name) if self.doctor_on else None
+        self._setup_check = SetupCheck(self.model, self.optimizer) if self.doctor_on else None  # once, 1st update
         self._opt_hooks = hooks and hasattr(self.optimizer, "register_step_post_hook")
         if self._opt_hooks:
             self._pre_handle = self.optimizer.register_step_pre_hook(before_update)
@@ -282,7 +286,7 @@ class Watch(StepTracker, LanePlanner):
             if not room:
                 self._drain(last_needed=self._lane_needed)
                 self._plan_hooks()
-                if self._zero_check is not None and self._zero_check.done:  # decided: its hooks come off
+                if self._setup_check is not None or (self._zero_check is not None and self._zero_check.done):
                     self._note_invariants()
             if self._ranks is not None:
                 self._ranks.count(self)
@@ -296,7 +300,7 @@ class Watch(StepTracker, LanePlanner):
             return
         self._drain()  # a step given its batch in the lane: the steps before it first
         self._room = 0
-        if self._zero_check is not None and self._zero_check.done:  # decided: its hooks come off
+        if self._setup_check is not None or (self._zero_check is not None and self._zero_check.done):  # hooks off
             self._note_invariants()
         if self._lane_norms:  # the lane's pre-hook read this step's norms before the update (the loop may have
             own = self._lane_norms[0]  # zeroed the gradients since): they are its own

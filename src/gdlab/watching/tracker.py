@@ -51,6 +51,8 @@ class StepTracker:
     _held: list[tuple[int, Any, Any]]
     _held_bytes: int
     _zero_check: Any  # the watch's invariant check and hooks' handles (facade.py)
+    _setup_check: Any = None  # the loop's setup, looked at once at the first update (invariants.SetupCheck)
+    _batch_check: Any = None  # what the loss is fed and the first batches hold (datachecks.BatchCheck)
     _forward_handle: Any
     _pre_handle: Any
     _post_handle: Any
@@ -178,6 +180,8 @@ class StepTracker:
                 state.plan.batch_size
         if not self._learned and state.batch is not None:
             self._learn(x, y, samples)
+        if self._batch_check is not None:  # the first steps' loss and batch: device work only
+            self._batch_check.see(loss, x, y)
         state.step += 1
         state.iteration += 1
         if batch is not None:  # held (a reference) till its loss is read: the divergence check tests it
@@ -225,12 +229,27 @@ class StepTracker:
         if check is not None and check.done:
             check.close()
             self._zero_check = None
+        setup = self._setup_check
+        if setup is not None and setup.done:
+            self.state.history.meta.update(setup.found)  # one key per finding's code (its detector reads it)
+            setup.close()
+            self._setup_check = None
+        batches = self._batch_check
+        if batches is not None:
+            batches.note()  # decided once, at the first read after its steps: one small read
+            self.state.history.meta.update(batches.found)  # one key per finding's code (its detector reads it)
+            if batches.done:
+                self._batch_check = None
 
     def _unhook(self) -> None:
         self._closed = True
         self._note_invariants()
         if self._zero_check is not None:
             self._zero_check.close()
+        if self._setup_check is not None:
+            self._setup_check.close()
+        if self._batch_check is not None:
+            self._batch_check.close()
         self._held, self._held_bytes = [], 0
         for handle in (self._forward_handle, self._pre_handle, self._post_handle):
             if handle is not None:
