@@ -907,103 +907,77 @@ def _names(found: dict[str, Any], key: str) -> str:
     return ", ".join(f"'{n}'" for n in names) + (f" and {more} more" if more > 0 else "")
 
 
-@detector("optimizer_has_no_trainable_params")
-def _optimizer_has_no_trainable_params(h: History) -> list[Finding]:
-    """A bug in the loop, seen by watch at its first update (:class:`gdlab.watching.invariants.SetupCheck`, in
-    ``meta["optimizer_has_no_trainable_params"]``): no parameter the optimizer holds requires a gradient."""
-    found = h.meta.get("optimizer_has_no_trainable_params")
-    if not isinstance(found, dict):
-        return []
-    name = str(found.get("optimizer") or "SGD")
-    graded = f" (the parameters that do get gradients, {_names(found, 'parameters')}, are in none of its param " \
-        "groups)" if found.get("parameters") else ""
-    return [Finding("optimizer_has_no_trainable_params", "error", int(found.get("update", 1)), dict(found),
-                    f"the optimizer holds no parameter that requires a gradient ({found.get('held', 0)} held, all "
-                    f"frozen){graded}: step() changes nothing and the model cannot learn, whatever the learning rate",
-                    {"action": "optimizer_params", "fix": "pass the trainable parameters to the optimizer: "
-                     f"torch.optim.{name}(p for p in model.parameters() if p.requires_grad)"})]
+def _loop_bug(code: str, severity: str, step: str, explain: Callable[[dict[str, Any]], str],
+              remedy: Callable[[dict[str, Any]], dict[str, str]]) -> None:
+    """Register the detector of a bug in the loop that watch saw at its first check (:mod:`gdlab.watching.invariants`,
+    :mod:`gdlab.watching.datachecks`): its evidence is ``meta[code]`` (a dict; its ``step`` key names where), told by
+    ``explain`` and fixed by ``remedy``."""
+
+    def read(h: History) -> list[Finding]:
+        found = h.meta.get(code)
+        if not isinstance(found, dict):
+            return []
+        return [Finding(code, severity, int(found.get(step, 1)), dict(found), explain(found), remedy(found))]
+
+    read.__doc__ = f"The loop bug ``{code}``, from ``meta[{code!r}]`` (see :func:`_loop_bug`)."
+    detector(code)(read)
 
 
-@detector("grads_in_no_param_group")
-def _grads_in_no_param_group(h: History) -> list[Finding]:
-    """A bug in the loop, seen by watch at its first update (``meta["grads_in_no_param_group"]``): parameters
-    with ``requires_grad=True`` got gradients but are in no param group (frozen ones, never)."""
-    found = h.meta.get("grads_in_no_param_group")
-    if not isinstance(found, dict):
-        return []
-    return [Finding("grads_in_no_param_group", "error", int(found.get("update", 1)), dict(found),
-                    f"{found.get('count', 0)} parameters get gradients but are in no param group of the optimizer "
-                    f"({_names(found, 'parameters')}): they never change, and the layers they belong to stay where "
-                    "they started", {"action": "optimizer_params", "fix": "pass model.parameters() to the optimizer"})]
+# the optimizer holds no parameter that requires a gradient (SetupCheck, at the first update)
+_loop_bug(
+    "optimizer_has_no_trainable_params", "error", "update",
+    lambda found: (f"the optimizer holds no parameter that requires a gradient ({found.get('held', 0)} held, all "
+                   "frozen)" + (f" (the parameters that do get gradients, {_names(found, 'parameters')}, are in none "
+                                "of its param groups)" if found.get("parameters") else "")
+                   + ": step() changes nothing and the model cannot learn, whatever the learning rate"),
+    lambda found: {"action": "optimizer_params", "fix": "pass the trainable parameters to the optimizer: "
+                   f"torch.optim.{found.get('optimizer') or 'SGD'}(p for p in model.parameters() if p.requires_grad)"})
 
+# parameters with requires_grad=True got gradients but are in no param group (frozen ones, never)
+_loop_bug(
+    "grads_in_no_param_group", "error", "update",
+    lambda found: (f"{found.get('count', 0)} parameters get gradients but are in no param group of the optimizer "
+                   f"({_names(found, 'parameters')}): they never change, and the layers they belong to stay where "
+                   "they started"),
+    lambda found: {"action": "optimizer_params", "fix": "pass model.parameters() to the optimizer"})
 
-@detector("training_in_eval_mode")
-def _training_in_eval_mode(h: History) -> list[Finding]:
-    """A bug in the loop, seen by watch at its first update (``meta["training_in_eval_mode"]``): the model took
-    the update in ``eval()`` mode, its dropout or batch-norm modules included."""
-    found = h.meta.get("training_in_eval_mode")
-    if not isinstance(found, dict):
-        return []
-    return [Finding("training_in_eval_mode", "error", int(found.get("update", 1)), dict(found),
-                    "the model is trained in eval() mode: its dropout and batch-norm modules "
-                    f"({_names(found, 'modules')}) act as at inference (no dropout, the running statistics instead "
-                    "of the batch's, which never update)", {"action": "train_mode",
-                                                            "fix": "call model.train() before the training loop"})]
+# the model took its first update in eval() mode, its dropout or batch-norm modules included
+_loop_bug(
+    "training_in_eval_mode", "error", "update",
+    lambda found: ("the model is trained in eval() mode: its dropout and batch-norm modules "
+                   f"({_names(found, 'modules')}) act as at inference (no dropout, the running statistics instead "
+                   "of the batch's, which never update)"),
+    lambda found: {"action": "train_mode", "fix": "call model.train() before the training loop"})
 
+# a cross-entropy fed the model's probabilities (a softmax before the loss, which applies its own)
+_loop_bug(
+    "loss_given_probabilities", "error", "step",
+    lambda found: (f"the cross-entropy is given probabilities (the model's output {found.get('output_shape')} is rows "
+                   "in [0, 1] summing to 1): it applies its own softmax on top, so the loss can barely fall and its "
+                   "gradient is squashed, as if the learning rate were far too low"),
+    lambda found: {"action": "loss_on_logits", "fix": "give CrossEntropyLoss the logits: remove the softmax at the "
+                   "end of the model"})
 
-@detector("loss_given_probabilities")
-def _loss_given_probabilities(h: History) -> list[Finding]:
-    """A bug in the loop, seen by watch at its first step (:mod:`gdlab.watching.datachecks`, in
-    ``meta["loss_given_probabilities"]``): a cross-entropy fed the model's probabilities (a softmax applied before
-    the loss, which applies its own)."""
-    found = h.meta.get("loss_given_probabilities")
-    if not isinstance(found, dict):
-        return []
-    return [Finding("loss_given_probabilities", "error", int(found.get("step", 1)), dict(found),
-                    f"the cross-entropy is given probabilities (the model's output {found.get('output_shape')} is rows "
-                    "in [0, 1] summing to 1): it applies its own softmax on top, so the loss can barely fall and its "
-                    "gradient is squashed, as if the learning rate were far too low",
-                    {"action": "loss_on_logits", "fix": "give CrossEntropyLoss the logits: remove the softmax at the "
-                     "end of the model"})]
+# an output [N, 1] and a target [N] (or the reverse) that the loss broadcasts into [N, N] pairs
+_loop_bug(
+    "target_shape_broadcasts", "error", "step",
+    lambda found: (f"the model's output {found.get('output_shape')} and the target {found.get('target_shape')} "
+                   f"broadcast into {found.get('pairs')} pairs: the loss compares every prediction with every "
+                   "target, and its best is predicting the mean"),
+    lambda found: {"action": "target_shape", "fix": "target.view(-1, 1) (or output.squeeze(-1))"})
 
+# the same inputs and targets served at every one of the first batches
+_loop_bug(
+    "same_batch_every_step", "warning", "step",
+    lambda found: (f"the first {found.get('batches')} steps were given the same batch (the same inputs and targets): "
+                   "the model fits that one batch and learns nothing of the rest of the data (meant as a test of "
+                   "the model? then ignore this)"),
+    lambda found: {"action": "new_batch", "fix": "draw a new batch each step"})
 
-@detector("target_shape_broadcasts")
-def _target_shape_broadcasts(h: History) -> list[Finding]:
-    """A bug in the loop, seen by watch at its first step (``meta["target_shape_broadcasts"]``): an output
-    ``[N, 1]`` and a target ``[N]`` (or the reverse) that the loss broadcasts into ``[N, N]`` pairs."""
-    found = h.meta.get("target_shape_broadcasts")
-    if not isinstance(found, dict):
-        return []
-    return [Finding("target_shape_broadcasts", "error", int(found.get("step", 1)), dict(found),
-                    f"the model's output {found.get('output_shape')} and the target {found.get('target_shape')} "
-                    f"broadcast into {found.get('pairs')} pairs: the loss compares every prediction with every "
-                    "target, and its best is predicting the mean",
-                    {"action": "target_shape", "fix": "target.view(-1, 1) (or output.squeeze(-1))"})]
-
-
-@detector("same_batch_every_step")
-def _same_batch_every_step(h: History) -> list[Finding]:
-    """A bug in the loop, seen by watch at its first batches (``meta["same_batch_every_step"]``): the same inputs
-    and targets served at every one of them."""
-    found = h.meta.get("same_batch_every_step")
-    if not isinstance(found, dict):
-        return []
-    return [Finding("same_batch_every_step", "warning", int(found.get("step", 1)), dict(found),
-                    f"the first {found.get('batches')} steps were given the same batch (the same inputs and targets): "
-                    "the model fits that one batch and learns nothing of the rest of the data (meant as a test of "
-                    "the model? then ignore this)",
-                    {"action": "new_batch", "fix": "draw a new batch each step"})]
-
-
-@detector("labels_sorted")
-def _labels_sorted(h: History) -> list[Finding]:
-    """A bug in the loop, seen by watch at its first batches (``meta["labels_sorted"]``): each holds a single class
-    of a task with several: data sorted by label, never shuffled."""
-    found = h.meta.get("labels_sorted")
-    if not isinstance(found, dict):
-        return []
-    return [Finding("labels_sorted", "error", int(found.get("step", 1)), dict(found),
-                    f"each of the first {found.get('batches')} batches holds a single class (labels "
-                    f"{found.get('labels')}): the data is sorted by label and not shuffled, so each run of batches "
-                    "pulls the model toward one class and the next undoes it",
-                    {"action": "shuffle", "fix": "shuffle: DataLoader(..., shuffle=True)"})]
+# each of the first batches holds a single class of a task with several: sorted by label, never shuffled
+_loop_bug(
+    "labels_sorted", "error", "step",
+    lambda found: (f"each of the first {found.get('batches')} batches holds a single class (labels "
+                   f"{found.get('labels')}): the data is sorted by label and not shuffled, so each run of batches "
+                   "pulls the model toward one class and the next undoes it"),
+    lambda found: {"action": "shuffle", "fix": "shuffle: DataLoader(..., shuffle=True)"})
