@@ -152,18 +152,26 @@ def _lr_too_high(h: History) -> list[Finding]:
     return found
 
 
-def _learned_nothing(h: History) -> dict[str, Any] | None:
-    """The evidence that a run learned nothing: its smoothed loss ended no lower than its start beyond their noise
-    (5% at least), or (a classifier) at the loss of guessing, ln of the classes; None when it learned."""
+def _fall(h: History) -> tuple[float, float, float] | None:
+    """The run's starting loss, its smoothed end, and the noise a fall between them must beat (the start's mean over
+    its opening steps and the smoothed end, each with its own noise; 0 where it cannot be read); None with fewer
+    than 10 finite losses."""
     losses = finite(column(h.steps, "loss"))
     ema = finite(smooth_loss(h))
     if len(losses) < 10 or not ema:
         return None
-    start, end = start_loss(h), ema[-1]
     opening = max(1, min(10, len(losses) // 10))
-    spread, smooth = point_noise(losses), ema_noise(h)
-    noise = math.hypot(spread / math.sqrt(opening), smooth) if math.isfinite(spread) and math.isfinite(smooth) \
-        else 0.0
+    noise = math.hypot(point_noise(losses) / math.sqrt(opening), ema_noise(h))
+    return start_loss(h), ema[-1], noise if math.isfinite(noise) else 0.0
+
+
+def _learned_nothing(h: History) -> dict[str, Any] | None:
+    """The evidence that a run learned nothing: its smoothed loss ended no lower than its start beyond their noise
+    (5% at least), or (a classifier) at the loss of guessing, ln of the classes; None when it learned."""
+    fall = _fall(h)
+    if fall is None:
+        return None
+    start, end, noise = fall
     chance = _chance_accuracy(h)
     guess = math.log(1 / chance) if chance is not None else None
     evidence = {"loss_start": start, "loss_end": end, "noise": noise, "chance_loss": guess}
@@ -795,14 +803,10 @@ def _labels_do_not_fit(h: History) -> list[Finding]:
 @detector("not_learning")
 def _not_learning(h: History) -> list[Finding]:
     losses = finite(column(h.steps, "loss"))
-    if len(losses) < 10:
+    fall = _fall(h)  # a fall within the noise of the start's mean and of the smoothed end is no fall
+    if fall is None:
         return _regression_failed(h)
-    start, end = start_loss(h), finite(smooth_loss(h))[-1]
-    # the noise of the start's mean (over its opening steps) and of the smoothed end: a fall within it is no fall
-    opening = max(1, min(10, len(losses) // 10))
-    spread = point_noise(losses)
-    noise = math.hypot(spread / math.sqrt(opening), ema_noise(h)) if math.isfinite(spread) else 0.0
-    noise = noise if math.isfinite(noise) else 0.0
+    start, end, noise = fall
     classes = h.meta.get("num_classes")
     chance = math.log(classes) if h.meta.get("task") == "classification" and classes and classes > 1 else None
     at_chance = chance is not None and abs(end - chance) <= max(0.05 * chance, 3 * noise) and start <= 1.1 * chance
