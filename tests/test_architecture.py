@@ -22,7 +22,7 @@ LAYERS = [  # bottom to top; a name stands for the module and, for a package, ev
     ("basics", ["errors", "guard", "resources", "resolve", "records", "data", "optim", "store", "checkpoint", "config",
                 "models", "metrics", "threads", "distributed"]),
     ("core", ["problem"]),
-    ("engine", ["loop", "population", "instruments", "callbacks"]),
+    ("engine", ["loop", "population", "instruments", "callbacks", "run"]),
     ("studies", ["lr_select", "sweeps", "doctor", "lab"]),
     ("front doors", ["train", "watching", "experiment", "__init__"]),
     ("edges", ["cli", "plots", "progress", "integrations", "reports"]),
@@ -222,12 +222,11 @@ fine = hasattr(model, "modules") and getattr(hook, "cost", "cheap") and getattr(
 
 
 # -- sizes: no class over 400 lines, no function over 100 (loop.run reads as one commented loop) ----------------
+# a function is measured without its docstring: fit's documents 36 parameters; its code is what must stay short
 
 CLASS_LINES, FUNCTION_LINES = 400, 100
 TOO_BIG = {  # what is still over, at most as big as it is now; each is to be split (issue 25: one run, watch)
     "gdlab.loop.run": 140,  # the one commented loop: allowed by the rule itself
-    "gdlab.train.fit": 240,  # becomes a short composition once the run's start and end have one home (a Run)
-    "gdlab.lr_select.lr_find": 105,  # its loop becomes loop.run's with the Run
 }
 
 
@@ -238,10 +237,18 @@ def _sizes() -> dict[str, int]:
             for child in ast.iter_child_nodes(node):
                 if isinstance(child, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
                     name = f"{prefix}.{child.name}"
-                    found[name] = child.end_lineno - child.lineno + 1  # type: ignore[operator]
+                    first = child.lineno
+                    if not isinstance(child, ast.ClassDef) and ast.get_docstring(child) is not None:
+                        first = child.body[0].end_lineno + 1  # type: ignore[operator]
+                    found[name] = child.end_lineno - first + 1  # type: ignore[operator]
                     visit(child, name)
         visit(ast.parse(path.read_text()), module)
     return found
+
+
+def test_fit_is_a_short_composition() -> None:
+    """fit reads like the lecture's steps: the run's start and end are gdlab.run.Run's, the loop is loop.run."""
+    assert _sizes()["gdlab.train.fit"] <= 80
 
 
 def test_no_class_over_400_lines_and_no_function_over_100() -> None:

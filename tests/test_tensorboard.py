@@ -152,7 +152,7 @@ def test_fit_without_tensorboard_names_the_install(tmp_path: Path, monkeypatch: 
                   store=tmp_path / "s")
     assert isinstance(caught.value, GdlabError)
     assert str(caught.value) == f"tensorboard={str(tmp_path / 'tb')!r} {MISSING}"
-    assert not (tmp_path / "s").exists() or not gdlab.Store(tmp_path / "s").list()  # nothing stored
+    assert not (tmp_path / "s").exists() or not gdlab.Store(tmp_path / "s").runs()  # nothing stored
 
 
 def test_the_cli_without_tensorboard_exits_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

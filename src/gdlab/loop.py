@@ -59,6 +59,7 @@ __all__ = [
     "answers",
     "data_cause",
     "final_metrics",
+    "val_metrics",
     "run",
     "settle_divergence",
 ]
@@ -773,18 +774,23 @@ def run(problem: Problem, state: LoopState, hooks: Sequence[Any] | Hooks = (), *
             raise
 
 
-def final_metrics(problem: Problem, state: LoopState) -> dict[str, float | None]:
-    """``train_loss`` (the last epoch's), ``val_loss`` and, with validation data, the task's metrics
-    (:data:`gdlab.metrics.METRICS`: ``val_accuracy`` for classification, also ``val_subset_accuracy`` for
-    multilabel, ``val_mae`` and ``val_r2`` for regression); None where there is none (no validation data, no
-    predictions to measure). A loss that was not finite stays NaN or inf (a run whose last epoch had no finite loss
-    ends with a non-finite ``train_loss``, never 0); a metric that was not finite is None."""
+def final_metrics(state: LoopState, val: Sequence[str] | None) -> dict[str, float | None]:
+    """The run's final values, alike for every front door: ``train_loss`` (the last epoch's), ``val_loss`` and the
+    validation metrics named in ``val`` (``accuracy`` -> ``val_accuracy``; :func:`val_metrics` gives the task's,
+    :data:`gdlab.metrics.METRICS`); ``val=None``: no validation data, ``val_loss`` None. A loss that was not finite
+    stays NaN or inf (a run whose last epoch had no finite loss ends with a non-finite ``train_loss``, never 0); a
+    metric that was not finite or never recorded is None."""
     epochs = state.history.epochs
     final: dict[str, float | None] = {"train_loss": epochs.last("train_loss", state.loss)}
-    final["val_loss"] = epochs.last("val_loss") if problem.val is not None else None
-    if problem.val is not None:
-        final.update({f"val_{name}": epochs.last(f"val_{name}") for name in METRICS.get(problem.task, ())})
+    final["val_loss"] = epochs.last("val_loss") if val is not None else None
+    if val is not None:
+        final.update({f"val_{name}": epochs.last(f"val_{name}") for name in val})
     return {k: (None if v is not None and math.isnan(v) and k not in _LOSSES else v) for k, v in final.items()}
+
+
+def val_metrics(problem: Problem) -> Sequence[str] | None:
+    """The validation metrics a problem's run ends with (its task's), or None without validation data."""
+    return METRICS.get(problem.task, ()) if problem.val is not None else None
 
 
 _LOSSES = ("train_loss", "val_loss")

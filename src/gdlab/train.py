@@ -24,12 +24,11 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from gdlab import distributed, loop, optim
-from gdlab.callbacks import POSITION, Recorder, Scheduler
+from gdlab.callbacks import Recorder, Scheduler
 from gdlab.config import DEFAULT_EPOCHS, Config, check_settings
-from gdlab.data import BatchPlan, structure
-from gdlab.data.source import Source
-from gdlab.doctor import Doctor, explain, restart_remedy, run_settings, trace_activations
-from gdlab.errors import InvalidParameter, StoreError
+from gdlab.data import structure
+from gdlab.doctor import Doctor, restart_remedy, run_settings, trace_activations
+from gdlab.errors import InvalidParameter
 from gdlab.instruments import attach
 from gdlab.loop import Callback, LoopState, Result
 from gdlab.lr_select import select_lr
@@ -37,6 +36,7 @@ from gdlab.optim import schedules
 from gdlab.optim.schedules import Schedule
 from gdlab.problem import LossFn, Problem, TargetScale, check_budget, evaluate
 from gdlab.records import input_scales
+from gdlab.run import Run, describe, start_meta
 from gdlab.store import Store
 from gdlab.threads import restored
 from gdlab.threads import use as use_threads
@@ -167,177 +167,108 @@ def fit(
     Returns:
         A :class:`~gdlab.loop.Result`.
     """
-    # (0) check everything before anything is stored
+    # (0) check everything before anything is stored; the problem: device, data, loss, plan, the model's checks
     epochs, steps = check_budget(epochs, steps, DEFAULT_EPOCHS)
     check_settings(tol=tol, patience=patience, checkpoint_every=checkpoint_every, log_every=log_every, doctor=doctor,
                    remedy=remedy, restarts=restarts, seed=seed, step_rows=step_rows, lr_select=lr_select,
                    standardize_target=standardize_target)  # the one check of the settings (gdlab.config)
     watching = attach(instruments)
-    ranks = distributed.setup()  # None in one process
-    if ranks is not None:
-        if resume is not None and store is None and ranks.main:  # rank 0 reads the run; the others get it from it
-            raise InvalidParameter("resume", resume, "a store holding the run (store=...)")
-        device = ranks.device(device)
-        progress = progress and ranks.main
-        if not ranks.main:  # rank 0 alone stores and writes
-            store = tensorboard = None
-    board = None
-    if tensorboard is not None:
-        from gdlab.integrations.tensorboard import TensorBoard  # an edge: tensorboard is imported only when asked
-
-        board = TensorBoard(tensorboard)
+    ranks = distributed.setup()  # None in one process; else rank 0 alone stores, prints and writes
+    if ranks is not None and resume is not None and store is None and ranks.main:
+        raise InvalidParameter("resume", resume, "a store holding the run (store=...)")
+    main = ranks is None or ranks.main
     physician = Doctor(remedy, optimizer=optimizer if isinstance(optimizer, str) else None) \
         if doctor or remedy == "auto" else None
+    problem = _problem(model, train, val, loss, batch_size, drop_last, ranks.device(device) if ranks else device,
+                       target_key, precision, ranks, patience, standardize_target)
+    use_threads(threads, model, batch_size=problem.plan.batch_size, device=problem.device)
+    total = problem.total_steps(epochs, steps)
+    selection = None
+    if isinstance(lr, str):  # lr="auto": chosen by a short parallel sweep (or the range test) before training
+        lr, selection = _auto_lr(lr, lr_select, model, train, val, optimizer, momentum, total, batch_size, loss,
+                                 seed, problem.device, progress and main, store, resume,
+                                 {**optimizer_options, "target_key": target_key}, ranks.world if ranks else 1)
+        if ranks is not None:  # every rank chose alike (the sweep spread over them); rank 0's choice stands for all
+            lr = float(distributed.broadcast(lr))
+    opt = optim.make(optimizer, model.parameters(), lr=lr, momentum=momentum, **optimizer_options)
+    if isinstance(schedule, str):  # its base: the named optimizer's lr, or the first group's of an optimizer object
+        schedule = schedules.parse(schedule, lr if isinstance(optimizer, str) else float(opt.param_groups[0]["lr"]),
+                                   total)
+    if resume is not None and store is None and ranks is None:
+        raise InvalidParameter("resume", resume, "a store holding the run (store=...)")
+
+    # (1) start from the model's parameters (or a stored run's last checkpoint): the run, recorded in the store
+    state = LoopState.start(problem, opt, total_steps=total, seed=seed)
+    state.history.meta.update(_meta(model, opt, problem, scales=physician is not None,
+                                    clip_norm=optimizer_options.get("clip_norm"),
+                                    standardize_target=standardize_target))
+    run = Run(state, doctor=physician, diagnose=doctor, callbacks=callbacks, store=store if main else None,
+              watching=[*([Scheduler(schedule)] if schedule is not None else []), *watching],
+              tensorboard=tensorboard if main else None, progress=progress and main, ranks=ranks, step_rows=step_rows)
+    described = dict(config or describe(model, optimizer, lr=lr, momentum=momentum, batch_size=batch_size,
+                                        epochs=epochs, steps=steps, seed=seed, loss=problem.loss_name))
+    run.record({**described, **({"lr_selection": selection.to_dict()} if selection else {})},
+               plan=problem.plan.to_dict(), name=name, resume=resume, config=config)
+    run.share_start(resume is not None)
+    if resume is None:
+        torch.manual_seed(seed)  # parameter-free randomness (dropout) follows the seed
+
+    # (2)-(4) the loop: batches, loss and gradient, update, record; watched by the hooks
+    try:  # the gradient norms feed the instruments and the doctor: a bare run does not read its gradients twice
+        loop.run(problem, state, run.hooks, tol=tol, patience=patience, log_every=log_every,
+                 grad_norms=bool(watching) or physician is not None, checkpoint_every=checkpoint_every,
+                 checkpoint=run.recorder.checkpoint if run.recorder else None, ranks=ranks, agree=run.agreement())
+    except BaseException as error:
+        run.fail(error)
+        raise
+
+    # the end: final metrics, the restarts remedy (a run settled in a perhaps local minimum), the run's record closed
+    final = loop.final_metrics(state, loop.val_metrics(problem))
+    if physician and restarts and not state.interrupted and \
+            any(f.code == "local_minimum" for f in physician.findings):
+        final = _restart(physician, state, final, train, val, restarts, model_fn, optimizer, state.lr,
+                         optimizer_options, loss, problem.device, progress, run.recorder, schedule)
+        if ranks is not None:  # every rank restarted alike; rank 0's model stands for all
+            distributed.share_state(state.model, state.optimizer)
+    return run.end(final, "stopped" if state.interrupted else "finished", lr_selection=selection, model=model)
+
+
+def _problem(model: nn.Module, train: Any, val: Any, loss: Any, batch_size: Any, drop_last: bool,
+             device: str | torch.device, target_key: str | None, precision: str, ranks: distributed.Ranks | None,
+             patience: int | None, standardize_target: bool) -> Problem:
+    """The model and its data made ready and checked (:meth:`Problem.make`); with ``standardize_target``, the loss
+    on standardised targets and the outputs mapped back to their units (:class:`TargetScale`)."""
     problem = Problem.make(model, train, val=val, loss=loss, batch_size=batch_size, drop_last=drop_last,
                            device=device, target_key=target_key, precision=precision,
                            ranks=(ranks.rank, ranks.world) if ranks is not None else (0, 1))
     if patience is not None and problem.val is None:
         raise InvalidParameter("patience", patience, "validation data to watch (val=..., or --val / --val-split)")
-    target_scale = TargetScale.for_source(problem.source) if standardize_target else None
-    if target_scale is not None:  # the loss on standardised targets, the outputs mapped back to their units
+    if standardize_target:
+        target_scale = TargetScale.for_source(problem.source)
         problem.loss_fn = target_scale.loss(problem.loss_fn)
         target_scale.attach(problem.model)
-    use_threads(threads, model, batch_size=problem.plan.batch_size, device=problem.device)
-    total = problem.total_steps(epochs, steps)
-    selection = None
-    if isinstance(lr, str):
-        lr, selection = _auto_lr(lr, lr_select, model, train, val, optimizer, momentum, total, batch_size, loss,
-                                 seed, problem.device, progress, store, resume,
-                                 {**optimizer_options, "target_key": target_key}, ranks.world if ranks else 1)
-        if ranks is not None:  # every rank chose alike (the sweep spread over them); rank 0's choice stands for all
-            lr = float(distributed.broadcast(lr))
-    opt = optim.make(optimizer, model.parameters(), lr=lr, momentum=momentum, **optimizer_options)
-    if isinstance(schedule, str):
-        # the schedule's base: the named optimizer's lr, or the first group's of an optimizer given as an object
-        schedule = schedules.parse(schedule, lr if isinstance(optimizer, str) else float(opt.param_groups[0]["lr"]),
-                                   total)
-    db = store if isinstance(store, Store) or store is None else Store(store)
-    if resume is not None and db is None and ranks is None:
-        raise InvalidParameter("resume", resume, "a store holding the run (store=...)")
-
-    # (1) start from the model's parameters (or a stored run's last checkpoint)
-    state = LoopState.start(problem, opt, total_steps=total, seed=seed)
-    meta = _meta(model, opt, problem.source, problem.plan, scales=physician is not None)
-    meta.update(val_samples=len(problem.val) if problem.val is not None else None,
-                clip_norm=optimizer_options.get("clip_norm"), standardize_target=standardize_target)
-    if physician is not None and problem.task == "regression" and problem.source.tensors is not None:
-        meta.update((target_scale or TargetScale.for_source(problem.source)).meta())  # the targets' scale
-    state.history.meta.update(meta)
-    recorder = None
-    if db is not None:
-        described = dict(config or _describe(model, optimizer, lr, momentum, batch_size, epochs, steps, seed,
-                                             problem.loss_name))
-        if selection is not None:
-            described["lr_selection"] = selection.to_dict()
-        recorder = _open_record(db, resume, state, described, config, name, step_rows)
-        state.history.meta.update(meta)  # a resumed run's history is the stored one: the doctor reads this run's
-    if ranks is not None:
-        _share_start(state, resume is not None)
-    if resume is None:
-        torch.manual_seed(seed)  # parameter-free randomness (dropout) follows the seed
-
-    # (2)-(4) the loop: batches, loss and gradient, update, record; watched by the hooks
-    hooks: list[Any] = [*([Scheduler(schedule)] if schedule is not None else []), *watching,
-                        *([physician] if physician else []), *callbacks, *([recorder] if recorder else []),
-                        *([board] if board else [])]
-    if progress:
-        from gdlab.progress import ProgressBar  # an edge: rich is imported only when a bar is wanted
-
-        hooks.append(ProgressBar())
-    agree = None
-    if ranks is not None:
-        agree = distributed.Agreement(ranks, (lambda: len(physician.remedies)) if physician else None)
-    try:
-        # the gradient norms feed the instruments and the doctor: a bare run does not read its gradients twice
-        loop.run(problem, state, hooks, tol=tol, patience=patience, log_every=log_every,
-                 grad_norms=bool(watching) or physician is not None,
-                 checkpoint=recorder.checkpoint if recorder else None, checkpoint_every=checkpoint_every,
-                 ranks=ranks, agree=agree)
-    except BaseException as error:
-        if recorder:
-            recorder.fail(state, error, state.seconds)
-        if board:
-            board.write(state.history)
-            board.close()
-        raise
-
-    # the end: final metrics, the restarts remedy, findings and the run's record closed
-    final = loop.final_metrics(problem, state)
-    status = "stopped" if state.interrupted else "finished"
-    if physician and restarts and not state.interrupted and \
-            any(f.code == "local_minimum" for f in physician.findings):
-        # the lr the run ended with (the doctor's, if it changed it)
-        final = _restart(physician, state, final, train, val, restarts, model_fn, optimizer, state.lr,
-                         optimizer_options, loss, problem.device, progress, recorder, schedule)
-        if ranks is not None:  # every rank restarted alike; rank 0's model stands for all
-            distributed.share_state(state.model, state.optimizer)
-    findings = physician.findings if physician and doctor else []
-    remedies = physician.remedies if physician else []
-    if recorder:
-        recorder.finish(state, status, final, findings, remedies)
-    if board:
-        board.close(findings, remedies)
-    if ranks is not None:  # the ranks leave fit together: none goes on (or exits) while a peer still speaks to it
-        torch.distributed.barrier()
-    return Result(model, state.history, final, state.lr, state.run_id, state.seconds, problem.plan, status,
-                  state.stop_reason, state.step, findings=list(findings), lr_selection=selection,
-                  remedies=list(remedies),
-                  diagnosis=explain(findings, run_id=state.run_id, remedies=remedies, steps=state.step)
-                  if physician and doctor else None)
+    return problem
 
 
-def _share_start(state: LoopState, resumed: bool) -> None:
-    """Data-parallel: every rank takes rank 0's run id and, for a resumed run, rank 0's restored parameters,
-    optimizer state, position and history (rank 0 alone reads the store)."""
-    if not resumed:
-        state.run_id = distributed.broadcast(state.run_id)
-        return
-    main = distributed.is_main()
-    shared = distributed.broadcast((state.run_id, {key: getattr(state, key) for key in POSITION}, state.history)
-                                   if main else None)
-    distributed.share_state(state.model, state.optimizer)
-    if not main:
-        state.run_id, position, state.history = shared
-        for key, value in position.items():
-            setattr(state, key, value)
-        state.loss = state.history.steps.last("loss")
-
-
-def _open_record(db: Store, resume: str | None, state: LoopState, described: dict[str, Any],
-                 config: dict[str, Any] | None, name: str | None, step_rows: int) -> Recorder:
-    """A new stored run, or the stored run ``resume`` restored into ``state`` from its last checkpoint."""
-    if resume is not None:
-        run = db.get(resume)
-        if run.status == "running":
-            raise StoreError(f"run {run.id} is still running in another process: stop it first (Ctrl-C), "
-                             "then resume it; if no process runs it any more (killed in a container, on another "
-                             "machine), resume it with gdlab train --resume RUN --force (Store.abandon)")
-        recorder = Recorder(db, run.id, step_rows=step_rows)
-        recorder.restore(state, config)
-    else:
-        described["doctor_meta"] = {k: v for k, v in state.history.meta.items() if k not in ("lr", "momentum")}
-        recorder = Recorder(db, db.create_run(described, state.plan.to_dict(), name=name), step_rows=step_rows)
-    state.run_id = recorder.run_id
-    return recorder
-
-
-def _meta(model: nn.Module, opt: torch.optim.Optimizer, source: Source, plan: BatchPlan, *,
-          scales: bool) -> dict[str, Any]:
-    """What the doctor reads besides the numbers: settings, the task and the scale of each input feature (the
-    95th percentile of its absolute value, from ``records.stats.input_scales``; only when the doctor reads them)."""
-    group = opt.param_groups[0]
-    owners = [m for m in model.modules() if any(p.requires_grad for p in m.parameters(recurse=False))]
-    linear_only = len(owners) == 1 and isinstance(owners[0], nn.Linear)  # one linear layer: a convex loss
-    meta: dict[str, Any] = {"lr": group.get("lr"), "momentum": group.get("momentum"), "batch_size": plan.batch_size,
-                            "samples": plan.samples, "task": source.task, "num_classes": source.num_classes,
-                            "convex": linear_only}
-    if scales:  # the doctor reads them: the activations one forward pass on 2 samples calls (F.relu seen), once
+def _meta(model: nn.Module, opt: torch.optim.Optimizer, problem: Problem, *, scales: bool,
+          **settings: Any) -> dict[str, Any]:
+    """What the doctor reads besides the numbers: the start's (:func:`gdlab.run.start_meta`), the plan, the task,
+    ``settings``; where the doctor reads them (``scales``), the activations one forward pass on 2 samples calls, the
+    scale of each floating-point input feature (the 95th percentile of its absolute value) and, for regression,
+    the targets' scale."""
+    source, plan = problem.source, problem.plan
+    meta: dict[str, Any] = {**start_meta(model, opt), "batch_size": plan.batch_size, "samples": plan.samples,
+                            "task": source.task, "num_classes": source.num_classes, **settings,
+                            "val_samples": len(problem.val) if problem.val is not None else None}
+    if scales:  # the activations the forward pass calls (F.relu seen), once
         trace_activations(model, lambda: structure.call(model, source.spread(2)[0], None, source.target_key))
-    settings = run_settings(model, opt)
-    meta.update(activations=settings["activations"], activations_traced=settings["activations_traced"])
+    traced = run_settings(model, opt)
+    meta.update(activations=traced["activations"], activations_traced=traced["activations_traced"])
     features = structure.float_features(source.tensors.X) if scales and source.tensors is not None else None
     if features is not None:  # the floating-point inputs only: token ids and categories have no scale
         meta["feature_scales"] = input_scales(features)
+    if scales and problem.task == "regression" and source.tensors is not None:
+        meta.update(TargetScale.for_source(source).meta())  # the targets' scale
     return meta
 
 
@@ -391,10 +322,3 @@ def _restart(physician: Any, state: LoopState, final: dict[str, float | None], t
         kept.update({f"val_{k}": v for k, v in evaluate(state.model, val, loss).items()})
     kept["train_loss"] = evaluate(state.model, train, loss)["loss"]
     return kept
-
-
-def _describe(model: nn.Module, optimizer: Any, lr: float, momentum: float | None, batch_size: Any,
-              epochs: int | None, steps: int | None, seed: int, loss: str) -> dict[str, Any]:
-    return {"model": type(model).__name__, "optimizer": optimizer if isinstance(optimizer, str) else
-            type(optimizer).__name__, "lr": lr, "momentum": momentum, "batch_size": batch_size, "epochs": epochs,
-            "steps": steps, "seed": seed, "loss": loss}

@@ -30,6 +30,7 @@ from gdlab.config import check_settings
 from gdlab.doctor.findings import Finding, Remedy, diagnose, run_settings
 from gdlab.doctor.probe import Probe, probe_grid, probe_lr, probe_steps
 from gdlab.doctor.series import column, find_spike, spike_window
+from gdlab.doctor.story import Diagnosis, explain
 from gdlab.loop import Callback, LoopState
 from gdlab.optim import OPTIMIZERS
 from gdlab.records import EMA, finite
@@ -342,6 +343,15 @@ class Doctor(Callback):
         return min(self.lr_ceiling * self.start_lr, self.raise_cap)
 
     # -- the actions a rule takes: each records its remedy (the snapshot excepted) -------------------------------
+    def diagnosis(self, *, run_id: str | None = None, steps: int | None = None) -> Diagnosis:
+        """The findings so far as causes and consequences (:func:`gdlab.doctor.explain`), with the remedies applied.
+
+        Example:
+            >>> Doctor().diagnosis(run_id="r1", steps=10).causes
+            []
+        """
+        return explain(self.findings, run_id=run_id, remedies=self.remedies, steps=steps)
+
     def take_snapshot(self, state: LoopState) -> None:
         """Keep the model's and the optimizer's state, in memory, as the last good point to roll back to."""
         self._snapshot = {"model": copy.deepcopy(state.model.state_dict()),

@@ -250,7 +250,7 @@ def _one_by_one(model_fn: ModelFn, models: list[nn.Module], train_data: Any, val
         if tally is not None:
             tally.close()
     for i in live:
-        finals[i] = loop.final_metrics(runs[i].problem, runs[i].state)
+        finals[i] = loop.final_metrics(runs[i].state, loop.val_metrics(runs[i].problem))
     return _assemble(model_fn, runs, finals, pruned_at, seeds, members, val is not None, plan, task, reason,
                      optimizer, time.perf_counter() - started)
 
