@@ -214,13 +214,7 @@ CASES: dict[str, tuple[float, int | None, set[tuple[str, str | None]]]] = {
     "lr_far_too_low": (1e-6, None, {("lr_too_low", None)}),
     "nan_batch": (0.05, NAN_AT, {("non_finite", "data")}),
 }
-_FIT_REBUILDS = pytest.mark.xfail(strict=True, reason=(
-    "fit tests the diverging step's batch rebuilt from its seed, epoch and iteration (loop._batch), and a batch "
-    "corrupt once reads clean again: fit says non_finite with no source (the lr blamed), while watch, Lightning and "
-    "the Trainer test the batch the forward pass saw and say non_finite from the data"))
-
-
-@pytest.mark.parametrize("case", [pytest.param(c, marks=_FIT_REBUILDS) if c == "nan_batch" else c for c in CASES])
+@pytest.mark.parametrize("case", list(CASES))
 def test_the_same_fault_gets_the_same_diagnosis_every_way(case: str) -> None:
     pytest.importorskip("lightning")
     pytest.importorskip("transformers")
@@ -231,12 +225,13 @@ def test_the_same_fault_gets_the_same_diagnosis_every_way(case: str) -> None:
     assert set(said.values()) <= expected, said
 
 
-def test_a_batch_corrupt_once_is_named_as_data_by_each_way_that_holds_its_batches() -> None:
-    """watch, Lightning (through ``Watch.inputs``: its ``training_step`` calls ``self.net``, not the module's own
-    forward pass) and the Trainer test the batch the step saw, not one read again."""
+def test_a_batch_corrupt_once_is_named_as_data_by_each_way() -> None:
+    """Each way tests the batch the step saw, not one read again (loop.HeldBatches): fit holds the batches it reads
+    from a Dataset, watch every step's, Lightning through ``Watch.inputs`` (its ``training_step`` calls
+    ``self.net``, not the module's own forward pass), the Trainer through the model's forward pass."""
     pytest.importorskip("lightning")
     pytest.importorskip("transformers")
     pytest.importorskip("accelerate")
     said = {way: _first(WAYS[way](0.05, Samples(N, 0, NAN_AT), Samples(128, 1)))
-            for way in ("watch", "lightning", "trainer")}
+            for way in ("fit", "watch", "lightning", "trainer")}
     assert set(said.values()) == {("non_finite", "data")}, said

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from gdlab import distributed
-from gdlab.data import BatchPlan
+from gdlab.data import BatchPlan, structure
 from gdlab.errors import DataError, GdlabError, ModelError, shorten
 from gdlab.metrics import METRICS
 from gdlab.problem import NON_FINITE_SOURCES, LossFn, Problem, evaluate, non_finite, prediction
@@ -52,6 +52,9 @@ __all__ = [
     "Hooks",
     "Plan",
     "Cause",
+    "Counted",
+    "HELD_BYTES",
+    "HeldBatches",
     "LoopState",
     "Result",
     "Snapshot",
@@ -680,6 +683,9 @@ def run(problem: Problem, state: LoopState, hooks: Sequence[Any] | Hooks = (), *
     good = Snapshot()
     good.take(model, optimizer)
     good.step = state.step
+    # the batches read from a Dataset, held till their loss is read: the divergence check tests the batch the step
+    # saw (in-memory data is rebuilt exactly from its indices; with ranks, every rank rebuilds the global batch)
+    held = HeldBatches() if ranks is None and problem.source.tensors is None else None
     every = checkpoint_every or plan.iterations_per_epoch
     started = time.perf_counter() - state.seconds
     model.train()
@@ -700,6 +706,8 @@ def run(problem: Problem, state: LoopState, hooks: Sequence[Any] | Hooks = (), *
                 except Exception as e:
                     raise _failed(e, problem, f"reading the batch of step {state.step + 1}") from e
                 state.batch = (x, y)
+                if held is not None:
+                    held.hold(state.step + 1, x, y)
                 emit("on_step_start")
                 try:
                     with problem.autocast():  # nothing at precision "32"
@@ -740,7 +748,7 @@ def run(problem: Problem, state: LoopState, hooks: Sequence[Any] | Hooks = (), *
                 # with ranks, a checkpoint's step is a check too: every rank reads (and may roll back) alike
                 periodic = epoch_done or state.step % log_every == 0 or (ranks is not None and state.step % every == 0)
                 if periodic or log.diverged_at is not None:
-                    _check(state, log, good, dispatch, problem)
+                    _check(state, log, good, dispatch, problem, held)
                 if epoch_done:
                     _end_epoch(problem, state, tol, patience, started)
                     emit("on_epoch_end")
@@ -754,11 +762,11 @@ def run(problem: Problem, state: LoopState, hooks: Sequence[Any] | Hooks = (), *
                     agreed_stop = state.stop_reason is not None
                 stopping = agreed_stop if agree is not None else state.stop_reason is not None
                 if checkpoint and (state.step % every == 0 or stopping):
-                    _check(state, log, good, dispatch, problem)
+                    _check(state, log, good, dispatch, problem, held)
                     state.seconds = time.perf_counter() - started
                     checkpoint(state)
 
-            _check(state, log, good, dispatch, problem)
+            _check(state, log, good, dispatch, problem, held)
             log.close()
             # a budget in steps, or a stop, can end mid-epoch: record the part done (its first step too, when even
             # that one's loss was not finite: the epoch's record is then non-finite, never an earlier epoch's)
@@ -797,11 +805,12 @@ _LOSSES = ("train_loss", "val_loss")
 
 
 def _check(state: LoopState, log: StepLog, good: Snapshot, hooks: Hooks,
-           problem: Problem | None = None) -> None:
+           problem: Problem | None = None, held: HeldBatches | None = None) -> None:
     """Read the pending values; on a non-finite loss roll back (a hook's remedy, or a stop); else keep the
-    parameters as the last good point when they are finite."""
+    parameters as the last good point when they are finite. ``held``: the batches of the steps just read."""
     params = [p.detach() for p in state.model.parameters()]
     (size,) = log.fetch([torch.stack(torch._foreach_norm(params)).sum() if params else torch.zeros(())])
+    batches = held.let_go() if held is not None else []
     if log.diverged_at is None and math.isfinite(size):
         good.take(state.model, state.optimizer)
         good.step = state.step
@@ -817,7 +826,7 @@ def _check(state: LoopState, log: StepLog, good: Snapshot, hooks: Hooks,
     # the parameters restored are the ones the diverging step started from when it is the first since the snapshot:
     # its forward pass can then be replayed to tell the model's output from the loss
     replay = good.step is not None and state.step == good.step + 1 and not math.isfinite(state.last_loss)
-    cause = _cause(problem, state, int(steps["epoch"][row]), replay) if problem is not None else None
+    cause = _cause(problem, state, int(steps["epoch"][row]), replay, batches) if problem is not None else None
     if settle_divergence(state, row, hooks, cause):
         good.step = None  # a hook acted (it may have put back a point of its own): no replay until the next take
 
@@ -868,19 +877,109 @@ def data_cause(batch: tuple[Any, Any] | None, step: int) -> Cause | None:
     return None
 
 
+HELD_BYTES = 64 * 2**20
+"""How many bytes of batches :class:`HeldBatches` holds by reference until their losses are read (64 MiB). Past it a
+step's batch is reduced at once to its count of NaN and inf values: a few kernels on the device, no host read, no
+reference kept, so a run of large batches (images on a GPU) never holds them all."""
+
+
+class Counted:
+    """A held batch part reduced to its number of NaN and inf values (a device tensor: read at the check only)."""
+
+    def __init__(self, count: Tensor) -> None:
+        self.count = count
+
+
+class HeldBatches:
+    """The batches of the steps whose loss is still unread, for the divergence check: the batch a step's forward
+    pass saw, by reference (no copy) while the held ones stay within :data:`HELD_BYTES`, else reduced on the device
+    to its NaN and inf counts. At each read they are let go (:meth:`let_go`); after a divergence the diverging
+    step's batch is the one tested (:meth:`cause`), not one read again: a Dataset may not give the same batch twice
+    (augmentation, a file rewritten, a sample corrupt once). ``fit``'s loop holds the batches it reads from a
+    Dataset (in-memory tensors are rebuilt exactly from their indices); ``gdlab.watch`` holds every step's.
+
+    Example:
+        >>> held = HeldBatches()
+        >>> held.hold(3, torch.tensor([1.0, float("nan")]), torch.zeros(2))
+        >>> held.cause(held.let_go(), 3)[:2], held.let_go()
+        (('inputs', 1), [])
+    """
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[int, Any, Any]] = []
+        self.bytes = 0
+
+    def hold(self, step: int, x: Any, y: Any) -> None:
+        """Keep step ``step``'s batch: a reference within :data:`HELD_BYTES`, else its non-finite counts."""
+        size = _nbytes(x) + _nbytes(y)
+        if self.bytes + size <= HELD_BYTES:
+            self.bytes += size
+            self.batches.append((step, x, y))
+        else:
+            self.batches.append((step, _counted(x), _counted(y)))
+
+    def let_go(self) -> list[tuple[int, Any, Any]]:
+        """The batches held so far, handed over and no longer held (every step up to here is read)."""
+        held, self.batches, self.bytes = self.batches, [], 0
+        return held
+
+    @staticmethod
+    def cause(held: Sequence[tuple[int, Any, Any]], step: int) -> Cause | None:
+        """:func:`data_cause` of step ``step``'s batch among ``held`` (None where it is clean or not held)."""
+        for at, x, y in held:
+            if at == step:
+                return data_cause((_read(x), _read(y)), step)
+        return None
+
+    @staticmethod
+    def has(held: Sequence[tuple[int, Any, Any]], step: int) -> bool:
+        """Whether step ``step``'s batch is among ``held``."""
+        return any(at == step for at, _, _ in held)
+
+
+def _counted(tree: Any) -> Counted | None:
+    if tree is None:
+        return None
+    parts = [(~torch.isfinite(t)).sum() for t in structure.leaves(tree)
+             if isinstance(t, Tensor) and t.is_floating_point()]
+    return Counted(torch.stack(parts).sum() if parts else torch.zeros((), dtype=torch.long))
+
+
+def _nbytes(tree: Any) -> int:
+    """The bytes of the tensors in ``tree`` (tensors, tuples, lists, dicts): on every step, so no tree walk."""
+    if isinstance(tree, Tensor):
+        return tree.numel() * tree.element_size()
+    if isinstance(tree, (tuple, list)):
+        return sum(_nbytes(t) for t in tree)
+    if isinstance(tree, dict):
+        return sum(_nbytes(t) for t in tree.values())
+    return 0
+
+
+def _read(part: Any) -> Any:
+    """A held batch part as :func:`data_cause` takes it: a reduced one (:class:`Counted`) as its count."""
+    return int(part.count) if isinstance(part, Counted) else part
+
+
 @torch.no_grad()
-def _cause(problem: Problem, state: LoopState, epoch: int, replay: bool) -> tuple[str, int, str, float | None] | None:
+def _cause(problem: Problem, state: LoopState, epoch: int, replay: bool,
+           kept: Sequence[tuple[int, Any, Any]] = ()) -> Cause | None:
     """Where the non-finite loss of step ``state.step`` came from, when it is not the learning rate: ``(source,
     count, reason, target scale)``, the source a key of :data:`~gdlab.problem.NON_FINITE_SOURCES`. Read only after
-    a divergence (the batch rebuilt from its seed, epoch and iteration), so training pays nothing; None where the
-    cause cannot be told (the learning rate, most often).
+    a divergence (the step's batch as ``kept``, :class:`HeldBatches`, else rebuilt from its seed, epoch and
+    iteration), so training pays nothing; None where the cause cannot be told (the learning rate, most often).
 
     The batch's inputs or targets holding NaN or inf come first; then the parameters the run was rolled back to
     (not finite: its starting point was not); then, with ``replay`` (those parameters are the ones the step
     started from), the step's forward pass again: the model's output, else the loss, not finite."""
     step = state.step
-    batch = _batch(problem, state, epoch)
-    found = data_cause(batch, step)
+    if HeldBatches.has(kept, step):  # the batch the step saw (a Dataset may not read the same twice)
+        found = HeldBatches.cause(kept, step)
+        batch = next(((x, y) for at, x, y in kept if at == step and not isinstance(x, Counted) and
+                      not isinstance(y, Counted)), None)
+    else:
+        batch = _batch(problem, state, epoch)
+        found = data_cause(batch, step)
     if found is not None:
         return found
     named = [(name, p) for name, p in state.model.named_parameters() if p.is_floating_point()]
