@@ -328,6 +328,23 @@ BAD = [
      "(user_models.py, line "),
     (["train", "--data", "moons", "--model", "user_models:fails_at_step_5", "--store", "elsewhere", "-q"], "the "
      "forward pass of step 5 (model FailsInTraining, loss cross_entropy) raised RuntimeError: training call 5 failed"),
+    # issue 28: the CLI's rough edges
+    (["train", "--data", "bad_cells.csv"], "error: missing target: expected the column of bad_cells.csv to predict "
+     "(--target NAME), one of x, y"),
+    (["sweep", "--data", "bad_cells.csv"], "error: missing target: expected the column of bad_cells.csv"),
+    (["train", "--data", "wide.csv"], "to predict (--target NAME), one of feature_0, feature_1, feature_2, feature_3, "
+     "feature_4, feature_5, feature_6, feature_7, ... 291 more ..., feature_299, price (301 columns)"),
+    (["train", "--data", "wide.csv", "--target", "prise"], "unknown target 'prise': expected one of feature_0, "
+     "feature_1, feature_2, feature_3, feature_4, feature_5, feature_6, feature_7, ... 291 more ..., feature_299, "
+     "price (301 columns) (the columns of wide.csv)"),
+    (["train", "--data", "odd_names.csv"], "one of '', '\\x1b[31mred', [bold]x[/], 'sale, price', 'a\\nb', y"),
+    (["explain", "x**2+", "--at", "x=1"], "invalid expression 'x**2+': expected an arithmetic expression (invalid "
+     "syntax at column 6, the end of the expression)"),
+    (["explain", "x +* 2", "--at", "x=1"], "(invalid syntax at column 4, '*')"),
+    (["train", "--config", "wrong_type.toml", "--epochs", "3"], "invalid config wrong_type.toml epochs 'many': "
+     "expected an integer"),
+    (["train", "--config", "negative_lr.toml", "--lr", "0.1"], "invalid config negative_lr.toml lr -1: expected a "
+     "finite number > 0"),
 ]
 
 
@@ -359,6 +376,10 @@ def test_bad_input_is_one_clear_line_and_exit_2(user_modules: Path, args: list[s
     (user_modules / "empty.csv").write_text("x,y\n")
     (user_modules / "unknown_key.toml").write_text("learning_rate = 0.1\n")
     (user_modules / "wrong_type.toml").write_text('epochs = "many"\n')
+    (user_modules / "negative_lr.toml").write_text("lr = -1\n")  # issue 28
+    (user_modules / "wide.csv").write_text(",".join([*(f"feature_{i}" for i in range(300)), "price"]) + "\n" +
+                                           ",".join(["1"] * 301) + "\n")
+    (user_modules / "odd_names.csv").write_text('"",\x1b[31mred,[bold]x[/],"sale, price","a\nb",y\n1,2,3,4,5,6\n')
     (user_modules / "blocker").write_text("a file, not a folder")
     np.savez(user_modules / "big_label.npz", X=np.zeros((4, 2), dtype=np.float32), y=np.array([0, 1, 2, 10**12]))
     (user_modules / "zip.npz").write_bytes(b"plain bytes, not a zip archive")
@@ -503,6 +524,41 @@ def test_sweep_prints_a_table_stores_the_sweep_and_plots() -> None:
     assert len(payload["table"]) == 2 and payload["vectorized"] and Path(payload["plot"]).is_file()
     assert payload["best"]["lr"] in (0.01, 0.1)
     assert [s["members"] for s in Store("s").sweeps()] == [2, 16]
+
+
+def _member_rows(text: str) -> list[int]:
+    """The member numbers of a printed sweep table's rows (member and seed, its first two columns, numbers)."""
+    cells = [line.split() for line in text.splitlines()]
+    return [int(c[0]) for c in cells if len(c) > 2 and c[0].isdigit() and c[1].isdigit()]
+
+
+def test_a_large_sweep_prints_its_best_rows_and_says_how_to_see_all() -> None:
+    """Issue 28: 24 members print as their 10 best, best first, and a line naming how many are hidden and how to see
+    them all; --all prints every row; --json (and show --json) keep the whole table."""
+    from gdlab.cli.population import BEST_ROWS, TABLE_ROWS
+
+    args = ["sweep", "--data", "moons", "--hidden", "4", "--lr", "1e-3:3:12", "--seeds", "2", "--epochs", "1",
+            "--store", "s", "--no-plot"]
+    payload = json.loads(gdlab(*args, "--json", "--quiet").stdout)
+    table = payload["table"]
+    assert len(table) == 24 > TABLE_ROWS
+    losses = {r["member"]: r["val_loss"] for r in table}
+    best = sorted((r for r in table if not r["diverged"]), key=lambda r: r["val_loss"])[:BEST_ROWS]
+    shown = gdlab("show", payload["sweep_id"], "--store", "s").stdout
+    assert _member_rows(shown) == [r["member"] for r in best]
+    assert [losses[m] for m in _member_rows(shown)] == sorted(losses[m] for m in _member_rows(shown))
+    diverged = sum(r["diverged"] for r in table)
+    assert ("the 10 best of 24 members (by final validation loss); 14 more hidden"
+            + (f", {diverged} of them diverged" if diverged else "")
+            + f": gdlab show {payload['sweep_id']} --json gives them all") in shown
+    assert len(json.loads(gdlab("show", payload["sweep_id"], "--store", "s", "--json").stdout)["table"]) == 24
+    printed = gdlab(*args).stdout
+    assert len(_member_rows(printed)) == BEST_ROWS and "--all prints every member, --json gives them all" in printed
+    every = gdlab(*args, "--all").stdout
+    assert _member_rows(every) == list(range(24)) and "hidden" not in every
+    small = gdlab("sweep", "--data", "moons", "--hidden", "4", "--lr", "0.01,0.1", "--epochs", "1", "--store", "s",
+                  "--no-plot").stdout
+    assert _member_rows(small) == [0, 1] and "hidden" not in small
 
 
 def test_restarts_report_end_points() -> None:

@@ -33,8 +33,8 @@ def test_toml_then_overrides(tmp_path: Path) -> None:
         ('epochs = "ten"\n', r"invalid config run.toml epochs 'ten': expected an integer"),
         ("lr = true\n", r"invalid config run.toml lr True: expected a number"),
         ('hidden = ["a"]\n', r"invalid config run.toml hidden \['a'\]: expected a list of integers"),
-        ("lr = -0.5\n", r"invalid lr -0.5: expected a finite number > 0"),
-        ("batch_size = 0\n", r"invalid batch_size 0"),
+        ("lr = -0.5\n", r"invalid config run.toml lr -0.5: expected a finite number > 0"),
+        ("batch_size = 0\n", r"invalid config run.toml batch_size 0"),
         ("epochs = = 1\n", r"invalid config '.*run.toml': expected valid TOML"),
     ],
 )
@@ -43,6 +43,30 @@ def test_bad_toml_is_named(tmp_path: Path, text: str, message: str) -> None:
     path.write_text(text)
     with pytest.raises(InvalidParameter, match=message):
         Config.from_toml(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "overrides", "message"),
+    [
+        ('epochs = "many"\n', {"epochs": 3}, "invalid config run.toml epochs 'many': expected an integer"),
+        ("lr = true\n", {"lr": 0.1}, "invalid config run.toml lr True: expected a number or a string"),
+        ('hidden = "64"\n', {"hidden": [8]}, "invalid config run.toml hidden '64': expected a list of integers"),
+        ("[data_options]\nseed = 1\n", {"data_options": {"noise": 0.1}}, "invalid config run.toml data_options "
+         "{'seed': 1}: expected no seed among the data options"),
+        ("lr = -0.5\n", {"lr": 0.1}, "invalid config run.toml lr -0.5: expected a finite number > 0"),
+    ],
+)
+def test_a_wrong_value_in_the_file_is_refused_even_when_a_flag_overrides_it(
+        tmp_path: Path, text: str, overrides: dict[str, object], message: str) -> None:
+    """Issue 28: the file is wrong whatever the flags say; the one line names the file, the key, the value and what
+    was expected."""
+    path = tmp_path / "run.toml"
+    path.write_text(text)
+    with pytest.raises(InvalidParameter) as raised:
+        Config.from_toml(path, overrides)
+    assert str(raised.value).startswith(message) and "\n" not in str(raised.value)
+    path.write_text('remedy = "suggest"\nrestarts = 4\n')  # a rule between settings waits for the flags
+    assert Config.from_toml(path, {"remedy": "auto"}).restarts == 4
 
 
 def test_a_settings_file_that_is_not_utf8_text_is_one_line(tmp_path: Path) -> None:

@@ -116,8 +116,8 @@ def test_bad_csv_names_row_and_column(tmp_path: Path, content: str, target: str,
 
 def test_csv_needs_a_target_and_an_existing_file(tmp_path: Path) -> None:
     path = _write(tmp_path / "d.csv", "a,b\n1,2\n")
-    with pytest.raises(InvalidParameter, match="invalid target None: expected the target column of d.csv, one of "
-                                               "a, b"):
+    with pytest.raises(InvalidParameter, match=r"missing target: expected the column of d.csv to predict \(--target "
+                                               r"NAME\), one of a, b"):
         datasets.load(str(path))
     with pytest.raises(DataError, match="data file '.*missing.csv' not found"):
         datasets.load(str(tmp_path / "missing.csv"), target="a")

@@ -61,6 +61,33 @@ def test_bad_expressions_are_refused(expression: str, at: dict[str, float], mess
         explain(expression, at)
 
 
+@pytest.mark.parametrize(("expression", "column", "at"), [
+    ("x**2+", 6, "the end of the expression"),
+    ("  x**2+  ", 8, "the end of the expression"),  # columns of the expression as typed, spaces and all
+    ("x+*y", 3, "*"),
+    ("x ** $", 6, "$"),
+    ("sin(x", 4, "("),
+    ("x)", 2, ")"),
+    ("  x+*y", 5, "*"),
+    ("exp(x) + sin(y) * cos(x - y) + log(x * y) ++ * 3", 46, "*"),
+])
+def test_a_syntax_error_names_its_real_column(expression: str, column: int, at: str) -> None:
+    """Issue 28: a caret under the column the one-line error names sits under the character it names (or just after
+    the expression, where it ends too soon)."""
+    with pytest.raises(InvalidParameter) as raised:
+        explain(expression, {"x": 1.0, "y": 2.0})
+    text = str(raised.value)
+    found = re.search(r"at column (\d+), (the end of the expression|'(.)')", text)
+    assert found is not None and "\n" not in text, text
+    assert int(found.group(1)) == column and (found.group(3) or found.group(2)) == at
+    if found.group(3):
+        assert expression[column - 1] == at
+    else:
+        assert expression[: column - 1].strip() == expression.strip()
+    if len(expression) > 40:  # the echo is cut: the text before the column is named
+        assert f"after '...{expression[column - 21:column - 1]}'" in text
+
+
 def test_parse_values() -> None:
     assert parse_values("x=1, y=-2.5") == {"x": 1.0, "y": -2.5}
     for bad in ("x", "x=", "1=2", "x=a", "x=1e400", "x=nan", "x=-inf"):

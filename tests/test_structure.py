@@ -3,6 +3,7 @@ own loss, through fit, populations, lr_find, lr="auto", landscapes and the instr
 
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 from typing import Any
 
@@ -243,6 +244,47 @@ def test_dict_sample_without_a_target_names_its_keys() -> None:
     data = {"input": torch.zeros(4, 4), "t": torch.arange(4) % 2}
     problem = Problem.make(nn.Linear(4, 2), data, device="cpu", target_key="t")  # nn.Linear.forward(input)
     assert problem.task == "classification" and problem.source.target_key == "t"
+
+
+def test_a_dict_of_one_input_reaches_a_positional_forward() -> None:
+    """Issue 28: ``{"x": ..., "label": ...}`` with a plain ``nn.Sequential`` (``forward(input)``) is called
+    ``model(x)``, in fit, its instruments' per-sample pass and a vectorized population; a forward that names the key,
+    takes ``**kwargs`` or needs more than one input keeps keywords."""
+    from gdlab.population.forward import functional
+
+    class HF(nn.Module):  # Hugging Face style: everything by keyword, all optional
+        def forward(self, input_ids: Any = None, attention_mask: Any = None, labels: Any = None) -> Any:
+            return input_ids
+
+    class Anything(nn.Module):
+        def forward(self, *args: Any, **kwargs: Any) -> Any:
+            return args, kwargs
+
+    class KeywordOnly(nn.Module):
+        def forward(self, *, x: Any) -> Any:
+            return x
+
+    def sequential() -> nn.Module:
+        return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+
+    rule = structure.positional_only_input
+    assert rule(sequential(), "x") and rule(nn.DataParallel(sequential()), "x")
+    assert rule(functional(sequential().to("meta"), {}, {}), "x")  # a population's member, looked through
+    assert rule(HF(), "ids")  # HF's first input, under a key it does not name
+    assert not rule(Keyword(), "x") and not rule(HF(), "input_ids") and not rule(Anything(), "x")
+    assert not rule(KeywordOnly(), "z") and not rule(TwoInputs(), "u") and not rule(TwoInputs(), "w")
+    assert structure.call_args({"x": torch.zeros(1)}, model=sequential())[1] == {}
+    assert structure.call(Anything(), {"x": torch.zeros(1)})[1].keys() == {"x"}
+    assert structure.call_args({"x": torch.zeros(1)}, torch.zeros(1), model=sequential())[1].keys() == {"x", "labels"}
+
+    result = gdlab.fit(_seeded(sequential), DictSamples(), val=DictSamples(40), lr=0.1, epochs=5, progress=False,
+                       instruments="full")
+    assert result.final["val_accuracy"] > 0.8
+    assert any(not math.isnan(v) for v in result.history.steps["noise_scale"])  # the per-sample pass served it
+    data = DictSamples(256)
+    pop = population.train(sequential, {"x": data.x, "y": data.label}, seeds=[0, 1], hyper={"lr": 0.1}, epochs=3,
+                           progress=False, vectorize=True)
+    assert pop.vectorized and all(loss < 0.6 for loss in pop.train_loss)
 
 
 def _seeded(cls: type[nn.Module]) -> nn.Module:

@@ -30,6 +30,7 @@ import torch
 from gdlab.data import TASKS, parse_batch_size
 from gdlab.errors import InvalidParameter, UnknownChoice, check_int, check_seed
 from gdlab.optim import OPTIMIZERS, check_lr, check_momentum, schedules
+from gdlab.store import DEFAULT_STORE, STORE_HELP
 from gdlab.threads import check_threads
 
 if sys.version_info >= (3, 11):
@@ -142,7 +143,7 @@ class Config:
     restarts: int = setting(0, "With --remedy auto: if the run settles in a (perhaps local) minimum, train this "
                             "many restarts as one population and keep the best.")
     # the run store
-    store: str = setting("gdlab-runs", "Run store folder (SQLite database and one folder per run).", shown=True,
+    store: str = setting(DEFAULT_STORE, STORE_HELP, shown=True,
                          via="experiment.run, which opens the store and hands it to fit")
     name: str | None = setting(None, "A name for the run.")
     checkpoint_every: int | None = setting(None, "Steps between checkpoints (default: each epoch).")
@@ -157,18 +158,14 @@ class Config:
     @classmethod
     def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> Config:
         """Build from a dict, rejecting unknown keys and values of the wrong type."""
-        hints = typing.get_type_hints(cls)
-        for key, value in values.items():
-            if key not in hints:
-                raise InvalidParameter(f"{source} key", key, f"one of {', '.join(hints)}")
-            if not _is_instance(value, hints[key]):
-                raise InvalidParameter(f"{source} {key}", value, _type_name(hints[key]))
+        _check_types(values, source)
         return cls(**values)
 
     @classmethod
     def from_toml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
         """Read a TOML file (UTF-8, at most :data:`MAX_CONFIG_BYTES`), then apply ``overrides`` (flags given on the
-        command line). A file that cannot be read, decoded or parsed is one line naming it."""
+        command line). A file that cannot be read, decoded or parsed is one line naming it; so is a key, or a value
+        of the wrong type or out of its range, in the file, even where a flag overrides it (the file is wrong)."""
         path = Path(path)
         try:
             with path.open("rb") as f:
@@ -185,6 +182,7 @@ class Config:
         except UnicodeDecodeError as e:  # TOML is UTF-8: a file in another encoding, or not text at all
             raise InvalidParameter("config", str(path), f"a UTF-8 TOML file (byte 0x{e.object[e.start]:02x} at "
                                    f"position {e.start} is not UTF-8)") from None
+        _check_file(values, f"config {path.name}")  # a value a flag overrides is checked too: the file is wrong
         merged = {**values, **(overrides or {})}
         if isinstance(values.get("data_options"), dict) and overrides and "data_options" in overrides:
             merged["data_options"] = {**values["data_options"], **overrides["data_options"]}  # key by key
@@ -403,6 +401,29 @@ auto): restarts are a remedy the doctor applies
     if isinstance(checked.get("schedule"), str):  # the form is checked now; lr and length when training
         schedules.parse(checked["schedule"], lr if isinstance(lr, float) else 0.1, 100)
     return checked
+
+
+def _check_types(values: dict[str, Any], source: str) -> None:
+    """Every key a Config field, every value of its field's type; else :class:`InvalidParameter` naming
+    ``source``."""
+    hints = typing.get_type_hints(Config)
+    for key, value in values.items():
+        if key not in hints:
+            raise InvalidParameter(f"{source} key", key, f"one of {', '.join(hints)}")
+        if not _is_instance(value, hints[key]):
+            raise InvalidParameter(f"{source} {key}", value, _type_name(hints[key]))
+
+
+def _check_file(values: dict[str, Any], source: str) -> None:
+    """A settings file's own values, before flags override any: keys and types, then each value by its rule
+    (:data:`RULES`; the rules between settings wait for the merged values), the refusal naming the file."""
+    _check_types(values, source)
+    for key, value in values.items():
+        if key in RULES:
+            try:
+                RULES[key](value)
+            except InvalidParameter as e:
+                raise InvalidParameter(f"{source} {key}", value, str(e).partition(": expected ")[2] or str(e)) from None
 
 
 def _is_instance(value: Any, hint: Any) -> bool:

@@ -21,6 +21,7 @@ __all__ = [
     "GdlabError",
     "InvalidParameter",
     "UnknownChoice",
+    "MissingParameter",
     "DataError",
     "ModelError",
     "StoreError",
@@ -65,6 +66,14 @@ class UnknownChoice(InvalidParameter):
         super().__init__(param, value, f"one of {listed}{extra}")
         self.message = f"unknown {param} {_show(value)}: expected one of {listed}{extra}"
         self.args = (self.message,)
+
+
+class MissingParameter(InvalidParameter):
+    """A parameter that is needed here was not given (``missing target: expected ...``)."""
+
+    def __init__(self, param: str, expected: str) -> None:
+        super().__init__(param, None, expected)
+        self.args = (f"missing {param}: expected {expected}",)
 
 
 class DataError(GdlabError, ValueError):

@@ -55,6 +55,7 @@ from gdlab.cli.common import (
     to_json,
     wide,
 )
+from gdlab.cli.stored import best_row, ranked  # the sweeps' ranking, beside the store's listing: no torch
 from gdlab.config import Config
 from gdlab.errors import InvalidParameter
 from gdlab.guard import check_out
@@ -111,6 +112,12 @@ DataSeedFlag = Annotated[Optional[int], typer.Option(
 NameFlag = Annotated[Optional[str], typer.Option("--name", help="A name for the stored sweep.")]
 
 
+TABLE_ROWS = 20
+"""A sweep of at most this many members prints every row; a larger one its :data:`BEST_ROWS` best."""
+BEST_ROWS = 10
+"""The rows a large sweep's table prints: its best members, best first."""
+
+
 def grid_option(default: str | None, flag: str, help: str) -> Any:
     """A flag whose values a sweep spans: ``float | list[float]`` once parsed."""
     return typer.Option(default, flag, help=help, callback=parsed(parse_grid_values, flag))
@@ -140,6 +147,8 @@ def sweep(
     nproc: Optional[str] = typer.Option(None, help="Spread the members over this many processes on this machine "
                                         "(launched through torch.distributed.run), each training its share as one "
                                         "population.", callback=parsed(ranks.parse_nproc)),
+    every: bool = typer.Option(False, "--all", help=f"Print every member's row (a sweep of more than {TABLE_ROWS} "
+                               f"members prints its {BEST_ROWS} best; --json holds them all)."),
 ) -> None:
     """Train one member per point of a grid (learning rates x momenta x seeds) at once, as one population."""
     from gdlab.store import Store
@@ -172,7 +181,7 @@ def sweep(
                        "vectorized": result.population.vectorized, "seconds": result.population.seconds,
                        "plot": str(path) if path else None}))
     elif not quiet:
-        print_sweep(result, best, path)
+        print_sweep(result, best, path, every)
 
 
 def _workers(rank: int | None) -> int:
@@ -180,9 +189,10 @@ def _workers(rank: int | None) -> int:
     return int(os.environ["WORLD_SIZE"]) if rank is not None else 1
 
 
-def print_sweep(result: Any, best: dict[str, Any] | None, path: Path | None) -> None:
-    """A sweep's table, how it trained, and its best member."""
-    print_table(result.table, best["member"] if best else -1)
+def print_sweep(result: Any, best: dict[str, Any] | None, path: Path | None, every: bool = False) -> None:
+    """A sweep's table (its best rows, or ``every`` one), how it trained, and its best member."""
+    print_table(result.table, best["member"] if best else -1, every=every,
+                hint="--all prints every member, --json gives them all")
     pop = result.population
     how = "as one population" if pop.vectorized else f"one by one ({safe(pop.notice)})"
     out.print(f"[bold]{len(pop)} member{'s' if len(pop) != 1 else ''}[/] trained {how} in {pop.seconds:.1f} s; "
@@ -197,9 +207,11 @@ def print_sweep(result: Any, best: dict[str, Any] | None, path: Path | None) -> 
         out.print(f"[bold]plot[/]  {safe(path)}")
 
 
-def print_table(rows: list[dict[str, Any]], best: int) -> None:
+def print_table(rows: list[dict[str, Any]], best: int, *, every: bool = False, hint: str = "") -> None:
     """The members of a sweep, one row each, the best in bold green (headers and cells escaped: a stored sweep's
-    rows are the store's text)."""
+    rows are the store's text). More than :data:`TABLE_ROWS` members, unless ``every``: the :data:`BEST_ROWS`
+    best, best first, then a line saying how many are hidden and ``hint`` (how to see them all)."""
+    shown = rows if every or len(rows) <= TABLE_ROWS else ranked(rows)[:BEST_ROWS] or rows[:BEST_ROWS]
     table = Table(box=None, header_style="bold")
     tail = ("train_loss", "val_loss", "val_mae", "val_r2", "val_subset_accuracy", "metric", "diverged")
     keys = [k for k in rows[0] if k not in ("curve", "member", "seed", *tail)]
@@ -207,7 +219,7 @@ def print_table(rows: list[dict[str, Any]], best: int) -> None:
     for column in columns:
         header = {"metric": "val acc", "val_subset_accuracy": "val exact"}.get(column, column.replace("_", " "))
         table.add_column(safe(header), justify="left" if column == "diverged" else "right")
-    for row in rows:
+    for row in shown:
         cells = []
         for column in columns:
             v = row.get(column)
@@ -216,6 +228,12 @@ def print_table(rows: list[dict[str, Any]], best: int) -> None:
                          else v)
         table.add_row(*map(safe, cells), style="bold green" if row["member"] == best else None)
     wide().print(table)
+    if len(shown) < len(rows):
+        diverged = sum(1 for r in rows if r.get("diverged"))
+        by = "validation" if any(r.get("val_loss") is not None for r in rows) else "training"
+        which = f"the {len(shown)} best" if best >= 0 else f"the first {len(shown)}"
+        out.print(f"{which} of {len(rows)} members (by final {by} loss); {len(rows) - len(shown)} more hidden"
+                  + (f", {diverged} of them diverged" if diverged else "") + (f": {safe(hint)}" if hint else ""))
 
 
 @app.command()
@@ -371,35 +389,6 @@ LR_FIND_FLAGS = ("data", "target", "task", "val", "val_split", "standardize", "d
 """The flags of gdlab lr-find that are Config keys (besides the optimizer's options)."""
 
 
-def sweeps_table(db: Any, stored: list[dict[str, Any]]) -> Table:
-    """The stored sweeps and restarts, one row each (for gdlab runs; every cell the store's text, escaped)."""
-    table = Table(box=None, header_style="bold")
-    for column in ("sweep", "name", "kind", "created", "members", "best", "val loss", "train loss", "time"):
-        table.add_column(column, justify="right" if column in ("members", "val loss", "train loss", "time")
-                         else "left")
-    for sweep_row in stored:
-        rows = db.get_sweep(sweep_row["id"])["rows"]
-        best = best_row(rows)
-        axes = [k for k in (sweep_row["config"].get("axes") or {}) if k != "seed"] or ["lr"]
-        described = ", ".join(f"{k} {num(best[k])}" for k in axes if best and best.get(k) is not None)
-        table.add_row(*map(safe, (sweep_row["id"], sweep_row["name"] or "", sweep_row["kind"], sweep_row["created"],
-                                  sweep_row["members"], described, num(best.get("val_loss")) if best else "",
-                                  num(best.get("train_loss")) if best else "",
-                                  f"{sweep_row['seconds']:.1f}s" if sweep_row["seconds"] else "")))
-    return table
-
-
-def best_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The member with the lowest final loss (validation, else training), or None when all diverged."""
-
-    def score(row: dict[str, Any]) -> float:
-        value = row.get("val_loss") if row.get("val_loss") is not None else row.get("train_loss")
-        return float("inf") if row.get("diverged") or value is None else float(value)
-
-    trained = [r for r in rows if score(r) != float("inf")]
-    return min(trained, key=score) if trained else None
-
-
 def show_sweep(stored: dict[str, Any], as_json: bool) -> None:
     """gdlab show for a sweep or restarts: its summary and table."""
     rows = stored["rows"]
@@ -416,4 +405,4 @@ def show_sweep(stored: dict[str, Any], as_json: bool) -> None:
         out.print(safe(f"  {key:<20}{num(value) if isinstance(value, float) else value}"))
     best = best_row(rows)
     if rows:
-        print_table(rows, best["member"] if best else -1)
+        print_table(rows, best["member"] if best else -1, hint=f"gdlab show {stored['id']} --json gives them all")

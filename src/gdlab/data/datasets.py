@@ -30,7 +30,15 @@ from torch.utils.data import Dataset
 
 from gdlab.data import TASKS, Task, TensorData, as_tensor_data, infer_task, split
 from gdlab.data.batching import MAX_CLASSES
-from gdlab.errors import DataError, GdlabError, InvalidParameter, UnknownChoice, check_seed
+from gdlab.errors import (
+    DataError,
+    GdlabError,
+    InvalidParameter,
+    MissingParameter,
+    UnknownChoice,
+    check_seed,
+    shorten,
+)
 from gdlab.resolve import DATA_FILE_SUFFIXES, call_user, names_code, resolve
 from gdlab.resources import check_fits, human
 
@@ -268,9 +276,10 @@ def load_csv(
         raise DataError(f"{path}: the file is empty: expected a header row and at least one data row")
     header = [c.strip() for c in rows[0][1]]
     if target is None:
-        raise InvalidParameter("target", None, f"the target column of {path.name}, one of {', '.join(header)}")
+        raise MissingParameter("target", f"the column of {path.name} to predict (--target NAME), one of "
+                               f"{column_list(header)}")
     if target not in header:
-        raise UnknownChoice("target", target, header, f" (the columns of {path.name})")
+        raise UnknownChoice("target", target, [column_list(header)], f" (the columns of {path.name})")
     if len(rows) < 2:
         raise DataError(f"{path}: no data rows: expected at least one row after the header")
     t = header.index(target)
@@ -287,6 +296,29 @@ def load_csv(
     y, task, classes = _targets(path, [r[0] for r in rows[1:]], target, labels, task, like)
     return TensorData(X, y, task=task, num_classes=len(classes) if classes else None, feature_names=names,
                       classes=classes)
+
+
+def column_list(names: Sequence[str], limit: int = 10) -> str:
+    """A file's column names for a one-line message: each as it is, quoted (``repr``: control characters escaped)
+    where it is empty, holds a comma, a quote, a control character or surrounding spaces; cut at 30 characters; a
+    longer list keeps its first and last columns.
+
+    Example:
+        >>> column_list(["area", "rooms", "sale, price"])
+        "area, rooms, 'sale, price'"
+        >>> column_list([f"c{i}" for i in range(300)])
+        'c0, c1, c2, c3, c4, c5, c6, c7, ... 290 more ..., c298, c299 (300 columns)'
+    """
+    def one(name: str) -> str:
+        short = shorten(name, 30) if len(name) > 30 else name
+        plain = short.isprintable() and short == short.strip() != "" and not any(c in short for c in ",'\"")
+        return short if plain else repr(short)
+
+    shown = [one(n) for n in names]
+    if len(shown) <= limit:
+        return ", ".join(shown)
+    return ", ".join([*shown[: limit - 2], f"... {len(shown) - limit} more ...", *shown[-2:]]) + \
+        f" ({len(shown)} columns)"
 
 
 def _number(path: Path, line: int, column: str, cell: str) -> float:

@@ -1,6 +1,7 @@
 """Batches as structures: a batch is ``(inputs, target)`` where the inputs are a tensor, a tuple or list of
 tensors, or a dict of tensors (nested as deep as the user likes), and the model is called as ``model(x)``,
-``model(*inputs)`` or ``model(**inputs)`` accordingly.
+``model(*inputs)`` or ``model(**inputs)`` accordingly; a dict holding one input, for a model whose forward takes one
+positional input under another name (``nn.Sequential``'s ``forward(input)``), is called as ``model(x)``.
 
 A sample of a Dataset (or a whole in-memory data set) is split into inputs and target by :func:`split`:
 
@@ -19,6 +20,8 @@ Example:
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -27,8 +30,8 @@ from torch import Tensor
 
 from gdlab.errors import DataError
 
-__all__ = ["TARGET_KEYS", "Inputs", "call", "call_args", "count", "describe", "float_features", "leaves", "rows",
-           "split", "take", "to", "tree_map"]
+__all__ = ["TARGET_KEYS", "Inputs", "call", "call_args", "count", "describe", "float_features", "leaves",
+           "positional_only_input", "rows", "split", "take", "to", "tree_map"]
 
 TARGET_KEYS = ("y", "label", "labels")
 """The keys tried, in order, for the target of a dict sample when no ``target_key`` is given."""
@@ -79,12 +82,24 @@ def to(tree: Inputs, device: torch.device, dtype: torch.dtype) -> Inputs:
     return tree_map(lambda t: t.to(device, dtype if t.is_floating_point() else None), tree)
 
 
-def call_args(inputs: Inputs, target: Tensor | None = None, target_key: str | None = None
-              ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+def call_args(inputs: Inputs, target: Tensor | None = None, target_key: str | None = None,
+              model: Callable[..., Any] | None = None) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """The positional and keyword arguments a model is called with: ``(x,)``, ``(*inputs,)`` or ``**inputs``;
     with ``target`` given (a model that computes its own loss) it is passed too: last positional, or by
-    ``target_key`` (default ``labels``) for dict inputs."""
+    ``target_key`` (default ``labels``) for dict inputs. A dict of one input is passed positionally when
+    ``model``'s forward cannot take it by its key and takes one positional input (:func:`positional_only_input`).
+
+    Example:
+        >>> call_args({"x": torch.zeros(2, 3)}, model=torch.nn.Sequential(torch.nn.Linear(3, 1)))[1]
+        {}
+        >>> sorted(call_args({"input_ids": torch.zeros(2, 3)})[1])
+        ['input_ids']
+    """
     if isinstance(inputs, Mapping):
+        if model is not None and target is None and len(inputs) == 1:
+            (key, value), = inputs.items()
+            if positional_only_input(model, key):
+                return (value,), {}
         kwargs = dict(inputs)
         if target is not None:
             kwargs[target_key or "labels"] = target
@@ -95,9 +110,74 @@ def call_args(inputs: Inputs, target: Tensor | None = None, target_key: str | No
 
 def call(model: Callable[..., Any], inputs: Inputs, target: Tensor | None = None,
          target_key: str | None = None) -> Any:
-    """``model(x)``, ``model(*inputs)`` or ``model(**inputs)`` (see :func:`call_args`)."""
-    args, kwargs = call_args(inputs, target, target_key)
+    """``model(x)``, ``model(*inputs)`` or ``model(**inputs)`` (see :func:`call_args`): the one home of how a model
+    is called on a batch."""
+    args, kwargs = call_args(inputs, target, target_key, model)
     return model(*args, **kwargs)
+
+
+def positional_only_input(model: Callable[..., Any], key: str) -> bool:
+    """Whether ``model``, given a dict holding one input under ``key``, takes it as its one positional input: its
+    forward has no parameter ``key`` and no ``**kwargs``, and can be called with one positional argument (the
+    others have defaults). Wrappers that pass every argument through (DDP, ``DataParallel``, ``torch.compile``,
+    a function with ``__wrapped__``) are looked through. A forward whose signature cannot be read keeps keywords.
+
+    Example:
+        >>> positional_only_input(torch.nn.Sequential(), "x"), positional_only_input(lambda x: x, "x")
+        (True, False)
+    """
+    params = _parameters(_callee(model))
+    if params is None or any(p.kind is p.VAR_KEYWORD for p in params):
+        return False
+    if any(p.name == key and p.kind is not p.POSITIONAL_ONLY for p in params):
+        return False  # model(key=x) is what it asks for
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p for p in params if p.default is p.empty and p.kind is not p.VAR_POSITIONAL]
+    return (bool(positional) or any(p.kind is p.VAR_POSITIONAL for p in params)) and len(required) <= 1 and \
+        all(p.kind is not p.KEYWORD_ONLY for p in required)
+
+
+def _callee(model: Any) -> Any:
+    """What says how ``model`` takes its inputs: a module (whose forward is read), looked through the wrappers that
+    pass their arguments on (DDP's and DataParallel's ``module``, torch.compile's ``_orig_mod``, a function's
+    ``__wrapped__``, a module's bound ``forward``), or a plain callable."""
+    for _ in range(8):  # wrappers nest a few deep at most
+        if not isinstance(model, torch.nn.Module):
+            model = inspect.unwrap(model)
+            owner = getattr(model, "__self__", None)
+            if isinstance(owner, torch.nn.Module) and getattr(model, "__name__", "") == "forward":
+                model = owner
+            if not isinstance(model, torch.nn.Module):
+                return model
+        inner = getattr(model, "module", None)
+        inner = inner if inner is not None else getattr(model, "_orig_mod", None)  # (an empty Sequential is falsy)
+        params = _parameters(model)
+        passes_on = params is not None and all(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params)
+        if not (passes_on and isinstance(inner, torch.nn.Module)):
+            return model
+        model = inner
+    return model
+
+
+def _parameters(model: Any) -> list[inspect.Parameter] | None:
+    """The parameters of a module's forward (read once per forward function), or of a callable; None when they
+    cannot be read."""
+    if isinstance(model, torch.nn.Module) and "forward" not in vars(model):  # an instance may set its own
+        return _forward_parameters(type(model).forward)
+    try:
+        return list(inspect.signature(model.forward if isinstance(model, torch.nn.Module) else model).parameters
+                    .values())
+    except (TypeError, ValueError):
+        return None
+
+
+@functools.lru_cache(maxsize=512)
+def _forward_parameters(forward: Callable[..., Any]) -> list[inspect.Parameter] | None:
+    """A module class's forward's parameters but ``self``: read once per class (a batch's call pays a lookup)."""
+    try:
+        return list(inspect.signature(forward).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return None
 
 
 def split(sample: Any, target_key: str | None = None) -> tuple[Inputs, Tensor]:

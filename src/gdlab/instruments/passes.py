@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -44,7 +45,10 @@ def meta_copy(model: nn.Module) -> nn.Module:
 
 def functional(template: nn.Module, tensors: dict[str, Tensor]) -> Any:
     """``template`` called with ``tensors`` as its parameters and buffers, taking any arguments."""
-    return lambda *args, **kwargs: functional_call(template, tensors, args, kwargs)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return functional_call(template, tensors, args, kwargs)
+
+    return functools.update_wrapper(call, template, assigned=(), updated=())  # __wrapped__: structure.call reads it
 
 
 def sub_batch_of(state: LoopState, size: int) -> tuple[Any, Tensor] | None:

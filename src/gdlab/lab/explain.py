@@ -127,6 +127,30 @@ def parse_values(text: str) -> dict[str, float]:
     return values
 
 
+def _where(expression: str, error: SyntaxError) -> str:
+    """Where a syntax error is, in the expression as typed: its column (1-based, so a caret under that column of
+    the expression sits under the character) and that character, or the end; a long expression's echo is cut, so
+    the text just before is shown too.
+
+    Example:
+        >>> try:
+        ...     ast.parse("x+*y", mode="eval")
+        ... except SyntaxError as e:
+        ...     print(_where("x+*y", e))
+        column 3, '*'
+    """
+    lead = len(expression) - len(expression.lstrip())
+    body = expression.strip()
+    lines = (body + "\n").splitlines(keepends=True)
+    before = sum(len(line) for line in lines[: max((error.lineno or 1) - 1, 0)])
+    index = min(before + max((error.offset or 1) - 1, 0), len(body))  # in body; SyntaxError's offset is 1-based
+    column = lead + index + 1
+    context = f" after {'...' * (index > 20) + body[max(0, index - 20):index]!r}" if len(expression) > 40 else ""
+    if index >= len(body):
+        return f"column {column}, the end of the expression{context}"
+    return f"column {column}, {body[index]!r}{context}"
+
+
 def explain(expression: str, values: dict[str, float]) -> Graph:
     """Parse ``expression``, evaluate it at ``values`` and compute every node's local and global gradients.
 
@@ -136,10 +160,10 @@ def explain(expression: str, values: dict[str, float]) -> Graph:
         raise InvalidParameter("expression", expression, f"at most {MAX_CHARS} characters (it has "
                                f"{len(expression)})")
     try:
-        tree = ast.parse(expression.strip(), mode="eval")
+        tree = ast.parse(expression.strip() + "\n", mode="eval")  # the newline: an early end has a column too
     except SyntaxError as e:
-        raise InvalidParameter("expression", expression, f"an arithmetic expression ({e.msg} at column "
-                               f"{e.offset})") from None
+        raise InvalidParameter("expression", expression, f"an arithmetic expression ({e.msg} at "
+                               f"{_where(expression, e)})") from None
     except (RecursionError, MemoryError):
         raise InvalidParameter("expression", expression, f"at most {MAX_DEPTH} levels of nesting") from None
     _check_size(tree, expression)

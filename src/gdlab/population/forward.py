@@ -4,6 +4,7 @@ their evaluation on held-out data, and the probe that tells whether ``vmap`` can
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -26,7 +27,10 @@ ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.GELU, nn.ELU, nn.S
 
 def functional(template: nn.Module, p: dict[str, Tensor], b: dict[str, Tensor]) -> Callable[..., Any]:
     """``template`` called with the parameters ``p`` and buffers ``b`` (frozen parameters among them)."""
-    return lambda *args, **kwargs: functional_call(template, (p, b), args, kwargs)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return functional_call(template, (p, b), args, kwargs)
+
+    return functools.update_wrapper(call, template, assigned=(), updated=())  # __wrapped__: structure.call reads it
 
 
 def member_losses(template: nn.Module, loss_fn: LossFn, loss_name: str, shared_batch: bool,
