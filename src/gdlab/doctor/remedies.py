@@ -31,7 +31,7 @@ from gdlab.doctor.findings import Finding, Remedy, diagnose, run_settings
 from gdlab.doctor.probe import Probe, probe_grid, probe_lr, probe_steps
 from gdlab.doctor.series import column, find_spike, spike_window
 from gdlab.doctor.story import Diagnosis, explain
-from gdlab.loop import Callback, LoopState
+from gdlab.loop import Callback, LoopState, Snapshot
 from gdlab.optim import OPTIMIZERS
 from gdlab.records import EMA, finite
 
@@ -295,7 +295,7 @@ class Doctor(Callback):
         self._probe_failed: str | None = None  # why probing stopped (an error), if it did
         self.findings: list[Finding] = []
         self.remedies: list[Remedy] = []
-        self._snapshot: dict[str, Any] | None = None
+        self._snapshot: Snapshot | None = None  # the last good point (the loop's kind: gdlab.loop.Snapshot)
         self.rollbacks = 0  # the counted rollbacks so far (at most max_rollbacks)
         self.start_lr = math.nan  # the first parameter group's learning rate when the run started
         self._raised_at: float | None = None  # the mean loss before the last raise, for its guard
@@ -303,7 +303,7 @@ class Doctor(Callback):
         self._best = math.inf
         self._first: float | None = None  # the mean loss over the opening window
         self._opening: list[float] = []
-        self._origin: dict[str, Any] | None = None
+        self._origin: Snapshot | None = None
         self._window_start = self._window_step = 0
         self._previous: float | None = None
         self.raise_cap = math.inf  # a raise of the learning rate that failed caps the later ones
@@ -354,8 +354,9 @@ class Doctor(Callback):
 
     def take_snapshot(self, state: LoopState) -> None:
         """Keep the model's and the optimizer's state, in memory, as the last good point to roll back to."""
-        self._snapshot = {"model": copy.deepcopy(state.model.state_dict()),
-                          "optimizer": copy.deepcopy(state.optimizer.state_dict())}
+        if self._snapshot is None:
+            self._snapshot = Snapshot()
+        self._snapshot.take(state.model, state.optimizer)
 
     def set_lr(self, state: LoopState, lr: float, reason: str, **details: Any) -> None:
         """Set the learning rate to ``lr`` (every parameter group scaled alike) and record a ``set_lr`` remedy
@@ -420,11 +421,7 @@ class Doctor(Callback):
 
     def _restore(self, state: LoopState) -> None:
         assert self._snapshot is not None
-        lrs = [g.get("lr") for g in state.optimizer.param_groups]
-        state.model.load_state_dict(self._snapshot["model"])
-        state.optimizer.load_state_dict(copy.deepcopy(self._snapshot["optimizer"]))
-        for g, lr in zip(state.optimizer.param_groups, lrs):
-            g["lr"] = lr
+        self._snapshot.restore(state.model, state.optimizer)  # the learning rates stay as they are now
 
     def _install_clipping(self, state: LoopState, max_norm: float) -> None:
         self._clip = (state.optimizer, clip_before_step(state.optimizer, max_norm))
