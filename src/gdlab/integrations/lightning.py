@@ -54,6 +54,7 @@ except ImportError:  # pragma: no cover - the extra is installed in the tests
 import torch
 
 from gdlab.loop import Result
+from gdlab.run import describe
 from gdlab.store import Store
 from gdlab.watching import GRAD_NORM_EVERY, LOG_EVERY, Watch, hyperparameters, max_norm, watch
 
@@ -154,10 +155,10 @@ class Doctor(Callback):
         if not trainer.is_global_zero or not trainer.optimizers:
             return
         optimizer = trainer.optimizers[0]
-        config = self.options["config"] or {
-            "model": type(pl_module).__name__, "optimizer": type(optimizer).__name__,
-            "lr": optimizer.param_groups[0].get("lr"), "momentum": optimizer.param_groups[0].get("momentum"),
-            "loop": "lightning", "accumulate_grad_batches": trainer.accumulate_grad_batches}
+        config = self.options["config"] or describe(
+            pl_module, optimizer, lr=optimizer.param_groups[0].get("lr"),
+            momentum=optimizer.param_groups[0].get("momentum"), loop="lightning",
+            accumulate_grad_batches=trainer.accumulate_grad_batches)
         # on rank zero alone: the ranks agree through the trainer (_agree), not through the watch
         self.watch = watch(pl_module, optimizer, **{**self.options, "config": config}, hooks=False, ranks=False)
 

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from gdlab.doctor.story import report_text
 from gdlab.errors import InvalidParameter, MissingExtra, check_int
 from gdlab.loop import Result
+from gdlab.run import describe
 from gdlab.watching import LOG_EVERY, Watch, watch
 
 try:  # the callback's base class; without transformers the class still exists, and making one says what to install
@@ -181,9 +182,8 @@ class Doctor(_Base):
         if loader is not None and getattr(args, "gradient_accumulation_steps", 1) == 1:
             options.setdefault("loader", loader)
         if options.get("config") is None:
-            options["config"] = {"model": type(model).__name__, "optimizer": type(inner).__name__,
-                                 "lr": getattr(args, "learning_rate", None), "batch_size": options["batch_size"],
-                                 "loop": "transformers.Trainer"}
+            options["config"] = describe(model, inner, lr=getattr(args, "learning_rate", None),
+                                         batch_size=options["batch_size"], loop="transformers.Trainer")
         # on the main process alone: the ranks agree through the Trainer's control (_stop_if_diverged), not the watch
         self.watch = watch(model, inner, **options, ranks=False)
 
