@@ -323,13 +323,14 @@ def test_index_links_open_the_run_pages(trained: Path, tmp_path: Path, open_page
     assert ", ".join(sorted({f["code"] for f in sick.findings})) in opened.page.inner_text(
         f"section.index tr:has(a:text('{sick.id}'))")
     # sortable: by steps, ascending then descending
+    at = opened.page.eval_on_selector_all("section.index th", "hs => hs.map(h => h.dataset.column)").index("steps")
     opened.page.click("th[data-column='steps']")
     column = opened.page.eval_on_selector_all(
-        "section.index tbody tr", "rs => rs.map(r => +r.cells[8].dataset.sort)")
+        "section.index tbody tr", f"rs => rs.map(r => +r.cells[{at}].dataset.sort)")
     assert column == sorted(column)
     opened.page.click("th[data-column='steps']")
     column = opened.page.eval_on_selector_all(
-        "section.index tbody tr", "rs => rs.map(r => +r.cells[8].dataset.sort)")
+        "section.index tbody tr", f"rs => rs.map(r => +r.cells[{at}].dataset.sort)")
     assert column == sorted(column, reverse=True)
     opened.page.screenshot(path=str(tmp_path / "index.png"), full_page=True)
     for run in runs:
@@ -454,3 +455,213 @@ def test_a_report_of_a_hostile_id_writes_nothing_anywhere(hostile, kind: str) ->
         with pytest.raises(gdlab.errors.StoreError, match="is damaged: run id .* is not a gdlab run id"):
             call()
     assert unchanged(before, snapshot(root.parent))
+
+
+# -- issue 28: pages a practitioner would rather read ------------------------------------------------------------
+
+TICK_BOXES = """() => {
+  // what uPlot drew on each axis (its labels and their ticks), measured with the axis's own font
+  const ctx = document.createElement("canvas").getContext("2d");
+  const ratio = uPlot.pxRatio || 1;
+  const found = {};
+  for (const [id, u] of Object.entries(gdlabPlots)) {
+    found[id] = u.axes.map((axis, i) => {
+      const font = Array.isArray(axis.font) ? axis.font : [axis.font, 12];
+      ctx.font = font[0];
+      return (axis._values || []).map((text, k) => {
+        if (!text) return null;
+        const at = u.valToPos(axis._splits[k], i === 0 ? "x" : "y");
+        const half = (i === 0 ? ctx.measureText(text).width / ratio : font[1] / ratio) / 2;
+        return [text, at - half, at + half];
+      }).filter(Boolean);
+    });
+  }
+  return found;
+}"""
+
+CHART_BOXES = """() => [...document.querySelectorAll("section.chart")].map(c => {
+  const box = e => { const r = e.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; };
+  const legend = c.querySelector(".u-legend") && c.querySelector(".u-legend").offsetParent !== null
+    ? c.querySelector(".u-legend") : c.querySelector(".groups");
+  return {id: c.dataset.chart, chart: box(c), over: box(c.querySelector(".u-over")),
+          legend: legend ? box(legend) : null,
+          flags: [...c.querySelectorAll(".mark")].filter(m => m.style.display !== "none")
+                   .map(m => [m.firstChild.textContent, box(m.firstChild)])};
+})"""
+
+
+def assert_clear(opened) -> dict:
+    """No two tick labels touch on any axis (each axis keeps two or more); every legend lies inside its chart and
+    off the plot; every finding's flag lies inside the plot, off the axes' labels."""
+    ticks = opened.page.evaluate(TICK_BOXES)
+    for chart, axes in ticks.items():
+        for side, labels in zip("xy", axes):
+            assert len(labels) >= 2, (chart, side, labels)
+            labels = sorted(labels, key=lambda b: b[1])
+            for a, b in zip(labels, labels[1:]):
+                assert a[2] <= b[1], (chart, side, a, b)
+    for c in opened.page.evaluate(CHART_BOXES):
+        left, top, right, bottom = c["chart"]
+        if c["legend"]:
+            lx0, ly0, lx1, ly1 = c["legend"]
+            assert left <= lx0 and lx1 <= right and top <= ly0 and ly1 <= bottom, c
+            assert ly0 >= c["over"][3], c  # below the plot: it covers no data
+        for text, (fx0, fy0, fx1, fy1) in c["flags"]:
+            ox0, oy0, ox1, oy1 = c["over"]
+            assert ox0 - 0.5 <= fx0 and fx1 <= ox1 + 0.5 and oy0 <= fy0 and fy1 <= oy1, (c["id"], text)
+    return ticks
+
+
+def _decades_store(root: Path) -> tuple[Store, str]:
+    """A run whose loss falls over six decades, its lr over five, with a finding at step 1 and a remedy at 2: log
+    axes, and flags at the plot's left edge beside the y-axis labels."""
+    store = Store(root)
+    run_id = store.create_run({"data": "digits", "lr": 0.5}, {"samples": 3000, "batch_size": 10,
+                                                              "iterations_per_epoch": 300, "last_batch": 10,
+                                                              "mode": "mini-batch", "drop_last": False}, name="fall")
+    store.add_steps(run_id, [{"step": s, "loss": 10 ** (3 - 6 * s / 300), "lr": 0.5 * 10 ** (-5 * s / 300)}
+                             for s in range(1, 301)])
+    store.add_findings(run_id, [{"code": "lr_too_high", "severity": "warning", "step": 1, "evidence": {},
+                                 "explanation": "at the start", "remedy": None}])
+    store.add_remedies(run_id, [{"step": 2, "action": "set_lr", "params": {"lr": 0.1}, "reason": "test"}])
+    store.finish(run_id, "finished", steps=300, lr=0.5e-5)
+    return store, run_id
+
+
+def test_log_axes_ticks_and_flags_never_touch(tmp_path: Path, open_page) -> None:
+    store, run_id = _decades_store(tmp_path / "s")
+    opened = open_page(report(run_id, tmp_path / "fall.html", store=store))
+    assert opened.errors == [] and opened.requests == []
+    assert opened.state()["charts"]["loss"]["log"]
+    ticks = assert_clear(opened)
+    y = [text for text, *_ in ticks["loss"][1]]
+    # six decades on 250 pixels: only powers of ten, spread evenly (1-2-5 labels only where there is room)
+    assert len(y) >= 3 and all(math.log10(float(t)) == round(math.log10(float(t))) for t in y), y
+    flags = {text for c in opened.page.evaluate(CHART_BOXES) if c["id"] == "loss" for text, _ in c["flags"]}
+    assert flags == {"lr_too_high", "\u2691 set_lr"}
+    # the header says the lr asked for and the final one
+    assert opened.page.inner_text("header .lr") == "lr 0.5, final 5.000e-6"
+    opened.page.screenshot(path=str(tmp_path / "fall.png"), full_page=True)
+
+
+def test_the_run_page_stays_clear(trained: Path, tmp_path: Path, open_page) -> None:
+    for name in ("sick", "mended"):
+        for width in (1300, 800):
+            opened = open_page(report(name, tmp_path / f"{name}.html", store=trained), width=width)
+            assert opened.errors == []
+            assert_clear(opened)
+    opened.page.screenshot(path=str(tmp_path / "mended-narrow.png"), full_page=True)
+
+
+def _big_sweep(root: Path) -> tuple[Store, str]:
+    """128 members: 16 learning rates from 1e-3 to 3, 8 seeds, each with a 5-epoch curve."""
+    store = Store(root)
+    lrs = [1e-3 * 3000 ** (i / 15) for i in range(16)]
+    rows = []
+    for seed in range(8):
+        for lr in lrs:
+            final = 0.3 - 0.05 * math.log10(lr) ** 2 * -1 + 0.01 * seed
+            rows.append({"member": len(rows), "lr": lr, "seed": seed, "train_loss": final, "val_loss": final + 0.01,
+                         "metric": 0.9, "diverged": False,
+                         "curve": [final * (1 + 2 / e) for e in range(1, 6)]})
+    return store, store.add_sweep("sweep", {"data": "moons"}, rows, name="big", steps=50, seconds=3.0)
+
+
+def test_a_big_sweep_groups_its_legend_and_its_lr_axis_reads(tmp_path: Path, open_page) -> None:
+    store, sweep_id = _big_sweep(tmp_path / "s")
+    opened = open_page(report("big", tmp_path / "big.html", store=store))
+    assert opened.errors == [] and opened.requests == []
+    state = opened.state()["charts"]
+    assert state["final"]["x"] == "lr" and len(state["final"]["series"]) == 8  # a line per seed: a plain legend
+    curves = state["curves"]
+    assert len(curves["series"]) == 128 and curves["groups"] == ["lr", "seed"]
+    assert opened.page.locator('[data-chart="curves"] .u-legend').count() == 0
+    groups = opened.page.eval_on_selector_all('[data-chart="curves"] .gval', "bs => bs.map(b => b.dataset.key)")
+    assert groups.count("lr") == 16 and groups.count("seed") == 8
+    ticks = assert_clear(opened)
+    assert len(ticks["final"][0]) >= 3  # the lr axis keeps several labels, none touching
+    # a group's toggle hides its members, and only them
+    opened.page.click('[data-chart="curves"] .gval[data-key="seed"][data-value="3"]')
+    shown = opened.page.evaluate("gdlabPlots.curves.series.slice(1).map(s => s.show)")
+    seeds = [s["group"]["seed"] for s in curves["series"]]
+    assert shown == [seed != 3 for seed in seeds]
+    lr = curves["series"][0]["group"]["lr"]
+    opened.page.click(f'[data-chart="curves"] .gval[data-key="lr"][data-value="{lr}"]')
+    shown = opened.page.evaluate("gdlabPlots.curves.series.slice(1).map(s => s.show)")
+    assert shown == [s["group"]["seed"] != 3 and s["group"]["lr"] != lr for s in curves["series"]]
+    # hovering names the nearest member and its group
+    hover(opened, "curves")
+    readout = opened.page.inner_text('[data-chart="curves"] .readout')
+    assert re.match(r"member \d+ \(lr [\d.e+-]+, seed \d\): [\d.e+-]+ at epoch", readout), readout
+    opened.page.screenshot(path=str(tmp_path / "big.png"), full_page=True)
+
+
+def _ema(values: list[float], weight: float) -> list[float]:
+    out, last = [], 0.0
+    for n, v in enumerate(values, 1):
+        last = last * weight + (1 - weight) * v
+        out.append(last / (1 - weight ** n))
+    return out
+
+
+def test_the_comparison_page_has_x_axes_toggles_and_smoothing(trained: Path, tmp_path: Path, open_page) -> None:
+    store = Store(trained, create=False)
+    slow, sick = store.get("slow"), store.get("sick")
+    opened = open_page(report(["slow", "sick"], tmp_path / "both.html", store=trained))
+    assert opened.errors == [] and opened.requests == []
+    assert opened.page.eval_on_selector_all("#x-axis option", "os => os.map(o => o.value)") == [
+        "step", "epoch", "share", "time"]
+    # the markers name their run
+    flags = opened.page.eval_on_selector_all('[data-chart="loss"] .mark .flag', "fs => fs.map(f => f.textContent)")
+    assert sorted(flags) == sorted(f"sick: {f['code']}" for f in sick.findings)
+    # smoothing: the slider's weight, debiased; 0 is the raw loss
+    raw = [v for v in store.history(slow.id).steps["loss"]]
+    first = "gdlabPlots.loss.data[1].filter(v => v != null)"
+    assert opened.page.evaluate(first) == pytest.approx(_ema(raw, 0.6), rel=1e-4)
+    opened.page.fill("#smoothing", "0")
+    opened.page.dispatch_event("#smoothing", "input")
+    assert opened.page.evaluate(first) == pytest.approx(raw, rel=1e-4)
+    opened.page.fill("#smoothing", "0.9")
+    opened.page.dispatch_event("#smoothing", "input")
+    assert opened.page.evaluate(first) == pytest.approx(_ema(raw, 0.9), rel=1e-4)
+    # the x axis: epochs (each epoch's values at a whole epoch), the share of the run (ends at 1), wall time
+    per_epoch = slow.plan["iterations_per_epoch"]
+    opened.page.select_option("#x-axis", "epoch")
+    assert opened.page.evaluate("gdlabPlots.epochs.data[0]") == pytest.approx([1, 2, 3])
+    xs = opened.page.evaluate("gdlabPlots.loss.data[0]")
+    assert xs[0] == pytest.approx(1 / max(per_epoch, 45)) and xs[-1] == pytest.approx(3)
+    markers = opened.state()["charts"]["loss"]["markers"]
+    assert [m["x"] for m in markers] == pytest.approx([m["step"] / 45 for m in markers])  # sick: 45 per epoch
+    opened.page.select_option("#x-axis", "share")
+    assert opened.page.evaluate("Math.max(...gdlabPlots.loss.data[0])") == pytest.approx(1)
+    assert opened.page.evaluate("gdlabPlots.loss.axes[0].label") == "share of the run"
+    opened.page.select_option("#x-axis", "time")
+    seconds = store.history(slow.id).epochs["seconds"]
+    assert opened.page.evaluate("gdlabPlots.epochs.data[0].slice(0, 3)") == pytest.approx(
+        sorted(seconds + store.history(sick.id).epochs["seconds"])[:3], rel=1e-4)
+    assert_clear(opened)
+    # a run's toggle hides its series in every chart, and its markers
+    opened.page.uncheck(".run-toggle[data-run='1']")
+    for chart in ("loss", "epochs", "lr"):
+        assert opened.page.evaluate(f"gdlabPlots.{chart}.series.slice(1).map(s => s.show)") == [True, False]
+    assert opened.page.eval_on_selector_all('[data-chart="loss"] .mark', "ms => ms.map(m => m.style.display)") == [
+        "none"] * len(sick.findings)
+    assert opened.state()["view"] == {"x": "time", "smooth": 0.9, "hidden": [1]}
+    assert opened.errors == []
+    opened.page.screenshot(path=str(tmp_path / "both.png"), full_page=True)
+
+
+def test_the_index_shows_the_lr_asked_chosen_and_final(tmp_path: Path) -> None:
+    from gdlab.reports import index_data
+
+    store = Store(tmp_path / "s")
+    auto = store.create_run({"data": "moons", "lr": "auto", "schedule": "cosine",
+                             "lr_selection": {"lr": 0.0789, "method": "sweep"}}, name="auto")
+    store.finish(auto, "finished", lr=0.0)
+    fixed = store.create_run({"data": "moons", "lr": 0.1}, name="fixed")
+    store.finish(fixed, "finished", lr=0.1)
+    rows = {r["name"]: r for r in index_data(store, {})["index"]}
+    assert (rows["auto"]["lr_asked"], rows["auto"]["lr_chosen"], rows["auto"]["lr_final"]) == ("auto", 0.0789, 0)
+    assert (rows["fixed"]["lr_asked"], rows["fixed"]["lr_chosen"], rows["fixed"]["lr_final"]) == (0.1, 0.1, 0.1)
+    summary = run_data(store, store.get("auto"))["runs"][0]
+    assert (summary["lr_asked"], summary["lr_chosen"], summary["lr"]) == ("auto", 0.0789, 0)

@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from gdlab.records import History, layer_key
 from gdlab.records import ema as moving_average  # the one moving average; re-exported under its old name
 
 __all__ = ["plot_losses", "plot_instruments", "plot_sweep", "plot_restarts", "plot_lr_find", "moving_average",
-           "spans_decades", "INSTRUMENT_PANELS", "instrument_panels"]
+           "spans_decades", "INSTRUMENT_PANELS", "instrument_panels", "panel_note"]
 
 
 def spans_decades(values: list[float], decades: float = 2.0) -> bool:
@@ -43,18 +44,24 @@ def plot_losses(history: History, path: str | Path, *, title: str | None = None)
     path = Path(path)
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
     epochs = history.epochs
+    legends: list[tuple[Any, list[Any]]] = []
     if len(epochs):
         for key, label, style in (("train_loss", "train", "o-"), ("val_loss", "validation", "s-")):
             if key in epochs and any(math.isfinite(v) for v in epochs[key]):
                 left.plot(epochs["epoch"], epochs[key], style, markersize=3, label=label)
-        left.legend()
         if spans_decades([v for k in ("train_loss", "val_loss") if k in epochs for v in epochs[k]]):
             left.set_yscale("log")
+        handles = left.get_lines()[:]
+        twins = []
         if "val_accuracy" in epochs and any(math.isfinite(v) for v in epochs["val_accuracy"]):
             accuracy = left.twinx()
-            accuracy.plot(epochs["epoch"], epochs["val_accuracy"], ":", color="tab:green", label="val accuracy")
+            handles += accuracy.plot(epochs["epoch"], epochs["val_accuracy"], ":", color="tab:green",
+                                     label="val accuracy")
             accuracy.set_ylabel("validation accuracy", color="tab:green")
             accuracy.set_ylim(0, 1.01)
+            twins.append(accuracy)
+        if handles:  # one legend for both axes, where neither's lines are
+            legends.append((left.legend(handles, [h.get_label() for h in handles]), twins))
     else:
         left.text(0.5, 0.5, "no completed epoch", ha="center", va="center", transform=left.transAxes)
     left.set_xlabel("epoch")
@@ -66,18 +73,16 @@ def plot_losses(history: History, path: str | Path, *, title: str | None = None)
         right.plot(steps["step"], steps["loss"], color="tab:blue", alpha=0.3, linewidth=0.8, label="loss per step")
         _spread(right, steps, steps["step"], "loss", "tab:blue", "min to max of merged steps")
         right.plot(steps["step"], moving_average(steps["loss"]), color="tab:blue", label="moving average")
-        right.legend()
         if spans_decades(steps["loss"]):
             right.set_yscale("log")
+        legends.append((right.legend(), []))
     right.set_xlabel("step")
     right.set_ylabel("loss")
     right.set_title("loss per step")
     if title:
-        fig.suptitle(title)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+        fig.suptitle(title, wrap=True)
+    place_legends(fig, legends)
+    return _save(fig, path)
 
 
 def _spread(ax: Any, steps: Any, x: Any, key: str, colour: str, label: str | None = None) -> None:
@@ -86,6 +91,87 @@ def _spread(ax: Any, steps: Any, x: Any, key: str, colour: str, label: str | Non
     if f"max:{key}" in steps:
         ax.fill_between(x, steps[f"min:{key}"], steps[f"max:{key}"], color=colour, alpha=0.2, linewidth=0,
                         label=label)
+
+
+LEGEND_PLACES = ("upper right", "upper left", "lower left", "lower right", "center right", "center left",
+                 "upper center", "lower center")
+"""Where :func:`place_legends` tries a legend inside its axes, in this order, before putting it below them."""
+
+
+def data_segments(*axes: Any) -> Any:
+    """Every line of ``axes`` (and every filled band's outline) as segments in display pixels: an array
+    ``[n, 2, 2]`` (markers-only lines as zero-length segments), what a legend must not cover."""
+    import numpy as np
+    from matplotlib.contour import ContourSet
+
+    parts = []
+    for ax in axes:
+        for line in ax.get_lines():
+            xy = np.asarray(line.get_transform().transform(np.asarray(line.get_xydata(), dtype=float)))
+            xy = xy[np.isfinite(xy).all(axis=1)]
+            if not len(xy) or not line.get_visible():
+                continue
+            if line.get_linestyle() in ("None", "none", " ", ""):
+                parts.append(np.stack([xy, xy], axis=1))
+            else:
+                parts.append(np.stack([xy[:-1], xy[1:]], axis=1) if len(xy) > 1 else np.stack([xy, xy], axis=1))
+        for collection in ax.collections:
+            if isinstance(collection, ContourSet):
+                continue  # a background (the function, the landscape), not data a legend hides
+            for path in collection.get_paths():
+                xy = collection.get_transform().transform(path.vertices)
+                xy = xy[np.isfinite(xy).all(axis=1)]
+                if len(xy) > 1:
+                    parts.append(np.stack([xy[:-1], xy[1:]], axis=1))
+    return np.concatenate(parts) if parts else np.zeros((0, 2, 2))
+
+
+def covers(box: Any, segments: Any) -> bool:
+    """Whether any segment (``[n, 2, 2]`` display pixels) enters ``box`` (a matplotlib ``Bbox``): Liang-Barsky
+    clipping, so a line crossing the box between two of its points counts."""
+    import numpy as np
+
+    if not len(segments):
+        return False
+    p0, d = segments[:, 0], segments[:, 1] - segments[:, 0]
+    low, high = np.zeros(len(d)), np.ones(len(d))
+    inside = np.ones(len(d), dtype=bool)
+    for axis, (lo, hi) in enumerate(((box.x0, box.x1), (box.y0, box.y1))):
+        for q, bound in ((-d[:, axis], p0[:, axis] - lo), (d[:, axis], hi - p0[:, axis])):
+            parallel = q == 0
+            inside &= ~(parallel & (bound < 0))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                t = np.where(parallel, 0.0, bound / np.where(parallel, 1.0, q))
+            low = np.where(~parallel & (q < 0), np.maximum(low, t), low)
+            high = np.where(~parallel & (q > 0), np.minimum(high, t), high)
+    return bool((inside & (low <= high)).any())
+
+
+def place_legends(fig: Any, legends: list[tuple[Any, list[Any]]]) -> None:
+    """Move each legend (with the other axes whose data it must not cover, a twin's) to the first of
+    :data:`LEGEND_PLACES` where it covers none of its axes' lines, once the figure's layout is done; where none is
+    free, below the axes and their labels, outside the data."""
+    if not legends:
+        return
+    fig.canvas.draw()  # the layout (constrained) is done: the boxes are where the file will have them
+    renderer = fig.canvas.get_renderer()
+    below = []
+    for legend, others in legends:
+        segments = data_segments(legend.axes, *others)
+        for place in LEGEND_PLACES:
+            legend.set_loc(place)
+            if not covers(legend.get_window_extent(renderer), segments):
+                break
+        else:
+            below.append(legend)
+    for legend in below:
+        ax = legend.axes
+        drop = ax.bbox.y0 - ax.get_tightbbox(renderer).y0  # the tick labels and the x label, in pixels
+        legend.set_loc("upper center")
+        legend.set_bbox_to_anchor((0.5, 0.0), transform=ax.transAxes)
+        legend.borderaxespad = (drop + 4) / (legend.prop.get_size_in_points() * fig.dpi / 72)
+    if below:
+        fig.canvas.draw()  # the layout again, with room for them
 
 
 def _pyplot() -> Any:
@@ -224,7 +310,8 @@ INSTRUMENT_PANELS = (
     ("gradient norm per layer", ["grad_norm/"], "gradient norm", None),
     ("update / weight per layer", ["update_ratio/"], "|update| / |weight|  (about 1e-3 is usual)", 1e-3),
     ("gradient arriving at each layer's output", ["grad_out/"], "norm", None),
-    ("gradient noise", ["noise_scale", "grad_snr"], "B_simple; signal-to-noise", None),
+    ("gradient noise scale", ["noise_scale"], "B_simple (a batch size)", None),
+    ("gradient signal-to-noise", ["grad_snr"], "|mean gradient|^2 / its noise", None),
     ("activations", ["dead_share/", "zero_share/", "saturated/"], "share of units", None),
     ("sharpness", ["sharpness", "stability_limit"], "largest Hessian eigenvalue; 2(1+beta)/lr", None),
 )
@@ -244,6 +331,33 @@ def instrument_panels(history: History) -> list[tuple[str, list[str], str, float
     return panels
 
 
+def panel_note(history: History, keys: list[str]) -> str | None:
+    """Why a panel's readings stop before the run's end, or None: the instruments space their readings (every
+    ``every`` steps, then farther apart) to stay within their share of the training time, so a reading that would
+    cost too much is skipped, and the last one can come well before the last step. Said when a reading was due
+    (the panel's smallest spacing after its last one) before the run ended.
+
+    Example:
+        >>> h = History()
+        >>> for s in range(1, 101): h.steps.append({"step": s, "update_ratio/0": 0.01 if s in (20, 40) else math.nan})
+        >>> panel_note(h, ["update_ratio/0"]).split(":")[0]
+        'last reading at step 40 of 100 (2 readings, 20+ steps apart)'
+    """
+    steps = history.steps
+    if not len(steps) or "step" not in steps:
+        return None
+    end = max(steps["step"])
+    read = sorted({s for k in keys if k in steps for s, v in zip(steps["step"], steps[k]) if math.isfinite(v)})
+    if len(read) < 2 or len(read) == len(steps):
+        return None
+    gaps = [b - a for a, b in zip(read, read[1:])]
+    gap = max(reversed(gaps), key=gaps.count)  # the usual spacing (the latest where none is usual: it grows)
+    if read[-1] + gap > end:
+        return None
+    return (f"last reading at step {read[-1]:.0f} of {end:.0f} ({len(read)} readings, {min(gaps):.0f}+ steps "
+            "apart): readings that would cost more than the instruments' time budget are skipped")
+
+
 def plot_instruments(history: History, path: str | Path, *, findings: list[dict[str, Any]] | None = None,
                      title: str | None = None) -> Path:
     """A dashboard of the instruments over the steps (the panels with data), each finding marked at the step where
@@ -255,6 +369,8 @@ def plot_instruments(history: History, path: str | Path, *, findings: list[dict[
     rows = max(1, -(-len(panels) // 2))
     fig, axes = plt.subplots(rows, 2, figsize=(12, 3.2 * rows), constrained_layout=True, squeeze=False)
     colours = {"error": "red", "warning": "orange", "info": "gray"}
+    legends: list[tuple[Any, list[Any]]] = []
+    span = (min(x), max(x)) if len(x) and min(x) < max(x) else None
     for ax, (name, keys, ylabel, reference) in zip(axes.flat, panels):
         for key in keys:
             points = [(s, v) for s, v in zip(x, steps[key]) if math.isfinite(v)]
@@ -272,16 +388,20 @@ def plot_instruments(history: History, path: str | Path, *, findings: list[dict[
                 ax.axvline(f["step"], color=colours.get(f["severity"], "gray"), linestyle="--", linewidth=1)
         ax.set_title(name, fontsize=10)
         ax.set_ylabel(ylabel, fontsize=8)
-        ax.set_xlabel("step", fontsize=8)
+        note = panel_note(history, keys)
+        ax.set_xlabel("\n".join(["step", *textwrap.wrap(note or "", 80)]), fontsize=8)
+        if span:
+            ax.set_xlim(*span)  # every panel spans the run's steps: a series that stops early shows it
         if len(keys) <= 8:
-            ax.legend(fontsize=7)
+            legends.append((ax.legend(fontsize=7), []))
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     if findings:
         marked = "; ".join(f"{f['code']} (step {f['step']})" for f in findings if f.get("step"))
-        fig.suptitle((title + "\n" if title else "") + f"findings: {marked}"[:160], fontsize=10)
+        fig.suptitle((title + "\n" if title else "") + f"findings: {marked}"[:160], fontsize=10, wrap=True)
     elif title:
-        fig.suptitle(title)
+        fig.suptitle(title, wrap=True)
+    place_legends(fig, legends)
     return _save(fig, path)
 
 
@@ -335,8 +455,8 @@ def plot_walks(result: Any, path: str | Path, *, restarts: bool = False) -> Path
                     label=f"{w.optimizer} (lr {row['lr']:.3g}): loss {row['loss']:.3g}")
             ax.plot(p[-1, 0], p[-1, 1], "o", color=colours(i), markersize=5)
         ax.plot(*result.walks[0].path[0, 0].tolist(), "s", color="black", markersize=6, label="start")
-        ax.legend(fontsize=8, loc="best")
-        ax.set_title(f"{f.name}: {f.description}", fontsize=9)
+        ax.set_title(f"{f.name}: {f.description}", fontsize=9, wrap=True)
+        place_legends(fig, [(ax.legend(fontsize=8), [])])
         return _save(fig, path)
     n = len(result.walks)
     fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4.2), constrained_layout=True, squeeze=False)
@@ -351,8 +471,9 @@ def plot_walks(result: Any, path: str | Path, *, restarts: bool = False) -> Path
             ax.plot([starts[k, 0], ends[k, 0]], [starts[k, 1], ends[k, 1]], "-", color=colour, alpha=0.15,
                     linewidth=0.6)
         ax.set_title(f"{w.optimizer} (lr {row['lr']:.3g}): {row['reached_global']:.0%} reach a global minimum",
-                     fontsize=9)
-    fig.suptitle(f"{f.name}: {len(result.walks[0].path[0])} random starts, coloured by the minimum they reach")
+                     fontsize=9, wrap=True)
+    fig.suptitle(f"{f.name}: {len(result.walks[0].path[0])} random starts, coloured by the minimum they reach",
+                 wrap=True)  # one optimizer's panel is narrower than this line
     return _save(fig, path)
 
 
@@ -361,8 +482,27 @@ def animate_walks(result: Any, path: str | Path, *, frames: int = 30) -> Path:
     plt = _pyplot()
     from matplotlib.animation import FuncAnimation, PillowWriter
 
+    fig, ax, draw, shown = descent_figure(result, frames=frames)
+    animation = FuncAnimation(fig, draw, frames=shown, blit=False)
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    animation.save(target, writer=PillowWriter(fps=10), dpi=GIF_DPI)
+    plt.close(fig)
+    return target
+
+
+GIF_SIZE = (7.2, 5.0)
+"""The lab GIF's size in inches, at :data:`GIF_DPI`: 720 x 500 pixels, its legend's text 9 pixels high or more."""
+
+GIF_DPI = 100
+
+
+def descent_figure(result: Any, *, frames: int = 30) -> tuple[Any, Any, Any, list[int]]:
+    """The lab GIF's figure: the function as an image, each optimizer's trail and point, the legend outside the
+    axes (to their right: the points move everywhere in them). Returns ``(fig, ax, draw(frame), frames shown)``."""
+    plt = _pyplot()
     f = result.function
-    fig, ax = plt.subplots(figsize=(5, 4.3))  # no constrained layout: it would be solved again every frame
+    fig, ax = plt.subplots(figsize=GIF_SIZE)  # no constrained layout: it would be solved again every frame
     _background(ax, f)  # an image, drawn fast in every frame (contour sets are slow to redraw)
     colours = plt.get_cmap("tab10")
     steps = result.walks[0].path.shape[0]
@@ -373,9 +513,11 @@ def animate_walks(result: Any, path: str | Path, *, frames: int = 30) -> Path:
         (line,) = ax.plot([], [], "-", color=colours(i), linewidth=1.2, label=w.optimizer)
         (dots,) = ax.plot([], [], "o", color=colours(i), markersize=4)
         lines.append((w, line, dots))
-    ax.legend(fontsize=8, loc="upper right")
-    title = ax.set_title(" ")
-    fig.tight_layout()
+    if result.walks[0].path.shape[1] == 1:
+        ax.plot(*result.walks[0].path[0, 0].tolist(), "s", color="black", markersize=5, label="start")
+    ax.legend(fontsize=10, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    title = ax.set_title(" ", fontsize=11)
+    fig.tight_layout()  # makes room for the legend beside the axes
 
     def draw(t: int) -> list[Any]:
         for w, line, dots in lines:
@@ -388,12 +530,7 @@ def animate_walks(result: Any, path: str | Path, *, frames: int = 30) -> Path:
         title.set_text(f"{f.name}: step {t}")
         return [title] + [x for _, line, dots in lines for x in (line, dots)]
 
-    animation = FuncAnimation(fig, draw, frames=shown, blit=False)
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    animation.save(target, writer=PillowWriter(fps=10), dpi=60)
-    plt.close(fig)
-    return target
+    return fig, ax, draw, shown
 
 
 def plot_graph(graph: Any, path: str | Path) -> Path:
@@ -519,8 +656,12 @@ def plot_landscape(landscape: Any, path: str | Path, *, title: str | None = None
 
         A, B = np.meshgrid(a, b)
         surface.plot_surface(A, B, shown, cmap="viridis", linewidth=0, antialiased=True)
-        surface.set_xlabel("direction 1")
-        surface.set_ylabel("direction 2")
-        surface.set_zlabel("log10 loss")
+        from matplotlib.ticker import MaxNLocator
+
+        for side, label in ((surface.xaxis, "direction 1"), (surface.yaxis, "direction 2"), (surface.zaxis,
+                                                                                          "log10 loss")):
+            side.set_major_locator(MaxNLocator(4))  # a 3-D axis is short on screen: few ticks, so none touch
+            side.set_tick_params(labelsize=8, pad=1)
+            side.set_label_text(label, fontsize=9)
     fig.suptitle(title or f"loss landscape ({landscape.samples} samples, filter-normalised directions)")
     return _save(fig, path)

@@ -55,6 +55,13 @@ HIDDEN_SETTINGS = ("doctor_meta", "lr_selection")
 RESULT_KEYS = ("member", "train_loss", "val_loss", "metric", "diverged", "curve", "cluster")
 """The columns of a sweep's row that are its results, not its settings."""
 
+LEGEND_SERIES = 12
+"""A chart with more series than this gets a legend of groups (a sweep's members by lr, by seed...), each a
+toggle, instead of one entry per series."""
+
+CURVES = 512
+"""The most members whose training curves a sweep's page draws."""
+
 METRICS = ("val_accuracy", "val_subset_accuracy", "val_mae", "val_r2")
 """The validation metrics drawn per epoch (besides the losses), in this order."""
 
@@ -190,12 +197,17 @@ def _log_scale(series: list[dict[str, Any]]) -> bool:
 
 def _chart(chart_id: str, title: str, ylabel: str, series: list[dict[str, Any]], *, x: str = "step",
            reference: float | None = None, markers: bool = True, xlog: bool = False,
-           extent: list[Any] | None = None) -> dict[str, Any] | None:
+           extent: list[Any] | None = None, smooth: bool = False, groups: Sequence[str] = (),
+           note: str | None = None) -> dict[str, Any] | None:
+    """A chart's spec. ``smooth``: the page's smoothing slider applies to its series (the comparison page);
+    ``groups``: the keys of each series' ``group`` that its legend groups the series by (a sweep's members by lr
+    and seed), instead of listing each; ``note``: a line under the title (why a series stops early)."""
     series = [s for s in series if s["y"]]
     if not series:
         return None
     return {"id": chart_id, "title": title, "ylabel": ylabel, "x": x, "log": _log_scale(series), "xlog": xlog,
-            "reference": reference, "markers": markers, "series": series, "extent": extent}
+            "reference": reference, "markers": markers, "series": series, "extent": extent, "smooth": smooth,
+            "groups": list(groups), "note": note}
 
 
 def _extent(summaries: Sequence[dict[str, Any]], histories: Sequence[History]) -> list[Any] | None:
@@ -222,12 +234,14 @@ def _run_summary(run: Run, history: History) -> dict[str, Any]:
     """What the page says about a run besides its charts."""
     config = run.config or {}
     selection = config.get("lr_selection") if isinstance(config.get("lr_selection"), dict) else None
+    asked, chosen = _lr_asked_chosen(config)
     return {
         "id": run.id, "name": run.name, "label": run.name or run.id, "status": run.status, "created": run.created,
         "stop_reason": run.stop_reason, "error": run.error, "seconds": _num(run.seconds),
         "steps": run.steps if run.steps is not None else (int(history.steps["step"][-1]) if len(history.steps)
                                                           else None),
         "recorded_steps": len(history.steps), "epochs": len(history.epochs), "lr": _num(run.lr),
+        "lr_asked": asked, "lr_chosen": chosen,
         "plan": _plan_text(run.plan), "lr_selection": _clean(selection),
         "settings": {k: _clean(v) for k, v in config.items()
                      if k not in HIDDEN_SETTINGS and v not in (None, {}, [], False, "")},
@@ -237,6 +251,31 @@ def _run_summary(run: Run, history: History) -> dict[str, Any]:
         # the doctor's story of the findings (gdlab.doctor.explain, as the CLI prints it): causes, consequences nested
         "diagnosis": _clean(explain(run.findings, run_id=run.id, remedies=run.remedies, steps=run.steps).to_dict()),
     }
+
+
+def _lr_asked_chosen(config: dict[str, Any]) -> tuple[Any, Any]:
+    """The learning rate a run was given (a number, or ``"auto"``) and the one it started with (``lr="auto"``'s
+    choice, from its ``lr_selection``; else the number given). The final lr is the run's own (after a schedule)."""
+    asked = config.get("lr")
+    selection = config.get("lr_selection")
+    chosen = selection.get("lr") if isinstance(selection, dict) else None
+    if chosen is None and isinstance(asked, (int, float)) and not isinstance(asked, bool):
+        chosen = asked
+    return (asked if isinstance(asked, str) else _num(asked)), _num(chosen)
+
+
+def _clock(history: History, run: Run, steps: int | None) -> dict[str, Any]:
+    """What turns a run's steps into its other x axes on the comparison page: where each epoch ended (in steps)
+    and when (seconds from the start), and the run's length (the share of the run is step / total)."""
+    epochs = history.epochs
+    at = _epoch_x(history, run) if len(epochs) else []
+    seconds = list(epochs["seconds"]) if "seconds" in epochs else []
+    pairs = [(s, e, t) for s, e, t in zip(at, epochs["epoch"] if len(epochs) else [], seconds or [math.nan] * len(at))
+             if math.isfinite(s)]
+    return {"steps": [0] + [_num(s) for s, _, _ in pairs], "epochs": [0] + [_num(e) for _, e, _ in pairs],
+            "seconds": ([0] + [_num(t) for _, _, t in pairs]) if seconds else None,
+            "per_epoch": (run.plan or {}).get("iterations_per_epoch"), "total": steps,
+            "run_seconds": _num(run.seconds)}
 
 
 def _step_x(history: History) -> list[float]:
@@ -285,7 +324,7 @@ def _panel_series(keys: Sequence[str], x: Sequence[float], steps: Any) -> list[d
 def run_data(store: Store, run: Run) -> dict[str, Any]:
     """The page data of one run: its summary and charts (losses, validation metrics, learning rate, the
     instruments' panels), with the findings and remedies the charts mark."""
-    from gdlab.plots import instrument_panels
+    from gdlab.plots import instrument_panels, panel_note
 
     history = store.history(run.id)
     summary = _run_summary(run, history)
@@ -309,14 +348,17 @@ def run_data(store: Store, run: Run) -> dict[str, Any]:
         if name == "loss":
             continue  # drawn above
         chart_id = "panel-" + "".join(c if c.isalnum() else "-" for c in name).strip("-")
-        charts.append(_chart(chart_id, name, ylabel, _panel_series(keys, x, steps), reference=reference, extent=span))
+        charts.append(_chart(chart_id, name, ylabel, _panel_series(keys, x, steps), reference=reference, extent=span,
+                             note=panel_note(history, keys)))
     return {"kind": "run", "title": f"run {run.name or run.id}", "runs": [summary],
             "charts": [c for c in charts if c is not None], **_stamp()}
 
 
 def runs_data(store: Store, runs: Sequence[Run]) -> dict[str, Any]:
-    """The page data of several runs on the same axes: each run's loss (moving average), validation loss and
-    metrics per epoch and learning rate, and their settings and final metrics side by side."""
+    """The page data of several runs on the same axes: each run's loss per step, validation loss and metrics per
+    epoch and learning rate, and their settings and final metrics side by side. The page smooths the first three
+    (its slider) and draws them against the step, the epoch, the share of each run or the wall time (each run's
+    ``clock``)."""
     summaries, histories, loss, val, metric, lrs = [], [], [], [], [], []
     for i, run in enumerate(runs):
         history = store.history(run.id)
@@ -326,8 +368,9 @@ def runs_data(store: Store, runs: Sequence[Run]) -> dict[str, Any]:
         label = summary["label"] if sum(r.name == run.name for r in runs) == 1 and run.name else run.id
         summary["label"] = label
         steps, epochs, x = history.steps, history.epochs, _step_x(history)
+        summary["clock"] = _clock(history, run, summary["steps"])
         if "loss" in steps:
-            loss.append(_series(label, x, ema(steps["loss"]), run=i))
+            loss.append(_series(label, x, steps["loss"], run=i))  # smoothed on the page (its slider)
         if len(epochs):
             ex = _epoch_x(history, run)
             key = "val_loss" if "val_loss" in epochs else "train_loss" if "train_loss" in epochs else None
@@ -338,9 +381,10 @@ def runs_data(store: Store, runs: Sequence[Run]) -> dict[str, Any]:
         if "lr" in steps:
             lrs.append(_series(label, x, steps["lr"], run=i))
     span = _extent(summaries, histories)
-    charts = [_chart("loss", "training loss per step (moving average)", "loss", loss, extent=span),
-              _chart("epochs", "validation loss per epoch (training loss where none)", "loss", val, extent=span),
-              _chart("metrics", "validation accuracy per epoch", "accuracy", metric, extent=span),
+    charts = [_chart("loss", "training loss per step", "loss", loss, extent=span, smooth=True),
+              _chart("epochs", "validation loss per epoch (training loss where none)", "loss", val, extent=span,
+                     smooth=True),
+              _chart("metrics", "validation accuracy per epoch", "accuracy", metric, extent=span, smooth=True),
               _chart("lr", "learning rate", "lr", lrs, extent=span)]
     title = "runs " + ", ".join(s["label"] for s in summaries)
     return {"kind": "runs", "title": title, "runs": summaries, "charts": [c for c in charts if c is not None],
@@ -364,23 +408,31 @@ def sweep_data(stored: dict[str, Any]) -> dict[str, Any]:
         label = ", ".join(f"{k} {r.get(k)}" for k in ("seed", *others) if k != x_key and k in varying) or key
         groups.setdefault(label, []).append(r)
     series: list[dict[str, Any]] = []
+    line_keys = [k for k in ("seed", *others) if k != x_key and k in varying]
     for n, (label, members) in enumerate(sorted(groups.items())):
         members = sorted(members, key=lambda r: (r.get(x_key) is None, r.get(x_key) or 0))
         members = [r for r in members if isinstance(r.get(x_key), (int, float))]
         series.append({"label": label, "run": n, "style": "dots" if x_key in ("seed", "member") else "points",
                        "x": [_num(r[x_key]) for r in members],
                        "y": [None if r.get("diverged") else _num(r.get(key)) for r in members],
-                       "recorded": len(members)})
+                       "recorded": len(members),
+                       "group": {k: _num(members[0].get(k)) for k in line_keys} if members else {}})
     xs = [v for s in series for v in s["x"] if v is not None]
     charts = [_chart("final", f"final {key.replace('_', ' ')} against {x_key}", key.replace("_", " "), series,
-                     x=x_key, markers=False, xlog=x_key == "lr" and bool(xs) and min(xs) > 0)]
-    curves = [r for r in rows if r.get("curve")][:64]
+                     x=x_key, markers=False, xlog=x_key == "lr" and bool(xs) and min(xs) > 0,
+                     groups=line_keys if len(series) > LEGEND_SERIES else ())]
+    with_curve = [r for r in rows if r.get("curve")]
+    curves = with_curve[:CURVES]
     if curves:
+        member_keys = [k for k in (x_key, *line_keys) if k in varying]
         charts.append(_chart("curves", "each member's training loss per epoch", "train loss",
                              [{"label": f"member {r.get('member')}", "run": i, "style": "thin",
                                "x": list(range(1, len(r["curve"]) + 1)), "y": [_num(v) for v in r["curve"]],
-                               "recorded": len(r["curve"])} for i, r in enumerate(curves)],
-                             x="epoch", markers=False))
+                               "recorded": len(r["curve"]), "group": {k: _num(r.get(k)) for k in member_keys}}
+                              for i, r in enumerate(curves)],
+                             x="epoch", markers=False, groups=member_keys if len(curves) > LEGEND_SERIES else (),
+                             note=(f"the first {len(curves)} of {len(with_curve)} members"
+                                   if len(with_curve) > len(curves) else None)))
     table = [{k: _clean(v) for k, v in r.items() if k != "curve"} for r in rows]
     keys = list(dict.fromkeys(k for r in table for k in r))
     settings = [k for k in keys if k not in RESULT_KEYS and not k.startswith("val_")]
@@ -398,15 +450,18 @@ def sweep_data(stored: dict[str, Any]) -> dict[str, Any]:
 
 
 def index_data(store: Store, links: dict[str, str]) -> dict[str, Any]:
-    """The page data of the index: every run (status, final metrics, finding codes) and sweep, each with the
-    link to its page from ``links`` (id -> relative path)."""
+    """The page data of the index: every run (status, the lr asked for (a number or ``"auto"``), chosen and final,
+    final metrics, finding codes) and sweep, each with the link to its page from ``links`` (id -> relative
+    path)."""
     runs = []
     for run in store.runs():
         full = store.get(run.id)
         c, f = full.config or {}, full.final or {}
+        asked, chosen = _lr_asked_chosen(c)
         runs.append({"id": run.id, "href": links.get(run.id), "name": run.name, "status": run.status,
                      "created": run.created, "data": c.get("data"), "model": c.get("model"),
-                     "optimizer": c.get("optimizer"), "lr": _num(run.lr if run.lr is not None else c.get("lr")),
+                     "optimizer": c.get("optimizer"), "lr_asked": asked, "lr_chosen": chosen,
+                     "lr_final": _num(run.lr),
                      "steps": run.steps, "train_loss": _num(f.get("train_loss")), "val_loss": _num(f.get("val_loss")),
                      "val_accuracy": _num(f.get("val_accuracy")), "stop_reason": run.stop_reason,
                      "findings": sorted({x["code"] for x in full.findings}),

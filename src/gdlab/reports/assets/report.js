@@ -112,47 +112,59 @@
       var who = runs.length > 1 ? r.label + ": " : "";
       (r.findings || []).forEach(function (f) {
         if (typeof f.step === "number")
-          marks.push({ kind: "finding", code: f.code, severity: f.severity, step: f.step, run: i,
+          marks.push({ kind: "finding", code: f.code, severity: f.severity, step: f.step, run: i, who: who,
                        text: who + f.code + " (" + f.severity + ", step " + f.step + "): " + (f.explanation || "") });
       });
       (r.remedies || []).forEach(function (m) {
         if (typeof m.step === "number")
-          marks.push({ kind: "remedy", code: m.action, severity: "remedy", step: m.step, run: i,
+          marks.push({ kind: "remedy", code: m.action, severity: "remedy", step: m.step, run: i, who: who,
                        text: who + "remedy at step " + m.step + ": " + m.action + " - " + (m.reason || "") });
       });
     });
     return marks;
   }
 
+  // markers: a line at each finding's and remedy's x (its step, or where that step is on the chosen x axis), and
+  // a flag naming it (and its run, where the page has several) kept inside the plot, never over the axes' labels
   function markersPlugin(marks) {
     var nodes = [];
     function place(u) {
       var width = u.over.clientWidth;
       nodes.forEach(function (n) {
-        var left = u.valToPos(n.mark.step, "x");
-        n.node.style.display = left >= 0 && left <= width ? "" : "none";
+        var left = u.valToPos(n.mark.x, "x");
+        var shown = !n.mark.hidden && left >= 0 && left <= width;
+        n.node.style.display = shown ? "" : "none";
         n.node.style.left = left + "px";
         n.mark.left = left;
+        var flag = n.node.firstChild;
+        var w = flag.getBoundingClientRect().width;
+        var from = Math.max(0, Math.min(width - w, left - w / 2));  // the flag's left edge, inside the plot
+        flag.style.left = (from - left - 1) + "px";  // (the mark's box starts 1 px right of its step: margin, border)
+        n.from = from;
+        n.to = from + w;
       });
     }
     return {
       hooks: {
         ready: [function (u) {
           marks.forEach(function (m) {
-            var flag = el("span", { class: "flag", title: m.text, text: m.kind === "remedy" ? "\u2691 " + m.code : m.code });
+            var label = (m.who || "") + (m.kind === "remedy" ? "\u2691 " + m.code : m.code);
+            var flag = el("span", { class: "flag", title: m.text, text: label });
             var node = el("div", { class: "mark " + (m.kind === "remedy" ? "remedy" : "sev-" + m.severity),
-                                   "data-step": m.step, "data-code": m.code, "data-kind": m.kind }, flag);
+                                   "data-step": m.step, "data-code": m.code, "data-kind": m.kind, "data-run": m.run },
+                          flag);
             u.over.appendChild(node);
             nodes.push({ node: node, mark: m });
           });
-          // flags at nearly the same place are stacked so that each stays readable
-          var placed = [];
           place(u);
+          // flags that would touch are stacked in rows, so that each stays readable
+          var placed = [];
           nodes.forEach(function (n) {
+            if (n.node.style.display === "none") return;
             var row = 0;
-            while (placed.some(function (p) { return p.row === row && Math.abs(p.left - n.mark.left) < 90; })) row++;
-            placed.push({ row: row, left: n.mark.left });
-            n.node.firstChild.style.top = (n.mark.kind === "remedy" ? 18 : 0) + 36 * row + "px";
+            while (placed.some(function (p) { return p.row === row && p.from < n.to + 4 && n.from < p.to + 4; })) row++;
+            placed.push({ row: row, from: n.from, to: n.to });
+            n.node.firstChild.style.top = 20 * row + "px";
           });
         }],
         setScale: [function (u, key) { if (key === "x") { place(u); if (u.gdlabReady) syncX(u); } }],
@@ -183,7 +195,27 @@
     };
   }
 
+  // a sequential scale (dark blue to orange) for members ordered by a setting: their lr, their seed
+  var RAMP = ["#0d0887", "#5c01a6", "#9c179e", "#cc4778", "#ed7953", "#f89540"];
+  function ramp(t) {
+    var p = Math.max(0, Math.min(1, t)) * (RAMP.length - 1), i = Math.min(RAMP.length - 2, Math.floor(p)), f = p - i;
+    var a = parseInt(RAMP[i].slice(1), 16), b = parseInt(RAMP[i + 1].slice(1), 16);
+    var mix = function (s) { return Math.round(((a >> s) & 255) * (1 - f) + ((b >> s) & 255) * f); };
+    return "#" + ((1 << 24) + (mix(16) << 16) + (mix(8) << 8) + mix(0)).toString(16).slice(1);
+  }
+  function groupValues(spec, key) {
+    var seen = {};
+    spec.series.forEach(function (s) { var v = (s.group || {})[key]; seen[String(v)] = v; });
+    return Object.keys(seen).map(function (k) { return seen[k]; }).sort(function (a, b) {
+      return typeof a === "number" && typeof b === "number" ? a - b : String(a).localeCompare(String(b));
+    });
+  }
   function colour(spec, s, i) {
+    if (spec.groups && spec.groups.length) {
+      var values = groupValues(spec, spec.groups[0]);
+      var at = values.indexOf((s.group || {})[spec.groups[0]]);
+      return ramp(values.length > 1 ? at / (values.length - 1) : 0);
+    }
     if (data.kind === "run" && spec.id === "loss") return PALETTE[0];
     if (data.kind !== "run") return PALETTE[s.run % PALETTE.length];
     var n = 0;  // the series' place among those that are not bands
@@ -206,44 +238,195 @@
     });
   }
 
-  // tick labels; a log axis keeps the ticks at 1, 2 and 5 times a power of ten (not all nine of each decade)
-  function axis(options, log) {
+  // tick labels that never touch: each label's box (its text's width along x, the font's height along y) at its
+  // tick; a label is kept only where it clears those kept before it. On a log axis the powers of ten come first,
+  // then 5 and 2 times them, so a long range keeps 1, 10, 100 and a short one 1, 2, 5, 10 as room allows.
+  var AXIS_FONT = "12px system-ui, -apple-system, \"Segoe UI\", Roboto, Arial, sans-serif";
+  var AXIS_PX = 12, LABEL_GAP = 6;
+  var measurer = document.createElement("canvas").getContext("2d");
+  function textWidth(text) { measurer.font = AXIS_FONT; return measurer.measureText(text).width; }
+  function mantissaRank(v) {
+    if (!(v > 0)) return 3;
+    var m = v / Math.pow(10, Math.floor(Math.log10(v) + 1e-9));
+    return Math.abs(m - 1) < 1e-6 ? 0 : Math.abs(m - 5) < 1e-6 ? 1 : Math.abs(m - 2) < 1e-6 ? 2 : 3;
+  }
+  function tick(v) {  // a tick's label: short (1e-4, 2.5e-5, 0.03, 1500)
+    var a = Math.abs(v);
+    if (a !== 0 && (a < 1e-3 || a >= 1e5)) return Number(v.toPrecision(3)).toExponential();
+    return String(+v.toPrecision(6));
+  }
+  function thin(u, axisIdx, splits, labels, log) {
+    var horizontal = axisIdx === 0;
+    var boxes = splits.map(function (v, i) {
+      if (v === null || v === undefined || !labels[i]) return null;
+      var at = u.valToPos(v, horizontal ? "x" : "y");
+      var half = (horizontal ? textWidth(labels[i]) : AXIS_PX) / 2 + LABEL_GAP / 2;
+      return [at - half, at + half];
+    });
+    var order = splits.map(function (v, i) { return i; }).filter(function (i) { return boxes[i]; });
+    if (log) order.sort(function (a, b) { return mantissaRank(splits[a]) - mantissaRank(splits[b]) || a - b; });
+    var kept = [];
+    order.forEach(function (i) {
+      if (kept.every(function (k) { return boxes[k][1] <= boxes[i][0] || boxes[i][1] <= boxes[k][0]; })) kept.push(i);
+    });
+    return labels.map(function (text, i) { return kept.indexOf(i) >= 0 ? text : ""; });
+  }
+  function axis(options, log, axisIdx) {
+    options.font = AXIS_FONT;
     options.values = function (u, splits) {
-      return splits.map(function (v) { return v === null || v === undefined ? "" : fmt(v); });
+      var labels = splits.map(function (v) {
+        return v === null || v === undefined || (log && mantissaRank(v) === 3) ? "" : tick(v);
+      });
+      return thin(u, axisIdx, splits, labels, log);
     };
-    if (log) {
+    if (log) {  // ticks and grid lines at 1, 2 and 5 times a power of ten (not all nine of each decade)
       var keep = function (u, splits) {
-        return splits.map(function (v) {
-          if (!(v > 0)) return null;
-          var m = v / Math.pow(10, Math.floor(Math.log10(v) + 1e-9));
-          return [1, 2, 5].some(function (t) { return Math.abs(m - t) < 1e-6; }) ? v : null;
-        });
+        return splits.map(function (v) { return mantissaRank(v) < 3 ? v : null; });
       };
-      options.filter = keep;
       options.grid = { show: true, stroke: "rgba(0,0,0,0.07)", width: 2, filter: keep };  // uPlot's defaults
       options.ticks = { show: true, stroke: "rgba(0,0,0,0.07)", width: 2, size: 10, filter: keep };
     }
     return options;
   }
 
-  function chart(spec, marks, holder) {
+  // TensorBoard's smoothing: a moving average of the points drawn, debiased (so its first points are not pulled
+  // toward zero); weight 0 draws the raw values
+  function smoothed(ys, weight) {
+    if (!(weight > 0)) return ys.slice();
+    var last = 0, n = 0;
+    return ys.map(function (v) {
+      if (v === null || v === undefined || !isFinite(v)) return v;
+      last = last * weight + (1 - weight) * v;
+      n++;
+      return last / (1 - Math.pow(weight, n));
+    });
+  }
+
+  // the comparison page's x axes: each run's steps turned into epochs, its share of the run, or seconds
+  var X_AXES = { step: "step", epoch: "epoch", share: "share of the run", time: "wall time (s)" };
+  function interp(x, xs, ys) {
+    if (xs.length < 2) return null;
+    var i = 1;
+    while (i < xs.length - 1 && xs[i] < x) i++;  // the segment that holds x (the last one extended past the end)
+    var x0 = xs[i - 1], x1 = xs[i];
+    return x1 === x0 ? ys[i] : ys[i - 1] + (ys[i] - ys[i - 1]) * (x - x0) / (x1 - x0);
+  }
+  function toX(clock, step, kind) {
+    if (kind === "step" || !clock) return step;
+    if (kind === "share") return clock.total ? step / clock.total : null;
+    if (kind === "epoch")
+      return clock.steps.length > 1 ? interp(step, clock.steps, clock.epochs) : step / (clock.per_epoch || 1);
+    if (kind === "time") {
+      if (clock.seconds && clock.steps.length > 1) return interp(step, clock.steps, clock.seconds);
+      return clock.run_seconds !== null && clock.total ? step / clock.total * clock.run_seconds : null;
+    }
+    return step;
+  }
+  function hasTime(runs) {
+    return runs.every(function (r) {
+      return r.clock && (r.clock.seconds || (r.clock.run_seconds !== null && r.clock.total));
+    });
+  }
+
+  // a chart as the page's view shows it: on the chosen x axis, smoothed by the slider where it applies
+  function viewOf(spec, marks, view) {
+    if (!view) return { spec: spec, marks: marks.map(function (m) { return Object.assign({ x: m.step }, m); }) };
+    var runs = data.runs;
+    var clock = function (i) { return runs[i] && runs[i].clock; };
+    var series = spec.series.map(function (s) {
+      var hidden = !!view.hidden[s.run];  // a run switched off: no points, so the axes fit the others
+      var xs = s.x.map(function (v) { return toX(clock(s.run), v, view.x); });
+      var keep = xs.map(function (v) { return !hidden && v !== null && isFinite(v); });
+      return Object.assign({}, s, {
+        x: xs.filter(function (v, i) { return keep[i]; }),
+        y: (spec.smooth ? smoothed(s.y, view.smooth) : s.y).filter(function (v, i) { return keep[i]; }),
+        hidden: hidden,
+      });
+    });
+    return {
+      spec: Object.assign({}, spec, { x: X_AXES[view.x], xkind: view.x, series: series,
+                                      extent: view.x === "step" ? spec.extent : null }),
+      marks: marks.map(function (m) {
+        return Object.assign({}, m, { x: toX(clock(m.run), m.step, view.x), hidden: !!view.hidden[m.run] });
+      }),
+    };
+  }
+
+  function chartBox(spec, holder) {
     var longLabel = spec.ylabel.length > 22;
     var box = el("section", { class: "chart", "data-chart": spec.id }, el("h3", { text: spec.title }),
-      longLabel ? el("p", { class: "note", text: "y: " + spec.ylabel }) : null);
+      longLabel ? el("p", { class: "note", text: "y: " + spec.ylabel }) : null,
+      spec.note ? el("p", { class: "note why", text: spec.note }) : null);
     var recorded = spec.series.reduce(function (a, s) { return a + s.recorded; }, 0);
     var drawn = spec.series.reduce(function (a, s) { return a + s.y.length; }, 0);
     if (drawn < recorded)
       box.appendChild(el("p", { class: "note", text: "long series drawn from " + drawn + " of " + recorded +
         " points (each bucket's first, min, max and last: spikes stay)" }));
     holder.appendChild(box);
+    return box;
+  }
+
+  // a legend of groups: one toggle per value of each grouping setting (a sweep's lr, its seed), not one entry per
+  // member; a member is drawn when none of its values is switched off. Under it, the member nearest the cursor.
+  function groupLegend(u, spec, colours, box) {
+    var hidden = {};
+    spec.groups.forEach(function (k) { hidden[k] = {}; });
+    var readout = el("div", { class: "readout", text: "hover: the nearest member and its value" });
+    function apply() {
+      u.batch(function () {
+        spec.series.forEach(function (s, i) {
+          var show = spec.groups.every(function (k) { return !hidden[k][String((s.group || {})[k])]; });
+          if (u.series[i + 1].show !== show) u.setSeries(i + 1, { show: show });
+        });
+      });
+    }
+    var node = el("div", { class: "groups" }, spec.groups.map(function (key, g) {
+      var values = groupValues(spec, key);
+      return el("div", { class: "group", "data-key": key }, el("span", { class: "gkey", text: key + ":" }),
+        values.map(function (v) {
+          var members = spec.series.filter(function (s) { return (s.group || {})[key] === v; }).length;
+          var first = spec.series.findIndex(function (s) { return (s.group || {})[key] === v; });
+          var button = el("button", { type: "button", class: "gval", "data-key": key, "data-value": String(v),
+                                      "aria-pressed": "true", title: members + (members === 1 ? " member" : " members") },
+            g === 0 ? el("i", { class: "swatch", style: "background:" + colours[first] }) : null, fmt(v));
+          button.addEventListener("click", function () {
+            var off = !hidden[key][String(v)];
+            hidden[key][String(v)] = off;
+            button.setAttribute("aria-pressed", off ? "false" : "true");
+            apply();
+          });
+          return button;
+        }));
+    }), readout);
+    box.appendChild(node);
+    u.gdlabReadout = function () {
+      var i = u.cursor.idx, top = u.cursor.top;
+      if (i === null || i === undefined || top < 0) return;
+      var best = null;
+      for (var k = 1; k < u.series.length; k++) {
+        var v = u.data[k][i];
+        if (!u.series[k].show || v === null || v === undefined) continue;
+        var d = Math.abs(u.valToPos(v, "y") - top);
+        if (best === null || d < best.d) best = { d: d, k: k, v: v };
+      }
+      if (!best) return;
+      var s = spec.series[best.k - 1];
+      var about = Object.keys(s.group || {}).map(function (g) { return g + " " + fmt(s.group[g]); }).join(", ");
+      readout.textContent = s.label + (about ? " (" + about + ")" : "") + ": " + fmt(best.v) + " at " + spec.x + " " +
+        fmt(u.data[0][i]);
+    };
+  }
+
+  function chart(spec, marks, box) {
     var joined = uPlot.join(spec.series.map(function (s) { return [s.x, s.y]; }));
     if (spec.extent) widen(joined, spec.extent);
+    var grouped = spec.groups && spec.groups.length > 0;
     var bands = [];
     var series = [{ label: spec.x, value: function (u, v) { return v === null || v === undefined ? "\u2013" : fmt(v); } }];
     var colours = spec.series.map(function (s, i) { return colour(spec, s, i); });
     spec.series.forEach(function (s, i) {
       var c = s.style === "spread" ? colours[s.of] : colours[i];
-      var option = { label: s.label, stroke: c, width: 1.5, spanGaps: true,
+      var option = { label: s.label, stroke: c, width: 1.5, spanGaps: true, show: !s.hidden,
                      value: function (u, v) { return v === null || v === undefined ? "\u2013" : fmt(v); },
                      points: { show: s.style === "points" || s.x.length < 40, size: 5 } };
       if (s.style === "raw") { option.stroke = alpha(c, 0.35); option.width = 1; option.points = { show: false }; }
@@ -261,40 +444,74 @@
       if (pairs[of].length === 2) bands.push({ series: pairs[of], fill: alpha(colours[of], 0.15) });
     });
     var logY = spec.log;
+    var kind = spec.xkind || spec.x;
     var opts = {
       width: Math.max(320, box.clientWidth - 20),
       height: 250,
       scales: { x: { time: false, distr: spec.xlog ? 3 : 1, log: 10 }, y: { distr: logY ? 3 : 1, log: 10 } },
       axes: [
-        axis({ label: spec.x, size: 42 }, spec.xlog),
-        axis({ label: longLabel ? "" : spec.ylabel, size: 64 }, logY),
+        axis({ label: spec.x, size: 42 }, spec.xlog, 0),
+        axis({ label: spec.ylabel.length > 22 ? "" : spec.ylabel, size: 64 }, logY, 1),
       ],
       series: series,
       bands: bands,
-      cursor: { drag: { x: true, y: false, setScale: true }, sync: spec.x === "step" ? { key: "steps" } : undefined },
-      legend: { live: true },
+      cursor: { drag: { x: true, y: false, setScale: true },
+                sync: data.kind === "sweep" ? undefined : { key: "x-" + kind } },
+      legend: { show: !grouped, live: true },
+      hooks: { setCursor: [function (u) { if (u.gdlabReadout) u.gdlabReadout(); }] },
       plugins: [markersPlugin(spec.markers ? marks : []), referencePlugin(spec.reference)],
     };
     var u = new uPlot(opts, joined, box);
-    u.gdlabX = spec.x;
+    if (grouped) groupLegend(u, spec, colours, box);
+    u.gdlabX = kind;
     u.gdlabReady = true;
     plots[spec.id] = u;
     state.charts[spec.id] = {
-      title: spec.title, x: spec.x, log: logY,
+      title: spec.title, x: spec.x, log: logY, groups: spec.groups || [],
       series: spec.series.map(function (s, i) {
         var column = u.data[i + 1];
         var points = 0;
         for (var k = 0; k < column.length; k++) if (column[k] !== null && column[k] !== undefined) points++;
-        return { label: s.label, points: points, recorded: s.recorded };
+        return { label: s.label, points: points, recorded: s.recorded, run: s.run, group: s.group || null };
       }),
       markers: (spec.markers ? marks : []).map(function (m) {
-        return { kind: m.kind, code: m.code, severity: m.severity, step: m.step };
+        return { kind: m.kind, code: m.code, severity: m.severity, step: m.step, run: m.run, x: m.x };
       }),
     };
     return u;
   }
 
-  function chartsSection(charts, marks) {
+  // the comparison page's controls: which x axis, which runs, how much smoothing (TensorBoard's three)
+  function viewControls(view, redraw) {
+    var runs = data.runs;
+    var choices = Object.keys(X_AXES).filter(function (k) { return k !== "time" || hasTime(runs); });
+    var select = el("select", { id: "x-axis" }, choices.map(function (k) {
+      return el("option", { value: k, text: X_AXES[k] });
+    }));
+    select.addEventListener("change", function () { view.x = select.value; redraw(); });
+    var toggles = runs.map(function (r, i) {
+      var box = el("input", { type: "checkbox", class: "run-toggle", "data-run": i, checked: "checked" });
+      box.addEventListener("change", function () { view.hidden[i] = !box.checked; redraw(); });
+      var swatch = el("i", { class: "swatch", style: "background:" + PALETTE[i % PALETTE.length] });
+      return el("label", { class: "toggle" }, box, swatch,
+        el("span", { text: r.label }));
+    });
+    var slider = el("input", { type: "range", id: "smoothing", min: "0", max: "0.99", step: "0.01",
+                               value: String(view.smooth) });
+    var shown = el("output", { for: "smoothing", text: view.smooth.toFixed(2) });
+    slider.addEventListener("input", function () {
+      view.smooth = +slider.value;
+      shown.textContent = view.smooth.toFixed(2);
+      redraw();
+    });
+    return el("div", { class: "controls" },
+      el("label", null, "x axis ", select),
+      el("span", { class: "runs" }, "runs ", toggles),
+      el("label", { title: "a moving average of the points drawn, debiased; 0 draws the raw values" },
+        "smoothing ", slider, shown));
+  }
+
+  function chartsSection(charts, marks, view) {
     if (!charts.length) return null;
     var grid = el("div", { class: "charts" });
     var section = el("section", null, el("h2", { text: "Charts" }),
@@ -303,9 +520,27 @@
         marks.length ? [" Marks:", el("i", { class: "k-error" }), "error", el("i", { class: "k-warning" }), "warning",
           el("i", { class: "k-info" }), "info", el("i", { class: "k-remedy" }), "remedy applied",
           marks.some(function (m) { return m.kind === "finding"; }) ? " (click a finding's card to zoom to it)" : ""]
-          : null), grid);
+          : null));
     root.appendChild(section);
-    charts.forEach(function (spec) { chart(spec, marks, grid); });
+    var boxes = {};
+    function draw() {
+      charts.forEach(function (spec) {
+        var shown = viewOf(spec, marks, view);
+        if (plots[spec.id]) { plots[spec.id].destroy(); delete plots[spec.id]; }
+        var box = boxes[spec.id];
+        if (box) {
+          Array.prototype.slice.call(box.querySelectorAll(".uplot, .groups")).forEach(function (n) { n.remove(); });
+        } else {
+          box = boxes[spec.id] = chartBox(shown.spec, grid);
+        }
+        chart(shown.spec, shown.marks, box);
+      });
+      state.view = view ? { x: view.x, smooth: view.smooth, hidden: Object.keys(view.hidden).filter(function (k) {
+        return view.hidden[k]; }).map(Number) } : null;
+    }
+    if (view) section.appendChild(viewControls(view, draw));
+    section.appendChild(grid);
+    draw();
     window.addEventListener("resize", function () {
       Object.keys(plots).forEach(function (k) {
         var box = plots[k].root.parentNode;
@@ -316,6 +551,18 @@
   }
 
   // -- one run -----------------------------------------------------------------------------------------------
+  // the lr asked for (a number or auto), the one the run started with (auto's choice) and the final one (after a
+  // schedule), each said once where they are the same
+  function lrText(r) {
+    var parts = [];
+    if (r.lr_asked !== null && r.lr_asked !== undefined) parts.push("lr " + fmt(r.lr_asked));
+    if (r.lr_chosen !== null && r.lr_chosen !== undefined && r.lr_chosen !== r.lr_asked)
+      parts.push((parts.length ? "chose " : "lr ") + fmt(r.lr_chosen));
+    var start = r.lr_chosen !== null && r.lr_chosen !== undefined ? r.lr_chosen : r.lr_asked;
+    if (r.lr !== null && r.lr !== undefined && r.lr !== start)
+      parts.push((parts.length ? "final " : "lr ") + fmt(r.lr));
+    return parts.join(", ");
+  }
   function statusBadge(status) { return el("span", { class: "status status-" + status, text: status }); }
 
   function runHeader(r) {
@@ -326,7 +573,7 @@
       r.steps !== null ? el("span", { text: r.steps + " steps" }) : null,
       r.epochs ? el("span", { text: r.epochs + " epochs" }) : null,
       r.seconds !== null ? el("span", { text: fmt(r.seconds) + " s" }) : null,
-      r.lr !== null ? el("span", { text: "lr " + fmt(r.lr) }) : null));
+      lrText(r) ? el("span", { class: "lr", text: lrText(r) }) : null));
     if (r.plan) h.appendChild(el("div", { class: "plan" }, el("b", { text: "Batch plan: " }), r.plan));
     if (r.lr_selection)
       h.appendChild(el("div", { class: "meta" }, "lr auto chose " + fmt(r.lr_selection.lr) +
@@ -359,15 +606,16 @@
     u.setScale("x", { min: low, max: Math.min(last, low + span) });  // the others follow (syncX)
   }
 
-  // the step charts zoom together: a zoom (or a double-click back out) on one is applied to the others
+  // the charts on one x axis (the steps, or the comparison page's choice) zoom together: a zoom (or a double-click
+  // back out) on one is applied to the others
   var syncing = false;
   function syncX(u) {
-    if (syncing || u.gdlabX !== "step") return;
+    if (syncing || data.kind === "sweep") return;
     syncing = true;
     try {
       Object.keys(plots).forEach(function (k) {
         var other = plots[k];
-        if (other !== u && other.gdlabX === "step" &&
+        if (other !== u && other.gdlabX === u.gdlabX &&
             (other.scales.x.min !== u.scales.x.min || other.scales.x.max !== u.scales.x.max))
           other.setScale("x", { min: u.scales.x.min, max: u.scales.x.max });
       });
@@ -476,7 +724,7 @@
     var empty = runs.filter(function (r) { return !r.recorded_steps; });
     empty.forEach(function (r) { root.appendChild(el("div", { class: "empty no-steps" },
       el("b", { text: r.label + ": no steps recorded. " }), "It is " + r.status + " and has nothing to draw yet.")); });
-    chartsSection(data.charts, marksOf(runs));
+    chartsSection(data.charts, marksOf(runs), { x: "step", smooth: 0.6, hidden: {} });
     var settings = {};
     runs.forEach(function (r) { Object.keys(r.settings || {}).forEach(function (k) { settings[k] = true; }); });
     var finals = {};
@@ -550,7 +798,8 @@
       { key: "name", label: "name" },
       { key: "status", label: "status", render: function (r) { return statusBadge(r.status); } },
       { key: "created", label: "created" }, { key: "data", label: "data" }, { key: "model", label: "model" },
-      { key: "optimizer", label: "optimizer" }, { key: "lr", label: "lr" }, { key: "steps", label: "steps" },
+      { key: "optimizer", label: "optimizer" }, { key: "lr_asked", label: "lr asked" },
+      { key: "lr_chosen", label: "lr chosen" }, { key: "lr_final", label: "lr final" }, { key: "steps", label: "steps" },
       { key: "train_loss", label: "train loss" }, { key: "val_loss", label: "val loss" },
       { key: "val_accuracy", label: "val acc", render: function (r) { return percent(r.val_accuracy); } },
       { key: "codes", label: "findings", cls: "mono prose" }, { key: "remedies", label: "remedies", cls: "prose" },
