@@ -23,8 +23,9 @@ run as one population (members equal ``gdlab.fit`` runs to float rounding; tests
 Problems: digits (MLP 64-128-10, 20 epochs), moons (MLP 2-16-16-2 tanh, 30 epochs), spirals (MLP 2-64-64-3,
 40 epochs), linear regression with condition number 100 (a linear model, mse, 20 epochs).
 
-Target: ``auto`` within 10% of the grid's best final loss on every problem (ratio <= 1.10) at no more than 25% of the
-grid's cost (<= 6 full trainings).
+Target (issue 28): ``auto`` within 5% of the grid's best final loss on every problem (ratio <= 1.05) at no more than
+25% of the grid's cost (<= 6 full trainings). The rows "grid best x1.04" and "/1.04" say how far that is above the
+comparison's own noise on each problem.
 
 Command:
     python benchmarks/lr_select.py               # the four problems, seed 0
@@ -55,6 +56,7 @@ from gdlab.sweeps import sweep
 
 GRID = [10 ** (-5 + 6 * i / 23) for i in range(24)]
 OPTIMIZER = "momentum"
+TARGET = 1.05
 
 
 def problems(quick: bool) -> dict[str, dict[str, Any]]:
@@ -174,10 +176,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 lr_text = f"{lr:10.3g}" if lr is not None else f"{'-':>10}"
                 print(f"{name:8} {seed:>4} {method:16} {lr_text} {loss:15.4g} {ratio:11.2f}x {cost:6.2f}")
             print(f"# {name} seed {seed}: {time.perf_counter() - started:.0f} s")
-    verdict = "meets" if worst_ratio <= 1.10 and worst_cost <= 6 else "misses"
+    verdict = "meets" if worst_ratio <= TARGET and worst_cost <= 6 else "misses"
     print(f"auto / grid best: median {statistics.median(auto_ratios):.3f} over {len(auto_ratios)} problem-seed pairs")
     print(f"worst ratio auto / grid best: {worst_ratio:.3f} at most {worst_cost:.2f} trainings "
-          f"({verdict} the target: <= 1.10 at <= 6 trainings, 25% of the grid)")
+          f"({verdict} the target: <= {TARGET:.2f} at <= 6 trainings, 25% of the grid)")
     return {"auto / grid best (median)": statistics.median(auto_ratios), "auto / grid best (worst)": worst_ratio,
             "auto cost (worst)": worst_cost}
 

@@ -3,6 +3,7 @@ for a model vmap cannot serve)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from torch import nn
 import gdlab
 from gdlab.data import TensorData
 from gdlab.errors import InvalidParameter
-from gdlab.lr_select import _valley, lr_find, select_lr
+from gdlab.lr_select import HALVING, _valley, lr_find, select_lr
 from gdlab.store import Store
 
 
@@ -106,9 +107,10 @@ def test_auto_lr_in_fit_is_recorded(problem: TensorData, tmp_path: Path) -> None
     assert chosen is not None and result.lr == pytest.approx(chosen.lr)
     assert len(chosen.tried) == 18 and "lowest training loss" in chosen.reason
     total = result.steps
-    first, second = round(0.1 * total), round(0.5 * total)  # successive halving: 18, then 5, then 2 learning rates
-    assert chosen.cost == pytest.approx((18 * first + 5 * (second - first) + 2 * (total - second)) / total)
-    assert sorted(t["steps"] for t in chosen.tried if not t["diverged"])[-2:] == [total, total]  # 2 finalists
+    (share1, keep1), (share2, keep2) = HALVING  # successive halving: 18, then 5, then 3 learning rates
+    first, second = round(share1 * total), round(share2 * total)
+    assert chosen.cost == pytest.approx((18 * first + keep1 * (second - first) + keep2 * (total - second)) / total)
+    assert sorted(t["steps"] for t in chosen.tried if not t["diverged"])[-keep2:] == [total] * keep2  # finalists
     finalists = [t for t in chosen.tried if t["steps"] == total and not t["diverged"]]
     assert chosen.lr == min(finalists, key=lambda t: t["loss"])["lr"]
     stored = Store(tmp_path).get(result.run_id).config["lr_selection"]
@@ -169,9 +171,11 @@ def test_auto_lr_one_by_one_halves_the_field(sequences: TensorData) -> None:
     total = result.steps
     assert total == 80 and "trained one by one" in chosen.reason and "successive halving" in chosen.reason
     assert not any(t["diverged"] for t in chosen.tried)  # so every member trains all of its share
-    first, second = round(0.1 * total), round(0.5 * total)
-    planned = 18 * first + 5 * (second - first) + 2 * (total - second)  # 4.8 trainings, not 18
-    assert sorted(t["steps"] for t in chosen.tried) == [first] * 13 + [second] * 3 + [total] * 2
+    (share1, keep1), (share2, keep2) = HALVING
+    first, second = round(share1 * total), round(share2 * total)
+    planned = 18 * first + keep1 * (second - first) + keep2 * (total - second)  # 4.9 trainings, not 18
+    assert sorted(t["steps"] for t in chosen.tried) == \
+        [first] * (18 - keep1) + [second] * (keep1 - keep2) + [total] * keep2
     assert _Sequences.steps == planned + total  # the members' steps, then the run itself
     assert chosen.cost == pytest.approx(planned / total)
     finalists = [t for t in chosen.tried if t["steps"] == total]
@@ -204,3 +208,40 @@ def test_bad_auto_lr(problem: TensorData) -> None:
     model = _model()
     with pytest.raises(InvalidParameter, match="a named optimizer"):
         gdlab.fit(model, problem, lr="auto", optimizer=torch.optim.SGD(model.parameters(), lr=0.1), progress=False)
+
+
+def test_a_cut_ranks_by_the_level_of_the_recent_evaluations_not_the_one_at_the_cut() -> None:
+    """The README's moons: the lr that ends best had 0.08 and 0.09 before a cut and 0.22 at it; one reading
+    dropped it."""
+    from gdlab.population.members import halving_score
+
+    noisy_large_lr = [0.08, 0.09, 0.22]
+    steady_small_lr = [0.13, 0.12, 0.12]
+    score = halving_score(torch.tensor([noisy_large_lr, steady_small_lr], dtype=torch.float64).T)
+    assert score.tolist() == [0.09, 0.12]
+    older = torch.tensor([[0.01, 0.5]] * 5 + [[0.3, 0.2]] * 3, dtype=torch.float64)  # only the last 3 count
+    assert halving_score(older).tolist() == [0.3, 0.2]
+    cut_early = torch.tensor([[math.nan, math.nan], [0.4, 0.3]], dtype=torch.float64)  # no epoch before the cut
+    assert halving_score(cut_early).tolist() == [0.4, 0.3]
+
+
+def test_the_range_test_says_when_a_population_probe_disagrees_and_which_to_trust() -> None:
+    from gdlab.lr_select import PROBE_SPAN, probe_suggestion
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(256, 4, generator=g)
+    y = X @ torch.tensor([[1.0], [2.0], [-1.0], [0.5]]) + 0.5 * torch.randn(256, 1, generator=g)  # floor 0.25
+    far_too_small = probe_suggestion(nn.Linear(4, 1), (X, y), 1e-4, optimizer="sgd", steps=40)
+    assert not far_too_small["agrees"] and far_too_small["best"] == pytest.approx(1e-4 * PROBE_SPAN[-1])
+    assert "trust the probe" in far_too_small["note"] and "end of its span" in far_too_small["note"]
+    losses = far_too_small["losses"]
+    assert losses == sorted(losses, reverse=True)  # in 40 steps every larger lr of these got further
+    fine = probe_suggestion(nn.Linear(4, 1), (X, y), 0.1, optimizer="sgd", steps=40)
+    assert fine["agrees"] and fine["note"] == ""  # its neighbours reach the same floor, within 10%
+    assert math.isinf(fine["losses"][-1])  # 10x diverges: a diverged lr is never the best
+    model = nn.Linear(4, 1)
+    before = [p.clone() for p in model.parameters()]
+    found = lr_find(model, (X, y), optimizer="sgd", num_iter=60, progress=False)
+    assert found.probe is not None and all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert (found.probe["note"] in found.warnings) == (not found.probe["agrees"])
+    assert lr_find(nn.Linear(4, 1), (X, y), num_iter=60, progress=False, probe=False).probe is None

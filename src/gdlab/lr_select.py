@@ -32,14 +32,18 @@ from gdlab.errors import InvalidParameter, check_int
 from gdlab.problem import Problem, resolve_device
 from gdlab.records import EMA
 
-__all__ = ["lr_find", "LRFindResult", "select_lr", "LRSelection", "GRIDS", "GRID_POINTS", "HALVING"]
+__all__ = ["lr_find", "LRFindResult", "select_lr", "LRSelection", "GRIDS", "GRID_POINTS", "HALVING", "PROBE_SPAN",
+           "probe_suggestion"]
 
 GRIDS = optim.LR_RANGES
 """The learning-rate range ``lr="auto"`` searches, per optimizer: its record's ``lr_range`` (``gdlab.optim``)."""
 
 GRID_POINTS = 18
-HALVING = ((0.1, 5), (0.5, 2))
-"""Successive halving of ``lr="auto"``: (share of the budget, learning rates kept)."""
+HALVING = ((0.1, 5), (0.3, 3))
+"""Successive halving of ``lr="auto"``: (share of the budget, learning rates kept). 3 finalists from 30% of the
+budget, not 2 from 50%: on moons a large learning rate's validation loss is at its roughest mid-run (the lr that
+ends best ranked 4th of 5 at 50% on the README's example) and three finalists cost what two did (4.9 trainings
+against 4.8); docs/benchmarks.md, "lr_select, issue 28"."""
 
 
 @dataclass
@@ -55,6 +59,8 @@ class LRFindResult:
         warnings: why the curve may not be trusted (flat, noisy, stopped at once, never rose).
         stopped: why the test ended (diverged, or the ramp was done).
         optimizer: the optimizer the suggestions are for; options: its hyperparameters (defaults filled in).
+        probe: the short population probe of the valley (:func:`probe_suggestion`): ``lrs``, ``losses``, ``steps``,
+            ``best``, ``agrees``; None when it was not run.
     """
 
     lrs: list[float]
@@ -66,6 +72,7 @@ class LRFindResult:
     optimizer: str = "sgd"
     extra: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
+    probe: dict[str, Any] | None = None
 
     def plot(self, path: str | Path) -> Path:
         """The curve (raw and smoothed loss against lr, log scale) with the suggestions marked, as a PNG."""
@@ -96,6 +103,7 @@ def lr_find(
     diverge: float = 4.0,
     progress: bool = True,
     target_key: str | None = None,
+    probe: bool = True,
     **optimizer_options: Any,
 ) -> LRFindResult:
     """The learning-rate range test: ``num_iter`` steps with the lr raised exponentially from ``start_lr`` to
@@ -106,6 +114,8 @@ def lr_find(
         optimizer: a name (its other hyperparameters from ``optimizer_options``) or a torch optimizer; by default
             ``fit``'s and ``gdlab train``'s (momentum), so the suggestions fit the run that follows.
         beta: the smoothing of the moving average of the loss.
+        probe: check the valley with a short population probe (:func:`probe_suggestion`; a named optimizer only):
+            when a learning rate trained from the start does clearly better, a warning says so and which to trust.
         The rest: as for :func:`gdlab.fit`.
     """
     start_lr = optim.check_lr(start_lr, "start_lr")
@@ -180,7 +190,58 @@ def lr_find(
         given = {k: v for k, v in optimizer_options.items() if k != "clip_norm"}
         options = {**optim.hyperparams(optimizer, lr=start_lr, **given),
                    **({"clip_norm": optimizer_options["clip_norm"]} if optimizer_options.get("clip_norm") else {})}
-    return LRFindResult(lrs, losses, smoothed, suggestions, warnings, stopped, name, options=options)
+    found = LRFindResult(lrs, losses, smoothed, suggestions, warnings, stopped, name, options=options)
+    if probe and isinstance(optimizer, str) and "valley" in suggestions:  # the model is back at its start
+        found.probe = probe_suggestion(model, train, suggestions["valley"], optimizer=optimizer, steps=num_iter,
+                                       batch_size=batch_size, loss=loss, seed=seed, device=dev,
+                                       target_key=target_key, **optimizer_options)
+        if not found.probe["agrees"]:
+            found.warnings.append(found.probe["note"])
+    return found
+
+
+PROBE_SPAN = tuple(10 ** (k / 3) for k in range(-3, 4))
+"""The learning rates of :func:`probe_suggestion`, as multiples of the suggestion: a decade each way, 2.15x apart."""
+
+
+def probe_suggestion(model: nn.Module, train: Any, lr: float, *, optimizer: str, steps: int,
+                     batch_size: int | str = 32, loss: Any = "auto", seed: int = 0, device: str | torch.device = "auto",
+                     target_key: str | None = None, tolerance: float = 0.1, **options: Any) -> dict[str, Any]:
+    """Train ``lr`` and its neighbours (``lr`` times :data:`PROBE_SPAN`) for ``steps`` steps from ``model``'s
+    parameters (left untouched) as one population, on the data order of ``seed``, and compare: each is ranked by its
+    mean batch loss over the last tenth of the steps (diverged: inf). The probe ``agrees`` unless another learning
+    rate ends more than ``tolerance`` (10%) below ``lr``; ``note`` says so, and which to trust.
+
+    The range test judges a learning rate by the loss while the lr ramps through it, a loss that carries the steps
+    taken at smaller ones and lags behind (the moving average); the probe trains each lr from the start, as a run
+    does, so where they disagree the probe is the one to trust for a run of about ``steps`` steps (a longer run
+    often wants a smaller lr than a short probe finds: ``lr="auto"`` tunes at the run's own length).
+
+    Example:
+        >>> X = torch.randn(256, 4); y = X @ torch.tensor([[1.0], [2.0], [-1.0], [0.5]])
+        >>> probed = probe_suggestion(torch.nn.Linear(4, 1), (X, y), 1e-4, optimizer="sgd", steps=40)
+        >>> probed["agrees"], probed["best"] > 1e-4      # 1e-4 learns almost nothing in 40 steps
+        (False, True)
+    """
+    lrs = [lr * factor for factor in PROBE_SPAN]
+    start = copy.deepcopy(model)
+    pop = population.train(lambda: copy.deepcopy(start), train, seeds=[seed] * len(lrs), optimizer=optimizer,
+                           hyper={"lr": lrs, **options}, batch_size=batch_size, steps=steps, loss=loss,
+                           device=device, progress=False, target_key=target_key)
+    tail = pop.losses[-max(1, pop.steps // 10):]  # [last steps, members]
+    scores = [math.inf if d is not None or not math.isfinite(v) else v
+              for v, d in zip(tail.nanmean(0).tolist(), pop.diverged_at)]
+    at = PROBE_SPAN.index(1.0)
+    best = min(range(len(lrs)), key=lambda i: scores[i])
+    agrees = best == at or scores[at] <= (1 + tolerance) * scores[best]
+    edge = " (the end of its span: an lr further out may do better still)" if best in (0, len(lrs) - 1) else ""
+    note = (f"the suggestion lr {lr:.3g} disagrees with a short population probe: {len(lrs)} learning rates from "
+            f"{lrs[0]:.3g} to {lrs[-1]:.3g}, each trained {pop.steps} steps from the same start, ended best at lr "
+            f"{lrs[best]:.3g} (loss {scores[best]:.4g}, against {scores[at]:.4g} at the suggestion){edge}; trust the "
+            "probe: it trained each lr from the start, as a run does, where the range test's loss at an lr carries "
+            "the steps at smaller ones; for a run much longer than the probe, lr='auto' tunes at its length")
+    return {"lrs": lrs, "losses": scores, "steps": pop.steps, "best": lrs[best], "agrees": agrees,
+            "note": "" if agrees else note}
 
 
 def _suggest(lrs: list[float], losses: list[float], smoothed: list[float], stopped: str,
@@ -295,12 +356,15 @@ def select_lr(
 
     ``method="sweep"``: successive halving over a log grid (``GRIDS[optimizer]``, 18 points, about 1.8x apart),
     trained as one population from the model's own initial point with the run's own data order: after 10% of
-    the budget the 5 best continue, after 50% the 2 best, which train to the end; the winner has the lowest
-    validation loss at the end (the last epoch's training loss without validation data; diverged members lose).
-    The cost is 18 x 0.1 + 5 x 0.4 + 2 x 0.5 = 4.8 trainings, plus the run itself. The final ranking is made at
-    the full budget because a short run favours the wrong learning rate (on the benchmark problems the best lr
-    at 10% of the budget ended up to 15x worse at 100%). A model vmap cannot serve (an LSTM) is trained one learning
-    rate at a time with the same cuts, so it costs the same 4.8 trainings, not 18.
+    the budget the 5 best continue, after 30% the 3 best, which train to the end (:data:`HALVING`); a cut ranks
+    by the median of the last validation losses (the one at the cut and two epochs' before it:
+    :func:`gdlab.population.members.halving_score`; one evaluation at a large lr is too noisy to rank by), and the
+    winner has the lowest validation loss at the end (the last epoch's training loss without validation data;
+    diverged members lose), which the run that follows reproduces. The cost is 18 x 0.1 + 5 x 0.2 + 3 x 0.7 = 4.9
+    trainings, plus the run itself. The final ranking is made at the full budget because a short run favours the
+    wrong learning rate (on the benchmark problems the best lr at 10% of the budget ended up to 15x worse at
+    100%). A model vmap cannot serve (an LSTM) is trained one learning rate at a time with the same cuts, so it
+    costs the same 4.9 trainings, not 18.
     ``method="range-test"``: the valley suggestion of :func:`lr_find`.
 
     ``workers``: under ``torchrun``, the number of ranks the sweep's learning rates are spread over

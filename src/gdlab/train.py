@@ -144,10 +144,9 @@ def fit(
             autocast; the instruments' extra passes and their readings stay in full precision.
         target_key: the target's key in dict samples (default: ``y``, ``label`` or ``labels``, whichever is
             there); the other keys are the model's keyword inputs.
-        threads: torch's CPU thread count for this run: ``"auto"`` (1 for a model too small to gain from more:
-            parameters x batch size below ``gdlab.threads.AUTO_WORK``; else torch's count; a GPU run is left as
-            it is) or a positive integer. Set when training starts (before ``lr="auto"`` chooses) and put back
-            as it was when ``fit`` returns or raises.
+        threads: torch's CPU thread count for this run: ``"auto"`` (measured: the first training steps alternate
+            1 thread and torch's count, and the faster is kept, :class:`gdlab.threads.ThreadChooser`; a GPU run is
+            left as it is) or a positive integer. Put back as it was when ``fit`` returns or raises.
         tensorboard: a folder to write TensorBoard event files into as the run trains: the loss, lr, validation
             metrics and every instrument column (at each epoch's end), the doctor's findings as text at their
             steps (at the end). Needs the ``tensorboard`` package (``pip install 'gdlab[tensorboard]'``).
@@ -181,7 +180,7 @@ def fit(
         if doctor or remedy == "auto" else None
     problem = _problem(model, train, val, loss, batch_size, drop_last, ranks.device(device) if ranks else device,
                        target_key, precision, ranks, patience, standardize_target)
-    use_threads(threads, model, batch_size=problem.plan.batch_size, device=problem.device)
+    chooser = use_threads(threads, device=problem.device)  # "auto": timed on the first steps (ThreadChooser)
     total = problem.total_steps(epochs, steps)
     selection = None
     if isinstance(lr, str):  # lr="auto": chosen by a short parallel sweep (or the range test) before training
@@ -203,7 +202,7 @@ def fit(
                                     clip_norm=optimizer_options.get("clip_norm"),
                                     standardize_target=standardize_target))
     run = Run(state, doctor=physician, diagnose=doctor, callbacks=callbacks, store=store if main else None,
-              watching=[*([Scheduler(schedule)] if schedule is not None else []), *watching],
+              watching=[*([chooser] if chooser else []), *([Scheduler(schedule)] if schedule else []), *watching],
               tensorboard=tensorboard if main else None, progress=progress and main, ranks=ranks, step_rows=step_rows)
     described = dict(config or describe(model, optimizer, lr=lr, momentum=momentum, batch_size=batch_size,
                                         epochs=epochs, steps=steps, seed=seed, loss=problem.loss_name))

@@ -16,10 +16,31 @@ from gdlab import optim
 from gdlab.data import BatchPlan
 from gdlab.errors import InvalidParameter
 
-__all__ = ["BLOWUP", "ModelFn", "Population", "member_hyperparams", "member_values"]
+__all__ = ["BLOWUP", "HALVING_WINDOW", "ModelFn", "Population", "halving_score", "member_hyperparams",
+           "member_values"]
 
 BLOWUP = 1000.0
 """A member whose batch loss passes BLOWUP times its first batch loss is frozen as diverged."""
+
+HALVING_WINDOW = 3
+"""Successive halving ranks a member by the median of its last this many validation losses (the one at the cut and
+those of the epochs before it)."""
+
+
+def halving_score(evaluations: Tensor) -> Tensor:
+    """``[k, m]`` validation losses of ``m`` members, oldest first, the last row measured at the cut -> ``[m]``: the
+    median of the last :data:`HALVING_WINDOW` rows (NaN rows left out; the lower middle of an even count).
+
+    One evaluation is a noisy ranking: at a large learning rate the validation loss jumps from epoch to epoch (on
+    moons, 0.08 one epoch and 0.22 the next), and a cut that reads one of them drops the learning rate that ends
+    best. The median of the last few keeps the level each member has reached and ignores one bad epoch.
+
+    Example:
+        >>> halving_score(torch.tensor([[0.10, 0.08], [0.11, 0.09], [0.12, 0.22]], dtype=torch.float64)).tolist()
+        [0.11, 0.09]
+    """
+    return evaluations[-HALVING_WINDOW:].nanmedian(0).values
+
 
 ModelFn = Callable[[], nn.Module]
 """Builds one member (called after ``torch.manual_seed(seed)``)."""

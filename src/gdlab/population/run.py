@@ -19,10 +19,19 @@ from gdlab.config import DEFAULT_EPOCHS
 from gdlab.data import BatchPlan
 from gdlab.errors import InvalidParameter, ModelError, check_int, check_seed
 from gdlab.population.forward import vmap_problem
-from gdlab.population.members import ModelFn, Population, member_hyperparams, member_values
+from gdlab.population.members import (
+    HALVING_WINDOW,
+    ModelFn,
+    Population,
+    halving_score,
+    member_hyperparams,
+    member_values,
+)
 from gdlab.population.vectorized import Cut, train_vectorized
 from gdlab.problem import LossFn, Problem, check_budget, evaluate
 from gdlab.resources import check_fits
+from gdlab.threads import ThreadChooser, restored
+from gdlab.threads import use as use_threads
 
 __all__ = ["MAX_MEMBERS", "check_members", "train"]
 
@@ -58,6 +67,7 @@ def train(
     halving: Sequence[tuple[int, int]] = (),
     target_key: str | None = None,
     workers: int = 1,
+    threads: int | str = "auto",
 ) -> Population:
     """Train one member per entry of ``seeds`` at once.
 
@@ -82,9 +92,12 @@ def train(
         workers: the ranks the members are spread over, under ``torchrun`` (the number of ranks): each rank trains
             a contiguous share of them as one population, and every rank gets the whole population back, as one
             process would have trained it (to float tolerance).
+        threads: torch's CPU threads, as for :func:`gdlab.fit`: ``"auto"`` times the population's first steps at
+            1 thread and at torch's count and keeps the faster (:class:`gdlab.threads.ThreadChooser`; again after
+            each cut of ``halving``), or a count. torch's count is put back when training ends.
     """
     rest = dict(optimizer=optimizer, batch_size=batch_size, epochs=epochs, steps=steps, val=val, loss=loss,
-                device=device, progress=progress, vectorize=vectorize, target_key=target_key)
+                device=device, progress=progress, vectorize=vectorize, target_key=target_key, threads=threads)
     if workers != 1:
         return _over_ranks(workers, model_fn, train, seeds, hyper, halving, shared_order, rest)
     return _train(model_fn, train, seeds, hyper, halving, shared_order, **rest)
@@ -94,10 +107,12 @@ class _NotSpread(Exception):
     """Successive halving over ranks met a model vmap cannot serve: the population is trained whole instead."""
 
 
+@restored  # torch's thread count is put back as it was
 def _train(model_fn: ModelFn, train: Any, seeds: Sequence[int], hyper: Mapping[str, Any] | None,
            halving: Sequence[tuple[int, int]], shared_order: bool, *, optimizer: str, batch_size: int | str,
            epochs: int | None, steps: int | None, val: Any, loss: str | LossFn, device: str | torch.device,
-           progress: bool, vectorize: bool | str, target_key: str | None, cut: Cut | None = None) -> Population:
+           progress: bool, vectorize: bool | str, target_key: str | None, threads: int | str = "auto",
+           cut: Cut | None = None) -> Population:
     """:func:`train` in this process (``cut``: this is a rank's share, cut together with the others')."""
     check_members(len(seeds))
     seeds = [check_seed(s, "seeds") for s in seeds]
@@ -120,6 +135,7 @@ def _train(model_fn: ModelFn, train: Any, seeds: Sequence[int], hyper: Mapping[s
     dev, source, val_source, plan = problem.device, problem.source, problem.val, problem.plan
     loss_fn, loss_name = problem.loss_fn, problem.loss_name
     models = [m.to(dev) for m in models]
+    chooser = use_threads(threads, device=dev)
     total = problem.total_steps(epochs, steps)
     members = [member_values(stacked, i) for i in range(len(seeds))]
 
@@ -135,10 +151,14 @@ def _train(model_fn: ModelFn, train: Any, seeds: Sequence[int], hyper: Mapping[s
         if reason is not None:
             print(f"note: training the {len(seeds)} members one by one: vmap cannot serve this model ({reason})",
                   file=sys.stderr)
-        return _one_by_one(model_fn, models, train, val, seeds, optimizer, members, batch_size, loss, dev, total,
-                           progress, plan, source.task, reason, shared_order, halving, source.target_key)
-    return train_vectorized(models, source, val_source, seeds, optimizer, stacked, members, loss_fn, loss_name,
-                            plan, total, shared_order, progress, halving, cut)
+        trained = _one_by_one(model_fn, models, train, val, seeds, optimizer, members, batch_size, loss, dev, total,
+                              progress, plan, source.task, reason, shared_order, halving, source.target_key, chooser)
+    else:
+        trained = train_vectorized(models, source, val_source, seeds, optimizer, stacked, members, loss_fn,
+                                   loss_name, plan, total, shared_order, progress, halving, cut, chooser)
+    if chooser is not None:  # what threads="auto" kept (after the last cut) and why
+        trained.extra["threads"] = chooser.describe()
+    return trained
 
 
 def _over_ranks(workers: int, model_fn: ModelFn, train_data: Any, seeds: Sequence[int],
@@ -212,9 +232,11 @@ def _joined(parts: list[Population]) -> Population:
 def _one_by_one(model_fn: ModelFn, models: list[nn.Module], train_data: Any, val: Any, seeds: list[int],
                 optimizer: str, members: list[dict[str, Any]], batch_size: Any, loss: Any, dev: torch.device,
                 total: int, progress: bool, plan: BatchPlan, task: str, reason: str | None, shared_order: bool,
-                halving: Sequence[tuple[int, int]], target_key: str | None = None) -> Population:
+                halving: Sequence[tuple[int, int]], target_key: str | None = None,
+                chooser: ThreadChooser | None = None) -> Population:
     """The fallback: each member trained alone by the loop ``fit`` runs (as ``fit(seed=s, instruments="none",
-    doctor=False)`` would), assembled into the same record.
+    doctor=False)`` would), assembled into the same record; ``chooser`` (``threads="auto"``) times the first
+    members' first steps, as it would one run's (every member's step is the same work).
 
     With ``halving`` the budget is cut into segments at its steps: every member still in trains to the next
     cut, one after another (its model, optimizer, loop state and random stream kept), the ``keep`` best go on
@@ -227,7 +249,8 @@ def _one_by_one(model_fn: ModelFn, models: list[nn.Module], train_data: Any, val
             for model, s, values in zip(models, seeds, members)]
     cuts = sorted((at, keep) for at, keep in dict(halving).items() if at < total)
     tally = _Tally(_planned(M, cuts, total), M) if progress else None
-    hooks = loop.Hooks([tally] if tally is not None else [])  # dispatched by the loop's one dispatcher
+    # dispatched by the loop's one dispatcher; the chooser first, so that it times the step and not the bar
+    hooks = loop.Hooks([h for h in (chooser, tally) if h is not None])
     live = list(range(M))
     pruned_at: list[int | None] = [None] * M
     finals: list[dict[str, float | None] | None] = [None] * M
@@ -360,8 +383,9 @@ class _Member:
             epochs.truncate(len(epochs) - 1)
 
     def standing(self, window: int) -> _Standing:
-        """Where the member stands at a cut, as the vectorised engine ranks its rows: the validation loss, else
-        the mean batch loss over the last ``window`` steps; inf once diverged."""
+        """Where the member stands at a cut, as the vectorised engine ranks its rows: the validation loss
+        (:func:`~gdlab.population.members.halving_score` over it and those of the epochs before), else the mean
+        batch loss over the last ``window`` steps; inf once diverged."""
         state, problem = self.state, self.problem
         steps = state.history.steps["loss"][-window:]
         train = sum(steps) / len(steps) if steps else math.nan
@@ -374,6 +398,12 @@ class _Member:
             if problem.task == "classification":
                 final["val_accuracy"] = self.measured.get("val_accuracy")
         score = final["val_loss"] if problem.val is not None else train
+        if score is not None and problem.val is not None:  # the epochs before the cut (not one measured at it)
+            epochs = state.history.epochs
+            earlier = [v for v, s in zip(epochs["val_loss"], epochs["step"]) if s < state.step] \
+                if "val_loss" in epochs else []
+            score = float(halving_score(torch.tensor([*earlier[-(HALVING_WINDOW - 1):], score],
+                                                     dtype=torch.float64)[:, None])[0])
         if self.diverged or score is None or not math.isfinite(score):
             return _Standing(math.inf, final)
         return _Standing(score, final)

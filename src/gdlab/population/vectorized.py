@@ -25,8 +25,9 @@ from gdlab.data import BatchPlan, epoch_order, structure
 from gdlab.data.source import Source
 from gdlab.optim.transforms import Transform
 from gdlab.population.forward import evaluate, in_memory, member_losses, trainable
-from gdlab.population.members import BLOWUP, Population
+from gdlab.population.members import BLOWUP, HALVING_WINDOW, Population, halving_score
 from gdlab.problem import LossFn
+from gdlab.threads import ThreadChooser
 
 __all__ = ["Live", "Records", "Setup", "train_vectorized"]
 
@@ -34,7 +35,8 @@ __all__ = ["Live", "Records", "Setup", "train_vectorized"]
 def train_vectorized(models: list[nn.Module], source: Source, val_source: Source | None, seeds: list[int],
                      optimizer: str, stacked: dict[str, Any], members: list[dict[str, Any]], loss_fn: LossFn,
                      loss_name: str, plan: BatchPlan, total: int, shared_order: bool, progress: bool,
-                     halving: Sequence[tuple[int, int]] = (), cut: Cut | None = None) -> Population:
+                     halving: Sequence[tuple[int, int]] = (), cut: Cut | None = None,
+                     chooser: ThreadChooser | None = None) -> Population:
     """Train ``models`` (one per seed, on the device) as one population for ``total`` steps.
 
     ``stacked`` is :func:`~gdlab.population.member_hyperparams`' result and ``members`` the same values per
@@ -42,7 +44,8 @@ def train_vectorized(models: list[nn.Module], source: Source, val_source: Source
     :func:`gdlab.population.train`, resolved. ``cut``, when these members are a rank's share of a population
     spread over ranks: called at every cut of ``halving`` with the rows' scores, their members and how many to keep
     in all, it returns the positions of the rows kept (the ranks rank every member together); a rank left with no
-    row goes on through the steps, recording NaN, to take part in the later cuts.
+    row goes on through the steps, recording NaN, to take part in the later cuts. ``chooser`` (``threads="auto"``)
+    times the first steps and sets the thread count, and measures again after each cut (fewer rows: less work).
     """
     setup = Setup.make(models[0], source, val_source, seeds, optimizer, loss_fn, loss_name, plan, shared_order)
     live = Live.stack(models, setup, stacked)
@@ -70,6 +73,8 @@ def train_vectorized(models: list[nn.Module], source: Source, val_source: Source
                     if step in cuts and cut is not None:
                         live = _halve(setup, live, records, cuts[step], step, cut)
                     continue
+                if chooser is not None:
+                    chooser.before_step()
                 # 1. a batch for each member: [m, batch, ...], or [batch, ...] shared by all
                 xb, yb = setup.batch(live.order, it)
                 # 2. forward: each row's mean batch loss, [m]
@@ -88,9 +93,13 @@ def train_vectorized(models: list[nn.Module], source: Source, val_source: Source
                 # 6. record: [m] losses, NaN for frozen rows; halving cuts rows after its step
                 shown = records.step(live, batch_loss)
                 live.tally(batch_loss, shown, len(yb if setup.shared_batch else yb[0]), plan.iterations_per_epoch)
+                if chooser is not None:
+                    chooser.after_step()
                 view.show(bar, step, it + 1, epoch, shown)
                 if cuts.get(step, len(live.rows)) < len(live.rows) or (cut is not None and step in cuts):
                     live = _halve(setup, live, records, cuts[step], step, cut)
+                    if chooser is not None:
+                        chooser.restart()
             # an epoch ends, or the budget ends mid-epoch: record the part done
             _end_epoch(setup, live, records)
             epoch += 1
@@ -319,9 +328,10 @@ def _to_host(losses: Tensor, grads: list[Tensor]) -> tuple[Tensor, Tensor]:
 
 
 def _halve(setup: Setup, live: Live, records: Records, keep_count: int, step: int, cut: Cut | None = None) -> Live:
-    """Successive halving: the ``keep_count`` best rows by validation loss (the last epoch's worth of batch losses
-    without validation data) train on; the others are recorded as they stand. With ``cut``, the best of every
-    rank's rows together (ties to the member first in order, as in one process)."""
+    """Successive halving: the ``keep_count`` best rows by validation loss (:func:`halving_score`: the median of the
+    one at the cut and those of the last epochs; the last epoch's worth of batch losses without validation data)
+    train on; the others are recorded as they stand. With ``cut``, the best of every rank's rows together (ties to
+    the member first in order, as in one process)."""
     m = len(live.rows)
     train_score = torch.stack(live.recent).mean(0) if live.recent else torch.full((m,), math.inf,
                                                                                   dtype=torch.float64)  # [m]
@@ -329,7 +339,11 @@ def _halve(setup: Setup, live: Live, records: Records, keep_count: int, step: in
     metrics: dict[str, Tensor] = {}
     if setup.val_source is not None and m:
         val_score, metrics = setup.evaluate(live)
-    score = (val_score if val_score is not None else train_score).clone()
+    if val_score is not None:  # ranked by the level of the recent evaluations, not by the one at the cut alone
+        earlier = [epoch[live.rows] for epoch in records.epoch_val[-(HALVING_WINDOW - 1):]]
+        score = halving_score(torch.stack([*earlier, val_score.double().cpu()]))
+    else:
+        score = train_score.clone()
     score[~live.active | ~torch.isfinite(score)] = math.inf
     ranked = sorted(range(m), key=lambda k: float(score[k]))
     if cut is not None:  # over ranks: the rows kept are those among every rank's best
