@@ -60,7 +60,7 @@ def rename_run(root: Path, run_id: str, new_id: str) -> None:
     """Give a stored run another id in every table (its folder is left where it is)."""
     with _db(root) as db:
         db.execute("UPDATE runs SET id = ? WHERE id = ?", (new_id, run_id))
-        for table in ("step_metrics", "step_buckets", "epoch_metrics", "findings", "remedies"):
+        for table in ("blocks", "step_metrics", "step_buckets", "epoch_metrics", "findings", "remedies"):
             db.execute(f"UPDATE {table} SET run_id = ? WHERE run_id = ?", (new_id, run_id))
     db.close()
 

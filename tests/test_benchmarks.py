@@ -41,9 +41,10 @@ EXPECTED: dict[str, Callable[[], set[str]]] = {
     "lr_select": lambda: {"auto / grid best (median)", "auto / grid best (worst)", "auto cost (worst)"},
     "lightning_overhead": lambda: {"default/without", "cheap/without"},
     "report": lambda: {"size", "open time"} if _browser() else {"size"},
-    "threads": lambda: {"digits (gdlab train)"},
+    "threads": lambda: {"digits, full batch"},
     "distributed": lambda: {"2 ranks / 1 process"},
     "clinic": lambda: {"broken runs", "healthy runs", "seconds"},
+    "store_size": lambda: {"MB", "write s", "read s"},  # --quick: today's format, no gdlab doctor process
 }
 SLOW = {"lightning_overhead", "report", "threads", "distributed"}
 # scripts that set their own thread count (the others run with the fixture's one thread)
@@ -73,8 +74,8 @@ def load(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], ModuleType
         sys.modules.pop(name, None)
 
 
-def test_every_script_but_long_run_is_covered() -> None:
-    scripts = {p.stem for p in BENCHMARKS.glob("*.py")} - {"_common", "long_run"}  # long_run: minutes even --quick
+def test_every_script_is_covered() -> None:
+    scripts = {p.stem for p in BENCHMARKS.glob("*.py")} - {"_common"}
     assert scripts == set(EXPECTED)
 
 

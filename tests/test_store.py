@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import json
 import math
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -13,6 +15,8 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
+from gdlab import callbacks
+from gdlab import store as store_module
 from gdlab.callbacks import Recorder
 from gdlab.cli import app
 from gdlab.data import TensorData
@@ -20,9 +24,10 @@ from gdlab.doctor import diagnose
 from gdlab.errors import InvalidParameter, RunNotFound, StoreError
 from gdlab.loop import Callback, LoopState
 from gdlab.records import History
-from gdlab.store import Store
+from gdlab.store import SCHEMA_VERSION, Store
 from gdlab.train import fit
 
+DATA = Path(__file__).parent / "data"
 
 def test_runs_round_trip(tmp_path: Path) -> None:
     store = Store(tmp_path)
@@ -151,16 +156,16 @@ def _long_run(store: Store, steps: int, step_rows: int, spike: int) -> str:
 def test_a_long_run_keeps_its_newest_steps_and_buckets_the_rest(tmp_path: Path) -> None:
     store = Store(tmp_path)
     run_id = _long_run(store, 50_000, step_rows=1000, spike=20_000)
-    db = sqlite3.connect(tmp_path / "gdlab.db")
-    full = [s for (s,) in db.execute("SELECT DISTINCT step FROM step_metrics WHERE run_id = ? ORDER BY step",
-                                     (run_id,))]
+    stored = store._rows.read(store._db, run_id, "step")
+    full = [int(s) for b in stored if b.width == 1 for s in b.index]
+    older = [b for b in stored if b.width > 1]
+    assert [b.width for b in stored] == sorted((b.width for b in stored), reverse=True)  # the buckets come first
     assert full == list(range(full[0], 50_001)) and 1000 <= len(full) < 1000 + 1000 // 16 + 256
-    buckets = db.execute("SELECT COUNT(DISTINCT step), MIN(width), MAX(width), SUM(count) FROM step_buckets "
-                         "WHERE key = 'loss'").fetchone()
-    assert buckets[0] <= 250 and buckets[1] == buckets[2] and buckets[3] == full[0] - 1  # each older step, once
-    rows = db.execute("SELECT COUNT(*) FROM step_metrics").fetchone()[0] + \
-        db.execute("SELECT COUNT(*) FROM step_buckets").fetchone()[0]
-    assert rows < 4000  # 50,000 steps of 2 to 3 keys, at most about 1.3 * 1000 rows per key
+    loss_counts = [c for b in older for c in b.planes[0][b.keys.index("loss")]]
+    buckets = (len(loss_counts), len({b.width for b in older}), sum(loss_counts))
+    assert buckets[0] <= 250 and buckets[1] == 1 and buckets[2] == full[0] - 1  # each older step, once
+    values = store._db.execute("SELECT SUM(LENGTH(idx) + LENGTH(data)) FROM blocks").fetchone()[0]
+    assert values < 1300 * 8 * 3 + 250 * 8 * 12  # 50,000 steps of 2 to 3 keys: about 1.3 * 1000 rows of each
     history = store.history(run_id)
     steps = history.steps
     assert len(steps) == len(full) + buckets[0] and steps["step"] == sorted(steps["step"])
@@ -173,8 +178,8 @@ def test_a_long_run_keeps_its_newest_steps_and_buckets_the_rest(tmp_path: Path) 
     merged = [(m, lo, hi) for m, lo, hi in zip(steps["loss"], steps["min:loss"], steps["max:loss"])
               if math.isfinite(lo)]
     assert all(lo <= m <= hi for m, lo, hi in merged) and len(merged) == buckets[0]
-    total = db.execute("SELECT SUM(mean * count) FROM step_buckets WHERE key = 'loss'").fetchone()[0] + \
-        sum(steps["loss"][-len(full):])
+    total = sum(c * m for b in older for c, m in zip(b.planes[0][b.keys.index("loss")],
+                                                  b.planes[1][b.keys.index("loss")])) + sum(steps["loss"][-len(full):])
     assert total == pytest.approx(sum(1.0 + (s % 7) / 10 for s in range(1, 50_001)))
     readings = sum(s % 20 == 0 for s in full) + buckets[0]  # each bucket holds some of the readings every 20 steps
     assert [v for v in steps["dead_share/2"] if math.isfinite(v)] == [0.25] * readings
@@ -193,8 +198,8 @@ def test_step_rows_zero_keeps_every_step_and_bad_bounds_are_refused(tmp_path: Pa
 def test_a_failed_merge_leaves_the_store_as_it_was(tmp_path: Path) -> None:
     store = Store(tmp_path)
     run_id = _long_run(store, 900, step_rows=0, spike=5)
-    store._db.execute("CREATE TEMP TRIGGER full BEFORE INSERT ON step_buckets BEGIN SELECT RAISE(ABORT, "
-                      "'database or disk is full'); END")
+    store._db.execute("CREATE TEMP TRIGGER full BEFORE INSERT ON blocks WHEN NEW.width > 1 BEGIN SELECT "
+                      "RAISE(ABORT, 'database or disk is full'); END")
     before = store.history(run_id).steps.columns
     with pytest.raises(StoreError, match=r"could not be written: database or disk is full$"):
         store.add_steps(run_id, [{"step": 901, "loss": 2.0}], step_rows=100)
@@ -209,6 +214,105 @@ def test_resuming_drops_the_buckets_past_the_checkpoint(tmp_path: Path) -> None:
     store.reopen(run_id, step=int(last_bucket) - 1, epochs=0)
     steps = store.history(run_id).steps["step"]
     assert steps and max(steps) < last_bucket
+
+
+def _nan_equal(a: list[float | None], b: list[float]) -> bool:
+    return len(a) == len(b) and all((x is None and math.isnan(y)) or x == y for x, y in zip(a, b))
+
+
+def test_a_store_written_a_row_per_key_reads_as_before_and_takes_new_rows(tmp_path: Path) -> None:
+    """tests/data/store-long-rows was written by gdlab before the blocks (schema version 0: a row per step and key,
+    the older steps in step_buckets; 2,000 steps, step_rows 200, a spike at step 300); the history that version
+    read from it is tests/data/store-long-rows.history.json."""
+    old = tmp_path / "old"
+    shutil.copytree(DATA / "store-long-rows", old)
+    saved = json.loads((DATA / "store-long-rows.history.json").read_text())
+    database = (old / "gdlab.db").read_bytes()
+    history = Store(old, create=False).history(saved["run"])
+    for table, columns in ((history.steps, saved["steps"]), (history.epochs, saved["epochs"])):
+        assert set(table.columns) == set(columns) and all(_nan_equal(v, table[k]) for k, v in columns.items())
+    assert max(v for v in history.steps["max:grad_norm"] if math.isfinite(v)) == 1000.0  # the spike, in a bucket
+    assert (old / "gdlab.db").read_bytes() == database  # read, never upgraded
+    # opened for writing: the new table and version; its rows stay where they are, and a resumed run appends blocks
+    store = Store(old)
+    assert store._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    store.reopen(saved["run"], step=1900, epochs=42)
+    store.add_rows(saved["run"], steps=[{"step": s, "loss": 0.5} for s in range(1901, 2101)],
+                   epochs=[{"epoch": 43, "step": 2100, "train_loss": 0.5}], step_rows=200)
+    steps = store.history(saved["run"]).steps
+    assert steps["step"] == sorted(steps["step"]) and steps["step"][-201:] == list(range(1900, 2101))
+    assert steps["loss"][-200:] == [0.5] * 200 and steps["max:grad_norm"].count(1000.0) == 1
+    assert store.history(saved["run"]).epochs["epoch"] == list(range(1, 44))
+
+
+def test_a_store_of_a_later_version_is_refused(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    store.close()
+    with sqlite3.connect(tmp_path / "gdlab.db") as db:
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    for create in (True, False):
+        with pytest.raises(StoreError, match=f"written by a newer gdlab \\(schema version {SCHEMA_VERSION + 1}"):
+            Store(tmp_path, create=create)
+
+
+@pytest.mark.parametrize("damage", ["keys", "index", "data", "first"])
+def test_rows_that_do_not_decode_are_a_damaged_store_in_one_line(tmp_path: Path, damage: str) -> None:
+    store = Store(tmp_path)
+    run_id = store.create_run({})
+    store.add_steps(run_id, [{"step": s, "loss": 1.0 / s} for s in range(1, 50)])
+    change = {"keys": ("keys", '{"__class__": "os.system"}'), "index": ("idx", b"\x01\x02\x03"),
+              "data": ("data", b"\x80\x04\x95" + b"\x00" * 5), "first": ("first", 7)}[damage]
+    store._db.execute(f"UPDATE blocks SET {change[0]} = ?", (change[1],))
+    store._db.commit()
+    with pytest.raises(StoreError) as caught:
+        Store(tmp_path, create=False).history(run_id)
+    message = str(caught.value)
+    assert "is damaged" in message and f"the step rows of run {run_id}" in message and "\n" not in message
+
+
+def test_the_bound_holds_whatever_the_number_of_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SERIES_BYTES bounds a run's steps, and apart its epochs (a run of one-step epochs), with many keys: fewer rows
+    are kept as recorded, never more bytes."""
+    monkeypatch.setattr(store_module, "SERIES_BYTES", 400_000)
+    store = Store(tmp_path)
+    run_id = store.create_run({})
+    recorder = Recorder(store, run_id, step_rows=2000)
+    state = SimpleNamespace(history=History())
+    for step in range(1, 6001):
+        state.history.steps.append({"step": step, "loss": 1.0 / step, **{f"grad_norm/{i}": float(i) for i in range(60)},
+                                    **({f"dead/{i}": 0.5 for i in range(100)} if step % 20 == 0 else {})})
+        state.history.epochs.append({"epoch": step, "step": step, "train_loss": 1.0 / step})
+        if step % 7 == 0:
+            recorder.flush(state)  # type: ignore[arg-type]
+    recorder.flush(state)  # type: ignore[arg-type]
+    for series in ("step", "epoch"):
+        stored = store._db.execute("SELECT SUM(LENGTH(idx) + LENGTH(data)), SUM(rows * (width = 1)) FROM blocks "
+                                   "WHERE series = ?", (series,)).fetchone()
+        assert stored[0] <= 400_000 and (stored[1] < 2000 if series == "step" else stored[1] >= 2000)
+    history = store.history(run_id)
+    assert history.steps["step"][-1] == 6000.0 and history.steps["grad_norm/59"][-1] == 59.0
+    assert history.epochs["epoch"][-1] == 6000.0 and math.isfinite(history.epochs["min:train_loss"][0])
+    assert sum(v == 0.5 for v in history.steps["dead/99"]) >= 1
+
+
+def test_a_run_of_one_step_epochs_writes_a_block_a_second_not_a_transaction_a_step(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [0.0]
+    monkeypatch.setattr(callbacks.time, "monotonic", lambda: clock[0])
+    store = Store(tmp_path)
+    run_id = store.create_run({})
+    recorder = Recorder(store, run_id, step_rows=0)
+    state = SimpleNamespace(history=History())
+    for step in range(1, 101):
+        state.history.steps.append({"step": step, "loss": 1.0})
+        state.history.epochs.append({"epoch": step, "train_loss": 1.0})
+        clock[0] += 0.125
+        recorder.on_epoch_end(state)  # type: ignore[arg-type]
+    assert len(store.history(run_id).steps) == 96  # written every 8 epochs (1 s)
+    recorder.flush(state)  # type: ignore[arg-type]  # a checkpoint, the end or a failure writes the rest
+    assert store.history(run_id).epochs["epoch"] == list(range(1, 101))
+    # 13 writes: the first 8 blocks gathered into one, then 5 more
+    assert store._db.execute("SELECT COUNT(*) FROM blocks WHERE series = 'step'").fetchone()[0] == 6
 
 
 def test_fit_bounds_the_stored_steps_and_the_readers_read_them(classes: TensorData, tmp_path: Path,
@@ -474,3 +578,50 @@ def test_trainings_started_at_once_on_one_store_each_keep_their_run(tmp_path: Pa
         history = store.history(r.id)
         assert history.steps["step"] == [float(s) for s in range(1, r.steps + 1)]
         assert len(history.epochs) == 4
+
+
+def test_a_name_several_runs_share_is_shown_with_a_note_and_never_deleted_by_it(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    twins = []
+    for loss in (1.0, 2.0, 3.0):
+        twins.append(store.create_run({"data": "seed"}, name="twin"))
+        store.finish(twins[-1], "finished", final={"train_loss": loss})
+    alone = store.create_run({"data": "seed"}, name="alone")
+    store.finish(alone, "finished")
+    shown = gdlab("show", "twin", "--store", str(tmp_path))
+    assert shown.exit_code == 0 and f"run {twins[2]} (twin)" in shown.stdout  # the newest, as before
+    note = shown.stderr.strip()
+    assert note == f"note: 3 runs are named 'twin'; this is the newest, {twins[2]}; the others: {twins[1]}, " \
+                   f"{twins[0]} (gdlab show ID shows one)"
+    assert json.loads(gdlab("show", "twin", "--store", str(tmp_path), "--json").stdout)["same_name"] == twins[1::-1]
+    for ref in (twins[0], "alone", "last"):  # an id, a name no other run has: no note
+        assert gdlab("show", ref, "--store", str(tmp_path)).stderr == ""
+    for args in (["twin"], [alone, "twin"]):
+        refused = gdlab("runs", "rm", *args, "--store", str(tmp_path))
+        line = refused.stderr.strip()
+        assert refused.exit_code == 2 and len(line.splitlines()) == 1, refused.output
+        assert line == f"error: run name 'twin' is ambiguous: 3 runs have it ({twins[2]}, {twins[1]}, {twins[0]}): " \
+                       "give the id of the one to delete; nothing was deleted"
+        assert sorted(r.id for r in store.runs()) == sorted([*twins, alone])  # nothing deleted
+    removed = gdlab("runs", "rm", twins[1], "--store", str(tmp_path))
+    assert removed.exit_code == 0 and sorted(r.id for r in store.runs()) == sorted([twins[0], twins[2], alone])
+
+
+def test_gdlab_runs_imports_no_torch(tmp_path: Path) -> None:
+    """gdlab runs (and --json) answers without torch: its whole path, a store with a run and a sweep, in a fresh
+    interpreter."""
+    store = Store(tmp_path)
+    run_id = store.create_run({"data": "seed", "lr": 0.1}, name="listed")
+    store.add_rows(run_id, steps={"step": [1], "loss": [0.5]}, epochs=[{"epoch": 1, "train_loss": 0.5}])
+    store.finish(run_id, "finished", final={"train_loss": 0.5})
+    store.add_sweep("sweep", {"axes": {"lr": [0.1, 0.2]}}, [{"lr": 0.1, "train_loss": 0.3}, {"lr": 0.2}],
+                    name="grid")
+    store.close()
+    code = ("import sys\nfrom gdlab.cli import main\nsys.argv = ['gdlab', *sys.argv[1:]]\ntry:\n    main()\n"
+            "except SystemExit as e:\n    assert not e.code, e.code\n"
+            "print('torch imported' if 'torch' in sys.modules else 'no torch')")
+    for args in (["runs"], ["runs", "--json"]):
+        done = subprocess.run([sys.executable, "-c", code, *args, "--store", str(tmp_path)], capture_output=True,
+                              text=True, env={**os.environ, "COLUMNS": "200"})
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip().endswith("no torch") and run_id in done.stdout and "grid" in done.stdout

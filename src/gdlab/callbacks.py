@@ -3,12 +3,15 @@ checkpoints, resume, failure)."""
 
 from __future__ import annotations
 
+import contextlib
+import time
 from typing import Any
 
 from gdlab import checkpoint as ckpt
 from gdlab import distributed
 from gdlab.checkpoint import POSITION
 from gdlab.errors import InvalidParameter, StoreError, shorten
+from gdlab.instruments.budget import Budget
 from gdlab.loop import Callback, LoopState
 from gdlab.optim import schedules
 from gdlab.optim.schedules import Schedule
@@ -48,38 +51,75 @@ class Scheduler(Callback):
             self._set(state)
 
 
+def _since(columns: dict[str, list[float]], start: int) -> dict[str, list[float]]:
+    """The rows from ``start`` on, by column."""
+    return {key: column[start:] for key, column in columns.items()}
+
+
 class Recorder(Callback):
-    """Keeps a run's store record: metric rows at each epoch's end, checkpoints, resume and failure.
+    """Keeps a run's store record: metric rows (at an epoch's end once a second at most, and before every checkpoint,
+    at the end and on failure), checkpoints, resume and failure.
 
     The store holds the history; a checkpoint holds the rest (model, optimizer, RNG, position), so its size
     does not grow with the run. The store keeps the newest ``step_rows`` steps as recorded and merges the older
     ones into buckets of their mean, min and max (0 keeps every step; see :meth:`Store.add_steps`).
     """
 
-    def __init__(self, store: Store, run_id: str, *, step_rows: int = STEP_ROWS) -> None:
+    FLUSH_SECONDS = 1.0
+    """At an epoch's end the rows are written when this long has passed since the last write (or
+    :attr:`FLUSH_ROWS` steps wait): a run of one-step epochs does not pay a transaction per step. Before every
+    checkpoint, at the end and on failure they are always written."""
+    FLUSH_ROWS = 4096
+
+    CHECKPOINT_SHARE = 0.02
+    """The share of the run's time its checkpoints may take, where they are paced (``checkpoint_share``, a
+    :class:`~gdlab.instruments.budget.Budget`): a checkpoint due sooner (every epoch of a run whose epochs are a
+    step or two) is skipped until the time since pays for it; the first, the last and the one at a stop (Ctrl-C,
+    a stopping rule) are always written. ``fit`` paces the checkpoints it takes at each epoch's end; the ones the
+    user spaces (``checkpoint_every``) are all written."""
+
+    def __init__(self, store: Store, run_id: str, *, step_rows: int = STEP_ROWS,
+                 checkpoint_share: float | None = None) -> None:
         self.store, self.run_id, self.step_rows = store, run_id, step_rows
         self.path = store.run_dir(run_id) / "checkpoint.pt"
         self.steps_written = self.epochs_written = 0
+        self.flushed = time.monotonic()
+        # checkpoint_share None: every checkpoint the loop asks for is written
+        self.pace = Budget(checkpoint_share, free=1) if checkpoint_share is not None else None
+        self.saved = self.skipped = 0  # checkpoints written, and skipped by the pace
 
     def flush(self, state: LoopState) -> None:
-        """Write the step and epoch rows recorded since the last flush."""
-        self.store.add_steps(self.run_id, state.history.steps.rows(self.steps_written), step_rows=self.step_rows)
-        self.store.add_epochs(self.run_id, state.history.epochs.rows(self.epochs_written))
-        self.steps_written, self.epochs_written = len(state.history.steps), len(state.history.epochs)
+        """Write the step and epoch rows recorded since the last flush (one transaction, by column)."""
+        steps, epochs = state.history.steps, state.history.epochs
+        self.store.add_rows(self.run_id, steps=_since(steps.columns, self.steps_written),
+                            epochs=_since(epochs.columns, self.epochs_written), step_rows=self.step_rows)
+        self.steps_written, self.epochs_written = len(steps), len(epochs)
+        self.flushed = time.monotonic()
 
-    on_epoch_end = flush
+    def on_epoch_end(self, state: LoopState) -> None:
+        if (len(state.history.steps) - self.steps_written >= self.FLUSH_ROWS
+                or time.monotonic() - self.flushed >= self.FLUSH_SECONDS):
+            self.flush(state)
+
     on_fit_end = flush
 
     def checkpoint(self, state: LoopState) -> None:
-        """Flush, then save everything but the history, atomically."""
-        self.flush(state)
-        ckpt.save(self.path, {
-            "format": ckpt.FORMAT,
-            "model": state.model.state_dict(),
-            "optimizer": state.optimizer.state_dict(),
-            "rng": ckpt.rng_state(),
-            "position": {key: getattr(state, key) for key in POSITION},
-        })
+        """Flush, then save everything but the history, atomically; paced by :attr:`CHECKPOINT_SHARE` of the
+        run's time, except at the end of the budget and at a stop, which are always saved."""
+        last = state.step >= state.total_steps or state.stop_reason is not None or state.interrupted
+        if self.pace is not None and not last and not self.pace.allows(self.saved + 1):
+            self.skipped += 1
+            return
+        with self.pace.measure() if self.pace is not None else contextlib.nullcontext():
+            self.flush(state)
+            ckpt.save(self.path, {
+                "format": ckpt.FORMAT,
+                "model": state.model.state_dict(),
+                "optimizer": state.optimizer.state_dict(),
+                "rng": ckpt.rng_state(),
+                "position": {key: getattr(state, key) for key in POSITION},
+            })
+        self.saved += 1
 
     def restore(self, state: LoopState, config: dict[str, Any] | None) -> None:
         """Load the last checkpoint and the history up to it; the run is ``running`` again.

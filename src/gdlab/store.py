@@ -1,12 +1,13 @@
 """The run store: SQLite (WAL mode) at ``<root>/gdlab.db``, with a folder per run for artifacts.
 
-Tables: ``runs`` (config, plan, status ``running | finished | failed | stopped``, final metrics),
-``step_metrics`` and ``epoch_metrics`` (long format: one row per run, index and key), ``step_buckets`` (a long
-run's older steps, merged: see :meth:`Store.add_steps`), ``findings`` and
-``remedies`` (filled by the doctor), ``sweeps`` and ``sweep_members`` (a sweep or restarts, recorded whole
-when it ends, one row per member). A run whose process died without closing it is marked ``failed`` the next
-time the store lists it, so no run stays ``running`` for ever: the process running a run holds a lock on a file in
-its folder, and a lock nobody holds is a run nobody runs (see :meth:`Store.create_run`).
+Tables: ``runs`` (config, plan, status ``running | finished | failed | stopped``, final metrics), ``blocks`` (a
+run's step and epoch rows packed a block of rows at a time, the older ones merged into buckets: see
+:meth:`Store.add_steps`; a store written before them keeps one row per step and key in ``step_metrics``,
+``step_buckets`` and ``epoch_metrics``, read still), ``findings`` and ``remedies`` (filled by the doctor),
+``sweeps`` and ``sweep_members`` (a sweep or restarts, recorded whole when it ends, one row per member). A run
+whose process died without closing it is marked ``failed`` the next time the store lists it, so no run stays
+``running`` for ever: the process running a run holds a lock on a file in its folder, and a lock nobody holds is a
+run nobody runs (see :meth:`Store.create_run`).
 
 What the store promises: an id read from the database becomes a path only when it has gdlab's pattern and its
 folder stays inside the store (:meth:`Store.run_dir`); a damaged database (not SQLite, an unreadable schema, an
@@ -34,34 +35,50 @@ import shutil
 import socket
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gdlab.errors import InvalidParameter, RunNotFound, StoreError
 from gdlab.guard import printable
 from gdlab.records import History, Table
+from gdlab.records.history import SPREAD
+
+if TYPE_CHECKING:  # the blocks (numpy) are imported where rows are read or written: gdlab runs needs neither
+    from gdlab.records.blocks import Block
 
 try:  # POSIX: a run's liveness is a lock its process holds (see Store.create_run)
     import fcntl
 except ImportError:  # pragma: no cover - Windows: the pid check alone
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["Store", "Run", "STATUSES", "DEFAULT_STORE", "STEP_ROWS", "SPREAD", "RUN_ID", "SWEEP_ID", "LOCK",
-           "NoStore", "check_id"]
+__all__ = ["Store", "Run", "STATUSES", "DEFAULT_STORE", "STORE_HELP", "STEP_ROWS", "SERIES_BYTES", "BLOCK",
+           "SCHEMA_VERSION", "SPREAD", "RUN_ID", "SWEEP_ID", "LOCK", "Rows", "NoStore", "check_id"]
 
 DEFAULT_STORE = "gdlab-runs"
+STORE_HELP = "Run store folder (SQLite database and one folder per run)."
+"""The ``--store`` flag's help (``Config.store``'s), here so that a command that only reads the store needs no
+config (and no torch)."""
 STATUSES = ("running", "finished", "failed", "stopped")
 
 STEP_ROWS = 20_000
 """The newest steps of a run kept at full resolution (``fit(step_rows=...)``, ``--step-rows``); the steps before
 them are merged into buckets that keep each metric's mean, min and max (see :meth:`Store.add_steps`)."""
 
-SPREAD = ("min:", "max:")
-"""The prefixes of the columns a :class:`History` read from the store gives a merged key: ``min:loss``, ``max:loss``
-(NaN in the rows that hold one step)."""
+SERIES_BYTES = 8_000_000
+"""What a run's steps (and, apart, its epochs) may take in the store at most, whatever the number of keys: half for
+the rows kept as recorded (at most ``step_rows`` of them, fewer when each holds many values) and half for the
+buckets of the older ones (see :meth:`Store.add_steps`)."""
+
+BLOCK = 1024
+"""Rows (or buckets) per stored block: the unit the store writes, merges and reads (see docs/store.md)."""
+
+SCHEMA_VERSION = 2
+"""The store's layout (SQLite's ``user_version``): 0, gdlab before 0.2, one row per step and key
+(``step_metrics``, ``step_buckets``, ``epoch_metrics``, still read); 2, rows packed in ``blocks``. A store of a
+later version is refused: this gdlab would not read its rows."""
 
 RUN_ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{4}")
 """The pattern of a run id (``YYYYmmdd-HHMMSS-xxxx``, as :meth:`Store.create_run` makes it and every gdlab store
@@ -69,6 +86,9 @@ has held): an id from the database becomes a path only when it matches."""
 
 SWEEP_ID = re.compile(r"s\d{8}-\d{6}-[0-9a-f]{4}")
 """The pattern of a sweep's (or restarts') id: ``s`` and a run id's pattern."""
+
+Rows = Iterable[Mapping[str, Any]] | Mapping[str, Sequence[float]]
+"""Rows for :meth:`Store.add_steps`: dicts (one per row), or equal-length columns by key."""
 
 LOCK = ".lock"
 """The file in a run's folder that the process running it holds locked (``flock``) until it closes the run."""
@@ -91,6 +111,12 @@ CREATE TABLE IF NOT EXISTS step_buckets (
     run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE, step INTEGER NOT NULL, key TEXT NOT NULL,
     width INTEGER NOT NULL, count INTEGER NOT NULL, mean REAL, min REAL, max REAL, PRIMARY KEY (run_id, step, key)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS blocks (
+    run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE, series TEXT NOT NULL CHECK (series IN ('step',
+    'epoch')), first INTEGER NOT NULL, last INTEGER NOT NULL, width INTEGER NOT NULL, rows INTEGER NOT NULL,
+    present INTEGER NOT NULL, keys TEXT NOT NULL, idx BLOB NOT NULL, data BLOB NOT NULL,
+    PRIMARY KEY (run_id, series, first)
+);
 CREATE TABLE IF NOT EXISTS epoch_metrics (
     run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE, epoch INTEGER NOT NULL, key TEXT NOT NULL,
     value REAL, PRIMARY KEY (run_id, epoch, key)
@@ -215,6 +241,7 @@ class Store:
         self._locks = _RunLocks(self.run_dir)  # the runs this store runs, each with its lock held
         self._abandoned: set[str] = set()  # runs seen dead by a store opened for reading (not stored)
         self._db = _connect(self.root, root, self.writable, create)
+        self._rows = _Blocks(self.root)
 
     def close(self) -> None:
         """Close the database connection (and let go of the runs this store was running: see
@@ -277,6 +304,8 @@ class Store:
                 # a bucket reaching past the checkpoint goes whole: its steps after it are redone
                 db.execute("DELETE FROM step_buckets WHERE run_id = ? AND step > ?", (run_id, step))
                 db.execute("DELETE FROM epoch_metrics WHERE run_id = ? AND epoch > ?", (run_id, epochs))
+                self._rows.trim(db, run_id, "step", step)
+                self._rows.trim(db, run_id, "epoch", epochs)
                 db.execute("DELETE FROM findings WHERE run_id = ?", (run_id,))
                 db.execute("UPDATE runs SET status = 'running', updated = ?, pid = ?, host = ?, error = NULL, "
                            "stop_reason = NULL WHERE id = ?", (_now(), os.getpid(), socket.gethostname(), run_id))
@@ -306,39 +335,45 @@ class Store:
             if status != "running":
                 self._locks.release(run_id)  # the run is closed (or could not be: it reads as dead, not as live)
 
-    def add_steps(self, run_id: str, rows: Iterable[dict[str, float]], *, step_rows: int = 0) -> None:
-        """Store per-step rows; each has a ``step`` key; NaN values (and :data:`SPREAD` columns) are left out.
+    def add_steps(self, run_id: str, rows: Rows, *, step_rows: int = 0) -> None:
+        """Store per-step rows: dicts with a ``step`` key, or equal-length columns (a mapping of key to values,
+        ``step`` among them); NaN values (and :data:`SPREAD` columns) are left out. A step stored already is
+        replaced, with every step after it.
 
-        With ``step_rows`` > 0 the run keeps its newest ``step_rows`` steps as recorded (and up to a sixteenth
-        more, moved in batches), and the steps before them in at most ``step_rows // 4`` buckets: consecutive
-        steps (a power-of-two number, aligned to multiples of it) merged into one row per key holding their mean,
-        min and max and how many values they merged. As the run grows the bucket width doubles, each pair of
-        buckets merged into one, so a run of any length stores at most about ``1.3 * step_rows`` rows per key,
-        and a spike in an old step survives as its bucket's max. The rows and the merge are one transaction: a
-        crash leaves the store before or after both. 0 keeps every step.
+        The rows are packed in blocks (:data:`BLOCK` rows each: the steps, then each key's values, float64; see
+        :mod:`gdlab.records.blocks`). With ``step_rows`` > 0 the run keeps its newest ``step_rows`` steps as
+        recorded (and up to a sixteenth more, moved in batches; fewer when they would take more than half of
+        :data:`SERIES_BYTES`), and the steps before them in at most ``step_rows // 4`` buckets: consecutive steps
+        (a power-of-two number, aligned to multiples of it) merged into one row holding each key's mean, min, max
+        and how many values it merged. As the run grows the bucket width doubles, each pair of buckets merged into
+        one, so a run of any length, with any number of keys, stores at most :data:`SERIES_BYTES` of steps, and a
+        spike in an old step survives as its bucket's max. The rows and the merge are one transaction: a crash
+        leaves the store before or after both. 0 keeps every step.
+        """
+        self.add_rows(run_id, steps=rows, step_rows=step_rows)
+
+    def add_epochs(self, run_id: str, rows: Rows, *, step_rows: int = 0) -> None:
+        """Store per-epoch rows (dicts with an ``epoch`` key, or columns), bounded as :meth:`add_steps` bounds
+        steps (a full-batch run has an epoch per step)."""
+        self.add_rows(run_id, epochs=rows, step_rows=step_rows)
+
+    def add_rows(self, run_id: str, *, steps: Rows = (), epochs: Rows = (), step_rows: int = 0) -> None:
+        """Store step and epoch rows (see :meth:`add_steps`) in one transaction: what the Recorder writes.
+
+        Example:
+            >>> import tempfile
+            >>> store = Store(tempfile.mkdtemp())
+            >>> run_id = store.create_run({})
+            >>> store.add_rows(run_id, steps={"step": [1, 2], "loss": [0.5, 0.25]}, epochs=[{"epoch": 1, "x": 1.0}])
+            >>> store.history(run_id).steps["loss"], store.history(run_id).epochs["x"]
+            ([0.5, 0.25], [1.0])
         """
         if isinstance(step_rows, bool) or not isinstance(step_rows, int) or step_rows < 0:
             raise InvalidParameter("step_rows", step_rows, "0 (keep every step) or a positive integer")
+        packed_rows = [(series, _block(rows, series)) for series, rows in (("step", steps), ("epoch", epochs))]
         with self._write() as db:
-            self._insert(db, "step_metrics", "step", run_id, rows)
-            if step_rows:
-                _merge_old_steps(db, run_id, step_rows)
-
-    def add_epochs(self, run_id: str, rows: Iterable[dict[str, float]]) -> None:
-        """Store per-epoch rows; each has an ``epoch`` key; NaN values are left out."""
-        with self._write() as db:
-            self._insert(db, "epoch_metrics", "epoch", run_id, rows)
-
-    @staticmethod
-    def _insert(db: sqlite3.Connection, table: str, index: str, run_id: str,
-                rows: Iterable[dict[str, float]]) -> None:
-        values = [
-            (run_id, int(row[index]), key, value)
-            for row in rows
-            for key, value in row.items()
-            if key != index and value is not None and not math.isnan(value) and not key.startswith(SPREAD)
-        ]
-        db.executemany(f"INSERT OR REPLACE INTO {table} VALUES (?, ?, ?, ?)", values)
+            for series, block in packed_rows:
+                self._rows.append(db, run_id, series, block, step_rows)
 
     def add_findings(self, run_id: str, findings: Iterable[dict[str, Any]]) -> None:
         """Store findings (dicts with code, severity, step, evidence, explanation, remedy)."""
@@ -487,15 +522,25 @@ class Store:
         """The run's per-step and per-epoch metrics as a :class:`History`.
 
         A bucket of merged steps (see :meth:`add_steps`) reads as one row at its last step holding each key's
-        mean, with the key's min and max in the :data:`SPREAD` columns (``min:loss``, ``max:loss``)."""
+        mean, with the key's min and max in the :data:`SPREAD` columns (``min:loss``, ``max:loss``). Rows a store
+        of schema version 0 holds (one per step and key) read the same way, before the run's blocks."""
+        from gdlab.records import blocks as packed
+
         history = History()
-        buckets = self._query("SELECT step, key, mean, min, max FROM step_buckets WHERE run_id = ? ORDER BY step",
-                              (run_id,))
-        history.steps = _table("step", buckets, self._query(
-            "SELECT step, key, value FROM step_metrics WHERE run_id = ? ORDER BY step", (run_id,)))
-        history.epochs = _table("epoch", [], self._query(
-            "SELECT epoch, key, value FROM epoch_metrics WHERE run_id = ? ORDER BY epoch", (run_id,)))
+        for series in ("step", "epoch"):
+            try:
+                columns = packed.to_columns(self._rows.read(self._db, run_id, series), series)
+            except sqlite3.Error as e:
+                raise _damaged(self.root, self.root / "gdlab.db", str(e)) from None
+            setattr(history, f"{series}s", _joined(_rows_per_key(self._query, run_id, series), columns))
         return history
+
+    def namesakes(self, run: Run) -> list[str]:
+        """The ids of the other runs named as ``run`` is, newest first (a name finds the newest: see :meth:`get`)."""
+        if run.name is None:
+            return []
+        return [i for (i,) in self._query("SELECT id FROM runs WHERE name = ? AND id != ? ORDER BY rowid DESC",
+                                          (run.name, run.id))]
 
     def run_dir(self, run_id: str) -> Path:
         """The run's artifact folder: ``<store>/<run id>``, for an id of gdlab's pattern (:data:`RUN_ID`) whose
@@ -553,9 +598,10 @@ class Store:
                     self._abandoned.add(run_id)
                     continue
                 with self._write() as db:  # keep what it recorded: only the status, the error and the steps change
-                    db.execute("UPDATE runs SET status = 'failed', updated = ?, error = ?, steps = (SELECT MAX(step) "
-                               "FROM step_metrics WHERE run_id = ?) WHERE id = ? AND status = 'running'",
-                               (_now(), ABANDONED, run_id, run_id))
+                    db.execute("UPDATE runs SET status = 'failed', updated = ?2, error = ?3, steps = (SELECT MAX(s) "
+                               "FROM (SELECT MAX(step) AS s FROM step_metrics WHERE run_id = ?1 UNION ALL SELECT "
+                               "MAX(last) FROM blocks WHERE run_id = ?1 AND series = 'step')) WHERE id = ?1 AND "
+                               "status = 'running'", (run_id, _now(), ABANDONED))
 
 
 
@@ -579,12 +625,22 @@ def _connect(root: Path, given: str | Path, writable: bool, create: bool) -> sql
         else:
             db = _read_only(database)
         tables = _check_schema(db, root, database)
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"store '{printable(given)}' was written by a newer gdlab (schema version {version}; "
+                             f"this one reads up to {SCHEMA_VERSION}): expected a store this gdlab wrote; upgrade "
+                             "gdlab, or choose another --store")
         if writable:
+            if not tables:  # a new store gives freed pages back to the disk (a merge frees about what it writes)
+                db.execute("PRAGMA auto_vacuum=FULL")  # set before anything else is: then it cannot change
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA foreign_keys=ON")
+            db.execute(f"PRAGMA journal_size_limit={4 << 20}")  # the log shrinks back after a burst of writes
             if not tables >= _TABLES:  # a new store, or one written before a table was added
                 db.executescript(_SCHEMA)
+            if version < SCHEMA_VERSION:  # its old rows stay as they are, and read (Store.history)
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         else:  # a table an older store lacks reads as empty: made in memory, never in the store
             for statement in _statements(tables):
                 db.execute(statement.replace("CREATE TABLE", "CREATE TEMP TABLE", 1))
@@ -732,6 +788,155 @@ class _RunLocks:
                 os.close(fd)
 
 
+class _Blocks:
+    """A run's rows in the ``blocks`` table, one series (``step`` or ``epoch``) at a time: appended, merged into
+    buckets past the bound, trimmed on resume, read back (see :meth:`Store.add_steps`)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root  # for the messages
+
+    def read(self, db: sqlite3.Connection, run_id: str, series: str, where: str = "",
+             args: tuple[Any, ...] = ()) -> list[Block]:
+        """The run's blocks of ``series`` (those matching ``where`` too), in index order, each checked: bytes that
+        do not decode are a damaged store (:class:`~gdlab.errors.StoreError`), never a guess."""
+        from gdlab.records import blocks as packed
+
+        found = []
+        for first, width, keys, index, data in db.execute(
+                f"SELECT first, width, keys, idx, data FROM blocks WHERE run_id = ? AND series = ? {where} "
+                "ORDER BY first", (run_id, series, *args)):
+            try:
+                block = packed.decode(width, keys, index, data)
+                if not len(block) or int(block.index[0]) != first:
+                    raise ValueError("its index does not start where its row says")
+            except (ValueError, TypeError) as e:  # a JSON error is a ValueError
+                raise _damaged(self.root, self.root / "gdlab.db", f"the {series} rows of run {run_id} at {first} "
+                               f"do not decode: {e}") from None
+            found.append(block)
+        return found
+
+    def append(self, db: sqlite3.Connection, run_id: str, series: str, block: Block, bound: int) -> None:
+        """Add rows (replacing the stored ones from their first index on), gather the small blocks at the end,
+        and merge the rows past the bound into buckets."""
+        from gdlab.records import blocks as packed
+
+        if not len(block):
+            return
+        self.trim(db, run_id, series, int(block.index[0]) - 1)
+        _insert(db, run_id, series, block)
+        tail = db.execute("SELECT first, rows FROM blocks WHERE run_id = ? AND series = ? AND width = 1 ORDER BY "
+                          "first DESC LIMIT 16", (run_id, series)).fetchall()
+        small = next((n for n, (_, rows) in enumerate(tail) if rows >= BLOCK), len(tail))
+        if small >= 8:  # each flush writes a block: gathered 8 at a time, so a block is rewritten a few times at most
+            last = self.read(db, run_id, series, "AND width = 1 AND first >= ?", (tail[small - 1][0],))
+            self._replace(db, run_id, series, last, packed.concat(last))
+        if bound:
+            self._merge(db, run_id, series, bound)
+
+    def trim(self, db: sqlite3.Connection, run_id: str, series: str, after: int) -> None:
+        """Drop the rows past index ``after`` (a bucket reaching past it goes whole: its steps are redone)."""
+        db.execute("DELETE FROM blocks WHERE run_id = ? AND series = ? AND first > ?", (run_id, series, after))
+        for block in self.read(db, run_id, series, "AND last > ?", (after,)):
+            self._replace(db, run_id, series, [block], block.take(block.index <= after))
+
+    def _merge(self, db: sqlite3.Connection, run_id: str, series: str, bound: int) -> None:
+        """Merge the rows before the newest ``bound`` (fewer when they would take more than half of
+        :data:`SERIES_BYTES`) into buckets, at most ``bound // 4`` of them (see :meth:`Store.add_steps`)."""
+        from gdlab.records import blocks as packed
+
+        rows = db.execute("SELECT MIN(first), MAX(last), SUM(rows), SUM(present) FROM blocks WHERE run_id = ? AND "
+                          "series = ? AND width = 1", (run_id, series)).fetchone()
+        if rows[0] is None:
+            return
+        newest, last, count, present = rows
+        top = db.execute("SELECT width, keys FROM blocks WHERE run_id = ? AND series = ? AND width > 1 ORDER BY "
+                         "first DESC LIMIT 1", (run_id, series)).fetchone()
+        oldest = db.execute("SELECT MIN(first) FROM blocks WHERE run_id = ? AND series = ? AND width > 1",
+                            (run_id, series)).fetchone()[0]
+        keys = {k for (text,) in db.execute("SELECT keys FROM blocks WHERE run_id = ? AND series = ? AND width = 1",
+                                            (run_id, series)) for k in json.loads(text)}
+        keys |= set(json.loads(top[1])) if top else set()
+        k = max(1, len(keys))
+        # bytes a row takes: its index, a presence bit per key, 8 per value (4 values per key in a bucket)
+        kept = min(bound, max(1, int(SERIES_BYTES // 2 // (8 + k / 8 + 8 * present / count))))
+        cap = max(1, min(kept // 4, int(SERIES_BYTES // 2 // (8 + k / 8 + 32 * k))))
+        width = top[0] if top else 2
+        first = newest if oldest is None else min(oldest, newest)
+        cut = (last - kept + 1) // width * width  # the rows below it are merged
+        while cut // width - first // width > cap:
+            width *= 2
+            cut = (last - kept + 1) // width * width
+        if cut - newest < max(1, kept // 16):
+            return  # too few to move yet: they go in batches, a sixteenth of the bound at least
+        full = self.read(db, run_id, series, "AND width = 1 AND first < ?", (cut,))
+        moving = packed.concat(full)
+        # the stored buckets the moving rows join: all of them when the width grew, else those of the last block
+        grown = top is None or width > top[0]
+        joined = self.read(db, run_id, series, "AND width > 1 " + ("" if grown else "AND last >= ?"),
+                           () if grown else (newest // width * width,))
+        buckets = packed.merge(joined, [moving.take(moving.index < cut)], width)
+        self._replace(db, run_id, series, [*joined, *full], buckets)
+        _insert(db, run_id, series, moving.take(moving.index >= cut))
+
+    def _replace(self, db: sqlite3.Connection, run_id: str, series: str, old: list[Block], new: Block) -> None:
+        db.executemany("DELETE FROM blocks WHERE run_id = ? AND series = ? AND first = ?",
+                       [(run_id, series, int(b.index[0])) for b in old])
+        _insert(db, run_id, series, new)
+
+def _insert(db: sqlite3.Connection, run_id: str, series: str, block: Block) -> None:
+    """Store ``block``'s rows, :data:`BLOCK` a database row."""
+    from gdlab.records import blocks as packed
+
+    rows = []
+    for start in range(0, len(block), BLOCK):
+        part = block.take(slice(start, start + BLOCK))
+        keys, index, data, present = packed.encode(part)
+        rows.append((run_id, series, int(part.index[0]), int(part.index[-1]), part.width, len(part), present,
+                     keys, index, data))
+    db.executemany("INSERT INTO blocks (run_id, series, first, last, width, rows, present, keys, idx, data) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+
+def _block(rows: Rows, index: str) -> Block:
+    """Rows (dicts, or columns) as a block of rows as recorded."""
+    from gdlab.records import blocks as packed
+
+    if isinstance(rows, Mapping):
+        columns = rows
+    else:
+        listed = list(rows)
+        keys = list(dict.fromkeys(k for row in listed for k in row))
+        columns = {k: [math.nan if row.get(k) is None else row[k] for row in listed] for k in keys}
+        if listed and index not in columns or any(index not in row for row in listed):
+            raise KeyError(index)
+    if not columns or not len(columns.get(index, ())):
+        return packed.Block.empty()
+    return packed.Block.rows(columns, index)
+
+
+def _rows_per_key(query: Callable[..., list[Any]], run_id: str, series: str) -> Table:
+    """The run's rows of ``series`` as a store of schema version 0 holds them (a row per index and key, a long
+    run's older steps in ``step_buckets``)."""
+    if series == "epoch":
+        return _table("epoch", [], query("SELECT epoch, key, value FROM epoch_metrics WHERE run_id = ? ORDER BY "
+                                         "epoch", (run_id,)))
+    buckets = query("SELECT step, key, mean, min, max FROM step_buckets WHERE run_id = ? ORDER BY step", (run_id,))
+    return _table("step", buckets, query("SELECT step, key, value FROM step_metrics WHERE run_id = ? ORDER BY step",
+                                         (run_id,)))
+
+
+def _joined(old: Table, columns: dict[str, list[float]]) -> Table:
+    """A table of the rows a store of schema version 0 holds, then those of the run's blocks."""
+    if not len(old):
+        return Table(columns)
+    if not columns:
+        return old
+    n, m = len(old), len(next(iter(columns.values())))
+    keys = dict.fromkeys([*old.columns, *columns])
+    return Table({k: (old.columns[k] if k in old.columns else [math.nan] * n)
+                  + (columns[k] if k in columns else [math.nan] * m) for k in keys})
+
+
 def _table(index: str, buckets: list[Any], rows: list[Any]) -> Table:
     """Columns from (index, key, mean, min, max) buckets and (index, key, value) rows, each ordered by index: one
     row per index, in order (the buckets come first: they hold the older steps). One pass over each."""
@@ -751,65 +956,6 @@ def _table(index: str, buckets: list[Any], rows: list[Any]) -> Table:
                     column = columns[prefix + key] = blank.copy()
                 column[n] = nan if value is None else value
     return Table(columns)
-
-
-def _merge_old_steps(db: sqlite3.Connection, run_id: str, step_rows: int) -> None:
-    """Merge the run's full-resolution steps before its newest ``step_rows`` into buckets (see
-    :meth:`Store.add_steps`), inside the caller's transaction.
-
-    A bucket of width ``w`` holds the steps ``s`` with the same ``s // w`` and is stored at its last step. Steps
-    move only in whole buckets (below a multiple of ``w``), at least a sixteenth of ``step_rows`` at a time; when
-    the buckets would number more than ``step_rows // 4`` the width doubles and the stored buckets are merged
-    pairwise with the moving steps."""
-    last = db.execute("SELECT MAX(step) FROM step_metrics WHERE run_id = ?", (run_id,)).fetchone()[0]
-    if last is None:
-        return
-    top = db.execute("SELECT width FROM step_buckets WHERE run_id = ? ORDER BY step DESC LIMIT 1",
-                     (run_id,)).fetchone()
-    width = top[0] if top else 2
-    oldest = db.execute("SELECT MIN(step) FROM step_buckets WHERE run_id = ?", (run_id,)).fetchone()[0]
-    newest = db.execute("SELECT MIN(step) FROM step_metrics WHERE run_id = ?", (run_id,)).fetchone()[0]
-    first = newest if oldest is None else min(oldest, newest)
-    cap = max(1, step_rows // 4)
-    cut = (last - step_rows + 1) // width * width  # the steps below it are merged
-    while cut // width - first // width > cap:
-        width *= 2
-        cut = (last - step_rows + 1) // width * width
-    if cut - newest < max(1, step_rows // 16):
-        return  # too few to move yet: they go in batches, a sixteenth of the bound at least
-    # the stored buckets the moving steps join: all of them when the width grew, else those in the moving ones' span
-    since = 0 if top is None or width > top[0] else newest // width * width
-    merged: dict[tuple[int, str], list[Any]] = {}  # (bucket, key) -> [last step, count, sum, min, max]
-    for query, args in (
-        ("SELECT step / ?1, key, MAX(step), COUNT(value), SUM(value), MIN(value), MAX(value) FROM step_metrics "
-         "WHERE run_id = ?2 AND step < ?3 AND value IS NOT NULL GROUP BY 1, 2", (width, run_id, cut)),
-        ("SELECT step / ?1, key, MAX(step), SUM(count), SUM(mean * count), MIN(min), MAX(max) FROM step_buckets "
-         "WHERE run_id = ?2 AND step >= ?3 GROUP BY 1, 2", (width, run_id, since)),
-    ):
-        for bucket, key, end, count, total, low, high in db.execute(query, args):
-            have = merged.get((bucket, key))
-            if have is None:
-                merged[(bucket, key)] = [end, count, total, low, high]
-            else:  # NULL (an inf - inf sum, or no value) stays NULL
-                have[0] = max(have[0], end)
-                have[1] += count
-                have[2] = None if have[2] is None or total is None else have[2] + total
-                have[3] = _extreme(min, have[3], low)
-                have[4] = _extreme(max, have[4], high)
-    ends: dict[int, int] = {}  # each bucket's last step, the one its keys are stored at
-    for (bucket, _), (end, *_) in merged.items():
-        ends[bucket] = max(end, ends.get(bucket, end))
-    db.execute("DELETE FROM step_metrics WHERE run_id = ? AND step < ?", (run_id, cut))
-    db.execute("DELETE FROM step_buckets WHERE run_id = ? AND step >= ?", (run_id, since))
-    db.executemany("INSERT INTO step_buckets (run_id, step, key, width, count, mean, min, max) "
-                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                   [(run_id, ends[bucket], key, width, count,
-                     None if total is None or not count or math.isnan(total / count) else total / count, low, high)
-                    for (bucket, key), (_, count, total, low, high) in merged.items()])
-
-
-def _extreme(pick: Any, a: float | None, b: float | None) -> float | None:
-    return b if a is None else a if b is None else pick(a, b)
 
 
 def _try_lock(path: Path) -> int | bool | None:

@@ -5,7 +5,9 @@
 - :mod:`~gdlab.cli.common`: the error wrapper, the shared flags, parsers and printers;
 - :mod:`~gdlab.cli.train`: ``train``;
 - :mod:`~gdlab.cli.population`: ``sweep``, ``restarts``, ``lr-find``;
-- :mod:`~gdlab.cli.runs`: ``runs``, ``show``, ``plot``, ``gradflow``, ``doctor`` (the run store);
+- :mod:`~gdlab.cli.stored`: ``runs``, ``runs rm`` (the store's listing: no torch; :mod:`~gdlab.cli.shared`
+  holds what it shares with the other commands);
+- :mod:`~gdlab.cli.runs`: ``show``, ``plot``, ``gradflow``, ``doctor``, ``compare`` (the run store);
 - :mod:`~gdlab.cli.report`: ``report`` (HTML pages of runs, sweeps and the store's index);
 - :mod:`~gdlab.cli.listings`: ``datasets``, ``models``, ``optimizers``, ``functions``;
 - :mod:`~gdlab.cli.lab`: ``lab``, ``explain``, ``landscape``.

@@ -9,56 +9,33 @@ them, like :func:`friendly` does for a command body, into one line on stderr and
 
 from __future__ import annotations
 
-import functools
-import json
-import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, Optional, TypeVar
+from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
 
-from gdlab.cli.ranks import record_error
 from gdlab.cli.root import app as app  # re-exported: the command modules register their commands on it
-from gdlab.cli.root import err, out
+from gdlab.cli.root import err as err
+from gdlab.cli.root import out as out
 from gdlab.cli.root import safe as safe  # the printers' one escaper, re-exported
+from gdlab.cli.shared import JsonFlag as JsonFlag  # what needs no torch, re-exported (gdlab runs imports it alone)
+from gdlab.cli.shared import StoreFlag as StoreFlag
+from gdlab.cli.shared import fail as fail
+from gdlab.cli.shared import friendly as friendly
+from gdlab.cli.shared import num as num
+from gdlab.cli.shared import status_text as status_text
+from gdlab.cli.shared import to_json as to_json
+from gdlab.cli.shared import wide as wide
 from gdlab.config import HELP, Config, help_text
 from gdlab.errors import GdlabError, InvalidParameter
 
-F = TypeVar("F", bound=Callable[..., Any])
-
 STORE_HELP = help_text("store", default=False)
-"""The store's help, for every command's ``--store`` (train shows its default too: ``HELP["store"]``)."""
-
-
-def wide() -> Console:
-    """The console for tables: whole rows in a pipe or file rather than rich's 80-column squeeze."""
-    return out if out.is_terminal else Console(highlight=False, width=240, emoji=False)
+"""The store's help, for every command's ``--store`` (train shows its default too: ``HELP["store"]``): the reading
+commands' flag, :data:`~gdlab.cli.shared.StoreFlag`, declared where it needs no torch."""
 
 
 # -- errors ----------------------------------------------------------------------------------------------------
-
-
-def fail(error: GdlabError) -> NoReturn:
-    """Print ``error`` as one line on stderr and exit with code 2 (under ``--nproc``, also where the launching
-    command reads a rank's failure)."""
-    if not record_error(error):  # under --nproc, the launching command prints the first rank's
-        err.print(f"error: {safe(error)}", soft_wrap=True)  # an error may echo what the user typed
-    raise typer.Exit(2)
-
-
-def friendly(command: F) -> F:
-    """Turn gdlab's errors raised by a command into one line on stderr and exit code 2."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except GdlabError as e:
-            fail(e)
-
-    return wrapper  # type: ignore[return-value]
 
 
 def parsed(parse: Callable[..., Any], *args: Any) -> Callable[[Any], Any]:
@@ -173,9 +150,7 @@ DATA_AND_MODEL = ("data", "target", "task", "val", "val_split", "standardize", "
                   "activation", "init", "loss")
 """The Config keys of the flags above that every training command takes."""
 
-StoreFlag = Annotated[str, typer.Option("--store", help=STORE_HELP)]
 QuietFlag = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table.")]
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 
 
 def given_flags(flags: dict[str, Any], keys: Iterable[str]) -> dict[str, Any]:
@@ -195,31 +170,3 @@ def config_from(flags: dict[str, Any], *keys: str) -> Config:
 # -- small printers --------------------------------------------------------------------------------------------
 
 
-def num(value: Any) -> str:
-    """A number in 4 significant digits (an int as it is, nothing for None)."""
-    if value is None:
-        return ""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def status_text(status: str) -> str:
-    """A run's status, coloured (markup for a console; a status from a damaged store shows as it is)."""
-    colour = {"finished": "green", "running": "cyan", "failed": "red", "stopped": "yellow"}.get(status, "white")
-    return f"[{colour}]{safe(status)}[/]"
-
-
-def to_json(value: Any) -> str:
-    """Strict JSON: paths as strings, and null for NaN and infinities (a diverged run's losses)."""
-
-    def clean(v: Any) -> Any:
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        return str(v) if isinstance(v, Path) else v
-
-    return json.dumps(clean(value), allow_nan=False)

@@ -31,7 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {  # command -> (its module in gdlab.cli,
                                "training end in?"),
     "lr-find": ("population", "The learning-rate range test: raise the lr exponentially over one short run and "
                               "read the loss curve."),
-    "runs": ("runs", "List stored runs."),
+    "runs": ("stored", "List stored runs."),  # cli/stored.py: no torch, so that it answers at once
     "show": ("runs", "Show a run (config, plan, status, final metrics, findings) or a sweep (its table)."),
     "plot": ("runs", "Plot a run's losses (per epoch and per step), or with --instruments the instruments' "
                      "dashboard."),

@@ -13,6 +13,7 @@ from gdlab.cli.common import (
     JsonFlag,
     StoreFlag,
     app,
+    err,
     friendly,
     num,
     out,
@@ -23,104 +24,14 @@ from gdlab.cli.common import (
     to_json,
     wide,
 )
-from gdlab.cli.population import show_sweep, sweeps_table
+from gdlab.cli.population import show_sweep
+from gdlab.cli.stored import resolve
+from gdlab.cli.stored import run_payload as run_payload  # gdlab runs' (in cli/stored.py: it imports no torch)
+from gdlab.cli.stored import runs_table as runs_table
 from gdlab.cli.train import print_doctor
-from gdlab.errors import InvalidParameter, RunNotFound, StoreError
+from gdlab.errors import InvalidParameter, RunNotFound
 
 RunArgument = typer.Argument(..., help="Run id, id prefix, name, or 'last'.")
-
-
-runs_app = typer.Typer(help="List stored runs (gdlab runs), or delete some (gdlab runs rm RUN...).",
-                       invoke_without_command=True, no_args_is_help=False, add_completion=False,
-                       rich_markup_mode=None, context_settings={"help_option_names": ["-h", "--help"]})
-app.add_typer(runs_app, name="runs")
-
-
-@runs_app.callback()
-@friendly
-def runs(
-    ctx: typer.Context,
-    store: StoreFlag = "gdlab-runs",
-    limit: int = typer.Option(20, help="Show at most this many runs, newest first."),
-    as_json: JsonFlag = False,
-) -> None:
-    """List stored runs (and sweeps), newest first; gdlab runs rm RUN... deletes runs."""
-    from gdlab.store import NoStore, Store
-
-    if ctx.invoked_subcommand is not None:
-        return
-    try:
-        db = Store(store, create=False)  # read only; a damaged store is an error, never an empty one
-    except NoStore:
-        if as_json:
-            print(to_json({"runs": [], "sweeps": []}))
-        else:
-            out.print(f"no runs in {safe(store)} yet: start one with gdlab train")
-        return
-    listed = db.runs(limit=limit)
-    stored_sweeps = db.sweeps(limit=limit)
-    if as_json:
-        print(to_json({"runs": [run_payload(r) for r in listed],
-                       "sweeps": [{k: v for k, v in sw.items()} for sw in stored_sweeps]}))
-        return
-    if not listed and not stored_sweeps:
-        out.print(f"no runs in {safe(store)} yet: start one with gdlab train")
-        return
-    if listed:
-        wide().print(runs_table(listed))
-    if stored_sweeps:
-        out.print("[bold]sweeps and restarts[/]" if listed else "")
-        wide().print(sweeps_table(db, stored_sweeps))
-
-
-@runs_app.command("rm")
-@friendly
-def remove(
-    refs: list[str] = typer.Argument(..., help="Runs to delete: ids, id prefixes or names."),
-    store: StoreFlag = "gdlab-runs",
-    force: bool = typer.Option(False, "--force", help="Delete a run marked running too (one whose process is "
-                               "gone but could not be seen to be: killed in a container, on another machine)."),
-) -> None:
-    """Delete runs: their records and folders. A running run is refused (without --force); a run a live process
-    holds is refused always."""
-    from gdlab.store import Store
-
-    db = Store(store, create=False, write=True)
-    found = [db.get(ref) for ref in refs]  # every name resolves (and every id is checked) before anything is deleted
-    running = [r for r in found if r.status == "running"]
-    if running and not force:
-        raise StoreError(f"run {running[0].id} is running: stop it first (or wait for it to finish), then delete "
-                         "it; if no process runs it any more (killed in a container, on another machine), pass "
-                         "--force; nothing was deleted")
-    for r in {r.id: r for r in found}.values():
-        db.delete_run(r.id, force=force)
-        out.print(f"deleted run {safe(r.id)}" + (f" ({safe(r.name)})" if r.name else ""))
-
-
-def run_payload(r: Any) -> dict[str, Any]:
-    """A stored run as JSON (what gdlab show --json and gdlab runs --json print)."""
-    return {"run_id": r.id, "name": r.name, "created": r.created, "status": r.status, "config": r.config,
-            "plan": r.plan, "final": r.final, "lr": r.lr, "seconds": r.seconds, "steps": r.steps,
-            "stop_reason": r.stop_reason, "error": r.error, "findings": r.findings, "remedies": r.remedies,
-            "dir": str(r.dir)}
-
-
-def runs_table(listed: list[Any]) -> Table:
-    """The stored runs, one row each, newest first (every cell the store's text, escaped)."""
-    table = Table(box=None, header_style="bold")
-    for column in ("run", "name", "status", "created", "data", "model", "optimizer", "lr", "batch", "steps",
-                   "train loss", "val loss", "val acc", "val r2", "time"):
-        table.add_column(column, justify="right" if column in ("lr", "steps", "time") or "loss" in column
-                         or "val" in column else "left")
-    for r in listed:
-        c, f = r.config, r.final or {}
-        acc = f.get("val_accuracy")
-        first = (safe(r.id), safe(r.name or ""), status_text(r.status))
-        table.add_row(*first, *map(safe, (
-            r.created, c.get("data", ""), c.get("model", ""), c.get("optimizer", ""), c.get("lr", ""),
-            c.get("batch_size", ""), r.steps or "", num(f.get("train_loss")), num(f.get("val_loss")),
-            f"{acc:.2%}" if acc is not None else "", num(f.get("val_r2")), f"{r.seconds:.1f}s" if r.seconds else "")))
-    return table
 
 
 @app.command()
@@ -135,7 +46,7 @@ def show(
 
     db = Store(store, create=False)
     try:
-        r = db.get(run)
+        r, others = resolve(db, run)
     except RunNotFound:
         if not db.sweeps():
             raise
@@ -151,8 +62,12 @@ def show(
         print(to_json({"run_id": r.id, "name": r.name, "created": r.created, "status": r.status,
                        "config": r.config, "plan": r.plan, "final": r.final, "lr": r.lr, "seconds": r.seconds,
                        "steps": r.steps, "stop_reason": r.stop_reason, "error": r.error, "findings": r.findings,
-                       "remedies": r.remedies}))
+                       "remedies": r.remedies, "same_name": others}))
         return
+    if others:  # a name finds the newest run of that name: say so, and how to see the others
+        err.print(f"[yellow]note:[/] {len(others) + 1} runs are named {safe(repr(run))}; this is the newest, "
+                  f"{safe(r.id)}; the other{'s' if len(others) > 1 else ''}: {safe(', '.join(others))} (gdlab show "
+                  "ID shows one)")
     print_run(r)
 
 

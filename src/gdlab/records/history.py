@@ -17,7 +17,11 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-__all__ = ["Table", "History", "layer_key"]
+__all__ = ["Table", "History", "SPREAD", "layer_key"]
+
+SPREAD = ("min:", "max:")
+"""The prefixes of the columns a merged key reads as beside its mean, in a history read from the store
+(``min:loss``, ``max:loss``: NaN in the rows that hold one step); never stored as keys of their own."""
 
 
 def layer_key(name: str) -> list[tuple[int, Any]]:

@@ -15,9 +15,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
+if TYPE_CHECKING:  # torch is read only by input_scales, from the tensor it is given: the store reads no torch
+    import torch
 
 __all__ = ["EMA", "ema", "finite", "input_scales", "scale_ratio", "ILL_CONDITIONED"]
 
@@ -98,6 +99,8 @@ def finite(values: Iterable[float]) -> list[float]:
     if math.isfinite(sum(values)):  # a NaN or an inf makes the sum one: every value is finite (the common case,
         return values[:]  # read in one pass in C)
     if len(values) > 64:  # a long column with gaps (NaN where not measured): one pass in numpy
+        import numpy as np  # here: the store, which imports these records, answers gdlab runs without numpy
+
         a = np.asarray(values, dtype=float)
         return a[np.isfinite(a)].tolist()
     return [v for v in values if math.isfinite(v)]
@@ -120,6 +123,7 @@ def input_scales(X: torch.Tensor) -> list[float] | None:
         that are not a non-empty matrix of at most 4096 features.
 
     Example:
+        >>> import torch
         >>> input_scales(torch.tensor([[1.0, -10.0], [2.0, 20.0], [3.0, -30.0]]))
         [2.9, 29.0]
     """
