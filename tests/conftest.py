@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+# threads="auto" times a run's first steps at 1 thread and at torch's count (gdlab.threads.ThreadChooser), so two
+# runs may train on different counts, and a sum split over threads can differ in its last bit. Tests compare runs
+# bit for bit and never depend on the clock: here torch has one thread (this process and the gdlab commands the
+# tests start), so "auto" has one count to keep; tests/test_threads.py drives the chooser on fake clocks.
+os.environ["OMP_NUM_THREADS"] = "1"
+
 import pytest
 import torch
 
-from gdlab.data import TensorData
+torch.set_num_threads(1)
+
+from gdlab.data import TensorData  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

@@ -103,13 +103,17 @@ class Run:
         progress: draw a progress bar (last among the hooks).
         ranks: data-parallel ranks (:class:`gdlab.distributed.Ranks`), or None in one process.
         step_rows: the newest steps the store keeps as recorded (:meth:`Store.add_steps`).
+        checkpoint_share: the share of the run's time its checkpoints may take (the recorder skips one due sooner;
+            the first, the last and one at a stop are always written); None: every checkpoint asked for.
     """
 
     def __init__(self, state: LoopState, *, doctor: Diagnosing | None = None, diagnose: bool = True,
                  watching: Sequence[Any] = (), callbacks: Sequence[Any] = (), store: Store | str | Path | None = None,
                  tensorboard: str | Path | None = None, progress: bool = False,
-                 ranks: distributed.Ranks | None = None, step_rows: int = STEP_ROWS) -> None:
+                 ranks: distributed.Ranks | None = None, step_rows: int = STEP_ROWS,
+                 checkpoint_share: float | None = None) -> None:
         self.state, self.doctor, self.diagnose, self.ranks, self.step_rows = state, doctor, diagnose, ranks, step_rows
+        self.checkpoint_share = checkpoint_share
         self.board: Any = None
         if tensorboard is not None:  # before the store: a missing extra leaves no store behind
             from gdlab.integrations.tensorboard import TensorBoard  # an edge: imported only when asked
@@ -139,13 +143,15 @@ class Run:
                                  "resume it; if no process runs it any more (killed in a container, on another "
                                  "machine), resume it with gdlab train --resume RUN --force (Store.abandon)")
             meta = dict(state.history.meta)
-            self.recorder = Recorder(self.store, run.id, step_rows=self.step_rows)
+            self.recorder = Recorder(self.store, run.id, step_rows=self.step_rows,
+                                     checkpoint_share=self.checkpoint_share)
             self.recorder.restore(state, config)
             state.history.meta.update(meta)  # the stored history: the doctor reads this run's meta
         else:
             described = {**described, "doctor_meta": self.doctor_meta}
             run_id = self.store.create_run(described, plan, name=name)
-            self.recorder = Recorder(self.store, run_id, step_rows=self.step_rows)
+            self.recorder = Recorder(self.store, run_id, step_rows=self.step_rows,
+                                     checkpoint_share=self.checkpoint_share)
         state.run_id = self.recorder.run_id
 
     def share_start(self, resumed: bool) -> None:

@@ -146,7 +146,9 @@ def fit(
             there); the other keys are the model's keyword inputs.
         threads: torch's CPU thread count for this run: ``"auto"`` (measured: the first training steps alternate
             1 thread and torch's count, and the faster is kept, :class:`gdlab.threads.ThreadChooser`; a GPU run is
-            left as it is) or a positive integer. Put back as it was when ``fit`` returns or raises.
+            left as it is) or a positive integer. Put back as it was when ``fit`` returns or raises. Like
+            ``cudnn.benchmark``, a measured choice may differ between two runs, and with it the last bits of sums
+            split over threads: for bit-identical reruns, give a number.
         tensorboard: a folder to write TensorBoard event files into as the run trains: the loss, lr, validation
             metrics and every instrument column (at each epoch's end), the doctor's findings as text at their
             steps (at the end). Needs the ``tensorboard`` package (``pip install 'gdlab[tensorboard]'``).
@@ -203,7 +205,8 @@ def fit(
                                     standardize_target=standardize_target))
     run = Run(state, doctor=physician, diagnose=doctor, callbacks=callbacks, store=store if main else None,
               watching=[*([chooser] if chooser else []), *([Scheduler(schedule)] if schedule else []), *watching],
-              tensorboard=tensorboard if main else None, progress=progress and main, ranks=ranks, step_rows=step_rows)
+              tensorboard=tensorboard if main else None, progress=progress and main, ranks=ranks, step_rows=step_rows,
+              checkpoint_share=Recorder.CHECKPOINT_SHARE if checkpoint_every is None else None)  # paced: at most 2%
     described = dict(config or describe(model, optimizer, lr=lr, momentum=momentum, batch_size=batch_size,
                                         epochs=epochs, steps=steps, seed=seed, loss=problem.loss_name))
     run.record({**described, **({"lr_selection": selection.to_dict()} if selection else {})},
