@@ -486,3 +486,112 @@ def test_the_instruments_package_keeps_its_parts_small() -> None:
     assert all(len(p.read_text().splitlines()) <= 400 for p in parts), [p.name for p in parts]
     assert [getattr(instruments, name).__name__ for name in ("Cheap", "Periodic", "Expensive", "attach")] == \
         ["Cheap", "Periodic", "Expensive", "attach"]
+
+
+# -- budgets: their decisions on fake costs (a clock the test moves), never on the machine's clock ----------------
+
+def test_a_budget_grants_the_free_ones_then_only_what_its_share_pays_for() -> None:
+    from gdlab.instruments.budget import Budget
+
+    now = [0.0]
+    budget = Budget(0.1, free=2, clock=lambda: now[0])
+    granted = []
+    for step in range(1, 201):  # a step of 1 s; a measurement of 5 s, where granted
+        now[0] += 1.0
+        if budget.allows(step):
+            granted.append(step)
+            with budget.measure():
+                now[0] += 5.0
+    assert granted[:2] == [1, 2]  # the free ones, dear as they are
+    assert 0.08 <= budget.spent / (now[0] - budget.spent) <= 0.1 + 5 / (now[0] - budget.spent)
+    assert budget.granted == len(granted) and len(granted) < 200 // 4
+    assert Budget(math.inf, clock=lambda: now[0]).allows(50)  # no limit
+
+
+def _periodic_run(cost: float, steps: int, every: int = 25, share: float = 0.02) -> tuple[list[int], Periodic]:
+    """The steps a Periodic measures over a run of ``steps`` steps of 1 s each, a measurement costing ``cost``
+    seconds more (its clock the test's; no model runs)."""
+    from types import SimpleNamespace
+
+    periodic = Periodic(every=every, budget=share)
+    now = [0.0]
+    periodic.clock = lambda: now[0]  # type: ignore[method-assign]
+    state = SimpleNamespace(model=nn.Linear(2, 1), step=0, batch=None)
+    periodic.on_fit_start(state)  # type: ignore[arg-type]
+    measured: list[int] = []
+
+    def measure(state: Any) -> None:
+        measured.append(state.step)
+        now[0] += cost
+
+    periodic._measure = measure  # type: ignore[method-assign]
+    for step in range(1, steps + 1):
+        state.step = step - 1
+        periodic.on_step_start(state)  # type: ignore[arg-type]
+        now[0] += 1.0
+        state.step = step
+        periodic.on_step_end(state)  # type: ignore[arg-type]
+    return measured, periodic
+
+
+def test_periodic_measurements_keep_to_their_budget_whatever_one_costs() -> None:
+    """The interval follows a measurement's cost: a cheap one every ``every`` steps; a dearer one spaces them by
+    the power of two that brings it to the budget; the first two are always taken (the readings the detectors
+    compare); after them what the measurements cost stays within twice the budget (the power of two rounds up)."""
+    cheap, _ = _periodic_run(cost=0.2, steps=200)
+    assert cheap == [1, 25, 50, 75, 100, 125, 150, 175, 200]
+    moderate, periodic = _periodic_run(cost=2.0, steps=400)  # 2 s against 2% of 25 s: 4x the budget
+    assert periodic.interval == 100 and moderate == [1, 25, 100, 200, 300, 400]
+    dear, periodic = _periodic_run(cost=100.0, steps=400)  # an extra pass against a one-sample step
+    assert dear == [1, 25] and periodic.interval == 25 * 256
+    for cost in (0.2, 2.0, 7.0, 30.0, 100.0):
+        measured, periodic = _periodic_run(cost=cost, steps=3000)
+        after_two = (len(measured) - 2) * cost
+        assert after_two <= 2 * 0.02 * 3000 + 1e-9, (cost, measured)
+
+
+def test_checkpoints_are_paced_by_their_share_of_the_run_and_the_last_always_written(tmp_path: Any,
+                                                                                     monkeypatch: Any) -> None:
+    """Asked at every step (a one-step epoch), a Recorder with a checkpoint share writes the first, then one
+    each time the run's time since pays for it, and always the last (the budget's end, a stop or Ctrl-C);
+    without a share it writes each one asked. Fake costs: a clock the test moves, a save that costs 1 s."""
+    import gdlab.checkpoint
+    from gdlab.callbacks import Recorder
+    from gdlab.instruments.budget import Budget
+    from gdlab.loop import LoopState
+    from gdlab.problem import Problem
+    from gdlab.store import Store
+
+    now = [0.0]
+    saved: list[int] = []
+
+    def save(path: Any, payload: dict[str, Any]) -> None:
+        saved.append(payload["position"]["step"])
+        now[0] += 1.0
+
+    monkeypatch.setattr(gdlab.checkpoint, "save", save)
+    X = torch.randn(16, 3)
+    problem = Problem.make(nn.Linear(3, 1), (X, X.sum(1, keepdim=True)), batch_size="full", device="cpu")
+    store = Store(tmp_path)
+    for share, stop in ((0.1, None), (0.1, 57), (None, None)):
+        state = LoopState.start(problem, torch.optim.SGD(problem.model.parameters(), lr=0.1), total_steps=100)
+        recorder = Recorder(store, store.create_run({}, problem.plan.to_dict()), checkpoint_share=share)
+        if share is not None:
+            recorder.pace = Budget(share, free=1, clock=lambda: now[0])
+        saved.clear()
+        for step in range(1, 101):
+            now[0] += 0.5  # a step of 0.5 s
+            state.step = step
+            if step == stop:
+                state.stop("patience")
+            recorder.checkpoint(state)
+            if state.stop_reason:
+                break
+        if share is None:
+            assert saved == list(range(1, 101))
+            continue
+        assert saved[0] == 1 and saved[-1] == (stop or 100)  # the first, and the last: the end or the stop
+        spent, paced = len(saved), saved[1:-1]
+        assert all(b - a >= 20 for a, b in zip(paced, paced[1:]))  # 1 s of saving pays for 10 s (20 steps)
+        assert recorder.saved == spent and recorder.skipped == saved[-1] - spent
+        assert (spent - 2) * 1.0 <= 0.1 * 0.5 * saved[-1]  # within the share, but for the first and the last

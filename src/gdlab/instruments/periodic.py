@@ -57,6 +57,8 @@ class Periodic(Instrument):
 
     cost = "periodic"
     min_batch = 16
+    clock = staticmethod(time.thread_time)
+    """What the schedule's timings read: the training thread's CPU time (a test gives its own)."""
 
     def __init__(self, every: int = 25, sub_batch: int = 64, budget: float = 0.02) -> None:
         check_int(every, "every", expected="an integer >= 1")
@@ -98,7 +100,7 @@ class Periodic(Instrument):
         swung the wall-clock timings tenfold on a loaded machine, counts in neither). Fixed, the schedule
         depends on the step alone, so identical runs measure the same steps (bar a different interval where the
         two timings straddle a power of two)."""
-        end = time.thread_time()
+        end = self.clock()
         self.measured += 1
         if self.measured == 2 and self.budget_share != math.inf and self.every >= 3:
             between = step - 2  # the steps from the first measurement to this one, neither counted
@@ -126,7 +128,7 @@ class Periodic(Instrument):
             self.due = rank_zero_decides(self.due)
         if not self.due:
             return
-        self.started = time.thread_time()
+        self.started = self.clock()
         size = _batch_size(state.batch) if state.batch is not None else 0
         self.pool = RankPool.make(plan, state.iteration, self.sub_batch) if ranked else None
         if size >= self.min_batch or self.pool is not None:  # with ranks, always on the step (any slice serves)
