@@ -373,8 +373,11 @@ def test_once_step_ends_the_steps_each_step_gets_only_the_hooks_it_needs(moons: 
         assert model._forward_pre_hooks
         if doctor._zero_check is not None:
             checking.append(step)
-        own = len(opt._optimizer_step_post_hooks) - (doctor._zero_check is not None)  # less the check's
-        seen.append((step, doctor._forward_wanted, bool(opt._optimizer_step_pre_hooks), own > 0))
+        updating = doctor._update_check is not None and doctor._update_check.hooked  # the update check's pair
+        own = len(opt._optimizer_step_post_hooks) - (doctor._zero_check is not None) - updating  # less the checks'
+        if updating:
+            checking.append(step)
+        seen.append((step, doctor._forward_wanted, len(opt._optimizer_step_pre_hooks) > updating, own > 0))
         loss = F.cross_entropy(model(train.X[i:i + 32]), train.y[i:i + 32])
         opt.zero_grad()
         loss.backward()
@@ -880,9 +883,9 @@ def test_batches_past_the_held_bound_are_reduced_to_their_counts_and_still_named
                                                                                  held_bytes: int) -> None:
     """Past HELD_BYTES a step's batch is not kept: its NaN count is taken on the device at once (no reference,
     no host read), and the check names the data with the same count as from a held batch."""
-    from gdlab.watching import tracker
+    from gdlab import loop
 
-    monkeypatch.setattr(tracker, "HELD_BYTES", held_bytes)
+    monkeypatch.setattr(loop, "HELD_BYTES", held_bytes)
     torch.manual_seed(0)
     X, y = torch.randn(320, 2), torch.randint(0, 2, (320,))
     model = _mlp()
@@ -898,7 +901,7 @@ def test_batches_past_the_held_bound_are_reduced_to_their_counts_and_still_named
         loss.backward()
         opt.step()
         doctor.step(loss, batch=(x, y[i:i + 16]))
-        most = max(most, doctor._held_bytes)
+        most = max(most, doctor._held.bytes)
     watched = doctor.close()
     assert most <= held_bytes  # never more held than the bound
     assert "the batch of step 7 has 2 NaN or inf values in its inputs" in (watched.stop_reason or "")

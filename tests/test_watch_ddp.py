@@ -31,8 +31,11 @@ SRC = HERE.parents[1] / "src"
 
 
 def run(out: Path, *, lr: float, epochs: int = 3, remedy: str = "suggest", instruments: str = "cheap",
-        relu: bool = False) -> None:
-    """One rank of the loop: each rank takes its half of every global batch of 32 moons."""
+        relu: bool = False, fault: str = "") -> None:
+    """One rank of the loop: each rank takes its half of every global batch of 32 moons. ``fault``: ``rank_edit``
+    (rank 1 changes a weight after the wrapper copied rank 0's: outside the all-reduce), ``moved`` (the model
+    moved after wrapping, here to float64 and back, which reallocates its parameters as a move to the CPU and back
+    does: pytorch#104336, its gradients no longer averaged)."""
     from sklearn.datasets import make_moons
 
     torch.set_num_threads(1)
@@ -43,6 +46,11 @@ def run(out: Path, *, lr: float, epochs: int = 3, remedy: str = "suggest", instr
     torch.manual_seed(0)
     hidden = nn.ReLU() if relu else nn.Tanh()
     model = nn.parallel.DistributedDataParallel(nn.Sequential(nn.Linear(2, 16), hidden, nn.Linear(16, 2)))
+    if fault == "rank_edit" and rank == 1:
+        with torch.no_grad():
+            model.module[2].weight.mul_(1.01)
+    elif fault == "moved":
+        model.to(torch.float64).to(torch.float32)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     try:  # a rollback would change rank zero's model alone
         gdlab.watch(model, optimizer, remedy="auto", rollback=True)
@@ -72,6 +80,8 @@ def run(out: Path, *, lr: float, epochs: int = 3, remedy: str = "suggest", instr
             "report_steps": report.steps, "rows": len(report.history.steps), "run_id": report.run_id,
             "findings": sorted(f.code for f in report.findings), "lr": optimizer.param_groups[0]["lr"],
             "remedies": [r.action for r in report.remedies],
+            "replicas": next((f.evidence for f in report.findings if f.code == "replicas_out_of_step"), None),
+            "causes": [c.code for c in report.diagnosis.causes] if report.diagnosis is not None else [],
             "param_sum": float(sum(p.detach().double().sum() for p in model.parameters()))}
     (out / f"rank{rank}.json").write_text(json.dumps(seen))
     torch.distributed.barrier()  # end together (a process that exits while gloo still talks to it aborts its peer)
@@ -128,6 +138,25 @@ def test_auto_remedies_reach_every_rank(tmp_path: Path) -> None:
     assert "set_lr" in zero["remedies"] and zero["lr"] > 1e-4, zero
     assert one["lr"] == zero["lr"] and one["remedies"] == zero["remedies"]
     assert one["param_sum"] == zero["param_sum"]
+
+
+@pytest.mark.parametrize("fault", ["rank_edit", "moved", ""])
+def test_replicas_out_of_step_are_named_with_the_first_rank_and_parameter_that_differ(tmp_path: Path,
+                                                                                       fault: str) -> None:
+    """One rank's weights changed outside the all-reduce, and a model moved after wrapping (its gradients no
+    longer averaged, pytorch#104336): the fingerprints compared at the first agreement (the first epoch's end, at
+    16 steps) differ, and rank zero's report names rank 1 and the first parameter that differs as the root cause,
+    with its fix, on every rank; the healthy twin (the same loop) is quiet."""
+    seen = _launch(tmp_path, lr=0.1, epochs=2, fault=fault)
+    zero, one = seen[0], seen[1]
+    assert one["findings"] == zero["findings"] and zero["steps"] == one["steps"] == 32
+    if not fault:
+        assert "replicas_out_of_step" not in zero["findings"] and zero["param_sum"] == one["param_sum"]
+        return
+    found = zero["replicas"]
+    assert found is not None and found["rank"] == 1 and found["step"] == 16, found
+    assert found["parameter"] == ("2.weight" if fault == "rank_edit" else "0.weight"), found
+    assert "replicas_out_of_step" in zero["causes"] and zero["param_sum"] != one["param_sum"]
 
 
 if __name__ == "__main__":

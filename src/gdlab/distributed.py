@@ -34,8 +34,8 @@ from torch import nn
 
 from gdlab.errors import InvalidParameter
 
-__all__ = ["TIMEOUT", "TIMEOUT_ENV", "TRACEBACKS_ENV", "Agreement", "Ranks", "broadcast", "current", "failure_text",
-           "is_main", "keep_traceback", "setup", "share_state", "timeout", "wrap"]
+__all__ = ["TIMEOUT", "TIMEOUT_ENV", "TRACEBACKS_ENV", "Agreement", "Ranks", "ReplicaCheck", "broadcast", "current",
+           "failure_text", "is_main", "keep_traceback", "setup", "share_state", "timeout", "wrap"]
 
 TIMEOUT = 300.0
 """Seconds a collective may wait for the other ranks before the process group gives up (a rank that crashed)."""
@@ -180,6 +180,48 @@ class Agreement:
         self.seen = count
         if any(entry[3] for entry in everyone):
             share_state(state.model, state.optimizer)
+
+
+class ReplicaCheck:
+    """Whether the replicas' parameters still agree (**replicas out of step**, ``replicas_out_of_step``): each call
+    takes a fingerprint of this rank's parameters on their device (per parameter, the sum and the sum of absolute
+    values, in float64), gathers every rank's in one small ``all_gather``, and compares them with rank 0's. Every
+    rank calls it at the same points (a collective) and gets the same answer: None while they agree, else the first
+    rank and the first parameter that differ (by ``named``'s order), how many parameters differ on that rank, and
+    the relative difference. Data-parallel replicas are identical after every update, so any difference beyond
+    rounding (1e-6 of the parameter's absolute sum) is a bug: parameters changed on one rank outside the all-reduce
+    (a rank-dependent initialisation after wrapping, an in-place edit on one rank), or gradients no longer averaged
+    (a model moved after ``DistributedDataParallel`` wrapped it: pytorch#104336). One collective and one small host
+    read per call; the caller calls it at the points where the ranks agree already.
+
+    ``named``: ``(name, parameter)`` pairs, the same on every rank (the module inside the wrapper's names).
+    """
+
+    TOLERANCE = 1e-6
+
+    def __init__(self, named: list[tuple[str, torch.Tensor]], ranks: Ranks) -> None:
+        self.names = [name for name, _ in named]
+        self.params = [p for _, p in named]
+        self.ranks = ranks
+
+    def __call__(self) -> dict[str, Any] | None:
+        if not self.params:
+            return None
+        with torch.no_grad():
+            mine = torch.stack([torch.stack([p.detach().double().sum(), p.detach().double().abs().sum()])
+                                for p in self.params])  # [parameters, 2]
+            everyone = [torch.empty_like(mine) for _ in range(self.ranks.world)]
+            torch.distributed.all_gather(everyone, mine)
+            stacked = torch.stack(everyone)  # [ranks, parameters, 2]
+            gap = (stacked - stacked[0]).abs().amax(-1) / (stacked[0, :, 1] + 1e-12)  # [ranks, parameters]
+        read = gap.cpu().tolist()
+        for rank, gaps in enumerate(read):
+            off = [i for i, g in enumerate(gaps) if not g <= self.TOLERANCE]  # NaN counts as different
+            if off:
+                return {"rank": rank, "parameter": self.names[off[0]], "count": len(off),
+                        "parameters": [self.names[i] for i in off[:5]], "relative": gaps[off[0]],
+                        "ranks": self.ranks.world}
+        return None
 
 
 def keep_traceback(error: BaseException) -> None:

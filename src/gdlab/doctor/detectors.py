@@ -985,3 +985,58 @@ _loop_bug(
                    f"{found.get('labels')}): the data is sorted by label and not shuffled, so each run of batches "
                    "pulls the model toward one class and the next undoes it"),
     lambda found: {"action": "shuffle", "fix": "shuffle: DataLoader(..., shuffle=True)"})
+
+# the first updates moved nothing they had gradients for, or the optimizer holds none of the model's parameters
+_loop_bug(
+    "update_changes_nothing", "error", "update",
+    lambda found: (f"the update changes nothing: {found.get('seen_by')} ({_names(found, 'parameters')}"
+                   + (f"; the optimizer holds {found.get('held')} other tensors" if found.get("held") else "")
+                   + f", over the first {found.get('update')} update(s)): the model's parameters never move, "
+                   "whatever the learning rate"),
+    lambda found: {"action": "optimizer_params", "fix": "build the optimizer after wrapping the model, over the "
+                   "parameters the loop trains: optimizer = torch.optim."
+                   f"{found.get('optimizer') or 'SGD'}(model.parameters())"} if found.get("held") else
+    {"action": "param_dtype", "fix": "keep the parameters in float32 (mixed precision with torch.autocast, not "
+     "model.half()): updates this small vanish in " + str(found.get("dtype"))}
+    if found.get("dtype") in ("float16", "bfloat16") else
+    {"action": "step_in_place", "fix": "change the parameters in place in step(): p.add_(p.grad, alpha=-lr), not "
+     "p = p - lr * p.grad"})
+
+# the learning rate near zero long before the plan ends: a scheduler built per epoch, stepped per batch
+_loop_bug(
+    "schedule_ends_early", "error", "step",
+    lambda found: (f"the learning rate reached {float(found.get('lr') or 0):.3g} (from "
+                   f"{float(found.get('peak') or 0):.3g}) at step {found.get('step')}, within {found.get('of')} "
+                   f"({found.get('planned')} steps), and the loop went on: the schedule ended early, as a "
+                   "scheduler built per epoch but stepped per batch does, and every later step barely moves"),
+    lambda found: {"action": "schedule_per_epoch", "fix": "call scheduler.step() once per epoch, after the epoch's "
+                   "batches (or build it over every step: T_max = epochs * len(loader))"})
+
+# validation run with dropout or batch norm in training mode (a no_grad pass of several batches)
+_loop_bug(
+    "validation_in_train_mode", "warning", "step",
+    lambda found: (f"validation ran in train() mode: {found.get('passes')} forward passes without gradients at step "
+                   f"{found.get('step')}, with the dropout or batch-norm modules {_names(found, 'modules')} in "
+                   "training mode: dropout drops units and batch norm normalises by the batch and updates its running "
+                   "statistics from the validation data, so the validation loss is noisier and worse than the model"),
+    lambda found: {"action": "eval_mode", "fix": "call model.eval() before validating (and model.train() after)"})
+
+# the model's forward still drops units with every module in eval(): F.dropout called with training=True
+_loop_bug(
+    "dropout_in_eval", "error", "step",
+    lambda found: (f"dropout stays active in eval(): with every module in eval mode, the model's forward still called "
+                   f"dropout {found.get('calls')} time(s) (rate {', '.join(f'{r:g}' for r in found.get('rates') or [])}"
+                   ") with training=True, so validation and predictions are random and worse than the model"),
+    lambda found: {"action": "dropout_training_flag", "fix": "call F.dropout(x, p, training=self.training) in the "
+                   "model's forward (its default is training=True), or use an nn.Dropout module"})
+
+# the data-parallel replicas' parameters differ: one rank changed outside the all-reduce, or gradients not averaged
+_loop_bug(
+    "replicas_out_of_step", "error", "step",
+    lambda found: (f"the replicas are out of step: rank {found.get('rank')}'s parameters differ from rank 0's "
+                   f"({found.get('count')} of them, first '{found.get('parameter')}', by "
+                   f"{float(found.get('relative') or 0):.2g} of its size) at step {found.get('step')}: each rank now "
+                   "trains its own model, and what rank 0 records is one of them"),
+    lambda found: {"action": "sync_replicas", "fix": "move the model to its device before wrapping it in "
+                   "DistributedDataParallel, and change parameters only through the optimizer (the same way on "
+                   "every rank)"})

@@ -30,7 +30,9 @@ CODES = ("non_finite", "lr_too_high", "lr_too_low", "plateau", "local_minimum", 
          "exploding_gradients", "dead_relu", "saturated_activations", "gradient_noise", "ill_conditioned_inputs",
          "overfitting", "not_learning", "labels_do_not_fit", "grads_not_zeroed",
          "optimizer_has_no_trainable_params", "grads_in_no_param_group", "training_in_eval_mode",
-         "loss_given_probabilities", "target_shape_broadcasts", "same_batch_every_step", "labels_sorted")
+         "loss_given_probabilities", "target_shape_broadcasts", "same_batch_every_step", "labels_sorted",
+         "update_changes_nothing", "schedule_ends_early", "validation_in_train_mode", "dropout_in_eval",
+         "replicas_out_of_step")
 SEVERITIES = ("info", "warning", "error")
 # REMEDY_MODES: named in config, the lowest layer, which checks the settings (re-exported here)
 
@@ -88,6 +90,11 @@ _FUNCTIONS = frozenset(_ACTIVATIONS.values())
 # what a model's traced forward pass called, by model (kept while the model lives): run_settings adds it to the
 # activations its modules show, wherever it is asked (fit's start, the Doctor's end)
 _TRACED: weakref.WeakKeyDictionary[Any, frozenset[str]] = weakref.WeakKeyDictionary()
+# the dropout the traced pass still applied with every module in eval mode (its rates), by model: a forward that
+# calls F.dropout(x, p) (whose default is training=True) or with training=True whatever self.training says
+_DROPPED: weakref.WeakKeyDictionary[Any, tuple[float, ...]] = weakref.WeakKeyDictionary()
+_DROPOUTS = frozenset({"dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout",
+                       "feature_dropout"})
 
 
 class _Calls(TorchFunctionMode):
@@ -97,11 +104,17 @@ class _Calls(TorchFunctionMode):
     def __init__(self) -> None:
         super().__init__()
         self.seen: set[str] = set()
+        self.dropped: list[float] = []  # the rates of the dropout calls that still drop (training=True)
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         name = getattr(func, "__name__", "").rstrip("_")
         if name in _FUNCTIONS:
             self.seen.add(name)
+        elif name in _DROPOUTS:  # F.dropout(input, p=0.5, training=True, inplace=False), torch.dropout(input, p, train)
+            given = {**dict(zip(("input", "p", "training"), args)), **(kwargs or {})}
+            training, rate = given.get("training", given.get("train", True)), given.get("p", 0.5)
+            if training is True and isinstance(rate, (int, float)) and rate > 0:
+                self.dropped.append(float(rate))
         return func(*args, **(kwargs or {}))
 
 
@@ -143,6 +156,7 @@ def trace_activations(model: Any, forward: Callable[[], Any]) -> list[str] | Non
         for m, mode in zip(modules, training):
             m.training = mode
     _TRACED[model] = frozenset(calls.seen)
+    _DROPPED[model] = tuple(calls.dropped)
     return sorted(calls.seen)
 
 
@@ -150,7 +164,9 @@ def run_settings(model: Any, optimizer: Any) -> dict[str, Any]:
     """What a remedy must not prescribe again, read from the run itself: the model's activations (by the names of
     ``gdlab.models.ACTIVATIONS``, from its modules and, where :func:`trace_activations` traced its forward pass,
     the functions it called: ``F.relu`` is seen then), whether it was traced (``activations_traced``: without it an
-    empty list means "unknown"), and the optimizer's momentum now (None for an optimizer without one, such as Adam).
+    empty list means "unknown"), the dropout that traced pass still applied with every module in eval mode
+    (``dropout_in_eval``, only where it did: a forward calling ``F.dropout(x, p)``, whose default is
+    ``training=True``), and the optimizer's momentum now (None for an optimizer without one, such as Adam).
 
     Example:
         >>> import torch
@@ -164,6 +180,9 @@ def run_settings(model: Any, optimizer: Any) -> dict[str, Any]:
         out["activations"] = sorted({_ACTIVATIONS[type(m).__name__] for m in model.modules()
                                      if type(m).__name__ in _ACTIVATIONS} | (traced or frozenset()))
         out["activations_traced"] = traced is not None
+        dropped = _DROPPED.get(model)
+        if dropped:  # the traced pass, every module in eval mode, still dropped: dropout active in eval()
+            out["dropout_in_eval"] = {"step": 1, "calls": len(dropped), "rates": sorted(set(dropped))}
     groups = getattr(optimizer, "param_groups", None)
     if groups:
         momentum = groups[0].get("momentum")

@@ -15,6 +15,10 @@ alone (their codes, evidence and steps), so a stored run's findings tell the sam
   saturated units, and a vanishing or exploding gradient that follows it;
 - dead or saturated units explain a vanishing gradient that follows them, and steps that look small
   (``lr_too_low``);
+- an update that changes nothing (``update_changes_nothing``) and a schedule that ends early
+  (``schedule_ends_early``) explain a loss that stalls; validation in train() mode and dropout active in eval()
+  explain a validation loss that looks like overfitting; replicas out of step under data parallelism a loss that
+  stalls or jumps;
 - a loop set up wrong (the optimizer holds nothing trainable, parameters with gradients left out of it, the model
   trained in ``eval()``) explains a loss that stalls: ``not_learning``, ``plateau``, ``local_minimum`` (and, for
   the first two, steps that look small, ``lr_too_low``);
@@ -89,13 +93,15 @@ class Rule:
 
 KIND_ORDER = {"grads_not_zeroed": 0, "optimizer_has_no_trainable_params": 0, "grads_in_no_param_group": 0,
               "training_in_eval_mode": 0, "loss_given_probabilities": 0, "target_shape_broadcasts": 0,
-              "same_batch_every_step": 0, "labels_sorted": 0, "data": 0, "model": 0, "target": 1, "lr_too_high": 2,
+              "same_batch_every_step": 0, "labels_sorted": 0, "update_changes_nothing": 0, "schedule_ends_early": 0,
+              "validation_in_train_mode": 0, "dropout_in_eval": 0, "replicas_out_of_step": 0, "data": 0, "model": 0,
+              "target": 1, "lr_too_high": 2,
               "diverged": 3,
               "dead_relu": 4,
               "saturated_activations": 4, "gradient_noise": 4, "vanishing_gradients": 5, "exploding_gradients": 5,
-              "lr_too_low": 5, "local_minimum": 6, "plateau": 6, "not_learning": 6}
+              "lr_too_low": 5, "local_minimum": 6, "plateau": 6, "not_learning": 6, "overfitting": 7}
 """How far down a chain of explanations each kind sits (a rule always points from a lower to a higher one, so the
-graph has no cycle); every other code (overfitting, ill_conditioned_inputs...) is 7 and explains nothing."""
+graph has no cycle); overfitting, and every other code (ill_conditioned_inputs...), is 7 and explains nothing."""
 
 RULES: tuple[Rule, ...] = (
     Rule("grads_not_zeroed", ("lr_too_high", "diverged", "exploding_gradients", "dead_relu", "saturated_activations",
@@ -123,6 +129,20 @@ RULES: tuple[Rule, ...] = (
                            "exploding_gradients"), False,
          "batches of one class pull the model to that class, the next run of batches to another: the loss jumps "
          "and settles nowhere, as if the learning rate were too high"),
+    Rule("update_changes_nothing", ("not_learning", "lr_too_low", "plateau", "local_minimum"), False,
+         "an update that moves no parameter leaves the loss where it started, whatever the learning rate"),
+    Rule("schedule_ends_early", ("lr_too_low", "plateau", "not_learning", "local_minimum", "vanishing_gradients"),
+         True, "a learning rate near zero from early in the run on makes every later step tiny: the loss stalls "
+         "where the schedule ended"),
+    Rule("validation_in_train_mode", ("overfitting",), False,
+         "validation in train() mode drops units and normalises by the validation batch: its loss is worse than "
+         "the model's, and looks like overfitting"),
+    Rule("dropout_in_eval", ("overfitting",), False,
+         "dropout that stays on in eval() makes the validation loss worse than the model's, and looks like "
+         "overfitting"),
+    Rule("replicas_out_of_step", ("not_learning", "plateau", "local_minimum", "gradient_noise", "lr_too_high"),
+         True, "replicas that differ each average gradients taken at other points: the update fits none of them, "
+         "and the loss stalls or jumps"),
     Rule("data", ("diverged", "lr_too_high", "exploding_gradients", "lr_too_low", "not_learning"), True,
          "a batch held NaN or inf values: what was computed from it is not finite, whatever the learning rate"),
     Rule("model", ("diverged", "lr_too_high", "exploding_gradients", "lr_too_low", "not_learning"), True,

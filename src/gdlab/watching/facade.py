@@ -14,7 +14,6 @@ import torch
 from torch import Tensor, nn
 
 from gdlab import distributed, loop
-from gdlab.callbacks import Recorder
 from gdlab.config import check_settings
 from gdlab.data import BatchPlan, structure
 from gdlab.doctor import Doctor, explain
@@ -23,10 +22,11 @@ from gdlab.instruments import attach, unwrap
 from gdlab.loop import LoopState, Result, StepLog
 from gdlab.problem import LOSSES, LossFn, batch_loss, resolve_loss
 from gdlab.records import History
+from gdlab.run import Run, describe, start_meta
 from gdlab.store import Store
 from gdlab.watching.datachecks import BatchCheck
 from gdlab.watching.follower import RankFollower
-from gdlab.watching.invariants import SetupCheck, ZeroGradCheck
+from gdlab.watching.invariants import ModeCheck, ScheduleCheck, SetupCheck, UpdateCheck, ZeroGradCheck
 from gdlab.watching.lanes import LanePlanner
 from gdlab.watching.tracker import Phase, StepTracker
 
@@ -186,17 +186,15 @@ class Watch(StepTracker, LanePlanner):
         self._follower = self._ranks is not None and not self._ranks.main
         # the inputs (and targets, given to step()) of the steps whose loss is still unread: references, no copy,
         # until the read that tests the diverging step's batch (loop.data_cause)
-        self._held: list[tuple[int, Any, Any]] = []
-        self._held_bytes = 0  # their size (tracker.HELD_BYTES bounds it)
+        self._held = loop.HeldBatches()
         self._began_at = time.perf_counter()
         self._zero_check: ZeroGradCheck | None = None
         self._batch_check: BatchCheck | None = None  # what the loss is fed, the first batches (datachecks.py)
         if self._follower:  # another rank: rank zero watches, records and diagnoses; this one follows its decisions
             self._follow()
             return
-        self._open_record(remedy, rollback, store, name, config, batch_size, steps_per_epoch, tensorboard)
-        self.hooks: list[Any] = [*self.watching, *([self.physician] if self.physician else []), *callbacks,
-                                 *([self.recorder] if self.recorder else []), *([self.board] if self.board else [])]
+        self._open_record(remedy, rollback, store, name, config, batch_size, steps_per_epoch, tensorboard, callbacks)
+        self.hooks: list[Any] = self.run.hooks if self.run is not None else []
         # the one dispatcher (gdlab.loop.Hooks): which hooks answer each hook, and their plan, decided here once
         self._dispatch = loop.Hooks(self.hooks)
         self._handlers, wants = self._dispatch.handlers, self._dispatch.plan
@@ -231,27 +229,22 @@ class Watch(StepTracker, LanePlanner):
 
     def _open_record(self, remedy: str, rollback: bool, store: Store | str | Path | None, name: str | None,
                      config: dict[str, Any] | None, batch_size: int | None, steps_per_epoch: int | None,
-                     tensorboard: str | Path | None) -> None:
-        """The watching rank's hooks besides the instruments: the board, the doctor, the store's run (recorder)."""
+                     tensorboard: str | Path | None, callbacks: Sequence[Any]) -> None:
+        """The watching rank's run (gdlab.run.Run, as fit's): the doctor, the board, the store's record, the hooks
+        in their one order."""
         state = self.state
         # instruments that measure on some steps (the periodic ones: ``due``): those steps read the norms too
         self._wanting = [i for i in self.watching if loop.answers(i, "on_step_start")]
-        self.board: Any = None
-        if tensorboard is not None:
-            from gdlab.integrations.tensorboard import TensorBoard  # an edge: tensorboard only when asked
-
-            self.board = TensorBoard(tensorboard)
         self.physician = _WatchDoctor(remedy, rollback=rollback) if self.doctor_on or remedy == "auto" else None
-        self.store: Store | None = store if isinstance(store, Store) or store is None else Store(store)
-        self.recorder: Recorder | None = None
-        self._config = dict(config or {"model": type(self.model).__name__, "optimizer": type(self.optimizer).__name__,
-                                       "lr": state.lr, "momentum": self.optimizer.param_groups[0].get("momentum"),
-                                       "batch_size": batch_size, "loss": self.loss_name, "loop": "watch"})
-        if self.store is not None:
-            described = {**self._config, "doctor_meta": self._doctor_meta()}
-            plan = state.plan.to_dict() if self._samples is not None and steps_per_epoch is not None else None
-            self.recorder = Recorder(self.store, self.store.create_run(described, plan, name=name))
-            state.run_id = self.recorder.run_id
+        self.run: Run | None = Run(state, doctor=self.physician, diagnose=self.doctor_on, watching=self.watching,
+                                   callbacks=callbacks, store=store, tensorboard=tensorboard)
+        self.board, self.store = self.run.board, self.run.store
+        self._config = dict(config or describe(self.model, self.optimizer, lr=state.lr,
+                                               momentum=self.optimizer.param_groups[0].get("momentum"),
+                                               batch_size=batch_size, loss=self.loss_name, loop="watch"))
+        plan = state.plan.to_dict() if self._samples is not None and steps_per_epoch is not None else None
+        self.run.record(self._config, plan=plan, name=name)
+        self.recorder = self.run.recorder
 
     def _put_hooks(self, hooks: bool) -> None:
         """The model's forward pre-hook, the optimizer's step hooks (``hooks``) and the loop's invariant checks."""
@@ -266,6 +259,12 @@ class Watch(StepTracker, LanePlanner):
         self._zero_check = ZeroGradCheck(self.model, self.optimizer) if self.doctor_on else None
         self._batch_check = BatchCheck(self.model, self.loss_name) if self.doctor_on else None
         self._setup_check = SetupCheck(self.model, self.optimizer) if self.doctor_on else None  # once, 1st update
+        self._update_check = UpdateCheck(self.model, self.optimizer) if self.doctor_on else None  # 1st updates
+        # the lr at ~0 inside the first epoch (the epoch's length as known: a loader's, given, or learned)
+        self._schedule_check = ScheduleCheck(self._epoch_steps, share=1.0, of="the first epoch") \
+            if self.doctor_on else None
+        self._mode_check = ModeCheck(self.model) if self.doctor_on else None  # the passes without gradients
+        self._checks_hooked = self.doctor_on
         self._opt_hooks = hooks and hasattr(self.optimizer, "register_step_post_hook")
         if self._opt_hooks:
             self._pre_handle = self.optimizer.register_step_pre_hook(before_update)
@@ -286,8 +285,8 @@ class Watch(StepTracker, LanePlanner):
             if not room:
                 self._drain(last_needed=self._lane_needed)
                 self._plan_hooks()
-                if self._setup_check is not None or (self._zero_check is not None and self._zero_check.done):
-                    self._note_invariants()
+            if self._checks_hooked and self._hooks_due():  # a check's hooks off at the step it is done with them,
+                self._note_invariants(read=False)  # not at the lane's end (host-side: no read)
             if self._ranks is not None:
                 self._ranks.count(self)
             return
@@ -300,8 +299,8 @@ class Watch(StepTracker, LanePlanner):
             return
         self._drain()  # a step given its batch in the lane: the steps before it first
         self._room = 0
-        if self._setup_check is not None or (self._zero_check is not None and self._zero_check.done):  # hooks off
-            self._note_invariants()
+        if self._hooks_due():  # the checks' hooks off once they have seen what they need
+            self._note_invariants(read=False)
         if self._lane_norms:  # the lane's pre-hook read this step's norms before the update (the loop may have
             own = self._lane_norms[0]  # zeroed the gradients since): they are its own
             self._lane_norms = []
@@ -353,7 +352,7 @@ class Watch(StepTracker, LanePlanner):
         counts the calls and takes rank zero's decisions where the ranks agree."""
         self.watching, self._wanting, self.hooks, self.physician, self.board = [], [], [], None, None
         self._dispatch = loop.Hooks()
-        self.store, self.recorder = None, None
+        self.store, self.recorder, self.run = None, None, None
         self._forward_handle = self._pre_handle = self._post_handle = None
         self._closed = False
         self.report = None
@@ -419,24 +418,13 @@ class Watch(StepTracker, LanePlanner):
             raise
         finally:
             self._unhook()
-        epochs = state.history.epochs
-        final: dict[str, float | None] = {"train_loss": epochs.last("train_loss", state.last_loss)}
-        final["val_loss"] = epochs.last("val_loss") if "val_loss" in epochs else None
-        final.update({k: epochs.last(k) for k in epochs.columns if k.startswith("val_") and k != "val_loss"})
-        final = {k: (None if v is not None and math.isnan(v) else v) for k, v in final.items()}
-        findings = self.physician.findings if self.physician and self.doctor_on else []
-        remedies = self.physician.remedies if self.physician else []
-        if self.recorder is not None and self.store is not None:
-            self.store.update_config(self.recorder.run_id, {**self._config, "batch_size": state.plan.batch_size,
-                                                            "doctor_meta": self._doctor_meta()})
-            self.recorder.checkpoint(state)
-            self.recorder.finish(state, status, final, findings, remedies)
-        if self.board is not None:
-            self.board.close(findings, remedies)
-        self.report = Result(self.model, state.history, final, state.lr, state.run_id, state.seconds, state.plan,
-                             status, state.stop_reason, state.step, findings=list(findings),
-                             remedies=list(remedies),
-                             diagnosis=explain(findings, run_id=state.run_id, remedies=remedies, steps=state.step))
+        epochs = state.history.epochs  # the validation values the loop gave epoch_end()
+        given = [k[4:] for k in epochs.columns if k.startswith("val_") and k != "val_loss"]
+        final = loop.final_metrics(state, given if given or "val_loss" in epochs else None)
+        assert self.run is not None
+        self.report = self.run.end(final, status, checkpoint=True, model=self.model,
+                                   described={**self._config, "batch_size": state.plan.batch_size})
+        findings, remedies = self.report.findings, self.report.remedies
         if self._ranks is not None:  # the other ranks get the report's findings, remedies and verdict
             self._ranks.agree(self)
             self._ranks.tell({"final": final, "lr": state.lr, "status": status, "steps": state.step,
@@ -515,13 +503,8 @@ class Watch(StepTracker, LanePlanner):
         return BatchPlan(samples, batch_size, steps, batch_size)
 
     def _meta(self, batch_size: int | None) -> dict[str, Any]:
-        group = self.optimizer.param_groups[0]
-        owners = [m for m in self.model.modules() if any(p.requires_grad for p in m.parameters(recurse=False))]
-        return {"lr": group.get("lr"), "momentum": group.get("momentum"), "batch_size": batch_size,
-                "samples": self._samples, "convex": len(owners) == 1 and isinstance(owners[0], nn.Linear)}
+        return {**start_meta(self.model, self.optimizer), "batch_size": batch_size, "samples": self._samples}
 
-    def _doctor_meta(self) -> dict[str, Any]:
-        return {k: v for k, v in self.state.history.meta.items() if k not in ("lr", "momentum")}
 
 def _step_hooks(watch: Watch) -> tuple[Callable[..., None], Callable[..., None], Callable[..., None]]:
     """``watch``'s model forward pre-hook and optimizer step pre- and post-hooks: plain functions, not bound methods:
@@ -535,6 +518,8 @@ def _step_hooks(watch: Watch) -> tuple[Callable[..., None], Callable[..., None],
             watch._on_forward(args, kwargs)
         if not watch._busy and watch.state.stop_reason is None and torch.is_grad_enabled():
             watch._hold(watch.state.step + len(watch._lane) + 1, (args, kwargs) if kwargs else args, None)
+        elif watch._mode_check is not None and not watch._busy and not torch.is_grad_enabled():
+            watch._mode_check.see(watch.state.step + len(watch._lane))  # a pass without gradients: validation?
 
     def before_update(opt: Any, args: Any, kwargs: Any) -> None:
         if watch._room:  # in the lane: the norms where due, before_update where wanted, else nothing

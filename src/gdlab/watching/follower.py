@@ -22,6 +22,7 @@ import torch
 
 from gdlab import distributed
 from gdlab.doctor.remedies import clip_before_step
+from gdlab.instruments import unwrap
 
 __all__ = ["RankFollower", "hyperparameters", "max_norm"]
 
@@ -53,19 +54,26 @@ class RankFollower:
     def __init__(self, ranks: distributed.Ranks, optimizer: torch.optim.Optimizer, *, auto: bool,
                  log_every: int) -> None:
         self.main, self.optimizer, self.auto, self.log_every = ranks.main, optimizer, auto, log_every
+        self.ranks = ranks
         self.calls = 0
+        self.replicas: distributed.ReplicaCheck | None = None  # made at the first agreement (the watch's model)
+        self.replicas_found: dict[str, Any] | None = None
         self.clip_norm: float | None = None  # a follower's clip: rank zero's clip_norm remedy
         self.unclip: Any = None
 
     def count(self, watched: Any) -> None:
         """A ``step()`` call; the ranks agree on every ``log_every``-th (every one with ``auto``)."""
         self.calls += 1
-        if self.auto or self.calls % self.log_every == 0:
-            self.agree(watched)
+        due = self.calls % self.log_every == 0
+        if self.auto or due:
+            self.agree(watched, replicas=due)
 
-    def agree(self, watched: Any) -> None:
+    def agree(self, watched: Any, *, replicas: bool = True) -> None:
         """One broadcast of rank zero's decision (``watched``: the :class:`~gdlab.watching.Watch`, for its
-        ``state`` and doctor); a follower takes it."""
+        ``state`` and doctor); a follower takes it. With ``replicas`` (every ``log_every`` calls, each
+        ``epoch_end()``, ``close()``), the replicas' parameters are compared too (:meth:`check_replicas`)."""
+        if replicas:
+            self.check_replicas(watched)
         decision: dict[str, Any] | None = None
         if self.main:
             decision = {"stop": watched.state.stop_reason, "clip": max_norm(watched) if self.auto else None,
@@ -83,6 +91,20 @@ class RankFollower:
             if self.unclip is not None:
                 self.unclip()
             self.unclip = clip_before_step(self.optimizer, clip)
+
+    def check_replicas(self, watched: Any) -> None:
+        """Compare every rank's parameters (:class:`gdlab.distributed.ReplicaCheck`: one small ``all_gather``, on
+        every rank at the same calls) until they first differ; rank zero puts what differs in the history's meta
+        (``replicas_out_of_step``, with the ``step()`` call it was seen at), where the doctor names it."""
+        if self.replicas_found is not None:
+            return
+        if self.replicas is None:
+            self.replicas = distributed.ReplicaCheck(list(unwrap(watched.model).named_parameters()), self.ranks)
+        found = self.replicas()
+        if found is not None:
+            self.replicas_found = {**found, "step": self.calls}
+            if self.main:
+                watched.state.history.meta.setdefault("replicas_out_of_step", self.replicas_found)
 
     def tell(self, report: dict[str, Any]) -> None:
         """Rank zero at ``close()``: the report's findings, remedies, final values and verdict to every rank."""

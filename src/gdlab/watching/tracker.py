@@ -22,17 +22,11 @@ from torch import Tensor
 from gdlab.data import infer_task, structure
 from gdlab.doctor import run_settings, trace_activations
 from gdlab.errors import DataError
-from gdlab.loop import data_cause, settle_divergence
+from gdlab.loop import HeldBatches, settle_divergence
 from gdlab.problem import non_finite
 from gdlab.records import input_scales
 
-__all__ = ["HELD_BYTES", "Counted", "Phase", "StepTracker", "countable"]
-
-HELD_BYTES = 64 * 2**20
-"""How many bytes of batches a watch holds by reference until their losses are read (the divergence check tests
-the diverging step's batch). Past it a step's batch is reduced at once to its count of NaN and inf values: a few
-kernels on the device, no host read, no reference kept, so a lane of large batches (images on a GPU) never holds
-them all."""
+__all__ = ["Phase", "StepTracker", "countable"]
 
 
 class Phase(enum.Enum):
@@ -48,11 +42,14 @@ class StepTracker:
 
     _phase: Phase
     _update_first: bool | None
-    _held: list[tuple[int, Any, Any]]
-    _held_bytes: int
+    _held: HeldBatches
     _zero_check: Any  # the watch's invariant check and hooks' handles (facade.py)
     _setup_check: Any = None  # the loop's setup, looked at once at the first update (invariants.SetupCheck)
     _batch_check: Any = None  # what the loss is fed and the first batches hold (datachecks.BatchCheck)
+    _update_check: Any = None  # whether the first updates move anything (invariants.UpdateCheck)
+    _schedule_check: Any = None  # whether the lr reaches ~0 inside the first epoch (invariants.ScheduleCheck)
+    _mode_check: Any = None  # whether validation runs in train() mode (invariants.ModeCheck)
+    _checks_hooked = False  # a check still has hooks on the optimizer or parameters (the lane asks _hooks_due)
     _forward_handle: Any
     _pre_handle: Any
     _post_handle: Any
@@ -70,14 +67,8 @@ class StepTracker:
                 hook.keeps_before = True
 
     def _hold(self, step: int, x: Any, y: Any) -> None:
-        """Keep step ``step``'s batch for the divergence check: a reference while the held batches stay within
-        :data:`HELD_BYTES`, else its non-finite counts, reduced on the device (read with the loss, if ever)."""
-        size = _nbytes(x) + _nbytes(y)
-        if self._held_bytes + size <= HELD_BYTES:
-            self._held_bytes += size
-            self._held.append((step, x, y))
-        else:
-            self._held.append((step, _counted(x), _counted(y)))
+        """Keep step ``step``'s batch for the divergence check (:class:`gdlab.loop.HeldBatches`, as fit's loop)."""
+        self._held.hold(step, x, y)
 
     def _quiet_step(self, loss: Tensor | None) -> None:
         """Most steps of a loop that calls step(): no hook of ours saw them (nothing measures them, no norms are
@@ -201,17 +192,14 @@ class StepTracker:
         (``stop_reason``) with the learning rate named."""
         log, state = self.log, self.state
         log.fetch()
-        held, self._held, self._held_bytes = self._held, [], 0  # every step up to here is read: its batch let go
+        held = self._held.let_go()  # every step up to here is read: its batch let go
         self._note_invariants()
         if log.diverged_at is None:
             return
         row, log.diverged_at = log.diverged_at, None
         steps = state.history.steps
         loss, step = steps["loss"][row], int(steps["step"][row])
-        cause = None
-        for at, x, y in held:  # the diverging step's batch, as its forward pass or step() saw it
-            if at == step and (cause := data_cause((_read(x), _read(y)), step)) is not None:
-                break
+        cause = HeldBatches.cause(held, step)  # the diverging step's batch, as its forward pass or step() saw it
         if cause is None and state.stop_reason is not None:
             return
         if settle_divergence(state, row, self._dispatch, cause):
@@ -221,8 +209,35 @@ class StepTracker:
         steps.truncate(row + 1)
         state.step, state.last_loss = step, loss
 
-    def _note_invariants(self) -> None:
-        """What the loop's invariant checks found, into the history's meta (the doctor's detectors read it)."""
+    def _note_invariants(self, read: bool = True) -> None:
+        """What the loop's invariant checks found, into the history's meta (the doctor's detectors read it).
+        ``read``: at one of the loop's reads (the checks that read the device decide there); else host-side only."""
+        meta = self.state.history.meta
+        update = self._update_check
+        if update is not None:
+            if update.collected and update.hooked:
+                update.unhook()  # the first updates seen: its hooks off now, its marks read at the next read
+            if read:
+                update.note()  # once, after its first updates: one small read
+            if update.found is not None:
+                meta.setdefault("update_changes_nothing", update.found)
+            if update.done:
+                update.close()
+                self._update_check = None
+        schedule = self._schedule_check
+        if schedule is not None and read and self._epoch_steps is not None:  # the first epoch's length known (a
+            schedule.planned = self._epoch_steps  # loader's, given, or learned): till then nothing is walked
+            steps = self.state.history.steps  # the rows' lr since the last look, as written (no filler run here)
+            schedule.note(steps.peek("lr", schedule.seen, len(steps)))
+            if schedule.found is not None:
+                meta["schedule_ends_early"] = schedule.found
+            if schedule.done:
+                self._schedule_check = None
+        mode = self._mode_check
+        if mode is not None and mode.found is not None:
+            meta["validation_in_train_mode"] = mode.found
+        if mode is not None and mode.done:
+            self._mode_check = None
         check = self._zero_check
         if check is not None and check.found is not None:
             self.state.history.meta["grads_not_zeroed"] = check.found
@@ -235,11 +250,20 @@ class StepTracker:
             setup.close()
             self._setup_check = None
         batches = self._batch_check
-        if batches is not None:
+        if batches is not None and read:
             batches.note()  # decided once, at the first read after its steps: one small read
             self.state.history.meta.update(batches.found)  # one key per finding's code (its detector reads it)
             if batches.done:
                 self._batch_check = None
+        self._checks_hooked = self._setup_check is not None or self._zero_check is not None or \
+            (self._update_check is not None and self._update_check.hooked)
+
+    def _hooks_due(self) -> bool:
+        """Whether a check's hooks come off now (called by step(): host-side, no read): the setup's after the first
+        update, the zeroing's and the update's once decided or seen."""
+        update = self._update_check
+        return self._setup_check is not None or (self._zero_check is not None and self._zero_check.done) or \
+            (update is not None and update.collected and update.hooked)
 
     def _unhook(self) -> None:
         self._closed = True
@@ -250,7 +274,9 @@ class StepTracker:
             self._setup_check.close()
         if self._batch_check is not None:
             self._batch_check.close()
-        self._held, self._held_bytes = [], 0
+        if self._update_check is not None:
+            self._update_check.close()
+        self._held.let_go()
         for handle in (self._forward_handle, self._pre_handle, self._post_handle):
             if handle is not None:
                 handle.remove()
@@ -274,8 +300,8 @@ class StepTracker:
                 self.physician.on_fit_end(self.state)
             except Exception:
                 pass
-        if self.recorder is not None:
-            self.recorder.fail(self.state, error, time.perf_counter() - self._began_at)
+        if self.run is not None:  # the stored run marked failed, the board written (gdlab.run.Run, as fit's)
+            self.run.fail(error, time.perf_counter() - self._began_at)
 
     def _planned_size(self, iteration: int) -> int:
         """The batch size of the epoch's ``iteration``-th step (from 0) where its inputs went unseen (no forward
@@ -326,6 +352,8 @@ class StepTracker:
                 self._busy = False
             settings = run_settings(self.model, self.optimizer)
             meta.update(activations=settings["activations"], activations_traced=settings["activations_traced"])
+            if settings.get("dropout_in_eval"):  # the traced pass (every module in eval) still dropped units
+                meta["dropout_in_eval"] = settings["dropout_in_eval"]
 
 
 
@@ -337,32 +365,3 @@ def countable(inputs: Any) -> bool:
     return first is not None and first.dim() > 0
 
 
-class Counted:
-    """A held batch part reduced to its number of NaN and inf values (a device tensor: read at the check only)."""
-
-    def __init__(self, count: Tensor) -> None:
-        self.count = count
-
-
-def _counted(tree: Any) -> Counted | None:
-    if tree is None:
-        return None
-    parts = [(~torch.isfinite(t)).sum() for t in structure.leaves(tree)
-             if isinstance(t, Tensor) and t.is_floating_point()]
-    return Counted(torch.stack(parts).sum() if parts else torch.zeros((), dtype=torch.long))
-
-
-def _nbytes(tree: Any) -> int:
-    """The bytes of the tensors in ``tree`` (tensors, tuples, lists, dicts): on every step, so no tree walk."""
-    if isinstance(tree, Tensor):
-        return tree.numel() * tree.element_size()
-    if isinstance(tree, (tuple, list)):
-        return sum(_nbytes(t) for t in tree)
-    if isinstance(tree, dict):
-        return sum(_nbytes(t) for t in tree.values())
-    return 0
-
-
-def _read(part: Any) -> Any:
-    """A held batch part as :func:`gdlab.loop.data_cause` takes it: a reduced one (:class:`Counted`) as its count."""
-    return int(part.count) if isinstance(part, Counted) else part
