@@ -542,3 +542,93 @@ def test_fit_names_dropout_active_in_eval_from_its_traced_pass_and_its_twin_is_q
         return
     assert named == {"dropout_in_eval"} and report.history.meta["dropout_in_eval"]["rates"] == [0.3]
     assert report.diagnosis is not None and "dropout_in_eval" in {c.code for c in report.diagnosis.causes}
+
+
+# -- under fit: the checks a user's model, data or optimizer can still get wrong (watching/loopchecks.py) ----------
+
+def _fit_mlp() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+
+
+def _frozen_head() -> tuple[nn.Module, dict[str, Any]]:
+    """forum 84911's shape: the body trains, the optimizer holds another, frozen head."""
+    model, head = _fit_mlp(), _fit_mlp()
+    for p in head.parameters():
+        p.requires_grad_(False)
+    return model, {"optimizer": torch.optim.SGD(head.parameters(), lr=0.1)}
+
+
+def _part_in_optimizer() -> tuple[nn.Module, dict[str, Any]]:
+    model = _fit_mlp()
+    return model, {"optimizer": torch.optim.SGD(model[2].parameters(), lr=0.1)}
+
+
+def _own_optimizer() -> tuple[nn.Module, dict[str, Any]]:
+    model = _fit_mlp()
+    return model, {"optimizer": torch.optim.SGD(model.parameters(), lr=0.1)}
+
+
+def _frozen_on_purpose() -> tuple[nn.Module, dict[str, Any]]:
+    """The first layer frozen (requires_grad=False), the optimizer over the rest: never flagged."""
+    model = _fit_mlp()
+    model[0].requires_grad_(False)
+    return model, {"optimizer": torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)}
+
+
+def _wrapped_after_optimizer() -> tuple[nn.Module, dict[str, Any]]:
+    """accelerate 2665's shape: the optimizer was built over a model that was then copied (its new parameters train)."""
+    model = _fit_mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    return copy.deepcopy(model), {"optimizer": optimizer}
+
+
+FIT_CASES: dict[str, tuple[Callable[[], tuple[nn.Module, dict[str, Any]]], str | None]] = {
+    "probabilities": (lambda: (nn.Sequential(_fit_mlp(), nn.Softmax(dim=1)), {}), "loss_given_probabilities"),
+    "frozen_head": (_frozen_head, "optimizer_has_no_trainable_params"),
+    "part_in_optimizer": (_part_in_optimizer, "grads_in_no_param_group"),
+    "wrapped_after_optimizer": (_wrapped_after_optimizer, "update_changes_nothing"),
+    # a schedule function that halves the lr every step: near zero within the first tenth of the plan
+    "schedule_ends_early": (lambda: (_fit_mlp(), {"schedule": lambda step: 0.1 * 0.5 ** step}), "schedule_ends_early"),
+    # healthy twins: an optimizer object over the model's own parameters, a frozen layer left out on purpose, a
+    # cosine over the whole run, a warmup
+    "own_optimizer": (lambda: _own_optimizer(), None),
+    "frozen_on_purpose": (lambda: _frozen_on_purpose(), None),
+    "cosine": (lambda: (_fit_mlp(), {"schedule": "cosine"}), None),
+    "warmup": (lambda: (_fit_mlp(), {"schedule": "warmup:20,cosine"}), None),
+    # full-batch descent serves the same batch every step by design (the lecture's batch gradient descent)
+    "full_batch": (lambda: (_fit_mlp(), {"batch_size": "full", "epochs": 10}), None),
+}
+
+
+def test_a_full_batch_loop_under_watch_is_not_the_same_batch_bug() -> None:
+    """A loader of one batch (the whole data each step) is batch gradient descent, not data that does not move."""
+    model = _fit_mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = DataLoader(_data(), batch_size=len(_data()))
+    with gdlab.watch(model, optimizer, loader=loader, log_every=LOG_EVERY) as watched:
+        for _ in range(12):
+            for x, y in loader:
+                loss = F.cross_entropy(model(x), y)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                watched.step(loss, batch=(x, y))
+    assert not {f.code for f in watched.report.findings} & LOOP_BUGS
+
+
+@pytest.mark.parametrize("name", list(FIT_CASES))
+def test_fit_names_the_bugs_its_users_can_still_make_and_each_twin_is_quiet(name: str) -> None:
+    """fit zeroes the gradients, puts the model in train() and validates in eval() itself; what a user's model,
+    data or optimizer object can still get wrong is named by the same checks watch runs, as the root cause."""
+    build, code = FIT_CASES[name]
+    model, options = build()
+    x, y = _data().tensors
+    report = gdlab.fit(model, (x, y), **{"lr": 0.1, "epochs": 8, "batch_size": 16, "progress": False,
+                                         "instruments": "none", **options})
+    named = {f.code for f in report.findings} & LOOP_BUGS
+    assert named == ({code} if code else set()), named
+    if code:
+        assert report.diagnosis is not None and report.diagnosis.causes[0].code == code
+        finding = next(f for f in report.findings if f.code == code)
+        assert finding.remedy, finding  # the one-line fix

@@ -40,6 +40,7 @@ from gdlab.run import Run, describe, start_meta
 from gdlab.store import Store
 from gdlab.threads import restored
 from gdlab.threads import use as use_threads
+from gdlab.watching.loopchecks import LoopChecks
 
 __all__ = ["fit"]
 
@@ -204,7 +205,8 @@ def fit(
                                     clip_norm=optimizer_options.get("clip_norm"),
                                     standardize_target=standardize_target))
     run = Run(state, doctor=physician, diagnose=doctor, callbacks=callbacks, store=store if main else None,
-              watching=[*([chooser] if chooser else []), *([Scheduler(schedule)] if schedule else []), *watching],
+              watching=[*([chooser] if chooser else []), *([Scheduler(schedule)] if schedule else []), *watching,
+                        *([LoopChecks()] if physician else [])],  # the loop's own bugs (watching/loopchecks.py)
               tensorboard=tensorboard if main else None, progress=progress and main, ranks=ranks, step_rows=step_rows,
               checkpoint_share=Recorder.CHECKPOINT_SHARE if checkpoint_every is None else None)  # paced: at most 2%
     described = dict(config or describe(model, optimizer, lr=lr, momentum=momentum, batch_size=batch_size,

@@ -132,7 +132,7 @@ RULES: tuple[Rule, ...] = (
     Rule("update_changes_nothing", ("not_learning", "lr_too_low", "plateau", "local_minimum"), False,
          "an update that moves no parameter leaves the loss where it started, whatever the learning rate"),
     Rule("schedule_ends_early", ("lr_too_low", "plateau", "not_learning", "local_minimum", "vanishing_gradients"),
-         True, "a learning rate near zero from early in the run on makes every later step tiny: the loss stalls "
+         False, "a learning rate near zero from early in the run on makes every later step tiny: the loss stalls "
          "where the schedule ended"),
     Rule("validation_in_train_mode", ("overfitting",), False,
          "validation in train() mode drops units and normalises by the validation batch: its loss is worse than "

@@ -64,6 +64,8 @@ class BatchCheck:
         self.found: dict[str, dict[str, Any]] = {}
         self.done = False
         self.loss_name = loss_name
+        self.whole_data = False  # set where each batch is known to be the whole data (full-batch descent): then the
+        # same batch every step is the design, not a bug
         self.steps = 0
         self._output: Tensor | None = None
         self._first: dict[str, Any] | None = None  # the first step's device values and shapes, read at note()
@@ -172,7 +174,7 @@ class BatchCheck:
         prints = [p.cpu() for p in self._prints] if len(self._prints) == len(targets) else []
         same_y = all(t.shape == targets[0].shape and torch.equal(t, targets[0]) for t in targets[1:])
         same_x = bool(prints) and all(torch.equal(p, prints[0]) for p in prints[1:])
-        if same_y and same_x:
+        if same_y and same_x and not self.whole_data:
             self.found["same_batch_every_step"] = {"step": BATCHES, "batches": BATCHES,
                                                    "batch_size": int(targets[0].shape[0])}
             return
