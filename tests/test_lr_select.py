@@ -100,6 +100,84 @@ def test_bad_range_test_arguments(problem: TensorData) -> None:
         lr_find(_model(), problem, start_lr=-1, progress=False)
 
 
+def test_the_range_test_runs_on_the_loop(problem: TensorData, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The steps are gdlab.loop.run's: its history holds each step's lr (the ramp, set by the hook) and loss,
+    the ones the result reports, without the gradient norms it does not need."""
+    from gdlab import loop
+
+    runs: list[loop.LoopState] = []
+    real = loop.run
+
+    def spy(problem_: object, state: loop.LoopState, hooks: object, **kwargs: object) -> None:
+        runs.append(state)
+        real(problem_, state, hooks, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loop, "run", spy)
+    found = lr_find(_model(), problem, start_lr=1e-4, end_lr=1e4, num_iter=80, progress=False, probe=False)
+    (state,) = runs
+    steps = state.history.steps
+    assert state.step == len(found.lrs) < 80 and state.stop_reason == found.stopped
+    assert steps["lr"] == pytest.approx(found.lrs) and steps["loss"] == found.losses
+    assert "grad_norm" not in steps.columns or all(math.isnan(v) for v in steps["grad_norm"])
+
+
+def test_everything_is_put_back_when_the_loop_fails(problem: TensorData) -> None:
+    """A model that fails mid-test: the error is the loop's one line, and the parameters, buffers, gradients,
+    the optimizer's state and learning rate, each module's mode and the RNG are as they were."""
+    from gdlab.errors import ModelError
+
+    class Fails(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body, self.norm, self.calls = nn.Linear(6, 16), nn.BatchNorm1d(16), 0
+            self.head = nn.Linear(16, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            if self.calls == 12:
+                raise RuntimeError("broken at the 12th call")
+            return self.head(torch.relu(self.norm(self.body(x))))
+
+    torch.manual_seed(0)
+    model = Fails()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    nn.functional.cross_entropy(model(problem.X), problem.y).backward()
+    opt.step()  # momentum buffers to restore, and gradients left in place
+    model.norm.eval()  # a frozen norm inside a model in train mode stays frozen
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    momenta = [opt.state[p]["momentum_buffer"].clone() for p in model.parameters()]
+    rng = torch.get_rng_state()
+    with pytest.raises(ModelError, match="the forward pass of step .* broken at the 12th call"):
+        lr_find(model, problem, optimizer=opt, num_iter=40, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert len(grads) == 6
+    assert all(p.grad is not None and torch.equal(g, p.grad) for g, p in zip(grads, model.parameters()))
+    assert all(torch.equal(m, opt.state[p]["momentum_buffer"]) for m, p in zip(momenta, model.parameters()))
+    assert opt.param_groups[0]["lr"] == 0.1 and model.training and not model.norm.training
+    assert torch.equal(rng, torch.get_rng_state())
+
+
+def test_a_non_finite_loss_or_parameters_end_the_test_in_its_own_words() -> None:
+    """The loop's divergence check does not speak for the range test: a loss that overflows ends it as "the loss
+    became inf", parameters that overflow at an epoch's end (where the loop checks them) as they are."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(500, 6, generator=g)
+    torch.manual_seed(0)
+    found = lr_find(nn.Linear(6, 1), (X, X @ torch.ones(6, 1)), optimizer="sgd", start_lr=1e-3, end_lr=1e9,
+                    diverge=1e300, num_iter=80, progress=False, probe=False)
+    assert found.stopped.startswith("the loss became ") and "diverged" not in found.stopped
+    assert all(math.isfinite(v) for v in found.losses) and len(found.lrs) < 80
+    small = X[:64]  # two steps an epoch: the loop checks the parameters every second step
+    torch.manual_seed(0)
+    found = lr_find(nn.Linear(6, 1), (small, small @ torch.ones(6, 1)), optimizer="sgd", start_lr=1e-3,
+                    end_lr=1e20, diverge=1e300, num_iter=10, progress=False, probe=False)
+    assert found.stopped in (f"the parameters became NaN or inf at lr {found.lrs[-1]:.3g}",
+                             f"the loss became inf at lr {found.lrs[-1] * 1e23 ** (1 / 9):.3g}",
+                             f"the loss became nan at lr {found.lrs[-1] * 1e23 ** (1 / 9):.3g}")
+    assert all(math.isfinite(v) for v in found.losses) and len(found.lrs) < 10
+
+
 def test_auto_lr_in_fit_is_recorded(problem: TensorData, tmp_path: Path) -> None:
     model = _model()
     result = gdlab.fit(model, problem, optimizer="momentum", lr="auto", epochs=4, progress=False, store=tmp_path)

@@ -75,8 +75,8 @@ class Recorder(Callback):
     """The share of the run's time its checkpoints may take, where they are paced (``checkpoint_share``, a
     :class:`~gdlab.instruments.budget.Budget`): a checkpoint due sooner (every epoch of a run whose epochs are a
     step or two) is skipped until the time since pays for it; the first, the last and the one at a stop (Ctrl-C,
-    a stopping rule) are always written. ``fit`` paces the checkpoints it takes at each epoch's end; the ones the
-    user spaces (``checkpoint_every``) are all written."""
+    a stopping rule) are always written. Meant for the checkpoints ``fit`` takes at each epoch's end
+    (``checkpoint_every`` None); the ones a user spaces (``checkpoint_every``) are all written."""
 
     def __init__(self, store: Store, run_id: str, *, step_rows: int = STEP_ROWS,
                  checkpoint_share: float | None = None) -> None:

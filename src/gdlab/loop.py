@@ -613,18 +613,22 @@ class Snapshot:
         self.step: int | None = None  # the loop's step when it was taken (the loop sets it)
 
     @torch.no_grad()
-    def take(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        """Keep the model's and the optimizer's state as they are now."""
+    def take(self, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
+        """Keep the model's and the optimizer's state as they are now (None: the model's only)."""
         self.model = _refresh(self.model, model.state_dict())
-        self.optimizer = _refresh(self.optimizer, optimizer.state_dict())
+        self.optimizer = _refresh(self.optimizer, optimizer.state_dict()) if optimizer is not None else None
 
-    def restore(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        """Put the kept state back (the learning rates stay as they are now: a remedy may have set them)."""
-        lrs = [group.get("lr") for group in optimizer.param_groups]
+    def restore(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, *, keep_lrs: bool = True) -> None:
+        """Put the kept state back. ``keep_lrs``: the learning rates stay as they are now (a remedy may have set
+        them); False: the kept ones come back too (``gdlab.lr_find`` putting everything back as it was)."""
         model.load_state_dict(self.model)
+        if optimizer is None or self.optimizer is None:
+            return
+        lrs = [group.get("lr") for group in optimizer.param_groups]
         optimizer.load_state_dict(_refresh(None, self.optimizer))  # a copy: the snapshot stays as it was
-        for group, lr in zip(optimizer.param_groups, lrs):
-            group["lr"] = lr
+        if keep_lrs:
+            for group, lr in zip(optimizer.param_groups, lrs):
+                group["lr"] = lr
 
 
 def _refresh(kept: Any, now: Any) -> Any:

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from gdlab import optim, population
+from gdlab import loop, optim, population
 from gdlab.config import Config
 from gdlab.errors import InvalidParameter, check_int
+from gdlab.loop import Callback, LoopState, Snapshot
 from gdlab.problem import Problem, resolve_device
 from gdlab.records import EMA
 
@@ -87,6 +89,89 @@ def _bar(total: int) -> Any:
     return TaskBar("lr range test", total)
 
 
+class _RangeTest(Callback):
+    """The range test as a hook on :func:`gdlab.loop.run`: before each step's forward pass its learning rate on
+    the exponential ramp; after the step its loss (read on the host: one sync a step, as every range test reads
+    it), the moving average, and the stop rule: a loss that is not finite, or the smoothed loss past ``diverge``
+    times its best. The ramp's end is the loop's: ``num_iter`` steps."""
+
+    def __init__(self, start_lr: float, end_lr: float, num_iter: int, *, beta: float, diverge: float,
+                 bar: Any = None) -> None:
+        self.start_lr, self.ratio, self.last = start_lr, end_lr / start_lr, num_iter - 1
+        self.diverge, self.bar = diverge, bar
+        self.average, self.best = EMA(beta), math.inf
+        self.lrs: list[float] = []
+        self.losses: list[float] = []
+        self.smoothed: list[float] = []
+        self.stopped: str | None = None
+        """Why the hook stopped the test (None: it did not)."""
+
+    def lr(self, i: int) -> float:
+        """The learning rate of step ``i`` (0-based)."""
+        return self.start_lr * self.ratio ** (i / self.last)
+
+    def on_step_start(self, state: LoopState) -> None:
+        lr = self.lr(state.step)
+        for group in state.optimizer.param_groups:
+            group["lr"] = lr
+
+    def on_step_end(self, state: LoopState) -> None:
+        value, lr = state.loss, self.lr(state.step - 1)
+        if not math.isfinite(value):
+            self._stop(state, f"the loss became {value} at lr {lr:.3g}")
+            return
+        smooth = self.average.update(value)
+        self.lrs.append(lr)
+        self.losses.append(value)
+        self.smoothed.append(smooth)
+        self.best = min(self.best, smooth)
+        if self.bar is not None:
+            self.bar.update(state.step, f"lr {lr:.2e}  loss {smooth:.4g}")
+        if smooth > self.diverge * self.best:
+            self._stop(state, f"the smoothed loss passed {self.diverge:g}x its best at lr {lr:.3g}")
+
+    def on_diverge(self, state: LoopState) -> bool:
+        """The loop's own check found the parameters NaN or inf after a step whose loss was finite (the next loss
+        would not be): the test ends there, saying so; a loss that was not finite has ended it already."""
+        self._stop(state, f"the parameters became NaN or inf at lr {self.lr(state.step - 1):.3g}")
+        return False
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def _stop(self, state: LoopState, reason: str) -> None:
+        if self.stopped is None:
+            self.stopped = reason
+        state.stop(reason)
+
+
+@contextmanager
+def _put_back(model: nn.Module, optimizer: Any, device: torch.device) -> Iterator[None]:
+    """Everything the range test changes, put back as it was when it ends, also when it fails: the parameters and
+    buffers, and a given optimizer's state with its learning rates (:class:`gdlab.loop.Snapshot`), the gradients,
+    the device, each module's train or eval mode and the random number generators (the CPU's, and the GPUs')."""
+    given = optimizer if isinstance(optimizer, torch.optim.Optimizer) else None
+    place = next((p.device for p in model.parameters()), None)
+    kept = Snapshot()
+    kept.take(model, given)
+    grads = [(p, p.grad.detach().clone() if p.grad is not None else None) for p in model.parameters()]
+    modes = [(m, m.training) for m in model.modules()]
+    gpus = list(range(torch.cuda.device_count())) if device.type == "cuda" or torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(gpus):
+        try:
+            yield
+        finally:
+            if place is not None:
+                model.to(place)
+            kept.restore(model, given, keep_lrs=False)  # the optimizer's state after the parameters' move
+            for p, grad in grads:
+                p.grad = grad
+            for m, training in modes:
+                m.training = training
+
+
 def lr_find(
     model: nn.Module,
     train: Any,
@@ -107,8 +192,9 @@ def lr_find(
     **optimizer_options: Any,
 ) -> LRFindResult:
     """The learning-rate range test: ``num_iter`` steps with the lr raised exponentially from ``start_lr`` to
-    ``end_lr``, stopping when the smoothed loss passes ``diverge`` times its best. The model (and an optimizer
-    passed in) are restored exactly afterwards.
+    ``end_lr``, stopping when the smoothed loss passes ``diverge`` times its best. The steps are
+    :func:`gdlab.loop.run`'s (the ramp and the stop rule are a hook on it); the model, an optimizer passed in, the
+    modules' modes and the random number generators are restored exactly afterwards.
 
     Args:
         optimizer: a name (its other hyperparameters from ``optimizer_options``) or a torch optimizer; by default
@@ -128,61 +214,21 @@ def lr_find(
     if not diverge > 1:
         raise InvalidParameter("diverge", diverge, "a number > 1")
     dev = resolve_device(device)
-    saved_device = next((p.device for p in model.parameters()), dev)
-    saved_model = copy.deepcopy(model.state_dict())
-    saved_opt = copy.deepcopy(optimizer.state_dict()) if isinstance(optimizer, torch.optim.Optimizer) else None
-    rng = torch.get_rng_state()
-    was_training = model.training
-    problem = Problem.make(model, train, loss=loss, batch_size=batch_size, device=dev, target_key=target_key)
-    source, plan = problem.source, problem.plan
-    opt = optim.make(optimizer, model.parameters(), lr=start_lr, **optimizer_options)
-    lrs: list[float] = []
-    losses: list[float] = []
-    smoothed: list[float] = []
-    stopped = f"the ramp reached end_lr={end_lr:g}"
-    bar = _bar(num_iter) if progress else None
-    try:
+    with _put_back(model, optimizer, dev):
+        problem = Problem.make(model, train, loss=loss, batch_size=batch_size, device=dev, target_key=target_key)
+        state = LoopState.start(problem, optim.make(optimizer, model.parameters(), lr=start_lr, **optimizer_options),
+                                total_steps=num_iter, seed=seed)
+        test = _RangeTest(start_lr, end_lr, num_iter, beta=beta, diverge=diverge,
+                          bar=_bar(num_iter) if progress else None)
         torch.manual_seed(seed)
-        model.train()
-        average, best, epoch = EMA(beta), math.inf, 0
-        batches = source.batches(plan, seed, epoch, 0)
-        for i in range(num_iter):
-            lr = start_lr * (end_lr / start_lr) ** (i / (num_iter - 1))
-            for group in opt.param_groups:
-                group["lr"] = lr
-            try:
-                x, y = next(batches)
-            except StopIteration:
-                epoch += 1
-                batches = source.batches(plan, seed, epoch, 0)
-                x, y = next(batches)
-            batch_loss = problem.batch_loss(model, x, y)
-            value = batch_loss.item()
-            if not math.isfinite(value):
-                stopped = f"the loss became {value} at lr {lr:.3g}"
-                break
-            opt.zero_grad(set_to_none=True)
-            batch_loss.backward()
-            opt.step()
-            smooth = average.update(value)
-            lrs.append(lr)
-            losses.append(value)
-            smoothed.append(smooth)
-            best = min(best, smooth)
-            if bar is not None:
-                bar.update(i + 1, f"lr {lr:.2e}  loss {smooth:.4g}")
-            if smooth > diverge * best:
-                stopped = f"the smoothed loss passed {diverge:g}x its best at lr {lr:.3g}"
-                break
-    finally:
-        if bar is not None:
-            bar.close()
-        model.load_state_dict(saved_model)
-        model.to(saved_device)
-        model.train(was_training)
-        if saved_opt is not None and isinstance(optimizer, torch.optim.Optimizer):
-            optimizer.load_state_dict(saved_opt)
-        torch.set_rng_state(rng)
+        try:
+            # the hook reads every step's loss and stops the test itself: the loop's periodic check (a read of the
+            # parameters' norms and a snapshot) is not wanted, only its check at each epoch's end remains
+            loop.run(problem, state, [test], log_every=num_iter + 1, grad_norms=False)
+        finally:
+            test.close()
+    stopped = test.stopped or state.stop_reason or f"the ramp reached end_lr={end_lr:g}"
+    lrs, losses, smoothed = test.lrs, test.losses, test.smoothed
     suggestions, warnings = _suggest(lrs, losses, smoothed, stopped, num_iter)
     name = optimizer if isinstance(optimizer, str) else type(optimizer).__name__
     options: dict[str, Any] = {}
