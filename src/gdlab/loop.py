@@ -411,6 +411,18 @@ class Result:
     remedies: list[Any] = field(default_factory=list)
     diagnosis: Any = None
 
+    def plot(self) -> Any:
+        """The loss per epoch and per step (with its moving average) as a matplotlib ``Figure``; in Jupyter it
+        shows itself, elsewhere ``result.plot().savefig("loss.png")``."""
+        from gdlab.notebook import result_figure  # an edge: matplotlib only when a picture is asked for
+
+        return result_figure(self)
+
+    def _repr_html_(self) -> str:  # Jupyter: settings, final metrics, the loss figure and the doctor's story
+        from gdlab.notebook import result_html
+
+        return result_html(self)
+
 
 class StepLog:
     """The per-step loss and gradient norms, kept on the device and read on the host in batches.
@@ -913,9 +925,9 @@ class HeldBatches:
         self.batches: list[tuple[int, Any, Any]] = []
         self.bytes = 0
 
-    def hold(self, step: int, x: Any, y: Any) -> None:
+    def hold(self, step: int, x: Any, y: Any = None) -> None:
         """Keep step ``step``'s batch: a reference within :data:`HELD_BYTES`, else its non-finite counts."""
-        size = _nbytes(x) + _nbytes(y)
+        size = _nbytes(x) + _nbytes(y) if y is not None else _nbytes(x)
         if self.bytes + size <= HELD_BYTES:
             self.bytes += size
             self.batches.append((step, x, y))
@@ -951,6 +963,9 @@ def _counted(tree: Any) -> Counted | None:
 
 def _nbytes(tree: Any) -> int:
     """The bytes of the tensors in ``tree`` (tensors, tuples, lists, dicts): on every step, so no tree walk."""
+    kind = type(tree)
+    if kind is tuple and len(tree) == 1:  # a forward pass's (x,): every step of a watched loop, so kept short
+        tree = tree[0]
     if isinstance(tree, Tensor):
         return tree.numel() * tree.element_size()
     if isinstance(tree, (tuple, list)):

@@ -518,11 +518,14 @@ def _step_hooks(watch: Watch) -> tuple[Callable[..., None], Callable[..., None],
     def on_forward(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if module is not watch.model:
             return
-        if watch._forward_wanted and watch._phase is not Phase.STARTED and not watch._busy:  # not a second pass
+        if watch._busy:  # a pass of our own (an instrument's), not the loop's
+            return
+        if watch._forward_wanted and watch._phase is not Phase.STARTED:  # not a second pass
             watch._on_forward(args, kwargs)
-        if not watch._busy and watch.state.stop_reason is None and torch.is_grad_enabled():
-            watch._hold(watch.state.step + len(watch._lane) + 1, (args, kwargs) if kwargs else args, None)
-        elif watch._mode_check is not None and not watch._busy and not torch.is_grad_enabled():
+        if torch.is_grad_enabled():  # the loop's step: its batch held for the divergence check (loop.HeldBatches)
+            if watch.state.stop_reason is None:
+                watch._held.hold(watch.state.step + len(watch._lane) + 1, (args, kwargs) if kwargs else args)
+        elif watch._mode_check is not None:
             watch._mode_check.see(watch.state.step + len(watch._lane))  # a pass without gradients: validation?
 
     def before_update(opt: Any, args: Any, kwargs: Any) -> None:
