@@ -33,10 +33,10 @@ from collections.abc import Sequence, Sized
 from pathlib import Path
 from typing import Any
 
-import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from gdlab import distributed
 from gdlab.doctor.story import report_text
 from gdlab.errors import InvalidParameter, MissingExtra, check_int
 from gdlab.loop import Result
@@ -170,7 +170,7 @@ class Doctor(_Base):
         if _processes() > 1:
             if not agree:
                 return
-            diverged = _from_main_process(diverged, getattr(args, "device", None))
+            diverged = bool(distributed.broadcast(diverged))  # the main process's verdict, on every process
         if diverged:
             control.should_training_stop = True
 
@@ -224,15 +224,6 @@ class Doctor(_Base):
 def _processes() -> int:
     """The processes of the Trainer's process group (1 without ``torch.distributed`` set up)."""
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def _from_main_process(flag: bool, device: Any) -> bool:
-    """The main process's ``flag``, on every process (one broadcast; collective: every process calls it)."""
-    if dist.get_backend() == "nccl" and (device is None or torch.device(device).type != "cuda"):
-        device = torch.device("cuda", torch.cuda.current_device())
-    value = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
-    dist.broadcast(value, src=0)
-    return bool(value.item())
 
 
 def _loss_of(output: Any) -> Any:
