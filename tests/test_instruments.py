@@ -305,6 +305,128 @@ def test_frozen_weights_and_folded_batches() -> None:
         Periodic(sub_batch=1)
 
 
+def test_grouped_noise_is_the_per_sample_definition_in_groups_of_one_and_unbiased_in_larger_ones() -> None:
+    from gdlab.instruments.persample import grouped_sums, noise_from_trace
+
+    g = torch.Generator().manual_seed(4)
+    G = torch.randn(24, 5, generator=g, dtype=torch.float64) + 0.3  # 24 per-sample gradients of 5 numbers
+    mean = G.mean(0)
+    definition = float((G - mean).square().sum()) / 23
+    trace, mean_sq = grouped_sums([G[:, :3], G[:, 3:].reshape(24, 2, 1)], torch.ones(24)).tolist()  # 2 parameters
+    assert trace == pytest.approx(definition, rel=1e-12) and mean_sq == pytest.approx(float(mean @ mean), rel=1e-12)
+    # groups of unequal sizes: dealt at random, their estimate averages to the per-sample one (it is unbiased),
+    # and their weighted mean is the mean of all 24 whatever the deal
+    sizes = torch.tensor([3, 5, 4, 8, 4])
+    traces = []
+    for _ in range(3000):
+        parts = torch.randperm(24, generator=g).split(sizes.tolist())
+        t, m = grouped_sums([torch.stack([G[part].mean(0) for part in parts])], sizes).tolist()
+        assert m == pytest.approx(float(mean @ mean), rel=1e-9)
+        traces.append(t)
+    assert sum(traces) / len(traces) == pytest.approx(definition, rel=0.04)
+    assert noise_from_trace(2.0, 4.0, 8, batch=16) == {"noise_scale": 0.5, "grad_snr": 32.0, "noise_gradients": 8.0}
+
+
+class _Recurrent(nn.Module):
+    """An LSTM over a sequence; two classes from its last state."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn, self.head = nn.LSTM(3, 5, batch_first=True), nn.Linear(5, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.rnn(x)[0][:, -1])
+
+
+def test_a_recurrent_model_takes_its_noise_from_groups_of_samples(monkeypatch: pytest.MonkeyPatch) -> None:
+    """vmap cannot batch an LSTM (the premise, checked: float32 falls back to a loop over samples, float64 has no
+    fallback at all): its noise comes from the mean gradients of ``groups`` groups of the sub-batch, by plain
+    batched passes, with no vmap; it equals the grouped estimate by hand and says it came from 8 gradients."""
+    import warnings
+
+    from torch.func import vmap
+
+    from gdlab.data import BatchPlan, epoch_order
+    from gdlab.instruments import periodic as periodic_module
+    from gdlab.instruments.passes import vmap_loops
+
+    for dtype in (torch.float32, torch.float64):
+        lstm = nn.LSTM(3, 5, batch_first=True).to(dtype)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                vmap(lambda x, lstm=lstm: lstm(x.unsqueeze(0))[0])(torch.randn(2, 4, 3, dtype=dtype))
+                failed = False
+            except RuntimeError as error:
+                failed = "Batching rule not implemented" in str(error)
+        assert failed or any("performance drop" in str(w.message) for w in caught), dtype
+    assert vmap_loops(_Recurrent()) and not vmap_loops(nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2)))
+
+    def no_vmap(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a recurrent model's noise should come from groups, not from vmap")
+
+    monkeypatch.setattr(periodic_module, "vmap", no_vmap)
+    g = torch.Generator().manual_seed(6)
+    X, y = torch.randn(128, 4, 3, generator=g, dtype=torch.float64), torch.randint(0, 2, (128,), generator=g)
+    torch.manual_seed(0)
+    model = _Recurrent().double()
+    reference = copy.deepcopy(model)
+    result = gdlab.fit(model, TensorData(X, y, num_classes=2), optimizer="sgd", lr=1e-9, batch_size=64, steps=1,
+                       progress=False, instruments=[Periodic(every=1, groups=8)], doctor=False)
+    order = epoch_order(BatchPlan.make(len(X), 64), 0, 0)[:64]
+    means = []
+    for part in order.split(8):
+        loss = nn.functional.cross_entropy(reference(X[part]), y[part])
+        means.append(torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(reference.parameters()))]))
+    H = torch.stack(means)
+    mean = H.mean(0)
+    trace = 8 * float((H - mean).square().sum()) / 7  # each group's mean has the covariance Sigma / 8
+    steps = result.history.steps
+    assert steps["noise_gradients"][0] == 8
+    assert steps["noise_scale"][0] == pytest.approx(trace / float(mean @ mean), rel=1e-6)  # lr 1e-9: same params
+
+
+def test_a_small_batch_gets_one_extra_pass_with_the_hooks_a_step_rides_on(data: TensorData,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stochastic descent (batch 1): one forward and backward on 64 drawn samples with the step's hooks gives the
+    noise from the factored per-sample norms (no torch.func pass), equal to the per-sample definition and said to
+    come from 64 gradients, with the activation statistics and arriving gradients; the run stays the run."""
+    from gdlab.instruments import periodic as periodic_module
+
+    def no_per_sample_pass(*args: object) -> dict[str, float]:
+        raise AssertionError("the per-sample norms should come from the extra pass's hooks")
+
+    drawn: list[tuple[Any, torch.Tensor]] = []
+    real = periodic_module.sub_batch_of
+
+    def remember(state: Any, size: int) -> Any:
+        batch = real(state, size)
+        drawn.append(batch)
+        return batch
+
+    monkeypatch.setattr(Periodic, "_noise", no_per_sample_pass)
+    monkeypatch.setattr(periodic_module, "sub_batch_of", remember)
+
+    def make() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2)).double()
+
+    model, reference = make(), make()
+    result = gdlab.fit(model, data, optimizer="sgd", lr=1e-9, batch_size=1, steps=1, progress=False,
+                       instruments=[Periodic(every=1)], doctor=False)
+    (x, y), = drawn
+    steps = result.history.steps
+    assert len(y) == 64 and steps["noise_gradients"][0] == 64
+    assert steps["noise_scale"][0] == pytest.approx(_noise_by_definition(reference, x, y, nn.functional.cross_entropy),
+                                                    rel=1e-6)  # lr 1e-9: the same parameters
+    assert 0 < steps["zero_share/1"][0] < 1 and steps["grad_out/2"][0] > 0
+    plain, watched = make(), make()
+    for m, instruments in ((plain, "none"), (watched, [Periodic(every=2, budget=math.inf)])):
+        gdlab.fit(m, data, optimizer="momentum", lr=0.05, batch_size=1, steps=9, progress=False,
+                  instruments=instruments, doctor=False)
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), watched.state_dict().values()))
+
+
 def test_instruments_given_in_any_order_run_cheapest_first() -> None:
     order = attach([Expensive(), Cheap(), Periodic()])
     assert [type(i).__name__ for i in order] == ["Cheap", "Periodic", "Expensive"]
@@ -451,7 +573,7 @@ def test_noise_scale_and_snr_follow_their_definitions() -> None:
     assert row["noise_scale"] == pytest.approx(trace / float(mean.square().sum()), rel=1e-12)
     assert row["grad_snr"] == pytest.approx(float(mean.square().sum()) / (trace / 32), rel=1e-12)
     same = noise_scale_and_snr(float(g[:1].square().sum()) * 3, float(g[0].square().sum()), 3, batch=32)
-    assert same == {"noise_scale": 0.0, "grad_snr": math.inf}  # three equal gradients: no noise
+    assert same == {"noise_scale": 0.0, "grad_snr": math.inf, "noise_gradients": 3.0}  # equal gradients: no noise
     assert noise_scale_and_snr(2.0, 0.0, 2, batch=8)["noise_scale"] == math.inf  # no mean gradient
 
 

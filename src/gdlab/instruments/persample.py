@@ -12,20 +12,48 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.nn.grad import conv2d_weight
 
-__all__ = ["noise_scale_and_snr", "factorable", "per_sample_sums"]
+__all__ = ["noise_scale_and_snr", "noise_from_trace", "grouped_sums", "factorable", "per_sample_sums"]
 
 
 def noise_scale_and_snr(each: float, mean_sq: float, n: int, batch: int) -> dict[str, float]:
     """B_simple and the SNR from sum_i |g_i|^2 (``each``) and |mean_i g_i|^2 (``mean_sq``) over ``n`` per-sample
     gradients: tr(Sigma) unbiased = (sum_i |g_i|^2 - n |mean|^2) / (n - 1)."""
     trace = max(each - n * mean_sq, 0.0) / (n - 1)
+    return noise_from_trace(trace, mean_sq, n, batch)
+
+
+def noise_from_trace(trace: float, mean_sq: float, gradients: int, batch: int) -> dict[str, float]:
+    """B_simple = tr(Sigma) / |mean|^2 and the SNR |mean|^2 / (tr(Sigma) / ``batch``), labelled with
+    ``noise_gradients``: how many gradients tr(Sigma) was estimated from (per-sample gradients, or the mean
+    gradients of groups of samples, :func:`grouped_sums`), its degrees of freedom plus one: a reading from 8 is
+    an estimate as a reading from 64 is, with about 3x its spread."""
     return {"noise_scale": trace / mean_sq if mean_sq > 0 else math.inf,
-            "grad_snr": mean_sq / (trace / batch) if trace > 0 else math.inf}
+            "grad_snr": mean_sq / (trace / batch) if trace > 0 else math.inf,
+            "noise_gradients": float(gradients)}
+
+
+def grouped_sums(grads: Sequence[Tensor], sizes: Tensor) -> Tensor:
+    """tr(Sigma) and |mean|^2 (a float64 pair, not synced) from the mean gradients h_j of m groups of samples
+    (``grads``: one tensor [m, ...] per parameter) of ``sizes`` b_j (n in all): mean = sum_j b_j h_j / n and
+    tr(Sigma) = sum_j b_j |h_j - mean|^2 / (m - 1), unbiased whatever the sizes (E: (m tr(Sigma) - tr(Sigma)) /
+    (m - 1)). Groups of one sample are the per-sample definition. The sums run over centred gradients (no
+    difference of two large sums), so a float32 model's precision keeps them to about 1e-6."""
+    weights = sizes.to(grads[0])  # the gradients' dtype and device
+    m, n = len(weights), weights.sum()
+    trace = mean_sq = torch.zeros((), dtype=weights.dtype, device=weights.device)
+    for g in grads:
+        g = g.reshape(m, -1)
+        mean = (weights @ g) / n
+        centred = g - mean
+        trace = trace + torch.linalg.vecdot(centred, centred) @ weights
+        mean_sq = mean_sq + torch.dot(mean, mean)
+    return torch.stack([trace / (m - 1), mean_sq]).double()
 
 
 def factorable(model: nn.Module) -> bool:
