@@ -25,10 +25,11 @@ LAYERS = [  # bottom to top; a name stands for the module and, for a package, ev
     ("engine", ["loop", "population", "instruments", "callbacks", "run"]),
     ("studies", ["lr_select", "sweeps", "doctor", "lab"]),
     ("front doors", ["train", "watching", "experiment", "__init__"]),
-    ("edges", ["cli", "plots", "progress", "integrations", "reports"]),
+    ("edges", ["cli", "plots", "progress", "integrations", "reports", "notebook"]),
 ]
-# heavy edges a function may reach lazily (matplotlib, rich, tensorboard)
-DEFERRABLE = {"gdlab.plots", "gdlab.progress", "gdlab.integrations.tensorboard"}
+# heavy edges a function may reach lazily (matplotlib, rich, tensorboard; notebook: a result's view in Jupyter,
+# which draws with plots)
+DEFERRABLE = {"gdlab.plots", "gdlab.progress", "gdlab.integrations.tensorboard", "gdlab.notebook"}
 EDGE_ONLY = ("rich", "matplotlib", "typer", "tensorboard", "lightning", "transformers")
 
 

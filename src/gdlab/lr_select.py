@@ -82,6 +82,11 @@ class LRFindResult:
 
         return plot_lr_find(self, path)
 
+    def _repr_html_(self) -> str:  # Jupyter: the suggestions, the warnings and the curve
+        from gdlab.notebook import lr_find_html
+
+        return lr_find_html(self)
+
 
 def _bar(total: int) -> Any:
     from gdlab.progress import TaskBar  # an edge: rich only when a bar is wanted

@@ -20,8 +20,8 @@ from typing import Any
 from gdlab.records import History, layer_key
 from gdlab.records import ema as moving_average  # the one moving average; re-exported under its old name
 
-__all__ = ["plot_losses", "plot_instruments", "plot_sweep", "plot_restarts", "plot_lr_find", "moving_average",
-           "spans_decades", "INSTRUMENT_PANELS", "instrument_panels", "panel_note"]
+__all__ = ["plot_losses", "loss_figure", "plot_instruments", "plot_sweep", "plot_restarts", "plot_lr_find",
+           "moving_average", "spans_decades", "INSTRUMENT_PANELS", "instrument_panels", "panel_note"]
 
 
 def spans_decades(values: list[float], decades: float = 2.0) -> bool:
@@ -36,12 +36,12 @@ def plot_losses(history: History, path: str | Path, *, title: str | None = None)
 
     The loss axes turn logarithmic where the loss spans two decades or more. Returns the PNG's path.
     """
-    import matplotlib
+    return _save(loss_figure(history, title=title), path)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    path = Path(path)
+def loss_figure(history: History, *, title: str | None = None) -> Any:
+    """The figure :func:`plot_losses` saves (a matplotlib ``Figure``, open: the caller saves or closes it)."""
+    plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
     epochs = history.epochs
     legends: list[tuple[Any, list[Any]]] = []
@@ -82,7 +82,7 @@ def plot_losses(history: History, path: str | Path, *, title: str | None = None)
     if title:
         fig.suptitle(title, wrap=True)
     place_legends(fig, legends)
-    return _save(fig, path)
+    return fig
 
 
 def _spread(ax: Any, steps: Any, x: Any, key: str, colour: str, label: str | None = None) -> None:
@@ -177,7 +177,8 @@ def place_legends(fig: Any, legends: list[tuple[Any, list[Any]]]) -> None:
 def _pyplot() -> Any:
     import matplotlib
 
-    matplotlib.use("Agg")
+    if "inline" not in str(getattr(matplotlib.rcParams, "_get_backend_or_none", lambda: None)()):
+        matplotlib.use("Agg")  # files only; Jupyter's inline backend is kept, so a notebook's own figures still show
     import matplotlib.pyplot as plt
 
     return plt

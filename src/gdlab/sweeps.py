@@ -133,6 +133,11 @@ class SweepResult:
             raise ImportError("to_pandas needs pandas: pip install pandas") from None
         return pd.DataFrame(self.table)
 
+    def _repr_html_(self) -> str:  # Jupyter: the members best first and final loss against lr
+        from gdlab.notebook import sweep_html
+
+        return sweep_html(self)
+
 
 def sweep(
     model_fn: Callable[[], nn.Module],
@@ -279,6 +284,11 @@ class RestartsResult:
                 "best": self.best, "median": self.median, "worst": self.worst, "spread": self.spread,
                 "distinct_end_points": self.distinct, "within_tol": self.within_tol, "tol": self.tol,
                 "space": self.space, "distance": self.distance}
+
+    def _repr_html_(self) -> str:  # Jupyter: the summary, the final losses by end point and every curve
+        from gdlab.notebook import restarts_html
+
+        return restarts_html(self)
 
 
 def restarts(

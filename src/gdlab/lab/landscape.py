@@ -53,6 +53,11 @@ class Landscape:
 
         return plot_landscape(self, path, title=title)
 
+    def _repr_html_(self) -> str:  # Jupyter: the loss at the model and over the grid, and the picture
+        from gdlab.notebook import landscape_html
+
+        return landscape_html(self)
+
 
 def _params(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]

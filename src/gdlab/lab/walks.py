@@ -59,6 +59,11 @@ class LabResult:
     table: list[dict[str, Any]]
     files: dict[str, str] = field(default_factory=dict)
 
+    def _repr_html_(self) -> str:  # Jupyter: a row per optimizer and the paths over the contour
+        from gdlab.notebook import lab_html
+
+        return lab_html(self)
+
 
 def walk(function: TestFunction, optimizer: str, lr: float | Tensor, starts: Tensor, steps: int,
          **hyper: Any) -> Walk:
