@@ -96,9 +96,9 @@ KIND_ORDER = {"grads_not_zeroed": 0, "optimizer_has_no_trainable_params": 0, "gr
               "same_batch_every_step": 0, "labels_sorted": 0, "update_changes_nothing": 0, "schedule_ends_early": 0,
               "validation_in_train_mode": 0, "dropout_in_eval": 0, "replicas_out_of_step": 0, "data": 0, "model": 0,
               "target": 1, "lr_too_high": 2,
-              "diverged": 3,
+              "diverged": 3, "gradient_noise": 3,
               "dead_relu": 4,
-              "saturated_activations": 4, "gradient_noise": 4, "vanishing_gradients": 5, "exploding_gradients": 5,
+              "saturated_activations": 4, "vanishing_gradients": 5, "exploding_gradients": 5,
               "lr_too_low": 5, "local_minimum": 6, "plateau": 6, "not_learning": 6, "overfitting": 7}
 """How far down a chain of explanations each kind sits (a rule always points from a lower to a higher one, so the
 graph has no cycle); overfitting, and every other code (ill_conditioned_inputs...), is 7 and explains nothing."""
@@ -173,6 +173,9 @@ RULES: tuple[Rule, ...] = (
     Rule("saturated_activations", ("lr_too_low", "not_learning", "local_minimum", "plateau"), False,
          "units that pass no gradient do not move: the steps look small and the loss stays"),
     Rule("gradient_noise", ("not_learning",), False, "noise dominates the steps: the loss cannot settle lower"),
+    Rule("gradient_noise", ("dead_relu",), False,
+         "steps led by the noise of a few samples, each as long as the learning rate makes it, push units where no "
+         "sample reaches them: the ReLUs die"),
     Rule("vanishing_gradients", ("not_learning",), False, "the early layers get almost no gradient and barely learn"),
     Rule("exploding_gradients", ("not_learning",), False, "a few huge steps throw away what was learnt"),
     Rule("lr_too_low", ("not_learning",), False, "steps this small barely move the loss"),
