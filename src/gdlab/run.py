@@ -33,7 +33,10 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -47,6 +50,21 @@ from gdlab.loop import LoopState, Result
 from gdlab.store import STEP_ROWS, Store
 
 __all__ = ["Diagnosing", "Run", "describe", "start_meta"]
+
+
+@contextlib.contextmanager
+def _sigterm_held() -> Iterator[None]:
+    """SIGTERM waits (blocked, then delivered) while a failure is recorded: under a launcher (torchrun), the other
+    ranks get SIGTERM the moment one fails, and a rank that has left the loop (whose handler turns SIGTERM into an
+    error) would otherwise die mid-write, its run left open. POSIX, main thread; elsewhere nothing changes."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 class Diagnosing(Protocol):
@@ -199,7 +217,8 @@ class Run:
         and close the board."""
         state = self.state
         if self.recorder is not None:
-            self.recorder.fail(state, error, state.seconds if seconds is None else seconds)
+            with _sigterm_held():
+                self.recorder.fail(state, error, state.seconds if seconds is None else seconds)
         if self.board is not None:
             self.board.write(state.history)
             self.board.close()
