@@ -250,8 +250,6 @@ def test_a_dict_of_one_input_reaches_a_positional_forward() -> None:
     """Issue 28: ``{"x": ..., "label": ...}`` with a plain ``nn.Sequential`` (``forward(input)``) is called
     ``model(x)``, in fit, its instruments' per-sample pass and a vectorized population; a forward that names the key,
     takes ``**kwargs`` or needs more than one input keeps keywords."""
-    from gdlab.population.forward import functional
-
     class HF(nn.Module):  # Hugging Face style: everything by keyword, all optional
         def forward(self, input_ids: Any = None, attention_mask: Any = None, labels: Any = None) -> Any:
             return input_ids
@@ -269,7 +267,7 @@ def test_a_dict_of_one_input_reaches_a_positional_forward() -> None:
 
     rule = structure.positional_only_input
     assert rule(sequential(), "x") and rule(nn.DataParallel(sequential()), "x")
-    assert rule(functional(sequential().to("meta"), {}, {}), "x")  # a population's member, looked through
+    assert rule(structure.functional(sequential().to("meta"), ({}, {})), "x")  # a population's member, looked through
     assert rule(HF(), "ids")  # HF's first input, under a key it does not name
     assert not rule(Keyword(), "x") and not rule(HF(), "input_ids") and not rule(Anything(), "x")
     assert not rule(KeywordOnly(), "z") and not rule(TwoInputs(), "u") and not rule(TwoInputs(), "w")

@@ -27,11 +27,12 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.func import functional_call
 
 from gdlab.errors import DataError
 
 __all__ = ["TARGET_KEYS", "Inputs", "call", "call_args", "count", "describe", "float_features", "leaves",
-           "positional_only_input", "rows", "split", "take", "to", "tree_map"]
+           "functional", "positional_only_input", "rows", "split", "take", "to", "tree_map"]
 
 TARGET_KEYS = ("y", "label", "labels")
 """The keys tried, in order, for the target of a dict sample when no ``target_key`` is given."""
@@ -114,6 +115,25 @@ def call(model: Callable[..., Any], inputs: Inputs, target: Tensor | None = None
     is called on a batch."""
     args, kwargs = call_args(inputs, target, target_key, model)
     return model(*args, **kwargs)
+
+
+def functional(template: torch.nn.Module,
+               tensors: dict[str, Tensor] | tuple[dict[str, Tensor], ...]) -> Callable[..., Any]:
+    """``template`` called with ``tensors`` (a dict, or a tuple of dicts such as parameters and buffers) in place of
+    its own parameters and buffers (``torch.func.functional_call``), taking any arguments: the instruments' extra
+    passes and the population's members call a model this way. It carries ``template`` as ``__wrapped__``, so
+    :func:`call` reads the module's forward (a dict of one input to a positional forward).
+
+    Example:
+        >>> net = torch.nn.Linear(2, 1)
+        >>> zero = {k: torch.zeros_like(v) for k, v in net.named_parameters()}
+        >>> functional(net, zero)(torch.ones(1, 2)).item()
+        0.0
+    """
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return functional_call(template, tensors, args, kwargs)
+
+    return functools.update_wrapper(call, template, assigned=(), updated=())
 
 
 def positional_only_input(model: Callable[..., Any], key: str) -> bool:

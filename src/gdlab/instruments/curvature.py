@@ -12,8 +12,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from gdlab.data import structure
 from gdlab.instruments.budget import Budget, Instrument
-from gdlab.instruments.passes import functional, meta_copy, sub_batch_of, untouched
+from gdlab.instruments.passes import meta_copy, sub_batch_of, untouched
 from gdlab.loop import LoopState
 
 __all__ = ["Expensive"]
@@ -75,7 +76,7 @@ class Expensive(Instrument):
         buffers = {k: v.detach() for k, v in state.model.named_buffers()}
         template = copy.deepcopy(self.meta).train(state.model.training)
         assert state.forward is not None  # measured where the loss can be evaluated (passes.sub_batch_of)
-        loss, _ = state.forward(functional(template, {**leaves, **buffers}), x, y)
+        loss, _ = state.forward(structure.functional(template, {**leaves, **buffers}), x, y)
         grads = torch.autograd.grad(loss, [leaves[k] for k in names], allow_unused=True)
         return float(loss.detach()), [g if g is not None else torch.zeros_like(leaves[k]) for g, k in zip(grads, names)]
 

@@ -12,12 +12,11 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from gdlab.data import structure
 from gdlab.loop import LoopState
 
-__all__ = ["untouched", "meta_copy", "functional", "sub_batch_of", "vmap_loops", "group_grads"]
+__all__ = ["untouched", "meta_copy", "sub_batch_of", "vmap_loops", "group_grads"]
 
 
 @contextlib.contextmanager
@@ -42,14 +41,6 @@ def meta_copy(model: nn.Module) -> nn.Module:
     """A storage-free copy of ``model`` (on the meta device) to run ``functional_call`` on: copying it again
     per measurement costs nothing, and the user's module is never swapped out."""
     return copy.deepcopy(model).to("meta")
-
-
-def functional(template: nn.Module, tensors: dict[str, Tensor]) -> Any:
-    """``template`` called with ``tensors`` as its parameters and buffers, taking any arguments."""
-    def call(*args: Any, **kwargs: Any) -> Any:
-        return functional_call(template, tensors, args, kwargs)
-
-    return functools.update_wrapper(call, template, assigned=(), updated=())  # __wrapped__: structure.call reads it
 
 
 def sub_batch_of(state: LoopState, size: int) -> tuple[Any, Tensor] | None:

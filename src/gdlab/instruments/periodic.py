@@ -19,7 +19,7 @@ from gdlab.errors import check_int
 from gdlab.instruments.activations import activation_counts, activation_sums
 from gdlab.instruments.budget import Budget, Instrument
 from gdlab.instruments.layers import layer_name, unwrap
-from gdlab.instruments.passes import functional, group_grads, meta_copy, sub_batch_of, untouched, vmap_loops
+from gdlab.instruments.passes import group_grads, meta_copy, sub_batch_of, untouched, vmap_loops
 from gdlab.instruments.persample import factorable, grouped_sums, noise_from_trace, noise_scale_and_snr, per_sample_sums
 from gdlab.instruments.pooling import RankPool, rank_zero_decides
 from gdlab.loop import LoopState
@@ -296,7 +296,7 @@ class Periodic(Instrument):
         template = self.template
 
         def model_with(p: dict[str, Tensor]) -> Any:
-            return functional(template, {**p, **consts})
+            return structure.functional(template, {**p, **consts})
 
         def one(p: dict[str, Tensor], xi: Any, yi: Tensor) -> Tensor:
             return forward(model_with(p), structure.tree_map(lambda t: t.unsqueeze(0), xi), yi.unsqueeze(0))[0]

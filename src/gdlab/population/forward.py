@@ -4,33 +4,24 @@ their evaluation on held-out data, and the probe that tells whether ``vmap`` can
 from __future__ import annotations
 
 import copy
-import functools
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, stack_module_state, vmap
+from torch.func import stack_module_state, vmap
 
 from gdlab.data import structure
 from gdlab.data.source import Source
 from gdlab.metrics import Metrics, chunk_sums, threshold
 from gdlab.problem import LOSSES, LossFn, batch_loss, match_output, predicted
 
-__all__ = ["ELEMENTWISE", "evaluate", "functional", "in_memory", "member_losses", "mlp_forward", "mlp_layers",
+__all__ = ["ELEMENTWISE", "evaluate", "in_memory", "member_losses", "mlp_forward", "mlp_layers",
            "trainable", "vmap_problem"]
 
 ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.GELU, nn.ELU, nn.SiLU, nn.Softplus, nn.Identity,
                nn.Dropout)
 """Modules the batched MLP path applies as they are: each acts element by element (dropout too)."""
-
-
-def functional(template: nn.Module, p: dict[str, Tensor], b: dict[str, Tensor]) -> Callable[..., Any]:
-    """``template`` called with the parameters ``p`` and buffers ``b`` (frozen parameters among them)."""
-    def call(*args: Any, **kwargs: Any) -> Any:
-        return functional_call(template, (p, b), args, kwargs)
-
-    return functools.update_wrapper(call, template, assigned=(), updated=())  # __wrapped__: structure.call reads it
 
 
 def member_losses(template: nn.Module, loss_fn: LossFn, loss_name: str, shared_batch: bool,
@@ -43,10 +34,10 @@ def member_losses(template: nn.Module, loss_fn: LossFn, loss_name: str, shared_b
     """
 
     def forward(p: dict[str, Tensor], b: dict[str, Tensor], x: Any, y: Tensor) -> Tensor:
-        return match_output(structure.call(functional(template, p, b), x), y, loss_name)
+        return match_output(structure.call(structure.functional(template, (p, b)), x), y, loss_name)
 
     def member_loss(p: dict[str, Tensor], b: dict[str, Tensor], x: Any, y: Tensor) -> Tensor:
-        return batch_loss(functional(template, p, b), x, y, loss_fn, loss_name, target_key)[0]
+        return batch_loss(structure.functional(template, (p, b)), x, y, loss_fn, loss_name, target_key)[0]
 
     dims = (0, 0, None, None) if shared_batch else (0, 0, 0, 0)
     builtin = loss_name in LOSSES and loss_fn is LOSSES[loss_name]
@@ -128,7 +119,7 @@ def evaluate(template: nn.Module, params: dict[str, Tensor], buffers: dict[str, 
     task, cut = source.task, threshold(loss_fn, loss_name)
 
     def one(p: dict[str, Tensor], b: dict[str, Tensor], x: Any, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        loss, out = batch_loss(functional(template, p, b), x, y, loss_fn, loss_name, source.target_key)
+        loss, out = batch_loss(structure.functional(template, (p, b)), x, y, loss_fn, loss_name, source.target_key)
         return loss, chunk_sums(task, predicted(out, loss_name), y, cut)
 
     total = torch.zeros(M, dtype=torch.float64)
@@ -164,7 +155,7 @@ def vmap_problem(model: nn.Module, source: Source, loss_fn: LossFn, loss_name: s
     params, buffers = trainable(params, buffers)
     try:
         def one(p: dict[str, Tensor], b: dict[str, Tensor], x: Any, y: Tensor) -> Tensor:
-            return batch_loss(functional(template, p, b), x, y, loss_fn, loss_name, source.target_key)[0]
+            return batch_loss(structure.functional(template, (p, b)), x, y, loss_fn, loss_name, source.target_key)[0]
 
         vmap(one, randomness="different")(params, buffers, xs, ys).sum().backward()
     except Exception as error:  # any failure means the model needs the one-by-one path
