@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from gdlab import optim
 from gdlab.data import BatchPlan
-from gdlab.errors import InvalidParameter
+from gdlab.errors import InvalidParameter, MissingParameter
 
 __all__ = ["BLOWUP", "HALVING_WINDOW", "ModelFn", "Population", "halving_score", "member_hyperparams",
            "member_values"]
@@ -141,7 +141,7 @@ def member_hyperparams(optimizer: str, members: int, hyper: Mapping[str, Any]) -
     if optimizer not in optim.OPTIMIZERS:
         raise optim.UnknownChoice("optimizer", optimizer, optim.OPTIMIZERS)
     if "lr" not in hyper:
-        raise InvalidParameter("lr", None, "a learning rate (one number, or one per member)")
+        raise MissingParameter("lr", "a learning rate (one number, or one per member)")
     columns: dict[str, list[Any]] = {}
     for key, value in hyper.items():
         if value is None:
