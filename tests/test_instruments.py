@@ -464,13 +464,14 @@ def test_cheap_flags_each_non_finite_step() -> None:
     others are not, and the moving average skips the non-finite loss."""
     from types import SimpleNamespace
 
-    from gdlab.loop import StepLog
+    from gdlab.loop import Hooks, StepLog
     from gdlab.records import History
 
     model = nn.Sequential(nn.Linear(2, 1))
     state = SimpleNamespace(model=model, history=History(), step=0, log=None)
     log = state.log = StepLog(state, list(model.parameters()))  # hands over the norms per row it read
     cheap = Cheap(every=1)
+    log.keep_param_norms = Hooks([cheap]).plan.param_norms  # as the loops set it from the hooks' plan
     cheap.on_fit_start(state)
     steps = [(1.0, [1.0, 2.0]), (2.0, [math.inf, 1.0]), (math.nan, [1.0, 1.0]), (3.0, [1.0, math.nan]),
              (4.0, [1.0, 1.0])]
@@ -488,7 +489,7 @@ def test_cheap_flags_each_non_finite_step() -> None:
     assert ema[0] == pytest.approx(1.0) and ema[2] == pytest.approx(ema[1]) and math.isfinite(ema[4])
     cheap.close()
     log.close()
-    assert not t._fillers and log.keep_param_norms and not log.param_norms  # asked for, and all handed over
+    assert not t._fillers and log.keep_param_norms and not log.param_norms  # declared, and all handed over
 
 
 def test_a_bare_layer_is_one_layer_named_by_its_class(data: TensorData) -> None:

@@ -94,6 +94,10 @@ class Callback:
       ``next_before(step)`` and ``before_update(state, step)`` keep something before an update (with
       ``keeps_before``).
 
+    - **What it reads of the step**: ``reads_param_norms`` (a class attribute, False here): the hook reads each read
+      row's per-parameter gradient norms (``state.log.take_param_norms(rows)``), which the loop then keeps; no hook
+      asks the loop's log for them any other way.
+
     Which hooks answer a hook is decided once per list of hooks by :class:`Hooks`: a hook answers when its class
     overrides this base's method. An object that is not a ``Callback`` (a plain object with ``on_*`` methods)
     works the same way: it answers the hooks it has. Planning hooks are taken as a group: a hook that answers
@@ -115,6 +119,9 @@ class Callback:
     """With ``scheduled``: the step under way is one the hook measures (set by its ``on_step_start``)."""
 
     # -- the events ----------------------------------------------------------------------------------------------
+    reads_param_norms: bool = False
+    """True: this hook reads each row's per-parameter gradient norms (``state.log.take_param_norms``)."""
+
     def on_fit_start(self, state: LoopState) -> None:
         """Before the first step (also when resuming)."""
 
@@ -220,6 +227,8 @@ class Plan:
     """Their ``next_scheduled``, where they have one."""
     befores: list[Any]
     """The hooks that answer ``before_update`` and ``needs_before`` (with ``keeps_before``, ``next_before``)."""
+    param_norms: bool
+    """A hook reads each row's per-parameter gradient norms (``reads_param_norms``): the log keeps them."""
 
     @classmethod
     def of(cls, hooks: Hooks) -> Plan:
@@ -239,7 +248,8 @@ class Plan:
                    len(ahead) == len(scheduled) else None,
                    unscheduled=[h for h in starts if h not in scheduled], schedules=[h.scheduled for h in scheduled],
                    next_forwards=[h.next_scheduled for h in ahead],
-                   befores=[h for h in hooks.answering("before_update") if h in hooks.answering("needs_before")])
+                   befores=[h for h in hooks.answering("before_update") if h in hooks.answering("needs_before")],
+                   param_norms=any(getattr(h, "reads_param_norms", False) for h in hooks.hooks))
 
 
 class Hooks:
@@ -445,7 +455,7 @@ class StepLog:
         self.normed: list[int] = []  # the rows the norms belong to (every row in fit; every k-th in gdlab.watch)
         self._present: list[bool] | None = None  # the latest norms' parameters with a gradient (None: all)
         self.diverged_at: int | None = None
-        self.keep_param_norms = False  # an instrument wants each row's per-parameter norms (param_norms)
+        self.keep_param_norms = False  # a hook reads each row's per-parameter norms (Plan.param_norms)
         self.param_norms: dict[int, list[float]] = {}
         self.pending: list[Any] = []  # the all-reduces of the losses over the ranks, waited for at the read
         self.table.defer(self.fill)
@@ -455,14 +465,9 @@ class StepLog:
         self.table.undefer(self.fill)
         self.state.log = None
 
-    def want_param_norms(self) -> None:
-        """Keep each read row's per-parameter gradient norms, for :meth:`take_param_norms` (the cheap
-        instrument's per-layer norms: no extra pass)."""
-        self.keep_param_norms = True
-
     def take_param_norms(self, rows: Sequence[int]) -> list[tuple[int, list[float]]]:
         """The per-parameter gradient norms of those of ``rows`` that have them (read, and kept since
-        :meth:`want_param_norms`), as ``(row, norms)``; handed over once, then forgotten."""
+        the hooks' ``reads_param_norms``), as ``(row, norms)``; handed over once, then forgotten."""
         kept = self.param_norms
         return [(r, kept.pop(r)) for r in rows if r in kept]
 
@@ -693,6 +698,7 @@ def run(problem: Problem, state: LoopState, hooks: Sequence[Any] | Hooks = (), *
             handler(state)
 
     log = state.log = StepLog(state, list(model.parameters()))
+    log.keep_param_norms = dispatch.plan.param_norms  # a hook reads them (Callback.reads_param_norms)
     # 16-mixed: the loss is scaled before the backward pass against float16 underflow, the gradients unscaled
     # before they are measured or used, and a step with non-finite gradients is skipped (torch.amp's GradScaler)
     scaler = torch.amp.GradScaler(problem.device.type) if problem.precision == "16-mixed" else None

@@ -30,6 +30,7 @@ class Cheap(Instrument):
     next read (:meth:`Table.defer`)."""
 
     cost = "cheap"
+    reads_param_norms = True  # the per-layer gradient norms: the loop's log keeps them (loop.Callback)
 
     def __init__(self, beta: float = 0.9, every: int = 20, budget: float | None = None) -> None:
         self.beta, self.every = beta, every
@@ -56,8 +57,6 @@ class Cheap(Instrument):
         self.rows: list[int] = []
         self.moves: list[tuple[int, Tensor]] = []  # (row, [4 * parameters] squared norms) of measured steps
         self.log = getattr(state, "log", None)  # the loop's log: per-parameter gradient norms, read with the loss
-        if self.log is not None:
-            self.log.want_param_norms()
         self.table = state.history.steps
         self.table.defer(self._fill)
 

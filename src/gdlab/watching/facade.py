@@ -198,6 +198,7 @@ class Watch(StepTracker, LanePlanner):
         # the one dispatcher (gdlab.loop.Hooks): which hooks answer each hook, and their plan, decided here once
         self._dispatch = loop.Hooks(self.hooks)
         self._handlers, wants = self._dispatch.handlers, self._dispatch.plan
+        self.log.keep_param_norms = wants.param_norms  # a hook reads them (Callback.reads_param_norms)
         # THE LANE: the steps that need no hook of ours and no hook's on_step_end one by one are filed by step() in
         # a few reads, and drained in blocks (their rows, each hook's on_steps_end). A hook with an on_step_end
         # opens it by saying which steps it needs (needs_step) and taking the others in blocks (on_steps_end);
