@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +44,17 @@ def make_mlp(seed: int, features: int, hidden: int, classes: int) -> nn.Module:
     """MLP features-hidden-classes (ReLU), its initial parameters fixed by ``seed``."""
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, classes))
+
+
+def mlp_factory(*sizes: int, act: type[nn.Module] = nn.ReLU) -> Callable[[], nn.Module]:
+    """A builder of the MLP ``sizes[0]-...-sizes[-1]`` with ``act`` between its layers (a fresh one each call)."""
+    def make() -> nn.Module:
+        layers: list[nn.Module] = []
+        for a, b in zip(sizes, sizes[1:]):
+            layers += [nn.Linear(a, b), act()]
+        return nn.Sequential(*layers[:-1])
+
+    return make
 
 
 def plain_loop(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:

@@ -42,11 +42,10 @@ import math
 import platform
 import statistics
 import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
-from _common import cpu_model, usable_cores
+from _common import cpu_model, mlp_factory, usable_cores
 from torch import nn
 
 import gdlab
@@ -60,18 +59,10 @@ TARGET = 1.05
 
 
 def problems(quick: bool) -> dict[str, dict[str, Any]]:
-    def mlp(sizes: list[int], act: type[nn.Module] = nn.ReLU) -> Callable[[], nn.Module]:
-        def make() -> nn.Module:
-            layers: list[nn.Module] = []
-            for a, b in zip(sizes, sizes[1:]):
-                layers += [nn.Linear(a, b), act()]
-            return nn.Sequential(*layers[:-1])
-        return make
-
     found = {
-        "digits": {"data": "digits", "model": mlp([64, 128, 10]), "epochs": 20},
-        "moons": {"data": "moons", "model": mlp([2, 16, 16, 2], nn.Tanh), "epochs": 30},
-        "spirals": {"data": "spirals", "model": mlp([2, 64, 64, 3]), "epochs": 40},
+        "digits": {"data": "digits", "model": mlp_factory(64, 128, 10), "epochs": 20},
+        "moons": {"data": "moons", "model": mlp_factory(2, 16, 16, 2, act=nn.Tanh), "epochs": 30},
+        "spirals": {"data": "spirals", "model": mlp_factory(2, 64, 64, 3), "epochs": 40},
         "linear": {"data": "linear", "model": lambda: nn.Linear(10, 1), "epochs": 20},
     }
     if quick:

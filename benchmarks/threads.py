@@ -40,21 +40,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from _common import mlp_factory
 from torch import nn
 
 import gdlab
 from gdlab.data import datasets
 from gdlab.threads import MARGIN, ThreadChooser
-
-
-def mlp(*sizes: int, act: type[nn.Module] = nn.ReLU) -> Callable[[], nn.Module]:
-    def make() -> nn.Module:
-        layers: list[nn.Module] = []
-        for a, b in zip(sizes, sizes[1:]):
-            layers += [nn.Linear(a, b), act()]
-        return nn.Sequential(*layers[:-1])
-
-    return make
 
 
 def workloads(quick: bool) -> dict[str, dict[str, Any]]:
@@ -63,11 +54,11 @@ def workloads(quick: bool) -> dict[str, dict[str, Any]]:
     g = torch.Generator().manual_seed(0)
     X, y = torch.randn(4096, 784, generator=g), torch.randint(0, 10, (4096,), generator=g)
     found = {
-        "digits, batch 32": dict(model=mlp(64, 128, 10), train=digits, epochs=10),
-        "digits, full batch": dict(model=mlp(64, 128, 10), train=digits, epochs=100, batch_size="full"),
-        "moons example": dict(model=mlp(2, 32, 32, 2, act=nn.Tanh), train=moons, val=moons_val, epochs=40,
+        "digits, batch 32": dict(model=mlp_factory(64, 128, 10), train=digits, epochs=10),
+        "digits, full batch": dict(model=mlp_factory(64, 128, 10), train=digits, epochs=100, batch_size="full"),
+        "moons example": dict(model=mlp_factory(2, 32, 32, 2, act=nn.Tanh), train=moons, val=moons_val, epochs=40,
                               batch_size=64, optimizer="adam", lr=0.01),
-        "784-1024-1024-10, batch 512": dict(model=mlp(784, 1024, 1024, 10), train=(X, y), epochs=3,
+        "784-1024-1024-10, batch 512": dict(model=mlp_factory(784, 1024, 1024, 10), train=(X, y), epochs=3,
                                             batch_size=512),
     }
     if quick:

@@ -836,14 +836,15 @@ def _nan_batch_stop(result: Any) -> tuple[str, float, float]:
         steps["bad_data_count"][row]
 
 
-def test_a_nan_batch_mid_run_is_named_as_data_by_watch_as_by_fit() -> None:
-    """Batch 7 holds NaN inputs (one sample, 2 values): watch, whose forward pre-hook holds each step's inputs till
-    the loss is read (every 60 steps here), names the data with the count, as fit does: one check (loop.py's)."""
+def _nan_at_step_7(*, give_batch: bool) -> tuple[torch.Tensor, torch.Tensor, Any, int]:
+    """A watched loop of 20 steps whose 7th batch holds 2 NaN inputs: the data, the report and the most bytes of
+    batches the watch held at once."""
     torch.manual_seed(0)
     X, y = torch.randn(320, 2), torch.randint(0, 2, (320,))
     model = _mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     doctor = gdlab.watch(model, opt)
+    most = 0
     for step, i in enumerate(range(0, 320, 16), 1):
         x = X[i:i + 16].clone()
         if step == 7:
@@ -852,8 +853,15 @@ def test_a_nan_batch_mid_run_is_named_as_data_by_watch_as_by_fit() -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        doctor.step(loss)
-    watched = doctor.close()
+        doctor.step(loss, batch=(x, y[i:i + 16]) if give_batch else None)
+        most = max(most, doctor._held.bytes)
+    return X, y, doctor.close(), most
+
+
+def test_a_nan_batch_mid_run_is_named_as_data_by_watch_as_by_fit() -> None:
+    """Batch 7 holds NaN inputs (one sample, 2 values): watch, whose forward pre-hook holds each step's inputs till
+    the loss is read (every 60 steps here), names the data with the count, as fit does: one check (loop.py's)."""
+    X, y, watched, _ = _nan_at_step_7(give_batch=False)
     assert "the batch of step 7 has 2 NaN or inf values in its inputs" in (watched.stop_reason or "")
     assert watched.steps == 7 and "learning rate is likely" not in (watched.stop_reason or "")
 
@@ -886,23 +894,7 @@ def test_batches_past_the_held_bound_are_reduced_to_their_counts_and_still_named
     from gdlab import loop
 
     monkeypatch.setattr(loop, "HELD_BYTES", held_bytes)
-    torch.manual_seed(0)
-    X, y = torch.randn(320, 2), torch.randint(0, 2, (320,))
-    model = _mlp()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    doctor = gdlab.watch(model, opt)
-    most = 0
-    for step, i in enumerate(range(0, 320, 16), 1):
-        x = X[i:i + 16].clone()
-        if step == 7:
-            x[3] = float("nan")
-        loss = F.cross_entropy(model(x), y[i:i + 16])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        doctor.step(loss, batch=(x, y[i:i + 16]))
-        most = max(most, doctor._held.bytes)
-    watched = doctor.close()
+    _, _, watched, most = _nan_at_step_7(give_batch=True)
     assert most <= held_bytes  # never more held than the bound
     assert "the batch of step 7 has 2 NaN or inf values in its inputs" in (watched.stop_reason or "")
 
