@@ -60,12 +60,12 @@ class BatchCheck:
     """What the loss is fed and what data the first batches hold (see the module's text); ``found`` maps each
     finding's code to its evidence; ``done`` once every check has decided."""
 
-    def __init__(self, model: nn.Module, loss_name: str | None) -> None:
+    def __init__(self, model: nn.Module, loss_name: str | None, *, whole_data: bool = False) -> None:
         self.found: dict[str, dict[str, Any]] = {}
         self.done = False
         self.loss_name = loss_name
-        self.whole_data = False  # set where each batch is known to be the whole data (full-batch descent): then the
-        # same batch every step is the design, not a bug
+        self.whole_data = whole_data  # each batch is the whole data (full-batch descent): the same batch every step
+        # is then the design, not a bug
         self.steps = 0
         self._output: Tensor | None = None
         self._first: dict[str, Any] | None = None  # the first step's device values and shapes, read at note()

@@ -258,11 +258,9 @@ class Watch(StepTracker, LanePlanner):
         # the loop's own invariants, checked at its first updates (invariants.py: a missing zero_grad()), their
         # evidence put in the history's meta at the next read, where the doctor finds it
         self._zero_check = ZeroGradCheck(self.model, self.optimizer) if self.doctor_on else None
-        self._batch_check = BatchCheck(self.model, self.loss_name) if self.doctor_on else None
-        if self._batch_check is not None:  # a loader of one batch, or a batch the data set's size: full-batch descent
-            size = self._given[0]
-            self._batch_check.whole_data = self._epoch_steps == 1 or (
-                size is not None and self._samples is not None and size >= self._samples)
+        size = self._given[0]  # a loader of one batch, or a batch the data set's size: full-batch descent
+        whole = self._epoch_steps == 1 or (size is not None and self._samples is not None and size >= self._samples)
+        self._batch_check = BatchCheck(self.model, self.loss_name, whole_data=whole) if self.doctor_on else None
         self._setup_check = SetupCheck(self.model, self.optimizer) if self.doctor_on else None  # once, 1st update
         self._update_check = UpdateCheck(self.model, self.optimizer) if self.doctor_on else None  # 1st updates
         # the lr at ~0 inside the first epoch (the epoch's length as known: a loader's, given, or learned)

@@ -36,8 +36,9 @@ class LoopChecks(Callback):
 
     def on_fit_start(self, state: LoopState) -> None:
         model, optimizer = state.model, state.optimizer
-        self.batch: BatchCheck | None = BatchCheck(model, state.loss_name)
-        self.batch.whole_data = state.plan.iterations_per_epoch == 1  # full-batch descent: the same batch by design
+        # full-batch descent serves the same batch every step by design
+        self.batch: BatchCheck | None = BatchCheck(model, state.loss_name,
+                                                   whole_data=state.plan.iterations_per_epoch == 1)
         self.setup: SetupCheck | None = SetupCheck(model, optimizer)
         self.update: UpdateCheck | None = UpdateCheck(model, optimizer)
         self.schedule: ScheduleCheck | None = ScheduleCheck(state.total_steps, share=0.2, of="the planned steps")
