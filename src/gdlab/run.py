@@ -139,7 +139,12 @@ class Run:
             self.board = TensorBoard(tensorboard)
         self.store = store if isinstance(store, Store) or store is None else Store(store)
         self.recorder: Recorder | None = None
-        self._watching, self._callbacks, self._progress = list(watching), list(callbacks), progress
+        self._watching, self._callbacks = list(watching), list(callbacks)
+        self._bar: Any = None
+        if progress:
+            from gdlab.progress import ProgressBar  # an edge: rich is imported only when a bar is wanted
+
+            self._bar = ProgressBar()
 
     @property
     def doctor_meta(self) -> dict[str, Any]:
@@ -197,11 +202,7 @@ class Run:
         recorder, the board, the progress bar."""
         hooks = [*self._watching, *([self.doctor] if self.doctor is not None else []), *self._callbacks,
                  *([self.recorder] if self.recorder is not None else []),
-                 *([self.board] if self.board is not None else [])]
-        if self._progress:
-            from gdlab.progress import ProgressBar  # an edge: rich is imported only when a bar is wanted
-
-            hooks.append(ProgressBar())
+                 *([self.board] if self.board is not None else []), *([self._bar] if self._bar is not None else [])]
         return hooks
 
     def agreement(self) -> distributed.Agreement | None:
